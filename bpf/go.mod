@@ -1,0 +1,10 @@
+module github.com/axon-cni/axon/bpf
+
+go 1.26
+
+require (
+	github.com/cilium/ebpf v0.22.0
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
+	golang.org/x/sys v0.43.0
+)
