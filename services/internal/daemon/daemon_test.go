@@ -1,0 +1,327 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+)
+
+// serve runs a daemon with args in the background and returns a channel
+// with Run's result; the daemon stops when the test ends.
+func serve(t *testing.T, spec Spec, args ...string) <-chan error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, spec, args, io.Discard) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("daemon did not stop within 10s")
+		}
+	})
+	return done
+}
+
+func dial(t *testing.T, target string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	if len(opts) == 0 {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// waitStatus polls health until it reports want.
+func waitStatus(t *testing.T, conn *grpc.ClientConn, want healthpb.HealthCheckResponse_ServingStatus) {
+	t.Helper()
+	hc := healthpb.NewHealthClient(conn)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && resp.GetStatus() == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("health never became %s (last: %v, %v)", want, resp.GetStatus(), err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestServeUnixSocketHealthAndReflection(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "sub", "api.sock")
+	var healthy atomic.Bool
+	spec := Spec{
+		Name: "test",
+		Setup: func(_ context.Context, d *Daemon) error {
+			d.AddCheck("dep", func(context.Context) error {
+				if healthy.Load() {
+					return nil
+				}
+				return errors.New("dependency down")
+			})
+			return nil
+		},
+	}
+	done := serve(t, spec, "--grpc-addr=", "--grpc-socket", sock, "--health-interval", "20ms")
+	conn := dial(t, "unix://"+sock)
+
+	waitStatus(t, conn, healthpb.HealthCheckResponse_NOT_SERVING)
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if perm := fi.Mode().Perm(); perm != 0o600 {
+		t.Errorf("socket mode = %o, want 600", perm)
+	}
+	healthy.Store(true)
+	waitStatus(t, conn, healthpb.HealthCheckResponse_SERVING)
+	healthy.Store(false)
+	waitStatus(t, conn, healthpb.HealthCheckResponse_NOT_SERVING)
+	healthy.Store(true)
+	waitStatus(t, conn, healthpb.HealthCheckResponse_SERVING)
+
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	if !strings.Contains(strings.Join(names, ","), "grpc.health.v1.Health") {
+		t.Errorf("reflection lists %v, want grpc.health.v1.Health among them", names)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("daemon stopped early: %v", err)
+	default:
+	}
+}
+
+func TestServeStopsGracefully(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ctx, cancel := context.WithCancel(t.Context())
+	var closed atomic.Int32
+	spec := Spec{Name: "test", Setup: func(_ context.Context, d *Daemon) error {
+		d.OnShutdown(func() error { closed.Add(1); return nil })
+		return nil
+	}}
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, spec, []string{"--grpc-addr=", "--grpc-socket", sock}, io.Discard) }()
+	waitStatus(t, dial(t, "unix://"+sock), healthpb.HealthCheckResponse_SERVING)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run() after cancel = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if closed.Load() != 1 {
+		t.Errorf("shutdown hook ran %d times, want 1", closed.Load())
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket still exists after shutdown: %v", err)
+	}
+}
+
+func TestRunRejectsBadInput(t *testing.T) {
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.pem")
+	if err := os.WriteFile(garbage, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	notSocket := filepath.Join(dir, "file")
+	if err := os.WriteFile(notSocket, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		args      []string
+		wantUsage bool
+		wantErr   string
+	}{
+		{name: "unknown flag", args: []string{"--bogus"}, wantUsage: true, wantErr: "bogus"},
+		{name: "bad duration", args: []string{"--shutdown-timeout", "x"}, wantUsage: true, wantErr: "shutdown-timeout"},
+		{name: "missing TLS file", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", filepath.Join(dir, "nope.pem"), "--tls-key", filepath.Join(dir, "nope.key")}, wantErr: "load TLS key pair"},
+		{name: "garbage TLS file", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", garbage, "--tls-key", garbage}, wantErr: "load TLS key pair"},
+		{name: "listen on a regular file", args: []string{"--grpc-addr=", "--grpc-socket", notSocket}, wantErr: "not a socket"},
+		{name: "invalid listen address", args: []string{"--grpc-addr", "256.0.0.1:1"}, wantErr: "listen on"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			err := Run(t.Context(), Spec{Name: "test"}, tt.args, &stderr)
+			if err == nil {
+				t.Fatal("Run() = nil, want an error")
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("Run() = %v, want it to mention %q", err, tt.wantErr)
+			}
+			var usage *UsageError
+			if got := errors.As(err, &usage); got != tt.wantUsage {
+				t.Errorf("usage error = %v, want %v (%v)", got, tt.wantUsage, err)
+			}
+		})
+	}
+}
+
+func TestServeMutualTLSAndMetrics(t *testing.T) {
+	dir := t.TempDir()
+	ca := newCA(t)
+	srvCert, srvKey := ca.issue(t, dir, "server", x509.ExtKeyUsageServerAuth)
+	cliCert, cliKey := ca.issue(t, dir, "client", x509.ExtKeyUsageClientAuth)
+	caFile := filepath.Join(dir, "ca.pem")
+	writePEM(t, caFile, "CERTIFICATE", ca.cert.Raw)
+
+	addr, metricsAddr := freeAddr(t), freeAddr(t)
+	serve(t, Spec{Name: "test"}, "--grpc-addr", addr, "--metrics-addr", metricsAddr,
+		"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-client-ca", caFile)
+
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	pair, err := tls.LoadX509KeyPair(cliCert, cliKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert := credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: "127.0.0.1"})
+	waitStatus(t, dial(t, addr, grpc.WithTransportCredentials(withCert)), healthpb.HealthCheckResponse_SERVING)
+
+	// Without a client certificate the handshake must fail.
+	noCert := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	_, err = healthpb.NewHealthClient(dial(t, addr, grpc.WithTransportCredentials(noCert))).
+		Check(ctx, &healthpb.HealthCheckRequest{})
+	if err == nil {
+		t.Fatal("health check without a client certificate succeeded, want a TLS failure")
+	}
+
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"grpc_server_handled_total", "go_goroutines"} {
+		if !bytes.Contains(body, []byte(want)) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newCA(t *testing.T) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "axon test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{cert: cert, key: key}
+}
+
+// issue writes a certificate for 127.0.0.1 signed by ca and its key.
+func (ca *testCA) issue(t *testing.T, dir, name string, usage x509.ExtKeyUsage) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key")
+	writePEM(t, certFile, "CERTIFICATE", der)
+	writePEM(t, keyFile, "EC PRIVATE KEY", keyDER)
+	return certFile, keyFile
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

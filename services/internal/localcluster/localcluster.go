@@ -1,0 +1,283 @@
+// Package localcluster runs the whole Axon system on one machine: an
+// embedded etcd and every service binary as a child process, each checked
+// healthy before the next starts. It is what `make run` (axon-local) does.
+package localcluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/axon-cni/axon/services/internal/daemon"
+	"github.com/axon-cni/axon/services/internal/embedetcd"
+)
+
+// Config says where the local system keeps its state and finds its binaries.
+type Config struct {
+	// StateDir holds etcd's data and the services' sockets.
+	StateDir string
+	// BinDir holds the axon-* binaries.
+	BinDir string
+	// EtcdClientAddr and EtcdPeerAddr are the embedded etcd's listen addresses.
+	EtcdClientAddr, EtcdPeerAddr string
+	// Host is the address every service listens on.
+	Host string
+	// PortBase numbers the services' ports: gRPC on PortBase+1 (ipam),
+	// +2 (datapath), +3 (lbipam), +4 (policy), +5 (operator); metrics 200
+	// above each.
+	PortBase int
+	// ReadyTimeout bounds the wait for each service to report SERVING.
+	ReadyTimeout time.Duration
+	// StopTimeout bounds each service's graceful stop before it is killed.
+	StopTimeout time.Duration
+}
+
+// Component is one service process of the local system.
+type Component struct {
+	// Name is the service's short name; its binary is axon-<Name>.
+	Name string
+	// Target is the gRPC address clients dial (host:port or unix://path).
+	Target string
+	// MetricsAddr is the address of its /metrics endpoint.
+	MetricsAddr string
+	// Args are its command-line flags.
+	Args []string
+}
+
+// Components lists the services in start order, with their addresses.
+func (c Config) Components(etcdURL string) []Component {
+	addr := func(port int) string { return fmt.Sprintf("%s:%d", c.Host, port) }
+	etcdArgs := []string{"--etcd-endpoints", etcdURL}
+	var comps []Component
+	for _, s := range []struct {
+		name    string
+		port    int
+		useEtcd bool
+	}{
+		{"ipam", 1, true},
+		{"lbipam", 3, true},
+		{"policy", 4, false},
+		{"datapath", 2, false},
+		{"operator", 5, false},
+	} {
+		s.port += c.PortBase
+		comp := Component{
+			Name:        s.name,
+			Target:      addr(s.port),
+			MetricsAddr: addr(s.port + 200),
+			Args:        []string{"--grpc-addr", addr(s.port), "--metrics-addr", addr(s.port + 200)},
+		}
+		if s.useEtcd {
+			comp.Args = append(comp.Args, etcdArgs...)
+		}
+		if s.name == "datapath" {
+			sock := filepath.Join(c.StateDir, "datapath.sock")
+			comp.Args = append(comp.Args, "--grpc-socket", sock)
+		} else {
+			comp.Args = append(comp.Args, "--grpc-socket", "")
+		}
+		comps = append(comps, comp)
+	}
+	return comps
+}
+
+// Run starts the system, reports it on out, and keeps it running until ctx
+// is done or a part of it fails; then it stops everything it started.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (err error) {
+	stateDir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	cfg.StateDir = stateDir
+	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	etcd, err := embedetcd.Start(embedetcd.Config{
+		Dir:        filepath.Join(cfg.StateDir, "etcd"),
+		ClientAddr: cfg.EtcdClientAddr,
+		PeerAddr:   cfg.EtcdPeerAddr,
+		Log:        log.With(daemon.LogKeySubsys, "etcd"),
+	})
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+	log.Info("embedded etcd ready", "url", etcd.ClientURL(), "dir", filepath.Join(cfg.StateDir, "etcd"))
+
+	exited := make(chan error, 8)
+	var running []*process
+	defer func() {
+		for i := len(running) - 1; i >= 0; i-- {
+			running[i].stop(cfg.StopTimeout)
+		}
+	}()
+	comps := cfg.Components(etcd.ClientURL())
+	logMu := &sync.Mutex{}
+	for _, c := range comps {
+		p, err := start(cfg.BinDir, c, logMu, exited)
+		if err != nil {
+			return err
+		}
+		running = append(running, p)
+		if err := waitServing(ctx, c.Target, cfg.ReadyTimeout, exited); err != nil {
+			return fmt.Errorf("axon-%s did not become healthy: %w", c.Name, err)
+		}
+		log.Info("service serving", "service", c.Name, "grpc", c.Target)
+	}
+	printSummary(out, etcd.ClientURL(), comps)
+
+	select {
+	case <-ctx.Done():
+		log.Info("stopping")
+		return nil
+	case err := <-exited:
+		return err
+	case err := <-etcd.Err():
+		return fmt.Errorf("embedded etcd: %w", err)
+	}
+}
+
+func printSummary(out io.Writer, etcdURL string, comps []Component) {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "\nAxon is running on this machine (embedded etcd at %s).\n\n", etcdURL)
+	fmt.Fprintf(&b, "  %-10s %-32s %s\n", "SERVICE", "gRPC", "METRICS")
+	for _, c := range comps {
+		fmt.Fprintf(&b, "  %-10s %-32s http://%s/metrics\n", c.Name, c.Target, c.MetricsAddr)
+	}
+	fmt.Fprintf(&b, "\nTry: grpcurl -plaintext %s list\n     grpcurl -plaintext %s grpc.health.v1.Health/Check\nPress Ctrl-C to stop.\n", comps[0].Target, comps[0].Target)
+	_, _ = out.Write(b.Bytes())
+}
+
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (*process, error) {
+	bin := filepath.Join(binDir, "axon-"+c.Name)
+	cmd := exec.Command(bin, c.Args...)
+	w := &prefixWriter{prefix: "[" + c.Name + "] ", out: os.Stderr, mu: logMu}
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// Own process group: a terminal's Ctrl-C reaches only us, and we stop
+		// the services in order.
+		Setpgid: true,
+		// If axon-local dies, its services do not outlive it.
+		Pdeathsig: syscall.SIGTERM,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	p := &process{name: c.Name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		w.flush()
+		close(p.done)
+		exited <- fmt.Errorf("axon-%s exited unexpectedly: %v", c.Name, errOrStatus(err, cmd))
+	}()
+	return p, nil
+}
+
+func errOrStatus(err error, cmd *exec.Cmd) string {
+	if err != nil {
+		return err.Error()
+	}
+	return cmd.ProcessState.String()
+}
+
+// stop sends SIGTERM and waits up to timeout before killing the process.
+func (p *process) stop(timeout time.Duration) {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// waitServing polls the gRPC health service at target until it answers
+// SERVING, the timeout passes, or a started process exits.
+func waitServing(ctx context.Context, target string, timeout time.Duration, exited <-chan error) error {
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, time.Second)
+		resp, err := hc.Check(cctx, &healthpb.HealthCheckRequest{})
+		ccancel()
+		switch {
+		case err != nil:
+			last = err
+		case resp.GetStatus() == healthpb.HealthCheckResponse_SERVING:
+			return nil
+		default:
+			last = fmt.Errorf("status %s", resp.GetStatus())
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), last)
+		case err := <-exited:
+			return err
+		case <-tick.C:
+		}
+	}
+}
+
+// prefixWriter writes whole lines to out, each behind prefix.
+type prefixWriter struct {
+	prefix string
+	out    io.Writer
+	mu     *sync.Mutex
+	buf    []byte
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		_, _ = fmt.Fprintf(w.out, "%s%s\n", w.prefix, w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
+}
+
+func (w *prefixWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 {
+		_, _ = fmt.Fprintf(w.out, "%s%s\n", w.prefix, w.buf)
+		w.buf = nil
+	}
+}

@@ -1,0 +1,121 @@
+package localcluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// buildBinaries builds every service binary into a temporary directory.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", dir+"/", "github.com/axon-cni/axon/services/cmd/...")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// freePortBase finds a base whose service and metrics ports are all free.
+func freePortBase(t *testing.T) int {
+	t.Helper()
+	for base := 20000 + os.Getpid()%20000; base < 65000; base += 1000 {
+		ok := true
+		for _, off := range []int{1, 2, 3, 4, 5, 201, 202, 203, 204, 205} {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
+			if err != nil {
+				ok = false
+				break
+			}
+			_ = l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
+
+func TestRunStartsEveryServiceHealthy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds every binary; skipped in -short mode")
+	}
+	cfg := Config{
+		StateDir:       t.TempDir(),
+		BinDir:         buildBinaries(t),
+		EtcdClientAddr: "127.0.0.1:0",
+		EtcdPeerAddr:   "127.0.0.1:0",
+		Host:           "127.0.0.1",
+		PortBase:       freePortBase(t),
+		ReadyTimeout:   30 * time.Second,
+		StopTimeout:    10 * time.Second,
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	pr, pw := io.Pipe()
+	var runErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runErr = Run(ctx, cfg, slog.New(slog.DiscardHandler), pw)
+		_ = pw.Close()
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not stop")
+		}
+	})
+
+	// Run prints its summary once every service is SERVING.
+	summary := make([]byte, 4096)
+	n, err := io.ReadAtLeast(pr, summary, len("Axon is running"))
+	if err != nil {
+		<-done
+		t.Fatalf("no summary: %v (Run: %v)", err, runErr)
+	}
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	if !strings.Contains(string(summary[:n]), "Axon is running") {
+		t.Fatalf("summary = %q", summary[:n])
+	}
+
+	for _, c := range cfg.Components("unused") {
+		conn, err := grpc.NewClient(c.Target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
+		_ = conn.Close()
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("%s health = %v, %v; want SERVING", c.Name, resp.GetStatus(), err)
+		}
+	}
+
+	cancel()
+	select {
+	case <-done:
+		if runErr != nil {
+			t.Fatalf("Run() = %v after cancel, want nil", runErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not stop after cancel")
+	}
+	if _, err := os.Stat(filepath.Join(cfg.StateDir, "etcd")); err != nil {
+		t.Errorf("etcd data dir missing: %v", err)
+	}
+}
