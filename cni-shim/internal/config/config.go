@@ -1,0 +1,203 @@
+// Package config parses and validates axon-cni's network configuration and
+// the CNI_ARGS a runtime passes with it.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+// DefaultSocket is where axon-datapath serves the node's API.
+const DefaultSocket = "/run/axon/datapath.sock"
+
+// DefaultTimeout bounds every call to the datapath; kubelet's own CNI
+// deadline is minutes, so a stuck datapath fails fast and is retried.
+const DefaultTimeout = 30 * time.Second
+
+// PoolAnnotation on a pod asks for addresses from the named IPAM pool(s),
+// comma-separated.
+const PoolAnnotation = "ipam.axon.io/pool"
+
+// NetConf is axon-cni's network configuration (one plugin of a conflist).
+type NetConf struct {
+	types.PluginConf
+
+	// Socket is the datapath's unix socket.
+	Socket string `json:"socket,omitempty"`
+	// Timeout bounds each call to the datapath, as a Go duration ("30s").
+	Timeout Duration `json:"timeout,omitempty"`
+	// MTU of the pod's interface; 0 leaves it to the datapath.
+	MTU uint32 `json:"mtu,omitempty"`
+	// Pools are IPAM pools to allocate from; empty lets IPAM choose.
+	Pools []string `json:"pools,omitempty"`
+	// RuntimeConfig holds the capability arguments the runtime passes.
+	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitzero"`
+}
+
+// RuntimeConfig is the subset of CNI capability arguments axon-cni uses.
+type RuntimeConfig struct {
+	// IPs are requested addresses ("ips" capability), with or without a
+	// prefix length.
+	IPs []string `json:"ips,omitempty"`
+	// PodAnnotations are the pod's annotations (containerd passes them with
+	// the "io.kubernetes.cri.pod-annotations" capability).
+	PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+}
+
+// Duration is a time.Duration written as a Go duration string in JSON.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON parses a duration string such as "30s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("timeout must be a duration string such as \"30s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("timeout: %w", err)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// Parse decodes and validates a network configuration. Errors are
+// *types.Error with the CNI spec's codes.
+func Parse(data []byte) (*NetConf, error) {
+	var c NetConf
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "decode network configuration", err.Error())
+	}
+	if c.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&c.PluginConf); err != nil {
+			return nil, types.NewError(types.ErrDecodingFailure, "decode prevResult", err.Error())
+		}
+	}
+	if c.Socket == "" {
+		c.Socket = DefaultSocket
+	}
+	if c.Timeout.Duration == 0 {
+		c.Timeout.Duration = DefaultTimeout
+	}
+	if err := c.validate(); err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
+	}
+	return &c, nil
+}
+
+func (c *NetConf) validate() error {
+	var errs []error
+	if c.CNIVersion == "" {
+		errs = append(errs, errors.New("cniVersion is required"))
+	}
+	if c.Name == "" {
+		errs = append(errs, errors.New("name is required"))
+	}
+	if !strings.HasPrefix(c.Socket, "/") {
+		errs = append(errs, fmt.Errorf("socket must be an absolute path, got %q", c.Socket))
+	}
+	if c.Timeout.Duration < 0 {
+		errs = append(errs, fmt.Errorf("timeout must be positive, got %s", c.Timeout))
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
+		errs = append(errs, fmt.Errorf("mtu must be 0 or between 576 and 65535, got %d", c.MTU))
+	}
+	for _, p := range c.Pools {
+		if p == "" {
+			errs = append(errs, errors.New("pools must not contain an empty name"))
+		}
+	}
+	if _, err := c.RequestedIPs(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// RequestedIPs returns runtimeConfig.ips as bare addresses, at most one per
+// family.
+func (c *NetConf) RequestedIPs() ([]string, error) {
+	var out []string
+	var seen4, seen6 bool
+	for _, s := range c.RuntimeConfig.IPs {
+		addr, err := parseIP(s)
+		if err != nil {
+			return nil, fmt.Errorf("runtimeConfig.ips: %w", err)
+		}
+		seen := &seen4
+		if addr.Is6() {
+			seen = &seen6
+		}
+		if *seen {
+			return nil, fmt.Errorf("runtimeConfig.ips: more than one address of the family of %s", addr)
+		}
+		*seen = true
+		out = append(out, addr.String())
+	}
+	return out, nil
+}
+
+func parseIP(s string) (netip.Addr, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("%q is not an address: %w", s, err)
+		}
+		return p.Addr(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%q is not an address: %w", s, err)
+	}
+	return a.Unmap(), nil
+}
+
+// RequestedPools returns the pools to allocate from: the pod's pool
+// annotation wins over the network configuration's pools.
+func (c *NetConf) RequestedPools() []string {
+	if v := c.RuntimeConfig.PodAnnotations[PoolAnnotation]; v != "" {
+		var pools []string
+		for p := range strings.SplitSeq(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				pools = append(pools, p)
+			}
+		}
+		return pools
+	}
+	return c.Pools
+}
+
+// K8sArgs are the CNI_ARGS Kubernetes runtimes pass.
+type K8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // names fixed by the runtimes
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+}
+
+// ParseArgs parses CNI_ARGS ("K=V;K=V"). Unknown keys are always ignored, as
+// every Kubernetes runtime sends keys a given plugin does not know.
+func ParseArgs(s string) (*K8sArgs, map[string]string, error) {
+	a := &K8sArgs{}
+	a.IgnoreUnknown = true
+	if err := types.LoadArgs(s, a); err != nil {
+		return nil, nil, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
+	}
+	raw := map[string]string{}
+	for kv := range strings.SplitSeq(s, ";") {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			raw[k] = v
+		}
+	}
+	return a, raw, nil
+}

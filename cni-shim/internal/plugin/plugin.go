@@ -1,0 +1,282 @@
+// Package plugin implements the CNI verbs of axon-cni as calls to the node's
+// axon-datapath over its unix socket. It holds no networking logic: the
+// datapath does the work, the shim translates between CNI and gRPC.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+
+	"github.com/axon-cni/axon/cni-shim/internal/config"
+)
+
+// Plugin-specific CNI error codes (the spec reserves 100 and up for plugins).
+const (
+	// ErrAddressExhausted: IPAM has no free address in the pool(s).
+	ErrAddressExhausted uint = 101
+	// ErrPrecondition: the datapath refused the request in its current state.
+	ErrPrecondition uint = 102
+)
+
+// Plugin runs CNI verbs against the datapath listening on the socket the
+// network configuration names.
+type Plugin struct {
+	// Out receives ADD's result.
+	Out io.Writer
+}
+
+// New returns a Plugin that prints results to standard output.
+func New() *Plugin { return &Plugin{Out: os.Stdout} }
+
+// Funcs returns the verbs for skel.PluginMainFuncs.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
+}
+
+// call parses the configuration and runs fn with a datapath client under
+// the configured deadline.
+func (p *Plugin) call(stdin []byte, fn func(context.Context, *config.NetConf, datapathv1alpha1.DatapathServiceClient) error) error {
+	conf, err := config.Parse(stdin)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient("unix://"+conf.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid datapath socket", err.Error())
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), conf.Timeout.Duration)
+	defer cancel()
+	return fn(ctx, conf, datapathv1alpha1.NewDatapathServiceClient(conn))
+}
+
+func attachment(args *skel.CmdArgs) (*datapathv1alpha1.Attachment, error) {
+	if args.ContainerID == "" {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID is required", "")
+	}
+	if args.IfName == "" {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME is required", "")
+	}
+	return &datapathv1alpha1.Attachment{ContainerId: args.ContainerID, InterfaceName: args.IfName}, nil
+}
+
+// Add wires the container's interface (CNI ADD) and prints the result.
+func (p *Plugin) Add(args *skel.CmdArgs) error {
+	att, err := attachment(args)
+	if err != nil {
+		return err
+	}
+	if args.Netns == "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
+	}
+	if _, err := os.Stat(args.Netns); err != nil {
+		return types.NewError(types.ErrInvalidNetNS, "network namespace not found", err.Error())
+	}
+	k8s, rawArgs, err := config.ParseArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	return p.call(args.StdinData, func(ctx context.Context, conf *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
+		ips, err := conf.RequestedIPs()
+		if err != nil {
+			return types.NewError(types.ErrInvalidNetworkConfig, "invalid runtimeConfig", err.Error())
+		}
+		resp, err := dp.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{
+			Attachment:     att,
+			NetnsPath:      args.Netns,
+			PodNamespace:   string(k8s.K8S_POD_NAMESPACE),
+			PodName:        string(k8s.K8S_POD_NAME),
+			PodUid:         string(k8s.K8S_POD_UID),
+			Annotations:    conf.RuntimeConfig.PodAnnotations,
+			RequestedPools: conf.RequestedPools(),
+			RequestedIps:   ips,
+			Mtu:            conf.MTU,
+			CniArgs:        rawArgs,
+		})
+		if err != nil {
+			return cniError("create endpoint", err, false)
+		}
+		result, err := toResult(resp.GetEndpoint())
+		if err != nil {
+			return types.NewError(types.ErrInternal, "datapath returned an invalid endpoint", err.Error())
+		}
+		versioned, err := result.GetAsVersion(conf.CNIVersion)
+		if err != nil {
+			return types.NewError(types.ErrIncompatibleCNIVersion, "convert result", err.Error())
+		}
+		return versioned.PrintTo(p.Out)
+	})
+}
+
+// Del removes the container's interface (CNI DEL). Unknown attachments are
+// success, as the spec requires.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	att, err := attachment(args)
+	if err != nil {
+		return err
+	}
+	return p.call(args.StdinData, func(ctx context.Context, _ *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
+		_, err := dp.DeleteEndpoint(ctx, &datapathv1alpha1.DeleteEndpointRequest{Attachment: att, NetnsPath: args.Netns})
+		if status.Code(err) == codes.NotFound {
+			return nil
+		}
+		if err != nil {
+			return cniError("delete endpoint", err, false)
+		}
+		return nil
+	})
+}
+
+// Check verifies the container's interface is still as ADD left it.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	att, err := attachment(args)
+	if err != nil {
+		return err
+	}
+	return p.call(args.StdinData, func(ctx context.Context, conf *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
+		var expected []string
+		if conf.PrevResult != nil {
+			prev, err := current.NewResultFromResult(conf.PrevResult)
+			if err != nil {
+				return types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
+			}
+			for _, ip := range prev.IPs {
+				expected = append(expected, ip.Address.String())
+			}
+		}
+		resp, err := dp.CheckEndpoint(ctx, &datapathv1alpha1.CheckEndpointRequest{
+			Attachment: att, NetnsPath: args.Netns, ExpectedAddresses: expected,
+		})
+		if err != nil {
+			return cniError("check endpoint", err, true)
+		}
+		if !resp.GetHealthy() {
+			var msgs []string
+			for _, pr := range resp.GetProblems() {
+				msgs = append(msgs, pr.GetMessage())
+			}
+			return types.NewError(types.ErrInternal, "endpoint is not as created", fmt.Sprint(msgs))
+		}
+		return nil
+	})
+}
+
+// GC removes every endpoint of this network not in cni.dev/valid-attachments.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	return p.call(args.StdinData, func(ctx context.Context, conf *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
+		valid := make([]*datapathv1alpha1.Attachment, 0, len(conf.ValidAttachments))
+		for _, a := range conf.ValidAttachments {
+			valid = append(valid, &datapathv1alpha1.Attachment{ContainerId: a.ContainerID, InterfaceName: a.IfName})
+		}
+		_, err := dp.GarbageCollectEndpoints(ctx, &datapathv1alpha1.GarbageCollectEndpointsRequest{ValidAttachments: valid})
+		if err != nil {
+			return cniError("garbage-collect endpoints", err, false)
+		}
+		return nil
+	})
+}
+
+// Status reports whether the node can take ADDs (CNI STATUS).
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	return p.call(args.StdinData, func(ctx context.Context, _ *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
+		resp, err := dp.CheckReady(ctx, &datapathv1alpha1.CheckReadyRequest{})
+		if err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, "axon-datapath is not reachable", err.Error())
+		}
+		switch resp.GetReadiness() {
+		case datapathv1alpha1.ReadinessState_READINESS_STATE_READY:
+			return nil
+		case datapathv1alpha1.ReadinessState_READINESS_STATE_DEGRADED:
+			return types.NewError(types.ErrLimitedConnectivity, "node datapath is degraded", fmt.Sprint(resp.GetReasons()))
+		default:
+			return types.NewError(types.ErrPluginNotAvailable, "node datapath is not ready", fmt.Sprint(resp.GetReasons()))
+		}
+	})
+}
+
+// cniError maps a datapath gRPC error to a CNI error code. notFoundIsUnknown
+// makes NotFound mean "container unknown" (CHECK); elsewhere it names a
+// missing configuration object such as an IPAM pool.
+func cniError(op string, err error, notFoundIsUnknown bool) error {
+	st, _ := status.FromError(err)
+	msg := fmt.Sprintf("%s: %s", op, st.Message())
+	var code uint
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+		code = types.ErrTryAgainLater
+		msg = fmt.Sprintf("%s: axon-datapath unavailable, try again later", op)
+	case codes.InvalidArgument:
+		code = types.ErrInvalidNetworkConfig
+	case codes.NotFound:
+		code = types.ErrInvalidNetworkConfig
+		if notFoundIsUnknown {
+			code = types.ErrUnknownContainer
+		}
+	case codes.ResourceExhausted:
+		code = ErrAddressExhausted
+	case codes.FailedPrecondition, codes.AlreadyExists:
+		code = ErrPrecondition
+	default:
+		code = types.ErrInternal
+	}
+	return types.NewError(code, msg, err.Error())
+}
+
+// toResult turns a datapath endpoint into a CNI result.
+func toResult(ep *datapathv1alpha1.Endpoint) (*current.Result, error) {
+	if ep == nil {
+		return nil, errors.New("no endpoint")
+	}
+	r := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	for _, in := range ep.GetInterfaces() {
+		mtu := int(in.GetMtu())
+		r.Interfaces = append(r.Interfaces, &current.Interface{Name: in.GetName(), Mac: in.GetMac(), Sandbox: in.GetSandbox(), Mtu: mtu})
+	}
+	for _, ipc := range ep.GetIps() {
+		ip, ipNet, err := net.ParseCIDR(ipc.GetAddress())
+		if err != nil {
+			return nil, fmt.Errorf("address %q: %w", ipc.GetAddress(), err)
+		}
+		ipNet.IP = ip
+		cfg := &current.IPConfig{Address: *ipNet}
+		if g := ipc.GetGateway(); g != "" {
+			if cfg.Gateway = net.ParseIP(g); cfg.Gateway == nil {
+				return nil, fmt.Errorf("gateway %q is not an address", g)
+			}
+		}
+		if idx := int(ipc.GetInterfaceIndex()); idx < len(r.Interfaces) {
+			cfg.Interface = current.Int(idx)
+		} else {
+			return nil, fmt.Errorf("address %q names interface %d of %d", ipc.GetAddress(), idx, len(r.Interfaces))
+		}
+		r.IPs = append(r.IPs, cfg)
+	}
+	for _, rt := range ep.GetRoutes() {
+		_, dst, err := net.ParseCIDR(rt.GetDestination())
+		if err != nil {
+			return nil, fmt.Errorf("route destination %q: %w", rt.GetDestination(), err)
+		}
+		route := &types.Route{Dst: *dst}
+		if g := rt.GetGateway(); g != "" {
+			if route.GW = net.ParseIP(g); route.GW == nil {
+				return nil, fmt.Errorf("route gateway %q is not an address", g)
+			}
+		}
+		r.Routes = append(r.Routes, route)
+	}
+	return r, nil
+}
