@@ -61,5 +61,5 @@ func run() error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	return localcluster.Run(ctx, cfg, log.With(daemon.LogKeySubsys, "local"), os.Stdout)
+	return localcluster.Run(ctx, cfg, log, os.Stdout)
 }

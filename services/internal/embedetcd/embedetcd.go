@@ -25,7 +25,7 @@ type Config struct {
 	ClientAddr, PeerAddr string
 	// StartTimeout bounds the wait for the member to be ready.
 	StartTimeout time.Duration
-	// Log receives etcd's warnings and errors; nil discards them.
+	// Log receives etcd's errors; nil discards them.
 	Log *slog.Logger
 }
 
@@ -52,7 +52,7 @@ func Start(c Config) (*Server, error) {
 	}
 	closing := new(atomic.Bool)
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{
-		log: c.Log, level: zapcore.WarnLevel, closing: closing,
+		log: c.Log, level: zapcore.ErrorLevel, closing: closing,
 	}))
 	clientURL, err := listenURL(c.ClientAddr)
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -96,7 +97,9 @@ func (c Config) Components(etcdURL string) []Component {
 
 // Run starts the system, reports it on out, and keeps it running until ctx
 // is done or a part of it fails; then it stops everything it started.
-func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (err error) {
+func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error {
+	etcdLog := log.With(daemon.LogKeySubsys, "etcd")
+	log = log.With(daemon.LogKeySubsys, "local")
 	stateDir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
 		return err
@@ -109,7 +112,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (err 
 		Dir:        filepath.Join(cfg.StateDir, "etcd"),
 		ClientAddr: cfg.EtcdClientAddr,
 		PeerAddr:   cfg.EtcdPeerAddr,
-		Log:        log.With(daemon.LogKeySubsys, "etcd"),
+		Log:        etcdLog,
 	})
 	if err != nil {
 		return err
@@ -124,6 +127,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (err 
 			running[i].stop(cfg.StopTimeout)
 		}
 	}()
+	// The services do not depend on each other to start, so they start
+	// together; each must then report SERVING.
 	comps := cfg.Components(etcd.ClientURL())
 	logMu := &sync.Mutex{}
 	for _, c := range comps {
@@ -132,6 +137,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) (err 
 			return err
 		}
 		running = append(running, p)
+	}
+	for _, c := range comps {
 		if err := waitServing(ctx, c.Target, cfg.ReadyTimeout, exited); err != nil {
 			return fmt.Errorf("axon-%s did not become healthy: %w", c.Name, err)
 		}
@@ -218,7 +225,14 @@ func (p *process) stop(timeout time.Duration) {
 // waitServing polls the gRPC health service at target until it answers
 // SERVING, the timeout passes, or a started process exits.
 func waitServing(ctx context.Context, target string, timeout time.Duration, exited <-chan error) error {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(target,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// The service is starting: retry the connection quickly rather than
+		// with gRPC's default one-second backoff.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		}))
 	if err != nil {
 		return err
 	}

@@ -119,3 +119,16 @@ func TestRunStartsEveryServiceHealthy(t *testing.T) {
 		t.Errorf("etcd data dir missing: %v", err)
 	}
 }
+
+func TestRunFailsWithoutBinaries(t *testing.T) {
+	cfg := Config{
+		StateDir: t.TempDir(), BinDir: t.TempDir(),
+		EtcdClientAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0",
+		Host: "127.0.0.1", PortBase: freePortBase(t),
+		ReadyTimeout: 5 * time.Second, StopTimeout: 5 * time.Second,
+	}
+	err := Run(t.Context(), cfg, slog.New(slog.DiscardHandler), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "axon-ipam") {
+		t.Fatalf("Run() = %v, want an error naming axon-ipam", err)
+	}
+}
