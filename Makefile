@@ -1,0 +1,67 @@
+# Axon build, test and run entry points. `make help` lists them.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Go modules of the workspace (tools/ is kept out of go.work on purpose:
+# buf's dependencies must not leak into the services' build list).
+MODULES := gen bpf services cni-shim
+PKGS    := $(foreach m,$(MODULES),./$(m)/...)
+BIN     := $(CURDIR)/bin
+TOOLBIN := $(CURDIR)/.bin
+export PATH := $(TOOLBIN):$(PATH)
+
+GO_TEST_FLAGS ?= -race -count=1
+BUF := $(TOOLBIN)/buf
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: tools
+tools: ## build the pinned code generators into .bin/
+	cd tools && GOWORK=off go build -o $(TOOLBIN)/ \
+		github.com/bufbuild/buf/cmd/buf \
+		github.com/cilium/ebpf/cmd/bpf2go \
+		google.golang.org/protobuf/cmd/protoc-gen-go \
+		google.golang.org/grpc/cmd/protoc-gen-go-grpc
+
+.PHONY: generate
+generate: tools ## regenerate protobuf stubs (gen/) and eBPF objects (bpf/)
+	find gen -name '*.pb.go' -delete
+	$(BUF) generate
+	cd bpf && go generate ./...
+
+.PHONY: check-generate
+check-generate: generate ## fail if generated code differs from what is committed
+	@if [ -n "$$(git status --porcelain -- gen bpf)" ]; then \
+		echo "generated code is out of date; run 'make generate' and commit:"; \
+		git status --porcelain -- gen bpf; git diff --stat -- gen bpf; exit 1; fi
+
+.PHONY: build
+build: ## build every binary into bin/
+	cd services && go build -o $(BIN)/ ./cmd/...
+	cd cni-shim && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(BIN)/axon-cni ./cmd/axon-cni
+
+.PHONY: lint
+lint: tools ## go vet, gofmt, buf lint and buf format
+	go vet $(PKGS)
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+
+.PHONY: test
+test: ## run every test (root runs the kernel tests too) with the race detector
+	go test $(GO_TEST_FLAGS) $(PKGS)
+
+.PHONY: bench
+bench: ## run the benchmarks
+	go test -run '^$$' -bench . -benchmem $(PKGS)
+
+.PHONY: run
+run: build ## start the whole system on this machine with an embedded etcd
+	$(BIN)/axon-local --state-dir $(CURDIR)/.run
+
+.PHONY: clean
+clean: ## remove built binaries and local run state
+	rm -rf $(BIN) $(CURDIR)/.run
