@@ -44,8 +44,9 @@ build: ## build every binary into bin/
 	cd cni-shim && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(BIN)/axon-cni ./cmd/axon-cni
 
 .PHONY: lint
-lint: tools ## go vet, gofmt, buf lint and buf format
+lint: tools ## go vet, gofmt, buf lint, buf format; each module builds alone
 	go vet $(PKGS)
+	@for m in $(MODULES); do (cd $$m && GOWORK=off go build ./...) || exit 1; done
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
