@@ -1,0 +1,393 @@
+package allocator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/ipam/cidr"
+	"github.com/axon-cni/axon/services/ipam/pool"
+)
+
+// PoolAnnotation on a namespace names the pool(s) for its pods.
+const PoolAnnotation = "ipam.axon.io/pool"
+
+// famPlan is what one family of an allocation will take.
+type famPlan struct {
+	fam   pool.Family
+	pool  poolRef
+	block blockRef
+	addr  netip.Addr
+	usage *blockUsage
+}
+
+// Allocate allocates one address per wanted family for a handle on a node,
+// all or nothing, in one transaction. A retry for the same handle returns
+// the existing allocation.
+func (a *Allocator) Allocate(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.Allocation, error) {
+	h := Handle{req.GetHandle().GetContainerId(), req.GetHandle().GetInterfaceName()}
+	if err := h.validate(); err != nil {
+		return nil, err
+	}
+	requested, err := parseRequested(req)
+	if err != nil {
+		return nil, err
+	}
+	hkey := a.keys.handle(h)
+	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
+		n, err := a.lookupNode(ctx, req.GetNode())
+		if err != nil {
+			return nil, err
+		}
+		plans, err := a.plan(ctx, n, req, requested)
+		if err != nil {
+			if existing, ok, gerr := a.existing(ctx, hkey, req.GetNode()); gerr != nil || ok {
+				// A retry of an allocation that already succeeded must not
+				// fail because the pool filled up since.
+				return existing, gerr
+			}
+			return nil, err
+		}
+		alloc, committed, err := a.commitAllocation(ctx, h, n, req, plans)
+		for _, p := range plans {
+			p.usage.settle(p.addr, committed)
+		}
+		if err != nil || alloc != nil {
+			return alloc, err
+		}
+		for _, p := range plans {
+			a.invalidate(p.block.CIDR)
+		}
+	}
+	return nil, fmt.Errorf("allocate for %s on node %q: contention did not settle after %d attempts: %w", h, req.GetNode(), a.cfg.MaxAttempts, ErrConflict)
+}
+
+// existing returns the stored allocation of hkey, if any, checking it is on
+// node.
+func (a *Allocator) existing(ctx context.Context, hkey, node string) (*ipamv1alpha1.Allocation, bool, error) {
+	resp, err := a.cli.Get(ctx, hkey)
+	if err != nil {
+		return nil, false, fmt.Errorf("read handle: %w: %w", ErrUnavailable, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, false, nil
+	}
+	alloc, err := decodeAllocation(resp.Kvs[0].Value, resp.Kvs[0].CreateRevision)
+	if err != nil {
+		return nil, false, err
+	}
+	if alloc.GetNode() != node {
+		return nil, false, fmt.Errorf("handle %s is allocated on node %q, not %q: %w", hkey[len(a.keys.handles()):], alloc.GetNode(), node, ErrPrecondition)
+	}
+	return alloc, true, nil
+}
+
+func decodeAllocation(v []byte, seq int64) (*ipamv1alpha1.Allocation, error) {
+	alloc := &ipamv1alpha1.Allocation{}
+	if err := protojson.Unmarshal(v, alloc); err != nil {
+		return nil, fmt.Errorf("decode allocation: %w", err)
+	}
+	alloc.Sequence = uint64(seq)
+	return alloc, nil
+}
+
+// parseRequested parses the requested IPs, at most one per family.
+func parseRequested(req *ipamv1alpha1.AllocateIPRequest) (map[pool.Family]netip.Addr, error) {
+	out := map[pool.Family]netip.Addr{}
+	for _, s := range req.GetRequestedIps() {
+		addr, err := cidr.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("requested_ips: %w: %w", ErrInvalid, err)
+		}
+		f := pool.FamilyOf(addr)
+		if _, dup := out[f]; dup {
+			return nil, fmt.Errorf("requested_ips: more than one %s address: %w", familyKey(f), ErrInvalid)
+		}
+		if fams := req.GetFamilies(); len(fams) > 0 && !slices.Contains(fams, f) {
+			return nil, fmt.Errorf("requested_ips: %s is of a family not asked for: %w", addr, ErrInvalid)
+		}
+		out[f] = addr
+	}
+	for _, f := range req.GetFamilies() {
+		if f != pool.IPv4 && f != pool.IPv6 {
+			return nil, fmt.Errorf("families: unknown family %v: %w", f, ErrInvalid)
+		}
+	}
+	return out, nil
+}
+
+// plan chooses pool, block and address for every wanted family. Addresses
+// it returns are pending in their block's usage; the caller settles them.
+func (a *Allocator) plan(ctx context.Context, n nodeRef, req *ipamv1alpha1.AllocateIPRequest, requested map[pool.Family]netip.Addr) (plans []famPlan, err error) {
+	defer func() {
+		if err != nil {
+			for _, p := range plans {
+				p.usage.settle(p.addr, false)
+			}
+			plans = nil
+		}
+	}()
+	fams := req.GetFamilies()
+	explicit := len(fams) > 0
+	if !explicit {
+		fams = pool.Families
+	}
+	for _, f := range slices.Compact(slices.Clone(fams)) {
+		p, err := a.choosePool(ctx, n, req, f, requested[f])
+		if errors.Is(err, errNoPool) && !explicit {
+			continue
+		}
+		if err != nil {
+			return plans, err
+		}
+		fp, err := a.chooseAddress(ctx, n, p, f, requested[f])
+		if err != nil {
+			return plans, err
+		}
+		plans = append(plans, fp)
+	}
+	if len(plans) == 0 {
+		return nil, fmt.Errorf("no pool serves any family for this pod (create a default pool): %w", ErrPrecondition)
+	}
+	return plans, nil
+}
+
+var errNoPool = errors.New("no pool for family")
+
+// choosePool picks the pool of family f: a requested IP's pool, then
+// requested pools, the namespace annotation, selectors, the default pool.
+func (a *Allocator) choosePool(ctx context.Context, n nodeRef, req *ipamv1alpha1.AllocateIPRequest, f pool.Family, want netip.Addr) (poolRef, error) {
+	pools := a.pools.snapshot(nil)
+	if want.IsValid() {
+		for _, e := range pools {
+			fs := e.val.parsed.Family(f)
+			if fs == nil {
+				continue
+			}
+			if _, ok := fs.CIDRContaining(want); ok && e.val.parsed.Mode == pool.ClusterScope {
+				return poolRef{e.val, e.modRev}, nil
+			}
+			if pc, ok := hostPodCIDR(n.node, e.val.parsed, f); ok && e.val.parsed.Mode == pool.HostScope && pc.Contains(want) {
+				return poolRef{e.val, e.modRev}, nil
+			}
+		}
+		return poolRef{}, fmt.Errorf("requested IP %s is in no pool that can serve node %q: %w", want, n.node.GetName(), ErrPrecondition)
+	}
+	named := func(names []string, what string) (poolRef, bool, error) {
+		for _, name := range names {
+			p, err := a.lookupPool(ctx, name)
+			if err != nil {
+				return poolRef{}, false, fmt.Errorf("%s: %w", what, err)
+			}
+			if p.parsed.Family(f) != nil {
+				return p, true, nil
+			}
+		}
+		return poolRef{}, false, nil
+	}
+	if p, ok, err := named(req.GetRequestedPools(), "requested_pools"); err != nil || ok {
+		return p, err
+	}
+	if v := req.GetPod().GetNamespaceAnnotations()[PoolAnnotation]; v != "" {
+		var names []string
+		for s := range strings.SplitSeq(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				names = append(names, s)
+			}
+		}
+		if p, ok, err := named(names, "namespace annotation "+PoolAnnotation); err != nil || ok {
+			return p, err
+		}
+	}
+	var best *poolRef
+	for _, name := range sortedKeys(pools) {
+		e := pools[name]
+		sp := e.val.parsed
+		if sp.Family(f) == nil || !sp.SelectsPod(req.GetPod().GetLabels(), req.GetPod().GetNamespaceLabels()) {
+			continue
+		}
+		if best == nil || sp.Priority > best.parsed.Priority {
+			best = &poolRef{e.val, e.modRev}
+		}
+	}
+	if best != nil {
+		return *best, nil
+	}
+	p, err := a.defaultPool(ctx, f)
+	if errors.Is(err, ErrNotFound) {
+		return poolRef{}, fmt.Errorf("no pool serves %s for this pod: %w: %w", familyKey(f), errNoPool, ErrPrecondition)
+	}
+	return p, err
+}
+
+// chooseAddress picks a free address of pool p on node n: the requested one,
+// or the next free one of the node's blocks, claiming a block when all are
+// full.
+func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f pool.Family, want netip.Addr) (famPlan, error) {
+	fs := p.parsed.Family(f)
+	node := n.node.GetName()
+	if want.IsValid() {
+		var blk blockRef
+		var err error
+		if p.parsed.Mode == pool.HostScope {
+			blk, err = a.ensureBlock(ctx, n, p, f, netip.Prefix{})
+		} else {
+			blk, err = a.ensureBlock(ctx, n, p, f, cidr.BlockOf(want, fs.BlockBits))
+		}
+		if err != nil {
+			return famPlan{}, err
+		}
+		if !fs.Usable(blk.Outer, want) || want.String() == blk.RouterIP {
+			return famPlan{}, fmt.Errorf("requested IP %s is reserved (network, broadcast, reserved range or router IP): %w", want, ErrPrecondition)
+		}
+		u, err := a.usageOf(ctx, blk.blockRecord)
+		if err != nil {
+			return famPlan{}, err
+		}
+		if !u.claimAddr(want) {
+			return famPlan{}, fmt.Errorf("requested IP %s is allocated or held: %w", want, ErrExists)
+		}
+		return famPlan{fam: f, pool: p, block: blk, addr: want, usage: u}, nil
+	}
+	for _, blk := range a.nodeBlocks(node, p.parsed.Name, f) {
+		u, err := a.usageOf(ctx, blk.blockRecord)
+		if err != nil {
+			return famPlan{}, err
+		}
+		if addr, ok := u.pick(fs, blk.blockRecord); ok {
+			return famPlan{fam: f, pool: p, block: blk, addr: addr, usage: u}, nil
+		}
+	}
+	if p.parsed.Mode == pool.HostScope && len(a.nodeBlocks(node, p.parsed.Name, f)) > 0 {
+		return famPlan{}, fmt.Errorf("pod CIDR of node %q in host-scope pool %q is full: %w", node, p.parsed.Name, ErrExhausted)
+	}
+	blk, err := a.claimBlock(ctx, n, p, f, claimOpts{})
+	if err != nil {
+		return famPlan{}, err
+	}
+	u, err := a.usageOf(ctx, blk.blockRecord)
+	if err != nil {
+		return famPlan{}, err
+	}
+	if addr, ok := u.pick(fs, blk.blockRecord); ok {
+		return famPlan{fam: f, pool: p, block: blk, addr: addr, usage: u}, nil
+	}
+	return famPlan{}, fmt.Errorf("new block %s of pool %q has no usable address: %w", blk.CIDR, p.parsed.Name, ErrExhausted)
+}
+
+// ensureBlock returns the node's block want (or, for host scope, its pod
+// CIDR block), claiming it if nobody has.
+func (a *Allocator) ensureBlock(ctx context.Context, n nodeRef, p poolRef, f pool.Family, want netip.Prefix) (blockRef, error) {
+	if want.IsValid() {
+		if e, ok := a.blocks.get(a.keys.block(want)); ok {
+			if e.val.Node != n.node.GetName() {
+				return blockRef{}, fmt.Errorf("block %s belongs to node %q: %w", want, e.val.Node, ErrPrecondition)
+			}
+			return blockRef{e.val, e.modRev}, nil
+		}
+	} else if blks := a.nodeBlocks(n.node.GetName(), p.parsed.Name, f); len(blks) > 0 {
+		return blks[0], nil
+	}
+	return a.claimBlock(ctx, n, p, f, claimOpts{want: want})
+}
+
+// commitAllocation writes the handle and its addresses in one transaction.
+// It returns (nil, false, nil) when the transaction lost a race and the
+// caller should plan again.
+func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, req *ipamv1alpha1.AllocateIPRequest, plans []famPlan) (*ipamv1alpha1.Allocation, bool, error) {
+	now := a.cfg.Now().UTC()
+	alloc := &ipamv1alpha1.Allocation{
+		Handle:       &ipamv1alpha1.OwnerHandle{ContainerId: h.ContainerID, InterfaceName: h.Interface},
+		Node:         n.node.GetName(),
+		PodNamespace: req.GetPod().GetNamespace(),
+		PodName:      req.GetPod().GetName(),
+		CreateTime:   timestamppb.New(now),
+	}
+	if req.GetStickyKey() != "" {
+		alloc.StickyKey = req.GetStickyKey()
+		hold := a.cfg.StickyHold
+		if req.GetStickyHold() != nil {
+			hold = req.GetStickyHold().AsDuration()
+		}
+		alloc.StickyHold = durationpb.New(hold)
+	}
+	hkey := a.keys.handle(h)
+	cmps := []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(hkey), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(a.keys.node(n.node.GetName())), "=", n.rev),
+	}
+	var ops []clientv3.Op
+	rec := mustJSON(addrRecord{ContainerID: h.ContainerID, Interface: h.Interface})
+	for _, p := range plans {
+		gw := a.routerIP(n.node.GetName(), p.fam)
+		alloc.Addresses = append(alloc.Addresses, &ipamv1alpha1.AllocatedAddress{
+			Ip: p.addr.String(), Family: p.fam, PrefixLength: uint32(p.addr.BitLen()),
+			Gateway: gw, Pool: p.pool.parsed.Name, Block: p.block.CIDR.String(),
+		})
+		akey := a.keys.alloc(p.pool.parsed.Name, p.block.CIDR, p.addr)
+		cmps = append(cmps,
+			clientv3.Compare(clientv3.ModRevision(a.keys.pool(p.pool.parsed.Name)), "=", p.pool.rev),
+			clientv3.Compare(clientv3.ModRevision(a.keys.block(p.block.CIDR)), "=", p.block.rev),
+			clientv3.Compare(clientv3.CreateRevision(akey), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(a.keys.hold(p.pool.parsed.Name, p.block.CIDR, p.addr)), "=", 0),
+		)
+		ops = append(ops, clientv3.OpPut(akey, rec))
+	}
+	val, err := protoJSON(alloc)
+	if err != nil {
+		return nil, false, err
+	}
+	ops = append(ops, clientv3.OpPut(hkey, val))
+	resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(hkey)).Commit()
+	if err != nil {
+		return nil, false, fmt.Errorf("allocate for %s: %w: %w", h, ErrUnavailable, err)
+	}
+	if resp.Succeeded {
+		alloc.Sequence = uint64(resp.Header.Revision)
+		return alloc, true, nil
+	}
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		existing, err := decodeAllocation(kvs[0].Value, kvs[0].CreateRevision)
+		if err != nil {
+			return nil, false, err
+		}
+		if existing.GetNode() != n.node.GetName() {
+			return nil, false, fmt.Errorf("handle %s is allocated on node %q, not %q: %w", h, existing.GetNode(), n.node.GetName(), ErrPrecondition)
+		}
+		return existing, false, nil
+	}
+	// Something we read changed: the node, a pool, a block, or an address
+	// was taken by another replica. Re-read what may be stale; the caller
+	// reloads the blocks' usage.
+	if err := a.nodes.reload(ctx, a.keys.node(n.node.GetName())); err != nil {
+		return nil, false, err
+	}
+	for _, p := range plans {
+		if err := a.pools.reload(ctx, a.keys.pool(p.pool.parsed.Name)); err != nil {
+			return nil, false, err
+		}
+		if err := a.blocks.reload(ctx, a.keys.block(p.block.CIDR)); err != nil {
+			return nil, false, err
+		}
+	}
+	return nil, false, nil
+}
+
+// routerIP returns the node's router IP of family f, or "" if it has none.
+func (a *Allocator) routerIP(node string, f pool.Family) string {
+	for _, e := range a.blocks.snapshot(func(b *blockRecord) bool {
+		return b.Node == node && b.RouterIP != "" && pool.FamilyOf(b.CIDR.Addr()) == f
+	}) {
+		return e.val.RouterIP
+	}
+	return ""
+}

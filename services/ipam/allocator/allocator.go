@@ -1,0 +1,193 @@
+// Package allocator is the IPAM core: pools, nodes, node blocks and pod
+// address allocations, with all state in etcd. Every write is one
+// compare-and-swap transaction over the keys it read, so any number of
+// allocators (IPAM replicas) can serve at once and a crash at any point
+// loses nothing. See keys.go for the layout.
+package allocator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/ipam/cidr"
+	"github.com/axon-cni/axon/services/ipam/pool"
+)
+
+// Config tunes an Allocator.
+type Config struct {
+	// Root is the etcd key prefix of all IPAM state, ending in '/'.
+	Root string
+	// StickyHold is how long a released sticky allocation's addresses are
+	// held when the request does not say.
+	StickyHold time.Duration
+	// GCMinAge protects allocations younger than this from GarbageCollect
+	// when the request does not say.
+	GCMinAge time.Duration
+	// MaxAttempts bounds the transaction retries of one call under
+	// contention.
+	MaxAttempts int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns the configuration the IPAM service starts with.
+func DefaultConfig() Config {
+	return Config{
+		Root:        "/axon/ipam/v1/",
+		StickyHold:  10 * time.Minute,
+		GCMinAge:    time.Minute,
+		MaxAttempts: 16,
+	}
+}
+
+// Handle identifies the owner of an allocation: one interface of one
+// container.
+type Handle struct {
+	ContainerID string
+	Interface   string
+}
+
+func (h Handle) String() string { return h.ContainerID + "/" + h.Interface }
+
+func (h Handle) validate() error {
+	if h.ContainerID == "" || h.Interface == "" {
+		return fmt.Errorf("owner handle needs container_id and interface_name: %w", ErrInvalid)
+	}
+	return nil
+}
+
+// Allocator serves IPAM operations against etcd.
+type Allocator struct {
+	cli  *clientv3.Client
+	cfg  Config
+	keys keys
+	log  *slog.Logger
+
+	pools  *watchCache[*storedPool]
+	nodes  *watchCache[*ipamv1alpha1.Node]
+	blocks *watchCache[*blockRecord]
+
+	usageMu sync.Mutex
+	usage   map[netip.Prefix]*blockUsage
+
+	stop context.CancelFunc
+	done sync.WaitGroup
+}
+
+// storedPool is a pool as stored, with its parsed form.
+type storedPool struct {
+	spec   *ipamv1alpha1.Pool
+	parsed *pool.Pool
+}
+
+// blockRecord is the value of a blocks/ key.
+type blockRecord struct {
+	CIDR      netip.Prefix `json:"-"`
+	Pool      string       `json:"pool"`
+	Node      string       `json:"node"`
+	RouterIP  string       `json:"routerIP,omitempty"`
+	ClaimTime time.Time    `json:"claimTime"`
+	// Outer is the range whose first (and for IPv4 last) address is never
+	// handed out: the pool CIDR, or a host-scope node's pod CIDR.
+	Outer netip.Prefix `json:"outer"`
+}
+
+// addrRecord is the value of an alloc/ key.
+type addrRecord struct {
+	ContainerID string `json:"containerID,omitempty"`
+	Interface   string `json:"interface,omitempty"`
+	// Router names the node when the address is that node's router IP.
+	Router string `json:"router,omitempty"`
+}
+
+// New starts an Allocator: it loads pools, nodes and blocks and keeps them
+// current with watches until Close.
+func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger) (*Allocator, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = DefaultConfig().MaxAttempts
+	}
+	k := keys{root: cfg.Root}
+	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}}
+	a.pools = newWatchCache(cli, k.pools(), log, decodePool)
+	a.nodes = newWatchCache(cli, k.nodes(), log, decodeNode)
+	a.blocks = newWatchCache(cli, k.blocks(), log, decodeBlock)
+	for _, c := range []interface{ refresh(context.Context) error }{a.pools, a.nodes, a.blocks} {
+		if err := c.refresh(ctx); err != nil {
+			return nil, err
+		}
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	a.stop = cancel
+	for _, c := range []interface{ run(context.Context) }{a.pools, a.nodes, a.blocks} {
+		a.done.Go(func() { c.run(runCtx) })
+	}
+	return a, nil
+}
+
+// Close stops the watches.
+func (a *Allocator) Close() {
+	a.stop()
+	a.done.Wait()
+}
+
+func decodePool(_ string, v []byte) (*storedPool, error) {
+	p := &ipamv1alpha1.Pool{}
+	if err := protojson.Unmarshal(v, p); err != nil {
+		return nil, err
+	}
+	parsed, err := pool.Parse(p)
+	if err != nil {
+		return nil, err
+	}
+	return &storedPool{spec: p, parsed: parsed}, nil
+}
+
+func decodeNode(_ string, v []byte) (*ipamv1alpha1.Node, error) {
+	n := &ipamv1alpha1.Node{}
+	return n, protojson.Unmarshal(v, n)
+}
+
+func decodeBlock(key string, v []byte) (*blockRecord, error) {
+	b := &blockRecord{}
+	if err := json.Unmarshal(v, b); err != nil {
+		return nil, err
+	}
+	p, err := cidr.ParseKey(lastSegment(key))
+	if err != nil {
+		return nil, err
+	}
+	b.CIDR = p
+	return b, nil
+}
+
+// mustJSON encodes one of our own records, which only hold strings, times
+// and prefixes: encoding cannot fail.
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("marshal %T: %v", v, err)) // only our own plain structs are marshalled
+	}
+	return string(b)
+}
+
+// protoJSON encodes an API message for storage.
+func protoJSON(m proto.Message) (string, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("encode %T: %w: %w", m, ErrInvalid, err)
+	}
+	return string(b), nil
+}

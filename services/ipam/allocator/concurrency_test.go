@@ -1,0 +1,118 @@
+package allocator
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// TestConcurrentReplicas runs many simulated nodes allocating and releasing
+// through several allocators (IPAM replicas) at once, checking that no
+// address is ever held by two owners and that nothing leaks.
+func TestConcurrentReplicas(t *testing.T) {
+	const (
+		replicas = 3
+		nodes    = 6
+		workers  = 24
+		ops      = 40
+	)
+	cli := newClient(t)
+	root := testRoot(t)
+	var reps []*Allocator
+	for range replicas {
+		reps = append(reps, newAllocator(t, cli, root))
+	}
+	// Small blocks force frequent claims, so claims race too.
+	mustPool(t, reps[0], v4Pool("default", true, 28, "10.90.0.0/20"))
+	for i := range nodes {
+		mustNode(t, reps[0], fmt.Sprintf("n%d", i))
+	}
+
+	var mu sync.Mutex
+	held := map[string]string{} // ip -> owner, while the owner has not begun releasing
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			var mine []string
+			for i := range ops {
+				a := reps[rng.IntN(replicas)]
+				if len(mine) > 0 && rng.IntN(3) == 0 {
+					j := rng.IntN(len(mine))
+					cid := mine[j]
+					mine = append(mine[:j], mine[j+1:]...)
+					alloc, err := a.GetAllocation(t.Context(), Handle{cid, "eth0"})
+					if err != nil {
+						t.Errorf("get %s: %v", cid, err)
+						return
+					}
+					mu.Lock()
+					delete(held, alloc.GetAddresses()[0].GetIp())
+					mu.Unlock()
+					if _, _, err := a.Release(t.Context(), Handle{cid, "eth0"}, alloc.GetSequence(), false); err != nil {
+						t.Errorf("release %s: %v", cid, err)
+						return
+					}
+					continue
+				}
+				cid := fmt.Sprintf("w%d-%d", w, i)
+				alloc, err := a.Allocate(t.Context(), allocReq(fmt.Sprintf("n%d", w%nodes), cid))
+				if err != nil {
+					t.Errorf("allocate %s: %v", cid, err)
+					return
+				}
+				ip := alloc.GetAddresses()[0].GetIp()
+				mu.Lock()
+				if other, dup := held[ip]; dup {
+					t.Errorf("%s handed to %s while %s still holds it", ip, cid, other)
+				}
+				held[ip] = cid
+				mu.Unlock()
+				mine = append(mine, cid)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+
+	// Every allocated address key belongs to a live allocation and vice
+	// versa: nothing leaked, nothing lost.
+	allocs, _, err := reps[0].ListAllocations(t.Context(), AllocationFilter{}, "", 100000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(allocs) != len(held) {
+		t.Errorf("%d allocations stored, %d expected", len(allocs), len(held))
+	}
+	resp, err := cli.Get(t.Context(), reps[0].keys.allocs(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	podAddrs := 0
+	for _, kv := range resp.Kvs {
+		var rec addrRecord
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec.Router == "" {
+			podAddrs++
+		}
+	}
+	if podAddrs != len(held) {
+		t.Errorf("%d address keys, %d live allocations: leaked or lost addresses", podAddrs, len(held))
+	}
+	seen := map[string]bool{}
+	for _, a := range allocs {
+		ip := a.GetAddresses()[0].GetIp()
+		if seen[ip] {
+			t.Errorf("duplicate address %s in final state", ip)
+		}
+		seen[ip] = true
+	}
+}

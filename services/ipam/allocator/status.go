@@ -1,0 +1,117 @@
+package allocator
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/bits"
+	"net/netip"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/ipam/cidr"
+	"github.com/axon-cni/axon/services/ipam/pool"
+)
+
+// satAdd adds with saturation at math.MaxUint64.
+func satAdd(a, b uint64) uint64 {
+	s, carry := bits.Add64(a, b, 0)
+	if carry != 0 {
+		return math.MaxUint64
+	}
+	return s
+}
+
+func satSub(a, b uint64) uint64 {
+	if a == math.MaxUint64 || b > a {
+		return a
+	}
+	return a - b
+}
+
+// usableIn counts the addresses of block that may be handed out: its size
+// minus the first/last addresses of outer that fall in it and the reserved
+// addresses inside it.
+func usableIn(fs *pool.FamilySpec, outer, block netip.Prefix) uint64 {
+	n := cidr.Size(block)
+	r := cidr.RangeOf(outer)
+	if block.Contains(r.From) {
+		n = satSub(n, 1)
+	}
+	if r.To.Is4() && outer.Bits() < 31 && block.Contains(r.To) {
+		n = satSub(n, 1)
+	}
+	br := cidr.RangeOf(block)
+	for _, rr := range fs.Reserved {
+		if !rr.Overlaps(br) {
+			continue
+		}
+		from, to := rr.From, rr.To
+		if from.Less(br.From) {
+			from = br.From
+		}
+		if br.To.Less(to) {
+			to = br.To
+		}
+		n = satSub(n, cidr.Range{From: from, To: to}.Size())
+	}
+	return n
+}
+
+// withPoolStatus returns a copy of p with its usage filled in.
+func (a *Allocator) withPoolStatus(ctx context.Context, p *ipamv1alpha1.Pool) (*ipamv1alpha1.Pool, error) {
+	parsed, err := pool.Parse(p)
+	if err != nil {
+		return nil, err
+	}
+	out := proto.CloneOf(p)
+	fams := parsed.FamilyList()
+	var ops []clientv3.Op
+	for _, f := range fams {
+		ops = append(ops,
+			clientv3.OpGet(a.keys.allocFamily(parsed.Name, f), clientv3.WithPrefix(), clientv3.WithCountOnly()),
+			clientv3.OpGet(a.keys.holdFamily(parsed.Name, f), clientv3.WithPrefix(), clientv3.WithCountOnly()))
+	}
+	resp, err := a.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("usage of pool %q: %w: %w", parsed.Name, ErrUnavailable, err)
+	}
+	blocks := a.blocks.snapshot(func(b *blockRecord) bool { return b.Pool == parsed.Name })
+	nodes := map[string]bool{}
+	status := &ipamv1alpha1.PoolStatus{}
+	for i, f := range fams {
+		fs := parsed.Family(f)
+		u := &ipamv1alpha1.FamilyUsage{Family: f}
+		allocated := uint64(resp.Responses[2*i].GetResponseRange().Count)
+		u.Held = uint64(resp.Responses[2*i+1].GetResponseRange().Count)
+		var routers uint64
+		for _, e := range blocks {
+			b := e.val
+			if pool.FamilyOf(b.CIDR.Addr()) != f {
+				continue
+			}
+			u.BlocksClaimed++
+			nodes[b.Node] = true
+			if b.RouterIP != "" {
+				routers++
+			}
+			if parsed.Mode == pool.HostScope {
+				u.Capacity = satAdd(u.Capacity, usableIn(fs, b.Outer, b.CIDR))
+			}
+		}
+		if parsed.Mode == pool.ClusterScope {
+			for _, c := range fs.CIDRs {
+				u.Capacity = satAdd(u.Capacity, usableIn(fs, c, c))
+				u.BlocksTotal = satAdd(u.BlocksTotal, cidr.BlockCount(c, fs.BlockBits))
+			}
+		}
+		u.Capacity = satSub(u.Capacity, routers)
+		u.Allocated = satSub(allocated, routers)
+		status.Usage = append(status.Usage, u)
+	}
+	status.NodeCount = uint32(len(nodes))
+	out.Status = status
+	return out, nil
+}

@@ -1,0 +1,217 @@
+// Package cidr is the address arithmetic of IPAM: cutting pools into
+// blocks, indexing addresses inside a prefix, and address ranges. Every
+// function works on both families; counts that exceed 64 bits saturate.
+package cidr
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"net/netip"
+	"strings"
+)
+
+// ErrFamilyMismatch is returned when two values of different IP families
+// are combined.
+var ErrFamilyMismatch = errors.New("IP family mismatch")
+
+// ParsePrefix parses a CIDR in canonical form: host bits must be zero and
+// IPv4-mapped IPv6 prefixes are refused, so every prefix has one spelling.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: %w", s, err)
+	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: IPv4-mapped IPv6 prefixes are not allowed", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: host bits set (did you mean %s?)", s, p.Masked())
+	}
+	if p.Addr().Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: zones are not allowed", s)
+	}
+	return p, nil
+}
+
+// ParseAddr parses an address, unmapping IPv4-mapped IPv6 and refusing zones.
+func ParseAddr(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("invalid IP address %q: %w", s, err)
+	}
+	if a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("invalid IP address %q: zones are not allowed", s)
+	}
+	return a.Unmap(), nil
+}
+
+// Overlaps reports whether two prefixes share an address.
+func Overlaps(a, b netip.Prefix) bool { return a.Overlaps(b) }
+
+// Contains reports whether outer contains every address of inner.
+func Contains(outer, inner netip.Prefix) bool {
+	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
+}
+
+func toBig(a netip.Addr) *big.Int {
+	b := a.AsSlice()
+	return new(big.Int).SetBytes(b)
+}
+
+func fromBig(v *big.Int, is4 bool) netip.Addr {
+	n := 16
+	if is4 {
+		n = 4
+	}
+	buf := make([]byte, n)
+	v.FillBytes(buf)
+	a, _ := netip.AddrFromSlice(buf)
+	return a
+}
+
+// Size is the number of addresses in p, saturated at math.MaxUint64.
+func Size(p netip.Prefix) uint64 {
+	host := p.Addr().BitLen() - p.Bits()
+	if host >= 64 {
+		return math.MaxUint64
+	}
+	return 1 << host
+}
+
+// Nth returns the n-th address of p (0 is the network address). ok is false
+// if n is outside p.
+func Nth(p netip.Prefix, n uint64) (netip.Addr, bool) {
+	if n >= Size(p) && Size(p) != math.MaxUint64 {
+		return netip.Addr{}, false
+	}
+	v := toBig(p.Masked().Addr())
+	v.Add(v, new(big.Int).SetUint64(n))
+	a := fromBig(v, p.Addr().Is4())
+	if !p.Contains(a) {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// Index returns the offset of a inside p. ok is false if p does not contain
+// a or the offset does not fit 64 bits.
+func Index(p netip.Prefix, a netip.Addr) (uint64, bool) {
+	if !p.Contains(a) {
+		return 0, false
+	}
+	d := toBig(a)
+	d.Sub(d, toBig(p.Masked().Addr()))
+	if !d.IsUint64() {
+		return 0, false
+	}
+	return d.Uint64(), true
+}
+
+// BlockCount is how many blocks of length bits p is cut into, saturated.
+func BlockCount(p netip.Prefix, bits int) uint64 {
+	if bits < p.Bits() {
+		return 0
+	}
+	if bits-p.Bits() >= 64 {
+		return math.MaxUint64
+	}
+	return 1 << (bits - p.Bits())
+}
+
+// NthBlock returns the n-th block of length bits inside p.
+func NthBlock(p netip.Prefix, bits int, n uint64) (netip.Prefix, bool) {
+	if bits < p.Bits() || bits > p.Addr().BitLen() || n >= BlockCount(p, bits) && BlockCount(p, bits) != math.MaxUint64 {
+		return netip.Prefix{}, false
+	}
+	v := toBig(p.Masked().Addr())
+	off := new(big.Int).SetUint64(n)
+	off.Lsh(off, uint(p.Addr().BitLen()-bits))
+	v.Add(v, off)
+	a := fromBig(v, p.Addr().Is4())
+	if !p.Contains(a) {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, bits), true
+}
+
+// BlockOf returns the block of length bits that contains a.
+func BlockOf(a netip.Addr, bits int) netip.Prefix {
+	b, _ := a.Prefix(bits)
+	return b
+}
+
+// Range is an inclusive range of addresses of one family.
+type Range struct {
+	From, To netip.Addr
+}
+
+// RangeOf returns the range covering p.
+func RangeOf(p netip.Prefix) Range {
+	last, _ := Nth(p, Size(p)-1)
+	if Size(p) == math.MaxUint64 {
+		// Saturated: compute the last address from the mask directly.
+		v := toBig(p.Masked().Addr())
+		host := new(big.Int).Lsh(big.NewInt(1), uint(p.Addr().BitLen()-p.Bits()))
+		v.Add(v, host.Sub(host, big.NewInt(1)))
+		last = fromBig(v, p.Addr().Is4())
+	}
+	return Range{From: p.Masked().Addr(), To: last}
+}
+
+// NewRange returns the range [from, to], checking family and order.
+func NewRange(from, to netip.Addr) (Range, error) {
+	if from.Is4() != to.Is4() {
+		return Range{}, fmt.Errorf("range %s-%s: %w", from, to, ErrFamilyMismatch)
+	}
+	if to.Less(from) {
+		return Range{}, fmt.Errorf("range %s-%s: end before start", from, to)
+	}
+	return Range{From: from, To: to}, nil
+}
+
+// Contains reports whether a is in r.
+func (r Range) Contains(a netip.Addr) bool {
+	return a.Is4() == r.From.Is4() && !a.Less(r.From) && !r.To.Less(a)
+}
+
+// Overlaps reports whether r and o share an address.
+func (r Range) Overlaps(o Range) bool {
+	return r.From.Is4() == o.From.Is4() && !r.To.Less(o.From) && !o.To.Less(r.From)
+}
+
+// Within reports whether r lies entirely inside p.
+func (r Range) Within(p netip.Prefix) bool {
+	return p.Contains(r.From) && p.Contains(r.To)
+}
+
+// String is "from-to", or the single address.
+func (r Range) String() string {
+	if r.From == r.To {
+		return r.From.String()
+	}
+	return r.From.String() + "-" + r.To.String()
+}
+
+// Key spells p for use inside an etcd key: the '/' becomes '_', so a prefix
+// is one key segment ("10.0.3.0_26").
+func Key(p netip.Prefix) string {
+	return strings.Replace(p.String(), "/", "_", 1)
+}
+
+// ParseKey is the inverse of Key.
+func ParseKey(s string) (netip.Prefix, error) {
+	return ParsePrefix(strings.Replace(s, "_", "/", 1))
+}
+
+// Size is the number of addresses in r, saturated at math.MaxUint64.
+func (r Range) Size() uint64 {
+	d := toBig(r.To)
+	d.Sub(d, toBig(r.From))
+	d.Add(d, big.NewInt(1))
+	if !d.IsUint64() {
+		return math.MaxUint64
+	}
+	return d.Uint64()
+}
