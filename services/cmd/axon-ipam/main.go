@@ -5,24 +5,49 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
+	"strings"
+	"time"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/daemon"
 	"github.com/axon-cni/axon/services/internal/etcdclient"
+	"github.com/axon-cni/axon/services/ipam/allocator"
+	"github.com/axon-cni/axon/services/ipam/server"
 )
 
 func main() {
 	var etcd etcdclient.Config
+	cfg := allocator.DefaultConfig()
+	startTimeout := 30 * time.Second
 	os.Exit(daemon.Main(daemon.Spec{
 		Name:     "ipam",
 		Defaults: daemon.Defaults{GRPCAddr: "127.0.0.1:9401", MetricsAddr: "127.0.0.1:9601"},
-		Flags:    func(fs *flag.FlagSet) { etcd.RegisterFlags(fs) },
-		Setup: func(_ context.Context, d *daemon.Daemon) error {
-			if _, err := etcdclient.Attach(d, etcd); err != nil {
+		Flags: func(fs *flag.FlagSet) {
+			etcd.RegisterFlags(fs)
+			fs.StringVar(&cfg.Root, "etcd-prefix", cfg.Root, "etcd key `prefix` of all IPAM state (ends in /)")
+			fs.DurationVar(&cfg.StickyHold, "sticky-hold", cfg.StickyHold, "how long a released sticky allocation's addresses stay held by default")
+			fs.DurationVar(&cfg.GCMinAge, "gc-min-age", cfg.GCMinAge, "allocations younger than this survive GarbageCollect by default")
+			fs.DurationVar(&startTimeout, "etcd-start-timeout", startTimeout, "how long start-up waits for etcd to load IPAM state")
+		},
+		Setup: func(ctx context.Context, d *daemon.Daemon) error {
+			if !strings.HasSuffix(cfg.Root, "/") {
+				return &daemon.UsageError{Err: fmt.Errorf("--etcd-prefix must end in /, got %q", cfg.Root)}
+			}
+			cli, err := etcdclient.Attach(d, etcd)
+			if err != nil {
 				return err
 			}
-			ipamv1alpha1.RegisterIPAMServiceServer(d.GRPC(), ipamv1alpha1.UnimplementedIPAMServiceServer{})
+			loadCtx, cancel := context.WithTimeout(ctx, startTimeout)
+			defer cancel()
+			alloc, err := allocator.New(loadCtx, cli, cfg, d.Logger().With(daemon.LogKeySubsys, "allocator"))
+			if err != nil {
+				return fmt.Errorf("load IPAM state from etcd: %w", err)
+			}
+			d.OnShutdown(func() error { alloc.Close(); return nil })
+			m := server.NewMetrics(d.Registry(), alloc)
+			ipamv1alpha1.RegisterIPAMServiceServer(d.GRPC(), server.New(alloc, m, d.Logger()))
 			return nil
 		},
 	}))

@@ -1,0 +1,437 @@
+// Package etcdtest runs real etcd for tests: a single embedded member, or a
+// cluster of several members in the test's process, on loopback ports, with
+// fault injection (stop a member as if it crashed, restart it with its data).
+//
+// Everything it starts is stopped in t.Cleanup, also when the test fails.
+// Timeouts are short (20ms heartbeat, 200ms election) so that a failover
+// takes well under a second; etcd's own errors go to t.Log while the test
+// runs and are dropped afterwards.
+package etcdtest
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+const (
+	tickMs     = 20
+	electionMs = 200
+	// startAttempts bounds how often a whole cluster start is retried
+	// after a port chosen for it was taken before etcd bound it.
+	startAttempts = 5
+	// readyTimeout bounds the wait for members to serve.
+	readyTimeout = 20 * time.Second
+	// dialTimeout is the DialTimeout of the clients this package makes.
+	dialTimeout = 2 * time.Second
+)
+
+// errClosed is returned by operations on a cluster whose test has ended.
+var errClosed = errors.New("etcd test cluster is closed")
+
+// Cluster is a set of embedded etcd members forming one etcd cluster. Its
+// methods are safe for concurrent use.
+type Cluster struct {
+	members []*member
+	log     *testLog
+	closed  atomic.Bool
+
+	clientMu sync.Mutex
+	client   *clientv3.Client // used by WaitHealthy; made on first use
+}
+
+// member is one etcd member; its URLs and data directory stay the same
+// across Stop and Restart.
+type member struct {
+	cfg *embed.Config // template for every start
+	log *testLog
+
+	op sync.Mutex // serializes starting and stopping
+	// closing counts stopped instances still closing their listeners.
+	closing sync.WaitGroup
+
+	mu    sync.Mutex
+	etcd  *embed.Etcd  // nil while stopped
+	gate  *gate        // admits etcd's client RPCs
+	quiet *atomic.Bool // set while stopping: errors then are expected
+}
+
+// Single starts a one-member etcd cluster with its data in t.TempDir() and
+// waits until it serves. It is stopped in t.Cleanup.
+func Single(t testing.TB) *Cluster {
+	t.Helper()
+	return New(t, 1)
+}
+
+// New starts an etcd cluster of the given number of members, all in this
+// process, each with its own data directory under t.TempDir() and client and
+// peer URLs on free 127.0.0.1 ports, and waits until every member serves.
+// Every member, and every client made by [Cluster.Client], is stopped in
+// t.Cleanup.
+func New(t testing.TB, members int) *Cluster {
+	t.Helper()
+	if members < 1 {
+		t.Fatalf("etcdtest.New: %d members, want at least 1", members)
+	}
+	log := &testLog{t: t}
+	// Cleanups run last-registered first: the members stop before their
+	// data directory is removed, and log until they have stopped.
+	t.Cleanup(log.close)
+	dir := t.TempDir()
+	c := &Cluster{log: log}
+	t.Cleanup(c.close)
+
+	var err error
+	for attempt := range startAttempts {
+		if err = c.start(filepath.Join(dir, fmt.Sprintf("start%d", attempt)), members); err == nil {
+			return c
+		}
+		c.stopAll()
+		if !isAddrInUse(err) {
+			break
+		}
+	}
+	t.Fatalf("etcdtest: start %d-member cluster: %v", members, err)
+	return nil
+}
+
+// start configures the members on fresh ports and starts them all, then
+// waits until each is ready.
+func (c *Cluster) start(dir string, n int) error {
+	token := fmt.Sprintf("etcdtest-%d-%s", os.Getpid(), rand.Text())
+	c.members = make([]*member, n)
+	var initial []string
+	for i := range c.members {
+		clientURL, err := freeURL()
+		if err != nil {
+			return err
+		}
+		peerURL, err := freeURL()
+		if err != nil {
+			return err
+		}
+		cfg := embed.NewConfig()
+		cfg.Name = fmt.Sprintf("m%d", i)
+		cfg.Dir = filepath.Join(dir, cfg.Name)
+		cfg.ListenClientUrls = []url.URL{clientURL}
+		cfg.AdvertiseClientUrls = []url.URL{clientURL}
+		cfg.ListenPeerUrls = []url.URL{peerURL}
+		cfg.AdvertisePeerUrls = []url.URL{peerURL}
+		cfg.InitialClusterToken = token
+		cfg.TickMs = tickMs
+		cfg.ElectionMs = electionMs
+		// A test's data need not survive a machine crash, only a member's.
+		cfg.UnsafeNoFsync = true
+		cfg.EnableGRPCGateway = false
+		cfg.LogLevel = "error"
+		c.members[i] = &member{cfg: cfg, log: c.log}
+		initial = append(initial, cfg.Name+"="+peerURL.String())
+	}
+	for _, m := range c.members {
+		m.cfg.InitialCluster = strings.Join(initial, ",")
+	}
+	// Members of a new cluster become ready only together, once they
+	// reach each other, so all start before any is waited for.
+	for _, m := range c.members {
+		if err := m.start(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	for _, m := range c.members {
+		if err := m.waitReady(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// start starts the member from its data directory.
+func (m *member) start() error {
+	g := newGate()
+	quiet := new(atomic.Bool)
+	cfg := *m.cfg
+	cfg.GRPCAdditionalServerOptions = g.serverOptions()
+	// etcd's Fatal would exit the test binary silently: panic instead.
+	lg := zap.New(&testCore{log: m.log, member: cfg.Name, quiet: quiet}, zap.WithFatalHook(zapcore.WriteThenPanic))
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	e, err := embed.StartEtcd(&cfg)
+	if err != nil {
+		return fmt.Errorf("start member %s: %w", m.cfg.Name, err)
+	}
+	m.mu.Lock()
+	m.etcd, m.gate, m.quiet = e, g, quiet
+	m.mu.Unlock()
+	return nil
+}
+
+// waitReady waits until the running member has joined its cluster.
+func (m *member) waitReady(ctx context.Context) error {
+	e := m.get()
+	if e == nil {
+		return fmt.Errorf("member %s is stopped", m.cfg.Name)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return nil
+	case err := <-e.Err():
+		return fmt.Errorf("member %s failed while starting: %w", m.cfg.Name, err)
+	case <-ctx.Done():
+		return fmt.Errorf("member %s not ready: %w", m.cfg.Name, ctx.Err())
+	}
+}
+
+// get returns the running member, or nil.
+func (m *member) get() *embed.Etcd {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.etcd
+}
+
+// stop stops the member as a crash would: its client connections close,
+// and raft stops at once, with no leadership transfer, closing the data
+// directory. Then its listeners close in the background: that takes up to
+// a second, as etcd waits for peer connections to end, but the ports are
+// free after a few milliseconds.
+func (m *member) stop() {
+	m.mu.Lock()
+	e, g, quiet := m.etcd, m.gate, m.quiet
+	m.etcd, m.gate, m.quiet = nil, nil, nil
+	m.mu.Unlock()
+	if e == nil {
+		return
+	}
+	quiet.Store(true)
+	if !g.close(readyTimeout) {
+		m.log.logf("etcdtest: member %s: client RPCs still running %v after stop", m.cfg.Name, readyTimeout)
+	}
+	e.Server.HardStop()
+	m.closing.Go(e.Close)
+}
+
+// Endpoints returns the client URLs of all members, stopped ones included,
+// in member order.
+func (c *Cluster) Endpoints() []string {
+	eps := make([]string, len(c.members))
+	for i, m := range c.members {
+		eps[i] = m.cfg.AdvertiseClientUrls[0].String()
+	}
+	return eps
+}
+
+// Client returns a client to all members' endpoints, which fails over
+// between them. It is closed in t.Cleanup.
+func (c *Cluster) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := newClient(c.Endpoints())
+	if err != nil {
+		t.Fatalf("etcdtest: client: %v", err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+func newClient(endpoints []string) (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: dialTimeout,
+		Logger:      zap.NewNop(),
+	})
+}
+
+// Leader returns the index of the member that leads the cluster: a running
+// member that a majority of all members follow. It waits for one until ctx
+// is done.
+func (c *Cluster) Leader(ctx context.Context) (int, error) {
+	for {
+		if i, ok := c.leader(); ok {
+			return i, nil
+		}
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("no etcd leader: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) leader() (int, bool) {
+	votes := make(map[uint64]int)
+	ids := make(map[uint64]int)
+	for i, m := range c.members {
+		if e := m.get(); e != nil {
+			ids[uint64(e.Server.MemberID())] = i
+			votes[uint64(e.Server.Leader())]++
+		}
+	}
+	for id, n := range votes {
+		if i, running := ids[id]; running && n > len(c.members)/2 {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+// Stop stops member i as if its process crashed: abruptly, without handing
+// over leadership. Its data directory stays for [Cluster.Restart]. Stopping a
+// stopped member does nothing.
+func (c *Cluster) Stop(i int) {
+	m := c.members[i]
+	m.op.Lock()
+	defer m.op.Unlock()
+	m.stop()
+}
+
+// Restart starts stopped member i again with its data directory, name and
+// URLs, as a member of the existing cluster, and waits until it has
+// rejoined. If the running members, i included, are not a majority, the
+// member cannot rejoin yet, and Restart returns once it runs: restart more
+// members, then use [Cluster.WaitHealthy]. Restarting a running member does
+// nothing. Restart fails the test with t.Fatalf, so from a goroutine other
+// than the test's a failure ends only that goroutine.
+func (c *Cluster) Restart(t testing.TB, i int) {
+	t.Helper()
+	if err := c.restart(i); err != nil {
+		t.Fatalf("etcdtest: restart member %d: %v", i, err)
+	}
+}
+
+func (c *Cluster) restart(i int) error {
+	m := c.members[i]
+	m.op.Lock()
+	defer m.op.Unlock()
+	if c.closed.Load() {
+		return errClosed
+	}
+	if m.get() != nil {
+		return nil
+	}
+	// The stopped instance frees its ports a few milliseconds after Stop;
+	// another process may also hold one for a moment (as the ephemeral
+	// port of an outgoing connection).
+	var err error
+	for wait := 5 * time.Millisecond; wait < 2*time.Second; wait *= 2 {
+		if err = m.start(); err == nil || !isAddrInUse(err) {
+			break
+		}
+		time.Sleep(wait)
+	}
+	if err != nil {
+		return err
+	}
+	if !c.quorumRunning() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := m.waitReady(ctx); err != nil {
+		m.stop()
+		return err
+	}
+	return nil
+}
+
+// quorumRunning reports whether a majority of members runs.
+func (c *Cluster) quorumRunning() bool {
+	running := 0
+	for _, m := range c.members {
+		if m.get() != nil {
+			running++
+		}
+	}
+	return running > len(c.members)/2
+}
+
+// WaitHealthy waits until a linearizable read, which needs a quorum,
+// succeeds through a client to all members, or until ctx is done.
+func (c *Cluster) WaitHealthy(ctx context.Context) error {
+	c.clientMu.Lock()
+	if c.client == nil {
+		if c.closed.Load() {
+			c.clientMu.Unlock()
+			return errClosed
+		}
+		cli, err := newClient(c.Endpoints())
+		if err != nil {
+			c.clientMu.Unlock()
+			return err
+		}
+		c.client = cli
+	}
+	cli := c.client
+	c.clientMu.Unlock()
+	for {
+		tctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := cli.Get(tctx, "etcdtest/health")
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("etcd cluster not healthy: %w (last error: %w)", ctx.Err(), err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// close stops everything the cluster started; it runs in t.Cleanup.
+func (c *Cluster) close() {
+	c.closed.Store(true)
+	c.clientMu.Lock()
+	if c.client != nil {
+		_ = c.client.Close()
+		c.client = nil
+	}
+	c.clientMu.Unlock()
+	c.stopAll()
+}
+
+// stopAll stops all members at once.
+func (c *Cluster) stopAll() {
+	var wg sync.WaitGroup
+	for _, m := range c.members {
+		wg.Go(func() {
+			m.op.Lock()
+			defer m.op.Unlock()
+			m.stop()
+			m.closing.Wait()
+		})
+	}
+	wg.Wait()
+}
+
+// freeURL returns an http URL on a 127.0.0.1 port that was free a moment
+// ago; the caller retries if it is taken before etcd binds it.
+func freeURL() (url.URL, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return url.URL{}, err
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		return url.URL{}, err
+	}
+	return url.URL{Scheme: "http", Host: addr}, nil
+}
+
+func isAddrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}

@@ -1,0 +1,331 @@
+// Package server is the gRPC face of axon-ipam: it checks request shapes,
+// calls the allocator, and maps its errors to status codes through one
+// table.
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/ipam/allocator"
+)
+
+// Server implements ipamv1alpha1.IPAMServiceServer.
+type Server struct {
+	ipamv1alpha1.UnimplementedIPAMServiceServer
+	alloc   *allocator.Allocator
+	log     *slog.Logger
+	metrics *Metrics
+}
+
+// New returns a Server backed by alloc.
+func New(alloc *allocator.Allocator, m *Metrics, log *slog.Logger) *Server {
+	return &Server{alloc: alloc, metrics: m, log: log}
+}
+
+// codeOf is the one table from allocator errors to gRPC codes.
+var codeOf = []struct {
+	err  error
+	code codes.Code
+}{
+	{allocator.ErrInvalid, codes.InvalidArgument},
+	{allocator.ErrNotFound, codes.NotFound},
+	{allocator.ErrExists, codes.AlreadyExists},
+	{allocator.ErrPrecondition, codes.FailedPrecondition},
+	{allocator.ErrExhausted, codes.ResourceExhausted},
+	{allocator.ErrConflict, codes.Aborted},
+	{allocator.ErrUnavailable, codes.Unavailable},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+}
+
+// toStatus maps an allocator error to a gRPC status error.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, c := range codeOf {
+		if errors.Is(err, c.err) {
+			return status.Error(c.code, err.Error())
+		}
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+// page turns page_size and page_token into a limit and the key to resume
+// after.
+func page(size int32, token string) (int, string, error) {
+	if size < 0 {
+		return 0, "", status.Errorf(codes.InvalidArgument, "page_size must not be negative, got %d", size)
+	}
+	limit := int(size)
+	if limit == 0 {
+		limit = defaultPageSize
+	}
+	limit = min(limit, maxPageSize)
+	if token == "" {
+		return limit, "", nil
+	}
+	after, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || len(after) == 0 {
+		return 0, "", status.Errorf(codes.InvalidArgument, "invalid page_token %q", token)
+	}
+	return limit, string(after), nil
+}
+
+func nextToken(after string) string {
+	if after == "" {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(after))
+}
+
+func handleOf(h *ipamv1alpha1.OwnerHandle) allocator.Handle {
+	return allocator.Handle{ContainerID: h.GetContainerId(), Interface: h.GetInterfaceName()}
+}
+
+// CreatePool implements IPAMService.
+func (s *Server) CreatePool(ctx context.Context, req *ipamv1alpha1.CreatePoolRequest) (*ipamv1alpha1.CreatePoolResponse, error) {
+	p, err := s.alloc.CreatePool(ctx, req.GetPool())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.CreatePoolResponse{Pool: p}, nil
+}
+
+// GetPool implements IPAMService.
+func (s *Server) GetPool(ctx context.Context, req *ipamv1alpha1.GetPoolRequest) (*ipamv1alpha1.GetPoolResponse, error) {
+	p, err := s.alloc.GetPool(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.GetPoolResponse{Pool: p}, nil
+}
+
+// ListPools implements IPAMService. Pools are few; the page is cut from the
+// full, name-ordered list.
+func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsRequest) (*ipamv1alpha1.ListPoolsResponse, error) {
+	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	pools, err := s.alloc.ListPools(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &ipamv1alpha1.ListPoolsResponse{}
+	for _, p := range pools {
+		if after != "" && p.GetName() <= after {
+			continue
+		}
+		if len(out.Pools) == limit {
+			out.NextPageToken = nextToken(out.Pools[limit-1].GetName())
+			break
+		}
+		out.Pools = append(out.Pools, p)
+	}
+	return out, nil
+}
+
+// UpdatePool implements IPAMService.
+func (s *Server) UpdatePool(ctx context.Context, req *ipamv1alpha1.UpdatePoolRequest) (*ipamv1alpha1.UpdatePoolResponse, error) {
+	p, err := s.alloc.UpdatePool(ctx, req.GetPool(), req.GetExpectedRevision(), req.GetAllowMissing())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.UpdatePoolResponse{Pool: p}, nil
+}
+
+// DeletePool implements IPAMService.
+func (s *Server) DeletePool(ctx context.Context, req *ipamv1alpha1.DeletePoolRequest) (*ipamv1alpha1.DeletePoolResponse, error) {
+	if req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is required")
+	}
+	resp, err := s.alloc.DeletePool(ctx, req.GetName(), req.GetExpectedRevision())
+	return resp, toStatus(err)
+}
+
+// CreateNode implements IPAMService.
+func (s *Server) CreateNode(ctx context.Context, req *ipamv1alpha1.CreateNodeRequest) (*ipamv1alpha1.CreateNodeResponse, error) {
+	n, err := s.alloc.CreateNode(ctx, req.GetNode())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.CreateNodeResponse{Node: n}, nil
+}
+
+// GetNode implements IPAMService.
+func (s *Server) GetNode(ctx context.Context, req *ipamv1alpha1.GetNodeRequest) (*ipamv1alpha1.GetNodeResponse, error) {
+	n, err := s.alloc.GetNode(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.GetNodeResponse{Node: n}, nil
+}
+
+// ListNodes implements IPAMService.
+func (s *Server) ListNodes(ctx context.Context, req *ipamv1alpha1.ListNodesRequest) (*ipamv1alpha1.ListNodesResponse, error) {
+	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	nodes, next, err := s.alloc.ListNodes(ctx, after, limit)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.ListNodesResponse{Nodes: nodes, NextPageToken: nextToken(next)}, nil
+}
+
+// UpdateNode implements IPAMService.
+func (s *Server) UpdateNode(ctx context.Context, req *ipamv1alpha1.UpdateNodeRequest) (*ipamv1alpha1.UpdateNodeResponse, error) {
+	n, err := s.alloc.UpdateNode(ctx, req.GetNode(), req.GetExpectedRevision(), req.GetAllowMissing())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.UpdateNodeResponse{Node: n}, nil
+}
+
+// DeleteNode implements IPAMService.
+func (s *Server) DeleteNode(ctx context.Context, req *ipamv1alpha1.DeleteNodeRequest) (*ipamv1alpha1.DeleteNodeResponse, error) {
+	if req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is required")
+	}
+	resp, err := s.alloc.DeleteNode(ctx, req.GetName(), req.GetExpectedRevision())
+	return resp, toStatus(err)
+}
+
+// ClaimBlock implements IPAMService.
+func (s *Server) ClaimBlock(ctx context.Context, req *ipamv1alpha1.ClaimBlockRequest) (*ipamv1alpha1.ClaimBlockResponse, error) {
+	blocks, err := s.alloc.ClaimBlock(ctx, req.GetNode(), req.GetPool(), req.GetFamily(), req.GetClaimId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.ClaimBlockResponse{Blocks: blocks}, nil
+}
+
+// ReleaseBlock implements IPAMService.
+func (s *Server) ReleaseBlock(ctx context.Context, req *ipamv1alpha1.ReleaseBlockRequest) (*ipamv1alpha1.ReleaseBlockResponse, error) {
+	b, err := s.alloc.ReleaseBlock(ctx, req.GetCidr(), req.GetNode(), req.GetExpectedRevision())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.ReleaseBlockResponse{Block: b}, nil
+}
+
+// ListBlocks implements IPAMService.
+func (s *Server) ListBlocks(ctx context.Context, req *ipamv1alpha1.ListBlocksRequest) (*ipamv1alpha1.ListBlocksResponse, error) {
+	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	blocks, next, err := s.alloc.ListBlocks(ctx, allocator.BlockFilter{Node: req.GetNode(), Pool: req.GetPool(), Family: req.GetFamily()}, after, limit)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.ListBlocksResponse{Blocks: blocks, NextPageToken: nextToken(next)}, nil
+}
+
+// AllocateIP implements IPAMService.
+func (s *Server) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.AllocateIPResponse, error) {
+	start := time.Now()
+	alloc, err := s.alloc.Allocate(ctx, req)
+	s.metrics.observeAllocate(err, time.Since(start))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.AllocateIPResponse{Allocation: alloc}, nil
+}
+
+// ReleaseIP implements IPAMService.
+func (s *Server) ReleaseIP(ctx context.Context, req *ipamv1alpha1.ReleaseIPRequest) (*ipamv1alpha1.ReleaseIPResponse, error) {
+	alloc, holds, err := s.alloc.Release(ctx, handleOf(req.GetHandle()), req.GetExpectedSequence(), req.GetDiscardStickyHold())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if alloc != nil {
+		s.metrics.releases.Inc()
+	}
+	return &ipamv1alpha1.ReleaseIPResponse{Allocation: alloc, Holds: holds}, nil
+}
+
+// GetAllocation implements IPAMService.
+func (s *Server) GetAllocation(ctx context.Context, req *ipamv1alpha1.GetAllocationRequest) (*ipamv1alpha1.GetAllocationResponse, error) {
+	var alloc *ipamv1alpha1.Allocation
+	var err error
+	switch k := req.GetKey().(type) {
+	case *ipamv1alpha1.GetAllocationRequest_Handle:
+		alloc, err = s.alloc.GetAllocation(ctx, handleOf(k.Handle))
+	case *ipamv1alpha1.GetAllocationRequest_Ip:
+		alloc, err = s.alloc.GetAllocationByIP(ctx, k.Ip)
+	default:
+		return nil, status.Error(codes.InvalidArgument, "one of handle or ip is required")
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.GetAllocationResponse{Allocation: alloc}, nil
+}
+
+// ListAllocations implements IPAMService.
+func (s *Server) ListAllocations(ctx context.Context, req *ipamv1alpha1.ListAllocationsRequest) (*ipamv1alpha1.ListAllocationsResponse, error) {
+	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	f := allocator.AllocationFilter{Node: req.GetNode(), Pool: req.GetPool(), Namespace: req.GetPodNamespace()}
+	allocs, next, err := s.alloc.ListAllocations(ctx, f, after, limit)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.ListAllocationsResponse{Allocations: allocs, NextPageToken: nextToken(next)}, nil
+}
+
+// GarbageCollect implements IPAMService.
+func (s *Server) GarbageCollect(ctx context.Context, req *ipamv1alpha1.GarbageCollectRequest) (*ipamv1alpha1.GarbageCollectResponse, error) {
+	live := make([]allocator.Handle, 0, len(req.GetLiveHandles()))
+	for _, h := range req.GetLiveHandles() {
+		live = append(live, handleOf(h))
+	}
+	var minAge *time.Duration
+	if req.GetMinAge() != nil {
+		if err := req.GetMinAge().CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "min_age: %v", err)
+		}
+		d := req.GetMinAge().AsDuration()
+		if d < 0 {
+			return nil, status.Error(codes.InvalidArgument, "min_age must not be negative")
+		}
+		minAge = &d
+	}
+	released, err := s.alloc.GarbageCollect(ctx, req.GetNode(), live, minAge, req.GetDryRun())
+	if err != nil {
+		return nil, toStatus(fmt.Errorf("garbage-collect node %q: %w", req.GetNode(), err))
+	}
+	if !req.GetDryRun() {
+		s.metrics.gcReleased.Add(float64(len(released)))
+	}
+	return &ipamv1alpha1.GarbageCollectResponse{Released: released}, nil
+}
+
+// WatchBlocks implements IPAMService.
+func (s *Server) WatchBlocks(req *ipamv1alpha1.WatchBlocksRequest, stream ipamv1alpha1.IPAMService_WatchBlocksServer) error {
+	f := allocator.BlockFilter{Node: req.GetNode(), Pool: req.GetPool(), Family: req.GetFamily()}
+	err := s.alloc.WatchBlocks(stream.Context(), f, stream.Send)
+	if stream.Context().Err() != nil {
+		return nil // the client went away
+	}
+	return toStatus(err)
+}
