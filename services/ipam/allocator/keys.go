@@ -12,8 +12,8 @@ import (
 // keys lays out IPAM's state in etcd under one root:
 //
 //	pools/<pool>                         Pool spec (protojson)
-//	nodes/<node>                         Node spec (protojson)
-//	blocks/<block>                       blockRecord: owner node, pool, router IP
+//	topology/nodes/<node>                Node spec (protojson)
+//	topology/blocks/<block>              blockRecord: owner node, pool, router IP
 //	routers/<node>/<family>              the node's router IP of a family
 //	claims/<node>/<claim id>             block claimed under a ClaimBlock claim_id
 //	handles/<container id>/<ifname>      Allocation (protojson); CreateRevision is its sequence
@@ -21,7 +21,8 @@ import (
 //	holds/<pool>/<family>/<block>/<ip>   Reservation of a held address (protojson)
 //	holdkeys/<family>/<key>              the address a reservation key holds
 //
-// An address is free exactly when neither its alloc/ nor its holds/ key
+// Nodes and blocks share the topology/ prefix so one watch sees their
+// changes in commit order (WatchBlocks). An address is free exactly when neither its alloc/ nor its holds/ key
 // exists and it is usable in its block. alloc/ keys of one allocation are
 // created in the same transaction as its handle, so they share its
 // CreateRevision: a release compares it and can never free an address that
@@ -30,9 +31,10 @@ type keys struct{ root string }
 
 func (k keys) pools() string               { return k.root + "pools/" }
 func (k keys) pool(name string) string     { return k.pools() + name }
-func (k keys) nodes() string               { return k.root + "nodes/" }
+func (k keys) topology() string            { return k.root + "topology/" }
+func (k keys) nodes() string               { return k.topology() + "nodes/" }
 func (k keys) node(name string) string     { return k.nodes() + name }
-func (k keys) blocks() string              { return k.root + "blocks/" }
+func (k keys) blocks() string              { return k.topology() + "blocks/" }
 func (k keys) block(b netip.Prefix) string { return k.blocks() + cidr.Key(b) }
 func (k keys) router(node string, f pool.Family) string {
 	return k.root + "routers/" + node + "/" + familyKey(f)

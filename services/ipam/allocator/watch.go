@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -93,24 +94,9 @@ func (w *blockWatch) list(ctx context.Context) (int64, error) {
 func (w *blockWatch) follow(ctx context.Context, rev int64) error {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	blocks := w.a.cli.Watch(ctx, w.a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
-	nodes := w.a.cli.Watch(ctx, w.a.keys.nodes(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	for {
-		var resp clientv3.WatchResponse
-		var ok, isNode bool
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case resp, ok = <-blocks:
-		case resp, ok = <-nodes:
-			isNode = true
-		}
-		if !ok {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return errRelist
-		}
+	// One watch over nodes and blocks keeps their events in commit order.
+	wch := w.a.cli.Watch(ctx, w.a.keys.topology(), clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithPrevKV())
+	for resp := range wch {
 		if err := resp.Err(); err != nil {
 			if errors.Is(err, rpctypes.ErrCompacted) || !resp.Canceled {
 				return errRelist
@@ -119,7 +105,7 @@ func (w *blockWatch) follow(ctx context.Context, rev int64) error {
 		}
 		for _, ev := range resp.Events {
 			var err error
-			if isNode {
+			if strings.HasPrefix(string(ev.Kv.Key), w.a.keys.nodes()) {
 				err = w.nodeEvent(ev)
 			} else {
 				err = w.blockEvent(ev)
@@ -129,6 +115,10 @@ func (w *blockWatch) follow(ctx context.Context, rev int64) error {
 			}
 		}
 	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return errRelist
 }
 
 func (w *blockWatch) blockEvent(ev *clientv3.Event) error {
