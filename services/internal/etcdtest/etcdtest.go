@@ -219,10 +219,17 @@ func (m *member) stop() {
 		return
 	}
 	quiet.Store(true)
+	t0 := time.Now()
 	if !g.close(readyTimeout) {
 		m.log.logf("etcdtest: member %s: client RPCs still running %v after stop", m.cfg.Name, readyTimeout)
 	}
+	t1 := time.Now()
 	e.Server.HardStop()
+	if d := time.Since(t0); d > 500*time.Millisecond {
+		m.log.logf("XXX slow stop %s: gate %v hardstop %v", m.cfg.Name, t1.Sub(t0), time.Since(t1))
+		if t1.Sub(t0) > 500*time.Millisecond {
+		}
+	}
 	m.closing.Go(e.Close)
 }
 

@@ -28,12 +28,22 @@ type famPlan struct {
 	block blockRef
 	addr  netip.Addr
 	usage *blockUsage
+	// hold is the sticky key's reservation of this family: consumed when
+	// its address is the one taken, dropped otherwise.
+	hold *holdRef
 }
 
 // Allocate allocates one address per wanted family for a handle on a node,
 // all or nothing, in one transaction. A retry for the same handle returns
 // the existing allocation.
 func (a *Allocator) Allocate(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.Allocation, error) {
+	resp, err := a.AllocateIP(ctx, req)
+	return resp.GetAllocation(), err
+}
+
+// AllocateIP is Allocate that also reports whether a sticky hold was
+// restored.
+func (a *Allocator) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.AllocateIPResponse, error) {
 	h := Handle{req.GetHandle().GetContainerId(), req.GetHandle().GetInterfaceName()}
 	if err := h.validate(); err != nil {
 		return nil, err
@@ -41,6 +51,9 @@ func (a *Allocator) Allocate(ctx context.Context, req *ipamv1alpha1.AllocateIPRe
 	requested, err := parseRequested(req)
 	if err != nil {
 		return nil, err
+	}
+	if d := req.GetStickyHold(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
+		return nil, fmt.Errorf("sticky_hold must be a non-negative duration: %w", ErrInvalid)
 	}
 	hkey := a.keys.handle(h)
 	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
@@ -53,16 +66,21 @@ func (a *Allocator) Allocate(ctx context.Context, req *ipamv1alpha1.AllocateIPRe
 			if existing, ok, gerr := a.existing(ctx, hkey, req.GetNode()); gerr != nil || ok {
 				// A retry of an allocation that already succeeded must not
 				// fail because the pool filled up since.
-				return existing, gerr
+				return &ipamv1alpha1.AllocateIPResponse{Allocation: existing}, gerr
 			}
 			return nil, err
 		}
 		alloc, committed, err := a.commitAllocation(ctx, h, n, req, plans)
+		restored := false
 		for _, p := range plans {
 			p.usage.settle(p.addr, committed)
+			restored = restored || (committed && p.hold != nil && p.hold.addr == p.addr)
 		}
-		if err != nil || alloc != nil {
-			return alloc, err
+		if err != nil {
+			return nil, err
+		}
+		if alloc != nil {
+			return &ipamv1alpha1.AllocateIPResponse{Allocation: alloc, StickyRestored: restored}, nil
 		}
 		for _, p := range plans {
 			a.invalidate(p.block.CIDR)
@@ -142,6 +160,18 @@ func (a *Allocator) plan(ctx context.Context, n nodeRef, req *ipamv1alpha1.Alloc
 		fams = pool.Families
 	}
 	for _, f := range slices.Compact(slices.Clone(fams)) {
+		var hold *holdRef
+		if key := req.GetStickyKey(); key != "" {
+			if hold, err = a.readHold(ctx, f, key); err != nil {
+				return plans, err
+			}
+		}
+		if fp, ok, err := a.planFromHold(ctx, n, f, hold, requested[f]); err != nil {
+			return plans, err
+		} else if ok {
+			plans = append(plans, fp)
+			continue
+		}
 		p, err := a.choosePool(ctx, n, req, f, requested[f])
 		if errors.Is(err, errNoPool) && !explicit {
 			continue
@@ -149,10 +179,11 @@ func (a *Allocator) plan(ctx context.Context, n nodeRef, req *ipamv1alpha1.Alloc
 		if err != nil {
 			return plans, err
 		}
-		fp, err := a.chooseAddress(ctx, n, p, f, requested[f])
+		fp, err := a.chooseAddress(ctx, n, p, f, requested[f], false)
 		if err != nil {
 			return plans, err
 		}
+		fp.hold = hold // an unusable hold is dropped by the allocation
 		plans = append(plans, fp)
 	}
 	if len(plans) == 0 {
@@ -232,7 +263,7 @@ func (a *Allocator) choosePool(ctx context.Context, n nodeRef, req *ipamv1alpha1
 // chooseAddress picks a free address of pool p on node n: the requested one,
 // or the next free one of the node's blocks, claiming a block when all are
 // full.
-func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f pool.Family, want netip.Addr) (famPlan, error) {
+func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f pool.Family, want netip.Addr, heldByUs bool) (famPlan, error) {
 	fs := p.parsed.Family(f)
 	node := n.node.GetName()
 	if want.IsValid() {
@@ -253,7 +284,7 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 		if err != nil {
 			return famPlan{}, err
 		}
-		if !u.claimAddr(want) {
+		if !u.claimAddr(want, heldByUs) {
 			return famPlan{}, fmt.Errorf("requested IP %s is allocated or held: %w", want, ErrExists)
 		}
 		return famPlan{fam: f, pool: p, block: blk, addr: want, usage: u}, nil
@@ -326,6 +357,14 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 		clientv3.Compare(clientv3.ModRevision(a.keys.node(n.node.GetName())), "=", n.rev),
 	}
 	var ops []clientv3.Op
+	elseOps := []clientv3.Op{clientv3.OpGet(hkey)}
+	if key := req.GetStickyKey(); key != "" {
+		// One live allocation per sticky key: a re-created pod whose old
+		// incarnation is not yet released must wait for that release.
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(a.keys.stickyOwner(key)), "=", 0))
+		ops = append(ops, clientv3.OpPut(a.keys.stickyOwner(key), hkey))
+		elseOps = append(elseOps, clientv3.OpGet(a.keys.stickyOwner(key)))
+	}
 	rec := mustJSON(addrRecord{ContainerID: h.ContainerID, Interface: h.Interface})
 	for _, p := range plans {
 		gw := a.routerIP(n.node.GetName(), p.fam)
@@ -338,21 +377,36 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 			clientv3.Compare(clientv3.ModRevision(a.keys.pool(p.pool.parsed.Name)), "=", p.pool.rev),
 			clientv3.Compare(clientv3.ModRevision(a.keys.block(p.block.CIDR)), "=", p.block.rev),
 			clientv3.Compare(clientv3.CreateRevision(akey), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(a.keys.hold(p.pool.parsed.Name, p.block.CIDR, p.addr)), "=", 0),
 		)
 		ops = append(ops, clientv3.OpPut(akey, rec))
+		addrHold := a.keys.hold(p.pool.parsed.Name, p.block.CIDR, p.addr)
+		if p.hold != nil {
+			// Consume the sticky key's hold, or drop it if its address
+			// could not be used here.
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(p.hold.path), "=", p.hold.rev),
+				clientv3.Compare(clientv3.ModRevision(p.hold.index), "=", p.hold.indexRev))
+			ops = append(ops, clientv3.OpDelete(p.hold.path), clientv3.OpDelete(p.hold.index))
+		}
+		if p.hold == nil || p.hold.path != addrHold {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(addrHold), "=", 0))
+		}
 	}
 	val, err := protoJSON(alloc)
 	if err != nil {
 		return nil, false, err
 	}
 	ops = append(ops, clientv3.OpPut(hkey, val))
-	resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(hkey)).Commit()
+	resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
 	if err != nil {
 		return nil, false, fmt.Errorf("allocate for %s: %w: %w", h, ErrUnavailable, err)
 	}
 	if resp.Succeeded {
 		alloc.Sequence = uint64(resp.Header.Revision)
+		for _, p := range plans {
+			if p.hold != nil && p.hold.path != a.keys.hold(p.pool.parsed.Name, p.block.CIDR, p.addr) {
+				a.markFree(p.hold.block, p.hold.addr)
+			}
+		}
 		return alloc, true, nil
 	}
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
@@ -364,6 +418,12 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 			return nil, false, fmt.Errorf("handle %s is allocated on node %q, not %q: %w", h, existing.GetNode(), n.node.GetName(), ErrPrecondition)
 		}
 		return existing, false, nil
+	}
+	if len(resp.Responses) > 1 {
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+			return nil, false, fmt.Errorf("sticky key %q is in use by the live allocation %s; retry once it is released: %w",
+				req.GetStickyKey(), string(kvs[0].Value)[len(a.keys.handles()):], ErrConflict)
+		}
 	}
 	// Something we read changed: the node, a pool, a block, or an address
 	// was taken by another replica. Re-read what may be stale; the caller

@@ -36,6 +36,8 @@ type Config struct {
 	// MaxAttempts bounds the transaction retries of one call under
 	// contention.
 	MaxAttempts int
+	// SweepInterval is how often expired holds are dropped.
+	SweepInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -43,10 +45,11 @@ type Config struct {
 // DefaultConfig returns the configuration the IPAM service starts with.
 func DefaultConfig() Config {
 	return Config{
-		Root:        "/axon/ipam/v1/",
-		StickyHold:  10 * time.Minute,
-		GCMinAge:    time.Minute,
-		MaxAttempts: 16,
+		Root:          "/axon/ipam/v1/",
+		StickyHold:    10 * time.Minute,
+		GCMinAge:      time.Minute,
+		MaxAttempts:   16,
+		SweepInterval: 30 * time.Second,
 	}
 }
 
@@ -134,7 +137,27 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 	for _, c := range []interface{ run(context.Context) }{a.pools, a.nodes, a.blocks} {
 		a.done.Go(func() { c.run(runCtx) })
 	}
+	if cfg.SweepInterval > 0 {
+		a.done.Go(func() { a.sweepLoop(runCtx) })
+	}
 	return a, nil
+}
+
+// sweepLoop drops expired holds until ctx ends. Every replica sweeps; the
+// deletes are compare-and-swap, so they never collide harmfully.
+func (a *Allocator) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.sweepHolds(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("sweeping expired holds failed", "err", err)
+		}
+	}
 }
 
 // Close stops the watches.

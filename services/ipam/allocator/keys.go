@@ -19,7 +19,8 @@ import (
 //	handles/<container id>/<ifname>      Allocation (protojson); CreateRevision is its sequence
 //	alloc/<pool>/<family>/<block>/<ip>   addrRecord: who holds an allocated address
 //	holds/<pool>/<family>/<block>/<ip>   Reservation of a held address (protojson)
-//	holdkeys/<family>/<key>              the address a reservation key holds
+//	holdkeys/<family>/<key>              the holds/ key a reservation key holds
+//	stickyowners/<key>                   the handle of the live allocation with that sticky key
 //
 // Nodes and blocks share the topology/ prefix so one watch sees their
 // changes in commit order (WatchBlocks). An address is free exactly when neither its alloc/ nor its holds/ key
@@ -68,6 +69,7 @@ func (k keys) holdBlock(p string, b netip.Prefix) string {
 func (k keys) hold(p string, b netip.Prefix, a netip.Addr) string {
 	return k.holdBlock(p, b) + a.String()
 }
+func (k keys) stickyOwner(key string) string { return k.root + "stickyowners/" + key }
 func (k keys) holdKey(f pool.Family, key string) string {
 	return k.root + "holdkeys/" + familyKey(f) + "/" + key
 }

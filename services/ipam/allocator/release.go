@@ -94,6 +94,12 @@ func (a *Allocator) releaseTxn(ctx context.Context, hkey string, alloc *ipamv1al
 	}
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(hkey), "=", seq)}
 	ops := []clientv3.Op{clientv3.OpDelete(hkey)}
+	if key := alloc.GetStickyKey(); key != "" {
+		owner := a.keys.stickyOwner(key)
+		ops = append(ops, clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(owner), "=", seq)},
+			[]clientv3.Op{clientv3.OpDelete(owner)}, nil))
+	}
 	var holds []*ipamv1alpha1.Reservation
 	hold := alloc.GetStickyHold().AsDuration()
 	makeHolds := alloc.GetStickyKey() != "" && hold > 0 && !discardHold
@@ -102,23 +108,32 @@ func (a *Allocator) releaseTxn(ctx context.Context, hkey string, alloc *ipamv1al
 		akey := a.keys.alloc(ar.pool, ar.block, ar.addr)
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(akey), "=", seq))
 		ops = append(ops, clientv3.OpDelete(akey))
-		if makeHolds {
-			r := &ipamv1alpha1.Reservation{
-				Ip: ar.addr.String(), Family: ar.fam, Pool: ar.pool, Key: alloc.GetStickyKey(),
-				Kind:       ipamv1alpha1.ReservationKind_RESERVATION_KIND_STICKY_HOLD,
-				ExpireTime: timestamppb.New(now.Add(hold)), CreateTime: timestamppb.New(now),
-			}
-			val, err := protoJSON(r)
-			if err != nil {
-				return false, nil, err
-			}
-			// A key holds one address per family: this hold replaces any
-			// older one, whose address the overwritten index no longer names.
-			ops = append(ops,
-				clientv3.OpPut(a.keys.hold(ar.pool, ar.block, ar.addr), val),
-				clientv3.OpPut(a.keys.holdKey(ar.fam, r.GetKey()), a.keys.hold(ar.pool, ar.block, ar.addr)))
-			holds = append(holds, r)
+		if !makeHolds {
+			continue
 		}
+		// A key holds one address per family: an older hold of the key
+		// (say, a manual reservation elsewhere) is dropped for this one.
+		old, err := a.readHold(ctx, ar.fam, alloc.GetStickyKey())
+		if err != nil {
+			return false, nil, err
+		}
+		path := a.keys.hold(ar.pool, ar.block, ar.addr)
+		index := a.keys.holdKey(ar.fam, alloc.GetStickyKey())
+		if old != nil && old.path != path {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(old.path), "=", old.rev))
+			ops = append(ops, clientv3.OpDelete(old.path))
+		}
+		r := &ipamv1alpha1.Reservation{
+			Ip: ar.addr.String(), Family: ar.fam, Pool: ar.pool, Key: alloc.GetStickyKey(),
+			Kind:       ipamv1alpha1.ReservationKind_RESERVATION_KIND_STICKY_HOLD,
+			ExpireTime: timestamppb.New(now.Add(hold)), CreateTime: timestamppb.New(now),
+		}
+		val, err := protoJSON(r)
+		if err != nil {
+			return false, nil, err
+		}
+		ops = append(ops, clientv3.OpPut(path, val), clientv3.OpPut(index, path))
+		holds = append(holds, r)
 	}
 	resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {

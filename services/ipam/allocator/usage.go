@@ -99,10 +99,11 @@ func (u *blockUsage) pick(fs *pool.FamilySpec, b *blockRecord) (netip.Addr, bool
 }
 
 // claimAddr marks a specific address pending; false if it is taken.
-func (u *blockUsage) claimAddr(addr netip.Addr) bool {
+// heldByUs says the address is taken by a hold this allocation consumes.
+func (u *blockUsage) claimAddr(addr netip.Addr, heldByUs bool) bool {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.used[addr] || u.pending[addr] {
+	if (u.used[addr] && !heldByUs) || u.pending[addr] {
 		return false
 	}
 	u.pending[addr] = true

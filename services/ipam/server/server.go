@@ -241,12 +241,12 @@ func (s *Server) ListBlocks(ctx context.Context, req *ipamv1alpha1.ListBlocksReq
 // AllocateIP implements IPAMService.
 func (s *Server) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.AllocateIPResponse, error) {
 	start := time.Now()
-	alloc, err := s.alloc.Allocate(ctx, req)
+	resp, err := s.alloc.AllocateIP(ctx, req)
 	s.metrics.observeAllocate(err, time.Since(start))
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.AllocateIPResponse{Allocation: alloc}, nil
+	return resp, nil
 }
 
 // ReleaseIP implements IPAMService.
@@ -328,4 +328,43 @@ func (s *Server) WatchBlocks(req *ipamv1alpha1.WatchBlocksRequest, stream ipamv1
 		return nil // the client went away
 	}
 	return toStatus(err)
+}
+
+// ReserveIP implements IPAMService.
+func (s *Server) ReserveIP(ctx context.Context, req *ipamv1alpha1.ReserveIPRequest) (*ipamv1alpha1.ReserveIPResponse, error) {
+	var ttl *time.Duration
+	if req.GetTtl() != nil {
+		if err := req.GetTtl().CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "ttl: %v", err)
+		}
+		d := req.GetTtl().AsDuration()
+		ttl = &d
+	}
+	r, err := s.alloc.ReserveIP(ctx, req.GetIp(), req.GetKey(), ttl)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.ReserveIPResponse{Reservation: r}, nil
+}
+
+// UnreserveIP implements IPAMService.
+func (s *Server) UnreserveIP(ctx context.Context, req *ipamv1alpha1.UnreserveIPRequest) (*ipamv1alpha1.UnreserveIPResponse, error) {
+	dropped, err := s.alloc.UnreserveIP(ctx, req.GetIp(), req.GetKey())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.UnreserveIPResponse{Dropped: dropped}, nil
+}
+
+// ListReservations implements IPAMService.
+func (s *Server) ListReservations(ctx context.Context, req *ipamv1alpha1.ListReservationsRequest) (*ipamv1alpha1.ListReservationsResponse, error) {
+	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	res, next, err := s.alloc.ListReservations(ctx, req.GetPool(), req.GetKey(), after, limit)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &ipamv1alpha1.ListReservationsResponse{Reservations: res, NextPageToken: nextToken(next)}, nil
 }
