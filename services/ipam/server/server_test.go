@@ -1,0 +1,169 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/embedetcd"
+	"github.com/axon-cni/axon/services/ipam/allocator"
+)
+
+// startServer serves IPAM over loopback gRPC against a fresh embedded etcd.
+func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Registry) {
+	t.Helper()
+	etcd, err := embedetcd.Start(embedetcd.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.ClientURL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	alloc, err := allocator.New(t.Context(), cli, allocator.DefaultConfig(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(alloc.Close)
+	reg := prometheus.NewRegistry()
+	srv := grpc.NewServer()
+	ipamv1alpha1.RegisterIPAMServiceServer(srv, New(alloc, NewMetrics(reg, alloc), slog.New(slog.DiscardHandler)))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	conn, err := grpc.NewClient(l.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return ipamv1alpha1.NewIPAMServiceClient(conn), reg
+}
+
+func wantCode(t *testing.T, err error, code codes.Code) {
+	t.Helper()
+	if got := status.Code(err); got != code {
+		t.Fatalf("code = %v (%v), want %v", got, err, code)
+	}
+}
+
+func TestIPAMOverGRPC(t *testing.T) {
+	c, reg := startServer(t)
+	ctx := t.Context()
+
+	_, err := c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{Name: "bad", Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.0.0.1/8"}}}})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{
+		Name: "default", Default: true, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.0.0.0/27"}, BlockPrefixLength: 28},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: "c", InterfaceName: "eth0"}, Node: "ghost"})
+	wantCode(t, err, codes.NotFound)
+	if _, err := c.CreateNode(ctx, &ipamv1alpha1.CreateNodeRequest{Node: &ipamv1alpha1.Node{Name: "n1", Addresses: []string{"192.168.1.1"}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	watchCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watch, err := c.WatchBlocks(watchCtx, &ipamv1alpha1.WatchBlocksRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := watch.Recv(); err != nil || ev.GetType() != commonv1alpha1.EventType_EVENT_TYPE_SYNCED {
+		t.Fatalf("first watch event = %v, %v; want SYNCED (no blocks yet)", ev, err)
+	}
+
+	// A /27 in /28 blocks: 32 addresses minus network, broadcast and one
+	// router IP.
+	var n int
+	for ; ; n++ {
+		_, err := c.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{
+			Handle: &ipamv1alpha1.OwnerHandle{ContainerId: fmt.Sprintf("c%02d", n), InterfaceName: "eth0"}, Node: "n1",
+		})
+		if err != nil {
+			wantCode(t, err, codes.ResourceExhausted)
+			break
+		}
+	}
+	if n != 29 {
+		t.Errorf("allocated %d addresses from a /27, want 29", n)
+	}
+	if ev, err := watch.Recv(); err != nil || ev.GetType() != commonv1alpha1.EventType_EVENT_TYPE_ADDED || ev.GetNodeAddresses()[0] != "192.168.1.1" {
+		t.Fatalf("watch event after claim = %v, %v", ev, err)
+	}
+
+	// Paging through every allocation, two at a time.
+	var seen int
+	token := ""
+	for {
+		resp, err := c.ListAllocations(ctx, &ipamv1alpha1.ListAllocationsRequest{Node: "n1", PageSize: 2, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen += len(resp.GetAllocations())
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if seen != n {
+		t.Errorf("paged through %d allocations, want %d", seen, n)
+	}
+	_, err = c.ListAllocations(ctx, &ipamv1alpha1.ListAllocationsRequest{PageToken: "!!"})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = c.ListNodes(ctx, &ipamv1alpha1.ListNodesRequest{PageSize: -1})
+	wantCode(t, err, codes.InvalidArgument)
+
+	_, err = c.DeletePool(ctx, &ipamv1alpha1.DeletePoolRequest{Name: "default"})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = c.UpdatePool(ctx, &ipamv1alpha1.UpdatePoolRequest{Pool: &ipamv1alpha1.Pool{Name: "default", Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.0.0.0/27"}, BlockPrefixLength: 28}}, ExpectedRevision: "1"})
+	wantCode(t, err, codes.Aborted)
+	_, err = c.GetAllocation(ctx, &ipamv1alpha1.GetAllocationRequest{})
+	wantCode(t, err, codes.InvalidArgument)
+
+	rel, err := c.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: "c00", InterfaceName: "eth0"}})
+	if err != nil || rel.GetAllocation() == nil {
+		t.Fatalf("ReleaseIP = %v, %v", rel, err)
+	}
+	gc, err := c.GarbageCollect(ctx, &ipamv1alpha1.GarbageCollectRequest{Node: "n1", MinAge: nil, DryRun: true})
+	if err != nil || len(gc.GetReleased()) != 0 {
+		t.Fatalf("dry-run GC with the default min age = %v, %v; want nothing", gc, err)
+	}
+
+	counts := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == "axon_ipam_allocations_total" {
+				counts[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+			if mf.GetName() == "axon_ipam_pool_addresses" && m.GetLabel()[2].GetValue() == "allocated" {
+				counts["pool_allocated"] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	if counts["OK"] != 29 || counts["ResourceExhausted"] != 1 || counts["NotFound"] != 1 || counts["pool_allocated"] != 28 {
+		t.Errorf("metrics = %v, want 29 OK, 1 ResourceExhausted, 1 NotFound, 28 allocated", counts)
+	}
+}
