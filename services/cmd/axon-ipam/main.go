@@ -29,6 +29,7 @@ func main() {
 			fs.StringVar(&cfg.Root, "etcd-prefix", cfg.Root, "etcd key `prefix` of all IPAM state (ends in /)")
 			fs.DurationVar(&cfg.StickyHold, "sticky-hold", cfg.StickyHold, "how long a released sticky allocation's addresses stay held by default")
 			fs.DurationVar(&cfg.GCMinAge, "gc-min-age", cfg.GCMinAge, "allocations younger than this survive GarbageCollect by default")
+			fs.DurationVar(&cfg.BlockReleaseGrace, "block-release-grace", cfg.BlockReleaseGrace, "how long a node's extra block stays empty before it goes back to its pool")
 			fs.DurationVar(&startTimeout, "etcd-start-timeout", startTimeout, "how long start-up waits for etcd to load IPAM state")
 		},
 		Setup: func(ctx context.Context, d *daemon.Daemon) error {

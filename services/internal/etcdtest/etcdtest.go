@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -220,6 +221,12 @@ func (m *member) stop() {
 	}
 	quiet.Store(true)
 	t0 := time.Now()
+	dumpT := time.AfterFunc(time.Second, func() {
+		var b strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&b, 2)
+		os.WriteFile(fmt.Sprintf("/tmp/etcdtest_dump_%d_%d.txt", os.Getpid(), time.Now().UnixNano()), []byte(b.String()), 0o644)
+	})
+	defer dumpT.Stop()
 	if !g.close(readyTimeout) {
 		m.log.logf("etcdtest: member %s: client RPCs still running %v after stop", m.cfg.Name, readyTimeout)
 	}

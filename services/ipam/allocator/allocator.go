@@ -36,8 +36,13 @@ type Config struct {
 	// MaxAttempts bounds the transaction retries of one call under
 	// contention.
 	MaxAttempts int
-	// SweepInterval is how often expired holds are dropped.
+	// SweepInterval is how often expired holds are dropped and empty blocks
+	// considered for release.
 	SweepInterval time.Duration
+	// BlockReleaseGrace is how long a node's extra block must stay empty
+	// before it goes back to its pool; a node keeps at least one block of
+	// each pool and family, and the block with its router IP.
+	BlockReleaseGrace time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -45,11 +50,12 @@ type Config struct {
 // DefaultConfig returns the configuration the IPAM service starts with.
 func DefaultConfig() Config {
 	return Config{
-		Root:          "/axon/ipam/v1/",
-		StickyHold:    10 * time.Minute,
-		GCMinAge:      time.Minute,
-		MaxAttempts:   16,
-		SweepInterval: 30 * time.Second,
+		Root:              "/axon/ipam/v1/",
+		StickyHold:        10 * time.Minute,
+		GCMinAge:          time.Minute,
+		MaxAttempts:       16,
+		SweepInterval:     30 * time.Second,
+		BlockReleaseGrace: 10 * time.Minute,
 	}
 }
 
@@ -82,6 +88,9 @@ type Allocator struct {
 
 	usageMu sync.Mutex
 	usage   map[netip.Prefix]*blockUsage
+
+	// emptySince records when this replica first saw a block empty.
+	emptySince map[netip.Prefix]time.Time
 
 	stop context.CancelFunc
 	done sync.WaitGroup
@@ -123,7 +132,7 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 		cfg.MaxAttempts = DefaultConfig().MaxAttempts
 	}
 	k := keys{root: cfg.Root}
-	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}}
+	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{}}
 	a.pools = newWatchCache(cli, k.pools(), log, decodePool)
 	a.nodes = newWatchCache(cli, k.nodes(), log, decodeNode)
 	a.blocks = newWatchCache(cli, k.blocks(), log, decodeBlock)
@@ -143,7 +152,8 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 	return a, nil
 }
 
-// sweepLoop drops expired holds until ctx ends. Every replica sweeps; the
+// sweepLoop drops expired holds and releases long-empty blocks until ctx
+// ends. Every replica sweeps; the
 // deletes are compare-and-swap, so they never collide harmfully.
 func (a *Allocator) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.SweepInterval)
@@ -156,6 +166,9 @@ func (a *Allocator) sweepLoop(ctx context.Context) {
 		}
 		if err := a.sweepHolds(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("sweeping expired holds failed", "err", err)
+		}
+		if err := a.releaseEmptyBlocks(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("releasing empty blocks failed", "err", err)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strconv"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -169,4 +170,66 @@ func (a *Allocator) ListBlocks(ctx context.Context, f BlockFilter, after string,
 		}
 		start = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
+}
+
+// releaseEmptyBlocks gives back cluster-scope blocks that have been empty
+// for the grace period. A node keeps one block of every pool and family:
+// the one with its router IP, or else its oldest. Only this replica's sweeps run
+// the emptiness clock; the release itself is a compare-and-swap that fails
+// if an address was allocated meanwhile.
+func (a *Allocator) releaseEmptyBlocks(ctx context.Context) error {
+	type group struct {
+		node, pool string
+		fam        pool.Family
+	}
+	groups := map[group]bool{}
+	for _, e := range a.blocks.snapshot(nil) {
+		b := e.val
+		if pe, ok := a.pools.get(a.keys.pool(b.Pool)); ok && pe.val.parsed.Mode == pool.ClusterScope {
+			groups[group{b.Node, b.Pool, pool.FamilyOf(b.CIDR.Addr())}] = true
+		}
+	}
+	now := a.cfg.Now()
+	seen := map[netip.Prefix]bool{}
+	for g := range groups {
+		blocks := a.nodeBlocks(g.node, g.pool, g.fam) // oldest first
+		keep := blocks[0].CIDR
+		for _, b := range blocks {
+			if b.RouterIP != "" {
+				keep = b.CIDR
+			}
+		}
+		for _, b := range blocks {
+			if b.CIDR == keep {
+				continue
+			}
+			bp, err := a.blockProto(ctx, b)
+			if err != nil {
+				return err
+			}
+			if bp.GetAllocated() > 0 || bp.GetHeld() > 0 {
+				continue
+			}
+			seen[b.CIDR] = true
+			since, ok := a.emptySince[b.CIDR]
+			if !ok {
+				a.emptySince[b.CIDR] = now
+				continue
+			}
+			if now.Sub(since) < a.cfg.BlockReleaseGrace {
+				continue
+			}
+			if _, err := a.ReleaseBlock(ctx, b.CIDR.String(), b.Node, strconv.FormatInt(b.rev, 10)); err != nil {
+				a.log.Debug("empty block not released", "block", b.CIDR, "err", err)
+				continue
+			}
+			a.log.Info("released empty block", "block", b.CIDR, "node", b.Node, "pool", b.Pool, "empty_for", now.Sub(since))
+		}
+	}
+	for p := range a.emptySince {
+		if !seen[p] {
+			delete(a.emptySince, p)
+		}
+	}
+	return nil
 }
