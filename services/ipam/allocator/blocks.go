@@ -287,9 +287,14 @@ func (a *Allocator) freeBlock(fs *pool.FamilySpec, tried map[netip.Prefix]bool) 
 	return netip.Prefix{}, netip.Prefix{}, false
 }
 
-// firstUsable returns the first address of b that may be handed out.
+// firstUsable returns the address of b a router IP is taken from: the
+// first that may be handed out, skipping the block's own first address
+// (usable by pods, but a gateway ending in .0 confuses people and tools).
 func firstUsable(fs *pool.FamilySpec, b *blockRecord) (netip.Addr, bool) {
 	for i := range min(cidr.Size(b.CIDR), 1<<16) {
+		if i == 0 && cidr.Size(b.CIDR) > 2 {
+			continue
+		}
 		addr, ok := cidr.Nth(b.CIDR, i)
 		if ok && fs.Usable(b.Outer, addr) {
 			return addr, true
