@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"net/netip"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
@@ -113,5 +114,54 @@ func (a *Allocator) withPoolStatus(ctx context.Context, p *ipamv1alpha1.Pool) (*
 	}
 	status.NodeCount = uint32(len(nodes))
 	out.Status = status
+	return out, nil
+}
+
+// NodeUsage counts, per node, pool and family, the addresses allocated to
+// pods (router IPs excluded), from one keys-only read of every address.
+type NodeUsage struct {
+	Node, Pool string
+	Family     pool.Family
+	Allocated  uint64
+}
+
+// UsageByNode returns the allocated-address counts of every node.
+func (a *Allocator) UsageByNode(ctx context.Context) ([]NodeUsage, error) {
+	resp, err := a.cli.Get(ctx, a.keys.allocs(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("read allocations: %w: %w", ErrUnavailable, err)
+	}
+	type k struct {
+		node, pool string
+		fam        pool.Family
+	}
+	counts := map[k]uint64{}
+	routers := map[string]bool{}
+	blocks := a.blocks.snapshot(nil)
+	for _, e := range blocks {
+		if e.val.RouterIP != "" {
+			routers[e.val.RouterIP] = true
+		}
+	}
+	for _, kv := range resp.Kvs {
+		// alloc/<pool>/<family>/<block>/<ip>
+		parts := strings.Split(string(kv.Key[len(a.keys.allocs()):]), "/")
+		if len(parts) != 4 || routers[parts[3]] {
+			continue
+		}
+		bp, err := cidr.ParseKey(parts[2])
+		if err != nil {
+			continue
+		}
+		e, ok := blocks[a.keys.block(bp)]
+		if !ok {
+			continue
+		}
+		counts[k{e.val.Node, parts[0], pool.FamilyOf(bp.Addr())}]++
+	}
+	out := make([]NodeUsage, 0, len(counts))
+	for key, n := range counts {
+		out = append(out, NodeUsage{Node: key.node, Pool: key.pool, Family: key.fam, Allocated: n})
+	}
 	return out, nil
 }

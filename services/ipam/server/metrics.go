@@ -69,7 +69,17 @@ var (
 	blocksDesc = prometheus.NewDesc("axon_ipam_pool_blocks",
 		"Blocks of a pool by family and state (claimed, total).",
 		[]string{"pool", "family", "state"}, nil)
+	nodeDesc = prometheus.NewDesc("axon_ipam_node_allocated_addresses",
+		"Pod addresses allocated on a node, by pool and family.",
+		[]string{"node", "pool", "family"}, nil)
 )
+
+func familyLabel(f commonv1alpha1.IPFamily) string {
+	if f == commonv1alpha1.IPFamily_IP_FAMILY_IPV6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
 
 // usageCollector reads pool usage from etcd when Prometheus scrapes.
 type usageCollector struct{ alloc *allocator.Allocator }
@@ -77,6 +87,7 @@ type usageCollector struct{ alloc *allocator.Allocator }
 func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- usageDesc
 	ch <- blocksDesc
+	ch <- nodeDesc
 }
 
 func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
@@ -88,10 +99,7 @@ func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, p := range pools {
 		for _, u := range p.GetStatus().GetUsage() {
-			fam := "ipv4"
-			if u.GetFamily() == commonv1alpha1.IPFamily_IP_FAMILY_IPV6 {
-				fam = "ipv6"
-			}
+			fam := familyLabel(u.GetFamily())
 			for state, v := range map[string]uint64{"capacity": u.GetCapacity(), "allocated": u.GetAllocated(), "held": u.GetHeld()} {
 				ch <- prometheus.MustNewConstMetric(usageDesc, prometheus.GaugeValue, float64(v), p.GetName(), fam, state)
 			}
@@ -99,5 +107,12 @@ func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(blocksDesc, prometheus.GaugeValue, float64(v), p.GetName(), fam, state)
 			}
 		}
+	}
+	nodes, err := c.alloc.UsageByNode(ctx)
+	if err != nil {
+		return
+	}
+	for _, u := range nodes {
+		ch <- prometheus.MustNewConstMetric(nodeDesc, prometheus.GaugeValue, float64(u.Allocated), u.Node, u.Pool, familyLabel(u.Family))
 	}
 }

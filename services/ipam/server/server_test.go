@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -156,14 +157,26 @@ func TestIPAMOverGRPC(t *testing.T) {
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			if mf.GetName() == "axon_ipam_allocations_total" {
-				counts[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+				counts[label(m, "result")] = m.GetCounter().GetValue()
 			}
-			if mf.GetName() == "axon_ipam_pool_addresses" && m.GetLabel()[2].GetValue() == "allocated" {
+			if mf.GetName() == "axon_ipam_pool_addresses" && label(m, "state") == "allocated" {
 				counts["pool_allocated"] = m.GetGauge().GetValue()
+			}
+			if mf.GetName() == "axon_ipam_node_allocated_addresses" {
+				counts["node_"+label(m, "node")] = m.GetGauge().GetValue()
 			}
 		}
 	}
-	if counts["OK"] != 29 || counts["ResourceExhausted"] != 1 || counts["NotFound"] != 1 || counts["pool_allocated"] != 28 {
-		t.Errorf("metrics = %v, want 29 OK, 1 ResourceExhausted, 1 NotFound, 28 allocated", counts)
+	if counts["OK"] != 29 || counts["ResourceExhausted"] != 1 || counts["NotFound"] != 1 || counts["pool_allocated"] != 28 || counts["node_n1"] != 28 {
+		t.Errorf("metrics = %v, want 29 OK, 1 ResourceExhausted, 1 NotFound, 28 allocated in the pool and on n1", counts)
 	}
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
 }
