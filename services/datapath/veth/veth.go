@@ -1,0 +1,277 @@
+// Package veth wires a pod to its node: the veth pair whose host side
+// (lxc<hash>) stays in the node's network namespace and whose pod side is
+// the CNI interface, with the pod's addresses, routes and gateway neighbour
+// entry. It only does netlink work; the eBPF side is the loader's.
+package veth
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNetNS means the pod's network namespace is missing or not one.
+var ErrNetNS = errors.New("network namespace unusable")
+
+// HostName is the host-side interface name of an attachment: "lxc" and 12
+// hex digits of a hash, 15 characters, the kernel's limit.
+func HostName(containerID, ifName string) string {
+	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
+	return "lxc" + hex.EncodeToString(sum[:])[:12]
+}
+
+// Spec is what a pod's interface should look like.
+type Spec struct {
+	HostName  string
+	PodIfName string
+	NetnsPath string
+	MTU       int
+	// Addrs are the pod's addresses with their prefix (/32, /128).
+	Addrs []netip.Prefix
+	// Gateways are the node's router IPs, one per family of Addrs.
+	Gateways []netip.Addr
+}
+
+// Result describes the wired interfaces.
+type Result struct {
+	HostIndex int
+	HostMAC   net.HardwareAddr
+	PodIndex  int
+	PodMAC    net.HardwareAddr
+}
+
+// Plumber does the netlink work in a node's network namespace.
+type Plumber struct {
+	// Node is a netlink handle in the node's namespace.
+	Node *netlink.Handle
+}
+
+// randomMAC returns a random locally administered unicast MAC.
+func randomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, err
+	}
+	mac[0] = (mac[0] | 0x02) &^ 0x01
+	return mac, nil
+}
+
+func gatewayFor(gws []netip.Addr, a netip.Addr) (netip.Addr, bool) {
+	for _, g := range gws {
+		if g.Is4() == a.Is4() {
+			return g, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func hostRoute(a netip.Addr) *net.IPNet {
+	return ipNet(netip.PrefixFrom(a, a.BitLen()))
+}
+
+// Create makes the veth pair and configures both sides. On failure it
+// removes what it made.
+func (p *Plumber) Create(s Spec) (res Result, err error) {
+	podNS, err := netns.GetFromPath(s.NetnsPath)
+	if err != nil {
+		return Result{}, fmt.Errorf("open %s: %w: %w", s.NetnsPath, ErrNetNS, err)
+	}
+	defer podNS.Close()
+	pod, err := netlink.NewHandleAt(podNS)
+	if err != nil {
+		return Result{}, fmt.Errorf("netlink in %s: %w: %w", s.NetnsPath, ErrNetNS, err)
+	}
+	defer pod.Close()
+	if _, err := pod.LinkByName(s.PodIfName); err == nil {
+		return Result{}, fmt.Errorf("interface %s already exists in %s", s.PodIfName, s.NetnsPath)
+	}
+	hostMAC, err := randomMAC()
+	if err != nil {
+		return Result{}, err
+	}
+	podMAC, err := randomMAC()
+	if err != nil {
+		return Result{}, err
+	}
+	v := &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: s.HostName, MTU: s.MTU, HardwareAddr: hostMAC},
+		PeerName:         s.PodIfName,
+		PeerHardwareAddr: podMAC,
+		PeerMTU:          uint32(s.MTU),
+		PeerNamespace:    netlink.NsFd(int(podNS)),
+	}
+	if err := p.Node.LinkAdd(v); err != nil {
+		return Result{}, fmt.Errorf("create veth %s: %w", s.HostName, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = p.Node.LinkDel(v)
+		}
+	}()
+	host, err := p.Node.LinkByName(s.HostName)
+	if err != nil {
+		return Result{}, fmt.Errorf("find %s: %w", s.HostName, err)
+	}
+	podLink, err := pod.LinkByName(s.PodIfName)
+	if err != nil {
+		return Result{}, fmt.Errorf("find %s in %s: %w", s.PodIfName, s.NetnsPath, err)
+	}
+	if err := configurePod(pod, podLink, s, hostMAC); err != nil {
+		return Result{}, err
+	}
+	if err := p.Node.LinkSetUp(host); err != nil {
+		return Result{}, fmt.Errorf("set %s up: %w", s.HostName, err)
+	}
+	// The node reaches the pod (and answers it) through a host route on the
+	// host-side veth; pod-to-pod traffic never uses it (the eBPF program
+	// redirects straight to the peer).
+	for _, a := range s.Addrs {
+		r := &netlink.Route{LinkIndex: host.Attrs().Index, Dst: hostRoute(a.Addr()), Scope: netlink.SCOPE_LINK}
+		if err := p.Node.RouteReplace(r); err != nil {
+			return Result{}, fmt.Errorf("route %s dev %s: %w", a.Addr(), s.HostName, err)
+		}
+	}
+	return Result{HostIndex: host.Attrs().Index, HostMAC: hostMAC, PodIndex: podLink.Attrs().Index, PodMAC: podMAC}, nil
+}
+
+func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.HardwareAddr) error {
+	for _, a := range s.Addrs {
+		addr := &netlink.Addr{IPNet: ipNet(a)}
+		if a.Addr().Is6() {
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := pod.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("add %s to %s: %w", a, s.PodIfName, err)
+		}
+	}
+	if err := pod.LinkSetUp(link); err != nil {
+		return fmt.Errorf("set %s up: %w", s.PodIfName, err)
+	}
+	for _, a := range s.Addrs {
+		gw, ok := gatewayFor(s.Gateways, a.Addr())
+		if !ok {
+			return fmt.Errorf("no gateway for %s", a)
+		}
+		// The gateway is on-link through the veth, answered by a permanent
+		// neighbour entry: no ARP/ND round trip delays the first packet.
+		family := netlink.FAMILY_V4
+		def := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+		if gw.Is6() {
+			family = netlink.FAMILY_V6
+			def = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		neigh := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT, IP: gw.AsSlice(), HardwareAddr: hostMAC}
+		if err := pod.NeighSet(neigh); err != nil {
+			return fmt.Errorf("neighbour %s in pod: %w", gw, err)
+		}
+		routes := []*netlink.Route{
+			{LinkIndex: link.Attrs().Index, Dst: hostRoute(gw), Scope: netlink.SCOPE_LINK},
+			{LinkIndex: link.Attrs().Index, Dst: def, Gw: gw.AsSlice(), Src: a.Addr().AsSlice()},
+		}
+		for _, r := range routes {
+			if err := pod.RouteReplace(r); err != nil {
+				return fmt.Errorf("route %s in pod: %w", r.Dst, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Delete removes the host-side veth, which removes the pod side and the
+// host routes with it. A missing interface is success.
+func (p *Plumber) Delete(hostName string) error {
+	link, err := p.Node.LinkByName(hostName)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil
+		}
+		return fmt.Errorf("find %s: %w", hostName, err)
+	}
+	if err := p.Node.LinkDel(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete %s: %w", hostName, err)
+	}
+	return nil
+}
+
+// Check compares the wiring with s and res and describes every difference.
+func (p *Plumber) Check(s Spec, res Result) []string {
+	var problems []string
+	host, err := p.Node.LinkByName(s.HostName)
+	switch {
+	case err != nil:
+		problems = append(problems, fmt.Sprintf("host interface %s missing", s.HostName))
+	case host.Attrs().OperState != netlink.OperUp && host.Attrs().Flags&net.FlagUp == 0:
+		problems = append(problems, fmt.Sprintf("host interface %s is down", s.HostName))
+	case host.Attrs().HardwareAddr.String() != res.HostMAC.String():
+		problems = append(problems, fmt.Sprintf("host interface %s has MAC %s, want %s", s.HostName, host.Attrs().HardwareAddr, res.HostMAC))
+	}
+	podNS, err := netns.GetFromPath(s.NetnsPath)
+	if err != nil {
+		return append(problems, fmt.Sprintf("network namespace %s unusable: %v", s.NetnsPath, err))
+	}
+	defer podNS.Close()
+	pod, err := netlink.NewHandleAt(podNS)
+	if err != nil {
+		return append(problems, fmt.Sprintf("netlink in %s: %v", s.NetnsPath, err))
+	}
+	defer pod.Close()
+	link, err := pod.LinkByName(s.PodIfName)
+	if err != nil {
+		return append(problems, fmt.Sprintf("pod interface %s missing in %s", s.PodIfName, s.NetnsPath))
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		problems = append(problems, fmt.Sprintf("pod interface %s is down", s.PodIfName))
+	}
+	if link.Attrs().HardwareAddr.String() != res.PodMAC.String() {
+		problems = append(problems, fmt.Sprintf("pod interface %s has MAC %s, want %s", s.PodIfName, link.Attrs().HardwareAddr, res.PodMAC))
+	}
+	addrs, err := pod.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return append(problems, fmt.Sprintf("list addresses of %s: %v", s.PodIfName, err))
+	}
+	have := map[string]bool{}
+	for _, a := range addrs {
+		have[a.IPNet.String()] = true
+	}
+	for _, a := range s.Addrs {
+		if !have[ipNet(a).String()] {
+			problems = append(problems, fmt.Sprintf("address %s missing on %s", a, s.PodIfName))
+		}
+	}
+	routes, err := pod.RouteList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return append(problems, fmt.Sprintf("list routes of %s: %v", s.PodIfName, err))
+	}
+	for _, gw := range s.Gateways {
+		found := false
+		for _, r := range routes {
+			isDefault := r.Dst == nil || (r.Dst.IP.IsUnspecified() && r.Dst.Mask != nil && maskBits(r.Dst.Mask) == 0)
+			if isDefault && r.Gw.Equal(gw.AsSlice()) {
+				found = true
+			}
+		}
+		if !found {
+			problems = append(problems, fmt.Sprintf("default route via %s missing in the pod", gw))
+		}
+	}
+	return problems
+}
+
+func maskBits(m net.IPMask) int {
+	ones, _ := m.Size()
+	return ones
+}
