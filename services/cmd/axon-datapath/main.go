@@ -5,13 +5,28 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
 	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/server"
 	"github.com/axon-cni/axon/services/internal/daemon"
 )
 
 func main() {
+	host, _ := os.Hostname()
+	cfg := agent.Config{NodeName: host, RoutingMode: agent.ModeTunnel}
+	var ipamTarget, nodeIPs string
 	os.Exit(daemon.Main(daemon.Spec{
 		Name: "datapath",
 		Defaults: daemon.Defaults{
@@ -19,9 +34,64 @@ func main() {
 			UnixSocket:  "/run/axon/datapath.sock",
 			MetricsAddr: "127.0.0.1:9602",
 		},
-		Setup: func(_ context.Context, d *daemon.Daemon) error {
-			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), datapathv1alpha1.UnimplementedDatapathServiceServer{})
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` (the Kubernetes node name)")
+			fs.StringVar(&nodeIPs, "node-ip", "", "comma-separated underlay `addresses` of this node, preferred first")
+			fs.StringVar(&ipamTarget, "ipam-target", "127.0.0.1:9401", "gRPC `target` of axon-ipam (host:port or unix:///path)")
+			fs.StringVar(&cfg.RoutingMode, "routing-mode", cfg.RoutingMode, "how pods reach other nodes: tunnel (VXLAN) or native")
+			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from 1500 and the routing mode")
+			fs.StringVar(&cfg.StateDir, "state-dir", "/var/run/axon/datapath", "`directory` of the endpoint records")
+			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
+		},
+		Setup: func(ctx context.Context, d *daemon.Daemon) error {
+			for s := range strings.SplitSeq(nodeIPs, ",") {
+				if s = strings.TrimSpace(s); s == "" {
+					continue
+				}
+				ip, err := netip.ParseAddr(s)
+				if err != nil {
+					return &daemon.UsageError{Err: fmt.Errorf("--node-ip: %w", err)}
+				}
+				cfg.NodeIPs = append(cfg.NodeIPs, ip)
+			}
+			if cfg.PinDir == "" {
+				cfg.PinDir = "/sys/fs/bpf/axon/" + cfg.NodeName
+			}
+			conn, err := grpc.NewClient(ipamTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return &daemon.UsageError{Err: fmt.Errorf("--ipam-target: %w", err)}
+			}
+			d.OnShutdown(conn.Close)
+			a, err := agent.New(cfg, ipamv1alpha1.NewIPAMServiceClient(conn), nil, d.Logger().With(daemon.LogKeySubsys, "agent"))
+			if err != nil {
+				return &daemon.UsageError{Err: err}
+			}
+			d.AddCheck("node", func(context.Context) error { return a.Ready() })
+			bg, cancel := context.WithCancel(context.Background())
+			d.OnShutdown(func() error { cancel(); return nil })
+			go startWithRetry(bg, a, d)
+			go a.RunReleaseRetries(bg)
+			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a))
 			return nil
 		},
 	}))
+}
+
+// startWithRetry sets the node up, retrying while IPAM is unreachable; the
+// node reports NOT_SERVING (and CNI STATUS not ready) until it succeeds.
+func startWithRetry(ctx context.Context, a *agent.Agent, d *daemon.Daemon) {
+	for delay := 200 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := a.Start(sctx)
+		cancel()
+		if err == nil || errors.Is(ctx.Err(), context.Canceled) {
+			return
+		}
+		d.Logger().Warn("node setup failed; retrying", "err", err, "in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+	}
 }

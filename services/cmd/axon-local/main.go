@@ -47,6 +47,9 @@ func run() error {
 	fs.IntVar(&cfg.PortBase, "port-base", 9400, "services listen on `port` base+1 (ipam) to base+5 (operator), metrics on base+201 to base+205")
 	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 30*time.Second, "how long each service may take to become healthy")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 15*time.Second, "how long each service may take to stop")
+	fs.IntVar(&cfg.Nodes, "nodes", 2, "simulated nodes (network namespaces with a datapath each; needs root)")
+	fs.StringVar(&cfg.NetnsPrefix, "netns-prefix", "axon-", "`prefix` of the network namespaces (and bpffs directories) of the simulated nodes")
+	fs.StringVar(&cfg.PodCIDR, "pod-cidr", "10.42.0.0/16", "IPv4 `CIDR` of the default pool")
 	fs.StringVar(&logCfg.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&logCfg.LogFormat, "log-format", "text", "log `format`: text or json")
 	if err := daemon.ParseFlags(fs, os.Args[1:], "AXON_LOCAL"); err != nil {

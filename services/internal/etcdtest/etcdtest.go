@@ -6,6 +6,11 @@
 // Timeouts are short (20ms heartbeat, 200ms election) so that a failover
 // takes well under a second; etcd's own errors go to t.Log while the test
 // runs and are dropped afterwards.
+//
+// Each member is reached through a small TCP proxy on the address it
+// advertises, so that stopping it cuts every connection to it at once, as a
+// crash would, and so that its advertised ports stay reserved across
+// restarts.
 package etcdtest
 
 import (
@@ -17,7 +22,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,8 +38,9 @@ import (
 const (
 	tickMs     = 20
 	electionMs = 200
-	// startAttempts bounds how often a whole cluster start is retried
-	// after a port chosen for it was taken before etcd bound it.
+	// startAttempts bounds how often a member's start is retried, on
+	// fresh ports, after a port chosen for it was taken before etcd bound
+	// it.
 	startAttempts = 5
 	// readyTimeout bounds the wait for members to serve.
 	readyTimeout = 20 * time.Second
@@ -57,11 +62,13 @@ type Cluster struct {
 	client   *clientv3.Client // used by WaitHealthy; made on first use
 }
 
-// member is one etcd member; its URLs and data directory stay the same
-// across Stop and Restart.
+// member is one etcd member. Its name, data directory and advertised URLs
+// (its proxies') stay the same across Stop and Restart; each instance
+// listens on fresh ports behind the proxies.
 type member struct {
-	cfg *embed.Config // template for every start
-	log *testLog
+	cfg           *embed.Config // template for every instance
+	client, peers *proxy
+	log           *testLog
 
 	op sync.Mutex // serializes starting and stopping
 	// closing counts stopped instances still closing their listeners.
@@ -69,8 +76,8 @@ type member struct {
 
 	mu    sync.Mutex
 	etcd  *embed.Etcd  // nil while stopped
-	gate  *gate        // admits etcd's client RPCs
-	quiet *atomic.Bool // set while stopping: errors then are expected
+	gate  *gate        // admits the instance's client RPCs
+	quiet *atomic.Bool // set while the instance starts or stops
 }
 
 // Single starts a one-member etcd cluster with its data in t.TempDir() and
@@ -97,43 +104,34 @@ func New(t testing.TB, members int) *Cluster {
 	dir := t.TempDir()
 	c := &Cluster{log: log}
 	t.Cleanup(c.close)
-
-	var err error
-	for attempt := range startAttempts {
-		if err = c.start(filepath.Join(dir, fmt.Sprintf("start%d", attempt)), members); err == nil {
-			return c
-		}
-		c.stopAll()
-		if !isAddrInUse(err) {
-			break
-		}
+	if err := c.start(dir, members); err != nil {
+		t.Fatalf("etcdtest: start %d-member cluster: %v", members, err)
 	}
-	t.Fatalf("etcdtest: start %d-member cluster: %v", members, err)
-	return nil
+	return c
 }
 
-// start configures the members on fresh ports and starts them all, then
-// waits until each is ready.
+// start creates the members and starts them all, then waits until each is
+// ready.
 func (c *Cluster) start(dir string, n int) error {
 	token := fmt.Sprintf("etcdtest-%d-%s", os.Getpid(), rand.Text())
-	c.members = make([]*member, n)
 	var initial []string
-	for i := range c.members {
-		clientURL, err := freeURL()
-		if err != nil {
+	for i := range n {
+		m := &member{log: c.log}
+		var err error
+		if m.client, err = newProxy(); err != nil {
 			return err
 		}
-		peerURL, err := freeURL()
-		if err != nil {
+		if m.peers, err = newProxy(); err != nil {
+			m.client.close()
 			return err
 		}
+		c.members = append(c.members, m)
+
 		cfg := embed.NewConfig()
 		cfg.Name = fmt.Sprintf("m%d", i)
 		cfg.Dir = filepath.Join(dir, cfg.Name)
-		cfg.ListenClientUrls = []url.URL{clientURL}
-		cfg.AdvertiseClientUrls = []url.URL{clientURL}
-		cfg.ListenPeerUrls = []url.URL{peerURL}
-		cfg.AdvertisePeerUrls = []url.URL{peerURL}
+		cfg.AdvertiseClientUrls = []url.URL{*m.client.url()}
+		cfg.AdvertisePeerUrls = []url.URL{*m.peers.url()}
 		cfg.InitialClusterToken = token
 		cfg.TickMs = tickMs
 		cfg.ElectionMs = electionMs
@@ -141,8 +139,8 @@ func (c *Cluster) start(dir string, n int) error {
 		cfg.UnsafeNoFsync = true
 		cfg.EnableGRPCGateway = false
 		cfg.LogLevel = "error"
-		c.members[i] = &member{cfg: cfg, log: c.log}
-		initial = append(initial, cfg.Name+"="+peerURL.String())
+		m.cfg = cfg
+		initial = append(initial, cfg.Name+"="+m.peers.url().String())
 	}
 	for _, m := range c.members {
 		m.cfg.InitialCluster = strings.Join(initial, ",")
@@ -164,22 +162,47 @@ func (c *Cluster) start(dir string, n int) error {
 	return nil
 }
 
-// start starts the member from its data directory.
+// start starts an instance of the member on fresh ports, from its data
+// directory, and points its proxies at it.
 func (m *member) start() error {
+	var err error
+	for range startAttempts {
+		if err = m.startOnce(); err == nil || !isAddrInUse(err) {
+			break
+		}
+	}
+	return err
+}
+
+func (m *member) startOnce() error {
+	clientURL, err := freeURL()
+	if err != nil {
+		return err
+	}
+	peerURL, err := freeURL()
+	if err != nil {
+		return err
+	}
 	g := newGate()
 	quiet := new(atomic.Bool)
+	quiet.Store(true) // a failed start is reported as an error
 	cfg := *m.cfg
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
 	cfg.GRPCAdditionalServerOptions = g.serverOptions()
 	// etcd's Fatal would exit the test binary silently: panic instead.
 	lg := zap.New(&testCore{log: m.log, member: cfg.Name, quiet: quiet}, zap.WithFatalHook(zapcore.WriteThenPanic))
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	e, err := embed.StartEtcd(&cfg)
 	if err != nil {
-		return fmt.Errorf("start member %s: %w", m.cfg.Name, err)
+		return fmt.Errorf("start member %s: %w", cfg.Name, err)
 	}
+	quiet.Store(false)
 	m.mu.Lock()
 	m.etcd, m.gate, m.quiet = e, g, quiet
 	m.mu.Unlock()
+	m.client.up(clientURL.Host)
+	m.peers.up(peerURL.Host)
 	return nil
 }
 
@@ -199,18 +222,17 @@ func (m *member) waitReady(ctx context.Context) error {
 	}
 }
 
-// get returns the running member, or nil.
+// get returns the running instance, or nil.
 func (m *member) get() *embed.Etcd {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.etcd
 }
 
-// stop stops the member as a crash would: its client connections close,
-// and raft stops at once, with no leadership transfer, closing the data
-// directory. Then its listeners close in the background: that takes up to
-// a second, as etcd waits for peer connections to end, but the ports are
-// free after a few milliseconds.
+// stop stops the member as a crash would: every connection to it closes,
+// its running client RPCs end, and raft stops at once, with no leadership
+// transfer, closing the data directory. The instance's listeners, no longer
+// reachable, close in the background: that can take a second.
 func (m *member) stop() {
 	m.mu.Lock()
 	e, g, quiet := m.etcd, m.gate, m.quiet
@@ -220,23 +242,12 @@ func (m *member) stop() {
 		return
 	}
 	quiet.Store(true)
-	t0 := time.Now()
-	dumpT := time.AfterFunc(time.Second, func() {
-		var b strings.Builder
-		pprof.Lookup("goroutine").WriteTo(&b, 2)
-		os.WriteFile(fmt.Sprintf("/tmp/etcdtest_dump_%d_%d.txt", os.Getpid(), time.Now().UnixNano()), []byte(b.String()), 0o644)
-	})
-	defer dumpT.Stop()
+	m.client.down()
+	m.peers.down()
 	if !g.close(readyTimeout) {
 		m.log.logf("etcdtest: member %s: client RPCs still running %v after stop", m.cfg.Name, readyTimeout)
 	}
-	t1 := time.Now()
 	e.Server.HardStop()
-	if d := time.Since(t0); d > 500*time.Millisecond {
-		m.log.logf("XXX slow stop %s: gate %v hardstop %v", m.cfg.Name, t1.Sub(t0), time.Since(t1))
-		if t1.Sub(t0) > 500*time.Millisecond {
-		}
-	}
 	m.closing.Go(e.Close)
 }
 
@@ -337,17 +348,7 @@ func (c *Cluster) restart(i int) error {
 	if m.get() != nil {
 		return nil
 	}
-	// The stopped instance frees its ports a few milliseconds after Stop;
-	// another process may also hold one for a moment (as the ephemeral
-	// port of an outgoing connection).
-	var err error
-	for wait := 5 * time.Millisecond; wait < 2*time.Second; wait *= 2 {
-		if err = m.start(); err == nil || !isAddrInUse(err) {
-			break
-		}
-		time.Sleep(wait)
-	}
-	if err != nil {
+	if err := m.start(); err != nil {
 		return err
 	}
 	if !c.quorumRunning() {
@@ -415,11 +416,6 @@ func (c *Cluster) close() {
 		c.client = nil
 	}
 	c.clientMu.Unlock()
-	c.stopAll()
-}
-
-// stopAll stops all members at once.
-func (c *Cluster) stopAll() {
 	var wg sync.WaitGroup
 	for _, m := range c.members {
 		wg.Go(func() {
@@ -427,13 +423,16 @@ func (c *Cluster) stopAll() {
 			defer m.op.Unlock()
 			m.stop()
 			m.closing.Wait()
+			m.client.close()
+			m.peers.close()
 		})
 	}
 	wg.Wait()
 }
 
 // freeURL returns an http URL on a 127.0.0.1 port that was free a moment
-// ago; the caller retries if it is taken before etcd binds it.
+// ago; the caller retries on other ports if it is taken before etcd binds
+// it.
 func freeURL() (url.URL, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

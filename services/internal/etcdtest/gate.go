@@ -2,83 +2,39 @@ package etcdtest
 
 import (
 	"context"
-	"net"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
 
-// gate admits a member's client connections and RPCs until the member
-// stops, so that Stop can cut clients off as a crash would.
+// gate admits a member's client RPCs until the member stops.
 //
-// A crash is simulated by stopping raft at once (EtcdServer.HardStop), which
-// closes the member's storage; an RPC reaching the member after that may use
-// the closed store and panic the whole test binary (a serializable Get
-// does). etcd's own Close avoids that by stopping its gRPC server first, but
-// then it hands leadership over gracefully, which is not a crash. So Stop
-// first closes the gate: the member's client connections are closed, new
-// ones are refused, running RPCs are cancelled and waited for, and only
-// then does raft stop.
+// A crash is simulated by stopping raft at once (EtcdServer.HardStop),
+// which closes the member's storage; an RPC handler using the store after
+// that dereferences the closed database and panics the whole test binary (a
+// serializable Get does). etcd's own Close avoids that by stopping its gRPC
+// server first, but then it hands leadership over gracefully, which is not
+// a crash. So Stop closes the gate before raft stops: new RPCs fail with
+// Unavailable, running ones are cancelled and waited for.
 type gate struct {
-	credentials.TransportCredentials // insecure; ServerHandshake is wrapped
-
 	mu     sync.Mutex
 	closed bool
-	conns  map[net.Conn]struct{}
 	ctx    context.Context // done when the gate closes
 	cancel context.CancelFunc
 	active sync.WaitGroup // running RPCs
 }
 
 func newGate() *gate {
-	g := &gate{
-		TransportCredentials: insecure.NewCredentials(),
-		conns:                make(map[net.Conn]struct{}),
-	}
+	g := &gate{}
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	return g
 }
 
 // errStopped is what a client sees from a member that is stopping.
 var errStopped = status.Error(codes.Unavailable, "etcdtest: member stopped")
-
-// ServerHandshake admits a client connection and remembers it, to close it
-// when the gate closes.
-func (g *gate) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn, info, err := g.TransportCredentials.ServerHandshake(raw)
-	if err != nil {
-		return nil, nil, err
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.closed {
-		_ = conn.Close()
-		return nil, nil, errStopped
-	}
-	g.conns[conn] = struct{}{}
-	return &gatedConn{Conn: conn, g: g}, info, nil
-}
-
-// Clone returns g itself: a gRPC server has one set of credentials.
-func (g *gate) Clone() credentials.TransportCredentials { return g }
-
-// gatedConn forgets itself when closed.
-type gatedConn struct {
-	net.Conn
-	g *gate
-}
-
-func (c *gatedConn) Close() error {
-	c.g.mu.Lock()
-	delete(c.g.conns, c.Conn)
-	c.g.mu.Unlock()
-	return c.Conn.Close()
-}
 
 // enter admits one RPC; its context ends when the gate closes. The caller
 // calls done when the RPC's handler returns.
@@ -98,18 +54,12 @@ func (g *gate) enter(ctx context.Context) (_ context.Context, done func(), _ err
 	}, nil
 }
 
-// close closes all client connections and refuses new ones, cancels the
-// running RPCs and waits up to timeout for their handlers to return. It
-// reports whether they did.
+// close refuses new RPCs, cancels the running ones and waits up to timeout
+// for their handlers to return. It reports whether they did.
 func (g *gate) close(timeout time.Duration) bool {
 	g.mu.Lock()
 	g.closed = true
-	conns := g.conns
-	g.conns = nil
 	g.mu.Unlock()
-	for c := range conns {
-		_ = c.Close()
-	}
 	g.cancel()
 	idle := make(chan struct{})
 	go func() {
@@ -124,11 +74,9 @@ func (g *gate) close(timeout time.Duration) bool {
 	}
 }
 
-// serverOptions returns gRPC server options that pass every connection and
-// RPC through g.
+// serverOptions returns gRPC server options that pass every RPC through g.
 func (g *gate) serverOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
-		grpc.Creds(g),
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			ctx, done, err := g.enter(ctx)
 			if err != nil {

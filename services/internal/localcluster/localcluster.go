@@ -44,6 +44,13 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// StopTimeout bounds each service's graceful stop before it is killed.
 	StopTimeout time.Duration
+	// Nodes is how many simulated nodes (network namespaces, each with its
+	// own axon-datapath) to run; they need root.
+	Nodes int
+	// NetnsPrefix starts the names of the namespaces the run creates.
+	NetnsPrefix string
+	// PodCIDR is the default pool's IPv4 CIDR.
+	PodCIDR string
 }
 
 // Component is one service process of the local system.
@@ -56,6 +63,17 @@ type Component struct {
 	MetricsAddr string
 	// Args are its command-line flags.
 	Args []string
+	// Netns, if set, is the network namespace path it runs in.
+	Netns string
+	// Label names it in logs (default Name).
+	Label string
+}
+
+func (c Component) label() string {
+	if c.Label != "" {
+		return c.Label
+	}
+	return c.Name
 }
 
 // Components lists the services in start order, with their addresses.
@@ -71,7 +89,6 @@ func (c Config) Components(etcdURL string) []Component {
 		{"ipam", 1, true},
 		{"lbipam", 3, true},
 		{"policy", 4, false},
-		{"datapath", 2, false},
 		{"operator", 5, false},
 	} {
 		s.port += c.PortBase
@@ -84,9 +101,10 @@ func (c Config) Components(etcdURL string) []Component {
 		if s.useEtcd {
 			comp.Args = append(comp.Args, etcdArgs...)
 		}
-		if s.name == "datapath" {
-			sock := filepath.Join(c.StateDir, "datapath.sock")
-			comp.Args = append(comp.Args, "--grpc-socket", sock)
+		if s.name == "ipam" {
+			// Datapaths in node namespaces reach IPAM over a unix socket: the
+			// filesystem is shared, loopback is not.
+			comp.Args = append(comp.Args, "--grpc-socket", c.ipamSocket())
 		} else {
 			comp.Args = append(comp.Args, "--grpc-socket", "")
 		}
@@ -94,6 +112,26 @@ func (c Config) Components(etcdURL string) []Component {
 	}
 	return comps
 }
+
+func (c Config) ipamSocket() string { return filepath.Join(c.StateDir, "ipam.sock") }
+
+// datapath is the component of a simulated node's agent.
+func (c Config) datapath(n simNode) Component {
+	dir := filepath.Join(c.StateDir, n.Name)
+	sock := filepath.Join(dir, "datapath.sock")
+	return Component{
+		Name: "datapath", Label: n.Name, Target: "unix://" + sock, Netns: n.Path(),
+		Args: []string{
+			"--node-name", n.Name, "--node-ip", n.IP.String(),
+			"--ipam-target", "unix://" + c.ipamSocket(),
+			"--grpc-addr", "", "--grpc-socket", sock, "--metrics-addr", "",
+			"--state-dir", filepath.Join(dir, "endpoints"),
+			"--bpf-pin-dir", c.pinDir(n),
+		},
+	}
+}
+
+func (c Config) pinDir(n simNode) string { return "/sys/fs/bpf/" + c.NetnsPrefix + n.Name }
 
 // Run starts the system, reports it on out, and keeps it running until ctx
 // is done or a part of it fails; then it stops everything it started.
@@ -144,7 +182,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error
 		}
 		log.Info("service serving", "service", c.Name, "grpc", c.Target)
 	}
-	printSummary(out, etcd.ClientURL(), comps)
+	nodes, err := startNodes(ctx, cfg, log, logMu, exited, &running)
+	if err != nil {
+		return err
+	}
+	printSummary(out, etcd.ClientURL(), comps, nodes, cfg)
 
 	select {
 	case <-ctx.Done():
@@ -157,27 +199,41 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error
 	}
 }
 
-func printSummary(out io.Writer, etcdURL string, comps []Component) {
+func printSummary(out io.Writer, etcdURL string, comps []Component, nodes []simNode, cfg Config) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "\nAxon is running on this machine (embedded etcd at %s).\n\n", etcdURL)
 	fmt.Fprintf(&b, "  %-10s %-32s %s\n", "SERVICE", "gRPC", "METRICS")
 	for _, c := range comps {
 		fmt.Fprintf(&b, "  %-10s %-32s http://%s/metrics\n", c.Name, c.Target, c.MetricsAddr)
 	}
+	if len(nodes) > 0 {
+		fmt.Fprintf(&b, "\n  %-10s %-16s %-22s %s\n", "NODE", "UNDERLAY IP", "NETNS", "DATAPATH")
+		for _, n := range nodes {
+			fmt.Fprintf(&b, "  %-10s %-16s %-22s %s\n", n.Name, n.IP, n.Netns, cfg.datapath(n).Target)
+		}
+	}
 	fmt.Fprintf(&b, "\nTry: grpcurl -plaintext %s list\n     grpcurl -plaintext %s grpc.health.v1.Health/Check\nPress Ctrl-C to stop.\n", comps[0].Target, comps[0].Target)
 	_, _ = out.Write(b.Bytes())
 }
 
+// process is a started service, or (with cleanup) something else to undo
+// in reverse start order.
 type process struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
+	name    string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	cleanup func()
 }
 
 func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (*process, error) {
 	bin := filepath.Join(binDir, "axon-"+c.Name)
 	cmd := exec.Command(bin, c.Args...)
-	w := &prefixWriter{prefix: "[" + c.Name + "] ", out: os.Stderr, mu: logMu}
+	if c.Netns != "" {
+		// Only the network namespace changes: the datapath must share the
+		// host's bpffs so its pins outlive it.
+		cmd = exec.Command("nsenter", append([]string{"--net=" + c.Netns, bin}, c.Args...)...)
+	}
+	w := &prefixWriter{prefix: "[" + c.label() + "] ", out: os.Stderr, mu: logMu}
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Own process group: a terminal's Ctrl-C reaches only us, and we stop
@@ -189,12 +245,12 @@ func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &process{name: c.Name, cmd: cmd, done: make(chan struct{})}
+	p := &process{name: c.label(), cmd: cmd, done: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
 		w.flush()
 		close(p.done)
-		exited <- fmt.Errorf("axon-%s exited unexpectedly: %v", c.Name, errOrStatus(err, cmd))
+		exited <- fmt.Errorf("axon-%s (%s) exited unexpectedly: %v", c.Name, c.label(), errOrStatus(err, cmd))
 	}()
 	return p, nil
 }
@@ -208,6 +264,10 @@ func errOrStatus(err error, cmd *exec.Cmd) string {
 
 // stop sends SIGTERM and waits up to timeout before killing the process.
 func (p *process) stop(timeout time.Duration) {
+	if p.cleanup != nil {
+		p.cleanup()
+		return
+	}
 	select {
 	case <-p.done:
 		return

@@ -2,7 +2,10 @@ package bench
 
 import (
 	"context"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,8 +18,9 @@ type op func(ctx context.Context, w, i int) error
 
 // counters are sampled at the start and end of the measured period.
 type counters struct {
-	cpu time.Duration // user+system CPU of this process and its waited-for children
-	kv  kvCounts
+	cpu    time.Duration // user+system CPU of this process and its waited-for children
+	sysCPU time.Duration // busy CPU time of the whole machine
+	kv     kvCounts
 }
 
 // measurement is what one backend did at one concurrency.
@@ -24,6 +28,7 @@ type measurement struct {
 	Backend string
 	Conc    int
 	Ops     int           // operations completed inside the measured period
+	Total   int           // successful operations, warm-up included
 	Errors  int           // failed operations inside the measured period
 	FirstEr string        // the first error, if any (warm-up included)
 	Elapsed time.Duration // length of the measured period
@@ -31,6 +36,7 @@ type measurement struct {
 	P99     time.Duration
 	Max     time.Duration
 	CPU     time.Duration // CPU used by the process (and children) in the period
+	Others  time.Duration // CPU used by everything else on the machine in the period
 	KV      kvCounts      // etcd requests in the period (Axon only)
 }
 
@@ -49,6 +55,35 @@ func cpuNow() time.Duration {
 	return total
 }
 
+// clockTick is USER_HZ, the unit of /proc/stat; 100 on every Linux
+// architecture Go supports.
+const clockTick = 100
+
+// machineBusy returns the CPU time the whole machine has spent busy (not
+// idle nor waiting for I/O) since boot, from /proc/stat.
+func machineBusy() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0
+	}
+	var busy int64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		// user nice system idle iowait irq softirq steal guest guest_nice;
+		// guest time is already counted in user.
+		if i == 3 || i == 4 || i >= 8 {
+			continue
+		}
+		busy += n
+	}
+	return time.Duration(busy) * time.Second / clockTick
+}
+
 // run runs conc workers calling do in a closed loop for warm+dur. Only
 // operations that both start and end inside the measured period (after the
 // warm-up) count towards the rate and the latencies. kv, if not nil, is
@@ -58,7 +93,7 @@ func run(ctx context.Context, backend string, conc int, warm, dur time.Duration,
 	mStart := start.Add(warm)
 	mEnd := mStart.Add(dur)
 	sample := func() counters {
-		c := counters{cpu: cpuNow()}
+		c := counters{cpu: cpuNow(), sysCPU: machineBusy()}
 		if kv != nil {
 			c.kv = kv.snapshot()
 		}
@@ -77,13 +112,14 @@ func run(ctx context.Context, backend string, conc int, warm, dur time.Duration,
 		mu       sync.Mutex
 		lats     []time.Duration
 		errs     int
+		total    int
 		firstErr atomic.Pointer[string]
 		wg       sync.WaitGroup
 	)
 	for w := range conc {
 		wg.Go(func() {
 			var mine []time.Duration
-			nerr := 0
+			nerr, ok := 0, 0
 			for i := 0; ; i++ {
 				t0 := time.Now()
 				if !t0.Before(mEnd) || ctx.Err() != nil {
@@ -94,6 +130,8 @@ func run(ctx context.Context, backend string, conc int, warm, dur time.Duration,
 				if err != nil {
 					s := err.Error()
 					firstErr.CompareAndSwap(nil, &s)
+				} else {
+					ok++
 				}
 				if t0.Before(mStart) || t1.After(mEnd) {
 					continue
@@ -107,14 +145,16 @@ func run(ctx context.Context, backend string, conc int, warm, dur time.Duration,
 			mu.Lock()
 			lats = append(lats, mine...)
 			errs += nerr
+			total += ok
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	sampler.Wait()
 
-	m := measurement{Backend: backend, Conc: conc, Ops: len(lats), Errors: errs, Elapsed: dur,
+	m := measurement{Backend: backend, Conc: conc, Ops: len(lats), Total: total, Errors: errs, Elapsed: dur,
 		CPU: after.cpu - before.cpu, KV: after.kv.sub(before.kv)}
+	m.Others = max(0, after.sysCPU-before.sysCPU-m.CPU)
 	if p := firstErr.Load(); p != nil {
 		m.FirstEr = *p
 	}

@@ -1,0 +1,181 @@
+// Package agent is the node agent behind axon-datapath: it registers the
+// node with IPAM, sets up the node's devices, and creates, checks and
+// removes pod endpoints (addresses from IPAM, veth plumbing, eBPF maps and
+// program attachment), keeping a record of each on disk so a restart loses
+// nothing. It runs in the node's network namespace.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/veth"
+)
+
+// Routing modes between nodes.
+const (
+	ModeTunnel = "tunnel"
+	ModeNative = "native"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// NodeName is this node's name in IPAM.
+	NodeName string
+	// NodeIPs are the node's underlay addresses, preferred first.
+	NodeIPs []netip.Addr
+	// RoutingMode is ModeTunnel or ModeNative.
+	RoutingMode string
+	// MTU of pod interfaces; 0 derives it from the node device MTU (1500)
+	// minus the VXLAN overhead in tunnel mode.
+	MTU int
+	// StateDir keeps one record per endpoint.
+	StateDir string
+	// PinDir is this node's bpffs directory for pinned maps and links.
+	PinDir string
+	// ReleaseRetry is how often releases that IPAM could not take are retried.
+	ReleaseRetry time.Duration
+}
+
+// Datapath is the eBPF side of the node: programs loaded once, per-endpoint
+// entries in maps, and the tcx attachment of each pod's host-side veth.
+type Datapath interface {
+	AttachEndpoint(hostName string, ifindex int) error
+	DetachEndpoint(hostName string) error
+	PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error
+	DeleteEndpoint(ip netip.Addr) error
+	CheckEndpoint(hostName string, ip netip.Addr) []string
+}
+
+// Agent wires pods on one node.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	ipam    ipamv1alpha1.IPAMServiceClient
+	plumber *veth.Plumber
+	bpf     Datapath
+	store   store
+
+	mu      sync.Mutex // guards the fields below and serializes endpoint changes
+	routers []netip.Addr
+	nextID  uint32
+	ready   error // nil once the node is set up
+}
+
+// New returns an agent; Start sets the node up.
+func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slog.Logger) (*Agent, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("node name is required")
+	}
+	if cfg.RoutingMode != ModeTunnel && cfg.RoutingMode != ModeNative {
+		return nil, fmt.Errorf("routing mode must be %q or %q, got %q", ModeTunnel, ModeNative, cfg.RoutingMode)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+		if cfg.RoutingMode == ModeTunnel {
+			cfg.MTU -= 50 // outer IPv4 + UDP + VXLAN + inner Ethernet
+		}
+	}
+	if cfg.ReleaseRetry == 0 {
+		cfg.ReleaseRetry = 5 * time.Second
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	return &Agent{
+		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h}, bpf: bpf,
+		store: store{dir: cfg.StateDir}, ready: errors.New("node not set up yet"),
+	}, nil
+}
+
+// Start registers the node with IPAM, learns its router IPs, sets up its
+// devices and reconciles the recorded endpoints.
+func (a *Agent) Start(ctx context.Context) error {
+	var addrs []string
+	for _, ip := range a.cfg.NodeIPs {
+		addrs = append(addrs, ip.String())
+	}
+	if _, err := a.ipam.UpdateNode(ctx, &ipamv1alpha1.UpdateNodeRequest{
+		Node: &ipamv1alpha1.Node{Name: a.cfg.NodeName, Addresses: addrs}, AllowMissing: true,
+	}); err != nil {
+		return fmt.Errorf("register node %q with IPAM: %w", a.cfg.NodeName, err)
+	}
+	blocks, err := a.ipam.ClaimBlock(ctx, &ipamv1alpha1.ClaimBlockRequest{Node: a.cfg.NodeName})
+	if err != nil {
+		return fmt.Errorf("claim the node's first block: %w", err)
+	}
+	var routers []netip.Addr
+	for _, b := range blocks.GetBlocks() {
+		if ip, err := netip.ParseAddr(b.GetRouterIp()); err == nil {
+			routers = append(routers, ip)
+		}
+	}
+	if len(routers) == 0 {
+		return errors.New("IPAM gave the node no router IP")
+	}
+	if err := setupNodeDevices(a.plumber.Node, routers, a.cfg.MTU); err != nil {
+		return err
+	}
+	eps, err := a.store.list()
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.routers = routers
+	for _, ep := range eps {
+		a.nextID = max(a.nextID, ep.GetEndpointId())
+	}
+	a.ready = nil
+	a.log.Info("node ready", "node", a.cfg.NodeName, "router_ips", routers, "endpoints", len(eps), "mode", a.cfg.RoutingMode)
+	return nil
+}
+
+// Ready reports why the node cannot take endpoints, or nil.
+func (a *Agent) Ready() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ready
+}
+
+// RunReleaseRetries retries, until ctx ends, the address releases that
+// IPAM was unavailable for when their endpoints were deleted.
+func (a *Agent) RunReleaseRetries(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ReleaseRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.retryReleases(ctx)
+	}
+}
+
+// ipamError turns an IPAM failure into the datapath's status, keeping the
+// code so the CNI shim can map it (exhausted pool, unknown pool, ...).
+func ipamError(op string, err error) error {
+	st, _ := status.FromError(err)
+	return status.Errorf(st.Code(), "%s: IPAM: %s", op, st.Message())
+}
+
+func errUnavailable(format string, args ...any) error {
+	return status.Errorf(codes.Unavailable, format, args...)
+}

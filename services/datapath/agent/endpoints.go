@@ -1,0 +1,470 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/veth"
+)
+
+func validAttachment(att *datapathv1alpha1.Attachment) error {
+	if att.GetContainerId() == "" || att.GetInterfaceName() == "" {
+		return status.Error(codes.InvalidArgument, "attachment needs container_id and interface_name")
+	}
+	if len(att.GetInterfaceName()) > 15 || strings.ContainsAny(att.GetInterfaceName(), "/ \x00") {
+		return status.Errorf(codes.InvalidArgument, "interface_name %q is not a valid Linux interface name", att.GetInterfaceName())
+	}
+	return nil
+}
+
+func hostNameOf(att *datapathv1alpha1.Attachment) string {
+	return veth.HostName(att.GetContainerId(), att.GetInterfaceName())
+}
+
+// CreateEndpoint wires a pod: addresses from IPAM, the veth pair, the eBPF
+// map entry and program. A retry returns the endpoint already wired.
+func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (_ *datapathv1alpha1.Endpoint, err error) {
+	att := req.GetAttachment()
+	if err := validAttachment(att); err != nil {
+		return nil, err
+	}
+	if req.GetNetnsPath() == "" {
+		return nil, status.Error(codes.InvalidArgument, "netns_path is required")
+	}
+	if m := req.GetMtu(); m != 0 && (m < 576 || int(m) > a.cfg.MTU) {
+		return nil, status.Errorf(codes.InvalidArgument, "mtu %d must be between 576 and the node's %d", m, a.cfg.MTU)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ready != nil {
+		return nil, errUnavailable("node not ready: %v", a.ready)
+	}
+	hostName := hostNameOf(att)
+	if _, ep, err := a.store.load(hostName); err == nil {
+		if ep.GetNetnsPath() != req.GetNetnsPath() {
+			return nil, status.Errorf(codes.AlreadyExists, "attachment %s/%s is wired into %s, not %s", att.GetContainerId(), att.GetInterfaceName(), ep.GetNetnsPath(), req.GetNetnsPath())
+		}
+		return ep, nil
+	}
+	if _, err := os.Stat(req.GetNetnsPath()); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "netns_path %s: %v", req.GetNetnsPath(), err)
+	}
+
+	alloc, err := a.ipam.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{
+		Handle:         &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()},
+		Node:           a.cfg.NodeName,
+		RequestedPools: req.GetRequestedPools(),
+		RequestedIps:   req.GetRequestedIps(),
+		StickyKey:      req.GetStickyKey(),
+		Pod: &ipamv1alpha1.PodInfo{
+			Namespace: req.GetPodNamespace(), Name: req.GetPodName(), Labels: req.GetLabels(),
+			NamespaceLabels: req.GetNamespaceLabels(), NamespaceAnnotations: req.GetNamespaceAnnotations(),
+		},
+	})
+	if err != nil {
+		return nil, ipamError("allocate addresses", err)
+	}
+	seq := alloc.GetAllocation().GetSequence()
+	defer func() {
+		if err != nil {
+			a.releaseOrQueue(hostName, att, seq)
+		}
+	}()
+
+	mtu := a.cfg.MTU
+	if req.GetMtu() != 0 {
+		mtu = int(req.GetMtu())
+	}
+	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: req.GetNetnsPath(), MTU: mtu}
+	ep := &datapathv1alpha1.Endpoint{
+		Attachment: att, NetnsPath: req.GetNetnsPath(), PodNamespace: req.GetPodNamespace(), PodName: req.GetPodName(),
+		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: req.GetAnnotations(), Mtu: uint32(mtu),
+		Identity: 5, CreateTime: timestamppb.Now(),
+	}
+	for _, ad := range alloc.GetAllocation().GetAddresses() {
+		ip, perr := netip.ParseAddr(ad.GetIp())
+		gw, gerr := netip.ParseAddr(ad.GetGateway())
+		if perr != nil || gerr != nil {
+			return nil, status.Errorf(codes.Internal, "IPAM returned address %q gateway %q", ad.GetIp(), ad.GetGateway())
+		}
+		spec.Addrs = append(spec.Addrs, netip.PrefixFrom(ip, int(ad.GetPrefixLength())))
+		spec.Gateways = append(spec.Gateways, gw)
+		ep.Ips = append(ep.Ips, &datapathv1alpha1.IPConfig{
+			Address: netip.PrefixFrom(ip, int(ad.GetPrefixLength())).String(), Gateway: gw.String(), InterfaceIndex: 1,
+			Family: ad.GetFamily(), Pool: ad.GetPool(),
+		})
+		full := 32
+		def := "0.0.0.0/0"
+		if ip.Is6() {
+			full, def = 128, "::/0"
+		}
+		ep.Routes = append(ep.Routes,
+			&datapathv1alpha1.Route{Destination: netip.PrefixFrom(gw, full).String()},
+			&datapathv1alpha1.Route{Destination: def, Gateway: gw.String()})
+	}
+	res, err := a.plumber.Create(spec)
+	if err != nil {
+		if errors.Is(err, veth.ErrNetNS) {
+			return nil, status.Errorf(codes.InvalidArgument, "wire %s: %v", hostName, err)
+		}
+		return nil, status.Errorf(codes.Internal, "wire %s: %v", hostName, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = a.plumber.Delete(hostName)
+		}
+	}()
+	a.nextID++
+	ep.EndpointId = a.nextID
+	ep.Interfaces = []*datapathv1alpha1.Interface{
+		{Name: hostName, Mac: res.HostMAC.String(), Mtu: uint32(mtu), Ifindex: uint32(res.HostIndex)},
+		{Name: att.GetInterfaceName(), Mac: res.PodMAC.String(), Sandbox: req.GetNetnsPath(), Mtu: uint32(mtu), Ifindex: uint32(res.PodIndex)},
+	}
+	if a.bpf != nil {
+		if err := a.attach(hostName, res, ep, spec.Addrs); err != nil {
+			return nil, status.Errorf(codes.Internal, "eBPF for %s: %v", hostName, err)
+		}
+	}
+	raw, err := protojson.Marshal(ep)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "encode endpoint: %v", err)
+	}
+	if err := a.store.save(hostName, &record{Endpoint: raw, IPAMSequence: seq, HostMAC: res.HostMAC.String(), PodMAC: res.PodMAC.String()}); err != nil {
+		if a.bpf != nil {
+			a.detach(hostName, spec.Addrs)
+		}
+		return nil, status.Errorf(codes.Internal, "record endpoint: %v", err)
+	}
+	a.log.Info("endpoint created", "endpoint", hostName, "container", att.GetContainerId(), "ips", spec.Addrs, "pod", req.GetPodNamespace()+"/"+req.GetPodName())
+	return ep, nil
+}
+
+func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix) error {
+	for _, p := range addrs {
+		if err := a.bpf.PutEndpoint(p.Addr(), res.HostIndex, ep.GetEndpointId(), res.PodMAC, res.HostMAC); err != nil {
+			a.detach(hostName, addrs)
+			return err
+		}
+	}
+	if err := a.bpf.AttachEndpoint(hostName, res.HostIndex); err != nil {
+		a.detach(hostName, addrs)
+		return err
+	}
+	return nil
+}
+
+func (a *Agent) detach(hostName string, addrs []netip.Prefix) {
+	if err := a.bpf.DetachEndpoint(hostName); err != nil {
+		a.log.Warn("detach program", "endpoint", hostName, "err", err)
+	}
+	for _, p := range addrs {
+		if err := a.bpf.DeleteEndpoint(p.Addr()); err != nil {
+			a.log.Warn("delete map entry", "endpoint", hostName, "ip", p.Addr(), "err", err)
+		}
+	}
+}
+
+func endpointAddrs(ep *datapathv1alpha1.Endpoint) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ipc := range ep.GetIps() {
+		if p, err := netip.ParsePrefix(ipc.GetAddress()); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// DeleteEndpoint undoes CreateEndpoint. Unknown attachments are success;
+// if IPAM cannot be reached, the release is queued and retried.
+func (a *Agent) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
+	if err := validAttachment(att); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.deleteLocked(ctx, att)
+}
+
+func (a *Agent) deleteLocked(ctx context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
+	hostName := hostNameOf(att)
+	rec, ep, err := a.store.load(hostName)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
+	}
+	if a.bpf != nil {
+		a.detach(hostName, endpointAddrs(ep))
+	}
+	if err := a.plumber.Delete(hostName); err != nil {
+		return nil, status.Errorf(codes.Internal, "remove veth %s: %v", hostName, err)
+	}
+	var seq uint64
+	if rec != nil {
+		seq = rec.IPAMSequence
+	}
+	// Without a record (a crash between IPAM and the record), the handle
+	// alone still finds and releases the allocation.
+	if _, err := a.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
+		Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()},
+		ExpectedSequence: seq,
+	}); err != nil {
+		a.log.Warn("IPAM release failed; queued for retry", "endpoint", hostName, "err", err)
+		if qerr := a.queueRelease(hostName, att, seq); qerr != nil {
+			return nil, status.Errorf(codes.Internal, "queue release: %v", qerr)
+		}
+	}
+	if err := a.store.remove(hostName); err != nil {
+		return nil, status.Errorf(codes.Internal, "remove endpoint record: %v", err)
+	}
+	if ep != nil {
+		a.log.Info("endpoint deleted", "endpoint", hostName, "container", att.GetContainerId())
+	}
+	return ep, nil
+}
+
+// pendingRelease is an IPAM release that failed and is retried.
+type pendingRelease struct {
+	ContainerID string `json:"containerID"`
+	Interface   string `json:"interface"`
+	Sequence    uint64 `json:"sequence"`
+}
+
+func (a *Agent) releaseDir() string { return filepath.Join(a.cfg.StateDir, "releases") }
+
+func (a *Agent) queueRelease(hostName string, att *datapathv1alpha1.Attachment, seq uint64) error {
+	if err := os.MkdirAll(a.releaseDir(), 0o700); err != nil {
+		return err
+	}
+	b, err := json.Marshal(pendingRelease{att.GetContainerId(), att.GetInterfaceName(), seq})
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(a.releaseDir(), hostName+".json"), b, 0o600)
+}
+
+// releaseOrQueue releases an allocation made for a create that failed.
+func (a *Agent) releaseOrQueue(hostName string, att *datapathv1alpha1.Attachment, seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := a.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
+		Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()},
+		ExpectedSequence: seq,
+	}); err != nil {
+		if qerr := a.queueRelease(hostName, att, seq); qerr != nil {
+			a.log.Error("address release lost", "endpoint", hostName, "err", err, "queue_err", qerr)
+		}
+	}
+}
+
+func (a *Agent) retryReleases(ctx context.Context) {
+	entries, err := os.ReadDir(a.releaseDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		path := filepath.Join(a.releaseDir(), e.Name())
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		var p pendingRelease
+		if err := json.Unmarshal(b, &p); err != nil {
+			a.log.Error("dropping unreadable pending release", "file", path, "err", err)
+			_ = os.Remove(path)
+			continue
+		}
+		_, err = a.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
+			Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: p.ContainerID, InterfaceName: p.Interface},
+			ExpectedSequence: p.Sequence,
+		})
+		if err == nil {
+			_ = os.Remove(path)
+		}
+	}
+}
+
+// GetEndpoint returns a recorded endpoint.
+func (a *Agent) GetEndpoint(att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
+	if err := validAttachment(att); err != nil {
+		return nil, err
+	}
+	_, ep, err := a.store.load(hostNameOf(att))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.NotFound, "no endpoint for %s/%s", att.GetContainerId(), att.GetInterfaceName())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
+	}
+	return ep, nil
+}
+
+// ListEndpoints returns the recorded endpoints in host-name order.
+func (a *Agent) ListEndpoints() ([]*datapathv1alpha1.Endpoint, error) {
+	eps, err := a.store.list()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	names := make([]string, 0, len(eps))
+	for n := range eps {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	out := make([]*datapathv1alpha1.Endpoint, 0, len(names))
+	for _, n := range names {
+		out = append(out, eps[n])
+	}
+	return out, nil
+}
+
+// CheckEndpoint verifies every piece of an endpoint is still in place.
+func (a *Agent) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEndpointRequest) (*datapathv1alpha1.CheckEndpointResponse, error) {
+	att := req.GetAttachment()
+	if err := validAttachment(att); err != nil {
+		return nil, err
+	}
+	hostName := hostNameOf(att)
+	rec, ep, err := a.store.load(hostName)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, status.Errorf(codes.NotFound, "no endpoint for %s/%s", att.GetContainerId(), att.GetInterfaceName())
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
+	}
+	resp := &datapathv1alpha1.CheckEndpointResponse{Endpoint: ep}
+	add := func(c datapathv1alpha1.EndpointComponent, msg string) {
+		resp.Problems = append(resp.Problems, &datapathv1alpha1.EndpointProblem{Component: c, Message: msg})
+	}
+	if req.GetNetnsPath() != "" && req.GetNetnsPath() != ep.GetNetnsPath() {
+		add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_NETNS, fmt.Sprintf("endpoint is in %s, runtime says %s", ep.GetNetnsPath(), req.GetNetnsPath()))
+	}
+	addrs := endpointAddrs(ep)
+	var gws []netip.Addr
+	for _, ipc := range ep.GetIps() {
+		if g, err := netip.ParseAddr(ipc.GetGateway()); err == nil {
+			gws = append(gws, g)
+		}
+	}
+	hostMAC, _ := net.ParseMAC(rec.HostMAC)
+	podMAC, _ := net.ParseMAC(rec.PodMAC)
+	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: ep.GetNetnsPath(), MTU: int(ep.GetMtu()), Addrs: addrs, Gateways: gws}
+	for _, p := range a.plumber.Check(spec, veth.Result{HostMAC: hostMAC, PodMAC: podMAC}) {
+		add(componentOf(p), p)
+	}
+	for _, want := range req.GetExpectedAddresses() {
+		if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.String() == want }) {
+			add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ADDRESS, fmt.Sprintf("runtime expects %s, endpoint has %v", want, addrs))
+		}
+	}
+	if a.bpf != nil {
+		for _, p := range addrs {
+			for _, msg := range a.bpf.CheckEndpoint(hostName, p.Addr()) {
+				add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_BPF_MAP, msg)
+			}
+		}
+	}
+	if _, err := a.ipam.GetAllocation(ctx, &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Handle{
+		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()},
+	}}); err != nil {
+		add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_IPAM, fmt.Sprintf("IPAM has no allocation for the endpoint: %v", status.Convert(err).Message()))
+	}
+	resp.Healthy = len(resp.Problems) == 0
+	return resp, nil
+}
+
+func componentOf(problem string) datapathv1alpha1.EndpointComponent {
+	switch {
+	case strings.Contains(problem, "namespace"):
+		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_NETNS
+	case strings.HasPrefix(problem, "host interface"):
+		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_HOST_INTERFACE
+	case strings.HasPrefix(problem, "address"):
+		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ADDRESS
+	case strings.Contains(problem, "route"):
+		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ROUTE
+	default:
+		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_INTERFACE
+	}
+}
+
+// GarbageCollect removes endpoints whose attachments are not in valid and
+// that are older than minAge, then has IPAM release any allocation of this
+// node that no kept endpoint owns.
+func (a *Agent) GarbageCollect(ctx context.Context, valid []*datapathv1alpha1.Attachment, minAge time.Duration, dryRun bool) ([]*datapathv1alpha1.Endpoint, uint32, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	keep := map[string]bool{}
+	for _, att := range valid {
+		keep[hostNameOf(att)] = true
+	}
+	eps, err := a.store.list()
+	if err != nil {
+		return nil, 0, status.Errorf(codes.Internal, "%v", err)
+	}
+	var removed []*datapathv1alpha1.Endpoint
+	var live []*ipamv1alpha1.OwnerHandle
+	cutoff := time.Now().Add(-minAge)
+	for name, ep := range eps {
+		if keep[name] || ep.GetCreateTime().AsTime().After(cutoff) {
+			live = append(live, &ipamv1alpha1.OwnerHandle{ContainerId: ep.GetAttachment().GetContainerId(), InterfaceName: ep.GetAttachment().GetInterfaceName()})
+			continue
+		}
+		removed = append(removed, ep)
+		if dryRun {
+			continue
+		}
+		if _, err := a.deleteLocked(ctx, ep.GetAttachment()); err != nil {
+			return removed, 0, err
+		}
+	}
+	for _, att := range valid {
+		live = append(live, &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()})
+	}
+	gc, err := a.ipam.GarbageCollect(ctx, &ipamv1alpha1.GarbageCollectRequest{Node: a.cfg.NodeName, LiveHandles: live, DryRun: dryRun})
+	if err != nil {
+		return removed, 0, ipamError("garbage-collect addresses", err)
+	}
+	return removed, uint32(len(gc.GetReleased())), nil
+}
+
+// NodeConfig describes this node's datapath.
+func (a *Agent) NodeConfig() *datapathv1alpha1.NodeConfig {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := &datapathv1alpha1.NodeConfig{NodeName: a.cfg.NodeName, Mtu: uint32(a.cfg.MTU), Masquerade: false}
+	if a.cfg.RoutingMode == ModeTunnel {
+		c.RoutingMode = datapathv1alpha1.RoutingMode_ROUTING_MODE_TUNNEL
+		c.TunnelProtocol = datapathv1alpha1.TunnelProtocol_TUNNEL_PROTOCOL_VXLAN
+		c.TunnelPort = 8472
+	} else {
+		c.RoutingMode = datapathv1alpha1.RoutingMode_ROUTING_MODE_NATIVE
+	}
+	for _, ip := range a.cfg.NodeIPs {
+		c.NodeIps = append(c.NodeIps, ip.String())
+	}
+	for _, r := range a.routers {
+		c.RouterIps = append(c.RouterIps, r.String())
+		if r.Is4() {
+			c.IpFamilies = append(c.IpFamilies, commonv1alpha1.IPFamily_IP_FAMILY_IPV4)
+		} else {
+			c.IpFamilies = append(c.IpFamilies, commonv1alpha1.IPFamily_IP_FAMILY_IPV6)
+		}
+	}
+	c.BpfPinPath = a.cfg.PinDir
+	return c
+}

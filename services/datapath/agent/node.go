@@ -1,0 +1,63 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+)
+
+// Names of the node devices.
+const (
+	HostDevice = "axon_host"
+	NetDevice  = "axon_net"
+)
+
+// setupNodeDevices creates (or keeps) the axon_host/axon_net veth pair
+// with the router IPs on axon_host, and enables forwarding.
+func setupNodeDevices(h *netlink.Handle, routers []netip.Addr, mtu int) error {
+	host, err := h.LinkByName(HostDevice)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("find %s: %w", HostDevice, err)
+		}
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostDevice, MTU: mtu}, PeerName: NetDevice}
+		if err := h.LinkAdd(v); err != nil {
+			return fmt.Errorf("create %s: %w", HostDevice, err)
+		}
+		if host, err = h.LinkByName(HostDevice); err != nil {
+			return fmt.Errorf("find %s: %w", HostDevice, err)
+		}
+	}
+	for _, r := range routers {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: r.AsSlice(), Mask: net.CIDRMask(r.BitLen(), r.BitLen())}}
+		if err := h.AddrReplace(host, addr); err != nil {
+			return fmt.Errorf("add router IP %s to %s: %w", r, HostDevice, err)
+		}
+	}
+	for _, name := range []string{HostDevice, NetDevice} {
+		l, err := h.LinkByName(name)
+		if err == nil {
+			err = h.LinkSetUp(l)
+		}
+		if err != nil {
+			return fmt.Errorf("set %s up: %w", name, err)
+		}
+	}
+	sysctls := map[string]string{"/proc/sys/net/ipv4/ip_forward": "1"}
+	for _, r := range routers {
+		if r.Is6() {
+			sysctls["/proc/sys/net/ipv6/conf/all/forwarding"] = "1"
+		}
+	}
+	for path, v := range sysctls {
+		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+			return fmt.Errorf("set %s: %w", path, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,89 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+)
+
+// record is what the agent keeps on disk for one endpoint, so a restarted
+// agent knows every endpoint it wired and the IPAM allocation behind it.
+type record struct {
+	Endpoint json.RawMessage `json:"endpoint"` // protojson of datapathv1alpha1.Endpoint
+	// IPAMSequence guards the release of the endpoint's addresses.
+	IPAMSequence uint64 `json:"ipamSequence"`
+	HostMAC      string `json:"hostMAC"`
+	PodMAC       string `json:"podMAC"`
+}
+
+// store keeps records as one JSON file per endpoint, written atomically.
+type store struct{ dir string }
+
+func (s store) path(hostName string) string { return filepath.Join(s.dir, hostName+".json") }
+
+func (s store) save(hostName string, r *record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := s.path(hostName) + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write endpoint record: %w", err)
+	}
+	return os.Rename(tmp, s.path(hostName))
+}
+
+func (s store) load(hostName string) (*record, *datapathv1alpha1.Endpoint, error) {
+	b, err := os.ReadFile(s.path(hostName))
+	if err != nil {
+		return nil, nil, err
+	}
+	return decodeRecord(b)
+}
+
+func decodeRecord(b []byte) (*record, *datapathv1alpha1.Endpoint, error) {
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, nil, fmt.Errorf("decode endpoint record: %w", err)
+	}
+	ep := &datapathv1alpha1.Endpoint{}
+	if err := protojson.Unmarshal(r.Endpoint, ep); err != nil {
+		return nil, nil, fmt.Errorf("decode endpoint: %w", err)
+	}
+	return &r, ep, nil
+}
+
+func (s store) remove(hostName string) error {
+	if err := os.Remove(s.path(hostName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// list returns every stored endpoint by host interface name.
+func (s store) list() (map[string]*datapathv1alpha1.Endpoint, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list endpoint records: %w", err)
+	}
+	out := map[string]*datapathv1alpha1.Endpoint{}
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		_, ep, err := s.load(name)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint record %s: %w", e.Name(), err)
+		}
+		out[name] = ep
+	}
+	return out, nil
+}

@@ -1,0 +1,136 @@
+// Package server is the gRPC face of axon-datapath: the CNI shim's calls
+// (create, delete, check, GC, readiness) and node information, served by
+// the node agent.
+package server
+
+import (
+	"context"
+	"encoding/base64"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/agent"
+)
+
+// Server implements datapathv1alpha1.DatapathServiceServer.
+type Server struct {
+	datapathv1alpha1.UnimplementedDatapathServiceServer
+	agent *agent.Agent
+}
+
+// New returns a Server for a.
+func New(a *agent.Agent) *Server { return &Server{agent: a} }
+
+// CreateEndpoint implements DatapathService.
+func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (*datapathv1alpha1.CreateEndpointResponse, error) {
+	ep, err := s.agent.CreateEndpoint(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return &datapathv1alpha1.CreateEndpointResponse{Endpoint: ep}, nil
+}
+
+// DeleteEndpoint implements DatapathService.
+func (s *Server) DeleteEndpoint(ctx context.Context, req *datapathv1alpha1.DeleteEndpointRequest) (*datapathv1alpha1.DeleteEndpointResponse, error) {
+	ep, err := s.agent.DeleteEndpoint(ctx, req.GetAttachment())
+	if err != nil {
+		return nil, err
+	}
+	return &datapathv1alpha1.DeleteEndpointResponse{Endpoint: ep}, nil
+}
+
+// GetEndpoint implements DatapathService.
+func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpointRequest) (*datapathv1alpha1.GetEndpointResponse, error) {
+	ep, err := s.agent.GetEndpoint(req.GetAttachment())
+	if err != nil {
+		return nil, err
+	}
+	return &datapathv1alpha1.GetEndpointResponse{Endpoint: ep}, nil
+}
+
+// ListEndpoints implements DatapathService. A node has at most a few
+// hundred endpoints; pages are cut from the ordered list.
+func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndpointsRequest) (*datapathv1alpha1.ListEndpointsResponse, error) {
+	if req.GetPageSize() < 0 {
+		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
+	}
+	limit := int(req.GetPageSize())
+	if limit == 0 {
+		limit = 100
+	}
+	limit = min(limit, 1000)
+	after := ""
+	if t := req.GetPageToken(); t != "" {
+		b, err := base64.RawURLEncoding.DecodeString(t)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "invalid page_token %q", t)
+		}
+		after = string(b)
+	}
+	eps, err := s.agent.ListEndpoints()
+	if err != nil {
+		return nil, err
+	}
+	resp := &datapathv1alpha1.ListEndpointsResponse{}
+	for _, ep := range eps {
+		key := ep.GetAttachment().GetContainerId() + "/" + ep.GetAttachment().GetInterfaceName()
+		if (after != "" && key <= after) ||
+			(req.GetPodNamespace() != "" && ep.GetPodNamespace() != req.GetPodNamespace()) ||
+			(req.GetPodName() != "" && ep.GetPodName() != req.GetPodName()) {
+			continue
+		}
+		if len(resp.Endpoints) == limit {
+			last := resp.Endpoints[limit-1].GetAttachment()
+			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.GetContainerId() + "/" + last.GetInterfaceName()))
+			break
+		}
+		resp.Endpoints = append(resp.Endpoints, ep)
+	}
+	return resp, nil
+}
+
+// CheckEndpoint implements DatapathService.
+func (s *Server) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEndpointRequest) (*datapathv1alpha1.CheckEndpointResponse, error) {
+	return s.agent.CheckEndpoint(ctx, req)
+}
+
+// GarbageCollectEndpoints implements DatapathService.
+func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alpha1.GarbageCollectEndpointsRequest) (*datapathv1alpha1.GarbageCollectEndpointsResponse, error) {
+	minAge := defaultGCMinAge
+	if d := req.GetMinAge(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return nil, status.Error(codes.InvalidArgument, "min_age must be a non-negative duration")
+		}
+		minAge = d.AsDuration()
+	}
+	for _, att := range req.GetValidAttachments() {
+		if att.GetContainerId() == "" || att.GetInterfaceName() == "" {
+			return nil, status.Error(codes.InvalidArgument, "valid_attachments entries need container_id and interface_name")
+		}
+	}
+	removed, released, err := s.agent.GarbageCollect(ctx, req.GetValidAttachments(), minAge, req.GetDryRun())
+	if err != nil {
+		return nil, err
+	}
+	return &datapathv1alpha1.GarbageCollectEndpointsResponse{Removed: removed, ReleasedAllocations: released}, nil
+}
+
+// CheckReady implements DatapathService.
+func (s *Server) CheckReady(context.Context, *datapathv1alpha1.CheckReadyRequest) (*datapathv1alpha1.CheckReadyResponse, error) {
+	if err := s.agent.Ready(); err != nil {
+		return &datapathv1alpha1.CheckReadyResponse{Readiness: datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY, Reasons: []string{err.Error()}}, nil
+	}
+	return &datapathv1alpha1.CheckReadyResponse{Readiness: datapathv1alpha1.ReadinessState_READINESS_STATE_READY}, nil
+}
+
+// GetNodeConfig implements DatapathService.
+func (s *Server) GetNodeConfig(context.Context, *datapathv1alpha1.GetNodeConfigRequest) (*datapathv1alpha1.GetNodeConfigResponse, error) {
+	return &datapathv1alpha1.GetNodeConfigResponse{Config: s.agent.NodeConfig()}, nil
+}
+
+// defaultGCMinAge protects endpoints younger than this from a GC whose
+// caller did not say: an ADD racing the runtime's snapshot of live pods.
+const defaultGCMinAge = time.Minute

@@ -1,0 +1,180 @@
+package localcluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+)
+
+// simNode is a simulated node: a network namespace joined to the others by
+// an underlay bridge that lives in a namespace of its own, so nothing of
+// the simulation touches the host's network.
+type simNode struct {
+	Name  string
+	Netns string // the namespace's name (ip netns)
+	IP    netip.Addr
+}
+
+// Path is the node namespace's path for nsenter and CNI.
+func (n simNode) Path() string { return "/var/run/netns/" + n.Netns }
+
+// underlayPrefix holds the simulated nodes' addresses. It exists only
+// inside namespaces this package creates.
+var underlayPrefix = netip.MustParsePrefix("192.168.251.0/24")
+
+func ip(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// setupNodes creates n node namespaces on an underlay bridge. teardown
+// removes every namespace it created, also after a partial failure.
+func setupNodes(prefix string, n int) (nodes []simNode, teardown func(), err error) {
+	var created []string
+	teardown = func() {
+		for i := len(created) - 1; i >= 0; i-- {
+			_ = ip("netns", "del", created[i])
+		}
+	}
+	defer func() {
+		if err != nil {
+			teardown()
+		}
+	}()
+	underlay := prefix + "underlay"
+	if err := ip("netns", "add", underlay); err != nil {
+		return nil, teardown, err
+	}
+	created = append(created, underlay)
+	for _, args := range [][]string{
+		{"-n", underlay, "link", "add", "br0", "type", "bridge"},
+		{"-n", underlay, "link", "set", "br0", "up"},
+	} {
+		if err := ip(args...); err != nil {
+			return nil, teardown, err
+		}
+	}
+	for i := 1; i <= n; i++ {
+		node := simNode{Name: fmt.Sprintf("node-%d", i), Netns: fmt.Sprintf("%snode-%d", prefix, i)}
+		addr, ok := nth(underlayPrefix, 10+i)
+		if !ok {
+			return nil, teardown, fmt.Errorf("too many nodes for %s", underlayPrefix)
+		}
+		node.IP = addr
+		if err := ip("netns", "add", node.Netns); err != nil {
+			return nil, teardown, err
+		}
+		created = append(created, node.Netns)
+		port := fmt.Sprintf("n%d", i)
+		for _, args := range [][]string{
+			{"link", "add", "eth0", "netns", node.Netns, "type", "veth", "peer", "name", port, "netns", underlay},
+			{"-n", underlay, "link", "set", port, "master", "br0", "up"},
+			{"-n", node.Netns, "addr", "add", netip.PrefixFrom(addr, underlayPrefix.Bits()).String(), "dev", "eth0"},
+			{"-n", node.Netns, "link", "set", "eth0", "up"},
+			{"-n", node.Netns, "link", "set", "lo", "up"},
+		} {
+			if err := ip(args...); err != nil {
+				return nil, teardown, err
+			}
+		}
+		nodes = append(nodes, node)
+	}
+	return nodes, teardown, nil
+}
+
+func nth(p netip.Prefix, n int) (netip.Addr, bool) {
+	a := p.Addr()
+	for range n {
+		a = a.Next()
+	}
+	return a, p.Contains(a)
+}
+
+// removePins deletes a node's pinned eBPF objects after its namespace is
+// gone; they would only refer to deleted devices.
+func removePins(dir string) {
+	if dir != "" && strings.HasPrefix(filepath.Clean(dir), "/sys/fs/bpf/") {
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// startNodes creates the default pool and the simulated nodes, each with
+// its datapath, appending the processes to running. Without root it starts
+// none and says so.
+func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.Mutex, exited chan error, running *[]*process) ([]simNode, error) {
+	if cfg.Nodes == 0 {
+		return nil, nil
+	}
+	if os.Geteuid() != 0 {
+		log.Warn("not root: simulated nodes and their datapaths are not started (they need network namespaces)")
+		return nil, nil
+	}
+	if err := ensureDefaultPool(ctx, "unix://"+cfg.ipamSocket(), cfg.PodCIDR); err != nil {
+		return nil, err
+	}
+	nodes, teardown, err := setupNodes(cfg.NetnsPrefix, cfg.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	*running = append(*running, &process{name: "namespaces", done: nil, cleanup: func() {
+		teardown()
+		for _, n := range nodes {
+			removePins(cfg.pinDir(n))
+		}
+	}})
+	for _, n := range nodes {
+		c := cfg.datapath(n)
+		if err := os.MkdirAll(filepath.Dir(strings.TrimPrefix(c.Target, "unix://")), 0o755); err != nil {
+			return nil, err
+		}
+		p, err := start(cfg.BinDir, c, logMu, exited)
+		if err != nil {
+			return nil, err
+		}
+		*running = append(*running, p)
+	}
+	for _, n := range nodes {
+		if err := waitServing(ctx, cfg.datapath(n).Target, cfg.ReadyTimeout, exited); err != nil {
+			return nil, fmt.Errorf("datapath of %s did not become healthy: %w", n.Name, err)
+		}
+		log.Info("node ready", "node", n.Name, "underlay_ip", n.IP, "netns", n.Netns)
+	}
+	return nodes, nil
+}
+
+// ensureDefaultPool creates the default pool the nodes' first blocks come
+// from, unless a pool of that name exists.
+func ensureDefaultPool(ctx context.Context, target, cidr string) error {
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	c := ipamv1alpha1.NewIPAMServiceClient(conn)
+	_, err = c.GetPool(ctx, &ipamv1alpha1.GetPoolRequest{Name: "default"})
+	if status.Code(err) == codes.NotFound {
+		_, err = c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{
+			Name: "default", Default: true, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{cidr}},
+		}})
+	}
+	if err != nil {
+		return fmt.Errorf("default pool %s: %w", cidr, err)
+	}
+	return nil
+}

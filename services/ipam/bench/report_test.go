@@ -1,0 +1,305 @@
+package bench
+
+import (
+	"bufio"
+	"debug/buildinfo"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+// machine describes where the benchmark ran.
+type machine struct {
+	CPUs       int
+	CPUModel   string
+	Kernel     string
+	GoVersion  string
+	GOMAXPROCS int
+}
+
+func describeMachine() machine {
+	m := machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0),
+		CPUModel: "unknown", Kernel: "unknown"}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = "Linux " + strings.TrimSpace(string(b))
+	}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		defer f.Close()
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// hostLocalVersion reads the module version host-local was built from.
+func hostLocalVersion(bin string) string {
+	bi, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		return "unknown version"
+	}
+	return fmt.Sprintf("%s %s, built with %s", bi.Main.Path, bi.Main.Version, bi.GoVersion)
+}
+
+func ms(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "–"
+	case d < 10*time.Millisecond:
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	}
+}
+
+func ratio(a, b measurement) float64 {
+	if b.rate() == 0 {
+		return 0
+	}
+	return a.rate() / b.rate()
+}
+
+func metStr(ok bool) string {
+	if ok {
+		return "**MET**"
+	}
+	return "**NOT MET**"
+}
+
+func cores(m measurement) float64 { return m.CPU.Seconds() / m.Elapsed.Seconds() }
+
+func cpuPerOp(m measurement) string {
+	if m.Ops == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f µs", float64(m.CPU.Microseconds())/float64(m.Ops))
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+// renderReport writes the Markdown report.
+func renderReport(r *results) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	mc := r.Machine
+
+	p("# Axon IPAM benchmark\n\n")
+	p("Generated %s by `TestIPAMBenchReport` (`services/ipam/bench`); the whole run took %v.\n",
+		r.Start.UTC().Format("2006-01-02 15:04 MST"), r.End.Sub(r.Start).Round(time.Second))
+	p("Numbers are from one run on a small VM and are noisy (±10–20%% between runs); compare rows of the same\n")
+	p("run, not runs with each other.\n\n")
+
+	p("## Machine\n\n")
+	p("- CPU: %s, %d logical CPUs (GOMAXPROCS %d)\n", mc.CPUModel, mc.CPUs, mc.GOMAXPROCS)
+	p("- Kernel: %s\n", mc.Kernel)
+	p("- Go: %s\n", mc.GoVersion)
+	p("- etcd: go.etcd.io/etcd/server/v3 v3.7.3 embedded in the test process (`services/internal/etcdtest`)\n")
+	if r.HostLocal != "" {
+		p("- host-local: %s\n", r.HostLocalV)
+	}
+	p("\n")
+
+	p("## How to reproduce\n\n")
+	p("From the repository root:\n\n```sh\nmake bench\n```\n\n")
+	p("which builds host-local and runs the Go micro-benchmarks, then this report. The report alone:\n\n")
+	p("```sh\nGOWORK=off GOBIN=$PWD/.bin go install github.com/containernetworking/plugins/plugins/ipam/host-local@v1.10.0\n")
+	p("go test ./services/ipam/bench -run TestIPAMBenchReport -count=1 -timeout 30m \\\n")
+	p("    -args -ipam.report=$PWD/docs/bench/ipam.md -ipam.hostlocal=$PWD/.bin/host-local -ipam.scale=true")
+	if r.Duration != 5*time.Second {
+		p(" -ipam.duration=%v", r.Duration)
+	}
+	if r.Warmup != time.Second {
+		p(" -ipam.warmup=%v", r.Warmup)
+	}
+	p("\n```\n\n")
+	p("Flags: `-ipam.duration` (measured period per row, here %v), `-ipam.warmup` (here %v), `-ipam.scale`,\n", r.Duration, r.Warmup)
+	p("`-ipam.hostlocal`. Without `-ipam.report` the test skips, so `go test ./...` does not run it.\n\n")
+
+	p("## What is measured\n\n")
+	p("Everything runs on this one machine, at the same time only one backend: clients, server and etcd share its %d CPUs.\n\n", mc.CPUs)
+	p("- **Axon**: `AllocateIP` over gRPC on loopback TCP to an in-process `axon-ipam` server (allocator + gRPC\n")
+	p("  server, one etcd client), on (a) a single-member etcd and (b) a 3-member etcd, each member in this process\n")
+	p("  with its own data directory and loopback ports. One default IPv4 pool %s with /%d blocks. Each client is\n", poolCIDR, blockBits)
+	p("  one simulated node (registered before the run, own gRPC connection) and allocates only on that node, with\n")
+	p("  unique container IDs, in a closed loop. The request is what a CNI ADD sends: owner handle, node and pod\n")
+	p("  namespace/name, no explicit family.\n")
+	p("- **Axon, %d pods/node** (a diagnostic, not the issue's setup): the same, except that each client moves on to\n", podsPerNode)
+	p("  another of its own pre-registered nodes every %d allocations (kubelet's default max-pods), so no node holds\n", podsPerNode)
+	p("  more addresses than a real node. In the main rows one node receives every allocation of its client — thousands\n")
+	p("  of addresses, dozens of blocks — which real nodes never reach.\n")
+	p("- **raw CAS** (the store's ceiling): on the same etcd at the same concurrency, one shared clientv3 client; each\n")
+	p("  worker owns one key, reads it once, then loops `Txn(If(ModRevision(key)==last)).Then(Put(key, %d-byte value))`,\n", casValueSize)
+	p("  taking `last` from the response header.\n")
+	if r.HostLocal != "" {
+		p("- **host-local**: the CNI reference IPAM plugin, exec'd once per allocation as a runtime does (`CNI_COMMAND=ADD`,\n")
+		p("  unique `CNI_CONTAINERID`, `CNI_IFNAME=eth0`, range %s, `dataDir` in a temp dir); measured exec to exit.\n", poolCIDR)
+	}
+	p("- Each row: a %v warm-up (so the first block claim of every node is not the whole story — later block claims,\n", r.Warmup)
+	p("  one per ~61 allocations per node, do fall in the measured period), then %v measured. Allocations/s counts\n", r.Duration)
+	p("  operations that started and ended inside the measured period; p50/p99 are over those operations.\n")
+	p("  \"CPU\" is the CPU time of the whole process (and, for host-local, its children) during the period, in cores\n")
+	p("  and per operation.\n")
+	p("- etcd runs with `UnsafeNoFsync` (test clusters; 20 ms heartbeat): the raw-CAS ceiling here is a CPU and raft\n")
+	p("  ceiling, not a disk one, which makes Axon's fixed per-allocation CPU cost weigh more than it would with fsync.\n\n")
+
+	p("## Results\n\n")
+	for ci, conc := range concurrencies {
+		p("### %d client%s\n\n", conc, map[bool]string{true: "", false: "s"}[conc == 1])
+		p("| Backend | etcd | allocations/s | p50 | p99 | CPU | CPU/op | Axon / raw CAS | Axon / host-local | errors |\n")
+		p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+		var hl *measurement
+		if ci < len(r.HL) {
+			hl = &r.HL[ci]
+		}
+		for _, s := range setups {
+			cas, axon := r.CAS[s.Name], r.Axon[s.Name]
+			if ci >= len(cas) || ci >= len(axon) {
+				continue
+			}
+			c, a := cas[ci], axon[ci]
+			p("| raw CAS | %s | %.0f | %s | %s | %.2f | %s | | | %d |\n", s.Name, c.rate(), ms(c.P50), ms(c.P99), cores(c), cpuPerOp(c), c.Errors)
+			hlRatio := "–"
+			if hl != nil {
+				hlRatio = fmt.Sprintf("%.1f×", ratio(a, *hl))
+			}
+			p("| **Axon** | %s | **%.0f** | %s | %s | %.2f | %s | %.2f× | %s | %d |\n", s.Name, a.rate(), ms(a.P50), ms(a.P99), cores(a), cpuPerOp(a), ratio(a, c), hlRatio, a.Errors)
+			if rot := r.AxonRot[s.Name]; ci < len(rot) {
+				a := rot[ci]
+				hlRatio := "–"
+				if hl != nil {
+					hlRatio = fmt.Sprintf("%.1f×", ratio(a, *hl))
+				}
+				p("| Axon, %d pods/node | %s | %.0f | %s | %s | %.2f | %s | %.2f× | %s | %d |\n", podsPerNode, s.Name, a.rate(), ms(a.P50), ms(a.P99), cores(a), cpuPerOp(a), ratio(a, c), hlRatio, a.Errors)
+			}
+		}
+		if hl != nil {
+			p("| host-local | – | %.0f | %s | %s | %.2f | %s | | | %d |\n", hl.rate(), ms(hl.P50), ms(hl.P99), cores(*hl), cpuPerOp(*hl), hl.Errors)
+		}
+		p("\n")
+	}
+	var errLines []string
+	for _, s := range setups {
+		for _, m := range slices.Concat(r.CAS[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
+			if m.FirstEr != "" {
+				errLines = append(errLines, fmt.Sprintf("- %s, %s, %d clients: %s", m.Backend, s.Name, m.Conc, m.FirstEr))
+			}
+		}
+	}
+	for _, m := range r.HL {
+		if m.FirstEr != "" {
+			errLines = append(errLines, fmt.Sprintf("- host-local, %d clients: %s", m.Conc, m.FirstEr))
+		}
+	}
+	if len(errLines) > 0 {
+		p("First error of each row that had one (warm-up included):\n\n%s\n\n", strings.Join(errLines, "\n"))
+	}
+
+	p("### etcd requests per Axon allocation\n\n")
+	p("Counted by wrapping the allocator's etcd client (`clientv3.Client.KV`), over the measured period. A failed\n")
+	p("transaction is one whose compare did not hold (contention or a stale cache), which the allocator retries.\n\n")
+	p("| etcd | clients | txns / alloc | failed txns / alloc | reads (Get) / alloc | round trips / alloc |\n")
+	p("|---|--:|--:|--:|--:|--:|\n")
+	for _, s := range setups {
+		for _, rows := range []struct {
+			name string
+			ms   []measurement
+		}{{"", r.Axon[s.Name]}, {fmt.Sprintf(", %d pods/node", podsPerNode), r.AxonRot[s.Name]}} {
+			for _, a := range rows.ms {
+				p("| %s%s | %d | %.3f | %.4f | %.3f | %.3f |\n", s.Name, rows.name, a.Conc, perOp(a.KV.Txns, a.Ops), perOp(a.KV.FailedTxns, a.Ops),
+					perOp(a.KV.Gets, a.Ops), perOp(a.KV.RoundTrips(), a.Ops))
+			}
+		}
+	}
+	p("\n")
+
+	if r.Scale != nil {
+		s := r.Scale
+		p("## Scale run\n\n")
+		p("%d nodes × %d pods = %d allocations through the gRPC service with %d concurrent clients (each client takes\n",
+			s.Nodes, s.PodsPerNode, s.Nodes*s.PodsPerNode, s.Clients)
+		p("whole nodes) on a fresh single-member etcd; afterwards every allocation is listed (`ListAllocations`) and\n")
+		p("checked for an address held twice.\n\n")
+		p("| | |\n|---|--:|\n")
+		p("| registering %d nodes | %v |\n", s.Nodes, s.RegisterTime.Round(time.Millisecond))
+		p("| allocations (successful / failed) | %d / %d |\n", s.Allocations, s.Errors)
+		p("| elapsed | %v |\n", s.Elapsed.Round(time.Millisecond))
+		p("| allocations/s | %.0f |\n", float64(s.Allocations)/s.Elapsed.Seconds())
+		p("| latency p50 / p99 / max | %s / %s / %s |\n", ms(s.P50), ms(s.P99), ms(s.Max))
+		p("| CPU (whole process) | %.2f cores, %.0f µs per allocation |\n", s.CPU.Seconds()/s.Elapsed.Seconds(), float64(s.CPU.Microseconds())/float64(max(s.Allocations, 1)))
+		p("| etcd round trips / allocation (txns, failed txns, reads) | %.3f (%.3f, %.4f, %.3f) |\n", perOp(s.KV.RoundTrips(), s.Allocations),
+			perOp(s.KV.Txns, s.Allocations), perOp(s.KV.FailedTxns, s.Allocations), perOp(s.KV.Gets, s.Allocations))
+		p("| allocations listed afterwards | %d |\n", s.Listed)
+		p("| duplicate addresses | **%d** |\n", s.Duplicates)
+		p("| address keys in etcd (pods + one router IP per node) | %d |\n", s.AllocKeys)
+		p("| blocks claimed | %d |\n", s.Blocks)
+		p("| verification (list + check) | %v |\n", s.VerifyTime.Round(time.Millisecond))
+		p("| Go heap in use after the run (after GC) | %s (%s after registering the nodes) |\n", mib(s.HeapInuse), mib(s.HeapBefore))
+		p("| Go runtime memory from the OS (`Sys`) | %s |\n", mib(s.Sys))
+		if s.DBSize > 0 {
+			p("| etcd database size | %s |\n", mib(uint64(s.DBSize)))
+		}
+		p("\n")
+		p("The heap and `Sys` figures are of the whole test process: the IPAM service (allocator caches, gRPC server), the\n")
+		p("64 gRPC clients and the embedded etcd member (its in-memory index of every key) together; the IPAM service\n")
+		p("alone is a part of that.\n\n")
+		if s.FirstErr != "" {
+			p("First error: `%s`\n\n", s.FirstErr)
+		}
+		if s.Description != "" {
+			p("First duplicate: %s\n\n", s.Description)
+		}
+	}
+
+	renderTargets(&b, r)
+	renderAnalysis(&b, r)
+	return b.String()
+}
+
+// renderTargets checks the issue's targets.
+func renderTargets(b *strings.Builder, r *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("## Targets (issue 3, \"Benchmark\")\n\n")
+	p("| Target | Measured | Status |\n|---|---|---|\n")
+	for _, s := range setups {
+		for i, a := range r.Axon[s.Name] {
+			c := r.CAS[s.Name][i]
+			p("| Axon ≥ 0.8× raw CAS, %s, %d clients | %.0f vs %.0f/s = %.2f× | %s |\n", s.Name, a.Conc, a.rate(), c.rate(), ratio(a, c), metStr(ratio(a, c) >= 0.8))
+		}
+	}
+	for _, s := range setups {
+		for i, a := range r.Axon[s.Name] {
+			if i >= len(r.HL) {
+				p("| Axon ≥ 10× host-local, %s, %d clients | host-local not run | **NOT MEASURED** |\n", s.Name, a.Conc)
+				continue
+			}
+			h := r.HL[i]
+			p("| Axon ≥ 10× host-local, %s, %d clients | %.0f vs %.0f/s = %.1f× | %s |\n", s.Name, a.Conc, a.rate(), h.rate(), ratio(a, h), metStr(ratio(a, h) >= 10))
+		}
+	}
+	for _, s := range setups {
+		if s.Members != 3 {
+			continue
+		}
+		for _, a := range r.Axon[s.Name] {
+			if a.Conc == 16 {
+				p("| p99 ≤ 25 ms at 16 clients on 3 members | %s | %s |\n", ms(a.P99), metStr(a.P99 > 0 && a.P99 <= 25*time.Millisecond))
+			}
+		}
+	}
+	switch s := r.Scale; {
+	case s == nil:
+		p("| Scale run 5,000 nodes × 30 pods, no duplicate | not run (`-ipam.scale=false`) | **NOT MEASURED** |\n")
+	default:
+		ok := s.Duplicates == 0 && s.Errors == 0 && s.Listed == s.Nodes*s.PodsPerNode
+		p("| Scale run 5,000 nodes × 30 pods, no duplicate; time and memory reported | %d allocated, %d listed, %d duplicates, %v, heap %s | %s |\n",
+			s.Allocations, s.Listed, s.Duplicates, s.Elapsed.Round(time.Second), mib(s.HeapInuse), metStr(ok))
+	}
+	p("\n")
+}
