@@ -27,6 +27,7 @@ func main() {
 	host, _ := os.Hostname()
 	cfg := agent.Config{NodeName: host, RoutingMode: agent.ModeTunnel}
 	var ipamTarget, nodeIPs string
+	gcMinAge := time.Minute
 	os.Exit(daemon.Main(daemon.Spec{
 		Name: "datapath",
 		Defaults: daemon.Defaults{
@@ -41,6 +42,7 @@ func main() {
 			fs.StringVar(&cfg.RoutingMode, "routing-mode", cfg.RoutingMode, "how pods reach other nodes: tunnel (VXLAN) or native")
 			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from 1500 and the routing mode")
 			fs.StringVar(&cfg.StateDir, "state-dir", "/var/run/axon/datapath", "`directory` of the endpoint records")
+			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
 		},
 		Setup: func(ctx context.Context, d *daemon.Daemon) error {
@@ -71,7 +73,7 @@ func main() {
 			d.OnShutdown(func() error { cancel(); return nil })
 			go startWithRetry(bg, a, d)
 			go a.RunReleaseRetries(bg)
-			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a))
+			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a, gcMinAge))
 			return nil
 		},
 	}))

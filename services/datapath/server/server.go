@@ -18,11 +18,16 @@ import (
 // Server implements datapathv1alpha1.DatapathServiceServer.
 type Server struct {
 	datapathv1alpha1.UnimplementedDatapathServiceServer
-	agent *agent.Agent
+	agent    *agent.Agent
+	gcMinAge time.Duration
 }
 
-// New returns a Server for a.
-func New(a *agent.Agent) *Server { return &Server{agent: a} }
+// New returns a Server for a; gcMinAge protects endpoints younger than it
+// from a GC whose caller did not say (an ADD racing the runtime's snapshot
+// of live pods).
+func New(a *agent.Agent, gcMinAge time.Duration) *Server {
+	return &Server{agent: a, gcMinAge: gcMinAge}
+}
 
 // CreateEndpoint implements DatapathService.
 func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (*datapathv1alpha1.CreateEndpointResponse, error) {
@@ -99,7 +104,7 @@ func (s *Server) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckE
 
 // GarbageCollectEndpoints implements DatapathService.
 func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alpha1.GarbageCollectEndpointsRequest) (*datapathv1alpha1.GarbageCollectEndpointsResponse, error) {
-	minAge := defaultGCMinAge
+	minAge := s.gcMinAge
 	if d := req.GetMinAge(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
 			return nil, status.Error(codes.InvalidArgument, "min_age must be a non-negative duration")
@@ -130,7 +135,3 @@ func (s *Server) CheckReady(context.Context, *datapathv1alpha1.CheckReadyRequest
 func (s *Server) GetNodeConfig(context.Context, *datapathv1alpha1.GetNodeConfigRequest) (*datapathv1alpha1.GetNodeConfigResponse, error) {
 	return &datapathv1alpha1.GetNodeConfigResponse{Config: s.agent.NodeConfig()}, nil
 }
-
-// defaultGCMinAge protects endpoints younger than this from a GC whose
-// caller did not say: an ADD racing the runtime's snapshot of live pods.
-const defaultGCMinAge = time.Minute

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -51,6 +53,8 @@ type Config struct {
 	NetnsPrefix string
 	// PodCIDR is the default pool's IPv4 CIDR.
 	PodCIDR string
+	// DatapathArgs are extra flags for every axon-datapath.
+	DatapathArgs []string
 }
 
 // Component is one service process of the local system.
@@ -119,7 +123,7 @@ func (c Config) ipamSocket() string { return filepath.Join(c.StateDir, "ipam.soc
 func (c Config) datapath(n simNode) Component {
 	dir := filepath.Join(c.StateDir, n.Name)
 	sock := filepath.Join(dir, "datapath.sock")
-	return Component{
+	comp := Component{
 		Name: "datapath", Label: n.Name, Target: "unix://" + sock, Netns: n.Path(),
 		Args: []string{
 			"--node-name", n.Name, "--node-ip", n.IP.String(),
@@ -129,22 +133,47 @@ func (c Config) datapath(n simNode) Component {
 			"--bpf-pin-dir", c.pinDir(n),
 		},
 	}
+	comp.Args = append(comp.Args, c.DatapathArgs...)
+	return comp
 }
 
 func (c Config) pinDir(n simNode) string { return "/sys/fs/bpf/" + c.NetnsPrefix + n.Name }
 
-// Run starts the system, reports it on out, and keeps it running until ctx
-// is done or a part of it fails; then it stops everything it started.
-func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error {
+// Cluster is a running local system.
+type Cluster struct {
+	cfg     Config
+	etcd    *embedetcd.Server
+	running []*process
+	exited  chan error
+	stop    sync.Once
+	// Control are the control-plane services.
+	Control []Component
+	// Nodes are the simulated nodes.
+	Nodes []Node
+}
+
+// Node is a simulated node as tests and the summary see it.
+type Node struct {
+	Name string
+	// Netns is the path of the node's network namespace.
+	Netns string
+	IP    netip.Addr
+	// DatapathSocket is the unix socket of the node's axon-datapath.
+	DatapathSocket string
+}
+
+// Start starts the system and returns once every part reports SERVING. On
+// failure it stops what it started.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err error) {
 	etcdLog := log.With(daemon.LogKeySubsys, "etcd")
 	log = log.With(daemon.LogKeySubsys, "local")
 	stateDir, err := filepath.Abs(cfg.StateDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg.StateDir = stateDir
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
-		return fmt.Errorf("create state directory: %w", err)
+		return nil, fmt.Errorf("create state directory: %w", err)
 	}
 	etcd, err := embedetcd.Start(embedetcd.Config{
 		Dir:        filepath.Join(cfg.StateDir, "etcd"),
@@ -153,63 +182,91 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error
 		Log:        etcdLog,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer etcd.Close()
-	log.Info("embedded etcd ready", "url", etcd.ClientURL(), "dir", filepath.Join(cfg.StateDir, "etcd"))
-
-	exited := make(chan error, 8)
-	var running []*process
+	c := &Cluster{cfg: cfg, etcd: etcd, exited: make(chan error, 16)}
 	defer func() {
-		for i := len(running) - 1; i >= 0; i-- {
-			running[i].stop(cfg.StopTimeout)
+		if err != nil {
+			c.Stop()
 		}
 	}()
+	log.Info("embedded etcd ready", "url", etcd.ClientURL(), "dir", filepath.Join(cfg.StateDir, "etcd"))
+
 	// The services do not depend on each other to start, so they start
 	// together; each must then report SERVING.
-	comps := cfg.Components(etcd.ClientURL())
+	c.Control = cfg.Components(etcd.ClientURL())
 	logMu := &sync.Mutex{}
-	for _, c := range comps {
-		p, err := start(cfg.BinDir, c, logMu, exited)
+	for _, comp := range c.Control {
+		p, err := start(cfg.BinDir, comp, logMu, c.exited)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		running = append(running, p)
+		c.running = append(c.running, p)
 	}
-	for _, c := range comps {
-		if err := waitServing(ctx, c.Target, cfg.ReadyTimeout, exited); err != nil {
-			return fmt.Errorf("axon-%s did not become healthy: %w", c.Name, err)
+	for _, comp := range c.Control {
+		if err := waitServing(ctx, comp.Target, cfg.ReadyTimeout, c.exited); err != nil {
+			return nil, fmt.Errorf("axon-%s did not become healthy: %w", comp.Name, err)
 		}
-		log.Info("service serving", "service", c.Name, "grpc", c.Target)
+		log.Info("service serving", "service", comp.Name, "grpc", comp.Target)
 	}
-	nodes, err := startNodes(ctx, cfg, log, logMu, exited, &running)
+	nodes, err := startNodes(ctx, cfg, log, logMu, c.exited, &c.running)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	printSummary(out, etcd.ClientURL(), comps, nodes, cfg)
+	for _, n := range nodes {
+		c.Nodes = append(c.Nodes, Node{Name: n.Name, Netns: n.Path(), IP: n.IP, DatapathSocket: strings.TrimPrefix(cfg.datapath(n).Target, "unix://")})
+	}
+	return c, nil
+}
 
+// Wait blocks until ctx is done (nil) or a part of the system fails.
+func (c *Cluster) Wait(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
-		log.Info("stopping")
 		return nil
-	case err := <-exited:
+	case err := <-c.exited:
 		return err
-	case err := <-etcd.Err():
+	case err := <-c.etcd.Err():
 		return fmt.Errorf("embedded etcd: %w", err)
 	}
 }
 
-func printSummary(out io.Writer, etcdURL string, comps []Component, nodes []simNode, cfg Config) {
+// Stop stops everything in reverse start order; it is safe to repeat.
+func (c *Cluster) Stop() {
+	c.stop.Do(func() {
+		for i := len(c.running) - 1; i >= 0; i-- {
+			c.running[i].stop(c.cfg.StopTimeout)
+		}
+		c.etcd.Close()
+	})
+}
+
+// Run starts the system, reports it on out, and keeps it running until ctx
+// is done or a part of it fails; then it stops everything it started.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error {
+	c, err := Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer c.Stop()
+	printSummary(out, c)
+	err = c.Wait(ctx)
+	log.Info("stopping", daemon.LogKeySubsys, "local")
+	return err
+}
+
+func printSummary(out io.Writer, c *Cluster) {
+	comps := c.Control
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "\nAxon is running on this machine (embedded etcd at %s).\n\n", etcdURL)
+	fmt.Fprintf(&b, "\nAxon is running on this machine (embedded etcd at %s).\n\n", c.etcd.ClientURL())
 	fmt.Fprintf(&b, "  %-10s %-32s %s\n", "SERVICE", "gRPC", "METRICS")
 	for _, c := range comps {
 		fmt.Fprintf(&b, "  %-10s %-32s http://%s/metrics\n", c.Name, c.Target, c.MetricsAddr)
 	}
-	if len(nodes) > 0 {
-		fmt.Fprintf(&b, "\n  %-10s %-16s %-22s %s\n", "NODE", "UNDERLAY IP", "NETNS", "DATAPATH")
-		for _, n := range nodes {
-			fmt.Fprintf(&b, "  %-10s %-16s %-22s %s\n", n.Name, n.IP, n.Netns, cfg.datapath(n).Target)
+	if len(c.Nodes) > 0 {
+		fmt.Fprintf(&b, "\n  %-10s %-16s %-28s %s\n", "NODE", "UNDERLAY IP", "NETNS", "DATAPATH SOCKET")
+		for _, n := range c.Nodes {
+			fmt.Fprintf(&b, "  %-10s %-16s %-28s %s\n", n.Name, n.IP, n.Netns, n.DatapathSocket)
 		}
 	}
 	fmt.Fprintf(&b, "\nTry: grpcurl -plaintext %s list\n     grpcurl -plaintext %s grpc.health.v1.Health/Check\nPress Ctrl-C to stop.\n", comps[0].Target, comps[0].Target)

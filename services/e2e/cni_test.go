@@ -1,0 +1,69 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// TestPodsOnOneNode wires pods through the real CNI plugin and checks they
+// reach each other and their node, that CHECK, STATUS and GC behave, and
+// that DEL leaves nothing behind.
+func TestPodsOnOneNode(t *testing.T) {
+	e := newEnv(t, 1)
+	node := e.cluster.Nodes[0]
+	conf := e.conflist(0)
+	if err := e.cni.GetStatusNetworkList(t.Context(), conf); err != nil {
+		t.Fatalf("CNI STATUS on a ready node: %v", err)
+	}
+	a, b := e.addPod(0, "pod-a"), e.addPod(0, "pod-b")
+	if a.ip == b.ip {
+		t.Fatalf("both pods got %s", a.ip)
+	}
+	e.ping(a.netns, b.ip)
+	e.ping(b.netns, a.ip)
+	e.ping(node.Netns, a.ip)
+
+	// ADD again (a runtime retry) returns the same address.
+	again, err := e.cni.AddNetworkList(t.Context(), conf, a.rt)
+	if err != nil {
+		t.Fatalf("repeated ADD: %v", err)
+	}
+	if r, err := current.NewResultFromResult(again); err != nil || r.IPs[0].Address.IP.String() != a.ip {
+		t.Fatalf("repeated ADD = %v, %v; want %s again", again, err, a.ip)
+	}
+	if err := e.cni.CheckNetworkList(t.Context(), conf, a.rt); err != nil {
+		t.Fatalf("CNI CHECK: %v", err)
+	}
+	if _, err := run(a.netns, "ip", "route", "del", "default"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cni.CheckNetworkList(t.Context(), conf, a.rt); err == nil || !strings.Contains(err.Error(), "default route") {
+		t.Fatalf("CNI CHECK after breaking the pod = %v, want the missing route named", err)
+	}
+
+	// GC with only pod-b live removes pod-a.
+	if err := e.cni.GCNetworkList(t.Context(), conf, gcArgs(b)); err != nil {
+		t.Fatalf("CNI GC: %v", err)
+	}
+	if l := lxcLinks(node.Netns); len(l) != 1 {
+		t.Fatalf("after GC the node has %v, want only pod-b's veth", l)
+	}
+	e.delPod(b)
+	e.delPod(b) // DEL is idempotent
+	if l := lxcLinks(node.Netns); len(l) != 0 {
+		t.Fatalf("links left after DEL: %v", l)
+	}
+	e.delPod(a) // DEL of what GC already removed is success
+}
+
+func lxcLinks(netns string) []string {
+	var out []string
+	for _, l := range links(netns) {
+		if strings.HasPrefix(l, "lxc") {
+			out = append(out, l)
+		}
+	}
+	return out
+}

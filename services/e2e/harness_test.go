@@ -1,0 +1,222 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/axon-cni/axon/services/internal/localcluster"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// binaries builds every binary once per test process.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "axon-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{"github.com/axon-cni/axon/services/cmd/...", "github.com/axon-cni/axon/cni-shim/cmd/axon-cni"} {
+			out, err := exec.Command("go", "build", "-o", binDir+"/", pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// env is a running Axon system with a CNI runtime's view of it.
+type env struct {
+	t       *testing.T
+	cluster *localcluster.Cluster
+	cni     *libcni.CNIConfig
+	bins    string
+	prefix  string
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, links and eBPF programs")
+	}
+	if testing.Short() {
+		t.Skip("end-to-end test; skipped in -short mode")
+	}
+}
+
+// newEnv starts etcd, the control plane and nodes simulated nodes.
+func newEnv(t *testing.T, nodes int) *env {
+	t.Helper()
+	requireRoot(t)
+	bins := binaries(t)
+	prefix := fmt.Sprintf("axe%d%s-", os.Getpid()%100000, shortName(t))
+	cfg := localcluster.Config{
+		StateDir: t.TempDir(), BinDir: bins,
+		EtcdClientAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0",
+		Host: "127.0.0.1", PortBase: freePortBase(t),
+		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
+		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16",
+		DatapathArgs: []string{"--gc-min-age", "0s"},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := localcluster.Start(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("start Axon: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	return &env{t: t, cluster: c, bins: bins, prefix: prefix,
+		cni: libcni.NewCNIConfigWithCacheDir([]string{bins}, t.TempDir(), nil)}
+}
+
+func shortName(t *testing.T) string {
+	n := strings.ToLower(strings.TrimPrefix(t.Name(), "Test"))
+	if len(n) > 6 {
+		n = n[:6]
+	}
+	return n
+}
+
+func freePortBase(t *testing.T) int {
+	t.Helper()
+	for base := 30000 + os.Getpid()%20000; base < 65000; base += 1000 {
+		ok := true
+		for _, off := range []int{1, 2, 3, 4, 5, 201, 202, 203, 204, 205} {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
+			if err != nil {
+				ok = false
+				break
+			}
+			_ = l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port range")
+	return 0
+}
+
+// conflist is the network configuration of a node's runtime.
+func (e *env) conflist(node int) *libcni.NetworkConfigList {
+	e.t.Helper()
+	b, err := json.Marshal(map[string]any{
+		"cniVersion": "1.1.0", "name": "axon",
+		"plugins": []map[string]any{{"type": "axon-cni", "socket": e.cluster.Nodes[node].DatapathSocket}},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	l, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}
+
+// pod is a pod sandbox: a network namespace wired by the runtime.
+type pod struct {
+	name, netns string
+	node        int
+	ip          string
+	rt          *libcni.RuntimeConf
+}
+
+// addPod creates a sandbox namespace on node and runs CNI ADD for it.
+func (e *env) addPod(node int, name string) *pod {
+	e.t.Helper()
+	ns := e.prefix + name
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		e.t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	e.t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	p := &pod{name: name, netns: "/var/run/netns/" + ns, node: node}
+	p.rt = &libcni.RuntimeConf{
+		ContainerID: "ctr-" + name, NetNS: p.netns, IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}},
+	}
+	res, err := e.cni.AddNetworkList(e.t.Context(), e.conflist(node), p.rt)
+	if err != nil {
+		e.t.Fatalf("CNI ADD %s: %v", name, err)
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if len(r.IPs) == 0 {
+		e.t.Fatalf("CNI ADD %s returned no IP: %v", name, r)
+	}
+	p.ip = r.IPs[0].Address.IP.String()
+	return p
+}
+
+func (e *env) delPod(p *pod) {
+	e.t.Helper()
+	if err := e.cni.DelNetworkList(e.t.Context(), e.conflist(p.node), p.rt); err != nil {
+		e.t.Fatalf("CNI DEL %s: %v", p.name, err)
+	}
+}
+
+// run runs a command in the pod's (or any) network namespace.
+func run(netns string, name string, args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"--net=" + netns, name}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+func (e *env) ping(from string, to string) {
+	e.t.Helper()
+	if out, err := run(from, "ping", "-c", "2", "-i", "0.2", "-W", "2", to); err != nil {
+		e.t.Fatalf("ping %s from %s: %v\n%s", to, from, err, out)
+	}
+}
+
+// links lists the interface names in a namespace.
+func links(netns string) []string {
+	out, _ := run(netns, "ip", "-o", "link", "show")
+	var names []string
+	for line := range strings.SplitSeq(out, "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			names = append(names, strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":"))
+		}
+	}
+	return names
+}
+
+func gcArgs(valid ...*pod) *libcni.GCArgs {
+	args := &libcni.GCArgs{}
+	for _, p := range valid {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.rt.ContainerID, IfName: p.rt.IfName})
+	}
+	return args
+}
