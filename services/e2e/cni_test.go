@@ -67,3 +67,16 @@ func lxcLinks(netns string) []string {
 	}
 	return out
 }
+
+// TestPodsAcrossNodesNative wires a pod on each of two nodes in native
+// routing mode: each node routes the other's blocks via its underlay IP.
+func TestPodsAcrossNodesNative(t *testing.T) {
+	e := newEnvMode(t, 2, "native")
+	a, b := e.addPod(0, "pod-a"), e.addPod(1, "pod-b")
+	e.eventually(func() error { return e.tryPing(a.netns, b.ip) })
+	e.ping(b.netns, a.ip)
+	e.ping(e.cluster.Nodes[1].Netns, a.ip) // node-2 to a pod on node-1
+	e.ping(a.netns, e.cluster.Nodes[1].IP.String())
+	e.delPod(a)
+	e.delPod(b)
+}

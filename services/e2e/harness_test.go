@@ -75,8 +75,15 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// newEnv starts etcd, the control plane and nodes simulated nodes.
+// newEnv starts etcd, the control plane and nodes simulated nodes in the
+// default routing mode.
 func newEnv(t *testing.T, nodes int) *env {
+	t.Helper()
+	return newEnvMode(t, nodes, "")
+}
+
+// newEnvMode is newEnv with a routing mode ("" for the default).
+func newEnvMode(t *testing.T, nodes int, mode string) *env {
 	t.Helper()
 	requireRoot(t)
 	bins := binaries(t)
@@ -88,6 +95,9 @@ func newEnv(t *testing.T, nodes int) *env {
 		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
 		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16",
 		DatapathArgs: []string{"--gc-min-age", "0s"},
+	}
+	if mode != "" {
+		cfg.DatapathArgs = append(cfg.DatapathArgs, "--routing-mode", mode)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -196,8 +206,32 @@ func run(netns string, name string, args ...string) (string, error) {
 
 func (e *env) ping(from string, to string) {
 	e.t.Helper()
+	if err := e.tryPing(from, to); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) tryPing(from, to string) error {
 	if out, err := run(from, "ping", "-c", "2", "-i", "0.2", "-W", "2", to); err != nil {
-		e.t.Fatalf("ping %s from %s: %v\n%s", to, from, err, out)
+		return fmt.Errorf("ping %s from %s: %v\n%s", to, from, err, out)
+	}
+	return nil
+}
+
+// eventually retries fn for a few seconds: routes to other nodes follow
+// IPAM's block watch.
+func (e *env) eventually(fn func() error) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

@@ -71,7 +71,11 @@ func main() {
 			d.AddCheck("node", func(context.Context) error { return a.Ready() })
 			bg, cancel := context.WithCancel(context.Background())
 			d.OnShutdown(func() error { cancel(); return nil })
-			go startWithRetry(bg, a, d)
+			go func() {
+				if startWithRetry(bg, a, d) {
+					a.RunRemoteWatch(bg)
+				}
+			}()
 			go a.RunReleaseRetries(bg)
 			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a, gcMinAge))
 			return nil
@@ -81,18 +85,22 @@ func main() {
 
 // startWithRetry sets the node up, retrying while IPAM is unreachable; the
 // node reports NOT_SERVING (and CNI STATUS not ready) until it succeeds.
-func startWithRetry(ctx context.Context, a *agent.Agent, d *daemon.Daemon) {
+// It reports whether the node was set up before ctx ended.
+func startWithRetry(ctx context.Context, a *agent.Agent, d *daemon.Daemon) bool {
 	for delay := 200 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := a.Start(sctx)
 		cancel()
-		if err == nil || errors.Is(ctx.Err(), context.Canceled) {
-			return
+		if err == nil {
+			return true
+		}
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return false
 		}
 		d.Logger().Warn("node setup failed; retrying", "err", err, "in", delay)
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(delay):
 		}
 	}

@@ -57,6 +57,8 @@ type Datapath interface {
 	PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error
 	DeleteEndpoint(ip netip.Addr) error
 	CheckEndpoint(hostName string, ip netip.Addr) []string
+	PutRemote(block netip.Prefix, nodeIP netip.Addr) error
+	DeleteRemote(block netip.Prefix) error
 }
 
 // Agent wires pods on one node.

@@ -164,6 +164,35 @@ func TestStopUnderLoad(t *testing.T) {
 	c.Stop(1)
 }
 
+// TestRestartAll stops every member and restarts them one by one: the
+// first Restart cannot wait for its member to rejoin, as there is no quorum.
+func TestRestartAll(t *testing.T) {
+	t.Parallel()
+	c := New(t, 3)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "k", "kept"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		c.Stop(i)
+	}
+	for i := range 3 {
+		c.Restart(t, i)
+	}
+	if err := c.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != "kept" {
+		t.Fatalf("Get(k) after restarting all = %v, want kept", resp.Kvs)
+	}
+}
+
 // memberClient returns a client to one endpoint only.
 func memberClient(t *testing.T, endpoint string) *clientv3.Client {
 	t.Helper()

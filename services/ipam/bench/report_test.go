@@ -197,6 +197,28 @@ func renderReport(r *results) string {
 			errLines = append(errLines, fmt.Sprintf("- host-local, %d clients: %s", m.Conc, m.FirstEr))
 		}
 	}
+	var busy []string
+	var maxOthers float64
+	for _, s := range setups {
+		for _, m := range slices.Concat(r.CAS[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
+			if o := m.Others.Seconds() / m.Elapsed.Seconds(); o >= 0.25 {
+				busy = append(busy, fmt.Sprintf("%s on %s at %d clients (%.2f)", m.Backend, s.Name, m.Conc, o))
+			}
+			maxOthers = max(maxOthers, m.Others.Seconds()/m.Elapsed.Seconds())
+		}
+	}
+	for _, m := range r.HL {
+		// host-local's children are counted as ours only once waited for.
+		if o := m.Others.Seconds() / m.Elapsed.Seconds(); o >= 0.25 {
+			busy = append(busy, fmt.Sprintf("host-local at %d clients (%.2f)", m.Conc, o))
+		}
+	}
+	if len(busy) > 0 {
+		p("Other processes on the machine used CPU (cores, averaged over the period) during: %s. Those rows had less\n", strings.Join(busy, ", "))
+		p("than the whole machine; compare them with care.\n\n")
+	} else {
+		p("Other processes on the machine used at most %.2f cores during any measured period.\n\n", maxOthers)
+	}
 	if len(errLines) > 0 {
 		p("First error of each row that had one (warm-up included):\n\n%s\n\n", strings.Join(errLines, "\n"))
 	}

@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+)
+
+// VXLANDevice is the overlay device of tunnel mode.
+const VXLANDevice = "axon_vxlan"
+
+// remoteBlock is another node's block and where to send its traffic.
+type remoteBlock struct {
+	node   string
+	nodeIP netip.Addr
+}
+
+// RunRemoteWatch follows IPAM's blocks until ctx ends and keeps this node's
+// way to every other node's blocks: a route via the node in native mode, a
+// tunnel map entry and a route into the overlay in tunnel mode. It
+// reconnects after errors; after each SYNCED it drops what was not re-sent.
+func (a *Agent) RunRemoteWatch(ctx context.Context) {
+	applied := map[netip.Prefix]remoteBlock{}
+	for ctx.Err() == nil {
+		err := a.watchOnce(ctx, applied)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("block watch ended; reconnecting", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *Agent) watchOnce(ctx context.Context, applied map[netip.Prefix]remoteBlock) error {
+	stream, err := a.ipam.WatchBlocks(ctx, &ipamv1alpha1.WatchBlocksRequest{})
+	if err != nil {
+		return err
+	}
+	seen := map[netip.Prefix]bool{}
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return errors.New("stream closed")
+		}
+		if err != nil {
+			return err
+		}
+		if ev.GetType() == commonv1alpha1.EventType_EVENT_TYPE_SYNCED {
+			for p := range applied {
+				if !seen[p] {
+					a.removeRemote(p, applied)
+				}
+			}
+			seen = map[netip.Prefix]bool{}
+			continue
+		}
+		b := ev.GetBlock()
+		p, err := netip.ParsePrefix(b.GetCidr())
+		if err != nil || b.GetNode() == a.cfg.NodeName {
+			continue
+		}
+		if ev.GetType() == commonv1alpha1.EventType_EVENT_TYPE_DELETED {
+			a.removeRemote(p, applied)
+			continue
+		}
+		seen[p] = true
+		nodeIP, ok := pickNodeIP(ev.GetNodeAddresses(), p.Addr().Is4())
+		if !ok {
+			a.log.Warn("remote block has no node address of its family", "block", p, "node", b.GetNode())
+			continue
+		}
+		want := remoteBlock{node: b.GetNode(), nodeIP: nodeIP}
+		if cur, ok := applied[p]; ok && cur == want {
+			continue
+		}
+		if err := a.applyRemote(p, want); err != nil {
+			a.log.Warn("cannot route remote block", "block", p, "node", want.node, "err", err)
+			continue
+		}
+		applied[p] = want
+	}
+}
+
+// pickNodeIP returns the first node address of the block's family; in
+// tunnel mode the underlay may be IPv4 for IPv6 blocks too.
+func pickNodeIP(addrs []string, v4 bool) (netip.Addr, bool) {
+	for _, s := range addrs {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() == v4 {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func (a *Agent) applyRemote(p netip.Prefix, rb remoteBlock) error {
+	dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	h := a.plumber.Node
+	if a.cfg.RoutingMode == ModeNative {
+		return h.RouteReplace(&netlink.Route{Dst: dst, Gw: rb.nodeIP.AsSlice()})
+	}
+	if a.bpf == nil {
+		return errors.New("tunnel mode needs the eBPF datapath")
+	}
+	if err := a.bpf.PutRemote(p, rb.nodeIP); err != nil {
+		return err
+	}
+	vx, err := h.LinkByName(VXLANDevice)
+	if err != nil {
+		return fmt.Errorf("find %s: %w", VXLANDevice, err)
+	}
+	// Traffic the node itself sends to the block goes into the overlay;
+	// the device's egress program picks the tunnel endpoint.
+	return h.RouteReplace(&netlink.Route{Dst: dst, LinkIndex: vx.Attrs().Index, Scope: netlink.SCOPE_LINK, MTU: a.cfg.MTU})
+}
+
+func (a *Agent) removeRemote(p netip.Prefix, applied map[netip.Prefix]remoteBlock) {
+	delete(applied, p)
+	dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	routes, err := a.plumber.Node.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
+	if err == nil {
+		for _, r := range routes {
+			_ = a.plumber.Node.RouteDel(&r)
+		}
+	}
+	if a.bpf != nil && a.cfg.RoutingMode == ModeTunnel {
+		if err := a.bpf.DeleteRemote(p); err != nil {
+			a.log.Warn("delete tunnel map entry", "block", p, "err", err)
+		}
+	}
+}
