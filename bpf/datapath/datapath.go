@@ -1,0 +1,103 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Objects is the datapath loaded into the kernel: its two programs and four
+// maps. It is safe for concurrent use; map updates are atomic per entry.
+type Objects struct {
+	objs datapathObjects
+}
+
+// Load loads the datapath programs and maps. The maps are pinned by name
+// under pinDir (a directory on bpffs, created if missing); maps already
+// pinned there are reused, so a second Load with the same pinDir, in this
+// process or after a restart, shares the endpoints, remote blocks, config
+// and counters of the first. A pinned map whose layout differs from this
+// build's is refused with an error wrapping [ebpf.ErrMapIncompatible].
+//
+// An empty pinDir loads private, unpinned maps (tests, benchmarks).
+func Load(pinDir string) (*Objects, error) {
+	spec, err := loadDatapath()
+	if err != nil {
+		return nil, err
+	}
+	var opts ebpf.CollectionOptions
+	if pinDir == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	} else {
+		if err := os.MkdirAll(pinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
+		opts.Maps.PinPath = pinDir
+	}
+	o := &Objects{}
+	if err := spec.LoadAndAssign(&o.objs, &opts); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load datapath: %+v", verr)
+		}
+		return nil, fmt.Errorf("load datapath: %w", err)
+	}
+	return o, nil
+}
+
+// Close releases the programs and maps held by this process. Pinned maps and
+// attached (or pinned) links keep them alive in the kernel.
+func (o *Objects) Close() error {
+	return o.objs.Close()
+}
+
+// FromPod is axon_from_pod, for tcx ingress of pods' host-side veths.
+func (o *Objects) FromPod() *ebpf.Program { return o.objs.AxonFromPod }
+
+// FromOverlay is axon_from_overlay, for tcx ingress of axon_vxlan (or of the
+// underlay device in native mode).
+func (o *Objects) FromOverlay() *ebpf.Program { return o.objs.AxonFromOverlay }
+
+// AttachFromPod attaches FromPod to tcx ingress of the interface ifindex
+// (resolved in the network namespace of the calling thread). The caller owns
+// the link: closing it detaches the program unless it was pinned.
+func (o *Objects) AttachFromPod(ifindex int) (link.Link, error) {
+	return attachIngress(o.objs.AxonFromPod, ifindex)
+}
+
+// AttachFromOverlay attaches FromOverlay to tcx ingress of ifindex; see
+// [Objects.AttachFromPod].
+func (o *Objects) AttachFromOverlay(ifindex int) (link.Link, error) {
+	return attachIngress(o.objs.AxonFromOverlay, ifindex)
+}
+
+// AttachToOverlay attaches axon_to_overlay to tcx egress of axon_vxlan
+// (ifindex): it sets the tunnel endpoint of packets the node's stack routes
+// into the overlay.
+func (o *Objects) AttachToOverlay(ifindex int) (link.Link, error) {
+	return attach(o.objs.AxonToOverlay, ifindex, ebpf.AttachTCXEgress)
+}
+
+func attachIngress(prog *ebpf.Program, ifindex int) (link.Link, error) {
+	return attach(prog, ifindex, ebpf.AttachTCXIngress)
+}
+
+func attach(prog *ebpf.Program, ifindex int, at ebpf.AttachType) (link.Link, error) {
+	if ifindex <= 0 {
+		return nil, fmt.Errorf("%w: %d", ErrInvalidIfindex, ifindex)
+	}
+	l, err := link.AttachTCX(link.TCXOptions{
+		Interface: ifindex,
+		Program:   prog,
+		Attach:    at,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach %s to tcx %s of ifindex %d: %w", prog, at, ifindex, err)
+	}
+	return l, nil
+}

@@ -1,0 +1,28 @@
+// Package datapath loads Axon's node datapath: the tcx programs that forward
+// pod traffic, and the maps that tell them about the node's endpoints and
+// the other nodes' pod blocks (C source in bpf/src/datapath.c, shared layout
+// in bpf/include/axon/datapath.h).
+//
+// The programs are loaded once per node and shared by every endpoint: wiring
+// a pod is a map write ([Objects.PutEndpoint]) plus a tcx attach of
+// [Objects.FromPod] on its host-side veth, never a compile or a load.
+//
+//   - axon_from_pod (tcx ingress of each host-side veth): IPv4 to a pod on
+//     this node is redirected straight into the pod (bpf_redirect_peer);
+//     IPv4 to a remote node's block is encapsulated through the flow-based
+//     VXLAN device (tunnel mode) or routed with the FIB and
+//     bpf_redirect_neigh (native mode); everything else goes to the kernel
+//     (TCX_NEXT), which routes and masquerades it.
+//   - axon_from_overlay (tcx ingress of axon_vxlan; in native mode it also
+//     serves the underlay device): IPv4 for a pod on this node is redirected
+//     into the pod; everything else goes to the kernel.
+//
+// IPv6 is not forwarded yet: the programs leave it to the kernel and the
+// helpers refuse IPv6 input with [ErrIPv6Unsupported].
+//
+// [Load] pins the maps by name under a per-node directory on bpffs and
+// reuses pins that already exist, so an agent that restarts finds its
+// endpoints and remote blocks where it left them while the attached
+// programs keep forwarding. Loading needs CAP_BPF (CAP_SYS_ADMIN on older
+// kernels); attaching needs CAP_NET_ADMIN.
+package datapath

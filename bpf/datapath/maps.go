@@ -1,0 +1,311 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// Errors for input the datapath cannot represent. They are wrapped with
+// details; test with errors.Is.
+var (
+	ErrIPv6Unsupported = errors.New("datapath: IPv6 is not supported yet")
+	ErrInvalidAddress  = errors.New("datapath: invalid IPv4 address")
+	ErrInvalidPrefix   = errors.New("datapath: invalid IPv4 prefix")
+	ErrInvalidMAC      = errors.New("datapath: invalid MAC address (want 6 bytes)")
+	ErrInvalidIfindex  = errors.New("datapath: invalid interface index")
+	ErrInvalidMode     = errors.New("datapath: invalid mode")
+	ErrNotFound        = errors.New("datapath: not found")
+)
+
+// Mode is how the datapath reaches other nodes' pods (axon_config.mode).
+type Mode uint32
+
+const (
+	// ModeNone is the state before SetConfig: both programs leave every
+	// packet to the kernel.
+	ModeNone = Mode(datapathAxonModeAXON_MODE_NONE)
+	// ModeTunnel encapsulates through the flow-based VXLAN device.
+	ModeTunnel = Mode(datapathAxonModeAXON_MODE_TUNNEL)
+	// ModeNative routes through the node's FIB (routes for remote blocks are
+	// the agent's, via netlink).
+	ModeNative = Mode(datapathAxonModeAXON_MODE_NATIVE)
+)
+
+func (m Mode) String() string {
+	switch m {
+	case ModeNone:
+		return "none"
+	case ModeTunnel:
+		return "tunnel"
+	case ModeNative:
+		return "native"
+	default:
+		return fmt.Sprintf("Mode(%d)", uint32(m))
+	}
+}
+
+// Config is the node-wide configuration (the single axon_config entry).
+type Config struct {
+	Mode Mode
+	// VXLANIfindex is the ifindex of axon_vxlan; required in ModeTunnel.
+	VXLANIfindex int
+	// NodeIP is this node's underlay IPv4, used as the outer source address
+	// in tunnel mode. The zero Addr lets the kernel pick it by route.
+	NodeIP netip.Addr
+}
+
+// Endpoint is a pod on this node (an axon_endpoints value).
+type Endpoint struct {
+	// Ifindex is the host-side veth's index in the node's namespace: the
+	// programs redirect to its peer, the pod's interface.
+	Ifindex  int
+	ID       uint32
+	PodMAC   net.HardwareAddr // MAC of the pod-side interface
+	HostMAC  net.HardwareAddr // MAC of the host-side veth (the pod's router)
+	Identity uint32           // security identity, for policy later
+}
+
+// ip4 returns a's four bytes as the kernel stores an IPv4 header field: a
+// __u32 holding network-order bytes, i.e. read in native byte order.
+// IPv4-mapped IPv6 addresses count as IPv4.
+func ip4(a netip.Addr) (uint32, error) {
+	if !a.IsValid() {
+		return 0, fmt.Errorf("%w: zero address", ErrInvalidAddress)
+	}
+	a = a.Unmap()
+	if !a.Is4() {
+		return 0, fmt.Errorf("%w: %s", ErrIPv6Unsupported, a)
+	}
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:]), nil
+}
+
+func addr4(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func unicast4(a netip.Addr) (uint32, error) {
+	v, err := ip4(a)
+	if err != nil {
+		return 0, err
+	}
+	if v == 0 || a.Unmap().IsMulticast() || a.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return 0, fmt.Errorf("%w: %s is not a unicast address", ErrInvalidAddress, a)
+	}
+	return v, nil
+}
+
+func ifindex(i int) (uint32, error) {
+	if i <= 0 || i > math.MaxInt32 {
+		return 0, fmt.Errorf("%w: %d", ErrInvalidIfindex, i)
+	}
+	return uint32(i), nil
+}
+
+func mac(hw net.HardwareAddr, what string) ([6]uint8, error) {
+	var m [6]uint8
+	if len(hw) != len(m) {
+		return m, fmt.Errorf("%w: %s %q", ErrInvalidMAC, what, hw.String())
+	}
+	copy(m[:], hw)
+	return m, nil
+}
+
+func endpointKey(ip netip.Addr) (datapathAxonEndpointKey, error) {
+	v, err := unicast4(ip)
+	return datapathAxonEndpointKey{Ip4: v}, err
+}
+
+// PutEndpoint adds or replaces the endpoint with address ip.
+func (o *Objects) PutEndpoint(ip netip.Addr, ep Endpoint) error {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return err
+	}
+	var v datapathAxonEndpoint
+	if v.Ifindex, err = ifindex(ep.Ifindex); err != nil {
+		return err
+	}
+	if v.PodMac, err = mac(ep.PodMAC, "pod MAC"); err != nil {
+		return err
+	}
+	if v.HostMac, err = mac(ep.HostMAC, "host MAC"); err != nil {
+		return err
+	}
+	v.Id = ep.ID
+	v.Identity = ep.Identity
+	if err := o.objs.AxonEndpoints.Put(&key, &v); err != nil {
+		return fmt.Errorf("put endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+// DeleteEndpoint removes the endpoint with address ip. Deleting an endpoint
+// that does not exist is not an error.
+func (o *Objects) DeleteEndpoint(ip netip.Addr) error {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return err
+	}
+	if err := o.objs.AxonEndpoints.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint %s: %w", ip, err)
+	}
+	return nil
+}
+
+// Endpoint returns the endpoint with address ip, or an error wrapping
+// ErrNotFound.
+func (o *Objects) Endpoint(ip netip.Addr) (Endpoint, error) {
+	key, err := endpointKey(ip)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	var v datapathAxonEndpoint
+	if err := o.objs.AxonEndpoints.Lookup(&key, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Endpoint{}, fmt.Errorf("endpoint %s: %w", ip, ErrNotFound)
+		}
+		return Endpoint{}, fmt.Errorf("look up endpoint %s: %w", ip, err)
+	}
+	return endpointFrom(v), nil
+}
+
+// Endpoints returns every endpoint in the map, for reconciliation.
+func (o *Objects) Endpoints() (map[netip.Addr]Endpoint, error) {
+	eps := make(map[netip.Addr]Endpoint)
+	var (
+		k datapathAxonEndpointKey
+		v datapathAxonEndpoint
+	)
+	it := o.objs.AxonEndpoints.Iterate()
+	for it.Next(&k, &v) {
+		eps[addr4(k.Ip4)] = endpointFrom(v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list endpoints: %w", err)
+	}
+	return eps, nil
+}
+
+func endpointFrom(v datapathAxonEndpoint) Endpoint {
+	return Endpoint{
+		Ifindex:  int(v.Ifindex),
+		ID:       v.Id,
+		PodMAC:   net.HardwareAddr(v.PodMac[:]),
+		HostMAC:  net.HardwareAddr(v.HostMac[:]),
+		Identity: v.Identity,
+	}
+}
+
+func remoteKey(p netip.Prefix) (datapathAxonRemoteKey4, error) {
+	if !p.IsValid() {
+		return datapathAxonRemoteKey4{}, fmt.Errorf("%w: %s", ErrInvalidPrefix, p)
+	}
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return datapathAxonRemoteKey4{}, fmt.Errorf("%w: %s", ErrInvalidPrefix, p)
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	if !p.Addr().Is4() {
+		return datapathAxonRemoteKey4{}, fmt.Errorf("%w: %s", ErrIPv6Unsupported, p)
+	}
+	p = p.Masked()
+	v, err := ip4(p.Addr())
+	return datapathAxonRemoteKey4{Prefixlen: uint32(p.Bits()), Ip4: v}, err
+}
+
+// PutRemote routes the pod block prefix (of another node) to that node's
+// underlay address nodeIP. The prefix is masked to its length.
+func (o *Objects) PutRemote(prefix netip.Prefix, nodeIP netip.Addr) error {
+	key, err := remoteKey(prefix)
+	if err != nil {
+		return err
+	}
+	node, err := unicast4(nodeIP)
+	if err != nil {
+		return fmt.Errorf("node address: %w", err)
+	}
+	if err := o.objs.AxonRemote4.Put(&key, &datapathAxonRemote{NodeIp4: node}); err != nil {
+		return fmt.Errorf("put remote %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// DeleteRemote removes the pod block prefix. Deleting a block that does not
+// exist is not an error.
+func (o *Objects) DeleteRemote(prefix netip.Prefix) error {
+	key, err := remoteKey(prefix)
+	if err != nil {
+		return err
+	}
+	if err := o.objs.AxonRemote4.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete remote %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Remotes returns every remote block and its node's address.
+func (o *Objects) Remotes() (map[netip.Prefix]netip.Addr, error) {
+	remotes := make(map[netip.Prefix]netip.Addr)
+	var (
+		k datapathAxonRemoteKey4
+		v datapathAxonRemote
+	)
+	it := o.objs.AxonRemote4.Iterate()
+	for it.Next(&k, &v) {
+		remotes[netip.PrefixFrom(addr4(k.Ip4), int(k.Prefixlen))] = addr4(v.NodeIp4)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list remotes: %w", err)
+	}
+	return remotes, nil
+}
+
+// SetConfig writes the node configuration. The programs read it per packet,
+// so a change takes effect at once.
+func (o *Objects) SetConfig(c Config) error {
+	var v datapathAxonConfig
+	switch c.Mode {
+	case ModeNone, ModeNative:
+	case ModeTunnel:
+		var err error
+		if v.VxlanIfindex, err = ifindex(c.VXLANIfindex); err != nil {
+			return fmt.Errorf("tunnel mode needs the VXLAN device: %w", err)
+		}
+	default:
+		return fmt.Errorf("%w: %d", ErrInvalidMode, uint32(c.Mode))
+	}
+	v.Mode = uint32(c.Mode)
+	if c.NodeIP.IsValid() {
+		var err error
+		if v.NodeIp4, err = unicast4(c.NodeIP); err != nil {
+			return fmt.Errorf("node address: %w", err)
+		}
+	}
+	if err := o.objs.AxonConfig.Put(uint32(0), &v); err != nil {
+		return fmt.Errorf("set config: %w", err)
+	}
+	return nil
+}
+
+// Config returns the node configuration.
+func (o *Objects) Config() (Config, error) {
+	var v datapathAxonConfig
+	if err := o.objs.AxonConfig.Lookup(uint32(0), &v); err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	c := Config{Mode: Mode(v.Mode), VXLANIfindex: int(v.VxlanIfindex)}
+	if v.NodeIp4 != 0 {
+		c.NodeIP = addr4(v.NodeIp4)
+	}
+	return c, nil
+}

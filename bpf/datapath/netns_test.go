@@ -1,0 +1,529 @@
+package datapath
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Real packets through the programs attached with tcx. Every "node" and
+// "pod" is an anonymous network namespace: nothing outlives the test
+// process, names cannot collide with the host's, and no packet leaves this
+// machine. Addresses are from TEST-NET-1 (underlay) and 10.244.0.0/16
+// (pods), visible only inside those namespaces.
+
+// testNode is a node: a namespace with its own datapath (unpinned maps).
+type testNode struct {
+	ns   netns.NsHandle
+	h    *netlink.Handle
+	objs *Objects
+}
+
+func newTestNode(t *testing.T) *testNode {
+	t.Helper()
+	n := &testNode{objs: mustLoad(t, "")}
+	n.ns, n.h = newTestNS(t)
+	return n
+}
+
+func newTestNS(t *testing.T) (netns.NsHandle, *netlink.Handle) {
+	t.Helper()
+	ns, err := newNetNS()
+	if err != nil {
+		t.Fatalf("create netns: %v", err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatalf("netlink handle: %v", err)
+	}
+	t.Cleanup(h.Close)
+	return ns, h
+}
+
+func (n *testNode) sysctl(t *testing.T, path, value string) {
+	t.Helper()
+	if err := inNetNS(n.ns, func() error {
+		return os.WriteFile("/proc/sys/"+path, []byte(value), 0o644)
+	}); err != nil {
+		t.Fatalf("sysctl %s=%s: %v", path, value, err)
+	}
+}
+
+// attach attaches a program to tcx ingress of ifindex in the node's
+// namespace (the index is resolved in the attaching thread's namespace).
+func (n *testNode) attach(t *testing.T, attach func(int) (link.Link, error), ifindex int) {
+	t.Helper()
+	var l link.Link
+	err := inNetNS(n.ns, func() (err error) {
+		l, err = attach(ifindex)
+		return err
+	})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		t.Skipf("tcx unavailable (needs Linux 6.6): %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+}
+
+func (n *testNode) setConfig(t *testing.T, c Config) {
+	t.Helper()
+	if err := n.objs.SetConfig(c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *testNode) stats(t *testing.T) Stats {
+	t.Helper()
+	s, err := n.objs.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func mustLink(t *testing.T, h *netlink.Handle, name string) netlink.Link {
+	t.Helper()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatalf("find %s: %v", name, err)
+	}
+	return l
+}
+
+func must(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// testPod is a pod wired as the agent will wire it: a veth pair with the
+// host side (hostIf) in the node and eth0 in the pod, the pod's /32, a link
+// route to the router IP, a default route via it and a permanent neighbour
+// entry for the router IP pointing at the host side's MAC. The node gets
+// no address and no route for the pod: only the endpoint map entry and the
+// program on the host side.
+type testPod struct {
+	ns      netns.NsHandle
+	h       *netlink.Handle
+	ip      netip.Addr
+	ifindex int // eth0 in the pod
+	ep      Endpoint
+}
+
+func (n *testNode) addPod(t *testing.T, hostIf string, ip, router netip.Addr, mtu int) *testPod {
+	t.Helper()
+	p := &testPod{ip: ip}
+	p.ns, p.h = newTestNS(t)
+
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostIf, MTU: mtu},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(p.ns),
+	}
+	must(t, "add veth", n.h.LinkAdd(veth))
+	host := mustLink(t, n.h, hostIf)
+	eth0 := mustLink(t, p.h, "eth0")
+	p.ifindex = eth0.Attrs().Index
+	must(t, "set MTU", p.h.LinkSetMTU(eth0, mtu))
+	must(t, "host side up", n.h.LinkSetUp(host))
+
+	must(t, "pod address", p.h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}))
+	must(t, "pod up", p.h.LinkSetUp(eth0))
+	must(t, "pod lo up", p.h.LinkSetUp(mustLink(t, p.h, "lo")))
+	routerNet := &net.IPNet{IP: router.AsSlice(), Mask: net.CIDRMask(32, 32)}
+	must(t, "router route", p.h.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Dst: routerNet, Scope: netlink.SCOPE_LINK}))
+	must(t, "default route", p.h.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Gw: router.AsSlice()}))
+	must(t, "router neighbour", p.h.NeighAdd(&netlink.Neigh{
+		LinkIndex:    p.ifindex,
+		Family:       unix.AF_INET,
+		State:        netlink.NUD_PERMANENT,
+		IP:           router.AsSlice(),
+		HardwareAddr: host.Attrs().HardwareAddr,
+	}))
+
+	p.ep = Endpoint{
+		Ifindex: host.Attrs().Index,
+		ID:      uint32(host.Attrs().Index),
+		PodMAC:  eth0.Attrs().HardwareAddr,
+		HostMAC: host.Attrs().HardwareAddr,
+	}
+	must(t, "put endpoint", n.objs.PutEndpoint(ip, p.ep))
+	n.attach(t, n.objs.AttachFromPod, p.ep.Ifindex)
+	return p
+}
+
+// connect joins two nodes with an underlay veth pair (name under0 in both)
+// carrying ip1/24 and ip2/24, and returns the two ifindexes.
+func connect(t *testing.T, n1, n2 *testNode, ip1, ip2 netip.Addr) (int, int) {
+	t.Helper()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: "under0"},
+		PeerName:      "under0",
+		PeerNamespace: netlink.NsFd(n2.ns),
+	}
+	must(t, "add underlay veth", n1.h.LinkAdd(veth))
+	var idx [2]int
+	for i, side := range []struct {
+		n  *testNode
+		ip netip.Addr
+	}{{n1, ip1}, {n2, ip2}} {
+		l := mustLink(t, side.n.h, "under0")
+		must(t, "underlay address", side.n.h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: side.ip.AsSlice(), Mask: net.CIDRMask(24, 32)}}))
+		must(t, "underlay up", side.n.h.LinkSetUp(l))
+		idx[i] = l.Attrs().Index
+	}
+	return idx[0], idx[1]
+}
+
+// addVXLAN creates axon_vxlan as the agent will: flow-based ("external"),
+// UDP 8472.
+func (n *testNode) addVXLAN(t *testing.T) int {
+	t.Helper()
+	must(t, "add vxlan", n.h.LinkAdd(&netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{Name: "axon_vxlan"},
+		FlowBased: true,
+		Port:      8472,
+	}))
+	l := mustLink(t, n.h, "axon_vxlan")
+	must(t, "vxlan up", n.h.LinkSetUp(l))
+	return l.Attrs().Index
+}
+
+func (n *testNode) addRoute(t *testing.T, dst netip.Prefix, gw netip.Addr) {
+	t.Helper()
+	must(t, "route "+dst.String(), n.h.RouteAdd(&netlink.Route{
+		Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)},
+		Gw:  gw.AsSlice(),
+	}))
+}
+
+// TestRealSameNode: two pods on one node reach each other by ping, UDP and
+// TCP although the node has no address and no route for them: only the
+// redirect to the peer can deliver the packets.
+func TestRealSameNode(t *testing.T) {
+	requireBPF(t)
+	node := newTestNode(t)
+	node.setConfig(t, Config{Mode: ModeTunnel, VXLANIfindex: node.addVXLAN(t)})
+	router := netip.MustParseAddr("10.244.1.1")
+	a := node.addPod(t, "lxc-a", netip.MustParseAddr("10.244.1.10"), router, 1450)
+	b := node.addPod(t, "lxc-b", netip.MustParseAddr("10.244.1.20"), router, 1450)
+
+	routes, err := node.h.RouteList(nil, unix.AF_INET)
+	must(t, "list node routes", err)
+	if len(routes) != 0 {
+		t.Fatalf("the node has routes %v; the test needs none", routes)
+	}
+	if _, err := node.h.RouteGet(b.ip.AsSlice()); err == nil {
+		t.Fatalf("the node can route to %s; the test needs it not to", b.ip)
+	}
+
+	before := node.stats(t)
+	checkConnectivity(t, a, b)
+	after := node.stats(t)
+	if d := after.ForwardedLocal - before.ForwardedLocal; d < 10 {
+		t.Errorf("forwarded-local grew by %d, want the test's packets (>= 10)", d)
+	}
+	if after.DropTTL != 0 || after.DropMalformed != 0 || after.ToHost != 0 {
+		t.Errorf("unexpected counters: %v", after.Map())
+	}
+	t.Logf("node counters: %v", after.Map())
+
+	t.Run("truncated", func(t *testing.T) {
+		// Runt IPv4 frames from a pod: counted and dropped, never forwarded,
+		// and the pod still works afterwards.
+		before := node.stats(t)
+		full := udp4(a.ip, b.ip, 64)
+		copy(full[0:6], a.ep.HostMAC)
+		copy(full[6:12], a.ep.PodMAC)
+		for _, size := range []int{14, 15, 14 + 19} {
+			sendRaw(t, a, full[:size])
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for node.stats(t).DropMalformed-before.DropMalformed < 3 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		after := node.stats(t)
+		if d := after.DropMalformed - before.DropMalformed; d != 3 {
+			t.Errorf("drop-malformed grew by %d, want 3", d)
+		}
+		if err := ping(a, b.ip); err != nil {
+			t.Errorf("ping after runts: %v", err)
+		}
+	})
+}
+
+// TestRealTunnel: pods on two nodes joined by flow-based VXLAN.
+func TestRealTunnel(t *testing.T) {
+	requireBPF(t)
+	n1, n2 := newTestNode(t), newTestNode(t)
+	ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	connect(t, n1, n2, ip1, ip2)
+	block1, block2 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")
+	for _, c := range []struct {
+		n              *testNode
+		self           netip.Addr
+		remote         netip.Prefix
+		remoteNodeAddr netip.Addr
+	}{{n1, ip1, block2, ip2}, {n2, ip2, block1, ip1}} {
+		vx := c.n.addVXLAN(t)
+		c.n.attach(t, c.n.objs.AttachFromOverlay, vx)
+		c.n.setConfig(t, Config{Mode: ModeTunnel, VXLANIfindex: vx, NodeIP: c.self})
+		must(t, "put remote", c.n.objs.PutRemote(c.remote, c.remoteNodeAddr))
+	}
+	// MTU 1450: VXLAN adds 50 bytes on a 1500-byte underlay.
+	a := n1.addPod(t, "lxc-a", netip.MustParseAddr("10.244.1.10"), netip.MustParseAddr("10.244.1.1"), 1450)
+	b := n2.addPod(t, "lxc-b", netip.MustParseAddr("10.244.2.10"), netip.MustParseAddr("10.244.2.1"), 1450)
+
+	checkConnectivity(t, a, b)
+	s1, s2 := n1.stats(t), n2.stats(t)
+	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())
+	for _, c := range []struct {
+		name        string
+		tunnel, ovl uint64
+	}{{"node1", s1.ForwardedTunnel, s1.OverlayLocal}, {"node2", s2.ForwardedTunnel, s2.OverlayLocal}} {
+		if c.tunnel < 5 || c.ovl < 5 {
+			t.Errorf("%s: forwarded-tunnel %d, from-overlay-local %d; want both >= 5", c.name, c.tunnel, c.ovl)
+		}
+	}
+}
+
+// TestRealNative: pods on two nodes joined by plain routing. Each node has a
+// route for the other's block; packets out of a pod go through the FIB and
+// redirect_neigh, packets in for a pod are delivered by axon_from_overlay
+// on the underlay device (the nodes have no routes for their own pods).
+func TestRealNative(t *testing.T) {
+	requireBPF(t)
+	n1, n2 := newTestNode(t), newTestNode(t)
+	ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	u1, u2 := connect(t, n1, n2, ip1, ip2)
+	block1, block2 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")
+	for _, c := range []struct {
+		n              *testNode
+		underlay       int
+		self           netip.Addr
+		remote         netip.Prefix
+		remoteNodeAddr netip.Addr
+	}{{n1, u1, ip1, block2, ip2}, {n2, u2, ip2, block1, ip1}} {
+		// bpf_fib_lookup answers FWD_DISABLED without forwarding.
+		c.n.sysctl(t, "net/ipv4/ip_forward", "1")
+		c.n.addRoute(t, c.remote, c.remoteNodeAddr)
+		c.n.attach(t, c.n.objs.AttachFromOverlay, c.underlay)
+		c.n.setConfig(t, Config{Mode: ModeNative, NodeIP: c.self})
+		must(t, "put remote", c.n.objs.PutRemote(c.remote, c.remoteNodeAddr))
+	}
+	a := n1.addPod(t, "lxc-a", netip.MustParseAddr("10.244.1.10"), netip.MustParseAddr("10.244.1.1"), 1500)
+	b := n2.addPod(t, "lxc-b", netip.MustParseAddr("10.244.2.10"), netip.MustParseAddr("10.244.2.1"), 1500)
+
+	checkConnectivity(t, a, b)
+	s1, s2 := n1.stats(t), n2.stats(t)
+	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())
+	for _, c := range []struct {
+		name        string
+		native, ovl uint64
+	}{{"node1", s1.ForwardedNative, s1.OverlayLocal}, {"node2", s2.ForwardedNative, s2.OverlayLocal}} {
+		if c.native < 5 || c.ovl < 5 {
+			t.Errorf("%s: forwarded-native %d, from-overlay-local %d; want both >= 5", c.name, c.native, c.ovl)
+		}
+	}
+}
+
+// checkConnectivity pings both ways, then runs a UDP and a TCP echo from a
+// to b.
+func checkConnectivity(t *testing.T, a, b *testPod) {
+	t.Helper()
+	if err := ping(a, b.ip); err != nil {
+		t.Fatalf("ping %s -> %s: %v", a.ip, b.ip, err)
+	}
+	if err := ping(b, a.ip); err != nil {
+		t.Fatalf("ping %s -> %s: %v", b.ip, a.ip, err)
+	}
+	if err := udpEcho(a, b); err != nil {
+		t.Fatalf("UDP %s -> %s: %v", a.ip, b.ip, err)
+	}
+	if err := tcpEcho(a, b, 256<<10); err != nil {
+		t.Fatalf("TCP %s -> %s: %v", a.ip, b.ip, err)
+	}
+}
+
+// ping sends ICMP echo requests from the pod to dst over a raw socket until
+// one is answered (three tries, a second each).
+func ping(from *testPod, dst netip.Addr) error {
+	var c net.PacketConn
+	if err := inNetNS(from.ns, func() (err error) {
+		c, err = net.ListenPacket("ip4:icmp", from.ip.String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	id := uint16(os.Getpid())
+	buf := make([]byte, 1500)
+	for seq := uint16(1); seq <= 3; seq++ {
+		req := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'a', 'x', 'o', 'n'}
+		binary.BigEndian.PutUint16(req[2:], ^onesSum(req))
+		if _, err := c.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+			return err
+		}
+		if err := c.SetReadDeadline(time.Now().Add(time.Second)); err != nil {
+			return err
+		}
+		for {
+			n, addr, err := c.ReadFrom(buf)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if err != nil {
+				return err
+			}
+			// The raw socket gets every ICMP message: look for our reply.
+			if n >= 8 && buf[0] == 0 && binary.BigEndian.Uint16(buf[4:]) == id &&
+				binary.BigEndian.Uint16(buf[6:]) == seq && addr.String() == dst.String() {
+				return nil
+			}
+		}
+	}
+	return errors.New("no echo reply")
+}
+
+// udpEcho sends datagrams from a to an echo server in b and expects each
+// back.
+func udpEcho(a, b *testPod) error {
+	var srv, cli *net.UDPConn
+	if err := inNetNS(b.ns, func() (err error) {
+		srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: b.ip.AsSlice()})
+		return err
+	}); err != nil {
+		return err
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, addr, err := srv.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteToUDP(buf[:n], addr)
+		}
+	}()
+	if err := inNetNS(a.ns, func() (err error) {
+		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer cli.Close()
+	buf := make([]byte, 2048)
+	for i := range 5 {
+		msg := bytes.Repeat([]byte{byte(i)}, 1000)
+		ok := false
+		for attempt := 0; attempt < 3 && !ok; attempt++ {
+			if _, err := cli.Write(msg); err != nil {
+				return err
+			}
+			cli.SetReadDeadline(time.Now().Add(time.Second))
+			n, err := cli.Read(buf)
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(buf[:n], msg) {
+				return fmt.Errorf("datagram %d came back as %d bytes starting %d", i, n, buf[0])
+			}
+			ok = true
+		}
+		if !ok {
+			return fmt.Errorf("datagram %d: no echo", i)
+		}
+	}
+	return nil
+}
+
+// tcpEcho streams size bytes from a to an echo server in b and reads them
+// back.
+func tcpEcho(a, b *testPod, size int) error {
+	var ln net.Listener
+	if err := inNetNS(b.ns, func() (err error) {
+		ln, err = net.Listen("tcp4", net.JoinHostPort(b.ip.String(), "0"))
+		return err
+	}); err != nil {
+		return err
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		// Plain reads and writes: io.Copy would splice through a pipe the
+		// runtime caches, which the fd leak check would report.
+		io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 32<<10))
+	}()
+	var c net.Conn
+	if err := inNetNS(a.ns, func() (err error) {
+		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		return err
+	}); err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(data)
+		errc <- err
+	}()
+	got := make([]byte, size)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	if !bytes.Equal(got, data) {
+		return errors.New("echoed stream differs")
+	}
+	return nil
+}
+
+// sendRaw sends frame as is out of the pod's eth0 (AF_PACKET), so it can be
+// shorter than any header.
+func sendRaw(t *testing.T, p *testPod, frame []byte) {
+	t.Helper()
+	proto := uint16(unix.ETH_P_IP)
+	proto = proto<<8 | proto>>8 // network order
+	if err := inNetNS(p.ns, func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: p.ifindex, Protocol: proto})
+	}); err != nil {
+		t.Fatalf("send %d-byte frame: %v", len(frame), err)
+	}
+}

@@ -1,0 +1,78 @@
+package datapath
+
+import "fmt"
+
+// Stats are the datapath's packet counters (axon_stats) summed over CPUs.
+// Every packet a program handles is counted exactly once.
+type Stats struct {
+	ForwardedLocal  uint64 // from a pod to a pod on this node
+	ForwardedTunnel uint64 // from a pod into the VXLAN tunnel
+	ForwardedNative uint64 // from a pod routed natively (FIB + redirect_neigh)
+	ToHost          uint64 // IPv4 from a pod left to the kernel
+	OverlayLocal    uint64 // from the overlay to a pod on this node
+	OverlayToHost   uint64 // from the overlay, not for a local pod: left to the kernel
+	DropMalformed   uint64 // truncated frames, bad IPv4 headers
+	DropTTL         uint64 // TTL would have expired on forwarding
+	DropTunnel      uint64 // setting the tunnel key failed
+	NonIPv4         uint64 // ARP, IPv6, ...: left to the kernel
+	FIBMiss         uint64 // native mode: the FIB did not forward; left to the kernel
+	Unconfigured    uint64 // no mode configured: left to the kernel
+}
+
+// statFields maps every counter of enum axon_stat to its name and field.
+var statFields = [...]struct {
+	stat  datapathAxonStat
+	name  string
+	field func(*Stats) *uint64
+}{
+	{datapathAxonStatAXON_STAT_FWD_LOCAL, "forwarded-local", func(s *Stats) *uint64 { return &s.ForwardedLocal }},
+	{datapathAxonStatAXON_STAT_FWD_TUNNEL, "forwarded-tunnel", func(s *Stats) *uint64 { return &s.ForwardedTunnel }},
+	{datapathAxonStatAXON_STAT_FWD_NATIVE, "forwarded-native", func(s *Stats) *uint64 { return &s.ForwardedNative }},
+	{datapathAxonStatAXON_STAT_TO_HOST, "to-host", func(s *Stats) *uint64 { return &s.ToHost }},
+	{datapathAxonStatAXON_STAT_OVERLAY_LOCAL, "from-overlay-local", func(s *Stats) *uint64 { return &s.OverlayLocal }},
+	{datapathAxonStatAXON_STAT_OVERLAY_TO_HOST, "from-overlay-to-host", func(s *Stats) *uint64 { return &s.OverlayToHost }},
+	{datapathAxonStatAXON_STAT_DROP_MALFORMED, "drop-malformed", func(s *Stats) *uint64 { return &s.DropMalformed }},
+	{datapathAxonStatAXON_STAT_DROP_TTL, "drop-ttl", func(s *Stats) *uint64 { return &s.DropTTL }},
+	{datapathAxonStatAXON_STAT_DROP_TUNNEL, "drop-tunnel", func(s *Stats) *uint64 { return &s.DropTunnel }},
+	{datapathAxonStatAXON_STAT_NON_IPV4, "non-ipv4", func(s *Stats) *uint64 { return &s.NonIPv4 }},
+	{datapathAxonStatAXON_STAT_FIB_MISS, "fib-miss", func(s *Stats) *uint64 { return &s.FIBMiss }},
+	{datapathAxonStatAXON_STAT_UNCONFIGURED, "unconfigured", func(s *Stats) *uint64 { return &s.Unconfigured }},
+}
+
+// Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.
+// for metrics labels.
+func (s Stats) Map() map[string]uint64 {
+	m := make(map[string]uint64, len(statFields))
+	for _, f := range statFields {
+		m[f.name] = *f.field(&s)
+	}
+	return m
+}
+
+// Total is the number of packets the programs handled.
+func (s Stats) Total() uint64 {
+	var n uint64
+	for _, f := range statFields {
+		n += *f.field(&s)
+	}
+	return n
+}
+
+// Stats reads the counters, summed over CPUs. They only grow; they are
+// shared by every Objects loaded with the same pin directory.
+func (o *Objects) Stats() (Stats, error) {
+	var (
+		s      Stats
+		perCPU []uint64
+	)
+	for _, f := range statFields {
+		if err := o.objs.AxonStats.Lookup(uint32(f.stat), &perCPU); err != nil {
+			return Stats{}, fmt.Errorf("read counter %s: %w", f.name, err)
+		}
+		p := f.field(&s)
+		for _, v := range perCPU {
+			*p += v
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
+/*
+ * Layout shared by the datapath programs (bpf/src/datapath.c) and the Go
+ * agent (bpf/datapath, generated with bpf2go -type). The agent pins the maps
+ * and keeps them across restarts, so changing a field's name, size or order
+ * here is an incompatible change: pinned maps of the old layout are refused
+ * on load (ebpf.ErrMapIncompatible). Append, never reorder.
+ *
+ * Addresses are stored as their network-order bytes in a __u32 ("network
+ * byte order"), exactly as they appear in the IPv4 header, so the programs
+ * compare them without conversion.
+ */
+#ifndef AXON_DATAPATH_H
+#define AXON_DATAPATH_H
+
+#include <linux/types.h>
+
+/* axon_endpoints: every pod on this node, keyed by its IPv4 address. */
+struct axon_endpoint_key {
+	__u32 ip4; /* network byte order */
+};
+
+struct axon_endpoint {
+	__u32 ifindex;     /* host-side veth (lxc*) ifindex in the node netns */
+	__u32 id;          /* endpoint id */
+	__u8 pod_mac[6];   /* MAC of the pod-side interface */
+	__u8 host_mac[6];  /* MAC of the host-side veth */
+	__u32 identity;    /* security identity, for policy later */
+	__u32 flags;       /* reserved, 0 */
+};
+
+/* axon_remote4: pod CIDR blocks of other nodes (LPM trie). */
+struct axon_remote_key4 {
+	__u32 prefixlen; /* host byte order, as the LPM trie requires */
+	__u32 ip4;       /* network byte order */
+};
+
+struct axon_remote {
+	__u32 node_ip4; /* the owning node's underlay IPv4, network byte order */
+	__u32 flags;    /* reserved, 0 */
+};
+
+/* axon_config: a single entry, key 0. */
+enum axon_mode {
+	AXON_MODE_NONE = 0,   /* not configured: every packet goes to the kernel */
+	AXON_MODE_TUNNEL = 1, /* remote blocks through flow-based VXLAN */
+	AXON_MODE_NATIVE = 2, /* remote blocks through the FIB (routes via netlink) */
+};
+
+struct axon_config {
+	__u32 mode;          /* enum axon_mode */
+	__u32 vxlan_ifindex; /* axon_vxlan ifindex, tunnel mode */
+	__u32 node_ip4;      /* this node's underlay IPv4, network byte order */
+	__u32 flags;         /* reserved, 0 */
+};
+
+/*
+ * axon_stats: per-CPU __u64 counters indexed by enum axon_stat. Every packet
+ * a program sees increments exactly one counter, so their sum is the number
+ * of packets handled.
+ */
+enum axon_stat {
+	AXON_STAT_FWD_LOCAL = 0,      /* from_pod: to a local pod (redirect_peer) */
+	AXON_STAT_FWD_TUNNEL,         /* from_pod: to a remote block via VXLAN */
+	AXON_STAT_FWD_NATIVE,         /* from_pod: to a remote block via FIB + redirect_neigh */
+	AXON_STAT_TO_HOST,            /* from_pod: IPv4 left to the kernel (NEXT) */
+	AXON_STAT_OVERLAY_LOCAL,      /* from_overlay: to a local pod (redirect_peer) */
+	AXON_STAT_OVERLAY_TO_HOST,    /* from_overlay: not for a local pod (NEXT) */
+	AXON_STAT_DROP_MALFORMED,     /* truncated frame or bad IPv4 header (DROP) */
+	AXON_STAT_DROP_TTL,           /* TTL would expire on forwarding (DROP) */
+	AXON_STAT_DROP_TUNNEL,        /* bpf_skb_set_tunnel_key failed (DROP) */
+	AXON_STAT_NON_IPV4,           /* ARP, IPv6, ...: left to the kernel (NEXT) */
+	AXON_STAT_FIB_MISS,           /* native mode: FIB lookup did not forward (NEXT) */
+	AXON_STAT_UNCONFIGURED,       /* mode AXON_MODE_NONE (NEXT) */
+	AXON_STAT_MAX,
+};
+
+#define AXON_MAX_ENDPOINTS 65536
+#define AXON_MAX_REMOTES 16384
+
+/* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */
+#define AXON_TUNNEL_VNI 2
+/* TTL of the outer (underlay) IPv4 header. */
+#define AXON_TUNNEL_TTL 64
+
+#endif /* AXON_DATAPATH_H */
