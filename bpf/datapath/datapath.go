@@ -76,6 +76,9 @@ func (o *Objects) AttachFromOverlay(ifindex int) (link.Link, error) {
 	return attachIngress(o.objs.AxonFromOverlay, ifindex)
 }
 
+// ToOverlay is axon_to_overlay, for tcx egress of axon_vxlan.
+func (o *Objects) ToOverlay() *ebpf.Program { return o.objs.AxonToOverlay }
+
 // AttachToOverlay attaches axon_to_overlay to tcx egress of axon_vxlan
 // (ifindex): it sets the tunnel endpoint of packets the node's stack routes
 // into the overlay.

@@ -24,6 +24,9 @@ func TestPodsOnOneNode(t *testing.T) {
 	e.ping(a.netns, b.ip)
 	e.ping(b.netns, a.ip)
 	e.ping(node.Netns, a.ip)
+	if s := e.stats(0); s["forwarded-local"] == 0 {
+		t.Errorf("pod-to-pod traffic did not go through the eBPF redirect: %v", s)
+	}
 
 	// ADD again (a runtime retry) returns the same address.
 	again, err := e.cni.AddNetworkList(t.Context(), conf, a.rt)
@@ -77,6 +80,24 @@ func TestPodsAcrossNodesNative(t *testing.T) {
 	e.ping(b.netns, a.ip)
 	e.ping(e.cluster.Nodes[1].Netns, a.ip) // node-2 to a pod on node-1
 	e.ping(a.netns, e.cluster.Nodes[1].IP.String())
+	e.delPod(a)
+	e.delPod(b)
+}
+
+// TestPodsAcrossNodesTunnel is the same across a VXLAN overlay: the pod
+// programs encapsulate towards the block's node, the overlay programs
+// deliver, and node-originated traffic into the overlay gets its tunnel
+// endpoint from the egress program.
+func TestPodsAcrossNodesTunnel(t *testing.T) {
+	e := newEnvMode(t, 2, "tunnel")
+	a, b := e.addPod(0, "pod-a"), e.addPod(1, "pod-b")
+	e.eventually(func() error { return e.tryPing(a.netns, b.ip) })
+	e.ping(b.netns, a.ip)
+	e.ping(e.cluster.Nodes[1].Netns, a.ip) // node-2 to a pod on node-1, through the overlay
+	e.ping(a.netns, e.cluster.Nodes[1].IP.String())
+	if s := e.stats(0); s["forwarded-tunnel"] == 0 || s["from-overlay-local"] == 0 {
+		t.Errorf("node-1 counters %v: want packets encapsulated and delivered from the overlay", s)
+	}
 	e.delPod(a)
 	e.delPod(b)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 )
 
@@ -253,4 +254,19 @@ func gcArgs(valid ...*pod) *libcni.GCArgs {
 		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.rt.ContainerID, IfName: p.rt.IfName})
 	}
 	return args
+}
+
+// stats reads a node's eBPF packet counters through its pinned maps.
+func (e *env) stats(node int) map[string]uint64 {
+	e.t.Helper()
+	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + e.cluster.Nodes[node].Name)
+	if err != nil {
+		e.t.Fatalf("open node %d's maps: %v", node, err)
+	}
+	defer objs.Close()
+	s, err := objs.Stats()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return s.Map()
 }

@@ -19,6 +19,7 @@ import (
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/loader"
 	"github.com/axon-cni/axon/services/datapath/server"
 	"github.com/axon-cni/axon/services/internal/daemon"
 )
@@ -64,7 +65,12 @@ func main() {
 				return &daemon.UsageError{Err: fmt.Errorf("--ipam-target: %w", err)}
 			}
 			d.OnShutdown(conn.Close)
-			a, err := agent.New(cfg, ipamv1alpha1.NewIPAMServiceClient(conn), nil, d.Logger().With(daemon.LogKeySubsys, "agent"))
+			bpf, err := loader.Open(cfg.PinDir)
+			if err != nil {
+				return err
+			}
+			d.OnShutdown(bpf.Close)
+			a, err := agent.New(cfg, ipamv1alpha1.NewIPAMServiceClient(conn), bpf, d.Logger().With(daemon.LogKeySubsys, "agent"))
 			if err != nil {
 				return &daemon.UsageError{Err: err}
 			}

@@ -59,6 +59,11 @@ type Datapath interface {
 	CheckEndpoint(hostName string, ip netip.Addr) []string
 	PutRemote(block netip.Prefix, nodeIP netip.Addr) error
 	DeleteRemote(block netip.Prefix) error
+	// Configure sets the routing mode (tunnel through the VXLAN device, or
+	// native) and the node's underlay IPv4.
+	Configure(tunnel bool, vxlanIfindex int, nodeIP netip.Addr) error
+	// AttachOverlay attaches the overlay programs to the VXLAN device.
+	AttachOverlay(vxlanIfindex int) error
 }
 
 // Agent wires pods on one node.
@@ -134,6 +139,9 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := setupNodeDevices(a.plumber.Node, routers, a.cfg.MTU); err != nil {
 		return err
 	}
+	if err := a.setupDatapath(); err != nil {
+		return err
+	}
 	eps, err := a.store.list()
 	if err != nil {
 		return err
@@ -180,4 +188,30 @@ func ipamError(op string, err error) error {
 
 func errUnavailable(format string, args ...any) error {
 	return status.Errorf(codes.Unavailable, format, args...)
+}
+
+// setupDatapath creates the overlay device in tunnel mode and configures
+// the eBPF programs for the routing mode.
+func (a *Agent) setupDatapath() error {
+	if a.bpf == nil {
+		return nil
+	}
+	var nodeIP netip.Addr
+	for _, ip := range a.cfg.NodeIPs {
+		if ip.Is4() {
+			nodeIP = ip
+			break
+		}
+	}
+	if a.cfg.RoutingMode == ModeNative {
+		return a.bpf.Configure(false, 0, nodeIP)
+	}
+	vx, err := ensureVXLAN(a.plumber.Node, a.cfg.MTU)
+	if err != nil {
+		return err
+	}
+	if err := a.bpf.AttachOverlay(vx); err != nil {
+		return fmt.Errorf("attach overlay programs: %w", err)
+	}
+	return a.bpf.Configure(true, vx, nodeIP)
 }

@@ -61,3 +61,34 @@ func setupNodeDevices(h *netlink.Handle, routers []netip.Addr, mtu int) error {
 	}
 	return nil
 }
+
+// VXLANPort is the UDP port of the overlay (Linux's and Cilium's default).
+const VXLANPort = 8472
+
+// ensureVXLAN creates (or keeps) the flow-based axon_vxlan device, whose
+// tunnel endpoints come from the eBPF programs, and returns its ifindex.
+// Its MTU is the pods' (the inner packet's); NOARP because the programs,
+// not neighbour resolution, pick where a packet goes.
+func ensureVXLAN(h *netlink.Handle, mtu int) (int, error) {
+	link, err := h.LinkByName(VXLANDevice)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return 0, fmt.Errorf("find %s: %w", VXLANDevice, err)
+		}
+		vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: mtu}, FlowBased: true, Port: VXLANPort}
+		if err := h.LinkAdd(vx); err != nil {
+			return 0, fmt.Errorf("create %s: %w", VXLANDevice, err)
+		}
+		if link, err = h.LinkByName(VXLANDevice); err != nil {
+			return 0, fmt.Errorf("find %s: %w", VXLANDevice, err)
+		}
+	}
+	if err := h.LinkSetARPOff(link); err != nil {
+		return 0, fmt.Errorf("set %s noarp: %w", VXLANDevice, err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return 0, fmt.Errorf("set %s up: %w", VXLANDevice, err)
+	}
+	return link.Attrs().Index, nil
+}

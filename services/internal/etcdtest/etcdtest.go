@@ -11,6 +11,12 @@
 // advertises, so that stopping it cuts every connection to it at once, as a
 // crash would, and so that its advertised ports stay reserved across
 // restarts.
+//
+// As with a real crash, a write that reaches a follower after its leader
+// stopped but before a new one is elected is forwarded to the dead leader
+// and lost: it fails only after etcd's request timeout (5s plus two election
+// timeouts). After stopping the leader, wait with [Cluster.Leader], or retry
+// writes with short per-attempt timeouts.
 package etcdtest
 
 import (

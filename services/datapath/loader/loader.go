@@ -1,0 +1,245 @@
+// Package loader is the node agent's eBPF side: it loads the datapath
+// programs once, keeps their maps pinned under the node's bpffs directory,
+// attaches the programs to devices with pinned tcx links (so traffic flows
+// while the agent restarts), and writes per-endpoint and per-block entries.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+)
+
+// Routing modes of SetMode.
+const (
+	ModeTunnel = bpfdp.Mode(1)
+	ModeNative = bpfdp.Mode(2)
+)
+
+// Loader owns the node's eBPF objects and links.
+type Loader struct {
+	objs    *bpfdp.Objects
+	linkDir string
+
+	mu    sync.Mutex
+	links map[string]link.Link // by name: a pod's host veth, or overlay-in/-out
+}
+
+// Open mounts bpffs if needed, loads the programs with their maps pinned
+// under pinDir (reusing pins of an earlier run), and moves every pinned link
+// of an earlier run to the freshly loaded programs.
+func Open(pinDir string) (*Loader, error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	}
+	if err := ensureBPFFS(filepath.Dir(pinDir)); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(pinDir, "links"), 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+	objs, err := bpfdp.Load(pinDir)
+	if err != nil {
+		return nil, fmt.Errorf("load eBPF datapath: %w", err)
+	}
+	l := &Loader{objs: objs, linkDir: filepath.Join(pinDir, "links"), links: map[string]link.Link{}}
+	entries, err := os.ReadDir(l.linkDir)
+	if err != nil {
+		objs.Close()
+		return nil, err
+	}
+	for _, e := range entries {
+		pl, err := link.LoadPinnedLink(filepath.Join(l.linkDir, e.Name()), nil)
+		if err != nil {
+			// The device went away with its link: drop the stale pin.
+			_ = os.Remove(filepath.Join(l.linkDir, e.Name()))
+			continue
+		}
+		if err := pl.Update(l.programFor(e.Name())); err != nil {
+			_ = pl.Close()
+			objs.Close()
+			return nil, fmt.Errorf("move link %s to the new program: %w", e.Name(), err)
+		}
+		l.links[e.Name()] = pl
+	}
+	return l, nil
+}
+
+const (
+	overlayIn  = "overlay-ingress"
+	overlayOut = "overlay-egress"
+)
+
+func (l *Loader) programFor(name string) *ebpf.Program {
+	switch name {
+	case overlayIn:
+		return l.objs.FromOverlay()
+	case overlayOut:
+		return l.objs.ToOverlay()
+	default:
+		return l.objs.FromPod()
+	}
+}
+
+// ensureBPFFS mounts bpffs on dir's mount point (/sys/fs/bpf) if it is not.
+func ensureBPFFS(dir string) error {
+	const bpffsMagic = 0xcafe4a11
+	root := "/sys/fs/bpf"
+	var st unix.Statfs_t
+	if err := unix.Statfs(root, &st); err == nil && st.Type == bpffsMagic {
+		return os.MkdirAll(dir, 0o700)
+	}
+	if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", root, err)
+	}
+	return os.MkdirAll(dir, 0o700)
+}
+
+// Close releases the objects; pinned links and maps keep working.
+func (l *Loader) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, ln := range l.links {
+		_ = ln.Close()
+	}
+	return l.objs.Close()
+}
+
+// Configure sets the routing mode: tunnel through the VXLAN device
+// vxlanIfindex, or native routing. nodeIP is the node's underlay IPv4
+// (the tunnel source; invalid lets the kernel pick).
+func (l *Loader) Configure(tunnel bool, vxlanIfindex int, nodeIP netip.Addr) error {
+	mode := ModeNative
+	if tunnel {
+		mode = ModeTunnel
+	}
+	return l.objs.SetConfig(bpfdp.Config{Mode: mode, VXLANIfindex: vxlanIfindex, NodeIP: nodeIP})
+}
+
+// attach attaches under name, replacing an earlier link of that name on
+// another interface, and pins it.
+func (l *Loader) attach(name string, ifindex int, fn func(int) (link.Link, error)) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old, ok := l.links[name]; ok {
+		if info, err := old.Info(); err == nil {
+			if tcx := info.TCX(); tcx != nil && int(tcx.Ifindex) == ifindex {
+				return nil // already attached (a restart reloaded it)
+			}
+		}
+		_ = old.Unpin()
+		_ = old.Close()
+		delete(l.links, name)
+	}
+	ln, err := fn(ifindex)
+	if err != nil {
+		return err
+	}
+	if err := ln.Pin(filepath.Join(l.linkDir, name)); err != nil {
+		_ = ln.Close()
+		return fmt.Errorf("pin link %s: %w", name, err)
+	}
+	l.links[name] = ln
+	return nil
+}
+
+// detach removes the link called name; a missing one is success.
+func (l *Loader) detach(name string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ln, ok := l.links[name]
+	if !ok {
+		return nil
+	}
+	delete(l.links, name)
+	if err := ln.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return ln.Close()
+}
+
+// AttachOverlay attaches the overlay programs to axon_vxlan.
+func (l *Loader) AttachOverlay(ifindex int) error {
+	if err := l.attach(overlayIn, ifindex, l.objs.AttachFromOverlay); err != nil {
+		return err
+	}
+	return l.attach(overlayOut, ifindex, l.objs.AttachToOverlay)
+}
+
+// AttachEndpoint attaches the pod program to a pod's host veth.
+func (l *Loader) AttachEndpoint(hostName string, ifindex int) error {
+	return l.attach(hostName, ifindex, l.objs.AttachFromPod)
+}
+
+// DetachEndpoint removes a pod's program link.
+func (l *Loader) DetachEndpoint(hostName string) error { return l.detach(hostName) }
+
+// PutEndpoint writes a pod address's map entry. IPv6 addresses are left to
+// the kernel's routing for now.
+func (l *Loader) PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error {
+	if ip.Is6() {
+		return nil
+	}
+	return l.objs.PutEndpoint(ip, bpfdp.Endpoint{Ifindex: ifindex, ID: id, PodMAC: podMAC, HostMAC: hostMAC})
+}
+
+// DeleteEndpoint removes a pod address's entry; a missing one is success.
+func (l *Loader) DeleteEndpoint(ip netip.Addr) error {
+	if ip.Is6() {
+		return nil
+	}
+	return l.objs.DeleteEndpoint(ip)
+}
+
+// CheckEndpoint describes what is missing of a pod's eBPF state.
+func (l *Loader) CheckEndpoint(hostName string, ip netip.Addr) []string {
+	var problems []string
+	l.mu.Lock()
+	_, attached := l.links[hostName]
+	l.mu.Unlock()
+	if !attached {
+		problems = append(problems, fmt.Sprintf("no program attached to %s", hostName))
+	}
+	if ip.Is4() {
+		if _, err := l.objs.Endpoint(ip); err != nil {
+			problems = append(problems, fmt.Sprintf("no endpoint map entry for %s: %v", ip, err))
+		}
+	}
+	return problems
+}
+
+// PutRemote routes another node's block through the overlay.
+func (l *Loader) PutRemote(block netip.Prefix, nodeIP netip.Addr) error {
+	if block.Addr().Is6() {
+		return nil
+	}
+	return l.objs.PutRemote(block, nodeIP)
+}
+
+// DeleteRemote removes a block's tunnel entry; a missing one is success.
+func (l *Loader) DeleteRemote(block netip.Prefix) error {
+	if block.Addr().Is6() {
+		return nil
+	}
+	return l.objs.DeleteRemote(block)
+}
+
+// Stats returns the datapath's packet counters by name.
+func (l *Loader) Stats() (map[string]uint64, error) {
+	s, err := l.objs.Stats()
+	if err != nil {
+		return nil, err
+	}
+	return s.Map(), nil
+}
