@@ -24,6 +24,8 @@ func TestPodsOnOneNode(t *testing.T) {
 	e.ping(a.netns, b.ip)
 	e.ping(b.netns, a.ip)
 	e.ping(node.Netns, a.ip)
+	// The outside has no route to pods: only masquerading gets replies back.
+	e.ping(a.netns, e.cluster.Outside.IP.String())
 	if s := e.stats(0); s["forwarded-local"] == 0 {
 		t.Errorf("pod-to-pod traffic did not go through the eBPF redirect: %v", s)
 	}

@@ -47,6 +47,9 @@ type Config struct {
 	PinDir string
 	// ReleaseRetry is how often releases that IPAM could not take are retried.
 	ReleaseRetry time.Duration
+	// Masquerade rewrites the source of pod traffic leaving the pod CIDRs
+	// to the node's address.
+	Masquerade bool
 }
 
 // Datapath is the eBPF side of the node: programs loaded once, per-endpoint
@@ -142,6 +145,15 @@ func (a *Agent) Start(ctx context.Context) error {
 	if err := a.setupDatapath(); err != nil {
 		return err
 	}
+	if a.cfg.Masquerade {
+		cidrs, err := a.podCIDRs(ctx)
+		if err != nil {
+			return err
+		}
+		if err := setupMasquerade(cidrs); err != nil {
+			return err
+		}
+	}
 	eps, err := a.store.list()
 	if err != nil {
 		return err
@@ -214,4 +226,26 @@ func (a *Agent) setupDatapath() error {
 		return fmt.Errorf("attach overlay programs: %w", err)
 	}
 	return a.bpf.Configure(true, vx, nodeIP)
+}
+
+// podCIDRs returns the CIDRs of every pool: where pod addresses come from.
+func (a *Agent) podCIDRs(ctx context.Context) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	token := ""
+	for {
+		resp, err := a.ipam.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageToken: token})
+		if err != nil {
+			return nil, fmt.Errorf("list pools: %w", err)
+		}
+		for _, p := range resp.GetPools() {
+			for _, s := range append(p.GetIpv4().GetCidrs(), p.GetIpv6().GetCidrs()...) {
+				if pfx, err := netip.ParsePrefix(s); err == nil {
+					out = append(out, pfx)
+				}
+			}
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return out, nil
+		}
+	}
 }

@@ -446,7 +446,7 @@ func (a *Agent) GarbageCollect(ctx context.Context, valid []*datapathv1alpha1.At
 func (a *Agent) NodeConfig() *datapathv1alpha1.NodeConfig {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	c := &datapathv1alpha1.NodeConfig{NodeName: a.cfg.NodeName, Mtu: uint32(a.cfg.MTU), Masquerade: false}
+	c := &datapathv1alpha1.NodeConfig{NodeName: a.cfg.NodeName, Mtu: uint32(a.cfg.MTU), Masquerade: a.cfg.Masquerade}
 	if a.cfg.RoutingMode == ModeTunnel {
 		c.RoutingMode = datapathv1alpha1.RoutingMode_ROUTING_MODE_TUNNEL
 		c.TunnelProtocol = datapathv1alpha1.TunnelProtocol_TUNNEL_PROTOCOL_VXLAN

@@ -150,6 +150,9 @@ type Cluster struct {
 	Control []Component
 	// Nodes are the simulated nodes.
 	Nodes []Node
+	// Outside is a host on the nodes' underlay that is not a node: the
+	// world outside the cluster.
+	Outside Node
 }
 
 // Node is a simulated node as tests and the summary see it.
@@ -209,10 +212,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 		}
 		log.Info("service serving", "service", comp.Name, "grpc", comp.Target)
 	}
-	nodes, err := startNodes(ctx, cfg, log, logMu, c.exited, &c.running)
+	nodes, outside, err := startNodes(ctx, cfg, log, logMu, c.exited, &c.running)
 	if err != nil {
 		return nil, err
 	}
+	c.Outside = Node{Name: outside.Name, Netns: outside.Path(), IP: outside.IP}
 	for _, n := range nodes {
 		c.Nodes = append(c.Nodes, Node{Name: n.Name, Netns: n.Path(), IP: n.IP, DatapathSocket: strings.TrimPrefix(cfg.datapath(n).Target, "unix://")})
 	}

@@ -43,9 +43,15 @@ func ip(args ...string) error {
 	return nil
 }
 
-// setupNodes creates n node namespaces on an underlay bridge. teardown
-// removes every namespace it created, also after a partial failure.
-func setupNodes(prefix string, n int) (nodes []simNode, teardown func(), err error) {
+// outsideIndex numbers the "outside" host's underlay address: a namespace
+// on the underlay that is no node, standing for the world beyond the
+// cluster.
+const outsideIndex = 250
+
+// setupNodes creates n node namespaces and an "outside" one on an underlay
+// bridge. teardown removes every namespace it created, also after a
+// partial failure.
+func setupNodes(prefix string, n int) (nodes []simNode, outside simNode, teardown func(), err error) {
 	var created []string
 	teardown = func() {
 		for i := len(created) - 1; i >= 0; i-- {
@@ -59,7 +65,7 @@ func setupNodes(prefix string, n int) (nodes []simNode, teardown func(), err err
 	}()
 	underlay := prefix + "underlay"
 	if err := ip("netns", "add", underlay); err != nil {
-		return nil, teardown, err
+		return nil, simNode{}, teardown, err
 	}
 	created = append(created, underlay)
 	for _, args := range [][]string{
@@ -67,21 +73,29 @@ func setupNodes(prefix string, n int) (nodes []simNode, teardown func(), err err
 		{"-n", underlay, "link", "set", "br0", "up"},
 	} {
 		if err := ip(args...); err != nil {
-			return nil, teardown, err
+			return nil, simNode{}, teardown, err
 		}
 	}
+	hosts := make([]simNode, 0, n+1)
 	for i := 1; i <= n; i++ {
-		node := simNode{Name: fmt.Sprintf("node-%d", i), Netns: fmt.Sprintf("%snode-%d", prefix, i)}
-		addr, ok := nth(underlayPrefix, 10+i)
+		hosts = append(hosts, simNode{Name: fmt.Sprintf("node-%d", i), Netns: fmt.Sprintf("%snode-%d", prefix, i)})
+	}
+	hosts = append(hosts, simNode{Name: "outside", Netns: prefix + "outside"})
+	for i, node := range hosts {
+		index := 11 + i
+		if node.Name == "outside" {
+			index = outsideIndex
+		}
+		addr, ok := nth(underlayPrefix, index)
 		if !ok {
-			return nil, teardown, fmt.Errorf("too many nodes for %s", underlayPrefix)
+			return nil, simNode{}, teardown, fmt.Errorf("too many nodes for %s", underlayPrefix)
 		}
 		node.IP = addr
 		if err := ip("netns", "add", node.Netns); err != nil {
-			return nil, teardown, err
+			return nil, simNode{}, teardown, err
 		}
 		created = append(created, node.Netns)
-		port := fmt.Sprintf("n%d", i)
+		port := fmt.Sprintf("n%d", i+1)
 		for _, args := range [][]string{
 			{"link", "add", "eth0", "netns", node.Netns, "type", "veth", "peer", "name", port, "netns", underlay},
 			{"-n", underlay, "link", "set", port, "master", "br0", "up"},
@@ -90,12 +104,16 @@ func setupNodes(prefix string, n int) (nodes []simNode, teardown func(), err err
 			{"-n", node.Netns, "link", "set", "lo", "up"},
 		} {
 			if err := ip(args...); err != nil {
-				return nil, teardown, err
+				return nil, simNode{}, teardown, err
 			}
+		}
+		if node.Name == "outside" {
+			outside = node
+			continue
 		}
 		nodes = append(nodes, node)
 	}
-	return nodes, teardown, nil
+	return nodes, outside, teardown, nil
 }
 
 func nth(p netip.Prefix, n int) (netip.Addr, bool) {
@@ -117,20 +135,20 @@ func removePins(dir string) {
 // startNodes creates the default pool and the simulated nodes, each with
 // its datapath, appending the processes to running. Without root it starts
 // none and says so.
-func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.Mutex, exited chan error, running *[]*process) ([]simNode, error) {
+func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.Mutex, exited chan error, running *[]*process) ([]simNode, simNode, error) {
 	if cfg.Nodes == 0 {
-		return nil, nil
+		return nil, simNode{}, nil
 	}
 	if os.Geteuid() != 0 {
 		log.Warn("not root: simulated nodes and their datapaths are not started (they need network namespaces)")
-		return nil, nil
+		return nil, simNode{}, nil
 	}
 	if err := ensureDefaultPool(ctx, "unix://"+cfg.ipamSocket(), cfg.PodCIDR); err != nil {
-		return nil, err
+		return nil, simNode{}, err
 	}
-	nodes, teardown, err := setupNodes(cfg.NetnsPrefix, cfg.Nodes)
+	nodes, outside, teardown, err := setupNodes(cfg.NetnsPrefix, cfg.Nodes)
 	if err != nil {
-		return nil, err
+		return nil, simNode{}, err
 	}
 	*running = append(*running, &process{name: "namespaces", done: nil, cleanup: func() {
 		teardown()
@@ -141,21 +159,21 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 	for _, n := range nodes {
 		c := cfg.datapath(n)
 		if err := os.MkdirAll(filepath.Dir(strings.TrimPrefix(c.Target, "unix://")), 0o755); err != nil {
-			return nil, err
+			return nil, simNode{}, err
 		}
 		p, err := start(cfg.BinDir, c, logMu, exited)
 		if err != nil {
-			return nil, err
+			return nil, simNode{}, err
 		}
 		*running = append(*running, p)
 	}
 	for _, n := range nodes {
 		if err := waitServing(ctx, cfg.datapath(n).Target, cfg.ReadyTimeout, exited); err != nil {
-			return nil, fmt.Errorf("datapath of %s did not become healthy: %w", n.Name, err)
+			return nil, simNode{}, fmt.Errorf("datapath of %s did not become healthy: %w", n.Name, err)
 		}
 		log.Info("node ready", "node", n.Name, "underlay_ip", n.IP, "netns", n.Netns)
 	}
-	return nodes, nil
+	return nodes, outside, nil
 }
 
 // ensureDefaultPool creates the default pool the nodes' first blocks come
