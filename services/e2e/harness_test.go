@@ -144,7 +144,7 @@ func (e *env) conflist(node int) *libcni.NetworkConfigList {
 	e.t.Helper()
 	b, err := json.Marshal(map[string]any{
 		"cniVersion": "1.1.0", "name": "axon",
-		"plugins": []map[string]any{{"type": "axon-cni", "socket": e.cluster.Nodes[node].DatapathSocket}},
+		"plugins": []map[string]any{{"type": "axon-cni", "socket": e.cluster.Nodes[node].DatapathSocket, "deleteQueue": e.cluster.Nodes[node].DeleteQueue}},
 	})
 	if err != nil {
 		e.t.Fatal(err)

@@ -17,6 +17,10 @@ import (
 // DefaultSocket is where axon-datapath serves the node's API.
 const DefaultSocket = "/run/axon/datapath.sock"
 
+// DefaultDeleteQueue is where DELs wait while the datapath is down; the
+// datapath replays them when it is back (its --cni-delete-queue).
+const DefaultDeleteQueue = "/var/run/axon/cni-deletes"
+
 // DefaultTimeout bounds every call to the datapath; kubelet's own CNI
 // deadline is minutes, so a stuck datapath fails fast and is retried.
 const DefaultTimeout = 30 * time.Second
@@ -37,6 +41,9 @@ type NetConf struct {
 	MTU uint32 `json:"mtu,omitempty"`
 	// Pools are IPAM pools to allocate from; empty lets IPAM choose.
 	Pools []string `json:"pools,omitempty"`
+	// DeleteQueue is the directory DELs are queued in while the datapath
+	// is unreachable.
+	DeleteQueue string `json:"deleteQueue,omitempty"`
 	// RuntimeConfig holds the capability arguments the runtime passes.
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitzero"`
 }
@@ -86,6 +93,9 @@ func Parse(data []byte) (*NetConf, error) {
 	if c.Socket == "" {
 		c.Socket = DefaultSocket
 	}
+	if c.DeleteQueue == "" {
+		c.DeleteQueue = DefaultDeleteQueue
+	}
 	if c.Timeout.Duration == 0 {
 		c.Timeout.Duration = DefaultTimeout
 	}
@@ -105,6 +115,9 @@ func (c *NetConf) validate() error {
 	}
 	if !strings.HasPrefix(c.Socket, "/") {
 		errs = append(errs, fmt.Errorf("socket must be an absolute path, got %q", c.Socket))
+	}
+	if !strings.HasPrefix(c.DeleteQueue, "/") {
+		errs = append(errs, fmt.Errorf("deleteQueue must be an absolute path, got %q", c.DeleteQueue))
 	}
 	if c.Timeout.Duration < 0 {
 		errs = append(errs, fmt.Errorf("timeout must be positive, got %s", c.Timeout))

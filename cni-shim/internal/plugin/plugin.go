@@ -123,21 +123,27 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 }
 
 // Del removes the container's interface (CNI DEL). Unknown attachments are
-// success, as the spec requires.
+// success, as the spec requires. While the datapath is unreachable the DEL
+// is queued on disk for it to replay, and succeeds: a runtime must be able
+// to remove a pod from a node whose agent is restarting.
 func (p *Plugin) Del(args *skel.CmdArgs) error {
 	att, err := attachment(args)
 	if err != nil {
 		return err
 	}
-	return p.call(args.StdinData, func(ctx context.Context, _ *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
+	return p.call(args.StdinData, func(ctx context.Context, conf *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
 		_, err := dp.DeleteEndpoint(ctx, &datapathv1alpha1.DeleteEndpointRequest{Attachment: att, NetnsPath: args.Netns})
-		if status.Code(err) == codes.NotFound {
+		switch status.Code(err) {
+		case codes.OK, codes.NotFound:
 			return nil
-		}
-		if err != nil {
+		case codes.Unavailable, codes.DeadlineExceeded:
+			if qerr := QueueDelete(conf.DeleteQueue, att.GetContainerId(), att.GetInterfaceName()); qerr != nil {
+				return types.NewError(types.ErrTryAgainLater, "axon-datapath unavailable and the delete could not be queued", qerr.Error())
+			}
+			return nil
+		default:
 			return cniError("delete endpoint", err, false)
 		}
-		return nil
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -210,7 +211,6 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"ips": []string{"bogus"}}})
 		}, want: types.ErrInvalidNetworkConfig},
 		{name: "DEL unknown is success", verb: (*Plugin).Del, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: good, dpErr: status.Error(codes.NotFound, "no such endpoint"), wantOK: true},
-		{name: "DEL with datapath down", verb: (*Plugin).Del, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: func(string) []byte { return netConf(t, "1.1.0", missingSock, nil) }, want: types.ErrTryAgainLater},
 		{name: "CHECK unknown container", verb: (*Plugin).Check, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: good, dpErr: status.Error(codes.NotFound, "no such endpoint"), want: types.ErrUnknownContainer},
 		{name: "STATUS unreachable", verb: (*Plugin).Status, conf: func(string) []byte { return netConf(t, "1.1.0", missingSock, nil) }, want: types.ErrPluginNotAvailable},
 	}
@@ -233,6 +233,26 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 				t.Errorf("code = %d (%v), want %d", got, err, tt.want)
 			}
 		})
+	}
+}
+
+func TestDelWhileDatapathDownIsQueued(t *testing.T) {
+	queue := filepath.Join(t.TempDir(), "queue")
+	conf := netConf(t, "1.1.0", filepath.Join(t.TempDir(), "absent.sock"), map[string]any{"deleteQueue": queue})
+	if err := (&Plugin{Out: &bytes.Buffer{}}).Del(&skel.CmdArgs{ContainerID: "ctr/1", IfName: "eth0", StdinData: conf}); err != nil {
+		t.Fatalf("DEL with the datapath down = %v, want success (queued)", err)
+	}
+	entries, err := os.ReadDir(queue)
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("queue holds %v, %v; want one entry", entries, err)
+	}
+	b, err := os.ReadFile(filepath.Join(queue, entries[0].Name()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q QueuedDelete
+	if err := json.Unmarshal(b, &q); err != nil || q.ContainerID != "ctr/1" || q.IfName != "eth0" {
+		t.Fatalf("queued %s (%v)", b, err)
 	}
 }
 

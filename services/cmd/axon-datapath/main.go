@@ -43,6 +43,7 @@ func main() {
 			fs.StringVar(&cfg.RoutingMode, "routing-mode", cfg.RoutingMode, "how pods reach other nodes: tunnel (VXLAN) or native")
 			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from 1500 and the routing mode")
 			fs.StringVar(&cfg.StateDir, "state-dir", "/var/run/axon/datapath", "`directory` of the endpoint records")
+			fs.StringVar(&cfg.DeleteQueue, "cni-delete-queue", "/var/run/axon/cni-deletes", "`directory` where axon-cni queues DELs while the datapath is down")
 			fs.BoolVar(&cfg.Masquerade, "masquerade", cfg.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")

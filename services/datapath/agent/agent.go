@@ -50,6 +50,9 @@ type Config struct {
 	// Masquerade rewrites the source of pod traffic leaving the pod CIDRs
 	// to the node's address.
 	Masquerade bool
+	// DeleteQueue is where axon-cni queues DELs while the agent is down;
+	// the agent replays them once the node is set up, then periodically.
+	DeleteQueue string
 }
 
 // Datapath is the eBPF side of the node: programs loaded once, per-endpoint
@@ -165,6 +168,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		a.nextID = max(a.nextID, ep.GetEndpointId())
 	}
 	a.ready = nil
+	a.replayDeletesLocked(ctx)
 	a.log.Info("node ready", "node", a.cfg.NodeName, "router_ips", routers, "endpoints", len(eps), "mode", a.cfg.RoutingMode)
 	return nil
 }
@@ -188,6 +192,9 @@ func (a *Agent) RunReleaseRetries(ctx context.Context) {
 		case <-t.C:
 		}
 		a.retryReleases(ctx)
+		a.mu.Lock()
+		a.replayDeletesLocked(ctx)
+		a.mu.Unlock()
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -130,6 +131,7 @@ func (c Config) datapath(n simNode) Component {
 			"--ipam-target", "unix://" + c.ipamSocket(),
 			"--grpc-addr", "", "--grpc-socket", sock, "--metrics-addr", "",
 			"--state-dir", filepath.Join(dir, "endpoints"),
+			"--cni-delete-queue", filepath.Join(dir, "cni-deletes"),
 			"--bpf-pin-dir", c.pinDir(n),
 		},
 	}
@@ -146,6 +148,11 @@ type Cluster struct {
 	running []*process
 	exited  chan error
 	stop    sync.Once
+	logMu   *sync.Mutex
+
+	mu        sync.Mutex // guards datapaths
+	simNodes  []simNode
+	datapaths []*process
 	// Control are the control-plane services.
 	Control []Component
 	// Nodes are the simulated nodes.
@@ -163,6 +170,8 @@ type Node struct {
 	IP    netip.Addr
 	// DatapathSocket is the unix socket of the node's axon-datapath.
 	DatapathSocket string
+	// DeleteQueue is where the node's axon-cni queues DELs.
+	DeleteQueue string
 }
 
 // Start starts the system and returns once every part reports SERVING. On
@@ -212,15 +221,51 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 		}
 		log.Info("service serving", "service", comp.Name, "grpc", comp.Target)
 	}
-	nodes, outside, err := startNodes(ctx, cfg, log, logMu, c.exited, &c.running)
+	c.logMu = logMu
+	nodes, outside, procs, err := startNodes(ctx, cfg, log, logMu, c.exited, &c.running)
 	if err != nil {
 		return nil, err
 	}
 	c.Outside = Node{Name: outside.Name, Netns: outside.Path(), IP: outside.IP}
+	c.simNodes, c.datapaths = nodes, procs
 	for _, n := range nodes {
-		c.Nodes = append(c.Nodes, Node{Name: n.Name, Netns: n.Path(), IP: n.IP, DatapathSocket: strings.TrimPrefix(cfg.datapath(n).Target, "unix://")})
+		c.Nodes = append(c.Nodes, Node{
+			Name: n.Name, Netns: n.Path(), IP: n.IP,
+			DatapathSocket: strings.TrimPrefix(cfg.datapath(n).Target, "unix://"),
+			DeleteQueue:    filepath.Join(cfg.StateDir, n.Name, "cni-deletes"),
+		})
 	}
 	return c, nil
+}
+
+// KillDatapath kills node i's axon-datapath with SIGKILL, as a crash would.
+func (c *Cluster) KillDatapath(i int) {
+	c.mu.Lock()
+	p := c.datapaths[i]
+	c.mu.Unlock()
+	p.expected.Store(true)
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// StartDatapath starts node i's axon-datapath again and waits until it
+// serves.
+func (c *Cluster) StartDatapath(ctx context.Context, i int) error {
+	comp := c.cfg.datapath(c.simNodes[i])
+	p, err := start(c.cfg.BinDir, comp, c.logMu, c.exited)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	old := c.datapaths[i]
+	c.datapaths[i] = p
+	for j, r := range c.running {
+		if r == old {
+			c.running[j] = p
+		}
+	}
+	c.mu.Unlock()
+	return waitServing(ctx, comp.Target, c.cfg.ReadyTimeout, c.exited)
 }
 
 // Wait blocks until ctx is done (nil) or a part of the system fails.
@@ -284,6 +329,8 @@ type process struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	cleanup func()
+	// expected marks an exit we caused, which is not reported as a failure.
+	expected atomic.Bool
 }
 
 func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (*process, error) {
@@ -311,6 +358,9 @@ func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (
 		err := cmd.Wait()
 		w.flush()
 		close(p.done)
+		if p.expected.Load() {
+			return
+		}
 		exited <- fmt.Errorf("axon-%s (%s) exited unexpectedly: %v", c.Name, c.label(), errOrStatus(err, cmd))
 	}()
 	return p, nil
@@ -334,6 +384,7 @@ func (p *process) stop(timeout time.Duration) {
 		return
 	default:
 	}
+	p.expected.Store(true)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:

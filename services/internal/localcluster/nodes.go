@@ -135,20 +135,20 @@ func removePins(dir string) {
 // startNodes creates the default pool and the simulated nodes, each with
 // its datapath, appending the processes to running. Without root it starts
 // none and says so.
-func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.Mutex, exited chan error, running *[]*process) ([]simNode, simNode, error) {
+func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.Mutex, exited chan error, running *[]*process) ([]simNode, simNode, []*process, error) {
 	if cfg.Nodes == 0 {
-		return nil, simNode{}, nil
+		return nil, simNode{}, nil, nil
 	}
 	if os.Geteuid() != 0 {
 		log.Warn("not root: simulated nodes and their datapaths are not started (they need network namespaces)")
-		return nil, simNode{}, nil
+		return nil, simNode{}, nil, nil
 	}
 	if err := ensureDefaultPool(ctx, "unix://"+cfg.ipamSocket(), cfg.PodCIDR); err != nil {
-		return nil, simNode{}, err
+		return nil, simNode{}, nil, err
 	}
 	nodes, outside, teardown, err := setupNodes(cfg.NetnsPrefix, cfg.Nodes)
 	if err != nil {
-		return nil, simNode{}, err
+		return nil, simNode{}, nil, err
 	}
 	*running = append(*running, &process{name: "namespaces", done: nil, cleanup: func() {
 		teardown()
@@ -156,24 +156,26 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 			removePins(cfg.pinDir(n))
 		}
 	}})
+	var procs []*process
 	for _, n := range nodes {
 		c := cfg.datapath(n)
 		if err := os.MkdirAll(filepath.Dir(strings.TrimPrefix(c.Target, "unix://")), 0o755); err != nil {
-			return nil, simNode{}, err
+			return nil, simNode{}, nil, err
 		}
 		p, err := start(cfg.BinDir, c, logMu, exited)
 		if err != nil {
-			return nil, simNode{}, err
+			return nil, simNode{}, nil, err
 		}
 		*running = append(*running, p)
+		procs = append(procs, p)
 	}
 	for _, n := range nodes {
 		if err := waitServing(ctx, cfg.datapath(n).Target, cfg.ReadyTimeout, exited); err != nil {
-			return nil, simNode{}, fmt.Errorf("datapath of %s did not become healthy: %w", n.Name, err)
+			return nil, simNode{}, nil, fmt.Errorf("datapath of %s did not become healthy: %w", n.Name, err)
 		}
 		log.Info("node ready", "node", n.Name, "underlay_ip", n.IP, "netns", n.Netns)
 	}
-	return nodes, outside, nil
+	return nodes, outside, procs, nil
 }
 
 // ensureDefaultPool creates the default pool the nodes' first blocks come
