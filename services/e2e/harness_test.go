@@ -141,17 +141,16 @@ func freePortBase(t *testing.T) int {
 
 // conflist is the network configuration of a node's runtime.
 func (e *env) conflist(node int) *libcni.NetworkConfigList {
-	e.t.Helper()
 	b, err := json.Marshal(map[string]any{
 		"cniVersion": "1.1.0", "name": "axon",
 		"plugins": []map[string]any{{"type": "axon-cni", "socket": e.cluster.Nodes[node].DatapathSocket, "deleteQueue": e.cluster.Nodes[node].DeleteQueue}},
 	})
 	if err != nil {
-		e.t.Fatal(err)
+		panic(err) // a map of strings always encodes
 	}
 	l, err := libcni.ConfListFromBytes(b)
 	if err != nil {
-		e.t.Fatal(err)
+		panic(err) // the JSON above is a valid conflist
 	}
 	return l
 }
@@ -167,9 +166,18 @@ type pod struct {
 // addPod creates a sandbox namespace on node and runs CNI ADD for it.
 func (e *env) addPod(node int, name string) *pod {
 	e.t.Helper()
+	p, err := e.tryAddPod(node, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// tryAddPod is addPod for goroutines other than the test's.
+func (e *env) tryAddPod(node int, name string) (*pod, error) {
 	ns := e.prefix + name
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		e.t.Fatalf("ip netns add: %v %s", err, out)
+		return nil, fmt.Errorf("ip netns add %s: %v %s", ns, err, out)
 	}
 	e.t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
 	p := &pod{name: name, netns: "/var/run/netns/" + ns, node: node}
@@ -177,26 +185,33 @@ func (e *env) addPod(node int, name string) *pod {
 		ContainerID: "ctr-" + name, NetNS: p.netns, IfName: "eth0",
 		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}},
 	}
-	res, err := e.cni.AddNetworkList(e.t.Context(), e.conflist(node), p.rt)
+	res, err := e.cni.AddNetworkList(context.Background(), e.conflist(node), p.rt)
 	if err != nil {
-		e.t.Fatalf("CNI ADD %s: %v", name, err)
+		return nil, fmt.Errorf("CNI ADD %s: %w", name, err)
 	}
 	r, err := current.NewResultFromResult(res)
 	if err != nil {
-		e.t.Fatal(err)
+		return nil, err
 	}
 	if len(r.IPs) == 0 {
-		e.t.Fatalf("CNI ADD %s returned no IP: %v", name, r)
+		return nil, fmt.Errorf("CNI ADD %s returned no IP: %v", name, r)
 	}
 	p.ip = r.IPs[0].Address.IP.String()
-	return p
+	return p, nil
 }
 
 func (e *env) delPod(p *pod) {
 	e.t.Helper()
-	if err := e.cni.DelNetworkList(e.t.Context(), e.conflist(p.node), p.rt); err != nil {
-		e.t.Fatalf("CNI DEL %s: %v", p.name, err)
+	if err := e.tryDelPod(p); err != nil {
+		e.t.Fatal(err)
 	}
+}
+
+func (e *env) tryDelPod(p *pod) error {
+	if err := e.cni.DelNetworkList(context.Background(), e.conflist(p.node), p.rt); err != nil {
+		return fmt.Errorf("CNI DEL %s: %w", p.name, err)
+	}
+	return nil
 }
 
 // run runs a command in the pod's (or any) network namespace.
