@@ -94,7 +94,7 @@ func newEnvMode(t *testing.T, nodes int, mode string) *env {
 		EtcdClientAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0",
 		Host: "127.0.0.1", PortBase: freePortBase(t),
 		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
-		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16",
+		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16", PodCIDR6: "fd00:44::/104",
 		DatapathArgs: []string{"--gc-min-age", "0s"},
 	}
 	if mode != "" {
@@ -159,7 +159,7 @@ func (e *env) conflist(node int) *libcni.NetworkConfigList {
 type pod struct {
 	name, netns string
 	node        int
-	ip          string
+	ip, ip6     string
 	rt          *libcni.RuntimeConf
 }
 
@@ -196,7 +196,16 @@ func (e *env) tryAddPod(node int, name string) (*pod, error) {
 	if len(r.IPs) == 0 {
 		return nil, fmt.Errorf("CNI ADD %s returned no IP: %v", name, r)
 	}
-	p.ip = r.IPs[0].Address.IP.String()
+	for _, ipc := range r.IPs {
+		if ipc.Address.IP.To4() != nil {
+			p.ip = ipc.Address.IP.String()
+		} else {
+			p.ip6 = ipc.Address.IP.String()
+		}
+	}
+	if p.ip == "" {
+		return nil, fmt.Errorf("CNI ADD %s returned no IPv4 address: %v", name, r)
+	}
 	return p, nil
 }
 

@@ -76,7 +76,9 @@ func (a *Agent) watchOnce(ctx context.Context, applied map[netip.Prefix]remoteBl
 			continue
 		}
 		seen[p] = true
-		nodeIP, ok := pickNodeIP(ev.GetNodeAddresses(), p.Addr().Is4())
+		// The overlay runs over the node's IPv4 underlay for both families;
+		// native routing needs a next hop of the block's family.
+		nodeIP, ok := pickNodeIP(ev.GetNodeAddresses(), p.Addr().Is4() || a.cfg.RoutingMode == ModeTunnel)
 		if !ok {
 			a.log.Warn("remote block has no node address of its family", "block", p, "node", b.GetNode())
 			continue
@@ -93,8 +95,7 @@ func (a *Agent) watchOnce(ctx context.Context, applied map[netip.Prefix]remoteBl
 	}
 }
 
-// pickNodeIP returns the first node address of the block's family; in
-// tunnel mode the underlay may be IPv4 for IPv6 blocks too.
+// pickNodeIP returns the node's first IPv4 (v4) or IPv6 address.
 func pickNodeIP(addrs []string, v4 bool) (netip.Addr, bool) {
 	for _, s := range addrs {
 		if a, err := netip.ParseAddr(s); err == nil && a.Is4() == v4 {

@@ -54,6 +54,8 @@ type Config struct {
 	NetnsPrefix string
 	// PodCIDR is the default pool's IPv4 CIDR.
 	PodCIDR string
+	// PodCIDR6, if set, makes the default pool dual stack.
+	PodCIDR6 string
 	// DatapathArgs are extra flags for every axon-datapath.
 	DatapathArgs []string
 }
@@ -127,7 +129,7 @@ func (c Config) datapath(n simNode) Component {
 	comp := Component{
 		Name: "datapath", Label: n.Name, Target: "unix://" + sock, Netns: n.Path(),
 		Args: []string{
-			"--node-name", n.Name, "--node-ip", n.IP.String(),
+			"--node-name", n.Name, "--node-ip", n.IP.String() + "," + n.IP6.String(),
 			"--ipam-target", "unix://" + c.ipamSocket(),
 			"--grpc-addr", "", "--grpc-socket", sock, "--metrics-addr", "",
 			"--state-dir", filepath.Join(dir, "endpoints"),
@@ -168,6 +170,7 @@ type Node struct {
 	// Netns is the path of the node's network namespace.
 	Netns string
 	IP    netip.Addr
+	IP6   netip.Addr
 	// DatapathSocket is the unix socket of the node's axon-datapath.
 	DatapathSocket string
 	// DeleteQueue is where the node's axon-cni queues DELs.
@@ -226,11 +229,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	if err != nil {
 		return nil, err
 	}
-	c.Outside = Node{Name: outside.Name, Netns: outside.Path(), IP: outside.IP}
+	c.Outside = Node{Name: outside.Name, Netns: outside.Path(), IP: outside.IP, IP6: outside.IP6}
 	c.simNodes, c.datapaths = nodes, procs
 	for _, n := range nodes {
 		c.Nodes = append(c.Nodes, Node{
-			Name: n.Name, Netns: n.Path(), IP: n.IP,
+			Name: n.Name, Netns: n.Path(), IP: n.IP, IP6: n.IP6,
 			DatapathSocket: strings.TrimPrefix(cfg.datapath(n).Target, "unix://"),
 			DeleteQueue:    filepath.Join(cfg.StateDir, n.Name, "cni-deletes"),
 		})

@@ -26,6 +26,7 @@ type simNode struct {
 	Name  string
 	Netns string // the namespace's name (ip netns)
 	IP    netip.Addr
+	IP6   netip.Addr
 }
 
 // Path is the node namespace's path for nsenter and CNI.
@@ -33,7 +34,10 @@ func (n simNode) Path() string { return "/var/run/netns/" + n.Netns }
 
 // underlayPrefix holds the simulated nodes' addresses. It exists only
 // inside namespaces this package creates.
-var underlayPrefix = netip.MustParsePrefix("192.168.251.0/24")
+var (
+	underlayPrefix  = netip.MustParsePrefix("192.168.251.0/24")
+	underlayPrefix6 = netip.MustParsePrefix("fd00:251::/64")
+)
 
 func ip(args ...string) error {
 	out, err := exec.Command("ip", args...).CombinedOutput()
@@ -91,6 +95,7 @@ func setupNodes(prefix string, n int) (nodes []simNode, outside simNode, teardow
 			return nil, simNode{}, teardown, fmt.Errorf("too many nodes for %s", underlayPrefix)
 		}
 		node.IP = addr
+		node.IP6, _ = nth(underlayPrefix6, index)
 		if err := ip("netns", "add", node.Netns); err != nil {
 			return nil, simNode{}, teardown, err
 		}
@@ -100,6 +105,7 @@ func setupNodes(prefix string, n int) (nodes []simNode, outside simNode, teardow
 			{"link", "add", "eth0", "netns", node.Netns, "type", "veth", "peer", "name", port, "netns", underlay},
 			{"-n", underlay, "link", "set", port, "master", "br0", "up"},
 			{"-n", node.Netns, "addr", "add", netip.PrefixFrom(addr, underlayPrefix.Bits()).String(), "dev", "eth0"},
+			{"-n", node.Netns, "addr", "add", netip.PrefixFrom(node.IP6, underlayPrefix6.Bits()).String(), "dev", "eth0", "nodad"},
 			{"-n", node.Netns, "link", "set", "eth0", "up"},
 			{"-n", node.Netns, "link", "set", "lo", "up"},
 		} {
@@ -143,7 +149,7 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 		log.Warn("not root: simulated nodes and their datapaths are not started (they need network namespaces)")
 		return nil, simNode{}, nil, nil
 	}
-	if err := ensureDefaultPool(ctx, "unix://"+cfg.ipamSocket(), cfg.PodCIDR); err != nil {
+	if err := ensureDefaultPool(ctx, "unix://"+cfg.ipamSocket(), cfg.PodCIDR, cfg.PodCIDR6); err != nil {
 		return nil, simNode{}, nil, err
 	}
 	nodes, outside, teardown, err := setupNodes(cfg.NetnsPrefix, cfg.Nodes)
@@ -179,8 +185,8 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 }
 
 // ensureDefaultPool creates the default pool the nodes' first blocks come
-// from, unless a pool of that name exists.
-func ensureDefaultPool(ctx context.Context, target, cidr string) error {
+// from (dual stack when cidr6 is set), unless a pool of that name exists.
+func ensureDefaultPool(ctx context.Context, target, cidr, cidr6 string) error {
 	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -189,9 +195,11 @@ func ensureDefaultPool(ctx context.Context, target, cidr string) error {
 	c := ipamv1alpha1.NewIPAMServiceClient(conn)
 	_, err = c.GetPool(ctx, &ipamv1alpha1.GetPoolRequest{Name: "default"})
 	if status.Code(err) == codes.NotFound {
-		_, err = c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{
-			Name: "default", Default: true, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{cidr}},
-		}})
+		p := &ipamv1alpha1.Pool{Name: "default", Default: true, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{cidr}}}
+		if cidr6 != "" {
+			p.Ipv6 = &ipamv1alpha1.PoolFamily{Cidrs: []string{cidr6}}
+		}
+		_, err = c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: p})
 	}
 	if err != nil {
 		return fmt.Errorf("default pool %s: %w", cidr, err)

@@ -1,0 +1,19 @@
+package e2e
+
+import "testing"
+
+// TestDualStackNative gives pods an IPv4 and an IPv6 address and checks
+// IPv6 reaches pods on the same node and, in native mode, on another node.
+func TestDualStackNative(t *testing.T) {
+	e := newEnvMode(t, 2, "native")
+	a, b, c := e.addPod(0, "pod-a"), e.addPod(0, "pod-b"), e.addPod(1, "pod-c")
+	for _, p := range []*pod{a, b, c} {
+		if p.ip6 == "" {
+			t.Fatalf("%s got no IPv6 address", p.name)
+		}
+	}
+	e.ping(a.netns, b.ip6)
+	e.eventually(func() error { return e.tryPing(a.netns, c.ip6) })
+	e.ping(c.netns, a.ip6)
+	e.ping(e.cluster.Nodes[0].Netns, b.ip6)
+}
