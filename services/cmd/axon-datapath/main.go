@@ -29,6 +29,7 @@ func main() {
 	cfg := agent.Config{NodeName: host, RoutingMode: agent.ModeTunnel, Masquerade: true}
 	var ipamTarget, nodeIPs string
 	gcMinAge := time.Minute
+	healthInterval := 5 * time.Second
 	os.Exit(daemon.Main(daemon.Spec{
 		Name: "datapath",
 		Defaults: daemon.Defaults{
@@ -45,6 +46,7 @@ func main() {
 			fs.StringVar(&cfg.StateDir, "state-dir", "/var/run/axon/datapath", "`directory` of the endpoint records")
 			fs.StringVar(&cfg.DeleteQueue, "cni-delete-queue", "/var/run/axon/cni-deletes", "`directory` where axon-cni queues DELs while the datapath is down")
 			fs.BoolVar(&cfg.Masquerade, "masquerade", cfg.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")
+			fs.DurationVar(&healthInterval, "health-probe-interval", healthInterval, "how often peers' health endpoints are probed")
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
 		},
@@ -80,9 +82,15 @@ func main() {
 			bg, cancel := context.WithCancel(context.Background())
 			d.OnShutdown(func() error { cancel(); return nil })
 			go func() {
-				if startWithRetry(bg, a, d) {
-					a.RunRemoteWatch(bg)
+				if !startWithRetry(bg, a, d) {
+					return
 				}
+				go func() {
+					if err := a.RunHealth(bg, healthInterval); err != nil {
+						d.Logger().Error("health endpoint failed", "err", err)
+					}
+				}()
+				a.RunRemoteWatch(bg)
 			}()
 			go a.RunReleaseRetries(bg)
 			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a, gcMinAge))

@@ -81,6 +81,8 @@ type Agent struct {
 	bpf     Datapath
 	store   store
 
+	health healthState
+
 	mu      sync.Mutex // guards the fields below and serializes endpoint changes
 	routers []netip.Addr
 	nextID  uint32

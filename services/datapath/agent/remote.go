@@ -73,7 +73,14 @@ func (a *Agent) watchOnce(ctx context.Context, applied map[netip.Prefix]remoteBl
 		}
 		if ev.GetType() == commonv1alpha1.EventType_EVENT_TYPE_DELETED {
 			a.removeRemote(p, applied)
+			if b.GetRouterIp() != "" {
+				a.health.forgetPeer(b.GetNode())
+			}
 			continue
+		}
+		if rip, err := netip.ParseAddr(b.GetRouterIp()); err == nil && rip.Is4() {
+			nip, _ := pickNodeIP(ev.GetNodeAddresses(), true)
+			a.health.notePeer(b.GetNode(), nip, rip)
 		}
 		seen[p] = true
 		// The overlay runs over the node's IPv4 underlay for both families;
@@ -122,7 +129,9 @@ func (a *Agent) applyRemote(p netip.Prefix, rb remoteBlock) error {
 		return fmt.Errorf("find %s: %w", VXLANDevice, err)
 	}
 	// Traffic the node itself sends to the block goes into the overlay;
-	// the device's egress program picks the tunnel endpoint.
+	// the device's egress program picks the tunnel endpoint. Its source
+	// stays the node's underlay address, so replies return over the
+	// underlay.
 	return h.RouteReplace(&netlink.Route{Dst: dst, LinkIndex: vx.Attrs().Index, Scope: netlink.SCOPE_LINK, MTU: a.cfg.MTU})
 }
 

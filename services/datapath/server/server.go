@@ -135,3 +135,8 @@ func (s *Server) CheckReady(context.Context, *datapathv1alpha1.CheckReadyRequest
 func (s *Server) GetNodeConfig(context.Context, *datapathv1alpha1.GetNodeConfigRequest) (*datapathv1alpha1.GetNodeConfigResponse, error) {
 	return &datapathv1alpha1.GetNodeConfigResponse{Config: s.agent.NodeConfig()}, nil
 }
+
+// GetNodeStatus implements DatapathService.
+func (s *Server) GetNodeStatus(context.Context, *datapathv1alpha1.GetNodeStatusRequest) (*datapathv1alpha1.GetNodeStatusResponse, error) {
+	return &datapathv1alpha1.GetNodeStatusResponse{Status: s.agent.NodeStatus()}, nil
+}
