@@ -9,8 +9,9 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// Objects is the datapath loaded into the kernel: its two programs and four
-// maps. It is safe for concurrent use; map updates are atomic per entry.
+// Objects is the datapath loaded into the kernel: its three programs and six
+// maps (endpoints and remote blocks per IP family, config, counters). It is
+// safe for concurrent use; map updates are atomic per entry.
 type Objects struct {
 	objs datapathObjects
 }

@@ -36,6 +36,11 @@ type datapathAxonEndpointKey struct {
 	Ip4 uint32
 }
 
+type datapathAxonEndpointKey6 struct {
+	_   structs.HostLayout
+	Ip6 [16]uint8
+}
+
 type datapathAxonMode uint32
 
 const (
@@ -54,6 +59,12 @@ type datapathAxonRemoteKey4 struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	Ip4       uint32
+}
+
+type datapathAxonRemoteKey6 struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Ip6       [16]uint8
 }
 
 type datapathAxonStat uint32
@@ -80,7 +91,9 @@ const (
 const (
 	datapathMapAxonConfig       = "axon_config"
 	datapathMapAxonEndpoints    = "axon_endpoints"
+	datapathMapAxonEndpoints6   = "axon_endpoints6"
 	datapathMapAxonRemote4      = "axon_remote4"
+	datapathMapAxonRemote6      = "axon_remote6"
 	datapathMapAxonStats        = "axon_stats"
 	datapathProgAxonFromOverlay = "axon_from_overlay"
 	datapathProgAxonFromPod     = "axon_from_pod"
@@ -138,10 +151,12 @@ type datapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
-	AxonConfig    *ebpf.MapSpec `ebpf:"axon_config"`
-	AxonEndpoints *ebpf.MapSpec `ebpf:"axon_endpoints"`
-	AxonRemote4   *ebpf.MapSpec `ebpf:"axon_remote4"`
-	AxonStats     *ebpf.MapSpec `ebpf:"axon_stats"`
+	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
+	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
+	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
+	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
 }
 
 // datapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -170,17 +185,21 @@ func (o *datapathObjects) Close() error {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
-	AxonConfig    *ebpf.Map `ebpf:"axon_config"`
-	AxonEndpoints *ebpf.Map `ebpf:"axon_endpoints"`
-	AxonRemote4   *ebpf.Map `ebpf:"axon_remote4"`
-	AxonStats     *ebpf.Map `ebpf:"axon_stats"`
+	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
+	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
+	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
+	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
+	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
 }
 
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.AxonConfig,
 		m.AxonEndpoints,
+		m.AxonEndpoints6,
 		m.AxonRemote4,
+		m.AxonRemote6,
 		m.AxonStats,
 	)
 }

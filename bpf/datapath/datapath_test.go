@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -111,6 +112,8 @@ func TestSpec(t *testing.T) {
 	}{
 		{datapathMapAxonEndpoints, ebpf.Hash, 4, 28, 65536, 0},
 		{datapathMapAxonRemote4, ebpf.LPMTrie, 8, 8, 16384, unix.BPF_F_NO_PREALLOC},
+		{datapathMapAxonEndpoints6, ebpf.Hash, 16, 28, 65536, 0},
+		{datapathMapAxonRemote6, ebpf.LPMTrie, 20, 8, 16384, unix.BPF_F_NO_PREALLOC},
 		{datapathMapAxonConfig, ebpf.Array, 4, 16, 1, 0},
 		{datapathMapAxonStats, ebpf.PerCPUArray, 4, 8, uint32(datapathAxonStatAXON_STAT_MAX), 0},
 	} {
@@ -129,8 +132,48 @@ func TestSpec(t *testing.T) {
 			t.Errorf("map %s pinning %v, want PinByName", want.name, m.Pinning)
 		}
 	}
-	if len(spec.Maps) != 4 {
-		t.Errorf("maps %v, want exactly 4 (no .bss/.data/.rodata)", keys(spec.Maps))
+	if len(spec.Maps) != 6 {
+		t.Errorf("maps %v, want exactly 6 (no .bss/.data/.rodata)", keys(spec.Maps))
+	}
+	// The counters are the size of a pinned map: 12 on running nodes.
+	if datapathAxonStatAXON_STAT_MAX != 12 {
+		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", datapathAxonStatAXON_STAT_MAX)
+	}
+}
+
+// TestLayout pins the Go view of the shared structs (bpf/include/axon/
+// datapath.h): the sizes and offsets the kernel and pinned maps expect.
+func TestLayout(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"sizeof axon_endpoint_key", unsafe.Sizeof(datapathAxonEndpointKey{}), 4},
+		{"sizeof axon_endpoint_key6", unsafe.Sizeof(datapathAxonEndpointKey6{}), 16},
+		{"sizeof axon_endpoint", unsafe.Sizeof(datapathAxonEndpoint{}), 28},
+		{"sizeof axon_remote_key4", unsafe.Sizeof(datapathAxonRemoteKey4{}), 8},
+		{"sizeof axon_remote_key6", unsafe.Sizeof(datapathAxonRemoteKey6{}), 20},
+		{"offsetof axon_remote_key6.ip6", unsafe.Offsetof(datapathAxonRemoteKey6{}.Ip6), 4},
+		{"sizeof axon_remote", unsafe.Sizeof(datapathAxonRemote{}), 8},
+		{"sizeof axon_config", unsafe.Sizeof(datapathAxonConfig{}), 16},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
+		}
+	}
+	// Both families share the value types: the BTF of the maps says so.
+	spec, err := loadDatapath()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]string{
+		{datapathMapAxonEndpoints, datapathMapAxonEndpoints6},
+		{datapathMapAxonRemote4, datapathMapAxonRemote6},
+	} {
+		v4, v6 := spec.Maps[pair[0]].Value, spec.Maps[pair[1]].Value
+		if v4 == nil || v6 == nil || v4.TypeName() != v6.TypeName() {
+			t.Errorf("values of %s and %s: %v and %v, want the same struct", pair[0], pair[1], v4, v6)
+		}
 	}
 }
 
@@ -173,10 +216,11 @@ func TestObjectReproducible(t *testing.T) {
 
 // TestConversions checks the Go-to-map conversions without the kernel.
 func TestConversions(t *testing.T) {
-	k, err := endpointKey(netip.MustParseAddr("10.1.2.3"))
+	ip, err := podAddr(netip.MustParseAddr("10.1.2.3"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	k := endpointKey4(ip)
 	// Network order: the bytes in memory are 10, 1, 2, 3 whatever the host.
 	var b [4]byte
 	binary.NativeEndian.PutUint32(b[:], k.Ip4)
@@ -186,16 +230,32 @@ func TestConversions(t *testing.T) {
 	if got := addr4(k.Ip4); got != netip.MustParseAddr("10.1.2.3") {
 		t.Errorf("round trip %s", got)
 	}
-	if k2, err := endpointKey(netip.MustParseAddr("::ffff:10.1.2.3")); err != nil || k2 != k {
-		t.Errorf("IPv4-mapped: %v %v", k2, err)
+	if m, err := podAddr(netip.MustParseAddr("::ffff:10.1.2.3")); err != nil || m != ip {
+		t.Errorf("IPv4-mapped: %v %v", m, err)
 	}
 
-	rk, err := remoteKey(netip.MustParsePrefix("10.244.7.9/24"))
+	ip6, err := podAddr(netip.MustParseAddr("fd00:10:244:1::a"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rk.Prefixlen != 24 || addr4(rk.Ip4) != netip.MustParseAddr("10.244.7.0") {
+	k6 := endpointKey6(ip6)
+	if want := [16]byte{0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x0a}; k6.Ip6 != want {
+		t.Errorf("IPv6 key bytes % x, want % x (network order)", k6.Ip6, want)
+	}
+
+	p, err := remotePrefix(netip.MustParsePrefix("10.244.7.9/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk := remoteKey4(p); rk.Prefixlen != 24 || addr4(rk.Ip4) != netip.MustParseAddr("10.244.7.0") {
 		t.Errorf("remote key %+v, want 10.244.7.0/24 masked", rk)
+	}
+	p6, err := remotePrefix(netip.MustParsePrefix("fd00:10:244:2::99/64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rk := remoteKey6(p6); rk.Prefixlen != 64 || netip.AddrFrom16(rk.Ip6) != netip.MustParseAddr("fd00:10:244:2::") {
+		t.Errorf("IPv6 remote key %+v, want fd00:10:244:2::/64 masked", rk)
 	}
 
 	for _, tc := range []struct {
@@ -203,13 +263,19 @@ func TestConversions(t *testing.T) {
 		err  error
 		fn   func() error
 	}{
-		{"v6 endpoint", ErrIPv6Unsupported, func() error { _, err := endpointKey(netip.MustParseAddr("fd00::1")); return err }},
-		{"zero endpoint", ErrInvalidAddress, func() error { _, err := endpointKey(netip.Addr{}); return err }},
-		{"0.0.0.0", ErrInvalidAddress, func() error { _, err := endpointKey(netip.MustParseAddr("0.0.0.0")); return err }},
-		{"multicast", ErrInvalidAddress, func() error { _, err := endpointKey(netip.MustParseAddr("224.0.0.1")); return err }},
-		{"v6 prefix", ErrIPv6Unsupported, func() error { _, err := remoteKey(netip.MustParsePrefix("fd00::/64")); return err }},
-		{"zero prefix", ErrInvalidPrefix, func() error { _, err := remoteKey(netip.Prefix{}); return err }},
-		{"short mapped prefix", ErrInvalidPrefix, func() error { _, err := remoteKey(netip.MustParsePrefix("::ffff:0.0.0.0/80")); return err }},
+		{"zero endpoint", ErrInvalidAddress, func() error { _, err := podAddr(netip.Addr{}); return err }},
+		{"0.0.0.0", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("0.0.0.0")); return err }},
+		{"multicast", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("224.0.0.1")); return err }},
+		{"::", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("::")); return err }},
+		{"::1", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("::1")); return err }},
+		{"v6 link-local", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("fe80::1")); return err }},
+		{"v6 zone", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("fd00::1%eth0")); return err }},
+		{"v6 multicast", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("ff02::1")); return err }},
+		{"v6 node address", ErrIPv6Unsupported, func() error { _, err := unicast4(netip.MustParseAddr("fd00::1")); return err }},
+		{"zero prefix", ErrInvalidPrefix, func() error { _, err := remotePrefix(netip.Prefix{}); return err }},
+		{"short mapped prefix", ErrInvalidPrefix, func() error { _, err := remotePrefix(netip.MustParsePrefix("::ffff:0.0.0.0/80")); return err }},
+		{"link-local prefix", ErrInvalidPrefix, func() error { _, err := remotePrefix(netip.MustParsePrefix("fe80::/64")); return err }},
+		{"multicast prefix", ErrInvalidPrefix, func() error { _, err := remotePrefix(netip.MustParsePrefix("ff05::/16")); return err }},
 		{"short MAC", ErrInvalidMAC, func() error { _, err := mac(net.HardwareAddr{1, 2, 3}, "pod MAC"); return err }},
 		{"ifindex 0", ErrInvalidIfindex, func() error { _, err := ifindex(0); return err }},
 	} {
@@ -217,8 +283,12 @@ func TestConversions(t *testing.T) {
 			t.Errorf("%s: error %v, want %v", tc.name, err, tc.err)
 		}
 	}
-	if rk, err := remoteKey(netip.MustParsePrefix("::ffff:10.0.0.0/104")); err != nil || rk.Prefixlen != 8 {
-		t.Errorf("mapped prefix: %+v %v", rk, err)
+	if p, err := remotePrefix(netip.MustParsePrefix("::ffff:10.0.0.0/104")); err != nil || p != netip.MustParsePrefix("10.0.0.0/8") {
+		t.Errorf("mapped prefix: %v %v", p, err)
+	}
+	// A block wider than the link-local range is allowed (e.g. ::/0).
+	if _, err := remotePrefix(netip.MustParsePrefix("::/0")); err != nil {
+		t.Errorf("::/0: %v", err)
 	}
 }
 
@@ -233,14 +303,18 @@ func TestInvalidInput(t *testing.T) {
 		err  error
 		fn   func() error
 	}{
-		{"v6 endpoint", ErrIPv6Unsupported, func() error { return o.PutEndpoint(netip.MustParseAddr("fd00::5"), good) }},
+		{"link-local endpoint", ErrInvalidAddress, func() error { return o.PutEndpoint(netip.MustParseAddr("fe80::5"), good) }},
 		{"no ifindex", ErrInvalidIfindex, func() error { e := good; e.Ifindex = 0; return o.PutEndpoint(ip, e) }},
 		{"no pod MAC", ErrInvalidMAC, func() error { e := good; e.PodMAC = nil; return o.PutEndpoint(ip, e) }},
-		{"v6 remote", ErrIPv6Unsupported, func() error { return o.PutRemote(netip.MustParsePrefix("fd00::/64"), ip) }},
+		{"v6 no ifindex", ErrInvalidIfindex, func() error { e := good; e.Ifindex = 0; return o.PutEndpoint(netip.MustParseAddr("fd00::5"), e) }},
 		{"v6 remote node", ErrIPv6Unsupported, func() error {
 			return o.PutRemote(netip.MustParsePrefix("10.1.0.0/24"), netip.MustParseAddr("fd00::1"))
 		}},
-		{"delete v6", ErrIPv6Unsupported, func() error { return o.DeleteEndpoint(netip.MustParseAddr("fd00::5")) }},
+		{"v6 block, v6 node", ErrIPv6Unsupported, func() error {
+			return o.PutRemote(netip.MustParsePrefix("fd00:1::/64"), netip.MustParseAddr("fd00::1"))
+		}},
+		{"multicast block", ErrInvalidPrefix, func() error { return o.PutRemote(netip.MustParsePrefix("ff00::/8"), ip) }},
+		{"delete link-local", ErrInvalidAddress, func() error { return o.DeleteEndpoint(netip.MustParseAddr("fe80::5")) }},
 		{"bad mode", ErrInvalidMode, func() error { return o.SetConfig(Config{Mode: 9}) }},
 		{"tunnel without device", ErrInvalidIfindex, func() error { return o.SetConfig(Config{Mode: ModeTunnel}) }},
 		{"v6 node IP", ErrIPv6Unsupported, func() error {
@@ -260,38 +334,87 @@ func TestInvalidInput(t *testing.T) {
 	if err := o.DeleteEndpoint(ip); err != nil {
 		t.Errorf("DeleteEndpoint(missing) = %v, want nil (idempotent)", err)
 	}
-	if err := o.DeleteRemote(netip.MustParsePrefix("10.9.0.0/16")); err != nil {
-		t.Errorf("DeleteRemote(missing) = %v, want nil (idempotent)", err)
+	if rs, err := o.Remotes(); err != nil || len(rs) != 0 {
+		t.Errorf("remotes after bad input: %v %v", rs, err)
+	}
+	ip6 := netip.MustParseAddr("fd00::5")
+	if _, err := o.Endpoint(ip6); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Endpoint(missing IPv6) error %v, want ErrNotFound", err)
+	}
+	if err := o.DeleteEndpoint(ip6); err != nil {
+		t.Errorf("DeleteEndpoint(missing IPv6) = %v, want nil (idempotent)", err)
+	}
+	for _, p := range []string{"10.9.0.0/16", "fd00:9::/64"} {
+		if err := o.DeleteRemote(netip.MustParsePrefix(p)); err != nil {
+			t.Errorf("DeleteRemote(missing %s) = %v, want nil (idempotent)", p, err)
+		}
 	}
 }
 
-// TestMapsRoundTrip writes every map through the helpers and reads it back.
+// TestMapsRoundTrip writes every map through the helpers and reads it back,
+// for both families.
 func TestMapsRoundTrip(t *testing.T) {
 	o := mustLoad(t, "")
-	ip := netip.MustParseAddr("10.244.1.7")
-	ep := Endpoint{Ifindex: 42, ID: 7, PodMAC: mustMAC("02:aa:bb:cc:dd:01"), HostMAC: mustMAC("02:aa:bb:cc:dd:02"), Identity: 1234}
-	if err := o.PutEndpoint(ip, ep); err != nil {
-		t.Fatal(err)
+	eps := map[netip.Addr]Endpoint{
+		netip.MustParseAddr("10.244.1.7"):         {Ifindex: 42, ID: 7, PodMAC: mustMAC("02:aa:bb:cc:dd:01"), HostMAC: mustMAC("02:aa:bb:cc:dd:02"), Identity: 1234},
+		netip.MustParseAddr("fd00:10:244:1::7"):   {Ifindex: 42, ID: 7, PodMAC: mustMAC("02:aa:bb:cc:dd:01"), HostMAC: mustMAC("02:aa:bb:cc:dd:02"), Identity: 1234},
+		netip.MustParseAddr("2001:db8:1:2::abcd"): {Ifindex: 43, ID: 8, PodMAC: mustMAC("02:aa:bb:cc:dd:03"), HostMAC: mustMAC("02:aa:bb:cc:dd:04"), Identity: 99},
 	}
-	got, err := o.Endpoint(ip)
-	if err != nil {
-		t.Fatal(err)
+	for ip, ep := range eps {
+		if err := o.PutEndpoint(ip, ep); err != nil {
+			t.Fatal(err)
+		}
+		got, err := o.Endpoint(ip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != ep.String() {
+			t.Errorf("Endpoint(%s) = %v, want %v", ip, got, ep)
+		}
 	}
-	if got.String() != ep.String() {
-		t.Errorf("Endpoint = %v, want %v", got, ep)
+	all, err := o.Endpoints()
+	if err != nil || len(all) != len(eps) {
+		t.Errorf("Endpoints = %v %v", all, err)
 	}
-	eps, err := o.Endpoints()
-	if err != nil || len(eps) != 1 || eps[ip].String() != ep.String() {
-		t.Errorf("Endpoints = %v %v", eps, err)
+	for ip, ep := range eps {
+		if all[ip].String() != ep.String() {
+			t.Errorf("Endpoints[%s] = %v, want %v", ip, all[ip], ep)
+		}
+	}
+	// The families use their own maps.
+	if n := countEntries(t, o.objs.AxonEndpoints); n != 1 {
+		t.Errorf("axon_endpoints has %d entries, want 1", n)
+	}
+	if n := countEntries(t, o.objs.AxonEndpoints6); n != 2 {
+		t.Errorf("axon_endpoints6 has %d entries, want 2", n)
 	}
 
-	prefix := netip.MustParsePrefix("10.244.2.0/24")
 	node := netip.MustParseAddr("192.0.2.2")
-	if err := o.PutRemote(prefix, node); err != nil {
+	remotes := map[netip.Prefix]netip.Addr{
+		netip.MustParsePrefix("10.244.2.0/24"):      node,
+		netip.MustParsePrefix("fd00:10:244:2::/64"): node,
+		netip.MustParsePrefix("2001:db8:3::/48"):    netip.MustParseAddr("192.0.2.3"),
+	}
+	for p, n := range remotes {
+		if err := o.PutRemote(p, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Host bits are masked off.
+	if err := o.PutRemote(netip.MustParsePrefix("fd00:10:244:2::1/64"), node); err != nil {
 		t.Fatal(err)
 	}
-	if rs, err := o.Remotes(); err != nil || len(rs) != 1 || rs[prefix] != node {
+	if rs, err := o.Remotes(); err != nil || len(rs) != len(remotes) {
 		t.Errorf("Remotes = %v %v", rs, err)
+	} else {
+		for p, n := range remotes {
+			if rs[p] != n {
+				t.Errorf("Remotes[%s] = %s, want %s", p, rs[p], n)
+			}
+		}
+	}
+	if n := countEntries(t, o.objs.AxonRemote6); n != 2 {
+		t.Errorf("axon_remote6 has %d entries, want 2", n)
 	}
 
 	cfg := Config{Mode: ModeTunnel, VXLANIfindex: 3, NodeIP: netip.MustParseAddr("192.0.2.1")}
@@ -302,11 +425,15 @@ func TestMapsRoundTrip(t *testing.T) {
 		t.Errorf("Config = %+v %v, want %+v", got, err, cfg)
 	}
 
-	if err := o.DeleteEndpoint(ip); err != nil {
-		t.Fatal(err)
+	for ip := range eps {
+		if err := o.DeleteEndpoint(ip); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := o.DeleteRemote(prefix); err != nil {
-		t.Fatal(err)
+	for p := range remotes {
+		if err := o.DeleteRemote(p); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if eps, _ := o.Endpoints(); len(eps) != 0 {
 		t.Errorf("endpoints after delete: %v", eps)
@@ -314,6 +441,22 @@ func TestMapsRoundTrip(t *testing.T) {
 	if rs, _ := o.Remotes(); len(rs) != 0 {
 		t.Errorf("remotes after delete: %v", rs)
 	}
+}
+
+func countEntries(t *testing.T, m *ebpf.Map) int {
+	t.Helper()
+	var (
+		n    int
+		k, v []byte
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func (e Endpoint) String() string {
@@ -331,6 +474,8 @@ func TestLoadPinned(t *testing.T) {
 	for _, pair := range [][2]*ebpf.Map{
 		{a.objs.AxonEndpoints, b.objs.AxonEndpoints},
 		{a.objs.AxonRemote4, b.objs.AxonRemote4},
+		{a.objs.AxonEndpoints6, b.objs.AxonEndpoints6},
+		{a.objs.AxonRemote6, b.objs.AxonRemote6},
 		{a.objs.AxonConfig, b.objs.AxonConfig},
 		{a.objs.AxonStats, b.objs.AxonStats},
 	} {
@@ -366,6 +511,43 @@ func TestLoadPinned(t *testing.T) {
 	c := mustLoad(t, dir)
 	if got, err := c.Endpoint(ip); err != nil || got.String() != ep.String() {
 		t.Fatalf("after a restart: %v, %v", got, err)
+	}
+}
+
+// TestLoadPinnedUpgrade: a node that runs the IPv4-only datapath has pins
+// of the four IPv4 maps only. Loading this build reuses them (entries kept)
+// and pins the new IPv6 maps beside them.
+func TestLoadPinnedUpgrade(t *testing.T) {
+	requireBPF(t)
+	dir := pinDir(t)
+	old := mustLoad(t, dir)
+	ip := netip.MustParseAddr("10.244.1.9")
+	ep := Endpoint{Ifindex: 9, PodMAC: mustMAC("02:00:00:00:01:01"), HostMAC: mustMAC("02:00:00:00:01:02")}
+	if err := old.PutEndpoint(ip, ep); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	for _, name := range []string{datapathMapAxonEndpoints6, datapathMapAxonRemote6} {
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	n := mustLoad(t, dir)
+	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
+		t.Fatalf("IPv4 endpoint after the upgrade: %v, %v", got, err)
+	}
+	for _, name := range []string{datapathMapAxonEndpoints6, datapathMapAxonRemote6} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("pin of %s: %v", name, err)
+		}
+	}
+	ip6 := netip.MustParseAddr("fd00:10:244:1::9")
+	if err := n.PutEndpoint(ip6, ep); err != nil {
+		t.Fatal(err)
+	}
+	if eps, err := n.Endpoints(); err != nil || len(eps) != 2 {
+		t.Errorf("endpoints after the upgrade: %v %v", eps, err)
 	}
 }
 
@@ -472,7 +654,7 @@ func keys[V any](m map[string]V) []string {
 // it, to keep an eye on complexity.
 func TestVerifier(t *testing.T) {
 	o := mustLoad(t, "")
-	for name, p := range map[string]*ebpf.Program{"axon_from_pod": o.FromPod(), "axon_from_overlay": o.FromOverlay()} {
+	for name, p := range map[string]*ebpf.Program{"axon_from_pod": o.FromPod(), "axon_from_overlay": o.FromOverlay(), "axon_to_overlay": o.ToOverlay()} {
 		info, err := p.Info()
 		if err != nil {
 			t.Fatal(err)

@@ -7,18 +7,25 @@
 // a pod is a map write ([Objects.PutEndpoint]) plus a tcx attach of
 // [Objects.FromPod] on its host-side veth, never a compile or a load.
 //
-//   - axon_from_pod (tcx ingress of each host-side veth): IPv4 to a pod on
-//     this node is redirected straight into the pod (bpf_redirect_peer);
-//     IPv4 to a remote node's block is encapsulated through the flow-based
-//     VXLAN device (tunnel mode) or routed with the FIB and
-//     bpf_redirect_neigh (native mode); everything else goes to the kernel
-//     (TCX_NEXT), which routes and masquerades it.
+//   - axon_from_pod (tcx ingress of each host-side veth): IPv4 or IPv6 to a
+//     pod on this node is redirected straight into the pod
+//     (bpf_redirect_peer); to a remote node's block it is encapsulated
+//     through the flow-based VXLAN device (tunnel mode) or routed with the
+//     FIB and bpf_redirect_neigh (native mode); everything else goes to the
+//     kernel (TCX_NEXT), which routes and masquerades it.
 //   - axon_from_overlay (tcx ingress of axon_vxlan; in native mode it also
-//     serves the underlay device): IPv4 for a pod on this node is redirected
-//     into the pod; everything else goes to the kernel.
+//     serves the underlay device): IPv4 or IPv6 for a pod on this node is
+//     redirected into the pod; everything else goes to the kernel.
+//   - axon_to_overlay (tcx egress of axon_vxlan): sets the tunnel endpoint
+//     of packets the node's stack routes into the overlay.
 //
-// IPv6 is not forwarded yet: the programs leave it to the kernel and the
-// helpers refuse IPv6 input with [ErrIPv6Unsupported].
+// Dual stack: each family has its own endpoint and remote-block maps
+// (axon_endpoints/axon_endpoints6, axon_remote4/axon_remote6) with the same
+// values, and the helpers pick the map by the address. The underlay is IPv4:
+// IPv6 blocks are tunnelled to their node's IPv4 address, and IPv6 node
+// addresses are refused with [ErrIPv6Unsupported]. IPv6 that the node must
+// handle itself, neighbour discovery and link-local or multicast
+// destinations, always goes to the kernel.
 //
 // [Load] pins the maps by name under a per-node directory on bpffs and
 // reuses pins that already exist, so an agent that restarts finds its

@@ -14,9 +14,11 @@ import (
 // Errors for input the datapath cannot represent. They are wrapped with
 // details; test with errors.Is.
 var (
-	ErrIPv6Unsupported = errors.New("datapath: IPv6 is not supported yet")
-	ErrInvalidAddress  = errors.New("datapath: invalid IPv4 address")
-	ErrInvalidPrefix   = errors.New("datapath: invalid IPv4 prefix")
+	// ErrIPv6Unsupported: the underlay (tunnel endpoints, the node's own
+	// address) is IPv4 only. Pod addresses and blocks may be IPv6.
+	ErrIPv6Unsupported = errors.New("datapath: IPv6 underlay addresses are not supported (the underlay is IPv4)")
+	ErrInvalidAddress  = errors.New("datapath: invalid IP address")
+	ErrInvalidPrefix   = errors.New("datapath: invalid IP prefix")
 	ErrInvalidMAC      = errors.New("datapath: invalid MAC address (want 6 bytes)")
 	ErrInvalidIfindex  = errors.New("datapath: invalid interface index")
 	ErrInvalidMode     = errors.New("datapath: invalid mode")
@@ -56,7 +58,9 @@ type Config struct {
 	// VXLANIfindex is the ifindex of axon_vxlan; required in ModeTunnel.
 	VXLANIfindex int
 	// NodeIP is this node's underlay IPv4, used as the outer source address
-	// in tunnel mode. The zero Addr lets the kernel pick it by route.
+	// in tunnel mode (for IPv6 pod traffic too: the underlay is IPv4; an
+	// IPv6 NodeIP is refused with [ErrIPv6Unsupported]). The zero Addr lets
+	// the kernel pick it by route.
 	NodeIP netip.Addr
 }
 
@@ -73,7 +77,8 @@ type Endpoint struct {
 
 // ip4 returns a's four bytes as the kernel stores an IPv4 header field: a
 // __u32 holding network-order bytes, i.e. read in native byte order.
-// IPv4-mapped IPv6 addresses count as IPv4.
+// IPv4-mapped IPv6 addresses count as IPv4. It is for underlay (node)
+// addresses, which are IPv4 only.
 func ip4(a netip.Addr) (uint32, error) {
 	if !a.IsValid() {
 		return 0, fmt.Errorf("%w: zero address", ErrInvalidAddress)
@@ -103,6 +108,25 @@ func unicast4(a netip.Addr) (uint32, error) {
 	return v, nil
 }
 
+// podAddr checks a pod address and returns it unmapped: IPv4 (including
+// IPv4-mapped IPv6) or IPv6. An IPv6 pod address must be unicast beyond the
+// link: the programs leave link-local and multicast destinations to the
+// kernel, so such an endpoint would never be reached.
+func podAddr(a netip.Addr) (netip.Addr, error) {
+	if !a.IsValid() {
+		return a, fmt.Errorf("%w: zero address", ErrInvalidAddress)
+	}
+	a = a.Unmap()
+	if a.Is4() {
+		_, err := unicast4(a)
+		return a, err
+	}
+	if a.Zone() != "" || a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() {
+		return a, fmt.Errorf("%w: %s is not a global or unique local IPv6 unicast address", ErrInvalidAddress, a)
+	}
+	return a, nil
+}
+
 func ifindex(i int) (uint32, error) {
 	if i <= 0 || i > math.MaxInt32 {
 		return 0, fmt.Errorf("%w: %d", ErrInvalidIfindex, i)
@@ -119,14 +143,35 @@ func mac(hw net.HardwareAddr, what string) ([6]uint8, error) {
 	return m, nil
 }
 
-func endpointKey(ip netip.Addr) (datapathAxonEndpointKey, error) {
-	v, err := unicast4(ip)
-	return datapathAxonEndpointKey{Ip4: v}, err
+// endpointMap returns the endpoint map of ip's family and the key of ip in
+// it (*datapathAxonEndpointKey or *datapathAxonEndpointKey6).
+func (o *Objects) endpointMap(ip netip.Addr) (*ebpf.Map, any, error) {
+	ip, err := podAddr(ip)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ip.Is4() {
+		k := endpointKey4(ip)
+		return o.objs.AxonEndpoints, &k, nil
+	}
+	k := endpointKey6(ip)
+	return o.objs.AxonEndpoints6, &k, nil
 }
 
-// PutEndpoint adds or replaces the endpoint with address ip.
+// endpointKey4 and endpointKey6 take addresses podAddr accepted.
+func endpointKey4(ip netip.Addr) datapathAxonEndpointKey {
+	b := ip.As4()
+	return datapathAxonEndpointKey{Ip4: binary.NativeEndian.Uint32(b[:])}
+}
+
+func endpointKey6(ip netip.Addr) datapathAxonEndpointKey6 {
+	return datapathAxonEndpointKey6{Ip6: ip.As16()}
+}
+
+// PutEndpoint adds or replaces the endpoint with address ip (IPv4 or IPv6;
+// a dual-stack pod has one entry per address).
 func (o *Objects) PutEndpoint(ip netip.Addr, ep Endpoint) error {
-	key, err := endpointKey(ip)
+	m, key, err := o.endpointMap(ip)
 	if err != nil {
 		return err
 	}
@@ -142,7 +187,7 @@ func (o *Objects) PutEndpoint(ip netip.Addr, ep Endpoint) error {
 	}
 	v.Id = ep.ID
 	v.Identity = ep.Identity
-	if err := o.objs.AxonEndpoints.Put(&key, &v); err != nil {
+	if err := m.Put(key, &v); err != nil {
 		return fmt.Errorf("put endpoint %s: %w", ip, err)
 	}
 	return nil
@@ -151,11 +196,11 @@ func (o *Objects) PutEndpoint(ip netip.Addr, ep Endpoint) error {
 // DeleteEndpoint removes the endpoint with address ip. Deleting an endpoint
 // that does not exist is not an error.
 func (o *Objects) DeleteEndpoint(ip netip.Addr) error {
-	key, err := endpointKey(ip)
+	m, key, err := o.endpointMap(ip)
 	if err != nil {
 		return err
 	}
-	if err := o.objs.AxonEndpoints.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete endpoint %s: %w", ip, err)
 	}
 	return nil
@@ -164,12 +209,12 @@ func (o *Objects) DeleteEndpoint(ip netip.Addr) error {
 // Endpoint returns the endpoint with address ip, or an error wrapping
 // ErrNotFound.
 func (o *Objects) Endpoint(ip netip.Addr) (Endpoint, error) {
-	key, err := endpointKey(ip)
+	m, key, err := o.endpointMap(ip)
 	if err != nil {
 		return Endpoint{}, err
 	}
 	var v datapathAxonEndpoint
-	if err := o.objs.AxonEndpoints.Lookup(&key, &v); err != nil {
+	if err := m.Lookup(key, &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return Endpoint{}, fmt.Errorf("endpoint %s: %w", ip, ErrNotFound)
 		}
@@ -178,19 +223,28 @@ func (o *Objects) Endpoint(ip netip.Addr) (Endpoint, error) {
 	return endpointFrom(v), nil
 }
 
-// Endpoints returns every endpoint in the map, for reconciliation.
+// Endpoints returns every endpoint in the maps, IPv4 and IPv6, for
+// reconciliation.
 func (o *Objects) Endpoints() (map[netip.Addr]Endpoint, error) {
 	eps := make(map[netip.Addr]Endpoint)
 	var (
-		k datapathAxonEndpointKey
-		v datapathAxonEndpoint
+		k4 datapathAxonEndpointKey
+		k6 datapathAxonEndpointKey6
+		v  datapathAxonEndpoint
 	)
 	it := o.objs.AxonEndpoints.Iterate()
-	for it.Next(&k, &v) {
-		eps[addr4(k.Ip4)] = endpointFrom(v)
+	for it.Next(&k4, &v) {
+		eps[addr4(k4.Ip4)] = endpointFrom(v)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list endpoints: %w", err)
+	}
+	it = o.objs.AxonEndpoints6.Iterate()
+	for it.Next(&k6, &v) {
+		eps[netip.AddrFrom16(k6.Ip6)] = endpointFrom(v)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list IPv6 endpoints: %w", err)
 	}
 	return eps, nil
 }
@@ -205,28 +259,67 @@ func endpointFrom(v datapathAxonEndpoint) Endpoint {
 	}
 }
 
-func remoteKey(p netip.Prefix) (datapathAxonRemoteKey4, error) {
+var (
+	linkLocal6 = netip.MustParsePrefix("fe80::/10")
+	multicast6 = netip.MustParsePrefix("ff00::/8")
+)
+
+// remotePrefix checks a pod block and returns it masked, IPv4-mapped
+// prefixes (::ffff:a.b.c.d/96+n) as IPv4. An IPv6 block inside the
+// link-local or multicast range is refused: the programs never look such
+// destinations up.
+func remotePrefix(p netip.Prefix) (netip.Prefix, error) {
 	if !p.IsValid() {
-		return datapathAxonRemoteKey4{}, fmt.Errorf("%w: %s", ErrInvalidPrefix, p)
+		return p, fmt.Errorf("%w: %s", ErrInvalidPrefix, p)
 	}
 	if a := p.Addr(); a.Is4In6() {
 		if p.Bits() < 96 {
-			return datapathAxonRemoteKey4{}, fmt.Errorf("%w: %s", ErrInvalidPrefix, p)
+			return p, fmt.Errorf("%w: %s", ErrInvalidPrefix, p)
 		}
 		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 	}
-	if !p.Addr().Is4() {
-		return datapathAxonRemoteKey4{}, fmt.Errorf("%w: %s", ErrIPv6Unsupported, p)
-	}
 	p = p.Masked()
-	v, err := ip4(p.Addr())
-	return datapathAxonRemoteKey4{Prefixlen: uint32(p.Bits()), Ip4: v}, err
+	if p.Addr().Is6() {
+		for _, r := range []netip.Prefix{linkLocal6, multicast6} {
+			if p.Bits() >= r.Bits() && r.Contains(p.Addr()) {
+				return p, fmt.Errorf("%w: %s is link-local or multicast", ErrInvalidPrefix, p)
+			}
+		}
+	}
+	return p, nil
 }
 
-// PutRemote routes the pod block prefix (of another node) to that node's
-// underlay address nodeIP. The prefix is masked to its length.
+// remoteKey4 and remoteKey6 take prefixes remotePrefix accepted.
+func remoteKey4(p netip.Prefix) datapathAxonRemoteKey4 {
+	b := p.Addr().As4()
+	return datapathAxonRemoteKey4{Prefixlen: uint32(p.Bits()), Ip4: binary.NativeEndian.Uint32(b[:])}
+}
+
+func remoteKey6(p netip.Prefix) datapathAxonRemoteKey6 {
+	return datapathAxonRemoteKey6{Prefixlen: uint32(p.Bits()), Ip6: p.Addr().As16()}
+}
+
+// remoteMap returns the remote-block map of prefix's family and the key of
+// prefix in it.
+func (o *Objects) remoteMap(prefix netip.Prefix) (*ebpf.Map, any, error) {
+	p, err := remotePrefix(prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	if p.Addr().Is4() {
+		k := remoteKey4(p)
+		return o.objs.AxonRemote4, &k, nil
+	}
+	k := remoteKey6(p)
+	return o.objs.AxonRemote6, &k, nil
+}
+
+// PutRemote routes the pod block prefix (of another node; IPv4 or IPv6) to
+// that node's underlay address nodeIP, the tunnel endpoint in tunnel mode.
+// The underlay is IPv4 for both families: an IPv6 nodeIP is refused with
+// [ErrIPv6Unsupported]. The prefix is masked to its length.
 func (o *Objects) PutRemote(prefix netip.Prefix, nodeIP netip.Addr) error {
-	key, err := remoteKey(prefix)
+	m, key, err := o.remoteMap(prefix)
 	if err != nil {
 		return err
 	}
@@ -234,7 +327,7 @@ func (o *Objects) PutRemote(prefix netip.Prefix, nodeIP netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("node address: %w", err)
 	}
-	if err := o.objs.AxonRemote4.Put(&key, &datapathAxonRemote{NodeIp4: node}); err != nil {
+	if err := m.Put(key, &datapathAxonRemote{NodeIp4: node}); err != nil {
 		return fmt.Errorf("put remote %s: %w", prefix, err)
 	}
 	return nil
@@ -243,29 +336,38 @@ func (o *Objects) PutRemote(prefix netip.Prefix, nodeIP netip.Addr) error {
 // DeleteRemote removes the pod block prefix. Deleting a block that does not
 // exist is not an error.
 func (o *Objects) DeleteRemote(prefix netip.Prefix) error {
-	key, err := remoteKey(prefix)
+	m, key, err := o.remoteMap(prefix)
 	if err != nil {
 		return err
 	}
-	if err := o.objs.AxonRemote4.Delete(&key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := m.Delete(key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete remote %s: %w", prefix, err)
 	}
 	return nil
 }
 
-// Remotes returns every remote block and its node's address.
+// Remotes returns every remote block, IPv4 and IPv6, and its node's
+// (IPv4) address.
 func (o *Objects) Remotes() (map[netip.Prefix]netip.Addr, error) {
 	remotes := make(map[netip.Prefix]netip.Addr)
 	var (
-		k datapathAxonRemoteKey4
-		v datapathAxonRemote
+		k4 datapathAxonRemoteKey4
+		k6 datapathAxonRemoteKey6
+		v  datapathAxonRemote
 	)
 	it := o.objs.AxonRemote4.Iterate()
-	for it.Next(&k, &v) {
-		remotes[netip.PrefixFrom(addr4(k.Ip4), int(k.Prefixlen))] = addr4(v.NodeIp4)
+	for it.Next(&k4, &v) {
+		remotes[netip.PrefixFrom(addr4(k4.Ip4), int(k4.Prefixlen))] = addr4(v.NodeIp4)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list remotes: %w", err)
+	}
+	it = o.objs.AxonRemote6.Iterate()
+	for it.Next(&k6, &v) {
+		remotes[netip.PrefixFrom(netip.AddrFrom16(k6.Ip6), int(k6.Prefixlen))] = addr4(v.NodeIp4)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list IPv6 remotes: %w", err)
 	}
 	return remotes, nil
 }

@@ -114,22 +114,31 @@ func must(t *testing.T, what string, err error) {
 }
 
 // testPod is a pod wired as the agent will wire it: a veth pair with the
-// host side (hostIf) in the node and eth0 in the pod, the pod's /32, a link
-// route to the router IP, a default route via it and a permanent neighbour
-// entry for the router IP pointing at the host side's MAC. The node gets
-// no address and no route for the pod: only the endpoint map entry and the
-// program on the host side.
+// host side (hostIf) in the node and eth0 in the pod, the pod's /32 (/128),
+// a link route to the router IP, a default route via it and a permanent
+// neighbour entry for the router IP pointing at the host side's MAC. The
+// node gets no address and no route for the pod: only the endpoint map
+// entry and the program on the host side.
 type testPod struct {
 	ns      netns.NsHandle
 	h       *netlink.Handle
-	ip      netip.Addr
-	ifindex int // eth0 in the pod
+	ip      netip.Addr // the address the connectivity checks use
+	ip6     netip.Addr // a dual-stack pod's IPv6 address (addAddr)
+	ifindex int        // eth0 in the pod
 	ep      Endpoint
 }
 
+// v6 is the dual-stack pod p seen by its IPv6 address.
+func (p *testPod) v6() *testPod {
+	c := *p
+	c.ip = p.ip6
+	return &c
+}
+
+// addPod adds a pod with the address ip (IPv4 or IPv6) and its router.
 func (n *testNode) addPod(t *testing.T, hostIf string, ip, router netip.Addr, mtu int) *testPod {
 	t.Helper()
-	p := &testPod{ip: ip}
+	p := &testPod{}
 	p.ns, p.h = newTestNS(t)
 
 	veth := &netlink.Veth{
@@ -143,20 +152,8 @@ func (n *testNode) addPod(t *testing.T, hostIf string, ip, router netip.Addr, mt
 	p.ifindex = eth0.Attrs().Index
 	must(t, "set MTU", p.h.LinkSetMTU(eth0, mtu))
 	must(t, "host side up", n.h.LinkSetUp(host))
-
-	must(t, "pod address", p.h.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(32, 32)}}))
 	must(t, "pod up", p.h.LinkSetUp(eth0))
 	must(t, "pod lo up", p.h.LinkSetUp(mustLink(t, p.h, "lo")))
-	routerNet := &net.IPNet{IP: router.AsSlice(), Mask: net.CIDRMask(32, 32)}
-	must(t, "router route", p.h.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Dst: routerNet, Scope: netlink.SCOPE_LINK}))
-	must(t, "default route", p.h.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Gw: router.AsSlice()}))
-	must(t, "router neighbour", p.h.NeighAdd(&netlink.Neigh{
-		LinkIndex:    p.ifindex,
-		Family:       unix.AF_INET,
-		State:        netlink.NUD_PERMANENT,
-		IP:           router.AsSlice(),
-		HardwareAddr: host.Attrs().HardwareAddr,
-	}))
 
 	p.ep = Endpoint{
 		Ifindex: host.Attrs().Index,
@@ -164,9 +161,46 @@ func (n *testNode) addPod(t *testing.T, hostIf string, ip, router netip.Addr, mt
 		PodMAC:  eth0.Attrs().HardwareAddr,
 		HostMAC: host.Attrs().HardwareAddr,
 	}
-	must(t, "put endpoint", n.objs.PutEndpoint(ip, p.ep))
+	n.addAddr(t, p, ip, router)
 	n.attach(t, n.objs.AttachFromPod, p.ep.Ifindex)
 	return p
+}
+
+// addAddr gives the pod the address ip with its router, as the agent does
+// for each address of a dual-stack pod: the address (IPv6 without DAD), a
+// link route to the router, a default route via it, a permanent neighbour
+// entry for it and the endpoint map entry.
+func (n *testNode) addAddr(t *testing.T, p *testPod, ip, router netip.Addr) {
+	t.Helper()
+	bits, family, flags := 32, unix.AF_INET, 0
+	if ip.Is6() {
+		bits, family, flags = 128, unix.AF_INET6, unix.IFA_F_NODAD
+	}
+	eth0, err := p.h.LinkByIndex(p.ifindex)
+	must(t, "find eth0", err)
+	must(t, "pod address "+ip.String(), p.h.AddrAdd(eth0, &netlink.Addr{
+		IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(bits, bits)},
+		Flags: flags,
+	}))
+	routerNet := &net.IPNet{IP: router.AsSlice(), Mask: net.CIDRMask(bits, bits)}
+	must(t, "router route", p.h.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Dst: routerNet, Scope: netlink.SCOPE_LINK}))
+	must(t, "default route", p.h.RouteAdd(&netlink.Route{LinkIndex: p.ifindex, Gw: router.AsSlice()}))
+	must(t, "router neighbour", p.h.NeighAdd(&netlink.Neigh{
+		LinkIndex:    p.ifindex,
+		Family:       family,
+		State:        netlink.NUD_PERMANENT,
+		IP:           router.AsSlice(),
+		HardwareAddr: p.ep.HostMAC,
+	}))
+	must(t, "put endpoint", n.objs.PutEndpoint(ip, p.ep))
+	switch {
+	case !p.ip.IsValid():
+		p.ip = ip
+	case ip.Is6():
+		p.ip6 = ip
+	default:
+		t.Fatalf("pod %s: a second address must be IPv6, not %s", p.ip, ip)
+	}
 }
 
 // connect joins two nodes with an underlay veth pair (name under0 in both)
@@ -192,6 +226,22 @@ func connect(t *testing.T, n1, n2 *testNode, ip1, ip2 netip.Addr) (int, int) {
 	return idx[0], idx[1]
 }
 
+// addUnderlay6 gives under0 of both nodes an IPv6 address (/64, no DAD),
+// for native IPv6 routing.
+func addUnderlay6(t *testing.T, n1, n2 *testNode, ip1, ip2 netip.Addr) {
+	t.Helper()
+	for _, side := range []struct {
+		n  *testNode
+		ip netip.Addr
+	}{{n1, ip1}, {n2, ip2}} {
+		l := mustLink(t, side.n.h, "under0")
+		must(t, "underlay IPv6 address", side.n.h.AddrAdd(l, &netlink.Addr{
+			IPNet: &net.IPNet{IP: side.ip.AsSlice(), Mask: net.CIDRMask(64, 128)},
+			Flags: unix.IFA_F_NODAD,
+		}))
+	}
+}
+
 // addVXLAN creates axon_vxlan as the agent will: flow-based ("external"),
 // UDP 8472.
 func (n *testNode) addVXLAN(t *testing.T) int {
@@ -209,7 +259,7 @@ func (n *testNode) addVXLAN(t *testing.T) int {
 func (n *testNode) addRoute(t *testing.T, dst netip.Prefix, gw netip.Addr) {
 	t.Helper()
 	must(t, "route "+dst.String(), n.h.RouteAdd(&netlink.Route{
-		Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)},
+		Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
 		Gw:  gw.AsSlice(),
 	}))
 }
@@ -269,30 +319,123 @@ func TestRealSameNode(t *testing.T) {
 	})
 }
 
-// TestRealTunnel: pods on two nodes joined by flow-based VXLAN.
+// TestRealSameNode6: TestRealSameNode with IPv6-only pods (/128 addresses,
+// an IPv6 router address with a permanent neighbour entry). The node has no
+// IPv6 address or route for them, only the link-local ones of its veths.
+func TestRealSameNode6(t *testing.T) {
+	requireBPF(t)
+	node := newTestNode(t)
+	node.setConfig(t, Config{Mode: ModeTunnel, VXLANIfindex: node.addVXLAN(t)})
+	router := netip.MustParseAddr("fd00:10:244:1::1")
+	a := node.addPod(t, "lxc-a", netip.MustParseAddr("fd00:10:244:1::a"), router, 1450)
+	b := node.addPod(t, "lxc-b", netip.MustParseAddr("fd00:10:244:1::14"), router, 1450)
+
+	routes, err := node.h.RouteList(nil, unix.AF_INET6)
+	must(t, "list node routes", err)
+	for _, r := range routes {
+		if r.Dst == nil || !r.Dst.IP.IsLinkLocalUnicast() {
+			t.Fatalf("the node has route %v; the test needs none beyond link-local", r)
+		}
+	}
+	for _, p := range []*testPod{a, b} {
+		if _, err := node.h.RouteGet(p.ip.AsSlice()); err == nil {
+			t.Fatalf("the node can route to %s; the test needs it not to", p.ip)
+		}
+	}
+
+	before := node.stats(t)
+	checkConnectivity(t, a, b)
+	if err := udpEcho(b, a); err != nil {
+		t.Fatalf("UDP %s -> %s: %v", b.ip, a.ip, err)
+	}
+	after := node.stats(t)
+	if d := after.ForwardedLocal - before.ForwardedLocal; d < 10 {
+		t.Errorf("forwarded-local grew by %d, want the test's packets (>= 10)", d)
+	}
+	if after.DropTTL != 0 || after.DropMalformed != 0 || after.ToHost != 0 {
+		t.Errorf("unexpected counters: %v", after.Map())
+	}
+	t.Logf("node counters: %v", after.Map())
+
+	t.Run("hop limit", func(t *testing.T) {
+		// A pod's packet with hop limit 1 would expire at the node, its
+		// router: dropped and counted.
+		before := node.stats(t)
+		f := udp6(a.ip, b.ip, 1)
+		copy(f[0:6], a.ep.HostMAC)
+		copy(f[6:12], a.ep.PodMAC)
+		sendRaw(t, a, f)
+		waitCounter(t, node, func(s Stats) uint64 { return s.DropTTL - before.DropTTL }, 1)
+	})
+
+	t.Run("truncated", func(t *testing.T) {
+		// Runt IPv6 frames from a pod: counted and dropped, never forwarded,
+		// and the pod still works afterwards. (Test-run refuses them.)
+		before := node.stats(t)
+		full := udp6(a.ip, b.ip, 64)
+		copy(full[0:6], a.ep.HostMAC)
+		copy(full[6:12], a.ep.PodMAC)
+		sizes := []int{14 + 1, 14 + 20, 14 + 39}
+		for _, size := range sizes {
+			sendRaw(t, a, full[:size])
+		}
+		waitCounter(t, node, func(s Stats) uint64 { return s.DropMalformed - before.DropMalformed }, uint64(len(sizes)))
+		if err := ping(a, b.ip); err != nil {
+			t.Errorf("ping after runts: %v", err)
+		}
+	})
+}
+
+// waitCounter waits up to two seconds for a counter delta to reach want
+// and fails unless it is exactly want.
+func waitCounter(t *testing.T, n *testNode, delta func(Stats) uint64, want uint64) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for delta(n.stats(t)) < want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := delta(n.stats(t)); got != want {
+		t.Errorf("counter grew by %d, want %d (%v)", got, want, n.stats(t).Map())
+	}
+}
+
+// TestRealTunnel: dual-stack pods on two nodes joined by flow-based VXLAN
+// over an IPv4 underlay; IPv6 pod traffic uses the same IPv4 tunnel.
 func TestRealTunnel(t *testing.T) {
 	requireBPF(t)
 	n1, n2 := newTestNode(t), newTestNode(t)
 	ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	connect(t, n1, n2, ip1, ip2)
 	block1, block2 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")
+	block61, block62 := netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("fd00:10:244:2::/64")
 	for _, c := range []struct {
 		n              *testNode
 		self           netip.Addr
-		remote         netip.Prefix
+		remote         []netip.Prefix
 		remoteNodeAddr netip.Addr
-	}{{n1, ip1, block2, ip2}, {n2, ip2, block1, ip1}} {
+	}{{n1, ip1, []netip.Prefix{block2, block62}, ip2}, {n2, ip2, []netip.Prefix{block1, block61}, ip1}} {
 		vx := c.n.addVXLAN(t)
 		c.n.attach(t, c.n.objs.AttachFromOverlay, vx)
 		c.n.setConfig(t, Config{Mode: ModeTunnel, VXLANIfindex: vx, NodeIP: c.self})
-		must(t, "put remote", c.n.objs.PutRemote(c.remote, c.remoteNodeAddr))
+		for _, p := range c.remote {
+			must(t, "put remote", c.n.objs.PutRemote(p, c.remoteNodeAddr))
+		}
 	}
-	// MTU 1450: VXLAN adds 50 bytes on a 1500-byte underlay.
+	// MTU 1450: VXLAN adds 50 bytes on a 1500-byte underlay, whatever the
+	// inner family.
 	a := n1.addPod(t, "lxc-a", netip.MustParseAddr("10.244.1.10"), netip.MustParseAddr("10.244.1.1"), 1450)
 	b := n2.addPod(t, "lxc-b", netip.MustParseAddr("10.244.2.10"), netip.MustParseAddr("10.244.2.1"), 1450)
+	n1.addAddr(t, a, netip.MustParseAddr("fd00:10:244:1::a"), netip.MustParseAddr("fd00:10:244:1::1"))
+	n2.addAddr(t, b, netip.MustParseAddr("fd00:10:244:2::a"), netip.MustParseAddr("fd00:10:244:2::1"))
 
 	checkConnectivity(t, a, b)
+	v4a, v4b := n1.stats(t), n2.stats(t)
+	checkConnectivity(t, a.v6(), b.v6())
 	s1, s2 := n1.stats(t), n2.stats(t)
+	if s1.ForwardedTunnel-v4a.ForwardedTunnel < 5 || s2.OverlayLocal-v4b.OverlayLocal < 5 ||
+		s2.ForwardedTunnel-v4b.ForwardedTunnel < 5 || s1.OverlayLocal-v4a.OverlayLocal < 5 {
+		t.Errorf("IPv6 traffic did not take the tunnel:\nbefore %v %v\nafter %v %v", v4a.Map(), v4b.Map(), s1.Map(), s2.Map())
+	}
 	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())
 	for _, c := range []struct {
 		name        string
@@ -304,35 +447,63 @@ func TestRealTunnel(t *testing.T) {
 	}
 }
 
-// TestRealNative: pods on two nodes joined by plain routing. Each node has a
-// route for the other's block; packets out of a pod go through the FIB and
+// TestRealNative: dual-stack pods on two nodes joined by plain routing. Each
+// node has a route for the other's blocks (the IPv6 one via the other
+// node's IPv6 underlay address, so neighbour discovery crosses
+// axon_from_overlay); packets out of a pod go through the FIB and
 // redirect_neigh, packets in for a pod are delivered by axon_from_overlay
 // on the underlay device (the nodes have no routes for their own pods).
 func TestRealNative(t *testing.T) {
 	requireBPF(t)
 	n1, n2 := newTestNode(t), newTestNode(t)
+	for _, n := range []*testNode{n1, n2} {
+		// The kernel sends no neighbour solicitation before the link-local
+		// address of the device has passed DAD (a second or two after it
+		// comes up); an underlay that has been up for long has.
+		n.sysctl(t, "net/ipv6/conf/default/accept_dad", "0")
+	}
 	ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
 	u1, u2 := connect(t, n1, n2, ip1, ip2)
+	ip61, ip62 := netip.MustParseAddr("2001:db8:ff::1"), netip.MustParseAddr("2001:db8:ff::2")
+	addUnderlay6(t, n1, n2, ip61, ip62)
 	block1, block2 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")
+	block61, block62 := netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("fd00:10:244:2::/64")
 	for _, c := range []struct {
-		n              *testNode
-		underlay       int
-		self           netip.Addr
-		remote         netip.Prefix
-		remoteNodeAddr netip.Addr
-	}{{n1, u1, ip1, block2, ip2}, {n2, u2, ip2, block1, ip1}} {
+		n               *testNode
+		underlay        int
+		self            netip.Addr
+		remote, remote6 netip.Prefix
+		remoteNodeAddr  netip.Addr
+		remoteNodeAddr6 netip.Addr
+	}{{n1, u1, ip1, block2, block62, ip2, ip62}, {n2, u2, ip2, block1, block61, ip1, ip61}} {
 		// bpf_fib_lookup answers FWD_DISABLED without forwarding.
 		c.n.sysctl(t, "net/ipv4/ip_forward", "1")
+		c.n.sysctl(t, "net/ipv6/conf/all/forwarding", "1")
 		c.n.addRoute(t, c.remote, c.remoteNodeAddr)
+		c.n.addRoute(t, c.remote6, c.remoteNodeAddr6)
 		c.n.attach(t, c.n.objs.AttachFromOverlay, c.underlay)
 		c.n.setConfig(t, Config{Mode: ModeNative, NodeIP: c.self})
 		must(t, "put remote", c.n.objs.PutRemote(c.remote, c.remoteNodeAddr))
+		// The underlay address of a block is IPv4 for both families; the
+		// FIB picks the IPv6 next hop.
+		must(t, "put remote6", c.n.objs.PutRemote(c.remote6, c.remoteNodeAddr))
 	}
 	a := n1.addPod(t, "lxc-a", netip.MustParseAddr("10.244.1.10"), netip.MustParseAddr("10.244.1.1"), 1500)
 	b := n2.addPod(t, "lxc-b", netip.MustParseAddr("10.244.2.10"), netip.MustParseAddr("10.244.2.1"), 1500)
+	n1.addAddr(t, a, netip.MustParseAddr("fd00:10:244:1::a"), netip.MustParseAddr("fd00:10:244:1::1"))
+	n2.addAddr(t, b, netip.MustParseAddr("fd00:10:244:2::a"), netip.MustParseAddr("fd00:10:244:2::1"))
 
 	checkConnectivity(t, a, b)
+	v4a, v4b := n1.stats(t), n2.stats(t)
+	checkConnectivity(t, a.v6(), b.v6())
 	s1, s2 := n1.stats(t), n2.stats(t)
+	if s1.ForwardedNative-v4a.ForwardedNative < 5 || s2.OverlayLocal-v4b.OverlayLocal < 5 ||
+		s2.ForwardedNative-v4b.ForwardedNative < 5 || s1.OverlayLocal-v4a.OverlayLocal < 5 {
+		t.Errorf("IPv6 traffic was not routed natively:\nbefore %v %v\nafter %v %v", v4a.Map(), v4b.Map(), s1.Map(), s2.Map())
+	}
+	if s1.NonIPv4 == v4a.NonIPv4 && s2.NonIPv4 == v4b.NonIPv4 {
+		t.Errorf("no neighbour discovery went to the kernel: %v %v", s1.Map(), s2.Map())
+	}
 	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())
 	for _, c := range []struct {
 		name        string
@@ -362,12 +533,16 @@ func checkConnectivity(t *testing.T, a, b *testPod) {
 	}
 }
 
-// ping sends ICMP echo requests from the pod to dst over a raw socket until
-// one is answered (three tries, a second each).
+// ping sends ICMP (ICMPv6 to an IPv6 dst) echo requests from the pod to dst
+// over a raw socket until one is answered (three tries, a second each).
 func ping(from *testPod, dst netip.Addr) error {
+	network, request, reply := "ip4:icmp", byte(8), byte(0)
+	if dst.Is6() {
+		network, request, reply = "ip6:ipv6-icmp", 128, 129
+	}
 	var c net.PacketConn
 	if err := inNetNS(from.ns, func() (err error) {
-		c, err = net.ListenPacket("ip4:icmp", from.ip.String())
+		c, err = net.ListenPacket(network, from.ip.String())
 		return err
 	}); err != nil {
 		return err
@@ -376,8 +551,11 @@ func ping(from *testPod, dst netip.Addr) error {
 	id := uint16(os.Getpid())
 	buf := make([]byte, 1500)
 	for seq := uint16(1); seq <= 3; seq++ {
-		req := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'a', 'x', 'o', 'n'}
-		binary.BigEndian.PutUint16(req[2:], ^onesSum(req))
+		req := []byte{request, 0, 0, 0, byte(id >> 8), byte(id), byte(seq >> 8), byte(seq), 'a', 'x', 'o', 'n'}
+		if !dst.Is6() {
+			// The kernel computes ICMPv6 checksums (pseudo-header) itself.
+			binary.BigEndian.PutUint16(req[2:], ^onesSum(req))
+		}
 		if _, err := c.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 			return err
 		}
@@ -393,7 +571,7 @@ func ping(from *testPod, dst netip.Addr) error {
 				return err
 			}
 			// The raw socket gets every ICMP message: look for our reply.
-			if n >= 8 && buf[0] == 0 && binary.BigEndian.Uint16(buf[4:]) == id &&
+			if n >= 8 && buf[0] == reply && binary.BigEndian.Uint16(buf[4:]) == id &&
 				binary.BigEndian.Uint16(buf[6:]) == seq && addr.String() == dst.String() {
 				return nil
 			}
@@ -402,12 +580,20 @@ func ping(from *testPod, dst netip.Addr) error {
 	return errors.New("no echo reply")
 }
 
+// network is "udp4" or "udp6" (likewise tcp) for ip's family.
+func network(proto string, ip netip.Addr) string {
+	if ip.Is6() {
+		return proto + "6"
+	}
+	return proto + "4"
+}
+
 // udpEcho sends datagrams from a to an echo server in b and expects each
 // back.
 func udpEcho(a, b *testPod) error {
 	var srv, cli *net.UDPConn
 	if err := inNetNS(b.ns, func() (err error) {
-		srv, err = net.ListenUDP("udp4", &net.UDPAddr{IP: b.ip.AsSlice()})
+		srv, err = net.ListenUDP(network("udp", b.ip), &net.UDPAddr{IP: b.ip.AsSlice()})
 		return err
 	}); err != nil {
 		return err
@@ -424,7 +610,7 @@ func udpEcho(a, b *testPod) error {
 		}
 	}()
 	if err := inNetNS(a.ns, func() (err error) {
-		cli, err = net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
+		cli, err = net.DialUDP(network("udp", b.ip), nil, srv.LocalAddr().(*net.UDPAddr))
 		return err
 	}); err != nil {
 		return err
@@ -463,7 +649,7 @@ func udpEcho(a, b *testPod) error {
 func tcpEcho(a, b *testPod, size int) error {
 	var ln net.Listener
 	if err := inNetNS(b.ns, func() (err error) {
-		ln, err = net.Listen("tcp4", net.JoinHostPort(b.ip.String(), "0"))
+		ln, err = net.Listen(network("tcp", b.ip), net.JoinHostPort(b.ip.String(), "0"))
 		return err
 	}); err != nil {
 		return err
@@ -481,7 +667,7 @@ func tcpEcho(a, b *testPod, size int) error {
 	}()
 	var c net.Conn
 	if err := inNetNS(a.ns, func() (err error) {
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		c, err = net.DialTimeout(network("tcp", b.ip), ln.Addr().String(), 5*time.Second)
 		return err
 	}); err != nil {
 		return err
@@ -515,6 +701,9 @@ func tcpEcho(a, b *testPod, size int) error {
 func sendRaw(t *testing.T, p *testPod, frame []byte) {
 	t.Helper()
 	proto := uint16(unix.ETH_P_IP)
+	if len(frame) >= 14 {
+		proto = binary.BigEndian.Uint16(frame[12:])
+	}
 	proto = proto<<8 | proto>>8 // network order
 	if err := inNetNS(p.ns, func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)

@@ -33,8 +33,15 @@ var (
 	remoteNode  = netip.MustParseAddr("192.0.2.2")
 	remotePod   = netip.MustParseAddr("10.244.2.30")
 	outsideIP   = netip.MustParseAddr("198.51.100.7")
-	tunnelCfg   = Config{Mode: ModeTunnel, VXLANIfindex: 1000, NodeIP: netip.MustParseAddr("192.0.2.1")}
-	nativeCfg   = Config{Mode: ModeNative, NodeIP: netip.MustParseAddr("192.0.2.1")}
+	// The same pods with IPv6 addresses (dual stack), and an IPv6 block of
+	// the same remote node: the underlay stays IPv4.
+	podA6        = fixtureEndpoint{netip.MustParseAddr("fd00:10:244:1::a"), podA.ep}
+	podB6        = fixtureEndpoint{netip.MustParseAddr("fd00:10:244:1::14"), podB.ep}
+	remoteBlock6 = netip.MustParsePrefix("fd00:10:244:2::/64")
+	remotePod6   = netip.MustParseAddr("fd00:10:244:2::1e")
+	outsideIP6   = netip.MustParseAddr("2001:db8:100::7")
+	tunnelCfg    = Config{Mode: ModeTunnel, VXLANIfindex: 1000, NodeIP: netip.MustParseAddr("192.0.2.1")}
+	nativeCfg    = Config{Mode: ModeNative, NodeIP: netip.MustParseAddr("192.0.2.1")}
 )
 
 type fixtureEndpoint struct {
@@ -58,14 +65,7 @@ func newRunner(t *testing.T) *runner {
 		t.Fatalf("create netns: %v", err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	for _, e := range []fixtureEndpoint{podA, podB} {
-		if err := objs.PutEndpoint(e.ip, e.ep); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := objs.PutRemote(remoteBlock, remoteNode); err != nil {
-		t.Fatal(err)
-	}
+	putFixture(t, objs)
 	return &runner{objs: objs, ns: ns}
 }
 
@@ -91,7 +91,16 @@ func (r *runner) stats(t *testing.T) Stats {
 	return s
 }
 
-// TestRun feeds crafted frames to both programs and checks verdicts, output
+// Which program a TestRun case runs.
+type progKind int
+
+const (
+	fromPod progKind = iota
+	fromOverlay
+	toOverlay
+)
+
+// TestRun feeds crafted frames to the programs and checks verdicts, output
 // frames and counters.
 func TestRun(t *testing.T) {
 	r := newRunner(t)
@@ -100,55 +109,121 @@ func TestRun(t *testing.T) {
 	const (
 		unchanged want = iota // the frame must come back as it went in
 		toPodB                // rewritten for delivery to podB
+		toPodB6               // rewritten for delivery to podB over IPv6
 	)
 	for _, tc := range []struct {
 		name    string
 		cfg     Config
-		overlay bool // axon_from_overlay instead of axon_from_pod
+		prog    progKind
 		frame   []byte
 		verdict uint32
 		out     want
 		counter string
 	}{
-		{"local", tunnelCfg, false, udp4(podA.ip, podB.ip, 64), verdictRedirect, toPodB, "forwarded-local"},
-		{"local ttl 2", tunnelCfg, false, udp4(podA.ip, podB.ip, 2), verdictRedirect, toPodB, "forwarded-local"},
-		{"local ip options", tunnelCfg, false, withOptions(udp4(podA.ip, podB.ip, 64), 3), verdictRedirect, toPodB, "forwarded-local"},
-		{"local native mode", nativeCfg, false, udp4(podA.ip, podB.ip, 64), verdictRedirect, toPodB, "forwarded-local"},
-		{"local ttl 1", tunnelCfg, false, udp4(podA.ip, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
-		{"local ttl 0", tunnelCfg, false, udp4(podA.ip, podB.ip, 0), verdictDrop, unchanged, "drop-ttl"},
-		{"tunnel", tunnelCfg, false, udp4(podA.ip, remotePod, 64), verdictRedirect, unchanged, "forwarded-tunnel"},
-		{"tunnel block edge", tunnelCfg, false, udp4(podA.ip, netip.MustParseAddr("10.244.2.255"), 64), verdictRedirect, unchanged, "forwarded-tunnel"},
-		{"miss", tunnelCfg, false, udp4(podA.ip, outsideIP, 64), verdictNext, unchanged, "to-host"},
-		{"next to remote block", tunnelCfg, false, udp4(podA.ip, netip.MustParseAddr("10.244.3.1"), 64), verdictNext, unchanged, "to-host"},
+		{"local", tunnelCfg, fromPod, udp4(podA.ip, podB.ip, 64), verdictRedirect, toPodB, "forwarded-local"},
+		{"local ttl 2", tunnelCfg, fromPod, udp4(podA.ip, podB.ip, 2), verdictRedirect, toPodB, "forwarded-local"},
+		{"local ip options", tunnelCfg, fromPod, withOptions(udp4(podA.ip, podB.ip, 64), 3), verdictRedirect, toPodB, "forwarded-local"},
+		{"local native mode", nativeCfg, fromPod, udp4(podA.ip, podB.ip, 64), verdictRedirect, toPodB, "forwarded-local"},
+		{"local ttl 1", tunnelCfg, fromPod, udp4(podA.ip, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
+		{"local ttl 0", tunnelCfg, fromPod, udp4(podA.ip, podB.ip, 0), verdictDrop, unchanged, "drop-ttl"},
+		{"tunnel", tunnelCfg, fromPod, udp4(podA.ip, remotePod, 64), verdictRedirect, unchanged, "forwarded-tunnel"},
+		{"tunnel block edge", tunnelCfg, fromPod, udp4(podA.ip, netip.MustParseAddr("10.244.2.255"), 64), verdictRedirect, unchanged, "forwarded-tunnel"},
+		{"miss", tunnelCfg, fromPod, udp4(podA.ip, outsideIP, 64), verdictNext, unchanged, "to-host"},
+		{"next to remote block", tunnelCfg, fromPod, udp4(podA.ip, netip.MustParseAddr("10.244.3.1"), 64), verdictNext, unchanged, "to-host"},
 		// The private namespace has no routes: the FIB cannot forward.
-		{"native no route", nativeCfg, false, udp4(podA.ip, remotePod, 64), verdictNext, unchanged, "fib-miss"},
-		{"native ttl 1", nativeCfg, false, udp4(podA.ip, remotePod, 1), verdictDrop, unchanged, "drop-ttl"},
-		{"native miss", nativeCfg, false, udp4(podA.ip, outsideIP, 64), verdictNext, unchanged, "to-host"},
-		{"unconfigured", Config{}, false, udp4(podA.ip, podB.ip, 64), verdictNext, unchanged, "unconfigured"},
-		{"ipv6", tunnelCfg, false, ipv6Frame(), verdictNext, unchanged, "non-ipv4"},
-		{"arp", tunnelCfg, false, arpFrame(), verdictNext, unchanged, "non-ipv4"},
+		{"native no route", nativeCfg, fromPod, udp4(podA.ip, remotePod, 64), verdictNext, unchanged, "fib-miss"},
+		{"native ttl 1", nativeCfg, fromPod, udp4(podA.ip, remotePod, 1), verdictDrop, unchanged, "drop-ttl"},
+		{"native miss", nativeCfg, fromPod, udp4(podA.ip, outsideIP, 64), verdictNext, unchanged, "to-host"},
+		{"unconfigured", Config{}, fromPod, udp4(podA.ip, podB.ip, 64), verdictNext, unchanged, "unconfigured"},
+		{"arp", tunnelCfg, fromPod, arpFrame(), verdictNext, unchanged, "non-ipv4"},
 		// Test-run refuses IPv4 frames shorter than an IPv4 header (EINVAL):
 		// TestRealTruncated sends those through a veth instead.
-		{"ipv4 truncated payload", tunnelCfg, false, udp4(podA.ip, podB.ip, 64)[:14+20], verdictRedirect, toPodB, "forwarded-local"},
-		{"ipv4 version 6", tunnelCfg, false, patch(udp4(podA.ip, podB.ip, 64), 14, 0x65), verdictDrop, unchanged, "drop-malformed"},
-		{"ipv4 ihl 4", tunnelCfg, false, patch(udp4(podA.ip, podB.ip, 64), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
+		{"ipv4 truncated payload", tunnelCfg, fromPod, udp4(podA.ip, podB.ip, 64)[:14+20], verdictRedirect, toPodB, "forwarded-local"},
+		{"ipv4 version 6", tunnelCfg, fromPod, patch(udp4(podA.ip, podB.ip, 64), 14, 0x65), verdictDrop, unchanged, "drop-malformed"},
+		{"ipv4 ihl 4", tunnelCfg, fromPod, patch(udp4(podA.ip, podB.ip, 64), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
 
-		{"overlay local", tunnelCfg, true, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
-		{"overlay local native", nativeCfg, true, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
-		{"overlay ttl 1", tunnelCfg, true, udp4(remotePod, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
-		{"overlay miss", tunnelCfg, true, udp4(remotePod, outsideIP, 63), verdictNext, unchanged, "from-overlay-to-host"},
-		{"overlay ipv6", tunnelCfg, true, ipv6Frame(), verdictNext, unchanged, "non-ipv4"},
-		{"overlay ihl 4", tunnelCfg, true, patch(udp4(remotePod, podB.ip, 63), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
-		{"overlay unconfigured", Config{}, true, udp4(remotePod, podB.ip, 63), verdictNext, unchanged, "unconfigured"},
+		{"overlay local", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
+		{"overlay local native", nativeCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
+		{"overlay ttl 1", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
+		{"overlay miss", tunnelCfg, fromOverlay, udp4(remotePod, outsideIP, 63), verdictNext, unchanged, "from-overlay-to-host"},
+		{"overlay ihl 4", tunnelCfg, fromOverlay, patch(udp4(remotePod, podB.ip, 63), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
+		{"overlay unconfigured", Config{}, fromOverlay, udp4(remotePod, podB.ip, 63), verdictNext, unchanged, "unconfigured"},
+
+		// IPv6: the same paths as IPv4.
+		{"v6 local", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 64), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 local hop 2", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 2), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 local native mode", nativeCfg, fromPod, udp6(podA6.ip, podB6.ip, 64), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 local hop-by-hop", tunnelCfg, fromPod, withHopByHop(udp6(podA6.ip, podB6.ip, 64)), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 local from link-local", tunnelCfg, fromPod, udp6(netip.MustParseAddr("fe80::1"), podB6.ip, 64), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 echo request", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 128), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 icmp 132", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 132), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 icmp 138", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 138), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 icmp without type", tunnelCfg, fromPod, ip6Frame(podA6.ip, podB6.ip, 64, 58, nil), verdictRedirect, toPodB6, "forwarded-local"},
+		{"v6 local hop 1", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 1), verdictDrop, unchanged, "drop-ttl"},
+		{"v6 local hop 0", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 0), verdictDrop, unchanged, "drop-ttl"},
+		{"v6 tunnel", tunnelCfg, fromPod, udp6(podA6.ip, remotePod6, 64), verdictRedirect, unchanged, "forwarded-tunnel"},
+		{"v6 tunnel hop 1", tunnelCfg, fromPod, udp6(podA6.ip, remotePod6, 1), verdictRedirect, unchanged, "forwarded-tunnel"},
+		{"v6 tunnel block edge", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fd00:10:244:2:ffff:ffff:ffff:ffff"), 64), verdictRedirect, unchanged, "forwarded-tunnel"},
+		{"v6 miss", tunnelCfg, fromPod, udp6(podA6.ip, outsideIP6, 64), verdictNext, unchanged, "to-host"},
+		{"v6 next to remote block", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fd00:10:244:3::1"), 64), verdictNext, unchanged, "to-host"},
+		{"v6 site-local is not link-local", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fec0::1"), 64), verdictNext, unchanged, "to-host"},
+		{"v6 IPv4 address as IPv6", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("::ffff:10.244.1.20"), 64), verdictNext, unchanged, "to-host"},
+		{"v6 native no route", nativeCfg, fromPod, udp6(podA6.ip, remotePod6, 64), verdictNext, unchanged, "fib-miss"},
+		{"v6 native hop 1", nativeCfg, fromPod, udp6(podA6.ip, remotePod6, 1), verdictDrop, unchanged, "drop-ttl"},
+		{"v6 native miss", nativeCfg, fromPod, udp6(podA6.ip, outsideIP6, 64), verdictNext, unchanged, "to-host"},
+		{"v6 unconfigured", Config{}, fromPod, udp6(podA6.ip, podB6.ip, 64), verdictNext, unchanged, "unconfigured"},
+		// What the node must handle itself goes to the kernel, in any mode,
+		// even to a pod's address.
+		{"v6 RS", tunnelCfg, fromPod, icmp6(netip.MustParseAddr("fe80::a"), netip.MustParseAddr("ff02::2"), 133), verdictNext, unchanged, "non-ipv4"},
+		{"v6 RA", tunnelCfg, fromPod, icmp6(netip.MustParseAddr("fe80::a"), netip.MustParseAddr("ff02::1"), 134), verdictNext, unchanged, "non-ipv4"},
+		{"v6 NS multicast", tunnelCfg, fromPod, icmp6(podA6.ip, netip.MustParseAddr("ff02::1:ff00:14"), 135), verdictNext, unchanged, "non-ipv4"},
+		{"v6 NS unicast to pod", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 135), verdictNext, unchanged, "non-ipv4"},
+		{"v6 NA to pod", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 136), verdictNext, unchanged, "non-ipv4"},
+		{"v6 NA to remote block", tunnelCfg, fromPod, icmp6(podA6.ip, remotePod6, 136), verdictNext, unchanged, "non-ipv4"},
+		{"v6 redirect to pod", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 137), verdictNext, unchanged, "non-ipv4"},
+		{"v6 NS unconfigured", Config{}, fromPod, icmp6(podA6.ip, podB6.ip, 135), verdictNext, unchanged, "non-ipv4"},
+		{"v6 NS hop 1", tunnelCfg, fromPod, patch(icmp6(podA6.ip, podB6.ip, 135), 21, 1), verdictNext, unchanged, "non-ipv4"},
+		{"v6 link-local", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fe80::14"), 64), verdictNext, unchanged, "non-ipv4"},
+		{"v6 link-local edge", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("febf:ffff::1"), 64), verdictNext, unchanged, "non-ipv4"},
+		{"v6 multicast", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("ff02::1"), 64), verdictNext, unchanged, "non-ipv4"},
+		{"v6 multicast global", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("ff0e::1"), 1), verdictNext, unchanged, "non-ipv4"},
+		{"v6 version 4", tunnelCfg, fromPod, patch(udp6(podA6.ip, podB6.ip, 64), 14, 0x45), verdictDrop, unchanged, "drop-malformed"},
+		// Test-run refuses IPv6 frames shorter than an IPv6 header too: the
+		// truncated subtests of the real tests send those.
+		{"v6 truncated payload", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 64)[:14+40], verdictRedirect, toPodB6, "forwarded-local"},
+
+		{"overlay v6 local", tunnelCfg, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictRedirect, toPodB6, "from-overlay-local"},
+		{"overlay v6 local native", nativeCfg, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictRedirect, toPodB6, "from-overlay-local"},
+		{"overlay v6 hop 1", tunnelCfg, fromOverlay, udp6(remotePod6, podB6.ip, 1), verdictDrop, unchanged, "drop-ttl"},
+		{"overlay v6 miss", tunnelCfg, fromOverlay, udp6(remotePod6, outsideIP6, 63), verdictNext, unchanged, "from-overlay-to-host"},
+		{"overlay v6 NS", nativeCfg, fromOverlay, icmp6(remotePod6, netip.MustParseAddr("ff02::1:ff00:14"), 135), verdictNext, unchanged, "non-ipv4"},
+		{"overlay v6 NA to pod", nativeCfg, fromOverlay, icmp6(remotePod6, podB6.ip, 136), verdictNext, unchanged, "non-ipv4"},
+		{"overlay v6 link-local", tunnelCfg, fromOverlay, udp6(remotePod6, netip.MustParseAddr("fe80::14"), 63), verdictNext, unchanged, "non-ipv4"},
+		{"overlay v6 version 4", tunnelCfg, fromOverlay, patch(udp6(remotePod6, podB6.ip, 63), 14, 0x45), verdictDrop, unchanged, "drop-malformed"},
+		{"overlay v6 unconfigured", Config{}, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictNext, unchanged, "unconfigured"},
+
+		// axon_to_overlay: the tunnel key for the node's own traffic into the
+		// overlay (test-run cannot show the key; the tunnel tests use it).
+		{"out v4", tunnelCfg, toOverlay, udp4(podA.ip, remotePod, 64), verdictNext, unchanged, "forwarded-tunnel"},
+		{"out v4 miss", tunnelCfg, toOverlay, udp4(podA.ip, outsideIP, 64), verdictDrop, unchanged, "drop-tunnel"},
+		{"out arp", tunnelCfg, toOverlay, arpFrame(), verdictDrop, unchanged, "non-ipv4"},
+		{"out native mode", nativeCfg, toOverlay, udp4(podA.ip, remotePod, 64), verdictDrop, unchanged, "unconfigured"},
+		{"out v6", tunnelCfg, toOverlay, udp6(podA6.ip, remotePod6, 64), verdictNext, unchanged, "forwarded-tunnel"},
+		{"out v6 miss", tunnelCfg, toOverlay, udp6(podA6.ip, outsideIP6, 64), verdictDrop, unchanged, "drop-tunnel"},
+		{"out v6 local pod", tunnelCfg, toOverlay, udp6(remotePod6, podB6.ip, 64), verdictDrop, unchanged, "drop-tunnel"},
+		{"out v6 NS", tunnelCfg, toOverlay, icmp6(podA6.ip, netip.MustParseAddr("ff02::1:ff00:1e"), 135), verdictNext, unchanged, "non-ipv4"},
+		{"out v6 multicast", tunnelCfg, toOverlay, udp6(podA6.ip, netip.MustParseAddr("ff02::16"), 1), verdictNext, unchanged, "non-ipv4"},
+		{"out v6 unconfigured", Config{}, toOverlay, udp6(podA6.ip, remotePod6, 64), verdictDrop, unchanged, "unconfigured"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := r.objs.SetConfig(tc.cfg); err != nil {
 				t.Fatal(err)
 			}
-			prog := r.objs.FromPod()
-			if tc.overlay {
-				prog = r.objs.FromOverlay()
-			}
+			prog := map[progKind]*ebpf.Program{
+				fromPod:     r.objs.FromPod(),
+				fromOverlay: r.objs.FromOverlay(),
+				toOverlay:   r.objs.ToOverlay(),
+			}[tc.prog]
 			before := r.stats(t)
 			verdict, out := r.run(t, prog, tc.frame)
 			after := r.stats(t)
@@ -163,6 +238,8 @@ func TestRun(t *testing.T) {
 				}
 			case toPodB:
 				checkDelivered(t, tc.frame, out, podB.ep)
+			case toPodB6:
+				checkDelivered6(t, tc.frame, out, podB6.ep)
 			}
 			// Exactly one counter moves, by one.
 			b, a := before.Map(), after.Map()
@@ -204,6 +281,31 @@ func checkDelivered(t *testing.T, in, out []byte, ep Endpoint) {
 	}
 	if !bytes.Equal(masked(in), masked(out)) {
 		t.Errorf("frame changed beyond MACs, TTL and checksum:\n got % x\nwant % x", out, in)
+	}
+}
+
+// checkDelivered6 checks an IPv6 frame rewritten for delivery to ep: MACs
+// of the endpoint, hop limit one less, nothing else changed (IPv6 has no
+// header checksum).
+func checkDelivered6(t *testing.T, in, out []byte, ep Endpoint) {
+	t.Helper()
+	if len(out) != len(in) {
+		t.Fatalf("length %d, want %d", len(out), len(in))
+	}
+	if !bytes.Equal(out[0:6], ep.PodMAC) || !bytes.Equal(out[6:12], ep.HostMAC) {
+		t.Errorf("MACs dst %x src %x, want dst %s src %s", out[0:6], out[6:12], ep.PodMAC, ep.HostMAC)
+	}
+	const hopOff = 14 + 7
+	if out[hopOff] != in[hopOff]-1 {
+		t.Errorf("hop limit %d, want %d", out[hopOff], in[hopOff]-1)
+	}
+	masked := func(b []byte) []byte {
+		c := bytes.Clone(b[12:])
+		c[hopOff-12] = 0
+		return c
+	}
+	if !bytes.Equal(masked(in), masked(out)) {
+		t.Errorf("frame changed beyond MACs and hop limit:\n got % x\nwant % x", out, in)
 	}
 }
 
@@ -293,16 +395,52 @@ func BenchmarkFromOverlayLocal(b *testing.B) {
 	benchRun(b, objs.FromOverlay(), udp4(remotePod, podB.ip, 255), verdictRedirect)
 }
 
-func benchObjects(b *testing.B, cfg Config) *Objects {
-	objs := mustLoad(b, "")
-	for _, e := range []fixtureEndpoint{podA, podB} {
+// putFixture writes the fixture's endpoints and remote blocks, both
+// families.
+func putFixture(t testing.TB, objs *Objects) {
+	t.Helper()
+	for _, e := range []fixtureEndpoint{podA, podB, podA6, podB6} {
 		if err := objs.PutEndpoint(e.ip, e.ep); err != nil {
-			b.Fatal(err)
+			t.Fatal(err)
 		}
 	}
-	if err := objs.PutRemote(remoteBlock, remoteNode); err != nil {
-		b.Fatal(err)
+	for _, p := range []netip.Prefix{remoteBlock, remoteBlock6} {
+		if err := objs.PutRemote(p, remoteNode); err != nil {
+			t.Fatal(err)
+		}
 	}
+}
+
+func BenchmarkFromPodLocal6(b *testing.B) {
+	objs := benchObjects(b, tunnelCfg)
+	benchRun(b, objs.FromPod(), udp6(podA6.ip, podB6.ip, 255), verdictRedirect)
+}
+
+func BenchmarkFromPodTunnel6(b *testing.B) {
+	objs := benchObjects(b, tunnelCfg)
+	benchRun(b, objs.FromPod(), udp6(podA6.ip, remotePod6, 255), verdictRedirect)
+}
+
+func BenchmarkFromPodToHost6(b *testing.B) {
+	objs := benchObjects(b, tunnelCfg)
+	benchRun(b, objs.FromPod(), udp6(podA6.ip, outsideIP6, 255), verdictNext)
+}
+
+// BenchmarkFromPodND6 is the cost of recognising neighbour discovery to a
+// unicast address (the ICMPv6 type is read with bpf_skb_load_bytes).
+func BenchmarkFromPodND6(b *testing.B) {
+	objs := benchObjects(b, tunnelCfg)
+	benchRun(b, objs.FromPod(), icmp6(podA6.ip, podB6.ip, 135), verdictNext)
+}
+
+func BenchmarkFromOverlayLocal6(b *testing.B) {
+	objs := benchObjects(b, tunnelCfg)
+	benchRun(b, objs.FromOverlay(), udp6(remotePod6, podB6.ip, 255), verdictRedirect)
+}
+
+func benchObjects(b *testing.B, cfg Config) *Objects {
+	objs := mustLoad(b, "")
+	putFixture(b, objs)
 	if err := objs.SetConfig(cfg); err != nil {
 		b.Fatal(err)
 	}
@@ -399,18 +537,56 @@ func patch(f []byte, off int, v byte) []byte {
 	return f
 }
 
-func ipv6Frame() []byte {
-	f := make([]byte, 14+40+8)
+// ip6Frame builds Ethernet + IPv6 with next header nh and payload l4, as
+// podA's host-side veth would receive it. Traffic class and flow label are
+// set so that a rewrite of the first word would show.
+func ip6Frame(src, dst netip.Addr, hop, nh uint8, l4 []byte) []byte {
+	f := make([]byte, 14+40+len(l4))
 	copy(f[0:6], podA.ep.HostMAC)
 	copy(f[6:12], podA.ep.PodMAC)
 	binary.BigEndian.PutUint16(f[12:], 0x86dd)
-	f[14] = 0x60
-	binary.BigEndian.PutUint16(f[18:], 8)
-	f[20], f[21] = 17, 64
-	src, dst := netip.MustParseAddr("fd00::a").As16(), netip.MustParseAddr("fd00::14").As16()
-	copy(f[22:], src[:])
-	copy(f[38:], dst[:])
+	ip := f[14:]
+	binary.BigEndian.PutUint32(ip[0:], 6<<28|0x2e<<20|0xbeef5)
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
+	ip[6] = nh
+	ip[7] = hop
+	s, d := src.As16(), dst.As16()
+	copy(ip[8:24], s[:])
+	copy(ip[24:40], d[:])
+	copy(ip[40:], l4)
 	return f
+}
+
+// udp6 builds Ethernet + IPv6 + UDP (checksum left 0: nothing checks it).
+func udp6(src, dst netip.Addr, hop uint8) []byte {
+	payload := []byte("axon datapath test")
+	udp := make([]byte, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], 7777)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+	copy(udp[8:], payload)
+	return ip6Frame(src, dst, hop, 17, udp)
+}
+
+// icmp6 builds an ICMPv6 message of type typ: 8 bytes of header and a
+// 16-byte target address, the shape of NS/NA (hop limit 255, as ND
+// requires).
+func icmp6(src, dst netip.Addr, typ uint8) []byte {
+	msg := make([]byte, 8+16)
+	msg[0] = typ
+	t := dst.As16()
+	copy(msg[8:], t[:])
+	return ip6Frame(src, dst, 255, 58, msg)
+}
+
+// withHopByHop inserts an 8-byte hop-by-hop options header (PadN) after the
+// fixed IPv6 header.
+func withHopByHop(f []byte) []byte {
+	hbh := []byte{f[14+6], 0, 1, 4, 0, 0, 0, 0}
+	out := append(append(bytes.Clone(f[:14+40]), hbh...), f[14+40:]...)
+	out[14+6] = 0
+	binary.BigEndian.PutUint16(out[14+4:], binary.BigEndian.Uint16(f[14+4:])+8)
+	return out
 }
 
 func arpFrame() []byte {

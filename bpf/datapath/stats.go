@@ -3,18 +3,26 @@ package datapath
 import "fmt"
 
 // Stats are the datapath's packet counters (axon_stats) summed over CPUs.
-// Every packet a program handles is counted exactly once.
+// Every packet a program handles is counted exactly once; IPv4 and IPv6
+// share the counters.
+//
+// NonIPv4 keeps its name (and "non-ipv4" in [Stats.Map]) for existing
+// consumers. It counts what is not IPv4 and not forwarded by design:
+// non-IP frames (ARP, ...), left to the kernel except by axon_to_overlay,
+// which drops them, and IPv6 the node handles itself (neighbour discovery,
+// link-local and multicast destinations), always left to the kernel.
+// Forwardable IPv6 moves the same counters as IPv4.
 type Stats struct {
 	ForwardedLocal  uint64 // from a pod to a pod on this node
 	ForwardedTunnel uint64 // from a pod into the VXLAN tunnel
 	ForwardedNative uint64 // from a pod routed natively (FIB + redirect_neigh)
-	ToHost          uint64 // IPv4 from a pod left to the kernel
+	ToHost          uint64 // IP from a pod, not for a pod: left to the kernel
 	OverlayLocal    uint64 // from the overlay to a pod on this node
 	OverlayToHost   uint64 // from the overlay, not for a local pod: left to the kernel
-	DropMalformed   uint64 // truncated frames, bad IPv4 headers
-	DropTTL         uint64 // TTL would have expired on forwarding
+	DropMalformed   uint64 // truncated frames, bad IPv4/IPv6 headers
+	DropTTL         uint64 // TTL or hop limit would have expired on forwarding
 	DropTunnel      uint64 // setting the tunnel key failed
-	NonIPv4         uint64 // ARP, IPv6, ...: left to the kernel
+	NonIPv4         uint64 // not IPv4, not forwarded: ARP etc., IPv6 ND, link-local, multicast
 	FIBMiss         uint64 // native mode: the FIB did not forward; left to the kernel
 	Unconfigured    uint64 // no mode configured: left to the kernel
 }

@@ -9,9 +9,14 @@
  *   axon_from_overlay  tcx ingress of axon_vxlan (decapsulated frames) or, in
  *                      native mode, of the underlay device: delivers packets
  *                      for local pods.
+ *   axon_to_overlay    tcx egress of axon_vxlan: tunnel endpoint for packets
+ *                      the node's own stack routes into the overlay.
  *
- * IPv4 only for now. Anything else (ARP, IPv6) returns AXON_TCX_NEXT so the
- * kernel handles it; IPv6 gets its own handler next to handle_ipv4 later.
+ * IPv4 and IPv6 take the same paths, each family with its own endpoint and
+ * remote-block maps; the underlay (VXLAN outer header) is IPv4 for both.
+ * Anything else (ARP, ...) returns AXON_TCX_NEXT so the kernel handles it,
+ * and so does IPv6 the node must see itself: neighbour discovery and
+ * link-local or multicast destinations.
  *
  * Redirect helpers only record the target and return AXON_TCX_REDIRECT; the
  * kernel acts after the program ends. Counters are therefore bumped before
@@ -19,7 +24,9 @@
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -27,7 +34,16 @@
 #include "axon/license.h"
 #include "axon/tcx.h"
 
-#define AXON_AF_INET 2 /* <sys/socket.h> is not for BPF targets */
+/* <sys/socket.h> is not for BPF targets. */
+#define AXON_AF_INET 2
+#define AXON_AF_INET6 10
+
+/* ICMPv6 types of neighbour discovery (RFC 4861): RS, RA, NS, NA, redirect. */
+#define AXON_ND_FIRST 133
+#define AXON_ND_LAST 137
+
+/* Traffic class and flow label: the 28 low bits of the first word. */
+#define AXON_IPV6_FLOWINFO_MASK 0x0FFFFFFF
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -45,6 +61,23 @@ struct {
 	__type(value, struct axon_remote);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_remote4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_ENDPOINTS);
+	__type(key, struct axon_endpoint_key6);
+	__type(value, struct axon_endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_endpoints6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, AXON_MAX_REMOTES);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+	__type(key, struct axon_remote_key6);
+	__type(value, struct axon_remote);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_remote6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -93,45 +126,117 @@ static __always_inline int drop(__u32 stat)
 
 enum parse {
 	PARSE_IPV4,
-	PARSE_OTHER,     /* not IPv4: leave it to the kernel */
+	PARSE_IPV6,
+	PARSE_IPV6_LINK, /* IPv6 for the node itself (ND, link-local, multicast) */
+	PARSE_OTHER,     /* not IP: leave it to the kernel */
 	PARSE_MALFORMED, /* truncated or invalid: drop */
 };
 
+/* The headers parse() found; ip4 or ip6 according to its result. */
+struct pkt {
+	struct ethhdr *eth;
+	struct iphdr *ip4;
+	struct ipv6hdr *ip6;
+};
+
 /*
- * Finds the Ethernet and IPv4 headers. The headers of locally generated
- * packets are always in the linear area; for anything else (e.g. a GRO'd
- * frame from the underlay) they are pulled in first, and a frame that is
- * still too short after that really is truncated.
+ * Returns the start of the frame with its first len bytes in the linear
+ * area, or NULL if the frame is shorter. The headers of locally generated
+ * packets are always linear; anything else (e.g. a GRO'd frame from the
+ * underlay) is pulled first. The pull invalidates every packet pointer, so
+ * callers derive theirs from the result.
  */
-static __always_inline enum parse parse_ipv4(struct __sk_buff *skb, struct ethhdr **ethp, struct iphdr **ipp)
+static __always_inline void *linear(struct __sk_buff *skb, __u32 len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+
+	if (data + len <= data_end)
+		return data;
+	if (bpf_skb_pull_data(skb, len) < 0)
+		return NULL;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + len > data_end)
+		return NULL;
+	return data;
+}
+
+static __always_inline enum parse parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ethhdr *eth = linear(skb, sizeof(struct ethhdr) + sizeof(struct iphdr));
+	struct iphdr *ip;
+
+	if (!eth)
+		return PARSE_MALFORMED;
+	ip = (void *)(eth + 1);
+	/* Options (ihl > 5) are fine: only TTL and checksum are touched. */
+	if (ip->version != 4 || ip->ihl < 5)
+		return PARSE_MALFORMED;
+	p->eth = eth;
+	p->ip4 = ip;
+	return PARSE_IPV4;
+}
+
+/*
+ * IPv6 the node's own stack must handle, which therefore never takes a
+ * shortcut: multicast (ff00::/8) and link-local (fe80::/10) destinations,
+ * and neighbour discovery to any destination (a unicast NS, a redirect).
+ * Only the ICMPv6 type byte right after the fixed header is read: ND has no
+ * extension headers before it. A packet too short to hold one is not ND.
+ */
+static __always_inline int ipv6_link_scope(struct __sk_buff *skb, const struct ipv6hdr *ip6)
+{
+	const __u8 *dst = ip6->daddr.in6_u.u6_addr8;
+	__u8 type;
+
+	if (dst[0] == 0xff)
+		return 1;
+	if (dst[0] == 0xfe && (dst[1] & 0xc0) == 0x80)
+		return 1;
+	if (ip6->nexthdr != IPPROTO_ICMPV6)
+		return 0;
+	/* A copy, wherever the byte is: no pull, packet pointers stay valid. */
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + sizeof(*ip6), &type, sizeof(type)) < 0)
+		return 0;
+	return type >= AXON_ND_FIRST && type <= AXON_ND_LAST;
+}
+
+static __always_inline enum parse parse_ipv6(struct __sk_buff *skb, struct pkt *p)
+{
+	struct ethhdr *eth = linear(skb, sizeof(struct ethhdr) + sizeof(struct ipv6hdr));
+	struct ipv6hdr *ip6;
+
+	if (!eth)
+		return PARSE_MALFORMED;
+	ip6 = (void *)(eth + 1);
+	if (ip6->version != 6)
+		return PARSE_MALFORMED;
+	p->eth = eth;
+	p->ip6 = ip6;
+	/* Extension headers are fine: only the hop limit is touched. */
+	if (ipv6_link_scope(skb, ip6))
+		return PARSE_IPV6_LINK;
+	return PARSE_IPV6;
+}
+
+/* Finds the Ethernet and IP headers. */
+static __always_inline enum parse parse(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *ip = (void *)(eth + 1);
 
 	if ((void *)(eth + 1) > data_end)
 		return PARSE_MALFORMED;
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_IP):
+		return parse_ipv4(skb, p);
+	case bpf_htons(ETH_P_IPV6):
+		return parse_ipv6(skb, p);
+	default:
 		return PARSE_OTHER;
-	if ((void *)(ip + 1) > data_end) {
-		if (bpf_skb_pull_data(skb, sizeof(*eth) + sizeof(*ip)) < 0)
-			return PARSE_MALFORMED;
-		/* The pull invalidated every packet pointer: reload them. */
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		eth = data;
-		ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return PARSE_MALFORMED;
 	}
-	/* Options (ihl > 5) are fine: only TTL and checksum are touched. */
-	if (ip->version != 4 || ip->ihl < 5)
-		return PARSE_MALFORMED;
-
-	*ethp = eth;
-	*ipp = ip;
-	return PARSE_IPV4;
 }
 
 /*
@@ -165,28 +270,69 @@ static __always_inline const struct axon_endpoint *endpoint4(__u32 ip4)
 	return bpf_map_lookup_elem(&axon_endpoints, &key);
 }
 
+static __always_inline const struct axon_endpoint *endpoint6(const struct in6_addr *ip6)
+{
+	struct axon_endpoint_key6 key;
+
+	__builtin_memcpy(key.ip6, ip6, sizeof(key.ip6));
+	return bpf_map_lookup_elem(&axon_endpoints6, &key);
+}
+
+static __always_inline const struct axon_remote *remote4(__u32 ip4)
+{
+	struct axon_remote_key4 key = { .prefixlen = 32, .ip4 = ip4 };
+
+	return bpf_map_lookup_elem(&axon_remote4, &key);
+}
+
+static __always_inline const struct axon_remote *remote6(const struct in6_addr *ip6)
+{
+	struct axon_remote_key6 key;
+
+	key.prefixlen = 128;
+	__builtin_memcpy(key.ip6, ip6, sizeof(key.ip6));
+	return bpf_map_lookup_elem(&axon_remote6, &key);
+}
+
 /*
  * Hands the packet to a pod on this node: it arrives at the pod's interface
  * as if the host-side veth had sent it (redirect_peer skips the node's
  * stack, so the node needs no route to the pod). The node acts as the pod's
- * router, hence the TTL decrement and the router MAC as source.
+ * router, hence the TTL (hop limit) decrement, done by the callers, and the
+ * router MAC as source.
  */
-static __always_inline int deliver_local(struct ethhdr *eth, struct iphdr *ip,
-					 const struct axon_endpoint *ep, __u32 stat)
+static __always_inline int to_pod(struct ethhdr *eth, const struct axon_endpoint *ep, __u32 stat)
 {
-	if (ip->ttl <= 1)
-		return drop(AXON_STAT_DROP_TTL);
-	ipv4_dec_ttl(ip);
 	__builtin_memcpy(eth->h_dest, ep->pod_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, ep->host_mac, ETH_ALEN);
 	count(stat);
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
+static __always_inline int deliver_local4(struct ethhdr *eth, struct iphdr *ip,
+					  const struct axon_endpoint *ep, __u32 stat)
+{
+	if (ip->ttl <= 1)
+		return drop(AXON_STAT_DROP_TTL);
+	ipv4_dec_ttl(ip);
+	return to_pod(eth, ep, stat);
+}
+
+/* IPv6 has no header checksum: the hop limit is just decremented. */
+static __always_inline int deliver_local6(struct ethhdr *eth, struct ipv6hdr *ip6,
+					  const struct axon_endpoint *ep, __u32 stat)
+{
+	if (ip6->hop_limit <= 1)
+		return drop(AXON_STAT_DROP_TTL);
+	ip6->hop_limit--;
+	return to_pod(eth, ep, stat);
+}
+
 /*
- * Encapsulates towards the node that owns the destination block. The inner
- * frame keeps its MACs and TTL: the receiving node rewrites both when it
- * delivers (one routed hop per node pair, as with kernel VXLAN routing).
+ * Encapsulates towards the node that owns the destination block, over the
+ * IPv4 underlay whatever the inner family. The inner frame keeps its MACs
+ * and TTL: the receiving node rewrites both when it delivers (one routed hop
+ * per node pair, as with kernel VXLAN routing).
  */
 static __always_inline int set_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
 				      const struct axon_remote *remote)
@@ -200,6 +346,7 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct axon_c
 	key.remote_ipv4 = bpf_ntohl(remote->node_ip4);
 	key.local_ipv4 = bpf_ntohl(cfg->node_ip4); /* 0: the kernel picks */
 	key.tunnel_ttl = AXON_TUNNEL_TTL;
+	/* No BPF_F_TUNINFO_IPV6: the outer header is IPv4. */
 	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), 0);
 }
 
@@ -215,9 +362,9 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_co
 /*
  * Routes through the node's FIB (routes for remote blocks are installed via
  * netlink) and lets redirect_neigh resolve the next hop's MAC. FWD_DISABLED
- * (ip_forward off), local or unreachable destinations go to the kernel.
+ * (forwarding off), local or unreachable destinations go to the kernel.
  */
-static __always_inline int to_native(struct __sk_buff *skb, struct iphdr *ip)
+static __always_inline int to_native4(struct __sk_buff *skb, struct iphdr *ip)
 {
 	struct bpf_fib_lookup fib;
 	struct bpf_redir_neigh nh;
@@ -247,36 +394,73 @@ static __always_inline int to_native(struct __sk_buff *skb, struct iphdr *ip)
 	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 }
 
-static __always_inline int from_pod_ipv4(struct __sk_buff *skb, struct ethhdr *eth, struct iphdr *ip)
+/*
+ * As to_native4, with the IPv6 FIB: the node needs
+ * net.ipv6.conf.all.forwarding=1, and the next hop is an IPv6 address.
+ */
+static __always_inline int to_native6(struct __sk_buff *skb, struct ipv6hdr *ip6)
 {
-	const struct axon_config *cfg = config();
-	const struct axon_endpoint *ep;
-	const struct axon_remote *remote;
-	struct axon_remote_key4 key;
+	struct bpf_fib_lookup fib;
+	struct bpf_redir_neigh nh;
+	long rc;
 
-	if (!cfg || cfg->mode == AXON_MODE_NONE)
-		return next(AXON_STAT_UNCONFIGURED);
+	if (ip6->hop_limit <= 1)
+		return drop(AXON_STAT_DROP_TTL);
 
-	ep = endpoint4(ip->daddr);
-	if (ep)
-		return deliver_local(eth, ip, ep, AXON_STAT_FWD_LOCAL);
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = AXON_AF_INET6;
+	fib.flowinfo = *(__be32 *)ip6 & bpf_htonl(AXON_IPV6_FLOWINFO_MASK);
+	fib.l4_protocol = ip6->nexthdr;
+	__builtin_memcpy(fib.ipv6_src, &ip6->saddr, sizeof(fib.ipv6_src));
+	__builtin_memcpy(fib.ipv6_dst, &ip6->daddr, sizeof(fib.ipv6_dst));
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	/* NO_NEIGH has still filled in ifindex and the next hop (ipv6_dst). */
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return next(AXON_STAT_FIB_MISS);
 
-	/*
-	 * Only pod blocks of other nodes are forwarded here. Everything else
-	 * (the node, other hosts, the outside) takes the kernel's path, where
-	 * netfilter masquerades pod sources leaving the cluster.
-	 */
-	key.prefixlen = 32;
-	key.ip4 = ip->daddr;
-	remote = bpf_map_lookup_elem(&axon_remote4, &key);
+	ip6->hop_limit--;
+	__builtin_memset(&nh, 0, sizeof(nh));
+	nh.nh_family = AXON_AF_INET6;
+	__builtin_memcpy(nh.ipv6_nh, fib.ipv6_dst, sizeof(nh.ipv6_nh));
+	count(AXON_STAT_FWD_NATIVE);
+	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+}
+
+/*
+ * Only pod blocks of other nodes are forwarded to remotes. Everything else
+ * (the node, other hosts, the outside) takes the kernel's path, where
+ * netfilter masquerades pod sources leaving the cluster.
+ */
+static __always_inline int to_remote4(struct __sk_buff *skb, const struct axon_config *cfg,
+				      struct iphdr *ip)
+{
+	const struct axon_remote *remote = remote4(ip->daddr);
+
 	if (!remote)
 		return next(AXON_STAT_TO_HOST);
-
 	switch (cfg->mode) {
 	case AXON_MODE_TUNNEL:
 		return to_tunnel(skb, cfg, remote);
 	case AXON_MODE_NATIVE:
-		return to_native(skb, ip);
+		return to_native4(skb, ip);
+	default:
+		return next(AXON_STAT_TO_HOST);
+	}
+}
+
+static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_config *cfg,
+				      struct ipv6hdr *ip6)
+{
+	const struct axon_remote *remote = remote6(&ip6->daddr);
+
+	if (!remote)
+		return next(AXON_STAT_TO_HOST);
+	switch (cfg->mode) {
+	case AXON_MODE_TUNNEL:
+		return to_tunnel(skb, cfg, remote);
+	case AXON_MODE_NATIVE:
+		return to_native6(skb, ip6);
 	default:
 		return next(AXON_STAT_TO_HOST);
 	}
@@ -285,30 +469,17 @@ static __always_inline int from_pod_ipv4(struct __sk_buff *skb, struct ethhdr *e
 SEC("tc")
 int axon_from_pod(struct __sk_buff *skb)
 {
-	struct ethhdr *eth;
-	struct iphdr *ip;
-
-	switch (parse_ipv4(skb, &eth, &ip)) {
-	case PARSE_IPV4:
-		return from_pod_ipv4(skb, eth, ip);
-	case PARSE_OTHER:
-		return next(AXON_STAT_NON_IPV4);
-	default:
-		return drop(AXON_STAT_DROP_MALFORMED);
-	}
-}
-
-SEC("tc")
-int axon_from_overlay(struct __sk_buff *skb)
-{
 	const struct axon_config *cfg;
 	const struct axon_endpoint *ep;
-	struct ethhdr *eth;
-	struct iphdr *ip;
+	enum parse kind;
+	struct pkt p;
 
-	switch (parse_ipv4(skb, &eth, &ip)) {
+	kind = parse(skb, &p);
+	switch (kind) {
 	case PARSE_IPV4:
+	case PARSE_IPV6:
 		break;
+	case PARSE_IPV6_LINK:
 	case PARSE_OTHER:
 		return next(AXON_STAT_NON_IPV4);
 	default:
@@ -319,10 +490,64 @@ int axon_from_overlay(struct __sk_buff *skb)
 	if (!cfg || cfg->mode == AXON_MODE_NONE)
 		return next(AXON_STAT_UNCONFIGURED);
 
-	ep = endpoint4(ip->daddr);
+	if (kind == PARSE_IPV4) {
+		ep = endpoint4(p.ip4->daddr);
+		if (ep)
+			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_FWD_LOCAL);
+		return to_remote4(skb, cfg, p.ip4);
+	}
+	ep = endpoint6(&p.ip6->daddr);
+	if (ep)
+		return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);
+	return to_remote6(skb, cfg, p.ip6);
+}
+
+/*
+ * A decapsulated frame for the node itself (a peer probing its health
+ * address, a pod on another node talking to it) carries the sending side's
+ * MAC as destination, so the stack would take it for another host's and
+ * drop it. It is addressed to this node by the tunnel: mark it so.
+ */
+static __always_inline int overlay_to_host(struct __sk_buff *skb)
+{
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	return next(AXON_STAT_OVERLAY_TO_HOST);
+}
+
+SEC("tc")
+int axon_from_overlay(struct __sk_buff *skb)
+{
+	const struct axon_config *cfg;
+	const struct axon_endpoint *ep;
+	enum parse kind;
+	struct pkt p;
+
+	kind = parse(skb, &p);
+	switch (kind) {
+	case PARSE_IPV4:
+	case PARSE_IPV6:
+		break;
+	case PARSE_IPV6_LINK:
+	case PARSE_OTHER:
+		return next(AXON_STAT_NON_IPV4);
+	default:
+		return drop(AXON_STAT_DROP_MALFORMED);
+	}
+
+	cfg = config();
+	if (!cfg || cfg->mode == AXON_MODE_NONE)
+		return next(AXON_STAT_UNCONFIGURED);
+
+	if (kind == PARSE_IPV4) {
+		ep = endpoint4(p.ip4->daddr);
+		if (!ep)
+			return overlay_to_host(skb);
+		return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
+	}
+	ep = endpoint6(&p.ip6->daddr);
 	if (!ep)
-		return next(AXON_STAT_OVERLAY_TO_HOST);
-	return deliver_local(eth, ip, ep, AXON_STAT_OVERLAY_LOCAL);
+		return overlay_to_host(skb);
+	return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
 
 AXON_BPF_LICENSE();
@@ -331,20 +556,25 @@ AXON_BPF_LICENSE();
  * tcx egress of axon_vxlan: packets the node's own stack routes into the
  * overlay (the node, or masqueraded traffic, towards a remote pod) get the
  * tunnel endpoint of the destination's block. Without one the flow-based
- * device could not send them, so they are dropped and counted.
+ * device could not send them, so they are dropped and counted. IPv6 for the
+ * link itself (ND, link-local, multicast) returns NEXT as in the other
+ * programs; without a tunnel key the device drops it too.
  */
 SEC("tc")
 int axon_to_overlay(struct __sk_buff *skb)
 {
 	const struct axon_config *cfg;
 	const struct axon_remote *remote;
-	struct axon_remote_key4 key;
-	struct ethhdr *eth;
-	struct iphdr *ip;
+	enum parse kind;
+	struct pkt p;
 
-	switch (parse_ipv4(skb, &eth, &ip)) {
+	kind = parse(skb, &p);
+	switch (kind) {
 	case PARSE_IPV4:
+	case PARSE_IPV6:
 		break;
+	case PARSE_IPV6_LINK:
+		return next(AXON_STAT_NON_IPV4);
 	case PARSE_OTHER:
 		return drop(AXON_STAT_NON_IPV4);
 	default:
@@ -353,9 +583,10 @@ int axon_to_overlay(struct __sk_buff *skb)
 	cfg = config();
 	if (!cfg || cfg->mode != AXON_MODE_TUNNEL)
 		return drop(AXON_STAT_UNCONFIGURED);
-	key.prefixlen = 32;
-	key.ip4 = ip->daddr;
-	remote = bpf_map_lookup_elem(&axon_remote4, &key);
+	if (kind == PARSE_IPV4)
+		remote = remote4(p.ip4->daddr);
+	else
+		remote = remote6(&p.ip6->daddr);
 	if (!remote || set_tunnel(skb, cfg, remote) < 0)
 		return drop(AXON_STAT_DROP_TUNNEL);
 	count(AXON_STAT_FWD_TUNNEL);

@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 )
 
 // TestPodsOnOneNode wires pods through the real CNI plugin and checks they
@@ -100,6 +103,20 @@ func TestPodsAcrossNodesTunnel(t *testing.T) {
 	if s := e.stats(0); s["forwarded-tunnel"] == 0 || s["from-overlay-local"] == 0 {
 		t.Errorf("node-1 counters %v: want packets encapsulated and delivered from the overlay", s)
 	}
+	// Each node probes the other's health endpoint through the overlay.
+	e.eventually(func() error {
+		st, err := e.nodeStatus(0)
+		if err != nil {
+			return err
+		}
+		if len(st.GetPeers()) != 1 || !st.GetPeers()[0].GetNodeReachable() || !st.GetPeers()[0].GetHealthEndpointReachable() {
+			return fmt.Errorf("node-1 peers: %v", st.GetPeers())
+		}
+		if st.GetReadiness() != datapathv1alpha1.ReadinessState_READINESS_STATE_READY || st.GetEndpointCount() != 1 {
+			return fmt.Errorf("node-1 status: %v", st)
+		}
+		return nil
+	})
 	e.delPod(a)
 	e.delPod(b)
 }

@@ -17,3 +17,13 @@ func TestDualStackNative(t *testing.T) {
 	e.ping(c.netns, a.ip6)
 	e.ping(e.cluster.Nodes[0].Netns, b.ip6)
 }
+
+// TestDualStackTunnel carries IPv6 between pods of two nodes through the
+// eBPF programs and the IPv4 VXLAN overlay.
+func TestDualStackTunnel(t *testing.T) {
+	e := newEnvMode(t, 2, "tunnel")
+	a, b, c := e.addPod(0, "pod-a"), e.addPod(0, "pod-b"), e.addPod(1, "pod-c")
+	e.ping(a.netns, b.ip6)
+	e.eventually(func() error { return e.tryPing(a.netns, c.ip6) })
+	e.ping(c.netns, a.ip6)
+}

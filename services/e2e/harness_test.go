@@ -17,7 +17,11 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 )
 
@@ -95,7 +99,7 @@ func newEnvMode(t *testing.T, nodes int, mode string) *env {
 		Host: "127.0.0.1", PortBase: freePortBase(t),
 		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
 		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16", PodCIDR6: "fd00:44::/104",
-		DatapathArgs: []string{"--gc-min-age", "0s"},
+		DatapathArgs: []string{"--gc-min-age", "0s", "--health-probe-interval", "300ms"},
 	}
 	if mode != "" {
 		cfg.DatapathArgs = append(cfg.DatapathArgs, "--routing-mode", mode)
@@ -293,4 +297,15 @@ func (e *env) stats(node int) map[string]uint64 {
 		e.t.Fatal(err)
 	}
 	return s.Map()
+}
+
+// nodeStatus asks a node's datapath for its status.
+func (e *env) nodeStatus(node int) (*datapathv1alpha1.NodeStatus, error) {
+	conn, err := grpc.NewClient("unix://"+e.cluster.Nodes[node].DatapathSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	resp, err := datapathv1alpha1.NewDatapathServiceClient(conn).GetNodeStatus(context.Background(), &datapathv1alpha1.GetNodeStatusRequest{})
+	return resp.GetStatus(), err
 }

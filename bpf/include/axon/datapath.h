@@ -6,9 +6,15 @@
  * here is an incompatible change: pinned maps of the old layout are refused
  * on load (ebpf.ErrMapIncompatible). Append, never reorder.
  *
- * Addresses are stored as their network-order bytes in a __u32 ("network
- * byte order"), exactly as they appear in the IPv4 header, so the programs
- * compare them without conversion.
+ * Addresses are stored as their network-order bytes ("network byte order"),
+ * exactly as they appear in the IP header, so the programs compare them
+ * without conversion: an IPv4 address in a __u32, an IPv6 address in
+ * __u8[16].
+ *
+ * IPv6 has maps of its own (axon_endpoints6, axon_remote6) with the same
+ * values as their IPv4 counterparts, so the IPv4 maps of a running node keep
+ * their layout. The underlay stays IPv4: axon_remote.node_ip4 is the tunnel
+ * endpoint of IPv6 blocks too.
  */
 #ifndef AXON_DATAPATH_H
 #define AXON_DATAPATH_H
@@ -20,6 +26,12 @@ struct axon_endpoint_key {
 	__u32 ip4; /* network byte order */
 };
 
+/* axon_endpoints6: every pod on this node, keyed by its IPv6 address. */
+struct axon_endpoint_key6 {
+	__u8 ip6[16]; /* network byte order */
+};
+
+/* The value of axon_endpoints and axon_endpoints6. */
 struct axon_endpoint {
 	__u32 ifindex;     /* host-side veth (lxc*) ifindex in the node netns */
 	__u32 id;          /* endpoint id */
@@ -35,6 +47,17 @@ struct axon_remote_key4 {
 	__u32 ip4;       /* network byte order */
 };
 
+/* axon_remote6: IPv6 pod CIDR blocks of other nodes (LPM trie). */
+struct axon_remote_key6 {
+	__u32 prefixlen; /* host byte order, as the LPM trie requires */
+	__u8 ip6[16];    /* network byte order */
+};
+
+/*
+ * The value of axon_remote4 and axon_remote6. The underlay is IPv4 for both
+ * families: an IPv6 block is tunnelled to its node's IPv4 address. Native
+ * mode routes by the FIB and does not use node_ip4.
+ */
 struct axon_remote {
 	__u32 node_ip4; /* the owning node's underlay IPv4, network byte order */
 	__u32 flags;    /* reserved, 0 */
@@ -57,19 +80,26 @@ struct axon_config {
 /*
  * axon_stats: per-CPU __u64 counters indexed by enum axon_stat. Every packet
  * a program sees increments exactly one counter, so their sum is the number
- * of packets handled.
+ * of packets handled. IPv4 and IPv6 share the counters. The number of
+ * counters is the size of the pinned map: appending one makes the pins of a
+ * running node incompatible.
  */
 enum axon_stat {
 	AXON_STAT_FWD_LOCAL = 0,      /* from_pod: to a local pod (redirect_peer) */
 	AXON_STAT_FWD_TUNNEL,         /* from_pod: to a remote block via VXLAN */
 	AXON_STAT_FWD_NATIVE,         /* from_pod: to a remote block via FIB + redirect_neigh */
-	AXON_STAT_TO_HOST,            /* from_pod: IPv4 left to the kernel (NEXT) */
+	AXON_STAT_TO_HOST,            /* from_pod: IP not for a pod, left to the kernel (NEXT) */
 	AXON_STAT_OVERLAY_LOCAL,      /* from_overlay: to a local pod (redirect_peer) */
 	AXON_STAT_OVERLAY_TO_HOST,    /* from_overlay: not for a local pod (NEXT) */
-	AXON_STAT_DROP_MALFORMED,     /* truncated frame or bad IPv4 header (DROP) */
-	AXON_STAT_DROP_TTL,           /* TTL would expire on forwarding (DROP) */
+	AXON_STAT_DROP_MALFORMED,     /* truncated frame or bad IPv4/IPv6 header (DROP) */
+	AXON_STAT_DROP_TTL,           /* TTL / hop limit would expire on forwarding (DROP) */
 	AXON_STAT_DROP_TUNNEL,        /* bpf_skb_set_tunnel_key failed (DROP) */
-	AXON_STAT_NON_IPV4,           /* ARP, IPv6, ...: left to the kernel (NEXT) */
+	/*
+	 * Not IPv4 and not forwarded by design: non-IP frames (ARP, ...) and
+	 * IPv6 neighbour discovery or to link-local/multicast destinations.
+	 * Left to the kernel (NEXT); axon_to_overlay drops the non-IP ones.
+	 */
+	AXON_STAT_NON_IPV4,
 	AXON_STAT_FIB_MISS,           /* native mode: FIB lookup did not forward (NEXT) */
 	AXON_STAT_UNCONFIGURED,       /* mode AXON_MODE_NONE (NEXT) */
 	AXON_STAT_MAX,

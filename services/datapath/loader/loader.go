@@ -185,20 +185,13 @@ func (l *Loader) AttachEndpoint(hostName string, ifindex int) error {
 // DetachEndpoint removes a pod's program link.
 func (l *Loader) DetachEndpoint(hostName string) error { return l.detach(hostName) }
 
-// PutEndpoint writes a pod address's map entry. IPv6 addresses are left to
-// the kernel's routing for now.
+// PutEndpoint writes a pod address's map entry (either family).
 func (l *Loader) PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error {
-	if ip.Is6() {
-		return nil
-	}
 	return l.objs.PutEndpoint(ip, bpfdp.Endpoint{Ifindex: ifindex, ID: id, PodMAC: podMAC, HostMAC: hostMAC})
 }
 
 // DeleteEndpoint removes a pod address's entry; a missing one is success.
 func (l *Loader) DeleteEndpoint(ip netip.Addr) error {
-	if ip.Is6() {
-		return nil
-	}
 	return l.objs.DeleteEndpoint(ip)
 }
 
@@ -211,27 +204,20 @@ func (l *Loader) CheckEndpoint(hostName string, ip netip.Addr) []string {
 	if !attached {
 		problems = append(problems, fmt.Sprintf("no program attached to %s", hostName))
 	}
-	if ip.Is4() {
-		if _, err := l.objs.Endpoint(ip); err != nil {
-			problems = append(problems, fmt.Sprintf("no endpoint map entry for %s: %v", ip, err))
-		}
+	if _, err := l.objs.Endpoint(ip); err != nil {
+		problems = append(problems, fmt.Sprintf("no endpoint map entry for %s: %v", ip, err))
 	}
 	return problems
 }
 
-// PutRemote routes another node's block through the overlay.
+// PutRemote routes another node's block (either family) through the
+// overlay to the node's IPv4 underlay address.
 func (l *Loader) PutRemote(block netip.Prefix, nodeIP netip.Addr) error {
-	if block.Addr().Is6() {
-		return nil
-	}
 	return l.objs.PutRemote(block, nodeIP)
 }
 
 // DeleteRemote removes a block's tunnel entry; a missing one is success.
 func (l *Loader) DeleteRemote(block netip.Prefix) error {
-	if block.Addr().Is6() {
-		return nil
-	}
 	return l.objs.DeleteRemote(block)
 }
 
