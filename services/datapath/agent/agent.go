@@ -38,6 +38,8 @@ type Config struct {
 	NodeIPs []netip.Addr
 	// RoutingMode is ModeTunnel or ModeNative.
 	RoutingMode string
+	// TunnelProtocol is TunnelVXLAN (default) or TunnelGeneve.
+	TunnelProtocol string
 	// MTU of pod interfaces; 0 derives it from the node device MTU (1500)
 	// minus the VXLAN overhead in tunnel mode.
 	MTU int
@@ -97,10 +99,17 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 	if cfg.RoutingMode != ModeTunnel && cfg.RoutingMode != ModeNative {
 		return nil, fmt.Errorf("routing mode must be %q or %q, got %q", ModeTunnel, ModeNative, cfg.RoutingMode)
 	}
+	switch cfg.TunnelProtocol {
+	case "":
+		cfg.TunnelProtocol = TunnelVXLAN
+	case TunnelVXLAN, TunnelGeneve:
+	default:
+		return nil, fmt.Errorf("tunnel protocol must be %q or %q, got %q", TunnelVXLAN, TunnelGeneve, cfg.TunnelProtocol)
+	}
 	if cfg.MTU == 0 {
 		cfg.MTU = 1500
 		if cfg.RoutingMode == ModeTunnel {
-			cfg.MTU -= 50 // outer IPv4 + UDP + VXLAN + inner Ethernet
+			cfg.MTU -= 50 // outer IPv4 + UDP + VXLAN (or Geneve without options) + inner Ethernet
 		}
 	}
 	if cfg.ReleaseRetry == 0 {
@@ -155,7 +164,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := setupMasquerade(cidrs); err != nil {
+		if err := setupMasquerade(cidrs, tunnelDevice(a.cfg.TunnelProtocol)); err != nil {
 			return err
 		}
 	}
@@ -227,7 +236,7 @@ func (a *Agent) setupDatapath() error {
 	if a.cfg.RoutingMode == ModeNative {
 		return a.bpf.Configure(false, 0, nodeIP)
 	}
-	vx, err := ensureVXLAN(a.plumber.Node, a.cfg.MTU)
+	vx, err := ensureTunnel(a.plumber.Node, a.cfg.TunnelProtocol, a.cfg.MTU)
 	if err != nil {
 		return err
 	}

@@ -450,7 +450,11 @@ func (a *Agent) NodeConfig() *datapathv1alpha1.NodeConfig {
 	if a.cfg.RoutingMode == ModeTunnel {
 		c.RoutingMode = datapathv1alpha1.RoutingMode_ROUTING_MODE_TUNNEL
 		c.TunnelProtocol = datapathv1alpha1.TunnelProtocol_TUNNEL_PROTOCOL_VXLAN
-		c.TunnelPort = 8472
+		c.TunnelPort = VXLANPort
+		if a.cfg.TunnelProtocol == TunnelGeneve {
+			c.TunnelProtocol = datapathv1alpha1.TunnelProtocol_TUNNEL_PROTOCOL_GENEVE
+			c.TunnelPort = GenevePort
+		}
 	} else {
 		c.RoutingMode = datapathv1alpha1.RoutingMode_ROUTING_MODE_NATIVE
 	}

@@ -166,14 +166,14 @@ func (a *Agent) NodeStatus() *datapathv1alpha1.NodeStatus {
 	}
 	devices := []string{HostDevice, NetDevice}
 	if a.cfg.RoutingMode == ModeTunnel {
-		devices = append(devices, VXLANDevice)
+		devices = append(devices, tunnelDevice(a.cfg.TunnelProtocol))
 	}
 	for _, name := range devices {
 		ds := &datapathv1alpha1.DeviceStatus{Name: name}
 		if l, err := a.plumber.Node.LinkByName(name); err == nil {
 			ds.Present, ds.Ifindex, ds.Mtu = true, uint32(l.Attrs().Index), uint32(l.Attrs().MTU)
 			ds.Up = l.Attrs().Flags&net.FlagUp != 0
-			ds.ProgramAttached = name == VXLANDevice && a.bpf != nil
+			ds.ProgramAttached = name == tunnelDevice(a.cfg.TunnelProtocol) && a.bpf != nil
 		} else {
 			ds.Message = err.Error()
 			if st.Readiness == datapathv1alpha1.ReadinessState_READINESS_STATE_READY {

@@ -17,7 +17,7 @@ const natTable = "axon"
 // pod CIDR: traffic from pods to anywhere outside the pod CIDRs is
 // masqueraded to the node's address, unless it leaves through the overlay
 // (that stays pod to pod). It runs in the node's network namespace.
-func setupMasquerade(podCIDRs []netip.Prefix) error {
+func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
@@ -44,7 +44,7 @@ func setupMasquerade(podCIDRs []netip.Prefix) error {
 		}
 		exprs = append(exprs,
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(VXLANDevice)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(overlay)},
 			&expr.Masq{},
 		)
 		c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs})

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Names of the node devices.
@@ -62,33 +63,61 @@ func setupNodeDevices(h *netlink.Handle, routers []netip.Addr, mtu int) error {
 	return nil
 }
 
-// VXLANPort is the UDP port of the overlay (Linux's and Cilium's default).
-const VXLANPort = 8472
+// Tunnel protocols and their overlay devices and UDP ports (Linux's and
+// Cilium's defaults).
+const (
+	TunnelVXLAN  = "vxlan"
+	TunnelGeneve = "geneve"
 
-// ensureVXLAN creates (or keeps) the flow-based axon_vxlan device, whose
+	VXLANDevice  = "axon_vxlan"
+	GeneveDevice = "axon_geneve"
+	VXLANPort    = 8472
+	GenevePort   = 6081
+)
+
+// ErrNoGeneve means the kernel cannot create Geneve devices.
+var ErrNoGeneve = errors.New("this kernel has no Geneve support (no geneve module); use --tunnel-protocol=vxlan")
+
+// tunnelDevice names the overlay device of a tunnel protocol.
+func tunnelDevice(protocol string) string {
+	if protocol == TunnelGeneve {
+		return GeneveDevice
+	}
+	return VXLANDevice
+}
+
+// ensureTunnel creates (or keeps) the flow-based overlay device, whose
 // tunnel endpoints come from the eBPF programs, and returns its ifindex.
 // Its MTU is the pods' (the inner packet's); NOARP because the programs,
 // not neighbour resolution, pick where a packet goes.
-func ensureVXLAN(h *netlink.Handle, mtu int) (int, error) {
-	link, err := h.LinkByName(VXLANDevice)
+func ensureTunnel(h *netlink.Handle, protocol string, mtu int) (int, error) {
+	name := tunnelDevice(protocol)
+	link, err := h.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
-			return 0, fmt.Errorf("find %s: %w", VXLANDevice, err)
+			return 0, fmt.Errorf("find %s: %w", name, err)
 		}
-		vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: VXLANDevice, MTU: mtu}, FlowBased: true, Port: VXLANPort}
-		if err := h.LinkAdd(vx); err != nil {
-			return 0, fmt.Errorf("create %s: %w", VXLANDevice, err)
+		attrs := netlink.LinkAttrs{Name: name, MTU: mtu}
+		var dev netlink.Link = &netlink.Vxlan{LinkAttrs: attrs, FlowBased: true, Port: VXLANPort}
+		if protocol == TunnelGeneve {
+			dev = &netlink.Geneve{LinkAttrs: attrs, FlowBased: true, Dport: GenevePort}
 		}
-		if link, err = h.LinkByName(VXLANDevice); err != nil {
-			return 0, fmt.Errorf("find %s: %w", VXLANDevice, err)
+		if err := h.LinkAdd(dev); err != nil {
+			if protocol == TunnelGeneve && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT)) {
+				return 0, ErrNoGeneve
+			}
+			return 0, fmt.Errorf("create %s: %w", name, err)
+		}
+		if link, err = h.LinkByName(name); err != nil {
+			return 0, fmt.Errorf("find %s: %w", name, err)
 		}
 	}
 	if err := h.LinkSetARPOff(link); err != nil {
-		return 0, fmt.Errorf("set %s noarp: %w", VXLANDevice, err)
+		return 0, fmt.Errorf("set %s noarp: %w", name, err)
 	}
 	if err := h.LinkSetUp(link); err != nil {
-		return 0, fmt.Errorf("set %s up: %w", VXLANDevice, err)
+		return 0, fmt.Errorf("set %s up: %w", name, err)
 	}
 	return link.Attrs().Index, nil
 }

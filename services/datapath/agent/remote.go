@@ -15,9 +15,6 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
-// VXLANDevice is the overlay device of tunnel mode.
-const VXLANDevice = "axon_vxlan"
-
 // remoteBlock is another node's block and where to send its traffic.
 type remoteBlock struct {
 	node   string
@@ -124,9 +121,10 @@ func (a *Agent) applyRemote(p netip.Prefix, rb remoteBlock) error {
 	if err := a.bpf.PutRemote(p, rb.nodeIP); err != nil {
 		return err
 	}
-	vx, err := h.LinkByName(VXLANDevice)
+	dev := tunnelDevice(a.cfg.TunnelProtocol)
+	vx, err := h.LinkByName(dev)
 	if err != nil {
-		return fmt.Errorf("find %s: %w", VXLANDevice, err)
+		return fmt.Errorf("find %s: %w", dev, err)
 	}
 	// Traffic the node itself sends to the block goes into the overlay;
 	// the device's egress program picks the tunnel endpoint. Its source
