@@ -50,6 +50,7 @@ func run() error {
 	fs.IntVar(&cfg.Nodes, "nodes", 2, "simulated nodes (network namespaces with a datapath each; needs root)")
 	fs.StringVar(&cfg.NetnsPrefix, "netns-prefix", "axon-", "`prefix` of the network namespaces (and bpffs directories) of the simulated nodes")
 	fs.StringVar(&cfg.PodCIDR, "pod-cidr", "10.42.0.0/16", "IPv4 `CIDR` of the default pool")
+	fs.IntVar(&cfg.DemoPods, "demo-pods", 1, "pods per node to wire through axon-cni at start (deleted at exit)")
 	fs.StringVar(&cfg.PodCIDR6, "pod-cidr6", "fd00:42::/104", "IPv6 `CIDR` of the default pool; empty for IPv4 only")
 	fs.StringVar(&logCfg.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&logCfg.LogFormat, "log-format", "text", "log `format`: text or json")

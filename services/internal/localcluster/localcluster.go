@@ -58,6 +58,8 @@ type Config struct {
 	PodCIDR6 string
 	// DatapathArgs are extra flags for every axon-datapath.
 	DatapathArgs []string
+	// DemoPods is how many pods per node to wire through axon-cni.
+	DemoPods int
 }
 
 // Component is one service process of the local system.
@@ -162,6 +164,8 @@ type Cluster struct {
 	// Outside is a host on the nodes' underlay that is not a node: the
 	// world outside the cluster.
 	Outside Node
+	// Pods are the demo pods.
+	Pods []DemoPod
 }
 
 // Node is a simulated node as tests and the summary see it.
@@ -237,6 +241,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 			DatapathSocket: strings.TrimPrefix(cfg.datapath(n).Target, "unix://"),
 			DeleteQueue:    filepath.Join(cfg.StateDir, n.Name, "cni-deletes"),
 		})
+	}
+	if err := c.startDemoPods(ctx, cfg.DemoPods); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -320,6 +327,14 @@ func printSummary(out io.Writer, c *Cluster) {
 		for _, n := range c.Nodes {
 			fmt.Fprintf(&b, "  %-10s %-16s %-28s %s\n", n.Name, n.IP, n.Netns, n.DatapathSocket)
 		}
+	}
+	if len(c.Pods) > 0 {
+		fmt.Fprintf(&b, "\n  %-14s %-8s %-34s %s\n", "POD", "NODE", "NETNS", "ADDRESSES (via axon-cni)")
+		for _, p := range c.Pods {
+			fmt.Fprintf(&b, "  %-14s %-8s %-34s %s\n", p.Name, p.Node, p.Netns, strings.Join(p.IPs, ", "))
+		}
+		fmt.Fprintf(&b, "\n%s", c.reachability())
+		fmt.Fprintf(&b, "  try: sudo nsenter --net=%s ping %s\n", c.Pods[0].Netns, c.Pods[len(c.Pods)-1].IPs[0])
 	}
 	fmt.Fprintf(&b, "\nTry: grpcurl -plaintext %s list\n     grpcurl -plaintext %s grpc.health.v1.Health/Check\nPress Ctrl-C to stop.\n", comps[0].Target, comps[0].Target)
 	_, _ = out.Write(b.Bytes())
