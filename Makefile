@@ -43,6 +43,14 @@ build: ## build every binary into bin/
 	cd services && go build -o $(BIN)/ ./cmd/...
 	cd cni-shim && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(BIN)/axon-cni ./cmd/axon-cni
 
+CNI_BIN_DIR  ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
+
+.PHONY: install-cni
+install-cni: build ## install axon-cni and its network configuration where runtimes look
+	install -D -m 0755 $(BIN)/axon-cni $(CNI_BIN_DIR)/axon-cni
+	install -D -m 0644 cni-shim/conf/10-axon.conflist $(CNI_CONF_DIR)/10-axon.conflist
+
 .PHONY: lint
 lint: tools ## go vet, gofmt, buf lint, buf format; each module builds alone
 	go vet $(PKGS)
@@ -57,7 +65,10 @@ test: ## run every test (root runs the kernel tests too) with the race detector
 
 .PHONY: bench
 bench: ## run the benchmarks
+	GOWORK=off GOBIN=$(TOOLBIN) go install github.com/containernetworking/plugins/plugins/ipam/host-local@v1.10.0
 	go test -run '^$$' -bench . -benchmem $(PKGS)
+	go test ./services/ipam/bench -run TestIPAMBenchReport -count=1 -timeout 30m \
+		-args -ipam.report=$(CURDIR)/docs/bench/ipam.md -ipam.hostlocal=$(TOOLBIN)/host-local -ipam.scale=true
 
 .PHONY: run
 run: build ## start the whole system on this machine with an embedded etcd

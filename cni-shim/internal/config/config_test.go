@@ -1,7 +1,9 @@
 package config
 
 import (
+	"encoding/json"
 	"errors"
+	"os"
 	"fmt"
 	"strings"
 	"testing"
@@ -135,4 +137,35 @@ func FuzzParseArgs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _, _ = ParseArgs(s)
 	})
+}
+
+// TestSampleConflist keeps the shipped configuration valid: each plugin
+// entry, with the list's name and version as a runtime passes them, parses.
+func TestSampleConflist(t *testing.T) {
+	b, err := os.ReadFile("../../conf/10-axon.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		CNIVersion string            `json:"cniVersion"`
+		Name       string            `json:"name"`
+		Plugins    []json.RawMessage `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &list); err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range list.Plugins {
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			t.Fatal(err)
+		}
+		m["cniVersion"], m["name"] = list.CNIVersion, list.Name
+		conf, err := json.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Parse(conf); err != nil {
+			t.Errorf("sample plugin config %s: %v", raw, err)
+		}
+	}
 }
