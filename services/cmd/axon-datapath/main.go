@@ -95,6 +95,7 @@ func main() {
 			}()
 			go a.RunReleaseRetries(bg)
 			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a, gcMinAge))
+			server.RegisterMetrics(d.Registry(), bpf, a)
 			return nil
 		},
 	}))
