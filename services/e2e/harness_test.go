@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -125,22 +124,11 @@ func shortName(t *testing.T) string {
 
 func freePortBase(t *testing.T) int {
 	t.Helper()
-	for base := 30000 + os.Getpid()%20000; base < 65000; base += 1000 {
-		ok := true
-		for _, off := range []int{1, 2, 3, 4, 5, 201, 202, 203, 204, 205} {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
-			if err != nil {
-				ok = false
-				break
-			}
-			_ = l.Close()
-		}
-		if ok {
-			return base
-		}
+	base, err := localcluster.FreePortBase("127.0.0.1", 30000+os.Getpid()%20000)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("no free port range")
-	return 0
+	return base
 }
 
 // conflist is the network configuration of a node's runtime.

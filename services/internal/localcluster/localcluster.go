@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -484,4 +486,25 @@ func (w *prefixWriter) flush() {
 		_, _ = fmt.Fprintf(w.out, "%s%s\n", w.prefix, w.buf)
 		w.buf = nil
 	}
+}
+
+// FreePortBase finds a PortBase, at or above from, whose service and
+// metrics ports are all free on host now, so parallel runs (tests) do not
+// collide.
+func FreePortBase(host string, from int) (int, error) {
+	for base := from; base+205 < 65536; base += 1000 {
+		free := true
+		for _, off := range []int{1, 2, 3, 4, 5, 201, 202, 203, 204, 205} {
+			l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(base+off)))
+			if err != nil {
+				free = false
+				break
+			}
+			_ = l.Close()
+		}
+		if free {
+			return base, nil
+		}
+	}
+	return 0, fmt.Errorf("no free range of ports on %s from %d", host, from)
 }
