@@ -8,8 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -20,68 +18,12 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/axon-cni/axon/bpf/internal/fdleak"
 )
 
-// TestMain fails the package if the tests leak file descriptors (BPF
-// objects, links, namespaces, netlink sockets).
-func TestMain(m *testing.M) {
-	// The runtime opens its netpoller (epoll + eventfd) on first use; open it
-	// now so it does not count as a leak.
-	if r, w, err := os.Pipe(); err == nil {
-		r.Close()
-		w.Close()
-	}
-	before, err := openFDs()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fd leak check:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	after, err := openFDs()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fd leak check:", err)
-		os.Exit(1)
-	}
-	var leaked []string
-	for fd, target := range after {
-		if _, ok := before[fd]; !ok {
-			leaked = append(leaked, fmt.Sprintf("%d -> %s", fd, target))
-		}
-	}
-	if len(leaked) > 0 {
-		fmt.Fprintf(os.Stderr, "leaked %d file descriptors:\n  %s\n", len(leaked), strings.Join(leaked, "\n  "))
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// openFDs maps each open descriptor of the process to what it points at.
-func openFDs() (map[int]string, error) {
-	f, err := os.Open("/proc/self/fd")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return nil, err
-	}
-	fds := make(map[int]string, len(names))
-	for _, name := range names {
-		fd, err := strconv.Atoi(name)
-		if err != nil || fd == int(f.Fd()) {
-			continue
-		}
-		target, err := os.Readlink("/proc/self/fd/" + name)
-		if err != nil {
-			continue // closed in the meantime
-		}
-		fds[fd] = target
-	}
-	return fds, nil
-}
+// TestMain fails the package if the tests leak file descriptors.
+func TestMain(m *testing.M) { os.Exit(fdleak.Run(m)) }
 
 // TestSpec checks the embedded object without privileges.
 func TestSpec(t *testing.T) {
