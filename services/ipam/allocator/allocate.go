@@ -157,7 +157,7 @@ func (a *Allocator) plan(ctx context.Context, n nodeRef, req *ipamv1alpha1.Alloc
 	fams := req.GetFamilies()
 	explicit := len(fams) > 0
 	if !explicit {
-		fams = pool.Families
+		fams = a.servedFamilies(requested)
 	}
 	for _, f := range slices.Compact(slices.Clone(fams)) {
 		var hold *holdRef
@@ -450,4 +450,28 @@ func (a *Allocator) routerIP(node string, f pool.Family) string {
 		return e.val.RouterIP
 	}
 	return ""
+}
+
+// servedFamilies returns the families an allocation without explicit
+// families asks for: those some pool serves (from the watch-fed cache, so a
+// single-stack cluster does not look for the other family in etcd on every
+// allocation), plus those of requested IPs.
+func (a *Allocator) servedFamilies(requested map[pool.Family]netip.Addr) []pool.Family {
+	served := map[pool.Family]bool{}
+	for _, e := range a.pools.snapshot(nil) {
+		for _, f := range e.val.parsed.FamilyList() {
+			served[f] = true
+		}
+	}
+	var out []pool.Family
+	for _, f := range pool.Families {
+		if _, ok := requested[f]; ok || served[f] {
+			out = append(out, f)
+		}
+	}
+	if len(out) == 0 {
+		// Nothing cached: let the lookups consult etcd.
+		return pool.Families
+	}
+	return out
 }
