@@ -84,8 +84,9 @@ type Agent struct {
 	store   store
 
 	health healthState
+	locks  attachmentLocks // serializes the changes of one endpoint
 
-	mu      sync.Mutex // guards the fields below and serializes endpoint changes
+	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
 	nextID  uint32
 	ready   error // nil once the node is set up
@@ -173,14 +174,16 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.routers = routers
 	for _, ep := range eps {
 		a.nextID = max(a.nextID, ep.GetEndpointId())
 	}
 	a.ready = nil
-	a.replayDeletesLocked(ctx)
+	a.mu.Unlock()
 	a.log.Info("node ready", "node", a.cfg.NodeName, "router_ips", routers, "endpoints", len(eps), "mode", a.cfg.RoutingMode)
+	// DELs queued while the agent was down run before anything else waits
+	// on them; failures stay queued for the periodic replay.
+	a.replayDeletes(ctx)
 	return nil
 }
 
@@ -203,9 +206,7 @@ func (a *Agent) RunReleaseRetries(ctx context.Context) {
 		case <-t.C:
 		}
 		a.retryReleases(ctx)
-		a.mu.Lock()
-		a.replayDeletesLocked(ctx)
-		a.mu.Unlock()
+		a.replayDeletes(ctx)
 	}
 }
 

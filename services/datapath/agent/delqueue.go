@@ -17,9 +17,8 @@ type queuedDelete struct {
 	IfName      string `json:"ifName"`
 }
 
-// replayDeletesLocked runs every queued DEL and removes its file once done.
-// The caller holds a.mu.
-func (a *Agent) replayDeletesLocked(ctx context.Context) {
+// replayDeletes runs every queued DEL and removes its file once done.
+func (a *Agent) replayDeletes(ctx context.Context) {
 	if a.cfg.DeleteQueue == "" {
 		return
 	}
@@ -42,7 +41,7 @@ func (a *Agent) replayDeletesLocked(ctx context.Context) {
 			_ = os.Remove(path)
 			continue
 		}
-		if _, err := a.deleteLocked(ctx, &datapathv1alpha1.Attachment{ContainerId: q.ContainerID, InterfaceName: q.IfName}); err != nil {
+		if _, err := a.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.ContainerID, InterfaceName: q.IfName}); err != nil {
 			a.log.Warn("queued delete failed; kept for the next replay", "container", q.ContainerID, "err", err)
 			continue
 		}

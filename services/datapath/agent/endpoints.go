@@ -51,12 +51,11 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	if m := req.GetMtu(); m != 0 && (m < 576 || int(m) > a.cfg.MTU) {
 		return nil, status.Errorf(codes.InvalidArgument, "mtu %d must be between 576 and the node's %d", m, a.cfg.MTU)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.ready != nil {
-		return nil, errUnavailable("node not ready: %v", a.ready)
+	if err := a.Ready(); err != nil {
+		return nil, errUnavailable("node not ready: %v", err)
 	}
 	hostName := hostNameOf(att)
+	defer a.locks.lock(hostName)()
 	if _, ep, err := a.store.load(hostName); err == nil {
 		if ep.GetNetnsPath() != req.GetNetnsPath() {
 			return nil, status.Errorf(codes.AlreadyExists, "attachment %s/%s is wired into %s, not %s", att.GetContainerId(), att.GetInterfaceName(), ep.GetNetnsPath(), req.GetNetnsPath())
@@ -131,8 +130,10 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 			_ = a.plumber.Delete(hostName)
 		}
 	}()
+	a.mu.Lock()
 	a.nextID++
 	ep.EndpointId = a.nextID
+	a.mu.Unlock()
 	ep.Interfaces = []*datapathv1alpha1.Interface{
 		{Name: hostName, Mac: res.HostMAC.String(), Mtu: uint32(mtu), Ifindex: uint32(res.HostIndex)},
 		{Name: att.GetInterfaceName(), Mac: res.PodMAC.String(), Sandbox: req.GetNetnsPath(), Mtu: uint32(mtu), Ifindex: uint32(res.PodIndex)},
@@ -197,13 +198,8 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attach
 	if err := validAttachment(att); err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.deleteLocked(ctx, att)
-}
-
-func (a *Agent) deleteLocked(ctx context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
 	hostName := hostNameOf(att)
+	defer a.locks.lock(hostName)()
 	rec, ep, err := a.store.load(hostName)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
@@ -406,8 +402,6 @@ func componentOf(problem string) datapathv1alpha1.EndpointComponent {
 // that are older than minAge, then has IPAM release any allocation of this
 // node that no kept endpoint owns.
 func (a *Agent) GarbageCollect(ctx context.Context, valid []*datapathv1alpha1.Attachment, minAge time.Duration, dryRun bool) ([]*datapathv1alpha1.Endpoint, uint32, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	keep := map[string]bool{}
 	for _, att := range valid {
 		keep[hostNameOf(att)] = true
@@ -428,7 +422,7 @@ func (a *Agent) GarbageCollect(ctx context.Context, valid []*datapathv1alpha1.At
 		if dryRun {
 			continue
 		}
-		if _, err := a.deleteLocked(ctx, ep.GetAttachment()); err != nil {
+		if _, err := a.DeleteEndpoint(ctx, ep.GetAttachment()); err != nil {
 			return removed, 0, err
 		}
 	}

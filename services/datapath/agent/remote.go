@@ -113,7 +113,22 @@ func (a *Agent) applyRemote(p netip.Prefix, rb remoteBlock) error {
 	dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 	h := a.plumber.Node
 	if a.cfg.RoutingMode == ModeNative {
-		return h.RouteReplace(&netlink.Route{Dst: dst, Gw: rb.nodeIP.AsSlice()})
+		// The kernel route is the next hop the programs' FIB lookup finds;
+		// the map entry tells them the block is a remote pod block (other
+		// destinations stay on the kernel's path, through masquerading).
+		if err := h.RouteReplace(&netlink.Route{Dst: dst, Gw: rb.nodeIP.AsSlice()}); err != nil {
+			return err
+		}
+		if a.bpf == nil {
+			return nil
+		}
+		tunnelIP, _ := pickNodeIP([]string{rb.nodeIP.String()}, true)
+		if !tunnelIP.IsValid() {
+			// The map holds an IPv4 node address; for an IPv6-only next hop
+			// the kernel route alone carries the block.
+			return nil
+		}
+		return a.bpf.PutRemote(p, tunnelIP)
 	}
 	if a.bpf == nil {
 		return errors.New("tunnel mode needs the eBPF datapath")
@@ -142,7 +157,7 @@ func (a *Agent) removeRemote(p netip.Prefix, applied map[netip.Prefix]remoteBloc
 			_ = a.plumber.Node.RouteDel(&r)
 		}
 	}
-	if a.bpf != nil && a.cfg.RoutingMode == ModeTunnel {
+	if a.bpf != nil {
 		if err := a.bpf.DeleteRemote(p); err != nil {
 			a.log.Warn("delete tunnel map entry", "block", p, "err", err)
 		}
