@@ -69,6 +69,9 @@ bench: ## run the benchmarks
 	go test -run '^$$' -bench . -benchmem $(PKGS)
 	go test ./services/ipam/bench -run TestIPAMBenchReport -count=1 -timeout 30m \
 		-args -ipam.report=$(CURDIR)/docs/bench/ipam.md -ipam.hostlocal=$(TOOLBIN)/host-local -ipam.scale=true
+	GOWORK=off GOBIN=$(TOOLBIN) go install github.com/containernetworking/plugins/plugins/main/ptp@v1.10.0
+	go test ./services/datapath/bench -run TestDatapathBenchReport -count=1 -timeout 30m \
+		-args -dp.report=$(CURDIR)/docs/bench/datapath.md -dp.plugins=$(TOOLBIN)
 
 .PHONY: run
 run: build ## start the whole system on this machine with an embedded etcd

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
 // cniTarget is a network configuration as a container runtime runs it:
@@ -63,7 +65,7 @@ func (tg *cniTarget) newPods(phase string, n int) ([]*cniPod, error) {
 		tg.mu.Lock()
 		tg.pods = append(tg.pods, n)
 		tg.seq++
-		name := fmt.Sprintf("%s-%s-%d", tg.Name, phase, tg.seq)
+		name := strings.NewReplacer("+", "-", " ", "-").Replace(fmt.Sprintf("%s-%s-%d", tg.Name, phase, tg.seq))
 		tg.mu.Unlock()
 		pods[i] = &cniPod{ns: n, rt: &libcni.RuntimeConf{
 			ContainerID: "bench-" + name, NetNS: n.path, IfName: "eth0",
@@ -200,9 +202,65 @@ func measureCNI(ctx context.Context, tg *cniTarget, phase string, n, conc int) (
 	return run, nil
 }
 
+// measureCNISequential wires n fresh pods per target one call at a time,
+// alternating between the targets (and their order) call by call so that
+// noise from the rest of the machine hits them alike; then removes them
+// the same way.
+func measureCNISequential(ctx context.Context, tgs []*cniTarget, phase string, n int) ([]cniRun, error) {
+	runs := make([]cniRun, len(tgs))
+	pods := make([][]*cniPod, len(tgs))
+	addLat := make([][]time.Duration, len(tgs))
+	delLat := make([][]time.Duration, len(tgs))
+	for j, tg := range tgs {
+		runs[j] = cniRun{Target: tg.Name, Phase: phase, Pods: n, Conc: 1}
+		var err error
+		if pods[j], err = tg.newPods(phase, n); err != nil {
+			return nil, err
+		}
+	}
+	for _, verb := range []string{"ADD", "DEL"} {
+		for i := range n {
+			for k := range tgs {
+				j := (k + i) % len(tgs)
+				tg, p := tgs[j], pods[j][i]
+				var d time.Duration
+				err := inNS(tg.nodeNS, func() error {
+					t0 := time.Now()
+					var err error
+					if verb == "ADD" {
+						err = tg.add(ctx, p)
+					} else {
+						err = tg.del(ctx, p)
+					}
+					d = time.Since(t0)
+					return err
+				})
+				if err != nil {
+					return nil, err
+				}
+				if verb == "ADD" {
+					addLat[j] = append(addLat[j], d)
+				} else {
+					delLat[j] = append(delLat[j], d)
+				}
+			}
+		}
+	}
+	for j := range tgs {
+		runs[j].Add, runs[j].Del = summarize(addLat[j]), summarize(delLat[j])
+		for _, d := range addLat[j] {
+			runs[j].AddWall += d
+		}
+		for _, d := range delLat[j] {
+			runs[j].DelWall += d
+		}
+	}
+	return runs, nil
+}
+
 // latencies summarizes samples.
 type latencies struct {
-	N                  int
+	N                   int
 	P50, P99, Mean, Max time.Duration
 }
 
@@ -231,6 +289,7 @@ type execResult struct {
 	AxonVersion, PTPVersion latencies
 	AxonAdd, AxonDel        latencies
 	GRPCCreate, GRPCDelete  latencies
+	IPAMAlloc, IPAMRelease  latencies
 }
 
 // runPlugin executes a CNI plugin the way libcni does and returns how long
@@ -253,7 +312,7 @@ func runPlugin(bin string, env []string, stdin []byte) (time.Duration, []byte, e
 // measureExec times VERSION for axon-cni and ptp, ADD/DEL of axon-cni run
 // directly, and the same create/delete through the datapath API without
 // the shim (one persistent connection), on n fresh pods each.
-func measureExec(ctx context.Context, axonBin, ptpBin, socket, nodeNS string, n int) (execResult, error) {
+func measureExec(ctx context.Context, axonBin, ptpBin, socket, nodeNS, ipamTarget, nodeName string, n int) (execResult, error) {
 	var r execResult
 	version := []byte(`{"cniVersion":"1.1.0"}`)
 	for _, b := range []struct {
@@ -338,6 +397,32 @@ func measureExec(ctx context.Context, axonBin, ptpBin, socket, nodeNS string, n 
 		delLat = append(delLat, time.Since(t0))
 	}
 	r.GRPCCreate, r.GRPCDelete = summarize(addLat), summarize(delLat)
+
+	// The IPAM share of it: the same allocation and release the agent
+	// makes, straight to axon-ipam.
+	iconn, err := grpc.NewClient(ipamTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return r, err
+	}
+	defer iconn.Close()
+	ipam := ipamv1alpha1.NewIPAMServiceClient(iconn)
+	addLat, delLat = nil, nil
+	for i := range n {
+		h := &ipamv1alpha1.OwnerHandle{ContainerId: fmt.Sprintf("bench-ipam-%d", i), InterfaceName: "eth0"}
+		t0 := time.Now()
+		a, err := ipam.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{Handle: h, Node: nodeName,
+			Pod: &ipamv1alpha1.PodInfo{Namespace: "bench", Name: "ipam"}})
+		if err != nil {
+			return r, fmt.Errorf("AllocateIP: %w", err)
+		}
+		addLat = append(addLat, time.Since(t0))
+		t0 = time.Now()
+		if _, err := ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{Handle: h, ExpectedSequence: a.GetAllocation().GetSequence()}); err != nil {
+			return r, fmt.Errorf("ReleaseIP: %w", err)
+		}
+		delLat = append(delLat, time.Since(t0))
+	}
+	r.IPAMAlloc, r.IPAMRelease = summarize(addLat), summarize(delLat)
 	return r, nil
 }
 
