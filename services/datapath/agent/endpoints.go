@@ -204,11 +204,13 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attach
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
 	}
-	if a.bpf != nil {
-		a.detach(hostName, endpointAddrs(ep))
-	}
+	// The veth goes first: its removal detaches the program with it, so the
+	// link's own detach (another RCU grace period in the kernel) is skipped.
 	if err := a.plumber.Delete(hostName); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove veth %s: %v", hostName, err)
+	}
+	if a.bpf != nil {
+		a.detach(hostName, endpointAddrs(ep))
 	}
 	var seq uint64
 	if rec != nil {
