@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
 )
@@ -85,6 +86,7 @@ type Agent struct {
 
 	health healthState
 	locks  attachmentLocks // serializes the changes of one endpoint
+	remote remoteState
 
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
@@ -126,6 +128,10 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 	return &Agent{
 		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h}, bpf: bpf,
 		store: store{dir: cfg.StateDir}, ready: errors.New("node not set up yet"),
+		remote: remoteState{
+			watched: map[netip.Prefix]remoteBlock{}, manual: map[string]*datapathv1alpha1.RemoteNode{},
+			applied: map[netip.Prefix]remoteBlock{},
+		},
 	}, nil
 }
 

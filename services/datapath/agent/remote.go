@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
@@ -21,14 +23,58 @@ type remoteBlock struct {
 	nodeIP netip.Addr
 }
 
+// remoteState is what the agent knows of other nodes' blocks, from two
+// sources: IPAM's block watch and the UpsertRemoteNode API. A block is
+// routed while either source has it; the watch wins when both do.
+type remoteState struct {
+	mu      sync.Mutex
+	watched map[netip.Prefix]remoteBlock
+	manual  map[string]*datapathv1alpha1.RemoteNode
+	applied map[netip.Prefix]remoteBlock
+}
+
+// effective is what block p should be routed to, if anything. Caller holds
+// mu.
+func (r *remoteState) effective(p netip.Prefix, tunnel bool) (remoteBlock, bool) {
+	if rb, ok := r.watched[p]; ok {
+		return rb, true
+	}
+	for _, n := range r.manual {
+		for _, s := range n.GetPodCidrs() {
+			if s == p.String() {
+				ip, ok := pickNodeIP(n.GetNodeIps(), p.Addr().Is4() || tunnel)
+				return remoteBlock{node: n.GetName(), nodeIP: ip}, ok
+			}
+		}
+	}
+	return remoteBlock{}, false
+}
+
+// reconcile brings block p's route and map entry to what the sources say.
+// Caller holds a.remote.mu.
+func (a *Agent) reconcile(p netip.Prefix) {
+	want, ok := a.remote.effective(p, a.cfg.RoutingMode == ModeTunnel)
+	cur, applied := a.remote.applied[p]
+	switch {
+	case !ok && applied:
+		a.removeRemote(p)
+		delete(a.remote.applied, p)
+	case ok && (!applied || cur != want):
+		if err := a.applyRemote(p, want); err != nil {
+			a.log.Warn("cannot route remote block", "block", p, "node", want.node, "err", err)
+			return
+		}
+		a.remote.applied[p] = want
+	}
+}
+
 // RunRemoteWatch follows IPAM's blocks until ctx ends and keeps this node's
 // way to every other node's blocks: a route via the node in native mode, a
 // tunnel map entry and a route into the overlay in tunnel mode. It
 // reconnects after errors; after each SYNCED it drops what was not re-sent.
 func (a *Agent) RunRemoteWatch(ctx context.Context) {
-	applied := map[netip.Prefix]remoteBlock{}
 	for ctx.Err() == nil {
-		err := a.watchOnce(ctx, applied)
+		err := a.watchOnce(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -40,7 +86,7 @@ func (a *Agent) RunRemoteWatch(ctx context.Context) {
 	}
 }
 
-func (a *Agent) watchOnce(ctx context.Context, applied map[netip.Prefix]remoteBlock) error {
+func (a *Agent) watchOnce(ctx context.Context) error {
 	stream, err := a.ipam.WatchBlocks(ctx, &ipamv1alpha1.WatchBlocksRequest{})
 	if err != nil {
 		return err
@@ -54,49 +100,51 @@ func (a *Agent) watchOnce(ctx context.Context, applied map[netip.Prefix]remoteBl
 		if err != nil {
 			return err
 		}
-		if ev.GetType() == commonv1alpha1.EventType_EVENT_TYPE_SYNCED {
-			for p := range applied {
-				if !seen[p] {
-					a.removeRemote(p, applied)
-				}
-			}
-			seen = map[netip.Prefix]bool{}
-			continue
-		}
-		b := ev.GetBlock()
-		p, err := netip.ParsePrefix(b.GetCidr())
-		if err != nil || b.GetNode() == a.cfg.NodeName {
-			continue
-		}
-		if ev.GetType() == commonv1alpha1.EventType_EVENT_TYPE_DELETED {
-			a.removeRemote(p, applied)
-			if b.GetRouterIp() != "" {
-				a.health.forgetPeer(b.GetNode())
-			}
-			continue
-		}
-		if rip, err := netip.ParseAddr(b.GetRouterIp()); err == nil && rip.Is4() {
-			nip, _ := pickNodeIP(ev.GetNodeAddresses(), true)
-			a.health.notePeer(b.GetNode(), nip, rip)
-		}
-		seen[p] = true
-		// The overlay runs over the node's IPv4 underlay for both families;
-		// native routing needs a next hop of the block's family.
-		nodeIP, ok := pickNodeIP(ev.GetNodeAddresses(), p.Addr().Is4() || a.cfg.RoutingMode == ModeTunnel)
-		if !ok {
-			a.log.Warn("remote block has no node address of its family", "block", p, "node", b.GetNode())
-			continue
-		}
-		want := remoteBlock{node: b.GetNode(), nodeIP: nodeIP}
-		if cur, ok := applied[p]; ok && cur == want {
-			continue
-		}
-		if err := a.applyRemote(p, want); err != nil {
-			a.log.Warn("cannot route remote block", "block", p, "node", want.node, "err", err)
-			continue
-		}
-		applied[p] = want
+		a.remote.mu.Lock()
+		a.watchEvent(ev, seen)
+		a.remote.mu.Unlock()
 	}
+}
+
+// watchEvent applies one block event. Caller holds a.remote.mu.
+func (a *Agent) watchEvent(ev *ipamv1alpha1.WatchBlocksResponse, seen map[netip.Prefix]bool) {
+	if ev.GetType() == commonv1alpha1.EventType_EVENT_TYPE_SYNCED {
+		for p := range a.remote.watched {
+			if !seen[p] {
+				delete(a.remote.watched, p)
+				a.reconcile(p)
+			}
+		}
+		clear(seen)
+		return
+	}
+	b := ev.GetBlock()
+	p, err := netip.ParsePrefix(b.GetCidr())
+	if err != nil || b.GetNode() == a.cfg.NodeName {
+		return
+	}
+	if ev.GetType() == commonv1alpha1.EventType_EVENT_TYPE_DELETED {
+		delete(a.remote.watched, p)
+		a.reconcile(p)
+		if b.GetRouterIp() != "" {
+			a.health.forgetPeer(b.GetNode())
+		}
+		return
+	}
+	if rip, err := netip.ParseAddr(b.GetRouterIp()); err == nil && rip.Is4() {
+		nip, _ := pickNodeIP(ev.GetNodeAddresses(), true)
+		a.health.notePeer(b.GetNode(), nip, rip)
+	}
+	seen[p] = true
+	// The overlay runs over the node's IPv4 underlay for both families;
+	// native routing needs a next hop of the block's family.
+	nodeIP, ok := pickNodeIP(ev.GetNodeAddresses(), p.Addr().Is4() || a.cfg.RoutingMode == ModeTunnel)
+	if !ok {
+		a.log.Warn("remote block has no node address of its family", "block", p, "node", b.GetNode())
+		return
+	}
+	a.remote.watched[p] = remoteBlock{node: b.GetNode(), nodeIP: nodeIP}
+	a.reconcile(p)
 }
 
 // pickNodeIP returns the node's first IPv4 (v4) or IPv6 address.
@@ -148,8 +196,7 @@ func (a *Agent) applyRemote(p netip.Prefix, rb remoteBlock) error {
 	return h.RouteReplace(&netlink.Route{Dst: dst, LinkIndex: vx.Attrs().Index, Scope: netlink.SCOPE_LINK, MTU: a.cfg.MTU})
 }
 
-func (a *Agent) removeRemote(p netip.Prefix, applied map[netip.Prefix]remoteBlock) {
-	delete(applied, p)
+func (a *Agent) removeRemote(p netip.Prefix) {
 	dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 	routes, err := a.plumber.Node.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
 	if err == nil {

@@ -140,3 +140,27 @@ func (s *Server) GetNodeConfig(context.Context, *datapathv1alpha1.GetNodeConfigR
 func (s *Server) GetNodeStatus(context.Context, *datapathv1alpha1.GetNodeStatusRequest) (*datapathv1alpha1.GetNodeStatusResponse, error) {
 	return &datapathv1alpha1.GetNodeStatusResponse{Status: s.agent.NodeStatus()}, nil
 }
+
+// UpsertRemoteNode implements DatapathService.
+func (s *Server) UpsertRemoteNode(_ context.Context, req *datapathv1alpha1.UpsertRemoteNodeRequest) (*datapathv1alpha1.UpsertRemoteNodeResponse, error) {
+	n, err := s.agent.UpsertRemoteNode(req.GetNode(), req.GetExpectedRevision())
+	if err != nil {
+		return nil, err
+	}
+	return &datapathv1alpha1.UpsertRemoteNodeResponse{Node: n}, nil
+}
+
+// DeleteRemoteNode implements DatapathService.
+func (s *Server) DeleteRemoteNode(_ context.Context, req *datapathv1alpha1.DeleteRemoteNodeRequest) (*datapathv1alpha1.DeleteRemoteNodeResponse, error) {
+	n, err := s.agent.DeleteRemoteNode(req.GetName(), req.GetExpectedRevision())
+	if err != nil {
+		return nil, err
+	}
+	return &datapathv1alpha1.DeleteRemoteNodeResponse{Node: n}, nil
+}
+
+// ListRemoteNodes implements DatapathService. A cluster has at most a few
+// thousand nodes; the list is returned whole.
+func (s *Server) ListRemoteNodes(context.Context, *datapathv1alpha1.ListRemoteNodesRequest) (*datapathv1alpha1.ListRemoteNodesResponse, error) {
+	return &datapathv1alpha1.ListRemoteNodesResponse{Nodes: s.agent.ListRemoteNodes()}, nil
+}

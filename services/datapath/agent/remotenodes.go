@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+)
+
+// normalizeRemoteNode validates a remote node and returns it in canonical
+// form (parsed addresses and CIDRs re-spelled).
+func (a *Agent) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapathv1alpha1.RemoteNode, []netip.Prefix, error) {
+	if in.GetName() == "" {
+		return nil, nil, status.Error(codes.InvalidArgument, "remote node name is required")
+	}
+	if in.GetName() == a.cfg.NodeName {
+		return nil, nil, status.Errorf(codes.InvalidArgument, "%q is this node", in.GetName())
+	}
+	out := &datapathv1alpha1.RemoteNode{Name: in.GetName()}
+	var errs []error
+	addrs := func(list []string, field string) []string {
+		var res []string
+		for _, s := range list {
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not an address", field, s))
+				continue
+			}
+			res = append(res, ip.Unmap().String())
+		}
+		return res
+	}
+	out.NodeIps = addrs(in.GetNodeIps(), "node_ips")
+	out.HealthIps = addrs(in.GetHealthIps(), "health_ips")
+	var cidrs []netip.Prefix
+	for _, s := range in.GetPodCidrs() {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Masked() != p {
+			errs = append(errs, fmt.Errorf("pod_cidrs: %q is not a canonical CIDR", s))
+			continue
+		}
+		cidrs = append(cidrs, p)
+		out.PodCidrs = append(out.PodCidrs, p.String())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if len(out.NodeIps) == 0 && len(out.PodCidrs) > 0 {
+		return nil, nil, status.Error(codes.InvalidArgument, "node_ips is required to route pod_cidrs")
+	}
+	return out, cidrs, nil
+}
+
+// UpsertRemoteNode creates or replaces a remote node given by API and
+// routes its pod CIDRs.
+func (a *Agent) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
+	n, cidrs, err := a.normalizeRemoteNode(in)
+	if err != nil {
+		return nil, err
+	}
+	a.remote.mu.Lock()
+	defer a.remote.mu.Unlock()
+	old := a.remote.manual[n.GetName()]
+	if expectedRev != "" && expectedRev != old.GetRevision() {
+		return nil, status.Errorf(codes.Aborted, "remote node %q is at revision %q, not %q", n.GetName(), old.GetRevision(), expectedRev)
+	}
+	if old != nil && slices.Equal(old.GetNodeIps(), n.GetNodeIps()) && slices.Equal(old.GetPodCidrs(), n.GetPodCidrs()) && slices.Equal(old.GetHealthIps(), n.GetHealthIps()) {
+		return proto.CloneOf(old), nil
+	}
+	rev, _ := strconv.ParseInt(old.GetRevision(), 10, 64)
+	n.Revision = strconv.FormatInt(rev+1, 10)
+	n.UpdateTime = timestamppb.Now()
+	a.remote.manual[n.GetName()] = n
+	touched := map[netip.Prefix]bool{}
+	for _, p := range cidrs {
+		touched[p] = true
+	}
+	for _, s := range old.GetPodCidrs() {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			touched[p] = true
+		}
+	}
+	for p := range touched {
+		a.reconcile(p)
+	}
+	if len(n.GetHealthIps()) > 0 && len(n.GetNodeIps()) > 0 {
+		nip, _ := netip.ParseAddr(n.GetNodeIps()[0])
+		hip, _ := netip.ParseAddr(n.GetHealthIps()[0])
+		a.health.notePeer(n.GetName(), nip, hip)
+	}
+	return proto.CloneOf(n), nil
+}
+
+// DeleteRemoteNode removes an API-given remote node; blocks IPAM still
+// reports for it stay routed. A missing node is success (nil).
+func (a *Agent) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
+	a.remote.mu.Lock()
+	defer a.remote.mu.Unlock()
+	old, ok := a.remote.manual[name]
+	if !ok {
+		return nil, nil
+	}
+	if expectedRev != "" && expectedRev != old.GetRevision() {
+		return nil, status.Errorf(codes.Aborted, "remote node %q is at revision %q, not %q", name, old.GetRevision(), expectedRev)
+	}
+	delete(a.remote.manual, name)
+	for _, s := range old.GetPodCidrs() {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			a.reconcile(p)
+		}
+	}
+	return old, nil
+}
+
+// ListRemoteNodes returns every remote node in name order: the union of the
+// API's and IPAM's, with the pod CIDRs routed for each.
+func (a *Agent) ListRemoteNodes() []*datapathv1alpha1.RemoteNode {
+	a.remote.mu.Lock()
+	defer a.remote.mu.Unlock()
+	byName := map[string]*datapathv1alpha1.RemoteNode{}
+	for name, n := range a.remote.manual {
+		byName[name] = proto.CloneOf(n)
+	}
+	for p, rb := range a.remote.watched {
+		n, ok := byName[rb.node]
+		if !ok {
+			n = &datapathv1alpha1.RemoteNode{Name: rb.node}
+			byName[rb.node] = n
+		}
+		if !slices.Contains(n.NodeIps, rb.nodeIP.String()) {
+			n.NodeIps = append(n.NodeIps, rb.nodeIP.String())
+		}
+		if !slices.Contains(n.PodCidrs, p.String()) {
+			n.PodCidrs = append(n.PodCidrs, p.String())
+		}
+	}
+	names := make([]string, 0, len(byName))
+	for name := range byName {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	out := make([]*datapathv1alpha1.RemoteNode, 0, len(names))
+	for _, name := range names {
+		slices.Sort(byName[name].PodCidrs)
+		out = append(out, byName[name])
+	}
+	return out
+}
