@@ -64,6 +64,7 @@ func TestPodsOnOneNode(t *testing.T) {
 		t.Fatalf("links left after DEL: %v", l)
 	}
 	e.delPod(a) // DEL of what GC already removed is success
+	e.assertNothingLeft(0)
 }
 
 func lxcLinks(netns string) []string {

@@ -21,6 +21,7 @@ import (
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 )
 
@@ -296,4 +297,34 @@ func (e *env) nodeStatus(node int) (*datapathv1alpha1.NodeStatus, error) {
 	defer conn.Close()
 	resp, err := datapathv1alpha1.NewDatapathServiceClient(conn).GetNodeStatus(context.Background(), &datapathv1alpha1.GetNodeStatusRequest{})
 	return resp.GetStatus(), err
+}
+
+// assertNothingLeft checks that a node has no pod left in any layer: veths,
+// eBPF endpoint entries, host routes to pod addresses, IPAM allocations.
+func (e *env) assertNothingLeft(node int) {
+	e.t.Helper()
+	n := e.cluster.Nodes[node]
+	if l := lxcLinks(n.Netns); len(l) != 0 {
+		e.t.Errorf("veths left: %v", l)
+	}
+	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer objs.Close()
+	if eps, err := objs.Endpoints(); err != nil || len(eps) != 0 {
+		e.t.Errorf("eBPF endpoint entries left: %v, %v", eps, err)
+	}
+	if out, _ := run(n.Netns, "ip", "-4", "route", "show"); strings.Contains(out, "lxc") {
+		e.t.Errorf("routes to pods left:\n%s", out)
+	}
+	conn, err := grpc.NewClient("unix://"+e.cluster.IPAMSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := ipamv1alpha1.NewIPAMServiceClient(conn).ListAllocations(context.Background(), &ipamv1alpha1.ListAllocationsRequest{Node: n.Name})
+	if err != nil || len(resp.GetAllocations()) != 0 {
+		e.t.Errorf("IPAM allocations left on %s: %v, %v", n.Name, resp.GetAllocations(), err)
+	}
 }

@@ -44,7 +44,5 @@ func TestManyPodsInParallel(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if l := lxcLinks(e.cluster.Nodes[0].Netns); len(l) != 0 {
-		t.Fatalf("%d veths left after deleting every pod", len(l))
-	}
+	e.assertNothingLeft(0)
 }

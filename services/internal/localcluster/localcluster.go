@@ -250,6 +250,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	return c, nil
 }
 
+// IPAMSocket is the unix socket axon-ipam also serves on.
+func (c *Cluster) IPAMSocket() string { return c.cfg.ipamSocket() }
+
 // KillDatapath kills node i's axon-datapath with SIGKILL, as a crash would.
 func (c *Cluster) KillDatapath(i int) {
 	c.mu.Lock()
