@@ -362,7 +362,7 @@ func (a *Agent) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEn
 	podMAC, _ := net.ParseMAC(rec.PodMAC)
 	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: ep.GetNetnsPath(), MTU: int(ep.GetMtu()), Addrs: addrs, Gateways: gws}
 	for _, p := range a.plumber.Check(spec, veth.Result{HostMAC: hostMAC, PodMAC: podMAC}) {
-		add(componentOf(p), p)
+		add(componentOf[p.Part], p.Message)
 	}
 	for _, want := range req.GetExpectedAddresses() {
 		if !slices.ContainsFunc(addrs, func(p netip.Prefix) bool { return p.String() == want }) {
@@ -385,19 +385,13 @@ func (a *Agent) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEn
 	return resp, nil
 }
 
-func componentOf(problem string) datapathv1alpha1.EndpointComponent {
-	switch {
-	case strings.Contains(problem, "namespace"):
-		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_NETNS
-	case strings.HasPrefix(problem, "host interface"):
-		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_HOST_INTERFACE
-	case strings.HasPrefix(problem, "address"):
-		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ADDRESS
-	case strings.Contains(problem, "route"):
-		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ROUTE
-	default:
-		return datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_INTERFACE
-	}
+// componentOf maps the plumbing's parts to the API's components.
+var componentOf = map[veth.Part]datapathv1alpha1.EndpointComponent{
+	veth.PartNetns:         datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_NETNS,
+	veth.PartHostInterface: datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_HOST_INTERFACE,
+	veth.PartPodInterface:  datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_INTERFACE,
+	veth.PartPodAddress:    datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ADDRESS,
+	veth.PartPodRoute:      datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ROUTE,
 }
 
 // GarbageCollect removes endpoints whose attachments are not in valid and

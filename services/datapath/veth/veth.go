@@ -207,41 +207,68 @@ func (p *Plumber) Delete(hostName string) error {
 	return nil
 }
 
+// Part names the piece of the wiring a Problem is about.
+type Part int
+
+// The parts Check verifies.
+const (
+	PartNetns Part = iota
+	PartHostInterface
+	PartPodInterface
+	PartPodAddress
+	PartPodRoute
+)
+
+// Problem is one difference Check found.
+type Problem struct {
+	Part    Part
+	Message string
+}
+
+func (p Problem) String() string { return p.Message }
+
 // Check compares the wiring with s and res and describes every difference.
-func (p *Plumber) Check(s Spec, res Result) []string {
-	var problems []string
+func (p *Plumber) Check(s Spec, res Result) []Problem {
+	var problems []Problem
+	add := func(part Part, format string, args ...any) {
+		problems = append(problems, Problem{part, fmt.Sprintf(format, args...)})
+	}
 	host, err := p.Node.LinkByName(s.HostName)
 	switch {
 	case err != nil:
-		problems = append(problems, fmt.Sprintf("host interface %s missing", s.HostName))
+		add(PartHostInterface, "host interface %s missing", s.HostName)
 	case host.Attrs().OperState != netlink.OperUp && host.Attrs().Flags&net.FlagUp == 0:
-		problems = append(problems, fmt.Sprintf("host interface %s is down", s.HostName))
+		add(PartHostInterface, "host interface %s is down", s.HostName)
 	case host.Attrs().HardwareAddr.String() != res.HostMAC.String():
-		problems = append(problems, fmt.Sprintf("host interface %s has MAC %s, want %s", s.HostName, host.Attrs().HardwareAddr, res.HostMAC))
+		add(PartHostInterface, "host interface %s has MAC %s, want %s", s.HostName, host.Attrs().HardwareAddr, res.HostMAC)
 	}
 	podNS, err := netns.GetFromPath(s.NetnsPath)
 	if err != nil {
-		return append(problems, fmt.Sprintf("network namespace %s unusable: %v", s.NetnsPath, err))
+		add(PartNetns, "network namespace %s unusable: %v", s.NetnsPath, err)
+		return problems
 	}
 	defer podNS.Close()
 	pod, err := netlink.NewHandleAt(podNS)
 	if err != nil {
-		return append(problems, fmt.Sprintf("netlink in %s: %v", s.NetnsPath, err))
+		add(PartNetns, "netlink in %s: %v", s.NetnsPath, err)
+		return problems
 	}
 	defer pod.Close()
 	link, err := pod.LinkByName(s.PodIfName)
 	if err != nil {
-		return append(problems, fmt.Sprintf("pod interface %s missing in %s", s.PodIfName, s.NetnsPath))
+		add(PartPodInterface, "pod interface %s missing in %s", s.PodIfName, s.NetnsPath)
+		return problems
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		problems = append(problems, fmt.Sprintf("pod interface %s is down", s.PodIfName))
+		add(PartPodInterface, "pod interface %s is down", s.PodIfName)
 	}
 	if link.Attrs().HardwareAddr.String() != res.PodMAC.String() {
-		problems = append(problems, fmt.Sprintf("pod interface %s has MAC %s, want %s", s.PodIfName, link.Attrs().HardwareAddr, res.PodMAC))
+		add(PartPodInterface, "pod interface %s has MAC %s, want %s", s.PodIfName, link.Attrs().HardwareAddr, res.PodMAC)
 	}
 	addrs, err := pod.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
-		return append(problems, fmt.Sprintf("list addresses of %s: %v", s.PodIfName, err))
+		add(PartPodAddress, "list addresses of %s: %v", s.PodIfName, err)
+		return problems
 	}
 	have := map[string]bool{}
 	for _, a := range addrs {
@@ -249,12 +276,13 @@ func (p *Plumber) Check(s Spec, res Result) []string {
 	}
 	for _, a := range s.Addrs {
 		if !have[ipNet(a).String()] {
-			problems = append(problems, fmt.Sprintf("address %s missing on %s", a, s.PodIfName))
+			add(PartPodAddress, "address %s missing on %s", a, s.PodIfName)
 		}
 	}
 	routes, err := pod.RouteList(link, netlink.FAMILY_ALL)
 	if err != nil {
-		return append(problems, fmt.Sprintf("list routes of %s: %v", s.PodIfName, err))
+		add(PartPodRoute, "list routes of %s: %v", s.PodIfName, err)
+		return problems
 	}
 	for _, gw := range s.Gateways {
 		found := false
@@ -265,7 +293,7 @@ func (p *Plumber) Check(s Spec, res Result) []string {
 			}
 		}
 		if !found {
-			problems = append(problems, fmt.Sprintf("default route via %s missing in the pod", gw))
+			add(PartPodRoute, "default route via %s missing in the pod", gw)
 		}
 	}
 	return problems

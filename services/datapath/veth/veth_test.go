@@ -53,7 +53,7 @@ func TestCreateCheckDelete(t *testing.T) {
 	if _, err := pod.Run("ip", "route", "del", "default"); err != nil {
 		t.Fatal(err)
 	}
-	if probs := p.Check(spec, res); len(probs) != 1 || !strings.Contains(probs[0], "default route") {
+	if probs := p.Check(spec, res); len(probs) != 1 || probs[0].Part != PartPodRoute || !strings.Contains(probs[0].Message, "default route") {
 		t.Fatalf("Check after deleting the default route = %v", probs)
 	}
 
