@@ -19,7 +19,7 @@ const DefaultSocket = "/run/axon/datapath.sock"
 
 // DefaultDeleteQueue is where DELs wait while the datapath is down; the
 // datapath replays them when it is back (its --cni-delete-queue).
-const DefaultDeleteQueue = "/var/run/axon/cni-deletes"
+const DefaultDeleteQueue = "/run/axon/cni-deletes"
 
 // DefaultTimeout bounds every call to the datapath; kubelet's own CNI
 // deadline is minutes, so a stuck datapath fails fast and is retried.
