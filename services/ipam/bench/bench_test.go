@@ -19,6 +19,15 @@ var (
 	scale      = flag.Bool("ipam.scale", false, "include the scale run (5,000 nodes × 30 pods)")
 )
 
+// A row is measured again (up to maxTries times) when other processes on
+// the machine used at least this many cores during it. host-local's limit
+// is higher: the kernel's work of creating and reaping its processes shows
+// up outside any process.
+const (
+	quietLimit          = 0.25
+	quietLimitHostLocal = 0.5
+)
+
 // concurrencies are the numbers of concurrent clients measured.
 var concurrencies = []int{1, 16, 64}
 
@@ -42,6 +51,7 @@ type results struct {
 	CAS         map[string][]measurement
 	HL          []measurement
 	Scale       *scaleResult
+	Profiles    []*profileSummary
 	Machine     machine
 	ScaleWanted bool
 }
@@ -78,23 +88,39 @@ func TestIPAMBenchReport(t *testing.T) {
 			casCli := c.Client(t)
 			axon := startAxon(t, c)
 			for _, conc := range concurrencies {
-				m := measureCAS(t, ctx, casCli, "raw CAS", fmt.Sprintf("c%d", conc), conc, *warmup, *duration)
-				logMeasurement(t, s.Name, m)
+				m := quietest(quietLimit, func(try int) measurement {
+					m := measureCAS(t, ctx, casCli, "raw CAS", fmt.Sprintf("c%d-%d", conc, try), conc, *warmup, *duration)
+					logMeasurement(t, s.Name, m)
+					return m
+				})
 				res.CAS[s.Name] = append(res.CAS[s.Name], m)
-				m = axon.measureAxon(t, ctx, "Axon", fmt.Sprintf("c%d", conc), conc, *warmup, *duration)
-				logMeasurement(t, s.Name, m)
+				m = quietest(quietLimit, func(try int) measurement {
+					m := axon.measureAxon(t, ctx, "Axon", fmt.Sprintf("c%d-%d", conc, try), conc, *warmup, *duration)
+					logMeasurement(t, s.Name, m)
+					return m
+				})
 				res.Axon[s.Name] = append(res.Axon[s.Name], m)
-				m = axon.measureAxonRotating(t, ctx, "Axon (110 pods/node)", fmt.Sprintf("r%d", conc), conc, *warmup, *duration)
-				logMeasurement(t, s.Name, m)
+				m = quietest(quietLimit, func(try int) measurement {
+					m := axon.measureAxonRotating(t, ctx, "Axon (110 pods/node)", fmt.Sprintf("r%d-%d", conc, try), conc, *warmup, *duration)
+					logMeasurement(t, s.Name, m)
+					return m
+				})
 				res.AxonRot[s.Name] = append(res.AxonRot[s.Name], m)
+			}
+			if s.Members == 1 {
+				res.Profiles = append(res.Profiles, profileAxon(t, ctx, axon,
+					fmt.Sprintf("1 member, %d clients, after the rows above", profileConc), "prof"))
 			}
 		})
 	}
 	if res.HostLocal != "" {
 		t.Run("host-local", func(t *testing.T) {
 			for _, conc := range concurrencies {
-				m := measureHostLocal(t, t.Context(), res.HostLocal, conc, *warmup, *duration)
-				logMeasurement(t, "-", m)
+				m := quietest(quietLimitHostLocal, func(int) measurement {
+					m := measureHostLocal(t, t.Context(), res.HostLocal, conc, *warmup, *duration)
+					logMeasurement(t, "-", m)
+					return m
+				})
 				res.HL = append(res.HL, m)
 			}
 		})
@@ -103,6 +129,9 @@ func TestIPAMBenchReport(t *testing.T) {
 		t.Run("scale", func(t *testing.T) {
 			r := runScale(t)
 			res.Scale = &r
+			if r.Profile != nil {
+				res.Profiles = append(res.Profiles, r.Profile)
+			}
 		})
 	}
 	res.End = time.Now()
@@ -117,7 +146,7 @@ func TestIPAMBenchReport(t *testing.T) {
 }
 
 func logMeasurement(t *testing.T, etcd string, m measurement) {
-	t.Logf("%-10s %-9s c=%-3d %9.0f ops/s  p50 %-9v p99 %-9v errors %d  cpu %.2f cores (others %.2f)  etcd req/op %.2f",
+	t.Logf("%-20s %-9s c=%-3d %9.0f ops/s  p50 %-9v p99 %-9v errors %d  cpu %.2f cores (others %.2f)  etcd req/op %.2f",
 		m.Backend, etcd, m.Conc, m.rate(), m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond), m.Errors,
 		m.CPU.Seconds()/m.Elapsed.Seconds(), m.Others.Seconds()/m.Elapsed.Seconds(), perOp(m.KV.RoundTrips(), m.Ops))
 	if m.FirstEr != "" {

@@ -33,6 +33,7 @@ type scaleResult struct {
 	P50, P99, Max               time.Duration
 	KV                          kvCounts
 	CPU                         time.Duration
+	Others                      time.Duration // CPU used by other processes meanwhile
 
 	Listed      int // allocations found by ListAllocations
 	Duplicates  int // addresses held by more than one allocation
@@ -46,6 +47,7 @@ type scaleResult struct {
 	NumGC       uint32
 	Goroutines  int
 	Description string
+	Profile     *profileSummary // a profiled run on the same cluster afterwards
 }
 
 func heapAfterGC() runtime.MemStats {
@@ -80,7 +82,7 @@ func runScale(t *testing.T) scaleResult {
 		firstErr atomic.Pointer[string]
 		wg       sync.WaitGroup
 	)
-	kv0, cpu0 := e.kv.snapshot(), cpuNow()
+	kv0, cpu0, sys0 := e.kv.snapshot(), cpuNow(), machineBusy()
 	start = time.Now()
 	for w := range scaleClients {
 		wg.Go(func() {
@@ -114,6 +116,7 @@ func runScale(t *testing.T) scaleResult {
 	wg.Wait()
 	r.Elapsed = time.Since(start)
 	r.CPU = cpuNow() - cpu0
+	r.Others = max(0, machineBusy()-sys0-r.CPU)
 	r.KV = e.kv.snapshot().sub(kv0)
 	r.Allocations = len(lats)
 	if p := firstErr.Load(); p != nil {
@@ -138,6 +141,7 @@ func runScale(t *testing.T) scaleResult {
 	}
 	t.Logf("scale: listed %d allocations, %d duplicate addresses, %d alloc keys, %d blocks",
 		r.Listed, r.Duplicates, r.AllocKeys, r.Blocks)
+	r.Profile = profileAxon(t, ctx, e, fmt.Sprintf("1 member, %d clients, after the scale run", profileConc), "scaleprof")
 	return r
 }
 
