@@ -444,10 +444,10 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 
 // routerIP returns the node's router IP of family f, or "" if it has none.
 func (a *Allocator) routerIP(node string, f pool.Family) string {
-	for _, e := range a.blocks.snapshot(func(b *blockRecord) bool {
-		return b.Node == node && b.RouterIP != "" && pool.FamilyOf(b.CIDR.Addr()) == f
-	}) {
-		return e.val.RouterIP
+	for _, e := range a.blocks.group(node) {
+		if b := e.val; b.RouterIP != "" && pool.FamilyOf(b.CIDR.Addr()) == f {
+			return b.RouterIP
+		}
 	}
 	return ""
 }

@@ -136,6 +136,7 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 	a.pools = newWatchCache(cli, k.pools(), log, decodePool)
 	a.nodes = newWatchCache(cli, k.nodes(), log, decodeNode)
 	a.blocks = newWatchCache(cli, k.blocks(), log, decodeBlock)
+	a.blocks.indexOf = func(b *blockRecord) string { return b.Node }
 	for _, c := range []interface{ refresh(context.Context) error }{a.pools, a.nodes, a.blocks} {
 		if err := c.refresh(ctx); err != nil {
 			return nil, err

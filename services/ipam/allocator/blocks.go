@@ -102,10 +102,10 @@ type blockRef struct {
 // nodeBlocks returns the node's blocks of a pool and family, oldest first.
 func (a *Allocator) nodeBlocks(node, poolName string, f pool.Family) []blockRef {
 	var out []blockRef
-	for _, e := range a.blocks.snapshot(func(b *blockRecord) bool {
-		return b.Node == node && b.Pool == poolName && pool.FamilyOf(b.CIDR.Addr()) == f
-	}) {
-		out = append(out, blockRef{e.val, e.modRev})
+	for _, e := range a.blocks.group(node) {
+		if b := e.val; b.Pool == poolName && pool.FamilyOf(b.CIDR.Addr()) == f {
+			out = append(out, blockRef{e.val, e.modRev})
+		}
 	}
 	slices.SortFunc(out, func(x, y blockRef) int {
 		if c := x.ClaimTime.Compare(y.ClaimTime); c != 0 {
@@ -118,9 +118,7 @@ func (a *Allocator) nodeBlocks(node, poolName string, f pool.Family) []blockRef 
 
 // hasRouter reports whether node already has a router IP of family f.
 func (a *Allocator) hasRouter(node string, f pool.Family) bool {
-	return len(a.blocks.snapshot(func(b *blockRecord) bool {
-		return b.Node == node && b.RouterIP != "" && pool.FamilyOf(b.CIDR.Addr()) == f
-	})) > 0
+	return a.routerIP(node, f) != ""
 }
 
 // takesRouter reports whether a first block of p for f should carry the

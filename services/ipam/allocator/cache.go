@@ -30,13 +30,58 @@ type watchCache[T any] struct {
 	decode func(key string, value []byte) (T, error)
 	log    *slog.Logger
 
-	mu    sync.RWMutex
-	items map[string]entry[T]
-	rev   int64
+	// indexOf, if set, groups the keys (for blocks: by node) so lookups of
+	// one group do not scan the whole cache.
+	indexOf func(T) string
+
+	mu      sync.RWMutex
+	items   map[string]entry[T]
+	byIndex map[string]map[string]struct{}
+	rev     int64
 }
 
 func newWatchCache[T any](cli *clientv3.Client, prefix string, log *slog.Logger, decode func(string, []byte) (T, error)) *watchCache[T] {
-	return &watchCache[T]{cli: cli, prefix: prefix, decode: decode, log: log, items: map[string]entry[T]{}}
+	return &watchCache[T]{cli: cli, prefix: prefix, decode: decode, log: log, items: map[string]entry[T]{}, byIndex: map[string]map[string]struct{}{}}
+}
+
+// setLocked stores e under key, keeping the index. Caller holds mu.
+func (c *watchCache[T]) setLocked(key string, e entry[T]) {
+	c.deleteLocked(key)
+	c.items[key] = e
+	if c.indexOf != nil {
+		idx := c.indexOf(e.val)
+		if c.byIndex[idx] == nil {
+			c.byIndex[idx] = map[string]struct{}{}
+		}
+		c.byIndex[idx][key] = struct{}{}
+	}
+}
+
+// deleteLocked drops key, keeping the index. Caller holds mu.
+func (c *watchCache[T]) deleteLocked(key string) {
+	old, ok := c.items[key]
+	if !ok {
+		return
+	}
+	delete(c.items, key)
+	if c.indexOf != nil {
+		idx := c.indexOf(old.val)
+		delete(c.byIndex[idx], key)
+		if len(c.byIndex[idx]) == 0 {
+			delete(c.byIndex, idx)
+		}
+	}
+}
+
+// group returns the entries of one index value (see indexOf).
+func (c *watchCache[T]) group(idx string) map[string]entry[T] {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make(map[string]entry[T], len(c.byIndex[idx]))
+	for k := range c.byIndex[idx] {
+		out[k] = c.items[k]
+	}
+	return out
 }
 
 // refresh re-lists the prefix and replaces the cache if the listing is newer.
@@ -57,7 +102,10 @@ func (c *watchCache[T]) refresh(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if resp.Header.Revision > c.rev {
-		c.items, c.rev = items, resp.Header.Revision
+		c.items, c.byIndex, c.rev = map[string]entry[T]{}, map[string]map[string]struct{}{}, resp.Header.Revision
+		for k, e := range items {
+			c.setLocked(k, e)
+		}
 	}
 	return nil
 }
@@ -103,7 +151,7 @@ func (c *watchCache[T]) apply(events []*clientv3.Event, rev int64) {
 		}
 		key := string(ev.Kv.Key)
 		if ev.Type == mvccpb.DELETE {
-			delete(c.items, key)
+			c.deleteLocked(key)
 			continue
 		}
 		v, err := c.decode(key, ev.Kv.Value)
@@ -111,7 +159,7 @@ func (c *watchCache[T]) apply(events []*clientv3.Event, rev int64) {
 			c.log.Error("skipping undecodable key", "key", key, "err", err)
 			continue
 		}
-		c.items[key] = entry[T]{val: v, modRev: ev.Kv.ModRevision}
+		c.setLocked(key, entry[T]{val: v, modRev: ev.Kv.ModRevision})
 	}
 	if rev > c.rev {
 		c.rev = rev
@@ -127,7 +175,7 @@ func (c *watchCache[T]) put(key string, v T, modRev int64) {
 		return // the watch or a re-list already reflects this or a later state
 	}
 	if cur, ok := c.items[key]; !ok || cur.modRev < modRev {
-		c.items[key] = entry[T]{val: v, modRev: modRev}
+		c.setLocked(key, entry[T]{val: v, modRev: modRev})
 	}
 }
 
@@ -136,7 +184,7 @@ func (c *watchCache[T]) remove(key string, modRev int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cur, ok := c.items[key]; ok && cur.modRev < modRev {
-		delete(c.items, key)
+		c.deleteLocked(key)
 	}
 }
 
@@ -177,7 +225,7 @@ func (c *watchCache[T]) reload(ctx context.Context, key string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cur, ok := c.items[key]; !ok || cur.modRev < resp.Kvs[0].ModRevision {
-		c.items[key] = entry[T]{val: v, modRev: resp.Kvs[0].ModRevision}
+		c.setLocked(key, entry[T]{val: v, modRev: resp.Kvs[0].ModRevision})
 	}
 	return nil
 }

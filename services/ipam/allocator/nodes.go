@@ -258,7 +258,7 @@ func (a *Allocator) DeleteNode(ctx context.Context, name, expectedRev string) (*
 			out.ReleasedAllocations = append(out.ReleasedAllocations, got)
 		}
 	}
-	for _, e := range a.blocks.snapshot(func(b *blockRecord) bool { return b.Node == name }) {
+	for _, e := range a.blocks.group(name) {
 		b := e.val
 		ops := []clientv3.Op{clientv3.OpDelete(a.keys.block(b.CIDR))}
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(a.keys.block(b.CIDR)), "=", e.modRev)}
@@ -289,7 +289,7 @@ func (a *Allocator) DeleteNode(ctx context.Context, name, expectedRev string) (*
 func (a *Allocator) withNodeStatus(ctx context.Context, n *ipamv1alpha1.Node) (*ipamv1alpha1.Node, error) {
 	out := proto.CloneOf(n)
 	st := &ipamv1alpha1.NodeStatus{}
-	blocks := a.blocks.snapshot(func(b *blockRecord) bool { return b.Node == n.GetName() })
+	blocks := a.blocks.group(n.GetName())
 	type pf struct {
 		pool string
 		fam  pool.Family

@@ -201,7 +201,7 @@ func (a *Allocator) nodeAllocations(ctx context.Context, node string) ([]*ipamv1
 	if err := a.blocks.refresh(ctx); err != nil {
 		return nil, err
 	}
-	blocks := a.blocks.snapshot(func(b *blockRecord) bool { return b.Node == node })
+	blocks := a.blocks.group(node)
 	handles := map[string]int64{}
 	for _, name := range sortedKeys(blocks) {
 		b := blocks[name].val

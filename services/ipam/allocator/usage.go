@@ -24,6 +24,9 @@ type blockUsage struct {
 	used    map[netip.Addr]bool
 	pending map[netip.Addr]bool
 	cursor  uint64
+	// full is set when a scan found no free address, so later picks skip
+	// the block at once until an address is freed or the view reloads.
+	full bool
 }
 
 // usageOf returns the loaded usage view of block b.
@@ -70,7 +73,7 @@ func (a *Allocator) invalidate(block netip.Prefix) {
 	a.usageMu.Unlock()
 	if u != nil {
 		u.mu.Lock()
-		u.loaded = false
+		u.loaded, u.full = false, false
 		u.mu.Unlock()
 	}
 }
@@ -81,6 +84,9 @@ func (a *Allocator) invalidate(block netip.Prefix) {
 func (u *blockUsage) pick(fs *pool.FamilySpec, b *blockRecord) (netip.Addr, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.full {
+		return netip.Addr{}, false
+	}
 	size := cidr.Size(b.CIDR)
 	// Blocks are at most 2^(128-122) or 2^(32-outer) addresses in practice;
 	// bound the scan so a huge host-scope IPv6 block stays cheap.
@@ -95,6 +101,8 @@ func (u *blockUsage) pick(fs *pool.FamilySpec, b *blockRecord) (netip.Addr, bool
 		u.cursor = (off + 1) % size
 		return addr, true
 	}
+	// Pending addresses may come back; only a block with none is full.
+	u.full = len(u.pending) == 0
 	return netip.Addr{}, false
 }
 
@@ -117,6 +125,8 @@ func (u *blockUsage) settle(addr netip.Addr, committed bool) {
 	delete(u.pending, addr)
 	if committed {
 		u.used[addr] = true
+	} else {
+		u.full = false
 	}
 }
 
@@ -128,6 +138,7 @@ func (a *Allocator) markFree(block netip.Prefix, addr netip.Addr) {
 	if u != nil {
 		u.mu.Lock()
 		delete(u.used, addr)
+		u.full = false
 		u.mu.Unlock()
 	}
 }

@@ -4,6 +4,7 @@
 package cidr
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -86,7 +87,20 @@ func Nth(p netip.Prefix, n uint64) (netip.Addr, bool) {
 	if n >= Size(p) && Size(p) != math.MaxUint64 {
 		return netip.Addr{}, false
 	}
-	v := toBig(p.Masked().Addr())
+	base := p.Masked().Addr()
+	// Fast paths without big integers: IPv4, and IPv6 prefixes whose host
+	// part fits the low 64 bits (every block and most pools).
+	if base.Is4() {
+		b := base.As4()
+		binary.BigEndian.PutUint32(b[:], binary.BigEndian.Uint32(b[:])+uint32(n))
+		return netip.AddrFrom4(b), true
+	}
+	if p.Bits() >= 64 {
+		b := base.As16()
+		binary.BigEndian.PutUint64(b[8:], binary.BigEndian.Uint64(b[8:])+n)
+		return netip.AddrFrom16(b), true
+	}
+	v := toBig(base)
 	v.Add(v, new(big.Int).SetUint64(n))
 	a := fromBig(v, p.Addr().Is4())
 	if !p.Contains(a) {
