@@ -104,7 +104,7 @@ func renderAnalysis(b *strings.Builder, r *results) {
 
 	// Cluster-wide scans.
 	snapSmall, snapLarge := small.share("watchCache", "snapshot"), large.share("watchCache", "snapshot")
-	if large != nil {
+	if large != nil && snapLarge >= 1 {
 		p("**Cost per allocation grows with the blocks in the cluster.** `watchCache.snapshot` copies every matching entry\n")
 		p("of the whole block cache into a new map, several times per allocation (`nodeBlocks`, `routerIP`), so its cost is\n")
 		p("linear in the cluster's block count: %.1f%% of the process's CPU with %d blocks, %.1f%% with %d (profiles above).\n",
@@ -169,7 +169,7 @@ func renderAnalysis(b *strings.Builder, r *results) {
 	if scanBig {
 		p("- make `pick` skip full blocks and avoid math/big;\n")
 	}
-	p("- then the remaining cost is the gRPC hop and the bigger transaction, which only fewer transactions can pay for:\n")
+	p("- the remaining cost is the gRPC hop and the bigger transaction, which only fewer transactions can pay for:\n")
 	p("  the issue's other route, coalescing concurrent allocations of one node (or of one replica) into one transaction.\n")
 	if lo, hi := cpuRatios(r); hi > 0 {
 		p("  With Axon at %.1f×–%.1f× the CPU of a raw CAS per operation (16 and 64 clients), a ≥ 0.8× target on this\n", lo, hi)
