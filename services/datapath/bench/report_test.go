@@ -1,43 +1,26 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
-	"debug/buildinfo"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/axon-cni/axon/services/internal/benchreport"
 )
 
 // machine describes where the benchmark ran.
 type machine struct {
-	CPUs      int
-	CPUModel  string
-	Kernel    string
-	GoVersion string
-	Iperf3    string
+	benchreport.Machine
+	Iperf3 string
 }
 
 func describeMachine() machine {
-	m := machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), CPUModel: "unknown", Kernel: "unknown", Iperf3: "unknown"}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = "Linux " + strings.TrimSpace(string(b))
-	}
-	if f, err := os.Open("/proc/cpuinfo"); err == nil {
-		defer f.Close()
-		s := bufio.NewScanner(f)
-		for s.Scan() {
-			if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPUModel = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
+	m := machine{Machine: benchreport.DescribeMachine(), Iperf3: "unknown"}
 	if out, err := exec.Command("iperf3", "--version").Output(); err == nil {
 		m.Iperf3 = strings.SplitN(string(out), "\n", 2)[0]
 	}
@@ -56,25 +39,9 @@ func loadAvg() string {
 	return strings.Join(f[:3], " ")
 }
 
-// moduleVersion reads the module version a Go binary was built from.
-func moduleVersion(bin string) string {
-	bi, err := buildinfo.ReadFile(bin)
-	if err != nil {
-		return "unknown version"
-	}
-	return fmt.Sprintf("%s %s (built with %s)", bi.Main.Path, bi.Main.Version, bi.GoVersion)
-}
+func moduleVersion(bin string) string { return benchreport.ModuleVersion(bin) }
 
-func ms(d time.Duration) string {
-	switch {
-	case d == 0:
-		return "–"
-	case d < 10*time.Millisecond:
-		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
-	default:
-		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
-	}
-}
+func ms(d time.Duration) string { return benchreport.Millis(d) }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Microsecond)) }
 

@@ -1,63 +1,22 @@
 package bench
 
 import (
-	"bufio"
-	"debug/buildinfo"
 	"fmt"
-	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/axon-cni/axon/services/internal/benchreport"
 )
 
 // machine describes where the benchmark ran.
-type machine struct {
-	CPUs       int
-	CPUModel   string
-	Kernel     string
-	GoVersion  string
-	GOMAXPROCS int
-}
+type machine = benchreport.Machine
 
-func describeMachine() machine {
-	m := machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		CPUModel: "unknown", Kernel: "unknown"}
-	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
-		m.Kernel = "Linux " + strings.TrimSpace(string(b))
-	}
-	if f, err := os.Open("/proc/cpuinfo"); err == nil {
-		defer f.Close()
-		s := bufio.NewScanner(f)
-		for s.Scan() {
-			if k, v, ok := strings.Cut(s.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPUModel = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return m
-}
+func describeMachine() machine { return benchreport.DescribeMachine() }
 
-// hostLocalVersion reads the module version host-local was built from.
-func hostLocalVersion(bin string) string {
-	bi, err := buildinfo.ReadFile(bin)
-	if err != nil {
-		return "unknown version"
-	}
-	return fmt.Sprintf("%s %s, built with %s", bi.Main.Path, bi.Main.Version, bi.GoVersion)
-}
+func hostLocalVersion(bin string) string { return benchreport.ModuleVersion(bin) }
 
-func ms(d time.Duration) string {
-	switch {
-	case d == 0:
-		return "–"
-	case d < 10*time.Millisecond:
-		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
-	default:
-		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
-	}
-}
+func ms(d time.Duration) string { return benchreport.Millis(d) }
 
 func ratio(a, b measurement) float64 {
 	if b.rate() == 0 {
