@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -112,7 +114,11 @@ func newEnvMode(t *testing.T, nodes int, mode string) *env {
 	}
 	t.Cleanup(c.Stop)
 	return &env{t: t, cluster: c, bins: bins, prefix: prefix,
-		cni: libcni.NewCNIConfigWithCacheDir([]string{bins}, t.TempDir(), nil)}
+		// An explicit exec: libcni sets its default lazily, which races when
+		// pods are added in parallel.
+		cni: libcni.NewCNIConfigWithCacheDir([]string{bins}, t.TempDir(), &invoke.DefaultExec{
+			RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{},
+		})}
 }
 
 func shortName(t *testing.T) string {

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -44,7 +46,10 @@ func newTarget(name string, binDirs []string, cacheDir string, conflist map[stri
 	if err != nil {
 		return nil, err
 	}
-	return &cniTarget{Name: name, cni: libcni.NewCNIConfigWithCacheDir(binDirs, cacheDir, nil), list: l, nodeNS: nodeNS}, nil
+	return &cniTarget{Name: name, cni: libcni.NewCNIConfigWithCacheDir(binDirs, cacheDir, &invoke.DefaultExec{
+		// Explicit: libcni's lazy default races when pods are added in parallel.
+		RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{},
+	}), list: l, nodeNS: nodeNS}, nil
 }
 
 // cniPod is a pod sandbox: a fresh network namespace and its runtime config.
