@@ -29,8 +29,9 @@ func main() {
 
 // endpoints are the gRPC targets of the services axonctl talks to.
 type endpoints struct {
-	ipam, datapath, lbipam, policy, operator string
-	timeout                                  time.Duration
+	ipam, lbipam, policy, operator string
+	datapaths                      []string
+	timeout                        time.Duration
 }
 
 func newRootCmd() *cobra.Command {
@@ -43,7 +44,7 @@ func newRootCmd() *cobra.Command {
 	}
 	f := root.PersistentFlags()
 	f.StringVar(&ep.ipam, "ipam", "127.0.0.1:9401", "gRPC target of axon-ipam")
-	f.StringVar(&ep.datapath, "datapath", "127.0.0.1:9402", "gRPC target of axon-datapath (host:port or unix:///path)")
+	f.StringSliceVar(&ep.datapaths, "datapath", []string{"unix:///run/axon/datapath.sock"}, "gRPC targets of axon-datapath (host:port or unix:///path); repeat for several nodes")
 	f.StringVar(&ep.lbipam, "lbipam", "127.0.0.1:9403", "gRPC target of axon-lbipam")
 	f.StringVar(&ep.policy, "policy", "127.0.0.1:9404", "gRPC target of axon-policy")
 	f.StringVar(&ep.operator, "operator", "127.0.0.1:9405", "gRPC target of axon-operator")
@@ -67,10 +68,14 @@ func status(ctx context.Context, out io.Writer, ep *endpoints) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tTARGET\tSTATUS")
 	unhealthy := 0
-	for _, s := range []struct{ name, target string }{
-		{"ipam", ep.ipam}, {"datapath", ep.datapath}, {"lbipam", ep.lbipam},
-		{"policy", ep.policy}, {"operator", ep.operator},
-	} {
+	targets := []struct{ name, target string }{{"ipam", ep.ipam}, {"lbipam", ep.lbipam}, {"policy", ep.policy}, {"operator", ep.operator}}
+	for _, d := range ep.datapaths {
+		if d == "" {
+			continue // --datapath= : no datapath to check
+		}
+		targets = append(targets, struct{ name, target string }{"datapath", d})
+	}
+	for _, s := range targets {
 		st := checkHealth(ctx, s.target, ep.timeout)
 		if st != healthpb.HealthCheckResponse_SERVING.String() {
 			unhealthy++

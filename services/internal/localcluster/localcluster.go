@@ -341,7 +341,14 @@ func printSummary(out io.Writer, c *Cluster) {
 		fmt.Fprintf(&b, "\n%s", c.reachability())
 		fmt.Fprintf(&b, "  try: sudo nsenter --net=%s ping %s\n", c.Pods[0].Netns, c.Pods[len(c.Pods)-1].IPs[0])
 	}
-	fmt.Fprintf(&b, "\nTry: grpcurl -plaintext %s list\n     grpcurl -plaintext %s grpc.health.v1.Health/Check\nPress Ctrl-C to stop.\n", comps[0].Target, comps[0].Target)
+	status := "axonctl status"
+	if len(c.Nodes) == 0 {
+		status += " --datapath="
+	}
+	for _, n := range c.Nodes {
+		status += " --datapath unix://" + n.DatapathSocket
+	}
+	fmt.Fprintf(&b, "\nTry: grpcurl -plaintext %s list\n     grpcurl -plaintext %s grpc.health.v1.Health/Check\n     %s\nPress Ctrl-C to stop.\n", comps[0].Target, comps[0].Target, status)
 	_, _ = out.Write(b.Bytes())
 }
 
