@@ -396,7 +396,14 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 		return nil, false, err
 	}
 	ops = append(ops, clientv3.OpPut(hkey, val))
-	resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
+	written := []string{hkey}
+	for _, p := range plans {
+		written = append(written, a.keys.alloc(p.pool.parsed.Name, p.block.CIDR, p.addr))
+	}
+	if key := req.GetStickyKey(); key != "" {
+		written = append(written, a.keys.stickyOwner(key))
+	}
+	resp, err := a.commitTxn(ctx, cmps, ops, elseOps, written)
 	if err != nil {
 		return nil, false, fmt.Errorf("allocate for %s: %w: %w", h, ErrUnavailable, err)
 	}
