@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"encoding/base64"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -13,6 +12,7 @@ import (
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/internal/paging"
 )
 
 // Server implements datapathv1alpha1.DatapathServiceServer.
@@ -59,21 +59,9 @@ func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpoin
 // ListEndpoints implements DatapathService. A node has at most a few
 // hundred endpoints; pages are cut from the ordered list.
 func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndpointsRequest) (*datapathv1alpha1.ListEndpointsResponse, error) {
-	if req.GetPageSize() < 0 {
-		return nil, status.Error(codes.InvalidArgument, "page_size must not be negative")
-	}
-	limit := int(req.GetPageSize())
-	if limit == 0 {
-		limit = 100
-	}
-	limit = min(limit, 1000)
-	after := ""
-	if t := req.GetPageToken(); t != "" {
-		b, err := base64.RawURLEncoding.DecodeString(t)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "invalid page_token %q", t)
-		}
-		after = string(b)
+	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
 	eps, err := s.agent.ListEndpoints()
 	if err != nil {
@@ -89,7 +77,7 @@ func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndp
 		}
 		if len(resp.Endpoints) == limit {
 			last := resp.Endpoints[limit-1].GetAttachment()
-			resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(last.GetContainerId() + "/" + last.GetInterfaceName()))
+			resp.NextPageToken = paging.Token(last.GetContainerId() + "/" + last.GetInterfaceName())
 			break
 		}
 		resp.Endpoints = append(resp.Endpoints, ep)

@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/allocator"
 )
 
@@ -60,39 +60,6 @@ func toStatus(err error) error {
 	return status.Error(codes.Internal, err.Error())
 }
 
-const (
-	defaultPageSize = 100
-	maxPageSize     = 1000
-)
-
-// page turns page_size and page_token into a limit and the key to resume
-// after.
-func page(size int32, token string) (int, string, error) {
-	if size < 0 {
-		return 0, "", status.Errorf(codes.InvalidArgument, "page_size must not be negative, got %d", size)
-	}
-	limit := int(size)
-	if limit == 0 {
-		limit = defaultPageSize
-	}
-	limit = min(limit, maxPageSize)
-	if token == "" {
-		return limit, "", nil
-	}
-	after, err := base64.RawURLEncoding.DecodeString(token)
-	if err != nil || len(after) == 0 {
-		return 0, "", status.Errorf(codes.InvalidArgument, "invalid page_token %q", token)
-	}
-	return limit, string(after), nil
-}
-
-func nextToken(after string) string {
-	if after == "" {
-		return ""
-	}
-	return base64.RawURLEncoding.EncodeToString([]byte(after))
-}
-
 func handleOf(h *ipamv1alpha1.OwnerHandle) allocator.Handle {
 	return allocator.Handle{ContainerID: h.GetContainerId(), Interface: h.GetInterfaceName()}
 }
@@ -118,7 +85,7 @@ func (s *Server) GetPool(ctx context.Context, req *ipamv1alpha1.GetPoolRequest) 
 // ListPools implements IPAMService. Pools are few; the page is cut from the
 // full, name-ordered list.
 func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsRequest) (*ipamv1alpha1.ListPoolsResponse, error) {
-	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +99,7 @@ func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsReque
 			continue
 		}
 		if len(out.Pools) == limit {
-			out.NextPageToken = nextToken(out.Pools[limit-1].GetName())
+			out.NextPageToken = paging.Token(out.Pools[limit-1].GetName())
 			break
 		}
 		out.Pools = append(out.Pools, p)
@@ -178,7 +145,7 @@ func (s *Server) GetNode(ctx context.Context, req *ipamv1alpha1.GetNodeRequest) 
 
 // ListNodes implements IPAMService.
 func (s *Server) ListNodes(ctx context.Context, req *ipamv1alpha1.ListNodesRequest) (*ipamv1alpha1.ListNodesResponse, error) {
-	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +153,7 @@ func (s *Server) ListNodes(ctx context.Context, req *ipamv1alpha1.ListNodesReque
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListNodesResponse{Nodes: nodes, NextPageToken: nextToken(next)}, nil
+	return &ipamv1alpha1.ListNodesResponse{Nodes: nodes, NextPageToken: paging.Token(next)}, nil
 }
 
 // UpdateNode implements IPAMService.
@@ -227,7 +194,7 @@ func (s *Server) ReleaseBlock(ctx context.Context, req *ipamv1alpha1.ReleaseBloc
 
 // ListBlocks implements IPAMService.
 func (s *Server) ListBlocks(ctx context.Context, req *ipamv1alpha1.ListBlocksRequest) (*ipamv1alpha1.ListBlocksResponse, error) {
-	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +202,7 @@ func (s *Server) ListBlocks(ctx context.Context, req *ipamv1alpha1.ListBlocksReq
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListBlocksResponse{Blocks: blocks, NextPageToken: nextToken(next)}, nil
+	return &ipamv1alpha1.ListBlocksResponse{Blocks: blocks, NextPageToken: paging.Token(next)}, nil
 }
 
 // AllocateIP implements IPAMService.
@@ -281,7 +248,7 @@ func (s *Server) GetAllocation(ctx context.Context, req *ipamv1alpha1.GetAllocat
 
 // ListAllocations implements IPAMService.
 func (s *Server) ListAllocations(ctx context.Context, req *ipamv1alpha1.ListAllocationsRequest) (*ipamv1alpha1.ListAllocationsResponse, error) {
-	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +257,7 @@ func (s *Server) ListAllocations(ctx context.Context, req *ipamv1alpha1.ListAllo
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListAllocationsResponse{Allocations: allocs, NextPageToken: nextToken(next)}, nil
+	return &ipamv1alpha1.ListAllocationsResponse{Allocations: allocs, NextPageToken: paging.Token(next)}, nil
 }
 
 // GarbageCollect implements IPAMService.
@@ -358,7 +325,7 @@ func (s *Server) UnreserveIP(ctx context.Context, req *ipamv1alpha1.UnreserveIPR
 
 // ListReservations implements IPAMService.
 func (s *Server) ListReservations(ctx context.Context, req *ipamv1alpha1.ListReservationsRequest) (*ipamv1alpha1.ListReservationsResponse, error) {
-	limit, after, err := page(req.GetPageSize(), req.GetPageToken())
+	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -366,5 +333,5 @@ func (s *Server) ListReservations(ctx context.Context, req *ipamv1alpha1.ListRes
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListReservationsResponse{Reservations: res, NextPageToken: nextToken(next)}, nil
+	return &ipamv1alpha1.ListReservationsResponse{Reservations: res, NextPageToken: paging.Token(next)}, nil
 }
