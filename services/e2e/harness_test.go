@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -140,16 +139,9 @@ func freePortBase(t *testing.T) int {
 
 // conflist is the network configuration of a node's runtime.
 func (e *env) conflist(node int) *libcni.NetworkConfigList {
-	b, err := json.Marshal(map[string]any{
-		"cniVersion": "1.1.0", "name": "axon",
-		"plugins": []map[string]any{{"type": "axon-cni", "socket": e.cluster.Nodes[node].DatapathSocket, "deleteQueue": e.cluster.Nodes[node].DeleteQueue}},
-	})
+	l, err := e.cluster.Nodes[node].Conflist()
 	if err != nil {
-		panic(err) // a map of strings always encodes
-	}
-	l, err := libcni.ConfListFromBytes(b)
-	if err != nil {
-		panic(err) // the JSON above is a valid conflist
+		panic(err) // a fixed JSON document of two strings always parses
 	}
 	return l
 }

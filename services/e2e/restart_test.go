@@ -6,44 +6,17 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/axon-cni/axon/services/internal/nstest"
 )
-
-// inNetns runs fn on a thread switched into the namespace at path; sockets
-// made there stay in that namespace.
-func inNetns(path string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return err
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return err
-	}
-	ferr := fn()
-	if err := netns.Set(orig); err != nil {
-		runtime.LockOSThread() // never reuse a thread stuck in the wrong namespace
-		return err
-	}
-	return ferr
-}
 
 // echoConn opens a TCP connection from pod a to an echo server in pod b.
 func echoConn(t *testing.T, a, b *pod) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	var l net.Listener
-	if err := inNetns(b.netns, func() (err error) {
+	if err := nstest.DoAt(b.netns, func() (err error) {
 		l, err = net.Listen("tcp", net.JoinHostPort(b.ip, "7777"))
 		return err
 	}); err != nil {
@@ -68,7 +41,7 @@ func echoConn(t *testing.T, a, b *pod) (net.Conn, *bufio.Reader) {
 		}
 	}()
 	var c net.Conn
-	if err := inNetns(a.netns, func() (err error) {
+	if err := nstest.DoAt(a.netns, func() (err error) {
 		c, err = net.DialTimeout("tcp", net.JoinHostPort(b.ip, "7777"), 3*time.Second)
 		return err
 	}); err != nil {

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/axon-cni/axon/services/datapath/internal/nstest"
+	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
 func TestEnsureTunnel(t *testing.T) {

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/axon-cni/axon/services/datapath/internal/nstest"
+	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
 func TestHostName(t *testing.T) {

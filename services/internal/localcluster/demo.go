@@ -20,8 +20,8 @@ type DemoPod struct {
 	IPs               []string
 }
 
-// conflist is a node's CNI network configuration.
-func (n Node) conflist() (*libcni.NetworkConfigList, error) {
+// Conflist is the CNI network configuration a runtime on node n uses.
+func (n Node) Conflist() (*libcni.NetworkConfigList, error) {
 	b, err := json.Marshal(map[string]any{
 		"cniVersion": "1.1.0", "name": "axon",
 		"plugins": []map[string]any{{"type": "axon-cni", "socket": n.DatapathSocket, "deleteQueue": n.DeleteQueue}},
@@ -40,7 +40,7 @@ func (c *Cluster) startDemoPods(ctx context.Context, perNode int) error {
 	}
 	cni := libcni.NewCNIConfigWithCacheDir([]string{c.cfg.BinDir}, filepath.Join(c.cfg.StateDir, "cni-cache"), nil)
 	for _, n := range c.Nodes {
-		conf, err := n.conflist()
+		conf, err := n.Conflist()
 		if err != nil {
 			return err
 		}

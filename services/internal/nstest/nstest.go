@@ -1,4 +1,4 @@
-// Package nstest gives datapath tests their own network namespaces: nodes,
+// Package nstest gives tests their own network namespaces: nodes,
 // pods and an "outside", all anonymous, so parallel tests never collide and
 // nothing outlives the test process.
 package nstest
@@ -76,7 +76,19 @@ func New(t testing.TB) *NS {
 
 // Do runs fn with the calling goroutine's thread inside ns, for sockets
 // that must be created there.
-func (ns *NS) Do(fn func() error) error {
+func (ns *NS) Do(fn func() error) error { return do(ns.Handle, fn) }
+
+// DoAt is Do for the namespace at path (such as /var/run/netns/NAME).
+func DoAt(path string, fn func() error) error {
+	h, err := netns.GetFromPath(path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return do(h, fn)
+}
+
+func do(target netns.NsHandle, fn func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -84,7 +96,7 @@ func (ns *NS) Do(fn func() error) error {
 		return err
 	}
 	defer orig.Close()
-	if err := netns.Set(ns.Handle); err != nil {
+	if err := netns.Set(target); err != nil {
 		return err
 	}
 	ferr := fn()
