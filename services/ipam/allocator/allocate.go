@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -99,14 +100,22 @@ func (a *Allocator) existing(ctx context.Context, hkey, node string) (*ipamv1alp
 	if len(resp.Kvs) == 0 {
 		return nil, false, nil
 	}
-	alloc, err := decodeAllocation(resp.Kvs[0].Value, resp.Kvs[0].CreateRevision)
+	alloc, err := existingOn(resp.Kvs[0], node)
+	return alloc, err == nil, err
+}
+
+// existingOn decodes a stored handle for a retried allocation: it must be
+// on the node the retry names.
+func existingOn(kv *mvccpb.KeyValue, node string) (*ipamv1alpha1.Allocation, error) {
+	alloc, err := decodeAllocation(kv.Value, kv.CreateRevision)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if alloc.GetNode() != node {
-		return nil, false, fmt.Errorf("handle %s is allocated on node %q, not %q: %w", hkey[len(a.keys.handles()):], alloc.GetNode(), node, ErrPrecondition)
+		h := alloc.GetHandle()
+		return nil, fmt.Errorf("handle %s/%s is allocated on node %q, not %q: %w", h.GetContainerId(), h.GetInterfaceName(), alloc.GetNode(), node, ErrPrecondition)
 	}
-	return alloc, true, nil
+	return alloc, nil
 }
 
 func decodeAllocation(v []byte, seq int64) (*ipamv1alpha1.Allocation, error) {
@@ -417,14 +426,8 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 		return alloc, true, nil
 	}
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		existing, err := decodeAllocation(kvs[0].Value, kvs[0].CreateRevision)
-		if err != nil {
-			return nil, false, err
-		}
-		if existing.GetNode() != n.node.GetName() {
-			return nil, false, fmt.Errorf("handle %s is allocated on node %q, not %q: %w", h, existing.GetNode(), n.node.GetName(), ErrPrecondition)
-		}
-		return existing, false, nil
+		existing, err := existingOn(kvs[0], n.node.GetName())
+		return existing, false, err
 	}
 	if len(resp.Responses) > 1 {
 		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
