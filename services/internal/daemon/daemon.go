@@ -34,8 +34,12 @@ import (
 
 // Log attribute keys shared by every service.
 const (
+	// LogKeyService names the service on every line it logs.
+	LogKeyService = "service"
+	// LogKeySubsys names the part of a service (its allocator, agent, ...).
 	LogKeySubsys = "subsys"
-	LogKeyError  = "err"
+	// LogKeyError carries an error.
+	LogKeyError = "err"
 )
 
 // Spec describes one service binary to [Main] and [Run].
@@ -148,7 +152,7 @@ func New(cfg Config, name string, log *slog.Logger) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	log = log.With(LogKeySubsys, name)
+	log = log.With(LogKeyService, name)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
