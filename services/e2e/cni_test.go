@@ -8,6 +8,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 // TestPodsOnOneNode wires pods through the real CNI plugin and checks they
@@ -49,6 +50,13 @@ func TestPodsOnOneNode(t *testing.T) {
 	}
 	if err := e.cni.CheckNetworkList(t.Context(), conf, a.rt); err == nil || !strings.Contains(err.Error(), "default route") {
 		t.Fatalf("CNI CHECK after breaking the pod = %v, want the missing route named", err)
+	}
+	// Without its program, pod-b's traffic would take the node's routes.
+	if _, err := run(node.Netns, "tc", "qdisc", "del", "dev", veth.HostName(b.rt.ContainerID, b.rt.IfName), "clsact"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cni.CheckNetworkList(t.Context(), conf, b.rt); err == nil || !strings.Contains(err.Error(), "no program attached") {
+		t.Fatalf("CNI CHECK after removing the program = %v, want it named", err)
 	}
 
 	// GC with only pod-b live removes pod-a.

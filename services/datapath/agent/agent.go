@@ -59,7 +59,7 @@ type Config struct {
 }
 
 // Datapath is the eBPF side of the node: programs loaded once, per-endpoint
-// entries in maps, and the tcx attachment of each pod's host-side veth.
+// entries in maps, and the program on each pod's host-side veth.
 type Datapath interface {
 	AttachEndpoint(hostName string, ifindex int) error
 	DetachEndpoint(hostName string) error

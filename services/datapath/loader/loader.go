@@ -1,11 +1,11 @@
 // Package loader is the node agent's eBPF side: it loads the datapath
 // programs once, keeps their maps pinned under the node's bpffs directory,
-// attaches the programs to devices with pinned tcx links (so traffic flows
-// while the agent restarts), and writes per-endpoint and per-block entries.
+// attaches the programs to the node's devices with pinned tcx links and to
+// pods' host-side veths with tc filters (either way traffic flows while the
+// agent restarts), and writes per-endpoint and per-block entries.
 package loader
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
@@ -31,13 +32,14 @@ const (
 type Loader struct {
 	objs    *bpfdp.Objects
 	linkDir string
+	nl      *netlink.Handle // in the node's namespace
 
 	mu    sync.Mutex
-	links map[string]link.Link // by name: a pod's host veth, or overlay-in/-out
+	links map[string]link.Link // by name: overlay-in/-out
 }
 
 // Open mounts bpffs if needed, loads the programs with their maps pinned
-// under pinDir (reusing pins of an earlier run), and moves every pinned link
+// under pinDir (reusing pins of an earlier run), and moves every attachment
 // of an earlier run to the freshly loaded programs.
 func Open(pinDir string) (*Loader, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
@@ -53,27 +55,51 @@ func Open(pinDir string) (*Loader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load eBPF datapath: %w", err)
 	}
-	l := &Loader{objs: objs, linkDir: filepath.Join(pinDir, "links"), links: map[string]link.Link{}}
-	entries, err := os.ReadDir(l.linkDir)
+	nl, err := netlink.NewHandle()
 	if err != nil {
 		objs.Close()
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	l := &Loader{objs: objs, linkDir: filepath.Join(pinDir, "links"), nl: nl, links: map[string]link.Link{}}
+	if err := l.adoptLinks(); err != nil {
+		_ = l.Close()
 		return nil, err
 	}
+	if err := l.adoptEndpoints(); err != nil {
+		_ = l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// adoptLinks moves the pinned links of an earlier run to the freshly loaded
+// programs.
+func (l *Loader) adoptLinks() error {
+	entries, err := os.ReadDir(l.linkDir)
+	if err != nil {
+		return err
+	}
 	for _, e := range entries {
-		pl, err := link.LoadPinnedLink(filepath.Join(l.linkDir, e.Name()), nil)
-		if err != nil {
-			// The device went away with its link: drop the stale pin.
-			_ = os.Remove(filepath.Join(l.linkDir, e.Name()))
+		path := filepath.Join(l.linkDir, e.Name())
+		prog := l.programFor(e.Name())
+		pl, err := link.LoadPinnedLink(path, nil)
+		if err != nil || prog == nil {
+			// The device went away with its link, or the pin is not one of
+			// ours: drop it.
+			if pl != nil {
+				_ = pl.Unpin()
+				_ = pl.Close()
+			}
+			_ = os.Remove(path)
 			continue
 		}
-		if err := pl.Update(l.programFor(e.Name())); err != nil {
+		if err := pl.Update(prog); err != nil {
 			_ = pl.Close()
-			objs.Close()
-			return nil, fmt.Errorf("move link %s to the new program: %w", e.Name(), err)
+			return fmt.Errorf("move link %s to the new program: %w", e.Name(), err)
 		}
 		l.links[e.Name()] = pl
 	}
-	return l, nil
+	return nil
 }
 
 const (
@@ -88,7 +114,7 @@ func (l *Loader) programFor(name string) *ebpf.Program {
 	case overlayOut:
 		return l.objs.ToOverlay()
 	default:
-		return l.objs.FromPod()
+		return nil
 	}
 }
 
@@ -113,6 +139,7 @@ func (l *Loader) Close() error {
 	for _, ln := range l.links {
 		_ = ln.Close()
 	}
+	l.nl.Close()
 	return l.objs.Close()
 }
 
@@ -154,21 +181,6 @@ func (l *Loader) attach(name string, ifindex int, fn func(int) (link.Link, error
 	return nil
 }
 
-// detach removes the link called name; a missing one is success.
-func (l *Loader) detach(name string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ln, ok := l.links[name]
-	if !ok {
-		return nil
-	}
-	delete(l.links, name)
-	if err := ln.Unpin(); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return ln.Close()
-}
-
 // AttachOverlay attaches the overlay programs to axon_vxlan.
 func (l *Loader) AttachOverlay(ifindex int) error {
 	if err := l.attach(overlayIn, ifindex, l.objs.AttachFromOverlay); err != nil {
@@ -176,14 +188,6 @@ func (l *Loader) AttachOverlay(ifindex int) error {
 	}
 	return l.attach(overlayOut, ifindex, l.objs.AttachToOverlay)
 }
-
-// AttachEndpoint attaches the pod program to a pod's host veth.
-func (l *Loader) AttachEndpoint(hostName string, ifindex int) error {
-	return l.attach(hostName, ifindex, l.objs.AttachFromPod)
-}
-
-// DetachEndpoint removes a pod's program link.
-func (l *Loader) DetachEndpoint(hostName string) error { return l.detach(hostName) }
 
 // PutEndpoint writes a pod address's map entry (either family).
 func (l *Loader) PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error {
@@ -197,13 +201,7 @@ func (l *Loader) DeleteEndpoint(ip netip.Addr) error {
 
 // CheckEndpoint describes what is missing of a pod's eBPF state.
 func (l *Loader) CheckEndpoint(hostName string, ip netip.Addr) []string {
-	var problems []string
-	l.mu.Lock()
-	_, attached := l.links[hostName]
-	l.mu.Unlock()
-	if !attached {
-		problems = append(problems, fmt.Sprintf("no program attached to %s", hostName))
-	}
+	problems := l.endpointProblems(hostName)
 	if _, err := l.objs.Endpoint(ip); err != nil {
 		problems = append(problems, fmt.Sprintf("no endpoint map entry for %s: %v", ip, err))
 	}
