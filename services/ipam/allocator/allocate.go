@@ -10,7 +10,7 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -118,9 +118,21 @@ func existingOn(kv *mvccpb.KeyValue, node string) (*ipamv1alpha1.Allocation, err
 	return alloc, nil
 }
 
+// Allocation records, written once per allocation, are binary protobuf:
+// protojson cost several times the CPU of the rest of the commit. Records
+// written far less often (pools, nodes, reservations) stay JSON.
+
+func encodeAllocation(alloc *ipamv1alpha1.Allocation) (string, error) {
+	b, err := proto.Marshal(alloc)
+	if err != nil {
+		return "", fmt.Errorf("encode allocation: %w: %w", ErrInvalid, err)
+	}
+	return string(b), nil
+}
+
 func decodeAllocation(v []byte, seq int64) (*ipamv1alpha1.Allocation, error) {
 	alloc := &ipamv1alpha1.Allocation{}
-	if err := protojson.Unmarshal(v, alloc); err != nil {
+	if err := proto.Unmarshal(v, alloc); err != nil {
 		return nil, fmt.Errorf("decode allocation: %w", err)
 	}
 	alloc.Sequence = uint64(seq)
@@ -400,7 +412,7 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(addrHold), "=", 0))
 		}
 	}
-	val, err := protoJSON(alloc)
+	val, err := encodeAllocation(alloc)
 	if err != nil {
 		return nil, false, err
 	}

@@ -92,8 +92,7 @@ type Allocator struct {
 	// emptySince records when this replica first saw a block empty.
 	emptySince map[netip.Prefix]time.Time
 
-	commits chan *commitJob
-	closed  <-chan struct{} // closed by Close
+	batch batcher
 
 	stop context.CancelFunc
 	done sync.WaitGroup
@@ -135,8 +134,7 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 		cfg.MaxAttempts = DefaultConfig().MaxAttempts
 	}
 	k := keys{root: cfg.Root}
-	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{},
-		commits: make(chan *commitJob, maxBatchJobs)}
+	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{}}
 	a.pools = newWatchCache(cli, k.pools(), log, decodePool)
 	a.nodes = newWatchCache(cli, k.nodes(), log, decodeNode)
 	a.blocks = newWatchCache(cli, k.blocks(), log, decodeBlock)
@@ -147,14 +145,13 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 		}
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	a.stop, a.closed = cancel, runCtx.Done()
+	a.stop = cancel
 	for _, c := range []interface{ run(context.Context) }{a.pools, a.nodes, a.blocks} {
 		a.done.Go(func() { c.run(runCtx) })
 	}
 	if cfg.SweepInterval > 0 {
 		a.done.Go(func() { a.sweepLoop(runCtx) })
 	}
-	a.done.Go(func() { a.runBatcher(runCtx) })
 	return a, nil
 }
 

@@ -2,7 +2,7 @@ package allocator
 
 import (
 	"context"
-	"errors"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,9 +18,8 @@ import (
 const (
 	maxBatchJobs = 32
 	maxBatchOps  = 100
+	maxInflight  = 2
 )
-
-var errClosed = errors.New("allocator closed")
 
 // commitJob is one allocation's transaction, waiting to be committed.
 type commitJob struct {
@@ -37,16 +36,37 @@ type commitJob struct {
 	done chan struct{}
 }
 
+// batcher queues commit jobs. Up to maxInflight batches are committed at
+// once, so etcd can put several into one raft entry batch and one fsync
+// while more jobs queue up. A caller that finds fewer in flight commits
+// the queue's next batch itself (a lone allocation never waits for another
+// goroutine to be scheduled); if jobs are left after it, a goroutine
+// drains the queue and then stops.
+type batcher struct {
+	mu       sync.Mutex
+	queue    []*commitJob
+	inflight int
+}
+
 // commitTxn commits one allocation transaction, batched with whatever
 // other allocations are waiting.
 func (a *Allocator) commitTxn(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op, elseOps []clientv3.Op, keys []string) (*clientv3.TxnResponse, error) {
 	j := &commitJob{ctx: ctx, cmps: cmps, ops: ops, elseOps: elseOps, keys: keys, done: make(chan struct{})}
-	select {
-	case a.commits <- j:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-a.closed:
-		return nil, errClosed
+	b := &a.batch
+	b.mu.Lock()
+	b.queue = append(b.queue, j)
+	lead := b.inflight < maxInflight
+	if lead {
+		b.inflight++
+	}
+	b.mu.Unlock()
+	if lead {
+		if a.commitNext() {
+			a.done.Go(func() {
+				for a.commitNext() {
+				}
+			})
+		}
 	}
 	select {
 	case <-j.done:
@@ -54,59 +74,54 @@ func (a *Allocator) commitTxn(ctx context.Context, cmps []clientv3.Cmp, ops []cl
 	case <-ctx.Done():
 		// The job may still commit; the caller's retry finds the handle.
 		return nil, ctx.Err()
-	case <-a.closed:
-		return nil, errClosed
 	}
 }
 
-// runBatcher commits queued jobs until ctx ends.
-func (a *Allocator) runBatcher(ctx context.Context) {
-	var carry []*commitJob
-	for {
-		var first *commitJob
-		if len(carry) > 0 {
-			first, carry = carry[0], carry[1:]
-		} else {
-			select {
-			case <-ctx.Done():
-				return
-			case first = <-a.commits:
-			}
-		}
-		batch := []*commitJob{first}
-		written := map[string]bool{}
-		for _, k := range first.keys {
-			written[k] = true
-		}
-		nCmps, nOps := len(first.cmps), len(first.ops)
-	collect:
-		for len(batch) < maxBatchJobs {
-			var j *commitJob
-			if len(carry) > 0 {
-				j, carry = carry[0], carry[1:]
-			} else {
-				select {
-				case j = <-a.commits:
-				default:
-					break collect
-				}
-			}
-			clash := nCmps+len(j.cmps) > maxBatchOps || nOps+len(j.ops) > maxBatchOps
-			for _, k := range j.keys {
-				clash = clash || written[k]
-			}
-			if clash {
-				carry = append(carry, j)
-				break
-			}
-			for _, k := range j.keys {
-				written[k] = true
-			}
-			nCmps, nOps = nCmps+len(j.cmps), nOps+len(j.ops)
-			batch = append(batch, j)
-		}
+// commitNext commits the next batch of the queue and reports whether more
+// jobs wait; when none do, its caller stops committing.
+func (a *Allocator) commitNext() bool {
+	b := &a.batch
+	b.mu.Lock()
+	batch, rest := nextBatch(b.queue)
+	b.queue = rest
+	b.mu.Unlock()
+	if len(batch) > 0 {
 		a.commitBatch(batch)
 	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 {
+		b.inflight--
+		return false
+	}
+	return true
+}
+
+// nextBatch splits the jobs that go into one transaction off queue: jobs
+// in arrival order, up to maxBatchJobs and maxBatchOps, stopping before a
+// job that writes a key the batch already writes.
+func nextBatch(queue []*commitJob) (batch, rest []*commitJob) {
+	written := map[string]bool{}
+	nCmps, nOps := 0, 0
+	n := 0
+	for _, j := range queue {
+		if n == maxBatchJobs || (n > 0 && (nCmps+len(j.cmps) > maxBatchOps || nOps+len(j.ops) > maxBatchOps)) {
+			break
+		}
+		clash := false
+		for _, k := range j.keys {
+			clash = clash || written[k]
+		}
+		if clash {
+			break
+		}
+		for _, k := range j.keys {
+			written[k] = true
+		}
+		nCmps, nOps = nCmps+len(j.cmps), nOps+len(j.ops)
+		n++
+	}
+	return queue[:n:n], queue[n:]
 }
 
 // commitBatch commits jobs in one transaction, or each on its own when

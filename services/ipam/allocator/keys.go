@@ -16,7 +16,7 @@ import (
 //	topology/blocks/<block>              blockRecord: owner node, pool, router IP
 //	routers/<node>/<family>              the node's router IP of a family
 //	claims/<node>/<claim id>             block claimed under a ClaimBlock claim_id
-//	handles/<container id>/<ifname>      Allocation (protojson); CreateRevision is its sequence
+//	handles/<container id>/<ifname>      Allocation (binary protobuf); CreateRevision is its sequence
 //	alloc/<pool>/<family>/<block>/<ip>   addrRecord: who holds an allocated address
 //	holds/<pool>/<family>/<block>/<ip>   Reservation of a held address (protojson)
 //	holdkeys/<family>/<key>              the holds/ key a reservation key holds
