@@ -346,8 +346,13 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct axon_c
 	key.remote_ipv4 = bpf_ntohl(remote->node_ip4);
 	key.local_ipv4 = bpf_ntohl(cfg->node_ip4); /* 0: the kernel picks */
 	key.tunnel_ttl = AXON_TUNNEL_TTL;
-	/* No BPF_F_TUNINFO_IPV6: the outer header is IPv4. */
-	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), 0);
+	/*
+	 * No BPF_F_TUNINFO_IPV6: the outer header is IPv4, where a zero UDP
+	 * checksum is valid and what a VXLAN device sends by default. Without
+	 * BPF_F_ZERO_CSUM_TX the helper asks for an outer checksum, which the
+	 * kernel computes in software for every segment of a GSO packet.
+	 */
+	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX);
 }
 
 static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
