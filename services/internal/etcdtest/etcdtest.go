@@ -86,6 +86,20 @@ type member struct {
 	quiet *atomic.Bool // set while the instance starts or stops
 }
 
+// Option changes how [New] configures the members.
+type Option func(*options)
+
+type options struct {
+	fsync bool
+}
+
+// Durable makes every member fsync its write-ahead log before it
+// acknowledges a write, as a production etcd does. Without it members skip
+// fsync: a test's data need not survive a machine crash, only a member's,
+// and tests run faster. Benchmarks that compare against the store's own
+// ceiling want it, so both sides pay for the disk.
+func Durable() Option { return func(o *options) { o.fsync = true } }
+
 // Single starts a one-member etcd cluster with its data in t.TempDir() and
 // waits until it serves. It is stopped in t.Cleanup.
 func Single(t testing.TB) *Cluster {
@@ -97,9 +111,13 @@ func Single(t testing.TB) *Cluster {
 // process, each with its own data directory under t.TempDir() and client and
 // peer URLs on free 127.0.0.1 ports, and waits until every member serves.
 // Every member, and every client made by [Cluster.Client], is stopped in
-// t.Cleanup.
-func New(t testing.TB, members int) *Cluster {
+// t.Cleanup. Members skip fsync unless [Durable] is given.
+func New(t testing.TB, members int, opts ...Option) *Cluster {
 	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if members < 1 {
 		t.Fatalf("etcdtest.New: %d members, want at least 1", members)
 	}
@@ -110,7 +128,7 @@ func New(t testing.TB, members int) *Cluster {
 	dir := t.TempDir()
 	c := &Cluster{log: log}
 	t.Cleanup(c.close)
-	if err := c.start(dir, members); err != nil {
+	if err := c.start(dir, members, o); err != nil {
 		t.Fatalf("etcdtest: start %d-member cluster: %v", members, err)
 	}
 	return c
@@ -118,7 +136,7 @@ func New(t testing.TB, members int) *Cluster {
 
 // start creates the members and starts them all, then waits until each is
 // ready.
-func (c *Cluster) start(dir string, n int) error {
+func (c *Cluster) start(dir string, n int, o options) error {
 	token := fmt.Sprintf("etcdtest-%d-%s", os.Getpid(), rand.Text())
 	var initial []string
 	for i := range n {
@@ -141,8 +159,7 @@ func (c *Cluster) start(dir string, n int) error {
 		cfg.InitialClusterToken = token
 		cfg.TickMs = tickMs
 		cfg.ElectionMs = electionMs
-		// A test's data need not survive a machine crash, only a member's.
-		cfg.UnsafeNoFsync = true
+		cfg.UnsafeNoFsync = !o.fsync
 		cfg.EnableGRPCGateway = false
 		cfg.LogLevel = "error"
 		m.cfg = cfg

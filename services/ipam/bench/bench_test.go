@@ -17,6 +17,7 @@ var (
 	duration   = flag.Duration("ipam.duration", 5*time.Second, "measured period of each backend at each concurrency")
 	warmup     = flag.Duration("ipam.warmup", time.Second, "warm-up before each measured period (not counted)")
 	scale      = flag.Bool("ipam.scale", false, "include the scale run (5,000 nodes × 30 pods)")
+	noFsync    = flag.Bool("ipam.nofsync", false, "run etcd without fsync (a CPU-only ceiling; not how etcd runs in production)")
 )
 
 // A row is measured again (up to maxTries times) when other processes on
@@ -54,6 +55,7 @@ type results struct {
 	Profiles    []*profileSummary
 	Machine     machine
 	ScaleWanted bool
+	NoFsync     bool // etcd ran without fsync
 }
 
 func TestIPAMBenchReport(t *testing.T) {
@@ -68,7 +70,7 @@ func TestIPAMBenchReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := &results{Start: time.Now(), Duration: *duration, Warmup: *warmup, Machine: describeMachine(),
-		Axon: map[string][]measurement{}, AxonRot: map[string][]measurement{}, CAS: map[string][]measurement{}, ScaleWanted: *scale}
+		Axon: map[string][]measurement{}, AxonRot: map[string][]measurement{}, CAS: map[string][]measurement{}, ScaleWanted: *scale, NoFsync: *noFsync}
 	if *hostLocal != "" {
 		bin, err := filepath.Abs(*hostLocal)
 		if err != nil {
@@ -84,7 +86,11 @@ func TestIPAMBenchReport(t *testing.T) {
 	for _, s := range setups {
 		t.Run(fmt.Sprintf("etcd-%d", s.Members), func(t *testing.T) {
 			ctx := t.Context()
-			c := etcdtest.New(t, s.Members)
+			var opts []etcdtest.Option
+			if !*noFsync {
+				opts = append(opts, etcdtest.Durable())
+			}
+			c := etcdtest.New(t, s.Members, opts...)
 			casCli := c.Client(t)
 			axon := startAxon(t, c)
 			for _, conc := range concurrencies {
