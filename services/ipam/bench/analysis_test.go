@@ -159,11 +159,11 @@ func renderAnalysis(b *strings.Builder, r *results) {
 			var below []string
 			for _, st := range setups {
 				if cas := r.CAS[st.Name]; len(cas) > 0 && cas[0].Conc == 1 && ratio(cas[0], h) < 10 {
-					below = append(below, fmt.Sprintf("%.1f× on %s", ratio(cas[0], h), st.Name))
+					below = append(below, fmt.Sprintf("%.1f× host-local's rate on %s", ratio(cas[0], h), st.Name))
 				}
 			}
 			if len(below) > 0 {
-				p(" With one client even a bare raw CAS transaction is only %s host-local's rate here:\n", strings.Join(below, " and "))
+				p(" With one client even a bare raw CAS transaction reaches only %s here:\n", strings.Join(below, " and "))
 				p("an allocator that needs one durable etcd transaction per allocation cannot reach 10× host-local there.")
 			}
 		}
