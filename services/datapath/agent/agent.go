@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -121,12 +122,18 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	h, err := netlink.NewHandle()
+	// The agent runs in the node's namespace: its own is the node's.
+	ns, err := netns.Get()
 	if err != nil {
+		return nil, fmt.Errorf("node network namespace: %w", err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	return &Agent{
-		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h}, bpf: bpf,
+		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h, NodeNS: ns}, bpf: bpf,
 		store: store{dir: cfg.StateDir}, ready: errors.New("node not set up yet"),
 		remote: remoteState{
 			watched: map[netip.Prefix]remoteBlock{}, manual: map[string]*datapathv1alpha1.RemoteNode{},

@@ -53,6 +53,21 @@ type Result struct {
 type Plumber struct {
 	// Node is a netlink handle in the node's namespace.
 	Node *netlink.Handle
+	// NodeNS is the node's namespace. Create and Delete open their own
+	// netlink socket in it: the kernel answers a link deletion only after
+	// the device's RCU grace periods, which it waits for outside the rtnl
+	// lock, and requests on one socket wait for each other's answers, so a
+	// shared socket would serialize those waits across pods.
+	NodeNS netns.NsHandle
+}
+
+// handle opens a netlink socket in the node's namespace.
+func (p *Plumber) handle() (*netlink.Handle, error) {
+	h, err := netlink.NewHandleAt(p.NodeNS)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in the node namespace: %w", err)
+	}
+	return h, nil
 }
 
 // randomMAC returns a random locally administered unicast MAC.
@@ -95,6 +110,11 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 		return Result{}, fmt.Errorf("netlink in %s: %w: %w", s.NetnsPath, ErrNetNS, err)
 	}
 	defer pod.Close()
+	node, err := p.handle()
+	if err != nil {
+		return Result{}, err
+	}
+	defer node.Close()
 	if _, err := pod.LinkByName(s.PodIfName); err == nil {
 		return Result{}, fmt.Errorf("interface %s already exists in %s", s.PodIfName, s.NetnsPath)
 	}
@@ -113,15 +133,15 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 		PeerMTU:          uint32(s.MTU),
 		PeerNamespace:    netlink.NsFd(int(podNS)),
 	}
-	if err := p.Node.LinkAdd(v); err != nil {
+	if err := node.LinkAdd(v); err != nil {
 		return Result{}, fmt.Errorf("create veth %s: %w", s.HostName, err)
 	}
 	defer func() {
 		if err != nil {
-			_ = p.Node.LinkDel(v)
+			_ = node.LinkDel(v)
 		}
 	}()
-	host, err := p.Node.LinkByName(s.HostName)
+	host, err := node.LinkByName(s.HostName)
 	if err != nil {
 		return Result{}, fmt.Errorf("find %s: %w", s.HostName, err)
 	}
@@ -132,7 +152,7 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 	if err := configurePod(pod, podLink, s, hostMAC); err != nil {
 		return Result{}, err
 	}
-	if err := p.Node.LinkSetUp(host); err != nil {
+	if err := node.LinkSetUp(host); err != nil {
 		return Result{}, fmt.Errorf("set %s up: %w", s.HostName, err)
 	}
 	// The node reaches the pod (and answers it) through a host route on the
@@ -140,7 +160,7 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 	// redirects straight to the peer).
 	for _, a := range s.Addrs {
 		r := &netlink.Route{LinkIndex: host.Attrs().Index, Dst: hostRoute(a.Addr()), Scope: netlink.SCOPE_LINK}
-		if err := p.Node.RouteReplace(r); err != nil {
+		if err := node.RouteReplace(r); err != nil {
 			return Result{}, fmt.Errorf("route %s dev %s: %w", a.Addr(), s.HostName, err)
 		}
 	}
@@ -193,7 +213,12 @@ func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.Ha
 // Delete removes the host-side veth, which removes the pod side and the
 // host routes with it. A missing interface is success.
 func (p *Plumber) Delete(hostName string) error {
-	link, err := p.Node.LinkByName(hostName)
+	node, err := p.handle()
+	if err != nil {
+		return err
+	}
+	defer node.Close()
+	link, err := node.LinkByName(hostName)
 	if err != nil {
 		var notFound netlink.LinkNotFoundError
 		if errors.As(err, &notFound) {
@@ -201,7 +226,7 @@ func (p *Plumber) Delete(hostName string) error {
 		}
 		return fmt.Errorf("find %s: %w", hostName, err)
 	}
-	if err := p.Node.LinkDel(link); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := node.LinkDel(link); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete %s: %w", hostName, err)
 	}
 	return nil
