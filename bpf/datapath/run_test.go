@@ -143,7 +143,10 @@ func TestRun(t *testing.T) {
 		{"ipv4 ihl 4", tunnelCfg, fromPod, patch(udp4(podA.ip, podB.ip, 64), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
 
 		{"overlay local", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
-		{"overlay local native", nativeCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
+		{"overlay local native", nativeCfg, fromOverlay, toNode(udp4(remotePod, podB.ip, 63)), verdictRedirect, toPodB, "from-overlay-local"},
+		// On the underlay, a frame for another host's MAC is not delivered.
+		{"overlay native other host", nativeCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictNext, unchanged, "from-overlay-to-host"},
+		{"overlay native miss", nativeCfg, fromOverlay, toNode(udp4(remotePod, outsideIP, 63)), verdictNext, unchanged, "from-overlay-to-host"},
 		{"overlay ttl 1", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
 		{"overlay miss", tunnelCfg, fromOverlay, udp4(remotePod, outsideIP, 63), verdictNext, unchanged, "from-overlay-to-host"},
 		{"overlay ihl 4", tunnelCfg, fromOverlay, patch(udp4(remotePod, podB.ip, 63), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
@@ -193,7 +196,7 @@ func TestRun(t *testing.T) {
 		{"v6 truncated payload", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 64)[:14+40], verdictRedirect, toPodB6, "forwarded-local"},
 
 		{"overlay v6 local", tunnelCfg, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictRedirect, toPodB6, "from-overlay-local"},
-		{"overlay v6 local native", nativeCfg, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictRedirect, toPodB6, "from-overlay-local"},
+		{"overlay v6 local native", nativeCfg, fromOverlay, toNode(udp6(remotePod6, podB6.ip, 63)), verdictRedirect, toPodB6, "from-overlay-local"},
 		{"overlay v6 hop 1", tunnelCfg, fromOverlay, udp6(remotePod6, podB6.ip, 1), verdictDrop, unchanged, "drop-ttl"},
 		{"overlay v6 miss", tunnelCfg, fromOverlay, udp6(remotePod6, outsideIP6, 63), verdictNext, unchanged, "from-overlay-to-host"},
 		{"overlay v6 NS", nativeCfg, fromOverlay, icmp6(remotePod6, netip.MustParseAddr("ff02::1:ff00:14"), 135), verdictNext, unchanged, "non-ipv4"},
@@ -530,6 +533,13 @@ func onesSum(b []byte) uint16 {
 		s = s&0xffff + s>>16
 	}
 	return uint16(s)
+}
+
+// toNode addresses f to the test-run device (loopback, MAC zero), so the
+// kernel marks it PACKET_HOST as a frame for the node's own underlay MAC.
+func toNode(f []byte) []byte {
+	clear(f[0:6])
+	return f
 }
 
 func patch(f []byte, off int, v byte) []byte {

@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0-only)
 /*
- * Axon's node datapath: tcx programs loaded once per node and shared by all
+ * Axon's node datapath: tc programs loaded once per node and shared by all
  * endpoints. Everything per endpoint lives in maps (axon/datapath.h), so
- * wiring a pod is a map write and a tcx attach, never a compile or load.
+ * wiring a pod is a map write and an attach, never a compile or load. The
+ * verdicts are tcx's, whose values tc's direct-action filters share.
  *
- *   axon_from_pod      tcx ingress of every pod's host-side veth (lxc*):
- *                      packets the pod sends.
+ *   axon_from_pod      ingress of every pod's host-side veth (lxc*), as a
+ *                      tc filter: packets the pod sends.
  *   axon_from_overlay  tcx ingress of axon_vxlan (decapsulated frames) or, in
  *                      native mode, of the underlay device: delivers packets
  *                      for local pods.
@@ -511,11 +512,13 @@ int axon_from_pod(struct __sk_buff *skb)
  * A decapsulated frame for the node itself (a peer probing its health
  * address, a pod on another node talking to it) carries the sending side's
  * MAC as destination, so the stack would take it for another host's and
- * drop it. It is addressed to this node by the tunnel: mark it so.
+ * drop it. It is addressed to this node by the tunnel: mark it so. On the
+ * underlay (native mode) the frame's own MAC says whom it is for.
  */
-static __always_inline int overlay_to_host(struct __sk_buff *skb)
+static __always_inline int overlay_to_host(struct __sk_buff *skb, const struct axon_config *cfg)
 {
-	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	if (cfg->mode == AXON_MODE_TUNNEL)
+		bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
 	return next(AXON_STAT_OVERLAY_TO_HOST);
 }
 
@@ -542,16 +545,19 @@ int axon_from_overlay(struct __sk_buff *skb)
 	cfg = config();
 	if (!cfg || cfg->mode == AXON_MODE_NONE)
 		return next(AXON_STAT_UNCONFIGURED);
+	/* On the underlay, frames for other hosts are not ours to deliver. */
+	if (cfg->mode == AXON_MODE_NATIVE && skb->pkt_type != 0 /* PACKET_HOST */)
+		return next(AXON_STAT_OVERLAY_TO_HOST);
 
 	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
 		if (!ep)
-			return overlay_to_host(skb);
+			return overlay_to_host(skb, cfg);
 		return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	ep = endpoint6(&p.ip6->daddr);
 	if (!ep)
-		return overlay_to_host(skb);
+		return overlay_to_host(skb, cfg);
 	return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
 

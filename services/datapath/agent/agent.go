@@ -74,6 +74,9 @@ type Datapath interface {
 	Configure(tunnel bool, vxlanIfindex int, nodeIP netip.Addr) error
 	// AttachOverlay attaches the overlay programs to the VXLAN device.
 	AttachOverlay(vxlanIfindex int) error
+	// AttachUnderlay attaches the delivery program to the underlay device
+	// (native mode).
+	AttachUnderlay(ifindex int) error
 }
 
 // Agent wires pods on one node.
@@ -248,7 +251,21 @@ func (a *Agent) setupDatapath() error {
 		}
 	}
 	if a.cfg.RoutingMode == ModeNative {
-		return a.bpf.Configure(false, 0, nodeIP)
+		if err := a.bpf.Configure(false, 0, nodeIP); err != nil {
+			return err
+		}
+		// Packets from other nodes for local pods skip the node's
+		// forwarding (and its connection tracking) on the way in too. Without
+		// the program the kernel still routes them.
+		dev, err := linkWithAddr(a.plumber.Node, a.cfg.NodeIPs)
+		if err != nil {
+			a.log.Warn("incoming pod traffic takes the kernel's path", "err", err)
+			return nil
+		}
+		if err := a.bpf.AttachUnderlay(dev); err != nil {
+			return fmt.Errorf("attach underlay program: %w", err)
+		}
+		return nil
 	}
 	vx, err := ensureTunnel(a.plumber.Node, a.cfg.TunnelProtocol, a.cfg.MTU)
 	if err != nil {

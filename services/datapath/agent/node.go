@@ -86,6 +86,23 @@ func tunnelDevice(protocol string) string {
 	return VXLANDevice
 }
 
+// linkWithAddr returns the index of the device holding the first of ips
+// that a device holds: the node's underlay device.
+func linkWithAddr(h *netlink.Handle, ips []netip.Addr) (int, error) {
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return 0, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, ip := range ips {
+		for _, a := range addrs {
+			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+				return a.LinkIndex, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no device holds a node address %v", ips)
+}
+
 // ensureTunnel creates (or keeps) the flow-based overlay device, whose
 // tunnel endpoints come from the eBPF programs, and returns its ifindex.
 // Its MTU is the pods' (the inner packet's); NOARP because the programs,

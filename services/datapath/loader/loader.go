@@ -105,11 +105,12 @@ func (l *Loader) adoptLinks() error {
 const (
 	overlayIn  = "overlay-ingress"
 	overlayOut = "overlay-egress"
+	underlayIn = "underlay-ingress"
 )
 
 func (l *Loader) programFor(name string) *ebpf.Program {
 	switch name {
-	case overlayIn:
+	case overlayIn, underlayIn:
 		return l.objs.FromOverlay()
 	case overlayOut:
 		return l.objs.ToOverlay()
@@ -179,6 +180,13 @@ func (l *Loader) attach(name string, ifindex int, fn func(int) (link.Link, error
 	}
 	l.links[name] = ln
 	return nil
+}
+
+// AttachUnderlay attaches the overlay's delivery program to the ingress of
+// the node's underlay device (native mode): packets routed to this node for
+// its pods go straight to them.
+func (l *Loader) AttachUnderlay(ifindex int) error {
+	return l.attach(underlayIn, ifindex, l.objs.AttachFromOverlay)
 }
 
 // AttachOverlay attaches the overlay programs to axon_vxlan.
