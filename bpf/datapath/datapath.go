@@ -60,9 +60,12 @@ func (o *Objects) Close() error {
 // FromPod is axon_from_pod, for tcx ingress of pods' host-side veths.
 func (o *Objects) FromPod() *ebpf.Program { return o.objs.AxonFromPod }
 
-// FromOverlay is axon_from_overlay, for tcx ingress of axon_vxlan (or of the
-// underlay device in native mode).
+// FromOverlay is axon_from_overlay, for tcx ingress of axon_vxlan.
 func (o *Objects) FromOverlay() *ebpf.Program { return o.objs.AxonFromOverlay }
+
+// FromUnderlay is axon_from_underlay, for tcx ingress of the node's underlay
+// device.
+func (o *Objects) FromUnderlay() *ebpf.Program { return o.objs.AxonFromUnderlay }
 
 // AttachFromPod attaches FromPod to tcx ingress of the interface ifindex
 // (resolved in the network namespace of the calling thread). The caller owns
@@ -75,6 +78,12 @@ func (o *Objects) AttachFromPod(ifindex int) (link.Link, error) {
 // [Objects.AttachFromPod].
 func (o *Objects) AttachFromOverlay(ifindex int) (link.Link, error) {
 	return attachIngress(o.objs.AxonFromOverlay, ifindex)
+}
+
+// AttachFromUnderlay attaches FromUnderlay to tcx ingress of ifindex; see
+// [Objects.AttachFromPod].
+func (o *Objects) AttachFromUnderlay(ifindex int) (link.Link, error) {
+	return attachIngress(o.objs.AxonFromUnderlay, ifindex)
 }
 
 // ToOverlay is axon_to_overlay, for tcx egress of axon_vxlan.

@@ -70,34 +70,36 @@ type datapathAxonRemoteKey6 struct {
 type datapathAxonStat uint32
 
 const (
-	datapathAxonStatAXON_STAT_FWD_LOCAL       datapathAxonStat = 0
-	datapathAxonStatAXON_STAT_FWD_TUNNEL      datapathAxonStat = 1
-	datapathAxonStatAXON_STAT_FWD_NATIVE      datapathAxonStat = 2
-	datapathAxonStatAXON_STAT_TO_HOST         datapathAxonStat = 3
-	datapathAxonStatAXON_STAT_OVERLAY_LOCAL   datapathAxonStat = 4
-	datapathAxonStatAXON_STAT_OVERLAY_TO_HOST datapathAxonStat = 5
-	datapathAxonStatAXON_STAT_DROP_MALFORMED  datapathAxonStat = 6
-	datapathAxonStatAXON_STAT_DROP_TTL        datapathAxonStat = 7
-	datapathAxonStatAXON_STAT_DROP_TUNNEL     datapathAxonStat = 8
-	datapathAxonStatAXON_STAT_NON_IPV4        datapathAxonStat = 9
-	datapathAxonStatAXON_STAT_FIB_MISS        datapathAxonStat = 10
-	datapathAxonStatAXON_STAT_UNCONFIGURED    datapathAxonStat = 11
-	datapathAxonStatAXON_STAT_MAX             datapathAxonStat = 12
+	datapathAxonStatAXON_STAT_FWD_LOCAL        datapathAxonStat = 0
+	datapathAxonStatAXON_STAT_FWD_TUNNEL       datapathAxonStat = 1
+	datapathAxonStatAXON_STAT_FWD_NATIVE       datapathAxonStat = 2
+	datapathAxonStatAXON_STAT_TO_HOST          datapathAxonStat = 3
+	datapathAxonStatAXON_STAT_OVERLAY_LOCAL    datapathAxonStat = 4
+	datapathAxonStatAXON_STAT_OVERLAY_TO_HOST  datapathAxonStat = 5
+	datapathAxonStatAXON_STAT_DROP_MALFORMED   datapathAxonStat = 6
+	datapathAxonStatAXON_STAT_DROP_TTL         datapathAxonStat = 7
+	datapathAxonStatAXON_STAT_DROP_TUNNEL      datapathAxonStat = 8
+	datapathAxonStatAXON_STAT_NON_IPV4         datapathAxonStat = 9
+	datapathAxonStatAXON_STAT_FIB_MISS         datapathAxonStat = 10
+	datapathAxonStatAXON_STAT_UNCONFIGURED     datapathAxonStat = 11
+	datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST datapathAxonStat = 12
+	datapathAxonStatAXON_STAT_MAX              datapathAxonStat = 13
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	datapathMapAxonConfig       = "axon_config"
-	datapathMapAxonEndpoints    = "axon_endpoints"
-	datapathMapAxonEndpoints6   = "axon_endpoints6"
-	datapathMapAxonRemote4      = "axon_remote4"
-	datapathMapAxonRemote6      = "axon_remote6"
-	datapathMapAxonStats        = "axon_stats"
-	datapathProgAxonFromOverlay = "axon_from_overlay"
-	datapathProgAxonFromPod     = "axon_from_pod"
-	datapathProgAxonToOverlay   = "axon_to_overlay"
+	datapathMapAxonConfig        = "axon_config"
+	datapathMapAxonEndpoints     = "axon_endpoints"
+	datapathMapAxonEndpoints6    = "axon_endpoints6"
+	datapathMapAxonRemote4       = "axon_remote4"
+	datapathMapAxonRemote6       = "axon_remote6"
+	datapathMapAxonStats         = "axon_stats"
+	datapathProgAxonFromOverlay  = "axon_from_overlay"
+	datapathProgAxonFromPod      = "axon_from_pod"
+	datapathProgAxonFromUnderlay = "axon_from_underlay"
+	datapathProgAxonToOverlay    = "axon_to_overlay"
 )
 
 // loadDatapath returns the embedded CollectionSpec for datapath.
@@ -142,9 +144,10 @@ type datapathSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathProgramSpecs struct {
-	AxonFromOverlay *ebpf.ProgramSpec `ebpf:"axon_from_overlay"`
-	AxonFromPod     *ebpf.ProgramSpec `ebpf:"axon_from_pod"`
-	AxonToOverlay   *ebpf.ProgramSpec `ebpf:"axon_to_overlay"`
+	AxonFromOverlay  *ebpf.ProgramSpec `ebpf:"axon_from_overlay"`
+	AxonFromPod      *ebpf.ProgramSpec `ebpf:"axon_from_pod"`
+	AxonFromUnderlay *ebpf.ProgramSpec `ebpf:"axon_from_underlay"`
+	AxonToOverlay    *ebpf.ProgramSpec `ebpf:"axon_to_overlay"`
 }
 
 // datapathMapSpecs contains maps before they are loaded into the kernel.
@@ -214,15 +217,17 @@ type datapathVariables struct {
 //
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathPrograms struct {
-	AxonFromOverlay *ebpf.Program `ebpf:"axon_from_overlay"`
-	AxonFromPod     *ebpf.Program `ebpf:"axon_from_pod"`
-	AxonToOverlay   *ebpf.Program `ebpf:"axon_to_overlay"`
+	AxonFromOverlay  *ebpf.Program `ebpf:"axon_from_overlay"`
+	AxonFromPod      *ebpf.Program `ebpf:"axon_from_pod"`
+	AxonFromUnderlay *ebpf.Program `ebpf:"axon_from_underlay"`
+	AxonToOverlay    *ebpf.Program `ebpf:"axon_to_overlay"`
 }
 
 func (p *datapathPrograms) Close() error {
 	return _DatapathClose(
 		p.AxonFromOverlay,
 		p.AxonFromPod,
+		p.AxonFromUnderlay,
 		p.AxonToOverlay,
 	)
 }

@@ -32,7 +32,7 @@ func TestSpec(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{datapathProgAxonFromPod, datapathProgAxonFromOverlay, datapathProgAxonToOverlay} {
+	for _, name := range []string{datapathProgAxonFromPod, datapathProgAxonFromOverlay, datapathProgAxonFromUnderlay, datapathProgAxonToOverlay} {
 		p := spec.Programs[name]
 		if p == nil {
 			t.Fatalf("program %q missing; have %v", name, keys(spec.Programs))
@@ -44,8 +44,8 @@ func TestSpec(t *testing.T) {
 			t.Errorf("%s: license %q, want %q", name, p.License, "Dual MIT/GPL")
 		}
 	}
-	if len(spec.Programs) != 3 {
-		t.Errorf("programs %v, want exactly 3", keys(spec.Programs))
+	if len(spec.Programs) != 4 {
+		t.Errorf("programs %v, want exactly 4", keys(spec.Programs))
 	}
 
 	for _, want := range []struct {
@@ -78,8 +78,9 @@ func TestSpec(t *testing.T) {
 	if len(spec.Maps) != 6 {
 		t.Errorf("maps %v, want exactly 6 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
-	// The counters are the size of a pinned map: 12 on running nodes.
-	if datapathAxonStatAXON_STAT_MAX != 12 {
+	// The counters are the size of a pinned map: 13 since from-underlay-to-host
+	// (a node pinned with 12 must drop its pins to upgrade).
+	if datapathAxonStatAXON_STAT_MAX != 13 {
 		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", datapathAxonStatAXON_STAT_MAX)
 	}
 }
@@ -142,7 +143,7 @@ func TestStatFields(t *testing.T) {
 	if s.Total() != uint64(n*(n+1)/2) {
 		t.Errorf("fields alias each other: total %d", s.Total())
 	}
-	if m := s.Map(); len(m) != n || m["forwarded-local"] != 1 || m["unconfigured"] != uint64(n) {
+	if m := s.Map(); len(m) != n || m["forwarded-local"] != 1 || m["from-underlay-to-host"] != uint64(n) {
 		t.Errorf("Map() = %v", m)
 	}
 }

@@ -400,22 +400,36 @@ func waitCounter(t *testing.T, n *testNode, delta func(Stats) uint64, want uint6
 }
 
 // TestRealTunnel: dual-stack pods on two nodes joined by flow-based VXLAN
-// over an IPv4 underlay; IPv6 pod traffic uses the same IPv4 tunnel.
+// over an IPv4 underlay; IPv6 pod traffic uses the same IPv4 tunnel. Pod
+// traffic arrives through axon_vxlan, or, with axon_from_underlay on the
+// underlay device, is decapsulated there and never reaches axon_vxlan.
 func TestRealTunnel(t *testing.T) {
 	requireBPF(t)
+	for _, decap := range []bool{false, true} {
+		t.Run(map[bool]string{false: "overlay device", true: "underlay decap"}[decap], func(t *testing.T) {
+			testRealTunnel(t, decap)
+		})
+	}
+}
+
+func testRealTunnel(t *testing.T, decap bool) {
 	n1, n2 := newTestNode(t), newTestNode(t)
 	ip1, ip2 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
-	connect(t, n1, n2, ip1, ip2)
+	u1, u2 := connect(t, n1, n2, ip1, ip2)
 	block1, block2 := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.2.0/24")
 	block61, block62 := netip.MustParsePrefix("fd00:10:244:1::/64"), netip.MustParsePrefix("fd00:10:244:2::/64")
 	for _, c := range []struct {
 		n              *testNode
+		underlay       int
 		self           netip.Addr
 		remote         []netip.Prefix
 		remoteNodeAddr netip.Addr
-	}{{n1, ip1, []netip.Prefix{block2, block62}, ip2}, {n2, ip2, []netip.Prefix{block1, block61}, ip1}} {
+	}{{n1, u1, ip1, []netip.Prefix{block2, block62}, ip2}, {n2, u2, ip2, []netip.Prefix{block1, block61}, ip1}} {
 		vx := c.n.addVXLAN(t)
 		c.n.attach(t, c.n.objs.AttachFromOverlay, vx)
+		if decap {
+			c.n.attach(t, c.n.objs.AttachFromUnderlay, c.underlay)
+		}
 		c.n.setConfig(t, Config{Mode: ModeTunnel, VXLANIfindex: vx, NodeIP: c.self})
 		for _, p := range c.remote {
 			must(t, "put remote", c.n.objs.PutRemote(p, c.remoteNodeAddr))
@@ -428,6 +442,14 @@ func TestRealTunnel(t *testing.T) {
 	n1.addAddr(t, a, netip.MustParseAddr("fd00:10:244:1::a"), netip.MustParseAddr("fd00:10:244:1::1"))
 	n2.addAddr(t, b, netip.MustParseAddr("fd00:10:244:2::a"), netip.MustParseAddr("fd00:10:244:2::1"))
 
+	vxRx := func(n *testNode) uint64 {
+		l, err := n.h.LinkByName("axon_vxlan")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.Attrs().Statistics.RxPackets
+	}
+	rx1, rx2 := vxRx(n1), vxRx(n2)
 	checkConnectivity(t, a, b)
 	v4a, v4b := n1.stats(t), n2.stats(t)
 	checkConnectivity(t, a.v6(), b.v6())
@@ -440,9 +462,18 @@ func TestRealTunnel(t *testing.T) {
 	for _, c := range []struct {
 		name        string
 		tunnel, ovl uint64
-	}{{"node1", s1.ForwardedTunnel, s1.OverlayLocal}, {"node2", s2.ForwardedTunnel, s2.OverlayLocal}} {
+		vxRx        uint64
+	}{{"node1", s1.ForwardedTunnel, s1.OverlayLocal, vxRx(n1) - rx1}, {"node2", s2.ForwardedTunnel, s2.OverlayLocal, vxRx(n2) - rx2}} {
 		if c.tunnel < 5 || c.ovl < 5 {
 			t.Errorf("%s: forwarded-tunnel %d, from-overlay-local %d; want both >= 5", c.name, c.tunnel, c.ovl)
+		}
+		// Pod-to-pod packets reach axon_vxlan only without the underlay
+		// program (a few others, like IPv6 ND for the node, may).
+		if decap && c.vxRx > c.ovl/4 {
+			t.Errorf("%s: axon_vxlan received %d packets while %d were delivered to the pod: not decapsulated on the underlay", c.name, c.vxRx, c.ovl)
+		}
+		if !decap && c.vxRx < c.ovl {
+			t.Errorf("%s: axon_vxlan received %d packets, fewer than the %d delivered from the overlay", c.name, c.vxRx, c.ovl)
 		}
 	}
 }
@@ -450,8 +481,8 @@ func TestRealTunnel(t *testing.T) {
 // TestRealNative: dual-stack pods on two nodes joined by plain routing. Each
 // node has a route for the other's blocks (the IPv6 one via the other
 // node's IPv6 underlay address, so neighbour discovery crosses
-// axon_from_overlay); packets out of a pod go through the FIB and
-// redirect_neigh, packets in for a pod are delivered by axon_from_overlay
+// axon_from_underlay); packets out of a pod go through the FIB and
+// redirect_neigh, packets in for a pod are delivered by axon_from_underlay
 // on the underlay device (the nodes have no routes for their own pods).
 func TestRealNative(t *testing.T) {
 	requireBPF(t)
@@ -481,7 +512,7 @@ func TestRealNative(t *testing.T) {
 		c.n.sysctl(t, "net/ipv6/conf/all/forwarding", "1")
 		c.n.addRoute(t, c.remote, c.remoteNodeAddr)
 		c.n.addRoute(t, c.remote6, c.remoteNodeAddr6)
-		c.n.attach(t, c.n.objs.AttachFromOverlay, c.underlay)
+		c.n.attach(t, c.n.objs.AttachFromUnderlay, c.underlay)
 		c.n.setConfig(t, Config{Mode: ModeNative, NodeIP: c.self})
 		must(t, "put remote", c.n.objs.PutRemote(c.remote, c.remoteNodeAddr))
 		// The underlay address of a block is IPv4 for both families; the
@@ -501,7 +532,7 @@ func TestRealNative(t *testing.T) {
 		s2.ForwardedNative-v4b.ForwardedNative < 5 || s1.OverlayLocal-v4a.OverlayLocal < 5 {
 		t.Errorf("IPv6 traffic was not routed natively:\nbefore %v %v\nafter %v %v", v4a.Map(), v4b.Map(), s1.Map(), s2.Map())
 	}
-	if s1.NonIPv4 == v4a.NonIPv4 && s2.NonIPv4 == v4b.NonIPv4 {
+	if s1.UnderlayToHost == v4a.UnderlayToHost && s2.UnderlayToHost == v4b.UnderlayToHost {
 		t.Errorf("no neighbour discovery went to the kernel: %v %v", s1.Map(), s2.Map())
 	}
 	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())

@@ -97,6 +97,7 @@ type progKind int
 const (
 	fromPod progKind = iota
 	fromOverlay
+	fromUnderlay
 	toOverlay
 )
 
@@ -107,9 +108,11 @@ func TestRun(t *testing.T) {
 
 	type want int
 	const (
-		unchanged want = iota // the frame must come back as it went in
-		toPodB                // rewritten for delivery to podB
-		toPodB6               // rewritten for delivery to podB over IPv6
+		unchanged    want = iota // the frame must come back as it went in
+		toPodB                   // rewritten for delivery to podB
+		toPodB6                  // rewritten for delivery to podB over IPv6
+		decapToPodB              // the VXLAN frame's inner frame, rewritten for podB
+		decapToPodB6             // the same over IPv6
 	)
 	for _, tc := range []struct {
 		name    string
@@ -143,10 +146,7 @@ func TestRun(t *testing.T) {
 		{"ipv4 ihl 4", tunnelCfg, fromPod, patch(udp4(podA.ip, podB.ip, 64), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
 
 		{"overlay local", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
-		{"overlay local native", nativeCfg, fromOverlay, toNode(udp4(remotePod, podB.ip, 63)), verdictRedirect, toPodB, "from-overlay-local"},
-		// On the underlay, a frame for another host's MAC is not delivered.
-		{"overlay native other host", nativeCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictNext, unchanged, "from-overlay-to-host"},
-		{"overlay native miss", nativeCfg, fromOverlay, toNode(udp4(remotePod, outsideIP, 63)), verdictNext, unchanged, "from-overlay-to-host"},
+		{"overlay local native", nativeCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
 		{"overlay ttl 1", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
 		{"overlay miss", tunnelCfg, fromOverlay, udp4(remotePod, outsideIP, 63), verdictNext, unchanged, "from-overlay-to-host"},
 		{"overlay ihl 4", tunnelCfg, fromOverlay, patch(udp4(remotePod, podB.ip, 63), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
@@ -196,7 +196,7 @@ func TestRun(t *testing.T) {
 		{"v6 truncated payload", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 64)[:14+40], verdictRedirect, toPodB6, "forwarded-local"},
 
 		{"overlay v6 local", tunnelCfg, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictRedirect, toPodB6, "from-overlay-local"},
-		{"overlay v6 local native", nativeCfg, fromOverlay, toNode(udp6(remotePod6, podB6.ip, 63)), verdictRedirect, toPodB6, "from-overlay-local"},
+		{"overlay v6 local native", nativeCfg, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictRedirect, toPodB6, "from-overlay-local"},
 		{"overlay v6 hop 1", tunnelCfg, fromOverlay, udp6(remotePod6, podB6.ip, 1), verdictDrop, unchanged, "drop-ttl"},
 		{"overlay v6 miss", tunnelCfg, fromOverlay, udp6(remotePod6, outsideIP6, 63), verdictNext, unchanged, "from-overlay-to-host"},
 		{"overlay v6 NS", nativeCfg, fromOverlay, icmp6(remotePod6, netip.MustParseAddr("ff02::1:ff00:14"), 135), verdictNext, unchanged, "non-ipv4"},
@@ -204,6 +204,28 @@ func TestRun(t *testing.T) {
 		{"overlay v6 link-local", tunnelCfg, fromOverlay, udp6(remotePod6, netip.MustParseAddr("fe80::14"), 63), verdictNext, unchanged, "non-ipv4"},
 		{"overlay v6 version 4", tunnelCfg, fromOverlay, patch(udp6(remotePod6, podB6.ip, 63), 14, 0x45), verdictDrop, unchanged, "drop-malformed"},
 		{"overlay v6 unconfigured", Config{}, fromOverlay, udp6(remotePod6, podB6.ip, 63), verdictNext, unchanged, "unconfigured"},
+
+		// axon_from_underlay, native mode: frames routed to this node (its
+		// MAC) for a local pod are delivered; the rest is the kernel's.
+		{"underlay native", nativeCfg, fromUnderlay, toNode(udp4(remotePod, podB.ip, 63)), verdictRedirect, toPodB, "from-overlay-local"},
+		{"underlay native v6", nativeCfg, fromUnderlay, toNode(udp6(remotePod6, podB6.ip, 63)), verdictRedirect, toPodB6, "from-overlay-local"},
+		{"underlay native other MAC", nativeCfg, fromUnderlay, udp4(remotePod, podB.ip, 63), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay native miss", nativeCfg, fromUnderlay, toNode(udp4(remotePod, outsideIP, 63)), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay native ttl 1", nativeCfg, fromUnderlay, toNode(udp4(remotePod, podB.ip, 1)), verdictDrop, unchanged, "drop-ttl"},
+		{"underlay native arp", nativeCfg, fromUnderlay, toNode(arpFrame()), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay unconfigured", Config{}, fromUnderlay, toNode(udp4(remotePod, podB.ip, 63)), verdictNext, unchanged, "unconfigured"},
+		// Tunnel mode: Axon's VXLAN for a local pod is decapsulated and
+		// delivered; any other VXLAN, UDP or IP goes on to the kernel.
+		{"underlay vxlan", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictRedirect, decapToPodB, "from-overlay-local"},
+		{"underlay vxlan v6", tunnelCfg, fromUnderlay, vxlan4(udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictRedirect, decapToPodB6, "from-overlay-local"},
+		{"underlay vxlan ttl 1", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 1), tunnelVNI, vxlanPort), verdictDrop, unchanged, "drop-ttl"},
+		{"underlay vxlan for the node", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, tunnelCfg.NodeIP, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan other vni", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI+1, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan other port", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, 4789), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan other MAC", tunnelCfg, fromUnderlay, patch(vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), 0, 0x02), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan fragment", tunnelCfg, fromUnderlay, withChecksum(patch(vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), 14+6, 0x20)), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay plain udp", tunnelCfg, fromUnderlay, toNode(udp4(remoteNode, tunnelCfg.NodeIP, 63)), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay tunnel local pod unencapsulated", tunnelCfg, fromUnderlay, toNode(udp4(remotePod, podB.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
 
 		// axon_to_overlay: the tunnel key for the node's own traffic into the
 		// overlay (test-run cannot show the key; the tunnel tests use it).
@@ -223,9 +245,10 @@ func TestRun(t *testing.T) {
 				t.Fatal(err)
 			}
 			prog := map[progKind]*ebpf.Program{
-				fromPod:     r.objs.FromPod(),
-				fromOverlay: r.objs.FromOverlay(),
-				toOverlay:   r.objs.ToOverlay(),
+				fromPod:      r.objs.FromPod(),
+				fromOverlay:  r.objs.FromOverlay(),
+				fromUnderlay: r.objs.FromUnderlay(),
+				toOverlay:    r.objs.ToOverlay(),
 			}[tc.prog]
 			before := r.stats(t)
 			verdict, out := r.run(t, prog, tc.frame)
@@ -243,6 +266,10 @@ func TestRun(t *testing.T) {
 				checkDelivered(t, tc.frame, out, podB.ep)
 			case toPodB6:
 				checkDelivered6(t, tc.frame, out, podB6.ep)
+			case decapToPodB:
+				checkDelivered(t, tc.frame[vxlanOverhead:], out, podB.ep)
+			case decapToPodB6:
+				checkDelivered6(t, tc.frame[vxlanOverhead:], out, podB6.ep)
 			}
 			// Exactly one counter moves, by one.
 			b, a := before.Map(), after.Map()
@@ -533,6 +560,47 @@ func onesSum(b []byte) uint16 {
 		s = s&0xffff + s>>16
 	}
 	return uint16(s)
+}
+
+// Axon's VXLAN: its VNI and port (AXON_TUNNEL_VNI, AXON_VXLAN_PORT), and
+// what decapsulation removes after the outer Ethernet header.
+const (
+	tunnelVNI     = 2
+	vxlanPort     = 8472
+	vxlanOverhead = 20 + 8 + 8 + 14
+)
+
+// vxlan4 wraps the Ethernet frame inner in outer Ethernet (to the node's
+// MAC), IPv4 (remoteNode to the tunnel node address), UDP to port and a
+// VXLAN header with vni, as another node's axon_vxlan sends it.
+func vxlan4(inner []byte, vni uint32, port uint16) []byte {
+	f := make([]byte, 14+vxlanOverhead-14+len(inner))
+	copy(f[6:12], mustMAC("02:00:c0:00:02:02"))
+	binary.BigEndian.PutUint16(f[12:], 0x0800)
+	ip := f[14:]
+	ip[0] = 0x45
+	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-14))
+	ip[8] = 64
+	ip[9] = 17
+	s, d := remoteNode.As4(), tunnelCfg.NodeIP.As4()
+	copy(ip[12:16], s[:])
+	copy(ip[16:20], d[:])
+	udp := ip[20:]
+	binary.BigEndian.PutUint16(udp[0:], 50000)
+	binary.BigEndian.PutUint16(udp[2:], port)
+	binary.BigEndian.PutUint16(udp[4:], uint16(len(f)-14-20))
+	vx := udp[8:]
+	vx[0] = 0x08
+	binary.BigEndian.PutUint32(vx[4:], vni<<8)
+	copy(vx[8:], inner)
+	setChecksum(f)
+	return f
+}
+
+// withChecksum recomputes the outer IPv4 header checksum after a patch.
+func withChecksum(f []byte) []byte {
+	setChecksum(f)
+	return f
 }
 
 // toNode addresses f to the test-run device (loopback, MAC zero), so the

@@ -25,6 +25,7 @@ type Stats struct {
 	NonIPv4         uint64 // not IPv4, not forwarded: ARP etc., IPv6 ND, link-local, multicast
 	FIBMiss         uint64 // native mode: the FIB did not forward; left to the kernel
 	Unconfigured    uint64 // no mode configured: left to the kernel
+	UnderlayToHost  uint64 // from the underlay, not for a local pod: left to the kernel
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -45,6 +46,7 @@ var statFields = [...]struct {
 	{datapathAxonStatAXON_STAT_NON_IPV4, "non-ipv4", func(s *Stats) *uint64 { return &s.NonIPv4 }},
 	{datapathAxonStatAXON_STAT_FIB_MISS, "fib-miss", func(s *Stats) *uint64 { return &s.FIBMiss }},
 	{datapathAxonStatAXON_STAT_UNCONFIGURED, "unconfigured", func(s *Stats) *uint64 { return &s.Unconfigured }},
+	{datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST, "from-underlay-to-host", func(s *Stats) *uint64 { return &s.UnderlayToHost }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

@@ -7,9 +7,12 @@
  *
  *   axon_from_pod      ingress of every pod's host-side veth (lxc*), as a
  *                      tc filter: packets the pod sends.
- *   axon_from_overlay  tcx ingress of axon_vxlan (decapsulated frames) or, in
- *                      native mode, of the underlay device: delivers packets
- *                      for local pods.
+ *   axon_from_overlay  tcx ingress of axon_vxlan (decapsulated frames):
+ *                      delivers packets for local pods, marks the rest for
+ *                      the node.
+ *   axon_from_underlay tcx ingress of the underlay device: delivers packets
+ *                      from other nodes for local pods (decapsulating VXLAN
+ *                      in tunnel mode).
  *   axon_to_overlay    tcx egress of axon_vxlan: tunnel endpoint for packets
  *                      the node's own stack routes into the overlay.
  *
@@ -28,6 +31,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -512,13 +516,11 @@ int axon_from_pod(struct __sk_buff *skb)
  * A decapsulated frame for the node itself (a peer probing its health
  * address, a pod on another node talking to it) carries the sending side's
  * MAC as destination, so the stack would take it for another host's and
- * drop it. It is addressed to this node by the tunnel: mark it so. On the
- * underlay (native mode) the frame's own MAC says whom it is for.
+ * drop it. It is addressed to this node by the tunnel: mark it so.
  */
-static __always_inline int overlay_to_host(struct __sk_buff *skb, const struct axon_config *cfg)
+static __always_inline int overlay_to_host(struct __sk_buff *skb)
 {
-	if (cfg->mode == AXON_MODE_TUNNEL)
-		bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
 	return next(AXON_STAT_OVERLAY_TO_HOST);
 }
 
@@ -545,20 +547,176 @@ int axon_from_overlay(struct __sk_buff *skb)
 	cfg = config();
 	if (!cfg || cfg->mode == AXON_MODE_NONE)
 		return next(AXON_STAT_UNCONFIGURED);
-	/* On the underlay, frames for other hosts are not ours to deliver. */
-	if (cfg->mode == AXON_MODE_NATIVE && skb->pkt_type != 0 /* PACKET_HOST */)
-		return next(AXON_STAT_OVERLAY_TO_HOST);
 
 	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
 		if (!ep)
-			return overlay_to_host(skb, cfg);
+			return overlay_to_host(skb);
 		return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	ep = endpoint6(&p.ip6->daddr);
 	if (!ep)
-		return overlay_to_host(skb, cfg);
+		return overlay_to_host(skb);
 	return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+}
+
+/* The VXLAN header (RFC 7348): flags (I = VNI valid), VNI in the top 24 bits. */
+struct axon_vxlanhdr {
+	__be32 flags;
+	__be32 vni;
+};
+
+#define AXON_VXLAN_FLAG_VNI bpf_htonl(0x08000000)
+
+/* A VXLAN packet from the underlay up to the inner Ethernet header. */
+struct axon_vxlan_frame {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+	struct axon_vxlanhdr vx;
+	struct ethhdr inner;
+} __attribute__((packed));
+
+/* What decapsulation removes: outer IPv4, UDP, VXLAN, inner Ethernet. */
+#define AXON_VXLAN_OVERHEAD (sizeof(struct axon_vxlan_frame) - sizeof(struct ethhdr))
+
+/* Kernel flags missing from older UAPI headers (since Linux 6.3). */
+#ifndef BPF_F_ADJ_ROOM_DECAP_L3_IPV6
+#define BPF_F_ADJ_ROOM_DECAP_L3_IPV6 (1ULL << 8)
+#endif
+
+/*
+ * Returns the VXLAN frame at the start of skb if it is one of Axon's for
+ * this node: IPv4 without options or fragmentation, to the node's address,
+ * UDP to the VXLAN port, Axon's VNI. Only the outer headers and the inner
+ * Ethernet header are guaranteed in the linear area.
+ */
+static __always_inline struct axon_vxlan_frame *vxlan_frame(struct __sk_buff *skb,
+							    const struct axon_config *cfg)
+{
+	struct axon_vxlan_frame *f;
+
+	/* Too short to be VXLAN (a bare ARP, say): nothing to pull. */
+	if (skb->len < sizeof(*f))
+		return NULL;
+	f = linear(skb, sizeof(*f));
+	if (!f)
+		return NULL;
+	if (f->eth.h_proto != bpf_htons(ETH_P_IP) || f->ip.version != 4 || f->ip.ihl != 5 ||
+	    f->ip.protocol != IPPROTO_UDP || (f->ip.frag_off & bpf_htons(0x3fff)) != 0)
+		return NULL;
+	if (cfg->node_ip4 && f->ip.daddr != cfg->node_ip4)
+		return NULL;
+	if (f->udp.dest != bpf_htons(AXON_VXLAN_PORT) || f->vx.flags != AXON_VXLAN_FLAG_VNI ||
+	    f->vx.vni != bpf_htonl(AXON_TUNNEL_VNI << 8))
+		return NULL;
+	return f;
+}
+
+/*
+ * Tunnel mode: decapsulates a VXLAN packet for a local pod and hands the
+ * inner packet to the pod. Anything else returns NEXT for the kernel, where
+ * axon_vxlan and axon_from_overlay take the rest of the overlay.
+ */
+static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct axon_config *cfg)
+{
+	const struct axon_endpoint *ep;
+	struct axon_vxlan_frame *f = vxlan_frame(skb, cfg);
+	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
+	void *data, *data_end;
+	struct ethhdr *eth;
+	__be16 proto;
+
+	if (!f)
+		return next(AXON_STAT_UNDERLAY_TO_HOST);
+	proto = f->inner.h_proto;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct axon_vxlan_frame *g = linear(skb, sizeof(*g) + sizeof(struct iphdr));
+		struct iphdr *ip;
+
+		if (!g)
+			return next(AXON_STAT_UNDERLAY_TO_HOST);
+		ip = (void *)(g + 1);
+		if (ip->version != 4)
+			return next(AXON_STAT_UNDERLAY_TO_HOST);
+		ep = endpoint4(ip->daddr);
+		if (ep && ip->ttl <= 1)
+			return drop(AXON_STAT_DROP_TTL);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct axon_vxlan_frame *g = linear(skb, sizeof(*g) + sizeof(struct ipv6hdr));
+		struct ipv6hdr *ip6;
+
+		if (!g)
+			return next(AXON_STAT_UNDERLAY_TO_HOST);
+		ip6 = (void *)(g + 1);
+		if (ip6->version != 6)
+			return next(AXON_STAT_UNDERLAY_TO_HOST);
+		ep = endpoint6(&ip6->daddr);
+		if (ep && ip6->hop_limit <= 1)
+			return drop(AXON_STAT_DROP_TTL);
+		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
+	} else {
+		return next(AXON_STAT_UNDERLAY_TO_HOST);
+	}
+	if (!ep)
+		return next(AXON_STAT_UNDERLAY_TO_HOST);
+	/* Removes what lies between the outer MAC header and the inner IP one. */
+	if (bpf_skb_adjust_room(skb, -(__s32)AXON_VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags) < 0)
+		return next(AXON_STAT_UNDERLAY_TO_HOST);
+
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end)
+			return drop(AXON_STAT_DROP_MALFORMED);
+		return deliver_local4(eth, ip, ep, AXON_STAT_OVERLAY_LOCAL);
+	}
+	struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+	if ((void *)(ip6 + 1) > data_end)
+		return drop(AXON_STAT_DROP_MALFORMED);
+	eth->h_proto = proto;
+	return deliver_local6(eth, ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+}
+
+/*
+ * tcx ingress of the node's underlay device (the one holding the node
+ * address). Packets from other nodes for local pods go straight to the
+ * pods, skipping the node's stack: in tunnel mode decapsulated here rather
+ * than by the UDP socket and axon_vxlan, in native mode instead of being
+ * forwarded by the kernel. Frames for other hosts' MACs, and everything not
+ * for a local pod, go on to the kernel.
+ */
+SEC("tc")
+int axon_from_underlay(struct __sk_buff *skb)
+{
+	const struct axon_config *cfg = config();
+	const struct axon_endpoint *ep;
+	enum parse kind;
+	struct pkt p;
+
+	if (!cfg || cfg->mode == AXON_MODE_NONE)
+		return next(AXON_STAT_UNCONFIGURED);
+	if (skb->pkt_type != 0 /* PACKET_HOST */)
+		return next(AXON_STAT_UNDERLAY_TO_HOST);
+	if (cfg->mode == AXON_MODE_TUNNEL)
+		return underlay_tunnel(skb, cfg);
+
+	kind = parse(skb, &p);
+	if (kind == PARSE_IPV4) {
+		ep = endpoint4(p.ip4->daddr);
+		if (ep)
+			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
+	} else if (kind == PARSE_IPV6) {
+		ep = endpoint6(&p.ip6->daddr);
+		if (ep)
+			return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+	}
+	/* Malformed frames too: the kernel judges the node's own traffic. */
+	return next(AXON_STAT_UNDERLAY_TO_HOST);
 }
 
 AXON_BPF_LICENSE();

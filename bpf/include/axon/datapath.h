@@ -102,6 +102,7 @@ enum axon_stat {
 	AXON_STAT_NON_IPV4,
 	AXON_STAT_FIB_MISS,           /* native mode: FIB lookup did not forward (NEXT) */
 	AXON_STAT_UNCONFIGURED,       /* mode AXON_MODE_NONE (NEXT) */
+	AXON_STAT_UNDERLAY_TO_HOST,   /* from_underlay: not for a local pod (NEXT) */
 	AXON_STAT_MAX,
 };
 
@@ -110,6 +111,8 @@ enum axon_stat {
 
 /* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */
 #define AXON_TUNNEL_VNI 2
+/* UDP port of axon_vxlan (the Linux default, not IANA's 4789). */
+#define AXON_VXLAN_PORT 8472
 /* TTL of the outer (underlay) IPv4 header. */
 #define AXON_TUNNEL_TTL 64
 

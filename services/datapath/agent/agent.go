@@ -74,8 +74,7 @@ type Datapath interface {
 	Configure(tunnel bool, vxlanIfindex int, nodeIP netip.Addr) error
 	// AttachOverlay attaches the overlay programs to the VXLAN device.
 	AttachOverlay(vxlanIfindex int) error
-	// AttachUnderlay attaches the delivery program to the underlay device
-	// (native mode).
+	// AttachUnderlay attaches the delivery program to the underlay device.
 	AttachUnderlay(ifindex int) error
 }
 
@@ -254,27 +253,31 @@ func (a *Agent) setupDatapath() error {
 		if err := a.bpf.Configure(false, 0, nodeIP); err != nil {
 			return err
 		}
-		// Packets from other nodes for local pods skip the node's
-		// forwarding (and its connection tracking) on the way in too. Without
-		// the program the kernel still routes them.
-		dev, err := linkWithAddr(a.plumber.Node, a.cfg.NodeIPs)
+	} else {
+		vx, err := ensureTunnel(a.plumber.Node, a.cfg.TunnelProtocol, a.cfg.MTU)
 		if err != nil {
-			a.log.Warn("incoming pod traffic takes the kernel's path", "err", err)
-			return nil
+			return err
 		}
-		if err := a.bpf.AttachUnderlay(dev); err != nil {
-			return fmt.Errorf("attach underlay program: %w", err)
+		if err := a.bpf.AttachOverlay(vx); err != nil {
+			return fmt.Errorf("attach overlay programs: %w", err)
 		}
+		if err := a.bpf.Configure(true, vx, nodeIP); err != nil {
+			return err
+		}
+	}
+	// Packets from other nodes for local pods skip the node's stack on the
+	// way in: forwarding and connection tracking in native mode, the UDP
+	// socket and the VXLAN device in tunnel mode. Without the program they
+	// take the kernel's path, which works too.
+	dev, err := linkWithAddr(a.plumber.Node, a.cfg.NodeIPs)
+	if err != nil {
+		a.log.Warn("incoming pod traffic takes the kernel's path", "err", err)
 		return nil
 	}
-	vx, err := ensureTunnel(a.plumber.Node, a.cfg.TunnelProtocol, a.cfg.MTU)
-	if err != nil {
-		return err
+	if err := a.bpf.AttachUnderlay(dev); err != nil {
+		return fmt.Errorf("attach underlay program: %w", err)
 	}
-	if err := a.bpf.AttachOverlay(vx); err != nil {
-		return fmt.Errorf("attach overlay programs: %w", err)
-	}
-	return a.bpf.Configure(true, vx, nodeIP)
+	return nil
 }
 
 // podCIDRs returns the CIDRs of every pool: where pod addresses come from.

@@ -110,8 +110,10 @@ const (
 
 func (l *Loader) programFor(name string) *ebpf.Program {
 	switch name {
-	case overlayIn, underlayIn:
+	case overlayIn:
 		return l.objs.FromOverlay()
+	case underlayIn:
+		return l.objs.FromUnderlay()
 	case overlayOut:
 		return l.objs.ToOverlay()
 	default:
@@ -182,11 +184,11 @@ func (l *Loader) attach(name string, ifindex int, fn func(int) (link.Link, error
 	return nil
 }
 
-// AttachUnderlay attaches the overlay's delivery program to the ingress of
-// the node's underlay device (native mode): packets routed to this node for
-// its pods go straight to them.
+// AttachUnderlay attaches the delivery program to the ingress of the node's
+// underlay device: packets from other nodes for its pods go straight to
+// them (decapsulated there in tunnel mode).
 func (l *Loader) AttachUnderlay(ifindex int) error {
-	return l.attach(underlayIn, ifindex, l.objs.AttachFromOverlay)
+	return l.attach(underlayIn, ifindex, l.objs.AttachFromUnderlay)
 }
 
 // AttachOverlay attaches the overlay programs to axon_vxlan.
