@@ -361,12 +361,16 @@ func TestMapsRoundTrip(t *testing.T) {
 		t.Errorf("axon_remote6 has %d entries, want 2", n)
 	}
 
-	cfg := Config{Mode: ModeTunnel, VXLANIfindex: 3, NodeIP: netip.MustParseAddr("192.0.2.1")}
-	if err := o.SetConfig(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := o.Config(); err != nil || got != cfg {
-		t.Errorf("Config = %+v %v, want %+v", got, err, cfg)
+	for _, cfg := range []Config{
+		{Mode: ModeTunnel, VXLANIfindex: 3, NodeIP: netip.MustParseAddr("192.0.2.1")},
+		{Mode: ModeTunnel, VXLANIfindex: 4, NodeIP: netip.MustParseAddr("192.0.2.1"), Geneve: true},
+	} {
+		if err := o.SetConfig(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := o.Config(); err != nil || got != cfg {
+			t.Errorf("Config = %+v %v, want %+v", got, err, cfg)
+		}
 	}
 
 	for ip := range eps {

@@ -62,7 +62,14 @@ type Config struct {
 	// IPv6 NodeIP is refused with [ErrIPv6Unsupported]). The zero Addr lets
 	// the kernel pick it by route.
 	NodeIP netip.Addr
+	// Geneve says the tunnel device is Geneve: tunnelled packets all go
+	// through it, the programs build and strip no VXLAN themselves.
+	Geneve bool
 }
+
+// configGeneve is AXON_CONFIG_GENEVE of datapath.h (bpf2go copies types,
+// not macros).
+const configGeneve = 1
 
 // Endpoint is a pod on this node (an axon_endpoints value).
 type Endpoint struct {
@@ -387,6 +394,9 @@ func (o *Objects) SetConfig(c Config) error {
 		return fmt.Errorf("%w: %d", ErrInvalidMode, uint32(c.Mode))
 	}
 	v.Mode = uint32(c.Mode)
+	if c.Geneve {
+		v.Flags |= configGeneve
+	}
 	if c.NodeIP.IsValid() {
 		var err error
 		if v.NodeIp4, err = unicast4(c.NodeIP); err != nil {
@@ -405,7 +415,7 @@ func (o *Objects) Config() (Config, error) {
 	if err := o.objs.AxonConfig.Lookup(uint32(0), &v); err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
-	c := Config{Mode: Mode(v.Mode), VXLANIfindex: int(v.VxlanIfindex)}
+	c := Config{Mode: Mode(v.Mode), VXLANIfindex: int(v.VxlanIfindex), Geneve: v.Flags&configGeneve != 0}
 	if v.NodeIp4 != 0 {
 		c.NodeIP = addr4(v.NodeIp4)
 	}

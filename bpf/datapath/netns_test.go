@@ -399,10 +399,12 @@ func waitCounter(t *testing.T, n *testNode, delta func(Stats) uint64, want uint6
 	}
 }
 
-// TestRealTunnel: dual-stack pods on two nodes joined by flow-based VXLAN
-// over an IPv4 underlay; IPv6 pod traffic uses the same IPv4 tunnel. Pod
-// traffic arrives through axon_vxlan, or, with axon_from_underlay on the
-// underlay device, is decapsulated there and never reaches axon_vxlan.
+// TestRealTunnel: dual-stack pods on two nodes joined by VXLAN over an IPv4
+// underlay; IPv6 pod traffic uses the same IPv4 tunnel. axon_from_pod
+// encapsulates pod traffic itself; it arrives through the flow-based
+// axon_vxlan (which must accept what the program built), or, with
+// axon_from_underlay on the underlay device, is decapsulated there and
+// never reaches axon_vxlan.
 func TestRealTunnel(t *testing.T) {
 	requireBPF(t)
 	for _, decap := range []bool{false, true} {
@@ -425,6 +427,9 @@ func testRealTunnel(t *testing.T, decap bool) {
 		remote         []netip.Prefix
 		remoteNodeAddr netip.Addr
 	}{{n1, u1, ip1, []netip.Prefix{block2, block62}, ip2}, {n2, u2, ip2, []netip.Prefix{block1, block61}, ip1}} {
+		// The program's FIB lookup for the remote node, like the kernel's
+		// forwarding, needs forwarding on (nodes have it).
+		c.n.sysctl(t, "net/ipv4/ip_forward", "1")
 		vx := c.n.addVXLAN(t)
 		c.n.attach(t, c.n.objs.AttachFromOverlay, vx)
 		if decap {
@@ -442,14 +447,15 @@ func testRealTunnel(t *testing.T, decap bool) {
 	n1.addAddr(t, a, netip.MustParseAddr("fd00:10:244:1::a"), netip.MustParseAddr("fd00:10:244:1::1"))
 	n2.addAddr(t, b, netip.MustParseAddr("fd00:10:244:2::a"), netip.MustParseAddr("fd00:10:244:2::1"))
 
-	vxRx := func(n *testNode) uint64 {
+	vxStats := func(n *testNode) (rx, tx uint64) {
 		l, err := n.h.LinkByName("axon_vxlan")
 		if err != nil {
 			t.Fatal(err)
 		}
-		return l.Attrs().Statistics.RxPackets
+		return l.Attrs().Statistics.RxPackets, l.Attrs().Statistics.TxPackets
 	}
-	rx1, rx2 := vxRx(n1), vxRx(n2)
+	rx1, tx1 := vxStats(n1)
+	rx2, tx2 := vxStats(n2)
 	checkConnectivity(t, a, b)
 	v4a, v4b := n1.stats(t), n2.stats(t)
 	checkConnectivity(t, a.v6(), b.v6())
@@ -459,13 +465,20 @@ func testRealTunnel(t *testing.T, decap bool) {
 		t.Errorf("IPv6 traffic did not take the tunnel:\nbefore %v %v\nafter %v %v", v4a.Map(), v4b.Map(), s1.Map(), s2.Map())
 	}
 	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())
+	rx1e, tx1e := vxStats(n1)
+	rx2e, tx2e := vxStats(n2)
 	for _, c := range []struct {
 		name        string
 		tunnel, ovl uint64
-		vxRx        uint64
-	}{{"node1", s1.ForwardedTunnel, s1.OverlayLocal, vxRx(n1) - rx1}, {"node2", s2.ForwardedTunnel, s2.OverlayLocal, vxRx(n2) - rx2}} {
+		vxRx, vxTx  uint64
+	}{{"node1", s1.ForwardedTunnel, s1.OverlayLocal, rx1e - rx1, tx1e - tx1}, {"node2", s2.ForwardedTunnel, s2.OverlayLocal, rx2e - rx2, tx2e - tx2}} {
 		if c.tunnel < 5 || c.ovl < 5 {
 			t.Errorf("%s: forwarded-tunnel %d, from-overlay-local %d; want both >= 5", c.name, c.tunnel, c.ovl)
+		}
+		// axon_from_pod encapsulates itself when the FIB has a route to
+		// the remote node: pod packets never go through axon_vxlan.
+		if c.vxTx > c.tunnel/4 {
+			t.Errorf("%s: axon_vxlan sent %d packets while %d were tunnelled: not encapsulated by the program", c.name, c.vxTx, c.tunnel)
 		}
 		// Pod-to-pod packets reach axon_vxlan only without the underlay
 		// program (a few others, like IPv6 ND for the node, may).

@@ -42,6 +42,8 @@ var (
 	outsideIP6   = netip.MustParseAddr("2001:db8:100::7")
 	tunnelCfg    = Config{Mode: ModeTunnel, VXLANIfindex: 1000, NodeIP: netip.MustParseAddr("192.0.2.1")}
 	nativeCfg    = Config{Mode: ModeNative, NodeIP: netip.MustParseAddr("192.0.2.1")}
+	// genevePeerCfg is tunnel mode over a Geneve device.
+	genevePeerCfg = Config{Mode: ModeTunnel, VXLANIfindex: 1000, NodeIP: netip.MustParseAddr("192.0.2.1"), Geneve: true}
 )
 
 type fixtureEndpoint struct {
@@ -224,6 +226,7 @@ func TestRun(t *testing.T) {
 		{"underlay vxlan other port", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, 4789), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan other MAC", tunnelCfg, fromUnderlay, patch(vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), 0, 0x02), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan fragment", tunnelCfg, fromUnderlay, withChecksum(patch(vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), 14+6, 0x20)), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan geneve mode", genevePeerCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay plain udp", tunnelCfg, fromUnderlay, toNode(udp4(remoteNode, tunnelCfg.NodeIP, 63)), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay tunnel local pod unencapsulated", tunnelCfg, fromUnderlay, toNode(udp4(remotePod, podB.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
 

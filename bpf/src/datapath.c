@@ -360,9 +360,116 @@ static __always_inline int set_tunnel(struct __sk_buff *skb, const struct axon_c
 	return bpf_skb_set_tunnel_key(skb, &key, sizeof(key), BPF_F_ZERO_CSUM_TX);
 }
 
-static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
-				     const struct axon_remote *remote)
+/* The VXLAN header (RFC 7348): flags (I = VNI valid), VNI in the top 24 bits. */
+struct axon_vxlanhdr {
+	__be32 flags;
+	__be32 vni;
+};
+
+#define AXON_VXLAN_FLAG_VNI bpf_htonl(0x08000000)
+
+/* What encapsulation inserts after the Ethernet header (see encap_vxlan). */
+struct axon_vxlan_encap {
+	struct iphdr ip;
+	struct udphdr udp;
+	struct axon_vxlanhdr vx;
+	struct ethhdr inner;
+} __attribute__((packed));
+
+/* Kernel flag macro missing from older UAPI headers. */
+#ifndef BPF_F_ADJ_ROOM_ENCAP_L2
+#define BPF_F_ADJ_ROOM_ENCAP_L2(len) (((__u64)len & 0xff) << 56)
+#endif
+
+/*
+ * Encapsulates the frame in VXLAN to remote here, as axon_vxlan would, and
+ * sends it out of the underlay device the node's FIB picks for the remote
+ * node: the packet skips the VXLAN device, its per-packet route lookup and
+ * the node's netfilter output path. Returns a verdict, or -1 when the
+ * caller should use the tunnel device instead (Geneve, no node address, no
+ * route); nothing is changed then.
+ */
+static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon_config *cfg,
+					const struct axon_remote *remote, struct ethhdr *eth)
 {
+	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+			    BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
+	__u32 inner_len = skb->len - sizeof(struct ethhdr);
+	__be16 outer_proto = bpf_htons(ETH_P_IP);
+	struct axon_vxlan_encap h;
+	struct bpf_fib_lookup fib;
+	struct bpf_redir_neigh nh;
+	struct iphdr ip;
+	__u32 hash;
+	__s64 csum;
+	long rc;
+
+	if (!cfg->node_ip4 || (cfg->flags & AXON_CONFIG_GENEVE))
+		return -1;
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = AXON_AF_INET;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.ipv4_src = cfg->node_ip4;
+	fib.ipv4_dst = remote->node_ip4;
+	fib.ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return -1;
+
+	/* The outer IPv4 header is built apart: its checksum needs it aligned. */
+	__builtin_memset(&ip, 0, sizeof(ip));
+	ip.version = 4;
+	ip.ihl = 5;
+	ip.ttl = AXON_TUNNEL_TTL;
+	ip.protocol = IPPROTO_UDP;
+	ip.saddr = cfg->node_ip4;
+	ip.daddr = remote->node_ip4;
+	/* A GSO packet's lengths are redone per segment by the kernel; an
+	 * unsegmented one (over veth) stays below 64 KiB with these headers. */
+	ip.tot_len = bpf_htons(sizeof(h) + inner_len);
+	/* The source port spreads flows over the underlay's paths, as the
+	 * kernel's VXLAN does, from the inner flow's hash. */
+	hash = bpf_get_hash_recalc(skb);
+	ip.id = (__be16)hash;
+	csum = bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0);
+	if (csum < 0)
+		return -1;
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	ip.check = ~(__u16)csum;
+
+	__builtin_memset(&h, 0, sizeof(h));
+	__builtin_memcpy(&h.ip, &ip, sizeof(ip));
+	__builtin_memcpy(&h.inner, eth, sizeof(h.inner));
+	h.udp.source = bpf_htons(0xc000 | ((hash ^ (hash >> 16)) & 0x3fff));
+	h.udp.dest = bpf_htons(AXON_VXLAN_PORT);
+	h.udp.len = bpf_htons(sizeof(h) - sizeof(h.ip) + inner_len);
+	/* UDP checksum 0: valid over IPv4, and what axon_vxlan sends. */
+	h.vx.flags = AXON_VXLAN_FLAG_VNI;
+	h.vx.vni = bpf_htonl(AXON_TUNNEL_VNI << 8);
+
+	if (bpf_skb_adjust_room(skb, sizeof(h), BPF_ADJ_ROOM_MAC, flags) < 0)
+		return -1;
+	/* The frame's own Ethernet header is now the outer one. */
+	if (bpf_skb_store_bytes(skb, sizeof(struct ethhdr), &h, sizeof(h), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, __builtin_offsetof(struct ethhdr, h_proto), &outer_proto,
+				sizeof(outer_proto), 0) < 0)
+		return drop(AXON_STAT_DROP_TUNNEL);
+	__builtin_memset(&nh, 0, sizeof(nh));
+	nh.nh_family = AXON_AF_INET;
+	nh.ipv4_nh = fib.ipv4_dst;
+	count(AXON_STAT_FWD_TUNNEL);
+	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+}
+
+static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
+				     const struct axon_remote *remote, struct ethhdr *eth)
+{
+	long rc = encap_vxlan(skb, cfg, remote, eth);
+
+	if (rc >= 0)
+		return rc;
 	if (set_tunnel(skb, cfg, remote) < 0)
 		return drop(AXON_STAT_DROP_TUNNEL);
 	count(AXON_STAT_FWD_TUNNEL);
@@ -443,7 +550,7 @@ static __always_inline int to_native6(struct __sk_buff *skb, struct ipv6hdr *ip6
  * netfilter masquerades pod sources leaving the cluster.
  */
 static __always_inline int to_remote4(struct __sk_buff *skb, const struct axon_config *cfg,
-				      struct iphdr *ip)
+				      struct ethhdr *eth, struct iphdr *ip)
 {
 	const struct axon_remote *remote = remote4(ip->daddr);
 
@@ -451,7 +558,7 @@ static __always_inline int to_remote4(struct __sk_buff *skb, const struct axon_c
 		return next(AXON_STAT_TO_HOST);
 	switch (cfg->mode) {
 	case AXON_MODE_TUNNEL:
-		return to_tunnel(skb, cfg, remote);
+		return to_tunnel(skb, cfg, remote, eth);
 	case AXON_MODE_NATIVE:
 		return to_native4(skb, ip);
 	default:
@@ -460,7 +567,7 @@ static __always_inline int to_remote4(struct __sk_buff *skb, const struct axon_c
 }
 
 static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_config *cfg,
-				      struct ipv6hdr *ip6)
+				      struct ethhdr *eth, struct ipv6hdr *ip6)
 {
 	const struct axon_remote *remote = remote6(&ip6->daddr);
 
@@ -468,7 +575,7 @@ static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_c
 		return next(AXON_STAT_TO_HOST);
 	switch (cfg->mode) {
 	case AXON_MODE_TUNNEL:
-		return to_tunnel(skb, cfg, remote);
+		return to_tunnel(skb, cfg, remote, eth);
 	case AXON_MODE_NATIVE:
 		return to_native6(skb, ip6);
 	default:
@@ -504,12 +611,12 @@ int axon_from_pod(struct __sk_buff *skb)
 		ep = endpoint4(p.ip4->daddr);
 		if (ep)
 			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_FWD_LOCAL);
-		return to_remote4(skb, cfg, p.ip4);
+		return to_remote4(skb, cfg, p.eth, p.ip4);
 	}
 	ep = endpoint6(&p.ip6->daddr);
 	if (ep)
 		return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);
-	return to_remote6(skb, cfg, p.ip6);
+	return to_remote6(skb, cfg, p.eth, p.ip6);
 }
 
 /*
@@ -559,14 +666,6 @@ int axon_from_overlay(struct __sk_buff *skb)
 		return overlay_to_host(skb);
 	return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
-
-/* The VXLAN header (RFC 7348): flags (I = VNI valid), VNI in the top 24 bits. */
-struct axon_vxlanhdr {
-	__be32 flags;
-	__be32 vni;
-};
-
-#define AXON_VXLAN_FLAG_VNI bpf_htonl(0x08000000)
 
 /* A VXLAN packet from the underlay up to the inner Ethernet header. */
 struct axon_vxlan_frame {
@@ -702,8 +801,11 @@ int axon_from_underlay(struct __sk_buff *skb)
 		return next(AXON_STAT_UNCONFIGURED);
 	if (skb->pkt_type != 0 /* PACKET_HOST */)
 		return next(AXON_STAT_UNDERLAY_TO_HOST);
-	if (cfg->mode == AXON_MODE_TUNNEL)
+	if (cfg->mode == AXON_MODE_TUNNEL) {
+		if (cfg->flags & AXON_CONFIG_GENEVE)
+			return next(AXON_STAT_UNDERLAY_TO_HOST);
 		return underlay_tunnel(skb, cfg);
+	}
 
 	kind = parse(skb, &p);
 	if (kind == PARSE_IPV4) {

@@ -74,8 +74,14 @@ struct axon_config {
 	__u32 mode;          /* enum axon_mode */
 	__u32 vxlan_ifindex; /* axon_vxlan ifindex, tunnel mode */
 	__u32 node_ip4;      /* this node's underlay IPv4, network byte order */
-	__u32 flags;         /* reserved, 0 */
+	__u32 flags;         /* AXON_CONFIG_* */
 };
+
+/*
+ * The tunnel device (vxlan_ifindex) is Geneve: the programs neither build
+ * nor strip VXLAN themselves, every tunnelled packet goes through it.
+ */
+#define AXON_CONFIG_GENEVE 1
 
 /*
  * axon_stats: per-CPU __u64 counters indexed by enum axon_stat. Every packet

@@ -69,9 +69,9 @@ type Datapath interface {
 	CheckEndpoint(hostName string, ip netip.Addr) []string
 	PutRemote(block netip.Prefix, nodeIP netip.Addr) error
 	DeleteRemote(block netip.Prefix) error
-	// Configure sets the routing mode (tunnel through the VXLAN device, or
-	// native) and the node's underlay IPv4.
-	Configure(tunnel bool, vxlanIfindex int, nodeIP netip.Addr) error
+	// Configure sets the routing mode (through the tunnel device, VXLAN or
+	// Geneve; native when tunnelIfindex is 0) and the node's underlay IPv4.
+	Configure(tunnelIfindex int, geneve bool, nodeIP netip.Addr) error
 	// AttachOverlay attaches the overlay programs to the VXLAN device.
 	AttachOverlay(vxlanIfindex int) error
 	// AttachUnderlay attaches the delivery program to the underlay device.
@@ -250,7 +250,7 @@ func (a *Agent) setupDatapath() error {
 		}
 	}
 	if a.cfg.RoutingMode == ModeNative {
-		if err := a.bpf.Configure(false, 0, nodeIP); err != nil {
+		if err := a.bpf.Configure(0, false, nodeIP); err != nil {
 			return err
 		}
 	} else {
@@ -261,7 +261,7 @@ func (a *Agent) setupDatapath() error {
 		if err := a.bpf.AttachOverlay(vx); err != nil {
 			return fmt.Errorf("attach overlay programs: %w", err)
 		}
-		if err := a.bpf.Configure(true, vx, nodeIP); err != nil {
+		if err := a.bpf.Configure(vx, a.cfg.TunnelProtocol == TunnelGeneve, nodeIP); err != nil {
 			return err
 		}
 	}

@@ -215,13 +215,13 @@ func TestDatapathBenchReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	same := &scenario{
-		Name: "same node", Axon: "tunnel-mode node: tcx on the host veth, redirect_peer", Plain: "kernel routing between veths (/32 routes, static neighbours)",
+		Name: "same node", Axon: "tunnel-mode node: tc filter on the host veth, redirect_peer", Plain: "kernel routing between veths (/32 routes, static neighbours)",
 		axon:    endpointPair{ClientNS: tunnelPods[0].ns.path, ServerNS: tunnelPods[1].ns.path, ServerIP: tunnelPods[1].ip},
 		plain:   local,
 		AxonMTU: tunnelMTU, PlainMTU: tunnelMTU,
 	}
 	tunnel := &scenario{
-		Name: "across nodes, tunnel", Axon: "tunnel mode: set_tunnel_key + redirect to flow-based VXLAN, overlay program delivers", Plain: "kernel VXLAN device (point to point, UDP 8472) with static routes",
+		Name: "across nodes, tunnel", Axon: "tunnel mode: VXLAN built by axon_from_pod (redirect_neigh to the underlay), stripped by axon_from_underlay (redirect_peer)", Plain: "kernel VXLAN device (point to point, UDP 8472) with static routes",
 		axon:    endpointPair{ClientNS: tunnelPods[0].ns.path, ServerNS: tunnelPods[2].ns.path, ServerIP: tunnelPods[2].ip},
 		plain:   crossT.VXLAN,
 		AxonMTU: tunnelMTU, PlainMTU: tunnelMTU,
@@ -245,7 +245,7 @@ func TestDatapathBenchReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	native := &scenario{
-		Name: "across nodes, native", Axon: "native mode: bpf_fib_lookup + redirect_neigh to the underlay", Plain: "kernel routing (pod block via the peer's underlay IP)",
+		Name: "across nodes, native", Axon: "native mode: bpf_fib_lookup + redirect_neigh to the underlay, axon_from_underlay delivers (redirect_peer)", Plain: "kernel routing (pod block via the peer's underlay IP)",
 		axon:    endpointPair{ClientNS: nativePods[0].ns.path, ServerNS: nativePods[1].ns.path, ServerIP: nativePods[1].ip},
 		plain:   crossN.Native,
 		AxonMTU: nativeMTU, PlainMTU: nativeMTU,

@@ -146,15 +146,16 @@ func (l *Loader) Close() error {
 	return l.objs.Close()
 }
 
-// Configure sets the routing mode: tunnel through the VXLAN device
-// vxlanIfindex, or native routing. nodeIP is the node's underlay IPv4
-// (the tunnel source; invalid lets the kernel pick).
-func (l *Loader) Configure(tunnel bool, vxlanIfindex int, nodeIP netip.Addr) error {
-	mode := ModeNative
-	if tunnel {
-		mode = ModeTunnel
+// Configure sets the routing mode: through the tunnel device
+// tunnelIfindex (VXLAN, or Geneve when geneve is set), or native routing
+// when tunnelIfindex is 0. nodeIP is the node's underlay IPv4 (the tunnel
+// source; invalid lets the kernel pick).
+func (l *Loader) Configure(tunnelIfindex int, geneve bool, nodeIP netip.Addr) error {
+	c := bpfdp.Config{Mode: ModeNative, NodeIP: nodeIP}
+	if tunnelIfindex != 0 {
+		c.Mode, c.VXLANIfindex, c.Geneve = ModeTunnel, tunnelIfindex, geneve
 	}
-	return l.objs.SetConfig(bpfdp.Config{Mode: mode, VXLANIfindex: vxlanIfindex, NodeIP: nodeIP})
+	return l.objs.SetConfig(c)
 }
 
 // attach attaches under name, replacing an earlier link of that name on
