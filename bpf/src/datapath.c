@@ -431,6 +431,9 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 	/* The source port spreads flows over the underlay's paths, as the
 	 * kernel's VXLAN does, from the inner flow's hash. */
 	hash = bpf_get_hash_recalc(skb);
+	/* Don't fragment: the pod MTU leaves room for the headers, and
+	 * fragments of one flow would share the hash-derived ID. */
+	ip.frag_off = bpf_htons(0x4000);
 	ip.id = (__be16)hash;
 	csum = bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0);
 	if (csum < 0)
