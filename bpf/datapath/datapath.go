@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -21,7 +22,8 @@ type Objects struct {
 // pinned there are reused, so a second Load with the same pinDir, in this
 // process or after a restart, shares the endpoints, remote blocks, config
 // and counters of the first. A pinned map whose layout differs from this
-// build's is refused with an error wrapping [ebpf.ErrMapIncompatible].
+// build's is refused with an error wrapping [ebpf.ErrMapIncompatible],
+// except the counters: a build with other counters starts them again.
 //
 // An empty pinDir loads private, unpinned maps (tests, benchmarks).
 func Load(pinDir string) (*Objects, error) {
@@ -38,6 +40,9 @@ func Load(pinDir string) (*Objects, error) {
 		if err := os.MkdirAll(pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
+		if err := dropStaleStats(pinDir, spec.Maps[datapathMapAxonStats]); err != nil {
+			return nil, err
+		}
 		opts.Maps.PinPath = pinDir
 	}
 	o := &Objects{}
@@ -49,6 +54,29 @@ func Load(pinDir string) (*Objects, error) {
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
 	return o, nil
+}
+
+// dropStaleStats removes a pinned axon_stats whose size differs from
+// want's: a build with other counters. The counters are statistics, not
+// state, so unlike the other maps they start again from zero rather than
+// making the load fail.
+func dropStaleStats(pinDir string, want *ebpf.MapSpec) error {
+	path := filepath.Join(pinDir, want.Name)
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned %s: %w", want.Name, err)
+	}
+	defer m.Close()
+	if m.MaxEntries() == want.MaxEntries {
+		return nil
+	}
+	if err := m.Unpin(); err != nil {
+		return fmt.Errorf("replace pinned %s of %d counters: %w", want.Name, m.MaxEntries(), err)
+	}
+	return nil
 }
 
 // Close releases the programs and maps held by this process. Pinned maps and

@@ -79,7 +79,7 @@ func TestSpec(t *testing.T) {
 		t.Errorf("maps %v, want exactly 6 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
 	// The counters are the size of a pinned map: 13 since from-underlay-to-host
-	// (a node pinned with 12 must drop its pins to upgrade).
+	// (Load replaces the 12 of older pins, see TestLoadPinnedStatsResized).
 	if datapathAxonStatAXON_STAT_MAX != 13 {
 		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", datapathAxonStatAXON_STAT_MAX)
 	}
@@ -496,6 +496,64 @@ func TestLoadPinnedUpgrade(t *testing.T) {
 	}
 	if eps, err := n.Endpoints(); err != nil || len(eps) != 2 {
 		t.Errorf("endpoints after the upgrade: %v %v", eps, err)
+	}
+}
+
+// TestLoadPinnedStatsResized: pins of a build with another number of
+// counters are replaced (the counters restart), while the state maps are
+// kept; any other incompatible pin still fails the load.
+func TestLoadPinnedStatsResized(t *testing.T) {
+	requireBPF(t)
+	dir := pinDir(t)
+	old := mustLoad(t, dir)
+	ip := netip.MustParseAddr("10.244.1.9")
+	ep := Endpoint{Ifindex: 9, PodMAC: mustMAC("02:00:00:00:01:01"), HostMAC: mustMAC("02:00:00:00:01:02")}
+	if err := old.PutEndpoint(ip, ep); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	// An older build's counters: one fewer.
+	statsPath := filepath.Join(dir, datapathMapAxonStats)
+	if err := os.Remove(statsPath); err != nil {
+		t.Fatal(err)
+	}
+	small, err := ebpf.NewMap(&ebpf.MapSpec{Name: datapathMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
+		MaxEntries: uint32(datapathAxonStatAXON_STAT_MAX) - 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := small.Pin(statsPath); err != nil {
+		t.Fatal(err)
+	}
+	small.Close()
+
+	n := mustLoad(t, dir)
+	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
+		t.Fatalf("endpoint after replacing the counters: %v, %v", got, err)
+	}
+	if s, err := n.Stats(); err != nil || s.Total() != 0 {
+		t.Errorf("counters after replacing them: %v, %v", s, err)
+	}
+	n.Close()
+
+	// A resized state map is refused, not replaced.
+	epPath := filepath.Join(dir, datapathMapAxonEndpoints)
+	if err := os.Remove(epPath); err != nil {
+		t.Fatal(err)
+	}
+	other, err := ebpf.NewMap(&ebpf.MapSpec{Name: datapathMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Pin(epPath); err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	if o, err := Load(dir); !errors.Is(err, ebpf.ErrMapIncompatible) {
+		if o != nil {
+			o.Close()
+		}
+		t.Fatalf("Load with a resized endpoint map = %v, want ErrMapIncompatible", err)
 	}
 }
 

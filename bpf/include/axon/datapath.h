@@ -87,8 +87,8 @@ struct axon_config {
  * axon_stats: per-CPU __u64 counters indexed by enum axon_stat. Every packet
  * a program sees increments exactly one counter, so their sum is the number
  * of packets handled. IPv4 and IPv6 share the counters. The number of
- * counters is the size of the pinned map: appending one makes the pins of a
- * running node incompatible.
+ * counters is the size of the pinned map: a build with a different number
+ * replaces the pinned map (the counters restart from zero).
  */
 enum axon_stat {
 	AXON_STAT_FWD_LOCAL = 0,      /* from_pod: to a local pod (redirect_peer) */
