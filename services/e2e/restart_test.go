@@ -63,19 +63,25 @@ func roundTrip(t *testing.T, c net.Conn, r *bufio.Reader, msg string) {
 	}
 }
 
-// TestRestartKeepsConnections kills a node's datapath while two pods hold a
-// TCP connection: traffic keeps flowing on the pinned programs and maps, a
-// DEL made meanwhile is queued and replayed, and the restarted agent knows
-// every endpoint.
+// TestRestartKeepsConnections kills a node's datapath while its pods hold
+// TCP connections, to a pod on the same node and to one on another node
+// (through the tunnel): traffic keeps flowing on the pinned programs and
+// maps, a DEL made meanwhile is queued and replayed, and the restarted
+// agent knows every endpoint.
 func TestRestartKeepsConnections(t *testing.T) {
-	e := newEnv(t, 1)
+	e := newEnv(t, 2)
 	conf := e.conflist(0)
 	a, b, c := e.addPod(0, "pod-a"), e.addPod(0, "pod-b"), e.addPod(0, "pod-c")
+	remote := e.addPod(1, "pod-remote")
+	e.eventually(func() error { return e.tryPing(a.netns, remote.ip) })
 	conn, r := echoConn(t, a, b)
 	roundTrip(t, conn, r, "before")
+	rconn, rr := echoConn(t, a, remote)
+	roundTrip(t, rconn, rr, "before, across nodes")
 
 	e.cluster.KillDatapath(0)
 	roundTrip(t, conn, r, "while the datapath is down")
+	roundTrip(t, rconn, rr, "across nodes while the datapath is down")
 	if err := e.cni.GetStatusNetworkList(t.Context(), conf); err == nil {
 		t.Error("CNI STATUS reports ready while the datapath is down")
 	}
@@ -89,10 +95,14 @@ func TestRestartKeepsConnections(t *testing.T) {
 	if err := e.cluster.StartDatapath(ctx, 0); err != nil {
 		t.Fatalf("restart datapath: %v", err)
 	}
-	before := e.stats(0)["forwarded-local"]
+	before := e.stats(0)
 	roundTrip(t, conn, r, "after the restart")
-	if after := e.stats(0)["forwarded-local"]; after <= before {
-		t.Errorf("forwarded-local %d -> %d: the restarted programs do not forward", before, after)
+	roundTrip(t, rconn, rr, "across nodes after the restart")
+	after := e.stats(0)
+	for _, name := range []string{"forwarded-local", "forwarded-tunnel", "from-overlay-local"} {
+		if after[name] <= before[name] {
+			t.Errorf("%s %d -> %d: the restarted programs do not forward", name, before[name], after[name])
+		}
 	}
 	e.eventually(func() error {
 		if l := lxcLinks(e.cluster.Nodes[0].Netns); len(l) != 2 {
