@@ -466,15 +466,7 @@ func TestLoadPinned(t *testing.T) {
 // of the four IPv4 maps only. Loading this build reuses them (entries kept)
 // and pins the new IPv6 maps beside them.
 func TestLoadPinnedUpgrade(t *testing.T) {
-	requireBPF(t)
-	dir := pinDir(t)
-	old := mustLoad(t, dir)
-	ip := netip.MustParseAddr("10.244.1.9")
-	ep := Endpoint{Ifindex: 9, PodMAC: mustMAC("02:00:00:00:01:01"), HostMAC: mustMAC("02:00:00:00:01:02")}
-	if err := old.PutEndpoint(ip, ep); err != nil {
-		t.Fatal(err)
-	}
-	old.Close()
+	dir, ip, ep := pinnedEndpoint(t)
 	for _, name := range []string{datapathMapAxonEndpoints6, datapathMapAxonRemote6} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
@@ -503,29 +495,10 @@ func TestLoadPinnedUpgrade(t *testing.T) {
 // counters are replaced (the counters restart), while the state maps are
 // kept; any other incompatible pin still fails the load.
 func TestLoadPinnedStatsResized(t *testing.T) {
-	requireBPF(t)
-	dir := pinDir(t)
-	old := mustLoad(t, dir)
-	ip := netip.MustParseAddr("10.244.1.9")
-	ep := Endpoint{Ifindex: 9, PodMAC: mustMAC("02:00:00:00:01:01"), HostMAC: mustMAC("02:00:00:00:01:02")}
-	if err := old.PutEndpoint(ip, ep); err != nil {
-		t.Fatal(err)
-	}
-	old.Close()
+	dir, ip, ep := pinnedEndpoint(t)
 	// An older build's counters: one fewer.
-	statsPath := filepath.Join(dir, datapathMapAxonStats)
-	if err := os.Remove(statsPath); err != nil {
-		t.Fatal(err)
-	}
-	small, err := ebpf.NewMap(&ebpf.MapSpec{Name: datapathMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
+	repin(t, dir, &ebpf.MapSpec{Name: datapathMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
 		MaxEntries: uint32(datapathAxonStatAXON_STAT_MAX) - 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := small.Pin(statsPath); err != nil {
-		t.Fatal(err)
-	}
-	small.Close()
 
 	n := mustLoad(t, dir)
 	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
@@ -537,23 +510,46 @@ func TestLoadPinnedStatsResized(t *testing.T) {
 	n.Close()
 
 	// A resized state map is refused, not replaced.
-	epPath := filepath.Join(dir, datapathMapAxonEndpoints)
-	if err := os.Remove(epPath); err != nil {
-		t.Fatal(err)
-	}
-	other, err := ebpf.NewMap(&ebpf.MapSpec{Name: datapathMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Pin(epPath); err != nil {
-		t.Fatal(err)
-	}
-	other.Close()
+	repin(t, dir, &ebpf.MapSpec{Name: datapathMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
 	if o, err := Load(dir); !errors.Is(err, ebpf.ErrMapIncompatible) {
 		if o != nil {
 			o.Close()
 		}
 		t.Fatalf("Load with a resized endpoint map = %v, want ErrMapIncompatible", err)
+	}
+}
+
+// pinnedEndpoint loads the datapath pinned in a fresh directory, puts one
+// endpoint and closes it again, as a node's agent that stopped.
+func pinnedEndpoint(t *testing.T) (dir string, ip netip.Addr, ep Endpoint) {
+	t.Helper()
+	requireBPF(t)
+	dir = pinDir(t)
+	old := mustLoad(t, dir)
+	ip = netip.MustParseAddr("10.244.1.9")
+	ep = Endpoint{Ifindex: 9, PodMAC: mustMAC("02:00:00:00:01:01"), HostMAC: mustMAC("02:00:00:00:01:02")}
+	if err := old.PutEndpoint(ip, ep); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	return dir, ip, ep
+}
+
+// repin replaces the map pinned in dir under spec's name with a new one of
+// spec, as another build would have pinned it.
+func repin(t *testing.T, dir string, spec *ebpf.MapSpec) {
+	t.Helper()
+	path := filepath.Join(dir, spec.Name)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Pin(path); err != nil {
+		t.Fatal(err)
 	}
 }
 
