@@ -149,6 +149,8 @@ func TestRun(t *testing.T) {
 
 		{"overlay local", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
 		{"overlay local native", nativeCfg, fromOverlay, udp4(remotePod, podB.ip, 63), verdictRedirect, toPodB, "from-overlay-local"},
+		{"overlay from a node", tunnelCfg, fromOverlay, udp4(remoteNode, podB.ip, 63), verdictNext, unchanged, "from-overlay-to-host"},
+		{"overlay from outside v6", tunnelCfg, fromOverlay, udp6(outsideIP6, podB6.ip, 63), verdictNext, unchanged, "from-overlay-to-host"},
 		{"overlay ttl 1", tunnelCfg, fromOverlay, udp4(remotePod, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
 		{"overlay miss", tunnelCfg, fromOverlay, udp4(remotePod, outsideIP, 63), verdictNext, unchanged, "from-overlay-to-host"},
 		{"overlay ihl 4", tunnelCfg, fromOverlay, patch(udp4(remotePod, podB.ip, 63), 14, 0x44), verdictDrop, unchanged, "drop-malformed"},
@@ -211,6 +213,10 @@ func TestRun(t *testing.T) {
 		// MAC) for a local pod are delivered; the rest is the kernel's.
 		{"underlay native", nativeCfg, fromUnderlay, toNode(udp4(remotePod, podB.ip, 63)), verdictRedirect, toPodB, "from-overlay-local"},
 		{"underlay native v6", nativeCfg, fromUnderlay, toNode(udp6(remotePod6, podB6.ip, 63)), verdictRedirect, toPodB6, "from-overlay-local"},
+		// From a non-pod address (another node itself, an outside router):
+		// through the kernel, so its connection tracking sees the flow.
+		{"underlay native from a node", nativeCfg, fromUnderlay, toNode(udp4(remoteNode, podB.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay native v6 from outside", nativeCfg, fromUnderlay, toNode(udp6(outsideIP6, podB6.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay native other MAC", nativeCfg, fromUnderlay, udp4(remotePod, podB.ip, 63), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay native miss", nativeCfg, fromUnderlay, toNode(udp4(remotePod, outsideIP, 63)), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay native ttl 1", nativeCfg, fromUnderlay, toNode(udp4(remotePod, podB.ip, 1)), verdictDrop, unchanged, "drop-ttl"},
@@ -220,6 +226,9 @@ func TestRun(t *testing.T) {
 		// delivered; any other VXLAN, UDP or IP goes on to the kernel.
 		{"underlay vxlan", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictRedirect, decapToPodB, "from-overlay-local"},
 		{"underlay vxlan v6", tunnelCfg, fromUnderlay, vxlan4(udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictRedirect, decapToPodB6, "from-overlay-local"},
+		{"underlay vxlan from a node", tunnelCfg, fromUnderlay, vxlan4(udp4(remoteNode, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan v6 from outside", tunnelCfg, fromUnderlay, vxlan4(udp6(outsideIP6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan unconfigured node address", Config{Mode: ModeTunnel, VXLANIfindex: 1000}, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan ttl 1", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 1), tunnelVNI, vxlanPort), verdictDrop, unchanged, "drop-ttl"},
 		{"underlay vxlan for the node", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, tunnelCfg.NodeIP, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan other vni", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI+1, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},

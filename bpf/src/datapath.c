@@ -300,6 +300,24 @@ static __always_inline const struct axon_remote *remote6(const struct in6_addr *
 }
 
 /*
+ * Whether src is a pod's address, on this node or in another node's block.
+ * Traffic between pods skips the node's stack on both ends, so the node's
+ * connection tracking sees neither direction. A packet from anything else
+ * (another node's own address, an outside router) must come in through the
+ * kernel: otherwise the pod's reply, which takes the kernel's path out,
+ * would look like a new connection and be masqueraded.
+ */
+static __always_inline int pod_src4(__u32 saddr)
+{
+	return endpoint4(saddr) || remote4(saddr);
+}
+
+static __always_inline int pod_src6(const struct in6_addr *saddr)
+{
+	return endpoint6(saddr) || remote6(saddr);
+}
+
+/*
  * Hands the packet to a pod on this node: it arrives at the pod's interface
  * as if the host-side veth had sent it (redirect_peer skips the node's
  * stack, so the node needs no route to the pod). The node acts as the pod's
@@ -323,13 +341,24 @@ static __always_inline int deliver_local4(struct ethhdr *eth, struct iphdr *ip,
 	return to_pod(eth, ep, stat);
 }
 
-/* IPv6 has no header checksum: the hop limit is just decremented. */
-static __always_inline int deliver_local6(struct ethhdr *eth, struct ipv6hdr *ip6,
-					  const struct axon_endpoint *ep, __u32 stat)
+/*
+ * IPv6 has no header checksum: the hop limit is just decremented. A packet
+ * whose device supplied a checksum of the whole packet (CHECKSUM_COMPLETE,
+ * from a NIC on the underlay) gets that sum updated, as the kernel's
+ * forwarding would; for any other packet bpf_csum_update does nothing.
+ */
+static __always_inline int deliver_local6(struct __sk_buff *skb, struct ethhdr *eth,
+					  struct ipv6hdr *ip6, const struct axon_endpoint *ep,
+					  __u32 stat)
 {
+	__be32 from, to; /* payload length, next header, hop limit */
+
 	if (ip6->hop_limit <= 1)
 		return drop(AXON_STAT_DROP_TTL);
+	__builtin_memcpy(&from, (void *)ip6 + 4, sizeof(from));
 	ip6->hop_limit--;
+	__builtin_memcpy(&to, (void *)ip6 + 4, sizeof(to));
+	bpf_csum_update(skb, bpf_csum_diff(&from, sizeof(from), &to, sizeof(to), 0));
 	return to_pod(eth, ep, stat);
 }
 
@@ -618,7 +647,7 @@ int axon_from_pod(struct __sk_buff *skb)
 	}
 	ep = endpoint6(&p.ip6->daddr);
 	if (ep)
-		return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);
+		return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);
 	return to_remote6(skb, cfg, p.eth, p.ip6);
 }
 
@@ -660,14 +689,14 @@ int axon_from_overlay(struct __sk_buff *skb)
 
 	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
-		if (!ep)
+		if (!ep || !pod_src4(p.ip4->saddr))
 			return overlay_to_host(skb);
 		return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	ep = endpoint6(&p.ip6->daddr);
-	if (!ep)
+	if (!ep || !pod_src6(&p.ip6->saddr))
 		return overlay_to_host(skb);
-	return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+	return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
 
 /* A VXLAN packet from the underlay up to the inner Ethernet header. */
@@ -689,7 +718,8 @@ struct axon_vxlan_frame {
 
 /*
  * Returns the VXLAN frame at the start of skb if it is one of Axon's for
- * this node: IPv4 without options or fragmentation, to the node's address,
+ * this node: IPv4 without options or fragmentation, to the node's address
+ * (which must be configured),
  * UDP to the VXLAN port, Axon's VNI. Only the outer headers and the inner
  * Ethernet header are guaranteed in the linear area.
  */
@@ -707,7 +737,7 @@ static __always_inline struct axon_vxlan_frame *vxlan_frame(struct __sk_buff *sk
 	if (f->eth.h_proto != bpf_htons(ETH_P_IP) || f->ip.version != 4 || f->ip.ihl != 5 ||
 	    f->ip.protocol != IPPROTO_UDP || (f->ip.frag_off & bpf_htons(0x3fff)) != 0)
 		return NULL;
-	if (cfg->node_ip4 && f->ip.daddr != cfg->node_ip4)
+	if (!cfg->node_ip4 || f->ip.daddr != cfg->node_ip4)
 		return NULL;
 	if (f->udp.dest != bpf_htons(AXON_VXLAN_PORT) || f->vx.flags != AXON_VXLAN_FLAG_VNI ||
 	    f->vx.vni != bpf_htonl(AXON_TUNNEL_VNI << 8))
@@ -742,6 +772,8 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 		if (ip->version != 4)
 			return next(AXON_STAT_UNDERLAY_TO_HOST);
 		ep = endpoint4(ip->daddr);
+		if (ep && !pod_src4(ip->saddr))
+			ep = NULL;
 		if (ep && ip->ttl <= 1)
 			return drop(AXON_STAT_DROP_TTL);
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
@@ -754,6 +786,8 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 		if (ip6->version != 6)
 			return next(AXON_STAT_UNDERLAY_TO_HOST);
 		ep = endpoint6(&ip6->daddr);
+		if (ep && !pod_src6(&ip6->saddr))
+			ep = NULL;
 		if (ep && ip6->hop_limit <= 1)
 			return drop(AXON_STAT_DROP_TTL);
 		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
@@ -781,7 +815,7 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 	if ((void *)(ip6 + 1) > data_end)
 		return drop(AXON_STAT_DROP_MALFORMED);
 	eth->h_proto = proto;
-	return deliver_local6(eth, ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+	return deliver_local6(skb, eth, ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
 
 /*
@@ -813,12 +847,12 @@ int axon_from_underlay(struct __sk_buff *skb)
 	kind = parse(skb, &p);
 	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
-		if (ep)
+		if (ep && pod_src4(p.ip4->saddr))
 			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
 	} else if (kind == PARSE_IPV6) {
 		ep = endpoint6(&p.ip6->daddr);
-		if (ep)
-			return deliver_local6(p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+		if (ep && pod_src6(&p.ip6->saddr))
+			return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	/* Malformed frames too: the kernel judges the node's own traffic. */
 	return next(AXON_STAT_UNDERLAY_TO_HOST);

@@ -75,6 +75,18 @@ func TestPodsOnOneNode(t *testing.T) {
 	e.assertNothingLeft(0)
 }
 
+// nodeToPod holds a TCP conversation between node's own network and pod p
+// on another node. The pod's replies leave through its node's kernel, which
+// masquerades pod traffic leaving the pod CIDRs: they reach the node
+// unchanged only if that kernel saw the connection come in.
+func nodeToPod(t *testing.T, e *env, node int, p *pod) {
+	t.Helper()
+	conn, r := echoConn(t, &pod{name: fmt.Sprintf("node-%d", node+1), netns: e.cluster.Nodes[node].Netns}, p)
+	for i := range 3 {
+		roundTrip(t, conn, r, fmt.Sprintf("node to pod %d", i))
+	}
+}
+
 func lxcLinks(netns string) []string {
 	var out []string
 	for _, l := range links(netns) {
@@ -94,6 +106,7 @@ func TestPodsAcrossNodesNative(t *testing.T) {
 	e.ping(b.netns, a.ip)
 	e.ping(e.cluster.Nodes[1].Netns, a.ip) // node-2 to a pod on node-1
 	e.ping(a.netns, e.cluster.Nodes[1].IP.String())
+	nodeToPod(t, e, 1, a)
 	if s := e.stats(0); s["forwarded-native"] == 0 || s["from-overlay-local"] == 0 {
 		t.Errorf("node-1 counters %v: want pod traffic to node-2's block routed and node-2's delivered by the programs", s)
 	}
@@ -112,6 +125,7 @@ func TestPodsAcrossNodesTunnel(t *testing.T) {
 	e.ping(b.netns, a.ip)
 	e.ping(e.cluster.Nodes[1].Netns, a.ip) // node-2 to a pod on node-1, through the overlay
 	e.ping(a.netns, e.cluster.Nodes[1].IP.String())
+	nodeToPod(t, e, 1, a)
 	if s := e.stats(0); s["forwarded-tunnel"] == 0 || s["from-overlay-local"] == 0 || s["from-underlay-to-host"] == 0 {
 		t.Errorf("node-1 counters %v: want packets encapsulated, delivered from the overlay, and the node's own seen on the underlay", s)
 	}
