@@ -6,6 +6,7 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -73,7 +74,10 @@ func Open(pinDir string) (*Loader, error) {
 }
 
 // adoptLinks moves the pinned links of an earlier run to the freshly loaded
-// programs.
+// programs. A link whose device is gone is dropped (the agent attaches
+// again when it sets the device up). A pod's tcx link, pinned by builds
+// before pods got tc filters, is replaced by a filter first, so the pod
+// never runs without its program.
 func (l *Loader) adoptLinks() error {
 	entries, err := os.ReadDir(l.linkDir)
 	if err != nil {
@@ -81,25 +85,45 @@ func (l *Loader) adoptLinks() error {
 	}
 	for _, e := range entries {
 		path := filepath.Join(l.linkDir, e.Name())
-		prog := l.programFor(e.Name())
 		pl, err := link.LoadPinnedLink(path, nil)
-		if err != nil || prog == nil {
-			// The device went away with its link, or the pin is not one of
-			// ours: drop it.
-			if pl != nil {
-				_ = pl.Unpin()
-				_ = pl.Close()
-			}
+		if err != nil {
 			_ = os.Remove(path)
 			continue
 		}
+		prog := l.programFor(e.Name())
+		if prog == nil {
+			if err := l.replaceEndpointLink(pl); err != nil {
+				_ = pl.Close()
+				return fmt.Errorf("move %s to a tc filter: %w", e.Name(), err)
+			}
+			continue
+		}
 		if err := pl.Update(prog); err != nil {
+			if errors.Is(err, unix.ENOLINK) { // the device was removed
+				_ = pl.Unpin()
+				_ = pl.Close()
+				continue
+			}
 			_ = pl.Close()
 			return fmt.Errorf("move link %s to the new program: %w", e.Name(), err)
 		}
 		l.links[e.Name()] = pl
 	}
 	return nil
+}
+
+// replaceEndpointLink puts the pod program as a filter on the device of an
+// old pod's tcx link, then removes the link.
+func (l *Loader) replaceEndpointLink(pl link.Link) error {
+	if info, err := pl.Info(); err == nil {
+		if tcx := info.TCX(); tcx != nil && tcx.Ifindex != 0 {
+			if err := l.attachFilter(int(tcx.Ifindex), l.objs.FromPod()); err != nil && !errors.Is(err, unix.ENODEV) {
+				return err
+			}
+		}
+	}
+	_ = pl.Unpin()
+	return pl.Close()
 }
 
 const (

@@ -91,6 +91,9 @@ func (l *Loader) adoptEndpoints() error {
 			continue
 		}
 		if err := l.attachFilter(ln.Attrs().Index, l.objs.FromPod()); err != nil {
+			if errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENOENT) {
+				continue // removed meanwhile
+			}
 			return fmt.Errorf("move %s to the new program: %w", ln.Attrs().Name, err)
 		}
 	}

@@ -1,0 +1,112 @@
+package loader
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+	"github.com/axon-cni/axon/services/internal/nstest"
+)
+
+// pinDir returns a fresh directory on bpffs for the test's pins.
+func pinDir(t *testing.T) string {
+	t.Helper()
+	if err := ensureBPFFS("/sys/fs/bpf"); err != nil {
+		t.Skipf("no bpffs: %v", err)
+	}
+	dir, err := os.MkdirTemp("/sys/fs/bpf", "axon-loader-test-")
+	if err != nil {
+		t.Skipf("cannot create a pin directory on bpffs: %v", err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+func addVeth(t *testing.T, ns *nstest.NS, name string) int {
+	t.Helper()
+	if err := ns.Netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := ns.Netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Index
+}
+
+// pinTCX attaches a program to ifindex with a tcx link pinned under the
+// loader's link directory, as an earlier build did.
+func pinTCX(t *testing.T, ns *nstest.NS, dir, name string, attach func(int) (link.Link, error), ifindex int) {
+	t.Helper()
+	if err := ns.Do(func() error {
+		ln, err := attach(ifindex)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		return ln.Pin(filepath.Join(dir, "links", name))
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOpenAdoptsEarlierRun starts a loader on the pins of an earlier build:
+// a pod's tcx link becomes a tc filter without a moment without program, a
+// node link whose device is gone is dropped instead of failing the start,
+// and a pod's filter moves to the new program.
+func TestOpenAdoptsEarlierRun(t *testing.T) {
+	nstest.RequireRoot(t)
+	ns := nstest.New(t)
+	dir := pinDir(t)
+	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := bpfdp.Load(dir)
+	if err != nil {
+		t.Skipf("cannot load the datapath: %v", err)
+	}
+	oldPod := addVeth(t, ns, "lxcold")
+	pinTCX(t, ns, dir, "lxcold", old.AttachFromPod, oldPod)
+	gone := addVeth(t, ns, "gone")
+	pinTCX(t, ns, dir, underlayIn, old.AttachFromUnderlay, gone)
+	if err := ns.Netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "gone"}}); err != nil {
+		t.Fatal(err)
+	}
+	// A pod wired by the previous run of this build.
+	var first *Loader
+	if err := ns.Do(func() (err error) { first, err = Open(dir); return err }); err != nil {
+		t.Fatalf("first Open: %v", err)
+	}
+	for _, name := range []string{"lxcold", underlayIn} {
+		if _, err := os.Stat(filepath.Join(dir, "links", name)); !os.IsNotExist(err) {
+			t.Errorf("pin %s still there (%v)", name, err)
+		}
+	}
+	if p := first.endpointProblems("lxcold"); len(p) != 0 {
+		t.Errorf("lxcold after the upgrade: %v", p)
+	}
+	filtered := addVeth(t, ns, "lxcnew")
+	if err := first.AttachEndpoint("lxcnew", filtered); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	var l *Loader
+	if err := ns.Do(func() (err error) { l, err = Open(dir); return err }); err != nil {
+		t.Fatalf("Open on an earlier run's pins: %v", err)
+	}
+	t.Cleanup(func() { _ = l.Close() })
+	// The check compares each filter's program with this loader's.
+	for _, name := range []string{"lxcold", "lxcnew"} {
+		if p := l.endpointProblems(name); len(p) != 0 {
+			t.Errorf("%s after a restart: %v", name, p)
+		}
+	}
+}
