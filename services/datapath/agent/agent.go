@@ -62,8 +62,9 @@ type Config struct {
 // Datapath is the eBPF side of the node: programs loaded once, per-endpoint
 // entries in maps, and the program on each pod's host-side veth.
 type Datapath interface {
-	AttachEndpoint(hostName string, ifindex int) error
-	DetachEndpoint(hostName string) error
+	// AttachEndpoint puts the pod program on a pod's host veth; it stays
+	// until the veth is deleted.
+	AttachEndpoint(ifindex int) error
 	PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error
 	DeleteEndpoint(ip netip.Addr) error
 	CheckEndpoint(hostName string, ip netip.Addr) []string

@@ -149,7 +149,7 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	}
 	if err := a.store.save(hostName, &record{Endpoint: raw, IPAMSequence: seq, HostMAC: res.HostMAC.String(), PodMAC: res.PodMAC.String()}); err != nil {
 		if a.bpf != nil {
-			a.detach(hostName, spec.Addrs)
+			a.forgetAddrs(hostName, spec.Addrs)
 		}
 		return nil, status.Errorf(codes.Internal, "record endpoint: %v", err)
 	}
@@ -157,24 +157,26 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	return ep, nil
 }
 
+// attach writes the pod's map entries and puts the program on its host
+// veth. On failure the caller deletes the veth, which takes the program
+// with it; attach only drops the entries.
 func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix) error {
 	for _, p := range addrs {
 		if err := a.bpf.PutEndpoint(p.Addr(), res.HostIndex, ep.GetEndpointId(), res.PodMAC, res.HostMAC); err != nil {
-			a.detach(hostName, addrs)
+			a.forgetAddrs(hostName, addrs)
 			return err
 		}
 	}
-	if err := a.bpf.AttachEndpoint(hostName, res.HostIndex); err != nil {
-		a.detach(hostName, addrs)
+	if err := a.bpf.AttachEndpoint(res.HostIndex); err != nil {
+		a.forgetAddrs(hostName, addrs)
 		return err
 	}
 	return nil
 }
 
-func (a *Agent) detach(hostName string, addrs []netip.Prefix) {
-	if err := a.bpf.DetachEndpoint(hostName); err != nil {
-		a.log.Warn("detach program", "endpoint", hostName, "err", err)
-	}
+// forgetAddrs removes a pod's map entries. Its program needs no detaching:
+// it goes with the pod's veth.
+func (a *Agent) forgetAddrs(hostName string, addrs []netip.Prefix) {
 	for _, p := range addrs {
 		if err := a.bpf.DeleteEndpoint(p.Addr()); err != nil {
 			a.log.Warn("delete map entry", "endpoint", hostName, "ip", p.Addr(), "err", err)
@@ -204,13 +206,12 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attach
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
 	}
-	// The veth goes first: its removal detaches the program with it, so the
-	// link's own detach (another RCU grace period in the kernel) is skipped.
+	// The veth goes first, and its program with it.
 	if err := a.plumber.Delete(hostName); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove veth %s: %v", hostName, err)
 	}
 	if a.bpf != nil {
-		a.detach(hostName, endpointAddrs(ep))
+		a.forgetAddrs(hostName, endpointAddrs(ep))
 	}
 	var seq uint64
 	if rec != nil {

@@ -76,7 +76,6 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 	if err := ns.Netlink.LinkDel(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "gone"}}); err != nil {
 		t.Fatal(err)
 	}
-	// A pod wired by the previous run of this build.
 	var first *Loader
 	if err := ns.Do(func() (err error) { first, err = Open(dir); return err }); err != nil {
 		t.Fatalf("first Open: %v", err)
@@ -89,8 +88,9 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 	if p := first.endpointProblems("lxcold"); len(p) != 0 {
 		t.Errorf("lxcold after the upgrade: %v", p)
 	}
+	// A pod wired by this build, before its restart.
 	filtered := addVeth(t, ns, "lxcnew")
-	if err := first.AttachEndpoint("lxcnew", filtered); err != nil {
+	if err := first.AttachEndpoint(filtered); err != nil {
 		t.Fatal(err)
 	}
 	if err := first.Close(); err != nil {

@@ -100,29 +100,13 @@ func (l *Loader) adoptEndpoints() error {
 	return nil
 }
 
-// AttachEndpoint attaches the pod program to a pod's host veth.
-func (l *Loader) AttachEndpoint(_ string, ifindex int) error {
+// AttachEndpoint attaches the pod program to a pod's host veth. Nothing
+// detaches it: deleting the veth removes its qdisc and filter.
+func (l *Loader) AttachEndpoint(ifindex int) error {
 	if ifindex <= 0 {
 		return fmt.Errorf("attach to ifindex %d: not an interface", ifindex)
 	}
 	return l.attachFilter(ifindex, l.objs.FromPod())
-}
-
-// DetachEndpoint removes the pod program from a pod's host veth; a missing
-// device (deleting it removed the filter) is success.
-func (l *Loader) DetachEndpoint(hostName string) error {
-	link, err := l.nl.LinkByName(hostName)
-	if err != nil {
-		var notFound netlink.LinkNotFoundError
-		if errors.As(err, &notFound) {
-			return nil
-		}
-		return fmt.Errorf("find %s: %w", hostName, err)
-	}
-	if err := l.nl.QdiscDel(clsact(link.Attrs().Index)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-		return fmt.Errorf("remove clsact of %s: %w", hostName, err)
-	}
-	return nil
 }
 
 // endpointProblems describes what is wrong with hostName's program.
