@@ -9,6 +9,7 @@ import (
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
+	"github.com/axon-cni/axon/services/internal/localcluster"
 )
 
 // TestPodsOnOneNode wires pods through the real CNI plugin and checks they
@@ -145,4 +146,38 @@ func TestPodsAcrossNodesTunnel(t *testing.T) {
 	})
 	e.delPod(a)
 	e.delPod(b)
+}
+
+// TestPodMTUFollowsUnderlay runs nodes on a jumbo-frame underlay: pods get
+// its MTU, less the encapsulation in tunnel mode, and full-size packets
+// that must not be fragmented cross between nodes.
+func TestPodMTUFollowsUnderlay(t *testing.T) {
+	const underlay = 9000
+	for _, tc := range []struct {
+		mode string
+		pod  int
+	}{
+		{"tunnel", underlay - 50},
+		{"native", underlay},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			e := newEnvMode(t, 2, tc.mode, func(c *localcluster.Config) { c.UnderlayMTU = underlay })
+			a, b := e.addPod(0, "pod-a"), e.addPod(1, "pod-b")
+			for _, p := range []*pod{a, b} {
+				out, err := run(p.netns, "ip", "-o", "link", "show", "eth0")
+				if err != nil || !strings.Contains(out, fmt.Sprintf(" mtu %d ", tc.pod)) {
+					t.Fatalf("%s eth0: %q, %v; want mtu %d", p.name, out, err, tc.pod)
+				}
+			}
+			full := fmt.Sprint(tc.pod - 28) // ICMP payload filling the pod MTU
+			e.eventually(func() error {
+				if out, err := run(a.netns, "ping", "-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", full, b.ip); err != nil {
+					return fmt.Errorf("full-size ping %s from pod-a: %v\n%s", b.ip, err, out)
+				}
+				return nil
+			})
+			e.delPod(a)
+			e.delPod(b)
+		})
+	}
 }

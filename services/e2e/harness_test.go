@@ -88,8 +88,9 @@ func newEnv(t *testing.T, nodes int) *env {
 	return newEnvMode(t, nodes, "")
 }
 
-// newEnvMode is newEnv with a routing mode ("" for the default).
-func newEnvMode(t *testing.T, nodes int, mode string) *env {
+// newEnvMode is newEnv with a routing mode ("" for the default); opts
+// change the cluster's configuration further.
+func newEnvMode(t *testing.T, nodes int, mode string, opts ...func(*localcluster.Config)) *env {
 	t.Helper()
 	requireRoot(t)
 	bins := binaries(t)
@@ -104,6 +105,9 @@ func newEnvMode(t *testing.T, nodes int, mode string) *env {
 	}
 	if mode != "" {
 		cfg.DatapathArgs = append(cfg.DatapathArgs, "--routing-mode", mode)
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

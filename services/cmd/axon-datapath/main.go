@@ -43,7 +43,7 @@ func main() {
 			fs.StringVar(&ipamTarget, "ipam-target", "127.0.0.1:9401", "gRPC `target` of axon-ipam (host:port or unix:///path)")
 			fs.StringVar(&cfg.RoutingMode, "routing-mode", cfg.RoutingMode, "how pods reach other nodes: tunnel (VXLAN) or native")
 			fs.StringVar(&cfg.TunnelProtocol, "tunnel-protocol", agent.TunnelVXLAN, "overlay of tunnel mode: vxlan (UDP 8472) or geneve (UDP 6081)")
-			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from 1500 and the routing mode")
+			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from the MTU of the device holding the node address (less 50 in tunnel mode)")
 			fs.StringVar(&cfg.StateDir, "state-dir", "/run/axon/datapath", "`directory` of the endpoint records")
 			fs.StringVar(&cfg.DeleteQueue, "cni-delete-queue", "/run/axon/cni-deletes", "`directory` where axon-cni queues DELs while the datapath is down")
 			fs.BoolVar(&cfg.Masquerade, "masquerade", cfg.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")

@@ -42,8 +42,9 @@ type Config struct {
 	RoutingMode string
 	// TunnelProtocol is TunnelVXLAN (default) or TunnelGeneve.
 	TunnelProtocol string
-	// MTU of pod interfaces; 0 derives it from the node device MTU (1500)
-	// minus the VXLAN overhead in tunnel mode.
+	// MTU of pod interfaces; 0 derives it from the MTU of the device that
+	// holds the node address, less the encapsulation overhead in tunnel
+	// mode (see podMTU).
 	MTU int
 	// StateDir keeps one record per endpoint.
 	StateDir string
@@ -113,12 +114,6 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 	default:
 		return nil, fmt.Errorf("tunnel protocol must be %q or %q, got %q", TunnelVXLAN, TunnelGeneve, cfg.TunnelProtocol)
 	}
-	if cfg.MTU == 0 {
-		cfg.MTU = 1500
-		if cfg.RoutingMode == ModeTunnel {
-			cfg.MTU -= 50 // outer IPv4 + UDP + VXLAN (or Geneve without options) + inner Ethernet
-		}
-	}
 	if cfg.ReleaseRetry == 0 {
 		cfg.ReleaseRetry = 5 * time.Second
 	}
@@ -134,6 +129,19 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 	if err != nil {
 		ns.Close()
 		return nil, fmt.Errorf("netlink: %w", err)
+	}
+	if cfg.MTU == 0 {
+		underlay, found, err := underlayMTU(h, cfg.NodeIPs)
+		if err != nil {
+			h.Close()
+			ns.Close()
+			return nil, err
+		}
+		if !found {
+			log.Warn("no device holds a node address; assuming a 1500-byte underlay for the pod MTU (set --mtu to override)", "node_ips", cfg.NodeIPs)
+		}
+		cfg.MTU = podMTU(underlay, cfg.RoutingMode)
+		log.Info("pod MTU derived from the underlay", "underlay_mtu", underlay, "pod_mtu", cfg.MTU, "mode", cfg.RoutingMode)
 	}
 	return &Agent{
 		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h, NodeNS: ns}, bpf: bpf,

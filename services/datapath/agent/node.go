@@ -86,6 +86,39 @@ func tunnelDevice(protocol string) string {
 	return VXLANDevice
 }
 
+// tunnelOverhead is what encapsulation adds to a pod's packet on the
+// underlay: outer IPv4 (20) + UDP (8) + VXLAN or option-less Geneve (8) +
+// the inner Ethernet header (14).
+const tunnelOverhead = 50
+
+// defaultUnderlayMTU is assumed when no device holds a node address.
+const defaultUnderlayMTU = 1500
+
+// underlayMTU returns the MTU of the device holding a node address, or
+// defaultUnderlayMTU and found=false when no device holds one.
+func underlayMTU(h *netlink.Handle, nodeIPs []netip.Addr) (mtu int, found bool, err error) {
+	idx, err := linkWithAddr(h, nodeIPs)
+	if err != nil {
+		return defaultUnderlayMTU, false, nil
+	}
+	l, err := h.LinkByIndex(idx)
+	if err != nil {
+		return 0, false, fmt.Errorf("underlay device %d: %w", idx, err)
+	}
+	return l.Attrs().MTU, true, nil
+}
+
+// podMTU is the pods' MTU on an underlay of MTU underlay: all of it in
+// native mode; in tunnel mode less tunnelOverhead, so that a full-size pod
+// packet still fits once encapsulated (the programs set DF on the outer
+// header, so a larger one would be dropped, not fragmented).
+func podMTU(underlay int, mode string) int {
+	if mode == ModeTunnel {
+		return underlay - tunnelOverhead
+	}
+	return underlay
+}
+
 // linkWithAddr returns the index of the device holding the first of ips
 // that a device holds: the node's underlay device.
 func linkWithAddr(h *netlink.Handle, ips []netip.Addr) (int, error) {
@@ -128,6 +161,12 @@ func ensureTunnel(h *netlink.Handle, protocol string, mtu int) (int, error) {
 		}
 		if link, err = h.LinkByName(name); err != nil {
 			return 0, fmt.Errorf("find %s: %w", name, err)
+		}
+	}
+	if link.Attrs().MTU != mtu {
+		// The underlay's MTU (or --mtu) changed since the device was made.
+		if err := h.LinkSetMTU(link, mtu); err != nil {
+			return 0, fmt.Errorf("set %s MTU %d: %w", name, mtu, err)
 		}
 	}
 	if err := h.LinkSetARPOff(link); err != nil {

@@ -62,6 +62,9 @@ type Config struct {
 	DatapathArgs []string
 	// DemoPods is how many pods per node to wire through axon-cni.
 	DemoPods int
+	// UnderlayMTU is the MTU of the simulated nodes' underlay links; 0
+	// keeps the kernel's default (1500).
+	UnderlayMTU int
 }
 
 // Component is one service process of the local system.

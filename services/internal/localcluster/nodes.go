@@ -55,7 +55,7 @@ const outsideIndex = 250
 // setupNodes creates n node namespaces and an "outside" one on an underlay
 // bridge. teardown removes every namespace it created, also after a
 // partial failure.
-func setupNodes(prefix string, n int) (nodes []simNode, outside simNode, teardown func(), err error) {
+func setupNodes(prefix string, n, mtu int) (nodes []simNode, outside simNode, teardown func(), err error) {
 	var created []string
 	teardown = func() {
 		for i := len(created) - 1; i >= 0; i-- {
@@ -101,8 +101,13 @@ func setupNodes(prefix string, n int) (nodes []simNode, outside simNode, teardow
 		}
 		created = append(created, node.Netns)
 		port := fmt.Sprintf("n%d", i+1)
+		var mtuArgs []string
+		if mtu != 0 {
+			mtuArgs = []string{"mtu", fmt.Sprint(mtu)}
+		}
+		link := append(append([]string{"link", "add", "eth0", "netns", node.Netns}, mtuArgs...), "type", "veth", "peer", "name", port, "netns", underlay)
 		for _, args := range [][]string{
-			{"link", "add", "eth0", "netns", node.Netns, "type", "veth", "peer", "name", port, "netns", underlay},
+			append(link, mtuArgs...),
 			{"-n", underlay, "link", "set", port, "master", "br0", "up"},
 			{"-n", node.Netns, "addr", "add", netip.PrefixFrom(addr, underlayPrefix.Bits()).String(), "dev", "eth0"},
 			{"-n", node.Netns, "addr", "add", netip.PrefixFrom(node.IP6, underlayPrefix6.Bits()).String(), "dev", "eth0", "nodad"},
@@ -152,7 +157,7 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 	if err := ensureDefaultPool(ctx, "unix://"+cfg.ipamSocket(), cfg.PodCIDR, cfg.PodCIDR6); err != nil {
 		return nil, simNode{}, nil, err
 	}
-	nodes, outside, teardown, err := setupNodes(cfg.NetnsPrefix, cfg.Nodes)
+	nodes, outside, teardown, err := setupNodes(cfg.NetnsPrefix, cfg.Nodes, cfg.UnderlayMTU)
 	if err != nil {
 		return nil, simNode{}, nil, err
 	}
