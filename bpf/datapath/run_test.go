@@ -31,6 +31,7 @@ var (
 	}}
 	remoteBlock = netip.MustParsePrefix("10.244.2.0/24")
 	remoteNode  = netip.MustParseAddr("192.0.2.2")
+	otherNode   = netip.MustParseAddr("192.0.2.3") // a node that owns no block here
 	remotePod   = netip.MustParseAddr("10.244.2.30")
 	outsideIP   = netip.MustParseAddr("198.51.100.7")
 	// The same pods with IPv6 addresses (dual stack), and an IPv6 block of
@@ -226,6 +227,11 @@ func TestRun(t *testing.T) {
 		// delivered; any other VXLAN, UDP or IP goes on to the kernel.
 		{"underlay vxlan", tunnelCfg, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictRedirect, decapToPodB, "from-overlay-local"},
 		{"underlay vxlan v6", tunnelCfg, fromUnderlay, vxlan4(udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictRedirect, decapToPodB6, "from-overlay-local"},
+		// Only a block's own node may send for its pods: a VXLAN packet from
+		// another sender, or claiming a source on this node, is the kernel's.
+		{"underlay vxlan from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan v6 from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan from a local pod address", tunnelCfg, fromUnderlay, vxlan4(udp4(podA.ip, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan from a node", tunnelCfg, fromUnderlay, vxlan4(udp4(remoteNode, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan v6 from outside", tunnelCfg, fromUnderlay, vxlan4(udp6(outsideIP6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan unconfigured node address", Config{Mode: ModeTunnel, VXLANIfindex: 1000}, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
@@ -586,6 +592,11 @@ const (
 // MAC), IPv4 (remoteNode to the tunnel node address), UDP to port and a
 // VXLAN header with vni, as another node's axon_vxlan sends it.
 func vxlan4(inner []byte, vni uint32, port uint16) []byte {
+	return vxlan4From(remoteNode, inner, vni, port)
+}
+
+// vxlan4From is vxlan4 sent by the node at outer.
+func vxlan4From(outer netip.Addr, inner []byte, vni uint32, port uint16) []byte {
 	f := make([]byte, 14+vxlanOverhead-14+len(inner))
 	copy(f[6:12], mustMAC("02:00:c0:00:02:02"))
 	binary.BigEndian.PutUint16(f[12:], 0x0800)
@@ -594,7 +605,7 @@ func vxlan4(inner []byte, vni uint32, port uint16) []byte {
 	binary.BigEndian.PutUint16(ip[2:], uint16(len(f)-14))
 	ip[8] = 64
 	ip[9] = 17
-	s, d := remoteNode.As4(), tunnelCfg.NodeIP.As4()
+	s, d := outer.As4(), tunnelCfg.NodeIP.As4()
 	copy(ip[12:16], s[:])
 	copy(ip[16:20], d[:])
 	udp := ip[20:]

@@ -318,6 +318,28 @@ static __always_inline int pod_src6(const struct in6_addr *saddr)
 }
 
 /*
+ * Whether a packet the node at outer (the tunnel's outer source) sent comes
+ * from one of that node's own pods: saddr lies in one of its blocks. Only
+ * such packets are decapsulated on the underlay. Any other VXLAN packet for
+ * the node (from an unknown or spoofing sender, or speaking for another
+ * node's pods) goes on to the kernel, whose UDP socket and host firewall
+ * judge it as they would without Axon.
+ */
+static __always_inline int from_owner4(__u32 saddr, __be32 outer)
+{
+	const struct axon_remote *r = remote4(saddr);
+
+	return r && r->node_ip4 == outer;
+}
+
+static __always_inline int from_owner6(const struct in6_addr *saddr, __be32 outer)
+{
+	const struct axon_remote *r = remote6(saddr);
+
+	return r && r->node_ip4 == outer;
+}
+
+/*
  * Hands the packet to a pod on this node: it arrives at the pod's interface
  * as if the host-side veth had sent it (redirect_peer skips the node's
  * stack, so the node needs no route to the pod). The node acts as the pod's
@@ -772,7 +794,7 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 		if (ip->version != 4)
 			return next(AXON_STAT_UNDERLAY_TO_HOST);
 		ep = endpoint4(ip->daddr);
-		if (ep && !pod_src4(ip->saddr))
+		if (ep && !from_owner4(ip->saddr, g->ip.saddr))
 			ep = NULL;
 		if (ep && ip->ttl <= 1)
 			return drop(AXON_STAT_DROP_TTL);
@@ -786,7 +808,7 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 		if (ip6->version != 6)
 			return next(AXON_STAT_UNDERLAY_TO_HOST);
 		ep = endpoint6(&ip6->daddr);
-		if (ep && !pod_src6(&ip6->saddr))
+		if (ep && !from_owner6(&ip6->saddr, g->ip.saddr))
 			ep = NULL;
 		if (ep && ip6->hop_limit <= 1)
 			return drop(AXON_STAT_DROP_TTL);
