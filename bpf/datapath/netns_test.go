@@ -465,6 +465,8 @@ func testRealTunnel(t *testing.T, decap bool) {
 		t.Errorf("IPv6 traffic did not take the tunnel:\nbefore %v %v\nafter %v %v", v4a.Map(), v4b.Map(), s1.Map(), s2.Map())
 	}
 	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())
+	checkTunnelECN(t, a, b, n2, u2)
+	checkTunnelECN(t, a.v6(), b.v6(), n2, u2)
 	rx1e, tx1e := vxStats(n1)
 	rx2e, tx2e := vxStats(n2)
 	for _, c := range []struct {
@@ -759,4 +761,74 @@ func sendRaw(t *testing.T, p *testPod, frame []byte) {
 	}); err != nil {
 		t.Fatalf("send %d-byte frame: %v", len(frame), err)
 	}
+}
+
+// checkTunnelECN sends ECN-capable (ECT(0)) datagrams from a to b and
+// checks on the receiving node's underlay device that their VXLAN packets
+// carry the inner ECN field in the outer IPv4 header, as the kernel's
+// tunnels do (RFC 6040), so underlay routers can mark congestion.
+func checkTunnelECN(t *testing.T, a, b *testPod, recv *testNode, underlay int) {
+	t.Helper()
+	const ectZero = 0x02
+	all := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8 // network order
+	var fd int
+	// A packet socket for every protocol sees frames before tc ingress,
+	// that is, before axon_from_underlay strips the outer headers.
+	must(t, "capture socket", inNetNS(recv.ns, func() (err error) {
+		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(all)); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: all, Ifindex: underlay})
+	}))
+	defer unix.Close(fd)
+	must(t, "capture timeout", unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000}))
+
+	var conn *net.UDPConn
+	must(t, "dial", inNetNS(a.ns, func() (err error) {
+		conn, err = net.DialUDP(network("udp", b.ip), nil, &net.UDPAddr{IP: b.ip.AsSlice(), Port: 9})
+		return err
+	}))
+	defer conn.Close()
+	raw, err := conn.SyscallConn()
+	must(t, "raw conn", err)
+	var serr error
+	must(t, "set ECN", raw.Control(func(s uintptr) {
+		if b.ip.Is4() {
+			serr = unix.SetsockoptInt(int(s), unix.IPPROTO_IP, unix.IP_TOS, ectZero)
+		} else {
+			serr = unix.SetsockoptInt(int(s), unix.IPPROTO_IPV6, unix.IPV6_TCLASS, ectZero)
+		}
+	}))
+	must(t, "set ECN", serr)
+
+	// Outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet: the inner IP header.
+	const innerIP = 14 + 20 + 8 + 8 + 14
+	dst := b.ip.AsSlice()
+	dstOff := innerIP + 16
+	if b.ip.Is6() {
+		dstOff = innerIP + 24
+	}
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := conn.Write([]byte("ecn")); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		for {
+			n, _, err := unix.Recvfrom(fd, buf, 0)
+			if err != nil {
+				break // timeout: send another
+			}
+			f := buf[:n]
+			if n < dstOff+len(dst) || binary.BigEndian.Uint16(f[12:]) != unix.ETH_P_IP || f[14+9] != unix.IPPROTO_UDP ||
+				binary.BigEndian.Uint16(f[14+20+2:]) != 8472 || !bytes.Equal(f[dstOff:dstOff+len(dst)], dst) {
+				continue
+			}
+			if ecn := f[14+1] & 0x03; ecn != ectZero {
+				t.Errorf("%s: outer ECN field %#x, want the inner ECT(0) %#x", b.ip, ecn, ectZero)
+			}
+			return
+		}
+	}
+	t.Errorf("%s: no VXLAN packet of the datagrams seen on the underlay", b.ip)
 }

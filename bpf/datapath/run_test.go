@@ -116,6 +116,8 @@ func TestRun(t *testing.T) {
 		toPodB6                  // rewritten for delivery to podB over IPv6
 		decapToPodB              // the VXLAN frame's inner frame, rewritten for podB
 		decapToPodB6             // the same over IPv6
+		decapCEToPodB            // decapToPodB, marked Congestion Experienced
+		decapCEToPodB6           // the same over IPv6
 	)
 	for _, tc := range []struct {
 		name    string
@@ -232,6 +234,16 @@ func TestRun(t *testing.T) {
 		{"underlay vxlan from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan v6 from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan from a local pod address", tunnelCfg, fromUnderlay, vxlan4(udp4(podA.ip, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		// ECN (RFC 6040): congestion marked on the underlay reaches an
+		// ECN-capable inner packet; a packet that is not ECN-capable is the
+		// kernel's to drop.
+		{"underlay vxlan CE into ECT(0)", tunnelCfg, fromUnderlay, withTOS(vxlan4(withTOS(udp4(remotePod, podB.ip, 63), 0x02), tunnelVNI, vxlanPort), 0x03), verdictRedirect, decapCEToPodB, "from-overlay-local"},
+		{"underlay vxlan CE into ECT(1) with DSCP", tunnelCfg, fromUnderlay, withTOS(vxlan4(withTOS(udp4(remotePod, podB.ip, 63), 0xb9), tunnelVNI, vxlanPort), 0x03), verdictRedirect, decapCEToPodB, "from-overlay-local"},
+		{"underlay vxlan CE into CE", tunnelCfg, fromUnderlay, withTOS(vxlan4(withTOS(udp4(remotePod, podB.ip, 63), 0x03), tunnelVNI, vxlanPort), 0x03), verdictRedirect, decapToPodB, "from-overlay-local"},
+		{"underlay vxlan ECT(0) outer", tunnelCfg, fromUnderlay, withTOS(vxlan4(withTOS(udp4(remotePod, podB.ip, 63), 0x02), tunnelVNI, vxlanPort), 0x02), verdictRedirect, decapToPodB, "from-overlay-local"},
+		{"underlay vxlan CE into not ECT", tunnelCfg, fromUnderlay, withTOS(vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), 0x03), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan v6 CE into ECT(0)", tunnelCfg, fromUnderlay, withTOS(vxlan4(udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), 0x03), verdictRedirect, decapCEToPodB6, "from-overlay-local"},
+		{"underlay vxlan v6 CE into not ECT", tunnelCfg, fromUnderlay, withTOS(vxlan4(withTClass(udp6(remotePod6, podB6.ip, 63), 0x2c), tunnelVNI, vxlanPort), 0x03), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan from a node", tunnelCfg, fromUnderlay, vxlan4(udp4(remoteNode, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan v6 from outside", tunnelCfg, fromUnderlay, vxlan4(udp6(outsideIP6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay vxlan unconfigured node address", Config{Mode: ModeTunnel, VXLANIfindex: 1000}, fromUnderlay, vxlan4(udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
@@ -288,6 +300,14 @@ func TestRun(t *testing.T) {
 				checkDelivered(t, tc.frame[vxlanOverhead:], out, podB.ep)
 			case decapToPodB6:
 				checkDelivered6(t, tc.frame[vxlanOverhead:], out, podB6.ep)
+			case decapCEToPodB:
+				in := bytes.Clone(tc.frame[vxlanOverhead:])
+				in[15] |= 0x03
+				checkDelivered(t, in, out, podB.ep)
+			case decapCEToPodB6:
+				in := bytes.Clone(tc.frame[vxlanOverhead:])
+				in[15] |= 0x30
+				checkDelivered6(t, in, out, podB6.ep)
 			}
 			// Exactly one counter moves, by one.
 			b, a := before.Map(), after.Map()
@@ -399,6 +419,54 @@ func TestTTLChecksum(t *testing.T) {
 		checkDelivered(t, f, out, podB.ep)
 		if t.Failed() {
 			t.Fatalf("input % x", f)
+		}
+	}
+}
+
+// TestCEChecksum checks the incremental checksum update of a CE mark (with
+// the TTL decrement after it) against many inner headers, including the
+// checksum values where the carry folds.
+func TestCEChecksum(t *testing.T) {
+	r := newRunner(t)
+	if err := r.objs.SetConfig(tunnelCfg); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	var inner [][]byte
+	for range 300 {
+		src := remoteBlock.Addr().As4()
+		src[3] = uint8(rng.Uint32())
+		f := withOptions(udp4(netip.AddrFrom4(src), podB.ip, uint8(2+rng.IntN(254))), rng.IntN(11))
+		f[15] = uint8(rng.Uint32())&0xfc | uint8(1+rng.IntN(2)) // any DSCP, ECT(1) or ECT(0)
+		setID(f, uint16(rng.Uint32()))
+		inner = append(inner, f)
+	}
+	edge := map[uint16]bool{0x0000: false, 0x0001: false, 0x00ff: false, 0x0100: false, 0xfeff: false, 0xff00: false, 0xfffe: false}
+	base := withTOS(udp4(remotePod, podB.ip, 64), 0x02)
+	for id := 0; id <= 0xffff; id++ {
+		setID(base, uint16(id))
+		if c := binary.BigEndian.Uint16(base[24:]); !edge[c] {
+			if _, ok := edge[c]; ok {
+				edge[c] = true
+				inner = append(inner, bytes.Clone(base))
+			}
+		}
+	}
+	for c, found := range edge {
+		if !found {
+			t.Errorf("no ID yields checksum %#04x", c)
+		}
+	}
+	for _, f := range inner {
+		verdict, out := r.run(t, r.objs.FromUnderlay(), withTOS(vxlan4(bytes.Clone(f), tunnelVNI, vxlanPort), 0x03))
+		if verdict != verdictRedirect {
+			t.Fatalf("verdict %d for inner % x", int32(verdict), f)
+		}
+		want := bytes.Clone(f)
+		want[15] |= 0x03
+		checkDelivered(t, want, out, podB.ep)
+		if t.Failed() {
+			t.Fatalf("inner % x", f)
 		}
 	}
 }
@@ -559,6 +627,21 @@ func withOptions(f []byte, words int) []byte {
 func setID(f []byte, id uint16) {
 	binary.BigEndian.PutUint16(f[18:], id)
 	setChecksum(f)
+}
+
+// withTOS sets the TOS byte of the IPv4 header at f[14:] (the outer one of
+// a VXLAN frame) and its checksum.
+func withTOS(f []byte, tos byte) []byte {
+	f[15] = tos
+	setChecksum(f)
+	return f
+}
+
+// withTClass sets the traffic class of the IPv6 header at f[14:].
+func withTClass(f []byte, tc byte) []byte {
+	f[14] = 6<<4 | tc>>4
+	f[15] = f[15]&0x0f | tc<<4
+	return f
 }
 
 func setChecksum(f []byte) {

@@ -261,6 +261,44 @@ static __always_inline void ipv4_dec_ttl(struct iphdr *ip)
 	ip->ttl--;
 }
 
+/* ECN codepoints (RFC 3168), the low two bits of TOS / traffic class. */
+#define AXON_ECN_MASK 0x3
+#define AXON_ECN_CE 0x3
+
+static __always_inline __u8 ipv6_ecn(const struct ipv6hdr *ip6)
+{
+	return (ip6->flow_lbl[0] >> 4) & AXON_ECN_MASK;
+}
+
+/*
+ * Marks an ECN-capable IPv4 packet Congestion Experienced, updating the
+ * header checksum for its first 16-bit word (RFC 1624: HC' = ~(~HC + ~m +
+ * m'); one's complement sums need no byte swapping).
+ */
+static __always_inline void ipv4_set_ce(struct iphdr *ip)
+{
+	__u16 *word = (__u16 *)ip;
+	__u16 from = *word;
+	__u32 sum;
+
+	ip->tos |= AXON_ECN_CE;
+	sum = (__u16)~ip->check + (__u16)~from + *word;
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	ip->check = ~(__u16)sum;
+}
+
+/* Marks an ECN-capable IPv6 packet CE, updating a CHECKSUM_COMPLETE sum. */
+static __always_inline void ipv6_set_ce(struct __sk_buff *skb, struct ipv6hdr *ip6)
+{
+	__be32 from, to; /* version, traffic class, flow label */
+
+	__builtin_memcpy(&from, ip6, sizeof(from));
+	ip6->flow_lbl[0] |= AXON_ECN_CE << 4;
+	__builtin_memcpy(&to, ip6, sizeof(to));
+	bpf_csum_update(skb, bpf_csum_diff(&from, sizeof(from), &to, sizeof(to), 0));
+}
+
 static __always_inline const struct axon_config *config(void)
 {
 	__u32 zero = 0;
@@ -441,7 +479,8 @@ struct axon_vxlan_encap {
  * route); nothing is changed then.
  */
 static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon_config *cfg,
-					const struct axon_remote *remote, struct ethhdr *eth)
+					const struct axon_remote *remote, struct ethhdr *eth,
+					__u8 ecn)
 {
 	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
@@ -473,6 +512,9 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 	ip.version = 4;
 	ip.ihl = 5;
 	ip.ttl = AXON_TUNNEL_TTL;
+	/* The inner ECN field, so routers on the underlay can mark congestion
+	 * (RFC 6040 normal mode, as the kernel's tunnels do). */
+	ip.tos = ecn;
 	ip.protocol = IPPROTO_UDP;
 	ip.saddr = cfg->node_ip4;
 	ip.daddr = remote->node_ip4;
@@ -518,9 +560,10 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 }
 
 static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
-				     const struct axon_remote *remote, struct ethhdr *eth)
+				     const struct axon_remote *remote, struct ethhdr *eth, __u8 ecn)
 {
-	long rc = encap_vxlan(skb, cfg, remote, eth);
+	/* axon_vxlan copies the inner ECN field to the outer header itself. */
+	long rc = encap_vxlan(skb, cfg, remote, eth, ecn);
 
 	if (rc >= 0)
 		return rc;
@@ -612,7 +655,7 @@ static __always_inline int to_remote4(struct __sk_buff *skb, const struct axon_c
 		return next(AXON_STAT_TO_HOST);
 	switch (cfg->mode) {
 	case AXON_MODE_TUNNEL:
-		return to_tunnel(skb, cfg, remote, eth);
+		return to_tunnel(skb, cfg, remote, eth, ip->tos & AXON_ECN_MASK);
 	case AXON_MODE_NATIVE:
 		return to_native4(skb, ip);
 	default:
@@ -629,7 +672,7 @@ static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_c
 		return next(AXON_STAT_TO_HOST);
 	switch (cfg->mode) {
 	case AXON_MODE_TUNNEL:
-		return to_tunnel(skb, cfg, remote, eth);
+		return to_tunnel(skb, cfg, remote, eth, ipv6_ecn(ip6));
 	case AXON_MODE_NATIVE:
 		return to_native6(skb, ip6);
 	default:
@@ -779,10 +822,13 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO;
 	void *data, *data_end;
 	struct ethhdr *eth;
+	__u8 inner_ecn;
+	int outer_ce;
 	__be16 proto;
 
 	if (!f)
 		return next(AXON_STAT_UNDERLAY_TO_HOST);
+	outer_ce = (f->ip.tos & AXON_ECN_MASK) == AXON_ECN_CE;
 	proto = f->inner.h_proto;
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct axon_vxlan_frame *g = linear(skb, sizeof(*g) + sizeof(struct iphdr));
@@ -798,6 +844,7 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 			ep = NULL;
 		if (ep && ip->ttl <= 1)
 			return drop(AXON_STAT_DROP_TTL);
+		inner_ecn = ip->tos & AXON_ECN_MASK;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct axon_vxlan_frame *g = linear(skb, sizeof(*g) + sizeof(struct ipv6hdr));
 		struct ipv6hdr *ip6;
@@ -812,11 +859,17 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 			ep = NULL;
 		if (ep && ip6->hop_limit <= 1)
 			return drop(AXON_STAT_DROP_TTL);
+		inner_ecn = ipv6_ecn(ip6);
 		flags |= BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
 	} else {
 		return next(AXON_STAT_UNDERLAY_TO_HOST);
 	}
-	if (!ep)
+	/*
+	 * Congestion marked on the underlay (RFC 6040): copied into an
+	 * ECN-capable inner packet; a packet that is not ECN-capable goes to
+	 * the kernel, whose VXLAN device drops it as the RFC asks.
+	 */
+	if (!ep || (outer_ce && inner_ecn == 0))
 		return next(AXON_STAT_UNDERLAY_TO_HOST);
 	/* Removes what lies between the outer MAC header and the inner IP one. */
 	if (bpf_skb_adjust_room(skb, -(__s32)AXON_VXLAN_OVERHEAD, BPF_ADJ_ROOM_MAC, flags) < 0)
@@ -830,12 +883,16 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 
 		if ((void *)(ip + 1) > data_end)
 			return drop(AXON_STAT_DROP_MALFORMED);
+		if (outer_ce && inner_ecn != AXON_ECN_CE)
+			ipv4_set_ce(ip);
 		return deliver_local4(eth, ip, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 
 	if ((void *)(ip6 + 1) > data_end)
 		return drop(AXON_STAT_DROP_MALFORMED);
+	if (outer_ce && inner_ecn != AXON_ECN_CE)
+		ipv6_set_ce(skb, ip6);
 	eth->h_proto = proto;
 	return deliver_local6(skb, eth, ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
