@@ -83,7 +83,8 @@ const (
 	datapathAxonStatAXON_STAT_FIB_MISS         datapathAxonStat = 10
 	datapathAxonStatAXON_STAT_UNCONFIGURED     datapathAxonStat = 11
 	datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST datapathAxonStat = 12
-	datapathAxonStatAXON_STAT_MAX              datapathAxonStat = 13
+	datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN datapathAxonStat = 13
+	datapathAxonStatAXON_STAT_MAX              datapathAxonStat = 14
 )
 
 // Names of all BPF objects in the ELF.

@@ -465,8 +465,10 @@ func testRealTunnel(t *testing.T, decap bool) {
 		t.Errorf("IPv6 traffic did not take the tunnel:\nbefore %v %v\nafter %v %v", v4a.Map(), v4b.Map(), s1.Map(), s2.Map())
 	}
 	t.Logf("node1 %v\nnode2 %v", s1.Map(), s2.Map())
-	checkTunnelECN(t, a, b, n2, u2)
-	checkTunnelECN(t, a.v6(), b.v6(), n2, u2)
+	for _, ecn := range []byte{ecnECT0, ecnCE} {
+		checkTunnelECN(t, a, b, n2, u2, ecn)
+		checkTunnelECN(t, a.v6(), b.v6(), n2, u2, ecn)
+	}
 	rx1e, tx1e := vxStats(n1)
 	rx2e, tx2e := vxStats(n2)
 	for _, c := range []struct {
@@ -763,14 +765,23 @@ func sendRaw(t *testing.T, p *testPod, frame []byte) {
 	}
 }
 
-// checkTunnelECN sends ECN-capable (ECT(0)) datagrams from a to b and
+// ECN codepoints of the IP header.
+const (
+	ecnECT0 = 0x02
+	ecnCE   = 0x03
+)
+
+// checkTunnelECN sends datagrams with the ECN field ecn from a to b and
 // checks on the receiving node's underlay device that their VXLAN packets
-// carry the inner ECN field in the outer IPv4 header, as the kernel's
-// tunnels do (RFC 6040), so underlay routers can mark congestion.
-func checkTunnelECN(t *testing.T, a, b *testPod, recv *testNode, underlay int) {
+// carry it in the outer IPv4 header (RFC 6040 normal mode), so underlay
+// routers can mark congestion. An inner CE stays CE: the kernel's VXLAN
+// device would write ECT(0), so this also shows the program built the
+// headers.
+func checkTunnelECN(t *testing.T, a, b *testPod, recv *testNode, underlay int, ecn byte) {
 	t.Helper()
-	const ectZero = 0x02
-	all := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8 // network order
+	const port = 9 // the discard service: nothing answers
+	// ETH_P_ALL in network order.
+	all := uint16(unix.ETH_P_ALL)<<8 | uint16(unix.ETH_P_ALL)>>8
 	var fd int
 	// A packet socket for every protocol sees frames before tc ingress,
 	// that is, before axon_from_underlay strips the outer headers.
@@ -785,7 +796,7 @@ func checkTunnelECN(t *testing.T, a, b *testPod, recv *testNode, underlay int) {
 
 	var conn *net.UDPConn
 	must(t, "dial", inNetNS(a.ns, func() (err error) {
-		conn, err = net.DialUDP(network("udp", b.ip), nil, &net.UDPAddr{IP: b.ip.AsSlice(), Port: 9})
+		conn, err = net.DialUDP(network("udp", b.ip), nil, &net.UDPAddr{IP: b.ip.AsSlice(), Port: port})
 		return err
 	}))
 	defer conn.Close()
@@ -794,19 +805,20 @@ func checkTunnelECN(t *testing.T, a, b *testPod, recv *testNode, underlay int) {
 	var serr error
 	must(t, "set ECN", raw.Control(func(s uintptr) {
 		if b.ip.Is4() {
-			serr = unix.SetsockoptInt(int(s), unix.IPPROTO_IP, unix.IP_TOS, ectZero)
+			serr = unix.SetsockoptInt(int(s), unix.IPPROTO_IP, unix.IP_TOS, int(ecn))
 		} else {
-			serr = unix.SetsockoptInt(int(s), unix.IPPROTO_IPV6, unix.IPV6_TCLASS, ectZero)
+			serr = unix.SetsockoptInt(int(s), unix.IPPROTO_IPV6, unix.IPV6_TCLASS, int(ecn))
 		}
 	}))
 	must(t, "set ECN", serr)
 
-	// Outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet: the inner IP header.
+	// Outer Ethernet, IPv4, UDP, VXLAN, inner Ethernet: the inner IP header,
+	// then (no options) the inner UDP header.
 	const innerIP = 14 + 20 + 8 + 8 + 14
 	dst := b.ip.AsSlice()
-	dstOff := innerIP + 16
+	dstOff, udpOff := innerIP+16, innerIP+20
 	if b.ip.Is6() {
-		dstOff = innerIP + 24
+		dstOff, udpOff = innerIP+24, innerIP+40
 	}
 	buf := make([]byte, 2048)
 	deadline := time.Now().Add(3 * time.Second)
@@ -820,12 +832,13 @@ func checkTunnelECN(t *testing.T, a, b *testPod, recv *testNode, underlay int) {
 				break // timeout: send another
 			}
 			f := buf[:n]
-			if n < dstOff+len(dst) || binary.BigEndian.Uint16(f[12:]) != unix.ETH_P_IP || f[14+9] != unix.IPPROTO_UDP ||
-				binary.BigEndian.Uint16(f[14+20+2:]) != 8472 || !bytes.Equal(f[dstOff:dstOff+len(dst)], dst) {
+			if n < udpOff+4 || binary.BigEndian.Uint16(f[12:]) != unix.ETH_P_IP || f[14+9] != unix.IPPROTO_UDP ||
+				binary.BigEndian.Uint16(f[14+20+2:]) != 8472 || !bytes.Equal(f[dstOff:dstOff+len(dst)], dst) ||
+				binary.BigEndian.Uint16(f[udpOff+2:]) != port {
 				continue
 			}
-			if ecn := f[14+1] & 0x03; ecn != ectZero {
-				t.Errorf("%s: outer ECN field %#x, want the inner ECT(0) %#x", b.ip, ecn, ectZero)
+			if got := f[14+1] & 0x03; got != ecn {
+				t.Errorf("%s: outer ECN field %#x, want the inner %#x", b.ip, got, ecn)
 			}
 			return
 		}

@@ -111,13 +111,13 @@ func TestRun(t *testing.T) {
 
 	type want int
 	const (
-		unchanged    want = iota // the frame must come back as it went in
-		toPodB                   // rewritten for delivery to podB
-		toPodB6                  // rewritten for delivery to podB over IPv6
-		decapToPodB              // the VXLAN frame's inner frame, rewritten for podB
-		decapToPodB6             // the same over IPv6
-		decapCEToPodB            // decapToPodB, marked Congestion Experienced
-		decapCEToPodB6           // the same over IPv6
+		unchanged      want = iota // the frame must come back as it went in
+		toPodB                     // rewritten for delivery to podB
+		toPodB6                    // rewritten for delivery to podB over IPv6
+		decapToPodB                // the VXLAN frame's inner frame, rewritten for podB
+		decapToPodB6               // the same over IPv6
+		decapCEToPodB              // decapToPodB, marked Congestion Experienced
+		decapCEToPodB6             // the same over IPv6
 	)
 	for _, tc := range []struct {
 		name    string
@@ -231,9 +231,9 @@ func TestRun(t *testing.T) {
 		{"underlay vxlan v6", tunnelCfg, fromUnderlay, vxlan4(udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictRedirect, decapToPodB6, "from-overlay-local"},
 		// Only a block's own node may send for its pods: a VXLAN packet from
 		// another sender, or claiming a source on this node, is the kernel's.
-		{"underlay vxlan from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
-		{"underlay vxlan v6 from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
-		{"underlay vxlan from a local pod address", tunnelCfg, fromUnderlay, vxlan4(udp4(podA.ip, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay vxlan from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp4(remotePod, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-foreign"},
+		{"underlay vxlan v6 from another node", tunnelCfg, fromUnderlay, vxlan4From(otherNode, udp6(remotePod6, podB6.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-foreign"},
+		{"underlay vxlan from a local pod address", tunnelCfg, fromUnderlay, vxlan4(udp4(podA.ip, podB.ip, 63), tunnelVNI, vxlanPort), verdictNext, unchanged, "from-underlay-foreign"},
 		// ECN (RFC 6040): congestion marked on the underlay reaches an
 		// ECN-capable inner packet; a packet that is not ECN-capable is the
 		// kernel's to drop.

@@ -26,6 +26,10 @@ type Stats struct {
 	FIBMiss         uint64 // native mode: the FIB did not forward; left to the kernel
 	Unconfigured    uint64 // no mode configured: left to the kernel
 	UnderlayToHost  uint64 // from the underlay, not for a local pod: left to the kernel
+	// UnderlayForeign counts VXLAN packets for a local pod whose inner
+	// source is a pod of a block the sending node does not own (a
+	// misconfigured or spoofing sender): left to the kernel's VXLAN path.
+	UnderlayForeign uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -47,6 +51,7 @@ var statFields = [...]struct {
 	{datapathAxonStatAXON_STAT_FIB_MISS, "fib-miss", func(s *Stats) *uint64 { return &s.FIBMiss }},
 	{datapathAxonStatAXON_STAT_UNCONFIGURED, "unconfigured", func(s *Stats) *uint64 { return &s.Unconfigured }},
 	{datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST, "from-underlay-to-host", func(s *Stats) *uint64 { return &s.UnderlayToHost }},
+	{datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN, "from-underlay-foreign", func(s *Stats) *uint64 { return &s.UnderlayForeign }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

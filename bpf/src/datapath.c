@@ -562,7 +562,8 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
 				     const struct axon_remote *remote, struct ethhdr *eth, __u8 ecn)
 {
-	/* axon_vxlan copies the inner ECN field to the outer header itself. */
+	/* axon_vxlan sets the outer ECN field from the inner one itself (an
+	 * inner CE as ECT(0), as Linux tunnels do). */
 	long rc = encap_vxlan(skb, cfg, remote, eth, ecn);
 
 	if (rc >= 0)
@@ -841,7 +842,8 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 			return next(AXON_STAT_UNDERLAY_TO_HOST);
 		ep = endpoint4(ip->daddr);
 		if (ep && !from_owner4(ip->saddr, g->ip.saddr))
-			ep = NULL;
+			return next(pod_src4(ip->saddr) ? AXON_STAT_UNDERLAY_FOREIGN :
+							  AXON_STAT_UNDERLAY_TO_HOST);
 		if (ep && ip->ttl <= 1)
 			return drop(AXON_STAT_DROP_TTL);
 		inner_ecn = ip->tos & AXON_ECN_MASK;
@@ -856,7 +858,8 @@ static __always_inline int underlay_tunnel(struct __sk_buff *skb, const struct a
 			return next(AXON_STAT_UNDERLAY_TO_HOST);
 		ep = endpoint6(&ip6->daddr);
 		if (ep && !from_owner6(&ip6->saddr, g->ip.saddr))
-			ep = NULL;
+			return next(pod_src6(&ip6->saddr) ? AXON_STAT_UNDERLAY_FOREIGN :
+							    AXON_STAT_UNDERLAY_TO_HOST);
 		if (ep && ip6->hop_limit <= 1)
 			return drop(AXON_STAT_DROP_TTL);
 		inner_ecn = ipv6_ecn(ip6);

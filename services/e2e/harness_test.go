@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -124,12 +125,12 @@ func newEnvMode(t *testing.T, nodes int, mode string, opts ...func(*localcluster
 		})}
 }
 
+// shortName names a test's namespaces and pins: unique per test and
+// subtest (a hash of the whole name), short enough for every name built on it.
 func shortName(t *testing.T) string {
-	n := strings.ToLower(strings.TrimPrefix(t.Name(), "Test"))
-	if len(n) > 6 {
-		n = n[:6]
-	}
-	return n
+	h := fnv.New32a()
+	h.Write([]byte(t.Name()))
+	return fmt.Sprintf("%08x", h.Sum32())
 }
 
 func freePortBase(t *testing.T) int {

@@ -109,6 +109,11 @@ enum axon_stat {
 	AXON_STAT_FIB_MISS,           /* native mode: FIB lookup did not forward (NEXT) */
 	AXON_STAT_UNCONFIGURED,       /* mode AXON_MODE_NONE (NEXT) */
 	AXON_STAT_UNDERLAY_TO_HOST,   /* from_underlay: not for a local pod (NEXT) */
+	/*
+	 * from_underlay: VXLAN for a local pod from a pod address in a block
+	 * the sending node does not own (NEXT: the kernel's path judges it).
+	 */
+	AXON_STAT_UNDERLAY_FOREIGN,
 	AXON_STAT_MAX,
 };
 

@@ -42,9 +42,9 @@ type Config struct {
 	RoutingMode string
 	// TunnelProtocol is TunnelVXLAN (default) or TunnelGeneve.
 	TunnelProtocol string
-	// MTU of pod interfaces; 0 derives it from the MTU of the device that
-	// holds the node address, less the encapsulation overhead in tunnel
-	// mode (see podMTU).
+	// MTU of pod interfaces; 0 derives it from the MTU of the underlay
+	// device, less the encapsulation overhead in tunnel mode (see
+	// derivePodMTU).
 	MTU int
 	// StateDir keeps one record per endpoint.
 	StateDir string
@@ -131,17 +131,21 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	if cfg.MTU == 0 {
-		underlay, found, err := underlayMTU(h, cfg.NodeIPs)
-		if err != nil {
+		mtu, dev, err := derivePodMTU(h, cfg.NodeIPs, cfg.RoutingMode)
+		switch {
+		case errors.Is(err, errNoUnderlay):
+			log.Warn("assuming a 1500-byte underlay for the pod MTU (set --mtu to override)", "err", err)
+		case err != nil:
 			h.Close()
 			ns.Close()
-			return nil, err
+			return nil, fmt.Errorf("pod MTU: %w", err)
+		default:
+			log.Info("pod MTU derived from the underlay", "device", dev.Attrs().Name, "underlay_mtu", dev.Attrs().MTU, "pod_mtu", mtu, "mode", cfg.RoutingMode)
 		}
-		if !found {
-			log.Warn("no device holds a node address; assuming a 1500-byte underlay for the pod MTU (set --mtu to override)", "node_ips", cfg.NodeIPs)
-		}
-		cfg.MTU = podMTU(underlay, cfg.RoutingMode)
-		log.Info("pod MTU derived from the underlay", "underlay_mtu", underlay, "pod_mtu", cfg.MTU, "mode", cfg.RoutingMode)
+		cfg.MTU = mtu
+	}
+	if cfg.MTU < ipv6MinMTU {
+		log.Warn("pod MTU is below IPv6's minimum: IPv6 pods will not work", "pod_mtu", cfg.MTU, "ipv6_min", ipv6MinMTU)
 	}
 	return &Agent{
 		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h, NodeNS: ns}, bpf: bpf,
@@ -196,6 +200,14 @@ func (a *Agent) Start(ctx context.Context) error {
 	eps, err := a.store.list()
 	if err != nil {
 		return err
+	}
+	for _, ep := range eps {
+		if int(ep.GetMtu()) > a.cfg.MTU {
+			// Its full-size packets no longer fit the underlay once
+			// encapsulated; only a new pod gets the new MTU.
+			a.log.Warn("endpoint MTU exceeds the node's pod MTU; recreate the pod", "endpoint", ep.GetEndpointId(),
+				"pod", ep.GetPodNamespace()+"/"+ep.GetPodName(), "endpoint_mtu", ep.GetMtu(), "pod_mtu", a.cfg.MTU)
+		}
 	}
 	a.mu.Lock()
 	a.routers = routers
@@ -278,12 +290,12 @@ func (a *Agent) setupDatapath() error {
 	// way in: forwarding and connection tracking in native mode, the UDP
 	// socket and the VXLAN device in tunnel mode. Without the program they
 	// take the kernel's path, which works too.
-	dev, err := linkWithAddr(a.plumber.Node, a.cfg.NodeIPs)
+	dev, err := underlayDevice(a.plumber.Node, a.cfg.NodeIPs)
 	if err != nil {
 		a.log.Warn("incoming pod traffic takes the kernel's path", "err", err)
 		return nil
 	}
-	if err := a.bpf.AttachUnderlay(dev); err != nil {
+	if err := a.bpf.AttachUnderlay(dev.Attrs().Index); err != nil {
 		return fmt.Errorf("attach underlay program: %w", err)
 	}
 	return nil

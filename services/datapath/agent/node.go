@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -42,10 +43,16 @@ func setupNodeDevices(h *netlink.Handle, routers []netip.Addr, mtu int) error {
 	}
 	for _, name := range []string{HostDevice, NetDevice} {
 		l, err := h.LinkByName(name)
-		if err == nil {
-			err = h.LinkSetUp(l)
-		}
 		if err != nil {
+			return fmt.Errorf("find %s: %w", name, err)
+		}
+		if l.Attrs().MTU != mtu {
+			// The pod MTU changed since the pair was made (a new underlay or --mtu).
+			if err := h.LinkSetMTU(l, mtu); err != nil {
+				return fmt.Errorf("set %s MTU %d: %w", name, mtu, err)
+			}
+		}
+		if err := h.LinkSetUp(l); err != nil {
 			return fmt.Errorf("set %s up: %w", name, err)
 		}
 	}
@@ -94,46 +101,114 @@ const tunnelOverhead = 50
 // defaultUnderlayMTU is assumed when no device holds a node address.
 const defaultUnderlayMTU = 1500
 
-// underlayMTU returns the MTU of the device holding a node address, or
-// defaultUnderlayMTU and found=false when no device holds one.
-func underlayMTU(h *netlink.Handle, nodeIPs []netip.Addr) (mtu int, found bool, err error) {
-	idx, err := linkWithAddr(h, nodeIPs)
-	if err != nil {
-		return defaultUnderlayMTU, false, nil
-	}
-	l, err := h.LinkByIndex(idx)
-	if err != nil {
-		return 0, false, fmt.Errorf("underlay device %d: %w", idx, err)
-	}
-	return l.Attrs().MTU, true, nil
-}
+// minPodMTU is the smallest pod MTU the agent accepts (IPv4's minimum);
+// below ipv6MinMTU pods cannot use IPv6.
+const (
+	minPodMTU  = 576
+	ipv6MinMTU = 1280
+)
 
-// podMTU is the pods' MTU on an underlay of MTU underlay: all of it in
-// native mode; in tunnel mode less tunnelOverhead, so that a full-size pod
-// packet still fits once encapsulated (the programs set DF on the outer
-// header, so a larger one would be dropped, not fragmented).
-func podMTU(underlay int, mode string) int {
-	if mode == ModeTunnel {
-		return underlay - tunnelOverhead
-	}
-	return underlay
-}
+// errNoUnderlay means no device holds a node address.
+var errNoUnderlay = errors.New("no device holds a node address")
 
-// linkWithAddr returns the index of the device holding the first of ips
-// that a device holds: the node's underlay device.
-func linkWithAddr(h *netlink.Handle, ips []netip.Addr) (int, error) {
+// underlayDevice returns the node's underlay device: the one holding the
+// primary node address (the first IPv4 one, which tunnels use as their
+// source), else the first other node address a device holds. An address on
+// a loopback or dummy device (a /32 announced by BGP, say) tells nothing
+// about where packets leave: the device of that family's default route
+// stands in for it.
+func underlayDevice(h *netlink.Handle, nodeIPs []netip.Addr) (netlink.Link, error) {
 	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
-		return 0, fmt.Errorf("list addresses: %w", err)
+		return nil, fmt.Errorf("list addresses: %w", err)
 	}
-	for _, ip := range ips {
+	ordered := slices.Clone(nodeIPs)
+	slices.SortStableFunc(ordered, func(a, b netip.Addr) int {
+		switch {
+		case a.Is4() == b.Is4():
+			return 0
+		case a.Is4():
+			return -1
+		default:
+			return 1
+		}
+	})
+	for _, ip := range ordered {
 		for _, a := range addrs {
-			if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
-				return a.LinkIndex, nil
+			if got, ok := netip.AddrFromSlice(a.IP); !ok || got.Unmap() != ip {
+				continue
 			}
+			l, err := h.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return nil, fmt.Errorf("device of node address %s: %w", ip, err)
+			}
+			if l.Attrs().Flags&net.FlagLoopback == 0 && l.Type() != "dummy" {
+				return l, nil
+			}
+			route, err := defaultRouteDevice(h, ip)
+			if err != nil {
+				return nil, fmt.Errorf("node address %s is on %s: %w", ip, l.Attrs().Name, err)
+			}
+			return route, nil
 		}
 	}
-	return 0, fmt.Errorf("no device holds a node address %v", ips)
+	return nil, fmt.Errorf("%w %v", errNoUnderlay, nodeIPs)
+}
+
+// defaultRouteDevice returns the device of the main table's default route
+// of ip's family.
+func defaultRouteDevice(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) {
+	family := netlink.FAMILY_V4
+	if !ip.Is4() {
+		family = netlink.FAMILY_V6
+	}
+	routes, err := h.RouteList(nil, family)
+	if err != nil {
+		return nil, fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil && !(r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) {
+			continue
+		}
+		idx := r.LinkIndex
+		if idx == 0 && len(r.MultiPath) > 0 {
+			idx = r.MultiPath[0].LinkIndex
+		}
+		if idx > 0 {
+			return h.LinkByIndex(idx)
+		}
+	}
+	return nil, fmt.Errorf("%w: no default route names the device packets leave by", errNoUnderlay)
+}
+
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
+}
+
+// derivePodMTU is the pods' MTU on the node's underlay: all of the underlay
+// device's MTU in native mode; in tunnel mode less tunnelOverhead, so that a
+// full-size pod packet still fits once encapsulated (the programs set DF on
+// the outer header, so a larger one would be dropped, not fragmented).
+// Without an underlay device it assumes defaultUnderlayMTU and also returns
+// the errNoUnderlay error saying why.
+func derivePodMTU(h *netlink.Handle, nodeIPs []netip.Addr, mode string) (pod int, underlay netlink.Link, err error) {
+	mtu := defaultUnderlayMTU
+	underlay, err = underlayDevice(h, nodeIPs)
+	switch {
+	case err == nil:
+		mtu = underlay.Attrs().MTU
+	case !errors.Is(err, errNoUnderlay):
+		return 0, nil, err
+	}
+	pod = mtu
+	if mode == ModeTunnel {
+		pod -= tunnelOverhead
+	}
+	if pod < minPodMTU {
+		return 0, nil, fmt.Errorf("an underlay MTU of %d leaves pods %d bytes, below %d: set --mtu", mtu, pod, minPodMTU)
+	}
+	return pod, underlay, err
 }
 
 // ensureTunnel creates (or keeps) the flow-based overlay device, whose

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
@@ -46,45 +47,99 @@ func TestEnsureTunnel(t *testing.T) {
 }
 
 func TestPodMTUFromUnderlay(t *testing.T) {
-	ns := nstest.New(t)
-	nodeIP := netip.MustParseAddr("192.0.2.10")
-	// The node's underlay device: one end of a veth pair with jumbo frames.
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "underlay0", MTU: 9000}, PeerName: "underlay1"}
-	if err := ns.Netlink.LinkAdd(v); err != nil {
-		t.Fatal(err)
+	v4 := netip.MustParseAddr("192.0.2.10")
+	v4b := netip.MustParseAddr("198.51.100.10")
+	v6 := netip.MustParseAddr("2001:db8::10")
+	// A device of the node: one end of a veth pair with an MTU and addresses.
+	type dev struct {
+		name  string
+		mtu   int
+		addrs []netip.Addr
 	}
-	l, err := ns.Netlink.LinkByName("underlay0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: nodeIP.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
-		t.Fatal(err)
-	}
-
 	tests := []struct {
-		name      string
-		nodeIPs   []netip.Addr
-		wantFound bool
-		wantUnder int
-		tunnel    int
-		native    int
+		name       string
+		devs       []dev
+		loopback   []netip.Addr // node addresses on lo
+		defaultVia string       // device of an IPv4 default route
+		nodeIPs    []netip.Addr
+		mode       string
+		wantDev    string // "" for no underlay (1500 assumed)
+		wantPod    int
+		wantErr    bool
 	}{
-		{"jumbo underlay", []netip.Addr{nodeIP}, true, 9000, 8950, 9000},
-		{"second node IP is the underlay's", []netip.Addr{netip.MustParseAddr("fd00::1"), nodeIP}, true, 9000, 8950, 9000},
-		{"no device holds the node IP", []netip.Addr{netip.MustParseAddr("198.51.100.1")}, false, 1500, 1450, 1500},
-		{"no node IP", nil, false, 1500, 1450, 1500},
+		{"jumbo underlay, tunnel", []dev{{"jumbo", 9000, []netip.Addr{v4}}}, nil, "", []netip.Addr{v4}, ModeTunnel, "jumbo", 8950, false},
+		{"jumbo underlay, native", []dev{{"jumbo", 9000, []netip.Addr{v4}}}, nil, "", []netip.Addr{v4}, ModeNative, "jumbo", 9000, false},
+		{"cloud underlay, tunnel", []dev{{"gce", 1460, []netip.Addr{v4}}}, nil, "", []netip.Addr{v4}, ModeTunnel, "gce", 1410, false},
+		// The tunnel source is the first IPv4 node address, wherever it is listed.
+		{"IPv4 address decides", []dev{{"v6dev", 9000, []netip.Addr{v6}}, {"v4dev", 1400, []netip.Addr{v4}}}, nil, "", []netip.Addr{v6, v4}, ModeTunnel, "v4dev", 1350, false},
+		{"first IPv4 a device holds", []dev{{"v4dev", 1400, []netip.Addr{v4b}}}, nil, "", []netip.Addr{v4, v4b}, ModeNative, "v4dev", 1400, false},
+		{"IPv6-only node", []dev{{"v6dev", 9000, []netip.Addr{v6}}}, nil, "", []netip.Addr{v6}, ModeNative, "v6dev", 9000, false},
+		// A /32 on lo (announced by BGP) says nothing: the default route's device does.
+		{"node address on loopback", []dev{{"uplink", 9000, []netip.Addr{v4b}}}, []netip.Addr{v4}, "uplink", []netip.Addr{v4}, ModeTunnel, "uplink", 8950, false},
+		{"node address on loopback, no default route", nil, []netip.Addr{v4}, "", []netip.Addr{v4}, ModeTunnel, "", 1450, false},
+		{"no device holds the node address", nil, nil, "", []netip.Addr{v4}, ModeTunnel, "", 1450, false},
+		{"no node address", nil, nil, "", nil, ModeNative, "", 1500, false},
+		{"underlay too small for the tunnel", []dev{{"tiny", 600, []netip.Addr{v4}}}, nil, "", []netip.Addr{v4}, ModeTunnel, "", 0, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, found, err := underlayMTU(ns.Netlink, tc.nodeIPs)
-			if err != nil || found != tc.wantFound || got != tc.wantUnder {
-				t.Fatalf("underlayMTU = %d, %v, %v; want %d, %v", got, found, err, tc.wantUnder, tc.wantFound)
+			ns := nstest.New(t)
+			h := ns.Netlink
+			for _, d := range tc.devs {
+				if err := h.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: d.name, MTU: d.mtu}, PeerName: d.name + "p"}); err != nil {
+					t.Fatal(err)
+				}
+				l, err := h.LinkByName(d.name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, a := range d.addrs {
+					addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, a.BitLen())}, Flags: unix.IFA_F_NODAD}
+					if err := h.AddrAdd(l, addr); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := h.LinkSetUp(l); err != nil {
+					t.Fatal(err)
+				}
 			}
-			if m := podMTU(got, ModeTunnel); m != tc.tunnel {
-				t.Errorf("tunnel pod MTU = %d, want %d", m, tc.tunnel)
+			lo, err := h.LinkByName("lo")
+			if err != nil {
+				t.Fatal(err)
 			}
-			if m := podMTU(got, ModeNative); m != tc.native {
-				t.Errorf("native pod MTU = %d, want %d", m, tc.native)
+			for _, a := range tc.loopback {
+				if err := h.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.defaultVia != "" {
+				l, err := h.LinkByName(tc.defaultVia)
+				if err != nil {
+					t.Fatal(err)
+				}
+				gw := net.IPv4(198, 51, 100, 1)
+				if err := h.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Gw: gw}); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			pod, underlay, err := derivePodMTU(h, tc.nodeIPs, tc.mode)
+			if tc.wantErr {
+				if err == nil || errors.Is(err, errNoUnderlay) {
+					t.Fatalf("derivePodMTU = %d, %v; want an error", pod, err)
+				}
+				return
+			}
+			if pod != tc.wantPod {
+				t.Errorf("pod MTU %d, want %d", pod, tc.wantPod)
+			}
+			switch {
+			case tc.wantDev == "":
+				if !errors.Is(err, errNoUnderlay) || underlay != nil {
+					t.Errorf("underlay %v, err %v; want none and errNoUnderlay", underlay, err)
+				}
+			case err != nil || underlay == nil || underlay.Attrs().Name != tc.wantDev:
+				t.Errorf("underlay %v, err %v; want %s", underlay, err, tc.wantDev)
 			}
 		})
 	}
