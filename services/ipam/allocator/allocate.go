@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -246,8 +247,14 @@ func (a *Allocator) choosePool(ctx context.Context, n nodeRef, req *ipamv1alpha1
 		}
 		return poolRef{}, false, nil
 	}
-	if p, ok, err := named(req.GetRequestedPools(), "requested_pools"); err != nil || ok {
-		return p, err
+	if names := req.GetRequestedPools(); len(names) > 0 {
+		// An explicit request is binding: a family none of its pools serves
+		// is not taken from elsewhere.
+		p, ok, err := named(names, "requested_pools")
+		if err != nil || ok {
+			return p, err
+		}
+		return poolRef{}, fmt.Errorf("requested_pools %v serve no %s addresses: %w: %w", names, familyKey(f), errNoPool, ErrPrecondition)
 	}
 	if v := req.GetPod().GetNamespaceAnnotations()[PoolAnnotation]; v != "" {
 		var names []string
@@ -288,6 +295,25 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 	fs := p.parsed.Family(f)
 	node := n.node.GetName()
 	if want.IsValid() {
+		// Everything that can be judged without a block is, before a
+		// block is claimed: a refused request changes nothing.
+		var outer netip.Prefix
+		if p.parsed.Mode == pool.HostScope {
+			pc, ok := hostPodCIDR(n.node, p.parsed, f)
+			if !ok || !pc.Contains(want) {
+				return famPlan{}, fmt.Errorf("requested IP %s is outside node %q's pod CIDR in host-scope pool %q: %w", want, node, p.parsed.Name, ErrPrecondition)
+			}
+			outer = pc
+		} else {
+			c, ok := fs.CIDRContaining(want)
+			if !ok {
+				return famPlan{}, fmt.Errorf("requested IP %s is outside the CIDRs of pool %q: %w", want, p.parsed.Name, ErrPrecondition)
+			}
+			outer = c
+		}
+		if !fs.Usable(outer, want) {
+			return famPlan{}, fmt.Errorf("requested IP %s is reserved (network, broadcast or reserved range): %w", want, ErrPrecondition)
+		}
 		var blk blockRef
 		var err error
 		if p.parsed.Mode == pool.HostScope {
@@ -298,8 +324,11 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 		if err != nil {
 			return famPlan{}, err
 		}
-		if !fs.Usable(blk.Outer, want) || want.String() == blk.RouterIP {
-			return famPlan{}, fmt.Errorf("requested IP %s is reserved (network, broadcast, reserved range or router IP): %w", want, ErrPrecondition)
+		if !blk.CIDR.Contains(want) {
+			return famPlan{}, fmt.Errorf("requested IP %s is outside node %q's block %s: %w", want, node, blk.CIDR, ErrPrecondition)
+		}
+		if want.String() == blk.RouterIP {
+			return famPlan{}, fmt.Errorf("requested IP %s is node %q's router IP: %w", want, node, ErrPrecondition)
 		}
 		u, err := a.usageOf(ctx, blk.blockRecord)
 		if err != nil {
@@ -310,19 +339,48 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 		}
 		return famPlan{fam: f, pool: p, block: blk, addr: want, usage: u}, nil
 	}
-	for _, blk := range a.nodeBlocks(node, p.parsed.Name, f) {
-		u, err := a.usageOf(ctx, blk.blockRecord)
-		if err != nil {
-			return famPlan{}, err
+	blocks := a.nodeBlocks(node, p.parsed.Name, f)
+	// pickAny picks from the node's blocks, re-reading a block that looks
+	// full when its view is older than maxAge.
+	pickAny := func(maxAge time.Duration) (famPlan, bool, error) {
+		for _, blk := range blocks {
+			u, err := a.usageOf(ctx, blk.blockRecord)
+			if err != nil {
+				return famPlan{}, false, err
+			}
+			addr, ok := u.pick(fs, blk.blockRecord)
+			if !ok && u.age(a.cfg.Now()) >= maxAge {
+				a.invalidate(blk.CIDR)
+				if u, err = a.usageOf(ctx, blk.blockRecord); err != nil {
+					return famPlan{}, false, err
+				}
+				addr, ok = u.pick(fs, blk.blockRecord)
+			}
+			if ok {
+				return famPlan{fam: f, pool: p, block: blk, addr: addr, usage: u}, true, nil
+			}
 		}
-		if addr, ok := u.pick(fs, blk.blockRecord); ok {
-			return famPlan{fam: f, pool: p, block: blk, addr: addr, usage: u}, nil
-		}
+		return famPlan{}, false, nil
 	}
-	if p.parsed.Mode == pool.HostScope && len(a.nodeBlocks(node, p.parsed.Name, f)) > 0 {
-		return famPlan{}, fmt.Errorf("pod CIDR of node %q in host-scope pool %q is full: %w", node, p.parsed.Name, ErrExhausted)
+	if fp, ok, err := pickAny(a.cfg.UsageMaxAge); err != nil || ok {
+		return fp, err
+	}
+	if p.parsed.Mode == pool.HostScope && len(blocks) > 0 {
+		if fp, ok, err := pickAny(0); err != nil || ok {
+			return fp, err
+		}
+		blk := blocks[0]
+		return famPlan{}, fmt.Errorf("pod CIDR %s of node %q in host-scope pool %q is full (%d usable addresses): %w",
+			blk.CIDR, node, p.parsed.Name, usableIn(fs, blk.Outer, blk.CIDR), ErrExhausted)
 	}
 	blk, err := a.claimBlock(ctx, n, p, f, claimOpts{})
+	if errors.Is(err, ErrExhausted) && len(blocks) > 0 {
+		// Before refusing, re-read the node's blocks: another replica may
+		// have released addresses in them.
+		if fp, ok, perr := pickAny(0); perr != nil || ok {
+			return fp, perr
+		}
+	}
 	if err != nil {
 		return famPlan{}, err
 	}
@@ -341,8 +399,8 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 func (a *Allocator) ensureBlock(ctx context.Context, n nodeRef, p poolRef, f pool.Family, want netip.Prefix) (blockRef, error) {
 	if want.IsValid() {
 		if e, ok := a.blocks.get(a.keys.block(want)); ok {
-			if e.val.Node != n.node.GetName() {
-				return blockRef{}, fmt.Errorf("block %s belongs to node %q: %w", want, e.val.Node, ErrPrecondition)
+			if e.val.Node != n.node.GetName() || e.val.Pool != p.parsed.Name {
+				return blockRef{}, fmt.Errorf("block %s belongs to node %q (pool %q): %w", want, e.val.Node, e.val.Pool, ErrPrecondition)
 			}
 			return blockRef{e.val, e.modRev}, nil
 		}

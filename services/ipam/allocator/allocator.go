@@ -43,6 +43,11 @@ type Config struct {
 	// before it goes back to its pool; a node keeps at least one block of
 	// each pool and family, and the block with its router IP.
 	BlockReleaseGrace time.Duration
+	// UsageMaxAge is how old this replica's view of a block's taken
+	// addresses may be before a block that looks full is re-read: other
+	// replicas' releases are not seen otherwise. A pool that looks
+	// exhausted re-reads the node's blocks whatever their age.
+	UsageMaxAge time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -56,6 +61,7 @@ func DefaultConfig() Config {
 		MaxAttempts:       16,
 		SweepInterval:     30 * time.Second,
 		BlockReleaseGrace: 10 * time.Minute,
+		UsageMaxAge:       30 * time.Second,
 	}
 }
 

@@ -155,10 +155,16 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 			if !ok {
 				return blockRef{}, fmt.Errorf("node %q has no %s pod CIDR accepted by host-scope pool %q: %w", n.node.GetName(), familyKey(f), p.parsed.Name, ErrPrecondition)
 			}
+			if err := a.checkHostBlock(n.node.GetName(), f, pc); err != nil {
+				return blockRef{}, err
+			}
 			cand, outer = pc, pc
 		case o.want.IsValid():
 			cand = o.want
-			outer, _ = fs.CIDRContaining(cand.Addr())
+			var ok bool
+			if outer, ok = fs.CIDRContaining(cand.Addr()); !ok || !cidr.Contains(outer, cand) {
+				return blockRef{}, fmt.Errorf("block %s is outside the CIDRs of pool %q: %w", cand, p.parsed.Name, ErrPrecondition)
+			}
 		default:
 			var ok bool
 			cand, outer, ok = a.freeBlock(fs, tried)
@@ -218,11 +224,11 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 			if b, err := decodeBlock(bkey, kvs[0].Value); err == nil {
 				a.blocks.put(bkey, b, kvs[0].ModRevision)
-				if b.Node == rec.Node && (p.parsed.Mode == pool.HostScope || o.want.IsValid()) {
+				if b.Node == rec.Node && b.Pool == rec.Pool && (p.parsed.Mode == pool.HostScope || o.want.IsValid()) {
 					return blockRef{b, kvs[0].ModRevision}, nil
 				}
 				if p.parsed.Mode == pool.HostScope || o.want.IsValid() {
-					return blockRef{}, fmt.Errorf("block %s belongs to node %q: %w", cand, b.Node, ErrPrecondition)
+					return blockRef{}, fmt.Errorf("block %s belongs to node %q (pool %q): %w", cand, b.Node, b.Pool, ErrPrecondition)
 				}
 			}
 		}
@@ -244,6 +250,32 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		}
 	}
 	return blockRef{}, fmt.Errorf("claim a %s block of pool %q: contention: %w", familyKey(f), p.parsed.Name, ErrConflict)
+}
+
+// checkHostBlock refuses a node's pod CIDR as a host-scope block when it
+// overlaps another claimed block or a cluster-scope pool's CIDR: the same
+// address would be handed out twice. Pod CIDRs come from whoever registers
+// nodes (the Kubernetes node IPAM controller keeps them apart); this catches
+// a misconfiguration, judged from the watch-fed caches. Pool changes check
+// against claimed blocks in their own transactions.
+func (a *Allocator) checkHostBlock(node string, f pool.Family, pc netip.Prefix) error {
+	for _, e := range a.pools.snapshot(func(sp *storedPool) bool { return sp.parsed.Mode == pool.ClusterScope }) {
+		fs := e.val.parsed.Family(f)
+		if fs == nil {
+			continue
+		}
+		for _, c := range fs.CIDRs {
+			if c.Overlaps(pc) {
+				return fmt.Errorf("pod CIDR %s of node %q overlaps CIDR %s of cluster-scope pool %q: %w", pc, node, c, e.val.parsed.Name, ErrPrecondition)
+			}
+		}
+	}
+	overlapping := a.blocks.snapshot(func(b *blockRecord) bool { return b.CIDR != pc && b.CIDR.Overlaps(pc) })
+	if len(overlapping) > 0 {
+		b := overlapping[sortedKeys(overlapping)[0]].val
+		return fmt.Errorf("pod CIDR %s of node %q overlaps block %s of node %q (pool %q): %w", pc, node, b.CIDR, b.Node, b.Pool, ErrPrecondition)
+	}
+	return nil
 }
 
 // refreshNode re-reads a node into the cache and returns it.

@@ -120,6 +120,13 @@ func (a *Allocator) CreatePool(ctx context.Context, in *ipamv1alpha1.Pool) (*ipa
 		if err := checkAgainstPools(parsed, pools); err != nil {
 			return nil, err
 		}
+		blocksResp, err := a.cli.Get(ctx, a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+		if err != nil {
+			return nil, fmt.Errorf("create pool %q: %w: %w", parsed.Name, ErrUnavailable, err)
+		}
+		if err := checkAgainstBlocks(parsed, blocksResp.Kvs); err != nil {
+			return nil, err
+		}
 		now := timestamppb.New(a.cfg.Now())
 		stored := proto.CloneOf(spec)
 		stored.CreateTime, stored.UpdateTime = now, now
@@ -130,8 +137,10 @@ func (a *Allocator) CreatePool(ctx context.Context, in *ipamv1alpha1.Pool) (*ipa
 		key := a.keys.pool(parsed.Name)
 		resp, err := a.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
-			// No pool was created or changed since the overlap check.
+			// No pool was created or changed, and no block claimed, since
+			// the overlap checks.
 			clientv3.Compare(clientv3.ModRevision(a.keys.pools()), "<", rev+1).WithPrefix(),
+			clientv3.Compare(clientv3.ModRevision(a.keys.blocks()), "<", rev+1).WithPrefix(),
 		).Then(clientv3.OpPut(key, val)).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("create pool %q: %w: %w", parsed.Name, ErrUnavailable, err)
@@ -217,11 +226,15 @@ func (a *Allocator) UpdatePool(ctx context.Context, in *ipamv1alpha1.Pool, expec
 		if err := checkAgainstPools(parsed, pools); err != nil {
 			return nil, err
 		}
-		blocksResp, err := a.cli.Get(ctx, a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+		read, err := a.cli.Txn(ctx).Then(
+			clientv3.OpGet(a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev)),
+			clientv3.OpGet(a.keys.holdPool(parsed.Name), clientv3.WithPrefix(), clientv3.WithRev(rev)),
+		).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("update pool %q: %w: %w", parsed.Name, ErrUnavailable, err)
 		}
-		if err := checkBlocksFit(parsed, cur.parsed, blocksResp.Kvs); err != nil {
+		blockKVs, holdKVs := read.Responses[0].GetResponseRange().Kvs, read.Responses[1].GetResponseRange().Kvs
+		if err := errors.Join(checkBlocksFit(parsed, cur.parsed, blockKVs), checkAgainstBlocks(parsed, blockKVs), checkHoldsFit(parsed, holdKVs)); err != nil {
 			return nil, err
 		}
 		stored := proto.CloneOf(spec)
@@ -233,8 +246,10 @@ func (a *Allocator) UpdatePool(ctx context.Context, in *ipamv1alpha1.Pool, expec
 		resp, err := a.cli.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(key), "=", revs[parsed.Name]),
 			clientv3.Compare(clientv3.ModRevision(a.keys.pools()), "<", rev+1).WithPrefix(),
-			// No block was claimed since checkBlocksFit read them.
+			// No block was claimed, and no address of the pool reserved,
+			// since the checks read them.
 			clientv3.Compare(clientv3.ModRevision(a.keys.blocks()), "<", rev+1).WithPrefix(),
+			clientv3.Compare(clientv3.ModRevision(a.keys.holdPool(parsed.Name)), "<", rev+1).WithPrefix(),
 		).Then(clientv3.OpPut(key, val)).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("update pool %q: %w: %w", parsed.Name, ErrUnavailable, err)
@@ -266,6 +281,63 @@ func checkBlocksFit(next, cur *pool.Pool, kvs []*mvccpb.KeyValue) error {
 			errs = append(errs, fmt.Errorf("%s block size cannot change while block %s is claimed", familyKey(f), b.CIDR))
 		case next.Mode == pool.ClusterScope && !slices.ContainsFunc(nf.CIDRs, func(c netip.Prefix) bool { return cidr.Contains(c, b.CIDR) }):
 			errs = append(errs, fmt.Errorf("cannot remove the CIDR holding block %s claimed by node %q", b.CIDR, b.Node))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("pool %q: %w: %w", next.Name, ErrPrecondition, err)
+	}
+	return nil
+}
+
+// checkAgainstBlocks refuses a cluster-scope pool whose CIDRs overlap a
+// block claimed for another pool (a node's pod CIDR in a host-scope pool).
+func checkAgainstBlocks(p *pool.Pool, kvs []*mvccpb.KeyValue) error {
+	if p.Mode != pool.ClusterScope {
+		return nil
+	}
+	var errs []error
+	for _, kv := range kvs {
+		b, err := decodeBlock(string(kv.Key), kv.Value)
+		if err != nil || b.Pool == p.Name {
+			continue
+		}
+		fs := p.Family(pool.FamilyOf(b.CIDR.Addr()))
+		if fs == nil {
+			continue
+		}
+		for _, c := range fs.CIDRs {
+			if c.Overlaps(b.CIDR) {
+				errs = append(errs, fmt.Errorf("CIDR %s overlaps block %s of node %q in pool %q", c, b.CIDR, b.Node, b.Pool))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("pool %q: %w: %w", p.Name, ErrPrecondition, err)
+	}
+	return nil
+}
+
+// checkHoldsFit refuses a pool update that would leave a reservation
+// outside the pool: another pool could then hand its address out too.
+func checkHoldsFit(next *pool.Pool, kvs []*mvccpb.KeyValue) error {
+	var errs []error
+	for _, kv := range kvs {
+		r, err := decodeReservation(kv.Value)
+		if err != nil {
+			continue
+		}
+		addr, err := netip.ParseAddr(r.GetIp())
+		if err != nil {
+			continue
+		}
+		fs := next.Family(pool.FamilyOf(addr))
+		switch {
+		case fs == nil:
+			errs = append(errs, fmt.Errorf("%s is still served: %s is reserved for %q", familyKey(pool.FamilyOf(addr)), addr, r.GetKey()))
+		case next.Mode == pool.ClusterScope:
+			if _, ok := fs.CIDRContaining(addr); !ok {
+				errs = append(errs, fmt.Errorf("cannot remove the CIDR holding %s, reserved for %q (unreserve it first)", addr, r.GetKey()))
+			}
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,26 +26,25 @@ func satAdd(a, b uint64) uint64 {
 	return s
 }
 
+// satSub subtracts, flooring at 0; a saturated a (math.MaxUint64, a count
+// too large to hold) stays saturated.
 func satSub(a, b uint64) uint64 {
-	if a == math.MaxUint64 || b > a {
+	switch {
+	case a == math.MaxUint64:
 		return a
+	case b > a:
+		return 0
 	}
 	return a - b
 }
 
 // usableIn counts the addresses of block that may be handed out: its size
-// minus the first/last addresses of outer that fall in it and the reserved
-// addresses inside it.
+// minus the union of the reserved ranges inside it and the first/last
+// addresses of outer that fall in it (each address counted once, however
+// many reasons make it unusable).
 func usableIn(fs *pool.FamilySpec, outer, block netip.Prefix) uint64 {
-	n := cidr.Size(block)
-	r := cidr.RangeOf(outer)
-	if block.Contains(r.From) {
-		n = satSub(n, 1)
-	}
-	if r.To.Is4() && outer.Bits() < 31 && block.Contains(r.To) {
-		n = satSub(n, 1)
-	}
 	br := cidr.RangeOf(block)
+	var in []cidr.Range
 	for _, rr := range fs.Reserved {
 		if !rr.Overlaps(br) {
 			continue
@@ -56,9 +56,34 @@ func usableIn(fs *pool.FamilySpec, outer, block netip.Prefix) uint64 {
 		if br.To.Less(to) {
 			to = br.To
 		}
-		n = satSub(n, cidr.Range{From: from, To: to}.Size())
+		in = append(in, cidr.Range{From: from, To: to})
 	}
-	return n
+	slices.SortFunc(in, func(x, y cidr.Range) int { return x.From.Compare(y.From) })
+	var merged []cidr.Range
+	for _, r := range in {
+		if n := len(merged); n > 0 && (!merged[n-1].To.Less(r.From) || merged[n-1].To.Next() == r.From) {
+			if merged[n-1].To.Less(r.To) {
+				merged[n-1].To = r.To
+			}
+			continue
+		}
+		merged = append(merged, r)
+	}
+	var taken uint64
+	for _, r := range merged {
+		taken = satAdd(taken, r.Size())
+	}
+	reserved := func(a netip.Addr) bool {
+		return slices.ContainsFunc(merged, func(r cidr.Range) bool { return r.Contains(a) })
+	}
+	r := cidr.RangeOf(outer)
+	if block.Contains(r.From) && !reserved(r.From) {
+		taken = satAdd(taken, 1)
+	}
+	if r.To.Is4() && outer.Bits() < 31 && block.Contains(r.To) && !reserved(r.To) {
+		taken = satAdd(taken, 1)
+	}
+	return satSub(cidr.Size(block), taken)
 }
 
 // withPoolStatus returns a copy of p with its usage filled in.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -14,16 +15,19 @@ import (
 
 // blockUsage is this allocator's view of which addresses of one block are
 // taken (allocated, held or a router IP). It is loaded from etcd on first
-// use and kept current by our own writes; another replica's writes make our
-// transaction fail, after which the view is reloaded. Addresses picked by an
-// in-flight allocation are pending, so concurrent allocations of this
-// replica never race for the same address.
+// use and kept current by our own writes; another replica's allocations
+// make our transaction fail, after which the view is reloaded, and its
+// releases are seen when a block that looks full is re-read (see
+// Config.UsageMaxAge). Addresses picked by an in-flight allocation are
+// pending, so concurrent allocations of this replica never race for the
+// same address.
 type blockUsage struct {
-	mu      sync.Mutex
-	loaded  bool
-	used    map[netip.Addr]bool
-	pending map[netip.Addr]bool
-	cursor  uint64
+	mu       sync.Mutex
+	loaded   bool
+	loadedAt time.Time
+	used     map[netip.Addr]bool
+	pending  map[netip.Addr]bool
+	cursor   uint64
 	// full is set when a scan found no free address, so later picks skip
 	// the block at once until an address is freed or the view reloads.
 	full bool
@@ -62,8 +66,15 @@ func (a *Allocator) usageOf(ctx context.Context, b *blockRecord) (*blockUsage, e
 	if u.pending == nil {
 		u.pending = map[netip.Addr]bool{}
 	}
-	u.loaded = true
+	u.loaded, u.loadedAt = true, a.cfg.Now()
 	return u, nil
+}
+
+// age is how long ago the view was read from etcd.
+func (u *blockUsage) age(now time.Time) time.Duration {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return now.Sub(u.loadedAt)
 }
 
 // invalidate makes the next use of block reload its usage from etcd.

@@ -36,6 +36,10 @@ var codeOf = []struct {
 	err  error
 	code codes.Code
 }{
+	// The caller's own deadline or cancellation first: the allocator wraps
+	// an interrupted etcd call as ErrUnavailable too.
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
 	{allocator.ErrInvalid, codes.InvalidArgument},
 	{allocator.ErrNotFound, codes.NotFound},
 	{allocator.ErrExists, codes.AlreadyExists},
@@ -43,8 +47,6 @@ var codeOf = []struct {
 	{allocator.ErrExhausted, codes.ResourceExhausted},
 	{allocator.ErrConflict, codes.Aborted},
 	{allocator.ErrUnavailable, codes.Unavailable},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-	{context.Canceled, codes.Canceled},
 }
 
 // toStatus maps an allocator error to a gRPC status error.
