@@ -60,6 +60,14 @@ func TestPodsOnOneNode(t *testing.T) {
 		t.Fatalf("CNI CHECK after removing the program = %v, want it named", err)
 	}
 
+	// A GC of another network using axon-cni leaves this network's pods
+	// alone, even with nothing valid there.
+	if err := e.cni.GCNetworkList(t.Context(), e.namedConflist(0, "other-net"), gcArgs()); err != nil {
+		t.Fatalf("CNI GC of another network: %v", err)
+	}
+	if l := lxcLinks(node.Netns); len(l) != 2 {
+		t.Fatalf("after GCs that must keep both pods the node has %v", l)
+	}
 	// GC with only pod-b live removes pod-a.
 	if err := e.cni.GCNetworkList(t.Context(), conf, gcArgs(b)); err != nil {
 		t.Fatalf("CNI GC: %v", err)

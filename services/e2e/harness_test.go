@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
@@ -147,6 +148,26 @@ func (e *env) conflist(node int) *libcni.NetworkConfigList {
 	l, err := e.cluster.Nodes[node].Conflist()
 	if err != nil {
 		panic(err) // a fixed JSON document of two strings always parses
+	}
+	return l
+}
+
+// namedConflist is the node's network configuration under another network
+// name, as a second network using axon-cni would be.
+func (e *env) namedConflist(node int, name string) *libcni.NetworkConfigList {
+	e.t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(e.conflist(node).Bytes, &m); err != nil {
+		e.t.Fatal(err)
+	}
+	m["name"] = name
+	b, err := json.Marshal(m)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	l, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		e.t.Fatal(err)
 	}
 	return l
 }

@@ -46,7 +46,32 @@ type NetConf struct {
 	DeleteQueue string `json:"deleteQueue,omitempty"`
 	// RuntimeConfig holds the capability arguments the runtime passes.
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitzero"`
+	// Attachments is GC's list of still valid attachments. It shadows the
+	// embedded PluginConf field so that a list sent as null or [] (a node
+	// without pods) is told from no list at all.
+	Attachments GCAttachments `json:"cni.dev/valid-attachments,omitzero"`
+	// LegacyAttachments is the same list under the key an early text of
+	// CNI 1.1.0 used; libcni sends both keys.
+	LegacyAttachments GCAttachments `json:"cni.dev/attachments,omitzero"`
 }
+
+// GCAttachments is a GC list of attachments and whether it was sent.
+type GCAttachments struct {
+	List    []types.GCAttachment
+	Present bool
+}
+
+// UnmarshalJSON records that the key was present, even as null.
+func (g *GCAttachments) UnmarshalJSON(b []byte) error {
+	g.Present = true
+	if string(b) == "null" {
+		return nil
+	}
+	return json.Unmarshal(b, &g.List)
+}
+
+// MarshalJSON writes the list.
+func (g GCAttachments) MarshalJSON() ([]byte, error) { return json.Marshal(g.List) }
 
 // RuntimeConfig is the subset of CNI capability arguments axon-cni uses.
 type RuntimeConfig struct {

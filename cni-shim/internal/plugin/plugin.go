@@ -97,6 +97,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		}
 		resp, err := dp.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{
 			Attachment:     att,
+			Network:        conf.Name,
 			NetnsPath:      args.Netns,
 			PodNamespace:   string(k8s.K8S_POD_NAMESPACE),
 			PodName:        string(k8s.K8S_POD_NAME),
@@ -182,13 +183,23 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 }
 
 // GC removes every endpoint of this network not in cni.dev/valid-attachments.
+// A GC without the list is refused: read as empty, it would remove every pod
+// of the node.
 func (p *Plugin) GC(args *skel.CmdArgs) error {
 	return p.call(args.StdinData, func(ctx context.Context, conf *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
-		valid := make([]*datapathv1alpha1.Attachment, 0, len(conf.ValidAttachments))
-		for _, a := range conf.ValidAttachments {
+		attachments := conf.Attachments
+		if !attachments.Present {
+			attachments = conf.LegacyAttachments
+		}
+		if !attachments.Present {
+			return types.NewError(types.ErrInvalidNetworkConfig, "GC without cni.dev/valid-attachments",
+				"the runtime sent no list of valid attachments; refusing to remove every endpoint of network "+conf.Name)
+		}
+		valid := make([]*datapathv1alpha1.Attachment, 0, len(attachments.List))
+		for _, a := range attachments.List {
 			valid = append(valid, &datapathv1alpha1.Attachment{ContainerId: a.ContainerID, InterfaceName: a.IfName})
 		}
-		_, err := dp.GarbageCollectEndpoints(ctx, &datapathv1alpha1.GarbageCollectEndpointsRequest{ValidAttachments: valid})
+		_, err := dp.GarbageCollectEndpoints(ctx, &datapathv1alpha1.GarbageCollectEndpointsRequest{ValidAttachments: valid, Network: conf.Name})
 		if err != nil {
 			return cniError("garbage-collect endpoints", err, false)
 		}

@@ -284,14 +284,41 @@ func TestCheckSendsPrevResultAndReportsProblems(t *testing.T) {
 func TestGCAndStatus(t *testing.T) {
 	fake, sock := startFake(t)
 	p := &Plugin{Out: &bytes.Buffer{}}
-	conf := netConf(t, "1.1.0", sock, map[string]any{
-		"cni.dev/valid-attachments": []map[string]string{{"containerID": "a", "ifname": "eth0"}},
-	})
-	if err := p.GC(&skel.CmdArgs{StdinData: conf}); err != nil {
-		t.Fatalf("GC() = %v", err)
-	}
-	if v := fake.lastGC.GetValidAttachments(); len(v) != 1 || v[0].GetContainerId() != "a" || v[0].GetInterfaceName() != "eth0" {
-		t.Errorf("valid attachments = %v", v)
+	one := []map[string]string{{"containerID": "a", "ifname": "eth0"}}
+	for _, tc := range []struct {
+		name  string
+		extra map[string]any
+		want  int // valid attachments sent; -1: refused
+	}{
+		{"spec key", map[string]any{"cni.dev/valid-attachments": one}, 1},
+		{"early 1.1.0 key", map[string]any{"cni.dev/attachments": one}, 1},
+		{"both keys (libcni)", map[string]any{"cni.dev/valid-attachments": one, "cni.dev/attachments": one}, 1},
+		{"empty list: nothing is valid", map[string]any{"cni.dev/valid-attachments": []map[string]string{}}, 0},
+		{"null list (libcni with no pods)", map[string]any{"cni.dev/valid-attachments": nil, "cni.dev/attachments": nil}, 0},
+		// Read as empty, a missing list would remove every pod of the node.
+		{"no list", nil, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake.set(func(f *fakeDatapath) { f.lastGC = nil })
+			err := p.GC(&skel.CmdArgs{StdinData: netConf(t, "1.1.0", sock, tc.extra)})
+			if tc.want < 0 {
+				var e *types.Error
+				if !errors.As(err, &e) || e.Code != types.ErrInvalidNetworkConfig || fake.lastGC != nil {
+					t.Fatalf("GC() = %v (datapath called: %v), want error %d and no call", err, fake.lastGC != nil, types.ErrInvalidNetworkConfig)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("GC() = %v", err)
+			}
+			v := fake.lastGC.GetValidAttachments()
+			if len(v) != tc.want || (tc.want == 1 && (v[0].GetContainerId() != "a" || v[0].GetInterfaceName() != "eth0")) {
+				t.Errorf("valid attachments = %v", v)
+			}
+			if fake.lastGC.GetNetwork() == "" {
+				t.Error("GC request names no network")
+			}
+		})
 	}
 	for _, tt := range []struct {
 		state datapathv1alpha1.ReadinessState

@@ -94,7 +94,7 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: req.GetNetnsPath(), MTU: mtu}
 	ep := &datapathv1alpha1.Endpoint{
 		Attachment: att, NetnsPath: req.GetNetnsPath(), PodNamespace: req.GetPodNamespace(), PodName: req.GetPodName(),
-		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: req.GetAnnotations(), Mtu: uint32(mtu),
+		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: req.GetAnnotations(), Mtu: uint32(mtu), Network: req.GetNetwork(),
 		Identity: 5, CreateTime: timestamppb.Now(),
 	}
 	for _, ad := range alloc.GetAllocation().GetAddresses() {
@@ -395,10 +395,12 @@ var componentOf = map[veth.Part]datapathv1alpha1.EndpointComponent{
 	veth.PartPodRoute:      datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ROUTE,
 }
 
-// GarbageCollect removes endpoints whose attachments are not in valid and
-// that are older than minAge, then has IPAM release any allocation of this
-// node that no kept endpoint owns.
-func (a *Agent) GarbageCollect(ctx context.Context, valid []*datapathv1alpha1.Attachment, minAge time.Duration, dryRun bool) ([]*datapathv1alpha1.Endpoint, uint32, error) {
+// GarbageCollect removes the endpoints of network whose attachments are not
+// in valid and that are older than minAge, then has IPAM release any
+// allocation of this node that no kept endpoint owns. Endpoints of other
+// networks are kept; an empty network means every endpoint, and endpoints
+// recorded without a network belong to every network.
+func (a *Agent) GarbageCollect(ctx context.Context, network string, valid []*datapathv1alpha1.Attachment, minAge time.Duration, dryRun bool) ([]*datapathv1alpha1.Endpoint, uint32, error) {
 	keep := map[string]bool{}
 	for _, att := range valid {
 		keep[hostNameOf(att)] = true
@@ -411,7 +413,8 @@ func (a *Agent) GarbageCollect(ctx context.Context, valid []*datapathv1alpha1.At
 	var live []*ipamv1alpha1.OwnerHandle
 	cutoff := time.Now().Add(-minAge)
 	for name, ep := range eps {
-		if keep[name] || ep.GetCreateTime().AsTime().After(cutoff) {
+		other := network != "" && ep.GetNetwork() != "" && ep.GetNetwork() != network
+		if other || keep[name] || ep.GetCreateTime().AsTime().After(cutoff) {
 			live = append(live, &ipamv1alpha1.OwnerHandle{ContainerId: ep.GetAttachment().GetContainerId(), InterfaceName: ep.GetAttachment().GetInterfaceName()})
 			continue
 		}

@@ -104,7 +104,7 @@ func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alp
 			return nil, status.Error(codes.InvalidArgument, "valid_attachments entries need container_id and interface_name")
 		}
 	}
-	removed, released, err := s.agent.GarbageCollect(ctx, req.GetValidAttachments(), minAge, req.GetDryRun())
+	removed, released, err := s.agent.GarbageCollect(ctx, req.GetNetwork(), req.GetValidAttachments(), minAge, req.GetDryRun())
 	if err != nil {
 		return nil, err
 	}

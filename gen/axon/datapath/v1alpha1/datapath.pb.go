@@ -72,7 +72,11 @@ type CreateEndpointRequest struct {
 	Mtu uint32 `protobuf:"varint,13,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	// The remaining CNI_ARGS and network-config "args" as key/value pairs,
 	// recorded for debugging (e.g. "IgnoreUnknown": "1").
-	CniArgs       map[string]string `protobuf:"bytes,14,rep,name=cni_args,json=cniArgs,proto3" json:"cni_args,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	CniArgs map[string]string `protobuf:"bytes,14,rep,name=cni_args,json=cniArgs,proto3" json:"cni_args,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The CNI network the endpoint belongs to (the network configuration's
+	// "name"), e.g. "axon"; recorded so that a GC of one network leaves
+	// another's endpoints alone.
+	Network       string `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +207,13 @@ func (x *CreateEndpointRequest) GetCniArgs() map[string]string {
 		return x.CniArgs
 	}
 	return nil
+}
+
+func (x *CreateEndpointRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
 }
 
 // CreateEndpointResponse is the response of CreateEndpoint.
@@ -721,7 +732,10 @@ type GarbageCollectEndpointsRequest struct {
 	// --gc-min-age); zero: no grace.
 	MinAge *durationpb.Duration `protobuf:"bytes,2,opt,name=min_age,json=minAge,proto3" json:"min_age,omitempty"`
 	// If true, report what would be removed and change nothing.
-	DryRun        bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// The CNI network being collected: only its endpoints (and those
+	// recorded without a network) are considered. Empty: every endpoint.
+	Network       string `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -775,6 +789,13 @@ func (x *GarbageCollectEndpointsRequest) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *GarbageCollectEndpointsRequest) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
 }
 
 // GarbageCollectEndpointsResponse is the response of GarbageCollectEndpoints.
@@ -2419,7 +2440,7 @@ var File_axon_datapath_v1alpha1_datapath_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\n" +
-	"%axon/datapath/v1alpha1/datapath.proto\x12\x16axon.datapath.v1alpha1\x1a%axon/datapath/v1alpha1/endpoint.proto\x1a!axon/datapath/v1alpha1/flow.proto\x1a)axon/datapath/v1alpha1/loadbalancer.proto\x1a!axon/datapath/v1alpha1/node.proto\x1a#axon/datapath/v1alpha1/policy.proto\x1a\x1egoogle/protobuf/duration.proto\"\x8f\t\n" +
+	"%axon/datapath/v1alpha1/datapath.proto\x12\x16axon.datapath.v1alpha1\x1a%axon/datapath/v1alpha1/endpoint.proto\x1a!axon/datapath/v1alpha1/flow.proto\x1a)axon/datapath/v1alpha1/loadbalancer.proto\x1a!axon/datapath/v1alpha1/node.proto\x1a#axon/datapath/v1alpha1/policy.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa9\t\n" +
 	"\x15CreateEndpointRequest\x12B\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".axon.datapath.v1alpha1.AttachmentR\n" +
@@ -2439,7 +2460,8 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\n" +
 	"sticky_key\x18\f \x01(\tR\tstickyKey\x12\x10\n" +
 	"\x03mtu\x18\r \x01(\rR\x03mtu\x12U\n" +
-	"\bcni_args\x18\x0e \x03(\v2:.axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntryR\acniArgs\x1a9\n" +
+	"\bcni_args\x18\x0e \x03(\v2:.axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntryR\acniArgs\x12\x18\n" +
+	"\anetwork\x18\x0f \x01(\tR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -2490,11 +2512,12 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\x15CheckEndpointResponse\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x12C\n" +
 	"\bproblems\x18\x02 \x03(\v2'.axon.datapath.v1alpha1.EndpointProblemR\bproblems\x12<\n" +
-	"\bendpoint\x18\x03 \x01(\v2 .axon.datapath.v1alpha1.EndpointR\bendpoint\"\xbe\x01\n" +
+	"\bendpoint\x18\x03 \x01(\v2 .axon.datapath.v1alpha1.EndpointR\bendpoint\"\xd8\x01\n" +
 	"\x1eGarbageCollectEndpointsRequest\x12O\n" +
 	"\x11valid_attachments\x18\x01 \x03(\v2\".axon.datapath.v1alpha1.AttachmentR\x10validAttachments\x122\n" +
 	"\amin_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06minAge\x12\x17\n" +
-	"\adry_run\x18\x03 \x01(\bR\x06dryRun\"\x90\x01\n" +
+	"\adry_run\x18\x03 \x01(\bR\x06dryRun\x12\x18\n" +
+	"\anetwork\x18\x04 \x01(\tR\anetwork\"\x90\x01\n" +
 	"\x1fGarbageCollectEndpointsResponse\x12:\n" +
 	"\aremoved\x18\x01 \x03(\v2 .axon.datapath.v1alpha1.EndpointR\aremoved\x121\n" +
 	"\x14released_allocations\x18\x02 \x01(\rR\x13releasedAllocations\"\x16\n" +

@@ -231,7 +231,10 @@ type Endpoint struct {
 	// NetworkPolicy selects).
 	PolicyRevision string `protobuf:"bytes,14,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
 	// When the endpoint was created.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The CNI network (the network configuration's "name") the endpoint
+	// belongs to; empty for endpoints created without one.
+	Network       string `protobuf:"bytes,16,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -369,6 +372,13 @@ func (x *Endpoint) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *Endpoint) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
 }
 
 // Interface is one network interface of an endpoint, as in a CNI result's
@@ -663,7 +673,7 @@ const file_axon_datapath_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\n" +
 	"Attachment\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12%\n" +
-	"\x0einterface_name\x18\x02 \x01(\tR\rinterfaceName\"\xbf\x06\n" +
+	"\x0einterface_name\x18\x02 \x01(\tR\rinterfaceName\"\xd9\x06\n" +
 	"\bEndpoint\x12B\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".axon.datapath.v1alpha1.AttachmentR\n" +
@@ -687,7 +697,8 @@ const file_axon_datapath_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\bidentity\x18\r \x01(\rR\bidentity\x12'\n" +
 	"\x0fpolicy_revision\x18\x0e \x01(\tR\x0epolicyRevision\x12;\n" +
 	"\vcreate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\x1a9\n" +
+	"createTime\x12\x18\n" +
+	"\anetwork\x18\x10 \x01(\tR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
