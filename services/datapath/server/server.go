@@ -5,6 +5,8 @@ package server
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -57,7 +59,7 @@ func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpoin
 }
 
 // ListEndpoints implements DatapathService. A node has at most a few
-// hundred endpoints; pages are cut from the ordered list.
+// hundred endpoints; pages are cut from the list ordered by attachment.
 func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndpointsRequest) (*datapathv1alpha1.ListEndpointsResponse, error) {
 	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
@@ -67,22 +69,31 @@ func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndp
 	if err != nil {
 		return nil, err
 	}
+	return pageEndpoints(eps, req, after, limit), nil
+}
+
+// pageEndpoints returns the page of eps after the attachment key after (its
+// token), matching req's filters, at most limit long.
+func pageEndpoints(eps []*datapathv1alpha1.Endpoint, req *datapathv1alpha1.ListEndpointsRequest, after string, limit int) *datapathv1alpha1.ListEndpointsResponse {
+	key := func(ep *datapathv1alpha1.Endpoint) string {
+		return ep.GetAttachment().GetContainerId() + "/" + ep.GetAttachment().GetInterfaceName()
+	}
+	// The token is the last key of a page: the order must be the keys'.
+	sorted := slices.SortedFunc(slices.Values(eps), func(a, b *datapathv1alpha1.Endpoint) int { return strings.Compare(key(a), key(b)) })
 	resp := &datapathv1alpha1.ListEndpointsResponse{}
-	for _, ep := range eps {
-		key := ep.GetAttachment().GetContainerId() + "/" + ep.GetAttachment().GetInterfaceName()
-		if (after != "" && key <= after) ||
+	for _, ep := range sorted {
+		if (after != "" && key(ep) <= after) ||
 			(req.GetPodNamespace() != "" && ep.GetPodNamespace() != req.GetPodNamespace()) ||
 			(req.GetPodName() != "" && ep.GetPodName() != req.GetPodName()) {
 			continue
 		}
 		if len(resp.Endpoints) == limit {
-			last := resp.Endpoints[limit-1].GetAttachment()
-			resp.NextPageToken = paging.Token(last.GetContainerId() + "/" + last.GetInterfaceName())
+			resp.NextPageToken = paging.Token(key(resp.Endpoints[limit-1]))
 			break
 		}
 		resp.Endpoints = append(resp.Endpoints, ep)
 	}
-	return resp, nil
+	return resp
 }
 
 // CheckEndpoint implements DatapathService.
