@@ -125,10 +125,17 @@ func TestPodsAcrossNodesNative(t *testing.T) {
 
 // TestPodsAcrossNodesTunnel is the same across a VXLAN overlay: the pod
 // programs encapsulate towards the block's node, the overlay programs
-// deliver, and node-originated traffic into the overlay gets its tunnel
-// endpoint from the egress program.
+// deliver, and node-originated traffic into the overlay (from the node's
+// router IP) gets its tunnel endpoint from the egress program.
 func TestPodsAcrossNodesTunnel(t *testing.T) {
 	e := newEnvMode(t, 2, "tunnel")
+	// A strict reverse-path filter (RHEL's default): every path below must
+	// come back the way it went.
+	for _, n := range e.cluster.Nodes {
+		if out, err := run(n.Netns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1"); err != nil {
+			t.Fatalf("rp_filter on %s: %v %s", n.Name, err, out)
+		}
+	}
 	a, b := e.addPod(0, "pod-a"), e.addPod(1, "pod-b")
 	e.eventually(func() error { return e.tryPing(a.netns, b.ip) })
 	e.ping(b.netns, a.ip)

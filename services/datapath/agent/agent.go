@@ -130,6 +130,15 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 		ns.Close()
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
+	if cfg.RoutingMode == ModeTunnel && cfg.TunnelProtocol == TunnelGeneve {
+		// A kernel without Geneve is a configuration error to report at
+		// once, not a setup failure to retry forever.
+		if err := probeGeneve(h); err != nil {
+			h.Close()
+			ns.Close()
+			return nil, err
+		}
+	}
 	if cfg.MTU == 0 {
 		mtu, dev, err := derivePodMTU(h, cfg.NodeIPs, cfg.RoutingMode)
 		switch {

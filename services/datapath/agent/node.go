@@ -211,6 +211,26 @@ func derivePodMTU(h *netlink.Handle, nodeIPs []netip.Addr, mode string) (pod int
 	return pod, underlay, err
 }
 
+// probeGeneve reports ErrNoGeneve when the kernel cannot create the
+// Geneve overlay device, by creating and deleting a throwaway one (unless
+// the device exists already).
+func probeGeneve(h *netlink.Handle) error {
+	if _, err := h.LinkByName(GeneveDevice); err == nil {
+		return nil
+	}
+	probe := &netlink.Geneve{LinkAttrs: netlink.LinkAttrs{Name: "axon_gnvprobe"}, ID: 1, Remote: net.IPv4(127, 0, 0, 1)}
+	if err := h.LinkAdd(probe); err != nil {
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOENT) {
+			return ErrNoGeneve
+		}
+		return fmt.Errorf("probe Geneve support: %w", err)
+	}
+	if err := h.LinkDel(probe); err != nil {
+		return fmt.Errorf("remove the Geneve probe device: %w", err)
+	}
+	return nil
+}
+
 // ensureTunnel creates (or keeps) the flow-based overlay device, whose
 // tunnel endpoints come from the eBPF programs, and returns its ifindex.
 // Its MTU is the pods' (the inner packet's); NOARP because the programs,

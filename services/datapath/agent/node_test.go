@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -142,5 +143,33 @@ func TestPodMTUFromUnderlay(t *testing.T) {
 				t.Errorf("underlay %v, err %v; want %s", underlay, err, tc.wantDev)
 			}
 		})
+	}
+}
+
+// On a kernel without Geneve, asking for it fails at once with ErrNoGeneve
+// (the agent exits with that message rather than retrying).
+func TestNewRefusesMissingGeneve(t *testing.T) {
+	ns := nstest.New(t)
+	var err error
+	nerr := ns.Do(func() error {
+		var a *Agent
+		a, err = New(Config{NodeName: "n1", RoutingMode: ModeTunnel, TunnelProtocol: TunnelGeneve, MTU: 1450, StateDir: t.TempDir()}, nil, nil, slog.New(slog.DiscardHandler))
+		if a != nil {
+			a.plumber.Node.Close()
+			a.plumber.NodeNS.Close()
+		}
+		return nil
+	})
+	if nerr != nil {
+		t.Fatal(nerr)
+	}
+	switch {
+	case err == nil:
+		t.Log("this kernel supports Geneve")
+		if _, lerr := ns.Netlink.LinkByName("axon_gnvprobe"); lerr == nil {
+			t.Error("the probe device was left behind")
+		}
+	case !errors.Is(err, ErrNoGeneve):
+		t.Fatalf("New = %v, want ErrNoGeneve or success", err)
 	}
 }

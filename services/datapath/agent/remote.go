@@ -190,10 +190,30 @@ func (a *Agent) applyRemote(p netip.Prefix, rb remoteBlock) error {
 		return fmt.Errorf("find %s: %w", dev, err)
 	}
 	// Traffic the node itself sends to the block goes into the overlay;
-	// the device's egress program picks the tunnel endpoint. Its source
-	// stays the node's underlay address, so replies return over the
-	// underlay.
-	return h.RouteReplace(&netlink.Route{Dst: dst, LinkIndex: vx.Attrs().Index, Scope: netlink.SCOPE_LINK, MTU: a.cfg.MTU})
+	// the device's egress program picks the tunnel endpoint. Its source is
+	// the node's router IP (as Cilium's routes via cilium_host do), a pod
+	// address the other node reaches through the overlay: replies come
+	// back the way the request went, which a strict reverse-path filter
+	// (rp_filter=1) requires, and peers' health probes take the same path
+	// both ways.
+	route := &netlink.Route{Dst: dst, LinkIndex: vx.Attrs().Index, Scope: netlink.SCOPE_LINK, MTU: a.cfg.MTU}
+	if src, ok := a.routerOf(p.Addr().Is4()); ok {
+		route.Src = src.AsSlice()
+	}
+	return h.RouteReplace(route)
+}
+
+// routerOf returns the node's router IP of a family, once the node is set
+// up.
+func (a *Agent) routerOf(v4 bool) (netip.Addr, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, r := range a.routers {
+		if r.Is4() == v4 {
+			return r, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 func (a *Agent) removeRemote(p netip.Prefix) {
