@@ -5,9 +5,13 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 )
@@ -195,4 +199,29 @@ func TestPodMTUFollowsUnderlay(t *testing.T) {
 			e.delPod(b)
 		})
 	}
+}
+
+// TestMasqueradeFollowsPools: pods of a pool created after the node started
+// reach the outside too (their traffic is masqueraded; the outside has no
+// route to them).
+func TestMasqueradeFollowsPools(t *testing.T) {
+	e := newEnv(t, 1)
+	conn, err := grpc.NewClient("unix://"+e.cluster.IPAMSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	blue := &ipamv1alpha1.Pool{Name: "blue", Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.55.0.0/16"}}}
+	if _, err := ipamv1alpha1.NewIPAMServiceClient(conn).CreatePool(t.Context(), &ipamv1alpha1.CreatePoolRequest{Pool: blue}); err != nil {
+		t.Fatal(err)
+	}
+	conf := e.editConflist(0, func(m map[string]any) {
+		m["plugins"].([]any)[0].(map[string]any)["pools"] = []string{"blue"}
+	})
+	p := e.addPodConf(0, "pod-blue", conf)
+	if !strings.HasPrefix(p.ip, "10.55.") {
+		t.Fatalf("pod-blue got %s, want an address of pool blue", p.ip)
+	}
+	e.eventually(func() error { return e.tryPing(p.netns, e.cluster.Outside.IP.String()) })
+	e.delPod(p)
 }

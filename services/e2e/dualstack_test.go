@@ -16,6 +16,8 @@ func TestDualStackNative(t *testing.T) {
 	e.eventually(func() error { return e.tryPing(a.netns, c.ip6) })
 	e.ping(c.netns, a.ip6)
 	e.ping(e.cluster.Nodes[0].Netns, b.ip6)
+	// The outside has no route to pods: IPv6 is masqueraded like IPv4.
+	e.ping(a.netns, e.cluster.Outside.IP6.String())
 }
 
 // TestDualStackTunnel carries IPv6 between pods of two nodes through the
@@ -26,4 +28,5 @@ func TestDualStackTunnel(t *testing.T) {
 	e.ping(a.netns, b.ip6)
 	e.eventually(func() error { return e.tryPing(a.netns, c.ip6) })
 	e.ping(c.netns, a.ip6)
+	e.ping(c.netns, e.cluster.Outside.IP6.String())
 }

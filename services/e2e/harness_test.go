@@ -103,7 +103,7 @@ func newEnvMode(t *testing.T, nodes int, mode string, opts ...func(*localcluster
 		Host: "127.0.0.1", PortBase: freePortBase(t),
 		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
 		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16", PodCIDR6: "fd00:44::/104",
-		DatapathArgs: []string{"--gc-min-age", "0s", "--health-probe-interval", "300ms"},
+		DatapathArgs: []string{"--gc-min-age", "0s", "--health-probe-interval", "300ms", "--masquerade-sync-interval", "500ms"},
 	}
 	if mode != "" {
 		cfg.DatapathArgs = append(cfg.DatapathArgs, "--routing-mode", mode)
@@ -156,11 +156,17 @@ func (e *env) conflist(node int) *libcni.NetworkConfigList {
 // name, as a second network using axon-cni would be.
 func (e *env) namedConflist(node int, name string) *libcni.NetworkConfigList {
 	e.t.Helper()
+	return e.editConflist(node, func(m map[string]any) { m["name"] = name })
+}
+
+// editConflist is the node's network configuration changed by edit.
+func (e *env) editConflist(node int, edit func(map[string]any)) *libcni.NetworkConfigList {
+	e.t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(e.conflist(node).Bytes, &m); err != nil {
 		e.t.Fatal(err)
 	}
-	m["name"] = name
+	edit(m)
 	b, err := json.Marshal(m)
 	if err != nil {
 		e.t.Fatal(err)
@@ -178,6 +184,7 @@ type pod struct {
 	node        int
 	ip, ip6     string
 	rt          *libcni.RuntimeConf
+	conf        *libcni.NetworkConfigList // the network it was added to
 }
 
 // addPod creates a sandbox namespace on node and runs CNI ADD for it.
@@ -192,6 +199,20 @@ func (e *env) addPod(node int, name string) *pod {
 
 // tryAddPod is addPod for goroutines other than the test's.
 func (e *env) tryAddPod(node int, name string) (*pod, error) {
+	return e.tryAddPodConf(node, name, e.conflist(node))
+}
+
+// addPodConf is addPod with another network configuration.
+func (e *env) addPodConf(node int, name string, conf *libcni.NetworkConfigList) *pod {
+	e.t.Helper()
+	p, err := e.tryAddPodConf(node, name, conf)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+func (e *env) tryAddPodConf(node int, name string, conf *libcni.NetworkConfigList) (*pod, error) {
 	ns := e.prefix + name
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("ip netns add %s: %v %s", ns, err, out)
@@ -202,7 +223,8 @@ func (e *env) tryAddPod(node int, name string) (*pod, error) {
 		ContainerID: "ctr-" + name, NetNS: p.netns, IfName: "eth0",
 		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}},
 	}
-	res, err := e.cni.AddNetworkList(context.Background(), e.conflist(node), p.rt)
+	p.conf = conf
+	res, err := e.cni.AddNetworkList(context.Background(), conf, p.rt)
 	if err != nil {
 		return nil, fmt.Errorf("CNI ADD %s: %w", name, err)
 	}
@@ -234,7 +256,7 @@ func (e *env) delPod(p *pod) {
 }
 
 func (e *env) tryDelPod(p *pod) error {
-	if err := e.cni.DelNetworkList(context.Background(), e.conflist(p.node), p.rt); err != nil {
+	if err := e.cni.DelNetworkList(context.Background(), p.conf, p.rt); err != nil {
 		return fmt.Errorf("CNI DEL %s: %w", p.name, err)
 	}
 	return nil

@@ -30,6 +30,7 @@ func main() {
 	var ipamTarget, nodeIPs string
 	gcMinAge := time.Minute
 	healthInterval := 5 * time.Second
+	masqInterval := 10 * time.Second
 	os.Exit(daemon.Main(daemon.Spec{
 		Name: "datapath",
 		Defaults: daemon.Defaults{
@@ -49,6 +50,7 @@ func main() {
 			fs.BoolVar(&cfg.Masquerade, "masquerade", cfg.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")
 			fs.DurationVar(&healthInterval, "health-probe-interval", healthInterval, "how often peers' health endpoints are probed")
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
+			fs.DurationVar(&masqInterval, "masquerade-sync-interval", masqInterval, "how often the masquerade rules are brought in line with IPAM's pools")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
 		},
 		Setup: func(ctx context.Context, d *daemon.Daemon) error {
@@ -91,6 +93,7 @@ func main() {
 						d.Logger().Error("health endpoint failed", "err", err)
 					}
 				}()
+				go a.RunMasquerade(bg, masqInterval)
 				a.RunRemoteWatch(bg)
 			}()
 			go a.RunReleaseRetries(bg)

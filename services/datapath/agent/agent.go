@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
+	"github.com/axon-cni/axon/services/internal/paging"
 )
 
 // Routing modes between nodes.
@@ -92,6 +94,10 @@ type Agent struct {
 	health healthState
 	locks  attachmentLocks // serializes the changes of one endpoint
 	remote remoteState
+
+	masqMu      sync.Mutex // serializes masquerade updates
+	masqCIDRs   []netip.Prefix
+	masqApplied bool
 
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
@@ -198,11 +204,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 	if a.cfg.Masquerade {
-		cidrs, err := a.podCIDRs(ctx)
-		if err != nil {
-			return err
-		}
-		if err := setupMasquerade(cidrs, tunnelDevice(a.cfg.TunnelProtocol)); err != nil {
+		if err := a.syncMasquerade(ctx); err != nil {
 			return err
 		}
 	}
@@ -310,24 +312,97 @@ func (a *Agent) setupDatapath() error {
 	return nil
 }
 
-// podCIDRs returns the CIDRs of every pool: where pod addresses come from.
+// podCIDRs returns where pod addresses come from: the CIDRs of every pool,
+// and the claimed blocks (nodes' pod CIDRs) of host-scope pools that accept
+// any pod CIDR, sorted.
 func (a *Agent) podCIDRs(ctx context.Context) ([]netip.Prefix, error) {
 	var out []netip.Prefix
-	token := ""
-	for {
-		resp, err := a.ipam.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageToken: token})
-		if err != nil {
-			return nil, fmt.Errorf("list pools: %w", err)
-		}
-		for _, p := range resp.GetPools() {
-			for _, s := range append(p.GetIpv4().GetCidrs(), p.GetIpv6().GetCidrs()...) {
-				if pfx, err := netip.ParsePrefix(s); err == nil {
-					out = append(out, pfx)
-				}
+	add := func(ss []string) {
+		for _, s := range ss {
+			if pfx, err := netip.ParsePrefix(s); err == nil {
+				out = append(out, pfx.Masked())
 			}
 		}
-		if token = resp.GetNextPageToken(); token == "" {
-			return out, nil
+	}
+	var open []string // host-scope pools with a family of no CIDRs
+	err := paging.All(func(token string) (string, error) {
+		resp, err := a.ipam.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageToken: token})
+		if err != nil {
+			return "", fmt.Errorf("list pools: %w", err)
+		}
+		for _, p := range resp.GetPools() {
+			add(p.GetIpv4().GetCidrs())
+			add(p.GetIpv6().GetCidrs())
+			if p.GetMode() == ipamv1alpha1.PoolMode_POOL_MODE_HOST_SCOPE &&
+				((p.GetIpv4() != nil && len(p.GetIpv4().GetCidrs()) == 0) || (p.GetIpv6() != nil && len(p.GetIpv6().GetCidrs()) == 0)) {
+				open = append(open, p.GetName())
+			}
+		}
+		return resp.GetNextPageToken(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range open {
+		err := paging.All(func(token string) (string, error) {
+			resp, err := a.ipam.ListBlocks(ctx, &ipamv1alpha1.ListBlocksRequest{Pool: name, PageToken: token})
+			if err != nil {
+				return "", fmt.Errorf("list blocks of pool %q: %w", name, err)
+			}
+			for _, b := range resp.GetBlocks() {
+				add([]string{b.GetCidr()})
+			}
+			return resp.GetNextPageToken(), nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(out, func(x, y netip.Prefix) int {
+		if c := x.Addr().Compare(y.Addr()); c != 0 {
+			return c
+		}
+		return x.Bits() - y.Bits()
+	})
+	return slices.Compact(out), nil
+}
+
+// syncMasquerade makes the masquerade rules cover the current pod CIDRs,
+// rewriting them only when those changed.
+func (a *Agent) syncMasquerade(ctx context.Context) error {
+	cidrs, err := a.podCIDRs(ctx)
+	if err != nil {
+		return err
+	}
+	a.masqMu.Lock()
+	defer a.masqMu.Unlock()
+	if a.masqApplied && slices.Equal(cidrs, a.masqCIDRs) {
+		return nil
+	}
+	if err := setupMasquerade(cidrs, tunnelDevice(a.cfg.TunnelProtocol)); err != nil {
+		return err
+	}
+	a.masqCIDRs, a.masqApplied = cidrs, true
+	a.log.Info("masquerading pod traffic leaving the pod CIDRs", "pod_cidrs", len(cidrs))
+	return nil
+}
+
+// RunMasquerade follows pool changes until ctx ends: pods of a pool created
+// later are masqueraded too. A no-op without masquerading.
+func (a *Agent) RunMasquerade(ctx context.Context, interval time.Duration) {
+	if !a.cfg.Masquerade {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.syncMasquerade(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("update masquerade rules", "err", err)
 		}
 	}
 }

@@ -2,52 +2,79 @@ package agent
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 )
 
-// natTable is the nftables table the agent owns on its node.
+// natTable is the name of the nftables tables (one per IP family) the agent
+// owns on its node.
 const natTable = "axon"
 
-// setupMasquerade replaces the node's axon nftables table with one rule per
-// pod CIDR: traffic from pods to anywhere outside the pod CIDRs is
-// masqueraded to the node's address, unless it leaves through the overlay
-// (that stays pod to pod). It runs in the node's network namespace.
+// natFamily is what differs between the IPv4 and the IPv6 table.
+type natFamily struct {
+	table   nftables.TableFamily
+	keyType nftables.SetDatatype
+	// Offsets of the source and destination address in the network header.
+	srcOff, dstOff, addrLen uint32
+}
+
+var natFamilies = []struct {
+	v4 bool
+	natFamily
+}{
+	{true, natFamily{nftables.TableFamilyIPv4, nftables.TypeIPAddr, 12, 16, 4}},
+	{false, natFamily{nftables.TableFamilyIPv6, nftables.TypeIP6Addr, 8, 24, 16}},
+}
+
+// setupMasquerade makes the node's axon tables say: traffic from a pod CIDR
+// to anywhere outside the pod CIDRs is masqueraded to the node's address,
+// unless it leaves through the overlay (that stays pod to pod). The pod
+// CIDRs are an interval set, so thousands of them (host-scope blocks) cost
+// one lookup. Each family's table is replaced whole, in one batch, so the
+// rules are exactly what the pools say; a family without pod CIDRs has no
+// table. It runs in the node's network namespace.
 func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
 	}
-	table := &nftables.Table{Name: natTable, Family: nftables.TableFamilyIPv4}
-	// Replacing the whole table makes the rules exactly what the pools say.
-	c.AddTable(table)
-	c.DelTable(table)
-	c.AddTable(table)
-	chain := c.AddChain(&nftables.Chain{
-		Name: "postrouting", Table: table, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
-	})
-	var v4 []netip.Prefix
-	for _, p := range podCIDRs {
-		if p.Addr().Is4() {
-			v4 = append(v4, p.Masked())
+	for _, fam := range natFamilies {
+		var cidrs []netip.Prefix
+		for _, p := range podCIDRs {
+			if p.Addr().Is4() == fam.v4 {
+				cidrs = append(cidrs, p.Masked())
+			}
 		}
-	}
-	for _, src := range v4 {
-		exprs := matchPrefix(12, src, expr.CmpOpEq) // ip saddr
-		for _, dst := range v4 {
-			exprs = append(exprs, matchPrefix(16, dst, expr.CmpOpNeq)...) // ip daddr
+		table := &nftables.Table{Name: natTable, Family: fam.table}
+		// Adding before deleting makes the delete succeed whether or not
+		// the table exists.
+		c.AddTable(table)
+		c.DelTable(table)
+		if len(cidrs) == 0 {
+			continue
 		}
-		exprs = append(exprs,
+		c.AddTable(table)
+		set := &nftables.Set{Table: table, Name: "podcidrs", KeyType: fam.keyType, Interval: true}
+		if err := c.AddSet(set, intervalElements(cidrs)); err != nil {
+			return fmt.Errorf("pod CIDR set: %w", err)
+		}
+		chain := c.AddChain(&nftables.Chain{
+			Name: "postrouting", Table: table, Type: nftables.ChainTypeNAT,
+			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource,
+		})
+		c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.srcOff, Len: fam.addrLen},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.dstOff, Len: fam.addrLen},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: true},
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(overlay)},
 			&expr.Masq{},
-		)
-		c.AddRule(&nftables.Rule{Table: table, Chain: chain, Exprs: exprs})
+		}})
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("install masquerade rules: %w", err)
@@ -55,16 +82,55 @@ func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
 	return nil
 }
 
-// matchPrefix loads the IPv4 address at offset of the network header and
-// compares its first bits with p.
-func matchPrefix(offset uint32, p netip.Prefix, op expr.CmpOp) []expr.Any {
-	mask := net.CIDRMask(p.Bits(), 32)
-	addr := p.Addr().As4()
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: []byte{0, 0, 0, 0}},
-		&expr.Cmp{Op: op, Register: 1, Data: addr[:]},
+// intervalElements renders prefixes of one family as the elements of an
+// nftables interval set: merged ranges, each its first address and the
+// address after its last (an interval end), after a leading interval end at
+// the zero address as nft itself writes them.
+func intervalElements(prefixes []netip.Prefix) []nftables.SetElement {
+	type span struct{ from, to netip.Addr }
+	var spans []span
+	for _, p := range prefixes {
+		r := span{p.Addr(), lastAddr(p)}
+		spans = append(spans, r)
 	}
+	slices.SortFunc(spans, func(a, b span) int { return a.from.Compare(b.from) })
+	var merged []span
+	for _, s := range spans {
+		if n := len(merged); n > 0 && (!merged[n-1].to.Less(s.from) || merged[n-1].to.Next() == s.from) {
+			if merged[n-1].to.Less(s.to) {
+				merged[n-1].to = s.to
+			}
+			continue
+		}
+		merged = append(merged, s)
+	}
+	var zero netip.Addr
+	if merged[0].from.Is4() {
+		zero = netip.IPv4Unspecified()
+	} else {
+		zero = netip.IPv6Unspecified()
+	}
+	var out []nftables.SetElement
+	if merged[0].from != zero {
+		out = append(out, nftables.SetElement{Key: zero.AsSlice(), IntervalEnd: true})
+	}
+	for _, s := range merged {
+		out = append(out, nftables.SetElement{Key: s.from.AsSlice()})
+		if next := s.to.Next(); next.IsValid() {
+			out = append(out, nftables.SetElement{Key: next.AsSlice(), IntervalEnd: true})
+		}
+	}
+	return out
+}
+
+// lastAddr is the last address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 // ifname is an interface name as nftables compares it: IFNAMSIZ bytes,

@@ -43,3 +43,17 @@ func Token(after string) string {
 	}
 	return base64.RawURLEncoding.EncodeToString([]byte(after))
 }
+
+// All walks a paged listing from the client side: it calls page with the
+// empty token, then with each next-page token page returns, until one
+// returns the empty token or an error.
+func All(page func(token string) (next string, err error)) error {
+	token := ""
+	for {
+		next, err := page(token)
+		if err != nil || next == "" {
+			return err
+		}
+		token = next
+	}
+}
