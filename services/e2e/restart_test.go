@@ -5,10 +5,21 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
@@ -115,4 +126,99 @@ func TestRestartKeepsConnections(t *testing.T) {
 			t.Errorf("CHECK %s after restart: %v", p.name, err)
 		}
 	}
+}
+
+// TestRestartReconciles changes a node while its datapath is down, as a
+// runtime or a crash would, and checks the restarted agent brings every
+// layer back in line: a pod whose namespace was deleted is removed (veth,
+// map entries, IPAM allocation), an endpoint map entry and a pod veth of
+// no endpoint are dropped, and a remote node given by API survives the
+// restart and can still be removed.
+func TestRestartReconciles(t *testing.T) {
+	e := newEnvMode(t, 2, "tunnel")
+	n := e.cluster.Nodes[0]
+	a, gone := e.addPod(0, "pod-a"), e.addPod(0, "pod-gone")
+	conn, err := grpc.NewClient("unix://"+n.DatapathSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	dp := datapathv1alpha1.NewDatapathServiceClient(conn)
+	ghost := &datapathv1alpha1.RemoteNode{Name: "ghost", NodeIps: []string{e.cluster.Outside.IP.String()}, PodCidrs: []string{"10.99.0.0/24"}}
+	if _, err := dp.UpsertRemoteNode(t.Context(), &datapathv1alpha1.UpsertRemoteNodeRequest{Node: ghost}); err != nil {
+		t.Fatal(err)
+	}
+
+	e.cluster.KillDatapath(0)
+	if out, err := exec.Command("ip", "netns", "del", filepath.Base(gone.netns)).CombinedOutput(); err != nil {
+		t.Fatalf("delete pod-gone's namespace: %v %s", err, out)
+	}
+	stale := netip.MustParseAddr("10.44.255.77")
+	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = objs.PutEndpoint(stale, bpfdp.Endpoint{Ifindex: 4242, ID: 4242, PodMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, HostMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}})
+	_ = objs.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(n.Netns, "ip", "link", "add", "lxc0123456789ab", "type", "veth", "peer", "name", "stray0"); err != nil {
+		t.Fatalf("add a stray pod veth: %v %s", err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := e.cluster.StartDatapath(ctx, 0); err != nil {
+		t.Fatalf("restart datapath: %v", err)
+	}
+	e.eventually(func() error {
+		if l := lxcLinks(n.Netns); len(l) != 1 || l[0] != veth.HostName(a.rt.ContainerID, a.rt.IfName) {
+			return fmt.Errorf("node has veths %v, want only pod-a's", l)
+		}
+		return nil
+	})
+	objs, err = bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := objs.Endpoints()
+	_ = objs.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ip := range eps {
+		if ip.String() != a.ip && ip.String() != a.ip6 {
+			t.Errorf("endpoint map entry %s left (pod-a has %s, %s)", ip, a.ip, a.ip6)
+		}
+	}
+	list, err := dp.ListEndpoints(t.Context(), &datapathv1alpha1.ListEndpointsRequest{})
+	if err != nil || len(list.GetEndpoints()) != 1 {
+		t.Errorf("endpoints after restart: %v, %v; want pod-a's only", list.GetEndpoints(), err)
+	}
+	ipam, err := grpc.NewClient("unix://"+e.cluster.IPAMSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ipam.Close() })
+	allocs, err := ipamv1alpha1.NewIPAMServiceClient(ipam).ListAllocations(t.Context(), &ipamv1alpha1.ListAllocationsRequest{Node: n.Name})
+	if err != nil || len(allocs.GetAllocations()) != 1 {
+		t.Errorf("IPAM allocations on %s: %v, %v; want pod-a's only", n.Name, allocs.GetAllocations(), err)
+	}
+
+	remotes, err := dp.ListRemoteNodes(t.Context(), &datapathv1alpha1.ListRemoteNodesRequest{})
+	if err != nil || !slices.ContainsFunc(remotes.GetNodes(), func(r *datapathv1alpha1.RemoteNode) bool { return r.GetName() == "ghost" }) {
+		t.Fatalf("remote nodes after restart: %v, %v; want ghost kept", remotes.GetNodes(), err)
+	}
+	if out, _ := run(n.Netns, "ip", "route", "show", "10.99.0.0/24"); out == "" {
+		t.Error("ghost's block is not routed after the restart")
+	}
+	if _, err := dp.DeleteRemoteNode(t.Context(), &datapathv1alpha1.DeleteRemoteNodeRequest{Name: "ghost"}); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := run(n.Netns, "ip", "route", "show", "10.99.0.0/24"); out != "" {
+		t.Errorf("ghost's route left after DeleteRemoteNode: %s", out)
+	}
+	e.delPod(a)
+	e.delPod(gone) // DEL of what the restart removed is success
 }

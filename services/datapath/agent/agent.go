@@ -70,9 +70,13 @@ type Datapath interface {
 	AttachEndpoint(ifindex int) error
 	PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error
 	DeleteEndpoint(ip netip.Addr) error
+	// EndpointAddrs lists the addresses with endpoint entries.
+	EndpointAddrs() ([]netip.Addr, error)
 	CheckEndpoint(hostName string, ip netip.Addr) []string
 	PutRemote(block netip.Prefix, nodeIP netip.Addr) error
 	DeleteRemote(block netip.Prefix) error
+	// RemoteBlocks lists the remote blocks in the maps and their nodes.
+	RemoteBlocks() (map[netip.Prefix]netip.Addr, error)
 	// Configure sets the routing mode (through the tunnel device, VXLAN or
 	// Geneve; native when tunnelIfindex is 0) and the node's underlay IPv4.
 	Configure(tunnelIfindex int, geneve bool, nodeIP netip.Addr) error
@@ -211,6 +215,17 @@ func (a *Agent) Start(ctx context.Context) error {
 	eps, err := a.store.list()
 	if err != nil {
 		return err
+	}
+	a.mu.Lock()
+	a.routers = routers // the source of routes to remote blocks
+	a.mu.Unlock()
+	eps = a.restoreEndpoints(ctx, eps)
+	a.restoreRemotes()
+	a.remote.mu.Lock()
+	err = a.restoreRemoteNodes()
+	a.remote.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("restore remote nodes: %w", err)
 	}
 	for _, ep := range eps {
 		if int(ep.GetMtu()) > a.cfg.MTU {

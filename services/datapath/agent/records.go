@@ -33,11 +33,20 @@ func (s store) save(hostName string, r *record) error {
 	if err != nil {
 		return err
 	}
-	tmp := s.path(hostName) + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	if err := writeFileAtomic(s.path(hostName), b); err != nil {
 		return fmt.Errorf("write endpoint record: %w", err)
 	}
-	return os.Rename(tmp, s.path(hostName))
+	return nil
+}
+
+// writeFileAtomic replaces path with b: a crash leaves the old content or
+// the new, never a mix.
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 func (s store) load(hostName string) (*record, *datapathv1alpha1.Endpoint, error) {

@@ -115,6 +115,10 @@ func (a *Agent) watchEvent(ev *ipamv1alpha1.WatchBlocksResponse, seen map[netip.
 				a.reconcile(p)
 			}
 		}
+		// Blocks routed before a restart that no source has any more.
+		for p := range a.remote.applied {
+			a.reconcile(p)
+		}
 		clear(seen)
 		return
 	}

@@ -1,14 +1,19 @@
 package agent
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -78,7 +83,12 @@ func (a *Agent) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev st
 	rev, _ := strconv.ParseInt(old.GetRevision(), 10, 64)
 	n.Revision = strconv.FormatInt(rev+1, 10)
 	n.UpdateTime = timestamppb.Now()
-	a.remote.manual[n.GetName()] = n
+	next := maps.Clone(a.remote.manual)
+	next[n.GetName()] = n
+	if err := a.saveRemoteNodes(next); err != nil {
+		return nil, status.Errorf(codes.Internal, "record remote node %q: %v", n.GetName(), err)
+	}
+	a.remote.manual = next
 	touched := map[netip.Prefix]bool{}
 	for _, p := range cidrs {
 		touched[p] = true
@@ -111,7 +121,12 @@ func (a *Agent) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.Re
 	if expectedRev != "" && expectedRev != old.GetRevision() {
 		return nil, status.Errorf(codes.Aborted, "remote node %q is at revision %q, not %q", name, old.GetRevision(), expectedRev)
 	}
-	delete(a.remote.manual, name)
+	next := maps.Clone(a.remote.manual)
+	delete(next, name)
+	if err := a.saveRemoteNodes(next); err != nil {
+		return nil, status.Errorf(codes.Internal, "record the removal of remote node %q: %v", name, err)
+	}
+	a.remote.manual = next
 	for _, s := range old.GetPodCidrs() {
 		if p, err := netip.ParsePrefix(s); err == nil {
 			a.reconcile(p)
@@ -153,4 +168,55 @@ func (a *Agent) ListRemoteNodes() []*datapathv1alpha1.RemoteNode {
 		out = append(out, byName[name])
 	}
 	return out
+}
+
+// remoteNodesFile, in the state directory, keeps the API-given remote nodes
+// across restarts (not a .json name: those are endpoint records).
+const remoteNodesFile = "remote-nodes.state"
+
+// saveRemoteNodes records the API-given remote nodes, replacing the file
+// whole.
+func (a *Agent) saveRemoteNodes(nodes map[string]*datapathv1alpha1.RemoteNode) error {
+	var list []json.RawMessage
+	for _, name := range slices.Sorted(maps.Keys(nodes)) {
+		b, err := protojson.Marshal(nodes[name])
+		if err != nil {
+			return err
+		}
+		list = append(list, b)
+	}
+	b, err := json.Marshal(list)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(a.cfg.StateDir, remoteNodesFile), b)
+}
+
+// restoreRemoteNodes loads the API-given remote nodes recorded before a
+// restart and routes their blocks. Caller holds a.remote.mu.
+func (a *Agent) restoreRemoteNodes() error {
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, remoteNodesFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal(b, &list); err != nil {
+		return fmt.Errorf("%s: %w", remoteNodesFile, err)
+	}
+	for _, raw := range list {
+		n := &datapathv1alpha1.RemoteNode{}
+		if err := protojson.Unmarshal(raw, n); err != nil {
+			return fmt.Errorf("%s: %w", remoteNodesFile, err)
+		}
+		a.remote.manual[n.GetName()] = n
+		for _, s := range n.GetPodCidrs() {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				a.reconcile(p)
+			}
+		}
+	}
+	return nil
 }

@@ -234,6 +234,24 @@ func (l *Loader) DeleteEndpoint(ip netip.Addr) error {
 	return l.objs.DeleteEndpoint(ip)
 }
 
+// EndpointAddrs lists the pod addresses that have endpoint map entries.
+func (l *Loader) EndpointAddrs() ([]netip.Addr, error) {
+	eps, err := l.objs.Endpoints()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Addr, 0, len(eps))
+	for ip := range eps {
+		out = append(out, ip)
+	}
+	return out, nil
+}
+
+// RemoteBlocks lists the blocks in the remote maps with their node address.
+func (l *Loader) RemoteBlocks() (map[netip.Prefix]netip.Addr, error) {
+	return l.objs.Remotes()
+}
+
 // CheckEndpoint describes what is missing of a pod's eBPF state.
 func (l *Loader) CheckEndpoint(hostName string, ip netip.Addr) []string {
 	problems := l.endpointProblems(hostName)

@@ -1,0 +1,100 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"regexp"
+
+	"github.com/vishvananda/netlink"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+)
+
+// hostNamePattern matches the host-side veth names the agent gives pods
+// (veth.HostName).
+var hostNamePattern = regexp.MustCompile(`^lxc[0-9a-f]{12}$`)
+
+// restoreEndpoints brings the node in line with the endpoint records at
+// start-up, for what changed while no agent ran or what a crash left half
+// done: an endpoint whose host veth is gone (its pod's namespace was
+// deleted) is removed like a DEL would; endpoint map entries and pod veths
+// of no record are dropped, so a stale entry can never divert traffic for
+// an address IPAM gives out again. It returns the endpoints kept.
+func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1alpha1.Endpoint) map[string]*datapathv1alpha1.Endpoint {
+	h := a.plumber.Node
+	for name, ep := range eps {
+		_, err := h.LinkByName(name)
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			continue // present, or unknown: leave it to CHECK
+		}
+		a.log.Info("endpoint's interface is gone; removing the endpoint", "endpoint", name,
+			"pod", ep.GetPodNamespace()+"/"+ep.GetPodName())
+		if _, err := a.DeleteEndpoint(ctx, ep.GetAttachment()); err != nil {
+			a.log.Warn("remove endpoint", "endpoint", name, "err", err)
+			continue
+		}
+		delete(eps, name)
+	}
+	if a.bpf != nil {
+		keep := map[netip.Addr]bool{}
+		for _, ep := range eps {
+			for _, p := range endpointAddrs(ep) {
+				keep[p.Addr()] = true
+			}
+		}
+		ips, err := a.bpf.EndpointAddrs()
+		if err != nil {
+			a.log.Warn("list endpoint map entries", "err", err)
+		}
+		for _, ip := range ips {
+			if keep[ip] {
+				continue
+			}
+			if err := a.bpf.DeleteEndpoint(ip); err != nil {
+				a.log.Warn("remove endpoint map entry of no endpoint", "ip", ip, "err", err)
+				continue
+			}
+			a.log.Info("removed endpoint map entry of no endpoint", "ip", ip)
+		}
+	}
+	links, err := h.LinkList()
+	if err != nil {
+		a.log.Warn("list links", "err", err)
+		return eps
+	}
+	for _, l := range links {
+		name := l.Attrs().Name
+		if l.Type() != "veth" || !hostNamePattern.MatchString(name) || eps[name] != nil {
+			continue
+		}
+		if err := h.LinkDel(l); err != nil {
+			a.log.Warn("remove pod interface of no endpoint", "interface", name, "err", err)
+			continue
+		}
+		a.log.Info("removed pod interface of no endpoint", "interface", name)
+	}
+	return eps
+}
+
+// restoreRemotes seeds what the agent has applied of other nodes' blocks
+// from the pinned maps, so that the first full sync of IPAM's block watch
+// removes blocks that went away while no agent ran (their routes too).
+func (a *Agent) restoreRemotes() {
+	if a.bpf == nil {
+		return
+	}
+	blocks, err := a.bpf.RemoteBlocks()
+	if err != nil {
+		a.log.Warn("list remote map entries", "err", err)
+		return
+	}
+	a.remote.mu.Lock()
+	defer a.remote.mu.Unlock()
+	for p, ip := range blocks {
+		if _, ok := a.remote.applied[p]; !ok {
+			a.remote.applied[p] = remoteBlock{nodeIP: ip}
+		}
+	}
+}
