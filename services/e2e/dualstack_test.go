@@ -14,6 +14,16 @@ func TestDualStackNative(t *testing.T) {
 	}
 	e.ping(a.netns, b.ip6)
 	e.eventually(func() error { return e.tryPing(a.netns, c.ip6) })
+	// IPv6 across nodes takes the programs both ways, as IPv4 does: FIB
+	// lookup and redirect_neigh out, redirect_peer in.
+	before := e.stats(0)
+	e.ping(a.netns, c.ip6)
+	after := e.stats(0)
+	for _, name := range []string{"forwarded-native", "from-overlay-local"} {
+		if after[name]-before[name] < 2 {
+			t.Errorf("node-1 %s grew by %d over two IPv6 pings across nodes, want >= 2", name, after[name]-before[name])
+		}
+	}
 	e.ping(c.netns, a.ip6)
 	e.ping(e.cluster.Nodes[0].Netns, b.ip6)
 	// The outside has no route to pods: IPv6 is masqueraded like IPv4.

@@ -20,7 +20,11 @@ import (
 // remoteBlock is another node's block and where to send its traffic.
 type remoteBlock struct {
 	node   string
-	nodeIP netip.Addr
+	nodeIP netip.Addr // the next hop: the tunnel endpoint, or the route's gateway
+	// nodeIP4 is the node's IPv4 address, what the remote maps hold (in
+	// native mode only their presence matters: the block is a pod block);
+	// invalid for a node without one.
+	nodeIP4 netip.Addr
 }
 
 // remoteState is what the agent knows of other nodes' blocks, from two
@@ -43,7 +47,8 @@ func (r *remoteState) effective(p netip.Prefix, tunnel bool) (remoteBlock, bool)
 		for _, s := range n.GetPodCidrs() {
 			if s == p.String() {
 				ip, ok := pickNodeIP(n.GetNodeIps(), p.Addr().Is4() || tunnel)
-				return remoteBlock{node: n.GetName(), nodeIP: ip}, ok
+				ip4, _ := pickNodeIP(n.GetNodeIps(), true)
+				return remoteBlock{node: n.GetName(), nodeIP: ip, nodeIP4: ip4}, ok
 			}
 		}
 	}
@@ -147,7 +152,8 @@ func (a *Agent) watchEvent(ev *ipamv1alpha1.WatchBlocksResponse, seen map[netip.
 		a.log.Warn("remote block has no node address of its family", "block", p, "node", b.GetNode())
 		return
 	}
-	a.remote.watched[p] = remoteBlock{node: b.GetNode(), nodeIP: nodeIP}
+	nodeIP4, _ := pickNodeIP(ev.GetNodeAddresses(), true)
+	a.remote.watched[p] = remoteBlock{node: b.GetNode(), nodeIP: nodeIP, nodeIP4: nodeIP4}
 	a.reconcile(p)
 }
 
@@ -171,16 +177,12 @@ func (a *Agent) applyRemote(p netip.Prefix, rb remoteBlock) error {
 		if err := h.RouteReplace(&netlink.Route{Dst: dst, Gw: rb.nodeIP.AsSlice()}); err != nil {
 			return err
 		}
-		if a.bpf == nil {
-			return nil
-		}
-		tunnelIP, _ := pickNodeIP([]string{rb.nodeIP.String()}, true)
-		if !tunnelIP.IsValid() {
-			// The map holds an IPv4 node address; for an IPv6-only next hop
+		if a.bpf == nil || !rb.nodeIP4.IsValid() {
+			// The map holds an IPv4 node address: for a node without one
 			// the kernel route alone carries the block.
 			return nil
 		}
-		return a.bpf.PutRemote(p, tunnelIP)
+		return a.bpf.PutRemote(p, rb.nodeIP4)
 	}
 	if a.bpf == nil {
 		return errors.New("tunnel mode needs the eBPF datapath")

@@ -94,7 +94,7 @@ func (a *Agent) restoreRemotes() {
 	defer a.remote.mu.Unlock()
 	for p, ip := range blocks {
 		if _, ok := a.remote.applied[p]; !ok {
-			a.remote.applied[p] = remoteBlock{nodeIP: ip}
+			a.remote.applied[p] = remoteBlock{nodeIP: ip, nodeIP4: ip}
 		}
 	}
 }
