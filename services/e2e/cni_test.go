@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
@@ -50,11 +52,37 @@ func TestPodsOnOneNode(t *testing.T) {
 	if err := e.cni.CheckNetworkList(t.Context(), conf, a.rt); err != nil {
 		t.Fatalf("CNI CHECK: %v", err)
 	}
-	if _, err := run(a.netns, "ip", "route", "del", "default"); err != nil {
+	// Every piece CHECK covers, broken at once, is named.
+	hostA := veth.HostName(a.rt.ContainerID, a.rt.IfName)
+	gw, _ := run(a.netns, "sh", "-c", "ip -4 route show default | cut -d' ' -f3")
+	for _, cmd := range [][]string{
+		{a.netns, "ip", "route", "del", "default"},
+		{a.netns, "ip", "link", "set", "eth0", "mtu", "1280"},
+		{a.netns, "ip", "neigh", "del", gw, "dev", "eth0"},
+		{node.Netns, "ip", "route", "del", a.ip, "dev", hostA},
+	} {
+		if out, err := run(cmd[0], cmd[1], cmd[2:]...); err != nil {
+			t.Fatalf("%v: %v %s", cmd[1:], err, out)
+		}
+	}
+	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + node.Name)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.cni.CheckNetworkList(t.Context(), conf, a.rt); err == nil || !strings.Contains(err.Error(), "default route") {
-		t.Fatalf("CNI CHECK after breaking the pod = %v, want the missing route named", err)
+	entry, err := objs.Endpoint(netip.MustParseAddr(a.ip))
+	if err == nil {
+		entry.Ifindex += 1000
+		err = objs.PutEndpoint(netip.MustParseAddr(a.ip), entry)
+	}
+	_ = objs.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = e.cni.CheckNetworkList(t.Context(), conf, a.rt)
+	for _, want := range []string{"default route", "MTU 1280", "neighbour entry for the gateway " + gw, "node route to " + a.ip, "sends to ifindex"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CNI CHECK after breaking the pod = %v, want %q named", err, want)
+		}
 	}
 	// Without its program, pod-b's traffic would take the node's routes.
 	if _, err := run(node.Netns, "tc", "qdisc", "del", "dev", veth.HostName(b.rt.ContainerID, b.rt.IfName), "clsact"); err != nil {

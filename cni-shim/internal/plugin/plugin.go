@@ -155,15 +155,17 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return err
 	}
 	return p.call(args.StdinData, func(ctx context.Context, conf *config.NetConf, dp datapathv1alpha1.DatapathServiceClient) error {
+		// The spec requires the result of the ADD being checked.
+		if conf.PrevResult == nil {
+			return types.NewError(types.ErrInvalidNetworkConfig, "CHECK without prevResult", "the runtime must pass the result of the ADD being checked")
+		}
+		prev, err := current.NewResultFromResult(conf.PrevResult)
+		if err != nil {
+			return types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
+		}
 		var expected []string
-		if conf.PrevResult != nil {
-			prev, err := current.NewResultFromResult(conf.PrevResult)
-			if err != nil {
-				return types.NewError(types.ErrDecodingFailure, "convert prevResult", err.Error())
-			}
-			for _, ip := range prev.IPs {
-				expected = append(expected, ip.Address.String())
-			}
+		for _, ip := range prev.IPs {
+			expected = append(expected, ip.Address.String())
 		}
 		resp, err := dp.CheckEndpoint(ctx, &datapathv1alpha1.CheckEndpointRequest{
 			Attachment: att, NetnsPath: args.Netns, ExpectedAddresses: expected,

@@ -190,6 +190,11 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 	netns := t.TempDir()
 	missingSock := filepath.Join(t.TempDir(), "absent.sock")
 	good := func(string) []byte { return netConf(t, "1.1.0", sock, nil) }
+	withPrev := func(string) []byte {
+		return netConf(t, "1.1.0", sock, map[string]any{"prevResult": map[string]any{
+			"cniVersion": "1.1.0", "ips": []map[string]any{{"address": "10.0.1.7/32"}},
+		}})
+	}
 	tests := []struct {
 		name   string
 		verb   func(*Plugin, *skel.CmdArgs) error
@@ -211,7 +216,9 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"ips": []string{"bogus"}}})
 		}, want: types.ErrInvalidNetworkConfig},
 		{name: "DEL unknown is success", verb: (*Plugin).Del, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: good, dpErr: status.Error(codes.NotFound, "no such endpoint"), wantOK: true},
-		{name: "CHECK unknown container", verb: (*Plugin).Check, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: good, dpErr: status.Error(codes.NotFound, "no such endpoint"), want: types.ErrUnknownContainer},
+		{name: "CHECK unknown container", verb: (*Plugin).Check, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: withPrev, dpErr: status.Error(codes.NotFound, "no such endpoint"), want: types.ErrUnknownContainer},
+		{name: "CHECK with IPAM or datapath unavailable", verb: (*Plugin).Check, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: withPrev, dpErr: status.Error(codes.Unavailable, "IPAM down"), want: types.ErrTryAgainLater},
+		{name: "CHECK without prevResult", verb: (*Plugin).Check, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: good, want: types.ErrInvalidNetworkConfig},
 		{name: "STATUS unreachable", verb: (*Plugin).Status, conf: func(string) []byte { return netConf(t, "1.1.0", missingSock, nil) }, want: types.ErrPluginNotAvailable},
 	}
 	for _, tt := range tests {

@@ -72,7 +72,10 @@ type Datapath interface {
 	DeleteEndpoint(ip netip.Addr) error
 	// EndpointAddrs lists the addresses with endpoint entries.
 	EndpointAddrs() ([]netip.Addr, error)
-	CheckEndpoint(hostName string, ip netip.Addr) []string
+	// CheckEndpoint describes what is missing or wrong of a pod address's
+	// eBPF state: the program on hostName, and the map entry (its host
+	// ifindex, when not 0, and MACs).
+	CheckEndpoint(hostName string, ip netip.Addr, ifindex int, podMAC, hostMAC net.HardwareAddr) []string
 	PutRemote(block netip.Prefix, nodeIP netip.Addr) error
 	DeleteRemote(block netip.Prefix) error
 	// RemoteBlocks lists the remote blocks in the maps and their nodes.

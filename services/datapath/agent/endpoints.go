@@ -371,8 +371,12 @@ func (a *Agent) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEn
 		}
 	}
 	if a.bpf != nil {
+		ifindex := 0
+		if l, err := a.plumber.Node.LinkByName(hostName); err == nil {
+			ifindex = l.Attrs().Index
+		}
 		for _, p := range addrs {
-			for _, msg := range a.bpf.CheckEndpoint(hostName, p.Addr()) {
+			for _, msg := range a.bpf.CheckEndpoint(hostName, p.Addr(), ifindex, podMAC, hostMAC) {
 				add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_BPF_MAP, msg)
 			}
 		}
@@ -380,6 +384,10 @@ func (a *Agent) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEn
 	if _, err := a.ipam.GetAllocation(ctx, &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Handle{
 		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()},
 	}}); err != nil {
+		if c := status.Code(err); c != codes.NotFound && c != codes.FailedPrecondition {
+			// Not an answer about the endpoint: the runtime should ask again.
+			return nil, ipamError("check the endpoint's allocation", err)
+		}
 		add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_IPAM, fmt.Sprintf("IPAM has no allocation for the endpoint: %v", status.Convert(err).Message()))
 	}
 	resp.Healthy = len(resp.Problems) == 0
@@ -393,6 +401,8 @@ var componentOf = map[veth.Part]datapathv1alpha1.EndpointComponent{
 	veth.PartPodInterface:  datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_INTERFACE,
 	veth.PartPodAddress:    datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ADDRESS,
 	veth.PartPodRoute:      datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ROUTE,
+	veth.PartPodNeighbor:   datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_NEIGHBOR,
+	veth.PartHostRoute:     datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_POD_ROUTE,
 }
 
 // GarbageCollect removes the endpoints of network whose attachments are not

@@ -252,11 +252,19 @@ func (l *Loader) RemoteBlocks() (map[netip.Prefix]netip.Addr, error) {
 	return l.objs.Remotes()
 }
 
-// CheckEndpoint describes what is missing of a pod's eBPF state.
-func (l *Loader) CheckEndpoint(hostName string, ip netip.Addr) []string {
+// CheckEndpoint describes what is missing or wrong of a pod address's eBPF
+// state: the program on hostName, and the map entry's host ifindex (unless
+// ifindex is 0) and MACs.
+func (l *Loader) CheckEndpoint(hostName string, ip netip.Addr, ifindex int, podMAC, hostMAC net.HardwareAddr) []string {
 	problems := l.endpointProblems(hostName)
-	if _, err := l.objs.Endpoint(ip); err != nil {
+	ep, err := l.objs.Endpoint(ip)
+	switch {
+	case err != nil:
 		problems = append(problems, fmt.Sprintf("no endpoint map entry for %s: %v", ip, err))
+	case ifindex != 0 && ep.Ifindex != ifindex:
+		problems = append(problems, fmt.Sprintf("endpoint map entry for %s sends to ifindex %d, but %s is %d", ip, ep.Ifindex, hostName, ifindex))
+	case ep.PodMAC.String() != podMAC.String() || ep.HostMAC.String() != hostMAC.String():
+		problems = append(problems, fmt.Sprintf("endpoint map entry for %s has MACs pod %s host %s, want %s and %s", ip, ep.PodMAC, ep.HostMAC, podMAC, hostMAC))
 	}
 	return problems
 }

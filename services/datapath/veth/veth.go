@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -242,6 +243,8 @@ const (
 	PartPodInterface
 	PartPodAddress
 	PartPodRoute
+	PartPodNeighbor
+	PartHostRoute
 )
 
 // Problem is one difference Check found.
@@ -266,6 +269,20 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 		add(PartHostInterface, "host interface %s is down", s.HostName)
 	case host.Attrs().HardwareAddr.String() != res.HostMAC.String():
 		add(PartHostInterface, "host interface %s has MAC %s, want %s", s.HostName, host.Attrs().HardwareAddr, res.HostMAC)
+	case s.MTU != 0 && host.Attrs().MTU != s.MTU:
+		add(PartHostInterface, "host interface %s has MTU %d, want %d", s.HostName, host.Attrs().MTU, s.MTU)
+	}
+	if host != nil {
+		// The node's way to the pod (and back for the pod's replies).
+		routes, err := p.Node.RouteList(host, netlink.FAMILY_ALL)
+		if err != nil {
+			add(PartHostRoute, "list routes of %s: %v", s.HostName, err)
+		}
+		for _, a := range s.Addrs {
+			if err == nil && !slices.ContainsFunc(routes, func(r netlink.Route) bool { return r.Dst != nil && r.Dst.String() == hostRoute(a.Addr()).String() }) {
+				add(PartHostRoute, "node route to %s via %s missing", a.Addr(), s.HostName)
+			}
+		}
 	}
 	podNS, err := netns.GetFromPath(s.NetnsPath)
 	if err != nil {
@@ -290,6 +307,9 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 	if link.Attrs().HardwareAddr.String() != res.PodMAC.String() {
 		add(PartPodInterface, "pod interface %s has MAC %s, want %s", s.PodIfName, link.Attrs().HardwareAddr, res.PodMAC)
 	}
+	if s.MTU != 0 && link.Attrs().MTU != s.MTU {
+		add(PartPodInterface, "pod interface %s has MTU %d, want %d", s.PodIfName, link.Attrs().MTU, s.MTU)
+	}
 	addrs, err := pod.AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		add(PartPodAddress, "list addresses of %s: %v", s.PodIfName, err)
@@ -309,6 +329,10 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 		add(PartPodRoute, "list routes of %s: %v", s.PodIfName, err)
 		return problems
 	}
+	neighs, nerr := pod.NeighList(link.Attrs().Index, netlink.FAMILY_ALL)
+	if nerr != nil {
+		add(PartPodNeighbor, "list neighbours of %s: %v", s.PodIfName, nerr)
+	}
 	for _, gw := range s.Gateways {
 		found := false
 		for _, r := range routes {
@@ -319,6 +343,16 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 		}
 		if !found {
 			add(PartPodRoute, "default route via %s missing in the pod", gw)
+		}
+		if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+			return r.Dst != nil && r.Dst.String() == hostRoute(gw).String() && r.Gw == nil
+		}) {
+			add(PartPodRoute, "link route to the gateway %s missing in the pod", gw)
+		}
+		if nerr == nil && !slices.ContainsFunc(neighs, func(n netlink.Neigh) bool {
+			return n.IP.Equal(gw.AsSlice()) && n.State&netlink.NUD_PERMANENT != 0 && n.HardwareAddr.String() == res.HostMAC.String()
+		}) {
+			add(PartPodNeighbor, "permanent neighbour entry for the gateway %s (%s) missing in the pod", gw, res.HostMAC)
 		}
 	}
 	return problems
