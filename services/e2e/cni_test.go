@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
@@ -114,6 +116,15 @@ func TestPodsOnOneNode(t *testing.T) {
 	}
 	e.delPod(a) // DEL of what GC already removed is success
 	e.assertNothingLeft(0)
+
+	// A node device gone: STATUS says limited connectivity (51).
+	if _, err := run(node.Netns, "ip", "link", "del", "axon_vxlan"); err != nil {
+		t.Fatal(err)
+	}
+	var cniErr *types.Error
+	if err := e.cni.GetStatusNetworkList(t.Context(), conf); !errors.As(err, &cniErr) || cniErr.Code != types.ErrLimitedConnectivity {
+		t.Errorf("CNI STATUS without axon_vxlan = %v, want error %d", err, types.ErrLimitedConnectivity)
+	}
 }
 
 // nodeToPod holds a TCP conversation between node's own network and pod p

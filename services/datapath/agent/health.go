@@ -10,10 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
 // HealthPort is where every node answers health probes, on all its
@@ -155,6 +157,22 @@ func (a *Agent) probePeers(ctx context.Context) {
 			p.health = results[i]
 		}
 	}
+}
+
+// Readiness is what CNI STATUS reports: not ready while the node is not set
+// up or IPAM, which every ADD needs, does not answer; degraded while one of
+// the node's devices is missing.
+func (a *Agent) Readiness(ctx context.Context) (datapathv1alpha1.ReadinessState, []string) {
+	if err := a.Ready(); err != nil {
+		return datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY, []string{err.Error()}
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := a.ipam.GetNode(pctx, &ipamv1alpha1.GetNodeRequest{Name: a.cfg.NodeName}); err != nil {
+		return datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY, []string{"IPAM: " + status.Convert(err).Message()}
+	}
+	st := a.NodeStatus()
+	return st.GetReadiness(), st.GetReasons()
 }
 
 // NodeStatus reports readiness, devices, counts and peer health.

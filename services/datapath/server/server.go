@@ -123,11 +123,9 @@ func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alp
 }
 
 // CheckReady implements DatapathService.
-func (s *Server) CheckReady(context.Context, *datapathv1alpha1.CheckReadyRequest) (*datapathv1alpha1.CheckReadyResponse, error) {
-	if err := s.agent.Ready(); err != nil {
-		return &datapathv1alpha1.CheckReadyResponse{Readiness: datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY, Reasons: []string{err.Error()}}, nil
-	}
-	return &datapathv1alpha1.CheckReadyResponse{Readiness: datapathv1alpha1.ReadinessState_READINESS_STATE_READY}, nil
+func (s *Server) CheckReady(ctx context.Context, _ *datapathv1alpha1.CheckReadyRequest) (*datapathv1alpha1.CheckReadyResponse, error) {
+	state, reasons := s.agent.Readiness(ctx)
+	return &datapathv1alpha1.CheckReadyResponse{Readiness: state, Reasons: reasons}, nil
 }
 
 // GetNodeConfig implements DatapathService.
