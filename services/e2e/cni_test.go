@@ -16,6 +16,7 @@ import (
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/agent"
 	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 )
@@ -139,14 +140,27 @@ func nodeToPod(t *testing.T, e *env, node int, p *pod) {
 	}
 }
 
+// lxcLinks lists the pods' host-side veths in a node's namespace (not the
+// node's health endpoint's).
 func lxcLinks(netns string) []string {
 	var out []string
 	for _, l := range links(netns) {
-		if strings.HasPrefix(l, "lxc") {
+		if strings.HasPrefix(l, "lxc") && !isHealthVeth(l) {
 			out = append(out, l)
 		}
 	}
 	return out
+}
+
+// isHealthVeth reports whether name is the host-side veth of a simulated
+// node's health endpoint (localcluster names nodes node-1, node-2, ...).
+func isHealthVeth(name string) bool {
+	for i := 1; i <= 16; i++ {
+		if name == veth.HostName(agent.HealthContainerID(fmt.Sprintf("node-%d", i)), "eth0") {
+			return true
+		}
+	}
+	return false
 }
 
 // TestPodsAcrossNodesNative wires a pod on each of two nodes in native
@@ -197,7 +211,7 @@ func TestPodsAcrossNodesTunnel(t *testing.T) {
 		if len(st.GetPeers()) != 1 || !st.GetPeers()[0].GetNodeReachable() || !st.GetPeers()[0].GetHealthEndpointReachable() {
 			return fmt.Errorf("node-1 peers: %v", st.GetPeers())
 		}
-		if st.GetReadiness() != datapathv1alpha1.ReadinessState_READINESS_STATE_READY || st.GetEndpointCount() != 1 {
+		if st.GetReadiness() != datapathv1alpha1.ReadinessState_READINESS_STATE_READY || st.GetEndpointCount() != 2 { // pod-a and the health endpoint
 			return fmt.Errorf("node-1 status: %v", st)
 		}
 		return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -25,6 +26,7 @@ import (
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/agent"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 )
 
@@ -358,19 +360,72 @@ func (e *env) assertNothingLeft(node int) {
 		e.t.Fatal(err)
 	}
 	defer objs.Close()
-	if eps, err := objs.Endpoints(); err != nil || len(eps) != 0 {
-		e.t.Errorf("eBPF endpoint entries left: %v, %v", eps, err)
+	health := e.healthAddrs(node)
+	eps, err := objs.Endpoints()
+	if err != nil {
+		e.t.Fatal(err)
 	}
-	if out, _ := run(n.Netns, "ip", "-4", "route", "show"); strings.Contains(out, "lxc") {
-		e.t.Errorf("routes to pods left:\n%s", out)
+	for ip := range eps {
+		if !health[ip] {
+			e.t.Errorf("eBPF endpoint entry left: %s", ip)
+		}
 	}
+	out, _ := run(n.Netns, "ip", "-4", "route", "show")
+	for line := range strings.Lines(out) {
+		if f := strings.Fields(line); strings.Contains(line, "lxc") && (len(f) < 3 || !isHealthVeth(f[2])) {
+			e.t.Errorf("route to a pod left: %s", line)
+		}
+	}
+	allocs := e.pods(node)
+	if len(allocs) != 0 {
+		e.t.Errorf("IPAM allocations left on %s: %v", n.Name, allocs)
+	}
+}
+
+// ipamClient dials the cluster's IPAM service.
+func (e *env) ipamClient() ipamv1alpha1.IPAMServiceClient {
+	e.t.Helper()
 	conn, err := grpc.NewClient("unix://"+e.cluster.IPAMSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	defer conn.Close()
-	resp, err := ipamv1alpha1.NewIPAMServiceClient(conn).ListAllocations(context.Background(), &ipamv1alpha1.ListAllocationsRequest{Node: n.Name})
-	if err != nil || len(resp.GetAllocations()) != 0 {
-		e.t.Errorf("IPAM allocations left on %s: %v, %v", n.Name, resp.GetAllocations(), err)
+	e.t.Cleanup(func() { _ = conn.Close() })
+	return ipamv1alpha1.NewIPAMServiceClient(conn)
+}
+
+// pods lists the IPAM allocations of a node's pods (not its health
+// endpoint's).
+func (e *env) pods(node int) []*ipamv1alpha1.Allocation {
+	e.t.Helper()
+	n := e.cluster.Nodes[node]
+	resp, err := e.ipamClient().ListAllocations(context.Background(), &ipamv1alpha1.ListAllocationsRequest{Node: n.Name})
+	if err != nil {
+		e.t.Fatal(err)
 	}
+	var out []*ipamv1alpha1.Allocation
+	for _, a := range resp.GetAllocations() {
+		if a.GetHandle().GetContainerId() != agent.HealthContainerID(n.Name) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// healthAddrs are the addresses of a node's health endpoint.
+func (e *env) healthAddrs(node int) map[netip.Addr]bool {
+	e.t.Helper()
+	n := e.cluster.Nodes[node]
+	resp, err := e.ipamClient().GetAllocation(context.Background(), &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Handle{
+		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: agent.HealthContainerID(n.Name), InterfaceName: "eth0"},
+	}})
+	out := map[netip.Addr]bool{}
+	if err != nil {
+		return out
+	}
+	for _, ad := range resp.GetAllocation().GetAddresses() {
+		if ip, err := netip.ParseAddr(ad.GetIp()); err == nil {
+			out[ip] = true
+		}
+	}
+	return out
 }

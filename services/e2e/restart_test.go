@@ -18,7 +18,6 @@ import (
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
@@ -91,8 +90,26 @@ func TestRestartKeepsConnections(t *testing.T) {
 	roundTrip(t, rconn, rr, "before, across nodes")
 
 	e.cluster.KillDatapath(0)
+	killed := time.Now()
 	roundTrip(t, conn, r, "while the datapath is down")
 	roundTrip(t, rconn, rr, "across nodes while the datapath is down")
+	// Node-1's health endpoint is a namespace the kernel answers in: node-2
+	// still reaches it through the datapath while node-1's agent is down.
+	e.eventually(func() error {
+		st, err := e.nodeStatus(1)
+		if err != nil {
+			return err
+		}
+		for _, p := range st.GetPeers() {
+			if p.GetNodeName() == "node-1" && p.GetLastProbeTime().AsTime().After(killed) {
+				if !p.GetHealthEndpointReachable() {
+					return fmt.Errorf("node-2 sees node-1's health endpoint unreachable while its agent is down: %v", p)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("node-2 has not probed node-1 since the kill: %v", st.GetPeers())
+	})
 	if err := e.cni.GetStatusNetworkList(t.Context(), conf); err == nil {
 		t.Error("CNI STATUS reports ready while the datapath is down")
 	}
@@ -187,23 +204,18 @@ func TestRestartReconciles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	health := e.healthAddrs(0)
 	for ip := range eps {
-		if ip.String() != a.ip && ip.String() != a.ip6 {
+		if ip.String() != a.ip && ip.String() != a.ip6 && !health[ip] {
 			t.Errorf("endpoint map entry %s left (pod-a has %s, %s)", ip, a.ip, a.ip6)
 		}
 	}
 	list, err := dp.ListEndpoints(t.Context(), &datapathv1alpha1.ListEndpointsRequest{})
-	if err != nil || len(list.GetEndpoints()) != 1 {
-		t.Errorf("endpoints after restart: %v, %v; want pod-a's only", list.GetEndpoints(), err)
+	if err != nil || len(list.GetEndpoints()) != 2 { // pod-a and the health endpoint
+		t.Errorf("endpoints after restart: %v, %v; want pod-a's and the health endpoint", list.GetEndpoints(), err)
 	}
-	ipam, err := grpc.NewClient("unix://"+e.cluster.IPAMSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ipam.Close() })
-	allocs, err := ipamv1alpha1.NewIPAMServiceClient(ipam).ListAllocations(t.Context(), &ipamv1alpha1.ListAllocationsRequest{Node: n.Name})
-	if err != nil || len(allocs.GetAllocations()) != 1 {
-		t.Errorf("IPAM allocations on %s: %v, %v; want pod-a's only", n.Name, allocs.GetAllocations(), err)
+	if allocs := e.pods(0); len(allocs) != 1 {
+		t.Errorf("IPAM allocations on %s: %v; want pod-a's only", n.Name, allocs)
 	}
 
 	remotes, err := dp.ListRemoteNodes(t.Context(), &datapathv1alpha1.ListRemoteNodesRequest{})

@@ -88,11 +88,7 @@ func main() {
 				if !startWithRetry(bg, a, d) {
 					return
 				}
-				go func() {
-					if err := a.RunHealth(bg, healthInterval); err != nil {
-						d.Logger().Error("health endpoint failed", "err", err)
-					}
-				}()
+				go a.RunHealth(bg, healthInterval)
 				go a.RunMasquerade(bg, masqInterval)
 				a.RunRemoteWatch(bg)
 			}()

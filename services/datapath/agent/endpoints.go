@@ -424,7 +424,7 @@ func (a *Agent) GarbageCollect(ctx context.Context, network string, valid []*dat
 	cutoff := time.Now().Add(-minAge)
 	for name, ep := range eps {
 		other := network != "" && ep.GetNetwork() != "" && ep.GetNetwork() != network
-		if other || keep[name] || ep.GetCreateTime().AsTime().After(cutoff) {
+		if other || keep[name] || a.isHealthEndpoint(ep.GetAttachment()) || ep.GetCreateTime().AsTime().After(cutoff) {
 			live = append(live, &ipamv1alpha1.OwnerHandle{ContainerId: ep.GetAttachment().GetContainerId(), InterfaceName: ep.GetAttachment().GetInterfaceName()})
 			continue
 		}
@@ -464,6 +464,13 @@ func (a *Agent) NodeConfig() *datapathv1alpha1.NodeConfig {
 	}
 	for _, ip := range a.cfg.NodeIPs {
 		c.NodeIps = append(c.NodeIps, ip.String())
+	}
+	if _, ep, err := a.store.load(hostNameOf(healthAttachment(a.cfg.NodeName))); err == nil {
+		for _, ipc := range ep.GetIps() {
+			if p, err := netip.ParsePrefix(ipc.GetAddress()); err == nil {
+				c.HealthIps = append(c.HealthIps, p.Addr().String())
+			}
+		}
 	}
 	for _, r := range a.routers {
 		c.RouterIps = append(c.RouterIps, r.String())

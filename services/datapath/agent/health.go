@@ -3,13 +3,16 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -18,16 +21,14 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
-// HealthPort is where every node answers health probes, on all its
-// addresses: probing a peer's underlay address tests the node network,
-// probing its router IP (its health address) tests the pod network path
-// (overlay or native routes) end to end.
-const HealthPort = 4240
-
 // peer is another node as the health prober knows it.
 type peer struct {
 	nodeIP, healthIP netip.Addr
-	health           *datapathv1alpha1.PeerHealth
+	// lookup says the health endpoint's address comes from IPAM (peers
+	// learned from the block watch), asked again after a failed probe;
+	// API-given peers name theirs.
+	lookup bool
+	health *datapathv1alpha1.PeerHealth
 }
 
 // healthState holds the peers and their last probe results.
@@ -36,7 +37,8 @@ type healthState struct {
 	peers map[string]*peer
 }
 
-// notePeer records a peer's addresses, learned from a block event.
+// notePeer records a peer's node address and, if known, its health
+// endpoint's address; without one it is looked up in IPAM.
 func (h *healthState) notePeer(node string, nodeIP, healthIP netip.Addr) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -45,14 +47,14 @@ func (h *healthState) notePeer(node string, nodeIP, healthIP netip.Addr) {
 	}
 	p, ok := h.peers[node]
 	if !ok {
-		p = &peer{}
+		p = &peer{lookup: true}
 		h.peers[node] = p
 	}
 	if nodeIP.IsValid() {
 		p.nodeIP = nodeIP
 	}
 	if healthIP.IsValid() {
-		p.healthIP = healthIP
+		p.healthIP, p.lookup = healthIP, false
 	}
 }
 
@@ -63,51 +65,75 @@ func (h *healthState) forgetPeer(node string) {
 	delete(h.peers, node)
 }
 
-// RunHealth answers probes on HealthPort and probes every peer each
-// interval, until ctx ends.
-func (a *Agent) RunHealth(ctx context.Context, interval time.Duration) error {
-	l, err := net.Listen("tcp", ":"+strconv.Itoa(HealthPort))
-	if err != nil {
-		return err
-	}
-	go func() {
-		<-ctx.Done()
-		_ = l.Close()
-	}()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte("ok\n"))
-			_ = c.Close()
-		}
-	}()
+// RunHealth keeps the node's health endpoint in place and probes every peer
+// each interval, until ctx ends.
+func (a *Agent) RunHealth(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	ready := false
 	for {
+		if !ready {
+			if err := a.ensureHealthEndpoint(ctx); err != nil {
+				if ctx.Err() == nil {
+					a.log.Warn("health endpoint not in place; retrying", "err", err)
+				}
+			} else {
+				ready = true
+			}
+		}
 		a.probePeers(ctx)
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
 		}
 	}
 }
 
-func probe(ctx context.Context, ip netip.Addr) (time.Duration, error) {
-	if !ip.IsValid() {
-		return 0, errors.New("no address known")
+// ping sends one ICMP echo to ip and waits up to a second for its reply:
+// the peer's kernel answers, whether or not its agent runs.
+func ping(ctx context.Context, ip netip.Addr) (time.Duration, error) {
+	if !ip.Is4() {
+		return 0, errors.New("no IPv4 address known")
 	}
-	start := time.Now()
-	d := net.Dialer{Timeout: time.Second}
-	c, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, HealthPort).String())
+	c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 	if err != nil {
 		return 0, err
 	}
-	_ = c.Close()
-	return time.Since(start), nil
+	defer c.Close()
+	id, seq := rand.IntN(0xffff), 1
+	req, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("axon-health")}}).Marshal(nil)
+	if err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if err := c.SetDeadline(deadline); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if _, err := c.WriteTo(req, &net.IPAddr{IP: ip.AsSlice()}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return 0, fmt.Errorf("no echo reply from %s: %w", ip, err)
+		}
+		if a, ok := from.(*net.IPAddr); !ok || !a.IP.Equal(ip.AsSlice()) {
+			continue
+		}
+		m, err := icmp.ParseMessage(1 /* ICMP for IPv4 */, buf[:n])
+		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && e.Seq == seq {
+			return time.Since(start), nil
+		}
+	}
 }
 
 func (a *Agent) probePeers(ctx context.Context) {
@@ -121,6 +147,7 @@ func (a *Agent) probePeers(ctx context.Context) {
 	a.health.mu.Unlock()
 	var wg sync.WaitGroup
 	results := make([]*datapathv1alpha1.PeerHealth, len(names))
+	healthIPs := make([]netip.Addr, len(names))
 	for i, n := range names {
 		wg.Go(func() {
 			p := targets[n]
@@ -129,22 +156,37 @@ func (a *Agent) probePeers(ctx context.Context) {
 			if p.nodeIP.IsValid() {
 				h.NodeIp = p.nodeIP.String()
 			}
+			var lerr error
+			if p.lookup && (!p.healthIP.IsValid() || !p.health.GetHealthEndpointReachable()) {
+				lctx, cancel := context.WithTimeout(ctx, time.Second)
+				if ip, err := a.peerHealthIP(lctx, n); err == nil {
+					p.healthIP = ip
+				} else {
+					lerr = fmt.Errorf("health endpoint address: %s", status.Convert(err).Message())
+				}
+				cancel()
+			}
+			healthIPs[i] = p.healthIP
 			if p.healthIP.IsValid() {
 				h.HealthIp = p.healthIP.String()
 			}
-			_, nerr := probe(ctx, p.nodeIP)
-			rtt, herr := probe(ctx, p.healthIP)
-			h.NodeReachable, h.HealthEndpointReachable = nerr == nil, herr == nil
+			_, nerr := ping(ctx, p.nodeIP)
+			herr := lerr
 			if herr == nil {
-				h.Rtt = durationpb.New(rtt)
+				var rtt time.Duration
+				if rtt, herr = ping(ctx, p.healthIP); herr == nil {
+					h.Rtt = durationpb.New(rtt)
+				}
 			}
+			h.NodeReachable, h.HealthEndpointReachable = nerr == nil, herr == nil
 			if prev := p.health; prev != nil {
 				h.LastSuccessTime = prev.GetLastSuccessTime()
 			}
-			if nerr == nil && herr == nil {
+			if herr == nil {
 				h.LastSuccessTime = timestamppb.New(now)
-			} else {
-				h.Message = errors.Join(nerr, herr).Error()
+			}
+			if err := errors.Join(nerr, herr); err != nil {
+				h.Message = err.Error()
 			}
 			results[i] = h
 		})
@@ -155,6 +197,9 @@ func (a *Agent) probePeers(ctx context.Context) {
 	for i, n := range names {
 		if p, ok := a.health.peers[n]; ok {
 			p.health = results[i]
+			if p.lookup && healthIPs[i].IsValid() {
+				p.healthIP = healthIPs[i]
+			}
 		}
 	}
 }

@@ -140,9 +140,11 @@ func (a *Agent) watchEvent(ev *ipamv1alpha1.WatchBlocksResponse, seen map[netip.
 		}
 		return
 	}
-	if rip, err := netip.ParseAddr(b.GetRouterIp()); err == nil && rip.Is4() {
+	if b.GetRouterIp() != "" {
+		// A node's first block: the node is a peer to probe; its health
+		// endpoint's address comes from IPAM.
 		nip, _ := pickNodeIP(ev.GetNodeAddresses(), true)
-		a.health.notePeer(b.GetNode(), nip, rip)
+		a.health.notePeer(b.GetNode(), nip, netip.Addr{})
 	}
 	seen[p] = true
 	// The overlay runs over the node's IPv4 underlay for both families;

@@ -139,13 +139,18 @@ func (c Config) datapath(n simNode) Component {
 			"--node-name", n.Name, "--node-ip", n.IP.String() + "," + n.IP6.String(),
 			"--ipam-target", "unix://" + c.ipamSocket(),
 			"--grpc-addr", "", "--grpc-socket", sock, "--metrics-addr", "",
-			"--state-dir", filepath.Join(dir, "endpoints"),
+			"--state-dir", c.agentStateDir(n),
 			"--cni-delete-queue", filepath.Join(dir, "cni-deletes"),
 			"--bpf-pin-dir", c.pinDir(n),
 		},
 	}
 	comp.Args = append(comp.Args, c.DatapathArgs...)
 	return comp
+}
+
+// agentStateDir is a node's datapath --state-dir.
+func (c Config) agentStateDir(n simNode) string {
+	return filepath.Join(c.StateDir, n.Name, "endpoints")
 }
 
 func (c Config) pinDir(n simNode) string { return "/sys/fs/bpf/" + c.NetnsPrefix + n.Name }

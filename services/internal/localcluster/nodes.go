@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/agent"
 )
 
 // simNode is a simulated node: a network namespace joined to the others by
@@ -165,6 +166,10 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 		teardown()
 		for _, n := range nodes {
 			removePins(cfg.pinDir(n))
+			// The health endpoint's namespace outlives its agent by design.
+			if err := agent.RemoveHealthNetns(cfg.agentStateDir(n)); err != nil {
+				log.Warn("remove health endpoint namespace", "node", n.Name, "err", err)
+			}
 		}
 	}})
 	var procs []*process
