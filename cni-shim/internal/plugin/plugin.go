@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -83,8 +84,8 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 	if args.Netns == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
 	}
-	if _, err := os.Stat(args.Netns); err != nil {
-		return types.NewError(types.ErrInvalidNetNS, "network namespace not found", err.Error())
+	if err := checkNetns(args.Netns); err != nil {
+		return err
 	}
 	k8s, rawArgs, err := config.ParseArgs(args.Args)
 	if err != nil {
@@ -298,4 +299,17 @@ func toResult(ep *datapathv1alpha1.Endpoint) (*current.Result, error) {
 		r.Routes = append(r.Routes, route)
 	}
 	return r, nil
+}
+
+// checkNetns reports a CNI_NETNS that does not exist or is no network
+// namespace (a bind mount or /proc path of one is on nsfs) as error 8.
+func checkNetns(path string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return types.NewError(types.ErrInvalidNetNS, "network namespace not found", err.Error())
+	}
+	if st.Type != unix.NSFS_MAGIC {
+		return types.NewError(types.ErrInvalidNetNS, "not a network namespace", path+" is not a namespace handle (nsfs)")
+	}
+	return nil
 }

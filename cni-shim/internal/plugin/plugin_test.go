@@ -139,7 +139,7 @@ func cniCode(t *testing.T, err error) uint {
 
 func TestAddPrintsResultInEverySpecVersion(t *testing.T) {
 	fake, sock := startFake(t)
-	netns := t.TempDir() // any existing path stands in for the netns here
+	netns := "/proc/self/ns/net" // any network namespace stands in for the pod's here
 	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(v, func(t *testing.T) {
 			var out bytes.Buffer
@@ -187,7 +187,7 @@ func TestAddPrintsResultInEverySpecVersion(t *testing.T) {
 
 func TestErrorsCarrySpecCodes(t *testing.T) {
 	fake, sock := startFake(t)
-	netns := t.TempDir()
+	netns := "/proc/self/ns/net"
 	missingSock := filepath.Join(t.TempDir(), "absent.sock")
 	good := func(string) []byte { return netConf(t, "1.1.0", sock, nil) }
 	withPrev := func(string) []byte {
@@ -208,6 +208,7 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 		{name: "ADD without container ID", verb: (*Plugin).Add, args: skel.CmdArgs{IfName: "eth0", Netns: netns}, conf: good, want: types.ErrInvalidEnvironmentVariables},
 		{name: "ADD without netns", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: good, want: types.ErrInvalidEnvironmentVariables},
 		{name: "ADD with vanished netns", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: "/nonexistent/netns"}, conf: good, want: types.ErrInvalidNetNS},
+		{name: "ADD with a netns path that is no namespace", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: t.TempDir()}, conf: good, want: types.ErrInvalidNetNS},
 		{name: "ADD with datapath down", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte { return netConf(t, "1.1.0", missingSock, nil) }, want: types.ErrTryAgainLater},
 		{name: "ADD unknown pool", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.NotFound, `pool "x" not found`), want: types.ErrInvalidNetworkConfig},
 		{name: "ADD exhausted", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.ResourceExhausted, "pool full"), want: ErrAddressExhausted},
