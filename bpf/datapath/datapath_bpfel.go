@@ -84,7 +84,8 @@ const (
 	datapathAxonStatAXON_STAT_UNCONFIGURED     datapathAxonStat = 11
 	datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST datapathAxonStat = 12
 	datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN datapathAxonStat = 13
-	datapathAxonStatAXON_STAT_MAX              datapathAxonStat = 14
+	datapathAxonStatAXON_STAT_DROP_SPOOFED     datapathAxonStat = 14
+	datapathAxonStatAXON_STAT_MAX              datapathAxonStat = 15
 )
 
 // Names of all BPF objects in the ELF.

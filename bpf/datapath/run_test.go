@@ -74,7 +74,21 @@ func newRunner(t *testing.T) *runner {
 
 func (r *runner) run(t *testing.T, prog *ebpf.Program, in []byte) (uint32, []byte) {
 	t.Helper()
+	return r.runFrom(t, prog, in, 0)
+}
+
+// runFrom runs prog on in as if it arrived on the device ingressIfindex
+// (__sk_buff.ingress_ifindex; 0: none).
+func (r *runner) runFrom(t *testing.T, prog *ebpf.Program, in []byte, ingressIfindex uint32) (uint32, []byte) {
+	t.Helper()
 	opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256)}
+	if ingressIfindex != 0 {
+		// struct __sk_buff up to ingress_ifindex (offset 36); the kernel
+		// zero-fills the rest.
+		var ctx [10]uint32
+		ctx[9] = ingressIfindex
+		opts.Context = ctx
+	}
 	var ret uint32
 	if err := inNetNS(r.ns, func() (err error) {
 		ret, err = prog.Run(&opts)
@@ -164,7 +178,12 @@ func TestRun(t *testing.T) {
 		{"v6 local hop 2", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 2), verdictRedirect, toPodB6, "forwarded-local"},
 		{"v6 local native mode", nativeCfg, fromPod, udp6(podA6.ip, podB6.ip, 64), verdictRedirect, toPodB6, "forwarded-local"},
 		{"v6 local hop-by-hop", tunnelCfg, fromPod, withHopByHop(udp6(podA6.ip, podB6.ip, 64)), verdictRedirect, toPodB6, "forwarded-local"},
-		{"v6 local from link-local", tunnelCfg, fromPod, udp6(netip.MustParseAddr("fe80::1"), podB6.ip, 64), verdictRedirect, toPodB6, "forwarded-local"},
+		// A link-local source is never forwarded to another link (RFC 4291).
+		{"v6 local from link-local", tunnelCfg, fromPod, udp6(netip.MustParseAddr("fe80::1"), podB6.ip, 64), verdictDrop, unchanged, "drop-spoofed"},
+		// A pod sends from its own address only.
+		{"local from no pod's address", tunnelCfg, fromPod, udp4(outsideIP, podB.ip, 64), verdictDrop, unchanged, "drop-spoofed"},
+		{"tunnel from a remote pod's address", tunnelCfg, fromPod, udp4(remotePod, podA.ip, 64), verdictDrop, unchanged, "drop-spoofed"},
+		{"v6 from no pod's address", tunnelCfg, fromPod, udp6(outsideIP6, remotePod6, 64), verdictDrop, unchanged, "drop-spoofed"},
 		{"v6 echo request", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 128), verdictRedirect, toPodB6, "forwarded-local"},
 		{"v6 icmp 132", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 132), verdictRedirect, toPodB6, "forwarded-local"},
 		{"v6 icmp 138", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 138), verdictRedirect, toPodB6, "forwarded-local"},
@@ -377,6 +396,33 @@ func checkDelivered6(t *testing.T, in, out []byte, ep Endpoint) {
 	}
 }
 
+// TestSourceFromItsOwnDevice: a pod's address counts as its own only on its
+// own host-side veth; another pod cannot send with it.
+func TestSourceFromItsOwnDevice(t *testing.T) {
+	r := newRunner(t)
+	if err := r.objs.SetConfig(tunnelCfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		ingress uint32
+		want    uint32
+		counter string
+	}{
+		{"podA's address from podA's veth", uint32(podA.ep.Ifindex), verdictRedirect, "forwarded-local"},
+		{"podA's address from podB's veth", uint32(podB.ep.Ifindex), verdictDrop, "drop-spoofed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := r.stats(t).Map()
+			verdict, _ := r.runFrom(t, r.objs.FromPod(), udp4(podA.ip, podB.ip, 64), tc.ingress)
+			after := r.stats(t).Map()
+			if verdict != tc.want || after[tc.counter]-before[tc.counter] != 1 {
+				t.Errorf("verdict %d, %s +%d; want %d and +1", int32(verdict), tc.counter, after[tc.counter]-before[tc.counter], int32(tc.want))
+			}
+		})
+	}
+}
+
 // TestTTLChecksum checks the incremental checksum update against many
 // headers, including the checksum values where the carry folds.
 func TestTTLChecksum(t *testing.T) {
@@ -387,9 +433,8 @@ func TestTTLChecksum(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var frames [][]byte
 	for range 300 {
-		var src [4]byte
-		binary.BigEndian.PutUint32(src[:], rng.Uint32())
-		f := withOptions(udp4(netip.AddrFrom4(src), podB.ip, uint8(2+rng.IntN(254))), rng.IntN(11))
+		// The source must be podA's own; TOS, ID, TTL and options vary.
+		f := withOptions(udp4(podA.ip, podB.ip, uint8(2+rng.IntN(254))), rng.IntN(11))
 		f[15] = uint8(rng.Uint32()) // TOS
 		setID(f, uint16(rng.Uint32()))
 		frames = append(frames, f)

@@ -30,6 +30,7 @@ type Stats struct {
 	// source is a pod of a block the sending node does not own (a
 	// misconfigured or spoofing sender): left to the kernel's VXLAN path.
 	UnderlayForeign uint64
+	DropSpoofed     uint64 // from a pod with a source address not its own
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -52,6 +53,7 @@ var statFields = [...]struct {
 	{datapathAxonStatAXON_STAT_UNCONFIGURED, "unconfigured", func(s *Stats) *uint64 { return &s.Unconfigured }},
 	{datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST, "from-underlay-to-host", func(s *Stats) *uint64 { return &s.UnderlayToHost }},
 	{datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN, "from-underlay-foreign", func(s *Stats) *uint64 { return &s.UnderlayForeign }},
+	{datapathAxonStatAXON_STAT_DROP_SPOOFED, "drop-spoofed", func(s *Stats) *uint64 { return &s.DropSpoofed }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

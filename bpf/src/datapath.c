@@ -681,6 +681,17 @@ static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_c
 	}
 }
 
+/*
+ * Whether a packet from a pod carries the pod's own address: src is the
+ * endpoint entry of its source address, which must name the host-side veth
+ * the packet arrived on. (Test runs without an ingress device skip the
+ * device comparison.)
+ */
+static __always_inline int own_source(const struct __sk_buff *skb, const struct axon_endpoint *src)
+{
+	return src && (!skb->ingress_ifindex || src->ifindex == skb->ingress_ifindex);
+}
+
 SEC("tc")
 int axon_from_pod(struct __sk_buff *skb)
 {
@@ -706,11 +717,15 @@ int axon_from_pod(struct __sk_buff *skb)
 		return next(AXON_STAT_UNCONFIGURED);
 
 	if (kind == PARSE_IPV4) {
+		if (!own_source(skb, endpoint4(p.ip4->saddr)))
+			return drop(AXON_STAT_DROP_SPOOFED);
 		ep = endpoint4(p.ip4->daddr);
 		if (ep)
 			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_FWD_LOCAL);
 		return to_remote4(skb, cfg, p.eth, p.ip4);
 	}
+	if (!own_source(skb, endpoint6(&p.ip6->saddr)))
+		return drop(AXON_STAT_DROP_SPOOFED);
 	ep = endpoint6(&p.ip6->daddr);
 	if (ep)
 		return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);

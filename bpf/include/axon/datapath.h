@@ -114,6 +114,11 @@ enum axon_stat {
 	 * the sending node does not own (NEXT: the kernel's path judges it).
 	 */
 	AXON_STAT_UNDERLAY_FOREIGN,
+	/*
+	 * from_pod: the source address is not the sending pod's own (DROP):
+	 * a pod cannot spoof another pod's, or any other, address.
+	 */
+	AXON_STAT_DROP_SPOOFED,
 	AXON_STAT_MAX,
 };
 
