@@ -185,6 +185,11 @@ func nativePathCost(rounds int) (floor, native float64, err error) {
 	if err := objs.SetConfig(bpfdp.Config{Mode: bpfdp.ModeNative, NodeIP: nodeIP}); err != nil {
 		return 0, 0, err
 	}
+	hostMAC, podMAC := ingress.Attrs().HardwareAddr, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}
+	// The sending pod: its own address on its own veth (the source check).
+	if err := objs.PutEndpoint(src, bpfdp.Endpoint{Ifindex: ingress.Attrs().Index, ID: 1, PodMAC: podMAC, HostMAC: hostMAC}); err != nil {
+		return 0, 0, err
+	}
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()},
@@ -194,7 +199,6 @@ func nativePathCost(rounds int) (floor, native float64, err error) {
 	}
 	defer empty.Close()
 
-	hostMAC, podMAC := ingress.Attrs().HardwareAddr, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x11}
 	frame := udpFrame(hostMAC, podMAC, src, dst, 255)
 	var floors, natives []float64
 	err = n.do(func() error {
