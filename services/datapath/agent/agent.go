@@ -262,7 +262,15 @@ func (a *Agent) Ready() error {
 // RunReleaseRetries retries, until ctx ends, the address releases that
 // IPAM was unavailable for when their endpoints were deleted.
 func (a *Agent) RunReleaseRetries(ctx context.Context) {
-	t := time.NewTicker(a.cfg.ReleaseRetry)
+	every(ctx, a.cfg.ReleaseRetry, func() {
+		a.retryReleases(ctx)
+		a.replayDeletes(ctx)
+	})
+}
+
+// every calls fn each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -270,8 +278,7 @@ func (a *Agent) RunReleaseRetries(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		a.retryReleases(ctx)
-		a.replayDeletes(ctx)
+		fn()
 	}
 }
 
@@ -411,16 +418,9 @@ func (a *Agent) RunMasquerade(ctx context.Context, interval time.Duration) {
 	if !a.cfg.Masquerade {
 		return
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, interval, func() {
 		if err := a.syncMasquerade(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("update masquerade rules", "err", err)
 		}
-	}
+	})
 }

@@ -3,11 +3,12 @@ package agent
 import (
 	"fmt"
 	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/axon-cni/axon/services/ipam/cidr"
 )
 
 // natTable is the name of the nftables tables (one per IP family) the agent
@@ -87,50 +88,28 @@ func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
 // address after its last (an interval end), after a leading interval end at
 // the zero address as nft itself writes them.
 func intervalElements(prefixes []netip.Prefix) []nftables.SetElement {
-	type span struct{ from, to netip.Addr }
-	var spans []span
+	var spans []cidr.Range
 	for _, p := range prefixes {
-		r := span{p.Addr(), lastAddr(p)}
-		spans = append(spans, r)
+		spans = append(spans, cidr.RangeOf(p))
 	}
-	slices.SortFunc(spans, func(a, b span) int { return a.from.Compare(b.from) })
-	var merged []span
-	for _, s := range spans {
-		if n := len(merged); n > 0 && (!merged[n-1].to.Less(s.from) || merged[n-1].to.Next() == s.from) {
-			if merged[n-1].to.Less(s.to) {
-				merged[n-1].to = s.to
-			}
-			continue
-		}
-		merged = append(merged, s)
-	}
+	merged := cidr.MergeRanges(spans)
 	var zero netip.Addr
-	if merged[0].from.Is4() {
+	if merged[0].From.Is4() {
 		zero = netip.IPv4Unspecified()
 	} else {
 		zero = netip.IPv6Unspecified()
 	}
 	var out []nftables.SetElement
-	if merged[0].from != zero {
+	if merged[0].From != zero {
 		out = append(out, nftables.SetElement{Key: zero.AsSlice(), IntervalEnd: true})
 	}
 	for _, s := range merged {
-		out = append(out, nftables.SetElement{Key: s.from.AsSlice()})
-		if next := s.to.Next(); next.IsValid() {
+		out = append(out, nftables.SetElement{Key: s.From.AsSlice()})
+		if next := s.To.Next(); next.IsValid() {
 			out = append(out, nftables.SetElement{Key: next.AsSlice(), IntervalEnd: true})
 		}
 	}
 	return out
-}
-
-// lastAddr is the last address of p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // ifname is an interface name as nftables compares it: IFNAMSIZ bytes,

@@ -58,17 +58,7 @@ func usableIn(fs *pool.FamilySpec, outer, block netip.Prefix) uint64 {
 		}
 		in = append(in, cidr.Range{From: from, To: to})
 	}
-	slices.SortFunc(in, func(x, y cidr.Range) int { return x.From.Compare(y.From) })
-	var merged []cidr.Range
-	for _, r := range in {
-		if n := len(merged); n > 0 && (!merged[n-1].To.Less(r.From) || merged[n-1].To.Next() == r.From) {
-			if merged[n-1].To.Less(r.To) {
-				merged[n-1].To = r.To
-			}
-			continue
-		}
-		merged = append(merged, r)
-	}
+	merged := cidr.MergeRanges(in)
 	var taken uint64
 	for _, r := range merged {
 		taken = satAdd(taken, r.Size())

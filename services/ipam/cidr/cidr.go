@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/big"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -228,4 +229,22 @@ func (r Range) Size() uint64 {
 		return math.MaxUint64
 	}
 	return d.Uint64()
+}
+
+// MergeRanges returns the union of rs as sorted ranges that neither overlap
+// nor touch (adjacent ranges are joined). rs is not changed.
+func MergeRanges(rs []Range) []Range {
+	sorted := slices.Clone(rs)
+	slices.SortFunc(sorted, func(x, y Range) int { return x.From.Compare(y.From) })
+	var out []Range
+	for _, r := range sorted {
+		if n := len(out); n > 0 && (!out[n-1].To.Less(r.From) || out[n-1].To.Next() == r.From) {
+			if out[n-1].To.Less(r.To) {
+				out[n-1].To = r.To
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }

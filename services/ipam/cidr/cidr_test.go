@@ -3,6 +3,7 @@ package cidr
 import (
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -128,4 +129,31 @@ func FuzzPrefixArithmetic(f *testing.F) {
 			t.Fatalf("RangeOf(%s) lacks %s", b, a)
 		}
 	})
+}
+
+func TestMergeRanges(t *testing.T) {
+	r := func(from, to string) Range {
+		return Range{From: netip.MustParseAddr(from), To: netip.MustParseAddr(to)}
+	}
+	tests := []struct {
+		name string
+		in   []Range
+		want []Range
+	}{
+		{"none", nil, nil},
+		{"one", []Range{r("10.0.0.1", "10.0.0.9")}, []Range{r("10.0.0.1", "10.0.0.9")}},
+		{"unsorted apart", []Range{r("10.0.0.20", "10.0.0.29"), r("10.0.0.1", "10.0.0.9")}, []Range{r("10.0.0.1", "10.0.0.9"), r("10.0.0.20", "10.0.0.29")}},
+		{"overlapping", []Range{r("10.0.0.1", "10.0.0.15"), r("10.0.0.10", "10.0.0.29")}, []Range{r("10.0.0.1", "10.0.0.29")}},
+		{"adjacent", []Range{r("10.0.0.10", "10.0.0.19"), r("10.0.0.1", "10.0.0.9")}, []Range{r("10.0.0.1", "10.0.0.19")}},
+		{"contained", []Range{r("10.0.0.1", "10.0.0.99"), r("10.0.0.10", "10.0.0.19")}, []Range{r("10.0.0.1", "10.0.0.99")}},
+		{"to the end", []Range{r("255.255.255.0", "255.255.255.255"), r("255.255.255.250", "255.255.255.255")}, []Range{r("255.255.255.0", "255.255.255.255")}},
+		{"IPv6", []Range{r("fd00::10", "fd00::1f"), r("fd00::", "fd00::f")}, []Range{r("fd00::", "fd00::1f")}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := MergeRanges(tc.in); !slices.Equal(got, tc.want) {
+				t.Errorf("MergeRanges = %v, want %v", got, tc.want)
+			}
+		})
+	}
 }
