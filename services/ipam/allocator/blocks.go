@@ -147,6 +147,9 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		return blockRef{}, fmt.Errorf("pool %q serves no %s addresses: %w", p.parsed.Name, familyKey(f), ErrPrecondition)
 	}
 	tried := map[netip.Prefix]bool{}
+	// routerTaken is learned from a failed attempt: another replica gave
+	// the node its router IP, which our block cache may not show yet.
+	routerTaken := false
 	for range a.cfg.MaxAttempts {
 		var cand, outer netip.Prefix
 		switch {
@@ -184,7 +187,7 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		var ops []clientv3.Op
 		rkey := a.keys.router(n.node.GetName(), f)
 		var routerAddr netip.Addr
-		if !a.hasRouter(n.node.GetName(), f) && a.takesRouter(p.parsed, f) {
+		if !routerTaken && !a.hasRouter(n.node.GetName(), f) && a.takesRouter(p.parsed, f) {
 			if addr, ok := firstUsable(fs, rec); ok {
 				routerAddr = addr
 				rec.RouterIP = addr.String()
@@ -231,6 +234,9 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 					return blockRef{}, fmt.Errorf("block %s belongs to node %q (pool %q): %w", cand, b.Node, b.Pool, ErrPrecondition)
 				}
 			}
+		}
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 && routerAddr.IsValid() {
+			routerTaken = true
 		}
 		if ckey != "" {
 			if kvs := resp.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 {

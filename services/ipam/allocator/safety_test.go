@@ -277,3 +277,22 @@ func TestUsableIn(t *testing.T) {
 		})
 	}
 }
+
+// A block claim that finds the node's router IP taken by another replica
+// (its block not yet in this replica's cache) claims without one instead of
+// retrying the same transaction until it gives up.
+func TestClaimBlockLearnsRouterTaken(t *testing.T) {
+	cli := newClient(t)
+	a := newAllocator(t, cli, testRoot(t))
+	mustPool(t, a, v4Pool("default", true, 26, "10.60.0.0/16"))
+	mustNode(t, a, "n1")
+	// Another replica's router IP for n1, whose block this replica has
+	// not seen.
+	if _, err := cli.Put(t.Context(), a.keys.router("n1", pool.IPv4), "10.60.255.1"); err != nil {
+		t.Fatal(err)
+	}
+	mustAlloc(t, a, allocReq("n1", "c1"))
+	if bl := blocksOf(t, a, "n1"); len(bl) != 1 || bl[0].GetRouterIp() != "" {
+		t.Errorf("blocks %v, want one without a router IP", bl)
+	}
+}
