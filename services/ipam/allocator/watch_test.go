@@ -3,8 +3,12 @@ package allocator
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"maps"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
@@ -91,5 +95,54 @@ func TestWatchBlocksRelistsAfterCompaction(t *testing.T) {
 	defer cancel()
 	if err := w.follow(ctx, old-1); !errors.Is(err, errRelist) {
 		t.Fatalf("follow from a compacted revision = %v, want errRelist", err)
+	}
+}
+
+// TestWatchCacheRelistsAfterCompaction: a cache whose watch resumes from a
+// revision compacted meanwhile (its watch broke while the keys changed)
+// re-lists and ends up with exactly the current keys.
+func TestWatchCacheRelistsAfterCompaction(t *testing.T) {
+	cli := newClient(t)
+	ctx := t.Context()
+	prefix := testRoot(t) + "cache/"
+	if _, err := cli.Put(ctx, prefix+"a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	c := newWatchCache(cli, prefix, slog.New(slog.DiscardHandler), func(_ string, v []byte) (string, error) { return string(v), nil })
+	if err := c.refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// While no watch runs: a key deleted, one changed, one added; then the
+	// history is compacted away.
+	for _, op := range []clientv3.Op{clientv3.OpDelete(prefix + "a"), clientv3.OpPut(prefix+"b", "2"), clientv3.OpPut(prefix+"b", "3"), clientv3.OpPut(prefix+"c", "4")} {
+		if _, err := cli.Do(ctx, op); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := cli.Get(ctx, prefix+"c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { c.run(runCtx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	want := map[string]string{prefix + "b": "3", prefix + "c": "4"}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := map[string]string{}
+		for k, e := range c.snapshot(nil) {
+			got[k] = e.val
+		}
+		if maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cache holds %v, want %v", got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
