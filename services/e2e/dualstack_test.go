@@ -39,4 +39,6 @@ func TestDualStackTunnel(t *testing.T) {
 	e.eventually(func() error { return e.tryPing(a.netns, c.ip6) })
 	e.ping(c.netns, a.ip6)
 	e.ping(c.netns, e.cluster.Outside.IP6.String())
+	// The node itself reaches a remote pod over IPv6 through the overlay.
+	e.ping(e.cluster.Nodes[0].Netns, c.ip6)
 }

@@ -174,7 +174,7 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 		store: store{dir: cfg.StateDir}, ready: errors.New("node not set up yet"),
 		remote: remoteState{
 			watched: map[netip.Prefix]remoteBlock{}, manual: map[string]*datapathv1alpha1.RemoteNode{},
-			applied: map[netip.Prefix]remoteBlock{},
+			applied: map[netip.Prefix]remoteBlock{}, failed: map[netip.Prefix]bool{},
 		},
 	}, nil
 }

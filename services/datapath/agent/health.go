@@ -18,7 +18,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
 // peer is another node as the health prober knows it.
@@ -204,18 +203,13 @@ func (a *Agent) probePeers(ctx context.Context) {
 	}
 }
 
-// Readiness is what CNI STATUS reports: not ready while the node is not set
-// up or IPAM, which every ADD needs, does not answer; degraded while one of
-// the node's devices is missing.
-func (a *Agent) Readiness(ctx context.Context) (datapathv1alpha1.ReadinessState, []string) {
-	if err := a.Ready(); err != nil {
-		return datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY, []string{err.Error()}
-	}
-	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	if _, err := a.ipam.GetNode(pctx, &ipamv1alpha1.GetNodeRequest{Name: a.cfg.NodeName}); err != nil {
-		return datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY, []string{"IPAM: " + status.Convert(err).Message()}
-	}
+// Readiness is what CNI STATUS reports: not ready until the node is set
+// up, degraded while one of the node's devices is missing. It depends on
+// nothing outside the node: a runtime takes any STATUS error for a node
+// whose network is not ready, so an IPAM or etcd outage reported here would
+// take every node NotReady at once (and could keep IPAM's own pods from
+// starting). ADD reports IPAM's unavailability itself (11, try again).
+func (a *Agent) Readiness() (datapathv1alpha1.ReadinessState, []string) {
 	st := a.NodeStatus()
 	return st.GetReadiness(), st.GetReasons()
 }

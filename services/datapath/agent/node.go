@@ -37,6 +37,11 @@ func setupNodeDevices(h *netlink.Handle, routers []netip.Addr, mtu int) error {
 	}
 	for _, r := range routers {
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: r.AsSlice(), Mask: net.CIDRMask(r.BitLen(), r.BitLen())}}
+		if r.Is6() {
+			// Usable at once: a tentative address (during duplicate
+			// address detection) cannot be a route's source.
+			addr.Flags = unix.IFA_F_NODAD
+		}
 		if err := h.AddrReplace(host, addr); err != nil {
 			return fmt.Errorf("add router IP %s to %s: %w", r, HostDevice, err)
 		}

@@ -35,6 +35,9 @@ type remoteState struct {
 	watched map[netip.Prefix]remoteBlock
 	manual  map[string]*datapathv1alpha1.RemoteNode
 	applied map[netip.Prefix]remoteBlock
+	// failed are blocks whose route or map entry could not be applied;
+	// retried until they can.
+	failed map[netip.Prefix]bool
 }
 
 // effective is what block p should be routed to, if anything. Caller holds
@@ -66,10 +69,23 @@ func (a *Agent) reconcile(p netip.Prefix) {
 		delete(a.remote.applied, p)
 	case ok && (!applied || cur != want):
 		if err := a.applyRemote(p, want); err != nil {
-			a.log.Warn("cannot route remote block", "block", p, "node", want.node, "err", err)
+			if !a.remote.failed[p] {
+				a.log.Warn("cannot route remote block; retrying", "block", p, "node", want.node, "err", err)
+			}
+			a.remote.failed[p] = true
 			return
 		}
 		a.remote.applied[p] = want
+	}
+	delete(a.remote.failed, p)
+}
+
+// retryFailedRemotes applies again the blocks that could not be applied.
+func (a *Agent) retryFailedRemotes() {
+	a.remote.mu.Lock()
+	defer a.remote.mu.Unlock()
+	for p := range a.remote.failed {
+		a.reconcile(p)
 	}
 }
 
@@ -78,6 +94,7 @@ func (a *Agent) reconcile(p netip.Prefix) {
 // tunnel map entry and a route into the overlay in tunnel mode. It
 // reconnects after errors; after each SYNCED it drops what was not re-sent.
 func (a *Agent) RunRemoteWatch(ctx context.Context) {
+	go every(ctx, 5*time.Second, a.retryFailedRemotes)
 	for ctx.Err() == nil {
 		err := a.watchOnce(ctx)
 		if ctx.Err() != nil {

@@ -67,6 +67,10 @@ func (a *Agent) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapathv
 // UpsertRemoteNode creates or replaces a remote node given by API and
 // routes its pod CIDRs.
 func (a *Agent) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
+	if err := a.Ready(); err != nil {
+		// Routes need the node's router IPs as their source.
+		return nil, status.Errorf(codes.Unavailable, "node not set up yet: %v", err)
+	}
 	n, cidrs, err := a.normalizeRemoteNode(in)
 	if err != nil {
 		return nil, err

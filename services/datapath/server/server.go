@@ -123,8 +123,8 @@ func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alp
 }
 
 // CheckReady implements DatapathService.
-func (s *Server) CheckReady(ctx context.Context, _ *datapathv1alpha1.CheckReadyRequest) (*datapathv1alpha1.CheckReadyResponse, error) {
-	state, reasons := s.agent.Readiness(ctx)
+func (s *Server) CheckReady(context.Context, *datapathv1alpha1.CheckReadyRequest) (*datapathv1alpha1.CheckReadyResponse, error) {
+	state, reasons := s.agent.Readiness()
 	return &datapathv1alpha1.CheckReadyResponse{Readiness: state, Reasons: reasons}, nil
 }
 
