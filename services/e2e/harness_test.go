@@ -68,11 +68,12 @@ func TestMain(m *testing.M) {
 
 // env is a running Axon system with a CNI runtime's view of it.
 type env struct {
-	t       *testing.T
-	cluster *localcluster.Cluster
-	cni     *libcni.CNIConfig
-	bins    string
-	prefix  string
+	t        *testing.T
+	cluster  *localcluster.Cluster
+	cni      *libcni.CNIConfig
+	bins     string
+	prefix   string
+	stateDir string // the cluster's (localcluster.Config.StateDir)
 }
 
 func requireRoot(t *testing.T) {
@@ -120,7 +121,7 @@ func newEnvMode(t *testing.T, nodes int, mode string, opts ...func(*localcluster
 		t.Fatalf("start Axon: %v", err)
 	}
 	t.Cleanup(c.Stop)
-	return &env{t: t, cluster: c, bins: bins, prefix: prefix,
+	return &env{t: t, cluster: c, bins: bins, prefix: prefix, stateDir: cfg.StateDir,
 		// An explicit exec: libcni sets its default lazily, which races when
 		// pods are added in parallel.
 		cni: libcni.NewCNIConfigWithCacheDir([]string{bins}, t.TempDir(), &invoke.DefaultExec{

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -154,7 +155,9 @@ func TestRestartKeepsConnections(t *testing.T) {
 func TestRestartReconciles(t *testing.T) {
 	e := newEnvMode(t, 2, "tunnel")
 	n := e.cluster.Nodes[0]
-	a, gone := e.addPod(0, "pod-a"), e.addPod(0, "pod-gone")
+	a, gone, unrecorded := e.addPod(0, "pod-a"), e.addPod(0, "pod-gone"), e.addPod(0, "pod-unrecorded")
+	b := e.addPod(1, "pod-b")
+	e.eventually(func() error { return e.tryPing(a.netns, b.ip) })
 	conn, err := grpc.NewClient("unix://"+n.DatapathSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -180,8 +183,28 @@ func TestRestartReconciles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A veth named like a pod's but without Axon's program (another CNI's)
+	// is left alone.
 	if out, err := run(n.Netns, "ip", "link", "add", "lxc0123456789ab", "type", "veth", "peer", "name", "stray0"); err != nil {
 		t.Fatalf("add a stray pod veth: %v %s", err, out)
+	}
+	// An endpoint whose record is lost (a crash before it was written):
+	// its veth carries Axon's program, so it is Axon's and goes.
+	hostU := veth.HostName(unrecorded.rt.ContainerID, unrecorded.rt.IfName)
+	if err := os.Remove(filepath.Join(e.stateDir, n.Name, "endpoints", hostU+".json")); err != nil {
+		t.Fatal(err)
+	}
+	// Pins lost while the veths survived: pod-a's map entries are gone.
+	objs, err = bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range []string{a.ip, a.ip6} {
+		err = errors.Join(err, objs.DeleteEndpoint(netip.MustParseAddr(ip)))
+	}
+	_ = objs.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
@@ -190,11 +213,16 @@ func TestRestartReconciles(t *testing.T) {
 		t.Fatalf("restart datapath: %v", err)
 	}
 	e.eventually(func() error {
-		if l := lxcLinks(n.Netns); len(l) != 1 || l[0] != veth.HostName(a.rt.ContainerID, a.rt.IfName) {
-			return fmt.Errorf("node has veths %v, want only pod-a's", l)
+		if l := lxcLinks(n.Netns); len(l) != 2 || !slices.Contains(l, veth.HostName(a.rt.ContainerID, a.rt.IfName)) || !slices.Contains(l, "lxc0123456789ab") {
+			return fmt.Errorf("node has veths %v, want pod-a's and the foreign one", l)
 		}
 		return nil
 	})
+	// pod-a's eBPF state is back: it reaches a pod on the other node.
+	e.ping(a.netns, b.ip)
+	if err := e.cni.CheckNetworkList(t.Context(), e.conflist(0), a.rt); err != nil {
+		t.Errorf("CHECK pod-a after the restart: %v", err)
+	}
 	objs, err = bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -214,8 +242,8 @@ func TestRestartReconciles(t *testing.T) {
 	if err != nil || len(list.GetEndpoints()) != 2 { // pod-a and the health endpoint
 		t.Errorf("endpoints after restart: %v, %v; want pod-a's and the health endpoint", list.GetEndpoints(), err)
 	}
-	if allocs := e.pods(0); len(allocs) != 1 {
-		t.Errorf("IPAM allocations on %s: %v; want pod-a's only", n.Name, allocs)
+	if allocs := e.pods(0); len(allocs) != 2 { // pod-unrecorded's is GC's to release
+		t.Errorf("IPAM allocations on %s: %v; want pod-a's and pod-unrecorded's", n.Name, allocs)
 	}
 
 	remotes, err := dp.ListRemoteNodes(t.Context(), &datapathv1alpha1.ListRemoteNodesRequest{})
@@ -233,4 +261,9 @@ func TestRestartReconciles(t *testing.T) {
 	}
 	e.delPod(a)
 	e.delPod(gone) // DEL of what the restart removed is success
+	e.delPod(unrecorded)
+	e.delPod(b)
+	if _, err := run(n.Netns, "ip", "link", "del", "lxc0123456789ab"); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -68,6 +68,8 @@ type Datapath interface {
 	// AttachEndpoint puts the pod program on a pod's host veth; it stays
 	// until the veth is deleted.
 	AttachEndpoint(ifindex int) error
+	// IsEndpointDevice reports whether ifindex carries the pod program.
+	IsEndpointDevice(ifindex int) bool
 	PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error
 	DeleteEndpoint(ip netip.Addr) error
 	// EndpointAddrs lists the addresses with endpoint entries.

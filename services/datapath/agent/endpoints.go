@@ -408,8 +408,8 @@ var componentOf = map[veth.Part]datapathv1alpha1.EndpointComponent{
 // GarbageCollect removes the endpoints of network whose attachments are not
 // in valid and that are older than minAge, then has IPAM release any
 // allocation of this node that no kept endpoint owns. Endpoints of other
-// networks are kept; an empty network means every endpoint, and endpoints
-// recorded without a network belong to every network.
+// networks, or recorded without one, are kept; an empty network means every
+// endpoint.
 func (a *Agent) GarbageCollect(ctx context.Context, network string, valid []*datapathv1alpha1.Attachment, minAge time.Duration, dryRun bool) ([]*datapathv1alpha1.Endpoint, uint32, error) {
 	keep := map[string]bool{}
 	for _, att := range valid {
@@ -423,7 +423,10 @@ func (a *Agent) GarbageCollect(ctx context.Context, network string, valid []*dat
 	var live []*ipamv1alpha1.OwnerHandle
 	cutoff := time.Now().Add(-minAge)
 	for name, ep := range eps {
-		other := network != "" && ep.GetNetwork() != "" && ep.GetNetwork() != network
+		// A scoped GC leaves endpoints of other networks alone, and those
+		// recorded without a network (by an older shim): which network they
+		// belong to is unknown, and their DELs still come.
+		other := network != "" && ep.GetNetwork() != network
 		if other || keep[name] || a.isHealthEndpoint(ep.GetAttachment()) || ep.GetCreateTime().AsTime().After(cutoff) {
 			live = append(live, &ipamv1alpha1.OwnerHandle{ContainerId: ep.GetAttachment().GetContainerId(), InterfaceName: ep.GetAttachment().GetInterfaceName()})
 			continue

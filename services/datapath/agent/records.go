@@ -39,11 +39,17 @@ func (s store) save(hostName string, r *record) error {
 	return nil
 }
 
-// writeFileAtomic replaces path with b: a crash leaves the old content or
-// the new, never a mix.
+// writeFileAtomic replaces path with b, durably: a crash leaves the old
+// content or the new, never a mix or an empty file.
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(b)
+	serr := f.Sync()
+	if err := errors.Join(werr, serr, f.Close()); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)

@@ -208,12 +208,16 @@ func (a *Agent) restoreRemoteNodes() error {
 	}
 	var list []json.RawMessage
 	if err := json.Unmarshal(b, &list); err != nil {
-		return fmt.Errorf("%s: %w", remoteNodesFile, err)
+		// A damaged file must not keep the node from starting: the API's
+		// clients upsert their nodes again.
+		a.log.Error("remote nodes file unreadable; starting without API-given remote nodes", "file", remoteNodesFile, "err", err)
+		return nil
 	}
 	for _, raw := range list {
 		n := &datapathv1alpha1.RemoteNode{}
-		if err := protojson.Unmarshal(raw, n); err != nil {
-			return fmt.Errorf("%s: %w", remoteNodesFile, err)
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, n); err != nil || n.GetName() == "" {
+			a.log.Error("skipping an unreadable remote node", "file", remoteNodesFile, "err", err)
+			continue
 		}
 		a.remote.manual[n.GetName()] = n
 		for _, s := range n.GetPodCidrs() {

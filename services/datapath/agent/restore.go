@@ -3,12 +3,14 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"regexp"
 
 	"github.com/vishvananda/netlink"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 // hostNamePattern matches the host-side veth names the agent gives pods
@@ -24,10 +26,14 @@ var hostNamePattern = regexp.MustCompile(`^lxc[0-9a-f]{12}$`)
 func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1alpha1.Endpoint) map[string]*datapathv1alpha1.Endpoint {
 	h := a.plumber.Node
 	for name, ep := range eps {
-		_, err := h.LinkByName(name)
+		link, err := h.LinkByName(name)
+		if err == nil {
+			a.rewire(name, link.Attrs().Index, ep)
+			continue
+		}
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
-			continue // present, or unknown: leave it to CHECK
+			continue // unknown: leave it to CHECK
 		}
 		a.log.Info("endpoint's interface is gone; removing the endpoint", "endpoint", name,
 			"pod", ep.GetPodNamespace()+"/"+ep.GetPodName())
@@ -66,7 +72,10 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 	}
 	for _, l := range links {
 		name := l.Attrs().Name
-		if l.Type() != "veth" || !hostNamePattern.MatchString(name) || eps[name] != nil {
+		// Only a veth carrying Axon's program is Axon's: Cilium names its
+		// pods' veths the same way.
+		if l.Type() != "veth" || !hostNamePattern.MatchString(name) || eps[name] != nil ||
+			a.bpf == nil || !a.bpf.IsEndpointDevice(l.Attrs().Index) {
 			continue
 		}
 		if err := h.LinkDel(l); err != nil {
@@ -76,6 +85,26 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 		a.log.Info("removed pod interface of no endpoint", "interface", name)
 	}
 	return eps
+}
+
+// rewire writes a kept endpoint's map entries and program again, from its
+// record: pods keep working when the pins were lost (a new pin directory, a
+// remounted bpffs) while their veths survived.
+func (a *Agent) rewire(name string, ifindex int, ep *datapathv1alpha1.Endpoint) {
+	if a.bpf == nil {
+		return
+	}
+	rec, _, err := a.store.load(name)
+	if err != nil {
+		a.log.Warn("endpoint record", "endpoint", name, "err", err)
+		return
+	}
+	hostMAC, _ := net.ParseMAC(rec.HostMAC)
+	podMAC, _ := net.ParseMAC(rec.PodMAC)
+	res := veth.Result{HostIndex: ifindex, HostMAC: hostMAC, PodMAC: podMAC}
+	if err := a.attach(name, res, ep, endpointAddrs(ep)); err != nil {
+		a.log.Warn("restore the endpoint's eBPF state", "endpoint", name, "err", err)
+	}
 }
 
 // restoreRemotes seeds what the agent has applied of other nodes' blocks

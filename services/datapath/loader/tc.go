@@ -109,6 +109,17 @@ func (l *Loader) AttachEndpoint(ifindex int) error {
 	return l.attachFilter(ifindex, l.objs.FromPod())
 }
 
+// IsEndpointDevice reports whether ifindex carries the agent's pod filter
+// (of this run or an earlier one).
+func (l *Loader) IsEndpointDevice(ifindex int) bool {
+	link, err := l.nl.LinkByIndex(ifindex)
+	if err != nil {
+		return false
+	}
+	f, err := l.endpointFilterOf(link)
+	return err == nil && f != nil
+}
+
 // endpointProblems describes what is wrong with hostName's program.
 func (l *Loader) endpointProblems(hostName string) []string {
 	link, err := l.nl.LinkByName(hostName)

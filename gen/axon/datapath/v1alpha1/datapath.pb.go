@@ -733,8 +733,8 @@ type GarbageCollectEndpointsRequest struct {
 	MinAge *durationpb.Duration `protobuf:"bytes,2,opt,name=min_age,json=minAge,proto3" json:"min_age,omitempty"`
 	// If true, report what would be removed and change nothing.
 	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
-	// The CNI network being collected: only its endpoints (and those
-	// recorded without a network) are considered. Empty: every endpoint.
+	// The CNI network being collected: only its endpoints are considered
+	// (not those recorded without a network). Empty: every endpoint.
 	Network       string `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
