@@ -147,9 +147,9 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		return blockRef{}, fmt.Errorf("pool %q serves no %s addresses: %w", p.parsed.Name, familyKey(f), ErrPrecondition)
 	}
 	tried := map[netip.Prefix]bool{}
-	// routerTaken is learned from a failed attempt: another replica gave
-	// the node its router IP, which our block cache may not show yet.
-	routerTaken := false
+	// staleRouter is the revision of a router key a failed attempt found
+	// that no block carries (a leftover): the next attempt takes it over.
+	var staleRouter int64
 	for range a.cfg.MaxAttempts {
 		var cand, outer netip.Prefix
 		switch {
@@ -187,11 +187,15 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		var ops []clientv3.Op
 		rkey := a.keys.router(n.node.GetName(), f)
 		var routerAddr netip.Addr
-		if !routerTaken && !a.hasRouter(n.node.GetName(), f) && a.takesRouter(p.parsed, f) {
+		if !a.hasRouter(n.node.GetName(), f) && a.takesRouter(p.parsed, f) {
 			if addr, ok := firstUsable(fs, rec); ok {
 				routerAddr = addr
 				rec.RouterIP = addr.String()
-				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(rkey), "=", 0))
+				if staleRouter != 0 {
+					cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(rkey), "=", staleRouter))
+				} else {
+					cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(rkey), "=", 0))
+				}
 				ops = append(ops,
 					clientv3.OpPut(rkey, addr.String()),
 					clientv3.OpPut(a.keys.alloc(rec.Pool, cand, addr), mustJSON(addrRecord{Router: rec.Node})))
@@ -236,7 +240,17 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 			}
 		}
 		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 && routerAddr.IsValid() {
-			routerTaken = true
+			// The node has a router IP this replica's block cache does not
+			// show: another replica's claim the watch has not delivered
+			// yet, or a leftover no block carries. Re-list the blocks (rare)
+			// to tell which.
+			if err := a.blocks.refresh(ctx); err != nil {
+				return blockRef{}, err
+			}
+			staleRouter = 0
+			if !a.hasRouter(n.node.GetName(), f) {
+				staleRouter = kvs[0].ModRevision
+			}
 		}
 		if ckey != "" {
 			if kvs := resp.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 {

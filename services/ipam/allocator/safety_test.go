@@ -278,21 +278,41 @@ func TestUsableIn(t *testing.T) {
 	}
 }
 
-// A block claim that finds the node's router IP taken by another replica
-// (its block not yet in this replica's cache) claims without one instead of
-// retrying the same transaction until it gives up.
-func TestClaimBlockLearnsRouterTaken(t *testing.T) {
-	cli := newClient(t)
-	a := newAllocator(t, cli, testRoot(t))
-	mustPool(t, a, v4Pool("default", true, 26, "10.60.0.0/16"))
-	mustNode(t, a, "n1")
-	// Another replica's router IP for n1, whose block this replica has
-	// not seen.
-	if _, err := cli.Put(t.Context(), a.keys.router("n1", pool.IPv4), "10.60.255.1"); err != nil {
-		t.Fatal(err)
-	}
-	mustAlloc(t, a, allocReq("n1", "c1"))
-	if bl := blocksOf(t, a, "n1"); len(bl) != 1 || bl[0].GetRouterIp() != "" {
-		t.Errorf("blocks %v, want one without a router IP", bl)
-	}
+// A block claim that finds the node's router key taken without seeing the
+// block that carries it neither retries the same transaction until it gives
+// up nor hands out an address without a gateway: it re-reads the blocks and
+// uses the router of another replica's block, or takes a leftover key over.
+func TestClaimBlockFindsRouterTaken(t *testing.T) {
+	t.Run("leftover router key", func(t *testing.T) {
+		cli := newClient(t)
+		a := newAllocator(t, cli, testRoot(t))
+		mustPool(t, a, v4Pool("default", true, 26, "10.60.0.0/16"))
+		mustNode(t, a, "n1")
+		if _, err := cli.Put(t.Context(), a.keys.router("n1", pool.IPv4), "10.60.255.1"); err != nil {
+			t.Fatal(err)
+		}
+		al := mustAlloc(t, a, allocReq("n1", "c1"))
+		bl := blocksOf(t, a, "n1")
+		if len(bl) != 1 || bl[0].GetRouterIp() == "" || al.GetAddresses()[0].GetGateway() != bl[0].GetRouterIp() {
+			t.Errorf("blocks %v, gateway %q: want the block to carry the router IP and be the gateway", bl, al.GetAddresses()[0].GetGateway())
+		}
+	})
+	t.Run("another replica's block not seen yet", func(t *testing.T) {
+		cli, root := newClient(t), testRoot(t)
+		a := newAllocator(t, cli, root)
+		mustPool(t, a, v4Pool("default", true, 26, "10.61.0.0/16"))
+		mustNode(t, a, "n1")
+		// The other replica's first block of n1, written behind a's back
+		// (its watch may deliver it any time; the outcome must not depend
+		// on when).
+		b := newAllocator(t, cli, root)
+		first, err := b.ClaimBlock(t.Context(), "n1", "", pool.IPv4, "")
+		if err != nil || len(first) == 0 {
+			t.Fatalf("claim on the other replica: %v, %v", first, err)
+		}
+		al := mustAlloc(t, a, allocReq("n1", "c1"))
+		if gw := al.GetAddresses()[0].GetGateway(); gw != first[0].GetRouterIp() || gw == "" {
+			t.Errorf("gateway %q, want the other replica's router IP %q", gw, first[0].GetRouterIp())
+		}
+	})
 }
