@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/agent"
 	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/localcluster"
+	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
 // TestPodsOnOneNode wires pods through the real CNI plugin and checks they
@@ -274,6 +276,18 @@ func TestMasqueradeFollowsPools(t *testing.T) {
 	p := e.addPodConf(0, "pod-blue", conf)
 	if !strings.HasPrefix(p.ip, "10.55.") {
 		t.Fatalf("pod-blue got %s, want an address of pool blue", p.ip)
+	}
+	e.eventually(func() error { return e.tryPing(p.netns, e.cluster.Outside.IP.String()) })
+	// A flushed ruleset (a firewall reload) is put back.
+	if err := nstest.DoAt(e.cluster.Nodes[0].Netns, func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		c.FlushRuleset()
+		return c.Flush()
+	}); err != nil {
+		t.Fatalf("flush the node's ruleset: %v", err)
 	}
 	e.eventually(func() error { return e.tryPing(p.netns, e.cluster.Outside.IP.String()) })
 	e.delPod(p)

@@ -403,7 +403,7 @@ func (a *Agent) syncMasquerade(ctx context.Context) error {
 	}
 	a.masqMu.Lock()
 	defer a.masqMu.Unlock()
-	if a.masqApplied && slices.Equal(cidrs, a.masqCIDRs) {
+	if a.masqApplied && slices.Equal(cidrs, a.masqCIDRs) && masqueradeInstalled(cidrs) {
 		return nil
 	}
 	if err := setupMasquerade(cidrs, tunnelDevice(a.cfg.TunnelProtocol)); err != nil {

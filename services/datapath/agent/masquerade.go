@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -81,6 +82,24 @@ func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
 		return fmt.Errorf("install masquerade rules: %w", err)
 	}
 	return nil
+}
+
+// masqueradeInstalled reports whether the axon table of every family of
+// podCIDRs is in place (a firewall reload may have flushed the ruleset).
+func masqueradeInstalled(podCIDRs []netip.Prefix) bool {
+	c, err := nftables.New()
+	if err != nil {
+		return false
+	}
+	for _, fam := range natFamilies {
+		if !slices.ContainsFunc(podCIDRs, func(p netip.Prefix) bool { return p.Addr().Is4() == fam.v4 }) {
+			continue
+		}
+		if _, err := c.ListTableOfFamily(natTable, fam.table); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // intervalElements renders prefixes of one family as the elements of an
