@@ -27,8 +27,18 @@ type peer struct {
 	// learned from the block watch), asked again after a failed probe;
 	// API-given peers name theirs.
 	lookup bool
-	health *datapathv1alpha1.PeerHealth
+	// nextLookup is when IPAM may be asked again: lookupInterval after an
+	// answer, and after failures a delay that doubles up to maxLookupBackoff,
+	// so an outage does not multiply into IPAM (and etcd) load.
+	nextLookup time.Time
+	backoff    time.Duration
+	health     *datapathv1alpha1.PeerHealth
 }
+
+const (
+	lookupInterval   = 30 * time.Second
+	maxLookupBackoff = 2 * time.Minute
+)
 
 // healthState holds the peers and their last probe results.
 type healthState struct {
@@ -69,16 +79,9 @@ func (h *healthState) forgetPeer(node string) {
 func (a *Agent) RunHealth(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	ready := false
 	for {
-		if !ready {
-			if err := a.ensureHealthEndpoint(ctx); err != nil {
-				if ctx.Err() == nil {
-					a.log.Warn("health endpoint not in place; retrying", "err", err)
-				}
-			} else {
-				ready = true
-			}
+		if err := a.keepHealthEndpoint(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("health endpoint not in place; retrying", "err", err)
 		}
 		a.probePeers(ctx)
 		select {
@@ -89,49 +92,97 @@ func (a *Agent) RunHealth(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// ping sends one ICMP echo to ip and waits up to a second for its reply:
-// the peer's kernel answers, whether or not its agent runs.
-func ping(ctx context.Context, ip netip.Addr) (time.Duration, error) {
-	if !ip.Is4() {
-		return 0, errors.New("no IPv4 address known")
-	}
+// pinger sends ICMP echo requests on one raw socket and hands each reply to
+// the probe waiting for it (by sequence number and source): one socket per
+// probe round, not per probe, since every raw ICMP socket gets a copy of
+// every ICMP packet the node receives.
+type pinger struct {
+	c       *icmp.PacketConn
+	id      int
+	mu      sync.Mutex
+	seq     int
+	waiting map[int]pingWait
+}
+
+type pingWait struct {
+	from netip.Addr
+	done chan struct{}
+}
+
+func newPinger() (*pinger, error) {
 	c, err := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	defer c.Close()
-	id, seq := rand.IntN(0xffff), 1
-	req, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: seq, Data: []byte("axon-health")}}).Marshal(nil)
-	if err != nil {
-		return 0, err
-	}
-	deadline := time.Now().Add(time.Second)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	if err := c.SetDeadline(deadline); err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	if _, err := c.WriteTo(req, &net.IPAddr{IP: ip.AsSlice()}); err != nil {
-		return 0, err
-	}
+	p := &pinger{c: c, id: rand.IntN(0xffff), waiting: map[int]pingWait{}}
+	go p.read()
+	return p, nil
+}
+
+// read dispatches echo replies until the socket is closed.
+func (p *pinger) read() {
 	buf := make([]byte, 1500)
 	for {
-		n, from, err := c.ReadFrom(buf)
+		n, from, err := p.c.ReadFrom(buf)
 		if err != nil {
-			return 0, fmt.Errorf("no echo reply from %s: %w", ip, err)
-		}
-		if a, ok := from.(*net.IPAddr); !ok || !a.IP.Equal(ip.AsSlice()) {
-			continue
+			return
 		}
 		m, err := icmp.ParseMessage(1 /* ICMP for IPv4 */, buf[:n])
 		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
 			continue
 		}
-		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id && e.Seq == seq {
-			return time.Since(start), nil
+		e, ok := m.Body.(*icmp.Echo)
+		src, _ := from.(*net.IPAddr)
+		if !ok || e.ID != p.id || src == nil {
+			continue
 		}
+		addr, _ := netip.AddrFromSlice(src.IP)
+		p.mu.Lock()
+		w, ok := p.waiting[e.Seq]
+		if ok && w.from == addr.Unmap() {
+			delete(p.waiting, e.Seq)
+			close(w.done)
+		}
+		p.mu.Unlock()
+	}
+}
+
+func (p *pinger) close() { _ = p.c.Close() }
+
+// ping sends one echo request to ip and waits up to a second for its reply:
+// the peer's kernel answers, whether or not its agent runs.
+func (p *pinger) ping(ctx context.Context, ip netip.Addr) (time.Duration, error) {
+	if !ip.Is4() {
+		return 0, errors.New("no IPv4 address known")
+	}
+	done := make(chan struct{})
+	p.mu.Lock()
+	p.seq = (p.seq + 1) & 0xffff
+	seq := p.seq
+	p.waiting[seq] = pingWait{from: ip, done: done}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.waiting, seq)
+		p.mu.Unlock()
+	}()
+	req, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: p.id, Seq: seq, Data: []byte("axon-health")}}).Marshal(nil)
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if _, err := p.c.WriteTo(req, &net.IPAddr{IP: ip.AsSlice()}); err != nil {
+		return 0, err
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-done:
+		return time.Since(start), nil
+	case <-t.C:
+		return 0, fmt.Errorf("no echo reply from %s", ip)
+	case <-ctx.Done():
+		return 0, ctx.Err()
 	}
 }
 
@@ -144,9 +195,23 @@ func (a *Agent) probePeers(ctx context.Context) {
 		targets[n] = *p
 	}
 	a.health.mu.Unlock()
+	if len(names) == 0 {
+		return
+	}
+	pg, err := newPinger()
+	if err != nil {
+		a.log.Warn("health probes: ICMP socket", "err", err)
+		return
+	}
+	defer pg.close()
 	var wg sync.WaitGroup
 	results := make([]*datapathv1alpha1.PeerHealth, len(names))
 	healthIPs := make([]netip.Addr, len(names))
+	type lookupState struct {
+		next    time.Time
+		backoff time.Duration
+	}
+	lookups := make([]lookupState, len(names))
 	for i, n := range names {
 		wg.Go(func() {
 			p := targets[n]
@@ -156,24 +221,31 @@ func (a *Agent) probePeers(ctx context.Context) {
 				h.NodeIp = p.nodeIP.String()
 			}
 			var lerr error
-			if p.lookup && (!p.healthIP.IsValid() || !p.health.GetHealthEndpointReachable()) {
+			// Look the address up when unknown, and again after a failed
+			// probe (the endpoint may have been re-created), at most every
+			// lookupInterval.
+			if p.lookup && (!p.healthIP.IsValid() || !p.health.GetHealthEndpointReachable()) && !now.Before(p.nextLookup) {
 				lctx, cancel := context.WithTimeout(ctx, time.Second)
 				if ip, err := a.peerHealthIP(lctx, n); err == nil {
 					p.healthIP = ip
+					p.backoff, p.nextLookup = 0, now.Add(lookupInterval)
 				} else {
 					lerr = fmt.Errorf("health endpoint address: %s", status.Convert(err).Message())
+					p.backoff = min(max(2*p.backoff, time.Second), maxLookupBackoff)
+					p.nextLookup = now.Add(p.backoff)
 				}
 				cancel()
+				lookups[i] = lookupState{p.nextLookup, p.backoff}
 			}
 			healthIPs[i] = p.healthIP
 			if p.healthIP.IsValid() {
 				h.HealthIp = p.healthIP.String()
 			}
-			_, nerr := ping(ctx, p.nodeIP)
+			_, nerr := pg.ping(ctx, p.nodeIP)
 			herr := lerr
 			if herr == nil {
 				var rtt time.Duration
-				if rtt, herr = ping(ctx, p.healthIP); herr == nil {
+				if rtt, herr = pg.ping(ctx, p.healthIP); herr == nil {
 					h.Rtt = durationpb.New(rtt)
 				}
 			}
@@ -198,6 +270,9 @@ func (a *Agent) probePeers(ctx context.Context) {
 			p.health = results[i]
 			if p.lookup && healthIPs[i].IsValid() {
 				p.healthIP = healthIPs[i]
+			}
+			if l := lookups[i]; !l.next.IsZero() {
+				p.nextLookup, p.backoff = l.next, l.backoff
 			}
 		}
 	}

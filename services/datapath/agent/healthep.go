@@ -62,6 +62,23 @@ func (a *Agent) ensureHealthEndpoint(ctx context.Context) error {
 	return nil
 }
 
+// keepHealthEndpoint makes sure the health endpoint is in place: created
+// if missing, and re-created if its veth went away (its namespace was
+// removed, say).
+func (a *Agent) keepHealthEndpoint(ctx context.Context) error {
+	att := healthAttachment(a.cfg.NodeName)
+	name := hostNameOf(att)
+	if _, _, err := a.store.load(name); err == nil {
+		if _, err := a.plumber.Node.LinkByName(name); err == nil {
+			return nil
+		}
+		if _, err := a.DeleteEndpoint(ctx, att); err != nil {
+			return fmt.Errorf("remove the broken health endpoint: %w", err)
+		}
+	}
+	return a.ensureHealthEndpoint(ctx)
+}
+
 // peerHealthIP asks IPAM for the IPv4 address of a peer's health endpoint.
 func (a *Agent) peerHealthIP(ctx context.Context, node string) (netip.Addr, error) {
 	resp, err := a.ipam.GetAllocation(ctx, &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Handle{
