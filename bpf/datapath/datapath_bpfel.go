@@ -93,6 +93,7 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	datapathMapAxonConfig        = "axon_config"
+	datapathMapAxonDevices       = "axon_devices"
 	datapathMapAxonEndpoints     = "axon_endpoints"
 	datapathMapAxonEndpoints6    = "axon_endpoints6"
 	datapathMapAxonRemote4       = "axon_remote4"
@@ -157,6 +158,7 @@ type datapathProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type datapathMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
@@ -191,6 +193,7 @@ func (o *datapathObjects) Close() error {
 // It can be passed to loadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type datapathMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
+	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
@@ -201,6 +204,7 @@ type datapathMaps struct {
 func (m *datapathMaps) Close() error {
 	return _DatapathClose(
 		m.AxonConfig,
+		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonRemote4,

@@ -54,6 +54,7 @@ func TestSpec(t *testing.T) {
 		key, value, max, flags uint32
 	}{
 		{datapathMapAxonEndpoints, ebpf.Hash, 4, 28, 65536, 0},
+		{datapathMapAxonDevices, ebpf.Hash, 4, 4, 65536, 0},
 		{datapathMapAxonRemote4, ebpf.LPMTrie, 8, 8, 16384, unix.BPF_F_NO_PREALLOC},
 		{datapathMapAxonEndpoints6, ebpf.Hash, 16, 28, 65536, 0},
 		{datapathMapAxonRemote6, ebpf.LPMTrie, 20, 8, 16384, unix.BPF_F_NO_PREALLOC},
@@ -75,8 +76,8 @@ func TestSpec(t *testing.T) {
 			t.Errorf("map %s pinning %v, want PinByName", want.name, m.Pinning)
 		}
 	}
-	if len(spec.Maps) != 6 {
-		t.Errorf("maps %v, want exactly 6 (no .bss/.data/.rodata)", keys(spec.Maps))
+	if len(spec.Maps) != 7 {
+		t.Errorf("maps %v, want exactly 7 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
 	// The counters are the size of a pinned map: 15 since drop-spoofed
 	// (Load replaces the smaller maps of older pins, see TestLoadPinnedStatsResized).

@@ -200,6 +200,33 @@ func (o *Objects) PutEndpoint(ip netip.Addr, ep Endpoint) error {
 	return nil
 }
 
+// PutDevice records that the host-side veth dev (an ifindex) belongs to the pod
+// with key pod (any value the caller derives from the pod, the same for all
+// its attachments): the pod may send any of its addresses out of any of its
+// veths.
+func (o *Objects) PutDevice(dev int, pod uint32) error {
+	idx, err := ifindex(dev)
+	if err != nil {
+		return err
+	}
+	if err := o.objs.AxonDevices.Put(&idx, &pod); err != nil {
+		return fmt.Errorf("put device %d: %w", dev, err)
+	}
+	return nil
+}
+
+// DeleteDevice forgets a host-side veth; a missing one is not an error.
+func (o *Objects) DeleteDevice(dev int) error {
+	idx, err := ifindex(dev)
+	if err != nil {
+		return err
+	}
+	if err := o.objs.AxonDevices.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete device %d: %w", dev, err)
+	}
+	return nil
+}
+
 // DeleteEndpoint removes the endpoint with address ip. Deleting an endpoint
 // that does not exist is not an error.
 func (o *Objects) DeleteEndpoint(ip netip.Addr) error {

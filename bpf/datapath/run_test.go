@@ -397,11 +397,16 @@ func checkDelivered6(t *testing.T, in, out []byte, ep Endpoint) {
 }
 
 // TestSourceFromItsOwnDevice: a pod's address counts as its own only on its
-// own host-side veth; another pod cannot send with it.
+// own host-side veths; another pod cannot send with it.
 func TestSourceFromItsOwnDevice(t *testing.T) {
 	r := newRunner(t)
 	if err := r.objs.SetConfig(tunnelCfg); err != nil {
 		t.Fatal(err)
+	}
+	for dev, pod := range map[int]uint32{podA.ep.Ifindex: 1, podB.ep.Ifindex: 2, 13: 1} {
+		if err := r.objs.PutDevice(dev, pod); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, tc := range []struct {
 		name    string
@@ -411,6 +416,10 @@ func TestSourceFromItsOwnDevice(t *testing.T) {
 	}{
 		{"podA's address from podA's veth", uint32(podA.ep.Ifindex), verdictRedirect, "forwarded-local"},
 		{"podA's address from podB's veth", uint32(podB.ep.Ifindex), verdictDrop, "drop-spoofed"},
+		// podA's second attachment (another network): its veth is podA's.
+		{"podA's address from podA's other veth", 13, verdictRedirect, "forwarded-local"},
+		// A veth of no known pod.
+		{"podA's address from an unknown veth", 14, verdictDrop, "drop-spoofed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := r.stats(t).Map()

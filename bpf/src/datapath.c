@@ -58,6 +58,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_endpoints SEC(".maps");
 
+/*
+ * Pods' host-side veths (ifindex) and the pod each belongs to (an opaque
+ * key): a pod with several Axon attachments may send any of its addresses
+ * out of any of its veths.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_devices SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, AXON_MAX_REMOTES);
@@ -684,12 +697,23 @@ static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_c
 /*
  * Whether a packet from a pod carries the pod's own address: src is the
  * endpoint entry of its source address, which must name the host-side veth
- * the packet arrived on. (Test runs without an ingress device skip the
- * device comparison.)
+ * the packet arrived on, or another veth of the same pod (replies of one
+ * attachment's address may leave by another's route). (Test runs without an
+ * ingress device skip the device comparison.)
  */
 static __always_inline int own_source(const struct __sk_buff *skb, const struct axon_endpoint *src)
 {
-	return src && (!skb->ingress_ifindex || src->ifindex == skb->ingress_ifindex);
+	__u32 in = skb->ingress_ifindex, owner;
+	const __u32 *pod, *src_pod;
+
+	if (!src)
+		return 0;
+	if (!in || src->ifindex == in)
+		return 1;
+	owner = src->ifindex;
+	pod = bpf_map_lookup_elem(&axon_devices, &in);
+	src_pod = bpf_map_lookup_elem(&axon_devices, &owner);
+	return pod && src_pod && *pod == *src_pod;
 }
 
 SEC("tc")

@@ -292,3 +292,42 @@ func TestMasqueradeFollowsPools(t *testing.T) {
 	e.eventually(func() error { return e.tryPing(p.netns, e.cluster.Outside.IP.String()) })
 	e.delPod(p)
 }
+
+// TestTwoAttachments gives one pod a second Axon interface (another
+// network, as Multus would): both addresses are reachable, the first
+// interface keeps the default route, and replies that leave by the other
+// interface are not taken for spoofing.
+func TestTwoAttachments(t *testing.T) {
+	e := newEnvMode(t, 2, "tunnel")
+	p := e.addPod(0, "pod-two")
+	second := *p.rt
+	second.IfName = "net1"
+	conf2 := e.namedConflist(0, "axon-b")
+	res, err := e.cni.AddNetworkList(t.Context(), conf2, &second)
+	if err != nil {
+		t.Fatalf("ADD of the second attachment: %v", err)
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil || len(r.IPs) == 0 {
+		t.Fatalf("second attachment's result %v, %v", res, err)
+	}
+	ip2 := r.IPs[0].Address.IP.String()
+	if out, _ := run(p.netns, "ip", "-4", "route", "show", "default"); !strings.Contains(out, "dev eth0") || strings.Contains(out, "net1") {
+		t.Errorf("pod default routes %q, want eth0's only", out)
+	}
+	peer := e.addPod(1, "pod-peer")
+	before := e.stats(0)["drop-spoofed"]
+	e.eventually(func() error { return e.tryPing(peer.netns, p.ip) })
+	e.ping(peer.netns, ip2) // the reply from net1's address leaves by eth0
+	if d := e.stats(0)["drop-spoofed"] - before; d != 0 {
+		t.Errorf("drop-spoofed grew by %d", d)
+	}
+	if err := e.cni.CheckNetworkList(t.Context(), conf2, &second); err != nil {
+		t.Errorf("CHECK of the second attachment: %v", err)
+	}
+	if err := e.cni.DelNetworkList(t.Context(), conf2, &second); err != nil {
+		t.Fatal(err)
+	}
+	e.delPod(p)
+	e.delPod(peer)
+}

@@ -72,6 +72,10 @@ type Datapath interface {
 	IsEndpointDevice(ifindex int) bool
 	PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error
 	DeleteEndpoint(ip netip.Addr) error
+	// PutDevice and DeleteDevice keep which pod a host-side veth belongs
+	// to: a pod may send any of its addresses out of any of its veths.
+	PutDevice(ifindex int, pod uint32) error
+	DeleteDevice(ifindex int) error
 	// EndpointAddrs lists the addresses with endpoint entries.
 	EndpointAddrs() ([]netip.Addr, error)
 	// CheckEndpoint describes what is missing or wrong of a pod address's

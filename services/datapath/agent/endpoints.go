@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"
@@ -161,6 +162,9 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 // veth. On failure the caller deletes the veth, which takes the program
 // with it; attach only drops the entries.
 func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix) error {
+	if err := a.bpf.PutDevice(res.HostIndex, podKey(ep.GetAttachment().GetContainerId())); err != nil {
+		return err
+	}
 	for _, p := range addrs {
 		if err := a.bpf.PutEndpoint(p.Addr(), res.HostIndex, ep.GetEndpointId(), res.PodMAC, res.HostMAC); err != nil {
 			a.forgetAddrs(hostName, addrs)
@@ -172,6 +176,24 @@ func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.En
 		return err
 	}
 	return nil
+}
+
+// podKey is the key of a pod in the device map: the attachments of one pod
+// share the container (sandbox) ID.
+func podKey(containerID string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(containerID))
+	return h.Sum32()
+}
+
+// hostIfindex is the recorded ifindex of an endpoint's host-side veth, or 0.
+func hostIfindex(ep *datapathv1alpha1.Endpoint, hostName string) int {
+	for _, in := range ep.GetInterfaces() {
+		if in.GetName() == hostName {
+			return int(in.GetIfindex())
+		}
+	}
+	return 0
 }
 
 // forgetAddrs removes a pod's map entries. Its program needs no detaching:
@@ -212,6 +234,11 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attach
 	}
 	if a.bpf != nil {
 		a.forgetAddrs(hostName, endpointAddrs(ep))
+		if idx := hostIfindex(ep, hostName); idx > 0 {
+			if err := a.bpf.DeleteDevice(idx); err != nil {
+				a.log.Warn("delete device entry", "endpoint", hostName, "err", err)
+			}
+		}
 	}
 	var seq uint64
 	if rec != nil {

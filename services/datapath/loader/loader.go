@@ -234,6 +234,12 @@ func (l *Loader) DeleteEndpoint(ip netip.Addr) error {
 	return l.objs.DeleteEndpoint(ip)
 }
 
+// PutDevice records a pod's host-side veth and the pod it belongs to.
+func (l *Loader) PutDevice(ifindex int, pod uint32) error { return l.objs.PutDevice(ifindex, pod) }
+
+// DeleteDevice forgets a pod's host-side veth.
+func (l *Loader) DeleteDevice(ifindex int) error { return l.objs.DeleteDevice(ifindex) }
+
 // EndpointAddrs lists the pod addresses that have endpoint map entries.
 func (l *Loader) EndpointAddrs() ([]netip.Addr, error) {
 	eps, err := l.objs.Endpoints()

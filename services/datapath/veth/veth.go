@@ -200,7 +200,12 @@ func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.Ha
 		}
 		routes := []*netlink.Route{
 			{LinkIndex: link.Attrs().Index, Dst: hostRoute(gw), Scope: netlink.SCOPE_LINK},
-			{LinkIndex: link.Attrs().Index, Dst: def, Gw: gw.AsSlice(), Src: a.Addr().AsSlice()},
+		}
+		// A second attachment (another network) does not take the default
+		// route of the pod's first: only an interface without a rival
+		// gets it.
+		if !hasOtherDefault(pod, family, link.Attrs().Index) {
+			routes = append(routes, &netlink.Route{LinkIndex: link.Attrs().Index, Dst: def, Gw: gw.AsSlice(), Src: a.Addr().AsSlice()})
 		}
 		for _, r := range routes {
 			if err := pod.RouteReplace(r); err != nil {
@@ -209,6 +214,19 @@ func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.Ha
 		}
 	}
 	return nil
+}
+
+// hasOtherDefault reports whether the pod has a default route of family
+// through another interface than ifindex.
+func hasOtherDefault(pod *netlink.Handle, family, ifindex int) bool {
+	routes, err := pod.RouteList(nil, family)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(routes, func(r netlink.Route) bool {
+		isDefault := r.Dst == nil || (r.Dst.IP.IsUnspecified() && maskBits(r.Dst.Mask) == 0)
+		return isDefault && r.LinkIndex != ifindex
+	})
 }
 
 // Delete removes the host-side veth, which removes the pod side and the
@@ -341,7 +359,11 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 				found = true
 			}
 		}
-		if !found {
+		family := netlink.FAMILY_V4
+		if gw.Is6() {
+			family = netlink.FAMILY_V6
+		}
+		if !found && !hasOtherDefault(pod, family, link.Attrs().Index) {
 			add(PartPodRoute, "default route via %s missing in the pod", gw)
 		}
 		if !slices.ContainsFunc(routes, func(r netlink.Route) bool {
