@@ -210,6 +210,10 @@ func TestRun(t *testing.T) {
 		{"v6 NA to pod", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 136), verdictNext, unchanged, "non-ipv4"},
 		{"v6 NA to remote block", tunnelCfg, fromPod, icmp6(podA6.ip, remotePod6, 136), verdictNext, unchanged, "non-ipv4"},
 		{"v6 redirect to pod", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 137), verdictNext, unchanged, "non-ipv4"},
+		{"v6 DAD NS from ::", tunnelCfg, fromPod, icmp6(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:a"), 135), verdictNext, unchanged, "non-ipv4"},
+		// ND-typed ICMPv6 the node may forward: not from a foreign address.
+		{"v6 NA from a foreign address", tunnelCfg, fromPod, icmp6(outsideIP6, remotePod6, 136), verdictDrop, unchanged, "drop-spoofed"},
+		{"v6 NS to multicast from a foreign address", tunnelCfg, fromPod, icmp6(outsideIP6, netip.MustParseAddr("ff02::16"), 135), verdictDrop, unchanged, "drop-spoofed"},
 		{"v6 NS unconfigured", Config{}, fromPod, icmp6(podA6.ip, podB6.ip, 135), verdictNext, unchanged, "non-ipv4"},
 		{"v6 NS hop 1", tunnelCfg, fromPod, patch(icmp6(podA6.ip, podB6.ip, 135), 21, 1), verdictNext, unchanged, "non-ipv4"},
 		{"v6 link-local", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fe80::14"), 64), verdictNext, unchanged, "non-ipv4"},

@@ -220,6 +220,16 @@ static __always_inline int ipv6_link_scope(struct __sk_buff *skb, const struct i
 	return type >= AXON_ND_FIRST && type <= AXON_ND_LAST;
 }
 
+/* Whether an IPv6 source is link-local (fe80::/10) or unspecified (::). */
+static __always_inline int ipv6_link_source(const struct in6_addr *a)
+{
+	const __u32 *w = a->in6_u.u6_addr32;
+
+	if ((a->in6_u.u6_addr8[0] == 0xfe) && (a->in6_u.u6_addr8[1] & 0xc0) == 0x80)
+		return 1;
+	return !(w[0] | w[1] | w[2] | w[3]);
+}
+
 static __always_inline enum parse parse_ipv6(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ethhdr *eth = linear(skb, sizeof(struct ethhdr) + sizeof(struct ipv6hdr));
@@ -730,6 +740,14 @@ int axon_from_pod(struct __sk_buff *skb)
 	case PARSE_IPV6:
 		break;
 	case PARSE_IPV6_LINK:
+		/*
+		 * The node's stack handles these, and may forward them (ND-typed
+		 * ICMPv6 to a global address): the source must be link-local,
+		 * unspecified (DAD) or the pod's own, like any other.
+		 */
+		if (!ipv6_link_source(&p.ip6->saddr) && !own_source(skb, endpoint6(&p.ip6->saddr)))
+			return drop(AXON_STAT_DROP_SPOOFED);
+		return next(AXON_STAT_NON_IPV4);
 	case PARSE_OTHER:
 		return next(AXON_STAT_NON_IPV4);
 	default:
