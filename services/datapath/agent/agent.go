@@ -177,7 +177,7 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 	}
 	return &Agent{
 		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h, NodeNS: ns}, bpf: bpf,
-		store: store{dir: cfg.StateDir}, ready: errors.New("node not set up yet"),
+		store: store{dir: cfg.StateDir, log: log}, ready: errors.New("node not set up yet"),
 		remote: remoteState{
 			watched: map[netip.Prefix]remoteBlock{}, manual: map[string]*datapathv1alpha1.RemoteNode{},
 			applied: map[netip.Prefix]remoteBlock{}, failed: map[netip.Prefix]bool{},

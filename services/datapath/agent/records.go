@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,7 +25,10 @@ type record struct {
 }
 
 // store keeps records as one JSON file per endpoint, written atomically.
-type store struct{ dir string }
+type store struct {
+	dir string
+	log *slog.Logger
+}
 
 func (s store) path(hostName string) string { return filepath.Join(s.dir, hostName+".json") }
 
@@ -39,17 +43,14 @@ func (s store) save(hostName string, r *record) error {
 	return nil
 }
 
-// writeFileAtomic replaces path with b, durably: a crash leaves the old
-// content or the new, never a mix or an empty file.
+// writeFileAtomic replaces path with b: a crash of the agent leaves the
+// old content or the new, never a mix. There is no fsync (it would cost
+// every CNI ADD a disk flush): the records describe pods that do not
+// outlive the node, and the state directory is tmpfs (/run) in deployments;
+// a file damaged by a power loss is skipped when read.
 func writeFileAtomic(path string, b []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, werr := f.Write(b)
-	serr := f.Sync()
-	if err := errors.Join(werr, serr, f.Close()); err != nil {
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)
@@ -96,7 +97,13 @@ func (s store) list() (map[string]*datapathv1alpha1.Endpoint, error) {
 		}
 		_, ep, err := s.load(name)
 		if err != nil {
-			return nil, fmt.Errorf("endpoint record %s: %w", e.Name(), err)
+			// A record damaged by a power loss must not keep the agent
+			// from starting: it is set aside, and its pod (gone with the
+			// node's reboot, or answered by the runtime's next DEL or GC)
+			// handled without it.
+			s.log.Error("setting an unreadable endpoint record aside", "record", e.Name(), "err", err)
+			_ = os.Rename(filepath.Join(s.dir, e.Name()), filepath.Join(s.dir, e.Name()+".bad"))
+			continue
 		}
 		out[name] = ep
 	}
