@@ -2,91 +2,18 @@ package etcdclient
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/axon-cni/axon/services/internal/testpki"
 )
-
-// pki is a test certificate authority that writes its certificate and the
-// ones it issues (for 127.0.0.1) as PEM files under dir.
-type pki struct {
-	dir    string
-	caCert *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "axon test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pki{dir: t.TempDir(), caCert: cert, caKey: key}
-	writePEM(t, filepath.Join(p.dir, "ca.crt"), "CERTIFICATE", der)
-	return p
-}
-
-func (p *pki) ca() string { return filepath.Join(p.dir, "ca.crt") }
-
-// issue writes name.crt and name.key, a certificate for usage.
-func (p *pki) issue(t *testing.T, name string, serial int64, usage x509.ExtKeyUsage) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key")
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "EC PRIVATE KEY", kder)
-	return certFile, keyFile
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // freeURL is a loopback URL with a port free now.
 func freeURL(t *testing.T, scheme string) url.URL {
@@ -105,9 +32,11 @@ func freeURL(t *testing.T, scheme string) url.URL {
 // client built from --etcd-cert/--etcd-key/--etcd-ca reads and writes; one
 // without a client certificate, or trusting another CA, is refused.
 func TestTLSClientCertificates(t *testing.T) {
-	p := newPKI(t)
-	srvCert, srvKey := p.issue(t, "etcd", 2, x509.ExtKeyUsageServerAuth)
-	cliCert, cliKey := p.issue(t, "axon-ipam", 3, x509.ExtKeyUsageClientAuth)
+	dir := t.TempDir()
+	ca := testpki.New(t)
+	caFile := ca.WriteCert(t, dir, "ca.pem")
+	srvCert, srvKey := ca.Issue(t, dir, "etcd", x509.ExtKeyUsageServerAuth)
+	cliCert, cliKey := ca.Issue(t, dir, "axon-ipam", x509.ExtKeyUsageClientAuth)
 
 	cfg := embed.NewConfig()
 	cfg.Dir = filepath.Join(t.TempDir(), "etcd")
@@ -117,7 +46,7 @@ func TestTLSClientCertificates(t *testing.T) {
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
 	cfg.InitialCluster = cfg.Name + "=" + peer.String()
 	cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = srvCert, srvKey
-	cfg.ClientTLSInfo.TrustedCAFile = p.ca()
+	cfg.ClientTLSInfo.TrustedCAFile = caFile
 	cfg.ClientTLSInfo.ClientCertAuth = true
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
@@ -130,17 +59,19 @@ func TestTLSClientCertificates(t *testing.T) {
 		t.Fatal("etcd not ready")
 	}
 
-	other := newPKI(t)
-	otherCert, otherKey := other.issue(t, "stranger", 2, x509.ExtKeyUsageClientAuth)
+	otherDir := t.TempDir()
+	other := testpki.New(t)
+	otherCA := other.WriteCert(t, otherDir, "ca.pem")
+	otherCert, otherKey := other.Issue(t, otherDir, "stranger", x509.ExtKeyUsageClientAuth)
 	for _, tc := range []struct {
 		name string
 		cfg  Config
 		ok   bool
 	}{
-		{"client certificate of etcd's CA", Config{CertFile: cliCert, KeyFile: cliKey, CAFile: p.ca()}, true},
-		{"no client certificate", Config{CAFile: p.ca()}, false},
-		{"client certificate of another CA", Config{CertFile: otherCert, KeyFile: otherKey, CAFile: p.ca()}, false},
-		{"server not trusted", Config{CertFile: cliCert, KeyFile: cliKey, CAFile: other.ca()}, false},
+		{"client certificate of etcd's CA", Config{CertFile: cliCert, KeyFile: cliKey, CAFile: caFile}, true},
+		{"no client certificate", Config{CAFile: caFile}, false},
+		{"client certificate of another CA", Config{CertFile: otherCert, KeyFile: otherKey, CAFile: caFile}, false},
+		{"server not trusted", Config{CertFile: cliCert, KeyFile: cliKey, CAFile: otherCA}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.Endpoints, tc.cfg.DialTimeout = client.String(), 2*time.Second
