@@ -211,6 +211,7 @@ func TestRun(t *testing.T) {
 		{"v6 NA to remote block", tunnelCfg, fromPod, icmp6(podA6.ip, remotePod6, 136), verdictNext, unchanged, "non-ipv4"},
 		{"v6 redirect to pod", tunnelCfg, fromPod, icmp6(podA6.ip, podB6.ip, 137), verdictNext, unchanged, "non-ipv4"},
 		{"v6 DAD NS from ::", tunnelCfg, fromPod, icmp6(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:a"), 135), verdictNext, unchanged, "non-ipv4"},
+		{"v6 ND-typed from :: to a global address", tunnelCfg, fromPod, icmp6(netip.IPv6Unspecified(), remotePod6, 135), verdictDrop, unchanged, "drop-spoofed"},
 		// ND-typed ICMPv6 the node may forward: not from a foreign address.
 		{"v6 NA from a foreign address", tunnelCfg, fromPod, icmp6(outsideIP6, remotePod6, 136), verdictDrop, unchanged, "drop-spoofed"},
 		{"v6 NS to multicast from a foreign address", tunnelCfg, fromPod, icmp6(outsideIP6, netip.MustParseAddr("ff02::16"), 135), verdictDrop, unchanged, "drop-spoofed"},

@@ -220,14 +220,17 @@ static __always_inline int ipv6_link_scope(struct __sk_buff *skb, const struct i
 	return type >= AXON_ND_FIRST && type <= AXON_ND_LAST;
 }
 
-/* Whether an IPv6 source is link-local (fe80::/10) or unspecified (::). */
-static __always_inline int ipv6_link_source(const struct in6_addr *a)
+/*
+ * Whether an IPv6 source is one a host uses before or beside its addresses:
+ * link-local (fe80::/10), or unspecified (::) towards multicast (DAD, MLD).
+ */
+static __always_inline int ipv6_link_source(const struct in6_addr *a, const struct in6_addr *dst)
 {
 	const __u32 *w = a->in6_u.u6_addr32;
 
 	if ((a->in6_u.u6_addr8[0] == 0xfe) && (a->in6_u.u6_addr8[1] & 0xc0) == 0x80)
 		return 1;
-	return !(w[0] | w[1] | w[2] | w[3]);
+	return !(w[0] | w[1] | w[2] | w[3]) && dst->in6_u.u6_addr8[0] == 0xff;
 }
 
 static __always_inline enum parse parse_ipv6(struct __sk_buff *skb, struct pkt *p)
@@ -745,7 +748,7 @@ int axon_from_pod(struct __sk_buff *skb)
 		 * ICMPv6 to a global address): the source must be link-local,
 		 * unspecified (DAD) or the pod's own, like any other.
 		 */
-		if (!ipv6_link_source(&p.ip6->saddr) && !own_source(skb, endpoint6(&p.ip6->saddr)))
+		if (!ipv6_link_source(&p.ip6->saddr, &p.ip6->daddr) && !own_source(skb, endpoint6(&p.ip6->saddr)))
 			return drop(AXON_STAT_DROP_SPOOFED);
 		return next(AXON_STAT_NON_IPV4);
 	case PARSE_OTHER:

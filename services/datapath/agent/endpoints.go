@@ -151,6 +151,7 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	if err := a.store.save(hostName, &record{Endpoint: raw, IPAMSequence: seq, HostMAC: res.HostMAC.String(), PodMAC: res.PodMAC.String()}); err != nil {
 		if a.bpf != nil {
 			a.forgetAddrs(hostName, spec.Addrs)
+			a.forgetDevice(hostName, res.HostIndex)
 		}
 		return nil, status.Errorf(codes.Internal, "record endpoint: %v", err)
 	}
@@ -162,20 +163,36 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 // veth. On failure the caller deletes the veth, which takes the program
 // with it; attach only drops the entries.
 func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix) error {
+	if err := a.writeEBPF(res, ep, addrs); err != nil {
+		a.forgetAddrs(hostName, addrs)
+		a.forgetDevice(hostName, res.HostIndex)
+		return err
+	}
+	return nil
+}
+
+// writeEBPF writes an endpoint's device and map entries and attaches the
+// pod program to its host veth.
+func (a *Agent) writeEBPF(res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix) error {
 	if err := a.bpf.PutDevice(res.HostIndex, podKey(ep.GetAttachment().GetContainerId())); err != nil {
 		return err
 	}
 	for _, p := range addrs {
 		if err := a.bpf.PutEndpoint(p.Addr(), res.HostIndex, ep.GetEndpointId(), res.PodMAC, res.HostMAC); err != nil {
-			a.forgetAddrs(hostName, addrs)
 			return err
 		}
 	}
-	if err := a.bpf.AttachEndpoint(res.HostIndex); err != nil {
-		a.forgetAddrs(hostName, addrs)
-		return err
+	return a.bpf.AttachEndpoint(res.HostIndex)
+}
+
+// forgetDevice removes a host veth's device entry.
+func (a *Agent) forgetDevice(hostName string, ifindex int) {
+	if ifindex <= 0 {
+		return
 	}
-	return nil
+	if err := a.bpf.DeleteDevice(ifindex); err != nil {
+		a.log.Warn("delete device entry", "endpoint", hostName, "err", err)
+	}
 }
 
 // podKey is the key of a pod in the device map: the attachments of one pod
@@ -228,17 +245,17 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attach
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
 	}
+	ifindex := hostIfindex(ep, hostName)
+	if l, err := a.plumber.Node.LinkByName(hostName); err == nil {
+		ifindex = l.Attrs().Index // also without a record
+	}
 	// The veth goes first, and its program with it.
 	if err := a.plumber.Delete(hostName); err != nil {
 		return nil, status.Errorf(codes.Internal, "remove veth %s: %v", hostName, err)
 	}
 	if a.bpf != nil {
 		a.forgetAddrs(hostName, endpointAddrs(ep))
-		if idx := hostIfindex(ep, hostName); idx > 0 {
-			if err := a.bpf.DeleteDevice(idx); err != nil {
-				a.log.Warn("delete device entry", "endpoint", hostName, "err", err)
-			}
-		}
+		a.forgetDevice(hostName, ifindex)
 	}
 	var seq uint64
 	if rec != nil {

@@ -68,10 +68,14 @@ func (a *Agent) ensureHealthEndpoint(ctx context.Context) error {
 func (a *Agent) keepHealthEndpoint(ctx context.Context) error {
 	att := healthAttachment(a.cfg.NodeName)
 	name := hostNameOf(att)
-	if _, _, err := a.store.load(name); err == nil {
-		if _, err := a.plumber.Node.LinkByName(name); err == nil {
-			return nil
-		}
+	_, _, rerr := a.store.load(name)
+	_, lerr := a.plumber.Node.LinkByName(name)
+	if rerr == nil && lerr == nil {
+		return nil
+	}
+	if rerr == nil || lerr == nil {
+		// Half of it (a record without its veth, or a veth without its
+		// record after a crash): remove what is left, then create anew.
 		if _, err := a.DeleteEndpoint(ctx, att); err != nil {
 			return fmt.Errorf("remove the broken health endpoint: %w", err)
 		}

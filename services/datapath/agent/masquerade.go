@@ -85,7 +85,8 @@ func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
 }
 
 // masqueradeInstalled reports whether the axon table of every family of
-// podCIDRs is in place (a firewall reload may have flushed the ruleset).
+// podCIDRs is in place with its rule (a firewall reload may have flushed
+// the ruleset, or a table).
 func masqueradeInstalled(podCIDRs []netip.Prefix) bool {
 	c, err := nftables.New()
 	if err != nil {
@@ -95,7 +96,13 @@ func masqueradeInstalled(podCIDRs []netip.Prefix) bool {
 		if !slices.ContainsFunc(podCIDRs, func(p netip.Prefix) bool { return p.Addr().Is4() == fam.v4 }) {
 			continue
 		}
-		if _, err := c.ListTableOfFamily(natTable, fam.table); err != nil {
+		t, err := c.ListTableOfFamily(natTable, fam.table)
+		if err != nil {
+			return false
+		}
+		// The table alone may survive a flush of its chain or rules.
+		rules, err := c.GetRules(t, &nftables.Chain{Name: "postrouting", Table: t})
+		if err != nil || len(rules) == 0 {
 			return false
 		}
 	}

@@ -82,6 +82,7 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 			a.log.Warn("remove pod interface of no endpoint", "interface", name, "err", err)
 			continue
 		}
+		a.forgetDevice(name, l.Attrs().Index)
 		a.log.Info("removed pod interface of no endpoint", "interface", name)
 	}
 	return eps
@@ -102,7 +103,8 @@ func (a *Agent) rewire(name string, ifindex int, ep *datapathv1alpha1.Endpoint) 
 	hostMAC, _ := net.ParseMAC(rec.HostMAC)
 	podMAC, _ := net.ParseMAC(rec.PodMAC)
 	res := veth.Result{HostIndex: ifindex, HostMAC: hostMAC, PodMAC: podMAC}
-	if err := a.attach(name, res, ep, endpointAddrs(ep)); err != nil {
+	// No rollback: what was there may still work; CHECK reports the rest.
+	if err := a.writeEBPF(res, ep, endpointAddrs(ep)); err != nil {
 		a.log.Warn("restore the endpoint's eBPF state", "endpoint", name, "err", err)
 	}
 }

@@ -239,17 +239,19 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 				}
 			}
 		}
-		if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 && routerAddr.IsValid() {
-			// The node has a router IP this replica's block cache does not
-			// show: another replica's claim the watch has not delivered
-			// yet, or a leftover no block carries. Re-list the blocks (rare)
-			// to tell which.
-			if err := a.blocks.refresh(ctx); err != nil {
-				return blockRef{}, err
-			}
+		if kvs := resp.Responses[1].GetResponseRange().Kvs; routerAddr.IsValid() {
 			staleRouter = 0
-			if !a.hasRouter(n.node.GetName(), f) {
-				staleRouter = kvs[0].ModRevision
+			if len(kvs) > 0 {
+				// The node has a router IP this replica's block cache does
+				// not show: another replica's claim the watch has not
+				// delivered yet, or a leftover no block carries. Re-list the
+				// blocks (rare) to tell which.
+				if err := a.blocks.refresh(ctx); err != nil {
+					return blockRef{}, err
+				}
+				if !a.hasRouter(n.node.GetName(), f) {
+					staleRouter = kvs[0].ModRevision
+				}
 			}
 		}
 		if ckey != "" {
