@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 // Names of the node devices.
@@ -172,7 +174,7 @@ func defaultRouteDevice(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) 
 		return nil, fmt.Errorf("list routes: %w", err)
 	}
 	for _, r := range routes {
-		if r.Dst != nil && !(r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) {
+		if !veth.IsDefaultRoute(r) {
 			continue
 		}
 		idx := r.LinkIndex
@@ -184,11 +186,6 @@ func defaultRouteDevice(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) 
 		}
 	}
 	return nil, fmt.Errorf("%w: no default route names the device packets leave by", errNoUnderlay)
-}
-
-func isZeroMask(m net.IPMask) bool {
-	ones, _ := m.Size()
-	return ones == 0
 }
 
 // derivePodMTU is the pods' MTU on the node's underlay: all of the underlay

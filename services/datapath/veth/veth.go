@@ -223,10 +223,17 @@ func hasOtherDefault(pod *netlink.Handle, family, ifindex int) bool {
 	if err != nil {
 		return false
 	}
-	return slices.ContainsFunc(routes, func(r netlink.Route) bool {
-		isDefault := r.Dst == nil || (r.Dst.IP.IsUnspecified() && maskBits(r.Dst.Mask) == 0)
-		return isDefault && r.LinkIndex != ifindex
-	})
+	return slices.ContainsFunc(routes, func(r netlink.Route) bool { return IsDefaultRoute(r) && r.LinkIndex != ifindex })
+}
+
+// IsDefaultRoute reports whether r is a default route (no destination, or
+// the all-zero prefix), as netlink reports them either way.
+func IsDefaultRoute(r netlink.Route) bool {
+	if r.Dst == nil {
+		return true
+	}
+	ones, _ := r.Dst.Mask.Size()
+	return r.Dst.IP.IsUnspecified() && ones == 0
 }
 
 // Delete removes the host-side veth, which removes the pod side and the
@@ -354,8 +361,7 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 	for _, gw := range s.Gateways {
 		found := false
 		for _, r := range routes {
-			isDefault := r.Dst == nil || (r.Dst.IP.IsUnspecified() && r.Dst.Mask != nil && maskBits(r.Dst.Mask) == 0)
-			if isDefault && r.Gw.Equal(gw.AsSlice()) {
+			if IsDefaultRoute(r) && r.Gw.Equal(gw.AsSlice()) {
 				found = true
 			}
 		}
@@ -378,9 +384,4 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 		}
 	}
 	return problems
-}
-
-func maskBits(m net.IPMask) int {
-	ones, _ := m.Size()
-	return ones
 }
