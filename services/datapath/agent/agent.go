@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -25,7 +24,6 @@ import (
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
-	"github.com/axon-cni/axon/services/internal/paging"
 )
 
 // Routing modes between nodes.
@@ -230,10 +228,7 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.mu.Unlock()
 	eps = a.restoreEndpoints(ctx, eps)
 	a.restoreRemotes()
-	a.remote.mu.Lock()
-	err = a.restoreRemoteNodes()
-	a.remote.mu.Unlock()
-	if err != nil {
+	if err := a.restoreRemoteNodes(); err != nil {
 		return fmt.Errorf("restore remote nodes: %w", err)
 	}
 	for _, ep := range eps {
@@ -245,7 +240,6 @@ func (a *Agent) Start(ctx context.Context) error {
 		}
 	}
 	a.mu.Lock()
-	a.routers = routers
 	for _, ep := range eps {
 		a.nextID = max(a.nextID, ep.GetEndpointId())
 	}
@@ -341,92 +335,4 @@ func (a *Agent) setupDatapath() error {
 		return fmt.Errorf("attach underlay program: %w", err)
 	}
 	return nil
-}
-
-// podCIDRs returns where pod addresses come from: the CIDRs of every pool,
-// and the claimed blocks (nodes' pod CIDRs) of host-scope pools that accept
-// any pod CIDR, sorted.
-func (a *Agent) podCIDRs(ctx context.Context) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	add := func(ss []string) {
-		for _, s := range ss {
-			if pfx, err := netip.ParsePrefix(s); err == nil {
-				out = append(out, pfx.Masked())
-			}
-		}
-	}
-	var open []string // host-scope pools with a family of no CIDRs
-	err := paging.All(func(token string) (string, error) {
-		resp, err := a.ipam.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageToken: token})
-		if err != nil {
-			return "", fmt.Errorf("list pools: %w", err)
-		}
-		for _, p := range resp.GetPools() {
-			add(p.GetIpv4().GetCidrs())
-			add(p.GetIpv6().GetCidrs())
-			if p.GetMode() == ipamv1alpha1.PoolMode_POOL_MODE_HOST_SCOPE &&
-				((p.GetIpv4() != nil && len(p.GetIpv4().GetCidrs()) == 0) || (p.GetIpv6() != nil && len(p.GetIpv6().GetCidrs()) == 0)) {
-				open = append(open, p.GetName())
-			}
-		}
-		return resp.GetNextPageToken(), nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, name := range open {
-		err := paging.All(func(token string) (string, error) {
-			resp, err := a.ipam.ListBlocks(ctx, &ipamv1alpha1.ListBlocksRequest{Pool: name, PageToken: token})
-			if err != nil {
-				return "", fmt.Errorf("list blocks of pool %q: %w", name, err)
-			}
-			for _, b := range resp.GetBlocks() {
-				add([]string{b.GetCidr()})
-			}
-			return resp.GetNextPageToken(), nil
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	slices.SortFunc(out, func(x, y netip.Prefix) int {
-		if c := x.Addr().Compare(y.Addr()); c != 0 {
-			return c
-		}
-		return x.Bits() - y.Bits()
-	})
-	return slices.Compact(out), nil
-}
-
-// syncMasquerade makes the masquerade rules cover the current pod CIDRs,
-// rewriting them only when those changed.
-func (a *Agent) syncMasquerade(ctx context.Context) error {
-	cidrs, err := a.podCIDRs(ctx)
-	if err != nil {
-		return err
-	}
-	a.masqMu.Lock()
-	defer a.masqMu.Unlock()
-	if a.masqApplied && slices.Equal(cidrs, a.masqCIDRs) && masqueradeInstalled(cidrs) {
-		return nil
-	}
-	if err := setupMasquerade(cidrs, tunnelDevice(a.cfg.TunnelProtocol)); err != nil {
-		return err
-	}
-	a.masqCIDRs, a.masqApplied = cidrs, true
-	a.log.Info("masquerading pod traffic leaving the pod CIDRs", "pod_cidrs", len(cidrs))
-	return nil
-}
-
-// RunMasquerade follows pool changes until ctx ends: pods of a pool created
-// later are masqueraded too. A no-op without masquerading.
-func (a *Agent) RunMasquerade(ctx context.Context, interval time.Duration) {
-	if !a.cfg.Masquerade {
-		return
-	}
-	every(ctx, interval, func() {
-		if err := a.syncMasquerade(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("update masquerade rules", "err", err)
-		}
-	})
 }

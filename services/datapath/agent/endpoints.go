@@ -495,9 +495,14 @@ func (a *Agent) GarbageCollect(ctx context.Context, network string, valid []*dat
 
 // NodeConfig describes this node's datapath.
 func (a *Agent) NodeConfig() *datapathv1alpha1.NodeConfig {
+	c := &datapathv1alpha1.NodeConfig{NodeName: a.cfg.NodeName, Mtu: uint32(a.cfg.MTU), Masquerade: a.cfg.Masquerade}
+	if _, ep, err := a.store.load(hostNameOf(healthAttachment(a.cfg.NodeName))); err == nil {
+		for _, p := range endpointAddrs(ep) {
+			c.HealthIps = append(c.HealthIps, p.Addr().String())
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	c := &datapathv1alpha1.NodeConfig{NodeName: a.cfg.NodeName, Mtu: uint32(a.cfg.MTU), Masquerade: a.cfg.Masquerade}
 	if a.cfg.RoutingMode == ModeTunnel {
 		c.RoutingMode = datapathv1alpha1.RoutingMode_ROUTING_MODE_TUNNEL
 		c.TunnelProtocol = datapathv1alpha1.TunnelProtocol_TUNNEL_PROTOCOL_VXLAN
@@ -511,13 +516,6 @@ func (a *Agent) NodeConfig() *datapathv1alpha1.NodeConfig {
 	}
 	for _, ip := range a.cfg.NodeIPs {
 		c.NodeIps = append(c.NodeIps, ip.String())
-	}
-	if _, ep, err := a.store.load(hostNameOf(healthAttachment(a.cfg.NodeName))); err == nil {
-		for _, ipc := range ep.GetIps() {
-			if p, err := netip.ParsePrefix(ipc.GetAddress()); err == nil {
-				c.HealthIps = append(c.HealthIps, p.Addr().String())
-			}
-		}
 	}
 	for _, r := range a.routers {
 		c.RouterIps = append(c.RouterIps, r.String())

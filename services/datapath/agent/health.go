@@ -204,14 +204,10 @@ func (a *Agent) probePeers(ctx context.Context) {
 		return
 	}
 	defer pg.close()
+	// Each probe works on a copy of its peer; what it learns is copied back
+	// below.
 	var wg sync.WaitGroup
-	results := make([]*datapathv1alpha1.PeerHealth, len(names))
-	healthIPs := make([]netip.Addr, len(names))
-	type lookupState struct {
-		next    time.Time
-		backoff time.Duration
-	}
-	lookups := make([]lookupState, len(names))
+	probed := make([]peer, len(names))
 	for i, n := range names {
 		wg.Go(func() {
 			p := targets[n]
@@ -235,9 +231,7 @@ func (a *Agent) probePeers(ctx context.Context) {
 					p.nextLookup = now.Add(p.backoff)
 				}
 				cancel()
-				lookups[i] = lookupState{p.nextLookup, p.backoff}
 			}
-			healthIPs[i] = p.healthIP
 			if p.healthIP.IsValid() {
 				h.HealthIp = p.healthIP.String()
 			}
@@ -259,7 +253,8 @@ func (a *Agent) probePeers(ctx context.Context) {
 			if err := errors.Join(nerr, herr); err != nil {
 				h.Message = err.Error()
 			}
-			results[i] = h
+			p.health = h
+			probed[i] = p
 		})
 	}
 	wg.Wait()
@@ -267,12 +262,9 @@ func (a *Agent) probePeers(ctx context.Context) {
 	defer a.health.mu.Unlock()
 	for i, n := range names {
 		if p, ok := a.health.peers[n]; ok {
-			p.health = results[i]
-			if p.lookup && healthIPs[i].IsValid() {
-				p.healthIP = healthIPs[i]
-			}
-			if l := lookups[i]; !l.next.IsZero() {
-				p.nextLookup, p.backoff = l.next, l.backoff
+			p.health = probed[i].health
+			if p.lookup {
+				p.healthIP, p.nextLookup, p.backoff = probed[i].healthIP, probed[i].nextLookup, probed[i].backoff
 			}
 		}
 	}

@@ -197,8 +197,10 @@ func (a *Agent) saveRemoteNodes(nodes map[string]*datapathv1alpha1.RemoteNode) e
 }
 
 // restoreRemoteNodes loads the API-given remote nodes recorded before a
-// restart and routes their blocks. Caller holds a.remote.mu.
+// restart and routes their blocks.
 func (a *Agent) restoreRemoteNodes() error {
+	a.remote.mu.Lock()
+	defer a.remote.mu.Unlock()
 	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, remoteNodesFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
