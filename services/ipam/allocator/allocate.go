@@ -292,53 +292,11 @@ func (a *Allocator) choosePool(ctx context.Context, n nodeRef, req *ipamv1alpha1
 // or the next free one of the node's blocks, claiming a block when all are
 // full.
 func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f pool.Family, want netip.Addr, heldByUs bool) (famPlan, error) {
+	if want.IsValid() {
+		return a.chooseRequested(ctx, n, p, f, want, heldByUs)
+	}
 	fs := p.parsed.Family(f)
 	node := n.node.GetName()
-	if want.IsValid() {
-		// Everything that can be judged without a block is, before a
-		// block is claimed: a refused request changes nothing.
-		var outer netip.Prefix
-		if p.parsed.Mode == pool.HostScope {
-			pc, ok := hostPodCIDR(n.node, p.parsed, f)
-			if !ok || !pc.Contains(want) {
-				return famPlan{}, fmt.Errorf("requested IP %s is outside node %q's pod CIDR in host-scope pool %q: %w", want, node, p.parsed.Name, ErrPrecondition)
-			}
-			outer = pc
-		} else {
-			c, ok := fs.CIDRContaining(want)
-			if !ok {
-				return famPlan{}, fmt.Errorf("requested IP %s is outside the CIDRs of pool %q: %w", want, p.parsed.Name, ErrPrecondition)
-			}
-			outer = c
-		}
-		if !fs.Usable(outer, want) {
-			return famPlan{}, fmt.Errorf("requested IP %s is reserved (network, broadcast or reserved range): %w", want, ErrPrecondition)
-		}
-		var blk blockRef
-		var err error
-		if p.parsed.Mode == pool.HostScope {
-			blk, err = a.ensureBlock(ctx, n, p, f, netip.Prefix{})
-		} else {
-			blk, err = a.ensureBlock(ctx, n, p, f, cidr.BlockOf(want, fs.BlockBits))
-		}
-		if err != nil {
-			return famPlan{}, err
-		}
-		if !blk.CIDR.Contains(want) {
-			return famPlan{}, fmt.Errorf("requested IP %s is outside node %q's block %s: %w", want, node, blk.CIDR, ErrPrecondition)
-		}
-		if want.String() == blk.RouterIP {
-			return famPlan{}, fmt.Errorf("requested IP %s is node %q's router IP: %w", want, node, ErrPrecondition)
-		}
-		u, err := a.usageOf(ctx, blk.blockRecord)
-		if err != nil {
-			return famPlan{}, err
-		}
-		if !u.claimAddr(want, heldByUs) {
-			return famPlan{}, fmt.Errorf("requested IP %s is allocated or held: %w", want, ErrExists)
-		}
-		return famPlan{fam: f, pool: p, block: blk, addr: want, usage: u}, nil
-	}
 	blocks := a.nodeBlocks(node, p.parsed.Name, f)
 	// pickAny picks from the node's blocks, re-reading a block that looks
 	// full when its view is older than maxAge.
@@ -392,6 +350,51 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 		return famPlan{fam: f, pool: p, block: blk, addr: addr, usage: u}, nil
 	}
 	return famPlan{}, fmt.Errorf("new block %s of pool %q has no usable address: %w", blk.CIDR, p.parsed.Name, ErrExhausted)
+}
+
+// chooseRequested plans the requested address want of pool p on node n.
+// Everything that can be judged without a block is judged before one is
+// claimed: a refused request changes nothing.
+func (a *Allocator) chooseRequested(ctx context.Context, n nodeRef, p poolRef, f pool.Family, want netip.Addr, heldByUs bool) (famPlan, error) {
+	fs := p.parsed.Family(f)
+	node := n.node.GetName()
+	// outer is the range want must lie in; wantBlock the block holding it
+	// (host scope: none to name, the node's pod CIDR is its only block).
+	var outer, wantBlock netip.Prefix
+	if p.parsed.Mode == pool.HostScope {
+		pc, ok := hostPodCIDR(n.node, p.parsed, f)
+		if !ok || !pc.Contains(want) {
+			return famPlan{}, fmt.Errorf("requested IP %s is outside node %q's pod CIDR in host-scope pool %q: %w", want, node, p.parsed.Name, ErrPrecondition)
+		}
+		outer = pc
+	} else {
+		c, ok := fs.CIDRContaining(want)
+		if !ok {
+			return famPlan{}, fmt.Errorf("requested IP %s is outside the CIDRs of pool %q: %w", want, p.parsed.Name, ErrPrecondition)
+		}
+		outer, wantBlock = c, cidr.BlockOf(want, fs.BlockBits)
+	}
+	if !fs.Usable(outer, want) {
+		return famPlan{}, fmt.Errorf("requested IP %s is reserved (network, broadcast or reserved range): %w", want, ErrPrecondition)
+	}
+	blk, err := a.ensureBlock(ctx, n, p, f, wantBlock)
+	if err != nil {
+		return famPlan{}, err
+	}
+	if !blk.CIDR.Contains(want) {
+		return famPlan{}, fmt.Errorf("requested IP %s is outside node %q's block %s: %w", want, node, blk.CIDR, ErrPrecondition)
+	}
+	if want.String() == blk.RouterIP {
+		return famPlan{}, fmt.Errorf("requested IP %s is node %q's router IP: %w", want, node, ErrPrecondition)
+	}
+	u, err := a.usageOf(ctx, blk.blockRecord)
+	if err != nil {
+		return famPlan{}, err
+	}
+	if !u.claimAddr(want, heldByUs) {
+		return famPlan{}, fmt.Errorf("requested IP %s is allocated or held: %w", want, ErrExists)
+	}
+	return famPlan{fam: f, pool: p, block: blk, addr: want, usage: u}, nil
 }
 
 // ensureBlock returns the node's block want (or, for host scope, its pod
