@@ -511,7 +511,7 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 			    BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
 			    BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr));
-	__u32 inner_len = skb->len - sizeof(struct ethhdr);
+	__u32 inner_len = skb->len - sizeof(struct ethhdr), outer_len;
 	__be16 outer_proto = bpf_htons(ETH_P_IP);
 	struct axon_vxlan_encap h;
 	struct bpf_fib_lookup fib;
@@ -544,9 +544,10 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 	ip.protocol = IPPROTO_UDP;
 	ip.saddr = cfg->node_ip4;
 	ip.daddr = remote->node_ip4;
-	/* A GSO packet's lengths are redone per segment by the kernel; an
-	 * unsegmented one (over veth) stays below 64 KiB with these headers. */
-	ip.tot_len = bpf_htons(sizeof(h) + inner_len);
+	/* A GSO packet's lengths are redone per segment by the kernel. One of
+	 * over 64 KiB (BIG TCP) gets 0, as the kernel writes for those. */
+	outer_len = sizeof(h) + inner_len;
+	ip.tot_len = outer_len > 0xffff ? 0 : bpf_htons(outer_len);
 	/* The source port spreads flows over the underlay's paths, as the
 	 * kernel's VXLAN does, from the inner flow's hash. */
 	hash = bpf_get_hash_recalc(skb);
@@ -566,7 +567,7 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 	__builtin_memcpy(&h.inner, eth, sizeof(h.inner));
 	h.udp.source = bpf_htons(0xc000 | ((hash ^ (hash >> 16)) & 0x3fff));
 	h.udp.dest = bpf_htons(AXON_VXLAN_PORT);
-	h.udp.len = bpf_htons(sizeof(h) - sizeof(h.ip) + inner_len);
+	h.udp.len = outer_len - sizeof(h.ip) > 0xffff ? 0 : bpf_htons(outer_len - sizeof(h.ip));
 	/* UDP checksum 0: valid over IPv4, and what axon_vxlan sends. */
 	h.vx.flags = AXON_VXLAN_FLAG_VNI;
 	h.vx.vni = bpf_htonl(AXON_TUNNEL_VNI << 8);

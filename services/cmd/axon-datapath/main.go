@@ -47,6 +47,7 @@ func main() {
 			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from the MTU of the device holding the node address (less 50 in tunnel mode)")
 			fs.StringVar(&cfg.StateDir, "state-dir", "/run/axon/datapath", "`directory` of the endpoint records")
 			fs.StringVar(&cfg.DeleteQueue, "cni-delete-queue", "/run/axon/cni-deletes", "`directory` where axon-cni queues DELs while the datapath is down")
+			fs.BoolVar(&cfg.BigTCP, "big-tcp", false, "BIG TCP: pods send and receive GSO packets of up to 192 KiB (IPv4 needs Linux 6.3; VXLAN or native routing; an underlay device that takes them); pods made before keep 64 KiB")
 			fs.BoolVar(&cfg.Masquerade, "masquerade", cfg.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")
 			fs.DurationVar(&healthInterval, "health-probe-interval", healthInterval, "how often peers' health endpoints are probed")
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")

@@ -58,6 +58,9 @@ type Config struct {
 	// DeleteQueue is where axon-cni queues DELs while the agent is down;
 	// the agent replays them once the node is set up, then periodically.
 	DeleteQueue string
+	// BigTCP lets pods send and receive GSO packets above 64 KiB (see
+	// bigtcp.go). Pods made before it was turned on keep 64 KiB.
+	BigTCP bool
 }
 
 // Datapath is the eBPF side of the node: programs loaded once, per-endpoint
@@ -96,6 +99,7 @@ type Datapath interface {
 // Agent wires pods on one node.
 type Agent struct {
 	cfg     Config
+	gsoMax  int // pods' GSO and GRO max size with BIG TCP; 0 without
 	log     *slog.Logger
 	ipam    ipamv1alpha1.IPAMServiceClient
 	plumber *veth.Plumber
@@ -173,8 +177,18 @@ func New(cfg Config, ipam ipamv1alpha1.IPAMServiceClient, bpf Datapath, log *slo
 	if cfg.MTU < ipv6MinMTU {
 		log.Warn("pod MTU is below IPv6's minimum: IPv6 pods will not work", "pod_mtu", cfg.MTU, "ipv6_min", ipv6MinMTU)
 	}
+	var gsoMax int
+	if cfg.BigTCP {
+		// Like a missing Geneve module: a configuration error, reported at once.
+		if gsoMax, err = bigTCPSize(h, cfg); err != nil {
+			h.Close()
+			ns.Close()
+			return nil, err
+		}
+		log.Info("BIG TCP: pods take GSO packets above 64 KiB", "gso_max_size", gsoMax)
+	}
 	return &Agent{
-		cfg: cfg, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h, NodeNS: ns}, bpf: bpf,
+		cfg: cfg, gsoMax: gsoMax, log: log, ipam: ipam, plumber: &veth.Plumber{Node: h, NodeNS: ns}, bpf: bpf,
 		store: store{dir: cfg.StateDir, log: log}, ready: errors.New("node not set up yet"),
 		remote: remoteState{
 			watched: map[netip.Prefix]remoteBlock{}, manual: map[string]*datapathv1alpha1.RemoteNode{},
@@ -210,6 +224,11 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	if err := setupNodeDevices(a.plumber.Node, routers, a.cfg.MTU); err != nil {
 		return err
+	}
+	if a.gsoMax > 0 {
+		if err := raiseGSOMaxSize(a.plumber.Node, a.cfg.NodeIPs, a.gsoMax); err != nil {
+			return fmt.Errorf("BIG TCP: %w", err)
+		}
 	}
 	if err := a.setupDatapath(); err != nil {
 		return err

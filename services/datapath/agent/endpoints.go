@@ -92,7 +92,7 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	if req.GetMtu() != 0 {
 		mtu = int(req.GetMtu())
 	}
-	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: req.GetNetnsPath(), MTU: mtu}
+	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: req.GetNetnsPath(), MTU: mtu, GSOMaxSize: a.gsoMax}
 	ep := &datapathv1alpha1.Endpoint{
 		Attachment: att, NetnsPath: req.GetNetnsPath(), PodNamespace: req.GetPodNamespace(), PodName: req.GetPodName(),
 		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: req.GetAnnotations(), Mtu: uint32(mtu), Network: req.GetNetwork(),

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
@@ -91,5 +93,41 @@ func TestCreateRollsBackOnFailure(t *testing.T) {
 	spec.NetnsPath = "/nonexistent/netns"
 	if _, err := p.Create(spec); err == nil || !strings.Contains(err.Error(), "network namespace") {
 		t.Fatalf("Create in a missing netns = %v", err)
+	}
+}
+
+// With GSOMaxSize (BIG TCP) both ends of the pair take GSO and GRO packets
+// of that size, for IPv4 and IPv6; without it they keep the kernel's 64 KiB.
+func TestCreateGSOMaxSize(t *testing.T) {
+	for _, size := range []int{0, 196608} {
+		node, pod := nstest.New(t), nstest.New(t)
+		p := &Plumber{Node: node.Netlink, NodeNS: node.Handle}
+		spec := Spec{
+			HostName: HostName("c1", "eth0"), PodIfName: "eth0", NetnsPath: pod.Path, MTU: 1500,
+			Addrs:    []netip.Prefix{netip.MustParsePrefix("10.77.0.10/32")},
+			Gateways: []netip.Addr{netip.MustParseAddr("10.77.0.1")}, GSOMaxSize: size,
+		}
+		if _, err := p.Create(spec); err != nil {
+			t.Fatalf("Create with GSOMaxSize %d: %v", size, err)
+		}
+		want := uint32(size)
+		if size == 0 {
+			want = 65536
+		}
+		host, err := node.Netlink.LinkByName(spec.HostName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eth0, err := pod.Netlink.LinkByName("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range []netlink.Link{host, eth0} {
+			a := l.Attrs()
+			if a.GSOMaxSize != want || a.GROMaxSize != want || a.GSOIPv4MaxSize != want || a.GROIPv4MaxSize != want {
+				t.Errorf("GSOMaxSize %d: %s has GSO %d GRO %d IPv4 GSO %d IPv4 GRO %d; want %d", size, a.Name,
+					a.GSOMaxSize, a.GROMaxSize, a.GSOIPv4MaxSize, a.GROIPv4MaxSize, want)
+			}
+		}
 	}
 }

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+)
+
+// BIG TCP (Cilium's enable-ipv4-big-tcp and enable-ipv6-big-tcp): pods'
+// TCP stacks build and take GSO packets of up to bigTCPMaxSize instead of
+// 64 KiB, so the fixed costs of a packet (both TCP stacks, the programs,
+// the skb itself) are paid a third as often per byte. IPv4 needs Linux 6.3,
+// IPv6 5.19. A device that is told a smaller maximum makes the kernel cut
+// such a packet up in software, so every device on a pod packet's way
+// takes the size: the pod's veth pair (set when it is made), the node's
+// axon_host pair and the underlay device (raised at start-up, as far as
+// its driver allows: tso_max_size). Tunnel mode qualifies because the
+// programs encapsulate VXLAN themselves and send straight to the underlay
+// device; the kernel's tunnel devices take at most 64 KiB, so Geneve
+// (whose packets go through axon_geneve) does not.
+const (
+	bigTCPMaxSize = 196608 // Cilium's default
+	legacyGSOMax  = 65536
+)
+
+// errBigTCP wraps the reasons --big-tcp cannot be used on this node.
+var errBigTCP = errors.New("BIG TCP unavailable")
+
+// bigTCPSize returns the GSO size pods get with BIG TCP on this node, or
+// why it cannot be used.
+func bigTCPSize(h *netlink.Handle, cfg Config) (int, error) {
+	if cfg.RoutingMode == ModeTunnel {
+		if cfg.TunnelProtocol == TunnelGeneve {
+			return 0, fmt.Errorf("%w: Geneve packets go through the kernel's Geneve device, which takes at most 64 KiB; use VXLAN or native routing", errBigTCP)
+		}
+		if !slices.ContainsFunc(cfg.NodeIPs, netip.Addr.Is4) {
+			return 0, fmt.Errorf("%w: tunnel mode needs an IPv4 node address, which the programs encapsulate to", errBigTCP)
+		}
+	}
+	dev, err := underlayDevice(h, cfg.NodeIPs)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", errBigTCP, err)
+	}
+	size := min(bigTCPMaxSize, int(dev.Attrs().TSOMaxSize))
+	if size <= legacyGSOMax {
+		return 0, fmt.Errorf("%w: underlay device %s takes GSO packets of at most %d bytes (its driver's tso_max_size)",
+			errBigTCP, dev.Attrs().Name, dev.Attrs().TSOMaxSize)
+	}
+	return size, nil
+}
+
+// raiseGSOMaxSize sets the node devices pod packets cross to take GSO
+// packets of size: the underlay device and the axon_host/axon_net pair.
+// A device that already takes more keeps its settings.
+func raiseGSOMaxSize(h *netlink.Handle, nodeIPs []netip.Addr, size int) error {
+	dev, err := underlayDevice(h, nodeIPs)
+	if err != nil {
+		return err
+	}
+	links := []netlink.Link{dev}
+	for _, name := range []string{HostDevice, NetDevice} {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("find %s: %w", name, err)
+		}
+		links = append(links, l)
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		for _, set := range []struct {
+			what string
+			cur  uint32
+			fn   func(netlink.Link, int) error
+		}{
+			{"GSO max size", a.GSOMaxSize, h.LinkSetGSOMaxSize}, {"GRO max size", a.GROMaxSize, h.LinkSetGROMaxSize},
+			{"IPv4 GSO max size", a.GSOIPv4MaxSize, h.LinkSetGSOIPv4MaxSize}, {"IPv4 GRO max size", a.GROIPv4MaxSize, h.LinkSetGROIPv4MaxSize},
+		} {
+			if set.cur >= uint32(size) {
+				continue
+			}
+			if err := set.fn(l, size); err != nil {
+				return fmt.Errorf("set %s %s %d: %w", a.Name, set.what, size, err)
+			}
+		}
+	}
+	return nil
+}
