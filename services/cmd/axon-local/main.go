@@ -52,6 +52,8 @@ func run() error {
 	fs.StringVar(&cfg.PodCIDR, "pod-cidr", "10.42.0.0/16", "IPv4 `CIDR` of the default pool")
 	fs.IntVar(&cfg.DemoPods, "demo-pods", 1, "pods per node to wire through axon-cni at start (deleted at exit)")
 	fs.StringVar(&cfg.PodCIDR6, "pod-cidr6", "fd00:42::/104", "IPv6 `CIDR` of the default pool; empty for IPv4 only")
+	routing := fs.String("routing-mode", "tunnel", "how pods reach other nodes: tunnel (VXLAN) or native")
+	bigTCP := fs.Bool("big-tcp", false, "run the datapaths with --big-tcp (pods take GSO packets of up to 192 KiB)")
 	fs.StringVar(&logCfg.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&logCfg.LogFormat, "log-format", "text", "log `format`: text or json")
 	if err := daemon.ParseFlags(fs, os.Args[1:], "AXON_LOCAL"); err != nil {
@@ -59,6 +61,10 @@ func run() error {
 			return err
 		}
 		return &daemon.UsageError{Err: err}
+	}
+	cfg.DatapathArgs = []string{"--routing-mode", *routing}
+	if *bigTCP {
+		cfg.DatapathArgs = append(cfg.DatapathArgs, "--big-tcp")
 	}
 	log, err := logCfg.NewLogger(os.Stderr)
 	if err != nil {

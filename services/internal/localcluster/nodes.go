@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,6 +20,7 @@ import (
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 // simNode is a simulated node: a network namespace joined to the others by
@@ -44,6 +47,35 @@ func ip(args ...string) error {
 	out, err := exec.Command("ip", args...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// wireGSOMaxSize is the largest GSO packet the underlay bridge's ports
+// pass on whole. The bridge stands for a network of NICs that segment in
+// hardware (many take 512 KiB); with the kernel's 64 KiB default the
+// bridge would cut up, in software, what a node with BIG TCP sends.
+const wireGSOMaxSize = 196608
+
+// setGSOMaxSize sets the GSO and GRO max sizes of a device (the iproute2
+// of Debian 12 cannot set IPv4's).
+func setGSOMaxSize(netnsName, dev string, size int) error {
+	ns, err := netns.GetFromName(netnsName)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", netnsName, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", netnsName, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err == nil {
+		err = veth.SetGSOMaxSize(h, l, size)
+	}
+	if err != nil {
+		return fmt.Errorf("%s in %s: %w", dev, netnsName, err)
 	}
 	return nil
 }
@@ -118,6 +150,9 @@ func setupNodes(prefix string, n, mtu int) (nodes []simNode, outside simNode, te
 			if err := ip(args...); err != nil {
 				return nil, simNode{}, teardown, err
 			}
+		}
+		if err := setGSOMaxSize(underlay, port, wireGSOMaxSize); err != nil {
+			return nil, simNode{}, teardown, err
 		}
 		if node.Name == "outside" {
 			outside = node
