@@ -46,7 +46,10 @@ type results struct {
 	NativeFloor, NativeCost float64
 
 	Scenarios []*scenario
-	Counters  []counterDelta
+	// BigTCP compares Axon with --big-tcp against the kernel's defaults
+	// and against plain routing given the same GSO sizes.
+	BigTCP   []*streamScenario
+	Counters []counterDelta
 }
 
 // counterDelta is how much an eBPF counter of a node grew during a scenario.
@@ -206,11 +209,11 @@ func TestDatapathBenchReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	local, err := plainLocal(tunnelMTU)
+	local, err := plainLocal(tunnelMTU, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	crossT, err := newPlainCross(1500, tunnelMTU)
+	crossT, err := newPlainCross(1500, tunnelMTU, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +243,7 @@ func TestDatapathBenchReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crossN, err := newPlainCross(nativeMTU, tunnelMTU)
+	crossN, err := newPlainCross(nativeMTU, tunnelMTU, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,6 +257,46 @@ func TestDatapathBenchReport(t *testing.T) {
 	res.Counters = append(res.Counters, runCounted(t, cn, ps, native)...)
 	res.Scenarios = append(res.Scenarios, native)
 	cn.Stop()
+
+	// BIG TCP: the same paths on nodes started with --big-tcp, against the
+	// kernel's defaults (the baselines above) and against the same
+	// baselines given the same GSO sizes.
+	t.Log("Axon with --big-tcp: traffic")
+	localBig, err := plainLocal(tunnelMTU, bigGSO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crossBig, err := newPlainCross(nativeMTU, tunnelMTU, bigGSO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctb := startCluster(t, bins, "tunnel", "tb", 2, "--big-tcp")
+	bigPods := wireTrafficPods(t, ctb, bins, []int{0, 0, 1})
+	bigScenarios := []*streamScenario{
+		{Name: "same node", MTU: tunnelMTU, Variants: []*streamVariant{
+			{Label: labelAxonBig, pair: endpointPair{ClientNS: bigPods[0].ns.path, ServerNS: bigPods[1].ns.path, ServerIP: bigPods[1].ip}},
+			{Label: labelPlain, pair: local}, {Label: labelPlainBig, pair: localBig},
+		}},
+		{Name: "across nodes, tunnel", MTU: tunnelMTU, Variants: []*streamVariant{
+			{Label: labelAxonBig, pair: endpointPair{ClientNS: bigPods[0].ns.path, ServerNS: bigPods[2].ns.path, ServerIP: bigPods[2].ip}},
+			{Label: labelPlain, pair: crossT.VXLAN},
+		}},
+	}
+	for _, s := range bigScenarios {
+		checkStreamReach(t, s)
+		res.Counters = append(res.Counters, counted(t, ctb, s.Name+", BIG TCP", func() error { return runStreams(ps, s, *rounds, *streamDur) })...)
+	}
+	ctb.Stop()
+	cnb := startCluster(t, bins, "native", "nb", 2, "--big-tcp")
+	bigNative := wireTrafficPods(t, cnb, bins, []int{0, 1})
+	nb := &streamScenario{Name: "across nodes, native", MTU: nativeMTU, Variants: []*streamVariant{
+		{Label: labelAxonBig, pair: endpointPair{ClientNS: bigNative[0].ns.path, ServerNS: bigNative[1].ns.path, ServerIP: bigNative[1].ip}},
+		{Label: labelPlain, pair: crossN.Native}, {Label: labelPlainBig, pair: crossBig.Native},
+	}}
+	checkStreamReach(t, nb)
+	res.Counters = append(res.Counters, counted(t, cnb, nb.Name+", BIG TCP", func() error { return runStreams(ps, nb, *rounds, *streamDur) })...)
+	res.BigTCP = append(bigScenarios, nb)
+	cnb.Stop()
 
 	res.End = time.Now()
 	res.LoadEnd = loadAvg()
@@ -309,9 +352,25 @@ func checkReach(t *testing.T, s *scenario) {
 	}
 }
 
+func checkStreamReach(t *testing.T, s *streamScenario) {
+	t.Helper()
+	for _, v := range s.Variants {
+		if err := eventually(10*time.Second, func() error { return ping(v.pair.ClientNS, v.pair.ServerIP) }); err != nil {
+			t.Fatalf("%s, %s: %v", s.Name, v.Label, err)
+		}
+	}
+}
+
 // runCounted runs a scenario and returns how the Axon nodes' forwarding
 // counters grew meanwhile.
 func runCounted(t *testing.T, c *cluster, ps *procs, s *scenario) []counterDelta {
+	t.Helper()
+	return counted(t, c, s.Name, func() error { return runScenario(ps, s, *rounds, *streamDur, *rrDur) })
+}
+
+// counted runs fn and returns how the Axon nodes' forwarding counters grew
+// meanwhile, under the scenario name.
+func counted(t *testing.T, c *cluster, name string, fn func() error) []counterDelta {
 	t.Helper()
 	before := make([]map[string]uint64, len(c.Nodes))
 	for i := range c.Nodes {
@@ -321,7 +380,7 @@ func runCounted(t *testing.T, c *cluster, ps *procs, s *scenario) []counterDelta
 		}
 		before[i] = m
 	}
-	if err := runScenario(ps, s, *rounds, *streamDur, *rrDur); err != nil {
+	if err := fn(); err != nil {
 		t.Fatal(err)
 	}
 	var out []counterDelta
@@ -332,7 +391,7 @@ func runCounted(t *testing.T, c *cluster, ps *procs, s *scenario) []counterDelta
 		}
 		for k, v := range after {
 			if d := v - before[i][k]; d > 0 {
-				out = append(out, counterDelta{Scenario: s.Name, Node: c.Nodes[i].Name, Counter: k, Delta: d})
+				out = append(out, counterDelta{Scenario: name, Node: c.Nodes[i].Name, Counter: k, Delta: d})
 			}
 		}
 	}

@@ -202,8 +202,9 @@ type cluster struct {
 	mode   string
 }
 
-// startCluster starts Axon with nodes simulated nodes in mode.
-func startCluster(t *testing.T, bins, mode, tag string, nodes int) *cluster {
+// startCluster starts Axon with nodes simulated nodes in mode; args are
+// extra flags for every axon-datapath.
+func startCluster(t *testing.T, bins, mode, tag string, nodes int, args ...string) *cluster {
 	t.Helper()
 	prefix := fmt.Sprintf("axb%d%s-", os.Getpid()%100000, tag)
 	cfg := localcluster.Config{
@@ -212,7 +213,7 @@ func startCluster(t *testing.T, bins, mode, tag string, nodes int) *cluster {
 		Host: "127.0.0.1", PortBase: freePortBase(t),
 		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
 		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16",
-		DatapathArgs: []string{"--routing-mode", mode},
+		DatapathArgs: append([]string{"--routing-mode", mode}, args...),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

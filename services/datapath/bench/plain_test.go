@@ -6,12 +6,28 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 // The plain-kernel baselines: the same namespaces, veth pairs, addresses,
 // routes and neighbour entries Axon sets up, without any eBPF program, so
 // the kernel's routing forwards every packet. Addresses live only inside
-// these namespaces.
+// these namespaces. With gso (not 0) every device of a baseline takes GSO
+// packets of that size, as Axon's with --big-tcp; 0 keeps the kernel's
+// 64 KiB.
+
+// wireGSOMaxSize is what the underlay bridge's ports take, as localcluster's
+// do (they stand for NICs that segment in hardware).
+const wireGSOMaxSize = 196608
+
+// setGSO gives link GSO and GRO max sizes of gso, unless gso is 0.
+func setGSO(h *netlink.Handle, link netlink.Link, gso int) error {
+	if gso == 0 {
+		return nil
+	}
+	return veth.SetGSOMaxSize(h, link, gso)
+}
 
 func hostNet(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
@@ -23,7 +39,7 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 
 // plainNode is a node namespace with forwarding on and a router-IP device
 // (the counterpart of axon_host/axon_net).
-func plainNode(router netip.Addr) (*ns, error) {
+func plainNode(router netip.Addr, gso int) (*ns, error) {
 	n, err := newNS()
 	if err != nil {
 		return nil, err
@@ -37,6 +53,9 @@ func plainNode(router netip.Addr) (*ns, error) {
 	}
 	for _, name := range []string{"rtr_host", "rtr_net"} {
 		l, err := n.nl.LinkByName(name)
+		if err == nil {
+			err = setGSO(n.nl, l, gso)
+		}
 		if err == nil {
 			err = n.nl.LinkSetUp(l)
 		}
@@ -57,7 +76,7 @@ func plainNode(router netip.Addr) (*ns, error) {
 // /32, a permanent neighbour entry for the gateway and a default route via
 // it in the pod; in the node a /32 route to the pod on the host-side veth
 // and a permanent neighbour entry for the pod.
-func plainPod(node *ns, hostName string, ip, gw netip.Addr, mtu int) (*ns, error) {
+func plainPod(node *ns, hostName string, ip, gw netip.Addr, mtu, gso int) (*ns, error) {
 	pod, err := newNS()
 	if err != nil {
 		return nil, err
@@ -77,6 +96,12 @@ func plainPod(node *ns, hostName string, ip, gw netip.Addr, mtu int) (*ns, error
 	}
 	eth0, err := pod.nl.LinkByName("eth0")
 	if err != nil {
+		return nil, err
+	}
+	if err := setGSO(node.nl, host, gso); err != nil {
+		return nil, err
+	}
+	if err := setGSO(pod.nl, eth0, gso); err != nil {
 		return nil, err
 	}
 	if err := pod.nl.AddrAdd(eth0, &netlink.Addr{IPNet: hostNet(ip)}); err != nil {
@@ -117,17 +142,17 @@ func plainPod(node *ns, hostName string, ip, gw netip.Addr, mtu int) (*ns, error
 }
 
 // plainLocal is two pods on one node, routed by the kernel.
-func plainLocal(mtu int) (endpointPair, error) {
+func plainLocal(mtu, gso int) (endpointPair, error) {
 	gw := netip.MustParseAddr("10.98.0.1")
-	node, err := plainNode(gw)
+	node, err := plainNode(gw, gso)
 	if err != nil {
 		return endpointPair{}, err
 	}
-	a, err := plainPod(node, "lxcplain1", netip.MustParseAddr("10.98.0.10"), gw, mtu)
+	a, err := plainPod(node, "lxcplain1", netip.MustParseAddr("10.98.0.10"), gw, mtu, gso)
 	if err != nil {
 		return endpointPair{}, err
 	}
-	b, err := plainPod(node, "lxcplain2", netip.MustParseAddr("10.98.0.20"), gw, mtu)
+	b, err := plainPod(node, "lxcplain2", netip.MustParseAddr("10.98.0.20"), gw, mtu, gso)
 	if err != nil {
 		return endpointPair{}, err
 	}
@@ -143,7 +168,7 @@ type plainCross struct {
 	Native, VXLAN endpointPair
 }
 
-func newPlainCross(nativeMTU, vxlanMTU int) (*plainCross, error) {
+func newPlainCross(nativeMTU, vxlanMTU, gso int) (*plainCross, error) {
 	underlay, err := newNS()
 	if err != nil {
 		return nil, err
@@ -174,7 +199,7 @@ func newPlainCross(nativeMTU, vxlanMTU int) (*plainCross, error) {
 			vxlanGW:   netip.AddrFrom4([4]byte{10, 96, byte(1 + i), 1}),
 			vxlanPod:  netip.AddrFrom4([4]byte{10, 96, byte(1 + i), 10}),
 		}
-		if n.ns, err = plainNode(n.nativeGW); err != nil {
+		if n.ns, err = plainNode(n.nativeGW, gso); err != nil {
 			return nil, err
 		}
 		port := fmt.Sprintf("n%d", i+1)
@@ -187,12 +212,18 @@ func newPlainCross(nativeMTU, vxlanMTU int) (*plainCross, error) {
 			err = underlay.nl.LinkSetMaster(p, br)
 		}
 		if err == nil {
+			err = setGSO(underlay.nl, p, wireGSOMaxSize)
+		}
+		if err == nil {
 			err = underlay.nl.LinkSetUp(p)
 		}
 		if err != nil {
 			return nil, err
 		}
 		if n.eth0, err = n.ns.nl.LinkByName("eth0"); err != nil {
+			return nil, err
+		}
+		if err := setGSO(n.ns.nl, n.eth0, gso); err != nil {
 			return nil, err
 		}
 		if err := n.ns.nl.AddrAdd(n.eth0, &netlink.Addr{IPNet: &net.IPNet{IP: n.ip.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
@@ -247,10 +278,12 @@ func newPlainCross(nativeMTU, vxlanMTU int) (*plainCross, error) {
 	}
 	pods := make([][2]*ns, 2)
 	for i, n := range nodes {
-		if pods[i][0], err = plainPod(n.ns, "lxcnative", n.nativePod, n.nativeGW, nativeMTU); err != nil {
+		if pods[i][0], err = plainPod(n.ns, "lxcnative", n.nativePod, n.nativeGW, nativeMTU, gso); err != nil {
 			return nil, err
 		}
-		if pods[i][1], err = plainPod(n.ns, "lxcvxlan", n.vxlanPod, n.vxlanGW, vxlanMTU); err != nil {
+		// The kernel's VXLAN device takes at most 64 KiB: its pods keep
+		// the default.
+		if pods[i][1], err = plainPod(n.ns, "lxcvxlan", n.vxlanPod, n.vxlanGW, vxlanMTU, 0); err != nil {
 			return nil, err
 		}
 	}

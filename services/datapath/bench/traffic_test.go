@@ -361,3 +361,53 @@ func linkMTU(path, ifname string) (int, error) {
 	}
 	return l.Attrs().MTU, nil
 }
+
+// The BIG TCP comparison's setups, and the GSO size both Axon (with
+// --big-tcp) and the plain baseline given the same sizes use.
+const (
+	bigGSO        = 196608
+	labelAxonBig  = "Axon --big-tcp"
+	labelPlain    = "plain, kernel defaults (64 KiB)"
+	labelPlainBig = "plain, 192 KiB GSO"
+)
+
+// streamVariant is one side of a stream-only comparison.
+type streamVariant struct {
+	Label   string
+	pair    endpointPair
+	Streams []streamResult
+}
+
+// streamScenario compares the stream throughput of several setups of one
+// path (the BIG TCP comparison: request/response does not depend on the
+// GSO size).
+type streamScenario struct {
+	Name     string
+	MTU      int
+	Variants []*streamVariant
+}
+
+func (s *streamScenario) variant(label string) *streamVariant {
+	for _, v := range s.Variants {
+		if v.Label == label {
+			return v
+		}
+	}
+	return nil
+}
+
+// runStreams measures every variant once per round, in an order that
+// rotates from round to round.
+func runStreams(ps *procs, s *streamScenario, rounds int, streamDur time.Duration) error {
+	for r := range rounds {
+		for i := range s.Variants {
+			v := s.Variants[(i+r)%len(s.Variants)]
+			res, err := iperf3(ps, v.pair, streamDur)
+			if err != nil {
+				return fmt.Errorf("%s (%s): %w", s.Name, v.Label, err)
+			}
+			v.Streams = append(v.Streams, res)
+		}
+	}
+	return nil
+}
