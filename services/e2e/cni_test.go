@@ -312,6 +312,18 @@ func TestTwoAttachments(t *testing.T) {
 		t.Fatalf("second attachment's result %v, %v", res, err)
 	}
 	ip2 := r.IPs[0].Address.IP.String()
+	// The result lists the routes net1 got: its gateways, no default.
+	var gwRoutes int
+	for _, rt := range r.Routes {
+		if ones, _ := rt.Dst.Mask.Size(); ones == 0 {
+			t.Errorf("second attachment's result lists default route %v, which net1 does not get", rt)
+		} else if rt.GW == nil {
+			gwRoutes++
+		}
+	}
+	if gwRoutes == 0 {
+		t.Errorf("second attachment's result routes %v: want its gateways' link routes", r.Routes)
+	}
 	if out, _ := run(p.netns, "ip", "-4", "route", "show", "default"); !strings.Contains(out, "dev eth0") || strings.Contains(out, "net1") {
 		t.Errorf("pod default routes %q, want eth0's only", out)
 	}

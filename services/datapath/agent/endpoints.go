@@ -110,14 +110,6 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 			Address: netip.PrefixFrom(ip, int(ad.GetPrefixLength())).String(), Gateway: gw.String(), InterfaceIndex: 1,
 			Family: ad.GetFamily(), Pool: ad.GetPool(),
 		})
-		full := 32
-		def := "0.0.0.0/0"
-		if ip.Is6() {
-			full, def = 128, "::/0"
-		}
-		ep.Routes = append(ep.Routes,
-			&datapathv1alpha1.Route{Destination: netip.PrefixFrom(gw, full).String()},
-			&datapathv1alpha1.Route{Destination: def, Gateway: gw.String()})
 	}
 	res, err := a.plumber.Create(spec)
 	if err != nil {
@@ -125,6 +117,19 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 			return nil, status.Errorf(codes.InvalidArgument, "wire %s: %v", hostName, err)
 		}
 		return nil, status.Errorf(codes.Internal, "wire %s: %v", hostName, err)
+	}
+	// The result lists the routes the pod got: a link route to each
+	// gateway, and a default route only where no other interface of the
+	// pod holds that family's (a second attachment).
+	for _, gw := range spec.Gateways {
+		def := "0.0.0.0/0"
+		if gw.Is6() {
+			def = "::/0"
+		}
+		ep.Routes = append(ep.Routes, &datapathv1alpha1.Route{Destination: netip.PrefixFrom(gw, gw.BitLen()).String()})
+		if slices.Contains(res.DefaultVia, gw) {
+			ep.Routes = append(ep.Routes, &datapathv1alpha1.Route{Destination: def, Gateway: gw.String()})
+		}
 	}
 	defer func() {
 		if err != nil {

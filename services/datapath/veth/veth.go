@@ -51,6 +51,10 @@ type Result struct {
 	HostMAC   net.HardwareAddr
 	PodIndex  int
 	PodMAC    net.HardwareAddr
+	// DefaultVia are the gateways the pod got a default route through: a
+	// family whose default route another interface of the pod holds gets
+	// none.
+	DefaultVia []netip.Addr
 }
 
 // Plumber does the netlink work in a node's network namespace.
@@ -164,7 +168,8 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 			return Result{}, fmt.Errorf("%s in %s: %w", s.PodIfName, s.NetnsPath, err)
 		}
 	}
-	if err := configurePod(pod, podLink, s, hostMAC); err != nil {
+	defaults, err := configurePod(pod, podLink, s, hostMAC)
+	if err != nil {
 		return Result{}, err
 	}
 	if err := node.LinkSetUp(host); err != nil {
@@ -179,7 +184,7 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 			return Result{}, fmt.Errorf("route %s dev %s: %w", a.Addr(), s.HostName, err)
 		}
 	}
-	return Result{HostIndex: host.Attrs().Index, HostMAC: hostMAC, PodIndex: podLink.Attrs().Index, PodMAC: podMAC}, nil
+	return Result{HostIndex: host.Attrs().Index, HostMAC: hostMAC, PodIndex: podLink.Attrs().Index, PodMAC: podMAC, DefaultVia: defaults}, nil
 }
 
 // SetGSOMaxSize sets the largest GSO and GRO packet link takes, for IPv4
@@ -199,23 +204,25 @@ func SetGSOMaxSize(h *netlink.Handle, link netlink.Link, size int) error {
 	return nil
 }
 
-func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.HardwareAddr) error {
+// configurePod gives the pod side its addresses, gateway neighbours and
+// routes, and returns the gateways it got a default route through.
+func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.HardwareAddr) (defaults []netip.Addr, err error) {
 	for _, a := range s.Addrs {
 		addr := &netlink.Addr{IPNet: ipNet(a)}
 		if a.Addr().Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
 		if err := pod.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("add %s to %s: %w", a, s.PodIfName, err)
+			return nil, fmt.Errorf("add %s to %s: %w", a, s.PodIfName, err)
 		}
 	}
 	if err := pod.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up: %w", s.PodIfName, err)
+		return nil, fmt.Errorf("set %s up: %w", s.PodIfName, err)
 	}
 	for _, a := range s.Addrs {
 		gw, ok := gatewayFor(s.Gateways, a.Addr())
 		if !ok {
-			return fmt.Errorf("no gateway for %s", a)
+			return nil, fmt.Errorf("no gateway for %s", a)
 		}
 		// The gateway is on-link through the veth, answered by a permanent
 		// neighbour entry: no ARP/ND round trip delays the first packet.
@@ -227,7 +234,7 @@ func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.Ha
 		}
 		neigh := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT, IP: gw.AsSlice(), HardwareAddr: hostMAC}
 		if err := pod.NeighSet(neigh); err != nil {
-			return fmt.Errorf("neighbour %s in pod: %w", gw, err)
+			return nil, fmt.Errorf("neighbour %s in pod: %w", gw, err)
 		}
 		routes := []*netlink.Route{
 			{LinkIndex: link.Attrs().Index, Dst: hostRoute(gw), Scope: netlink.SCOPE_LINK},
@@ -237,14 +244,15 @@ func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.Ha
 		// gets it.
 		if !hasOtherDefault(pod, family, link.Attrs().Index) {
 			routes = append(routes, &netlink.Route{LinkIndex: link.Attrs().Index, Dst: def, Gw: gw.AsSlice(), Src: a.Addr().AsSlice()})
+			defaults = append(defaults, gw)
 		}
 		for _, r := range routes {
 			if err := pod.RouteReplace(r); err != nil {
-				return fmt.Errorf("route %s in pod: %w", r.Dst, err)
+				return nil, fmt.Errorf("route %s in pod: %w", r.Dst, err)
 			}
 		}
 	}
-	return nil
+	return defaults, nil
 }
 
 // hasOtherDefault reports whether the pod has a default route of family
