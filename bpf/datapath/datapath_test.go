@@ -317,6 +317,18 @@ func TestMapsRoundTrip(t *testing.T) {
 			t.Errorf("Endpoint(%s) = %v, want %v", ip, got, ep)
 		}
 	}
+	if err := o.PutDevice(42, 7001); err != nil {
+		t.Fatal(err)
+	}
+	if pod, err := o.Device(42); err != nil || pod != 7001 {
+		t.Errorf("Device(42) = %d, %v; want 7001", pod, err)
+	}
+	if err := o.DeleteDevice(42); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Device(42); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Device after DeleteDevice: %v, want ErrNotFound", err)
+	}
 	all, err := o.Endpoints()
 	if err != nil || len(all) != len(eps) {
 		t.Errorf("Endpoints = %v %v", all, err)

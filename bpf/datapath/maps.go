@@ -201,9 +201,9 @@ func (o *Objects) PutEndpoint(ip netip.Addr, ep Endpoint) error {
 }
 
 // PutDevice records that the host-side veth dev (an ifindex) belongs to the pod
-// with key pod (any value the caller derives from the pod, the same for all
-// its attachments): the pod may send any of its addresses out of any of its
-// veths.
+// with key pod (the same for all of a pod's attachments, different for
+// every other pod): the pod may send any of its addresses out of any of
+// its veths.
 func (o *Objects) PutDevice(dev int, pod uint32) error {
 	idx, err := ifindex(dev)
 	if err != nil {
@@ -225,6 +225,23 @@ func (o *Objects) DeleteDevice(dev int) error {
 		return fmt.Errorf("delete device %d: %w", dev, err)
 	}
 	return nil
+}
+
+// Device returns the pod key recorded for the host-side veth dev, or an
+// error wrapping ErrNotFound.
+func (o *Objects) Device(dev int) (uint32, error) {
+	idx, err := ifindex(dev)
+	if err != nil {
+		return 0, err
+	}
+	var pod uint32
+	if err := o.objs.AxonDevices.Lookup(&idx, &pod); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return 0, fmt.Errorf("device %d: %w", dev, ErrNotFound)
+		}
+		return 0, fmt.Errorf("look up device %d: %w", dev, err)
+	}
+	return pod, nil
 }
 
 // DeleteEndpoint removes the endpoint with address ip. Deleting an endpoint

@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-
 	"github.com/axon-cni/axon/services/internal/localcluster"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
@@ -67,21 +64,7 @@ func TestBigTCP(t *testing.T) {
 // gsoSizes returns dev's GSO and GRO max sizes, IPv6 then IPv4.
 func gsoSizes(t *testing.T, netnsPath, dev string) [4]uint32 {
 	t.Helper()
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := l.Attrs()
+	a := linkIn(t, netnsPath, dev).Attrs()
 	return [4]uint32{a.GSOMaxSize, a.GROMaxSize, a.GSOIPv4MaxSize, a.GROIPv4MaxSize}
 }
 
@@ -155,20 +138,6 @@ func bulkTransfer(t *testing.T, from, to *pod, ip string) int {
 
 func txStats(t *testing.T, netnsPath string) (bytes, packets uint64) {
 	t.Helper()
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := l.Attrs().Statistics
-	return s.TxBytes, s.TxPackets
+	st := linkIn(t, netnsPath, "eth0").Attrs().Statistics
+	return st.TxBytes, st.TxPackets
 }

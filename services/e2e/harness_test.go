@@ -19,7 +19,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -429,4 +430,24 @@ func (e *env) healthAddrs(node int) map[netip.Addr]bool {
 		}
 	}
 	return out
+}
+
+// linkIn returns the link dev of the network namespace at netnsPath.
+func linkIn(t *testing.T, netnsPath, dev string) netlink.Link {
+	t.Helper()
+	ns, err := netns.GetFromPath(netnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		t.Fatalf("%s in %s: %v", dev, netnsPath, err)
+	}
+	return l
 }

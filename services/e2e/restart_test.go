@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ import (
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/agent"
 	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
@@ -194,6 +196,9 @@ func TestRestartReconciles(t *testing.T) {
 	if err := os.Remove(filepath.Join(e.stateDir, n.Name, "endpoints", hostU+".json")); err != nil {
 		t.Fatal(err)
 	}
+	// pod-a's record is an earlier version's, without a pod key.
+	recA := filepath.Join(e.stateDir, n.Name, "endpoints", veth.HostName(a.rt.ContainerID, a.rt.IfName)+".json")
+	dropPodKey(t, recA)
 	// Pins lost while the veths survived: pod-a's map entries are gone.
 	objs, err = bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
 	if err != nil {
@@ -233,6 +238,18 @@ func TestRestartReconciles(t *testing.T) {
 		t.Fatal(err)
 	}
 	health := e.healthAddrs(0)
+	// pod-a got a key of its own again, recorded, not the health endpoint's.
+	keyA := devicePodKey(t, e, 0, veth.HostName(a.rt.ContainerID, a.rt.IfName))
+	keyH := devicePodKey(t, e, 0, veth.HostName(agent.HealthContainerID(n.Name), "eth0"))
+	if keyA == 0 || keyA == keyH {
+		t.Errorf("pod keys after restart: pod-a %d, health endpoint %d; want distinct, not 0", keyA, keyH)
+	}
+	var rec struct {
+		PodKey uint32 `json:"podKey"`
+	}
+	if raw, err := os.ReadFile(recA); err != nil || json.Unmarshal(raw, &rec) != nil || rec.PodKey != keyA {
+		t.Errorf("pod-a's record has pod key %d (%v); want %d", rec.PodKey, err, keyA)
+	}
 	for ip := range eps {
 		if ip.String() != a.ip && ip.String() != a.ip6 && !health[ip] {
 			t.Errorf("endpoint map entry %s left (pod-a has %s, %s)", ip, a.ip, a.ip6)
@@ -266,4 +283,46 @@ func TestRestartReconciles(t *testing.T) {
 	if _, err := run(n.Netns, "ip", "link", "del", "lxc0123456789ab"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// dropPodKey rewrites an endpoint record as an earlier version wrote it,
+// without the pod key.
+func dropPodKey(t *testing.T, path string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]any
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rec["podKey"]; !ok {
+		t.Fatalf("record %s has no podKey: %s", path, raw)
+	}
+	delete(rec, "podKey")
+	if raw, err = json.Marshal(rec); err == nil {
+		err = os.WriteFile(path, raw, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// devicePodKey returns the pod key in node's device map for its host-side
+// veth hostName.
+func devicePodKey(t *testing.T, e *env, node int, hostName string) uint32 {
+	t.Helper()
+	n := e.cluster.Nodes[node]
+	idx := linkIn(t, n.Netns, hostName).Attrs().Index
+	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	key, err := objs.Device(idx)
+	if err != nil {
+		t.Fatalf("device entry of %s: %v", hostName, err)
+	}
+	return key
 }

@@ -108,6 +108,7 @@ type Agent struct {
 
 	health healthState
 	locks  attachmentLocks // serializes the changes of one endpoint
+	pods   podKeys         // tells pods apart in the device map
 	remote remoteState
 
 	masqMu      sync.Mutex // serializes masquerade updates

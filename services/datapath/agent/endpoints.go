@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net"
 	"net/netip"
 	"os"
@@ -140,12 +139,18 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	a.nextID++
 	ep.EndpointId = a.nextID
 	a.mu.Unlock()
+	podKey := a.pods.acquire(att.GetContainerId(), hostName, 0)
+	defer func() {
+		if err != nil {
+			a.pods.release(att.GetContainerId(), hostName)
+		}
+	}()
 	ep.Interfaces = []*datapathv1alpha1.Interface{
 		{Name: hostName, Mac: res.HostMAC.String(), Mtu: uint32(mtu), Ifindex: uint32(res.HostIndex)},
 		{Name: att.GetInterfaceName(), Mac: res.PodMAC.String(), Sandbox: req.GetNetnsPath(), Mtu: uint32(mtu), Ifindex: uint32(res.PodIndex)},
 	}
 	if a.bpf != nil {
-		if err := a.attach(hostName, res, ep, spec.Addrs); err != nil {
+		if err := a.attach(hostName, res, ep, spec.Addrs, podKey); err != nil {
 			return nil, status.Errorf(codes.Internal, "eBPF for %s: %v", hostName, err)
 		}
 	}
@@ -153,7 +158,7 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "encode endpoint: %v", err)
 	}
-	if err := a.store.save(hostName, &record{Endpoint: raw, IPAMSequence: seq, HostMAC: res.HostMAC.String(), PodMAC: res.PodMAC.String()}); err != nil {
+	if err := a.store.save(hostName, &record{Endpoint: raw, IPAMSequence: seq, HostMAC: res.HostMAC.String(), PodMAC: res.PodMAC.String(), PodKey: podKey}); err != nil {
 		if a.bpf != nil {
 			a.forgetAddrs(hostName, spec.Addrs)
 			a.forgetDevice(hostName, res.HostIndex)
@@ -167,8 +172,8 @@ func (a *Agent) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Create
 // attach writes the pod's map entries and puts the program on its host
 // veth. On failure the caller deletes the veth, which takes the program
 // with it; attach only drops the entries.
-func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix) error {
-	if err := a.writeEBPF(res, ep, addrs); err != nil {
+func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix, podKey uint32) error {
+	if err := a.writeEBPF(res, ep, addrs, podKey); err != nil {
 		a.forgetAddrs(hostName, addrs)
 		a.forgetDevice(hostName, res.HostIndex)
 		return err
@@ -176,10 +181,10 @@ func (a *Agent) attach(hostName string, res veth.Result, ep *datapathv1alpha1.En
 	return nil
 }
 
-// writeEBPF writes an endpoint's device and map entries and attaches the
-// pod program to its host veth.
-func (a *Agent) writeEBPF(res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix) error {
-	if err := a.bpf.PutDevice(res.HostIndex, podKey(ep.GetAttachment().GetContainerId())); err != nil {
+// writeEBPF writes an endpoint's device entry (with its pod's key) and
+// address entries and attaches the pod program to its host veth.
+func (a *Agent) writeEBPF(res veth.Result, ep *datapathv1alpha1.Endpoint, addrs []netip.Prefix, podKey uint32) error {
+	if err := a.bpf.PutDevice(res.HostIndex, podKey); err != nil {
 		return err
 	}
 	for _, p := range addrs {
@@ -198,14 +203,6 @@ func (a *Agent) forgetDevice(hostName string, ifindex int) {
 	if err := a.bpf.DeleteDevice(ifindex); err != nil {
 		a.log.Warn("delete device entry", "endpoint", hostName, "err", err)
 	}
-}
-
-// podKey is the key of a pod in the device map: the attachments of one pod
-// share the container (sandbox) ID.
-func podKey(containerID string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(containerID))
-	return h.Sum32()
 }
 
 // hostIfindex is the recorded ifindex of an endpoint's host-side veth, or 0.
@@ -262,6 +259,7 @@ func (a *Agent) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attach
 		a.forgetAddrs(hostName, endpointAddrs(ep))
 		a.forgetDevice(hostName, ifindex)
 	}
+	a.pods.release(att.GetContainerId(), hostName)
 	var seq uint64
 	if rec != nil {
 		seq = rec.IPAMSequence

@@ -22,6 +22,9 @@ type record struct {
 	IPAMSequence uint64 `json:"ipamSequence"`
 	HostMAC      string `json:"hostMAC"`
 	PodMAC       string `json:"podMAC"`
+	// PodKey is the pod's key in the device map (podKeys); 0 in records
+	// of earlier versions.
+	PodKey uint32 `json:"podKey,omitempty"`
 }
 
 // store keeps records as one JSON file per endpoint, written atomically.

@@ -25,6 +25,13 @@ var hostNamePattern = regexp.MustCompile(`^lxc[0-9a-f]{12}$`)
 // an address IPAM gives out again. It returns the endpoints kept.
 func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1alpha1.Endpoint) map[string]*datapathv1alpha1.Endpoint {
 	h := a.plumber.Node
+	// Recorded pod keys first, so that a record without one (an earlier
+	// version's) cannot be given a key another pod holds.
+	for name, ep := range eps {
+		if rec, _, err := a.store.load(name); err == nil && rec.PodKey != 0 {
+			a.pods.acquire(ep.GetAttachment().GetContainerId(), name, rec.PodKey)
+		}
+	}
 	for name, ep := range eps {
 		link, err := h.LinkByName(name)
 		if err == nil {
@@ -103,8 +110,15 @@ func (a *Agent) rewire(name string, ifindex int, ep *datapathv1alpha1.Endpoint) 
 	hostMAC, _ := net.ParseMAC(rec.HostMAC)
 	podMAC, _ := net.ParseMAC(rec.PodMAC)
 	res := veth.Result{HostIndex: ifindex, HostMAC: hostMAC, PodMAC: podMAC}
+	podKey := a.pods.acquire(ep.GetAttachment().GetContainerId(), name, rec.PodKey)
+	if rec.PodKey != podKey {
+		rec.PodKey = podKey
+		if err := a.store.save(name, rec); err != nil {
+			a.log.Warn("record the endpoint's pod key", "endpoint", name, "err", err)
+		}
+	}
 	// No rollback: what was there may still work; CHECK reports the rest.
-	if err := a.writeEBPF(res, ep, endpointAddrs(ep)); err != nil {
+	if err := a.writeEBPF(res, ep, endpointAddrs(ep), podKey); err != nil {
 		a.log.Warn("restore the endpoint's eBPF state", "endpoint", name, "err", err)
 	}
 }
