@@ -152,14 +152,21 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 	var staleRouter int64
 	for range a.cfg.MaxAttempts {
 		var cand, outer netip.Prefix
+		var guard []clientv3.Cmp
 		switch {
 		case p.parsed.Mode == pool.HostScope:
 			pc, ok := hostPodCIDR(n.node, p.parsed, f)
 			if !ok {
 				return blockRef{}, fmt.Errorf("node %q has no %s pod CIDR accepted by host-scope pool %q: %w", n.node.GetName(), familyKey(f), p.parsed.Name, ErrPrecondition)
 			}
-			if err := a.checkHostBlock(n.node.GetName(), f, pc); err != nil {
+			rev, err := a.checkHostBlock(ctx, n.node.GetName(), f, pc)
+			if err != nil {
 				return blockRef{}, err
+			}
+			// The check holds at rev: no pool or block may have changed since.
+			guard = []clientv3.Cmp{
+				clientv3.Compare(clientv3.ModRevision(a.keys.pools()), "<", rev+1).WithPrefix(),
+				clientv3.Compare(clientv3.ModRevision(a.keys.blocks()), "<", rev+1).WithPrefix(),
 			}
 			cand, outer = pc, pc
 		case o.want.IsValid():
@@ -184,6 +191,7 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 			clientv3.Compare(clientv3.ModRevision(a.keys.node(n.node.GetName())), "=", n.rev),
 			clientv3.Compare(clientv3.ModRevision(a.keys.pool(p.parsed.Name)), "=", p.rev),
 		}
+		cmps = append(cmps, guard...)
 		var ops []clientv3.Op
 		rkey := a.keys.router(n.node.GetName(), f)
 		var routerAddr netip.Addr
@@ -278,26 +286,39 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 // overlaps another claimed block or a cluster-scope pool's CIDR: the same
 // address would be handed out twice. Pod CIDRs come from whoever registers
 // nodes (the Kubernetes node IPAM controller keeps them apart); this catches
-// a misconfiguration, judged from the watch-fed caches. Pool changes check
-// against claimed blocks in their own transactions.
-func (a *Allocator) checkHostBlock(node string, f pool.Family, pc netip.Prefix) error {
-	for _, e := range a.pools.snapshot(func(sp *storedPool) bool { return sp.parsed.Mode == pool.ClusterScope }) {
-		fs := e.val.parsed.Family(f)
-		if fs == nil {
+// a misconfiguration. It reads pools and blocks afresh, not from the caches,
+// and returns the revision the check holds at, which the claim compares: a
+// claim on another replica in the same instant cannot slip past it. A node
+// claims its host-scope block once per family, so the read is rare.
+func (a *Allocator) checkHostBlock(ctx context.Context, node string, f pool.Family, pc netip.Prefix) (int64, error) {
+	pools, _, rev, err := a.listPools(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, name := range sortedKeys(pools) {
+		sp := pools[name].parsed
+		fs := sp.Family(f)
+		if sp.Mode != pool.ClusterScope || fs == nil {
 			continue
 		}
 		for _, c := range fs.CIDRs {
 			if c.Overlaps(pc) {
-				return fmt.Errorf("pod CIDR %s of node %q overlaps CIDR %s of cluster-scope pool %q: %w", pc, node, c, e.val.parsed.Name, ErrPrecondition)
+				return 0, fmt.Errorf("pod CIDR %s of node %q overlaps CIDR %s of cluster-scope pool %q: %w", pc, node, c, sp.Name, ErrPrecondition)
 			}
 		}
 	}
-	overlapping := a.blocks.snapshot(func(b *blockRecord) bool { return b.CIDR != pc && b.CIDR.Overlaps(pc) })
-	if len(overlapping) > 0 {
-		b := overlapping[sortedKeys(overlapping)[0]].val
-		return fmt.Errorf("pod CIDR %s of node %q overlaps block %s of node %q (pool %q): %w", pc, node, b.CIDR, b.Node, b.Pool, ErrPrecondition)
+	resp, err := a.cli.Get(ctx, a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	if err != nil {
+		return 0, fmt.Errorf("list blocks: %w: %w", ErrUnavailable, err)
 	}
-	return nil
+	for _, kv := range resp.Kvs {
+		b, err := decodeBlock(string(kv.Key), kv.Value)
+		if err != nil || b.CIDR == pc || !b.CIDR.Overlaps(pc) {
+			continue
+		}
+		return 0, fmt.Errorf("pod CIDR %s of node %q overlaps block %s of node %q (pool %q): %w", pc, node, b.CIDR, b.Node, b.Pool, ErrPrecondition)
+	}
+	return rev, nil
 }
 
 // refreshNode re-reads a node into the cache and returns it.

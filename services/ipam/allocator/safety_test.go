@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
@@ -103,6 +104,28 @@ func TestHostScopeOverlapsRefused(t *testing.T) {
 			}
 		})
 	}
+
+	// A claim through another replica that this replica's caches do not
+	// show yet (its watch lags): the overlapping claim is refused all the
+	// same (before, the check read the caches and let it pass).
+	t.Run("overlapping claim through another replica", func(t *testing.T) {
+		cli, root := newClient(t), testRoot(t)
+		a, b := newAllocator(t, cli, root), newAllocator(t, cli, root)
+		mustPool(t, a, hostPool("host", true, "10.244.0.0/16"))
+		mustNode(t, a, "n1", "10.244.1.0/24")
+		mustNode(t, a, "n2", "10.244.1.0/25")
+		if _, err := b.ClaimBlock(t.Context(), "n1", "", pool.IPv4, ""); err != nil {
+			t.Fatal(err)
+		}
+		// Let a's watch deliver n1's block, then take it out again: a lag.
+		bkey := a.keys.block(netip.MustParsePrefix("10.244.1.0/24"))
+		waitFor(t, func() bool { _, ok := a.blocks.get(bkey); return ok })
+		a.blocks.mu.Lock()
+		a.blocks.deleteLocked(bkey)
+		a.blocks.mu.Unlock()
+		_, err := a.Allocate(t.Context(), allocReq("n2", "second"))
+		wantErr(t, err, ErrPrecondition, "overlaps block 10.244.1.0/24")
+	})
 
 	t.Run("cluster pool over a host-scope block", func(t *testing.T) {
 		a := newAllocator(t, newClient(t), testRoot(t))
@@ -315,4 +338,14 @@ func TestClaimBlockFindsRouterTaken(t *testing.T) {
 			t.Errorf("gateway %q, want the other replica's router IP %q", gw, first[0].GetRouterIp())
 		}
 	})
+}
+
+// waitFor polls cond until it holds, failing the test after 5 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5 s")
+		}
+	}
 }
