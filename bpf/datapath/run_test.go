@@ -243,6 +243,8 @@ func TestRun(t *testing.T) {
 		// From a non-pod address (another node itself, an outside router):
 		// through the kernel, so its connection tracking sees the flow.
 		{"underlay native from a node", nativeCfg, fromUnderlay, toNode(udp4(remoteNode, podB.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay native from a local pod address", nativeCfg, fromUnderlay, toNode(udp4(podA.ip, podB.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
+		{"underlay native v6 from a local pod address", nativeCfg, fromUnderlay, toNode(udp6(podA6.ip, podB6.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay native v6 from outside", nativeCfg, fromUnderlay, toNode(udp6(outsideIP6, podB6.ip, 63)), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay native other MAC", nativeCfg, fromUnderlay, udp4(remotePod, podB.ip, 63), verdictNext, unchanged, "from-underlay-to-host"},
 		{"underlay native miss", nativeCfg, fromUnderlay, toNode(udp4(remotePod, outsideIP, 63)), verdictNext, unchanged, "from-underlay-to-host"},

@@ -987,14 +987,20 @@ int axon_from_underlay(struct __sk_buff *skb)
 		return underlay_tunnel(skb, cfg);
 	}
 
+	/*
+	 * Native mode: only packets from other nodes' pods (a remote block)
+	 * skip the node's stack. Which node sent one cannot be told here (a
+	 * routed underlay hides it); a local pod's address arriving from the
+	 * underlay is spoofed and goes to the kernel like any other stranger.
+	 */
 	kind = parse(skb, &p);
 	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
-		if (ep && pod_src4(p.ip4->saddr))
+		if (ep && remote4(p.ip4->saddr))
 			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
 	} else if (kind == PARSE_IPV6) {
 		ep = endpoint6(&p.ip6->daddr);
-		if (ep && pod_src6(&p.ip6->saddr))
+		if (ep && remote6(&p.ip6->saddr))
 			return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	/* Malformed frames too: the kernel judges the node's own traffic. */
