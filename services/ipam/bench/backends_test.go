@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/etcdtest"
 	"github.com/axon-cni/axon/services/ipam/allocator"
@@ -117,9 +118,15 @@ func (e *axonEnv) registerNodes(ctx context.Context, id string, n, conc int) err
 // as each node's CNI plugin would have its own.
 func (e *axonEnv) clients(t testing.TB, n int) []ipamv1alpha1.IPAMServiceClient {
 	t.Helper()
+	return dialClients(t, e.addr, n)
+}
+
+// dialClients opens n gRPC connections to addr, one per simulated client.
+func dialClients(t testing.TB, addr string, n int) []ipamv1alpha1.IPAMServiceClient {
+	t.Helper()
 	out := make([]ipamv1alpha1.IPAMServiceClient, n)
 	for i := range out {
-		conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,5 +261,59 @@ func measureHostLocal(t testing.TB, ctx context.Context, bin string, conc int, w
 			return fmt.Errorf("host-local: unexpected result %q", out)
 		}
 		return nil
+	})
+}
+
+// bareCAS is the least a gRPC-fronted allocator can do: AllocateIP over the
+// same gRPC hop as Axon's, answered after one compare-and-swap transaction
+// (create the handle's key) on its own etcd client, with no allocator
+// behind it. Its rate is the ceiling of any design that puts a gRPC service
+// in front of one durable transaction per allocation.
+type bareCAS struct {
+	ipamv1alpha1.UnimplementedIPAMServiceServer
+	cli *clientv3.Client
+	val string
+}
+
+func (s *bareCAS) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.AllocateIPResponse, error) {
+	key := "/bench/bare/" + req.GetHandle().GetContainerId() + "/" + req.GetHandle().GetInterfaceName()
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, s.val)).Commit()
+	if err != nil {
+		return nil, err
+	}
+	if !resp.Succeeded {
+		return nil, fmt.Errorf("handle %s exists", key)
+	}
+	// An answer of the size of Axon's: one address with its gateway.
+	return &ipamv1alpha1.AllocateIPResponse{Allocation: &ipamv1alpha1.Allocation{
+		Handle: req.GetHandle(), Node: req.GetNode(), Sequence: uint64(resp.Header.Revision),
+		Addresses: []*ipamv1alpha1.AllocatedAddress{{Ip: "10.0.0.2", Family: commonv1alpha1.IPFamily_IP_FAMILY_IPV4, PrefixLength: 32, Gateway: "10.0.0.1", Pool: "default", Block: "10.0.0.0/26"}},
+	}}, nil
+}
+
+// startBareCAS serves bareCAS on 127.0.0.1 with its own client of c and
+// returns its address.
+func startBareCAS(t testing.TB, c *etcdtest.Cluster) string {
+	t.Helper()
+	srv := grpc.NewServer()
+	ipamv1alpha1.RegisterIPAMServiceServer(srv, &bareCAS{cli: c.Client(t), val: strings.Repeat("v", casValueSize)})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(srv.Stop)
+	return l.Addr().String()
+}
+
+// measureBareCAS runs AllocateIP against bareCAS with conc clients, each on
+// its own connection, as measureAxon does against Axon.
+func measureBareCAS(t testing.TB, ctx context.Context, addr, tag string, conc int, warm, dur time.Duration) measurement {
+	t.Helper()
+	cls := dialClients(t, addr, conc)
+	return run(ctx, "gRPC + one CAS", conc, warm, dur, nil, func(ctx context.Context, w, i int) error {
+		_, err := cls[w].AllocateIP(ctx, allocRequest(tag, nodeName(tag, w), w, i))
+		return err
 	})
 }

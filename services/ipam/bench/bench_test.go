@@ -50,6 +50,7 @@ type results struct {
 	Axon        map[string][]measurement // by etcd setup name, in concurrency order
 	AxonRot     map[string][]measurement // Axon with nodes of at most podsPerNode addresses
 	CAS         map[string][]measurement
+	Bare        map[string][]measurement // gRPC + one CAS, no allocator (bareCAS)
 	HL          []measurement
 	Scale       *scaleResult
 	Profiles    []*profileSummary
@@ -70,7 +71,7 @@ func TestIPAMBenchReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := &results{Start: time.Now(), Duration: *duration, Warmup: *warmup, Machine: describeMachine(),
-		Axon: map[string][]measurement{}, AxonRot: map[string][]measurement{}, CAS: map[string][]measurement{}, ScaleWanted: *scale, NoFsync: *noFsync}
+		Axon: map[string][]measurement{}, AxonRot: map[string][]measurement{}, CAS: map[string][]measurement{}, Bare: map[string][]measurement{}, ScaleWanted: *scale, NoFsync: *noFsync}
 	if *hostLocal != "" {
 		bin, err := filepath.Abs(*hostLocal)
 		if err != nil {
@@ -93,6 +94,7 @@ func TestIPAMBenchReport(t *testing.T) {
 			c := etcdtest.New(t, s.Members, opts...)
 			casCli := c.Client(t)
 			axon := startAxon(t, c)
+			bare := startBareCAS(t, c)
 			for _, conc := range concurrencies {
 				m := quietest(quietLimit, func(try int) measurement {
 					m := measureCAS(t, ctx, casCli, "raw CAS", fmt.Sprintf("c%d-%d", conc, try), conc, *warmup, *duration)
@@ -100,6 +102,12 @@ func TestIPAMBenchReport(t *testing.T) {
 					return m
 				})
 				res.CAS[s.Name] = append(res.CAS[s.Name], m)
+				m = quietest(quietLimit, func(try int) measurement {
+					m := measureBareCAS(t, ctx, bare, fmt.Sprintf("b%d-%d", conc, try), conc, *warmup, *duration)
+					logMeasurement(t, s.Name, m)
+					return m
+				})
+				res.Bare[s.Name] = append(res.Bare[s.Name], m)
 				m = quietest(quietLimit, func(try int) measurement {
 					m := axon.measureAxon(t, ctx, "Axon", fmt.Sprintf("c%d-%d", conc, try), conc, *warmup, *duration)
 					logMeasurement(t, s.Name, m)

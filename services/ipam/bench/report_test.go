@@ -106,6 +106,11 @@ func renderReport(r *results) string {
 	p("- **raw CAS** (the store's ceiling): on the same etcd at the same concurrency, one shared clientv3 client; each\n")
 	p("  worker owns one key, reads it once, then loops `Txn(If(ModRevision(key)==last)).Then(Put(key, %d-byte value))`,\n", casValueSize)
 	p("  taking `last` from the response header.\n")
+	p("- **gRPC + one CAS** (the ceiling of a gRPC-fronted allocator): the same `AllocateIP` call as Axon's, over the same\n")
+	p("  loopback gRPC, answered by a stub server (in this process, its own etcd client) that does nothing but one\n")
+	p("  transaction per request — create the handle's key with a %d-byte value if it does not exist — and returns an\n", casValueSize)
+	p("  allocation of the size of Axon's. No allocator could do less per allocation and still be a gRPC service with\n")
+	p("  one durable write per allocation.\n")
 	if r.HostLocal != "" {
 		p("- **host-local**: the CNI reference IPAM plugin, exec'd once per allocation as a runtime does (`CNI_COMMAND=ADD`,\n")
 		p("  unique `CNI_CONTAINERID`, `CNI_IFNAME=eth0`, range %s, `dataDir` in a temp dir); measured exec to exit.\n", poolCIDR)
@@ -127,7 +132,7 @@ func renderReport(r *results) string {
 	p("## Results\n\n")
 	for ci, conc := range concurrencies {
 		p("### %s\n\n", clients(conc))
-		p("| Backend | etcd | allocations/s | p50 | p99 | CPU | CPU/op | Axon / raw CAS | Axon / host-local | errors |\n")
+		p("| Backend | etcd | allocations/s | p50 | p99 | CPU | CPU/op | / raw CAS | / host-local | errors |\n")
 		p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		var hl *measurement
 		if ci < len(r.HL) {
@@ -140,6 +145,10 @@ func renderReport(r *results) string {
 			}
 			c, a := cas[ci], axon[ci]
 			p("| raw CAS | %s | %.0f | %s | %s | %.2f | %s | | | %d |\n", s.Name, c.rate(), ms(c.P50), ms(c.P99), cores(c), cpuPerOp(c), c.Errors)
+			if bare := r.Bare[s.Name]; ci < len(bare) {
+				g := bare[ci]
+				p("| gRPC + one CAS | %s | %.0f | %s | %s | %.2f | %s | %.2f× | | %d |\n", s.Name, g.rate(), ms(g.P50), ms(g.P99), cores(g), cpuPerOp(g), ratio(g, c), g.Errors)
+			}
 			hlRatio := "–"
 			if hl != nil {
 				hlRatio = fmt.Sprintf("%.1f×", ratio(a, *hl))
@@ -161,7 +170,7 @@ func renderReport(r *results) string {
 	}
 	var errLines []string
 	for _, s := range setups {
-		for _, m := range slices.Concat(r.CAS[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
+		for _, m := range slices.Concat(r.CAS[s.Name], r.Bare[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
 			if m.FirstEr != "" {
 				errLines = append(errLines, fmt.Sprintf("- %s, %s, %s: %s", m.Backend, s.Name, clients(m.Conc), m.FirstEr))
 			}
@@ -178,7 +187,7 @@ func renderReport(r *results) string {
 	var busy []string
 	var retried int
 	for _, s := range setups {
-		for _, m := range slices.Concat(r.CAS[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
+		for _, m := range slices.Concat(r.CAS[s.Name], r.Bare[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
 			if m.Tries > 1 {
 				retried++
 			}
@@ -276,7 +285,11 @@ func renderTargets(b *strings.Builder, r *results) {
 	for _, s := range setups {
 		for i, a := range r.Axon[s.Name] {
 			c := r.CAS[s.Name][i]
-			p("| Axon ≥ 0.8× raw CAS, %s, %s | %.0f vs %.0f/s = %.2f× | %s |\n", s.Name, clients(a.Conc), a.rate(), c.rate(), ratio(a, c), metStr(ratio(a, c) >= 0.8))
+			bare := ""
+			if bs := r.Bare[s.Name]; i < len(bs) {
+				bare = fmt.Sprintf(" (gRPC + one CAS, no allocator: %.2f×)", ratio(bs[i], c))
+			}
+			p("| Axon ≥ 0.8× raw CAS, %s, %s | %.0f vs %.0f/s = %.2f×%s | %s |\n", s.Name, clients(a.Conc), a.rate(), c.rate(), ratio(a, c), bare, metStr(ratio(a, c) >= 0.8))
 		}
 	}
 	for _, s := range setups {
