@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 
 	"github.com/vishvananda/netlink"
@@ -25,19 +26,36 @@ var hostNamePattern = regexp.MustCompile(`^lxc[0-9a-f]{12}$`)
 // an address IPAM gives out again. It returns the endpoints kept.
 func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1alpha1.Endpoint) map[string]*datapathv1alpha1.Endpoint {
 	h := a.plumber.Node
+	// CNI DELs (and the replay of queued ones) are served while this runs:
+	// each endpoint is looked at under its attachment's lock, from its
+	// record as it is then; one a DEL removed meanwhile is left alone.
+	//
 	// Recorded pod keys first, so that a record without one (an earlier
 	// version's) cannot be given a key another pod holds.
 	for name, ep := range eps {
+		unlock := a.locks.lock(name)
 		if rec, _, err := a.store.load(name); err == nil && rec.PodKey != 0 {
 			a.pods.acquire(ep.GetAttachment().GetContainerId(), name, rec.PodKey)
 		}
+		unlock()
 	}
 	for name, ep := range eps {
-		link, err := h.LinkByName(name)
-		if err == nil {
-			a.rewire(name, link.Attrs().Index, ep)
+		unlock := a.locks.lock(name)
+		rec, _, err := a.store.load(name)
+		if err != nil {
+			unlock()
+			if errors.Is(err, os.ErrNotExist) {
+				delete(eps, name) // deleted meanwhile
+			}
 			continue
 		}
+		link, err := h.LinkByName(name)
+		if err == nil {
+			a.rewire(name, link.Attrs().Index, ep, rec)
+			unlock()
+			continue
+		}
+		unlock()
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
 			continue // unknown: leave it to CHECK
@@ -98,13 +116,8 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 // rewire writes a kept endpoint's map entries and program again, from its
 // record: pods keep working when the pins were lost (a new pin directory, a
 // remounted bpffs) while their veths survived.
-func (a *Agent) rewire(name string, ifindex int, ep *datapathv1alpha1.Endpoint) {
+func (a *Agent) rewire(name string, ifindex int, ep *datapathv1alpha1.Endpoint, rec *record) {
 	if a.bpf == nil {
-		return
-	}
-	rec, _, err := a.store.load(name)
-	if err != nil {
-		a.log.Warn("endpoint record", "endpoint", name, "err", err)
 		return
 	}
 	hostMAC, _ := net.ParseMAC(rec.HostMAC)
