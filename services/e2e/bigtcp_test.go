@@ -31,20 +31,30 @@ func TestBigTCP(t *testing.T) {
 				}
 			}
 			e.eventually(func() error { return e.tryPing(a.netns, c.ip) })
+			node1 := e.cluster.Nodes[0].Netns
 			for _, tc := range []struct {
-				name string
-				to   *pod
-				ip   string
+				name  string
+				to    *pod
+				ip    string
+				cross bool
 			}{
-				{"same node", b, b.ip},
-				{"same node, IPv6", b, b.ip6},
-				{"across nodes", c, c.ip},
-				{"across nodes, IPv6", c, c.ip6},
+				{"same node", b, b.ip, false},
+				{"same node, IPv6", b, b.ip6, false},
+				{"across nodes", c, c.ip, true},
+				{"across nodes, IPv6", c, c.ip6, true},
 			} {
-				avg := bulkTransfer(t, a, tc.to, tc.ip)
-				t.Logf("%s: pod-a's packets averaged %d bytes", tc.name, avg)
-				if avg <= 65536 {
-					t.Errorf("%s: pod-a's packets averaged %d bytes; want GSO packets above 64 KiB", tc.name, avg)
+				// Large all the way: out of the pod, into the other pod,
+				// and between the nodes (no software segmentation on the
+				// way, as a device with a smaller limit would cause).
+				meters := []meter{{"pod-a's eth0 out", a.netns, "eth0", false}, {tc.to.name + "'s eth0 in", tc.to.netns, "eth0", true}}
+				if tc.cross {
+					meters = append(meters, meter{"node-1's underlay out", node1, "eth0", false})
+				}
+				for i, avg := range bulkTransfer(t, a, tc.to, tc.ip, meters) {
+					t.Logf("%s: %s: packets averaged %d bytes", tc.name, meters[i].name, avg)
+					if avg <= 65536 {
+						t.Errorf("%s: %s: packets averaged %d bytes; want GSO packets above 64 KiB", tc.name, meters[i].name, avg)
+					}
 				}
 			}
 			for n := range e.cluster.Nodes {
@@ -68,10 +78,25 @@ func gsoSizes(t *testing.T, netnsPath, dev string) [4]uint32 {
 	return [4]uint32{a.GSOMaxSize, a.GROMaxSize, a.GSOIPv4MaxSize, a.GROIPv4MaxSize}
 }
 
+// meter is a device whose packets a transfer measures, received or sent.
+type meter struct {
+	name, netns, dev string
+	rx               bool
+}
+
+func (m meter) read(t *testing.T) (bytes, packets uint64) {
+	t.Helper()
+	st := linkIn(t, m.netns, m.dev).Attrs().Statistics
+	if m.rx {
+		return st.RxBytes, st.RxPackets
+	}
+	return st.TxBytes, st.TxPackets
+}
+
 // bulkTransfer sends 64 MiB of pseudo-random data from one pod to ip (of
 // pod to) over TCP, checks it arrived intact, and returns the average size
-// of the packets from's eth0 sent meanwhile.
-func bulkTransfer(t *testing.T, from, to *pod, ip string) int {
+// of the packets each meter counted meanwhile.
+func bulkTransfer(t *testing.T, from, to *pod, ip string, meters []meter) []int {
 	t.Helper()
 	const size = 64 << 20
 	var l net.Listener
@@ -104,7 +129,10 @@ func bulkTransfer(t *testing.T, from, to *pod, ip string) int {
 		got <- r
 	}()
 
-	txBytes0, txPackets0 := txStats(t, from.netns)
+	before := make([][2]uint64, len(meters))
+	for i, m := range meters {
+		before[i][0], before[i][1] = m.read(t)
+	}
 	var c net.Conn
 	if err := nstest.DoAt(from.netns, func() (err error) {
 		c, err = net.DialTimeout("tcp", net.JoinHostPort(ip, "7780"), 3*time.Second)
@@ -129,15 +157,13 @@ func bulkTransfer(t *testing.T, from, to *pod, ip string) int {
 	if r.err != nil || r.n != size || !bytes.Equal(r.sum[:], h.Sum(nil)) {
 		t.Fatalf("%s to %s: received %d bytes (%v), want %d intact", from.name, ip, r.n, r.err, size)
 	}
-	txBytes1, txPackets1 := txStats(t, from.netns)
-	if txPackets1 == txPackets0 {
-		t.Fatalf("%s sent no packets", from.name)
+	avgs := make([]int, len(meters))
+	for i, m := range meters {
+		b, p := m.read(t)
+		if p == before[i][1] {
+			t.Fatalf("%s: no packets", m.name)
+		}
+		avgs[i] = int((b - before[i][0]) / (p - before[i][1]))
 	}
-	return int((txBytes1 - txBytes0) / (txPackets1 - txPackets0))
-}
-
-func txStats(t *testing.T, netnsPath string) (bytes, packets uint64) {
-	t.Helper()
-	st := linkIn(t, netnsPath, "eth0").Attrs().Statistics
-	return st.TxBytes, st.TxPackets
+	return avgs
 }

@@ -19,8 +19,11 @@ import (
 // axon_host pair and the underlay device (raised at start-up, as far as
 // its driver allows: tso_max_size). Tunnel mode qualifies because the
 // programs encapsulate VXLAN themselves and send straight to the underlay
-// device; the kernel's tunnel devices take at most 64 KiB, so Geneve
-// (whose packets go through axon_geneve) does not.
+// device. Geneve does not: its packets go through axon_geneve, and a
+// flow-based tunnel device has no lower device to take a larger limit
+// from, so it takes at most 64 KiB. On the receiving side, NICs merge
+// tunnelled packets (GRO) up to 64 KiB only, so in tunnel mode the
+// larger packets are the sender's gain.
 const (
 	bigTCPMaxSize = 196608 // Cilium's default
 	legacyGSOMax  = 65536
@@ -34,7 +37,7 @@ var errBigTCP = errors.New("BIG TCP unavailable")
 func bigTCPSize(h *netlink.Handle, cfg Config) (int, error) {
 	if cfg.RoutingMode == ModeTunnel {
 		if cfg.TunnelProtocol == TunnelGeneve {
-			return 0, fmt.Errorf("%w: Geneve packets go through the kernel's Geneve device, which takes at most 64 KiB; use VXLAN or native routing", errBigTCP)
+			return 0, fmt.Errorf("%w: Geneve packets go through axon_geneve, a flow-based device that takes GSO packets of at most 64 KiB; use VXLAN or native routing", errBigTCP)
 		}
 		if !slices.ContainsFunc(cfg.NodeIPs, netip.Addr.Is4) {
 			return 0, fmt.Errorf("%w: tunnel mode needs an IPv4 node address, which the programs encapsulate to", errBigTCP)
