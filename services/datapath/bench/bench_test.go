@@ -279,7 +279,7 @@ func TestDatapathBenchReport(t *testing.T) {
 		}},
 		{Name: "across nodes, tunnel", MTU: tunnelMTU, Variants: []*streamVariant{
 			{Label: labelAxonBig, pair: endpointPair{ClientNS: bigPods[0].ns.path, ServerNS: bigPods[2].ns.path, ServerIP: bigPods[2].ip}},
-			{Label: labelPlain, pair: crossT.VXLAN},
+			{Label: labelPlain, pair: crossT.VXLAN}, {Label: labelPlainBig, pair: crossBig.VXLAN},
 		}},
 	}
 	for _, s := range bigScenarios {

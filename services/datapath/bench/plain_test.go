@@ -247,6 +247,10 @@ func newPlainCross(nativeMTU, vxlanMTU, gso int) (*plainCross, error) {
 		if n.vx, err = n.ns.nl.LinkByName("vx0"); err != nil {
 			return nil, err
 		}
+		// A VXLAN device with a lower device takes its GSO limit from it.
+		if err := setGSO(n.ns.nl, n.vx, gso); err != nil {
+			return nil, fmt.Errorf("vxlan: %w", err)
+		}
 		if err := n.ns.nl.LinkSetUp(n.vx); err != nil {
 			return nil, err
 		}
@@ -281,9 +285,7 @@ func newPlainCross(nativeMTU, vxlanMTU, gso int) (*plainCross, error) {
 		if pods[i][0], err = plainPod(n.ns, "lxcnative", n.nativePod, n.nativeGW, nativeMTU, gso); err != nil {
 			return nil, err
 		}
-		// The kernel's VXLAN device takes at most 64 KiB: its pods keep
-		// the default.
-		if pods[i][1], err = plainPod(n.ns, "lxcvxlan", n.vxlanPod, n.vxlanGW, vxlanMTU, 0); err != nil {
+		if pods[i][1], err = plainPod(n.ns, "lxcvxlan", n.vxlanPod, n.vxlanGW, vxlanMTU, gso); err != nil {
 			return nil, err
 		}
 	}

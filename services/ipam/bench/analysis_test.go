@@ -98,12 +98,15 @@ func renderAnalysis(b *strings.Builder, r *results) {
 	if bareAll > 0 {
 		p("**The ceiling of a gRPC-fronted allocator.** The stub service that does nothing but one CAS per `AllocateIP`\n")
 		p("(\"gRPC + one CAS\" in the tables) measured: %s. ", strings.Join(bareRows, "; "))
-		p("It stays under 0.8× of raw CAS in %d of %d rows: on\n", bareBelow, bareAll)
-		p("this machine the gRPC hop of a separate service adds a quarter or more to what one etcd transaction costs (in\n")
-		p("CPU and in latency), so no allocator served over gRPC can reach the issue's 0.8× there by doing less per allocation;\n")
-		p("only coalescing can take it past, which Axon does where concurrent allocations share transactions. Where Axon\n")
-		p("is above the stub, the batching pays for the allocator's own work and more; where it is below, that is the\n")
-		p("allocator's cost on top of the hop.\n\n")
+		p("It stays under 0.8× of raw CAS in %d of %d rows.", bareBelow, bareAll)
+		if bareBelow > 0 {
+			p(" In those the gRPC hop of a separate service adds a quarter or more to what one etcd\n")
+			p("transaction costs (in CPU and in latency), so no allocator served over gRPC can reach the issue's 0.8× there by\n")
+			p("doing less per allocation; only coalescing can take it past, which Axon does where concurrent allocations share\n")
+			p("transactions.")
+		}
+		p(" Where Axon is above the stub, the batching pays for the allocator's own work and more; where it is below,\n")
+		p("that is the allocator's cost on top of the hop.\n\n")
 	}
 
 	prof := func(i int) *profileSummary {
