@@ -70,22 +70,23 @@ type datapathAxonRemoteKey6 struct {
 type datapathAxonStat uint32
 
 const (
-	datapathAxonStatAXON_STAT_FWD_LOCAL        datapathAxonStat = 0
-	datapathAxonStatAXON_STAT_FWD_TUNNEL       datapathAxonStat = 1
-	datapathAxonStatAXON_STAT_FWD_NATIVE       datapathAxonStat = 2
-	datapathAxonStatAXON_STAT_TO_HOST          datapathAxonStat = 3
-	datapathAxonStatAXON_STAT_OVERLAY_LOCAL    datapathAxonStat = 4
-	datapathAxonStatAXON_STAT_OVERLAY_TO_HOST  datapathAxonStat = 5
-	datapathAxonStatAXON_STAT_DROP_MALFORMED   datapathAxonStat = 6
-	datapathAxonStatAXON_STAT_DROP_TTL         datapathAxonStat = 7
-	datapathAxonStatAXON_STAT_DROP_TUNNEL      datapathAxonStat = 8
-	datapathAxonStatAXON_STAT_NON_IPV4         datapathAxonStat = 9
-	datapathAxonStatAXON_STAT_FIB_MISS         datapathAxonStat = 10
-	datapathAxonStatAXON_STAT_UNCONFIGURED     datapathAxonStat = 11
-	datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST datapathAxonStat = 12
-	datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN datapathAxonStat = 13
-	datapathAxonStatAXON_STAT_DROP_SPOOFED     datapathAxonStat = 14
-	datapathAxonStatAXON_STAT_MAX              datapathAxonStat = 15
+	datapathAxonStatAXON_STAT_FWD_LOCAL         datapathAxonStat = 0
+	datapathAxonStatAXON_STAT_FWD_TUNNEL        datapathAxonStat = 1
+	datapathAxonStatAXON_STAT_FWD_NATIVE        datapathAxonStat = 2
+	datapathAxonStatAXON_STAT_TO_HOST           datapathAxonStat = 3
+	datapathAxonStatAXON_STAT_OVERLAY_LOCAL     datapathAxonStat = 4
+	datapathAxonStatAXON_STAT_OVERLAY_TO_HOST   datapathAxonStat = 5
+	datapathAxonStatAXON_STAT_DROP_MALFORMED    datapathAxonStat = 6
+	datapathAxonStatAXON_STAT_DROP_TTL          datapathAxonStat = 7
+	datapathAxonStatAXON_STAT_DROP_TUNNEL       datapathAxonStat = 8
+	datapathAxonStatAXON_STAT_NON_IPV4          datapathAxonStat = 9
+	datapathAxonStatAXON_STAT_FIB_MISS          datapathAxonStat = 10
+	datapathAxonStatAXON_STAT_UNCONFIGURED      datapathAxonStat = 11
+	datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST  datapathAxonStat = 12
+	datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN  datapathAxonStat = 13
+	datapathAxonStatAXON_STAT_DROP_SPOOFED      datapathAxonStat = 14
+	datapathAxonStatAXON_STAT_FWD_TUNNEL_DEVICE datapathAxonStat = 15
+	datapathAxonStatAXON_STAT_MAX               datapathAxonStat = 16
 )
 
 // Names of all BPF objects in the ELF.

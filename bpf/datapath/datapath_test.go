@@ -79,9 +79,10 @@ func TestSpec(t *testing.T) {
 	if len(spec.Maps) != 7 {
 		t.Errorf("maps %v, want exactly 7 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
-	// The counters are the size of a pinned map: 15 since drop-spoofed
-	// (Load replaces the smaller maps of older pins, see TestLoadPinnedStatsResized).
-	if datapathAxonStatAXON_STAT_MAX != 15 {
+	// The counters are the size of a pinned map: 16 since
+	// forwarded-tunnel-device (Load replaces the smaller maps of older
+	// pins, see TestLoadPinnedStatsResized).
+	if datapathAxonStatAXON_STAT_MAX != 16 {
 		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", datapathAxonStatAXON_STAT_MAX)
 	}
 }
@@ -144,7 +145,7 @@ func TestStatFields(t *testing.T) {
 	if s.Total() != uint64(n*(n+1)/2) {
 		t.Errorf("fields alias each other: total %d", s.Total())
 	}
-	if m := s.Map(); len(m) != n || m["forwarded-local"] != 1 || m["drop-spoofed"] != uint64(n) {
+	if m := s.Map(); len(m) != n || m["forwarded-local"] != 1 || m["forwarded-tunnel-device"] != uint64(n) {
 		t.Errorf("Map() = %v", m)
 	}
 }

@@ -148,8 +148,8 @@ func TestRun(t *testing.T) {
 		{"local native mode", nativeCfg, fromPod, udp4(podA.ip, podB.ip, 64), verdictRedirect, toPodB, "forwarded-local"},
 		{"local ttl 1", tunnelCfg, fromPod, udp4(podA.ip, podB.ip, 1), verdictDrop, unchanged, "drop-ttl"},
 		{"local ttl 0", tunnelCfg, fromPod, udp4(podA.ip, podB.ip, 0), verdictDrop, unchanged, "drop-ttl"},
-		{"tunnel", tunnelCfg, fromPod, udp4(podA.ip, remotePod, 64), verdictRedirect, unchanged, "forwarded-tunnel"},
-		{"tunnel block edge", tunnelCfg, fromPod, udp4(podA.ip, netip.MustParseAddr("10.244.2.255"), 64), verdictRedirect, unchanged, "forwarded-tunnel"},
+		{"tunnel", tunnelCfg, fromPod, udp4(podA.ip, remotePod, 64), verdictRedirect, unchanged, "forwarded-tunnel-device"},
+		{"tunnel block edge", tunnelCfg, fromPod, udp4(podA.ip, netip.MustParseAddr("10.244.2.255"), 64), verdictRedirect, unchanged, "forwarded-tunnel-device"},
 		{"miss", tunnelCfg, fromPod, udp4(podA.ip, outsideIP, 64), verdictNext, unchanged, "to-host"},
 		{"next to remote block", tunnelCfg, fromPod, udp4(podA.ip, netip.MustParseAddr("10.244.3.1"), 64), verdictNext, unchanged, "to-host"},
 		// The private namespace has no routes: the FIB cannot forward.
@@ -190,9 +190,9 @@ func TestRun(t *testing.T) {
 		{"v6 icmp without type", tunnelCfg, fromPod, ip6Frame(podA6.ip, podB6.ip, 64, 58, nil), verdictRedirect, toPodB6, "forwarded-local"},
 		{"v6 local hop 1", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 1), verdictDrop, unchanged, "drop-ttl"},
 		{"v6 local hop 0", tunnelCfg, fromPod, udp6(podA6.ip, podB6.ip, 0), verdictDrop, unchanged, "drop-ttl"},
-		{"v6 tunnel", tunnelCfg, fromPod, udp6(podA6.ip, remotePod6, 64), verdictRedirect, unchanged, "forwarded-tunnel"},
-		{"v6 tunnel hop 1", tunnelCfg, fromPod, udp6(podA6.ip, remotePod6, 1), verdictRedirect, unchanged, "forwarded-tunnel"},
-		{"v6 tunnel block edge", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fd00:10:244:2:ffff:ffff:ffff:ffff"), 64), verdictRedirect, unchanged, "forwarded-tunnel"},
+		{"v6 tunnel", tunnelCfg, fromPod, udp6(podA6.ip, remotePod6, 64), verdictRedirect, unchanged, "forwarded-tunnel-device"},
+		{"v6 tunnel hop 1", tunnelCfg, fromPod, udp6(podA6.ip, remotePod6, 1), verdictRedirect, unchanged, "forwarded-tunnel-device"},
+		{"v6 tunnel block edge", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fd00:10:244:2:ffff:ffff:ffff:ffff"), 64), verdictRedirect, unchanged, "forwarded-tunnel-device"},
 		{"v6 miss", tunnelCfg, fromPod, udp6(podA6.ip, outsideIP6, 64), verdictNext, unchanged, "to-host"},
 		{"v6 next to remote block", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fd00:10:244:3::1"), 64), verdictNext, unchanged, "to-host"},
 		{"v6 site-local is not link-local", tunnelCfg, fromPod, udp6(podA6.ip, netip.MustParseAddr("fec0::1"), 64), verdictNext, unchanged, "to-host"},
@@ -285,11 +285,11 @@ func TestRun(t *testing.T) {
 
 		// axon_to_overlay: the tunnel key for the node's own traffic into the
 		// overlay (test-run cannot show the key; the tunnel tests use it).
-		{"out v4", tunnelCfg, toOverlay, udp4(podA.ip, remotePod, 64), verdictNext, unchanged, "forwarded-tunnel"},
+		{"out v4", tunnelCfg, toOverlay, udp4(podA.ip, remotePod, 64), verdictNext, unchanged, "forwarded-tunnel-device"},
 		{"out v4 miss", tunnelCfg, toOverlay, udp4(podA.ip, outsideIP, 64), verdictDrop, unchanged, "drop-tunnel"},
 		{"out arp", tunnelCfg, toOverlay, arpFrame(), verdictDrop, unchanged, "non-ipv4"},
 		{"out native mode", nativeCfg, toOverlay, udp4(podA.ip, remotePod, 64), verdictDrop, unchanged, "unconfigured"},
-		{"out v6", tunnelCfg, toOverlay, udp6(podA6.ip, remotePod6, 64), verdictNext, unchanged, "forwarded-tunnel"},
+		{"out v6", tunnelCfg, toOverlay, udp6(podA6.ip, remotePod6, 64), verdictNext, unchanged, "forwarded-tunnel-device"},
 		{"out v6 miss", tunnelCfg, toOverlay, udp6(podA6.ip, outsideIP6, 64), verdictDrop, unchanged, "drop-tunnel"},
 		{"out v6 local pod", tunnelCfg, toOverlay, udp6(remotePod6, podB6.ip, 64), verdictDrop, unchanged, "drop-tunnel"},
 		{"out v6 NS", tunnelCfg, toOverlay, icmp6(podA6.ip, netip.MustParseAddr("ff02::1:ff00:1e"), 135), verdictNext, unchanged, "non-ipv4"},

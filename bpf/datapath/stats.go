@@ -14,18 +14,22 @@ import "fmt"
 // Forwardable IPv6 moves the same counters as IPv4.
 type Stats struct {
 	ForwardedLocal  uint64 // from a pod to a pod on this node
-	ForwardedTunnel uint64 // from a pod into the VXLAN tunnel
-	ForwardedNative uint64 // from a pod routed natively (FIB + redirect_neigh)
-	ToHost          uint64 // IP from a pod, not for a pod: left to the kernel
-	OverlayLocal    uint64 // from the overlay to a pod on this node
-	OverlayToHost   uint64 // from the overlay, not for a local pod: left to the kernel
-	DropMalformed   uint64 // truncated frames, bad IPv4/IPv6 headers
-	DropTTL         uint64 // TTL or hop limit would have expired on forwarding
-	DropTunnel      uint64 // setting the tunnel key failed
-	NonIPv4         uint64 // not IPv4, not forwarded: ARP etc., IPv6 ND, link-local, multicast
-	FIBMiss         uint64 // native mode: the FIB did not forward; left to the kernel
-	Unconfigured    uint64 // no mode configured: left to the kernel
-	UnderlayToHost  uint64 // from the underlay, not for a local pod: left to the kernel
+	ForwardedTunnel uint64 // from a pod into the tunnel, VXLAN built by the program
+	// ForwardedTunnelDevice counts packets sent into the tunnel through the
+	// overlay device: pods' the program cannot encapsulate itself (Geneve,
+	// no IPv4 node address, no route to the remote node) and the node's own.
+	ForwardedTunnelDevice uint64
+	ForwardedNative       uint64 // from a pod routed natively (FIB + redirect_neigh)
+	ToHost                uint64 // IP from a pod, not for a pod: left to the kernel
+	OverlayLocal          uint64 // from the overlay to a pod on this node
+	OverlayToHost         uint64 // from the overlay, not for a local pod: left to the kernel
+	DropMalformed         uint64 // truncated frames, bad IPv4/IPv6 headers
+	DropTTL               uint64 // TTL or hop limit would have expired on forwarding
+	DropTunnel            uint64 // setting the tunnel key failed
+	NonIPv4               uint64 // not IPv4, not forwarded: ARP etc., IPv6 ND, link-local, multicast
+	FIBMiss               uint64 // native mode: the FIB did not forward; left to the kernel
+	Unconfigured          uint64 // no mode configured: left to the kernel
+	UnderlayToHost        uint64 // from the underlay, not for a local pod: left to the kernel
 	// UnderlayForeign counts VXLAN packets for a local pod whose inner
 	// source is a pod of a block the sending node does not own (a
 	// misconfigured or spoofing sender): left to the kernel's VXLAN path.
@@ -54,6 +58,7 @@ var statFields = [...]struct {
 	{datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST, "from-underlay-to-host", func(s *Stats) *uint64 { return &s.UnderlayToHost }},
 	{datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN, "from-underlay-foreign", func(s *Stats) *uint64 { return &s.UnderlayForeign }},
 	{datapathAxonStatAXON_STAT_DROP_SPOOFED, "drop-spoofed", func(s *Stats) *uint64 { return &s.DropSpoofed }},
+	{datapathAxonStatAXON_STAT_FWD_TUNNEL_DEVICE, "forwarded-tunnel-device", func(s *Stats) *uint64 { return &s.ForwardedTunnelDevice }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

@@ -597,7 +597,7 @@ static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_co
 		return rc;
 	if (set_tunnel(skb, cfg, remote) < 0)
 		return drop(AXON_STAT_DROP_TUNNEL);
-	count(AXON_STAT_FWD_TUNNEL);
+	count(AXON_STAT_FWD_TUNNEL_DEVICE);
 	return bpf_redirect(cfg->vxlan_ifindex, 0);
 }
 
@@ -1046,6 +1046,6 @@ int axon_to_overlay(struct __sk_buff *skb)
 		remote = remote6(&p.ip6->daddr);
 	if (!remote || set_tunnel(skb, cfg, remote) < 0)
 		return drop(AXON_STAT_DROP_TUNNEL);
-	count(AXON_STAT_FWD_TUNNEL);
+	count(AXON_STAT_FWD_TUNNEL_DEVICE);
 	return AXON_TCX_NEXT;
 }

@@ -92,7 +92,7 @@ struct axon_config {
  */
 enum axon_stat {
 	AXON_STAT_FWD_LOCAL = 0,      /* from_pod: to a local pod (redirect_peer) */
-	AXON_STAT_FWD_TUNNEL,         /* from_pod: to a remote block via VXLAN */
+	AXON_STAT_FWD_TUNNEL,         /* from_pod: to a remote block, VXLAN built here (redirect_neigh to the underlay) */
 	AXON_STAT_FWD_NATIVE,         /* from_pod: to a remote block via FIB + redirect_neigh */
 	AXON_STAT_TO_HOST,            /* from_pod: IP not for a pod, left to the kernel (NEXT) */
 	AXON_STAT_OVERLAY_LOCAL,      /* from_overlay: to a local pod (redirect_peer) */
@@ -119,6 +119,13 @@ enum axon_stat {
 	 * a pod cannot spoof another pod's, or any other, address.
 	 */
 	AXON_STAT_DROP_SPOOFED,
+	/*
+	 * Into the tunnel through the overlay device (axon_vxlan/axon_geneve,
+	 * the tunnel key set here): pods' packets the programs cannot
+	 * encapsulate themselves (Geneve, no IPv4 node address, no route to
+	 * the remote node), and the node's own traffic (to_overlay).
+	 */
+	AXON_STAT_FWD_TUNNEL_DEVICE,
 	AXON_STAT_MAX,
 };
 
