@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 // BIG TCP (Cilium's enable-ipv4-big-tcp and enable-ipv6-big-tcp): pods'
@@ -72,21 +74,8 @@ func raiseGSOMaxSize(h *netlink.Handle, nodeIPs []netip.Addr, size int) error {
 		links = append(links, l)
 	}
 	for _, l := range links {
-		a := l.Attrs()
-		for _, set := range []struct {
-			what string
-			cur  uint32
-			fn   func(netlink.Link, int) error
-		}{
-			{"GSO max size", a.GSOMaxSize, h.LinkSetGSOMaxSize}, {"GRO max size", a.GROMaxSize, h.LinkSetGROMaxSize},
-			{"IPv4 GSO max size", a.GSOIPv4MaxSize, h.LinkSetGSOIPv4MaxSize}, {"IPv4 GRO max size", a.GROIPv4MaxSize, h.LinkSetGROIPv4MaxSize},
-		} {
-			if set.cur >= uint32(size) {
-				continue
-			}
-			if err := set.fn(l, size); err != nil {
-				return fmt.Errorf("set %s %s %d: %w", a.Name, set.what, size, err)
-			}
+		if err := veth.RaiseGSOMaxSize(h, l, size); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -165,11 +165,7 @@ func underlayDevice(h *netlink.Handle, nodeIPs []netip.Addr) (netlink.Link, erro
 // defaultRouteDevice returns the device of the main table's default route
 // of ip's family.
 func defaultRouteDevice(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) {
-	family := netlink.FAMILY_V4
-	if !ip.Is4() {
-		family = netlink.FAMILY_V6
-	}
-	routes, err := h.RouteList(nil, family)
+	routes, err := h.RouteList(nil, veth.Family(ip))
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/axon-cni/axon/services/datapath/veth"
+	"github.com/axon-cni/axon/services/internal/localcluster"
 )
 
 // The plain-kernel baselines: the same namespaces, veth pairs, addresses,
@@ -15,19 +16,7 @@ import (
 // the kernel's routing forwards every packet. Addresses live only inside
 // these namespaces. With gso (not 0) every device of a baseline takes GSO
 // packets of that size, as Axon's with --big-tcp; 0 keeps the kernel's
-// 64 KiB.
-
-// wireGSOMaxSize is what the underlay bridge's ports take, as localcluster's
-// do (they stand for NICs that segment in hardware).
-const wireGSOMaxSize = 196608
-
-// setGSO gives link GSO and GRO max sizes of gso, unless gso is 0.
-func setGSO(h *netlink.Handle, link netlink.Link, gso int) error {
-	if gso == 0 {
-		return nil
-	}
-	return veth.SetGSOMaxSize(h, link, gso)
-}
+// 64 KiB (raising to 0 changes nothing).
 
 func hostNet(a netip.Addr) *net.IPNet {
 	return &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
@@ -54,7 +43,7 @@ func plainNode(router netip.Addr, gso int) (*ns, error) {
 	for _, name := range []string{"rtr_host", "rtr_net"} {
 		l, err := n.nl.LinkByName(name)
 		if err == nil {
-			err = setGSO(n.nl, l, gso)
+			err = veth.RaiseGSOMaxSize(n.nl, l, gso)
 		}
 		if err == nil {
 			err = n.nl.LinkSetUp(l)
@@ -98,10 +87,10 @@ func plainPod(node *ns, hostName string, ip, gw netip.Addr, mtu, gso int) (*ns, 
 	if err != nil {
 		return nil, err
 	}
-	if err := setGSO(node.nl, host, gso); err != nil {
+	if err := veth.RaiseGSOMaxSize(node.nl, host, gso); err != nil {
 		return nil, err
 	}
-	if err := setGSO(pod.nl, eth0, gso); err != nil {
+	if err := veth.RaiseGSOMaxSize(pod.nl, eth0, gso); err != nil {
 		return nil, err
 	}
 	if err := pod.nl.AddrAdd(eth0, &netlink.Addr{IPNet: hostNet(ip)}); err != nil {
@@ -212,7 +201,7 @@ func newPlainCross(nativeMTU, vxlanMTU, gso int) (*plainCross, error) {
 			err = underlay.nl.LinkSetMaster(p, br)
 		}
 		if err == nil {
-			err = setGSO(underlay.nl, p, wireGSOMaxSize)
+			err = veth.RaiseGSOMaxSize(underlay.nl, p, localcluster.WireGSOMaxSize)
 		}
 		if err == nil {
 			err = underlay.nl.LinkSetUp(p)
@@ -223,7 +212,7 @@ func newPlainCross(nativeMTU, vxlanMTU, gso int) (*plainCross, error) {
 		if n.eth0, err = n.ns.nl.LinkByName("eth0"); err != nil {
 			return nil, err
 		}
-		if err := setGSO(n.ns.nl, n.eth0, gso); err != nil {
+		if err := veth.RaiseGSOMaxSize(n.ns.nl, n.eth0, gso); err != nil {
 			return nil, err
 		}
 		if err := n.ns.nl.AddrAdd(n.eth0, &netlink.Addr{IPNet: &net.IPNet{IP: n.ip.AsSlice(), Mask: net.CIDRMask(24, 32)}}); err != nil {
@@ -248,7 +237,7 @@ func newPlainCross(nativeMTU, vxlanMTU, gso int) (*plainCross, error) {
 			return nil, err
 		}
 		// A VXLAN device with a lower device takes its GSO limit from it.
-		if err := setGSO(n.ns.nl, n.vx, gso); err != nil {
+		if err := veth.RaiseGSOMaxSize(n.ns.nl, n.vx, gso); err != nil {
 			return nil, fmt.Errorf("vxlan: %w", err)
 		}
 		if err := n.ns.nl.LinkSetUp(n.vx); err != nil {

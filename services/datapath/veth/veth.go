@@ -164,7 +164,7 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 	}
 	if s.GSOMaxSize > 0 {
 		// The kernel takes these for the new device only, not its peer.
-		if err := SetGSOMaxSize(pod, podLink, s.GSOMaxSize); err != nil {
+		if err := RaiseGSOMaxSize(pod, podLink, s.GSOMaxSize); err != nil {
 			return Result{}, fmt.Errorf("%s in %s: %w", s.PodIfName, s.NetnsPath, err)
 		}
 	}
@@ -187,18 +187,24 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 	return Result{HostIndex: host.Attrs().Index, HostMAC: hostMAC, PodIndex: podLink.Attrs().Index, PodMAC: podMAC, DefaultVia: defaults}, nil
 }
 
-// SetGSOMaxSize sets the largest GSO and GRO packet link takes, for IPv4
-// and IPv6 (IPv4 above 64 KiB needs Linux 6.3).
-func SetGSOMaxSize(h *netlink.Handle, link netlink.Link, size int) error {
+// RaiseGSOMaxSize makes link take GSO and GRO packets of size, for IPv4
+// and IPv6 (IPv4 above 64 KiB needs Linux 6.3); a limit that is already
+// larger stays.
+func RaiseGSOMaxSize(h *netlink.Handle, link netlink.Link, size int) error {
+	a := link.Attrs()
 	for _, set := range []struct {
 		what string
+		cur  uint32
 		fn   func(netlink.Link, int) error
 	}{
-		{"GSO max size", h.LinkSetGSOMaxSize}, {"GRO max size", h.LinkSetGROMaxSize},
-		{"IPv4 GSO max size", h.LinkSetGSOIPv4MaxSize}, {"IPv4 GRO max size", h.LinkSetGROIPv4MaxSize},
+		{"GSO max size", a.GSOMaxSize, h.LinkSetGSOMaxSize}, {"GRO max size", a.GROMaxSize, h.LinkSetGROMaxSize},
+		{"IPv4 GSO max size", a.GSOIPv4MaxSize, h.LinkSetGSOIPv4MaxSize}, {"IPv4 GRO max size", a.GROIPv4MaxSize, h.LinkSetGROIPv4MaxSize},
 	} {
+		if set.cur >= uint32(size) {
+			continue
+		}
 		if err := set.fn(link, size); err != nil {
-			return fmt.Errorf("set %s %d: %w", set.what, size, err)
+			return fmt.Errorf("set %s %s %d: %w", a.Name, set.what, size, err)
 		}
 	}
 	return nil
@@ -226,10 +232,9 @@ func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.Ha
 		}
 		// The gateway is on-link through the veth, answered by a permanent
 		// neighbour entry: no ARP/ND round trip delays the first packet.
-		family := netlink.FAMILY_V4
+		family := Family(gw)
 		def := &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
 		if gw.Is6() {
-			family = netlink.FAMILY_V6
 			def = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
 		}
 		neigh := &netlink.Neigh{LinkIndex: link.Attrs().Index, Family: family, State: netlink.NUD_PERMANENT, IP: gw.AsSlice(), HardwareAddr: hostMAC}
@@ -253,6 +258,14 @@ func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.Ha
 		}
 	}
 	return defaults, nil
+}
+
+// Family is the netlink address family of a.
+func Family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // hasOtherDefault reports whether the pod has a default route of family
@@ -404,11 +417,7 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 				found = true
 			}
 		}
-		family := netlink.FAMILY_V4
-		if gw.Is6() {
-			family = netlink.FAMILY_V6
-		}
-		if !found && !hasOtherDefault(pod, family, link.Attrs().Index) {
+		if !found && !hasOtherDefault(pod, Family(gw), link.Attrs().Index) {
 			add(PartPodRoute, "default route via %s missing in the pod", gw)
 		}
 		if !slices.ContainsFunc(routes, func(r netlink.Route) bool {

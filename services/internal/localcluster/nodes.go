@@ -51,15 +51,15 @@ func ip(args ...string) error {
 	return nil
 }
 
-// wireGSOMaxSize is the largest GSO packet the underlay bridge's ports
+// WireGSOMaxSize is the largest GSO packet the underlay bridge's ports
 // pass on whole. The bridge stands for a network of NICs that segment in
 // hardware (many take 512 KiB); with the kernel's 64 KiB default the
 // bridge would cut up, in software, what a node with BIG TCP sends.
-const wireGSOMaxSize = 196608
+const WireGSOMaxSize = 196608
 
-// setGSOMaxSize sets the GSO and GRO max sizes of a device (the iproute2
-// of Debian 12 cannot set IPv4's).
-func setGSOMaxSize(netnsName, dev string, size int) error {
+// raiseGSOMaxSize raises the GSO and GRO max sizes of a device (the
+// iproute2 of Debian 12 cannot set IPv4's).
+func raiseGSOMaxSize(netnsName, dev string, size int) error {
 	ns, err := netns.GetFromName(netnsName)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", netnsName, err)
@@ -72,7 +72,7 @@ func setGSOMaxSize(netnsName, dev string, size int) error {
 	defer h.Close()
 	l, err := h.LinkByName(dev)
 	if err == nil {
-		err = veth.SetGSOMaxSize(h, l, size)
+		err = veth.RaiseGSOMaxSize(h, l, size)
 	}
 	if err != nil {
 		return fmt.Errorf("%s in %s: %w", dev, netnsName, err)
@@ -151,7 +151,7 @@ func setupNodes(prefix string, n, mtu int) (nodes []simNode, outside simNode, te
 				return nil, simNode{}, teardown, err
 			}
 		}
-		if err := setGSOMaxSize(underlay, port, wireGSOMaxSize); err != nil {
+		if err := raiseGSOMaxSize(underlay, port, WireGSOMaxSize); err != nil {
 			return nil, simNode{}, teardown, err
 		}
 		if node.Name == "outside" {
