@@ -320,17 +320,40 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 		}
 		return famPlan{}, false, nil
 	}
-	if fp, ok, err := pickAny(a.cfg.UsageMaxAge); err != nil || ok {
-		return fp, err
-	}
-	if p.parsed.Mode == pool.HostScope && len(blocks) > 0 {
-		if fp, ok, err := pickAny(0); err != nil || ok {
+	for range a.cfg.MaxAttempts {
+		if fp, ok, err := pickAny(a.cfg.UsageMaxAge); err != nil || ok {
 			return fp, err
 		}
-		blk := blocks[0]
-		return famPlan{}, fmt.Errorf("pod CIDR %s of node %q in host-scope pool %q is full (%d usable addresses): %w",
-			blk.CIDR, node, p.parsed.Name, usableIn(fs, blk.Outer, blk.CIDR), ErrExhausted)
+		if p.parsed.Mode == pool.HostScope && len(blocks) > 0 {
+			if fp, ok, err := pickAny(0); err != nil || ok {
+				return fp, err
+			}
+			blk := blocks[0]
+			return famPlan{}, fmt.Errorf("pod CIDR %s of node %q in host-scope pool %q is full (%d usable addresses): %w",
+				blk.CIDR, node, p.parsed.Name, usableIn(fs, blk.Outer, blk.CIDR), ErrExhausted)
+		}
+		// Pods starting together on a node share one new block: while one
+		// allocation claims it, the others wait and pick from it.
+		turn := claimKey{node, p.parsed.Name, f}
+		if wait, mine := a.claimTurn(turn); !mine {
+			select {
+			case <-wait:
+			case <-ctx.Done():
+				return famPlan{}, fmt.Errorf("wait for node %q's block claim: %w: %w", node, ErrUnavailable, ctx.Err())
+			}
+			blocks = a.nodeBlocks(node, p.parsed.Name, f)
+			continue
+		}
+		fp, err := a.claimAndPick(ctx, n, p, f, blocks, pickAny)
+		a.claimDone(turn)
+		return fp, err
 	}
+	return famPlan{}, fmt.Errorf("allocate on node %q: its blocks filled up while waiting for new ones: %w", node, ErrConflict)
+}
+
+// claimAndPick claims a new block of p for node n and picks an address of it.
+func (a *Allocator) claimAndPick(ctx context.Context, n nodeRef, p poolRef, f pool.Family, blocks []blockRef, pickAny func(time.Duration) (famPlan, bool, error)) (famPlan, error) {
+	fs := p.parsed.Family(f)
 	blk, err := a.claimBlock(ctx, n, p, f, claimOpts{})
 	if errors.Is(err, ErrExhausted) && len(blocks) > 0 {
 		// Before refusing, re-read the node's blocks: another replica may

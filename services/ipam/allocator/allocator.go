@@ -100,6 +100,9 @@ type Allocator struct {
 
 	batch batcher
 
+	claimMu  sync.Mutex
+	claiming map[claimKey]chan struct{}
+
 	stop context.CancelFunc
 	done sync.WaitGroup
 }
@@ -140,7 +143,8 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 		cfg.MaxAttempts = DefaultConfig().MaxAttempts
 	}
 	k := keys{root: cfg.Root}
-	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{}}
+	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{},
+		claiming: map[claimKey]chan struct{}{}}
 	a.pools = newWatchCache(cli, k.pools(), log, decodePool)
 	a.nodes = newWatchCache(cli, k.nodes(), log, decodeNode)
 	a.blocks = newWatchCache(cli, k.blocks(), log, decodeBlock)

@@ -139,6 +139,34 @@ type claimOpts struct {
 	claimID string
 }
 
+// claimKey names the blocks of one node, pool and family, which this
+// replica claims one at a time.
+type claimKey struct {
+	node, pool string
+	fam        pool.Family
+}
+
+// claimTurn reports whether the caller may claim a block for k (mine);
+// otherwise another allocation of this replica is claiming one, and wait
+// closes when it is done. The caller whose turn it is calls claimDone.
+func (a *Allocator) claimTurn(k claimKey) (wait <-chan struct{}, mine bool) {
+	a.claimMu.Lock()
+	defer a.claimMu.Unlock()
+	if ch, busy := a.claiming[k]; busy {
+		return ch, false
+	}
+	a.claiming[k] = make(chan struct{})
+	return nil, true
+}
+
+// claimDone ends the caller's turn to claim a block for k.
+func (a *Allocator) claimDone(k claimKey) {
+	a.claimMu.Lock()
+	defer a.claimMu.Unlock()
+	close(a.claiming[k])
+	delete(a.claiming, k)
+}
+
 // claimBlock claims a block of p for family f on node n, in one
 // transaction that also takes the node's router IP when it has none.
 func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool.Family, o claimOpts) (blockRef, error) {

@@ -116,3 +116,30 @@ func TestConcurrentReplicas(t *testing.T) {
 		seen[ip] = true
 	}
 }
+
+// TestBurstOnFreshNode starts many pods at once on a node with no block
+// yet, as after a node joins: one replica claims one block for them all,
+// not one block per pod.
+func TestBurstOnFreshNode(t *testing.T) {
+	const pods = 40 // fit one /26 block (61 pod addresses besides the router)
+	cli := newClient(t)
+	a := newAllocator(t, cli, testRoot(t))
+	mustPool(t, a, v4Pool("default", true, 26, "10.91.0.0/16"))
+	mustNode(t, a, "fresh")
+	var wg sync.WaitGroup
+	for i := range pods {
+		wg.Go(func() {
+			if _, err := a.Allocate(t.Context(), allocReq("fresh", fmt.Sprintf("burst-%d", i))); err != nil {
+				t.Errorf("allocate burst-%d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	resp, err := cli.Get(t.Context(), a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 1 {
+		t.Errorf("%d pods starting at once on a fresh node claimed %d blocks, want 1", pods, resp.Count)
+	}
+}
