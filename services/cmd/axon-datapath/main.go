@@ -22,6 +22,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/loader"
 	"github.com/axon-cni/axon/services/datapath/server"
 	"github.com/axon-cni/axon/services/internal/daemon"
+	ipamclient "github.com/axon-cni/axon/services/ipam/client"
 )
 
 func main() {
@@ -78,7 +79,9 @@ func main() {
 				return err
 			}
 			d.OnShutdown(bpf.Close)
-			a, err := agent.New(cfg, ipamv1alpha1.NewIPAMServiceClient(conn), bpf, d.Logger().With(daemon.LogKeySubsys, "agent"))
+			// Pods starting together ask IPAM for their addresses together.
+			ipam := ipamclient.New(ipamv1alpha1.NewIPAMServiceClient(conn))
+			a, err := agent.New(cfg, ipam, bpf, d.Logger().With(daemon.LogKeySubsys, "agent"))
 			if err != nil {
 				return &daemon.UsageError{Err: err}
 			}

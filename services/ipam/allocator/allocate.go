@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -46,49 +47,148 @@ func (a *Allocator) Allocate(ctx context.Context, req *ipamv1alpha1.AllocateIPRe
 // AllocateIP is Allocate that also reports whether a sticky hold was
 // restored.
 func (a *Allocator) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.AllocateIPResponse, error) {
-	h := Handle{req.GetHandle().GetContainerId(), req.GetHandle().GetInterfaceName()}
-	if err := h.validate(); err != nil {
-		return nil, err
-	}
-	requested, err := parseRequested(req)
+	r, err := checkAllocateRequest(req)
 	if err != nil {
 		return nil, err
 	}
-	if d := req.GetStickyHold(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
-		return nil, fmt.Errorf("sticky_hold must be a non-negative duration: %w", ErrInvalid)
-	}
-	hkey := a.keys.handle(h)
-	for attempt := 0; attempt < a.cfg.MaxAttempts; attempt++ {
-		n, err := a.lookupNode(ctx, req.GetNode())
+	return a.allocate(ctx, r, 0)
+}
+
+// AllocateMany serves several allocations at once (AllocateIPs), each as
+// AllocateIP and on its own, in request order. All are planned first and
+// their transactions queued together, so they share etcd transactions.
+func (a *Allocator) AllocateMany(ctx context.Context, reqs []*ipamv1alpha1.AllocateIPRequest) ([]*ipamv1alpha1.AllocateIPResponse, []error) {
+	resps := make([]*ipamv1alpha1.AllocateIPResponse, len(reqs))
+	errs := make([]error, len(reqs))
+	pending := make([]*pendingAlloc, len(reqs))
+	var jobs []*commitJob
+	for i, req := range reqs {
+		r, err := checkAllocateRequest(req)
 		if err != nil {
-			return nil, err
+			errs[i] = err
+			continue
 		}
-		plans, err := a.plan(ctx, n, req, requested)
-		if err != nil {
-			if existing, ok, gerr := a.existing(ctx, hkey, req.GetNode()); gerr != nil || ok {
-				// A retry of an allocation that already succeeded must not
-				// fail because the pool filled up since.
-				return &ipamv1alpha1.AllocateIPResponse{Allocation: existing}, gerr
+		pa, done, err := a.prepareAllocation(ctx, r)
+		if pa == nil {
+			resps[i], errs[i] = done, err
+			continue
+		}
+		pending[i] = pa
+		jobs = append(jobs, pa.job)
+	}
+	a.enqueue(jobs...)
+	var wg sync.WaitGroup
+	for i, pa := range pending {
+		if pa == nil {
+			continue
+		}
+		wg.Go(func() {
+			resp, retry, err := a.finishAllocation(ctx, pa)
+			if retry {
+				resp, err = a.allocate(ctx, pa.req, 1)
 			}
-			return nil, err
+			resps[i], errs[i] = resp, err
+		})
+	}
+	wg.Wait()
+	return resps, errs
+}
+
+// allocateRequest is a checked AllocateIPRequest.
+type allocateRequest struct {
+	*ipamv1alpha1.AllocateIPRequest
+	h         Handle
+	requested map[pool.Family]netip.Addr
+}
+
+func checkAllocateRequest(req *ipamv1alpha1.AllocateIPRequest) (allocateRequest, error) {
+	r := allocateRequest{AllocateIPRequest: req, h: Handle{req.GetHandle().GetContainerId(), req.GetHandle().GetInterfaceName()}}
+	if err := r.h.validate(); err != nil {
+		return r, err
+	}
+	var err error
+	if r.requested, err = parseRequested(req); err != nil {
+		return r, err
+	}
+	if d := req.GetStickyHold(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
+		return r, fmt.Errorf("sticky_hold must be a non-negative duration: %w", ErrInvalid)
+	}
+	return r, nil
+}
+
+// allocate plans and commits an allocation until a transaction holds,
+// starting at attempt.
+func (a *Allocator) allocate(ctx context.Context, r allocateRequest, attempt int) (*ipamv1alpha1.AllocateIPResponse, error) {
+	for ; attempt < a.cfg.MaxAttempts; attempt++ {
+		pa, done, err := a.prepareAllocation(ctx, r)
+		if pa == nil {
+			return done, err
 		}
-		alloc, committed, err := a.commitAllocation(ctx, h, n, req, plans)
-		restored := false
-		for _, p := range plans {
-			p.usage.settle(p.addr, committed)
-			restored = restored || (committed && p.hold != nil && p.hold.addr == p.addr)
-		}
-		if err != nil {
-			return nil, err
-		}
-		if alloc != nil {
-			return &ipamv1alpha1.AllocateIPResponse{Allocation: alloc, StickyRestored: restored}, nil
-		}
-		for _, p := range plans {
-			a.invalidate(p.block.CIDR)
+		a.enqueue(pa.job)
+		resp, retry, err := a.finishAllocation(ctx, pa)
+		if !retry {
+			return resp, err
 		}
 	}
-	return nil, fmt.Errorf("allocate for %s on node %q: contention did not settle after %d attempts: %w", h, req.GetNode(), a.cfg.MaxAttempts, ErrConflict)
+	return nil, fmt.Errorf("allocate for %s on node %q: contention did not settle after %d attempts: %w", r.h, r.GetNode(), a.cfg.MaxAttempts, ErrConflict)
+}
+
+// pendingAlloc is an allocation planned and queued for commit.
+type pendingAlloc struct {
+	req   allocateRequest
+	n     nodeRef
+	plans []famPlan
+	alloc *ipamv1alpha1.Allocation
+	job   *commitJob
+}
+
+// prepareAllocation plans an allocation and builds its transaction. With
+// no pending allocation it returns the answer instead: an existing
+// allocation of the handle, or the error.
+func (a *Allocator) prepareAllocation(ctx context.Context, r allocateRequest) (*pendingAlloc, *ipamv1alpha1.AllocateIPResponse, error) {
+	n, err := a.lookupNode(ctx, r.GetNode())
+	if err != nil {
+		return nil, nil, err
+	}
+	plans, err := a.plan(ctx, n, r.AllocateIPRequest, r.requested)
+	if err != nil {
+		if existing, ok, gerr := a.existing(ctx, a.keys.handle(r.h), r.GetNode()); gerr != nil || ok {
+			// A retry of an allocation that already succeeded must not
+			// fail because the pool filled up since.
+			return nil, &ipamv1alpha1.AllocateIPResponse{Allocation: existing}, gerr
+		}
+		return nil, nil, err
+	}
+	pa := &pendingAlloc{req: r, n: n, plans: plans}
+	if err := a.buildAllocation(ctx, pa); err != nil {
+		for _, p := range plans {
+			p.usage.settle(p.addr, false)
+		}
+		return nil, nil, err
+	}
+	return pa, nil, nil
+}
+
+// finishAllocation waits for a pending allocation's transaction and settles
+// its plans. retry says the transaction lost a race: plan again.
+func (a *Allocator) finishAllocation(ctx context.Context, pa *pendingAlloc) (_ *ipamv1alpha1.AllocateIPResponse, retry bool, _ error) {
+	resp, err := pa.job.wait(ctx)
+	alloc, committed, err := a.commitResult(ctx, pa, resp, err)
+	restored := false
+	for _, p := range pa.plans {
+		p.usage.settle(p.addr, committed)
+		restored = restored || (committed && p.hold != nil && p.hold.addr == p.addr)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if alloc != nil {
+		return &ipamv1alpha1.AllocateIPResponse{Allocation: alloc, StickyRestored: restored}, false, nil
+	}
+	for _, p := range pa.plans {
+		a.invalidate(p.block.CIDR)
+	}
+	return nil, true, nil
 }
 
 // existing returns the stored allocation of hkey, if any, checking it is on
@@ -436,10 +536,10 @@ func (a *Allocator) ensureBlock(ctx context.Context, n nodeRef, p poolRef, f poo
 	return a.claimBlock(ctx, n, p, f, claimOpts{want: want})
 }
 
-// commitAllocation writes the handle and its addresses in one transaction.
-// It returns (nil, false, nil) when the transaction lost a race and the
-// caller should plan again.
-func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, req *ipamv1alpha1.AllocateIPRequest, plans []famPlan) (*ipamv1alpha1.Allocation, bool, error) {
+// buildAllocation builds the transaction that writes a pending
+// allocation's handle and addresses.
+func (a *Allocator) buildAllocation(ctx context.Context, pa *pendingAlloc) error {
+	h, n, req := pa.req.h, pa.n, pa.req
 	now := a.cfg.Now().UTC()
 	alloc := &ipamv1alpha1.Allocation{
 		Handle:       &ipamv1alpha1.OwnerHandle{ContainerId: h.ContainerID, InterfaceName: h.Interface},
@@ -463,15 +563,17 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 	}
 	var ops []clientv3.Op
 	elseOps := []clientv3.Op{clientv3.OpGet(hkey)}
+	written := []string{hkey}
 	if key := req.GetStickyKey(); key != "" {
 		// One live allocation per sticky key: a re-created pod whose old
 		// incarnation is not yet released must wait for that release.
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(a.keys.stickyOwner(key)), "=", 0))
 		ops = append(ops, clientv3.OpPut(a.keys.stickyOwner(key), hkey))
 		elseOps = append(elseOps, clientv3.OpGet(a.keys.stickyOwner(key)))
+		written = append(written, a.keys.stickyOwner(key))
 	}
 	rec := mustJSON(addrRecord{ContainerID: h.ContainerID, Interface: h.Interface})
-	for _, p := range plans {
+	for _, p := range pa.plans {
 		gw := a.routerIP(n.node.GetName(), p.fam)
 		alloc.Addresses = append(alloc.Addresses, &ipamv1alpha1.AllocatedAddress{
 			Ip: p.addr.String(), Family: p.fam, PrefixLength: uint32(p.addr.BitLen()),
@@ -484,6 +586,7 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 			clientv3.Compare(clientv3.CreateRevision(akey), "=", 0),
 		)
 		ops = append(ops, clientv3.OpPut(akey, rec))
+		written = append(written, akey)
 		addrHold := a.keys.hold(p.pool.parsed.Name, p.block.CIDR, p.addr)
 		if p.hold != nil {
 			// Consume the sticky key's hold, or drop it if its address
@@ -498,23 +601,25 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 	}
 	val, err := encodeAllocation(alloc)
 	if err != nil {
-		return nil, false, err
+		return err
 	}
 	ops = append(ops, clientv3.OpPut(hkey, val))
-	written := []string{hkey}
-	for _, p := range plans {
-		written = append(written, a.keys.alloc(p.pool.parsed.Name, p.block.CIDR, p.addr))
-	}
-	if key := req.GetStickyKey(); key != "" {
-		written = append(written, a.keys.stickyOwner(key))
-	}
-	resp, err := a.commitTxn(ctx, cmps, ops, elseOps, written)
+	pa.alloc = alloc
+	pa.job = newCommitJob(ctx, cmps, ops, elseOps, written)
+	return nil
+}
+
+// commitResult interprets a pending allocation's transaction. It returns
+// (nil, false, nil) when the transaction lost a race and the caller should
+// plan again.
+func (a *Allocator) commitResult(ctx context.Context, pa *pendingAlloc, resp *clientv3.TxnResponse, err error) (*ipamv1alpha1.Allocation, bool, error) {
+	h, n, req, alloc := pa.req.h, pa.n, pa.req, pa.alloc
 	if err != nil {
 		return nil, false, fmt.Errorf("allocate for %s: %w: %w", h, ErrUnavailable, err)
 	}
 	if resp.Succeeded {
 		alloc.Sequence = uint64(resp.Header.Revision)
-		for _, p := range plans {
+		for _, p := range pa.plans {
 			if p.hold != nil && p.hold.path != a.keys.hold(p.pool.parsed.Name, p.block.CIDR, p.addr) {
 				a.markFree(p.hold.block, p.hold.addr)
 			}
@@ -537,7 +642,7 @@ func (a *Allocator) commitAllocation(ctx context.Context, h Handle, n nodeRef, r
 	if err := a.nodes.reload(ctx, a.keys.node(n.node.GetName())); err != nil {
 		return nil, false, err
 	}
-	for _, p := range plans {
+	for _, p := range pa.plans {
 		if err := a.pools.reload(ctx, a.keys.pool(p.pool.parsed.Name)); err != nil {
 			return nil, false, err
 		}

@@ -2,9 +2,11 @@ package allocator
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -27,6 +29,7 @@ type commitJob struct {
 	// and a batch runs no longer than its most impatient caller waits.
 	ctx     context.Context
 	cmps    []clientv3.Cmp
+	cmpKeys []string // cmpKey of each of cmps
 	ops     []clientv3.Op
 	elseOps []clientv3.Op
 	keys    []string // keys the job writes; a batch writes each key once
@@ -48,32 +51,56 @@ type batcher struct {
 	inflight int
 }
 
-// commitTxn commits one allocation transaction, batched with whatever
-// other allocations are waiting.
-func (a *Allocator) commitTxn(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op, elseOps []clientv3.Op, keys []string) (*clientv3.TxnResponse, error) {
+func newCommitJob(ctx context.Context, cmps []clientv3.Cmp, ops, elseOps []clientv3.Op, keys []string) *commitJob {
 	j := &commitJob{ctx: ctx, cmps: cmps, ops: ops, elseOps: elseOps, keys: keys, done: make(chan struct{})}
-	b := &a.batch
-	b.mu.Lock()
-	b.queue = append(b.queue, j)
-	lead := b.inflight < maxInflight
-	if lead {
-		b.inflight++
+	for _, c := range cmps {
+		j.cmpKeys = append(j.cmpKeys, cmpKey(c))
 	}
-	b.mu.Unlock()
-	if lead {
-		if a.commitNext() {
-			a.done.Go(func() {
-				for a.commitNext() {
-				}
-			})
-		}
-	}
+	return j
+}
+
+// wait returns the job's transaction response once it is committed, or
+// the context's error when the caller stops waiting first.
+func (j *commitJob) wait(ctx context.Context) (*clientv3.TxnResponse, error) {
 	select {
 	case <-j.done:
 		return j.resp, j.err
 	case <-ctx.Done():
 		// The job may still commit; the caller's retry finds the handle.
 		return nil, ctx.Err()
+	}
+}
+
+// enqueue queues jobs for commit, batched with whatever other jobs are
+// waiting; each job's wait returns its result. When fewer than maxInflight
+// batches are being committed, the caller commits the next one itself (a
+// lone allocation never waits for another goroutine to be scheduled).
+func (a *Allocator) enqueue(jobs ...*commitJob) {
+	if a.queue(jobs) && a.commitNext() {
+		a.done.Go(a.drain)
+	}
+}
+
+// queue adds jobs to the queue and reports whether the caller must start
+// committing (a commit slot was free).
+func (a *Allocator) queue(jobs []*commitJob) bool {
+	if len(jobs) == 0 {
+		return false
+	}
+	b := &a.batch
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.queue = append(b.queue, jobs...)
+	if b.inflight < maxInflight {
+		b.inflight++
+		return true
+	}
+	return false
+}
+
+// drain commits batches until the queue is empty.
+func (a *Allocator) drain() {
+	for a.commitNext() {
 	}
 }
 
@@ -98,14 +125,22 @@ func (a *Allocator) commitNext() bool {
 }
 
 // nextBatch splits the jobs that go into one transaction off queue: jobs
-// in arrival order, up to maxBatchJobs and maxBatchOps, stopping before a
-// job that writes a key the batch already writes.
+// in arrival order, up to maxBatchJobs and maxBatchOps (a compare that
+// several jobs make counts once), stopping before a job that writes a key
+// the batch already writes.
 func nextBatch(queue []*commitJob) (batch, rest []*commitJob) {
 	written := map[string]bool{}
-	nCmps, nOps := 0, 0
+	cmps := map[string]bool{}
+	nOps := 0
 	n := 0
 	for _, j := range queue {
-		if n == maxBatchJobs || (n > 0 && (nCmps+len(j.cmps) > maxBatchOps || nOps+len(j.ops) > maxBatchOps)) {
+		newCmps := 0
+		for _, k := range j.cmpKeys {
+			if !cmps[k] {
+				newCmps++
+			}
+		}
+		if n == maxBatchJobs || (n > 0 && (len(cmps)+newCmps > maxBatchOps || nOps+len(j.ops) > maxBatchOps)) {
 			break
 		}
 		clash := false
@@ -118,7 +153,10 @@ func nextBatch(queue []*commitJob) (batch, rest []*commitJob) {
 		for _, k := range j.keys {
 			written[k] = true
 		}
-		nCmps, nOps = nCmps+len(j.cmps), nOps+len(j.ops)
+		for _, k := range j.cmpKeys {
+			cmps[k] = true
+		}
+		nOps += len(j.ops)
 		n++
 	}
 	return queue[:n:n], queue[n:]
@@ -154,8 +192,16 @@ func (a *Allocator) commitBatch(all []*commitJob) {
 	if len(jobs) > 1 {
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
+		seen := map[string]bool{}
 		for _, j := range jobs {
-			cmps = append(cmps, j.cmps...)
+			for i, c := range j.cmps {
+				// Jobs of one node and block compare the same node, pool
+				// and block revisions: etcd checks each once.
+				if k := j.cmpKeys[i]; !seen[k] {
+					seen[k] = true
+					cmps = append(cmps, c)
+				}
+			}
 			ops = append(ops, j.ops...)
 		}
 		resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
@@ -173,4 +219,29 @@ func (a *Allocator) commitBatch(all []*commitJob) {
 		}
 		close(j.done)
 	}
+}
+
+// cmpKey identifies a compare: two with the same key are the same check.
+func cmpKey(c clientv3.Cmp) string {
+	pc := c.GetCompare()
+	var v []byte
+	switch u := pc.TargetUnion.(type) {
+	case *etcdserverpb.Compare_Version:
+		v = strconv.AppendInt(nil, u.Version, 10)
+	case *etcdserverpb.Compare_CreateRevision:
+		v = strconv.AppendInt(nil, u.CreateRevision, 10)
+	case *etcdserverpb.Compare_ModRevision:
+		v = strconv.AppendInt(nil, u.ModRevision, 10)
+	case *etcdserverpb.Compare_Lease:
+		v = strconv.AppendInt(nil, u.Lease, 10)
+	case *etcdserverpb.Compare_Value:
+		v = u.Value
+	}
+	b := make([]byte, 0, 3+len(v)+len(pc.Key)+len(pc.RangeEnd)+2)
+	b = append(b, byte(pc.Target), byte(pc.Result), 0)
+	b = append(b, v...)
+	b = append(b, 0)
+	b = append(b, pc.Key...)
+	b = append(b, 0)
+	return string(append(b, pc.RangeEnd...))
 }

@@ -1,18 +1,31 @@
 package allocator
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// job is a commit job writing keys with ops compares and puts; the
+// compares are its own unless shared names a compare every such job makes.
 func job(ops int, keys ...string) *commitJob {
-	j := &commitJob{keys: keys}
+	var cmps []clientv3.Cmp
+	var puts []clientv3.Op
 	for i := range ops {
-		j.cmps = append(j.cmps, clientv3.Compare(clientv3.CreateRevision(fmt.Sprint(i)), "=", 0))
-		j.ops = append(j.ops, clientv3.OpPut(fmt.Sprint(i), ""))
+		k := fmt.Sprint(keys, i)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k), "=", 0))
+		puts = append(puts, clientv3.OpPut(k, ""))
 	}
+	return newCommitJob(context.Background(), cmps, puts, nil, keys)
+}
+
+// sharing adds a compare on the shared key to j.
+func sharing(j *commitJob, rev int64) *commitJob {
+	c := clientv3.Compare(clientv3.ModRevision("shared"), "=", rev)
+	j.cmps = append(j.cmps, c)
+	j.cmpKeys = append(j.cmpKeys, cmpKey(c))
 	return j
 }
 
@@ -33,6 +46,8 @@ func TestNextBatch(t *testing.T) {
 		{"at most maxBatchOps operations", []*commitJob{job(60, "a"), job(30, "b"), job(20, "c")}, 2},
 		{"a first job over the limit still goes alone", []*commitJob{job(maxBatchOps+1, "a"), job(1, "b")}, 1},
 		{"a job repeating its own key is not a clash", []*commitJob{job(2, "a", "a"), job(1, "b")}, 2},
+		{"a compare several jobs make counts once", []*commitJob{sharing(job(49, "a"), 7), sharing(job(50, "b"), 7), job(1, "c")}, 2},
+		{"the same key at another revision counts again", []*commitJob{sharing(job(49, "a"), 7), sharing(job(50, "b"), 8)}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

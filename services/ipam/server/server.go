@@ -218,6 +218,33 @@ func (s *Server) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPReq
 	return resp, nil
 }
 
+// maxAllocateBatch bounds the requests of one AllocateIPs call.
+const maxAllocateBatch = 128
+
+// AllocateIPs implements IPAMService.
+func (s *Server) AllocateIPs(ctx context.Context, req *ipamv1alpha1.AllocateIPsRequest) (*ipamv1alpha1.AllocateIPsResponse, error) {
+	reqs := req.GetRequests()
+	if len(reqs) == 0 || len(reqs) > maxAllocateBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "requests: %d given, want 1 to %d", len(reqs), maxAllocateBatch)
+	}
+	start := time.Now()
+	resps, errs := s.alloc.AllocateMany(ctx, reqs)
+	took := time.Since(start)
+	out := &ipamv1alpha1.AllocateIPsResponse{Results: make([]*ipamv1alpha1.AllocateIPResult, len(reqs))}
+	for i, err := range errs {
+		s.metrics.observeAllocate(err, took)
+		if err != nil {
+			st := status.Convert(toStatus(err))
+			out.Results[i] = &ipamv1alpha1.AllocateIPResult{Result: &ipamv1alpha1.AllocateIPResult_Error{
+				Error: &ipamv1alpha1.Status{Code: int32(st.Code()), Message: st.Message()},
+			}}
+			continue
+		}
+		out.Results[i] = &ipamv1alpha1.AllocateIPResult{Result: &ipamv1alpha1.AllocateIPResult_Response{Response: resps[i]}}
+	}
+	return out, nil
+}
+
 // ReleaseIP implements IPAMService.
 func (s *Server) ReleaseIP(ctx context.Context, req *ipamv1alpha1.ReleaseIPRequest) (*ipamv1alpha1.ReleaseIPResponse, error) {
 	alloc, holds, err := s.alloc.Release(ctx, handleOf(req.GetHandle()), req.GetExpectedSequence(), req.GetDiscardStickyHold())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/embedetcd"
 	"github.com/axon-cni/axon/services/ipam/allocator"
+	"github.com/axon-cni/axon/services/ipam/client"
 )
 
 // startServer serves IPAM over loopback gRPC against a fresh embedded etcd.
@@ -179,4 +181,78 @@ func label(m *dto.Metric, name string) string {
 		}
 	}
 	return ""
+}
+
+func TestAllocateIPsOverGRPC(t *testing.T) {
+	c, _ := startServer(t)
+	ctx := t.Context()
+	if _, err := c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{
+		Name: "default", Default: true, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.1.0.0/16"}, BlockPrefixLength: 26},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateNode(ctx, &ipamv1alpha1.CreateNodeRequest{Node: &ipamv1alpha1.Node{Name: "n1", Addresses: []string{"192.168.1.1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	req := func(id, node string) *ipamv1alpha1.AllocateIPRequest {
+		return &ipamv1alpha1.AllocateIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: id, InterfaceName: "eth0"}, Node: node}
+	}
+
+	_, err := c.AllocateIPs(ctx, &ipamv1alpha1.AllocateIPsRequest{})
+	wantCode(t, err, codes.InvalidArgument)
+	tooMany := &ipamv1alpha1.AllocateIPsRequest{}
+	for i := range maxAllocateBatch + 1 {
+		tooMany.Requests = append(tooMany.Requests, req(fmt.Sprint("c", i), "n1"))
+	}
+	_, err = c.AllocateIPs(ctx, tooMany)
+	wantCode(t, err, codes.InvalidArgument)
+
+	resp, err := c.AllocateIPs(ctx, &ipamv1alpha1.AllocateIPsRequest{Requests: []*ipamv1alpha1.AllocateIPRequest{
+		req("ok", "n1"), req("lost", "ghost"), req("", "n1"),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []codes.Code{codes.OK, codes.NotFound, codes.InvalidArgument}
+	for i, r := range resp.GetResults() {
+		got := codes.OK
+		if e := r.GetError(); e != nil {
+			got = codes.Code(e.GetCode())
+		} else if len(r.GetResponse().GetAllocation().GetAddresses()) != 1 {
+			t.Errorf("result %d: no address in %v", i, r)
+		}
+		if got != want[i] {
+			t.Errorf("result %d: code %v (%v), want %v", i, got, r.GetError(), want[i])
+		}
+	}
+	if len(resp.GetResults()) != len(want) {
+		t.Fatalf("%d results for %d requests", len(resp.GetResults()), len(want))
+	}
+
+	// A node agent's coalescing client: pods starting together each get
+	// their own address.
+	cc := client.New(c)
+	const pods = 40
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	for i := range pods {
+		wg.Go(func() {
+			r, err := cc.AllocateIP(ctx, req(fmt.Sprint("pod-", i), "n1"))
+			if err != nil {
+				t.Errorf("pod-%d: %v", i, err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			ip := r.GetAllocation().GetAddresses()[0].GetIp()
+			if seen[ip] {
+				t.Errorf("%s handed out twice", ip)
+			}
+			seen[ip] = true
+		})
+	}
+	wg.Wait()
+	_, err = cc.AllocateIP(ctx, req("late", "ghost"))
+	wantCode(t, err, codes.NotFound)
 }

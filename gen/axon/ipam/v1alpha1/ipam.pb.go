@@ -1820,6 +1820,241 @@ func (x *AllocateIPResponse) GetStickyRestored() bool {
 	return false
 }
 
+// AllocateIPsRequest is the request of AllocateIPs.
+type AllocateIPsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The allocations, each as for AllocateIP; 1 to 128 of them.
+	Requests      []*AllocateIPRequest `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateIPsRequest) Reset() {
+	*x = AllocateIPsRequest{}
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateIPsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateIPsRequest) ProtoMessage() {}
+
+func (x *AllocateIPsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateIPsRequest.ProtoReflect.Descriptor instead.
+func (*AllocateIPsRequest) Descriptor() ([]byte, []int) {
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *AllocateIPsRequest) GetRequests() []*AllocateIPRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+// AllocateIPsResponse is the response of AllocateIPs.
+type AllocateIPsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per request, in request order.
+	Results       []*AllocateIPResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateIPsResponse) Reset() {
+	*x = AllocateIPsResponse{}
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateIPsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateIPsResponse) ProtoMessage() {}
+
+func (x *AllocateIPsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateIPsResponse.ProtoReflect.Descriptor instead.
+func (*AllocateIPsResponse) Descriptor() ([]byte, []int) {
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *AllocateIPsResponse) GetResults() []*AllocateIPResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// AllocateIPResult is the outcome of one request of AllocateIPs.
+type AllocateIPResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What AllocateIP would have returned.
+	//
+	// Types that are valid to be assigned to Result:
+	//
+	//	*AllocateIPResult_Response
+	//	*AllocateIPResult_Error
+	Result        isAllocateIPResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AllocateIPResult) Reset() {
+	*x = AllocateIPResult{}
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AllocateIPResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AllocateIPResult) ProtoMessage() {}
+
+func (x *AllocateIPResult) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AllocateIPResult.ProtoReflect.Descriptor instead.
+func (*AllocateIPResult) Descriptor() ([]byte, []int) {
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *AllocateIPResult) GetResult() isAllocateIPResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *AllocateIPResult) GetResponse() *AllocateIPResponse {
+	if x != nil {
+		if x, ok := x.Result.(*AllocateIPResult_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
+func (x *AllocateIPResult) GetError() *Status {
+	if x != nil {
+		if x, ok := x.Result.(*AllocateIPResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isAllocateIPResult_Result interface {
+	isAllocateIPResult_Result()
+}
+
+type AllocateIPResult_Response struct {
+	// The allocation, on success.
+	Response *AllocateIPResponse `protobuf:"bytes,1,opt,name=response,proto3,oneof"`
+}
+
+type AllocateIPResult_Error struct {
+	// The error, with the code AllocateIP documents.
+	Error *Status `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*AllocateIPResult_Response) isAllocateIPResult_Result() {}
+
+func (*AllocateIPResult_Error) isAllocateIPResult_Result() {}
+
+// Status is a gRPC status carried inside a response (google.rpc.Status
+// without details).
+type Status struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code, e.g. 8 for RESOURCE_EXHAUSTED.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The error message.
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Status) Reset() {
+	*x = Status{}
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Status) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Status) ProtoMessage() {}
+
+func (x *Status) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Status.ProtoReflect.Descriptor instead.
+func (*Status) Descriptor() ([]byte, []int) {
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *Status) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *Status) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // ReleaseIPRequest is the request of ReleaseIP.
 type ReleaseIPRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1838,7 +2073,7 @@ type ReleaseIPRequest struct {
 
 func (x *ReleaseIPRequest) Reset() {
 	*x = ReleaseIPRequest{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[31]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +2085,7 @@ func (x *ReleaseIPRequest) String() string {
 func (*ReleaseIPRequest) ProtoMessage() {}
 
 func (x *ReleaseIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[31]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +2098,7 @@ func (x *ReleaseIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseIPRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseIPRequest) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{31}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ReleaseIPRequest) GetHandle() *OwnerHandle {
@@ -1900,7 +2135,7 @@ type ReleaseIPResponse struct {
 
 func (x *ReleaseIPResponse) Reset() {
 	*x = ReleaseIPResponse{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[32]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1912,7 +2147,7 @@ func (x *ReleaseIPResponse) String() string {
 func (*ReleaseIPResponse) ProtoMessage() {}
 
 func (x *ReleaseIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[32]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1925,7 +2160,7 @@ func (x *ReleaseIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseIPResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseIPResponse) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{32}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReleaseIPResponse) GetAllocation() *Allocation {
@@ -1958,7 +2193,7 @@ type GetAllocationRequest struct {
 
 func (x *GetAllocationRequest) Reset() {
 	*x = GetAllocationRequest{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[33]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1970,7 +2205,7 @@ func (x *GetAllocationRequest) String() string {
 func (*GetAllocationRequest) ProtoMessage() {}
 
 func (x *GetAllocationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[33]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1983,7 +2218,7 @@ func (x *GetAllocationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAllocationRequest.ProtoReflect.Descriptor instead.
 func (*GetAllocationRequest) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{33}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetAllocationRequest) GetKey() isGetAllocationRequest_Key {
@@ -2040,7 +2275,7 @@ type GetAllocationResponse struct {
 
 func (x *GetAllocationResponse) Reset() {
 	*x = GetAllocationResponse{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[34]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2287,7 @@ func (x *GetAllocationResponse) String() string {
 func (*GetAllocationResponse) ProtoMessage() {}
 
 func (x *GetAllocationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[34]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2300,7 @@ func (x *GetAllocationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAllocationResponse.ProtoReflect.Descriptor instead.
 func (*GetAllocationResponse) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{34}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetAllocationResponse) GetAllocation() *Allocation {
@@ -2094,7 +2329,7 @@ type ListAllocationsRequest struct {
 
 func (x *ListAllocationsRequest) Reset() {
 	*x = ListAllocationsRequest{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[35]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2341,7 @@ func (x *ListAllocationsRequest) String() string {
 func (*ListAllocationsRequest) ProtoMessage() {}
 
 func (x *ListAllocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[35]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2354,7 @@ func (x *ListAllocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllocationsRequest.ProtoReflect.Descriptor instead.
 func (*ListAllocationsRequest) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{35}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListAllocationsRequest) GetNode() string {
@@ -2170,7 +2405,7 @@ type ListAllocationsResponse struct {
 
 func (x *ListAllocationsResponse) Reset() {
 	*x = ListAllocationsResponse{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[36]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2182,7 +2417,7 @@ func (x *ListAllocationsResponse) String() string {
 func (*ListAllocationsResponse) ProtoMessage() {}
 
 func (x *ListAllocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[36]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2195,7 +2430,7 @@ func (x *ListAllocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAllocationsResponse.ProtoReflect.Descriptor instead.
 func (*ListAllocationsResponse) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{36}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListAllocationsResponse) GetAllocations() []*Allocation {
@@ -2232,7 +2467,7 @@ type GarbageCollectRequest struct {
 
 func (x *GarbageCollectRequest) Reset() {
 	*x = GarbageCollectRequest{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[37]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2479,7 @@ func (x *GarbageCollectRequest) String() string {
 func (*GarbageCollectRequest) ProtoMessage() {}
 
 func (x *GarbageCollectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[37]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2492,7 @@ func (x *GarbageCollectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GarbageCollectRequest.ProtoReflect.Descriptor instead.
 func (*GarbageCollectRequest) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{37}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GarbageCollectRequest) GetNode() string {
@@ -2299,7 +2534,7 @@ type GarbageCollectResponse struct {
 
 func (x *GarbageCollectResponse) Reset() {
 	*x = GarbageCollectResponse{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[38]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2546,7 @@ func (x *GarbageCollectResponse) String() string {
 func (*GarbageCollectResponse) ProtoMessage() {}
 
 func (x *GarbageCollectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[38]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2559,7 @@ func (x *GarbageCollectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GarbageCollectResponse.ProtoReflect.Descriptor instead.
 func (*GarbageCollectResponse) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{38}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GarbageCollectResponse) GetReleased() []*Allocation {
@@ -2349,7 +2584,7 @@ type ReserveIPRequest struct {
 
 func (x *ReserveIPRequest) Reset() {
 	*x = ReserveIPRequest{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[39]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2596,7 @@ func (x *ReserveIPRequest) String() string {
 func (*ReserveIPRequest) ProtoMessage() {}
 
 func (x *ReserveIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[39]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2609,7 @@ func (x *ReserveIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveIPRequest.ProtoReflect.Descriptor instead.
 func (*ReserveIPRequest) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{39}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ReserveIPRequest) GetIp() string {
@@ -2409,7 +2644,7 @@ type ReserveIPResponse struct {
 
 func (x *ReserveIPResponse) Reset() {
 	*x = ReserveIPResponse{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[40]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2421,7 +2656,7 @@ func (x *ReserveIPResponse) String() string {
 func (*ReserveIPResponse) ProtoMessage() {}
 
 func (x *ReserveIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[40]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2434,7 +2669,7 @@ func (x *ReserveIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReserveIPResponse.ProtoReflect.Descriptor instead.
 func (*ReserveIPResponse) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{40}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ReserveIPResponse) GetReservation() *Reservation {
@@ -2460,7 +2695,7 @@ type UnreserveIPRequest struct {
 
 func (x *UnreserveIPRequest) Reset() {
 	*x = UnreserveIPRequest{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[41]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2472,7 +2707,7 @@ func (x *UnreserveIPRequest) String() string {
 func (*UnreserveIPRequest) ProtoMessage() {}
 
 func (x *UnreserveIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[41]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2485,7 +2720,7 @@ func (x *UnreserveIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreserveIPRequest.ProtoReflect.Descriptor instead.
 func (*UnreserveIPRequest) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{41}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UnreserveIPRequest) GetTarget() isUnreserveIPRequest_Target {
@@ -2542,7 +2777,7 @@ type UnreserveIPResponse struct {
 
 func (x *UnreserveIPResponse) Reset() {
 	*x = UnreserveIPResponse{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[42]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2554,7 +2789,7 @@ func (x *UnreserveIPResponse) String() string {
 func (*UnreserveIPResponse) ProtoMessage() {}
 
 func (x *UnreserveIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[42]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2567,7 +2802,7 @@ func (x *UnreserveIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnreserveIPResponse.ProtoReflect.Descriptor instead.
 func (*UnreserveIPResponse) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{42}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UnreserveIPResponse) GetDropped() []*Reservation {
@@ -2594,7 +2829,7 @@ type ListReservationsRequest struct {
 
 func (x *ListReservationsRequest) Reset() {
 	*x = ListReservationsRequest{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[43]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +2841,7 @@ func (x *ListReservationsRequest) String() string {
 func (*ListReservationsRequest) ProtoMessage() {}
 
 func (x *ListReservationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[43]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +2854,7 @@ func (x *ListReservationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReservationsRequest.ProtoReflect.Descriptor instead.
 func (*ListReservationsRequest) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{43}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListReservationsRequest) GetPool() string {
@@ -2663,7 +2898,7 @@ type ListReservationsResponse struct {
 
 func (x *ListReservationsResponse) Reset() {
 	*x = ListReservationsResponse{}
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[44]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2675,7 +2910,7 @@ func (x *ListReservationsResponse) String() string {
 func (*ListReservationsResponse) ProtoMessage() {}
 
 func (x *ListReservationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[44]
+	mi := &file_axon_ipam_v1alpha1_ipam_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2688,7 +2923,7 @@ func (x *ListReservationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReservationsResponse.ProtoReflect.Descriptor instead.
 func (*ListReservationsResponse) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{44}
+	return file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListReservationsResponse) GetReservations() []*Reservation {
@@ -2825,7 +3060,18 @@ const file_axon_ipam_v1alpha1_ipam_proto_rawDesc = "" +
 	"\n" +
 	"allocation\x18\x01 \x01(\v2\x1e.axon.ipam.v1alpha1.AllocationR\n" +
 	"allocation\x12'\n" +
-	"\x0fsticky_restored\x18\x02 \x01(\bR\x0estickyRestored\"\xa8\x01\n" +
+	"\x0fsticky_restored\x18\x02 \x01(\bR\x0estickyRestored\"W\n" +
+	"\x12AllocateIPsRequest\x12A\n" +
+	"\brequests\x18\x01 \x03(\v2%.axon.ipam.v1alpha1.AllocateIPRequestR\brequests\"U\n" +
+	"\x13AllocateIPsResponse\x12>\n" +
+	"\aresults\x18\x01 \x03(\v2$.axon.ipam.v1alpha1.AllocateIPResultR\aresults\"\x96\x01\n" +
+	"\x10AllocateIPResult\x12D\n" +
+	"\bresponse\x18\x01 \x01(\v2&.axon.ipam.v1alpha1.AllocateIPResponseH\x00R\bresponse\x122\n" +
+	"\x05error\x18\x02 \x01(\v2\x1a.axon.ipam.v1alpha1.StatusH\x00R\x05errorB\b\n" +
+	"\x06result\"6\n" +
+	"\x06Status\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xa8\x01\n" +
 	"\x10ReleaseIPRequest\x127\n" +
 	"\x06handle\x18\x01 \x01(\v2\x1f.axon.ipam.v1alpha1.OwnerHandleR\x06handle\x12+\n" +
 	"\x11expected_sequence\x18\x02 \x01(\x04R\x10expectedSequence\x12.\n" +
@@ -2880,7 +3126,7 @@ const file_axon_ipam_v1alpha1_ipam_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"\x87\x01\n" +
 	"\x18ListReservationsResponse\x12C\n" +
 	"\freservations\x18\x01 \x03(\v2\x1f.axon.ipam.v1alpha1.ReservationR\freservations\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xb1\x10\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\x91\x11\n" +
 	"\vIPAMService\x12[\n" +
 	"\n" +
 	"CreatePool\x12%.axon.ipam.v1alpha1.CreatePoolRequest\x1a&.axon.ipam.v1alpha1.CreatePoolResponse\x12R\n" +
@@ -2905,7 +3151,8 @@ const file_axon_ipam_v1alpha1_ipam_proto_rawDesc = "" +
 	"ListBlocks\x12%.axon.ipam.v1alpha1.ListBlocksRequest\x1a&.axon.ipam.v1alpha1.ListBlocksResponse\x12`\n" +
 	"\vWatchBlocks\x12&.axon.ipam.v1alpha1.WatchBlocksRequest\x1a'.axon.ipam.v1alpha1.WatchBlocksResponse0\x01\x12[\n" +
 	"\n" +
-	"AllocateIP\x12%.axon.ipam.v1alpha1.AllocateIPRequest\x1a&.axon.ipam.v1alpha1.AllocateIPResponse\x12X\n" +
+	"AllocateIP\x12%.axon.ipam.v1alpha1.AllocateIPRequest\x1a&.axon.ipam.v1alpha1.AllocateIPResponse\x12^\n" +
+	"\vAllocateIPs\x12&.axon.ipam.v1alpha1.AllocateIPsRequest\x1a'.axon.ipam.v1alpha1.AllocateIPsResponse\x12X\n" +
 	"\tReleaseIP\x12$.axon.ipam.v1alpha1.ReleaseIPRequest\x1a%.axon.ipam.v1alpha1.ReleaseIPResponse\x12d\n" +
 	"\rGetAllocation\x12(.axon.ipam.v1alpha1.GetAllocationRequest\x1a).axon.ipam.v1alpha1.GetAllocationResponse\x12j\n" +
 	"\x0fListAllocations\x12*.axon.ipam.v1alpha1.ListAllocationsRequest\x1a+.axon.ipam.v1alpha1.ListAllocationsResponse\x12g\n" +
@@ -2927,7 +3174,7 @@ func file_axon_ipam_v1alpha1_ipam_proto_rawDescGZIP() []byte {
 	return file_axon_ipam_v1alpha1_ipam_proto_rawDescData
 }
 
-var file_axon_ipam_v1alpha1_ipam_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_axon_ipam_v1alpha1_ipam_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_axon_ipam_v1alpha1_ipam_proto_goTypes = []any{
 	(*CreatePoolRequest)(nil),        // 0: axon.ipam.v1alpha1.CreatePoolRequest
 	(*CreatePoolResponse)(nil),       // 1: axon.ipam.v1alpha1.CreatePoolResponse
@@ -2960,125 +3207,135 @@ var file_axon_ipam_v1alpha1_ipam_proto_goTypes = []any{
 	(*PodInfo)(nil),                  // 28: axon.ipam.v1alpha1.PodInfo
 	(*AllocateIPRequest)(nil),        // 29: axon.ipam.v1alpha1.AllocateIPRequest
 	(*AllocateIPResponse)(nil),       // 30: axon.ipam.v1alpha1.AllocateIPResponse
-	(*ReleaseIPRequest)(nil),         // 31: axon.ipam.v1alpha1.ReleaseIPRequest
-	(*ReleaseIPResponse)(nil),        // 32: axon.ipam.v1alpha1.ReleaseIPResponse
-	(*GetAllocationRequest)(nil),     // 33: axon.ipam.v1alpha1.GetAllocationRequest
-	(*GetAllocationResponse)(nil),    // 34: axon.ipam.v1alpha1.GetAllocationResponse
-	(*ListAllocationsRequest)(nil),   // 35: axon.ipam.v1alpha1.ListAllocationsRequest
-	(*ListAllocationsResponse)(nil),  // 36: axon.ipam.v1alpha1.ListAllocationsResponse
-	(*GarbageCollectRequest)(nil),    // 37: axon.ipam.v1alpha1.GarbageCollectRequest
-	(*GarbageCollectResponse)(nil),   // 38: axon.ipam.v1alpha1.GarbageCollectResponse
-	(*ReserveIPRequest)(nil),         // 39: axon.ipam.v1alpha1.ReserveIPRequest
-	(*ReserveIPResponse)(nil),        // 40: axon.ipam.v1alpha1.ReserveIPResponse
-	(*UnreserveIPRequest)(nil),       // 41: axon.ipam.v1alpha1.UnreserveIPRequest
-	(*UnreserveIPResponse)(nil),      // 42: axon.ipam.v1alpha1.UnreserveIPResponse
-	(*ListReservationsRequest)(nil),  // 43: axon.ipam.v1alpha1.ListReservationsRequest
-	(*ListReservationsResponse)(nil), // 44: axon.ipam.v1alpha1.ListReservationsResponse
-	nil,                              // 45: axon.ipam.v1alpha1.PodInfo.LabelsEntry
-	nil,                              // 46: axon.ipam.v1alpha1.PodInfo.NamespaceLabelsEntry
-	nil,                              // 47: axon.ipam.v1alpha1.PodInfo.NamespaceAnnotationsEntry
-	(*Pool)(nil),                     // 48: axon.ipam.v1alpha1.Pool
-	(*Node)(nil),                     // 49: axon.ipam.v1alpha1.Node
-	(*Allocation)(nil),               // 50: axon.ipam.v1alpha1.Allocation
-	(v1alpha1.IPFamily)(0),           // 51: axon.common.v1alpha1.IPFamily
-	(*Block)(nil),                    // 52: axon.ipam.v1alpha1.Block
-	(v1alpha1.EventType)(0),          // 53: axon.common.v1alpha1.EventType
-	(*OwnerHandle)(nil),              // 54: axon.ipam.v1alpha1.OwnerHandle
-	(*durationpb.Duration)(nil),      // 55: google.protobuf.Duration
-	(*Reservation)(nil),              // 56: axon.ipam.v1alpha1.Reservation
+	(*AllocateIPsRequest)(nil),       // 31: axon.ipam.v1alpha1.AllocateIPsRequest
+	(*AllocateIPsResponse)(nil),      // 32: axon.ipam.v1alpha1.AllocateIPsResponse
+	(*AllocateIPResult)(nil),         // 33: axon.ipam.v1alpha1.AllocateIPResult
+	(*Status)(nil),                   // 34: axon.ipam.v1alpha1.Status
+	(*ReleaseIPRequest)(nil),         // 35: axon.ipam.v1alpha1.ReleaseIPRequest
+	(*ReleaseIPResponse)(nil),        // 36: axon.ipam.v1alpha1.ReleaseIPResponse
+	(*GetAllocationRequest)(nil),     // 37: axon.ipam.v1alpha1.GetAllocationRequest
+	(*GetAllocationResponse)(nil),    // 38: axon.ipam.v1alpha1.GetAllocationResponse
+	(*ListAllocationsRequest)(nil),   // 39: axon.ipam.v1alpha1.ListAllocationsRequest
+	(*ListAllocationsResponse)(nil),  // 40: axon.ipam.v1alpha1.ListAllocationsResponse
+	(*GarbageCollectRequest)(nil),    // 41: axon.ipam.v1alpha1.GarbageCollectRequest
+	(*GarbageCollectResponse)(nil),   // 42: axon.ipam.v1alpha1.GarbageCollectResponse
+	(*ReserveIPRequest)(nil),         // 43: axon.ipam.v1alpha1.ReserveIPRequest
+	(*ReserveIPResponse)(nil),        // 44: axon.ipam.v1alpha1.ReserveIPResponse
+	(*UnreserveIPRequest)(nil),       // 45: axon.ipam.v1alpha1.UnreserveIPRequest
+	(*UnreserveIPResponse)(nil),      // 46: axon.ipam.v1alpha1.UnreserveIPResponse
+	(*ListReservationsRequest)(nil),  // 47: axon.ipam.v1alpha1.ListReservationsRequest
+	(*ListReservationsResponse)(nil), // 48: axon.ipam.v1alpha1.ListReservationsResponse
+	nil,                              // 49: axon.ipam.v1alpha1.PodInfo.LabelsEntry
+	nil,                              // 50: axon.ipam.v1alpha1.PodInfo.NamespaceLabelsEntry
+	nil,                              // 51: axon.ipam.v1alpha1.PodInfo.NamespaceAnnotationsEntry
+	(*Pool)(nil),                     // 52: axon.ipam.v1alpha1.Pool
+	(*Node)(nil),                     // 53: axon.ipam.v1alpha1.Node
+	(*Allocation)(nil),               // 54: axon.ipam.v1alpha1.Allocation
+	(v1alpha1.IPFamily)(0),           // 55: axon.common.v1alpha1.IPFamily
+	(*Block)(nil),                    // 56: axon.ipam.v1alpha1.Block
+	(v1alpha1.EventType)(0),          // 57: axon.common.v1alpha1.EventType
+	(*OwnerHandle)(nil),              // 58: axon.ipam.v1alpha1.OwnerHandle
+	(*durationpb.Duration)(nil),      // 59: google.protobuf.Duration
+	(*Reservation)(nil),              // 60: axon.ipam.v1alpha1.Reservation
 }
 var file_axon_ipam_v1alpha1_ipam_proto_depIdxs = []int32{
-	48, // 0: axon.ipam.v1alpha1.CreatePoolRequest.pool:type_name -> axon.ipam.v1alpha1.Pool
-	48, // 1: axon.ipam.v1alpha1.CreatePoolResponse.pool:type_name -> axon.ipam.v1alpha1.Pool
-	48, // 2: axon.ipam.v1alpha1.GetPoolResponse.pool:type_name -> axon.ipam.v1alpha1.Pool
-	48, // 3: axon.ipam.v1alpha1.ListPoolsResponse.pools:type_name -> axon.ipam.v1alpha1.Pool
-	48, // 4: axon.ipam.v1alpha1.UpdatePoolRequest.pool:type_name -> axon.ipam.v1alpha1.Pool
-	48, // 5: axon.ipam.v1alpha1.UpdatePoolResponse.pool:type_name -> axon.ipam.v1alpha1.Pool
-	49, // 6: axon.ipam.v1alpha1.CreateNodeRequest.node:type_name -> axon.ipam.v1alpha1.Node
-	49, // 7: axon.ipam.v1alpha1.CreateNodeResponse.node:type_name -> axon.ipam.v1alpha1.Node
-	49, // 8: axon.ipam.v1alpha1.GetNodeResponse.node:type_name -> axon.ipam.v1alpha1.Node
-	49, // 9: axon.ipam.v1alpha1.ListNodesResponse.nodes:type_name -> axon.ipam.v1alpha1.Node
-	49, // 10: axon.ipam.v1alpha1.UpdateNodeRequest.node:type_name -> axon.ipam.v1alpha1.Node
-	49, // 11: axon.ipam.v1alpha1.UpdateNodeResponse.node:type_name -> axon.ipam.v1alpha1.Node
-	50, // 12: axon.ipam.v1alpha1.DeleteNodeResponse.released_allocations:type_name -> axon.ipam.v1alpha1.Allocation
-	51, // 13: axon.ipam.v1alpha1.ClaimBlockRequest.family:type_name -> axon.common.v1alpha1.IPFamily
-	52, // 14: axon.ipam.v1alpha1.ClaimBlockResponse.blocks:type_name -> axon.ipam.v1alpha1.Block
-	52, // 15: axon.ipam.v1alpha1.ReleaseBlockResponse.block:type_name -> axon.ipam.v1alpha1.Block
-	51, // 16: axon.ipam.v1alpha1.ListBlocksRequest.family:type_name -> axon.common.v1alpha1.IPFamily
-	52, // 17: axon.ipam.v1alpha1.ListBlocksResponse.blocks:type_name -> axon.ipam.v1alpha1.Block
-	51, // 18: axon.ipam.v1alpha1.WatchBlocksRequest.family:type_name -> axon.common.v1alpha1.IPFamily
-	53, // 19: axon.ipam.v1alpha1.WatchBlocksResponse.type:type_name -> axon.common.v1alpha1.EventType
-	52, // 20: axon.ipam.v1alpha1.WatchBlocksResponse.block:type_name -> axon.ipam.v1alpha1.Block
-	45, // 21: axon.ipam.v1alpha1.PodInfo.labels:type_name -> axon.ipam.v1alpha1.PodInfo.LabelsEntry
-	46, // 22: axon.ipam.v1alpha1.PodInfo.namespace_labels:type_name -> axon.ipam.v1alpha1.PodInfo.NamespaceLabelsEntry
-	47, // 23: axon.ipam.v1alpha1.PodInfo.namespace_annotations:type_name -> axon.ipam.v1alpha1.PodInfo.NamespaceAnnotationsEntry
-	54, // 24: axon.ipam.v1alpha1.AllocateIPRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	51, // 25: axon.ipam.v1alpha1.AllocateIPRequest.families:type_name -> axon.common.v1alpha1.IPFamily
+	52, // 0: axon.ipam.v1alpha1.CreatePoolRequest.pool:type_name -> axon.ipam.v1alpha1.Pool
+	52, // 1: axon.ipam.v1alpha1.CreatePoolResponse.pool:type_name -> axon.ipam.v1alpha1.Pool
+	52, // 2: axon.ipam.v1alpha1.GetPoolResponse.pool:type_name -> axon.ipam.v1alpha1.Pool
+	52, // 3: axon.ipam.v1alpha1.ListPoolsResponse.pools:type_name -> axon.ipam.v1alpha1.Pool
+	52, // 4: axon.ipam.v1alpha1.UpdatePoolRequest.pool:type_name -> axon.ipam.v1alpha1.Pool
+	52, // 5: axon.ipam.v1alpha1.UpdatePoolResponse.pool:type_name -> axon.ipam.v1alpha1.Pool
+	53, // 6: axon.ipam.v1alpha1.CreateNodeRequest.node:type_name -> axon.ipam.v1alpha1.Node
+	53, // 7: axon.ipam.v1alpha1.CreateNodeResponse.node:type_name -> axon.ipam.v1alpha1.Node
+	53, // 8: axon.ipam.v1alpha1.GetNodeResponse.node:type_name -> axon.ipam.v1alpha1.Node
+	53, // 9: axon.ipam.v1alpha1.ListNodesResponse.nodes:type_name -> axon.ipam.v1alpha1.Node
+	53, // 10: axon.ipam.v1alpha1.UpdateNodeRequest.node:type_name -> axon.ipam.v1alpha1.Node
+	53, // 11: axon.ipam.v1alpha1.UpdateNodeResponse.node:type_name -> axon.ipam.v1alpha1.Node
+	54, // 12: axon.ipam.v1alpha1.DeleteNodeResponse.released_allocations:type_name -> axon.ipam.v1alpha1.Allocation
+	55, // 13: axon.ipam.v1alpha1.ClaimBlockRequest.family:type_name -> axon.common.v1alpha1.IPFamily
+	56, // 14: axon.ipam.v1alpha1.ClaimBlockResponse.blocks:type_name -> axon.ipam.v1alpha1.Block
+	56, // 15: axon.ipam.v1alpha1.ReleaseBlockResponse.block:type_name -> axon.ipam.v1alpha1.Block
+	55, // 16: axon.ipam.v1alpha1.ListBlocksRequest.family:type_name -> axon.common.v1alpha1.IPFamily
+	56, // 17: axon.ipam.v1alpha1.ListBlocksResponse.blocks:type_name -> axon.ipam.v1alpha1.Block
+	55, // 18: axon.ipam.v1alpha1.WatchBlocksRequest.family:type_name -> axon.common.v1alpha1.IPFamily
+	57, // 19: axon.ipam.v1alpha1.WatchBlocksResponse.type:type_name -> axon.common.v1alpha1.EventType
+	56, // 20: axon.ipam.v1alpha1.WatchBlocksResponse.block:type_name -> axon.ipam.v1alpha1.Block
+	49, // 21: axon.ipam.v1alpha1.PodInfo.labels:type_name -> axon.ipam.v1alpha1.PodInfo.LabelsEntry
+	50, // 22: axon.ipam.v1alpha1.PodInfo.namespace_labels:type_name -> axon.ipam.v1alpha1.PodInfo.NamespaceLabelsEntry
+	51, // 23: axon.ipam.v1alpha1.PodInfo.namespace_annotations:type_name -> axon.ipam.v1alpha1.PodInfo.NamespaceAnnotationsEntry
+	58, // 24: axon.ipam.v1alpha1.AllocateIPRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	55, // 25: axon.ipam.v1alpha1.AllocateIPRequest.families:type_name -> axon.common.v1alpha1.IPFamily
 	28, // 26: axon.ipam.v1alpha1.AllocateIPRequest.pod:type_name -> axon.ipam.v1alpha1.PodInfo
-	55, // 27: axon.ipam.v1alpha1.AllocateIPRequest.sticky_hold:type_name -> google.protobuf.Duration
-	50, // 28: axon.ipam.v1alpha1.AllocateIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
-	54, // 29: axon.ipam.v1alpha1.ReleaseIPRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	50, // 30: axon.ipam.v1alpha1.ReleaseIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
-	56, // 31: axon.ipam.v1alpha1.ReleaseIPResponse.holds:type_name -> axon.ipam.v1alpha1.Reservation
-	54, // 32: axon.ipam.v1alpha1.GetAllocationRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	50, // 33: axon.ipam.v1alpha1.GetAllocationResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
-	50, // 34: axon.ipam.v1alpha1.ListAllocationsResponse.allocations:type_name -> axon.ipam.v1alpha1.Allocation
-	54, // 35: axon.ipam.v1alpha1.GarbageCollectRequest.live_handles:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	55, // 36: axon.ipam.v1alpha1.GarbageCollectRequest.min_age:type_name -> google.protobuf.Duration
-	50, // 37: axon.ipam.v1alpha1.GarbageCollectResponse.released:type_name -> axon.ipam.v1alpha1.Allocation
-	55, // 38: axon.ipam.v1alpha1.ReserveIPRequest.ttl:type_name -> google.protobuf.Duration
-	56, // 39: axon.ipam.v1alpha1.ReserveIPResponse.reservation:type_name -> axon.ipam.v1alpha1.Reservation
-	56, // 40: axon.ipam.v1alpha1.UnreserveIPResponse.dropped:type_name -> axon.ipam.v1alpha1.Reservation
-	56, // 41: axon.ipam.v1alpha1.ListReservationsResponse.reservations:type_name -> axon.ipam.v1alpha1.Reservation
-	0,  // 42: axon.ipam.v1alpha1.IPAMService.CreatePool:input_type -> axon.ipam.v1alpha1.CreatePoolRequest
-	2,  // 43: axon.ipam.v1alpha1.IPAMService.GetPool:input_type -> axon.ipam.v1alpha1.GetPoolRequest
-	4,  // 44: axon.ipam.v1alpha1.IPAMService.ListPools:input_type -> axon.ipam.v1alpha1.ListPoolsRequest
-	6,  // 45: axon.ipam.v1alpha1.IPAMService.UpdatePool:input_type -> axon.ipam.v1alpha1.UpdatePoolRequest
-	8,  // 46: axon.ipam.v1alpha1.IPAMService.DeletePool:input_type -> axon.ipam.v1alpha1.DeletePoolRequest
-	10, // 47: axon.ipam.v1alpha1.IPAMService.CreateNode:input_type -> axon.ipam.v1alpha1.CreateNodeRequest
-	12, // 48: axon.ipam.v1alpha1.IPAMService.GetNode:input_type -> axon.ipam.v1alpha1.GetNodeRequest
-	14, // 49: axon.ipam.v1alpha1.IPAMService.ListNodes:input_type -> axon.ipam.v1alpha1.ListNodesRequest
-	16, // 50: axon.ipam.v1alpha1.IPAMService.UpdateNode:input_type -> axon.ipam.v1alpha1.UpdateNodeRequest
-	18, // 51: axon.ipam.v1alpha1.IPAMService.DeleteNode:input_type -> axon.ipam.v1alpha1.DeleteNodeRequest
-	20, // 52: axon.ipam.v1alpha1.IPAMService.ClaimBlock:input_type -> axon.ipam.v1alpha1.ClaimBlockRequest
-	22, // 53: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:input_type -> axon.ipam.v1alpha1.ReleaseBlockRequest
-	24, // 54: axon.ipam.v1alpha1.IPAMService.ListBlocks:input_type -> axon.ipam.v1alpha1.ListBlocksRequest
-	26, // 55: axon.ipam.v1alpha1.IPAMService.WatchBlocks:input_type -> axon.ipam.v1alpha1.WatchBlocksRequest
-	29, // 56: axon.ipam.v1alpha1.IPAMService.AllocateIP:input_type -> axon.ipam.v1alpha1.AllocateIPRequest
-	31, // 57: axon.ipam.v1alpha1.IPAMService.ReleaseIP:input_type -> axon.ipam.v1alpha1.ReleaseIPRequest
-	33, // 58: axon.ipam.v1alpha1.IPAMService.GetAllocation:input_type -> axon.ipam.v1alpha1.GetAllocationRequest
-	35, // 59: axon.ipam.v1alpha1.IPAMService.ListAllocations:input_type -> axon.ipam.v1alpha1.ListAllocationsRequest
-	37, // 60: axon.ipam.v1alpha1.IPAMService.GarbageCollect:input_type -> axon.ipam.v1alpha1.GarbageCollectRequest
-	39, // 61: axon.ipam.v1alpha1.IPAMService.ReserveIP:input_type -> axon.ipam.v1alpha1.ReserveIPRequest
-	41, // 62: axon.ipam.v1alpha1.IPAMService.UnreserveIP:input_type -> axon.ipam.v1alpha1.UnreserveIPRequest
-	43, // 63: axon.ipam.v1alpha1.IPAMService.ListReservations:input_type -> axon.ipam.v1alpha1.ListReservationsRequest
-	1,  // 64: axon.ipam.v1alpha1.IPAMService.CreatePool:output_type -> axon.ipam.v1alpha1.CreatePoolResponse
-	3,  // 65: axon.ipam.v1alpha1.IPAMService.GetPool:output_type -> axon.ipam.v1alpha1.GetPoolResponse
-	5,  // 66: axon.ipam.v1alpha1.IPAMService.ListPools:output_type -> axon.ipam.v1alpha1.ListPoolsResponse
-	7,  // 67: axon.ipam.v1alpha1.IPAMService.UpdatePool:output_type -> axon.ipam.v1alpha1.UpdatePoolResponse
-	9,  // 68: axon.ipam.v1alpha1.IPAMService.DeletePool:output_type -> axon.ipam.v1alpha1.DeletePoolResponse
-	11, // 69: axon.ipam.v1alpha1.IPAMService.CreateNode:output_type -> axon.ipam.v1alpha1.CreateNodeResponse
-	13, // 70: axon.ipam.v1alpha1.IPAMService.GetNode:output_type -> axon.ipam.v1alpha1.GetNodeResponse
-	15, // 71: axon.ipam.v1alpha1.IPAMService.ListNodes:output_type -> axon.ipam.v1alpha1.ListNodesResponse
-	17, // 72: axon.ipam.v1alpha1.IPAMService.UpdateNode:output_type -> axon.ipam.v1alpha1.UpdateNodeResponse
-	19, // 73: axon.ipam.v1alpha1.IPAMService.DeleteNode:output_type -> axon.ipam.v1alpha1.DeleteNodeResponse
-	21, // 74: axon.ipam.v1alpha1.IPAMService.ClaimBlock:output_type -> axon.ipam.v1alpha1.ClaimBlockResponse
-	23, // 75: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:output_type -> axon.ipam.v1alpha1.ReleaseBlockResponse
-	25, // 76: axon.ipam.v1alpha1.IPAMService.ListBlocks:output_type -> axon.ipam.v1alpha1.ListBlocksResponse
-	27, // 77: axon.ipam.v1alpha1.IPAMService.WatchBlocks:output_type -> axon.ipam.v1alpha1.WatchBlocksResponse
-	30, // 78: axon.ipam.v1alpha1.IPAMService.AllocateIP:output_type -> axon.ipam.v1alpha1.AllocateIPResponse
-	32, // 79: axon.ipam.v1alpha1.IPAMService.ReleaseIP:output_type -> axon.ipam.v1alpha1.ReleaseIPResponse
-	34, // 80: axon.ipam.v1alpha1.IPAMService.GetAllocation:output_type -> axon.ipam.v1alpha1.GetAllocationResponse
-	36, // 81: axon.ipam.v1alpha1.IPAMService.ListAllocations:output_type -> axon.ipam.v1alpha1.ListAllocationsResponse
-	38, // 82: axon.ipam.v1alpha1.IPAMService.GarbageCollect:output_type -> axon.ipam.v1alpha1.GarbageCollectResponse
-	40, // 83: axon.ipam.v1alpha1.IPAMService.ReserveIP:output_type -> axon.ipam.v1alpha1.ReserveIPResponse
-	42, // 84: axon.ipam.v1alpha1.IPAMService.UnreserveIP:output_type -> axon.ipam.v1alpha1.UnreserveIPResponse
-	44, // 85: axon.ipam.v1alpha1.IPAMService.ListReservations:output_type -> axon.ipam.v1alpha1.ListReservationsResponse
-	64, // [64:86] is the sub-list for method output_type
-	42, // [42:64] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	59, // 27: axon.ipam.v1alpha1.AllocateIPRequest.sticky_hold:type_name -> google.protobuf.Duration
+	54, // 28: axon.ipam.v1alpha1.AllocateIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
+	29, // 29: axon.ipam.v1alpha1.AllocateIPsRequest.requests:type_name -> axon.ipam.v1alpha1.AllocateIPRequest
+	33, // 30: axon.ipam.v1alpha1.AllocateIPsResponse.results:type_name -> axon.ipam.v1alpha1.AllocateIPResult
+	30, // 31: axon.ipam.v1alpha1.AllocateIPResult.response:type_name -> axon.ipam.v1alpha1.AllocateIPResponse
+	34, // 32: axon.ipam.v1alpha1.AllocateIPResult.error:type_name -> axon.ipam.v1alpha1.Status
+	58, // 33: axon.ipam.v1alpha1.ReleaseIPRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	54, // 34: axon.ipam.v1alpha1.ReleaseIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
+	60, // 35: axon.ipam.v1alpha1.ReleaseIPResponse.holds:type_name -> axon.ipam.v1alpha1.Reservation
+	58, // 36: axon.ipam.v1alpha1.GetAllocationRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	54, // 37: axon.ipam.v1alpha1.GetAllocationResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
+	54, // 38: axon.ipam.v1alpha1.ListAllocationsResponse.allocations:type_name -> axon.ipam.v1alpha1.Allocation
+	58, // 39: axon.ipam.v1alpha1.GarbageCollectRequest.live_handles:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	59, // 40: axon.ipam.v1alpha1.GarbageCollectRequest.min_age:type_name -> google.protobuf.Duration
+	54, // 41: axon.ipam.v1alpha1.GarbageCollectResponse.released:type_name -> axon.ipam.v1alpha1.Allocation
+	59, // 42: axon.ipam.v1alpha1.ReserveIPRequest.ttl:type_name -> google.protobuf.Duration
+	60, // 43: axon.ipam.v1alpha1.ReserveIPResponse.reservation:type_name -> axon.ipam.v1alpha1.Reservation
+	60, // 44: axon.ipam.v1alpha1.UnreserveIPResponse.dropped:type_name -> axon.ipam.v1alpha1.Reservation
+	60, // 45: axon.ipam.v1alpha1.ListReservationsResponse.reservations:type_name -> axon.ipam.v1alpha1.Reservation
+	0,  // 46: axon.ipam.v1alpha1.IPAMService.CreatePool:input_type -> axon.ipam.v1alpha1.CreatePoolRequest
+	2,  // 47: axon.ipam.v1alpha1.IPAMService.GetPool:input_type -> axon.ipam.v1alpha1.GetPoolRequest
+	4,  // 48: axon.ipam.v1alpha1.IPAMService.ListPools:input_type -> axon.ipam.v1alpha1.ListPoolsRequest
+	6,  // 49: axon.ipam.v1alpha1.IPAMService.UpdatePool:input_type -> axon.ipam.v1alpha1.UpdatePoolRequest
+	8,  // 50: axon.ipam.v1alpha1.IPAMService.DeletePool:input_type -> axon.ipam.v1alpha1.DeletePoolRequest
+	10, // 51: axon.ipam.v1alpha1.IPAMService.CreateNode:input_type -> axon.ipam.v1alpha1.CreateNodeRequest
+	12, // 52: axon.ipam.v1alpha1.IPAMService.GetNode:input_type -> axon.ipam.v1alpha1.GetNodeRequest
+	14, // 53: axon.ipam.v1alpha1.IPAMService.ListNodes:input_type -> axon.ipam.v1alpha1.ListNodesRequest
+	16, // 54: axon.ipam.v1alpha1.IPAMService.UpdateNode:input_type -> axon.ipam.v1alpha1.UpdateNodeRequest
+	18, // 55: axon.ipam.v1alpha1.IPAMService.DeleteNode:input_type -> axon.ipam.v1alpha1.DeleteNodeRequest
+	20, // 56: axon.ipam.v1alpha1.IPAMService.ClaimBlock:input_type -> axon.ipam.v1alpha1.ClaimBlockRequest
+	22, // 57: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:input_type -> axon.ipam.v1alpha1.ReleaseBlockRequest
+	24, // 58: axon.ipam.v1alpha1.IPAMService.ListBlocks:input_type -> axon.ipam.v1alpha1.ListBlocksRequest
+	26, // 59: axon.ipam.v1alpha1.IPAMService.WatchBlocks:input_type -> axon.ipam.v1alpha1.WatchBlocksRequest
+	29, // 60: axon.ipam.v1alpha1.IPAMService.AllocateIP:input_type -> axon.ipam.v1alpha1.AllocateIPRequest
+	31, // 61: axon.ipam.v1alpha1.IPAMService.AllocateIPs:input_type -> axon.ipam.v1alpha1.AllocateIPsRequest
+	35, // 62: axon.ipam.v1alpha1.IPAMService.ReleaseIP:input_type -> axon.ipam.v1alpha1.ReleaseIPRequest
+	37, // 63: axon.ipam.v1alpha1.IPAMService.GetAllocation:input_type -> axon.ipam.v1alpha1.GetAllocationRequest
+	39, // 64: axon.ipam.v1alpha1.IPAMService.ListAllocations:input_type -> axon.ipam.v1alpha1.ListAllocationsRequest
+	41, // 65: axon.ipam.v1alpha1.IPAMService.GarbageCollect:input_type -> axon.ipam.v1alpha1.GarbageCollectRequest
+	43, // 66: axon.ipam.v1alpha1.IPAMService.ReserveIP:input_type -> axon.ipam.v1alpha1.ReserveIPRequest
+	45, // 67: axon.ipam.v1alpha1.IPAMService.UnreserveIP:input_type -> axon.ipam.v1alpha1.UnreserveIPRequest
+	47, // 68: axon.ipam.v1alpha1.IPAMService.ListReservations:input_type -> axon.ipam.v1alpha1.ListReservationsRequest
+	1,  // 69: axon.ipam.v1alpha1.IPAMService.CreatePool:output_type -> axon.ipam.v1alpha1.CreatePoolResponse
+	3,  // 70: axon.ipam.v1alpha1.IPAMService.GetPool:output_type -> axon.ipam.v1alpha1.GetPoolResponse
+	5,  // 71: axon.ipam.v1alpha1.IPAMService.ListPools:output_type -> axon.ipam.v1alpha1.ListPoolsResponse
+	7,  // 72: axon.ipam.v1alpha1.IPAMService.UpdatePool:output_type -> axon.ipam.v1alpha1.UpdatePoolResponse
+	9,  // 73: axon.ipam.v1alpha1.IPAMService.DeletePool:output_type -> axon.ipam.v1alpha1.DeletePoolResponse
+	11, // 74: axon.ipam.v1alpha1.IPAMService.CreateNode:output_type -> axon.ipam.v1alpha1.CreateNodeResponse
+	13, // 75: axon.ipam.v1alpha1.IPAMService.GetNode:output_type -> axon.ipam.v1alpha1.GetNodeResponse
+	15, // 76: axon.ipam.v1alpha1.IPAMService.ListNodes:output_type -> axon.ipam.v1alpha1.ListNodesResponse
+	17, // 77: axon.ipam.v1alpha1.IPAMService.UpdateNode:output_type -> axon.ipam.v1alpha1.UpdateNodeResponse
+	19, // 78: axon.ipam.v1alpha1.IPAMService.DeleteNode:output_type -> axon.ipam.v1alpha1.DeleteNodeResponse
+	21, // 79: axon.ipam.v1alpha1.IPAMService.ClaimBlock:output_type -> axon.ipam.v1alpha1.ClaimBlockResponse
+	23, // 80: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:output_type -> axon.ipam.v1alpha1.ReleaseBlockResponse
+	25, // 81: axon.ipam.v1alpha1.IPAMService.ListBlocks:output_type -> axon.ipam.v1alpha1.ListBlocksResponse
+	27, // 82: axon.ipam.v1alpha1.IPAMService.WatchBlocks:output_type -> axon.ipam.v1alpha1.WatchBlocksResponse
+	30, // 83: axon.ipam.v1alpha1.IPAMService.AllocateIP:output_type -> axon.ipam.v1alpha1.AllocateIPResponse
+	32, // 84: axon.ipam.v1alpha1.IPAMService.AllocateIPs:output_type -> axon.ipam.v1alpha1.AllocateIPsResponse
+	36, // 85: axon.ipam.v1alpha1.IPAMService.ReleaseIP:output_type -> axon.ipam.v1alpha1.ReleaseIPResponse
+	38, // 86: axon.ipam.v1alpha1.IPAMService.GetAllocation:output_type -> axon.ipam.v1alpha1.GetAllocationResponse
+	40, // 87: axon.ipam.v1alpha1.IPAMService.ListAllocations:output_type -> axon.ipam.v1alpha1.ListAllocationsResponse
+	42, // 88: axon.ipam.v1alpha1.IPAMService.GarbageCollect:output_type -> axon.ipam.v1alpha1.GarbageCollectResponse
+	44, // 89: axon.ipam.v1alpha1.IPAMService.ReserveIP:output_type -> axon.ipam.v1alpha1.ReserveIPResponse
+	46, // 90: axon.ipam.v1alpha1.IPAMService.UnreserveIP:output_type -> axon.ipam.v1alpha1.UnreserveIPResponse
+	48, // 91: axon.ipam.v1alpha1.IPAMService.ListReservations:output_type -> axon.ipam.v1alpha1.ListReservationsResponse
+	69, // [69:92] is the sub-list for method output_type
+	46, // [46:69] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_axon_ipam_v1alpha1_ipam_proto_init() }
@@ -3088,10 +3345,14 @@ func file_axon_ipam_v1alpha1_ipam_proto_init() {
 	}
 	file_axon_ipam_v1alpha1_resources_proto_init()
 	file_axon_ipam_v1alpha1_ipam_proto_msgTypes[33].OneofWrappers = []any{
+		(*AllocateIPResult_Response)(nil),
+		(*AllocateIPResult_Error)(nil),
+	}
+	file_axon_ipam_v1alpha1_ipam_proto_msgTypes[37].OneofWrappers = []any{
 		(*GetAllocationRequest_Handle)(nil),
 		(*GetAllocationRequest_Ip)(nil),
 	}
-	file_axon_ipam_v1alpha1_ipam_proto_msgTypes[41].OneofWrappers = []any{
+	file_axon_ipam_v1alpha1_ipam_proto_msgTypes[45].OneofWrappers = []any{
 		(*UnreserveIPRequest_Ip)(nil),
 		(*UnreserveIPRequest_Key)(nil),
 	}
@@ -3101,7 +3362,7 @@ func file_axon_ipam_v1alpha1_ipam_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_ipam_v1alpha1_ipam_proto_rawDesc), len(file_axon_ipam_v1alpha1_ipam_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   48,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -40,6 +40,7 @@ const (
 	IPAMService_ListBlocks_FullMethodName       = "/axon.ipam.v1alpha1.IPAMService/ListBlocks"
 	IPAMService_WatchBlocks_FullMethodName      = "/axon.ipam.v1alpha1.IPAMService/WatchBlocks"
 	IPAMService_AllocateIP_FullMethodName       = "/axon.ipam.v1alpha1.IPAMService/AllocateIP"
+	IPAMService_AllocateIPs_FullMethodName      = "/axon.ipam.v1alpha1.IPAMService/AllocateIPs"
 	IPAMService_ReleaseIP_FullMethodName        = "/axon.ipam.v1alpha1.IPAMService/ReleaseIP"
 	IPAMService_GetAllocation_FullMethodName    = "/axon.ipam.v1alpha1.IPAMService/GetAllocation"
 	IPAMService_ListAllocations_FullMethodName  = "/axon.ipam.v1alpha1.IPAMService/ListAllocations"
@@ -184,6 +185,15 @@ type IPAMServiceClient interface {
 	// the node's pod CIDR) has no free address, the message naming the pool
 	// and its usage.
 	AllocateIP(ctx context.Context, in *AllocateIPRequest, opts ...grpc.CallOption) (*AllocateIPResponse, error)
+	// AllocateIPs is AllocateIP for several owner handles at once, as a node
+	// agent sends when pods start together on its node. Each request is
+	// served as by AllocateIP and on its own: one failing does not fail the
+	// others. Their writes share etcd transactions, so a burst of pods costs
+	// one round trip and few transactions instead of one of each per pod.
+	//
+	// Errors: INVALID_ARGUMENT for no requests or more than 128; every other
+	// error is a request's own, in its result.
+	AllocateIPs(ctx context.Context, in *AllocateIPsRequest, opts ...grpc.CallOption) (*AllocateIPsResponse, error)
 	// ReleaseIP releases the allocation of an owner handle (CNI DEL). If the
 	// allocation had a sticky key, its addresses are then held for that key.
 	// Releasing a handle with no allocation succeeds and returns no
@@ -388,6 +398,16 @@ func (c *iPAMServiceClient) AllocateIP(ctx context.Context, in *AllocateIPReques
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AllocateIPResponse)
 	err := c.cc.Invoke(ctx, IPAMService_AllocateIP_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *iPAMServiceClient) AllocateIPs(ctx context.Context, in *AllocateIPsRequest, opts ...grpc.CallOption) (*AllocateIPsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AllocateIPsResponse)
+	err := c.cc.Invoke(ctx, IPAMService_AllocateIPs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -599,6 +619,15 @@ type IPAMServiceServer interface {
 	// the node's pod CIDR) has no free address, the message naming the pool
 	// and its usage.
 	AllocateIP(context.Context, *AllocateIPRequest) (*AllocateIPResponse, error)
+	// AllocateIPs is AllocateIP for several owner handles at once, as a node
+	// agent sends when pods start together on its node. Each request is
+	// served as by AllocateIP and on its own: one failing does not fail the
+	// others. Their writes share etcd transactions, so a burst of pods costs
+	// one round trip and few transactions instead of one of each per pod.
+	//
+	// Errors: INVALID_ARGUMENT for no requests or more than 128; every other
+	// error is a request's own, in its result.
+	AllocateIPs(context.Context, *AllocateIPsRequest) (*AllocateIPsResponse, error)
 	// ReleaseIP releases the allocation of an owner handle (CNI DEL). If the
 	// allocation had a sticky key, its addresses are then held for that key.
 	// Releasing a handle with no allocation succeeds and returns no
@@ -694,6 +723,9 @@ func (UnimplementedIPAMServiceServer) WatchBlocks(*WatchBlocksRequest, grpc.Serv
 }
 func (UnimplementedIPAMServiceServer) AllocateIP(context.Context, *AllocateIPRequest) (*AllocateIPResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AllocateIP not implemented")
+}
+func (UnimplementedIPAMServiceServer) AllocateIPs(context.Context, *AllocateIPsRequest) (*AllocateIPsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AllocateIPs not implemented")
 }
 func (UnimplementedIPAMServiceServer) ReleaseIP(context.Context, *ReleaseIPRequest) (*ReleaseIPResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReleaseIP not implemented")
@@ -1000,6 +1032,24 @@ func _IPAMService_AllocateIP_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _IPAMService_AllocateIPs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AllocateIPsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IPAMServiceServer).AllocateIPs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IPAMService_AllocateIPs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IPAMServiceServer).AllocateIPs(ctx, req.(*AllocateIPsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _IPAMService_ReleaseIP_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ReleaseIPRequest)
 	if err := dec(in); err != nil {
@@ -1188,6 +1238,10 @@ var IPAMService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AllocateIP",
 			Handler:    _IPAMService_AllocateIP_Handler,
+		},
+		{
+			MethodName: "AllocateIPs",
+			Handler:    _IPAMService_AllocateIPs_Handler,
 		},
 		{
 			MethodName: "ReleaseIP",
