@@ -2,6 +2,7 @@ package allocator
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -113,5 +114,64 @@ func TestAllocateManyErrorsAreOwn(t *testing.T) {
 	}
 	if len(allocs) != 4 { // owner, ok-1, twice, ok-2
 		t.Errorf("%d allocations stored, want 4", len(allocs))
+	}
+}
+
+// TestAllocateManyAcrossReplicas runs bursts of several nodes through
+// several replicas at once, with small blocks so claims race too: every
+// pod gets an address of its own, and every burst's pods are all stored.
+func TestAllocateManyAcrossReplicas(t *testing.T) {
+	const (
+		replicas = 3
+		nodes    = 4
+		workers  = 12
+		bursts   = 6
+		burst    = 8
+	)
+	cli := newClient(t)
+	root := testRoot(t)
+	var reps []*Allocator
+	for range replicas {
+		reps = append(reps, newAllocator(t, cli, root))
+	}
+	mustPool(t, reps[0], v4Pool("default", true, 28, "10.94.0.0/20"))
+	for i := range nodes {
+		mustNode(t, reps[0], fmt.Sprintf("n%d", i))
+	}
+	var mu sync.Mutex
+	owner := map[string]string{}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for b := range bursts {
+				node := fmt.Sprintf("n%d", (w+b)%nodes)
+				var reqs []*ipamv1alpha1.AllocateIPRequest
+				for k := range burst {
+					reqs = append(reqs, allocReq(node, fmt.Sprintf("w%d-b%d-%d", w, b, k)))
+				}
+				resps, errs := reps[(w+b)%replicas].AllocateMany(t.Context(), reqs)
+				mu.Lock()
+				for k, err := range errs {
+					if err != nil {
+						t.Errorf("%s: %v", reqs[k].GetHandle().GetContainerId(), err)
+						continue
+					}
+					ip := resps[k].GetAllocation().GetAddresses()[0].GetIp()
+					if other, dup := owner[ip]; dup {
+						t.Errorf("%s handed to %s and %s", ip, other, reqs[k].GetHandle().GetContainerId())
+					}
+					owner[ip] = reqs[k].GetHandle().GetContainerId()
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	allocs, _, err := reps[0].ListAllocations(t.Context(), AllocationFilter{}, "", 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := workers * bursts * burst; len(allocs) != want || len(owner) != want {
+		t.Errorf("%d allocations stored, %d distinct addresses handed out; want %d", len(allocs), len(owner), want)
 	}
 }

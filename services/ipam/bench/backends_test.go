@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/etcdtest"
 	"github.com/axon-cni/axon/services/ipam/allocator"
+	"github.com/axon-cni/axon/services/ipam/client"
 	"github.com/axon-cni/axon/services/ipam/server"
 )
 
@@ -179,6 +181,30 @@ func (e *axonEnv) measureAxonRotating(t testing.TB, ctx context.Context, label, 
 	return run(ctx, label, conc, warm, dur, e.kv, func(ctx context.Context, w, i int) error {
 		node := nodeName(id, w*perClient+(i/podsPerNode)%perClient)
 		_, err := cls[w].AllocateIP(ctx, allocRequest(id, node, w, i))
+		return err
+	})
+}
+
+// nodeBurstRate bounds the allocation rate measureAxonOneNode prepares
+// nodes for; past it, clients start over on the first nodes.
+const nodeBurstRate = 30000
+
+// measureAxonOneNode runs conc clients as pods starting together on one
+// node, as host-local's rows do: they call AllocateIP through the node
+// agent's coalescing client (ipam/client) on the agent's one gRPC
+// connection. Every podsPerNode allocations the node is full and all
+// clients move on to the next, fresh node, which claims its blocks.
+func (e *axonEnv) measureAxonOneNode(t testing.TB, ctx context.Context, label, id string, conc int, warm, dur time.Duration) measurement {
+	t.Helper()
+	nodes := int((warm+dur).Seconds()*nodeBurstRate)/podsPerNode + 1
+	if err := e.registerNodes(ctx, id, nodes, 16); err != nil {
+		t.Fatal(err)
+	}
+	agent := client.New(dialClients(t, e.addr, 1)[0])
+	var seq atomic.Int64
+	return run(ctx, label, conc, warm, dur, e.kv, func(ctx context.Context, w, i int) error {
+		node := nodeName(id, int(seq.Add(1)-1)/podsPerNode%nodes)
+		_, err := agent.AllocateIP(ctx, allocRequest(id, node, w, i))
 		return err
 	})
 }

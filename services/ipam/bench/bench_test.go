@@ -49,6 +49,7 @@ type results struct {
 	HostLocalV  string
 	Axon        map[string][]measurement // by etcd setup name, in concurrency order
 	AxonRot     map[string][]measurement // Axon with nodes of at most podsPerNode addresses
+	AxonNode    map[string][]measurement // Axon with the clients as pods of one node, coalesced
 	CAS         map[string][]measurement
 	Bare        map[string][]measurement // gRPC + one CAS, no allocator (bareCAS)
 	HL          []measurement
@@ -71,7 +72,7 @@ func TestIPAMBenchReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := &results{Start: time.Now(), Duration: *duration, Warmup: *warmup, Machine: describeMachine(),
-		Axon: map[string][]measurement{}, AxonRot: map[string][]measurement{}, CAS: map[string][]measurement{}, Bare: map[string][]measurement{}, ScaleWanted: *scale, NoFsync: *noFsync}
+		Axon: map[string][]measurement{}, AxonRot: map[string][]measurement{}, AxonNode: map[string][]measurement{}, CAS: map[string][]measurement{}, Bare: map[string][]measurement{}, ScaleWanted: *scale, NoFsync: *noFsync}
 	if *hostLocal != "" {
 		bin, err := filepath.Abs(*hostLocal)
 		if err != nil {
@@ -120,6 +121,12 @@ func TestIPAMBenchReport(t *testing.T) {
 					return m
 				})
 				res.AxonRot[s.Name] = append(res.AxonRot[s.Name], m)
+				m = quietest(quietLimit, func(try int) measurement {
+					m := axon.measureAxonOneNode(t, ctx, "Axon (pods of one node)", fmt.Sprintf("o%d-%d", conc, try), conc, *warmup, *duration)
+					logMeasurement(t, s.Name, m)
+					return m
+				})
+				res.AxonNode[s.Name] = append(res.AxonNode[s.Name], m)
 			}
 			if s.Members == 1 {
 				res.Profiles = append(res.Profiles, profileAxon(t, ctx, axon,

@@ -103,6 +103,11 @@ func renderReport(r *results) string {
 	p("  another of its own pre-registered nodes every %d allocations (kubelet's default max-pods), so no node holds\n", podsPerNode)
 	p("  more addresses than a real node. In the main rows one node receives every allocation of its client — thousands\n")
 	p("  of addresses, dozens of blocks — which real nodes never reach.\n")
+	p("- **Axon, pods of one node**: the clients are pods starting together on one node, the shape of host-local's rows\n")
+	p("  (host-local is per node). They call `AllocateIP` through the node agent's client (`services/ipam/client`, what\n")
+	p("  `axon-datapath` uses) on its one gRPC connection: calls made while two are in flight go together in one\n")
+	p("  `AllocateIPs` call, whose allocations share etcd transactions. After %d allocations the node is full and all\n", podsPerNode)
+	p("  clients move on to the next, fresh node (which claims its blocks, as a node joining the cluster does).\n")
 	p("- **raw CAS** (the store's ceiling): on the same etcd at the same concurrency, one shared clientv3 client; each\n")
 	p("  worker owns one key, reads it once, then loops `Txn(If(ModRevision(key)==last)).Then(Put(key, %d-byte value))`,\n", casValueSize)
 	p("  taking `last` from the response header.\n")
@@ -162,6 +167,14 @@ func renderReport(r *results) string {
 				}
 				p("| Axon, %d pods/node | %s | %.0f | %s | %s | %.2f | %s | %.2f× | %s | %d |\n", podsPerNode, s.Name, a.rate(), ms(a.P50), ms(a.P99), cores(a), cpuPerOp(a), ratio(a, c), hlRatio, a.Errors)
 			}
+			if on := r.AxonNode[s.Name]; ci < len(on) {
+				a := on[ci]
+				hlRatio := "–"
+				if hl != nil {
+					hlRatio = fmt.Sprintf("%.1f×", ratio(a, *hl))
+				}
+				p("| **Axon, pods of one node** | %s | **%.0f** | %s | %s | %.2f | %s | %.2f× | %s | %d |\n", s.Name, a.rate(), ms(a.P50), ms(a.P99), cores(a), cpuPerOp(a), ratio(a, c), hlRatio, a.Errors)
+			}
 		}
 		if hl != nil {
 			p("| host-local | – | %.0f | %s | %s | %.2f | %s | | | %d |\n", hl.rate(), ms(hl.P50), ms(hl.P99), cores(*hl), cpuPerOp(*hl), hl.Errors)
@@ -170,7 +183,7 @@ func renderReport(r *results) string {
 	}
 	var errLines []string
 	for _, s := range setups {
-		for _, m := range slices.Concat(r.CAS[s.Name], r.Bare[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
+		for _, m := range slices.Concat(r.CAS[s.Name], r.Bare[s.Name], r.Axon[s.Name], r.AxonRot[s.Name], r.AxonNode[s.Name]) {
 			if m.FirstEr != "" {
 				errLines = append(errLines, fmt.Sprintf("- %s, %s, %s: %s", m.Backend, s.Name, clients(m.Conc), m.FirstEr))
 			}
@@ -187,7 +200,7 @@ func renderReport(r *results) string {
 	var busy []string
 	var retried int
 	for _, s := range setups {
-		for _, m := range slices.Concat(r.CAS[s.Name], r.Bare[s.Name], r.Axon[s.Name], r.AxonRot[s.Name]) {
+		for _, m := range slices.Concat(r.CAS[s.Name], r.Bare[s.Name], r.Axon[s.Name], r.AxonRot[s.Name], r.AxonNode[s.Name]) {
 			if m.Tries > 1 {
 				retried++
 			}
@@ -223,7 +236,7 @@ func renderReport(r *results) string {
 		for _, rows := range []struct {
 			name string
 			ms   []measurement
-		}{{"", r.Axon[s.Name]}, {fmt.Sprintf(", %d pods/node", podsPerNode), r.AxonRot[s.Name]}} {
+		}{{"", r.Axon[s.Name]}, {fmt.Sprintf(", %d pods/node", podsPerNode), r.AxonRot[s.Name]}, {", pods of one node", r.AxonNode[s.Name]}} {
 			for _, a := range rows.ms {
 				p("| %s%s | %d | %.3f | %.4f | %.3f | %.3f |\n", s.Name, rows.name, a.Conc, perOp(a.KV.Txns, a.Ops), perOp(a.KV.FailedTxns, a.Ops),
 					perOp(a.KV.Gets, a.Ops), perOp(a.KV.RoundTrips(), a.Ops))
@@ -290,6 +303,10 @@ func renderTargets(b *strings.Builder, r *results) {
 				bare = fmt.Sprintf(" (gRPC + one CAS, no allocator: %.2f×)", ratio(bs[i], c))
 			}
 			p("| Axon ≥ 0.8× raw CAS, %s, %s | %.0f vs %.0f/s = %.2f×%s | %s |\n", s.Name, clients(a.Conc), a.rate(), c.rate(), ratio(a, c), bare, metStr(ratio(a, c) >= 0.8))
+			if on := r.AxonNode[s.Name]; i < len(on) && a.Conc > 1 {
+				o := on[i]
+				p("| … with the clients as pods of one node (coalesced) | %.0f vs %.0f/s = %.2f× | %s |\n", o.rate(), c.rate(), ratio(o, c), metStr(ratio(o, c) >= 0.8))
+			}
 		}
 	}
 	for _, s := range setups {
@@ -300,6 +317,10 @@ func renderTargets(b *strings.Builder, r *results) {
 			}
 			h := r.HL[i]
 			p("| Axon ≥ 10× host-local, %s, %s | %.0f vs %.0f/s = %.1f× | %s |\n", s.Name, clients(a.Conc), a.rate(), h.rate(), ratio(a, h), metStr(ratio(a, h) >= 10))
+			if on := r.AxonNode[s.Name]; i < len(on) && a.Conc > 1 {
+				o := on[i]
+				p("| … with the clients as pods of one node (host-local's shape) | %.0f vs %.0f/s = %.1f× | %s |\n", o.rate(), h.rate(), ratio(o, h), metStr(ratio(o, h) >= 10))
+			}
 		}
 	}
 	for _, s := range setups {
@@ -309,6 +330,11 @@ func renderTargets(b *strings.Builder, r *results) {
 		for _, a := range r.Axon[s.Name] {
 			if a.Conc == 16 {
 				p("| p99 ≤ 25 ms at 16 clients on 3 members | %s | %s |\n", ms(a.P99), metStr(a.P99 > 0 && a.P99 <= 25*time.Millisecond))
+				for _, o := range r.AxonNode[s.Name] {
+					if o.Conc == 16 {
+						p("| … with the clients as pods of one node (coalesced) | %s | %s |\n", ms(o.P99), metStr(o.P99 > 0 && o.P99 <= 25*time.Millisecond))
+					}
+				}
 			}
 		}
 	}
