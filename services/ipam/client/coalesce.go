@@ -10,6 +10,7 @@ package client
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,8 +78,10 @@ func (c *Coalescing) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateI
 	c.mu.Unlock()
 	if lead {
 		// The sender is not the caller, so a caller that gives up returns
-		// at once.
+		// at once. It yields before taking the queue: callers woken
+		// together by a finished call queue up first and go together.
 		go func() {
+			runtime.Gosched()
 			for c.sendNext() {
 			}
 		}()
