@@ -10,6 +10,23 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// newReplicas starts n allocators (IPAM replicas) under one root, with a
+// default pool of cidr in /28 blocks (small blocks force frequent claims,
+// so claims race too) and nodes n0, n1, ….
+func newReplicas(t *testing.T, cli *clientv3.Client, n, nodes int, cidr string) []*Allocator {
+	t.Helper()
+	root := testRoot(t)
+	var reps []*Allocator
+	for range n {
+		reps = append(reps, newAllocator(t, cli, root))
+	}
+	mustPool(t, reps[0], v4Pool("default", true, 28, cidr))
+	for i := range nodes {
+		mustNode(t, reps[0], fmt.Sprintf("n%d", i))
+	}
+	return reps
+}
+
 // TestConcurrentReplicas runs many simulated nodes allocating and releasing
 // through several allocators (IPAM replicas) at once, checking that no
 // address is ever held by two owners and that nothing leaks.
@@ -21,16 +38,7 @@ func TestConcurrentReplicas(t *testing.T) {
 		ops      = 40
 	)
 	cli := newClient(t)
-	root := testRoot(t)
-	var reps []*Allocator
-	for range replicas {
-		reps = append(reps, newAllocator(t, cli, root))
-	}
-	// Small blocks force frequent claims, so claims race too.
-	mustPool(t, reps[0], v4Pool("default", true, 28, "10.90.0.0/20"))
-	for i := range nodes {
-		mustNode(t, reps[0], fmt.Sprintf("n%d", i))
-	}
+	reps := newReplicas(t, cli, replicas, nodes, "10.90.0.0/20")
 
 	var mu sync.Mutex
 	held := map[string]string{} // ip -> owner, while the owner has not begun releasing

@@ -128,16 +128,7 @@ func TestAllocateManyAcrossReplicas(t *testing.T) {
 		bursts   = 6
 		burst    = 8
 	)
-	cli := newClient(t)
-	root := testRoot(t)
-	var reps []*Allocator
-	for range replicas {
-		reps = append(reps, newAllocator(t, cli, root))
-	}
-	mustPool(t, reps[0], v4Pool("default", true, 28, "10.94.0.0/20"))
-	for i := range nodes {
-		mustNode(t, reps[0], fmt.Sprintf("n%d", i))
-	}
+	reps := newReplicas(t, newClient(t), replicas, nodes, "10.94.0.0/20")
 	var mu sync.Mutex
 	owner := map[string]string{}
 	var wg sync.WaitGroup
