@@ -44,7 +44,8 @@ type commitJob struct {
 // while more jobs queue up. A caller that finds fewer in flight commits
 // the queue's next batch itself (a lone allocation never waits for another
 // goroutine to be scheduled); if jobs are left after it, a goroutine
-// drains the queue and then stops.
+// drains the queue and then stops. A queue longer than one batch (a node's
+// burst from AllocateIPs) takes a free slot at once.
 type batcher struct {
 	mu       sync.Mutex
 	queue    []*commitJob
@@ -111,7 +112,16 @@ func (a *Allocator) commitNext() bool {
 	b.mu.Lock()
 	batch, rest := nextBatch(b.queue)
 	b.queue = rest
+	// More than one batch waits: a free commit slot takes the next one
+	// meanwhile.
+	helper := len(rest) > 0 && b.inflight < maxInflight
+	if helper {
+		b.inflight++
+	}
 	b.mu.Unlock()
+	if helper {
+		a.done.Go(a.drain)
+	}
 	if len(batch) > 0 {
 		a.commitBatch(batch)
 	}
