@@ -51,6 +51,8 @@ func (a *Allocator) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIP
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := r.context(ctx)
+	defer cancel()
 	return a.allocate(ctx, r, 0)
 }
 
@@ -61,6 +63,7 @@ func (a *Allocator) AllocateMany(ctx context.Context, reqs []*ipamv1alpha1.Alloc
 	resps := make([]*ipamv1alpha1.AllocateIPResponse, len(reqs))
 	errs := make([]error, len(reqs))
 	pending := make([]*pendingAlloc, len(reqs))
+	ctxs := make([]context.Context, len(reqs))
 	var jobs []*commitJob
 	for i, req := range reqs {
 		r, err := checkAllocateRequest(req)
@@ -68,7 +71,11 @@ func (a *Allocator) AllocateMany(ctx context.Context, reqs []*ipamv1alpha1.Alloc
 			errs[i] = err
 			continue
 		}
-		pa, done, err := a.prepareAllocation(ctx, r)
+		// Each request runs on its caller's own time.
+		var cancel context.CancelFunc
+		ctxs[i], cancel = r.context(ctx)
+		defer cancel()
+		pa, done, err := a.prepareAllocation(ctxs[i], r)
 		if pa == nil {
 			resps[i], errs[i] = done, err
 			continue
@@ -83,9 +90,9 @@ func (a *Allocator) AllocateMany(ctx context.Context, reqs []*ipamv1alpha1.Alloc
 			continue
 		}
 		wg.Go(func() {
-			resp, retry, err := a.finishAllocation(ctx, pa)
+			resp, retry, err := a.finishAllocation(ctxs[i], pa)
 			if retry {
-				resp, err = a.allocate(ctx, pa.req, 1)
+				resp, err = a.allocate(ctxs[i], pa.req, 1)
 			}
 			resps[i], errs[i] = resp, err
 		})
@@ -113,7 +120,18 @@ func checkAllocateRequest(req *ipamv1alpha1.AllocateIPRequest) (allocateRequest,
 	if d := req.GetStickyHold(); d != nil && (d.CheckValid() != nil || d.AsDuration() < 0) {
 		return r, fmt.Errorf("sticky_hold must be a non-negative duration: %w", ErrInvalid)
 	}
+	if d := req.GetTimeout(); d != nil && (d.CheckValid() != nil || d.AsDuration() <= 0) {
+		return r, fmt.Errorf("timeout must be a positive duration: %w", ErrInvalid)
+	}
 	return r, nil
+}
+
+// context is ctx bounded by the request's own timeout, if it has one.
+func (r allocateRequest) context(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d := r.GetTimeout(); d != nil {
+		return context.WithTimeout(ctx, d.AsDuration())
+	}
+	return ctx, func() {}
 }
 
 // allocate plans and commits an allocation until a transaction holds,
@@ -420,7 +438,11 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 		}
 		return famPlan{}, false, nil
 	}
-	for range a.cfg.MaxAttempts {
+	// Pods starting together on a node share one new block: while one
+	// allocation claims it, the others wait and pick from it. Each wait
+	// ends in a new block to pick from or in an error of the claim; none is
+	// counted as an attempt.
+	for {
 		if fp, ok, err := pickAny(a.cfg.UsageMaxAge); err != nil || ok {
 			return fp, err
 		}
@@ -432,23 +454,29 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 			return famPlan{}, fmt.Errorf("pod CIDR %s of node %q in host-scope pool %q is full (%d usable addresses): %w",
 				blk.CIDR, node, p.parsed.Name, usableIn(fs, blk.Outer, blk.CIDR), ErrExhausted)
 		}
-		// Pods starting together on a node share one new block: while one
-		// allocation claims it, the others wait and pick from it.
 		turn := claimKey{node, p.parsed.Name, f}
-		if wait, mine := a.claimTurn(turn); !mine {
-			select {
-			case <-wait:
-			case <-ctx.Done():
-				return famPlan{}, fmt.Errorf("wait for node %q's block claim: %w: %w", node, ErrUnavailable, ctx.Err())
-			}
-			blocks = a.nodeBlocks(node, p.parsed.Name, f)
-			continue
+		flight, mine := a.claimTurn(turn)
+		if mine {
+			fp, err := a.claimAndPick(ctx, n, p, f, blocks, pickAny)
+			a.claimDone(turn, err)
+			return fp, err
 		}
-		fp, err := a.claimAndPick(ctx, n, p, f, blocks, pickAny)
-		a.claimDone(turn)
-		return fp, err
+		select {
+		case <-flight.done:
+		case <-ctx.Done():
+			return famPlan{}, fmt.Errorf("wait for node %q's block claim: %w: %w", node, ErrUnavailable, ctx.Err())
+		}
+		blocks = a.nodeBlocks(node, p.parsed.Name, f)
+		if err := flight.err; errors.Is(err, ErrExhausted) || errors.Is(err, ErrPrecondition) {
+			// The pool has no block for this node: re-read its blocks
+			// once before saying so. Other failures (the claimer's
+			// deadline, etcd) are the claimer's own: claim again.
+			if fp, ok, perr := pickAny(0); perr != nil || ok {
+				return fp, perr
+			}
+			return famPlan{}, err
+		}
 	}
-	return famPlan{}, fmt.Errorf("allocate on node %q: its blocks filled up while waiting for new ones: %w", node, ErrConflict)
 }
 
 // claimAndPick claims a new block of p for node n and picks an address of it.

@@ -101,7 +101,7 @@ type Allocator struct {
 	batch batcher
 
 	claimMu  sync.Mutex
-	claiming map[claimKey]chan struct{}
+	claiming map[claimKey]*claimFlight
 
 	stop context.CancelFunc
 	done sync.WaitGroup
@@ -144,7 +144,7 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 	}
 	k := keys{root: cfg.Root}
 	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{},
-		claiming: map[claimKey]chan struct{}{}}
+		claiming: map[claimKey]*claimFlight{}}
 	a.pools = newWatchCache(cli, k.pools(), log, decodePool)
 	a.nodes = newWatchCache(cli, k.nodes(), log, decodeNode)
 	a.blocks = newWatchCache(cli, k.blocks(), log, decodeBlock)

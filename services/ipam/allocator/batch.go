@@ -232,6 +232,8 @@ func (a *Allocator) commitBatch(all []*commitJob) {
 }
 
 // cmpKey identifies a compare: two with the same key are the same check.
+// Variable-length fields are length-prefixed, so no two differ in a way
+// the key hides.
 func cmpKey(c clientv3.Cmp) string {
 	pc := c.GetCompare()
 	var v []byte
@@ -247,11 +249,15 @@ func cmpKey(c clientv3.Cmp) string {
 	case *etcdserverpb.Compare_Value:
 		v = u.Value
 	}
-	b := make([]byte, 0, 3+len(v)+len(pc.Key)+len(pc.RangeEnd)+2)
-	b = append(b, byte(pc.Target), byte(pc.Result), 0)
-	b = append(b, v...)
-	b = append(b, 0)
-	b = append(b, pc.Key...)
-	b = append(b, 0)
-	return string(append(b, pc.RangeEnd...))
+	b := make([]byte, 0, 32+len(v)+len(pc.Key)+len(pc.RangeEnd))
+	b = strconv.AppendInt(b, int64(pc.Target), 10)
+	b = append(b, '/')
+	b = strconv.AppendInt(b, int64(pc.Result), 10)
+	for _, f := range [][]byte{v, pc.Key, pc.RangeEnd} {
+		b = append(b, '/')
+		b = strconv.AppendInt(b, int64(len(f)), 10)
+		b = append(b, ':')
+		b = append(b, f...)
+	}
+	return string(b)
 }

@@ -73,3 +73,26 @@ func TestNextBatch(t *testing.T) {
 		})
 	}
 }
+
+func TestCmpKey(t *testing.T) {
+	tests := []struct {
+		name string
+		a, b clientv3.Cmp
+		same bool
+	}{
+		{"same check", clientv3.Compare(clientv3.ModRevision("k"), "=", 5), clientv3.Compare(clientv3.ModRevision("k"), "=", 5), true},
+		{"other revision", clientv3.Compare(clientv3.ModRevision("k"), "=", 5), clientv3.Compare(clientv3.ModRevision("k"), "=", 6), false},
+		{"other target", clientv3.Compare(clientv3.ModRevision("k"), "=", 5), clientv3.Compare(clientv3.CreateRevision("k"), "=", 5), false},
+		{"other result", clientv3.Compare(clientv3.ModRevision("k"), "=", 5), clientv3.Compare(clientv3.ModRevision("k"), "<", 5), false},
+		{"other key", clientv3.Compare(clientv3.ModRevision("k"), "=", 5), clientv3.Compare(clientv3.ModRevision("k2"), "=", 5), false},
+		{"prefix or not", clientv3.Compare(clientv3.ModRevision("k"), "<", 5), clientv3.Compare(clientv3.ModRevision("k"), "<", 5).WithPrefix(), false},
+		{"value and key boundary", clientv3.Compare(clientv3.Value("a\x00b"), "=", "c"), clientv3.Compare(clientv3.Value("a"), "=", "c\x00b"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := cmpKey(tt.a) == cmpKey(tt.b); got != tt.same {
+				t.Errorf("same key = %v, want %v", got, tt.same)
+			}
+		})
+	}
+}

@@ -146,24 +146,34 @@ type claimKey struct {
 	fam        pool.Family
 }
 
-// claimTurn reports whether the caller may claim a block for k (mine);
-// otherwise another allocation of this replica is claiming one, and wait
-// closes when it is done. The caller whose turn it is calls claimDone.
-func (a *Allocator) claimTurn(k claimKey) (wait <-chan struct{}, mine bool) {
-	a.claimMu.Lock()
-	defer a.claimMu.Unlock()
-	if ch, busy := a.claiming[k]; busy {
-		return ch, false
-	}
-	a.claiming[k] = make(chan struct{})
-	return nil, true
+// claimFlight is one allocation's claim of a block for a claimKey; the
+// others wait for done and then read err.
+type claimFlight struct {
+	done chan struct{}
+	err  error // the claim's error, set before done closes
 }
 
-// claimDone ends the caller's turn to claim a block for k.
-func (a *Allocator) claimDone(k claimKey) {
+// claimTurn returns the claim in flight for k and whether it is the
+// caller's: if mine, the caller claims and ends it with claimDone;
+// otherwise it waits for the flight's done.
+func (a *Allocator) claimTurn(k claimKey) (_ *claimFlight, mine bool) {
 	a.claimMu.Lock()
 	defer a.claimMu.Unlock()
-	close(a.claiming[k])
+	if f, busy := a.claiming[k]; busy {
+		return f, false
+	}
+	f := &claimFlight{done: make(chan struct{})}
+	a.claiming[k] = f
+	return f, true
+}
+
+// claimDone ends the caller's claim for k with its error.
+func (a *Allocator) claimDone(k claimKey, err error) {
+	a.claimMu.Lock()
+	defer a.claimMu.Unlock()
+	f := a.claiming[k]
+	f.err = err
+	close(f.done)
 	delete(a.claiming, k)
 }
 

@@ -2,6 +2,7 @@ package allocator
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -150,4 +151,45 @@ func TestBurstOnFreshNode(t *testing.T) {
 	if resp.Count != 1 {
 		t.Errorf("%d pods starting at once on a fresh node claimed %d blocks, want 1", pods, resp.Count)
 	}
+}
+
+// TestBurstNeedingManyBlocks starts more pods at once than many small
+// blocks hold: they wait for each other's claims, and all succeed.
+func TestBurstNeedingManyBlocks(t *testing.T) {
+	const pods = 250
+	cli := newClient(t)
+	a := newAllocator(t, cli, testRoot(t))
+	mustPool(t, a, v4Pool("default", true, 28, "10.96.0.0/16"))
+	mustNode(t, a, "busy")
+	var wg sync.WaitGroup
+	for i := range pods {
+		wg.Go(func() {
+			if _, err := a.Allocate(t.Context(), allocReq("busy", fmt.Sprintf("burst-%d", i))); err != nil {
+				t.Errorf("allocate burst-%d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestBurstOnExhaustedPool starts pods at once on a node when the pool
+// has no block left: each is refused as exhausted, none as a conflict.
+func TestBurstOnExhaustedPool(t *testing.T) {
+	const pods = 40
+	cli := newClient(t)
+	a := newAllocator(t, cli, testRoot(t))
+	mustPool(t, a, v4Pool("default", true, 28, "10.97.0.0/28")) // one block
+	mustNode(t, a, "first")
+	mustNode(t, a, "late")
+	mustAlloc(t, a, allocReq("first", "takes-the-block"))
+	var wg sync.WaitGroup
+	for i := range pods {
+		wg.Go(func() {
+			_, err := a.Allocate(t.Context(), allocReq("late", fmt.Sprintf("late-%d", i)))
+			if !errors.Is(err, ErrExhausted) {
+				t.Errorf("late-%d: err = %v, want ErrExhausted", i, err)
+			}
+		})
+	}
+	wg.Wait()
 }

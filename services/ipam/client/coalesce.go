@@ -3,9 +3,9 @@
 // AllocateIPs call.
 //
 // Pods often start together on a node: when it joins, after it reboots, on
-// a rollout. Each CNI ADD asks for addresses on its own; sent as one call,
-// a burst costs the IPAM service one request and a few etcd transactions
-// instead of one of each per pod.
+// a rollout. Each CNI ADD asks for addresses on its own; sent together, a
+// burst costs the IPAM service a few requests and transactions instead of
+// one of each per pod.
 package client
 
 import (
@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
@@ -29,6 +31,9 @@ const (
 	// maxBatch bounds the requests of one AllocateIPs call (the service
 	// takes up to 128).
 	maxBatch = 64
+	// releaseTimeout bounds the release of an allocation whose caller gave
+	// up while it was being made.
+	releaseTimeout = 30 * time.Second
 )
 
 // Coalescing is an IPAMServiceClient whose AllocateIP coalesces concurrent
@@ -57,13 +62,20 @@ type call struct {
 	resp *ipamv1alpha1.AllocateIPResponse
 	err  error
 	done chan struct{}
-	// abandon is set while the call is sent: the caller stopped waiting.
-	abandon func()
+	// sent and abandoned are guarded by Coalescing.mu: a call is either
+	// taken by a sender or given up by its caller while queued, never both.
+	sent, abandoned bool
 }
 
 // AllocateIP allocates as IPAMService.AllocateIP does, in one AllocateIPs
 // call with whatever other allocations are made meanwhile. A call with
 // call options is sent on its own.
+//
+// A caller that gives up before its request is sent returns at once and
+// the request is dropped. Once sent, the request carries the caller's
+// deadline, so the service does not commit it later; a caller that is
+// cancelled after that waits for the answer and releases what was
+// allocated, so that no allocation outlives a failed call.
 func (c *Coalescing) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest, opts ...grpc.CallOption) (*ipamv1alpha1.AllocateIPResponse, error) {
 	if len(opts) > 0 || c.unbatched.Load() {
 		return c.IPAMServiceClient.AllocateIP(ctx, req, opts...)
@@ -77,9 +89,10 @@ func (c *Coalescing) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateI
 	}
 	c.mu.Unlock()
 	if lead {
-		// The sender is not the caller, so a caller that gives up returns
-		// at once. It yields before taking the queue: callers woken
-		// together by a finished call queue up first and go together.
+		// The sender is not the caller, so a caller that gives up before
+		// it is sent returns at once. It yields before taking the queue:
+		// callers woken together by a finished call queue up first and go
+		// together.
 		go func() {
 			runtime.Gosched()
 			for c.sendNext() {
@@ -88,57 +101,54 @@ func (c *Coalescing) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateI
 	}
 	select {
 	case <-cl.done:
-		return cl.resp, cl.err
 	case <-ctx.Done():
 		c.mu.Lock()
-		if cl.abandon != nil {
-			cl.abandon()
-		}
+		sent := cl.sent
+		cl.abandoned = !sent
 		c.mu.Unlock()
-		return nil, status.FromContextError(ctx.Err()).Err()
+		if !sent {
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		<-cl.done
 	}
+	if err := ctx.Err(); err != nil {
+		if cl.err == nil {
+			c.release(cl)
+		}
+		return nil, status.FromContextError(err).Err()
+	}
+	return cl.resp, cl.err
+}
+
+// release releases the allocation of a call whose caller gave up.
+func (c *Coalescing) release(cl *call) {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	// Best effort: what a failed release leaves is found by CNI GC.
+	_, _ = c.IPAMServiceClient.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
+		Handle: cl.req.GetHandle(), ExpectedSequence: cl.resp.GetAllocation().GetSequence(),
+	})
 }
 
 // sendNext sends the queue's next batch and reports whether calls are left
 // waiting; when none are, its caller stops sending.
 func (c *Coalescing) sendNext() bool {
 	c.mu.Lock()
-	n := min(len(c.queue), maxBatch)
-	batch := c.queue[:n:n]
-	c.queue = c.queue[n:]
-	var live []*call
-	for _, cl := range batch {
-		if cl.ctx.Err() == nil {
-			live = append(live, cl)
-		}
-	}
-	ctx, cancel := batchContext(live)
-	defer cancel()
-	waiting := int64(len(live))
-	for _, cl := range live {
-		cl.abandon = func() {
-			// Calls whose callers all gave up are not waited for.
-			waiting--
-			if waiting == 0 {
-				cancel()
-			}
+	var batch []*call
+	for len(c.queue) > 0 && len(batch) < maxBatch {
+		cl := c.queue[0]
+		c.queue = c.queue[1:]
+		if !cl.abandoned {
+			cl.sent = true
+			batch = append(batch, cl)
 		}
 	}
 	c.mu.Unlock()
 
-	for _, cl := range batch {
-		if err := cl.ctx.Err(); err != nil {
-			cl.err = status.FromContextError(err).Err()
-			close(cl.done)
-		}
-	}
-	c.send(ctx, live)
+	c.send(batch)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, cl := range live {
-		cl.abandon = nil
-	}
 	if len(c.queue) == 0 {
 		c.inflight--
 		return false
@@ -146,47 +156,73 @@ func (c *Coalescing) sendNext() bool {
 	return true
 }
 
-// batchContext is the context a batch is sent with: it ends at the
-// earliest deadline of its calls (the service drops work whose caller gave
-// up) and when cancelled.
+// batchContext is the context a batch is sent with: it ends at the latest
+// deadline of its calls, or never if one has none. Each request carries its
+// own caller's deadline for the service.
 func batchContext(calls []*call) (context.Context, context.CancelFunc) {
-	var first time.Time
+	var last time.Time
 	for _, cl := range calls {
-		if d, ok := cl.ctx.Deadline(); ok && (first.IsZero() || d.Before(first)) {
-			first = d
+		d, ok := cl.ctx.Deadline()
+		if !ok {
+			return context.WithCancel(context.Background())
+		}
+		if d.After(last) {
+			last = d
 		}
 	}
-	if first.IsZero() {
-		return context.WithCancel(context.Background())
+	return context.WithDeadline(context.Background(), last)
+}
+
+// withTimeout returns req carrying what is left of its caller's deadline.
+func withTimeout(cl *call) *ipamv1alpha1.AllocateIPRequest {
+	d, ok := cl.ctx.Deadline()
+	if !ok {
+		return cl.req
 	}
-	return context.WithDeadline(context.Background(), first)
+	req := proto.CloneOf(cl.req)
+	req.Timeout = durationpb.New(max(time.Until(d), time.Nanosecond))
+	return req
+}
+
+// sendOne sends one call as AllocateIP, with its caller's deadline but
+// not its cancellation: a cancelled caller waits for the answer.
+func (c *Coalescing) sendOne(cl *call) {
+	ctx := context.WithoutCancel(cl.ctx)
+	cancel := context.CancelFunc(func() {})
+	if d, ok := cl.ctx.Deadline(); ok {
+		ctx, cancel = context.WithDeadline(ctx, d)
+	}
+	defer cancel()
+	cl.resp, cl.err = c.IPAMServiceClient.AllocateIP(ctx, cl.req)
 }
 
 // send sends calls as one AllocateIPs call (a lone one as AllocateIP) and
 // hands each its answer.
-func (c *Coalescing) send(ctx context.Context, calls []*call) {
+func (c *Coalescing) send(calls []*call) {
 	defer func() {
 		for _, cl := range calls {
 			close(cl.done)
 		}
 	}()
+	ctx, cancel := batchContext(calls)
+	defer cancel()
 	switch len(calls) {
 	case 0:
 		return
 	case 1:
-		calls[0].resp, calls[0].err = c.IPAMServiceClient.AllocateIP(ctx, calls[0].req)
+		c.sendOne(calls[0])
 		return
 	}
 	reqs := make([]*ipamv1alpha1.AllocateIPRequest, len(calls))
 	for i, cl := range calls {
-		reqs[i] = cl.req
+		reqs[i] = withTimeout(cl)
 	}
 	resp, err := c.IPAMServiceClient.AllocateIPs(ctx, &ipamv1alpha1.AllocateIPsRequest{Requests: reqs})
 	if status.Code(err) == codes.Unimplemented {
 		c.unbatched.Store(true)
 		var wg sync.WaitGroup
 		for _, cl := range calls {
-			wg.Go(func() { cl.resp, cl.err = c.IPAMServiceClient.AllocateIP(ctx, cl.req) })
+			wg.Go(func() { c.sendOne(cl) })
 		}
 		wg.Wait()
 		return
@@ -203,7 +239,11 @@ func (c *Coalescing) send(ctx context.Context, calls []*call) {
 		case *ipamv1alpha1.AllocateIPResult_Response:
 			cl.resp = r.Response
 		case *ipamv1alpha1.AllocateIPResult_Error:
-			cl.err = status.Error(codes.Code(r.Error.GetCode()), r.Error.GetMessage())
+			code := codes.Code(r.Error.GetCode())
+			if code == codes.OK {
+				code = codes.Internal // an error without a code is still an error
+			}
+			cl.err = status.Error(code, r.Error.GetMessage())
 		default:
 			cl.err = status.Errorf(codes.Internal, "AllocateIPs result %d is empty", i)
 		}

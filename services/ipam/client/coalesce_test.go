@@ -22,25 +22,42 @@ type fakeIPAM struct {
 	release       chan struct{}
 	unimplemented bool
 
-	mu        sync.Mutex
-	single    int   // AllocateIP calls
-	batches   []int // sizes of AllocateIPs calls
-	started   chan struct{}
-	cancelled chan struct{} // a call's context ended while it was held
+	mu       sync.Mutex
+	single   int                      // AllocateIP calls
+	batches  []int                    // sizes of AllocateIPs calls
+	seen     map[string]time.Duration // handles received, with their request's timeout
+	released map[string]uint64        // ReleaseIP calls: handle -> expected sequence
+	started  chan struct{}
 }
 
 func newFake() *fakeIPAM {
-	return &fakeIPAM{release: make(chan struct{}), started: make(chan struct{}, 100), cancelled: make(chan struct{}, 100)}
+	return &fakeIPAM{release: make(chan struct{}), started: make(chan struct{}, 100),
+		seen: map[string]time.Duration{}, released: map[string]uint64{}}
 }
 
-func answer(req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.AllocateIPResponse, *ipamv1alpha1.Status) {
+// answer gives the handle's container ID as address and 7 as sequence;
+// "bad" fails, "zero" fails with an error that lacks a code.
+func (f *fakeIPAM) answer(req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.AllocateIPResponse, *ipamv1alpha1.Status) {
 	id := req.GetHandle().GetContainerId()
-	if id == "bad" {
+	f.mu.Lock()
+	f.seen[id] = req.GetTimeout().AsDuration()
+	f.mu.Unlock()
+	switch id {
+	case "bad":
 		return nil, &ipamv1alpha1.Status{Code: int32(codes.ResourceExhausted), Message: "pool \"default\" is full"}
+	case "zero":
+		return nil, &ipamv1alpha1.Status{Message: "no code"}
 	}
 	return &ipamv1alpha1.AllocateIPResponse{Allocation: &ipamv1alpha1.Allocation{
-		Addresses: []*ipamv1alpha1.AllocatedAddress{{Ip: id}},
+		Sequence: 7, Addresses: []*ipamv1alpha1.AllocatedAddress{{Ip: id}},
 	}}, nil
+}
+
+func (f *fakeIPAM) ReleaseIP(_ context.Context, req *ipamv1alpha1.ReleaseIPRequest, _ ...grpc.CallOption) (*ipamv1alpha1.ReleaseIPResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.released[req.GetHandle().GetContainerId()] = req.GetExpectedSequence()
+	return &ipamv1alpha1.ReleaseIPResponse{}, nil
 }
 
 func (f *fakeIPAM) wait(ctx context.Context) error {
@@ -49,7 +66,6 @@ func (f *fakeIPAM) wait(ctx context.Context) error {
 	case <-f.release:
 		return nil
 	case <-ctx.Done():
-		f.cancelled <- struct{}{}
 		return status.FromContextError(ctx.Err()).Err()
 	}
 }
@@ -61,7 +77,7 @@ func (f *fakeIPAM) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPR
 	if err := f.wait(ctx); err != nil {
 		return nil, err
 	}
-	resp, st := answer(req)
+	resp, st := f.answer(req)
 	if st != nil {
 		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
 	}
@@ -80,7 +96,7 @@ func (f *fakeIPAM) AllocateIPs(ctx context.Context, req *ipamv1alpha1.AllocateIP
 	}
 	out := &ipamv1alpha1.AllocateIPsResponse{}
 	for _, r := range req.GetRequests() {
-		resp, st := answer(r)
+		resp, st := f.answer(r)
 		if st != nil {
 			out.Results = append(out.Results, &ipamv1alpha1.AllocateIPResult{Result: &ipamv1alpha1.AllocateIPResult_Error{Error: st}})
 			continue
@@ -192,10 +208,12 @@ func TestFallsBackWithoutAllocateIPs(t *testing.T) {
 	}
 }
 
-func TestAbandonedBatchIsCancelled(t *testing.T) {
+// TestCancelledAfterSendReleases cancels a caller whose request is with
+// the service: it waits for the answer and releases the allocation before
+// it returns, so nothing outlives the failed call.
+func TestCancelledAfterSendReleases(t *testing.T) {
 	f := newFake()
 	c := New(f)
-	defer close(f.release)
 	ctx, cancel := context.WithCancel(t.Context())
 	errs := make(chan error, 1)
 	go func() {
@@ -206,16 +224,108 @@ func TestAbandonedBatchIsCancelled(t *testing.T) {
 	cancel()
 	select {
 	case err := <-errs:
+		t.Fatalf("returned (%v) while its allocation was being made", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(f.release)
+	if err := <-errs; status.Code(err) != codes.Canceled {
+		t.Errorf("err = %v, want CANCELED", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if seq, ok := f.released["gone"]; !ok || seq != 7 {
+		t.Errorf("released = %v, want gone released at sequence 7", f.released)
+	}
+}
+
+// TestCancelledWhileQueued cancels a caller whose request waits behind
+// those in flight: it returns at once and its request is never sent.
+func TestCancelledWhileQueued(t *testing.T) {
+	f := newFake()
+	c := New(f)
+	out := burst(t, c, f, nil)
+	ctx, cancel := context.WithCancel(t.Context())
+	errs := make(chan error, 1)
+	go func() {
+		_, err := c.AllocateIP(ctx, req("queued"))
+		errs <- err
+	}()
+	waitQueued(c, 1)
+	cancel()
+	select {
+	case err := <-errs:
 		if status.Code(err) != codes.Canceled {
 			t.Errorf("err = %v, want CANCELED", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("a cancelled caller still waits for the service")
+		t.Fatal("a cancelled queued caller still waits")
 	}
-	// The call nobody waits for any more is cancelled.
-	select {
-	case <-f.cancelled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the service still works on a call nobody waits for")
+	close(f.release)
+	for range maxInflight {
+		<-out
+	}
+	// A later call is answered, so the senders are done with the queue.
+	if _, err := c.AllocateIP(t.Context(), req("after")); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, sent := f.seen["queued"]; sent {
+		t.Error("the cancelled queued request was sent")
+	}
+}
+
+// TestDeadlinesTravelPerRequest batches a caller with a short deadline and
+// one with none: each request carries its own caller's time, and the short
+// one does not cut the other's.
+func TestDeadlinesTravelPerRequest(t *testing.T) {
+	f := newFake()
+	c := New(f)
+	out := burst(t, c, f, []string{"patient"})
+	short, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	errs := make(chan error, 1)
+	go func() {
+		_, err := c.AllocateIP(short, req("hurried"))
+		errs <- err
+	}()
+	waitQueued(c, 2)
+	close(f.release)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	for range maxInflight + 1 {
+		if r := <-out; r.err != nil {
+			t.Errorf("%s: %v", r.id, r.err)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if d := f.seen["hurried"]; d <= 0 || d > time.Minute {
+		t.Errorf("hurried's request carried timeout %v, want its caller's (at most 1m)", d)
+	}
+	if d := f.seen["patient"]; d != 0 {
+		t.Errorf("patient's request carried timeout %v, want none", d)
+	}
+	if len(f.batches) != 1 || f.batches[0] != 2 {
+		t.Errorf("batches %v, want one of 2", f.batches)
+	}
+}
+
+// TestErrorWithoutCode treats a result error without a code as an error.
+func TestErrorWithoutCode(t *testing.T) {
+	f := newFake()
+	c := New(f)
+	out := burst(t, c, f, []string{"zero", "fine"})
+	waitQueued(c, 2)
+	close(f.release)
+	for range maxInflight + 2 {
+		r := <-out
+		if r.id == "zero" && status.Code(r.err) != codes.Internal {
+			t.Errorf("zero: err = %v, want INTERNAL", r.err)
+		}
+		if r.id != "zero" && r.err != nil {
+			t.Errorf("%s: %v", r.id, r.err)
+		}
 	}
 }

@@ -25,8 +25,20 @@ import (
 	"github.com/axon-cni/axon/services/ipam/client"
 )
 
+// methodCounts counts the calls a test server received, by full method.
+type methodCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (m *methodCounts) get(method string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.n[method]
+}
+
 // startServer serves IPAM over loopback gRPC against a fresh embedded etcd.
-func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Registry) {
+func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Registry, *methodCounts) {
 	t.Helper()
 	etcd, err := embedetcd.Start(embedetcd.Config{Dir: t.TempDir()})
 	if err != nil {
@@ -44,7 +56,13 @@ func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Regi
 	}
 	t.Cleanup(alloc.Close)
 	reg := prometheus.NewRegistry()
-	srv := grpc.NewServer()
+	calls := &methodCounts{n: map[string]int{}}
+	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		calls.mu.Lock()
+		calls.n[info.FullMethod]++
+		calls.mu.Unlock()
+		return h(ctx, req)
+	}))
 	ipamv1alpha1.RegisterIPAMServiceServer(srv, New(alloc, NewMetrics(reg, alloc), slog.New(slog.DiscardHandler)))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -57,7 +75,7 @@ func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Regi
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return ipamv1alpha1.NewIPAMServiceClient(conn), reg
+	return ipamv1alpha1.NewIPAMServiceClient(conn), reg, calls
 }
 
 func wantCode(t *testing.T, err error, code codes.Code) {
@@ -68,7 +86,7 @@ func wantCode(t *testing.T, err error, code codes.Code) {
 }
 
 func TestIPAMOverGRPC(t *testing.T) {
-	c, reg := startServer(t)
+	c, reg, _ := startServer(t)
 	ctx := t.Context()
 
 	_, err := c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{Name: "bad", Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.0.0.1/8"}}}})
@@ -184,7 +202,7 @@ func label(m *dto.Metric, name string) string {
 }
 
 func TestAllocateIPsOverGRPC(t *testing.T) {
-	c, _ := startServer(t)
+	c, _, calls := startServer(t)
 	ctx := t.Context()
 	if _, err := c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{
 		Name: "default", Default: true, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.1.0.0/16"}, BlockPrefixLength: 26},
@@ -232,6 +250,7 @@ func TestAllocateIPsOverGRPC(t *testing.T) {
 	// A node agent's coalescing client: pods starting together each get
 	// their own address.
 	cc := client.New(c)
+	before := calls.get(ipamv1alpha1.IPAMService_AllocateIPs_FullMethodName)
 	const pods = 40
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -253,6 +272,9 @@ func TestAllocateIPsOverGRPC(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	if calls.get(ipamv1alpha1.IPAMService_AllocateIPs_FullMethodName) == before {
+		t.Error("no AllocateIPs call: the 40 pods were not coalesced")
+	}
 	_, err = cc.AllocateIP(ctx, req("late", "ghost"))
 	wantCode(t, err, codes.NotFound)
 }

@@ -1674,7 +1674,12 @@ type AllocateIPRequest struct {
 	// How long the addresses stay held for sticky_key after release. Unset:
 	// the server default (flag --sticky-hold); zero: no hold. Ignored without
 	// sticky_key.
-	StickyHold    *durationpb.Duration `protobuf:"bytes,8,opt,name=sticky_hold,json=stickyHold,proto3" json:"sticky_hold,omitempty"`
+	StickyHold *durationpb.Duration `protobuf:"bytes,8,opt,name=sticky_hold,json=stickyHold,proto3" json:"sticky_hold,omitempty"`
+	// How long the caller waits for this allocation, counted from when the
+	// service receives the request; the service does not commit it later.
+	// Within AllocateIPs each request carries its caller's own. Unset: the
+	// call's deadline only.
+	Timeout       *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1761,6 +1766,13 @@ func (x *AllocateIPRequest) GetStickyKey() string {
 func (x *AllocateIPRequest) GetStickyHold() *durationpb.Duration {
 	if x != nil {
 		return x.StickyHold
+	}
+	return nil
+}
+
+func (x *AllocateIPRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
 	}
 	return nil
 }
@@ -3044,7 +3056,7 @@ const file_axon_ipam_v1alpha1_ipam_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aG\n" +
 	"\x19NamespaceAnnotationsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf4\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x03\n" +
 	"\x11AllocateIPRequest\x127\n" +
 	"\x06handle\x18\x01 \x01(\v2\x1f.axon.ipam.v1alpha1.OwnerHandleR\x06handle\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12:\n" +
@@ -3055,7 +3067,8 @@ const file_axon_ipam_v1alpha1_ipam_proto_rawDesc = "" +
 	"\n" +
 	"sticky_key\x18\a \x01(\tR\tstickyKey\x12:\n" +
 	"\vsticky_hold\x18\b \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"stickyHold\"}\n" +
+	"stickyHold\x123\n" +
+	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\"}\n" +
 	"\x12AllocateIPResponse\x12>\n" +
 	"\n" +
 	"allocation\x18\x01 \x01(\v2\x1e.axon.ipam.v1alpha1.AllocationR\n" +
@@ -3267,75 +3280,76 @@ var file_axon_ipam_v1alpha1_ipam_proto_depIdxs = []int32{
 	55, // 25: axon.ipam.v1alpha1.AllocateIPRequest.families:type_name -> axon.common.v1alpha1.IPFamily
 	28, // 26: axon.ipam.v1alpha1.AllocateIPRequest.pod:type_name -> axon.ipam.v1alpha1.PodInfo
 	59, // 27: axon.ipam.v1alpha1.AllocateIPRequest.sticky_hold:type_name -> google.protobuf.Duration
-	54, // 28: axon.ipam.v1alpha1.AllocateIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
-	29, // 29: axon.ipam.v1alpha1.AllocateIPsRequest.requests:type_name -> axon.ipam.v1alpha1.AllocateIPRequest
-	33, // 30: axon.ipam.v1alpha1.AllocateIPsResponse.results:type_name -> axon.ipam.v1alpha1.AllocateIPResult
-	30, // 31: axon.ipam.v1alpha1.AllocateIPResult.response:type_name -> axon.ipam.v1alpha1.AllocateIPResponse
-	34, // 32: axon.ipam.v1alpha1.AllocateIPResult.error:type_name -> axon.ipam.v1alpha1.Status
-	58, // 33: axon.ipam.v1alpha1.ReleaseIPRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	54, // 34: axon.ipam.v1alpha1.ReleaseIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
-	60, // 35: axon.ipam.v1alpha1.ReleaseIPResponse.holds:type_name -> axon.ipam.v1alpha1.Reservation
-	58, // 36: axon.ipam.v1alpha1.GetAllocationRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	54, // 37: axon.ipam.v1alpha1.GetAllocationResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
-	54, // 38: axon.ipam.v1alpha1.ListAllocationsResponse.allocations:type_name -> axon.ipam.v1alpha1.Allocation
-	58, // 39: axon.ipam.v1alpha1.GarbageCollectRequest.live_handles:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	59, // 40: axon.ipam.v1alpha1.GarbageCollectRequest.min_age:type_name -> google.protobuf.Duration
-	54, // 41: axon.ipam.v1alpha1.GarbageCollectResponse.released:type_name -> axon.ipam.v1alpha1.Allocation
-	59, // 42: axon.ipam.v1alpha1.ReserveIPRequest.ttl:type_name -> google.protobuf.Duration
-	60, // 43: axon.ipam.v1alpha1.ReserveIPResponse.reservation:type_name -> axon.ipam.v1alpha1.Reservation
-	60, // 44: axon.ipam.v1alpha1.UnreserveIPResponse.dropped:type_name -> axon.ipam.v1alpha1.Reservation
-	60, // 45: axon.ipam.v1alpha1.ListReservationsResponse.reservations:type_name -> axon.ipam.v1alpha1.Reservation
-	0,  // 46: axon.ipam.v1alpha1.IPAMService.CreatePool:input_type -> axon.ipam.v1alpha1.CreatePoolRequest
-	2,  // 47: axon.ipam.v1alpha1.IPAMService.GetPool:input_type -> axon.ipam.v1alpha1.GetPoolRequest
-	4,  // 48: axon.ipam.v1alpha1.IPAMService.ListPools:input_type -> axon.ipam.v1alpha1.ListPoolsRequest
-	6,  // 49: axon.ipam.v1alpha1.IPAMService.UpdatePool:input_type -> axon.ipam.v1alpha1.UpdatePoolRequest
-	8,  // 50: axon.ipam.v1alpha1.IPAMService.DeletePool:input_type -> axon.ipam.v1alpha1.DeletePoolRequest
-	10, // 51: axon.ipam.v1alpha1.IPAMService.CreateNode:input_type -> axon.ipam.v1alpha1.CreateNodeRequest
-	12, // 52: axon.ipam.v1alpha1.IPAMService.GetNode:input_type -> axon.ipam.v1alpha1.GetNodeRequest
-	14, // 53: axon.ipam.v1alpha1.IPAMService.ListNodes:input_type -> axon.ipam.v1alpha1.ListNodesRequest
-	16, // 54: axon.ipam.v1alpha1.IPAMService.UpdateNode:input_type -> axon.ipam.v1alpha1.UpdateNodeRequest
-	18, // 55: axon.ipam.v1alpha1.IPAMService.DeleteNode:input_type -> axon.ipam.v1alpha1.DeleteNodeRequest
-	20, // 56: axon.ipam.v1alpha1.IPAMService.ClaimBlock:input_type -> axon.ipam.v1alpha1.ClaimBlockRequest
-	22, // 57: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:input_type -> axon.ipam.v1alpha1.ReleaseBlockRequest
-	24, // 58: axon.ipam.v1alpha1.IPAMService.ListBlocks:input_type -> axon.ipam.v1alpha1.ListBlocksRequest
-	26, // 59: axon.ipam.v1alpha1.IPAMService.WatchBlocks:input_type -> axon.ipam.v1alpha1.WatchBlocksRequest
-	29, // 60: axon.ipam.v1alpha1.IPAMService.AllocateIP:input_type -> axon.ipam.v1alpha1.AllocateIPRequest
-	31, // 61: axon.ipam.v1alpha1.IPAMService.AllocateIPs:input_type -> axon.ipam.v1alpha1.AllocateIPsRequest
-	35, // 62: axon.ipam.v1alpha1.IPAMService.ReleaseIP:input_type -> axon.ipam.v1alpha1.ReleaseIPRequest
-	37, // 63: axon.ipam.v1alpha1.IPAMService.GetAllocation:input_type -> axon.ipam.v1alpha1.GetAllocationRequest
-	39, // 64: axon.ipam.v1alpha1.IPAMService.ListAllocations:input_type -> axon.ipam.v1alpha1.ListAllocationsRequest
-	41, // 65: axon.ipam.v1alpha1.IPAMService.GarbageCollect:input_type -> axon.ipam.v1alpha1.GarbageCollectRequest
-	43, // 66: axon.ipam.v1alpha1.IPAMService.ReserveIP:input_type -> axon.ipam.v1alpha1.ReserveIPRequest
-	45, // 67: axon.ipam.v1alpha1.IPAMService.UnreserveIP:input_type -> axon.ipam.v1alpha1.UnreserveIPRequest
-	47, // 68: axon.ipam.v1alpha1.IPAMService.ListReservations:input_type -> axon.ipam.v1alpha1.ListReservationsRequest
-	1,  // 69: axon.ipam.v1alpha1.IPAMService.CreatePool:output_type -> axon.ipam.v1alpha1.CreatePoolResponse
-	3,  // 70: axon.ipam.v1alpha1.IPAMService.GetPool:output_type -> axon.ipam.v1alpha1.GetPoolResponse
-	5,  // 71: axon.ipam.v1alpha1.IPAMService.ListPools:output_type -> axon.ipam.v1alpha1.ListPoolsResponse
-	7,  // 72: axon.ipam.v1alpha1.IPAMService.UpdatePool:output_type -> axon.ipam.v1alpha1.UpdatePoolResponse
-	9,  // 73: axon.ipam.v1alpha1.IPAMService.DeletePool:output_type -> axon.ipam.v1alpha1.DeletePoolResponse
-	11, // 74: axon.ipam.v1alpha1.IPAMService.CreateNode:output_type -> axon.ipam.v1alpha1.CreateNodeResponse
-	13, // 75: axon.ipam.v1alpha1.IPAMService.GetNode:output_type -> axon.ipam.v1alpha1.GetNodeResponse
-	15, // 76: axon.ipam.v1alpha1.IPAMService.ListNodes:output_type -> axon.ipam.v1alpha1.ListNodesResponse
-	17, // 77: axon.ipam.v1alpha1.IPAMService.UpdateNode:output_type -> axon.ipam.v1alpha1.UpdateNodeResponse
-	19, // 78: axon.ipam.v1alpha1.IPAMService.DeleteNode:output_type -> axon.ipam.v1alpha1.DeleteNodeResponse
-	21, // 79: axon.ipam.v1alpha1.IPAMService.ClaimBlock:output_type -> axon.ipam.v1alpha1.ClaimBlockResponse
-	23, // 80: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:output_type -> axon.ipam.v1alpha1.ReleaseBlockResponse
-	25, // 81: axon.ipam.v1alpha1.IPAMService.ListBlocks:output_type -> axon.ipam.v1alpha1.ListBlocksResponse
-	27, // 82: axon.ipam.v1alpha1.IPAMService.WatchBlocks:output_type -> axon.ipam.v1alpha1.WatchBlocksResponse
-	30, // 83: axon.ipam.v1alpha1.IPAMService.AllocateIP:output_type -> axon.ipam.v1alpha1.AllocateIPResponse
-	32, // 84: axon.ipam.v1alpha1.IPAMService.AllocateIPs:output_type -> axon.ipam.v1alpha1.AllocateIPsResponse
-	36, // 85: axon.ipam.v1alpha1.IPAMService.ReleaseIP:output_type -> axon.ipam.v1alpha1.ReleaseIPResponse
-	38, // 86: axon.ipam.v1alpha1.IPAMService.GetAllocation:output_type -> axon.ipam.v1alpha1.GetAllocationResponse
-	40, // 87: axon.ipam.v1alpha1.IPAMService.ListAllocations:output_type -> axon.ipam.v1alpha1.ListAllocationsResponse
-	42, // 88: axon.ipam.v1alpha1.IPAMService.GarbageCollect:output_type -> axon.ipam.v1alpha1.GarbageCollectResponse
-	44, // 89: axon.ipam.v1alpha1.IPAMService.ReserveIP:output_type -> axon.ipam.v1alpha1.ReserveIPResponse
-	46, // 90: axon.ipam.v1alpha1.IPAMService.UnreserveIP:output_type -> axon.ipam.v1alpha1.UnreserveIPResponse
-	48, // 91: axon.ipam.v1alpha1.IPAMService.ListReservations:output_type -> axon.ipam.v1alpha1.ListReservationsResponse
-	69, // [69:92] is the sub-list for method output_type
-	46, // [46:69] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	59, // 28: axon.ipam.v1alpha1.AllocateIPRequest.timeout:type_name -> google.protobuf.Duration
+	54, // 29: axon.ipam.v1alpha1.AllocateIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
+	29, // 30: axon.ipam.v1alpha1.AllocateIPsRequest.requests:type_name -> axon.ipam.v1alpha1.AllocateIPRequest
+	33, // 31: axon.ipam.v1alpha1.AllocateIPsResponse.results:type_name -> axon.ipam.v1alpha1.AllocateIPResult
+	30, // 32: axon.ipam.v1alpha1.AllocateIPResult.response:type_name -> axon.ipam.v1alpha1.AllocateIPResponse
+	34, // 33: axon.ipam.v1alpha1.AllocateIPResult.error:type_name -> axon.ipam.v1alpha1.Status
+	58, // 34: axon.ipam.v1alpha1.ReleaseIPRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	54, // 35: axon.ipam.v1alpha1.ReleaseIPResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
+	60, // 36: axon.ipam.v1alpha1.ReleaseIPResponse.holds:type_name -> axon.ipam.v1alpha1.Reservation
+	58, // 37: axon.ipam.v1alpha1.GetAllocationRequest.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	54, // 38: axon.ipam.v1alpha1.GetAllocationResponse.allocation:type_name -> axon.ipam.v1alpha1.Allocation
+	54, // 39: axon.ipam.v1alpha1.ListAllocationsResponse.allocations:type_name -> axon.ipam.v1alpha1.Allocation
+	58, // 40: axon.ipam.v1alpha1.GarbageCollectRequest.live_handles:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	59, // 41: axon.ipam.v1alpha1.GarbageCollectRequest.min_age:type_name -> google.protobuf.Duration
+	54, // 42: axon.ipam.v1alpha1.GarbageCollectResponse.released:type_name -> axon.ipam.v1alpha1.Allocation
+	59, // 43: axon.ipam.v1alpha1.ReserveIPRequest.ttl:type_name -> google.protobuf.Duration
+	60, // 44: axon.ipam.v1alpha1.ReserveIPResponse.reservation:type_name -> axon.ipam.v1alpha1.Reservation
+	60, // 45: axon.ipam.v1alpha1.UnreserveIPResponse.dropped:type_name -> axon.ipam.v1alpha1.Reservation
+	60, // 46: axon.ipam.v1alpha1.ListReservationsResponse.reservations:type_name -> axon.ipam.v1alpha1.Reservation
+	0,  // 47: axon.ipam.v1alpha1.IPAMService.CreatePool:input_type -> axon.ipam.v1alpha1.CreatePoolRequest
+	2,  // 48: axon.ipam.v1alpha1.IPAMService.GetPool:input_type -> axon.ipam.v1alpha1.GetPoolRequest
+	4,  // 49: axon.ipam.v1alpha1.IPAMService.ListPools:input_type -> axon.ipam.v1alpha1.ListPoolsRequest
+	6,  // 50: axon.ipam.v1alpha1.IPAMService.UpdatePool:input_type -> axon.ipam.v1alpha1.UpdatePoolRequest
+	8,  // 51: axon.ipam.v1alpha1.IPAMService.DeletePool:input_type -> axon.ipam.v1alpha1.DeletePoolRequest
+	10, // 52: axon.ipam.v1alpha1.IPAMService.CreateNode:input_type -> axon.ipam.v1alpha1.CreateNodeRequest
+	12, // 53: axon.ipam.v1alpha1.IPAMService.GetNode:input_type -> axon.ipam.v1alpha1.GetNodeRequest
+	14, // 54: axon.ipam.v1alpha1.IPAMService.ListNodes:input_type -> axon.ipam.v1alpha1.ListNodesRequest
+	16, // 55: axon.ipam.v1alpha1.IPAMService.UpdateNode:input_type -> axon.ipam.v1alpha1.UpdateNodeRequest
+	18, // 56: axon.ipam.v1alpha1.IPAMService.DeleteNode:input_type -> axon.ipam.v1alpha1.DeleteNodeRequest
+	20, // 57: axon.ipam.v1alpha1.IPAMService.ClaimBlock:input_type -> axon.ipam.v1alpha1.ClaimBlockRequest
+	22, // 58: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:input_type -> axon.ipam.v1alpha1.ReleaseBlockRequest
+	24, // 59: axon.ipam.v1alpha1.IPAMService.ListBlocks:input_type -> axon.ipam.v1alpha1.ListBlocksRequest
+	26, // 60: axon.ipam.v1alpha1.IPAMService.WatchBlocks:input_type -> axon.ipam.v1alpha1.WatchBlocksRequest
+	29, // 61: axon.ipam.v1alpha1.IPAMService.AllocateIP:input_type -> axon.ipam.v1alpha1.AllocateIPRequest
+	31, // 62: axon.ipam.v1alpha1.IPAMService.AllocateIPs:input_type -> axon.ipam.v1alpha1.AllocateIPsRequest
+	35, // 63: axon.ipam.v1alpha1.IPAMService.ReleaseIP:input_type -> axon.ipam.v1alpha1.ReleaseIPRequest
+	37, // 64: axon.ipam.v1alpha1.IPAMService.GetAllocation:input_type -> axon.ipam.v1alpha1.GetAllocationRequest
+	39, // 65: axon.ipam.v1alpha1.IPAMService.ListAllocations:input_type -> axon.ipam.v1alpha1.ListAllocationsRequest
+	41, // 66: axon.ipam.v1alpha1.IPAMService.GarbageCollect:input_type -> axon.ipam.v1alpha1.GarbageCollectRequest
+	43, // 67: axon.ipam.v1alpha1.IPAMService.ReserveIP:input_type -> axon.ipam.v1alpha1.ReserveIPRequest
+	45, // 68: axon.ipam.v1alpha1.IPAMService.UnreserveIP:input_type -> axon.ipam.v1alpha1.UnreserveIPRequest
+	47, // 69: axon.ipam.v1alpha1.IPAMService.ListReservations:input_type -> axon.ipam.v1alpha1.ListReservationsRequest
+	1,  // 70: axon.ipam.v1alpha1.IPAMService.CreatePool:output_type -> axon.ipam.v1alpha1.CreatePoolResponse
+	3,  // 71: axon.ipam.v1alpha1.IPAMService.GetPool:output_type -> axon.ipam.v1alpha1.GetPoolResponse
+	5,  // 72: axon.ipam.v1alpha1.IPAMService.ListPools:output_type -> axon.ipam.v1alpha1.ListPoolsResponse
+	7,  // 73: axon.ipam.v1alpha1.IPAMService.UpdatePool:output_type -> axon.ipam.v1alpha1.UpdatePoolResponse
+	9,  // 74: axon.ipam.v1alpha1.IPAMService.DeletePool:output_type -> axon.ipam.v1alpha1.DeletePoolResponse
+	11, // 75: axon.ipam.v1alpha1.IPAMService.CreateNode:output_type -> axon.ipam.v1alpha1.CreateNodeResponse
+	13, // 76: axon.ipam.v1alpha1.IPAMService.GetNode:output_type -> axon.ipam.v1alpha1.GetNodeResponse
+	15, // 77: axon.ipam.v1alpha1.IPAMService.ListNodes:output_type -> axon.ipam.v1alpha1.ListNodesResponse
+	17, // 78: axon.ipam.v1alpha1.IPAMService.UpdateNode:output_type -> axon.ipam.v1alpha1.UpdateNodeResponse
+	19, // 79: axon.ipam.v1alpha1.IPAMService.DeleteNode:output_type -> axon.ipam.v1alpha1.DeleteNodeResponse
+	21, // 80: axon.ipam.v1alpha1.IPAMService.ClaimBlock:output_type -> axon.ipam.v1alpha1.ClaimBlockResponse
+	23, // 81: axon.ipam.v1alpha1.IPAMService.ReleaseBlock:output_type -> axon.ipam.v1alpha1.ReleaseBlockResponse
+	25, // 82: axon.ipam.v1alpha1.IPAMService.ListBlocks:output_type -> axon.ipam.v1alpha1.ListBlocksResponse
+	27, // 83: axon.ipam.v1alpha1.IPAMService.WatchBlocks:output_type -> axon.ipam.v1alpha1.WatchBlocksResponse
+	30, // 84: axon.ipam.v1alpha1.IPAMService.AllocateIP:output_type -> axon.ipam.v1alpha1.AllocateIPResponse
+	32, // 85: axon.ipam.v1alpha1.IPAMService.AllocateIPs:output_type -> axon.ipam.v1alpha1.AllocateIPsResponse
+	36, // 86: axon.ipam.v1alpha1.IPAMService.ReleaseIP:output_type -> axon.ipam.v1alpha1.ReleaseIPResponse
+	38, // 87: axon.ipam.v1alpha1.IPAMService.GetAllocation:output_type -> axon.ipam.v1alpha1.GetAllocationResponse
+	40, // 88: axon.ipam.v1alpha1.IPAMService.ListAllocations:output_type -> axon.ipam.v1alpha1.ListAllocationsResponse
+	42, // 89: axon.ipam.v1alpha1.IPAMService.GarbageCollect:output_type -> axon.ipam.v1alpha1.GarbageCollectResponse
+	44, // 90: axon.ipam.v1alpha1.IPAMService.ReserveIP:output_type -> axon.ipam.v1alpha1.ReserveIPResponse
+	46, // 91: axon.ipam.v1alpha1.IPAMService.UnreserveIP:output_type -> axon.ipam.v1alpha1.UnreserveIPResponse
+	48, // 92: axon.ipam.v1alpha1.IPAMService.ListReservations:output_type -> axon.ipam.v1alpha1.ListReservationsResponse
+	70, // [70:93] is the sub-list for method output_type
+	47, // [47:70] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_axon_ipam_v1alpha1_ipam_proto_init() }
