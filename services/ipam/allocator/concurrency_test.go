@@ -135,15 +135,11 @@ func TestBurstOnFreshNode(t *testing.T) {
 	a := newAllocator(t, cli, testRoot(t))
 	mustPool(t, a, v4Pool("default", true, 26, "10.91.0.0/16"))
 	mustNode(t, a, "fresh")
-	var wg sync.WaitGroup
-	for i := range pods {
-		wg.Go(func() {
-			if _, err := a.Allocate(t.Context(), allocReq("fresh", fmt.Sprintf("burst-%d", i))); err != nil {
-				t.Errorf("allocate burst-%d: %v", i, err)
-			}
-		})
-	}
-	wg.Wait()
+	burst(t, a, "fresh", pods, func(id string, err error) {
+		if err != nil {
+			t.Errorf("allocate %s: %v", id, err)
+		}
+	})
 	resp, err := cli.Get(t.Context(), a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
@@ -161,15 +157,11 @@ func TestBurstNeedingManyBlocks(t *testing.T) {
 	a := newAllocator(t, cli, testRoot(t))
 	mustPool(t, a, v4Pool("default", true, 28, "10.96.0.0/16"))
 	mustNode(t, a, "busy")
-	var wg sync.WaitGroup
-	for i := range pods {
-		wg.Go(func() {
-			if _, err := a.Allocate(t.Context(), allocReq("busy", fmt.Sprintf("burst-%d", i))); err != nil {
-				t.Errorf("allocate burst-%d: %v", i, err)
-			}
-		})
-	}
-	wg.Wait()
+	burst(t, a, "busy", pods, func(id string, err error) {
+		if err != nil {
+			t.Errorf("allocate %s: %v", id, err)
+		}
+	})
 }
 
 // TestBurstOnExhaustedPool starts pods at once on a node when the pool
@@ -182,13 +174,23 @@ func TestBurstOnExhaustedPool(t *testing.T) {
 	mustNode(t, a, "first")
 	mustNode(t, a, "late")
 	mustAlloc(t, a, allocReq("first", "takes-the-block"))
+	burst(t, a, "late", pods, func(id string, err error) {
+		if !errors.Is(err, ErrExhausted) {
+			t.Errorf("%s: err = %v, want ErrExhausted", id, err)
+		}
+	})
+}
+
+// burst allocates for pods handles on node at once, as pods starting
+// together, and hands each outcome to check.
+func burst(t *testing.T, a *Allocator, node string, pods int, check func(id string, err error)) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for i := range pods {
 		wg.Go(func() {
-			_, err := a.Allocate(t.Context(), allocReq("late", fmt.Sprintf("late-%d", i)))
-			if !errors.Is(err, ErrExhausted) {
-				t.Errorf("late-%d: err = %v, want ErrExhausted", i, err)
-			}
+			id := fmt.Sprintf("%s-%d", node, i)
+			_, err := a.Allocate(t.Context(), allocReq(node, id))
+			check(id, err)
 		})
 	}
 	wg.Wait()
