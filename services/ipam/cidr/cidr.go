@@ -49,9 +49,6 @@ func ParseAddr(s string) (netip.Addr, error) {
 	return a.Unmap(), nil
 }
 
-// Overlaps reports whether two prefixes share an address.
-func Overlaps(a, b netip.Prefix) bool { return a.Overlaps(b) }
-
 // Contains reports whether outer contains every address of inner.
 func Contains(outer, inner netip.Prefix) bool {
 	return outer.Bits() <= inner.Bits() && outer.Contains(inner.Addr())
