@@ -104,7 +104,7 @@ func newEnvMode(t *testing.T, nodes int, mode string, opts ...func(*localcluster
 	cfg := localcluster.Config{
 		StateDir: t.TempDir(), BinDir: bins,
 		EtcdClientAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0",
-		Host: "127.0.0.1", PortBase: freePortBase(t),
+		Host:         "127.0.0.1",
 		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
 		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16", PodCIDR6: "fd00:44::/104",
 		DatapathArgs: []string{"--gc-min-age", "0s", "--health-probe-interval", "300ms", "--masquerade-sync-interval", "500ms"},
@@ -136,15 +136,6 @@ func shortName(t *testing.T) string {
 	h := fnv.New32a()
 	h.Write([]byte(t.Name()))
 	return fmt.Sprintf("%08x", h.Sum32())
-}
-
-func freePortBase(t *testing.T) int {
-	t.Helper()
-	base, err := localcluster.FreePortBase("127.0.0.1", 30000+os.Getpid()%20000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return base
 }
 
 // conflist is the network configuration of a node's runtime.

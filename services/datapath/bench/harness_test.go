@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -210,7 +209,7 @@ func startCluster(t *testing.T, bins, mode, tag string, nodes int, args ...strin
 	cfg := localcluster.Config{
 		StateDir: t.TempDir(), BinDir: bins,
 		EtcdClientAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0",
-		Host: "127.0.0.1", PortBase: freePortBase(t),
+		Host:         "127.0.0.1",
 		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
 		Nodes: nodes, NetnsPrefix: prefix, PodCIDR: "10.44.0.0/16",
 		DatapathArgs: append([]string{"--routing-mode", mode}, args...),
@@ -223,26 +222,6 @@ func startCluster(t *testing.T, bins, mode, tag string, nodes int, args ...strin
 	}
 	t.Cleanup(c.Stop)
 	return &cluster{Cluster: c, prefix: prefix, mode: mode}
-}
-
-func freePortBase(t *testing.T) int {
-	t.Helper()
-	for base := 30000 + os.Getpid()%20000; base < 65000; base += 1000 {
-		ok := true
-		for _, off := range []int{1, 2, 3, 4, 5, 201, 202, 203, 204, 205} {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+off))
-			if err != nil {
-				ok = false
-				break
-			}
-			_ = l.Close()
-		}
-		if ok {
-			return base
-		}
-	}
-	t.Fatal("no free port range")
-	return 0
 }
 
 // stats reads a node's eBPF packet counters through its pinned maps.

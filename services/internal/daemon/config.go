@@ -7,17 +7,20 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 )
 
 // Config is what every service daemon is configured with.
 type Config struct {
-	// GRPCAddr is the TCP address the gRPC server listens on; empty disables TCP.
+	// GRPCAddr is the TCP address the gRPC server listens on, or fd:N for a
+	// listening TCP socket inherited as file descriptor N; empty disables TCP.
 	GRPCAddr string
 	// UnixSocket is a unix socket path the gRPC server also listens on; empty disables it.
 	UnixSocket string
-	// MetricsAddr is the address of the Prometheus /metrics endpoint; empty disables it.
+	// MetricsAddr is the address of the Prometheus /metrics endpoint (or
+	// fd:N, as GRPCAddr); empty disables it.
 	MetricsAddr string
 	// TLSCertFile and TLSKeyFile enable TLS on the TCP listener when both are set.
 	TLSCertFile, TLSKeyFile string
@@ -42,9 +45,9 @@ type Defaults struct {
 
 // RegisterFlags adds the common daemon flags to fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet, d Defaults) {
-	fs.StringVar(&c.GRPCAddr, "grpc-addr", d.GRPCAddr, "TCP `address` of the gRPC API; empty disables TCP")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", d.GRPCAddr, "TCP `address` of the gRPC API, or fd:N for a listening socket inherited as file descriptor N; empty disables TCP")
 	fs.StringVar(&c.UnixSocket, "grpc-socket", d.UnixSocket, "unix socket `path` of the gRPC API (mode 0600); empty disables it")
-	fs.StringVar(&c.MetricsAddr, "metrics-addr", d.MetricsAddr, "`address` of the Prometheus /metrics endpoint; empty disables it")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", d.MetricsAddr, "`address` of the Prometheus /metrics endpoint, or fd:N as --grpc-addr; empty disables it")
 	fs.StringVar(&c.TLSCertFile, "tls-cert", "", "PEM server certificate `file` for the TCP gRPC listener")
 	fs.StringVar(&c.TLSKeyFile, "tls-key", "", "PEM private key `file` for --tls-cert")
 	fs.StringVar(&c.TLSClientCAFile, "tls-client-ca", "", "PEM CA `file`; when set, clients must present a certificate it signed (mTLS)")
@@ -58,6 +61,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, d Defaults) {
 func (c *Config) Validate() error {
 	if c.GRPCAddr == "" && c.UnixSocket == "" {
 		return errors.New("one of --grpc-addr or --grpc-socket is required")
+	}
+	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--metrics-addr", c.MetricsAddr}} {
+		if _, _, err := inheritedFD(a.addr); err != nil {
+			return fmt.Errorf("%s: %w", a.flag, err)
+		}
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("--tls-cert and --tls-key must be given together")
@@ -134,4 +142,23 @@ func ParseFlags(fs *flag.FlagSet, args []string, envPrefix string) error {
 // EnvName is the environment variable that overrides flag name.
 func EnvName(prefix, name string) string {
 	return prefix + "_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// inheritedPrefix marks a listen address that names a listening socket the
+// parent process opened and passed down, so that a supervisor (axon-local,
+// tests) can hand out free ports without racing other processes for them.
+const inheritedPrefix = "fd:"
+
+// inheritedFD parses an fd:N listen address. ok is false for an ordinary
+// address. Descriptors 0 to 2 are the standard streams, never a socket.
+func inheritedFD(addr string) (fd int, ok bool, err error) {
+	s, ok := strings.CutPrefix(addr, inheritedPrefix)
+	if !ok {
+		return 0, false, nil
+	}
+	fd, err = strconv.Atoi(s)
+	if err != nil || fd < 3 {
+		return 0, true, fmt.Errorf("inherited socket %q: want fd:N with N a file descriptor of 3 or more", addr)
+	}
+	return fd, true, nil
 }

@@ -324,9 +324,9 @@ func (d *Daemon) shutdown(metricsSrv *http.Server) {
 func (d *Daemon) listen() ([]net.Listener, error) {
 	var lis []net.Listener
 	if d.cfg.GRPCAddr != "" {
-		l, err := net.Listen("tcp", d.cfg.GRPCAddr)
+		l, err := listenTCP(d.cfg.GRPCAddr)
 		if err != nil {
-			return nil, fmt.Errorf("listen on %s: %w", d.cfg.GRPCAddr, err)
+			return nil, err
 		}
 		if d.tls != nil {
 			l = tls.NewListener(l, d.tls)
@@ -342,6 +342,34 @@ func (d *Daemon) listen() ([]net.Listener, error) {
 		lis = append(lis, l)
 	}
 	return lis, nil
+}
+
+// listenTCP listens on addr, or takes over the inherited socket an fd:N
+// address names.
+func listenTCP(addr string) (net.Listener, error) {
+	fd, inherited, err := inheritedFD(addr)
+	if err != nil {
+		return nil, err
+	}
+	if !inherited {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		return l, nil
+	}
+	f := os.NewFile(uintptr(fd), addr)
+	// FileListener holds its own duplicate; the inherited descriptor is done.
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("inherited socket %s: %w", addr, err)
+	}
+	if _, ok := l.(*net.TCPListener); !ok {
+		_ = l.Close()
+		return nil, fmt.Errorf("inherited socket %s: a %s socket, want TCP", addr, l.Addr().Network())
+	}
+	return l, nil
 }
 
 func closeAll(lis []net.Listener) {
@@ -379,9 +407,9 @@ func listenUnix(path string) (net.Listener, error) {
 }
 
 func (d *Daemon) serveMetrics(errc chan<- error) (*http.Server, error) {
-	l, err := net.Listen("tcp", d.cfg.MetricsAddr)
+	l, err := listenTCP(d.cfg.MetricsAddr)
 	if err != nil {
-		return nil, fmt.Errorf("listen for metrics on %s: %w", d.cfg.MetricsAddr, err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(d.registry, promhttp.HandlerOpts{Registry: d.registry}))

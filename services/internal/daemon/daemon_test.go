@@ -11,8 +11,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,14 +77,32 @@ func waitStatus(t *testing.T, conn *grpc.ClientConn, want healthpb.HealthCheckRe
 	}
 }
 
-func freeAddr(t *testing.T) string {
+// inherit returns an fd:N address for a duplicate of f's descriptor, which
+// the daemon takes over (and closes) as it would a socket its parent passed.
+func inherit(t *testing.T, f *os.File) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "fd:" + strconv.Itoa(fd)
+}
+
+// listenInherited listens on a free loopback port and returns its address
+// and the fd:N address of the same socket.
+func listenInherited(t *testing.T) (addr, inherited string) {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return l.Addr().String()
+	f, err := l.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	return l.Addr().String(), inherit(t, f)
 }
 
 func TestServeUnixSocketHealthAndReflection(t *testing.T) {
@@ -183,6 +203,21 @@ func TestRunRejectsBadInput(t *testing.T) {
 	if err := os.WriteFile(notSocket, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	file, err := os.Open(notSocket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	unixListener, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "unix.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unixListener.Close()
+	unixFile, err := unixListener.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unixFile.Close()
 	tests := []struct {
 		name      string
 		args      []string
@@ -195,9 +230,21 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{name: "garbage TLS file", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", garbage, "--tls-key", garbage}, wantErr: "load TLS key pair"},
 		{name: "listen on a regular file", args: []string{"--grpc-addr=", "--grpc-socket", notSocket}, wantErr: "not a socket"},
 		{name: "invalid listen address", args: []string{"--grpc-addr", "256.0.0.1:1"}, wantErr: "listen on"},
+		{name: "inherited socket not a number", args: []string{"--grpc-addr", "fd:x"}, wantUsage: true, wantErr: "want fd:N"},
+		{name: "inherited socket a standard stream", args: []string{"--grpc-addr", "127.0.0.1:0", "--metrics-addr", "fd:2"}, wantUsage: true, wantErr: "--metrics-addr"},
+		{name: "inherited descriptor not a socket", args: []string{"--grpc-addr", "fd"}, wantErr: "inherited socket"},
+		{name: "inherited socket not TCP", args: []string{"--grpc-addr", "fd"}, wantErr: "want TCP"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// The descriptors are made only for the case that uses them:
+			// the daemon takes each over.
+			switch tt.name {
+			case "inherited descriptor not a socket":
+				tt.args[len(tt.args)-1] = inherit(t, file)
+			case "inherited socket not TCP":
+				tt.args[len(tt.args)-1] = inherit(t, unixFile)
+			}
 			var stderr bytes.Buffer
 			err := Run(t.Context(), Spec{Name: "test"}, tt.args, &stderr)
 			if err == nil {
@@ -221,8 +268,11 @@ func TestServeMutualTLSAndMetrics(t *testing.T) {
 	cliCert, cliKey := ca.Issue(t, dir, "client", x509.ExtKeyUsageClientAuth)
 	caFile := ca.WriteCert(t, dir, "ca.pem")
 
-	addr, metricsAddr := freeAddr(t), freeAddr(t)
-	serve(t, Spec{Name: "test"}, "--grpc-addr", addr, "--metrics-addr", metricsAddr,
+	// The sockets are inherited, as axon-local passes them, so no other
+	// process can take the ports between choosing and listening.
+	addr, grpcFD := listenInherited(t)
+	metricsAddr, metricsFD := listenInherited(t)
+	serve(t, Spec{Name: "test"}, "--grpc-addr", grpcFD, "--metrics-addr", metricsFD,
 		"--tls-cert", srvCert, "--tls-key", srvKey, "--tls-client-ca", caFile)
 
 	pool := x509.NewCertPool()

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -54,23 +56,24 @@ func Start(c Config) (*Server, error) {
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{
 		log: c.Log, level: zapcore.ErrorLevel, closing: closing,
 	}))
-	clientURL, err := listenURL(c.ClientAddr)
-	if err != nil {
-		return nil, fmt.Errorf("client address: %w", err)
-	}
-	peerURL, err := listenURL(c.PeerAddr)
-	if err != nil {
-		return nil, fmt.Errorf("peer address: %w", err)
-	}
-	cfg.ListenClientUrls = []url.URL{clientURL}
-	cfg.AdvertiseClientUrls = []url.URL{clientURL}
-	cfg.ListenPeerUrls = []url.URL{peerURL}
-	cfg.AdvertisePeerUrls = []url.URL{peerURL}
-	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
-
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("start embedded etcd in %s: %w", c.Dir, err)
+	// A port chosen free (port 0) is closed again before etcd listens on it,
+	// so another process can take it in between; then etcd fails before it
+	// writes any data, and a start on fresh ports is safe.
+	var (
+		e         *embed.Etcd
+		clientURL url.URL
+		err       error
+	)
+	for attempt := 1; ; attempt++ {
+		var retry bool
+		e, clientURL, retry, err = startOnce(cfg, c)
+		if err == nil {
+			break
+		}
+		if !retry || attempt == startAttempts {
+			return nil, err
+		}
+		c.Log.Warn("embedded etcd port taken before it listened; retrying on other ports", "err", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
@@ -85,6 +88,47 @@ func Start(c Config) (*Server, error) {
 		return nil, fmt.Errorf("embedded etcd not ready after %s", c.StartTimeout)
 	}
 	return &Server{etcd: e, clientURL: clientURL.String(), closing: closing}, nil
+}
+
+// startAttempts bounds the starts on fresh ports after one lost its port.
+const startAttempts = 3
+
+// startOnce starts the member on c's addresses; retry says the failure was
+// a port it chose free and that was taken since.
+func startOnce(cfg *embed.Config, c Config) (_ *embed.Etcd, clientURL url.URL, retry bool, err error) {
+	clientURL, err = listenURL(c.ClientAddr)
+	if err != nil {
+		return nil, url.URL{}, false, fmt.Errorf("client address: %w", err)
+	}
+	peerURL, err := listenURL(c.PeerAddr)
+	if err != nil {
+		return nil, url.URL{}, false, fmt.Errorf("peer address: %w", err)
+	}
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
+	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		retry := isAddrInUse(err) &&
+			(isPortZero(c.ClientAddr) && strings.Contains(err.Error(), clientURL.Host) ||
+				isPortZero(c.PeerAddr) && strings.Contains(err.Error(), peerURL.Host))
+		return nil, url.URL{}, retry, fmt.Errorf("start embedded etcd in %s: %w", c.Dir, err)
+	}
+	return e, clientURL, false, nil
+}
+
+func isPortZero(addr string) bool {
+	if addr == "" {
+		return true
+	}
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port == "0"
+}
+
+func isAddrInUse(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
 }
 
 // listenURL turns host:port into an http URL, resolving port 0 to a free

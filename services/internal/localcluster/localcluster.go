@@ -42,8 +42,8 @@ type Config struct {
 	// Host is the address every service listens on.
 	Host string
 	// PortBase numbers the services' ports: gRPC on PortBase+1 (ipam),
-	// +2 (datapath), +3 (lbipam), +4 (policy), +5 (operator); metrics 200
-	// above each.
+	// +3 (lbipam), +4 (policy), +5 (operator); metrics 200 above each. 0
+	// lets the kernel choose free ports (tests).
 	PortBase int
 	// ReadyTimeout bounds the wait for each service to report SERVING.
 	ReadyTimeout time.Duration
@@ -81,6 +81,9 @@ type Component struct {
 	Netns string
 	// Label names it in logs (default Name).
 	Label string
+	// files are listening sockets the process inherits as descriptors 3,
+	// 4, ... (the fd:N addresses in Args); starting it closes our copies.
+	files []*os.File
 }
 
 func (c Component) label() string {
@@ -90,11 +93,18 @@ func (c Component) label() string {
 	return c.Name
 }
 
-// Components lists the services in start order, with their addresses.
-func (c Config) Components(etcdURL string) []Component {
-	addr := func(port int) string { return fmt.Sprintf("%s:%d", c.Host, port) }
-	etcdArgs := []string{"--etcd-endpoints", etcdURL}
+// control opens the control-plane services' TCP sockets and returns the
+// services in start order, each holding its sockets to inherit. Opening them
+// here, not in the services, means a port cannot be taken by another process
+// between choosing it and listening on it.
+func (c Config) control(etcdURL string) (_ []Component, err error) {
 	var comps []Component
+	defer func() {
+		if err != nil {
+			closeFiles(comps)
+		}
+	}()
+	etcdArgs := []string{"--etcd-endpoints", etcdURL}
 	for _, s := range []struct {
 		name    string
 		port    int
@@ -105,13 +115,22 @@ func (c Config) Components(etcdURL string) []Component {
 		{"policy", 4, false},
 		{"operator", 5, false},
 	} {
-		s.port += c.PortBase
-		comp := Component{
-			Name:        s.name,
-			Target:      addr(s.port),
-			MetricsAddr: addr(s.port + 200),
-			Args:        []string{"--grpc-addr", addr(s.port), "--metrics-addr", addr(s.port + 200)},
+		grpcPort, metricsPort := 0, 0
+		if c.PortBase != 0 {
+			grpcPort, metricsPort = c.PortBase+s.port, c.PortBase+s.port+200
 		}
+		target, grpcFile, err := listenTCP(c.Host, grpcPort)
+		if err != nil {
+			return nil, fmt.Errorf("axon-%s gRPC: %w", s.name, err)
+		}
+		metricsAddr, metricsFile, err := listenTCP(c.Host, metricsPort)
+		if err != nil {
+			_ = grpcFile.Close()
+			return nil, fmt.Errorf("axon-%s metrics: %w", s.name, err)
+		}
+		comp := Component{Name: s.name, Target: target, MetricsAddr: metricsAddr, files: []*os.File{grpcFile, metricsFile}}
+		// ExtraFiles become descriptors 3, 4, ... in the child.
+		comp.Args = []string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:4"}
 		if s.useEtcd {
 			comp.Args = append(comp.Args, etcdArgs...)
 		}
@@ -124,7 +143,31 @@ func (c Config) Components(etcdURL string) []Component {
 		}
 		comps = append(comps, comp)
 	}
-	return comps
+	return comps, nil
+}
+
+// listenTCP listens on host:port (port 0 for any free one) and returns the
+// address and a descriptor of the socket for a child to inherit.
+func listenTCP(host string, port int) (string, *os.File, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return "", nil, err
+	}
+	// File returns a duplicate, which keeps the socket listening.
+	defer l.Close()
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		return "", nil, err
+	}
+	return l.Addr().String(), f, nil
+}
+
+func closeFiles(comps []Component) {
+	for _, c := range comps {
+		for _, f := range c.files {
+			_ = f.Close()
+		}
+	}
 }
 
 func (c Config) ipamSocket() string { return filepath.Join(c.StateDir, "ipam.sock") }
@@ -223,11 +266,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 
 	// The services do not depend on each other to start, so they start
 	// together; each must then report SERVING.
-	c.Control = cfg.Components(etcd.ClientURL())
+	c.Control, err = cfg.control(etcd.ClientURL())
+	if err != nil {
+		return nil, err
+	}
 	logMu := &sync.Mutex{}
-	for _, comp := range c.Control {
+	for i, comp := range c.Control {
 		p, err := start(cfg.BinDir, comp, logMu, c.exited)
 		if err != nil {
+			closeFiles(c.Control[i+1:])
 			return nil, err
 		}
 		c.running = append(c.running, p)
@@ -381,6 +428,9 @@ func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (
 	}
 	w := &prefixWriter{prefix: "[" + c.label() + "] ", out: os.Stderr, mu: logMu}
 	cmd.Stdout, cmd.Stderr = w, w
+	cmd.ExtraFiles = c.files
+	// The child has its own copies once started; ours only hold the ports.
+	defer closeFiles([]Component{c})
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		// Own process group: a terminal's Ctrl-C reaches only us, and we stop
 		// the services in order.
@@ -504,25 +554,4 @@ func (w *prefixWriter) flush() {
 		_, _ = fmt.Fprintf(w.out, "%s%s\n", w.prefix, w.buf)
 		w.buf = nil
 	}
-}
-
-// FreePortBase finds a PortBase, at or above from, whose service and
-// metrics ports are all free on host now, so parallel runs (tests) do not
-// collide.
-func FreePortBase(host string, from int) (int, error) {
-	for base := from; base+205 < 65536; base += 1000 {
-		free := true
-		for _, off := range []int{1, 2, 3, 4, 5, 201, 202, 203, 204, 205} {
-			l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(base+off)))
-			if err != nil {
-				free = false
-				break
-			}
-			_ = l.Close()
-		}
-		if free {
-			return base, nil
-		}
-	}
-	return 0, fmt.Errorf("no free range of ports on %s from %d", host, from)
 }

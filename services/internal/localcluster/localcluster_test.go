@@ -28,15 +28,6 @@ func buildBinaries(t *testing.T) string {
 	return dir
 }
 
-func freePortBase(t *testing.T) int {
-	t.Helper()
-	base, err := FreePortBase("127.0.0.1", 20000+os.Getpid()%20000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return base
-}
-
 func TestRunStartsEveryServiceHealthy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds every binary; skipped in -short mode")
@@ -47,7 +38,6 @@ func TestRunStartsEveryServiceHealthy(t *testing.T) {
 		EtcdClientAddr: "127.0.0.1:0",
 		EtcdPeerAddr:   "127.0.0.1:0",
 		Host:           "127.0.0.1",
-		PortBase:       freePortBase(t),
 		ReadyTimeout:   30 * time.Second,
 		StopTimeout:    10 * time.Second,
 		Nodes:          2,
@@ -84,7 +74,19 @@ func TestRunStartsEveryServiceHealthy(t *testing.T) {
 		t.Fatalf("summary = %q", summary[:n])
 	}
 
-	comps := cfg.Components("unused")
+	// The summary names the addresses the services were given.
+	var comps []Component
+	for _, line := range strings.Split(string(summary[:n]), "\n") {
+		f := strings.Fields(line)
+		for _, name := range []string{"ipam", "lbipam", "policy", "operator"} {
+			if len(f) >= 2 && f[0] == name {
+				comps = append(comps, Component{Name: name, Target: f[1]})
+			}
+		}
+	}
+	if len(comps) != 4 {
+		t.Fatalf("summary names %d services, want 4:\n%s", len(comps), summary[:n])
+	}
 	if os.Geteuid() == 0 {
 		for i := 1; i <= cfg.Nodes; i++ {
 			comps = append(comps, cfg.datapath(simNode{Name: fmt.Sprintf("node-%d", i)}))
@@ -125,7 +127,7 @@ func TestRunFailsWithoutBinaries(t *testing.T) {
 	cfg := Config{
 		StateDir: t.TempDir(), BinDir: t.TempDir(),
 		EtcdClientAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0",
-		Host: "127.0.0.1", PortBase: freePortBase(t),
+		Host:         "127.0.0.1",
 		ReadyTimeout: 5 * time.Second, StopTimeout: 5 * time.Second,
 	}
 	err := Run(t.Context(), cfg, slog.New(slog.DiscardHandler), io.Discard)
