@@ -458,6 +458,11 @@ func (a *Allocator) chooseAddress(ctx context.Context, n nodeRef, p poolRef, f p
 		flight, mine := a.claimTurn(turn)
 		if mine {
 			fp, err := a.claimAndPick(ctx, n, p, f, blocks, pickAny)
+			if errors.Is(err, errNewBlockTaken) {
+				a.claimDone(turn, nil)
+				blocks = a.nodeBlocks(node, p.parsed.Name, f)
+				continue
+			}
 			a.claimDone(turn, err)
 			return fp, err
 		}
@@ -500,8 +505,21 @@ func (a *Allocator) claimAndPick(ctx context.Context, n nodeRef, p poolRef, f po
 	if addr, ok := u.pick(fs, blk.blockRecord); ok {
 		return famPlan{fam: f, pool: p, block: blk, addr: addr, usage: u}, nil
 	}
+	// Allocations that read the node's blocks once the claim landed (not
+	// waiting for it) may have taken every address before this one.
+	podAddrs := usableIn(fs, blk.Outer, blk.CIDR)
+	if blk.RouterIP != "" {
+		podAddrs--
+	}
+	if podAddrs > 0 {
+		return famPlan{}, errNewBlockTaken
+	}
 	return famPlan{}, fmt.Errorf("new block %s of pool %q has no usable address: %w", blk.CIDR, p.parsed.Name, ErrExhausted)
 }
+
+// errNewBlockTaken says other allocations took every address of the block
+// just claimed: the claimer claims again.
+var errNewBlockTaken = errors.New("new block taken by other allocations")
 
 // chooseRequested plans the requested address want of pool p on node n.
 // Everything that can be judged without a block is judged before one is
