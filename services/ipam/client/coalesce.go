@@ -34,6 +34,10 @@ const (
 	// releaseTimeout bounds the release of an allocation whose caller gave
 	// up while it was being made.
 	releaseTimeout = 30 * time.Second
+	// unbatchedFor is how long calls go one by one after the service said
+	// it does not implement AllocateIPs. Then batching is tried again: in a
+	// rolling upgrade the older replicas go away.
+	unbatchedFor = time.Minute
 )
 
 // Coalescing is an IPAMServiceClient whose AllocateIP coalesces concurrent
@@ -45,14 +49,21 @@ type Coalescing struct {
 	queue    []*call
 	inflight int
 
-	// unbatched is set when the service does not implement AllocateIPs
-	// (an older version): calls are then sent one by one.
-	unbatched atomic.Bool
+	// unbatchedUntil (unix nanoseconds) is set when the service answered
+	// that it does not implement AllocateIPs (an older version): until
+	// then calls are sent one by one.
+	unbatchedUntil atomic.Int64
+	now            func() time.Time
 }
 
 // New wraps c.
 func New(c ipamv1alpha1.IPAMServiceClient) *Coalescing {
-	return &Coalescing{IPAMServiceClient: c}
+	return &Coalescing{IPAMServiceClient: c, now: time.Now}
+}
+
+// unbatched reports whether calls go one by one now.
+func (c *Coalescing) unbatched() bool {
+	return c.now().UnixNano() < c.unbatchedUntil.Load()
 }
 
 // call is one AllocateIP call waiting for its answer.
@@ -77,7 +88,7 @@ type call struct {
 // cancelled after that waits for the answer and releases what was
 // allocated, so that no allocation outlives a failed call.
 func (c *Coalescing) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPRequest, opts ...grpc.CallOption) (*ipamv1alpha1.AllocateIPResponse, error) {
-	if len(opts) > 0 || c.unbatched.Load() {
+	if len(opts) > 0 || c.unbatched() {
 		return c.IPAMServiceClient.AllocateIP(ctx, req, opts...)
 	}
 	cl := &call{ctx: ctx, req: req, done: make(chan struct{})}
@@ -219,7 +230,7 @@ func (c *Coalescing) send(calls []*call) {
 	}
 	resp, err := c.IPAMServiceClient.AllocateIPs(ctx, &ipamv1alpha1.AllocateIPsRequest{Requests: reqs})
 	if status.Code(err) == codes.Unimplemented {
-		c.unbatched.Store(true)
+		c.unbatchedUntil.Store(c.now().Add(unbatchedFor).UnixNano())
 		var wg sync.WaitGroup
 		for _, cl := range calls {
 			wg.Go(func() { c.sendOne(cl) })

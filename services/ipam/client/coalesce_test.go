@@ -24,7 +24,7 @@ type fakeIPAM struct {
 
 	mu       sync.Mutex
 	single   int                      // AllocateIP calls
-	batches  []int                    // sizes of AllocateIPs calls
+	batches  []int                    // sizes of AllocateIPs calls, refused ones too
 	seen     map[string]time.Duration // handles received, with their request's timeout
 	released map[string]uint64        // ReleaseIP calls: handle -> expected sequence
 	started  chan struct{}
@@ -85,12 +85,12 @@ func (f *fakeIPAM) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPR
 }
 
 func (f *fakeIPAM) AllocateIPs(ctx context.Context, req *ipamv1alpha1.AllocateIPsRequest, _ ...grpc.CallOption) (*ipamv1alpha1.AllocateIPsResponse, error) {
-	if f.unimplemented {
-		return nil, status.Error(codes.Unimplemented, "unknown method AllocateIPs")
-	}
 	f.mu.Lock()
 	f.batches = append(f.batches, len(req.GetRequests()))
 	f.mu.Unlock()
+	if f.unimplemented {
+		return nil, status.Error(codes.Unimplemented, "unknown method AllocateIPs")
+	}
 	if err := f.wait(ctx); err != nil {
 		return nil, err
 	}
@@ -185,6 +185,8 @@ func TestFallsBackWithoutAllocateIPs(t *testing.T) {
 	f := newFake()
 	f.unimplemented = true
 	c := New(f)
+	now := time.Now()
+	c.now = func() time.Time { return now }
 	ids := []string{"a", "b", "c"}
 	out := burst(t, c, f, ids)
 	waitQueued(c, len(ids))
@@ -194,18 +196,51 @@ func TestFallsBackWithoutAllocateIPs(t *testing.T) {
 			t.Errorf("%s: got %q, %v", r.id, r.ip, r.err)
 		}
 	}
-	// Later calls skip the batch call altogether.
-	if _, err := c.AllocateIP(t.Context(), req("later")); err != nil {
-		t.Fatal(err)
+	counts := func() (single, batches int) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return f.single, len(f.batches)
 	}
-	if !c.unbatched.Load() {
-		t.Error("an older service's Unimplemented was not remembered")
+	single, batches := counts()
+	if want := maxInflight + len(ids); single != want || batches != 1 {
+		t.Errorf("%d AllocateIP and %d AllocateIPs calls, want %d and 1 (refused)", single, batches, want)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if want := maxInflight + len(ids) + 1; f.single != want {
-		t.Errorf("%d AllocateIP calls, want %d", f.single, want)
+
+	// Later calls skip the batch call, until the service may have been
+	// upgraded.
+	now = now.Add(unbatchedFor - time.Second)
+	concurrent(t, c, "later-1", "later-2", "later-3")
+	if s, b := counts(); s != single+3 || b != batches {
+		t.Errorf("within %s of the refusal: %d AllocateIP and %d AllocateIPs calls more, want 3 and 0", unbatchedFor, s-single, b-batches)
 	}
+	now = now.Add(2 * time.Second)
+	upgraded := newFake()
+	c.IPAMServiceClient = upgraded
+	out = burst(t, c, upgraded, ids)
+	waitQueued(c, len(ids))
+	close(upgraded.release)
+	for range maxInflight + len(ids) {
+		if r := <-out; r.err != nil || r.ip != r.id {
+			t.Errorf("%s: got %q, %v", r.id, r.ip, r.err)
+		}
+	}
+	if len(upgraded.batches) != 1 || upgraded.batches[0] != len(ids) {
+		t.Errorf("after %s the upgraded service got batches %v, want one of %d", unbatchedFor, upgraded.batches, len(ids))
+	}
+}
+
+// concurrent makes AllocateIP calls for ids at once and waits for them.
+func concurrent(t *testing.T, c *Coalescing, ids ...string) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Go(func() {
+			if _, err := c.AllocateIP(t.Context(), req(id)); err != nil {
+				t.Errorf("%s: %v", id, err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // TestCancelledAfterSendReleases cancels a caller whose request is with
