@@ -142,8 +142,13 @@ func burst(t *testing.T, c *Coalescing, f *fakeIPAM, ids []string) <-chan result
 }
 
 // waitQueued waits until n calls are queued behind those in flight.
-func waitQueued(c *Coalescing, n int) {
+func waitQueued(t *testing.T, c *Coalescing, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
 	for queued := 0; queued < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls queued after 10s, want %d (sent on their own?)", queued, n)
+		}
 		time.Sleep(time.Millisecond)
 		c.mu.Lock()
 		queued = len(c.queue)
@@ -156,7 +161,7 @@ func TestCoalescesWhileInFlight(t *testing.T) {
 	c := New(f)
 	ids := []string{"a", "b", "bad", "c", "d"}
 	out := burst(t, c, f, ids)
-	waitQueued(c, len(ids))
+	waitQueued(t, c, len(ids))
 	close(f.release)
 	got := map[string]result{}
 	for range maxInflight + len(ids) {
@@ -189,7 +194,7 @@ func TestFallsBackWithoutAllocateIPs(t *testing.T) {
 	c.now = func() time.Time { return now }
 	ids := []string{"a", "b", "c"}
 	out := burst(t, c, f, ids)
-	waitQueued(c, len(ids))
+	waitQueued(t, c, len(ids))
 	close(f.release)
 	for range maxInflight + len(ids) {
 		if r := <-out; r.err != nil || r.ip != r.id {
@@ -217,7 +222,7 @@ func TestFallsBackWithoutAllocateIPs(t *testing.T) {
 	upgraded := newFake()
 	c.IPAMServiceClient = upgraded
 	out = burst(t, c, upgraded, ids)
-	waitQueued(c, len(ids))
+	waitQueued(t, c, len(ids))
 	close(upgraded.release)
 	for range maxInflight + len(ids) {
 		if r := <-out; r.err != nil || r.ip != r.id {
@@ -285,7 +290,7 @@ func TestCancelledWhileQueued(t *testing.T) {
 		_, err := c.AllocateIP(ctx, req("queued"))
 		errs <- err
 	}()
-	waitQueued(c, 1)
+	waitQueued(t, c, 1)
 	cancel()
 	select {
 	case err := <-errs:
@@ -324,7 +329,7 @@ func TestDeadlinesTravelPerRequest(t *testing.T) {
 		_, err := c.AllocateIP(short, req("hurried"))
 		errs <- err
 	}()
-	waitQueued(c, 2)
+	waitQueued(t, c, 2)
 	close(f.release)
 	if err := <-errs; err != nil {
 		t.Fatal(err)
@@ -352,7 +357,7 @@ func TestErrorWithoutCode(t *testing.T) {
 	f := newFake()
 	c := New(f)
 	out := burst(t, c, f, []string{"zero", "fine"})
-	waitQueued(c, 2)
+	waitQueued(t, c, 2)
 	close(f.release)
 	for range maxInflight + 2 {
 		r := <-out
