@@ -191,6 +191,7 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 	for range a.cfg.MaxAttempts {
 		var cand, outer netip.Prefix
 		var guard []clientv3.Cmp
+		var guardOps []clientv3.Op
 		switch {
 		case p.parsed.Mode == pool.HostScope:
 			pc, ok := hostPodCIDR(n.node, p.parsed, f)
@@ -201,11 +202,16 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 			if err != nil {
 				return blockRef{}, err
 			}
-			// The check holds at rev: no pool or block may have changed since.
+			// The check holds at rev as long as no pool changed and no
+			// host-scope block was claimed since: cluster-scope blocks lie
+			// in their pools' CIDRs, which the check kept apart from pc.
+			// So the claims of cluster-scope blocks, the churn of a busy
+			// cluster, do not make this claim retry.
 			guard = []clientv3.Cmp{
 				clientv3.Compare(clientv3.ModRevision(a.keys.pools()), "<", rev+1).WithPrefix(),
-				clientv3.Compare(clientv3.ModRevision(a.keys.blocks()), "<", rev+1).WithPrefix(),
+				clientv3.Compare(clientv3.ModRevision(a.keys.hostClaim()), "<", rev+1),
 			}
+			guardOps = []clientv3.Op{clientv3.OpPut(a.keys.hostClaim(), cidr.Key(pc))}
 			cand, outer = pc, pc
 		case o.want.IsValid():
 			cand = o.want
@@ -230,7 +236,7 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 			clientv3.Compare(clientv3.ModRevision(a.keys.pool(p.parsed.Name)), "=", p.rev),
 		}
 		cmps = append(cmps, guard...)
-		var ops []clientv3.Op
+		ops := guardOps
 		rkey := a.keys.router(n.node.GetName(), f)
 		var routerAddr netip.Addr
 		if !a.hasRouter(n.node.GetName(), f) && a.takesRouter(p.parsed, f) {

@@ -21,6 +21,7 @@ import (
 //	holds/<pool>/<family>/<block>/<ip>   Reservation of a held address (protojson)
 //	holdkeys/<family>/<key>              the holds/ key a reservation key holds
 //	stickyowners/<key>                   the handle of the live allocation with that sticky key
+//	hostclaim                            the last host-scope block claimed; every such claim compares and rewrites it
 //
 // Nodes and blocks share the topology/ prefix so one watch sees their
 // changes in commit order (WatchBlocks). An address is free exactly when neither its alloc/ nor its holds/ key
@@ -37,6 +38,7 @@ func (k keys) nodes() string               { return k.topology() + "nodes/" }
 func (k keys) node(name string) string     { return k.nodes() + name }
 func (k keys) blocks() string              { return k.topology() + "blocks/" }
 func (k keys) block(b netip.Prefix) string { return k.blocks() + cidr.Key(b) }
+func (k keys) hostClaim() string           { return k.root + "hostclaim" }
 func (k keys) router(node string, f pool.Family) string {
 	return k.root + "routers/" + node + "/" + familyKey(f)
 }

@@ -1,8 +1,11 @@
 package allocator
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -346,6 +349,62 @@ func waitFor(t *testing.T, cond func() bool) {
 	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met within 5 s")
+		}
+	}
+}
+
+// Two replicas claim overlapping pod CIDRs of two nodes at once: one claim
+// wins, the other is refused, never both.
+func TestHostScopeRacingOverlapsOneWins(t *testing.T) {
+	cli := newClient(t)
+	for round := range 10 {
+		root := testRoot(t) + fmt.Sprintf("r%d/", round)
+		a, b := newAllocator(t, cli, root), newAllocator(t, cli, root)
+		mustPool(t, a, hostPool("host", true, "10.244.0.0/16"))
+		mustNode(t, a, "n1", "10.244.1.0/24")
+		mustNode(t, a, "n2", "10.244.1.0/25")
+		waitFor(t, func() bool { _, err := b.lookupNode(t.Context(), "n2"); return err == nil })
+		errs := make(chan error, 2)
+		go func() { _, err := a.ClaimBlock(t.Context(), "n1", "", pool.IPv4, ""); errs <- err }()
+		go func() { _, err := b.ClaimBlock(t.Context(), "n2", "", pool.IPv4, ""); errs <- err }()
+		first, second := <-errs, <-errs
+		if (first == nil) == (second == nil) {
+			t.Fatalf("round %d: overlapping claims returned %v and %v, want exactly one refused", round, first, second)
+		}
+		if err := errors.Join(first, second); !errors.Is(err, ErrPrecondition) {
+			t.Errorf("round %d: refused with %v, want ErrPrecondition", round, err)
+		}
+	}
+}
+
+// Claims and releases of cluster-scope blocks, a busy cluster's churn, do
+// not make host-scope claims run out of attempts.
+func TestHostScopeClaimsUnderClusterChurn(t *testing.T) {
+	cli, root := newClient(t), testRoot(t)
+	a := newAllocator(t, cli, root, func(c *Config) { c.MaxAttempts = 4 })
+	churner := newAllocator(t, cli, root)
+	mustPool(t, a, v4Pool("busy", false, 28, "10.50.0.0/16"))
+	mustPool(t, a, hostPool("host", true, "10.244.0.0/16"))
+	mustNode(t, a, "churn")
+	ctx, stop := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Go(func() {
+			for i := 0; ctx.Err() == nil; i++ {
+				bl, err := churner.ClaimBlock(ctx, "churn", "busy", pool.IPv4, fmt.Sprintf("w%d-%d", w, i))
+				if err != nil {
+					continue
+				}
+				_, _ = churner.ReleaseBlock(ctx, bl[0].GetCidr(), "churn", "")
+			}
+		})
+	}
+	defer func() { stop(); wg.Wait() }()
+	for i := range 30 {
+		node := fmt.Sprintf("h%d", i)
+		mustNode(t, a, node, fmt.Sprintf("10.244.%d.0/24", i))
+		if _, err := a.ClaimBlock(t.Context(), node, "", pool.IPv4, ""); err != nil {
+			t.Fatalf("host-scope claim of %s during cluster churn: %v", node, err)
 		}
 	}
 }
