@@ -498,6 +498,9 @@ func (a *Allocator) claimAndPick(ctx context.Context, n nodeRef, p poolRef, f po
 	if err != nil {
 		return famPlan{}, err
 	}
+	if a.testHookClaimed != nil {
+		a.testHookClaimed(blk.blockRecord)
+	}
 	u, err := a.usageOf(ctx, blk.blockRecord)
 	if err != nil {
 		return famPlan{}, err
@@ -506,7 +509,8 @@ func (a *Allocator) claimAndPick(ctx context.Context, n nodeRef, p poolRef, f po
 		return famPlan{fam: f, pool: p, block: blk, addr: addr, usage: u}, nil
 	}
 	// Allocations that read the node's blocks once the claim landed (not
-	// waiting for it) may have taken every address before this one.
+	// waiting for the claim) may have taken every address before this one
+	// picked: claim again.
 	podAddrs := usableIn(fs, blk.Outer, blk.CIDR)
 	if blk.RouterIP != "" {
 		podAddrs--

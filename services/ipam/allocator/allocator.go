@@ -102,6 +102,9 @@ type Allocator struct {
 
 	claimMu  sync.Mutex
 	claiming map[claimKey]*claimFlight
+	// testHookClaimed, if set, runs after an allocation claimed a block
+	// and before it picks from it (tests make others race it there).
+	testHookClaimed func(*blockRecord)
 
 	stop context.CancelFunc
 	done sync.WaitGroup

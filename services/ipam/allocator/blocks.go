@@ -271,6 +271,9 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		}
 		if resp.Succeeded {
 			a.blocks.put(bkey, rec, resp.Header.Revision)
+			// A view of the CIDR from an earlier claim, released since
+			// (perhaps through another replica), is stale.
+			a.invalidate(cand)
 			if routerAddr.IsValid() {
 				if u, err := a.usageOf(ctx, rec); err == nil {
 					u.settle(routerAddr, true)

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/axon-cni/axon/services/ipam/pool"
 )
 
 // newReplicas starts n allocators (IPAM replicas) under one root, with a
@@ -194,4 +196,35 @@ func burst(t *testing.T, a *Allocator, node string, pods int, check func(id stri
 		})
 	}
 	wg.Wait()
+}
+
+// TestClaimerWhoseBlockWasTakenClaimsAgain fills a block between its
+// claim and the claimer's pick, as allocations that did not wait for the
+// claim can: the claimer claims another block rather than refusing.
+func TestClaimerWhoseBlockWasTakenClaimsAgain(t *testing.T) {
+	cli := newClient(t)
+	a := newAllocator(t, cli, testRoot(t))
+	mustPool(t, a, v4Pool("default", true, 28, "10.98.0.0/16"))
+	mustNode(t, a, "n1")
+	p, err := a.lookupPool(t.Context(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := p.parsed.Family(pool.IPv4)
+	var once sync.Once
+	a.testHookClaimed = func(b *blockRecord) {
+		once.Do(func() {
+			free := int(usableIn(fs, b.Outer, b.CIDR))
+			if b.RouterIP != "" {
+				free--
+			}
+			for i := range free {
+				mustAlloc(t, a, allocReq("n1", fmt.Sprintf("early-%d", i)))
+			}
+		})
+	}
+	mustAlloc(t, a, allocReq("n1", "claimer"))
+	if got := len(blocksOf(t, a, "n1")); got != 2 {
+		t.Errorf("node has %d blocks, want 2 (the taken one and the claimer's)", got)
+	}
 }
