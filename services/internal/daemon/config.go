@@ -62,10 +62,16 @@ func (c *Config) Validate() error {
 	if c.GRPCAddr == "" && c.UnixSocket == "" {
 		return errors.New("one of --grpc-addr or --grpc-socket is required")
 	}
-	for _, a := range []struct{ flag, addr string }{{"--grpc-addr", c.GRPCAddr}, {"--metrics-addr", c.MetricsAddr}} {
-		if _, _, err := inheritedFD(a.addr); err != nil {
-			return fmt.Errorf("%s: %w", a.flag, err)
-		}
+	grpcFD, grpcInherited, err := inheritedFD(c.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("--grpc-addr: %w", err)
+	}
+	metricsFD, metricsInherited, err := inheritedFD(c.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("--metrics-addr: %w", err)
+	}
+	if grpcInherited && metricsInherited && grpcFD == metricsFD {
+		return fmt.Errorf("--grpc-addr and --metrics-addr name the same inherited socket (fd:%d)", grpcFD)
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("--tls-cert and --tls-key must be given together")

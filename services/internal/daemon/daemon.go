@@ -361,6 +361,12 @@ func listenTCP(addr string) (net.Listener, error) {
 	f := os.NewFile(uintptr(fd), addr)
 	// FileListener holds its own duplicate; the inherited descriptor is done.
 	defer f.Close()
+	// A socket that does not listen would fail only at its first accept.
+	if listening, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err != nil {
+		return nil, fmt.Errorf("inherited socket %s: %w", addr, err)
+	} else if listening == 0 {
+		return nil, fmt.Errorf("inherited socket %s does not listen", addr)
+	}
 	l, err := net.FileListener(f)
 	if err != nil {
 		return nil, fmt.Errorf("inherited socket %s: %w", addr, err)

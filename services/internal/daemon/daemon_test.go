@@ -218,6 +218,21 @@ func TestRunRejectsBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unixFile.Close()
+	tcpListener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tcpListener.Close()
+	conn, err := net.Dial("tcp", tcpListener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	connFile, err := conn.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer connFile.Close()
 	tests := []struct {
 		name      string
 		args      []string
@@ -234,6 +249,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{name: "inherited socket a standard stream", args: []string{"--grpc-addr", "127.0.0.1:0", "--metrics-addr", "fd:2"}, wantUsage: true, wantErr: "--metrics-addr"},
 		{name: "inherited descriptor not a socket", args: []string{"--grpc-addr", "fd"}, wantErr: "inherited socket"},
 		{name: "inherited socket not TCP", args: []string{"--grpc-addr", "fd"}, wantErr: "want TCP"},
+		{name: "inherited socket not listening", args: []string{"--grpc-addr", "fd"}, wantErr: "does not listen"},
+		{name: "one inherited socket twice", args: []string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:3"}, wantUsage: true, wantErr: "same inherited socket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -244,6 +261,8 @@ func TestRunRejectsBadInput(t *testing.T) {
 				tt.args[len(tt.args)-1] = inherit(t, file)
 			case "inherited socket not TCP":
 				tt.args[len(tt.args)-1] = inherit(t, unixFile)
+			case "inherited socket not listening":
+				tt.args[len(tt.args)-1] = inherit(t, connFile)
 			}
 			var stderr bytes.Buffer
 			err := Run(t.Context(), Spec{Name: "test"}, tt.args, &stderr)

@@ -273,6 +273,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	logMu := &sync.Mutex{}
 	for i, comp := range c.Control {
 		p, err := start(cfg.BinDir, comp, logMu, c.exited)
+		c.Control[i].files = nil // the process has them now
 		if err != nil {
 			closeFiles(c.Control[i+1:])
 			return nil, err
