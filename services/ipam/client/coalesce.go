@@ -49,10 +49,10 @@ type Coalescing struct {
 	queue    []*call
 	inflight int
 
-	// unbatchedUntil (unix nanoseconds) is set when the service answered
-	// that it does not implement AllocateIPs (an older version): until
-	// then calls are sent one by one.
-	unbatchedUntil atomic.Int64
+	// unbatchedUntil is set when the service answered that it does not
+	// implement AllocateIPs (an older version): until then calls are sent
+	// one by one.
+	unbatchedUntil atomic.Pointer[time.Time]
 	now            func() time.Time
 }
 
@@ -63,7 +63,8 @@ func New(c ipamv1alpha1.IPAMServiceClient) *Coalescing {
 
 // unbatched reports whether calls go one by one now.
 func (c *Coalescing) unbatched() bool {
-	return c.now().UnixNano() < c.unbatchedUntil.Load()
+	until := c.unbatchedUntil.Load()
+	return until != nil && c.now().Before(*until)
 }
 
 // call is one AllocateIP call waiting for its answer.
@@ -230,7 +231,8 @@ func (c *Coalescing) send(calls []*call) {
 	}
 	resp, err := c.IPAMServiceClient.AllocateIPs(ctx, &ipamv1alpha1.AllocateIPsRequest{Requests: reqs})
 	if status.Code(err) == codes.Unimplemented {
-		c.unbatchedUntil.Store(c.now().Add(unbatchedFor).UnixNano())
+		until := c.now().Add(unbatchedFor)
+		c.unbatchedUntil.Store(&until)
 		var wg sync.WaitGroup
 		for _, cl := range calls {
 			wg.Go(func() { c.sendOne(cl) })
