@@ -497,6 +497,47 @@ struct axon_vxlan_encap {
 #endif
 
 /*
+ * The outer IPv4 length of the largest packet encapsulating skb sends: the
+ * whole packet's, or for a GSO packet one segment's (its inner IP and
+ * TCP/UDP headers plus gso_size). 0 when a GSO packet's headers are not
+ * TCP or UDP over IPv4 or IPv6.
+ */
+static __always_inline __u32 encap_wire_len(struct __sk_buff *skb, __u32 inner_len)
+{
+	const __u32 l3 = sizeof(struct ethhdr);
+	__u32 l4, hdrs;
+	__u8 proto, doff;
+
+	if (!skb->gso_size)
+		return sizeof(struct axon_vxlan_encap) + inner_len;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 vihl;
+
+		if (bpf_skb_load_bytes(skb, l3, &vihl, 1) < 0 ||
+		    bpf_skb_load_bytes(skb, l3 + __builtin_offsetof(struct iphdr, protocol), &proto, 1) < 0)
+			return 0;
+		l4 = (vihl & 0x0f) * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, l3 + __builtin_offsetof(struct ipv6hdr, nexthdr), &proto, 1) < 0)
+			return 0;
+		l4 = sizeof(struct ipv6hdr);
+	} else {
+		return 0;
+	}
+	if (proto == IPPROTO_UDP) {
+		hdrs = l4 + sizeof(struct udphdr);
+	} else if (proto == IPPROTO_TCP) {
+		/* The data offset: the top four bits of TCP header byte 12. */
+		if (bpf_skb_load_bytes(skb, l3 + l4 + 12, &doff, 1) < 0)
+			return 0;
+		hdrs = l4 + (doff >> 4) * 4;
+	} else {
+		return 0;
+	}
+	return sizeof(struct axon_vxlan_encap) + hdrs + skb->gso_size;
+}
+
+/*
  * Encapsulates the frame in VXLAN to remote here, as axon_vxlan would, and
  * sends it out of the underlay device the node's FIB picks for the remote
  * node: the packet skips the VXLAN device, its per-packet route lookup and
@@ -529,6 +570,14 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 	fib.ipv4_src = cfg->node_ip4;
 	fib.ipv4_dst = remote->node_ip4;
 	fib.ifindex = skb->ingress_ifindex;
+	/*
+	 * The lookup checks what goes on the wire against the path MTU the
+	 * node knows for the remote node (a route's, or one an ICMP "need to
+	 * fragment" taught it): a packet that would not fit goes to
+	 * axon_vxlan, which sends it without DF, fragmented, rather than
+	 * being built here with DF and lost on the way.
+	 */
+	fib.tot_len = encap_wire_len(skb, inner_len);
 	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return -1;
@@ -551,7 +600,7 @@ static __always_inline long encap_vxlan(struct __sk_buff *skb, const struct axon
 	/* The source port spreads flows over the underlay's paths, as the
 	 * kernel's VXLAN does, from the inner flow's hash. */
 	hash = bpf_get_hash_recalc(skb);
-	/* Don't fragment: the pod MTU leaves room for the headers, and
+	/* Don't fragment: the packet fits the path (checked above), and
 	 * fragments of one flow would share the hash-derived ID. */
 	ip.frag_off = bpf_htons(0x4000);
 	ip.id = (__be16)hash;

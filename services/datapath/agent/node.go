@@ -186,8 +186,9 @@ func defaultRouteDevice(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) 
 
 // derivePodMTU is the pods' MTU on the node's underlay: all of the underlay
 // device's MTU in native mode; in tunnel mode less tunnelOverhead, so that a
-// full-size pod packet still fits once encapsulated (the programs set DF on
-// the outer header, so a larger one would be dropped, not fragmented).
+// full-size pod packet still fits the device once encapsulated (the
+// programs set DF on the outer header; only a packet too large for the path
+// MTU the node knows goes to the tunnel device, which fragments it).
 // Without an underlay device it assumes defaultUnderlayMTU and also returns
 // the errNoUnderlay error saying why.
 func derivePodMTU(h *netlink.Handle, nodeIPs []netip.Addr, mode string) (pod int, underlay netlink.Link, err error) {
