@@ -496,16 +496,21 @@ struct axon_vxlan_encap {
 #define BPF_F_ADJ_ROOM_ENCAP_L2(len) (((__u64)len & 0xff) << 56)
 #endif
 
+/* IPv6 hop-by-hop option carrying a jumbo payload length (RFC 2675). */
+#define AXON_IPV6_TLV_JUMBO 0xc2
+
 /*
  * The outer IPv4 length of the largest packet encapsulating skb sends: the
  * whole packet's, or for a GSO packet one segment's (its inner IP and
- * TCP/UDP headers plus gso_size). 0 when a GSO packet's headers are not
- * TCP or UDP over IPv4 or IPv6.
+ * TCP/UDP headers plus gso_size). A GSO packet whose headers are not TCP or
+ * UDP over IPv4 or IPv6 gets the largest length, so it is never sent with
+ * DF unchecked. (A pod's own tunnel packets count as UDP: their segments'
+ * inner headers are not seen, so they are undercounted.)
  */
 static __always_inline __u32 encap_wire_len(struct __sk_buff *skb, __u32 inner_len)
 {
-	const __u32 l3 = sizeof(struct ethhdr);
-	__u32 l4, hdrs;
+	const __u32 l3 = sizeof(struct ethhdr), unknown = 0xffff;
+	__u32 l4, hdrs, jumbo = 0;
 	__u8 proto, doff;
 
 	if (!skb->gso_size)
@@ -515,24 +520,38 @@ static __always_inline __u32 encap_wire_len(struct __sk_buff *skb, __u32 inner_l
 
 		if (bpf_skb_load_bytes(skb, l3, &vihl, 1) < 0 ||
 		    bpf_skb_load_bytes(skb, l3 + __builtin_offsetof(struct iphdr, protocol), &proto, 1) < 0)
-			return 0;
+			return unknown;
 		l4 = (vihl & 0x0f) * 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		if (bpf_skb_load_bytes(skb, l3 + __builtin_offsetof(struct ipv6hdr, nexthdr), &proto, 1) < 0)
-			return 0;
+			return unknown;
 		l4 = sizeof(struct ipv6hdr);
+		/*
+		 * BIG TCP over IPv6: a packet over 64 KiB carries an 8-byte
+		 * hop-by-hop header with a jumbo length, which its segments
+		 * do not.
+		 */
+		if (proto == IPPROTO_HOPOPTS) {
+			__u8 hbh[3]; /* next header, length, first option's type */
+
+			if (bpf_skb_load_bytes(skb, l3 + l4, hbh, sizeof(hbh)) < 0 || hbh[1] != 0 ||
+			    hbh[2] != AXON_IPV6_TLV_JUMBO)
+				return unknown;
+			proto = hbh[0];
+			jumbo = 8;
+		}
 	} else {
-		return 0;
+		return unknown;
 	}
 	if (proto == IPPROTO_UDP) {
 		hdrs = l4 + sizeof(struct udphdr);
 	} else if (proto == IPPROTO_TCP) {
 		/* The data offset: the top four bits of TCP header byte 12. */
-		if (bpf_skb_load_bytes(skb, l3 + l4 + 12, &doff, 1) < 0)
-			return 0;
+		if (bpf_skb_load_bytes(skb, l3 + l4 + jumbo + 12, &doff, 1) < 0)
+			return unknown;
 		hdrs = l4 + (doff >> 4) * 4;
 	} else {
-		return 0;
+		return unknown;
 	}
 	return sizeof(struct axon_vxlan_encap) + hdrs + skb->gso_size;
 }
