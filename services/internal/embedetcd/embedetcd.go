@@ -29,6 +29,10 @@ type Config struct {
 	StartTimeout time.Duration
 	// Log receives etcd's errors; nil discards them.
 	Log *slog.Logger
+
+	// listenURL resolves a listen address (tests replace it to lose a
+	// chosen port to another listener); nil is the package's listenURL.
+	listenURL func(addr string) (url.URL, error)
 }
 
 // Server is a running embedded etcd member.
@@ -51,6 +55,9 @@ func Start(c Config) (*Server, error) {
 	cfg.Name = "axon"
 	if c.Log == nil {
 		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.listenURL == nil {
+		c.listenURL = listenURL
 	}
 	closing := new(atomic.Bool)
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{
@@ -96,11 +103,11 @@ const startAttempts = 3
 // startOnce starts the member on c's addresses; retry says the failure was
 // a port it chose free and that was taken since.
 func startOnce(cfg *embed.Config, c Config) (_ *embed.Etcd, clientURL url.URL, retry bool, err error) {
-	clientURL, err = listenURL(c.ClientAddr)
+	clientURL, err = c.listenURL(c.ClientAddr)
 	if err != nil {
 		return nil, url.URL{}, false, fmt.Errorf("client address: %w", err)
 	}
-	peerURL, err := listenURL(c.PeerAddr)
+	peerURL, err := c.listenURL(c.PeerAddr)
 	if err != nil {
 		return nil, url.URL{}, false, fmt.Errorf("peer address: %w", err)
 	}

@@ -2,6 +2,7 @@ package embedetcd
 
 import (
 	"net"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,5 +46,33 @@ func TestIsPortZero(t *testing.T) {
 		if got := isPortZero(addr); got != want {
 			t.Errorf("isPortZero(%q) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// A port chosen free and taken by someone else before etcd listens on it
+// makes Start try again on fresh ports.
+func TestStartRetriesAPortTakenMeanwhile(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	calls := 0
+	s, err := Start(Config{
+		Dir: filepath.Join(t.TempDir(), "etcd"),
+		listenURL: func(addr string) (url.URL, error) {
+			calls++
+			if calls == 1 { // the first client port: lost to another listener
+				return url.URL{Scheme: "http", Host: taken.Addr().String()}, nil
+			}
+			return listenURL(addr)
+		},
+	})
+	if err != nil {
+		t.Fatalf("Start() = %v, want a start on fresh ports", err)
+	}
+	defer s.Close()
+	if calls != 4 || strings.HasSuffix(s.ClientURL(), taken.Addr().String()) {
+		t.Errorf("ports resolved %d times (want 4: two starts), client URL %s", calls, s.ClientURL())
 	}
 }
