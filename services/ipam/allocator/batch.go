@@ -190,15 +190,14 @@ func (a *Allocator) commitBatch(all []*commitJob) {
 		return
 	}
 	// The batch may take only as long as its most impatient caller waits.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	deadline := time.Now().Add(10 * time.Second)
 	for _, j := range jobs {
-		if d, ok := j.ctx.Deadline(); ok {
-			var c context.CancelFunc
-			ctx, c = context.WithDeadline(ctx, d)
-			defer c()
+		if d, ok := j.ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
 		}
 	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
 	if len(jobs) > 1 {
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
