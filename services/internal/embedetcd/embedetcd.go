@@ -118,7 +118,7 @@ func startOnce(cfg *embed.Config, c Config) (_ *embed.Etcd, clientURL url.URL, r
 	cfg.InitialCluster = cfg.Name + "=" + peerURL.String()
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		retry := isAddrInUse(err) &&
+		retry := IsAddrInUse(err) &&
 			(isPortZero(c.ClientAddr) && strings.Contains(err.Error(), clientURL.Host) ||
 				isPortZero(c.PeerAddr) && strings.Contains(err.Error(), peerURL.Host))
 		return nil, url.URL{}, retry, fmt.Errorf("start embedded etcd in %s: %w", c.Dir, err)
@@ -134,7 +134,9 @@ func isPortZero(addr string) bool {
 	return err == nil && port == "0"
 }
 
-func isAddrInUse(err error) bool {
+// IsAddrInUse reports whether err is a failure to listen on an address
+// another socket holds, as etcd returns it.
+func IsAddrInUse(err error) bool {
 	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
 }
 

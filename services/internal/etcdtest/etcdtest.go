@@ -31,7 +31,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,6 +38,8 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/axon-cni/axon/services/internal/embedetcd"
 )
 
 const (
@@ -190,7 +191,7 @@ func (c *Cluster) start(dir string, n int, o options) error {
 func (m *member) start() error {
 	var err error
 	for range startAttempts {
-		if err = m.startOnce(); err == nil || !isAddrInUse(err) {
+		if err = m.startOnce(); err == nil || !embedetcd.IsAddrInUse(err) {
 			break
 		}
 	}
@@ -466,8 +467,4 @@ func freeURL() (url.URL, error) {
 		return url.URL{}, err
 	}
 	return url.URL{Scheme: "http", Host: addr}, nil
-}
-
-func isAddrInUse(err error) bool {
-	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
 }
