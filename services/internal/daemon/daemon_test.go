@@ -238,6 +238,9 @@ func TestRunRejectsBadInput(t *testing.T) {
 		args      []string
 		wantUsage bool
 		wantErr   string
+		// inherit, if set, is passed (a duplicate of it) as the last
+		// argument, an fd:N address the daemon takes over.
+		inherit *os.File
 	}{
 		{name: "unknown flag", args: []string{"--bogus"}, wantUsage: true, wantErr: "bogus"},
 		{name: "bad duration", args: []string{"--shutdown-timeout", "x"}, wantUsage: true, wantErr: "shutdown-timeout"},
@@ -247,22 +250,17 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{name: "invalid listen address", args: []string{"--grpc-addr", "256.0.0.1:1"}, wantErr: "listen on"},
 		{name: "inherited socket not a number", args: []string{"--grpc-addr", "fd:x"}, wantUsage: true, wantErr: "want fd:N"},
 		{name: "inherited socket a standard stream", args: []string{"--grpc-addr", "127.0.0.1:0", "--metrics-addr", "fd:2"}, wantUsage: true, wantErr: "--metrics-addr"},
-		{name: "inherited descriptor not a socket", args: []string{"--grpc-addr", "fd"}, wantErr: "inherited socket"},
-		{name: "inherited socket not TCP", args: []string{"--grpc-addr", "fd"}, wantErr: "want TCP"},
-		{name: "inherited socket not listening", args: []string{"--grpc-addr", "fd"}, wantErr: "does not listen"},
+		{name: "inherited descriptor not a socket", args: []string{"--grpc-addr", ""}, inherit: file, wantErr: "inherited socket"},
+		{name: "inherited socket not TCP", args: []string{"--grpc-addr", ""}, inherit: unixFile, wantErr: "want TCP"},
+		{name: "inherited socket not listening", args: []string{"--grpc-addr", ""}, inherit: connFile, wantErr: "does not listen"},
 		{name: "one inherited socket twice", args: []string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:3"}, wantUsage: true, wantErr: "same inherited socket"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			// The descriptors are made only for the case that uses them:
-			// the daemon takes each over.
-			switch tt.name {
-			case "inherited descriptor not a socket":
-				tt.args[len(tt.args)-1] = inherit(t, file)
-			case "inherited socket not TCP":
-				tt.args[len(tt.args)-1] = inherit(t, unixFile)
-			case "inherited socket not listening":
-				tt.args[len(tt.args)-1] = inherit(t, connFile)
+			// The descriptor is made only for the case that uses it: the
+			// daemon takes it over.
+			if tt.inherit != nil {
+				tt.args[len(tt.args)-1] = inherit(t, tt.inherit)
 			}
 			var stderr bytes.Buffer
 			err := Run(t.Context(), Spec{Name: "test"}, tt.args, &stderr)
