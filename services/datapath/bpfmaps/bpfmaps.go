@@ -1,0 +1,91 @@
+// Package bpfmaps is the node agent's seam to the eBPF datapath: the maps it
+// writes and reads ([Maps]) and the programs it attaches ([Programs]). The
+// real implementation is services/datapath/loader; the in-memory fake in
+// bpfmaps/bpffake lets the agent's logic be tested without root or BPF.
+package bpfmaps
+
+import (
+	"net"
+	"net/netip"
+)
+
+// Endpoint is a pod address's entry: where the programs deliver it.
+type Endpoint struct {
+	// Ifindex is the pod's host-side veth in the node's namespace.
+	Ifindex int
+	// ID is the endpoint's ID.
+	ID uint32
+	// PodMAC and HostMAC are the pod side's and the host side's MACs.
+	PodMAC, HostMAC net.HardwareAddr
+}
+
+// Mode is how pods reach other nodes.
+type Mode int
+
+// Routing modes.
+const (
+	ModeNative Mode = iota + 1
+	ModeTunnel
+)
+
+// Config is the node-wide datapath configuration.
+type Config struct {
+	Mode Mode
+	// TunnelIfindex is the overlay device (tunnel mode).
+	TunnelIfindex int
+	// Geneve says the overlay device is Geneve, not VXLAN.
+	Geneve bool
+	// NodeIP is the node's underlay IPv4 address (the tunnel source);
+	// invalid lets the kernel pick.
+	NodeIP netip.Addr
+}
+
+// Maps is what the agent writes to and reads from the datapath's maps.
+// Deleting a missing entry is success.
+type Maps interface {
+	// PutEndpoint writes a pod address's entry (either family).
+	PutEndpoint(ip netip.Addr, ep Endpoint) error
+	DeleteEndpoint(ip netip.Addr) error
+	// Endpoint returns a pod address's entry; an error when it has none.
+	Endpoint(ip netip.Addr) (Endpoint, error)
+	// EndpointAddrs lists the addresses with endpoint entries.
+	EndpointAddrs() ([]netip.Addr, error)
+
+	// PutDevice and DeleteDevice keep which pod (a key the agent allocates
+	// per pod) a host-side veth belongs to: a pod may send any of its
+	// addresses out of any of its veths.
+	PutDevice(ifindex int, pod uint32) error
+	DeleteDevice(ifindex int) error
+
+	// PutRemote routes another node's block to that node's IPv4 underlay
+	// address; DeleteRemote forgets it.
+	PutRemote(block netip.Prefix, nodeIP netip.Addr) error
+	DeleteRemote(block netip.Prefix) error
+	// RemoteBlocks lists the remote blocks in the maps and their nodes.
+	RemoteBlocks() (map[netip.Prefix]netip.Addr, error)
+
+	// Configure writes the node-wide configuration.
+	Configure(c Config) error
+}
+
+// Programs is how the agent attaches the datapath's programs.
+type Programs interface {
+	// AttachEndpoint puts the pod program on a pod's host veth; it stays
+	// until the veth is deleted.
+	AttachEndpoint(ifindex int) error
+	// IsEndpointDevice reports whether ifindex carries the pod program.
+	IsEndpointDevice(ifindex int) bool
+	// EndpointProgramProblems describes what is wrong with the pod program
+	// on the host veth hostName; nil when it is in place.
+	EndpointProgramProblems(hostName string) []string
+	// AttachOverlay attaches the overlay programs to the tunnel device.
+	AttachOverlay(ifindex int) error
+	// AttachUnderlay attaches the delivery program to the underlay device.
+	AttachUnderlay(ifindex int) error
+}
+
+// Datapath is the whole eBPF side of a node.
+type Datapath interface {
+	Maps
+	Programs
+}
