@@ -1,0 +1,382 @@
+// Package nlfake is an in-memory [nl.Namespaces]: network namespaces with
+// links, addresses, routes and neighbours that behave, where the node agent
+// depends on it, like the kernel through vishvananda/netlink. It lets the
+// agent's endpoint lifecycle be tested without root, including a netlink
+// call failing half-way ([Fake.FailOn], [Fake.SetFail]) and things changed
+// behind the agent's back ([Fake.DeleteLink], [Fake.DeleteNamespace]).
+//
+// What the fake does not model: connected and local routes the kernel
+// derives from addresses, IPv6 link-local addresses, link-down route
+// flushing, and a namespace outliving its path while a handle is open.
+// The conformance suite in nl/nltest holds the modelled behaviour to the
+// kernel's.
+package nlfake
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"unsafe"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/axon-cni/axon/services/datapath/nl"
+)
+
+// NodeNS names the node's namespace in the fake's inspection and failure
+// injection calls; pod namespaces are named by their path.
+const NodeNS = "node"
+
+// Link kinds whose support can be switched off with [Fake.SetKindSupported].
+const (
+	KindVeth   = "veth"
+	KindVxlan  = "vxlan"
+	KindGeneve = "geneve"
+	KindDummy  = "dummy"
+)
+
+// errClosed is what a call on a closed handle returns, as a real handle's
+// closed socket would.
+var errClosed = fmt.Errorf("nlfake: handle closed: %w", unix.EBADF)
+
+// Fake is an in-memory host: the node's namespace and any number of pod
+// namespaces. The zero value is not usable; use [New]. It is safe for
+// concurrent use.
+type Fake struct {
+	mu        sync.Mutex
+	byPath    map[string]*namespace
+	byRef     map[int]*namespace
+	nextIndex int
+	nextRef   int
+	open      int
+	noKind    map[string]bool
+	fail      func(ns, op string) error
+	rules     []*rule
+	calls     map[callKey]int
+}
+
+// rule is a failure FailOn scheduled.
+type rule struct {
+	ns, op string
+	left   int
+	err    error
+}
+
+type callKey struct{ ns, op string }
+
+// namespace is one network namespace's state.
+type namespace struct {
+	name   string
+	ref    int
+	gone   bool
+	links  map[int]*link
+	routes []netlink.Route
+	neighs []netlink.Neigh
+}
+
+// link is one device; peer is the other end of a veth, possibly in another
+// namespace. l's flags and operational state follow from up and noARP
+// (see refresh).
+type link struct {
+	l     netlink.Link
+	ns    *namespace
+	peer  *link
+	addrs []netlink.Addr
+	up    bool
+	noARP bool
+}
+
+// New returns a fake host with only the node's namespace, whose loopback
+// is up.
+func New() *Fake {
+	f := &Fake{
+		byPath: map[string]*namespace{}, byRef: map[int]*namespace{},
+		nextIndex: 2, nextRef: 1000, noKind: map[string]bool{}, calls: map[callKey]int{},
+	}
+	lo := f.newNamespace(NodeNS).links[1]
+	lo.up = true
+	refresh(lo)
+	return f
+}
+
+// newNamespace makes a namespace with its loopback (ifindex 1, down, as in
+// a new kernel namespace). Caller holds f.mu or owns f.
+func (f *Fake) newNamespace(name string) *namespace {
+	ns := &namespace{name: name, ref: f.nextRef, links: map[int]*link{}}
+	f.nextRef++
+	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{
+		Index: 1, Name: "lo", MTU: 65536, EncapType: "loopback", Flags: loopbackFlag, OperState: netlink.OperDown,
+	}}
+	ns.links[1] = &link{l: lo, ns: ns}
+	refresh(ns.links[1])
+	f.byPath[name] = ns
+	f.byRef[ns.ref] = ns
+	return ns
+}
+
+// AddNamespace makes a pod namespace openable at path, as a container
+// runtime would before a CNI ADD. An existing one is kept.
+func (f *Fake) AddNamespace(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.byPath[path]; !ok {
+		f.newNamespace(path)
+	}
+}
+
+// DeleteNamespace destroys the namespace at path, as a container runtime
+// tearing down a sandbox does: its links go, and with them the other ends
+// of its veths and everything on those. A missing one is ignored.
+func (f *Fake) DeleteNamespace(path string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.destroy(path)
+}
+
+func (f *Fake) destroy(path string) {
+	ns, ok := f.byPath[path]
+	if !ok || path == NodeNS {
+		return
+	}
+	for _, l := range ns.links {
+		ns.deleteLink(l)
+	}
+	ns.gone = true
+	delete(f.byPath, path)
+	delete(f.byRef, ns.ref)
+}
+
+// SetKindSupported switches a link kind (KindGeneve, ...) off or on: with
+// it off, LinkAdd of that kind fails with EOPNOTSUPP, as on a kernel
+// without the driver.
+func (f *Fake) SetKindSupported(kind string, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.noKind[kind] = !ok
+}
+
+// SetFail installs a hook every call consults first, with the namespace
+// (NodeNS or a path) and the method name ("RouteReplace", "Open", ...); a
+// non-nil error is returned and the call changes nothing. nil removes it.
+func (f *Fake) SetFail(fn func(ns, op string) error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail = fn
+}
+
+// FailOn makes the nth call (1 for the next) of op in namespace ns from
+// now on fail with err, once; ns "" matches every namespace. The failing
+// call changes nothing.
+func (f *Fake) FailOn(ns, op string, n int, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rules = append(f.rules, &rule{ns: ns, op: op, left: n, err: err})
+}
+
+// Calls counts the calls of op made in namespace ns ("" for all of them),
+// failed ones included.
+func (f *Fake) Calls(ns, op string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for k, c := range f.calls {
+		if (ns == "" || k.ns == ns) && k.op == op {
+			n += c
+		}
+	}
+	return n
+}
+
+// OpenHandles counts the handles opened and not yet closed, for tests that
+// check the code under test closes what it opens.
+func (f *Fake) OpenHandles() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.open
+}
+
+// call records a call and returns the error injected for it, if any.
+// Caller holds f.mu.
+func (f *Fake) call(ns, op string) error {
+	f.calls[callKey{ns, op}]++
+	if f.fail != nil {
+		if err := f.fail(ns, op); err != nil {
+			return err
+		}
+	}
+	for i, r := range f.rules {
+		if (r.ns == "" || r.ns == ns) && r.op == op {
+			r.left--
+			if r.left <= 0 {
+				f.rules = slices.Delete(f.rules, i, i+1)
+				return r.err
+			}
+		}
+	}
+	return nil
+}
+
+// Node opens a handle in the node's namespace.
+func (f *Fake) Node() (nl.Handle, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(NodeNS, "Node"); err != nil {
+		return nil, err
+	}
+	f.open++
+	return &handle{f: f, ns: f.byPath[NodeNS]}, nil
+}
+
+// Open opens the namespace at path; an unknown path wraps nl.ErrNetNS.
+func (f *Fake) Open(path string) (*nl.NS, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(path, "Open"); err != nil {
+		return nil, err
+	}
+	ns, ok := f.byPath[path]
+	if !ok || path == NodeNS {
+		return nil, fmt.Errorf("open %s: %w: %w", path, nl.ErrNetNS, unix.ENOENT)
+	}
+	f.open++
+	h := &handle{f: f, ns: ns}
+	return &nl.NS{Handle: h, Ref: ns.ref, Close: h.Close}, nil
+}
+
+// Ensure makes a namespace at path unless there is one.
+func (f *Fake) Ensure(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(path, "Ensure"); err != nil {
+		return err
+	}
+	if _, ok := f.byPath[path]; !ok {
+		f.newNamespace(path)
+	}
+	return nil
+}
+
+// Remove destroys the namespace at path (see DeleteNamespace); a missing
+// one is success.
+func (f *Fake) Remove(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(path, "Remove"); err != nil {
+		return err
+	}
+	f.destroy(path)
+	return nil
+}
+
+// DeleteLink deletes the link name in namespace ns behind the code under
+// test's back (a veth's peer and the routes, addresses and neighbours of
+// both go with it).
+func (f *Fake) DeleteLink(ns, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.byPath[ns]
+	if !ok {
+		return fmt.Errorf("delete %s in %s: %w", name, ns, nl.ErrNetNS)
+	}
+	l := n.byName(name)
+	if l == nil {
+		return fmt.Errorf("delete %s in %s: %w", name, ns, errNotFound())
+	}
+	n.deleteLink(l)
+	return nil
+}
+
+// Namespaces lists the namespaces' names: NodeNS and the pod paths.
+func (f *Fake) Namespaces() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	names := make([]string, 0, len(f.byPath))
+	for p := range f.byPath {
+		names = append(names, p)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Links returns copies of the links in namespace ns, by ifindex; nil for
+// an unknown namespace.
+func (f *Fake) Links(ns string) []netlink.Link {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.byPath[ns]
+	if !ok {
+		return nil
+	}
+	return n.linkList()
+}
+
+// Link returns a copy of the link name in namespace ns.
+func (f *Fake) Link(ns, name string) (netlink.Link, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.byPath[ns]
+	if !ok {
+		return nil, false
+	}
+	l := n.byName(name)
+	if l == nil {
+		return nil, false
+	}
+	return cloneLink(l.l), true
+}
+
+// Addrs returns the addresses of the link name in namespace ns.
+func (f *Fake) Addrs(ns, name string) []netlink.Addr {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.byPath[ns]
+	if !ok {
+		return nil
+	}
+	l := n.byName(name)
+	if l == nil {
+		return nil
+	}
+	return cloneAddrs(l.addrs)
+}
+
+// Routes returns the routes of namespace ns.
+func (f *Fake) Routes(ns string) []netlink.Route {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.byPath[ns]
+	if !ok {
+		return nil
+	}
+	out := make([]netlink.Route, 0, len(n.routes))
+	for _, r := range n.routes {
+		out = append(out, cloneRoute(r))
+	}
+	return out
+}
+
+// Neighs returns the neighbour entries of namespace ns.
+func (f *Fake) Neighs(ns string) []netlink.Neigh {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.byPath[ns]
+	if !ok {
+		return nil
+	}
+	out := make([]netlink.Neigh, 0, len(n.neighs))
+	for _, nb := range n.neighs {
+		out = append(out, cloneNeigh(nb))
+	}
+	return out
+}
+
+// errNotFound returns what the real handle returns for a missing link: a
+// netlink.LinkNotFoundError. Its only field (the message) is unexported, so
+// it is set through the struct's layout, which is that of its one field.
+func errNotFound() error {
+	var nf netlink.LinkNotFoundError
+	*(*error)(unsafe.Pointer(&nf)) = errors.New("Link not found")
+	return nf
+}
