@@ -121,10 +121,15 @@ func routeFamily(r *netlink.Route) int {
 	return 0
 }
 
-// isZero reports whether n is a default destination.
-func isZero(n *net.IPNet) bool {
-	ones, _ := n.Mask.Size()
-	return n.IP.IsUnspecified() && ones == 0
+// zeroNet is the default destination of family; nil for FAMILY_ALL.
+func zeroNet(family int) *net.IPNet {
+	switch family {
+	case netlink.FAMILY_V4:
+		return &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	case netlink.FAMILY_V6:
+		return &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
+	return nil
 }
 
 // reachable reports whether gw is on-link through l: covered by one of its
@@ -178,10 +183,9 @@ func (h *handle) RouteReplace(route *netlink.Route) error {
 		if r.Family == netlink.FAMILY_V4 {
 			r.Dst.IP = r.Dst.IP.To4()
 		}
-		if isZero(r.Dst) {
-			// The kernel reports a default route without a destination.
-			r.Dst = nil
-		}
+	} else {
+		// netlink reports a default route with the all-zero prefix.
+		r.Dst = zeroNet(r.Family)
 	}
 	if r.Table == 0 {
 		r.Table = unix.RT_TABLE_MAIN
@@ -250,13 +254,13 @@ func (h *handle) RouteDel(route *netlink.Route) error {
 	if table == 0 {
 		table = unix.RT_TABLE_MAIN
 	}
-	dst := route.Dst
-	if dst != nil && isZero(dst) {
-		dst = nil
-	}
 	family := routeFamily(route)
+	dst := normDst(route.Dst)
+	if dst == nil {
+		dst = zeroNet(family)
+	}
 	i := slices.IndexFunc(h.ns.routes, func(r netlink.Route) bool {
-		return r.Table == table && (family == 0 || r.Family == family) && sameNet(normDst(dst), r.Dst) &&
+		return r.Table == table && (family == 0 || r.Family == family) && sameNet(dst, r.Dst) &&
 			(route.LinkIndex == 0 || r.LinkIndex == route.LinkIndex) &&
 			(route.Gw == nil || r.Gw.Equal(route.Gw)) &&
 			(route.Priority == 0 || r.Priority == route.Priority)
@@ -312,7 +316,7 @@ func (h *handle) list(op string, family int, filter *netlink.Route, mask uint64)
 		if mask&netlink.RT_FILTER_TABLE == 0 && r.Table != unix.RT_TABLE_MAIN {
 			continue
 		}
-		if !matches(r, filter, mask) {
+		if !matches(r, family, filter, mask) {
 			continue
 		}
 		out = append(out, cloneRoute(r))
@@ -320,10 +324,10 @@ func (h *handle) list(op string, family int, filter *netlink.Route, mask uint64)
 	return out, nil
 }
 
-// matches applies a RouteListFiltered filter as the real handle does; in
-// particular a destination filter never matches a default route, whose
-// destination the kernel leaves out.
-func matches(r netlink.Route, f *netlink.Route, mask uint64) bool {
+// matches applies a RouteListFiltered filter as the real handle does; a
+// destination filter without a destination asks for family's default
+// route, and never matches with FAMILY_ALL.
+func matches(r netlink.Route, family int, f *netlink.Route, mask uint64) bool {
 	if f == nil {
 		return true
 	}
@@ -337,7 +341,11 @@ func matches(r netlink.Route, f *netlink.Route, mask uint64) bool {
 		mask&netlink.RT_FILTER_SRC != 0 && !r.Src.Equal(f.Src):
 		return false
 	case mask&netlink.RT_FILTER_DST != 0:
-		return r.Dst != nil && f.Dst != nil && sameNet(r.Dst, normDst(f.Dst))
+		dst := normDst(f.Dst)
+		if dst == nil {
+			dst = zeroNet(family)
+		}
+		return dst != nil && sameNet(r.Dst, dst)
 	}
 	return true
 }
