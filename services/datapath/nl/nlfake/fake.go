@@ -57,6 +57,8 @@ type Fake struct {
 	calls     map[callKey]int
 }
 
+var _ nl.Namespaces = (*Fake)(nil)
+
 // rule is a failure FailOn scheduled.
 type rule struct {
 	ns, op string
