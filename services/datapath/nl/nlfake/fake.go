@@ -5,6 +5,9 @@
 // call failing half-way ([Fake.FailOn], [Fake.SetFail]) and things changed
 // behind the agent's back ([Fake.DeleteLink], [Fake.DeleteNamespace]).
 //
+// Ifindexes are unique across the host, except loopback's, which is 1 in
+// every namespace as in the kernel.
+//
 // What the fake does not model: connected and local routes the kernel
 // derives from addresses, IPv6 link-local addresses, link-down route
 // flushing, and a namespace outliving its path while a handle is open.
@@ -327,6 +330,16 @@ func (f *Fake) Link(ns, name string) (netlink.Link, bool) {
 		return nil, false
 	}
 	return cloneLink(l.l), true
+}
+
+// Ifindex returns the ifindex of the link name in namespace ns, e.g. for
+// bpffake.Fake.SetInterfaces.
+func (f *Fake) Ifindex(ns, name string) (int, bool) {
+	l, ok := f.Link(ns, name)
+	if !ok {
+		return 0, false
+	}
+	return l.Attrs().Index, true
 }
 
 // Addrs returns the addresses of the link name in namespace ns.

@@ -43,6 +43,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"Neighbours", neighbours},
 		{"Vxlan", vxlan},
 		{"Copies", copies},
+		{"VethInOneNamespace", vethInOneNamespace},
 		{"OpenMissing", openMissing},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
@@ -153,6 +154,9 @@ func vethAcrossNamespaces(t *testing.T, h *host) {
 		if a.Flags&net.FlagUp != 0 || a.OperState != netlink.OperDown {
 			t.Errorf("%s: new link flags %v state %v, want down", a.Name, a.Flags, a.OperState)
 		}
+	}
+	if hl.Attrs().ParentIndex != pl.Attrs().Index || pl.Attrs().ParentIndex != hl.Attrs().Index {
+		t.Errorf("veth ends' parent indexes %d and %d, want each other's (%d, %d)", hl.Attrs().ParentIndex, pl.Attrs().ParentIndex, pl.Attrs().Index, hl.Attrs().Index)
 	}
 	if _, err := h.node.LinkByName("p0"); !isNotFound(err) {
 		t.Errorf("pod side visible in the node namespace: %v", err)
@@ -312,6 +316,16 @@ func deleteOneEnd(t *testing.T, h *host) {
 	}
 	if !hasRoute(hostRoutes, host32(podIP)) || !hasRoute(hostRoutes, host32(podIP6)) {
 		t.Errorf("host routes %v: want /32 and /128 to the pod", hostRoutes)
+	}
+	for _, r := range hostRoutes {
+		// IPv6 routes report universe scope whatever they were given.
+		want := netlink.SCOPE_LINK
+		if r.Family == netlink.FAMILY_V6 {
+			want = netlink.SCOPE_UNIVERSE
+		}
+		if r.Scope != want {
+			t.Errorf("host route %v has scope %v, want %v", r, r.Scope, want)
+		}
 	}
 
 	// Deleting the pod's end takes the host's end and its routes too.
@@ -531,5 +545,37 @@ func copies(t *testing.T, h *host) {
 func openMissing(t *testing.T, h *host) {
 	if _, err := h.env.NS.Open("/proc/self/no-such-netns"); !errors.Is(err, nl.ErrNetNS) {
 		t.Errorf("open a missing namespace: %v, want ErrNetNS", err)
+	}
+}
+
+func vethInOneNamespace(t *testing.T, h *host) {
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "axh0", MTU: 1450}, PeerName: "axn0"}
+	if err := h.node.LinkAdd(v); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := h.node.LinkByName("axn0")
+	if err != nil {
+		t.Fatalf("peer in the same namespace: %v", err)
+	}
+	if peer.Attrs().MTU != 1450 {
+		t.Errorf("peer MTU %d, want the link's 1450 when PeerMTU is unset", peer.Attrs().MTU)
+	}
+	router := &netlink.Addr{IPNet: host32(gwIP)}
+	for range 2 {
+		if err := h.node.AddrReplace(v, router); err != nil {
+			t.Fatalf("router address: %v", err)
+		}
+	}
+	if addrs, err := h.node.AddrList(v, netlink.FAMILY_V4); err != nil || len(addrs) != 1 {
+		t.Errorf("addresses after AddrReplace twice: %v %v, want one", addrs, err)
+	}
+	if err := h.node.LinkDel(peer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.node.LinkByName("axh0"); !isNotFound(err) {
+		t.Errorf("deleting the peer left %s: %v", "axh0", err)
+	}
+	if addrs, err := h.node.AddrList(nil, netlink.FAMILY_V4); err != nil || slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(gwIP) }) {
+		t.Errorf("addresses after deleting the link: %v %v", addrs, err)
 	}
 }
