@@ -225,8 +225,8 @@ func (f *IPAM) free(b netip.Prefix) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// AllocateIP allocates one address per family of the node's blocks (or of
-// the families asked for) to a handle; a retry with the same handle returns
+// AllocateIP allocates one address per family of the node's blocks (or per
+// family asked for, in that order) to a handle; a retry with the same handle returns
 // the existing allocation. Requested IPs are honoured when free and in a
 // block. Pools, selectors and sticky holds are not modelled.
 func (f *IPAM) AllocateIP(_ context.Context, req *ipamv1alpha1.AllocateIPRequest, _ ...grpc.CallOption) (*ipamv1alpha1.AllocateIPResponse, error) {
@@ -266,11 +266,12 @@ func (f *IPAM) AllocateIP(_ context.Context, req *ipamv1alpha1.AllocateIPRequest
 		Handle: proto.CloneOf(req.GetHandle()), Node: req.GetNode(), PodNamespace: req.GetPod().GetNamespace(),
 		PodName: req.GetPod().GetName(), StickyKey: req.GetStickyKey(), CreateTime: timestamppb.Now(),
 	}
+	blocks, err := f.blocksFor(req.GetFamilies())
+	if err != nil {
+		return nil, err
+	}
 	var ips []netip.Addr
-	for _, b := range f.cfg.Blocks {
-		if fams := req.GetFamilies(); len(fams) > 0 && !slices.Contains(fams, familyOf(b)) {
-			continue
-		}
+	for _, b := range blocks {
 		ip, ok := f.free(b)
 		if i := slices.IndexFunc(requested, func(r netip.Addr) bool { return r.Is4() == b.Addr().Is4() }); i >= 0 {
 			ip = requested[i]
@@ -291,9 +292,6 @@ func (f *IPAM) AllocateIP(_ context.Context, req *ipamv1alpha1.AllocateIPRequest
 			Gateway: routerOf(b).String(), Pool: f.cfg.Pool, Block: b.Masked().String(),
 		})
 	}
-	if len(ips) == 0 {
-		return nil, status.Error(codes.FailedPrecondition, "no pool serves a wanted family")
-	}
 	// All-or-nothing: addresses are taken only once every family has one.
 	for _, ip := range ips {
 		f.used[ip] = key
@@ -302,6 +300,26 @@ func (f *IPAM) AllocateIP(_ context.Context, req *ipamv1alpha1.AllocateIPRequest
 	alloc.Sequence = f.seq
 	f.allocs[key] = alloc
 	return &ipamv1alpha1.AllocateIPResponse{Allocation: proto.CloneOf(alloc)}, nil
+}
+
+// blocksFor returns the node's block of each family wanted, in that order;
+// every block when none is named.
+func (f *IPAM) blocksFor(fams []commonv1alpha1.IPFamily) ([]netip.Prefix, error) {
+	if len(fams) == 0 {
+		if len(f.cfg.Blocks) == 0 {
+			return nil, status.Error(codes.FailedPrecondition, "no pool serves a wanted family")
+		}
+		return f.cfg.Blocks, nil
+	}
+	var out []netip.Prefix
+	for _, fam := range fams {
+		i := slices.IndexFunc(f.cfg.Blocks, func(b netip.Prefix) bool { return familyOf(b) == fam })
+		if i < 0 {
+			return nil, status.Errorf(codes.FailedPrecondition, "no pool serves family %v", fam)
+		}
+		out = append(out, f.cfg.Blocks[i])
+	}
+	return out, nil
 }
 
 // release frees a's addresses and forgets it. Caller holds f.mu.

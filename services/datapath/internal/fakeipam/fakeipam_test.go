@@ -132,10 +132,19 @@ func TestAllocateErrors(t *testing.T) {
 			}
 		})
 	}
-	f := newIPAM(t, "10.244.1.0/26")
+	f := newIPAM(t, "10.244.1.0/26", "fd00:244:1::/120")
 	resp, err := f.AllocateIP(t.Context(), &ipamv1alpha1.AllocateIPRequest{Handle: handle("c"), Node: node, RequestedIps: []string{"10.244.1.9"}})
 	if err != nil || resp.GetAllocation().GetAddresses()[0].GetIp() != "10.244.1.9" {
 		t.Errorf("requested IP: %v %v", resp, err)
+	}
+	v6, v4 := commonv1alpha1.IPFamily_IP_FAMILY_IPV6, commonv1alpha1.IPFamily_IP_FAMILY_IPV4
+	resp, err = f.AllocateIP(t.Context(), &ipamv1alpha1.AllocateIPRequest{Handle: handle("d"), Node: node, Families: []commonv1alpha1.IPFamily{v6, v4}})
+	if got := resp.GetAllocation().GetAddresses(); err != nil || len(got) != 2 || got[0].GetFamily() != v6 || got[1].GetFamily() != v4 {
+		t.Errorf("families IPv6, IPv4: %v %v, want addresses in that order", got, err)
+	}
+	only4 := newIPAM(t, "10.244.1.0/26")
+	if _, err := only4.AllocateIP(t.Context(), &ipamv1alpha1.AllocateIPRequest{Handle: handle("e"), Node: node, Families: []commonv1alpha1.IPFamily{v6}}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a family without a block: %v, want FailedPrecondition", err)
 	}
 }
 
