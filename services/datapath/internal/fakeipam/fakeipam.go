@@ -225,10 +225,10 @@ func (f *IPAM) free(b netip.Prefix) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// AllocateIP allocates one address per family of the node's blocks (or per
-// family asked for, in that order) to a handle; a retry with the same handle returns
-// the existing allocation. Requested IPs are honoured when free and in a
-// block. Pools, selectors and sticky holds are not modelled.
+// AllocateIP allocates one address per family of the node's blocks (or
+// per family asked for, in that order) to a handle; a retry with the same
+// handle returns the existing allocation. Requested IPs are honoured when
+// free and in a block. Pools, selectors and sticky holds are not modelled.
 func (f *IPAM) AllocateIP(_ context.Context, req *ipamv1alpha1.AllocateIPRequest, _ ...grpc.CallOption) (*ipamv1alpha1.AllocateIPResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
