@@ -10,7 +10,7 @@
 //
 // What the fake does not model: connected and local routes the kernel
 // derives from addresses, IPv6 link-local addresses, link-down route
-// flushing, and a namespace outliving its path while a handle is open.
+// flushing.
 // The conformance suite in nl/nltest holds the modelled behaviour to the
 // kernel's.
 package nlfake
@@ -73,12 +73,15 @@ type callKey struct{ ns, op string }
 
 // namespace is one network namespace's state.
 type namespace struct {
-	name   string
-	ref    int
-	gone   bool
-	links  map[int]*link
-	routes []netlink.Route
-	neighs []netlink.Neigh
+	name string
+	ref  int
+	// handles counts the handles open in the namespace; gone says its path
+	// was removed, so the last handle's Close ends it.
+	handles int
+	gone    bool
+	links   map[int]*link
+	routes  []netlink.Route
+	neighs  []netlink.Neigh
 }
 
 // link is one device; peer is the other end of a veth, possibly in another
@@ -131,25 +134,35 @@ func (f *Fake) AddNamespace(path string) {
 	}
 }
 
-// DeleteNamespace destroys the namespace at path, as a container runtime
-// tearing down a sandbox does: its links go, and with them the other ends
-// of its veths and everything on those. A missing one is ignored.
+// DeleteNamespace removes the namespace at path, as a container runtime
+// tearing down a sandbox does: the path goes at once, the namespace when
+// no handle is open in it any more (a kernel namespace lives while a
+// socket in it does), and with it its links, the other ends of its veths
+// and everything on those. A missing one is ignored.
 func (f *Fake) DeleteNamespace(path string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.destroy(path)
 }
 
+// destroy removes the path of a pod namespace. Caller holds f.mu.
 func (f *Fake) destroy(path string) {
 	ns, ok := f.byPath[path]
 	if !ok || path == NodeNS {
 		return
 	}
+	delete(f.byPath, path)
+	ns.gone = true
+	if ns.handles == 0 {
+		f.kill(ns)
+	}
+}
+
+// kill ends a namespace without path or handles. Caller holds f.mu.
+func (f *Fake) kill(ns *namespace) {
 	for _, l := range ns.links {
 		ns.deleteLink(l)
 	}
-	ns.gone = true
-	delete(f.byPath, path)
 	delete(f.byRef, ns.ref)
 }
 
@@ -230,8 +243,7 @@ func (f *Fake) Node() (nl.Handle, error) {
 	if err := f.call(NodeNS, "Node"); err != nil {
 		return nil, err
 	}
-	f.open++
-	return &handle{f: f, ns: f.byPath[NodeNS]}, nil
+	return f.newHandle(f.byPath[NodeNS]), nil
 }
 
 // Open opens the namespace at path; an unknown path wraps nl.ErrNetNS.
@@ -245,8 +257,7 @@ func (f *Fake) Open(path string) (*nl.NS, error) {
 	if !ok || path == NodeNS {
 		return nil, fmt.Errorf("open %s: %w: %w", path, nl.ErrNetNS, unix.ENOENT)
 	}
-	f.open++
-	h := &handle{f: f, ns: ns}
+	h := f.newHandle(ns)
 	return &nl.NS{Handle: h, Ref: ns.ref, Close: h.Close}, nil
 }
 
@@ -263,7 +274,7 @@ func (f *Fake) Ensure(path string) error {
 	return nil
 }
 
-// Remove destroys the namespace at path (see DeleteNamespace); a missing
+// Remove removes the namespace at path as DeleteNamespace does; a missing
 // one is success.
 func (f *Fake) Remove(path string) error {
 	f.mu.Lock()

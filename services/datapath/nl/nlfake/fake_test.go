@@ -54,12 +54,14 @@ func TestNamespaces(t *testing.T) {
 	if err := f.Ensure(podPath); err != nil {
 		t.Fatalf("Ensure of an existing namespace: %v", err)
 	}
-	if _, _, err := wire(t, f, podPath, "h0"); err != nil {
+	_, pod, err := wire(t, f, podPath, "h0")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := f.Link(podPath, "eth0"); !ok {
 		t.Fatal("pod side missing")
 	}
+	pod.Close()
 	if err := f.Remove(podPath); err != nil {
 		t.Fatal(err)
 	}
@@ -75,6 +77,37 @@ func TestNamespaces(t *testing.T) {
 	}
 	if got := f.Namespaces(); len(got) != 1 || got[0] != nlfake.NodeNS {
 		t.Errorf("namespaces %v, want only the node's", got)
+	}
+}
+
+// TestNamespaceOutlivesPath deletes a pod's namespace while a handle is
+// open in it: the wiring goes on, and goes away with the last handle.
+func TestNamespaceOutlivesPath(t *testing.T) {
+	f := nlfake.New()
+	f.AddNamespace(podPath)
+	pod, err := f.Open(podPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.DeleteNamespace(podPath)
+	if _, err := f.Open(podPath); !errors.Is(err, nl.ErrNetNS) {
+		t.Errorf("open after delete: %v, want ErrNetNS", err)
+	}
+	node, err := f.Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Close)
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "h0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(pod.Ref)}
+	if err := node.LinkAdd(v); err != nil {
+		t.Fatalf("veth into a namespace without path: %v", err)
+	}
+	pod.Close()
+	if _, ok := f.Link(nlfake.NodeNS, "h0"); ok {
+		t.Error("host side outlived the namespace's last handle")
+	}
+	if err := node.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "h1"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(pod.Ref)}); !errors.Is(err, unix.EBADF) {
+		t.Errorf("veth into a dead namespace: %v, want EBADF", err)
 	}
 }
 

@@ -45,13 +45,26 @@ func (h *handle) begin(op string) error {
 	return h.f.call(h.ns.name, op)
 }
 
-// Close releases the handle; closing twice is harmless.
+// newHandle opens a handle in ns. Caller holds f.mu.
+func (f *Fake) newHandle(ns *namespace) *handle {
+	f.open++
+	ns.handles++
+	return &handle{f: f, ns: ns}
+}
+
+// Close releases the handle, and ends its namespace if that lost its path
+// and this was the last handle in it; closing twice is harmless.
 func (h *handle) Close() {
 	h.f.mu.Lock()
 	defer h.f.mu.Unlock()
-	if !h.closed {
-		h.closed = true
-		h.f.open--
+	if h.closed {
+		return
+	}
+	h.closed = true
+	h.f.open--
+	h.ns.handles--
+	if h.ns.gone && h.ns.handles == 0 {
+		h.f.kill(h.ns)
 	}
 }
 
