@@ -200,6 +200,9 @@ func (h *handle) LinkAdd(nlink netlink.Link) error {
 	if a.MTU != 0 && (a.MTU < minMTU || a.MTU > maxMTU) {
 		return unix.EINVAL
 	}
+	if max(a.GSOMaxSize, a.GROMaxSize, a.GSOIPv4MaxSize, a.GROIPv4MaxSize) > maxGSO {
+		return unix.EINVAL
+	}
 	stored := newLink(h.ns, cloneLink(nlink), a)
 	if v, ok := nlink.(*netlink.Veth); ok {
 		peerNS := h.ns

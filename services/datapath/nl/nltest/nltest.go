@@ -176,6 +176,10 @@ func vethAcrossNamespaces(t *testing.T, h *host) {
 	if !slices.Equal(names, []string{"lo", "p0"}) {
 		t.Errorf("pod links %v, want [lo p0]", names)
 	}
+	big := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "big0", GSOMaxSize: 524281}, PeerName: "big1"}
+	if err := h.node.LinkAdd(big); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("new veth with a GSO size above the maximum: %v, want EINVAL", err)
+	}
 	if err := h.node.LinkSetGSOIPv4MaxSize(hl, 524281); !errors.Is(err, unix.EINVAL) {
 		t.Errorf("GSO size above the veth's maximum: %v, want EINVAL", err)
 	}
