@@ -49,7 +49,7 @@ type Fake struct {
 	overlay   int
 	underlay  int
 	capacity  int
-	ifindex   func(name string) (int, bool)
+	links     func() map[string]int
 	fail      func(op string) error
 	rules     []*rule
 	calls     map[string]int
@@ -80,13 +80,30 @@ func (f *Fake) SetCapacity(n int) {
 	f.capacity = n
 }
 
-// SetInterfaces tells the fake how host-side veth names map to ifindexes
-// (EndpointProgramProblems takes a name), e.g. from nlfake's node
-// namespace. Without it every name is a missing device.
-func (f *Fake) SetInterfaces(ifindex func(name string) (int, bool)) {
+// SetInterfaces tells the fake which interfaces the node has, as a
+// function returning their ifindexes by name (nlfake's Indexes of its node
+// namespace fits). With it, as with the real programs, AttachEndpoint fails
+// with ENODEV and IsEndpointDevice is false for an ifindex no interface
+// has, and EndpointProgramProblems finds the device by name. Without it
+// every ifindex exists and every name is a missing device. links runs with
+// the fake's lock held, so it must not call the fake.
+func (f *Fake) SetInterfaces(links func() map[string]int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.ifindex = ifindex
+	f.links = links
+}
+
+// exists reports whether an interface has ifindex. Caller holds f.mu.
+func (f *Fake) exists(ifindex int) bool {
+	if f.links == nil {
+		return true
+	}
+	for _, i := range f.links() {
+		if i == ifindex {
+			return true
+		}
+	}
+	return false
 }
 
 // SetFail installs a hook every method consults first with its name (the
@@ -393,6 +410,9 @@ func (f *Fake) AttachEndpoint(ifindex int) error {
 	if ifindex <= 0 {
 		return fmt.Errorf("attach to ifindex %d: not an interface", ifindex)
 	}
+	if !f.exists(ifindex) {
+		return fmt.Errorf("attach to ifindex %d: %w", ifindex, unix.ENODEV)
+	}
 	f.progs[ifindex] = true
 	return nil
 }
@@ -402,7 +422,7 @@ func (f *Fake) IsEndpointDevice(ifindex int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls[opIsEndpointDevice]++
-	return f.progs[ifindex]
+	return f.progs[ifindex] && f.exists(ifindex)
 }
 
 // EndpointProgramProblems describes what is missing on hostName: the
@@ -411,8 +431,8 @@ func (f *Fake) EndpointProgramProblems(hostName string) []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	idx, ok := 0, false
-	if f.ifindex != nil {
-		idx, ok = f.ifindex(hostName)
+	if f.links != nil {
+		idx, ok = f.links()[hostName]
 	}
 	switch {
 	case !ok:

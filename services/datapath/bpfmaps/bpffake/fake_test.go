@@ -208,12 +208,16 @@ func TestPrograms(t *testing.T) {
 	if p := f.EndpointProgramProblems("lxc1"); len(p) != 1 {
 		t.Errorf("problems without a device: %v", p)
 	}
-	f.SetInterfaces(func(name string) (int, bool) { return 7, name == "lxc1" })
+	links := map[string]int{"lxc1": 7}
+	f.SetInterfaces(func() map[string]int { return links })
 	if p := f.EndpointProgramProblems("lxc1"); len(p) != 1 {
 		t.Errorf("problems without a program: %v", p)
 	}
 	if err := f.AttachEndpoint(0); err == nil {
 		t.Error("attaching to ifindex 0 worked")
+	}
+	if err := f.AttachEndpoint(8); !errors.Is(err, unix.ENODEV) {
+		t.Errorf("attaching to a missing interface: %v, want ENODEV", err)
 	}
 	if err := f.AttachEndpoint(7); err != nil {
 		t.Fatal(err)
@@ -224,8 +228,16 @@ func TestPrograms(t *testing.T) {
 	if p := f.EndpointProgramProblems("lxc1"); p != nil {
 		t.Errorf("problems with the program attached: %v", p)
 	}
+	// The interface goes (the veth was deleted), and its program with it.
+	delete(links, "lxc1")
+	if f.IsEndpointDevice(7) {
+		t.Error("a deleted interface carries the program")
+	}
+	if p := f.EndpointProgramProblems("lxc1"); len(p) != 1 {
+		t.Errorf("problems of a deleted interface: %v", p)
+	}
 	f.DetachEndpoint(7)
-	if f.IsEndpointDevice(7) || len(f.EndpointPrograms()) != 0 {
+	if len(f.EndpointPrograms()) != 0 {
 		t.Error("program still attached after DetachEndpoint")
 	}
 	if err := f.AttachOverlay(3); err != nil {

@@ -343,14 +343,20 @@ func (f *Fake) Link(ns, name string) (netlink.Link, bool) {
 	return cloneLink(l.l), true
 }
 
-// Ifindex returns the ifindex of the link name in namespace ns, e.g. for
-// bpffake.Fake.SetInterfaces.
-func (f *Fake) Ifindex(ns, name string) (int, bool) {
-	l, ok := f.Link(ns, name)
+// Indexes returns the ifindexes of the links in namespace ns by name, as
+// bpffake.Fake.SetInterfaces takes them.
+func (f *Fake) Indexes(ns string) map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, ok := f.byPath[ns]
 	if !ok {
-		return 0, false
+		return nil
 	}
-	return l.Attrs().Index, true
+	out := make(map[string]int, len(n.links))
+	for i, l := range n.links {
+		out[l.l.Attrs().Name] = i
+	}
+	return out
 }
 
 // Addrs returns the addresses of the link name in namespace ns.

@@ -315,8 +315,8 @@ func TestInspection(t *testing.T) {
 	if r := f.Routes(nlfake.NodeNS); len(r) != 1 || r[0].Dst.String() != "10.0.0.7/32" {
 		t.Errorf("routes %v", r)
 	}
-	if i, ok := f.Ifindex(podPath, "eth0"); !ok || i != eth0.Attrs().Index {
-		t.Errorf("Ifindex of eth0: %d %v, want %d", i, ok, eth0.Attrs().Index)
+	if idx := f.Indexes(podPath); len(idx) != 2 || idx["eth0"] != eth0.Attrs().Index || idx["lo"] != 1 {
+		t.Errorf("Indexes: %v, want lo 1 and eth0 %d", idx, eth0.Attrs().Index)
 	}
 	if f.Links("/nope") != nil || f.Routes("/nope") != nil {
 		t.Error("inspecting an unknown namespace returned something")
