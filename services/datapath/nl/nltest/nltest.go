@@ -8,6 +8,7 @@ package nltest
 import (
 	"errors"
 	"net"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -45,6 +46,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"Copies", copies},
 		{"VethInOneNamespace", vethInOneNamespace},
 		{"OpenMissing", openMissing},
+		{"EnsureRemove", ensureRemove},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			env := newEnv(t)
@@ -581,5 +583,50 @@ func vethInOneNamespace(t *testing.T, h *host) {
 	}
 	if addrs, err := h.node.AddrList(nil, netlink.FAMILY_V4); err != nil || slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(gwIP) }) {
 		t.Errorf("addresses after deleting the link: %v %v", addrs, err)
+	}
+}
+
+func ensureRemove(t *testing.T, h *host) {
+	path := filepath.Join(t.TempDir(), "netns")
+	for range 2 {
+		if err := h.env.NS.Ensure(path); err != nil {
+			t.Fatalf("Ensure: %v", err)
+		}
+	}
+	t.Cleanup(func() { _ = h.env.NS.Remove(path) })
+	ns, err := h.env.NS.Open(path)
+	if err != nil {
+		t.Fatalf("open an ensured namespace: %v", err)
+	}
+	_, err = ns.Handle.LinkByName("lo")
+	ns.Close()
+	if err != nil {
+		t.Fatalf("loopback of an ensured namespace: %v", err)
+	}
+	// Ensure keeps a namespace that is there, and what is in it.
+	pod, err := h.env.NS.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.veth(t, pod)
+	pod.Close()
+	if err := h.env.NS.Ensure(path); err != nil {
+		t.Fatalf("Ensure of an existing namespace: %v", err)
+	}
+	if pod, err = h.env.NS.Open(path); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pod.Handle.LinkByName("p0")
+	pod.Close()
+	if err != nil {
+		t.Errorf("Ensure replaced the namespace: %v", err)
+	}
+	for range 2 {
+		if err := h.env.NS.Remove(path); err != nil {
+			t.Fatalf("Remove: %v", err)
+		}
+	}
+	if _, err := h.env.NS.Open(path); !errors.Is(err, nl.ErrNetNS) {
+		t.Errorf("open a removed namespace: %v, want ErrNetNS", err)
 	}
 }

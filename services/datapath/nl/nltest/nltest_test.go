@@ -3,10 +3,13 @@ package nltest_test
 import (
 	"errors"
 	"fmt"
+	"os"
+	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
@@ -60,6 +63,62 @@ func (k *kernel) Open(path string) (*nl.NS, error) {
 	return &nl.NS{Handle: h, Ref: int(ns), Close: func() { h.Close(); _ = ns.Close() }}, nil
 }
 
-// Ensure and Remove (bind-mounted namespaces) are not among the scenarios.
-func (k *kernel) Ensure(string) error { return errors.ErrUnsupported }
-func (k *kernel) Remove(string) error { return errors.ErrUnsupported }
+// Ensure bind-mounts a new namespace at path, as `ip netns add` does,
+// unless path is one already.
+func (k *kernel) Ensure(path string) error {
+	if isNetNS(path) {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	_ = f.Close()
+	ns, err := newNetNS()
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	if err := unix.Mount(fmt.Sprintf("/proc/self/fd/%d", int(ns)), path, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind-mount a namespace at %s: %w", path, err)
+	}
+	return nil
+}
+
+// newNetNS creates a namespace on a thread that returns to its own.
+func newNetNS() (netns.NsHandle, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return 0, err
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if serr := netns.Set(orig); serr != nil {
+		// Keep the thread locked: it dies with the goroutine rather than
+		// running Go code in the wrong namespace.
+		runtime.LockOSThread()
+		return 0, fmt.Errorf("restore namespace: %w", serr)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("new namespace: %w", err)
+	}
+	return ns, nil
+}
+
+func isNetNS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
+}
+
+// Remove unmounts and removes a namespace made by Ensure.
+func (k *kernel) Remove(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return nil
+}
