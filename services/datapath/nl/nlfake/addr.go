@@ -133,17 +133,16 @@ func zeroNet(family int) *net.IPNet {
 }
 
 // reachable reports whether gw is on-link through l: covered by one of its
-// addresses' prefixes, or by a link route of it (a gateway's route must
-// have link scope, as the kernel's next-hop lookup asks for).
+// addresses' prefixes (the kernel's connected routes, present while l is
+// up), or by a link route of it (a gateway's route must have link scope,
+// as the kernel's next-hop lookup asks for).
 func (ns *namespace) reachable(l *link, gw net.IP) bool {
-	for _, a := range l.addrs {
-		ones, _ := a.Mask.Size()
-		if ones < len(a.Mask)*8 && a.Contains(gw) {
-			return true
-		}
-	}
+	connected := l.up && slices.ContainsFunc(l.addrs, func(a netlink.Addr) bool {
+		ones, bits := a.Mask.Size()
+		return ones < bits && a.Contains(gw)
+	})
 	idx := l.l.Attrs().Index
-	return slices.ContainsFunc(ns.routes, func(r netlink.Route) bool {
+	return connected || slices.ContainsFunc(ns.routes, func(r netlink.Route) bool {
 		v4 := r.Family == netlink.FAMILY_V4
 		return r.LinkIndex == idx && r.Gw == nil && r.Dst != nil && r.Dst.Contains(gw) && (!v4 || r.Scope == netlink.SCOPE_LINK)
 	})
@@ -206,7 +205,7 @@ func (h *handle) RouteReplace(route *netlink.Route) error {
 	if r.Gw != nil {
 		if dev == nil {
 			for _, i := range sortedIndexes(h.ns) {
-				if l := h.ns.links[i]; l.up && h.ns.reachable(l, r.Gw) {
+				if l := h.ns.links[i]; h.ns.reachable(l, r.Gw) {
 					dev = l
 					break
 				}
