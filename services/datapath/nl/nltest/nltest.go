@@ -47,6 +47,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"VethInOneNamespace", vethInOneNamespace},
 		{"OpenMissing", openMissing},
 		{"EnsureRemove", ensureRemove},
+		{"Underlay", underlay},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			env := newEnv(t)
@@ -628,5 +629,45 @@ func ensureRemove(t *testing.T, h *host) {
 	}
 	if _, err := h.env.NS.Open(path); !errors.Is(err, nl.ErrNetNS) {
 		t.Errorf("open a removed namespace: %v, want ErrNetNS", err)
+	}
+}
+
+// underlay gives the node an address and a default route through a
+// connected gateway, and finds both as the agent finds its underlay.
+func underlay(t *testing.T, h *host) {
+	outside := h.pod(t)
+	hl, pl := h.veth(t, outside)
+	nodeIP := &net.IPNet{IP: net.IPv4(192, 0, 2, 10).To4(), Mask: net.CIDRMask(24, 32)}
+	if err := h.node.AddrAdd(hl, &netlink.Addr{IPNet: nodeIP}); err != nil {
+		t.Fatal(err)
+	}
+	def := &netlink.Route{Dst: defaultV4, Gw: net.IPv4(192, 0, 2, 1).To4()}
+	if err := h.node.RouteReplace(def); !errors.Is(err, unix.ENETUNREACH) {
+		t.Errorf("default route while the link is down: %v, want ENETUNREACH", err)
+	}
+	mustUp(t, outside.Handle, pl)
+	mustUp(t, h.node, hl)
+	if err := h.node.RouteReplace(def); err != nil {
+		t.Fatalf("default route via a connected gateway: %v", err)
+	}
+	addrs, err := h.node.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(nodeIP.IP) })
+	if i < 0 || addrs[i].LinkIndex != hl.Attrs().Index || addrs[i].IPNet.String() != nodeIP.String() {
+		t.Fatalf("node addresses %v, want %s on h0", addrs, nodeIP)
+	}
+	routes, err := h.node.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := slices.IndexFunc(routes, func(r netlink.Route) bool { return r.Dst.String() == defaultV4.String() })
+	if j < 0 || routes[j].LinkIndex != hl.Attrs().Index {
+		t.Fatalf("routes %v, want the default route through h0", routes)
+	}
+	dev, err := h.node.LinkByIndex(routes[j].LinkIndex)
+	if err != nil || dev.Attrs().Name != "h0" {
+		t.Errorf("the default route's device: %v %v", dev, err)
 	}
 }
