@@ -19,7 +19,8 @@ import (
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 )
 
-// Method names for FailOn, SetFail and Calls.
+// Method names for FailOn, SetFail and Calls (IsEndpointDevice, which
+// returns no error, only for Calls).
 const (
 	OpPutEndpoint      = "PutEndpoint"
 	OpDeleteEndpoint   = "DeleteEndpoint"
@@ -34,7 +35,7 @@ const (
 	OpAttachEndpoint   = "AttachEndpoint"
 	OpAttachOverlay    = "AttachOverlay"
 	OpAttachUnderlay   = "AttachUnderlay"
-	opIsEndpointDevice = "IsEndpointDevice"
+	OpIsEndpointDevice = "IsEndpointDevice"
 )
 
 // Fake is an in-memory datapath. The zero value is not usable; use [New].
@@ -421,7 +422,7 @@ func (f *Fake) AttachEndpoint(ifindex int) error {
 func (f *Fake) IsEndpointDevice(ifindex int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls[opIsEndpointDevice]++
+	f.calls[OpIsEndpointDevice]++
 	return f.progs[ifindex] && f.exists(ifindex)
 }
 
