@@ -1,9 +1,13 @@
-package agent
+// Package health owns the node's health: its health endpoint (a namespace
+// of its own wired like a pod, which peers probe) and the prober that pings
+// every peer's node address and health endpoint.
+package health
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -13,11 +17,13 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
 // peer is another node as the health prober knows it.
@@ -40,20 +46,30 @@ const (
 	maxLookupBackoff = 2 * time.Minute
 )
 
-// healthState holds the peers and their last probe results.
-type healthState struct {
+// Allocations looks up IPAM allocations: a peer's health endpoint address.
+type Allocations interface {
+	GetAllocation(ctx context.Context, in *ipamv1alpha1.GetAllocationRequest, opts ...grpc.CallOption) (*ipamv1alpha1.GetAllocationResponse, error)
+}
+
+// Prober holds the peers and their last probe results.
+type Prober struct {
+	ipam Allocations
+	log  *slog.Logger
+
 	mu    sync.Mutex
 	peers map[string]*peer
 }
 
-// notePeer records a peer's node address and, if known, its health
+// NewProber returns a Prober that finds peers' health endpoints in ipam.
+func NewProber(ipam Allocations, log *slog.Logger) *Prober {
+	return &Prober{ipam: ipam, log: log, peers: map[string]*peer{}}
+}
+
+// NotePeer records a peer's node address and, if known, its health
 // endpoint's address; without one it is looked up in IPAM.
-func (h *healthState) notePeer(node string, nodeIP, healthIP netip.Addr) {
+func (h *Prober) NotePeer(node string, nodeIP, healthIP netip.Addr) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.peers == nil {
-		h.peers = map[string]*peer{}
-	}
 	p, ok := h.peers[node]
 	if !ok {
 		p = &peer{lookup: true}
@@ -67,29 +83,11 @@ func (h *healthState) notePeer(node string, nodeIP, healthIP netip.Addr) {
 	}
 }
 
-// forgetPeer drops a node that has no block left.
-func (h *healthState) forgetPeer(node string) {
+// ForgetPeer drops a node that has no block left.
+func (h *Prober) ForgetPeer(node string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.peers, node)
-}
-
-// RunHealth keeps the node's health endpoint in place and probes every peer
-// each interval, until ctx ends.
-func (a *Agent) RunHealth(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		if err := a.keepHealthEndpoint(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("health endpoint not in place; retrying", "err", err)
-		}
-		a.probePeers(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 // pinger sends ICMP echo requests on one raw socket and hands each reply to
@@ -186,21 +184,22 @@ func (p *pinger) ping(ctx context.Context, ip netip.Addr) (time.Duration, error)
 	}
 }
 
-func (a *Agent) probePeers(ctx context.Context) {
-	a.health.mu.Lock()
-	names := make([]string, 0, len(a.health.peers))
+// Probe pings every peer once, concurrently, and keeps the results.
+func (h *Prober) Probe(ctx context.Context) {
+	h.mu.Lock()
+	names := make([]string, 0, len(h.peers))
 	targets := map[string]peer{}
-	for n, p := range a.health.peers {
+	for n, p := range h.peers {
 		names = append(names, n)
 		targets[n] = *p
 	}
-	a.health.mu.Unlock()
+	h.mu.Unlock()
 	if len(names) == 0 {
 		return
 	}
 	pg, err := newPinger()
 	if err != nil {
-		a.log.Warn("health probes: ICMP socket", "err", err)
+		h.log.Warn("health probes: ICMP socket", "err", err)
 		return
 	}
 	defer pg.close()
@@ -212,9 +211,9 @@ func (a *Agent) probePeers(ctx context.Context) {
 		wg.Go(func() {
 			p := targets[n]
 			now := time.Now()
-			h := &datapathv1alpha1.PeerHealth{NodeName: n, LastProbeTime: timestamppb.New(now)}
+			ph := &datapathv1alpha1.PeerHealth{NodeName: n, LastProbeTime: timestamppb.New(now)}
 			if p.nodeIP.IsValid() {
-				h.NodeIp = p.nodeIP.String()
+				ph.NodeIp = p.nodeIP.String()
 			}
 			var lerr error
 			// Look the address up when unknown, and again after a failed
@@ -222,7 +221,7 @@ func (a *Agent) probePeers(ctx context.Context) {
 			// lookupInterval.
 			if p.lookup && (!p.healthIP.IsValid() || !p.health.GetHealthEndpointReachable()) && !now.Before(p.nextLookup) {
 				lctx, cancel := context.WithTimeout(ctx, time.Second)
-				if ip, err := a.peerHealthIP(lctx, n); err == nil {
+				if ip, err := h.peerHealthIP(lctx, n); err == nil {
 					p.healthIP = ip
 					p.backoff, p.nextLookup = 0, now.Add(lookupInterval)
 				} else {
@@ -233,35 +232,35 @@ func (a *Agent) probePeers(ctx context.Context) {
 				cancel()
 			}
 			if p.healthIP.IsValid() {
-				h.HealthIp = p.healthIP.String()
+				ph.HealthIp = p.healthIP.String()
 			}
 			_, nerr := pg.ping(ctx, p.nodeIP)
 			herr := lerr
 			if herr == nil {
 				var rtt time.Duration
 				if rtt, herr = pg.ping(ctx, p.healthIP); herr == nil {
-					h.Rtt = durationpb.New(rtt)
+					ph.Rtt = durationpb.New(rtt)
 				}
 			}
-			h.NodeReachable, h.HealthEndpointReachable = nerr == nil, herr == nil
+			ph.NodeReachable, ph.HealthEndpointReachable = nerr == nil, herr == nil
 			if prev := p.health; prev != nil {
-				h.LastSuccessTime = prev.GetLastSuccessTime()
+				ph.LastSuccessTime = prev.GetLastSuccessTime()
 			}
 			if herr == nil {
-				h.LastSuccessTime = timestamppb.New(now)
+				ph.LastSuccessTime = timestamppb.New(now)
 			}
 			if err := errors.Join(nerr, herr); err != nil {
-				h.Message = err.Error()
+				ph.Message = err.Error()
 			}
-			p.health = h
+			p.health = ph
 			probed[i] = p
 		})
 	}
 	wg.Wait()
-	a.health.mu.Lock()
-	defer a.health.mu.Unlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	for i, n := range names {
-		if p, ok := a.health.peers[n]; ok {
+		if p, ok := h.peers[n]; ok {
 			p.health = probed[i].health
 			if p.lookup {
 				p.healthIP, p.nextLookup, p.backoff = probed[i].healthIP, probed[i].nextLookup, probed[i].backoff
@@ -270,60 +269,22 @@ func (a *Agent) probePeers(ctx context.Context) {
 	}
 }
 
-// Readiness is what CNI STATUS reports: not ready until the node is set
-// up, degraded while one of the node's devices is missing. It depends on
-// nothing outside the node: a runtime takes any STATUS error for a node
-// whose network is not ready, so an IPAM or etcd outage reported here would
-// take every node NotReady at once (and could keep IPAM's own pods from
-// starting). ADD reports IPAM's unavailability itself (11, try again).
-func (a *Agent) Readiness() (datapathv1alpha1.ReadinessState, []string) {
-	st := a.NodeStatus()
-	return st.GetReadiness(), st.GetReasons()
-}
-
-// NodeStatus reports readiness, devices, counts and peer health.
-func (a *Agent) NodeStatus() *datapathv1alpha1.NodeStatus {
-	st := &datapathv1alpha1.NodeStatus{Readiness: datapathv1alpha1.ReadinessState_READINESS_STATE_READY, BpfLoaded: a.bpf != nil}
-	if err := a.Ready(); err != nil {
-		st.Readiness = datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY
-		st.Reasons = append(st.Reasons, err.Error())
-	}
-	devices := []string{HostDevice, NetDevice}
-	if a.cfg.RoutingMode == ModeTunnel {
-		devices = append(devices, tunnelDevice(a.cfg.TunnelProtocol))
-	}
-	for _, name := range devices {
-		ds := &datapathv1alpha1.DeviceStatus{Name: name}
-		if l, err := a.plumber.Node.LinkByName(name); err == nil {
-			ds.Present, ds.Ifindex, ds.Mtu = true, uint32(l.Attrs().Index), uint32(l.Attrs().MTU)
-			ds.Up = l.Attrs().Flags&net.FlagUp != 0
-			ds.ProgramAttached = name == tunnelDevice(a.cfg.TunnelProtocol) && a.bpf != nil
-		} else {
-			ds.Message = err.Error()
-			if st.Readiness == datapathv1alpha1.ReadinessState_READINESS_STATE_READY {
-				st.Readiness = datapathv1alpha1.ReadinessState_READINESS_STATE_DEGRADED
-				st.Reasons = append(st.Reasons, "device "+name+" missing")
-			}
-		}
-		st.Devices = append(st.Devices, ds)
-	}
-	if eps, err := a.store.list(); err == nil {
-		st.EndpointCount = uint32(len(eps))
-	}
-	a.health.mu.Lock()
-	defer a.health.mu.Unlock()
-	names := make([]string, 0, len(a.health.peers))
-	for n := range a.health.peers {
+// Peers returns the peers' last probe results in node name order.
+func (h *Prober) Peers() []*datapathv1alpha1.PeerHealth {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	names := make([]string, 0, len(h.peers))
+	for n := range h.peers {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	st.RemoteNodeCount = uint32(len(names))
+	out := make([]*datapathv1alpha1.PeerHealth, 0, len(names))
 	for _, n := range names {
-		if h := a.health.peers[n].health; h != nil {
-			st.Peers = append(st.Peers, h)
+		if ph := h.peers[n].health; ph != nil {
+			out = append(out, ph)
 		} else {
-			st.Peers = append(st.Peers, &datapathv1alpha1.PeerHealth{NodeName: n, Message: "not probed yet"})
+			out = append(out, &datapathv1alpha1.PeerHealth{NodeName: n, Message: "not probed yet"})
 		}
 	}
-	return st
+	return out
 }
