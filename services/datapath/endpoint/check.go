@@ -26,10 +26,10 @@ func (m *Manager) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.Check
 	hostName := HostName(att)
 	rec, ep, err := m.store.load(hostName)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, status.Errorf(codes.NotFound, "no endpoint for %s/%s", att.GetContainerId(), att.GetInterfaceName())
+		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, att.GetContainerId(), att.GetInterfaceName())
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
+		return nil, fmt.Errorf("endpoint record: %w", err)
 	}
 	resp := &datapathv1alpha1.CheckEndpointResponse{Endpoint: ep}
 	add := func(c datapathv1alpha1.EndpointComponent, msg string) {

@@ -3,12 +3,11 @@ package endpoint
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"slices"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -28,24 +27,24 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 		return nil, err
 	}
 	if req.GetNetnsPath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "netns_path is required")
+		return nil, fmt.Errorf("%w: netns_path is required", ErrInvalid)
 	}
 	if want := req.GetMtu(); want != 0 && (want < nodedev.MinPodMTU || int(want) > m.cfg.MTU) {
-		return nil, status.Errorf(codes.InvalidArgument, "mtu %d must be between %d and the node's %d", want, nodedev.MinPodMTU, m.cfg.MTU)
+		return nil, fmt.Errorf("%w: mtu %d must be between %d and the node's %d", ErrInvalid, want, nodedev.MinPodMTU, m.cfg.MTU)
 	}
 	if err := m.ready(); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "node not ready: %v", err)
+		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
 	}
 	hostName := HostName(att)
 	defer m.locks.lock(hostName)()
 	if _, ep, err := m.store.load(hostName); err == nil {
 		if ep.GetNetnsPath() != req.GetNetnsPath() {
-			return nil, status.Errorf(codes.AlreadyExists, "attachment %s/%s is wired into %s, not %s", att.GetContainerId(), att.GetInterfaceName(), ep.GetNetnsPath(), req.GetNetnsPath())
+			return nil, fmt.Errorf("%w: %s/%s is wired into %s, not %s", ErrExists, att.GetContainerId(), att.GetInterfaceName(), ep.GetNetnsPath(), req.GetNetnsPath())
 		}
 		return ep, nil
 	}
 	if _, err := os.Stat(req.GetNetnsPath()); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "netns_path %s: %v", req.GetNetnsPath(), err)
+		return nil, fmt.Errorf("%w: netns_path %s: %w", ErrInvalid, req.GetNetnsPath(), err)
 	}
 
 	alloc, err := m.ipam.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{
@@ -83,7 +82,7 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 		ip, perr := netip.ParseAddr(ad.GetIp())
 		gw, gerr := netip.ParseAddr(ad.GetGateway())
 		if perr != nil || gerr != nil {
-			return nil, status.Errorf(codes.Internal, "IPAM returned address %q gateway %q", ad.GetIp(), ad.GetGateway())
+			return nil, fmt.Errorf("IPAM returned address %q gateway %q", ad.GetIp(), ad.GetGateway())
 		}
 		spec.Addrs = append(spec.Addrs, netip.PrefixFrom(ip, int(ad.GetPrefixLength())))
 		spec.Gateways = append(spec.Gateways, gw)
@@ -95,9 +94,9 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	res, err := m.plumber.Create(spec)
 	if err != nil {
 		if errors.Is(err, nl.ErrNetNS) {
-			return nil, status.Errorf(codes.InvalidArgument, "wire %s: %v", hostName, err)
+			return nil, fmt.Errorf("%w: wire %s: %w", ErrInvalid, hostName, err)
 		}
-		return nil, status.Errorf(codes.Internal, "wire %s: %v", hostName, err)
+		return nil, fmt.Errorf("wire %s: %w", hostName, err)
 	}
 	// The result lists the routes the pod got: a link route to each
 	// gateway, and a default route only where no other interface of the
@@ -133,19 +132,19 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	}
 	if m.bpf != nil {
 		if err := m.attach(hostName, res, ep, spec.Addrs, podKey); err != nil {
-			return nil, status.Errorf(codes.Internal, "eBPF for %s: %v", hostName, err)
+			return nil, fmt.Errorf("eBPF for %s: %w", hostName, err)
 		}
 	}
 	raw, err := protojson.Marshal(ep)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "encode endpoint: %v", err)
+		return nil, fmt.Errorf("encode endpoint: %w", err)
 	}
 	if err := m.store.save(hostName, &record{Endpoint: raw, IPAMSequence: seq, HostMAC: res.HostMAC.String(), PodMAC: res.PodMAC.String(), PodKey: podKey}); err != nil {
 		if m.bpf != nil {
 			m.forgetAddrs(hostName, spec.Addrs)
 			m.forgetDevice(hostName, res.HostIndex)
 		}
-		return nil, status.Errorf(codes.Internal, "record endpoint: %v", err)
+		return nil, fmt.Errorf("record endpoint: %w", err)
 	}
 	m.log.Info("endpoint created", "endpoint", hostName, "container", att.GetContainerId(), "ips", spec.Addrs, "pod", req.GetPodNamespace()+"/"+req.GetPodName())
 	return ep, nil

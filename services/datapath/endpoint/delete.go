@@ -3,10 +3,8 @@ package endpoint
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
@@ -22,7 +20,7 @@ func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Atta
 	defer m.locks.lock(hostName)()
 	rec, ep, err := m.store.load(hostName)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
+		return nil, fmt.Errorf("endpoint record: %w", err)
 	}
 	ifindex := hostIfindex(ep, hostName)
 	if l, err := m.node.LinkByName(hostName); err == nil {
@@ -30,7 +28,7 @@ func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Atta
 	}
 	// The veth goes first, and its program with it.
 	if err := m.plumber.Delete(hostName); err != nil {
-		return nil, status.Errorf(codes.Internal, "remove veth %s: %v", hostName, err)
+		return nil, fmt.Errorf("remove veth %s: %w", hostName, err)
 	}
 	if m.bpf != nil {
 		m.forgetAddrs(hostName, Addrs(ep))
@@ -49,11 +47,11 @@ func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Atta
 	}); err != nil {
 		m.log.Warn("IPAM release failed; queued for retry", "endpoint", hostName, "err", err)
 		if qerr := m.queueRelease(hostName, att, seq); qerr != nil {
-			return nil, status.Errorf(codes.Internal, "queue release: %v", qerr)
+			return nil, fmt.Errorf("queue release: %w", qerr)
 		}
 	}
 	if err := m.store.remove(hostName); err != nil {
-		return nil, status.Errorf(codes.Internal, "remove endpoint record: %v", err)
+		return nil, fmt.Errorf("remove endpoint record: %w", err)
 	}
 	if ep != nil {
 		m.log.Info("endpoint deleted", "endpoint", hostName, "container", att.GetContainerId())

@@ -4,9 +4,6 @@ import (
 	"context"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
@@ -23,7 +20,7 @@ func (m *Manager) GarbageCollect(ctx context.Context, network string, valid []*d
 	}
 	eps, err := m.store.list()
 	if err != nil {
-		return nil, 0, status.Errorf(codes.Internal, "%v", err)
+		return nil, 0, err
 	}
 	var removed []*datapathv1alpha1.Endpoint
 	var live []*ipamv1alpha1.OwnerHandle

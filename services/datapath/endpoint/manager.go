@@ -10,6 +10,7 @@ package endpoint
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -18,7 +19,6 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -98,10 +98,10 @@ func New(cfg Config, ipam IPAM, plumber Plumber, node nl.Handle, bpf bpfmaps.Dat
 
 func validAttachment(att *datapathv1alpha1.Attachment) error {
 	if att.GetContainerId() == "" || att.GetInterfaceName() == "" {
-		return status.Error(codes.InvalidArgument, "attachment needs container_id and interface_name")
+		return fmt.Errorf("%w: attachment needs container_id and interface_name", ErrInvalid)
 	}
 	if len(att.GetInterfaceName()) > 15 || strings.ContainsAny(att.GetInterfaceName(), "/ \x00") {
-		return status.Errorf(codes.InvalidArgument, "interface_name %q is not a valid Linux interface name", att.GetInterfaceName())
+		return fmt.Errorf("%w: interface_name %q is not a valid Linux interface name", ErrInvalid, att.GetInterfaceName())
 	}
 	return nil
 }
@@ -118,10 +118,10 @@ func (m *Manager) GetEndpoint(att *datapathv1alpha1.Attachment) (*datapathv1alph
 	}
 	_, ep, err := m.store.load(HostName(att))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, status.Errorf(codes.NotFound, "no endpoint for %s/%s", att.GetContainerId(), att.GetInterfaceName())
+		return nil, fmt.Errorf("%w: %s/%s", ErrNotFound, att.GetContainerId(), att.GetInterfaceName())
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "endpoint record: %v", err)
+		return nil, fmt.Errorf("endpoint record: %w", err)
 	}
 	return ep, nil
 }
@@ -130,7 +130,7 @@ func (m *Manager) GetEndpoint(att *datapathv1alpha1.Attachment) (*datapathv1alph
 func (m *Manager) ListEndpoints() ([]*datapathv1alpha1.Endpoint, error) {
 	eps, err := m.store.list()
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "%v", err)
+		return nil, err
 	}
 	names := make([]string, 0, len(eps))
 	for n := range eps {

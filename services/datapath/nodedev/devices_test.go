@@ -20,7 +20,7 @@ func TestEnsureTunnel(t *testing.T) {
 	}
 	again, err := EnsureTunnel(ns.Netlink, TunnelVXLAN, 1450)
 	if err != nil || again != idx {
-		t.Fatalf("second ensureTunnel = %d, %v; want the same device %d", again, err, idx)
+		t.Fatalf("second EnsureTunnel = %d, %v; want the same device %d", again, err, idx)
 	}
 	l, err := ns.Netlink.LinkByName(VXLANDevice)
 	if err != nil || l.Attrs().MTU != 1450 || l.Attrs().RawFlags&0x80 == 0 /* IFF_NOARP */ {
@@ -29,7 +29,7 @@ func TestEnsureTunnel(t *testing.T) {
 
 	// A restart with another MTU (the underlay's changed) updates the device.
 	if _, err := EnsureTunnel(ns.Netlink, TunnelVXLAN, 8950); err != nil {
-		t.Fatalf("ensureTunnel with a new MTU: %v", err)
+		t.Fatalf("EnsureTunnel with a new MTU: %v", err)
 	}
 	if l, err := ns.Netlink.LinkByName(VXLANDevice); err != nil || l.Attrs().MTU != 8950 {
 		t.Fatalf("axon_vxlan after an MTU change = %+v, %v; want MTU 8950", l, err)
@@ -126,7 +126,7 @@ func TestPodMTUFromUnderlay(t *testing.T) {
 			pod, underlay, err := DerivePodMTU(h, tc.nodeIPs, tc.mode)
 			if tc.wantErr {
 				if err == nil || errors.Is(err, ErrNoUnderlay) {
-					t.Fatalf("derivePodMTU = %d, %v; want an error", pod, err)
+					t.Fatalf("DerivePodMTU = %d, %v; want an error", pod, err)
 				}
 				return
 			}

@@ -11,8 +11,6 @@ import (
 	"slices"
 	"strconv"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -25,10 +23,10 @@ import (
 // form (parsed addresses and CIDRs re-spelled).
 func (m *Manager) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapathv1alpha1.RemoteNode, []netip.Prefix, error) {
 	if in.GetName() == "" {
-		return nil, nil, status.Error(codes.InvalidArgument, "remote node name is required")
+		return nil, nil, fmt.Errorf("%w: name is required", ErrInvalid)
 	}
 	if in.GetName() == m.cfg.NodeName {
-		return nil, nil, status.Errorf(codes.InvalidArgument, "%q is this node", in.GetName())
+		return nil, nil, fmt.Errorf("%w: %q is this node", ErrInvalid, in.GetName())
 	}
 	out := &datapathv1alpha1.RemoteNode{Name: in.GetName()}
 	var errs []error
@@ -57,10 +55,10 @@ func (m *Manager) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapat
 		out.PodCidrs = append(out.PodCidrs, p.String())
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if len(out.NodeIps) == 0 && len(out.PodCidrs) > 0 {
-		return nil, nil, status.Error(codes.InvalidArgument, "node_ips is required to route pod_cidrs")
+		return nil, nil, fmt.Errorf("%w: node_ips is required to route pod_cidrs", ErrInvalid)
 	}
 	return out, cidrs, nil
 }
@@ -70,7 +68,7 @@ func (m *Manager) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapat
 func (m *Manager) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
 	if err := m.ready(); err != nil {
 		// Routes need the node's router IPs as their source.
-		return nil, status.Errorf(codes.Unavailable, "node not set up yet: %v", err)
+		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
 	}
 	n, cidrs, err := m.normalizeRemoteNode(in)
 	if err != nil {
@@ -80,7 +78,7 @@ func (m *Manager) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev 
 	defer m.mu.Unlock()
 	old := m.manual[n.GetName()]
 	if expectedRev != "" && expectedRev != old.GetRevision() {
-		return nil, status.Errorf(codes.Aborted, "remote node %q is at revision %q, not %q", n.GetName(), old.GetRevision(), expectedRev)
+		return nil, fmt.Errorf("%w: remote node %q is at revision %q, not %q", ErrConflict, n.GetName(), old.GetRevision(), expectedRev)
 	}
 	if old != nil && slices.Equal(old.GetNodeIps(), n.GetNodeIps()) && slices.Equal(old.GetPodCidrs(), n.GetPodCidrs()) && slices.Equal(old.GetHealthIps(), n.GetHealthIps()) {
 		return proto.CloneOf(old), nil
@@ -91,7 +89,7 @@ func (m *Manager) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev 
 	next := maps.Clone(m.manual)
 	next[n.GetName()] = n
 	if err := m.saveRemoteNodes(next); err != nil {
-		return nil, status.Errorf(codes.Internal, "record remote node %q: %v", n.GetName(), err)
+		return nil, fmt.Errorf("record remote node %q: %w", n.GetName(), err)
 	}
 	m.manual = next
 	touched := map[netip.Prefix]bool{}
@@ -124,12 +122,12 @@ func (m *Manager) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.
 		return nil, nil
 	}
 	if expectedRev != "" && expectedRev != old.GetRevision() {
-		return nil, status.Errorf(codes.Aborted, "remote node %q is at revision %q, not %q", name, old.GetRevision(), expectedRev)
+		return nil, fmt.Errorf("%w: remote node %q is at revision %q, not %q", ErrConflict, name, old.GetRevision(), expectedRev)
 	}
 	next := maps.Clone(m.manual)
 	delete(next, name)
 	if err := m.saveRemoteNodes(next); err != nil {
-		return nil, status.Errorf(codes.Internal, "record the removal of remote node %q: %v", name, err)
+		return nil, fmt.Errorf("record the removal of remote node %q: %w", name, err)
 	}
 	m.manual = next
 	for _, s := range old.GetPodCidrs() {

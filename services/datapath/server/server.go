@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -13,6 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/endpoint"
+	"github.com/axon-cni/axon/services/datapath/remote"
 	"github.com/axon-cni/axon/services/internal/paging"
 )
 
@@ -56,11 +59,43 @@ func New(endpoints Endpoints, remotes RemoteNodes, node Node, gcMinAge time.Dura
 	return &Server{endpoints: endpoints, remotes: remotes, node: node, gcMinAge: gcMinAge}
 }
 
+// codeOf is the one table from the agent's errors to gRPC codes.
+var codeOf = []struct {
+	err  error
+	code codes.Code
+}{
+	{endpoint.ErrInvalid, codes.InvalidArgument},
+	{endpoint.ErrNotFound, codes.NotFound},
+	{endpoint.ErrExists, codes.AlreadyExists},
+	{endpoint.ErrNotReady, codes.Unavailable},
+	{remote.ErrInvalid, codes.InvalidArgument},
+	{remote.ErrNotReady, codes.Unavailable},
+	{remote.ErrConflict, codes.Aborted},
+}
+
+// toStatus maps an agent error to a gRPC status error. An IPAM failure
+// keeps IPAM's status, so the CNI shim can tell an exhausted pool from an
+// unknown one; anything else is internal.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, c := range codeOf {
+		if errors.Is(err, c.err) {
+			return status.Error(c.code, err.Error())
+		}
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
 // CreateEndpoint implements DatapathService.
 func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (*datapathv1alpha1.CreateEndpointResponse, error) {
 	ep, err := s.endpoints.CreateEndpoint(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.CreateEndpointResponse{Endpoint: ep}, nil
 }
@@ -69,7 +104,7 @@ func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Creat
 func (s *Server) DeleteEndpoint(ctx context.Context, req *datapathv1alpha1.DeleteEndpointRequest) (*datapathv1alpha1.DeleteEndpointResponse, error) {
 	ep, err := s.endpoints.DeleteEndpoint(ctx, req.GetAttachment())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.DeleteEndpointResponse{Endpoint: ep}, nil
 }
@@ -78,7 +113,7 @@ func (s *Server) DeleteEndpoint(ctx context.Context, req *datapathv1alpha1.Delet
 func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpointRequest) (*datapathv1alpha1.GetEndpointResponse, error) {
 	ep, err := s.endpoints.GetEndpoint(req.GetAttachment())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.GetEndpointResponse{Endpoint: ep}, nil
 }
@@ -88,11 +123,11 @@ func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpoin
 func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndpointsRequest) (*datapathv1alpha1.ListEndpointsResponse, error) {
 	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
-		return nil, err
+		return nil, err // a status already
 	}
 	eps, err := s.endpoints.ListEndpoints()
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return pageEndpoints(eps, req, after, limit), nil
 }
@@ -123,7 +158,11 @@ func pageEndpoints(eps []*datapathv1alpha1.Endpoint, req *datapathv1alpha1.ListE
 
 // CheckEndpoint implements DatapathService.
 func (s *Server) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEndpointRequest) (*datapathv1alpha1.CheckEndpointResponse, error) {
-	return s.endpoints.CheckEndpoint(ctx, req)
+	resp, err := s.endpoints.CheckEndpoint(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
 }
 
 // GarbageCollectEndpoints implements DatapathService.
@@ -142,7 +181,7 @@ func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alp
 	}
 	removed, released, err := s.endpoints.GarbageCollect(ctx, req.GetNetwork(), req.GetValidAttachments(), minAge, req.GetDryRun())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.GarbageCollectEndpointsResponse{Removed: removed, ReleasedAllocations: released}, nil
 }
@@ -167,7 +206,7 @@ func (s *Server) GetNodeStatus(context.Context, *datapathv1alpha1.GetNodeStatusR
 func (s *Server) UpsertRemoteNode(_ context.Context, req *datapathv1alpha1.UpsertRemoteNodeRequest) (*datapathv1alpha1.UpsertRemoteNodeResponse, error) {
 	n, err := s.remotes.UpsertRemoteNode(req.GetNode(), req.GetExpectedRevision())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.UpsertRemoteNodeResponse{Node: n}, nil
 }
@@ -176,7 +215,7 @@ func (s *Server) UpsertRemoteNode(_ context.Context, req *datapathv1alpha1.Upser
 func (s *Server) DeleteRemoteNode(_ context.Context, req *datapathv1alpha1.DeleteRemoteNodeRequest) (*datapathv1alpha1.DeleteRemoteNodeResponse, error) {
 	n, err := s.remotes.DeleteRemoteNode(req.GetName(), req.GetExpectedRevision())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.DeleteRemoteNodeResponse{Node: n}, nil
 }
