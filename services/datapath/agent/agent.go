@@ -111,6 +111,12 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 	default:
 		return nil, fmt.Errorf("tunnel protocol must be %q or %q, got %q", nodedev.TunnelVXLAN, nodedev.TunnelGeneve, cfg.TunnelProtocol)
 	}
+	switch {
+	case deps.Namespaces == nil || deps.IPAM == nil || deps.Sysctl == nil:
+		return nil, errors.New("agent needs Namespaces, IPAM and Sysctl")
+	case cfg.Masquerade && deps.Masquerade == nil:
+		return nil, errors.New("masquerading needs Masquerade rules")
+	}
 	if cfg.ReleaseRetry == 0 {
 		cfg.ReleaseRetry = 5 * time.Second
 	}

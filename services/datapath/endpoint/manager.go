@@ -85,8 +85,11 @@ type Manager struct {
 
 // New returns a Manager. node is a netlink handle in the node's namespace;
 // bpf may be nil (no eBPF datapath); ready says whether the node can take
-// endpoints yet.
+// endpoints yet (nil: always).
 func New(cfg Config, ipam IPAM, plumber Plumber, node nl.Handle, bpf bpfmaps.Datapath, ready func() error, log *slog.Logger) *Manager {
+	if ready == nil {
+		ready = func() error { return nil }
+	}
 	if cfg.Reserved == nil {
 		cfg.Reserved = func(*datapathv1alpha1.Attachment) bool { return false }
 	}

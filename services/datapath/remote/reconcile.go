@@ -92,8 +92,11 @@ type Manager struct {
 
 // New returns a Manager. node is a netlink handle in the node's namespace;
 // bpf may be nil (no eBPF datapath: native mode only); ready says whether
-// the node is set up (API-given nodes wait for it).
+// the node is set up (API-given nodes wait for it; nil: always).
 func New(cfg Config, blocks Blocks, node nl.Handle, bpf bpfmaps.Maps, peers Peers, ready func() error, log *slog.Logger) *Manager {
+	if ready == nil {
+		ready = func() error { return nil }
+	}
 	return &Manager{
 		cfg: cfg, log: log, blocks: blocks, node: node, bpf: bpf, peers: peers, ready: ready,
 		watched: map[netip.Prefix]remoteBlock{}, manual: map[string]*datapathv1alpha1.RemoteNode{},
@@ -163,7 +166,11 @@ func (m *Manager) retryFailedRemotes() {
 // tunnel map entry and a route into the overlay in tunnel mode. It
 // reconnects after errors; after each SYNCED it drops what was not re-sent.
 func (m *Manager) Run(ctx context.Context) {
-	go periodic.Every(ctx, 5*time.Second, m.retryFailedRemotes)
+	// The retries stop with Run, so its caller knows nothing of the node's
+	// routes and maps runs once Run returned.
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { periodic.Every(ctx, 5*time.Second, m.retryFailedRemotes) })
 	for ctx.Err() == nil {
 		err := m.watchOnce(ctx)
 		if ctx.Err() != nil {
