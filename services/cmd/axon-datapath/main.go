@@ -70,6 +70,9 @@ func main() {
 				}
 				cfg.NodeIPs = append(cfg.NodeIPs, ip)
 			}
+			if err := cfg.Validate(); err != nil {
+				return &daemon.UsageError{Err: err}
+			}
 			if cfg.PinDir == "" {
 				cfg.PinDir = "/sys/fs/bpf/axon/" + cfg.NodeName
 			}

@@ -60,6 +60,23 @@ type Config struct {
 	BigTCP bool
 }
 
+// Validate reports what is wrong with the configuration's values, before
+// anything on the node is looked at.
+func (c Config) Validate() error {
+	if c.NodeName == "" {
+		return errors.New("node name is required")
+	}
+	if c.RoutingMode != nodedev.ModeTunnel && c.RoutingMode != nodedev.ModeNative {
+		return fmt.Errorf("routing mode must be %q or %q, got %q", nodedev.ModeTunnel, nodedev.ModeNative, c.RoutingMode)
+	}
+	switch c.TunnelProtocol {
+	case "", nodedev.TunnelVXLAN, nodedev.TunnelGeneve:
+	default:
+		return fmt.Errorf("tunnel protocol must be %q or %q, got %q", nodedev.TunnelVXLAN, nodedev.TunnelGeneve, c.TunnelProtocol)
+	}
+	return nil
+}
+
 // Deps are the agent's seams to the node and the control plane; tests pass
 // fakes.
 type Deps struct {
@@ -98,18 +115,11 @@ type Agent struct {
 // unknown mode, a kernel without Geneve when it is asked for, BIG TCP the
 // node cannot do) are reported here, at once, rather than retried.
 func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
-	if cfg.NodeName == "" {
-		return nil, errors.New("node name is required")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.RoutingMode != nodedev.ModeTunnel && cfg.RoutingMode != nodedev.ModeNative {
-		return nil, fmt.Errorf("routing mode must be %q or %q, got %q", nodedev.ModeTunnel, nodedev.ModeNative, cfg.RoutingMode)
-	}
-	switch cfg.TunnelProtocol {
-	case "":
+	if cfg.TunnelProtocol == "" {
 		cfg.TunnelProtocol = nodedev.TunnelVXLAN
-	case nodedev.TunnelVXLAN, nodedev.TunnelGeneve:
-	default:
-		return nil, fmt.Errorf("tunnel protocol must be %q or %q, got %q", nodedev.TunnelVXLAN, nodedev.TunnelGeneve, cfg.TunnelProtocol)
 	}
 	switch {
 	case deps.Namespaces == nil || deps.IPAM == nil || deps.Sysctl == nil:
