@@ -2,15 +2,12 @@ package health
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/netip"
 	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/datapath/veth"
 )
@@ -112,19 +109,3 @@ func (e *Endpoint) Keep(ctx context.Context) error {
 // stateDir: what tears a node down for good (a test, a decommissioned node)
 // does after stopping the agent. A missing handle is success.
 func RemoveNetns(stateDir string) error { return nl.RemoveBindMount(NetnsPath(stateDir)) }
-
-// peerHealthIP asks IPAM for the IPv4 address of a peer's health endpoint.
-func (h *Prober) peerHealthIP(ctx context.Context, node string) (netip.Addr, error) {
-	resp, err := h.ipam.GetAllocation(ctx, &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Handle{
-		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: ContainerID(node), InterfaceName: "eth0"},
-	}})
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	for _, ad := range resp.GetAllocation().GetAddresses() {
-		if ip, err := netip.ParseAddr(ad.GetIp()); err == nil && ip.Is4() {
-			return ip, nil
-		}
-	}
-	return netip.Addr{}, errors.New("health endpoint has no IPv4 address")
-}

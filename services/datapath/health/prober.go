@@ -190,3 +190,19 @@ func (h *Prober) Peers() []*datapathv1alpha1.PeerHealth {
 	}
 	return out
 }
+
+// peerHealthIP asks IPAM for the IPv4 address of a peer's health endpoint.
+func (h *Prober) peerHealthIP(ctx context.Context, node string) (netip.Addr, error) {
+	resp, err := h.ipam.GetAllocation(ctx, &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Handle{
+		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: ContainerID(node), InterfaceName: "eth0"},
+	}})
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, ad := range resp.GetAllocation().GetAddresses() {
+		if ip, err := netip.ParseAddr(ad.GetIp()); err == nil && ip.Is4() {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, errors.New("health endpoint has no IPv4 address")
+}

@@ -2,7 +2,8 @@
 // programs once, keeps their maps pinned under the node's bpffs directory,
 // attaches the programs to the node's devices with pinned tcx links and to
 // pods' host-side veths with tc filters (either way traffic flows while the
-// agent restarts), and writes per-endpoint and per-block entries.
+// agent restarts), and writes per-endpoint and per-block entries. It is the
+// real bpfmaps.Datapath.
 package loader
 
 import (
