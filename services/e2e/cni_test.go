@@ -17,7 +17,7 @@ import (
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
-	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/health"
 	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 	"github.com/axon-cni/axon/services/internal/nstest"
@@ -158,7 +158,7 @@ func lxcLinks(netns string) []string {
 // node's health endpoint (localcluster names nodes node-1, node-2, ...).
 func isHealthVeth(name string) bool {
 	for i := 1; i <= 16; i++ {
-		if name == veth.HostName(agent.HealthContainerID(fmt.Sprintf("node-%d", i)), "eth0") {
+		if name == veth.HostName(health.ContainerID(fmt.Sprintf("node-%d", i)), "eth0") {
 			return true
 		}
 	}

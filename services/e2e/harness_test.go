@@ -27,7 +27,7 @@ import (
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
-	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/health"
 	"github.com/axon-cni/axon/services/internal/localcluster"
 )
 
@@ -397,7 +397,7 @@ func (e *env) pods(node int) []*ipamv1alpha1.Allocation {
 	}
 	var out []*ipamv1alpha1.Allocation
 	for _, a := range resp.GetAllocations() {
-		if a.GetHandle().GetContainerId() != agent.HealthContainerID(n.Name) {
+		if a.GetHandle().GetContainerId() != health.ContainerID(n.Name) {
 			out = append(out, a)
 		}
 	}
@@ -409,7 +409,7 @@ func (e *env) healthAddrs(node int) map[netip.Addr]bool {
 	e.t.Helper()
 	n := e.cluster.Nodes[node]
 	resp, err := e.ipamClient().GetAllocation(context.Background(), &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Handle{
-		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: agent.HealthContainerID(n.Name), InterfaceName: "eth0"},
+		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: health.ContainerID(n.Name), InterfaceName: "eth0"},
 	}})
 	out := map[netip.Addr]bool{}
 	if err != nil {

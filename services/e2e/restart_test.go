@@ -20,7 +20,7 @@ import (
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/health"
 	"github.com/axon-cni/axon/services/datapath/veth"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
@@ -237,10 +237,10 @@ func TestRestartReconciles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	health := e.healthAddrs(0)
+	healthIPs := e.healthAddrs(0)
 	// pod-a got a key of its own again, recorded, not the health endpoint's.
 	keyA := devicePodKey(t, e, 0, veth.HostName(a.rt.ContainerID, a.rt.IfName))
-	keyH := devicePodKey(t, e, 0, veth.HostName(agent.HealthContainerID(n.Name), "eth0"))
+	keyH := devicePodKey(t, e, 0, veth.HostName(health.ContainerID(n.Name), "eth0"))
 	if keyA == 0 || keyA == keyH {
 		t.Errorf("pod keys after restart: pod-a %d, health endpoint %d; want distinct, not 0", keyA, keyH)
 	}
@@ -251,7 +251,7 @@ func TestRestartReconciles(t *testing.T) {
 		t.Errorf("pod-a's record has pod key %d (%v); want %d", rec.PodKey, err, keyA)
 	}
 	for ip := range eps {
-		if ip.String() != a.ip && ip.String() != a.ip6 && !health[ip] {
+		if ip.String() != a.ip && ip.String() != a.ip6 && !healthIPs[ip] {
 			t.Errorf("endpoint map entry %s left (pod-a has %s, %s)", ip, a.ip, a.ip6)
 		}
 	}

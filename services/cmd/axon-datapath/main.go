@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,6 +21,9 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
 	"github.com/axon-cni/axon/services/datapath/loader"
+	"github.com/axon-cni/axon/services/datapath/masquerade"
+	"github.com/axon-cni/axon/services/datapath/nl"
+	"github.com/axon-cni/axon/services/datapath/nodedev"
 	"github.com/axon-cni/axon/services/datapath/server"
 	"github.com/axon-cni/axon/services/internal/daemon"
 	ipamclient "github.com/axon-cni/axon/services/ipam/client"
@@ -27,7 +31,7 @@ import (
 
 func main() {
 	host, _ := os.Hostname()
-	cfg := agent.Config{NodeName: host, RoutingMode: agent.ModeTunnel, Masquerade: true}
+	cfg := agent.Config{NodeName: host, RoutingMode: nodedev.ModeTunnel, Masquerade: true}
 	var ipamTarget, nodeIPs string
 	gcMinAge := time.Minute
 	healthInterval := 5 * time.Second
@@ -44,7 +48,7 @@ func main() {
 			fs.StringVar(&nodeIPs, "node-ip", "", "comma-separated underlay `addresses` of this node, preferred first")
 			fs.StringVar(&ipamTarget, "ipam-target", "127.0.0.1:9401", "gRPC `target` of axon-ipam (host:port or unix:///path)")
 			fs.StringVar(&cfg.RoutingMode, "routing-mode", cfg.RoutingMode, "how pods reach other nodes: tunnel (VXLAN) or native")
-			fs.StringVar(&cfg.TunnelProtocol, "tunnel-protocol", agent.TunnelVXLAN, "overlay of tunnel mode: vxlan (UDP 8472) or geneve (UDP 6081)")
+			fs.StringVar(&cfg.TunnelProtocol, "tunnel-protocol", nodedev.TunnelVXLAN, "overlay of tunnel mode: vxlan (UDP 8472) or geneve (UDP 6081)")
 			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from the MTU of the device holding the node address (less 50 in tunnel mode)")
 			fs.StringVar(&cfg.StateDir, "state-dir", "/run/axon/datapath", "`directory` of the endpoint records")
 			fs.StringVar(&cfg.DeleteQueue, "cni-delete-queue", "/run/axon/cni-deletes", "`directory` where axon-cni queues DELs while the datapath is down")
@@ -66,6 +70,9 @@ func main() {
 				}
 				cfg.NodeIPs = append(cfg.NodeIPs, ip)
 			}
+			if err := cfg.Validate(); err != nil {
+				return &daemon.UsageError{Err: err}
+			}
 			if cfg.PinDir == "" {
 				cfg.PinDir = "/sys/fs/bpf/axon/" + cfg.NodeName
 			}
@@ -73,31 +80,44 @@ func main() {
 			if err != nil {
 				return &daemon.UsageError{Err: fmt.Errorf("--ipam-target: %w", err)}
 			}
+			// Shutdown hooks run in reverse order: the background loops stop
+			// (below) before the agent, the BPF objects and then the IPAM
+			// connection they use are closed.
 			d.OnShutdown(conn.Close)
 			bpf, err := loader.Open(cfg.PinDir)
 			if err != nil {
 				return err
 			}
 			d.OnShutdown(bpf.Close)
+			namespaces, err := nl.NewLinux()
+			if err != nil {
+				return err
+			}
+			d.OnShutdown(namespaces.Close)
 			// Pods starting together ask IPAM for their addresses together.
 			ipam := ipamclient.New(ipamv1alpha1.NewIPAMServiceClient(conn))
-			a, err := agent.New(cfg, ipam, bpf, d.Logger().With(daemon.LogKeySubsys, "agent"))
+			a, err := agent.New(cfg, agent.Deps{
+				Namespaces: namespaces, Datapath: bpf, IPAM: ipam,
+				Masquerade: masquerade.NFTables{}, Sysctl: nodedev.WriteSysctl,
+			}, d.Logger().With(daemon.LogKeySubsys, "agent"))
 			if err != nil {
-				return &daemon.UsageError{Err: err}
+				return err // not a usage error: the flags were fine, the node is not
 			}
+			d.OnShutdown(func() error { a.Close(); return nil })
 			d.AddCheck("node", func(context.Context) error { return a.Ready() })
 			bg, cancel := context.WithCancel(context.Background())
-			d.OnShutdown(func() error { cancel(); return nil })
-			go func() {
+			var wg sync.WaitGroup
+			d.OnShutdown(func() error { cancel(); wg.Wait(); return nil })
+			wg.Go(func() {
 				if !startWithRetry(bg, a, d) {
 					return
 				}
-				go a.RunHealth(bg, healthInterval)
-				go a.RunMasquerade(bg, masqInterval)
+				wg.Go(func() { a.RunHealth(bg, healthInterval) })
+				wg.Go(func() { a.RunMasquerade(bg, masqInterval) })
 				a.RunRemoteWatch(bg)
-			}()
-			go a.RunReleaseRetries(bg)
-			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a, gcMinAge))
+			})
+			wg.Go(func() { a.RunReleaseRetries(bg) })
+			datapathv1alpha1.RegisterDatapathServiceServer(d.GRPC(), server.New(a.Endpoints(), a.Remotes(), a, gcMinAge))
 			server.RegisterMetrics(d.Registry(), bpf, a)
 			return nil
 		},

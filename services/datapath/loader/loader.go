@@ -2,13 +2,13 @@
 // programs once, keeps their maps pinned under the node's bpffs directory,
 // attaches the programs to the node's devices with pinned tcx links and to
 // pods' host-side veths with tc filters (either way traffic flows while the
-// agent restarts), and writes per-endpoint and per-block entries.
+// agent restarts), and writes per-endpoint and per-block entries. It is the
+// real bpfmaps.Datapath.
 package loader
 
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,12 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
-)
-
-// Routing modes of SetMode.
-const (
-	ModeTunnel = bpfdp.Mode(1)
-	ModeNative = bpfdp.Mode(2)
+	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 )
 
 // Loader owns the node's eBPF objects and links.
@@ -38,6 +33,8 @@ type Loader struct {
 	mu    sync.Mutex
 	links map[string]link.Link // by name: overlay-in/-out
 }
+
+var _ bpfmaps.Datapath = (*Loader)(nil)
 
 // Open mounts bpffs if needed, loads the programs with their maps pinned
 // under pinDir (reusing pins of an earlier run), and moves every attachment
@@ -147,10 +144,9 @@ func (l *Loader) programFor(name string) *ebpf.Program {
 
 // ensureBPFFS mounts bpffs on dir's mount point (/sys/fs/bpf) if it is not.
 func ensureBPFFS(dir string) error {
-	const bpffsMagic = 0xcafe4a11
 	root := "/sys/fs/bpf"
 	var st unix.Statfs_t
-	if err := unix.Statfs(root, &st); err == nil && st.Type == bpffsMagic {
+	if err := unix.Statfs(root, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
 		return os.MkdirAll(dir, 0o700)
 	}
 	if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
@@ -170,16 +166,19 @@ func (l *Loader) Close() error {
 	return l.objs.Close()
 }
 
-// Configure sets the routing mode: through the tunnel device
-// tunnelIfindex (VXLAN, or Geneve when geneve is set), or native routing
-// when tunnelIfindex is 0. nodeIP is the node's underlay IPv4 (the tunnel
+// Configure sets the routing mode: through the tunnel device (VXLAN, or
+// Geneve), or native routing; and the node's underlay IPv4 (the tunnel
 // source; invalid lets the kernel pick).
-func (l *Loader) Configure(tunnelIfindex int, geneve bool, nodeIP netip.Addr) error {
-	c := bpfdp.Config{Mode: ModeNative, NodeIP: nodeIP}
-	if tunnelIfindex != 0 {
-		c.Mode, c.VXLANIfindex, c.Geneve = ModeTunnel, tunnelIfindex, geneve
+func (l *Loader) Configure(c bpfmaps.Config) error {
+	bc := bpfdp.Config{Mode: bpfdp.ModeNative, NodeIP: c.NodeIP}
+	switch c.Mode {
+	case bpfmaps.ModeNative:
+	case bpfmaps.ModeTunnel:
+		bc.Mode, bc.VXLANIfindex, bc.Geneve = bpfdp.ModeTunnel, c.TunnelIfindex, c.Geneve
+	default:
+		return fmt.Errorf("configure the datapath: routing mode %d: %w", c.Mode, bpfdp.ErrInvalidMode)
 	}
-	return l.objs.SetConfig(c)
+	return l.objs.SetConfig(bc)
 }
 
 // attach attaches under name, replacing an earlier link of that name on
@@ -225,8 +224,17 @@ func (l *Loader) AttachOverlay(ifindex int) error {
 }
 
 // PutEndpoint writes a pod address's map entry (either family).
-func (l *Loader) PutEndpoint(ip netip.Addr, ifindex int, id uint32, podMAC, hostMAC net.HardwareAddr) error {
-	return l.objs.PutEndpoint(ip, bpfdp.Endpoint{Ifindex: ifindex, ID: id, PodMAC: podMAC, HostMAC: hostMAC})
+func (l *Loader) PutEndpoint(ip netip.Addr, ep bpfmaps.Endpoint) error {
+	return l.objs.PutEndpoint(ip, bpfdp.Endpoint{Ifindex: ep.Ifindex, ID: ep.ID, PodMAC: ep.PodMAC, HostMAC: ep.HostMAC})
+}
+
+// Endpoint returns a pod address's entry.
+func (l *Loader) Endpoint(ip netip.Addr) (bpfmaps.Endpoint, error) {
+	ep, err := l.objs.Endpoint(ip)
+	if err != nil {
+		return bpfmaps.Endpoint{}, err
+	}
+	return bpfmaps.Endpoint{Ifindex: ep.Ifindex, ID: ep.ID, PodMAC: ep.PodMAC, HostMAC: ep.HostMAC}, nil
 }
 
 // DeleteEndpoint removes a pod address's entry; a missing one is success.
@@ -256,23 +264,6 @@ func (l *Loader) EndpointAddrs() ([]netip.Addr, error) {
 // RemoteBlocks lists the blocks in the remote maps with their node address.
 func (l *Loader) RemoteBlocks() (map[netip.Prefix]netip.Addr, error) {
 	return l.objs.Remotes()
-}
-
-// CheckEndpoint describes what is missing or wrong of a pod address's eBPF
-// state: the program on hostName, and the map entry's host ifindex (unless
-// ifindex is 0) and MACs.
-func (l *Loader) CheckEndpoint(hostName string, ip netip.Addr, ifindex int, podMAC, hostMAC net.HardwareAddr) []string {
-	problems := l.endpointProblems(hostName)
-	ep, err := l.objs.Endpoint(ip)
-	switch {
-	case err != nil:
-		problems = append(problems, fmt.Sprintf("no endpoint map entry for %s: %v", ip, err))
-	case ifindex != 0 && ep.Ifindex != ifindex:
-		problems = append(problems, fmt.Sprintf("endpoint map entry for %s sends to ifindex %d, but %s is %d", ip, ep.Ifindex, hostName, ifindex))
-	case ep.PodMAC.String() != podMAC.String() || ep.HostMAC.String() != hostMAC.String():
-		problems = append(problems, fmt.Sprintf("endpoint map entry for %s has MACs pod %s host %s, want %s and %s", ip, ep.PodMAC, ep.HostMAC, podMAC, hostMAC))
-	}
-	return problems
 }
 
 // PutRemote routes another node's block (either family) through the

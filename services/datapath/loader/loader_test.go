@@ -85,7 +85,7 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 			t.Errorf("pin %s still there (%v)", name, err)
 		}
 	}
-	if p := first.endpointProblems("lxcold"); len(p) != 0 {
+	if p := first.EndpointProgramProblems("lxcold"); len(p) != 0 {
 		t.Errorf("lxcold after the upgrade: %v", p)
 	}
 	// A pod wired by this build, before its restart.
@@ -105,7 +105,7 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 	t.Cleanup(func() { _ = l.Close() })
 	// The check compares each filter's program with this loader's.
 	for _, name := range []string{"lxcold", "lxcnew"} {
-		if p := l.endpointProblems(name); len(p) != 0 {
+		if p := l.EndpointProgramProblems(name); len(p) != 0 {
 			t.Errorf("%s after a restart: %v", name, p)
 		}
 	}

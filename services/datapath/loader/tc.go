@@ -120,8 +120,9 @@ func (l *Loader) IsEndpointDevice(ifindex int) bool {
 	return err == nil && f != nil
 }
 
-// endpointProblems describes what is wrong with hostName's program.
-func (l *Loader) endpointProblems(hostName string) []string {
+// EndpointProgramProblems describes what is wrong with the pod program on
+// hostName; nil when it is in place.
+func (l *Loader) EndpointProgramProblems(hostName string) []string {
 	link, err := l.nl.LinkByName(hostName)
 	if err != nil {
 		return []string{fmt.Sprintf("no device %s: %v", hostName, err)}

@@ -2,8 +2,6 @@ package server
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/axon-cni/axon/services/datapath/agent"
 )
 
 // StatsSource reads the eBPF packet counters.
@@ -26,12 +24,12 @@ var (
 // scrape time.
 type collector struct {
 	stats StatsSource
-	agent *agent.Agent
+	node  Node
 }
 
 // RegisterMetrics registers the datapath's metrics on reg.
-func RegisterMetrics(reg prometheus.Registerer, stats StatsSource, a *agent.Agent) {
-	reg.MustRegister(&collector{stats: stats, agent: a})
+func RegisterMetrics(reg prometheus.Registerer, stats StatsSource, node Node) {
+	reg.MustRegister(&collector{stats: stats, node: node})
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -46,7 +44,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(packetsDesc, prometheus.CounterValue, float64(n), outcome)
 		}
 	}
-	st := c.agent.NodeStatus()
+	st := c.node.NodeStatus()
 	ch <- prometheus.MustNewConstMetric(endpointsDesc, prometheus.GaugeValue, float64(st.GetEndpointCount()))
 	for _, p := range st.GetPeers() {
 		v := 0.0

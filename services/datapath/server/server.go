@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -13,47 +14,106 @@ import (
 	"google.golang.org/grpc/status"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/endpoint"
+	"github.com/axon-cni/axon/services/datapath/remote"
 	"github.com/axon-cni/axon/services/internal/paging"
 )
+
+// Endpoints is the endpoint lifecycle (endpoint.Manager).
+type Endpoints interface {
+	CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (*datapathv1alpha1.Endpoint, error)
+	DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error)
+	GetEndpoint(att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error)
+	ListEndpoints() ([]*datapathv1alpha1.Endpoint, error)
+	CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEndpointRequest) (*datapathv1alpha1.CheckEndpointResponse, error)
+	GarbageCollect(ctx context.Context, network string, valid []*datapathv1alpha1.Attachment, minAge time.Duration, dryRun bool) ([]*datapathv1alpha1.Endpoint, uint32, error)
+}
+
+// RemoteNodes are the remote nodes given by API (remote.Manager).
+type RemoteNodes interface {
+	UpsertRemoteNode(n *datapathv1alpha1.RemoteNode, expectedRev string) (*datapathv1alpha1.RemoteNode, error)
+	DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.RemoteNode, error)
+	ListRemoteNodes() []*datapathv1alpha1.RemoteNode
+}
+
+// Node reports the node's readiness, configuration and status (agent.Agent).
+type Node interface {
+	Readiness() (datapathv1alpha1.ReadinessState, []string)
+	NodeConfig() *datapathv1alpha1.NodeConfig
+	NodeStatus() *datapathv1alpha1.NodeStatus
+}
 
 // Server implements datapathv1alpha1.DatapathServiceServer.
 type Server struct {
 	datapathv1alpha1.UnimplementedDatapathServiceServer
-	agent    *agent.Agent
-	gcMinAge time.Duration
+	endpoints Endpoints
+	remotes   RemoteNodes
+	node      Node
+	gcMinAge  time.Duration
 }
 
-// New returns a Server for a; gcMinAge protects endpoints younger than it
-// from a GC whose caller did not say (an ADD racing the runtime's snapshot
-// of live pods).
-func New(a *agent.Agent, gcMinAge time.Duration) *Server {
-	return &Server{agent: a, gcMinAge: gcMinAge}
+// New returns a Server; gcMinAge protects endpoints younger than it from a
+// GC whose caller did not say (an ADD racing the runtime's snapshot of live
+// pods).
+func New(endpoints Endpoints, remotes RemoteNodes, node Node, gcMinAge time.Duration) *Server {
+	return &Server{endpoints: endpoints, remotes: remotes, node: node, gcMinAge: gcMinAge}
+}
+
+// codeOf is the one table from the agent's errors to gRPC codes.
+var codeOf = []struct {
+	err  error
+	code codes.Code
+}{
+	{endpoint.ErrInvalid, codes.InvalidArgument},
+	{endpoint.ErrNotFound, codes.NotFound},
+	{endpoint.ErrExists, codes.AlreadyExists},
+	{endpoint.ErrNotReady, codes.Unavailable},
+	{remote.ErrInvalid, codes.InvalidArgument},
+	{remote.ErrNotReady, codes.Unavailable},
+	{remote.ErrConflict, codes.Aborted},
+}
+
+// toStatus maps an agent error to a gRPC status error. An IPAM failure
+// keeps IPAM's status, so the CNI shim can tell an exhausted pool from an
+// unknown one; anything else is internal.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	for _, c := range codeOf {
+		if errors.Is(err, c.err) {
+			return status.Error(c.code, err.Error())
+		}
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Err()
+	}
+	return status.Error(codes.Internal, err.Error())
 }
 
 // CreateEndpoint implements DatapathService.
 func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (*datapathv1alpha1.CreateEndpointResponse, error) {
-	ep, err := s.agent.CreateEndpoint(ctx, req)
+	ep, err := s.endpoints.CreateEndpoint(ctx, req)
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.CreateEndpointResponse{Endpoint: ep}, nil
 }
 
 // DeleteEndpoint implements DatapathService.
 func (s *Server) DeleteEndpoint(ctx context.Context, req *datapathv1alpha1.DeleteEndpointRequest) (*datapathv1alpha1.DeleteEndpointResponse, error) {
-	ep, err := s.agent.DeleteEndpoint(ctx, req.GetAttachment())
+	ep, err := s.endpoints.DeleteEndpoint(ctx, req.GetAttachment())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.DeleteEndpointResponse{Endpoint: ep}, nil
 }
 
 // GetEndpoint implements DatapathService.
 func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpointRequest) (*datapathv1alpha1.GetEndpointResponse, error) {
-	ep, err := s.agent.GetEndpoint(req.GetAttachment())
+	ep, err := s.endpoints.GetEndpoint(req.GetAttachment())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.GetEndpointResponse{Endpoint: ep}, nil
 }
@@ -63,11 +123,11 @@ func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpoin
 func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndpointsRequest) (*datapathv1alpha1.ListEndpointsResponse, error) {
 	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
 	if err != nil {
-		return nil, err
+		return nil, err // a status already
 	}
-	eps, err := s.agent.ListEndpoints()
+	eps, err := s.endpoints.ListEndpoints()
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return pageEndpoints(eps, req, after, limit), nil
 }
@@ -98,7 +158,11 @@ func pageEndpoints(eps []*datapathv1alpha1.Endpoint, req *datapathv1alpha1.ListE
 
 // CheckEndpoint implements DatapathService.
 func (s *Server) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEndpointRequest) (*datapathv1alpha1.CheckEndpointResponse, error) {
-	return s.agent.CheckEndpoint(ctx, req)
+	resp, err := s.endpoints.CheckEndpoint(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
 }
 
 // GarbageCollectEndpoints implements DatapathService.
@@ -115,43 +179,43 @@ func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alp
 			return nil, status.Error(codes.InvalidArgument, "valid_attachments entries need container_id and interface_name")
 		}
 	}
-	removed, released, err := s.agent.GarbageCollect(ctx, req.GetNetwork(), req.GetValidAttachments(), minAge, req.GetDryRun())
+	removed, released, err := s.endpoints.GarbageCollect(ctx, req.GetNetwork(), req.GetValidAttachments(), minAge, req.GetDryRun())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.GarbageCollectEndpointsResponse{Removed: removed, ReleasedAllocations: released}, nil
 }
 
 // CheckReady implements DatapathService.
 func (s *Server) CheckReady(context.Context, *datapathv1alpha1.CheckReadyRequest) (*datapathv1alpha1.CheckReadyResponse, error) {
-	state, reasons := s.agent.Readiness()
+	state, reasons := s.node.Readiness()
 	return &datapathv1alpha1.CheckReadyResponse{Readiness: state, Reasons: reasons}, nil
 }
 
 // GetNodeConfig implements DatapathService.
 func (s *Server) GetNodeConfig(context.Context, *datapathv1alpha1.GetNodeConfigRequest) (*datapathv1alpha1.GetNodeConfigResponse, error) {
-	return &datapathv1alpha1.GetNodeConfigResponse{Config: s.agent.NodeConfig()}, nil
+	return &datapathv1alpha1.GetNodeConfigResponse{Config: s.node.NodeConfig()}, nil
 }
 
 // GetNodeStatus implements DatapathService.
 func (s *Server) GetNodeStatus(context.Context, *datapathv1alpha1.GetNodeStatusRequest) (*datapathv1alpha1.GetNodeStatusResponse, error) {
-	return &datapathv1alpha1.GetNodeStatusResponse{Status: s.agent.NodeStatus()}, nil
+	return &datapathv1alpha1.GetNodeStatusResponse{Status: s.node.NodeStatus()}, nil
 }
 
 // UpsertRemoteNode implements DatapathService.
 func (s *Server) UpsertRemoteNode(_ context.Context, req *datapathv1alpha1.UpsertRemoteNodeRequest) (*datapathv1alpha1.UpsertRemoteNodeResponse, error) {
-	n, err := s.agent.UpsertRemoteNode(req.GetNode(), req.GetExpectedRevision())
+	n, err := s.remotes.UpsertRemoteNode(req.GetNode(), req.GetExpectedRevision())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.UpsertRemoteNodeResponse{Node: n}, nil
 }
 
 // DeleteRemoteNode implements DatapathService.
 func (s *Server) DeleteRemoteNode(_ context.Context, req *datapathv1alpha1.DeleteRemoteNodeRequest) (*datapathv1alpha1.DeleteRemoteNodeResponse, error) {
-	n, err := s.agent.DeleteRemoteNode(req.GetName(), req.GetExpectedRevision())
+	n, err := s.remotes.DeleteRemoteNode(req.GetName(), req.GetExpectedRevision())
 	if err != nil {
-		return nil, err
+		return nil, toStatus(err)
 	}
 	return &datapathv1alpha1.DeleteRemoteNodeResponse{Node: n}, nil
 }
@@ -159,5 +223,5 @@ func (s *Server) DeleteRemoteNode(_ context.Context, req *datapathv1alpha1.Delet
 // ListRemoteNodes implements DatapathService. A cluster has at most a few
 // thousand nodes; the list is returned whole.
 func (s *Server) ListRemoteNodes(context.Context, *datapathv1alpha1.ListRemoteNodesRequest) (*datapathv1alpha1.ListRemoteNodesResponse, error) {
-	return &datapathv1alpha1.ListRemoteNodesResponse{Nodes: s.agent.ListRemoteNodes()}, nil
+	return &datapathv1alpha1.ListRemoteNodesResponse{Nodes: s.remotes.ListRemoteNodes()}, nil
 }

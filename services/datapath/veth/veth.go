@@ -16,12 +16,10 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-)
 
-// ErrNetNS means the pod's network namespace is missing or not one.
-var ErrNetNS = errors.New("network namespace unusable")
+	"github.com/axon-cni/axon/services/datapath/nl"
+)
 
 // HostName is the host-side interface name of an attachment: "lxc" and 12
 // hex digits of a hash, 15 characters, the kernel's limit.
@@ -59,23 +57,12 @@ type Result struct {
 
 // Plumber does the netlink work in a node's network namespace.
 type Plumber struct {
-	// Node is a netlink handle in the node's namespace.
-	Node *netlink.Handle
-	// NodeNS is the node's namespace. Create and Delete open their own
-	// netlink socket in it: the kernel answers a link deletion only after
-	// the device's RCU grace periods, which it waits for outside the rtnl
-	// lock, and requests on one socket wait for each other's answers, so a
-	// shared socket would serialize those waits across pods.
-	NodeNS netns.NsHandle
-}
-
-// handle opens a netlink socket in the node's namespace.
-func (p *Plumber) handle() (*netlink.Handle, error) {
-	h, err := netlink.NewHandleAt(p.NodeNS)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in the node namespace: %w", err)
-	}
-	return h, nil
+	// Namespaces opens the node's namespace and pods'. Each call opens its
+	// own netlink socket in the node's: the kernel answers a link deletion
+	// only after the device's RCU grace periods, which it waits for outside
+	// the rtnl lock, and requests on one socket wait for each other's
+	// answers, so a shared socket would serialize those waits across pods.
+	Namespaces nl.Namespaces
 }
 
 // randomMAC returns a random locally administered unicast MAC.
@@ -108,17 +95,13 @@ func hostRoute(a netip.Addr) *net.IPNet {
 // Create makes the veth pair and configures both sides. On failure it
 // removes what it made.
 func (p *Plumber) Create(s Spec) (res Result, err error) {
-	podNS, err := netns.GetFromPath(s.NetnsPath)
+	podNS, err := p.Namespaces.Open(s.NetnsPath)
 	if err != nil {
-		return Result{}, fmt.Errorf("open %s: %w: %w", s.NetnsPath, ErrNetNS, err)
+		return Result{}, err
 	}
 	defer podNS.Close()
-	pod, err := netlink.NewHandleAt(podNS)
-	if err != nil {
-		return Result{}, fmt.Errorf("netlink in %s: %w: %w", s.NetnsPath, ErrNetNS, err)
-	}
-	defer pod.Close()
-	node, err := p.handle()
+	pod := podNS.Handle
+	node, err := p.Namespaces.Node()
 	if err != nil {
 		return Result{}, err
 	}
@@ -144,7 +127,7 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 		PeerName:         s.PodIfName,
 		PeerHardwareAddr: podMAC,
 		PeerMTU:          uint32(s.MTU),
-		PeerNamespace:    netlink.NsFd(int(podNS)),
+		PeerNamespace:    netlink.NsFd(podNS.Ref),
 	}
 	if err := node.LinkAdd(v); err != nil {
 		return Result{}, fmt.Errorf("create veth %s: %w", s.HostName, err)
@@ -190,7 +173,7 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 // RaiseGSOMaxSize makes link take GSO and GRO packets of size, for IPv4
 // and IPv6 (IPv4 above 64 KiB needs Linux 6.3); a limit that is already
 // larger stays.
-func RaiseGSOMaxSize(h *netlink.Handle, link netlink.Link, size int) error {
+func RaiseGSOMaxSize(h nl.Handle, link netlink.Link, size int) error {
 	a := link.Attrs()
 	for _, set := range []struct {
 		what string
@@ -212,7 +195,7 @@ func RaiseGSOMaxSize(h *netlink.Handle, link netlink.Link, size int) error {
 
 // configurePod gives the pod side its addresses, gateway neighbours and
 // routes, and returns the gateways it got a default route through.
-func configurePod(pod *netlink.Handle, link netlink.Link, s Spec, hostMAC net.HardwareAddr) (defaults []netip.Addr, err error) {
+func configurePod(pod nl.Handle, link netlink.Link, s Spec, hostMAC net.HardwareAddr) (defaults []netip.Addr, err error) {
 	for _, a := range s.Addrs {
 		addr := &netlink.Addr{IPNet: ipNet(a)}
 		if a.Addr().Is6() {
@@ -270,7 +253,7 @@ func Family(a netip.Addr) int {
 
 // hasOtherDefault reports whether the pod has a default route of family
 // through another interface than ifindex.
-func hasOtherDefault(pod *netlink.Handle, family, ifindex int) bool {
+func hasOtherDefault(pod nl.Handle, family, ifindex int) bool {
 	routes, err := pod.RouteList(nil, family)
 	if err != nil {
 		return false
@@ -291,7 +274,7 @@ func IsDefaultRoute(r netlink.Route) bool {
 // Delete removes the host-side veth, which removes the pod side and the
 // host routes with it. A missing interface is success.
 func (p *Plumber) Delete(hostName string) error {
-	node, err := p.handle()
+	node, err := p.Namespaces.Node()
 	if err != nil {
 		return err
 	}
@@ -338,7 +321,13 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 	add := func(part Part, format string, args ...any) {
 		problems = append(problems, Problem{part, fmt.Sprintf(format, args...)})
 	}
-	host, err := p.Node.LinkByName(s.HostName)
+	node, err := p.Namespaces.Node()
+	if err != nil {
+		add(PartHostInterface, "%v", err)
+		return problems
+	}
+	defer node.Close()
+	host, err := node.LinkByName(s.HostName)
 	switch {
 	case err != nil:
 		add(PartHostInterface, "host interface %s missing", s.HostName)
@@ -351,7 +340,7 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 	}
 	if host != nil {
 		// The node's way to the pod (and back for the pod's replies).
-		routes, err := p.Node.RouteList(host, netlink.FAMILY_ALL)
+		routes, err := node.RouteList(host, netlink.FAMILY_ALL)
 		if err != nil {
 			add(PartHostRoute, "list routes of %s: %v", s.HostName, err)
 		}
@@ -361,18 +350,13 @@ func (p *Plumber) Check(s Spec, res Result) []Problem {
 			}
 		}
 	}
-	podNS, err := netns.GetFromPath(s.NetnsPath)
+	podNS, err := p.Namespaces.Open(s.NetnsPath)
 	if err != nil {
 		add(PartNetns, "network namespace %s unusable: %v", s.NetnsPath, err)
 		return problems
 	}
 	defer podNS.Close()
-	pod, err := netlink.NewHandleAt(podNS)
-	if err != nil {
-		add(PartNetns, "netlink in %s: %v", s.NetnsPath, err)
-		return problems
-	}
-	defer pod.Close()
+	pod := podNS.Handle
 	link, err := pod.LinkByName(s.PodIfName)
 	if err != nil {
 		add(PartPodInterface, "pod interface %s missing in %s", s.PodIfName, s.NetnsPath)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
@@ -24,7 +25,7 @@ func TestHostName(t *testing.T) {
 // the node reaches the pod over the host route, and tears it down.
 func TestCreateCheckDelete(t *testing.T) {
 	node, pod := nstest.New(t), nstest.New(t)
-	p := &Plumber{Node: node.Netlink, NodeNS: node.Handle}
+	p := &Plumber{Namespaces: nl.NewLinuxAt(node.Handle)}
 	// The router IP lives on the node (in production on axon_host).
 	if out, err := node.Run("ip", "addr", "add", "10.77.0.1/32", "dev", "lo"); err != nil {
 		t.Fatal(out, err)
@@ -75,7 +76,7 @@ func TestCreateCheckDelete(t *testing.T) {
 
 func TestCreateRollsBackOnFailure(t *testing.T) {
 	node, pod := nstest.New(t), nstest.New(t)
-	p := &Plumber{Node: node.Netlink, NodeNS: node.Handle}
+	p := &Plumber{Namespaces: nl.NewLinuxAt(node.Handle)}
 	spec := Spec{
 		HostName: HostName("c2", "eth0"), PodIfName: "eth0", NetnsPath: pod.Path, MTU: 1500,
 		Addrs: []netip.Prefix{netip.MustParsePrefix("10.78.0.10/32")},
@@ -101,7 +102,7 @@ func TestCreateRollsBackOnFailure(t *testing.T) {
 func TestCreateGSOMaxSize(t *testing.T) {
 	for _, size := range []int{0, 196608} {
 		node, pod := nstest.New(t), nstest.New(t)
-		p := &Plumber{Node: node.Netlink, NodeNS: node.Handle}
+		p := &Plumber{Namespaces: nl.NewLinuxAt(node.Handle)}
 		spec := Spec{
 			HostName: HostName("c1", "eth0"), PodIfName: "eth0", NetnsPath: pod.Path, MTU: 1500,
 			Addrs:    []netip.Prefix{netip.MustParsePrefix("10.77.0.10/32")},

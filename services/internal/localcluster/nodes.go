@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
-	"github.com/axon-cni/axon/services/datapath/agent"
+	"github.com/axon-cni/axon/services/datapath/health"
 	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
@@ -202,7 +202,7 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 		for _, n := range nodes {
 			removePins(cfg.pinDir(n))
 			// The health endpoint's namespace outlives its agent by design.
-			if err := agent.RemoveHealthNetns(cfg.agentStateDir(n)); err != nil {
+			if err := health.RemoveNetns(cfg.agentStateDir(n)); err != nil {
 				log.Warn("remove health endpoint namespace", "node", n.Name, "err", err)
 			}
 		}

@@ -1,4 +1,4 @@
-package agent
+package endpoint
 
 import (
 	"context"
@@ -17,12 +17,13 @@ type queuedDelete struct {
 	IfName      string `json:"ifName"`
 }
 
-// replayDeletes runs every queued DEL and removes its file once done.
-func (a *Agent) replayDeletes(ctx context.Context) {
-	if a.cfg.DeleteQueue == "" {
+// ReplayDeletes runs every queued DEL and removes its file once done; a
+// failed one stays queued for the next replay.
+func (m *Manager) ReplayDeletes(ctx context.Context) {
+	if m.cfg.DeleteQueue == "" {
 		return
 	}
-	entries, err := os.ReadDir(a.cfg.DeleteQueue)
+	entries, err := os.ReadDir(m.cfg.DeleteQueue)
 	if err != nil {
 		return
 	}
@@ -30,22 +31,22 @@ func (a *Agent) replayDeletes(ctx context.Context) {
 		if !strings.HasSuffix(e.Name(), ".json") {
 			continue
 		}
-		path := filepath.Join(a.cfg.DeleteQueue, e.Name())
+		path := filepath.Join(m.cfg.DeleteQueue, e.Name())
 		b, err := os.ReadFile(path)
 		if err != nil {
 			continue
 		}
 		var q queuedDelete
 		if err := json.Unmarshal(b, &q); err != nil || q.ContainerID == "" || q.IfName == "" {
-			a.log.Error("dropping unreadable queued delete", "file", path, "err", err)
+			m.log.Error("dropping unreadable queued delete", "file", path, "err", err)
 			_ = os.Remove(path)
 			continue
 		}
-		if _, err := a.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.ContainerID, InterfaceName: q.IfName}); err != nil {
-			a.log.Warn("queued delete failed; kept for the next replay", "container", q.ContainerID, "err", err)
+		if _, err := m.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.ContainerID, InterfaceName: q.IfName}); err != nil {
+			m.log.Warn("queued delete failed; kept for the next replay", "container", q.ContainerID, "err", err)
 			continue
 		}
-		a.log.Info("replayed queued delete", "container", q.ContainerID, "interface", q.IfName)
+		m.log.Info("replayed queued delete", "container", q.ContainerID, "interface", q.IfName)
 		_ = os.Remove(path)
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package endpoint
 
 import (
 	"context"
@@ -24,8 +24,8 @@ var hostNamePattern = regexp.MustCompile(`^lxc[0-9a-f]{12}$`)
 // deleted) is removed like a DEL would; endpoint map entries and pod veths
 // of no record are dropped, so a stale entry can never divert traffic for
 // an address IPAM gives out again. It returns the endpoints kept.
-func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1alpha1.Endpoint) map[string]*datapathv1alpha1.Endpoint {
-	h := a.plumber.Node
+func (m *Manager) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1alpha1.Endpoint) map[string]*datapathv1alpha1.Endpoint {
+	h := m.node
 	// CNI DELs (and the replay of queued ones) are served while this runs:
 	// each endpoint is looked at under its attachment's lock, from its
 	// record as it is then; one a DEL removed meanwhile is left alone.
@@ -33,15 +33,15 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 	// Recorded pod keys first, so that a record without one (an earlier
 	// version's) cannot be given a key another pod holds.
 	for name, ep := range eps {
-		unlock := a.locks.lock(name)
-		if rec, _, err := a.store.load(name); err == nil && rec.PodKey != 0 {
-			a.pods.acquire(ep.GetAttachment().GetContainerId(), name, rec.PodKey)
+		unlock := m.locks.lock(name)
+		if rec, _, err := m.store.load(name); err == nil && rec.PodKey != 0 {
+			m.pods.acquire(ep.GetAttachment().GetContainerId(), name, rec.PodKey)
 		}
 		unlock()
 	}
 	for name, ep := range eps {
-		unlock := a.locks.lock(name)
-		rec, _, err := a.store.load(name)
+		unlock := m.locks.lock(name)
+		rec, _, err := m.store.load(name)
 		if err != nil {
 			unlock()
 			if errors.Is(err, os.ErrNotExist) {
@@ -51,7 +51,7 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 		}
 		link, err := h.LinkByName(name)
 		if err == nil {
-			a.rewire(name, link.Attrs().Index, ep, rec)
+			m.rewire(name, link.Attrs().Index, ep, rec)
 			unlock()
 			continue
 		}
@@ -60,39 +60,39 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 		if !errors.As(err, &nf) {
 			continue // unknown: leave it to CHECK
 		}
-		a.log.Info("endpoint's interface is gone; removing the endpoint", "endpoint", name,
+		m.log.Info("endpoint's interface is gone; removing the endpoint", "endpoint", name,
 			"pod", ep.GetPodNamespace()+"/"+ep.GetPodName())
-		if _, err := a.DeleteEndpoint(ctx, ep.GetAttachment()); err != nil {
-			a.log.Warn("remove endpoint", "endpoint", name, "err", err)
+		if _, err := m.DeleteEndpoint(ctx, ep.GetAttachment()); err != nil {
+			m.log.Warn("remove endpoint", "endpoint", name, "err", err)
 			continue
 		}
 		delete(eps, name)
 	}
-	if a.bpf != nil {
+	if m.bpf != nil {
 		keep := map[netip.Addr]bool{}
 		for _, ep := range eps {
-			for _, p := range endpointAddrs(ep) {
+			for _, p := range Addrs(ep) {
 				keep[p.Addr()] = true
 			}
 		}
-		ips, err := a.bpf.EndpointAddrs()
+		ips, err := m.bpf.EndpointAddrs()
 		if err != nil {
-			a.log.Warn("list endpoint map entries", "err", err)
+			m.log.Warn("list endpoint map entries", "err", err)
 		}
 		for _, ip := range ips {
 			if keep[ip] {
 				continue
 			}
-			if err := a.bpf.DeleteEndpoint(ip); err != nil {
-				a.log.Warn("remove endpoint map entry of no endpoint", "ip", ip, "err", err)
+			if err := m.bpf.DeleteEndpoint(ip); err != nil {
+				m.log.Warn("remove endpoint map entry of no endpoint", "ip", ip, "err", err)
 				continue
 			}
-			a.log.Info("removed endpoint map entry of no endpoint", "ip", ip)
+			m.log.Info("removed endpoint map entry of no endpoint", "ip", ip)
 		}
 	}
 	links, err := h.LinkList()
 	if err != nil {
-		a.log.Warn("list links", "err", err)
+		m.log.Warn("list links", "err", err)
 		return eps
 	}
 	for _, l := range links {
@@ -100,15 +100,15 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 		// Only a veth carrying Axon's program is Axon's: Cilium names its
 		// pods' veths the same way.
 		if l.Type() != "veth" || !hostNamePattern.MatchString(name) || eps[name] != nil ||
-			a.bpf == nil || !a.bpf.IsEndpointDevice(l.Attrs().Index) {
+			m.bpf == nil || !m.bpf.IsEndpointDevice(l.Attrs().Index) {
 			continue
 		}
 		if err := h.LinkDel(l); err != nil {
-			a.log.Warn("remove pod interface of no endpoint", "interface", name, "err", err)
+			m.log.Warn("remove pod interface of no endpoint", "interface", name, "err", err)
 			continue
 		}
-		a.forgetDevice(name, l.Attrs().Index)
-		a.log.Info("removed pod interface of no endpoint", "interface", name)
+		m.forgetDevice(name, l.Attrs().Index)
+		m.log.Info("removed pod interface of no endpoint", "interface", name)
 	}
 	return eps
 }
@@ -116,43 +116,47 @@ func (a *Agent) restoreEndpoints(ctx context.Context, eps map[string]*datapathv1
 // rewire writes a kept endpoint's map entries and program again, from its
 // record: pods keep working when the pins were lost (a new pin directory, a
 // remounted bpffs) while their veths survived.
-func (a *Agent) rewire(name string, ifindex int, ep *datapathv1alpha1.Endpoint, rec *record) {
-	if a.bpf == nil {
+func (m *Manager) rewire(name string, ifindex int, ep *datapathv1alpha1.Endpoint, rec *record) {
+	if m.bpf == nil {
 		return
 	}
 	hostMAC, _ := net.ParseMAC(rec.HostMAC)
 	podMAC, _ := net.ParseMAC(rec.PodMAC)
 	res := veth.Result{HostIndex: ifindex, HostMAC: hostMAC, PodMAC: podMAC}
-	podKey := a.pods.acquire(ep.GetAttachment().GetContainerId(), name, rec.PodKey)
+	podKey := m.pods.acquire(ep.GetAttachment().GetContainerId(), name, rec.PodKey)
 	if rec.PodKey != podKey {
 		rec.PodKey = podKey
-		if err := a.store.save(name, rec); err != nil {
-			a.log.Warn("record the endpoint's pod key", "endpoint", name, "err", err)
+		if err := m.store.save(name, rec); err != nil {
+			m.log.Warn("record the endpoint's pod key", "endpoint", name, "err", err)
 		}
 	}
 	// No rollback: what was there may still work; CHECK reports the rest.
-	if err := a.writeEBPF(res, ep, endpointAddrs(ep), podKey); err != nil {
-		a.log.Warn("restore the endpoint's eBPF state", "endpoint", name, "err", err)
+	if err := m.writeEBPF(res, ep, Addrs(ep), podKey); err != nil {
+		m.log.Warn("restore the endpoint's eBPF state", "endpoint", name, "err", err)
 	}
 }
 
-// restoreRemotes seeds what the agent has applied of other nodes' blocks
-// from the pinned maps, so that the first full sync of IPAM's block watch
-// removes blocks that went away while no agent ran (their routes too).
-func (a *Agent) restoreRemotes() {
-	if a.bpf == nil {
-		return
-	}
-	blocks, err := a.bpf.RemoteBlocks()
+// Restore reconciles the node with the endpoint records at start-up (see
+// restoreEndpoints) and returns the endpoints kept; new endpoints get IDs
+// after theirs.
+func (m *Manager) Restore(ctx context.Context) (map[string]*datapathv1alpha1.Endpoint, error) {
+	eps, err := m.store.list()
 	if err != nil {
-		a.log.Warn("list remote map entries", "err", err)
-		return
+		return nil, err
 	}
-	a.remote.mu.Lock()
-	defer a.remote.mu.Unlock()
-	for p, ip := range blocks {
-		if _, ok := a.remote.applied[p]; !ok {
-			a.remote.applied[p] = remoteBlock{nodeIP: ip, nodeIP4: ip}
+	eps = m.restoreEndpoints(ctx, eps)
+	for _, ep := range eps {
+		if int(ep.GetMtu()) > m.cfg.MTU {
+			// Its full-size packets no longer fit the underlay once
+			// encapsulated; only a new pod gets the new MTU.
+			m.log.Warn("endpoint MTU exceeds the node's pod MTU; recreate the pod", "endpoint", ep.GetEndpointId(),
+				"pod", ep.GetPodNamespace()+"/"+ep.GetPodName(), "endpoint_mtu", ep.GetMtu(), "pod_mtu", m.cfg.MTU)
 		}
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ep := range eps {
+		m.nextID = max(m.nextID, ep.GetEndpointId())
+	}
+	return eps, nil
 }

@@ -1,4 +1,8 @@
-package agent
+// Package nodedev owns the node's own devices: the axon_host/axon_net pair
+// holding the router IPs, the overlay (tunnel) device, the underlay device
+// and the pod MTU derived from it, BIG TCP sizing, and the forwarding
+// sysctls. It works through an nl.Handle in the node's namespace.
+package nodedev
 
 import (
 	"errors"
@@ -11,7 +15,14 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/datapath/veth"
+)
+
+// Routing modes between nodes.
+const (
+	ModeTunnel = "tunnel"
+	ModeNative = "native"
 )
 
 // Names of the node devices.
@@ -20,9 +31,20 @@ const (
 	NetDevice  = "axon_net"
 )
 
-// setupNodeDevices creates (or keeps) the axon_host/axon_net veth pair
-// with the router IPs on axon_host, and enables forwarding.
-func setupNodeDevices(h *netlink.Handle, routers []netip.Addr, mtu int) error {
+// Sysctl writes a kernel parameter given by its /proc/sys path.
+type Sysctl func(path, value string) error
+
+// WriteSysctl is the real Sysctl: it writes the file.
+func WriteSysctl(path, value string) error {
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("set %s: %w", path, err)
+	}
+	return nil
+}
+
+// Setup creates (or keeps) the axon_host/axon_net veth pair with the
+// router IPs on axon_host, and enables forwarding through sysctl.
+func Setup(h nl.Handle, sysctl Sysctl, routers []netip.Addr, mtu int) error {
 	host, err := h.LinkByName(HostDevice)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
@@ -70,8 +92,8 @@ func setupNodeDevices(h *netlink.Handle, routers []netip.Addr, mtu int) error {
 		}
 	}
 	for path, v := range sysctls {
-		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
-			return fmt.Errorf("set %s: %w", path, err)
+		if err := sysctl(path, v); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -92,8 +114,8 @@ const (
 // ErrNoGeneve means the kernel cannot create Geneve devices.
 var ErrNoGeneve = errors.New("this kernel has no Geneve support (no geneve module); use --tunnel-protocol=vxlan")
 
-// tunnelDevice names the overlay device of a tunnel protocol.
-func tunnelDevice(protocol string) string {
+// TunnelDevice names the overlay device of a tunnel protocol.
+func TunnelDevice(protocol string) string {
 	if protocol == TunnelGeneve {
 		return GeneveDevice
 	}
@@ -108,23 +130,23 @@ const tunnelOverhead = 50
 // defaultUnderlayMTU is assumed when no device holds a node address.
 const defaultUnderlayMTU = 1500
 
-// minPodMTU is the smallest pod MTU the agent accepts (IPv4's minimum);
-// below ipv6MinMTU pods cannot use IPv6.
+// MinPodMTU is the smallest pod MTU the agent accepts (IPv4's minimum);
+// below IPv6MinMTU pods cannot use IPv6.
 const (
-	minPodMTU  = 576
-	ipv6MinMTU = 1280
+	MinPodMTU  = 576
+	IPv6MinMTU = 1280
 )
 
-// errNoUnderlay means no device holds a node address.
-var errNoUnderlay = errors.New("no device holds a node address")
+// ErrNoUnderlay means no device holds a node address.
+var ErrNoUnderlay = errors.New("no device holds a node address")
 
-// underlayDevice returns the node's underlay device: the one holding the
+// UnderlayDevice returns the node's underlay device: the one holding the
 // primary node address (the first IPv4 one, which tunnels use as their
 // source), else the first other node address a device holds. An address on
 // a loopback or dummy device (a /32 announced by BGP, say) tells nothing
 // about where packets leave: the device of that family's default route
 // stands in for it.
-func underlayDevice(h *netlink.Handle, nodeIPs []netip.Addr) (netlink.Link, error) {
+func UnderlayDevice(h nl.Handle, nodeIPs []netip.Addr) (netlink.Link, error) {
 	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
@@ -159,12 +181,12 @@ func underlayDevice(h *netlink.Handle, nodeIPs []netip.Addr) (netlink.Link, erro
 			return route, nil
 		}
 	}
-	return nil, fmt.Errorf("%w %v", errNoUnderlay, nodeIPs)
+	return nil, fmt.Errorf("%w %v", ErrNoUnderlay, nodeIPs)
 }
 
 // defaultRouteDevice returns the device of the main table's default route
 // of ip's family.
-func defaultRouteDevice(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) {
+func defaultRouteDevice(h nl.Handle, ip netip.Addr) (netlink.Link, error) {
 	routes, err := h.RouteList(nil, veth.Family(ip))
 	if err != nil {
 		return nil, fmt.Errorf("list routes: %w", err)
@@ -181,39 +203,39 @@ func defaultRouteDevice(h *netlink.Handle, ip netip.Addr) (netlink.Link, error) 
 			return h.LinkByIndex(idx)
 		}
 	}
-	return nil, fmt.Errorf("%w: no default route names the device packets leave by", errNoUnderlay)
+	return nil, fmt.Errorf("%w: no default route names the device packets leave by", ErrNoUnderlay)
 }
 
-// derivePodMTU is the pods' MTU on the node's underlay: all of the underlay
+// DerivePodMTU is the pods' MTU on the node's underlay: all of the underlay
 // device's MTU in native mode; in tunnel mode less tunnelOverhead, so that a
 // full-size pod packet still fits the device once encapsulated (the
 // programs set DF on the outer header; only a packet too large for the path
 // MTU the node knows goes to the tunnel device, which fragments it).
 // Without an underlay device it assumes defaultUnderlayMTU and also returns
-// the errNoUnderlay error saying why.
-func derivePodMTU(h *netlink.Handle, nodeIPs []netip.Addr, mode string) (pod int, underlay netlink.Link, err error) {
+// the ErrNoUnderlay error saying why.
+func DerivePodMTU(h nl.Handle, nodeIPs []netip.Addr, mode string) (pod int, underlay netlink.Link, err error) {
 	mtu := defaultUnderlayMTU
-	underlay, err = underlayDevice(h, nodeIPs)
+	underlay, err = UnderlayDevice(h, nodeIPs)
 	switch {
 	case err == nil:
 		mtu = underlay.Attrs().MTU
-	case !errors.Is(err, errNoUnderlay):
+	case !errors.Is(err, ErrNoUnderlay):
 		return 0, nil, err
 	}
 	pod = mtu
 	if mode == ModeTunnel {
 		pod -= tunnelOverhead
 	}
-	if pod < minPodMTU {
-		return 0, nil, fmt.Errorf("an underlay MTU of %d leaves pods %d bytes, below %d: set --mtu", mtu, pod, minPodMTU)
+	if pod < MinPodMTU {
+		return 0, nil, fmt.Errorf("an underlay MTU of %d leaves pods %d bytes, below %d: set --mtu", mtu, pod, MinPodMTU)
 	}
 	return pod, underlay, err
 }
 
-// probeGeneve reports ErrNoGeneve when the kernel cannot create the
+// ProbeGeneve reports ErrNoGeneve when the kernel cannot create the
 // Geneve overlay device, by creating and deleting a throwaway one (unless
 // the device exists already).
-func probeGeneve(h *netlink.Handle) error {
+func ProbeGeneve(h nl.Handle) error {
 	if _, err := h.LinkByName(GeneveDevice); err == nil {
 		return nil
 	}
@@ -230,12 +252,12 @@ func probeGeneve(h *netlink.Handle) error {
 	return nil
 }
 
-// ensureTunnel creates (or keeps) the flow-based overlay device, whose
+// EnsureTunnel creates (or keeps) the flow-based overlay device, whose
 // tunnel endpoints come from the eBPF programs, and returns its ifindex.
 // Its MTU is the pods' (the inner packet's); NOARP because the programs,
 // not neighbour resolution, pick where a packet goes.
-func ensureTunnel(h *netlink.Handle, protocol string, mtu int) (int, error) {
-	name := tunnelDevice(protocol)
+func EnsureTunnel(h nl.Handle, protocol string, mtu int) (int, error) {
+	name := TunnelDevice(protocol)
 	link, err := h.LinkByName(name)
 	if err != nil {
 		var nf netlink.LinkNotFoundError

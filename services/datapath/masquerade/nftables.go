@@ -1,20 +1,22 @@
-package agent
+package masquerade
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
-	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 )
+
+// NFTables is the real Rules: the node's nftables, through netlink, in the
+// calling process's network namespace.
+type NFTables struct{}
+
+var _ Rules = NFTables{}
 
 // natTable is the name of the nftables tables (one per IP family) the agent
 // owns on its node.
@@ -34,102 +36,14 @@ var natFamilies = []natFamily{
 	{false, nftables.TableFamilyIPv6, nftables.TypeIP6Addr, 8, 24, 16},
 }
 
-// podCIDRs returns where pod addresses come from: the CIDRs of every pool,
-// and the claimed blocks (nodes' pod CIDRs) of host-scope pools that accept
-// any pod CIDR, sorted.
-func (a *Agent) podCIDRs(ctx context.Context) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	add := func(ss []string) {
-		for _, s := range ss {
-			if pfx, err := netip.ParsePrefix(s); err == nil {
-				out = append(out, pfx.Masked())
-			}
-		}
-	}
-	var open []string // host-scope pools with a family of no CIDRs
-	err := paging.All(func(token string) (string, error) {
-		resp, err := a.ipam.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageToken: token})
-		if err != nil {
-			return "", fmt.Errorf("list pools: %w", err)
-		}
-		for _, p := range resp.GetPools() {
-			add(p.GetIpv4().GetCidrs())
-			add(p.GetIpv6().GetCidrs())
-			if p.GetMode() == ipamv1alpha1.PoolMode_POOL_MODE_HOST_SCOPE &&
-				((p.GetIpv4() != nil && len(p.GetIpv4().GetCidrs()) == 0) || (p.GetIpv6() != nil && len(p.GetIpv6().GetCidrs()) == 0)) {
-				open = append(open, p.GetName())
-			}
-		}
-		return resp.GetNextPageToken(), nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, name := range open {
-		err := paging.All(func(token string) (string, error) {
-			resp, err := a.ipam.ListBlocks(ctx, &ipamv1alpha1.ListBlocksRequest{Pool: name, PageToken: token})
-			if err != nil {
-				return "", fmt.Errorf("list blocks of pool %q: %w", name, err)
-			}
-			for _, b := range resp.GetBlocks() {
-				add([]string{b.GetCidr()})
-			}
-			return resp.GetNextPageToken(), nil
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	slices.SortFunc(out, func(x, y netip.Prefix) int {
-		if c := x.Addr().Compare(y.Addr()); c != 0 {
-			return c
-		}
-		return x.Bits() - y.Bits()
-	})
-	return slices.Compact(out), nil
-}
-
-// syncMasquerade makes the masquerade rules cover the current pod CIDRs,
-// rewriting them only when those changed.
-func (a *Agent) syncMasquerade(ctx context.Context) error {
-	cidrs, err := a.podCIDRs(ctx)
-	if err != nil {
-		return err
-	}
-	a.masqMu.Lock()
-	defer a.masqMu.Unlock()
-	if a.masqApplied && slices.Equal(cidrs, a.masqCIDRs) && masqueradeInstalled(cidrs) {
-		return nil
-	}
-	if err := setupMasquerade(cidrs, tunnelDevice(a.cfg.TunnelProtocol)); err != nil {
-		return err
-	}
-	a.masqCIDRs, a.masqApplied = cidrs, true
-	a.log.Info("masquerading pod traffic leaving the pod CIDRs", "pod_cidrs", len(cidrs))
-	return nil
-}
-
-// RunMasquerade follows pool changes until ctx ends: pods of a pool created
-// later are masqueraded too. A no-op without masquerading.
-func (a *Agent) RunMasquerade(ctx context.Context, interval time.Duration) {
-	if !a.cfg.Masquerade {
-		return
-	}
-	every(ctx, interval, func() {
-		if err := a.syncMasquerade(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn("update masquerade rules", "err", err)
-		}
-	})
-}
-
-// setupMasquerade makes the node's axon tables say: traffic from a pod CIDR
+// Apply makes the node's axon tables say: traffic from a pod CIDR
 // to anywhere outside the pod CIDRs is masqueraded to the node's address,
 // unless it leaves through the overlay (that stays pod to pod). The pod
 // CIDRs are an interval set, so thousands of them (host-scope blocks) cost
 // one lookup. Each family's table is replaced whole, in one batch, so the
 // rules are exactly what the pools say; a family without pod CIDRs has no
 // table. It runs in the node's network namespace.
-func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
+func (NFTables) Apply(podCIDRs []netip.Prefix, overlay string) error {
 	c, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
@@ -174,10 +88,10 @@ func setupMasquerade(podCIDRs []netip.Prefix, overlay string) error {
 	return nil
 }
 
-// masqueradeInstalled reports whether the axon table of every family of
+// Installed reports whether the axon table of every family of
 // podCIDRs is in place with its rule (a firewall reload may have flushed
 // the ruleset, or a table).
-func masqueradeInstalled(podCIDRs []netip.Prefix) bool {
+func (NFTables) Installed(podCIDRs []netip.Prefix) bool {
 	c, err := nftables.New()
 	if err != nil {
 		return false

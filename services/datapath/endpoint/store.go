@@ -1,4 +1,4 @@
-package agent
+package endpoint
 
 import (
 	"encoding/json"
@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/internal/statefile"
 )
 
 // record is what the agent keeps on disk for one endpoint, so a restarted
@@ -40,23 +41,10 @@ func (s store) save(hostName string, r *record) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.path(hostName), b); err != nil {
+	if err := statefile.WriteAtomic(s.path(hostName), b); err != nil {
 		return fmt.Errorf("write endpoint record: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with b: a crash of the agent leaves the
-// old content or the new, never a mix. There is no fsync (it would cost
-// every CNI ADD a disk flush): the records describe pods that do not
-// outlive the node, and the state directory is tmpfs (/run) in deployments;
-// a file damaged by a power loss is skipped when read.
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func (s store) load(hostName string) (*record, *datapathv1alpha1.Endpoint, error) {

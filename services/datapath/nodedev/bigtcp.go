@@ -1,4 +1,4 @@
-package agent
+package nodedev
 
 import (
 	"errors"
@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
@@ -31,37 +32,38 @@ const (
 	legacyGSOMax  = 65536
 )
 
-// errBigTCP wraps the reasons --big-tcp cannot be used on this node.
-var errBigTCP = errors.New("BIG TCP unavailable")
+// ErrBigTCP wraps the reasons --big-tcp cannot be used on this node.
+var ErrBigTCP = errors.New("BIG TCP unavailable")
 
-// bigTCPSize returns the GSO size pods get with BIG TCP on this node, or
-// why it cannot be used.
-func bigTCPSize(h *netlink.Handle, cfg Config) (int, error) {
-	if cfg.RoutingMode == ModeTunnel {
-		if cfg.TunnelProtocol == TunnelGeneve {
-			return 0, fmt.Errorf("%w: Geneve packets go through axon_geneve, a flow-based device that takes GSO packets of at most 64 KiB; use VXLAN or native routing", errBigTCP)
+// BigTCPSize returns the GSO size pods get with BIG TCP on this node (its
+// underlay addresses nodeIPs, routing mode and tunnel protocol), or why it
+// cannot be used.
+func BigTCPSize(h nl.Handle, nodeIPs []netip.Addr, mode, protocol string) (int, error) {
+	if mode == ModeTunnel {
+		if protocol == TunnelGeneve {
+			return 0, fmt.Errorf("%w: Geneve packets go through axon_geneve, a flow-based device that takes GSO packets of at most 64 KiB; use VXLAN or native routing", ErrBigTCP)
 		}
-		if !slices.ContainsFunc(cfg.NodeIPs, netip.Addr.Is4) {
-			return 0, fmt.Errorf("%w: tunnel mode needs an IPv4 node address, which the programs encapsulate to", errBigTCP)
+		if !slices.ContainsFunc(nodeIPs, netip.Addr.Is4) {
+			return 0, fmt.Errorf("%w: tunnel mode needs an IPv4 node address, which the programs encapsulate to", ErrBigTCP)
 		}
 	}
-	dev, err := underlayDevice(h, cfg.NodeIPs)
+	dev, err := UnderlayDevice(h, nodeIPs)
 	if err != nil {
-		return 0, fmt.Errorf("%w: %w", errBigTCP, err)
+		return 0, fmt.Errorf("%w: %w", ErrBigTCP, err)
 	}
 	size := min(bigTCPMaxSize, int(dev.Attrs().TSOMaxSize))
 	if size <= legacyGSOMax {
 		return 0, fmt.Errorf("%w: underlay device %s takes GSO packets of at most %d bytes (its driver's tso_max_size)",
-			errBigTCP, dev.Attrs().Name, dev.Attrs().TSOMaxSize)
+			ErrBigTCP, dev.Attrs().Name, dev.Attrs().TSOMaxSize)
 	}
 	return size, nil
 }
 
-// raiseGSOMaxSize sets the node devices pod packets cross to take GSO
+// RaiseGSOMaxSize sets the node devices pod packets cross to take GSO
 // packets of size: the underlay device and the axon_host/axon_net pair.
 // A device that already takes more keeps its settings.
-func raiseGSOMaxSize(h *netlink.Handle, nodeIPs []netip.Addr, size int) error {
-	dev, err := underlayDevice(h, nodeIPs)
+func RaiseGSOMaxSize(h nl.Handle, nodeIPs []netip.Addr, size int) error {
+	dev, err := UnderlayDevice(h, nodeIPs)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,4 @@
-package agent
+package nodedev
 
 import (
 	"errors"
@@ -54,21 +54,21 @@ func TestBigTCPSize(t *testing.T) {
 					}
 				}
 			}
-			got, err := bigTCPSize(h, Config{NodeIPs: tc.nodeIPs, RoutingMode: tc.mode, TunnelProtocol: tc.protocol})
+			got, err := BigTCPSize(h, tc.nodeIPs, tc.mode, tc.protocol)
 			if tc.wantErr != "" {
-				if !errors.Is(err, errBigTCP) || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("bigTCPSize = %d, %v; want an errBigTCP error mentioning %q", got, err, tc.wantErr)
+				if !errors.Is(err, ErrBigTCP) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("BigTCPSize = %d, %v; want an ErrBigTCP error mentioning %q", got, err, tc.wantErr)
 				}
 				return
 			}
 			if err != nil || got != tc.want {
-				t.Fatalf("bigTCPSize = %d, %v; want %d", got, err, tc.want)
+				t.Fatalf("BigTCPSize = %d, %v; want %d", got, err, tc.want)
 			}
 		})
 	}
 }
 
-// raiseGSOMaxSize raises the underlay and the axon_host pair, and leaves a
+// RaiseGSOMaxSize raises the underlay and the axon_host pair, and leaves a
 // size that is already larger alone.
 func TestRaiseGSOMaxSize(t *testing.T) {
 	ns := nstest.New(t)
@@ -93,7 +93,7 @@ func TestRaiseGSOMaxSize(t *testing.T) {
 	if err := h.LinkSetGSOIPv4MaxSize(uplink, larger); err != nil {
 		t.Fatal(err)
 	}
-	if err := raiseGSOMaxSize(h, []netip.Addr{v4}, bigTCPMaxSize); err != nil {
+	if err := RaiseGSOMaxSize(h, []netip.Addr{v4}, bigTCPMaxSize); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"uplink", HostDevice, NetDevice} {

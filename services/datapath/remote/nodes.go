@@ -1,4 +1,4 @@
-package agent
+package remote
 
 import (
 	"encoding/json"
@@ -11,23 +11,22 @@ import (
 	"slices"
 	"strconv"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/internal/statefile"
 )
 
 // normalizeRemoteNode validates a remote node and returns it in canonical
 // form (parsed addresses and CIDRs re-spelled).
-func (a *Agent) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapathv1alpha1.RemoteNode, []netip.Prefix, error) {
+func (m *Manager) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapathv1alpha1.RemoteNode, []netip.Prefix, error) {
 	if in.GetName() == "" {
-		return nil, nil, status.Error(codes.InvalidArgument, "remote node name is required")
+		return nil, nil, fmt.Errorf("%w: name is required", ErrInvalid)
 	}
-	if in.GetName() == a.cfg.NodeName {
-		return nil, nil, status.Errorf(codes.InvalidArgument, "%q is this node", in.GetName())
+	if in.GetName() == m.cfg.NodeName {
+		return nil, nil, fmt.Errorf("%w: %q is this node", ErrInvalid, in.GetName())
 	}
 	out := &datapathv1alpha1.RemoteNode{Name: in.GetName()}
 	var errs []error
@@ -56,30 +55,30 @@ func (a *Agent) normalizeRemoteNode(in *datapathv1alpha1.RemoteNode) (*datapathv
 		out.PodCidrs = append(out.PodCidrs, p.String())
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	if len(out.NodeIps) == 0 && len(out.PodCidrs) > 0 {
-		return nil, nil, status.Error(codes.InvalidArgument, "node_ips is required to route pod_cidrs")
+		return nil, nil, fmt.Errorf("%w: node_ips is required to route pod_cidrs", ErrInvalid)
 	}
 	return out, cidrs, nil
 }
 
 // UpsertRemoteNode creates or replaces a remote node given by API and
 // routes its pod CIDRs.
-func (a *Agent) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
-	if err := a.Ready(); err != nil {
+func (m *Manager) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
+	if err := m.ready(); err != nil {
 		// Routes need the node's router IPs as their source.
-		return nil, status.Errorf(codes.Unavailable, "node not set up yet: %v", err)
+		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
 	}
-	n, cidrs, err := a.normalizeRemoteNode(in)
+	n, cidrs, err := m.normalizeRemoteNode(in)
 	if err != nil {
 		return nil, err
 	}
-	a.remote.mu.Lock()
-	defer a.remote.mu.Unlock()
-	old := a.remote.manual[n.GetName()]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.manual[n.GetName()]
 	if expectedRev != "" && expectedRev != old.GetRevision() {
-		return nil, status.Errorf(codes.Aborted, "remote node %q is at revision %q, not %q", n.GetName(), old.GetRevision(), expectedRev)
+		return nil, fmt.Errorf("%w: remote node %q is at revision %q, not %q", ErrConflict, n.GetName(), old.GetRevision(), expectedRev)
 	}
 	if old != nil && slices.Equal(old.GetNodeIps(), n.GetNodeIps()) && slices.Equal(old.GetPodCidrs(), n.GetPodCidrs()) && slices.Equal(old.GetHealthIps(), n.GetHealthIps()) {
 		return proto.CloneOf(old), nil
@@ -87,12 +86,12 @@ func (a *Agent) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev st
 	rev, _ := strconv.ParseInt(old.GetRevision(), 10, 64)
 	n.Revision = strconv.FormatInt(rev+1, 10)
 	n.UpdateTime = timestamppb.Now()
-	next := maps.Clone(a.remote.manual)
+	next := maps.Clone(m.manual)
 	next[n.GetName()] = n
-	if err := a.saveRemoteNodes(next); err != nil {
-		return nil, status.Errorf(codes.Internal, "record remote node %q: %v", n.GetName(), err)
+	if err := m.saveRemoteNodes(next); err != nil {
+		return nil, fmt.Errorf("record remote node %q: %w", n.GetName(), err)
 	}
-	a.remote.manual = next
+	m.manual = next
 	touched := map[netip.Prefix]bool{}
 	for _, p := range cidrs {
 		touched[p] = true
@@ -103,37 +102,37 @@ func (a *Agent) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev st
 		}
 	}
 	for p := range touched {
-		a.reconcile(p)
+		m.reconcile(p)
 	}
 	if len(n.GetHealthIps()) > 0 && len(n.GetNodeIps()) > 0 {
 		nip, _ := netip.ParseAddr(n.GetNodeIps()[0])
 		hip, _ := netip.ParseAddr(n.GetHealthIps()[0])
-		a.health.notePeer(n.GetName(), nip, hip)
+		m.peers.NotePeer(n.GetName(), nip, hip)
 	}
 	return proto.CloneOf(n), nil
 }
 
 // DeleteRemoteNode removes an API-given remote node; blocks IPAM still
 // reports for it stay routed. A missing node is success (nil).
-func (a *Agent) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
-	a.remote.mu.Lock()
-	defer a.remote.mu.Unlock()
-	old, ok := a.remote.manual[name]
+func (m *Manager) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.RemoteNode, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old, ok := m.manual[name]
 	if !ok {
 		return nil, nil
 	}
 	if expectedRev != "" && expectedRev != old.GetRevision() {
-		return nil, status.Errorf(codes.Aborted, "remote node %q is at revision %q, not %q", name, old.GetRevision(), expectedRev)
+		return nil, fmt.Errorf("%w: remote node %q is at revision %q, not %q", ErrConflict, name, old.GetRevision(), expectedRev)
 	}
-	next := maps.Clone(a.remote.manual)
+	next := maps.Clone(m.manual)
 	delete(next, name)
-	if err := a.saveRemoteNodes(next); err != nil {
-		return nil, status.Errorf(codes.Internal, "record the removal of remote node %q: %v", name, err)
+	if err := m.saveRemoteNodes(next); err != nil {
+		return nil, fmt.Errorf("record the removal of remote node %q: %w", name, err)
 	}
-	a.remote.manual = next
+	m.manual = next
 	for _, s := range old.GetPodCidrs() {
 		if p, err := netip.ParsePrefix(s); err == nil {
-			a.reconcile(p)
+			m.reconcile(p)
 		}
 	}
 	return old, nil
@@ -141,14 +140,14 @@ func (a *Agent) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.Re
 
 // ListRemoteNodes returns every remote node in name order: the union of the
 // API's and IPAM's, with the pod CIDRs routed for each.
-func (a *Agent) ListRemoteNodes() []*datapathv1alpha1.RemoteNode {
-	a.remote.mu.Lock()
-	defer a.remote.mu.Unlock()
+func (m *Manager) ListRemoteNodes() []*datapathv1alpha1.RemoteNode {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	byName := map[string]*datapathv1alpha1.RemoteNode{}
-	for name, n := range a.remote.manual {
+	for name, n := range m.manual {
 		byName[name] = proto.CloneOf(n)
 	}
-	for p, rb := range a.remote.watched {
+	for p, rb := range m.watched {
 		n, ok := byName[rb.node]
 		if !ok {
 			n = &datapathv1alpha1.RemoteNode{Name: rb.node}
@@ -180,7 +179,7 @@ const remoteNodesFile = "remote-nodes.state"
 
 // saveRemoteNodes records the API-given remote nodes, replacing the file
 // whole.
-func (a *Agent) saveRemoteNodes(nodes map[string]*datapathv1alpha1.RemoteNode) error {
+func (m *Manager) saveRemoteNodes(nodes map[string]*datapathv1alpha1.RemoteNode) error {
 	var list []json.RawMessage
 	for _, name := range slices.Sorted(maps.Keys(nodes)) {
 		b, err := protojson.Marshal(nodes[name])
@@ -193,15 +192,15 @@ func (a *Agent) saveRemoteNodes(nodes map[string]*datapathv1alpha1.RemoteNode) e
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(a.cfg.StateDir, remoteNodesFile), b)
+	return statefile.WriteAtomic(filepath.Join(m.cfg.StateDir, remoteNodesFile), b)
 }
 
-// restoreRemoteNodes loads the API-given remote nodes recorded before a
+// RestoreNodes loads the API-given remote nodes recorded before a
 // restart and routes their blocks.
-func (a *Agent) restoreRemoteNodes() error {
-	a.remote.mu.Lock()
-	defer a.remote.mu.Unlock()
-	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, remoteNodesFile))
+func (m *Manager) RestoreNodes() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, err := os.ReadFile(filepath.Join(m.cfg.StateDir, remoteNodesFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -212,19 +211,19 @@ func (a *Agent) restoreRemoteNodes() error {
 	if err := json.Unmarshal(b, &list); err != nil {
 		// A damaged file must not keep the node from starting: the API's
 		// clients upsert their nodes again.
-		a.log.Error("remote nodes file unreadable; starting without API-given remote nodes", "file", remoteNodesFile, "err", err)
+		m.log.Error("remote nodes file unreadable; starting without API-given remote nodes", "file", remoteNodesFile, "err", err)
 		return nil
 	}
 	for _, raw := range list {
 		n := &datapathv1alpha1.RemoteNode{}
 		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, n); err != nil || n.GetName() == "" {
-			a.log.Error("skipping an unreadable remote node", "file", remoteNodesFile, "err", err)
+			m.log.Error("skipping an unreadable remote node", "file", remoteNodesFile, "err", err)
 			continue
 		}
-		a.remote.manual[n.GetName()] = n
+		m.manual[n.GetName()] = n
 		for _, s := range n.GetPodCidrs() {
 			if p, err := netip.ParsePrefix(s); err == nil {
-				a.reconcile(p)
+				m.reconcile(p)
 			}
 		}
 	}

@@ -1,8 +1,7 @@
-package agent
+package nodedev
 
 import (
 	"errors"
-	"log/slog"
 	"net"
 	"net/netip"
 	"testing"
@@ -15,13 +14,13 @@ import (
 
 func TestEnsureTunnel(t *testing.T) {
 	ns := nstest.New(t)
-	idx, err := ensureTunnel(ns.Netlink, TunnelVXLAN, 1450)
+	idx, err := EnsureTunnel(ns.Netlink, TunnelVXLAN, 1450)
 	if err != nil {
 		t.Fatalf("VXLAN: %v", err)
 	}
-	again, err := ensureTunnel(ns.Netlink, TunnelVXLAN, 1450)
+	again, err := EnsureTunnel(ns.Netlink, TunnelVXLAN, 1450)
 	if err != nil || again != idx {
-		t.Fatalf("second ensureTunnel = %d, %v; want the same device %d", again, err, idx)
+		t.Fatalf("second EnsureTunnel = %d, %v; want the same device %d", again, err, idx)
 	}
 	l, err := ns.Netlink.LinkByName(VXLANDevice)
 	if err != nil || l.Attrs().MTU != 1450 || l.Attrs().RawFlags&0x80 == 0 /* IFF_NOARP */ {
@@ -29,14 +28,14 @@ func TestEnsureTunnel(t *testing.T) {
 	}
 
 	// A restart with another MTU (the underlay's changed) updates the device.
-	if _, err := ensureTunnel(ns.Netlink, TunnelVXLAN, 8950); err != nil {
-		t.Fatalf("ensureTunnel with a new MTU: %v", err)
+	if _, err := EnsureTunnel(ns.Netlink, TunnelVXLAN, 8950); err != nil {
+		t.Fatalf("EnsureTunnel with a new MTU: %v", err)
 	}
 	if l, err := ns.Netlink.LinkByName(VXLANDevice); err != nil || l.Attrs().MTU != 8950 {
 		t.Fatalf("axon_vxlan after an MTU change = %+v, %v; want MTU 8950", l, err)
 	}
 
-	_, err = ensureTunnel(ns.Netlink, TunnelGeneve, 1450)
+	_, err = EnsureTunnel(ns.Netlink, TunnelGeneve, 1450)
 	switch {
 	case err == nil:
 		t.Log("this kernel supports Geneve; the device was created")
@@ -124,10 +123,10 @@ func TestPodMTUFromUnderlay(t *testing.T) {
 				}
 			}
 
-			pod, underlay, err := derivePodMTU(h, tc.nodeIPs, tc.mode)
+			pod, underlay, err := DerivePodMTU(h, tc.nodeIPs, tc.mode)
 			if tc.wantErr {
-				if err == nil || errors.Is(err, errNoUnderlay) {
-					t.Fatalf("derivePodMTU = %d, %v; want an error", pod, err)
+				if err == nil || errors.Is(err, ErrNoUnderlay) {
+					t.Fatalf("DerivePodMTU = %d, %v; want an error", pod, err)
 				}
 				return
 			}
@@ -136,8 +135,8 @@ func TestPodMTUFromUnderlay(t *testing.T) {
 			}
 			switch {
 			case tc.wantDev == "":
-				if !errors.Is(err, errNoUnderlay) || underlay != nil {
-					t.Errorf("underlay %v, err %v; want none and errNoUnderlay", underlay, err)
+				if !errors.Is(err, ErrNoUnderlay) || underlay != nil {
+					t.Errorf("underlay %v, err %v; want none and ErrNoUnderlay", underlay, err)
 				}
 			case err != nil || underlay == nil || underlay.Attrs().Name != tc.wantDev:
 				t.Errorf("underlay %v, err %v; want %s", underlay, err, tc.wantDev)
@@ -146,23 +145,12 @@ func TestPodMTUFromUnderlay(t *testing.T) {
 	}
 }
 
-// On a kernel without Geneve, asking for it fails at once with ErrNoGeneve
-// (the agent exits with that message rather than retrying).
-func TestNewRefusesMissingGeneve(t *testing.T) {
+// On a kernel without Geneve, the probe fails at once with ErrNoGeneve
+// (the agent exits with that message rather than retrying), and leaves no
+// device behind either way.
+func TestProbeGeneve(t *testing.T) {
 	ns := nstest.New(t)
-	var err error
-	nerr := ns.Do(func() error {
-		var a *Agent
-		a, err = New(Config{NodeName: "n1", RoutingMode: ModeTunnel, TunnelProtocol: TunnelGeneve, MTU: 1450, StateDir: t.TempDir()}, nil, nil, slog.New(slog.DiscardHandler))
-		if a != nil {
-			a.plumber.Node.Close()
-			a.plumber.NodeNS.Close()
-		}
-		return nil
-	})
-	if nerr != nil {
-		t.Fatal(nerr)
-	}
+	err := ProbeGeneve(ns.Netlink)
 	switch {
 	case err == nil:
 		t.Log("this kernel supports Geneve")
@@ -170,47 +158,6 @@ func TestNewRefusesMissingGeneve(t *testing.T) {
 			t.Error("the probe device was left behind")
 		}
 	case !errors.Is(err, ErrNoGeneve):
-		t.Fatalf("New = %v, want ErrNoGeneve or success", err)
-	}
-}
-
-// TestPinger: one socket serves concurrent probes, each getting its own
-// reply; a silent address times out.
-func TestPinger(t *testing.T) {
-	ns := nstest.New(t)
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "probe0"}, PeerName: "probe1"}
-	if err := ns.Netlink.LinkAdd(v); err != nil {
-		t.Fatal(err)
-	}
-	l, err := ns.Netlink.LinkByName("probe0")
-	if err == nil {
-		err = ns.Netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(192, 0, 2, 1), Mask: net.CIDRMask(24, 32)}})
-	}
-	if err == nil {
-		err = ns.Netlink.LinkSetUp(l)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	var p *pinger
-	if err := ns.Do(func() (err error) { p, err = newPinger(); return err }); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.close)
-	errs := make(chan error, 8)
-	for range 8 {
-		go func() {
-			_, err := p.ping(t.Context(), netip.MustParseAddr("127.0.0.1"))
-			errs <- err
-		}()
-	}
-	for range 8 {
-		if err := <-errs; err != nil {
-			t.Errorf("ping 127.0.0.1: %v", err)
-		}
-	}
-	// On the veth's subnet, but nobody answers (the peer end has no address).
-	if _, err := p.ping(t.Context(), netip.MustParseAddr("192.0.2.77")); err == nil {
-		t.Error("ping of a silent address succeeded")
+		t.Fatalf("ProbeGeneve = %v, want ErrNoGeneve or success", err)
 	}
 }

@@ -1,0 +1,60 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+)
+
+// DeleteEndpoint undoes CreateEndpoint. Unknown attachments are success;
+// if IPAM cannot be reached, the release is queued and retried.
+func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
+	if err := validAttachment(att); err != nil {
+		return nil, err
+	}
+	hostName := HostName(att)
+	defer m.locks.lock(hostName)()
+	rec, ep, err := m.store.load(hostName)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("endpoint record: %w", err)
+	}
+	ifindex := hostIfindex(ep, hostName)
+	if l, err := m.node.LinkByName(hostName); err == nil {
+		ifindex = l.Attrs().Index // also without a record
+	}
+	// The veth goes first, and its program with it.
+	if err := m.plumber.Delete(hostName); err != nil {
+		return nil, fmt.Errorf("remove veth %s: %w", hostName, err)
+	}
+	if m.bpf != nil {
+		m.forgetAddrs(hostName, Addrs(ep))
+		m.forgetDevice(hostName, ifindex)
+	}
+	m.pods.release(att.GetContainerId(), hostName)
+	var seq uint64
+	if rec != nil {
+		seq = rec.IPAMSequence
+	}
+	// Without a record (a crash between IPAM and the record), the handle
+	// alone still finds and releases the allocation.
+	if _, err := m.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
+		Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()},
+		ExpectedSequence: seq,
+	}); err != nil {
+		m.log.Warn("IPAM release failed; queued for retry", "endpoint", hostName, "err", err)
+		if qerr := m.queueRelease(hostName, att, seq); qerr != nil {
+			return nil, fmt.Errorf("queue release: %w", qerr)
+		}
+	}
+	if err := m.store.remove(hostName); err != nil {
+		return nil, fmt.Errorf("remove endpoint record: %w", err)
+	}
+	if ep != nil {
+		m.log.Info("endpoint deleted", "endpoint", hostName, "container", att.GetContainerId())
+	}
+	return ep, nil
+}

@@ -1,0 +1,16 @@
+package endpoint
+
+import "errors"
+
+// Sentinel errors; the gRPC server maps each to a status code. Failures of
+// IPAM keep IPAM's status (and code); any other error is internal.
+var (
+	// ErrInvalid: the request is malformed (InvalidArgument).
+	ErrInvalid = errors.New("invalid argument")
+	// ErrNotFound: the attachment has no endpoint (NotFound).
+	ErrNotFound = errors.New("no such endpoint")
+	// ErrExists: the attachment is wired differently (AlreadyExists).
+	ErrExists = errors.New("attachment exists")
+	// ErrNotReady: the node is not set up yet (Unavailable).
+	ErrNotReady = errors.New("node not ready")
+)

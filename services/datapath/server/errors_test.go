@@ -1,0 +1,44 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/axon-cni/axon/services/datapath/endpoint"
+	"github.com/axon-cni/axon/services/datapath/remote"
+)
+
+func TestToStatus(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"nil", nil, codes.OK},
+		{"invalid attachment", fmt.Errorf("%w: bad name", endpoint.ErrInvalid), codes.InvalidArgument},
+		{"unknown endpoint", fmt.Errorf("%w: c/eth0", endpoint.ErrNotFound), codes.NotFound},
+		{"wired elsewhere", fmt.Errorf("%w: c/eth0", endpoint.ErrExists), codes.AlreadyExists},
+		{"node not ready", fmt.Errorf("%w: setting up", endpoint.ErrNotReady), codes.Unavailable},
+		{"invalid remote node", fmt.Errorf("%w: no name", remote.ErrInvalid), codes.InvalidArgument},
+		{"remote before set-up", fmt.Errorf("%w: setting up", remote.ErrNotReady), codes.Unavailable},
+		{"stale revision", fmt.Errorf("%w: at 3", remote.ErrConflict), codes.Aborted},
+		{"IPAM keeps its code", status.Error(codes.ResourceExhausted, "allocate addresses: IPAM: pool full"), codes.ResourceExhausted},
+		{"anything else", errors.New("disk full"), codes.Internal},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := toStatus(tc.err)
+			if got := status.Code(err); got != tc.want {
+				t.Fatalf("toStatus(%v) code = %v, want %v", tc.err, got, tc.want)
+			}
+			// The message is the error's own (for IPAM's, its status message).
+			if want := status.Convert(tc.err).Message(); tc.err != nil && status.Convert(err).Message() != want {
+				t.Errorf("message = %q, want %q", status.Convert(err).Message(), want)
+			}
+		})
+	}
+}
