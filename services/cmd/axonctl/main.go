@@ -70,12 +70,12 @@ func status(ctx context.Context, out io.Writer, ep *endpoints) error {
 	unhealthy := 0
 	targets := []struct{ name, target string }{{"ipam", ep.ipam}, {"lbipam", ep.lbipam}, {"policy", ep.policy}, {"operator", ep.operator}}
 	for _, d := range ep.datapaths {
-		if d == "" {
-			continue // --datapath= : no datapath to check
-		}
 		targets = append(targets, struct{ name, target string }{"datapath", d})
 	}
 	for _, s := range targets {
+		if s.target == "" {
+			continue // --ipam= and the like: not checked (a node's probe checks its datapath alone)
+		}
 		st := checkHealth(ctx, s.target, ep.timeout)
 		if st != healthpb.HealthCheckResponse_SERVING.String() {
 			unhealthy++
