@@ -26,6 +26,7 @@ import (
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	"github.com/axon-cni/axon/bpf/testenv"
+	"github.com/axon-cni/axon/bpf/testpoll"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
@@ -282,17 +283,7 @@ func (e *env) tryPing(from, to string) error {
 // IPAM's block watch.
 func (e *env) eventually(fn func() error) {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testpoll.Until(e.t, 10*time.Second, fn)
 }
 
 // links lists the interface names in a namespace.
