@@ -18,6 +18,19 @@ BUF := $(TOOLBIN)/buf
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
+# Each entry point first checks the system packages (and bpffs) it needs:
+# as root scripts/setup.sh installs what is missing, otherwise it says what
+# to install and stops.
+.PHONY: setup setup-test setup-run setup-generate
+setup: ## check what test, run and generate need; as root install what is missing, mount bpffs
+	scripts/setup.sh test run generate
+setup-test:
+	scripts/setup.sh test
+setup-run:
+	scripts/setup.sh run
+setup-generate:
+	scripts/setup.sh generate
+
 .PHONY: tools
 tools: ## build the pinned code generators into .bin/
 	cd tools && GOWORK=off go build -o $(TOOLBIN)/ \
@@ -27,7 +40,7 @@ tools: ## build the pinned code generators into .bin/
 		google.golang.org/grpc/cmd/protoc-gen-go-grpc
 
 .PHONY: generate
-generate: tools ## regenerate protobuf stubs (gen/) and eBPF objects (bpf/)
+generate: setup-generate tools ## regenerate protobuf stubs (gen/) and eBPF objects (bpf/)
 	find gen -name '*.pb.go' -delete
 	$(BUF) generate
 	cd bpf && go generate ./...
@@ -60,7 +73,7 @@ lint: tools ## go vet, gofmt, buf lint, buf format; each module builds alone
 	$(BUF) format --diff --exit-code
 
 .PHONY: test
-test: ## run every test (root runs the kernel tests too) with the race detector
+test: setup-test ## run every test (root runs the kernel tests too) with the race detector
 	go test $(GO_TEST_FLAGS) $(PKGS)
 
 .PHONY: bench
@@ -74,7 +87,7 @@ bench: ## run the benchmarks
 		-args -dp.report=$(CURDIR)/docs/bench/datapath.md -dp.plugins=$(TOOLBIN)
 
 .PHONY: run
-run: build ## start the whole system on this machine with an embedded etcd
+run: setup-run build ## start the whole system on this machine with an embedded etcd
 	$(BIN)/axon-local --state-dir $(CURDIR)/.run
 
 .PHONY: clean

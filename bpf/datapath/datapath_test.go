@@ -14,12 +14,11 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/features"
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/axon-cni/axon/bpf/internal/fdleak"
+	"github.com/axon-cni/axon/bpf/testenv"
 )
 
 // TestMain fails the package if the tests leak file descriptors.
@@ -570,22 +569,7 @@ func repin(t *testing.T, dir string, spec *ebpf.MapSpec) {
 // pinDir returns a fresh directory on bpffs, removed when the test ends.
 func pinDir(t testing.TB) string {
 	t.Helper()
-	const root = "/sys/fs/bpf"
-	var st unix.Statfs_t
-	if err := unix.Statfs(root, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
-		if err := os.MkdirAll(root, 0o755); err != nil {
-			t.Skipf("no bpffs: %v", err)
-		}
-		if err := unix.Mount("bpf", root, "bpf", 0, ""); err != nil {
-			t.Skipf("no bpffs at %s and cannot mount it: %v", root, err)
-		}
-	}
-	dir, err := os.MkdirTemp(root, "axon-datapath-test-")
-	if err != nil {
-		t.Skipf("cannot create a pin directory on bpffs: %v", err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
+	return testenv.BPFFSDir(t, "axon-datapath-test-")
 }
 
 func mustMAC(s string) net.HardwareAddr {
@@ -596,21 +580,11 @@ func mustMAC(s string) net.HardwareAddr {
 	return hw
 }
 
-// requireBPF skips the test where it cannot load BPF tc programs.
+// requireBPF ends the test where it cannot load BPF tc programs (see
+// testenv.RequireBPF).
 func requireBPF(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads BPF programs and creates network namespaces")
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatalf("remove memlock rlimit: %v", err)
-	}
-	if err := features.HaveProgramType(ebpf.SchedCLS); err != nil {
-		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, os.ErrPermission) {
-			t.Skipf("BPF tc programs unavailable: %v", err)
-		}
-		t.Fatalf("probe BPF tc programs: %v", err)
-	}
+	testenv.RequireBPF(t)
 }
 
 // mustLoad loads the datapath (pinned under dir unless it is empty) and
@@ -619,9 +593,7 @@ func mustLoad(t testing.TB, dir string) *Objects {
 	t.Helper()
 	requireBPF(t)
 	o, err := Load(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	testenv.RequireLoaded(t, "the datapath", err)
 	t.Cleanup(func() { o.Close() })
 	return o
 }

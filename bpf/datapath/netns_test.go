@@ -17,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/axon-cni/axon/bpf/testenv"
 )
 
 // Real packets through the programs attached with tcx. Every "node" and
@@ -73,7 +75,7 @@ func (n *testNode) attach(t *testing.T, attach func(int) (link.Link, error), ifi
 		return err
 	})
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		t.Skipf("tcx unavailable (needs Linux 6.6): %v", err)
+		testenv.Unavailable(t, "tcx (Linux 6.6)", err)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -12,14 +12,13 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/axon-cni/axon/bpf/internal/fdleak"
+	"github.com/axon-cni/axon/bpf/testenv"
 )
 
 // TestMain fails the package if the tests leak file descriptors.
@@ -105,7 +104,7 @@ var (
 // they all arrive (the probes do not change forwarding) and were counted on
 // the right hook.
 func TestProbeCounts(t *testing.T) {
-	requireBPF(t)
+	testenv.RequireBPF(t)
 	p := newVethPair(t)
 
 	ingress := mustLoad(t, Ingress)
@@ -160,34 +159,10 @@ func TestProbeCounts(t *testing.T) {
 	}
 }
 
-// requireBPF skips the test where it cannot load BPF programs or create
-// namespaces, and fails where tcx is missing on a kernel that has it.
-func requireBPF(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads BPF programs and creates network namespaces")
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatalf("remove memlock rlimit: %v", err)
-	}
-	if err := features.HaveProgramType(ebpf.SchedCLS); err != nil {
-		if errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, os.ErrPermission) || errors.Is(err, errors.ErrUnsupported) {
-			t.Skipf("BPF tc programs unavailable: %v", err)
-		}
-		t.Fatalf("probe BPF tc programs: %v", err)
-	}
-}
-
 func mustLoad(t *testing.T, dir Direction) *Probe {
 	t.Helper()
 	p, err := Load(dir, nil)
-	if err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			t.Fatalf("%+v", verr)
-		}
-		t.Fatal(err)
-	}
+	testenv.RequireLoaded(t, "the probe", err)
 	t.Cleanup(func() { p.Close() })
 	return p
 }
@@ -205,7 +180,7 @@ func attach(t *testing.T, p *Probe, ns netns.NsHandle, ifindex int) {
 		if kernelAtLeast(t, 6, 6) {
 			t.Fatalf("tcx missing on a kernel that has it: %v", err)
 		}
-		t.Skipf("tcx needs Linux 6.6: %v", err)
+		testenv.Unavailable(t, "tcx (Linux 6.6)", err)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+	"github.com/axon-cni/axon/bpf/testenv"
+	"github.com/axon-cni/axon/bpf/testpoll"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/health"
@@ -77,14 +79,14 @@ type env struct {
 	stateDir string // the cluster's (localcluster.Config.StateDir)
 }
 
+// requireRoot skips the test in -short mode, then requires what it needs:
+// root for network namespaces and links, and BPF (see testenv).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, links and eBPF programs")
-	}
 	if testing.Short() {
 		t.Skip("end-to-end test; skipped in -short mode")
 	}
+	testenv.RequireBPF(t)
 }
 
 // newEnv starts etcd, the control plane and nodes simulated nodes in the
@@ -281,17 +283,7 @@ func (e *env) tryPing(from, to string) error {
 // IPAM's block watch.
 func (e *env) eventually(fn func() error) {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatal(err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testpoll.Until(e.t, 10*time.Second, fn)
 }
 
 // links lists the interface names in a namespace.

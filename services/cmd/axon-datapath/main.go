@@ -1,6 +1,7 @@
 // Command axon-datapath is the per-node agent: it wires pods (veth, routes),
 // loads the eBPF programs and serves the node's datapath API, to the CNI
-// shim over a unix socket and to the control plane over TCP.
+// shim over a unix socket, and over TCP only when --grpc-addr asks for it,
+// then with mTLS (anyone who reaches the API can rewire the node's pods).
 package main
 
 import (
@@ -15,7 +16,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
@@ -33,13 +33,14 @@ func main() {
 	host, _ := os.Hostname()
 	cfg := agent.Config{NodeName: host, RoutingMode: nodedev.ModeTunnel, Masquerade: true}
 	var ipamTarget, nodeIPs string
+	ipamTLS := daemon.ClientTLS{Peer: "ipam"}
 	gcMinAge := time.Minute
 	healthInterval := 5 * time.Second
 	masqInterval := 10 * time.Second
 	os.Exit(daemon.Main(daemon.Spec{
-		Name: "datapath",
+		Name:         "datapath",
+		TCPNeedsMTLS: true,
 		Defaults: daemon.Defaults{
-			GRPCAddr:    "127.0.0.1:9402",
 			UnixSocket:  "/run/axon/datapath.sock",
 			MetricsAddr: "127.0.0.1:9602",
 		},
@@ -47,6 +48,7 @@ func main() {
 			fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's `name` (the Kubernetes node name)")
 			fs.StringVar(&nodeIPs, "node-ip", "", "comma-separated underlay `addresses` of this node, preferred first")
 			fs.StringVar(&ipamTarget, "ipam-target", "127.0.0.1:9401", "gRPC `target` of axon-ipam (host:port or unix:///path)")
+			ipamTLS.RegisterFlags(fs)
 			fs.StringVar(&cfg.RoutingMode, "routing-mode", cfg.RoutingMode, "how pods reach other nodes: tunnel (VXLAN) or native")
 			fs.StringVar(&cfg.TunnelProtocol, "tunnel-protocol", nodedev.TunnelVXLAN, "overlay of tunnel mode: vxlan (UDP 8472) or geneve (UDP 6081)")
 			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from the MTU of the device holding the node address (less 50 in tunnel mode)")
@@ -76,7 +78,11 @@ func main() {
 			if cfg.PinDir == "" {
 				cfg.PinDir = "/sys/fs/bpf/axon/" + cfg.NodeName
 			}
-			conn, err := grpc.NewClient(ipamTarget, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			creds, err := ipamTLS.Credentials(ipamTarget)
+			if err != nil {
+				return err
+			}
+			conn, err := grpc.NewClient(ipamTarget, grpc.WithTransportCredentials(creds))
 			if err != nil {
 				return &daemon.UsageError{Err: fmt.Errorf("--ipam-target: %w", err)}
 			}

@@ -43,11 +43,11 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	f := root.PersistentFlags()
-	f.StringVar(&ep.ipam, "ipam", "127.0.0.1:9401", "gRPC target of axon-ipam")
-	f.StringSliceVar(&ep.datapaths, "datapath", []string{"unix:///run/axon/datapath.sock"}, "gRPC targets of axon-datapath (host:port or unix:///path); repeat for several nodes")
-	f.StringVar(&ep.lbipam, "lbipam", "127.0.0.1:9403", "gRPC target of axon-lbipam")
-	f.StringVar(&ep.policy, "policy", "127.0.0.1:9404", "gRPC target of axon-policy")
-	f.StringVar(&ep.operator, "operator", "127.0.0.1:9405", "gRPC target of axon-operator")
+	f.StringVar(&ep.ipam, "ipam", "127.0.0.1:9401", "gRPC target of axon-ipam; empty: not checked")
+	f.StringSliceVar(&ep.datapaths, "datapath", []string{"unix:///run/axon/datapath.sock"}, "gRPC targets of axon-datapath (host:port or unix:///path); repeat for several nodes; empty: not checked")
+	f.StringVar(&ep.lbipam, "lbipam", "127.0.0.1:9403", "gRPC target of axon-lbipam; empty: not checked")
+	f.StringVar(&ep.policy, "policy", "127.0.0.1:9404", "gRPC target of axon-policy; empty: not checked")
+	f.StringVar(&ep.operator, "operator", "127.0.0.1:9405", "gRPC target of axon-operator; empty: not checked")
 	f.DurationVar(&ep.timeout, "timeout", 3*time.Second, "per-call timeout")
 	root.AddCommand(newStatusCmd(&ep))
 	return root
@@ -70,12 +70,12 @@ func status(ctx context.Context, out io.Writer, ep *endpoints) error {
 	unhealthy := 0
 	targets := []struct{ name, target string }{{"ipam", ep.ipam}, {"lbipam", ep.lbipam}, {"policy", ep.policy}, {"operator", ep.operator}}
 	for _, d := range ep.datapaths {
-		if d == "" {
-			continue // --datapath= : no datapath to check
-		}
 		targets = append(targets, struct{ name, target string }{"datapath", d})
 	}
 	for _, s := range targets {
+		if s.target == "" {
+			continue // --ipam= and the like: not checked (a node's probe checks its datapath alone)
+		}
 		st := checkHealth(ctx, s.target, ep.timeout)
 		if st != healthpb.HealthCheckResponse_SERVING.String() {
 			unhealthy++

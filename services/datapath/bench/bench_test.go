@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/axon-cni/axon/bpf/testenv"
 )
 
 var (
@@ -98,9 +100,7 @@ func TestDatapathBenchReport(t *testing.T) {
 	if *reportPath == "" {
 		t.Skip("benchmark report: run with -args -dp.report=PATH (see doc.go)")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, links and eBPF programs")
-	}
+	testenv.RequireRoot(t)
 	ptpBin, hostLocalBin := findPlugins(t)
 	requireTool(t, "iperf3", "apt-get install -y iperf3")
 	requireTool(t, "nsenter", "util-linux")

@@ -9,21 +9,14 @@ import (
 	"github.com/vishvananda/netlink"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+	"github.com/axon-cni/axon/bpf/testenv"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
 // pinDir returns a fresh directory on bpffs for the test's pins.
 func pinDir(t *testing.T) string {
 	t.Helper()
-	if err := ensureBPFFS("/sys/fs/bpf"); err != nil {
-		t.Skipf("no bpffs: %v", err)
-	}
-	dir, err := os.MkdirTemp("/sys/fs/bpf", "axon-loader-test-")
-	if err != nil {
-		t.Skipf("cannot create a pin directory on bpffs: %v", err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	return dir
+	return testenv.BPFFSDir(t, "axon-loader-test-")
 }
 
 func addVeth(t *testing.T, ns *nstest.NS, name string) int {
@@ -59,16 +52,15 @@ func pinTCX(t *testing.T, ns *nstest.NS, dir, name string, attach func(int) (lin
 // node link whose device is gone is dropped instead of failing the start,
 // and a pod's filter moves to the new program.
 func TestOpenAdoptsEarlierRun(t *testing.T) {
-	nstest.RequireRoot(t)
+	testenv.RequireBPF(t)
 	ns := nstest.New(t)
 	dir := pinDir(t)
 	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	old, err := bpfdp.Load(dir)
-	if err != nil {
-		t.Skipf("cannot load the datapath: %v", err)
-	}
+	// Only a missing privilege may skip: a verifier rejection must fail.
+	testenv.RequireLoaded(t, "the datapath", err)
 	oldPod := addVeth(t, ns, "lxcold")
 	pinTCX(t, ns, dir, "lxcold", old.AttachFromPod, oldPod)
 	gone := addVeth(t, ns, "gone")

@@ -94,6 +94,19 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// ErrTCPWithoutMTLS is returned by [Config.ValidateTCPMTLS] for a TCP
+// listener that does not require client certificates.
+var ErrTCPWithoutMTLS = errors.New("a TCP listener needs mTLS: --tls-cert, --tls-key and --tls-client-ca (or listen on --grpc-socket only)")
+
+// ValidateTCPMTLS reports [ErrTCPWithoutMTLS] when c listens on TCP
+// without requiring client certificates signed by --tls-client-ca.
+func (c *Config) ValidateTCPMTLS() error {
+	if c.GRPCAddr != "" && (c.TLSCertFile == "" || c.TLSKeyFile == "" || c.TLSClientCAFile == "") {
+		return fmt.Errorf("--grpc-addr %s: %w", c.GRPCAddr, ErrTCPWithoutMTLS)
+	}
+	return nil
+}
+
 // NewLogger returns the logger c describes, writing to w.
 func (c *Config) NewLogger(w io.Writer) (*slog.Logger, error) {
 	level, err := parseLevel(c.LogLevel)

@@ -51,6 +51,11 @@ type Spec struct {
 	Defaults Defaults
 	// Flags, if set, registers the service's own flags.
 	Flags func(fs *flag.FlagSet)
+	// TCPNeedsMTLS refuses a TCP listener (--grpc-addr) unless it requires
+	// client certificates (--tls-cert, --tls-key, --tls-client-ca). For
+	// services whose API changes the node: their unix socket's file mode
+	// is the only other guard, and any local user can reach a TCP port.
+	TCPNeedsMTLS bool
 	// Setup registers the service's gRPC services, health checks and
 	// shutdown hooks on d. It runs after flags are parsed and before any
 	// listener opens; an error aborts start-up.
@@ -100,6 +105,11 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 	}
 	if err := cfg.Validate(); err != nil {
 		return &UsageError{err}
+	}
+	if spec.TCPNeedsMTLS {
+		if err := cfg.ValidateTCPMTLS(); err != nil {
+			return &UsageError{err}
+		}
 	}
 	log, err := cfg.NewLogger(stderr)
 	if err != nil {

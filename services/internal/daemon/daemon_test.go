@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -24,6 +25,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	"github.com/axon-cni/axon/services/internal/testpki"
 )
 
@@ -62,23 +64,20 @@ func dial(t *testing.T, target string, opts ...grpc.DialOption) *grpc.ClientConn
 func waitStatus(t *testing.T, conn *grpc.ClientConn, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
 	hc := healthpb.NewHealthClient(conn)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testpoll.Until(t, 10*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
 		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && resp.GetStatus() == want {
-			return
+		if err != nil {
+			return fmt.Errorf("health check: %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health never became %s (last: %v, %v)", want, resp.GetStatus(), err)
+		if got := resp.GetStatus(); got != want {
+			return fmt.Errorf("health is %s, want %s", got, want)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
-// inherit returns an fd:N address for a duplicate of f's descriptor, which
-// the daemon takes over (and closes) as it would a socket its parent passed.
 func inherit(t *testing.T, f *os.File) string {
 	t.Helper()
 	fd, err := syscall.Dup(int(f.Fd()))

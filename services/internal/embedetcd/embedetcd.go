@@ -60,9 +60,7 @@ func Start(c Config) (*Server, error) {
 		c.listenURL = listenURL
 	}
 	closing := new(atomic.Bool)
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(&slogCore{
-		log: c.Log, level: zapcore.ErrorLevel, closing: closing,
-	}))
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(ZapCore(c.Log, zapcore.ErrorLevel, closing)))
 	// A port chosen free (port 0) is closed again before etcd listens on it,
 	// so another process can take it in between; then etcd fails before it
 	// writes any data, and a start on fresh ports is safe.

@@ -3,26 +3,43 @@ package embedetcd
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync/atomic"
 
 	"go.uber.org/zap/zapcore"
 )
 
-// slogCore sends etcd's zap log entries to a slog.Logger, so the embedded
-// member logs like the rest of the process. Once closing is set, entries are
-// dropped: etcd reports its own listeners closing as errors.
-type slogCore struct {
-	log     *slog.Logger
-	level   zapcore.Level
-	fields  []zapcore.Field
-	closing *atomic.Bool
+// LevelPanic is the slog level of etcd's DPanic, Panic and Fatal entries,
+// above slog.LevelError so that a handler can tell them apart: a panic
+// follows them.
+const LevelPanic = slog.LevelError + 4
+
+// ZapCore returns a zap core that sends etcd's log entries at level and
+// above to log, so that etcd logs like the rest of the process. While mute
+// is set, entries below DPanic are dropped: a stopping member reports its
+// own closing listeners and connections as errors. mute may be nil.
+func ZapCore(log *slog.Logger, level zapcore.Level, mute *atomic.Bool) zapcore.Core {
+	if mute == nil {
+		mute = new(atomic.Bool)
+	}
+	return &slogCore{log: log, level: level, mute: mute}
 }
 
-func (c *slogCore) Enabled(l zapcore.Level) bool { return l >= c.level && !c.closing.Load() }
+type slogCore struct {
+	log    *slog.Logger
+	level  zapcore.Level
+	fields []zapcore.Field
+	mute   *atomic.Bool
+}
+
+func (c *slogCore) Enabled(l zapcore.Level) bool {
+	return l >= zapcore.DPanicLevel || l >= c.level && !c.mute.Load()
+}
 
 func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
 	clone := *c
-	clone.fields = append(append([]zapcore.Field(nil), c.fields...), fields...)
+	clone.fields = append(slices.Clip(c.fields), fields...)
 	return &clone
 }
 
@@ -42,8 +59,8 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 		f.AddTo(enc)
 	}
 	attrs := make([]any, 0, 2*len(enc.Fields))
-	for k, v := range enc.Fields {
-		attrs = append(attrs, k, v)
+	for _, k := range slices.Sorted(maps.Keys(enc.Fields)) {
+		attrs = append(attrs, k, enc.Fields[k])
 	}
 	c.log.Log(context.Background(), slogLevel(e.Level), e.Message, attrs...)
 	return nil
@@ -53,7 +70,9 @@ func (c *slogCore) Sync() error { return nil }
 
 func slogLevel(l zapcore.Level) slog.Level {
 	switch {
-	case l >= zapcore.ErrorLevel:
+	case l >= zapcore.DPanicLevel:
+		return LevelPanic
+	case l == zapcore.ErrorLevel:
 		return slog.LevelError
 	case l == zapcore.WarnLevel:
 		return slog.LevelWarn

@@ -24,6 +24,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -215,7 +216,8 @@ func (m *member) startOnce() error {
 	cfg.ListenPeerUrls = []url.URL{peerURL}
 	cfg.GRPCAdditionalServerOptions = g.serverOptions()
 	// etcd's Fatal would exit the test binary silently: panic instead.
-	lg := zap.New(&testCore{log: m.log, member: cfg.Name, quiet: quiet}, zap.WithFatalHook(zapcore.WriteThenPanic))
+	core := embedetcd.ZapCore(slog.New(&testHandler{log: m.log, member: cfg.Name}), zapcore.ErrorLevel, quiet)
+	lg := zap.New(core, zap.WithFatalHook(zapcore.WriteThenPanic))
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	e, err := embed.StartEtcd(&cfg)
 	if err != nil {

@@ -1,16 +1,16 @@
 package etcdtest
 
 import (
+	"context"
 	"fmt"
-	"maps"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 
-	"go.uber.org/zap/zapcore"
+	"github.com/axon-cni/axon/services/internal/embedetcd"
 )
 
 // testLog writes to t.Log until the test ends; t.Log after that panics,
@@ -36,56 +36,49 @@ func (l *testLog) close() {
 	l.done = true
 }
 
-// testCore is a zap core that sends a member's errors to a testLog, except
-// while the member stops: then errors about closed connections are normal.
-type testCore struct {
+// testHandler is the slog handler behind a member's etcd log (through
+// embedetcd.ZapCore): lines go to the test's log, panics to stderr.
+type testHandler struct {
 	log    *testLog
 	member string
-	quiet  *atomic.Bool
-	fields []zapcore.Field
+	attrs  []slog.Attr
 }
 
-func (c *testCore) Enabled(l zapcore.Level) bool {
-	return l >= zapcore.DPanicLevel || l >= zapcore.ErrorLevel && !c.quiet.Load()
-}
+func (h *testHandler) Enabled(context.Context, slog.Level) bool { return true }
 
-func (c *testCore) With(fields []zapcore.Field) zapcore.Core {
-	clone := *c
-	clone.fields = append(slices.Clip(c.fields), fields...)
+func (h *testHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	clone := *h
+	clone.attrs = append(slices.Clip(h.attrs), attrs...)
 	return &clone
 }
 
-func (c *testCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(e.Level) {
-		return ce.AddCore(e, c)
-	}
-	return ce
-}
+// WithGroup is not needed: the zap adapter passes flat attributes.
+func (h *testHandler) WithGroup(string) slog.Handler { return h }
 
-func (c *testCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
-	enc := zapcore.NewMapObjectEncoder()
-	for _, f := range c.fields {
-		f.AddTo(enc)
-	}
-	for _, f := range fields {
-		f.AddTo(enc)
-	}
+func (h *testHandler) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(enc.Fields)) {
-		fmt.Fprintf(&b, " %s=%v", k, enc.Fields[k])
+	var errText string
+	add := func(a slog.Attr) bool {
+		if a.Key == "error" {
+			errText = a.Value.String()
+		}
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
 	}
-	if e.Message == "failed to update storage version" && strings.Contains(fmt.Sprint(enc.Fields["error"]), "missing term information") {
+	for _, a := range h.attrs {
+		add(a)
+	}
+	r.Attrs(add)
+	if r.Message == "failed to update storage version" && strings.Contains(errText, "missing term information") {
 		// A new member's storage version monitor runs before the
 		// first raft term is on disk; it retries, and succeeds.
 		return nil
 	}
-	if e.Level >= zapcore.DPanicLevel {
+	if r.Level >= embedetcd.LevelPanic {
 		// A panic follows, and the test's log would be lost with it.
-		fmt.Fprintf(os.Stderr, "etcd %s %s: %s%s\n", c.member, e.Level, e.Message, b.String())
+		fmt.Fprintf(os.Stderr, "etcd %s %s: %s%s\n", h.member, r.Level, r.Message, b.String())
 		return nil
 	}
-	c.log.logf("etcd %s %s: %s%s", c.member, e.Level, e.Message, b.String())
+	h.log.logf("etcd %s %s: %s%s", h.member, r.Level, r.Message, b.String())
 	return nil
 }
-
-func (c *testCore) Sync() error { return nil }

@@ -13,15 +13,15 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/axon-cni/axon/bpf/testenv"
 )
 
-// RequireRoot skips the test unless it runs as root, which creating
-// namespaces and links needs.
+// RequireRoot ends the test unless it runs as root, which creating
+// namespaces and links needs: a skip, or a failure under CI (see testenv).
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces and links")
-	}
+	testenv.RequireRoot(t)
 }
 
 // NS is an anonymous network namespace.

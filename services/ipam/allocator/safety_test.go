@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/ipam/pool"
@@ -122,7 +123,12 @@ func TestHostScopeOverlapsRefused(t *testing.T) {
 		}
 		// Let a's watch deliver n1's block, then take it out again: a lag.
 		bkey := a.keys.block(netip.MustParsePrefix("10.244.1.0/24"))
-		waitFor(t, func() bool { _, ok := a.blocks.get(bkey); return ok })
+		testpoll.Until(t, 5*time.Second, func() error {
+			if _, ok := a.blocks.get(bkey); !ok {
+				return fmt.Errorf("block %s not in the watch cache", bkey)
+			}
+			return nil
+		})
 		a.blocks.mu.Lock()
 		a.blocks.deleteLocked(bkey)
 		a.blocks.mu.Unlock()
@@ -343,16 +349,6 @@ func TestClaimBlockFindsRouterTaken(t *testing.T) {
 	})
 }
 
-// waitFor polls cond until it holds, failing the test after 5 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5 s")
-		}
-	}
-}
-
 // Two replicas claim overlapping pod CIDRs of two nodes at once: one claim
 // wins, the other is refused, never both.
 func TestHostScopeRacingOverlapsOneWins(t *testing.T) {
@@ -363,7 +359,7 @@ func TestHostScopeRacingOverlapsOneWins(t *testing.T) {
 		mustPool(t, a, hostPool("host", true, "10.244.0.0/16"))
 		mustNode(t, a, "n1", "10.244.1.0/24")
 		mustNode(t, a, "n2", "10.244.1.0/25")
-		waitFor(t, func() bool { _, err := b.lookupNode(t.Context(), "n2"); return err == nil })
+		testpoll.Until(t, 5*time.Second, func() error { _, err := b.lookupNode(t.Context(), "n2"); return err })
 		errs := make(chan error, 2)
 		go func() { _, err := a.ClaimBlock(t.Context(), "n1", "", pool.IPv4, ""); errs <- err }()
 		go func() { _, err := b.ClaimBlock(t.Context(), "n2", "", pool.IPv4, ""); errs <- err }()

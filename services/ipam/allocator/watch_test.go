@@ -3,6 +3,7 @@ package allocator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
@@ -131,18 +133,14 @@ func TestWatchCacheRelistsAfterCompaction(t *testing.T) {
 	go func() { c.run(runCtx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	want := map[string]string{prefix + "b": "3", prefix + "c": "4"}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testpoll.Until(t, 5*time.Second, func() error {
 		got := map[string]string{}
 		for k, e := range c.snapshot(nil) {
 			got[k] = e.val
 		}
-		if maps.Equal(got, want) {
-			return
+		if !maps.Equal(got, want) {
+			return fmt.Errorf("cache holds %v, want %v", got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cache holds %v, want %v", got, want)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 }

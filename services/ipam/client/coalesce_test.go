@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
@@ -144,16 +145,15 @@ func burst(t *testing.T, c *Coalescing, f *fakeIPAM, ids []string) <-chan result
 // waitQueued waits until n calls are queued behind those in flight.
 func waitQueued(t *testing.T, c *Coalescing, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for queued := 0; queued < n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d calls queued after 10s, want %d (sent on their own?)", queued, n)
-		}
-		time.Sleep(time.Millisecond)
+	testpoll.Until(t, 10*time.Second, func() error {
 		c.mu.Lock()
-		queued = len(c.queue)
+		queued := len(c.queue)
 		c.mu.Unlock()
-	}
+		if queued < n {
+			return fmt.Errorf("%d calls queued, want %d (sent on their own?)", queued, n)
+		}
+		return nil
+	})
 }
 
 func TestCoalescesWhileInFlight(t *testing.T) {

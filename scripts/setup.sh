@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Checks that this machine has what Axon's make targets need, and sets up
+# what it can. Usage: scripts/setup.sh [PURPOSE...], PURPOSE one of
+#   test      make test: ip, tc, ping, nsenter, sysctl for the kernel tests
+#   run       make run: ip and nsenter for the simulated nodes
+#   generate  make generate: clang, llvm-strip, libbpf and kernel headers
+#   ci        .ci/run: all of the above plus git, make and CA certificates
+# (default: test). As root it installs missing Debian packages (apt-get,
+# non-interactive) and mounts bpffs on /sys/fs/bpf; otherwise it prints the
+# exact command to run and exits 1. It changes nothing when all is present.
+set -euo pipefail
+
+# need COMMAND-OR-FILE PACKAGE: PACKAGE (Debian) provides COMMAND-OR-FILE.
+# A name with a slash is a file (glob allowed), otherwise a command.
+declare -A pkg_for=()
+order=()
+need() {
+	local what=$1 pkg=$2
+	[[ -v "pkg_for[$what]" ]] || order+=("$what")
+	pkg_for[$what]=$pkg
+}
+
+needs_test() {
+	need ip iproute2
+	need tc iproute2
+	need ping iputils-ping
+	need nsenter util-linux
+	need mountpoint util-linux
+	need sysctl procps
+}
+needs_run() {
+	need ip iproute2
+	need nsenter util-linux
+	need mountpoint util-linux
+}
+needs_generate() {
+	need clang clang
+	need llvm-strip llvm # bpf2go strips the objects with it
+	need /usr/include/bpf/bpf_helpers.h libbpf-dev
+	need '/usr/include/*/asm/types.h' linux-libc-dev
+	need git git
+}
+needs_ci() {
+	needs_test
+	needs_run
+	needs_generate
+	need make make
+	need /etc/ssl/certs/ca-certificates.crt ca-certificates # go mod download
+}
+
+purposes=("$@")
+((${#purposes[@]})) || purposes=(test)
+for p in "${purposes[@]}"; do
+	case $p in
+	test | run | generate | ci) "needs_$p" ;;
+	*)
+		echo "setup: unknown purpose '$p' (want test, run, generate or ci)" >&2
+		exit 2
+		;;
+	esac
+done
+
+present() {
+	if [[ $1 == */* ]]; then
+		compgen -G "$1" >/dev/null
+	else
+		# sbin is often not in a user's PATH, yet holds sysctl.
+		PATH=$PATH:/usr/sbin:/sbin command -v "$1" >/dev/null 2>&1
+	fi
+}
+
+missing=()
+for what in "${order[@]}"; do
+	present "$what" && continue
+	pkg=${pkg_for[$what]}
+	[[ " ${missing[*]} " == *" $pkg "* ]] || missing+=("$pkg")
+	echo "setup: missing $what (Debian package $pkg)" >&2
+done
+
+root=false
+[[ $(id -u) == 0 ]] && root=true
+
+if ((${#missing[@]})); then
+	if ! $root || ! command -v apt-get >/dev/null 2>&1; then
+		echo "setup: install them first, as root:" >&2
+		echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
+		exit 1
+	fi
+	echo "setup: installing ${missing[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	for what in "${order[@]}"; do
+		if ! present "$what"; then
+			echo "setup: $what still missing after installing ${pkg_for[$what]}" >&2
+			exit 1
+		fi
+	done
+fi
+
+# bpffs: the datapath pins its maps and links there. Only root can mount
+# it, and only root runs the tests and nodes that pin.
+if $root && ! mountpoint -q /sys/fs/bpf; then
+	mkdir -p /sys/fs/bpf
+	mount -t bpf bpf /sys/fs/bpf
+	echo "setup: mounted bpffs on /sys/fs/bpf" >&2
+fi
