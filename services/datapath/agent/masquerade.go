@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/iprange"
 	"github.com/axon-cni/axon/services/internal/paging"
-	"github.com/axon-cni/axon/services/ipam/cidr"
 )
 
 // natTable is the name of the nftables tables (one per IP family) the agent
@@ -204,11 +204,11 @@ func masqueradeInstalled(podCIDRs []netip.Prefix) bool {
 // address after its last (an interval end), after a leading interval end at
 // the zero address as nft itself writes them.
 func intervalElements(prefixes []netip.Prefix) []nftables.SetElement {
-	var spans []cidr.Range
+	var spans []iprange.Range
 	for _, p := range prefixes {
-		spans = append(spans, cidr.RangeOf(p))
+		spans = append(spans, iprange.FromPrefix(p))
 	}
-	merged := cidr.MergeRanges(spans)
+	merged := iprange.Merge(spans)
 	var zero netip.Addr
 	if merged[0].From.Is4() {
 		zero = netip.IPv4Unspecified()
