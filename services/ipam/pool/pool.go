@@ -199,7 +199,7 @@ func parseFamily(fam Family, spec *ipamv1alpha1.PoolFamily, mode Mode) (*FamilyS
 }
 
 // ParseRange parses an AddressRange: a CIDR, or start and end.
-func ParseRange(r *ipamv1alpha1.AddressRange) (iprange.Range, error) {
+func ParseRange(r *commonv1alpha1.AddressRange) (iprange.Range, error) {
 	if r.GetCidr() != "" {
 		if r.GetStart() != "" || r.GetEnd() != "" {
 			return iprange.Range{}, errors.New("set either cidr or start and end, not both")
