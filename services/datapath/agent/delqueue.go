@@ -2,20 +2,14 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 )
-
-// queuedDelete is a DEL that axon-cni queued while the agent was down, in
-// the file format axon-cni writes (one JSON file per attachment).
-type queuedDelete struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-}
 
 // replayDeletes runs every queued DEL and removes its file once done.
 func (a *Agent) replayDeletes(ctx context.Context) {
@@ -35,17 +29,19 @@ func (a *Agent) replayDeletes(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		var q queuedDelete
-		if err := json.Unmarshal(b, &q); err != nil || q.ContainerID == "" || q.IfName == "" {
+		// Each file is one QueuedDelete in protojson, as axon-cni writes it;
+		// unknown fields are ignored so a newer axon-cni's records replay.
+		var q datapathv1alpha1.QueuedDelete
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b, &q); err != nil || q.GetContainerId() == "" || q.GetInterfaceName() == "" {
 			a.log.Error("dropping unreadable queued delete", "file", path, "err", err)
 			_ = os.Remove(path)
 			continue
 		}
-		if _, err := a.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.ContainerID, InterfaceName: q.IfName}); err != nil {
-			a.log.Warn("queued delete failed; kept for the next replay", "container", q.ContainerID, "err", err)
+		if _, err := a.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.GetContainerId(), InterfaceName: q.GetInterfaceName()}); err != nil {
+			a.log.Warn("queued delete failed; kept for the next replay", "container", q.GetContainerId(), "err", err)
 			continue
 		}
-		a.log.Info("replayed queued delete", "container", q.ContainerID, "interface", q.IfName)
+		a.log.Info("replayed queued delete", "container", q.GetContainerId(), "interface", q.GetInterfaceName())
 		_ = os.Remove(path)
 	}
 }
