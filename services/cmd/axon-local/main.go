@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/axon-cni/axon/services/internal/daemon"
-	"github.com/axon-cni/axon/services/internal/localcluster"
+	"github.com/axon-cni/axon/services/localcluster"
 )
 
 func main() {

@@ -1,6 +1,8 @@
 // Package localcluster runs the whole Axon system on one machine: an
 // embedded etcd and every service binary as a child process, each checked
-// healthy before the next starts. It is what `make run` (axon-local) does.
+// healthy before the next starts. It is the engine of the axon-local program
+// (`make run`), and the harness the end-to-end tests (services/e2e) and the
+// datapath benchmarks (services/datapath/bench) start their clusters with.
 package localcluster
 
 import (
