@@ -77,7 +77,9 @@ func (IPFamily) EnumDescriptor() ([]byte, []int) {
 
 // Protocol is an IP protocol. Each value is the protocol's IANA number (the
 // IPv4 protocol / IPv6 next-header field), so code may convert between the
-// enum and the number with a plain cast; BPF maps store the number. Each
+// enum and the number with a plain cast; BPF maps store the number. Only the
+// protocols Axon handles are named; proto3 enums are open, so a field that
+// reports what was seen (a flow) may carry another protocol's number. Each
 // field of this type says which values it accepts and what UNSPECIFIED means
 // there.
 type Protocol int32
