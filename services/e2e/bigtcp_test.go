@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/axon-cni/axon/services/internal/localcluster"
 	"github.com/axon-cni/axon/services/internal/nstest"
+	"github.com/axon-cni/axon/services/localcluster"
 )
 
 // TestBigTCP runs nodes with --big-tcp in both routing modes: pods' veths

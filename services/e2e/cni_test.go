@@ -19,8 +19,8 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/health"
 	"github.com/axon-cni/axon/services/datapath/veth"
-	"github.com/axon-cni/axon/services/internal/localcluster"
 	"github.com/axon-cni/axon/services/internal/nstest"
+	"github.com/axon-cni/axon/services/localcluster"
 )
 
 // TestPodsOnOneNode wires pods through the real CNI plugin and checks they

@@ -30,7 +30,7 @@ import (
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/health"
-	"github.com/axon-cni/axon/services/internal/localcluster"
+	"github.com/axon-cni/axon/services/localcluster"
 )
 
 var (

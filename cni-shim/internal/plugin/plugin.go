@@ -139,7 +139,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		case codes.OK, codes.NotFound:
 			return nil
 		case codes.Unavailable, codes.DeadlineExceeded:
-			if qerr := QueueDelete(conf.DeleteQueue, att.GetContainerId(), att.GetInterfaceName()); qerr != nil {
+			if qerr := QueueDelete(conf.DeleteQueue, att); qerr != nil {
 				return types.NewError(types.ErrTryAgainLater, "axon-datapath unavailable and the delete could not be queued", qerr.Error())
 			}
 			return nil

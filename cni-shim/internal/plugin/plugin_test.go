@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -258,8 +259,8 @@ func TestDelWhileDatapathDownIsQueued(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var q QueuedDelete
-	if err := json.Unmarshal(b, &q); err != nil || q.ContainerID != "ctr/1" || q.IfName != "eth0" {
+	var q datapathv1alpha1.QueuedDelete
+	if err := protojson.Unmarshal(b, &q); err != nil || q.GetContainerId() != "ctr/1" || q.GetInterfaceName() != "eth0" {
 		t.Fatalf("queued %s (%v)", b, err)
 	}
 }

@@ -1,42 +1,59 @@
 package plugin
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 )
 
-// QueuedDelete is one DEL waiting in the queue directory. axon-datapath
-// reads the same format when it replays the queue.
-type QueuedDelete struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-}
-
-// QueueDelete writes a DEL into dir, atomically, one file per attachment.
-func QueueDelete(dir, containerID, ifName string) error {
+// QueueDelete writes a DEL for att into dir as a
+// datapathv1alpha1.QueuedDelete in protojson, one file per attachment, for
+// axon-datapath to replay when it starts. The file appears whole or not at
+// all (written to a temporary file, synced, then renamed), so the agent
+// never reads half a record.
+func QueueDelete(dir string, att *datapathv1alpha1.Attachment) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create delete queue: %w", err)
 	}
-	b, err := json.Marshal(QueuedDelete{ContainerID: containerID, IfName: ifName})
+	b, err := protojson.Marshal(&datapathv1alpha1.QueuedDelete{
+		ContainerId:   att.GetContainerId(),
+		InterfaceName: att.GetInterfaceName(),
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("encode queued delete: %w", err)
 	}
-	name := url.PathEscape(containerID) + "_" + url.PathEscape(ifName) + ".json"
+	// Escaped so that any container ID or interface name is one file name.
+	name := url.PathEscape(att.GetContainerId()) + "_" + url.PathEscape(att.GetInterfaceName()) + ".json"
 	tmp, err := os.CreateTemp(dir, ".queue-*")
 	if err != nil {
 		return fmt.Errorf("queue delete: %w", err)
 	}
-	if _, err := tmp.Write(b); err != nil {
-		_ = tmp.Close()
+	if err := writeAndClose(tmp, b); err != nil {
 		_ = os.Remove(tmp.Name())
 		return fmt.Errorf("queue delete: %w", err)
 	}
-	if err := tmp.Close(); err != nil {
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
 		_ = os.Remove(tmp.Name())
 		return fmt.Errorf("queue delete: %w", err)
 	}
-	return os.Rename(tmp.Name(), filepath.Join(dir, name))
+	return nil
+}
+
+// writeAndClose writes b to f, syncs it so the record survives a crash once
+// renamed, and closes it.
+func writeAndClose(f *os.File, b []byte) error {
+	if _, err := f.Write(b); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

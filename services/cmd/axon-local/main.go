@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/axon-cni/axon/services/internal/daemon"
-	"github.com/axon-cni/axon/services/internal/localcluster"
+	"github.com/axon-cni/axon/services/localcluster"
 )
 
 func main() {
@@ -45,7 +45,7 @@ func run() error {
 	fs.StringVar(&cfg.EtcdPeerAddr, "etcd-peer-addr", "127.0.0.1:2380", "embedded etcd peer `address`")
 	fs.StringVar(&cfg.Host, "host", "127.0.0.1", "`address` every service listens on")
 	fs.IntVar(&cfg.PortBase, "port-base", 9400, "services listen on `port` base+1 (ipam) to base+5 (operator), metrics on base+201 to base+205; 0 picks free ports")
-	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 30*time.Second, "how long each service may take to become healthy")
+	fs.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 30*time.Second, "how long each service may take to become healthy (one whose API is not implemented yet: to answer health)")
 	fs.DurationVar(&cfg.StopTimeout, "stop-timeout", 15*time.Second, "how long each service may take to stop")
 	fs.IntVar(&cfg.Nodes, "nodes", 2, "simulated nodes (network namespaces with a datapath each; needs root)")
 	fs.StringVar(&cfg.NetnsPrefix, "netns-prefix", "axon-", "`prefix` of the network namespaces (and bpffs directories) of the simulated nodes")

@@ -17,7 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
-	"github.com/axon-cni/axon/services/internal/localcluster"
+	"github.com/axon-cni/axon/services/localcluster"
 )
 
 // repoRoot is the workspace root (the directory holding go.work).

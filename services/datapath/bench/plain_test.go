@@ -8,7 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/axon-cni/axon/services/datapath/veth"
-	"github.com/axon-cni/axon/services/internal/localcluster"
+	"github.com/axon-cni/axon/services/localcluster"
 )
 
 // The plain-kernel baselines: the same namespaces, veth pairs, addresses,

@@ -2,20 +2,14 @@ package endpoint
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 )
-
-// queuedDelete is a DEL that axon-cni queued while the agent was down, in
-// the file format axon-cni writes (one JSON file per attachment).
-type queuedDelete struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-}
 
 // ReplayDeletes runs every queued DEL and removes its file once done; a
 // failed one stays queued for the next replay.
@@ -36,17 +30,19 @@ func (m *Manager) ReplayDeletes(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		var q queuedDelete
-		if err := json.Unmarshal(b, &q); err != nil || q.ContainerID == "" || q.IfName == "" {
+		// Each file is one QueuedDelete in protojson, as axon-cni writes it;
+		// unknown fields are ignored so a newer axon-cni's records replay.
+		var q datapathv1alpha1.QueuedDelete
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(b, &q); err != nil || q.GetContainerId() == "" || q.GetInterfaceName() == "" {
 			m.log.Error("dropping unreadable queued delete", "file", path, "err", err)
 			_ = os.Remove(path)
 			continue
 		}
-		if _, err := m.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.ContainerID, InterfaceName: q.IfName}); err != nil {
-			m.log.Warn("queued delete failed; kept for the next replay", "container", q.ContainerID, "err", err)
+		if _, err := m.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.GetContainerId(), InterfaceName: q.GetInterfaceName()}); err != nil {
+			m.log.Warn("queued delete failed; kept for the next replay", "container", q.GetContainerId(), "err", err)
 			continue
 		}
-		m.log.Info("replayed queued delete", "container", q.ContainerID, "interface", q.IfName)
+		m.log.Info("replayed queued delete", "container", q.GetContainerId(), "interface", q.GetInterfaceName())
 		_ = os.Remove(path)
 	}
 }

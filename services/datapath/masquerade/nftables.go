@@ -9,7 +9,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
-	"github.com/axon-cni/axon/services/ipam/cidr"
+	"github.com/axon-cni/axon/services/internal/iprange"
 )
 
 // NFTables is the real Rules: the node's nftables, through netlink, in the
@@ -118,11 +118,11 @@ func (NFTables) Installed(podCIDRs []netip.Prefix) bool {
 // address after its last (an interval end), after a leading interval end at
 // the zero address as nft itself writes them.
 func intervalElements(prefixes []netip.Prefix) []nftables.SetElement {
-	var spans []cidr.Range
+	var spans []iprange.Range
 	for _, p := range prefixes {
-		spans = append(spans, cidr.RangeOf(p))
+		spans = append(spans, iprange.FromPrefix(p))
 	}
-	merged := cidr.MergeRanges(spans)
+	merged := iprange.Merge(spans)
 	var zero netip.Addr
 	if merged[0].From.Is4() {
 		zero = netip.IPv4Unspecified()

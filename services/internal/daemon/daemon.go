@@ -131,9 +131,25 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 // Check reports whether one dependency of the service is usable.
 type Check func(ctx context.Context) error
 
+// ErrNotImplemented is what the check of [NotImplemented] fails with.
+var ErrNotImplemented = errors.New("not implemented yet")
+
+// NotImplemented returns a check that always fails: a service whose API
+// (named by api, e.g. "PolicyService") answers every RPC with UNIMPLEMENTED
+// adds it so that it reports NOT_SERVING, not healthy, until it is written.
+func NotImplemented(api string) Check {
+	return func(context.Context) error {
+		return fmt.Errorf("%s is %w", api, ErrNotImplemented)
+	}
+}
+
 type namedCheck struct {
 	name string
 	fn   Check
+	// lastErr is the check's previous failure, "" after a pass; a failure is
+	// logged only when it differs, so a lasting one is not logged every
+	// interval.
+	lastErr string
 }
 
 // Daemon is a service's running gRPC server with its health, metrics and
@@ -237,7 +253,7 @@ func (d *Daemon) Registry() prometheus.Registerer { return d.registry }
 // AddCheck adds a dependency check; the service reports SERVING only while
 // every check passes.
 func (d *Daemon) AddCheck(name string, fn Check) {
-	d.checks = append(d.checks, namedCheck{name, fn})
+	d.checks = append(d.checks, namedCheck{name: name, fn: fn})
 }
 
 // OnShutdown registers fn to run after the gRPC server has stopped; hooks run
@@ -473,17 +489,23 @@ func (d *Daemon) runChecks(ctx context.Context) {
 
 func (d *Daemon) checkOnce(ctx context.Context) bool {
 	ok := true
-	for _, c := range d.checks {
+	for i := range d.checks {
+		c := &d.checks[i]
 		cctx, cancel := context.WithTimeout(ctx, d.cfg.HealthInterval)
 		err := c.fn(cctx)
 		cancel()
 		if err != nil {
 			ok = false
 			d.depUp.WithLabelValues(c.name).Set(0)
-			if ctx.Err() == nil {
+			if ctx.Err() == nil && err.Error() != c.lastErr {
 				d.log.Warn("health check failed", "dependency", c.name, LogKeyError, err)
+				c.lastErr = err.Error()
 			}
 			continue
+		}
+		if c.lastErr != "" {
+			d.log.Info("health check passes again", "dependency", c.name)
+			c.lastErr = ""
 		}
 		d.depUp.WithLabelValues(c.name).Set(1)
 	}

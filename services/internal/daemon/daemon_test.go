@@ -325,3 +325,13 @@ func TestServeMutualTLSAndMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestNotImplemented(t *testing.T) {
+	err := NotImplemented("axon.test.v1.TestService")(t.Context())
+	if !errors.Is(err, ErrNotImplemented) {
+		t.Errorf("err = %v, want %v", err, ErrNotImplemented)
+	}
+	if want := "axon.test.v1.TestService is not implemented yet"; err == nil || err.Error() != want {
+		t.Errorf("err = %v, want %q", err, want)
+	}
+}

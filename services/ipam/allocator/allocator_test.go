@@ -244,7 +244,7 @@ func TestRequestedIPs(t *testing.T) {
 	a := newAllocator(t, newClient(t), testRoot(t))
 	ctx := t.Context()
 	p := v4Pool("default", true, 26, "10.40.0.0/24")
-	p.Ipv4.ReservedRanges = []*ipamv1alpha1.AddressRange{{Start: "10.40.0.200", End: "10.40.0.210"}}
+	p.Ipv4.ReservedRanges = []*commonv1alpha1.AddressRange{{Start: "10.40.0.200", End: "10.40.0.210"}}
 	mustPool(t, a, p)
 	mustNode(t, a, "n1")
 	mustNode(t, a, "n2")

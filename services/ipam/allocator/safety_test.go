@@ -196,7 +196,7 @@ func TestPoolUpdateKeepsReservedCIDRs(t *testing.T) {
 func TestRefusedRequestedIPChangesNothing(t *testing.T) {
 	a := newAllocator(t, newClient(t), testRoot(t))
 	p := v4Pool("default", true, 26, "10.40.0.0/24")
-	p.Ipv4.ReservedRanges = []*ipamv1alpha1.AddressRange{{Cidr: "10.40.0.192/26"}}
+	p.Ipv4.ReservedRanges = []*commonv1alpha1.AddressRange{{Cidr: "10.40.0.192/26"}}
 	mustPool(t, a, p)
 	mustPool(t, a, hostPool("host", false, "10.45.0.0/16"))
 	mustNode(t, a, "n1", "10.45.1.0/24")
@@ -297,7 +297,7 @@ func TestUsableIn(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := v4Pool("p", false, 26, outer.String())
 			for _, r := range tc.reserved {
-				p.Ipv4.ReservedRanges = append(p.Ipv4.ReservedRanges, &ipamv1alpha1.AddressRange{Start: r[0], End: r[1]})
+				p.Ipv4.ReservedRanges = append(p.Ipv4.ReservedRanges, &commonv1alpha1.AddressRange{Start: r[0], End: r[1]})
 			}
 			parsed, err := pool.Parse(p)
 			if err != nil {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/iprange"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
 )
@@ -43,8 +44,8 @@ func satSub(a, b uint64) uint64 {
 // addresses of outer that fall in it (each address counted once, however
 // many reasons make it unusable).
 func usableIn(fs *pool.FamilySpec, outer, block netip.Prefix) uint64 {
-	br := cidr.RangeOf(block)
-	var in []cidr.Range
+	br := iprange.FromPrefix(block)
+	var in []iprange.Range
 	for _, rr := range fs.Reserved {
 		if !rr.Overlaps(br) {
 			continue
@@ -56,17 +57,17 @@ func usableIn(fs *pool.FamilySpec, outer, block netip.Prefix) uint64 {
 		if br.To.Less(to) {
 			to = br.To
 		}
-		in = append(in, cidr.Range{From: from, To: to})
+		in = append(in, iprange.Range{From: from, To: to})
 	}
-	merged := cidr.MergeRanges(in)
+	merged := iprange.Merge(in)
 	var taken uint64
 	for _, r := range merged {
 		taken = satAdd(taken, r.Size())
 	}
 	reserved := func(a netip.Addr) bool {
-		return slices.ContainsFunc(merged, func(r cidr.Range) bool { return r.Contains(a) })
+		return slices.ContainsFunc(merged, func(r iprange.Range) bool { return r.Contains(a) })
 	}
-	r := cidr.RangeOf(outer)
+	r := iprange.FromPrefix(outer)
 	if block.Contains(r.From) && !reserved(r.From) {
 		taken = satAdd(taken, 1)
 	}

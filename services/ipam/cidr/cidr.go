@@ -1,22 +1,18 @@
-// Package cidr is the address arithmetic of IPAM: cutting pools into
-// blocks, indexing addresses inside a prefix, and address ranges. Every
-// function works on both families; counts that exceed 64 bits saturate.
+// Package cidr is the prefix arithmetic of IPAM: parsing canonical CIDRs,
+// cutting pools into blocks, indexing addresses inside a prefix and spelling
+// prefixes in etcd keys. Address ranges, which the datapath needs too, are in
+// services/internal/iprange. Every function works on both families; counts
+// that exceed 64 bits saturate.
 package cidr
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"math/big"
 	"net/netip"
-	"slices"
 	"strings"
 )
-
-// ErrFamilyMismatch is returned when two values of different IP families
-// are combined.
-var ErrFamilyMismatch = errors.New("IP family mismatch")
 
 // ParsePrefix parses a CIDR in canonical form: host bits must be zero and
 // IPv4-mapped IPv6 prefixes are refused, so every prefix has one spelling.
@@ -154,58 +150,6 @@ func BlockOf(a netip.Addr, bits int) netip.Prefix {
 	return b
 }
 
-// Range is an inclusive range of addresses of one family.
-type Range struct {
-	From, To netip.Addr
-}
-
-// RangeOf returns the range covering p.
-func RangeOf(p netip.Prefix) Range {
-	last, _ := Nth(p, Size(p)-1)
-	if Size(p) == math.MaxUint64 {
-		// Saturated: compute the last address from the mask directly.
-		v := toBig(p.Masked().Addr())
-		host := new(big.Int).Lsh(big.NewInt(1), uint(p.Addr().BitLen()-p.Bits()))
-		v.Add(v, host.Sub(host, big.NewInt(1)))
-		last = fromBig(v, p.Addr().Is4())
-	}
-	return Range{From: p.Masked().Addr(), To: last}
-}
-
-// NewRange returns the range [from, to], checking family and order.
-func NewRange(from, to netip.Addr) (Range, error) {
-	if from.Is4() != to.Is4() {
-		return Range{}, fmt.Errorf("range %s-%s: %w", from, to, ErrFamilyMismatch)
-	}
-	if to.Less(from) {
-		return Range{}, fmt.Errorf("range %s-%s: end before start", from, to)
-	}
-	return Range{From: from, To: to}, nil
-}
-
-// Contains reports whether a is in r.
-func (r Range) Contains(a netip.Addr) bool {
-	return a.Is4() == r.From.Is4() && !a.Less(r.From) && !r.To.Less(a)
-}
-
-// Overlaps reports whether r and o share an address.
-func (r Range) Overlaps(o Range) bool {
-	return r.From.Is4() == o.From.Is4() && !r.To.Less(o.From) && !o.To.Less(r.From)
-}
-
-// Within reports whether r lies entirely inside p.
-func (r Range) Within(p netip.Prefix) bool {
-	return p.Contains(r.From) && p.Contains(r.To)
-}
-
-// String is "from-to", or the single address.
-func (r Range) String() string {
-	if r.From == r.To {
-		return r.From.String()
-	}
-	return r.From.String() + "-" + r.To.String()
-}
-
 // Key spells p for use inside an etcd key: the '/' becomes '_', so a prefix
 // is one key segment ("10.0.3.0_26").
 func Key(p netip.Prefix) string {
@@ -215,33 +159,4 @@ func Key(p netip.Prefix) string {
 // ParseKey is the inverse of Key.
 func ParseKey(s string) (netip.Prefix, error) {
 	return ParsePrefix(strings.Replace(s, "_", "/", 1))
-}
-
-// Size is the number of addresses in r, saturated at math.MaxUint64.
-func (r Range) Size() uint64 {
-	d := toBig(r.To)
-	d.Sub(d, toBig(r.From))
-	d.Add(d, big.NewInt(1))
-	if !d.IsUint64() {
-		return math.MaxUint64
-	}
-	return d.Uint64()
-}
-
-// MergeRanges returns the union of rs as sorted ranges that neither overlap
-// nor touch (adjacent ranges are joined). rs is not changed.
-func MergeRanges(rs []Range) []Range {
-	sorted := slices.Clone(rs)
-	slices.SortFunc(sorted, func(x, y Range) int { return x.From.Compare(y.From) })
-	var out []Range
-	for _, r := range sorted {
-		if n := len(out); n > 0 && (!out[n-1].To.Less(r.From) || out[n-1].To.Next() == r.From) {
-			if out[n-1].To.Less(r.To) {
-				out[n-1].To = r.To
-			}
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
 }

@@ -3,7 +3,6 @@ package cidr
 import (
 	"math"
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -65,32 +64,9 @@ func TestBlocksAndAddresses(t *testing.T) {
 	if Size(v6) != math.MaxUint64 || BlockCount(v6, 122) != 1<<58 {
 		t.Errorf("IPv6 sizes: %d %d", Size(v6), BlockCount(v6, 122))
 	}
-	if r := RangeOf(v6); r.To != netip.MustParseAddr("fd00::ffff:ffff:ffff:ffff") {
-		t.Errorf("RangeOf(/64).To = %v", r.To)
-	}
 	b6, ok := NthBlock(v6, 122, 5)
 	if !ok || b6 != netip.MustParsePrefix("fd00::140/122") {
 		t.Errorf("NthBlock v6 = %v %v", b6, ok)
-	}
-}
-
-func TestRange(t *testing.T) {
-	r, err := NewRange(netip.MustParseAddr("10.0.0.10"), netip.MustParseAddr("10.0.0.20"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !r.Contains(netip.MustParseAddr("10.0.0.20")) || r.Contains(netip.MustParseAddr("10.0.0.21")) {
-		t.Error("Contains wrong at the edges")
-	}
-	o := Range{From: netip.MustParseAddr("10.0.0.20"), To: netip.MustParseAddr("10.0.0.30")}
-	if !r.Overlaps(o) || r.Overlaps(Range{From: netip.MustParseAddr("10.0.0.21"), To: netip.MustParseAddr("10.0.0.30")}) {
-		t.Error("Overlaps wrong at the edges")
-	}
-	if _, err := NewRange(netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.1")); err == nil {
-		t.Error("reversed range accepted")
-	}
-	if _, err := NewRange(netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("fd00::1")); err == nil {
-		t.Error("mixed-family range accepted")
 	}
 }
 
@@ -125,35 +101,5 @@ func FuzzPrefixArithmetic(f *testing.F) {
 		if i, ok := Index(b, a); !ok || i != m {
 			t.Fatalf("Index(Nth(%d)) = %d %v in %s", m, i, ok, b)
 		}
-		if !RangeOf(b).Contains(a) {
-			t.Fatalf("RangeOf(%s) lacks %s", b, a)
-		}
 	})
-}
-
-func TestMergeRanges(t *testing.T) {
-	r := func(from, to string) Range {
-		return Range{From: netip.MustParseAddr(from), To: netip.MustParseAddr(to)}
-	}
-	tests := []struct {
-		name string
-		in   []Range
-		want []Range
-	}{
-		{"none", nil, nil},
-		{"one", []Range{r("10.0.0.1", "10.0.0.9")}, []Range{r("10.0.0.1", "10.0.0.9")}},
-		{"unsorted apart", []Range{r("10.0.0.20", "10.0.0.29"), r("10.0.0.1", "10.0.0.9")}, []Range{r("10.0.0.1", "10.0.0.9"), r("10.0.0.20", "10.0.0.29")}},
-		{"overlapping", []Range{r("10.0.0.1", "10.0.0.15"), r("10.0.0.10", "10.0.0.29")}, []Range{r("10.0.0.1", "10.0.0.29")}},
-		{"adjacent", []Range{r("10.0.0.10", "10.0.0.19"), r("10.0.0.1", "10.0.0.9")}, []Range{r("10.0.0.1", "10.0.0.19")}},
-		{"contained", []Range{r("10.0.0.1", "10.0.0.99"), r("10.0.0.10", "10.0.0.19")}, []Range{r("10.0.0.1", "10.0.0.99")}},
-		{"to the end", []Range{r("255.255.255.0", "255.255.255.255"), r("255.255.255.250", "255.255.255.255")}, []Range{r("255.255.255.0", "255.255.255.255")}},
-		{"IPv6", []Range{r("fd00::10", "fd00::1f"), r("fd00::", "fd00::f")}, []Range{r("fd00::", "fd00::1f")}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := MergeRanges(tc.in); !slices.Equal(got, tc.want) {
-				t.Errorf("MergeRanges = %v, want %v", got, tc.want)
-			}
-		})
-	}
 }

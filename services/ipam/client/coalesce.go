@@ -6,6 +6,10 @@
 // a rollout. Each CNI ADD asks for addresses on its own; sent together, a
 // burst costs the IPAM service a few requests and transactions instead of
 // one of each per pod.
+//
+// It is IPAM's client library, meant to be imported by other services (the
+// node agent's axon-datapath uses it): the one package of services/ipam
+// that code outside IPAM may import. Everything else there is IPAM's own.
 package client
 
 import (

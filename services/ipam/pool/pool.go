@@ -12,6 +12,7 @@ import (
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/iprange"
 	"github.com/axon-cni/axon/services/internal/selector"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 )
@@ -69,7 +70,7 @@ type FamilySpec struct {
 	Family    Family
 	CIDRs     []netip.Prefix
 	BlockBits int
-	Reserved  []cidr.Range
+	Reserved  []iprange.Range
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -198,31 +199,31 @@ func parseFamily(fam Family, spec *ipamv1alpha1.PoolFamily, mode Mode) (*FamilyS
 }
 
 // ParseRange parses an AddressRange: a CIDR, or start and end.
-func ParseRange(r *ipamv1alpha1.AddressRange) (cidr.Range, error) {
+func ParseRange(r *commonv1alpha1.AddressRange) (iprange.Range, error) {
 	if r.GetCidr() != "" {
 		if r.GetStart() != "" || r.GetEnd() != "" {
-			return cidr.Range{}, errors.New("set either cidr or start and end, not both")
+			return iprange.Range{}, errors.New("set either cidr or start and end, not both")
 		}
 		p, err := cidr.ParsePrefix(r.GetCidr())
 		if err != nil {
-			return cidr.Range{}, err
+			return iprange.Range{}, err
 		}
-		return cidr.RangeOf(p), nil
+		return iprange.FromPrefix(p), nil
 	}
 	if r.GetStart() == "" {
-		return cidr.Range{}, errors.New("set cidr, or start and end")
+		return iprange.Range{}, errors.New("set cidr, or start and end")
 	}
 	from, err := cidr.ParseAddr(r.GetStart())
 	if err != nil {
-		return cidr.Range{}, err
+		return iprange.Range{}, err
 	}
 	to := from
 	if r.GetEnd() != "" {
 		if to, err = cidr.ParseAddr(r.GetEnd()); err != nil {
-			return cidr.Range{}, err
+			return iprange.Range{}, err
 		}
 	}
-	return cidr.NewRange(from, to)
+	return iprange.New(from, to)
 }
 
 // Family returns p's configuration of f, or nil if p does not serve f.
@@ -263,7 +264,7 @@ func (fs *FamilySpec) CIDRContaining(a netip.Addr) (netip.Prefix, bool) {
 // is not the first address of outer, not the last of an IPv4 outer, and in
 // no reserved range.
 func (fs *FamilySpec) Usable(outer netip.Prefix, a netip.Addr) bool {
-	r := cidr.RangeOf(outer)
+	r := iprange.FromPrefix(outer)
 	if a == r.From || (a.Is4() && a == r.To && outer.Bits() < 31) {
 		return false
 	}

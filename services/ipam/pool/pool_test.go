@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
@@ -32,11 +33,11 @@ func TestParse(t *testing.T) {
 		{name: "block too small", pool: &ipamv1alpha1.Pool{Name: "a", Ipv4: fam(31, "10.0.0.0/16")}, wantErr: "at most 30"},
 		{name: "own overlap", pool: &ipamv1alpha1.Pool{Name: "a", Ipv4: fam(0, "10.0.0.0/16", "10.0.1.0/24")}, wantErr: "overlaps"},
 		{name: "reserved outside", pool: &ipamv1alpha1.Pool{Name: "a", Ipv4: &ipamv1alpha1.PoolFamily{
-			Cidrs: []string{"10.0.0.0/16"}, ReservedRanges: []*ipamv1alpha1.AddressRange{{Cidr: "10.1.0.0/24"}}}}, wantErr: "not inside"},
+			Cidrs: []string{"10.0.0.0/16"}, ReservedRanges: []*commonv1alpha1.AddressRange{{Cidr: "10.1.0.0/24"}}}}, wantErr: "not inside"},
 		{name: "reserved reversed", pool: &ipamv1alpha1.Pool{Name: "a", Ipv4: &ipamv1alpha1.PoolFamily{
-			Cidrs: []string{"10.0.0.0/16"}, ReservedRanges: []*ipamv1alpha1.AddressRange{{Start: "10.0.0.9", End: "10.0.0.1"}}}}, wantErr: "end before start"},
+			Cidrs: []string{"10.0.0.0/16"}, ReservedRanges: []*commonv1alpha1.AddressRange{{Start: "10.0.0.9", End: "10.0.0.1"}}}}, wantErr: "end before start"},
 		{name: "reserved both forms", pool: &ipamv1alpha1.Pool{Name: "a", Ipv4: &ipamv1alpha1.PoolFamily{
-			Cidrs: []string{"10.0.0.0/16"}, ReservedRanges: []*ipamv1alpha1.AddressRange{{Cidr: "10.0.0.0/24", Start: "10.0.0.1"}}}}, wantErr: "not both"},
+			Cidrs: []string{"10.0.0.0/16"}, ReservedRanges: []*commonv1alpha1.AddressRange{{Cidr: "10.0.0.0/24", Start: "10.0.0.1"}}}}, wantErr: "not both"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,7 +57,7 @@ func TestParse(t *testing.T) {
 
 func TestUsable(t *testing.T) {
 	p, err := Parse(&ipamv1alpha1.Pool{Name: "a", Ipv4: &ipamv1alpha1.PoolFamily{
-		Cidrs: []string{"10.0.0.0/24"}, ReservedRanges: []*ipamv1alpha1.AddressRange{{Start: "10.0.0.10", End: "10.0.0.12"}},
+		Cidrs: []string{"10.0.0.0/24"}, ReservedRanges: []*commonv1alpha1.AddressRange{{Start: "10.0.0.10", End: "10.0.0.12"}},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +80,7 @@ func FuzzParse(f *testing.F) {
 	for _, p := range []*ipamv1alpha1.Pool{
 		{Name: "a", Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.0.0.0/16"}}},
 		{Name: "b", Ipv6: &ipamv1alpha1.PoolFamily{Cidrs: []string{"fd00::/64"}, BlockPrefixLength: 120,
-			ReservedRanges: []*ipamv1alpha1.AddressRange{{Start: "fd00::1", End: "fd00::9"}}}},
+			ReservedRanges: []*commonv1alpha1.AddressRange{{Start: "fd00::1", End: "fd00::9"}}}},
 		{Name: "h", Mode: ipamv1alpha1.PoolMode_POOL_MODE_HOST_SCOPE, Ipv4: &ipamv1alpha1.PoolFamily{}},
 	} {
 		b, err := proto.Marshal(p)

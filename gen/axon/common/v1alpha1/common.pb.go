@@ -4,8 +4,10 @@
 // 	protoc        (unknown)
 // source: axon/common/v1alpha1/common.proto
 
-// Package axon.common.v1alpha1 holds the few types that more than one Axon
-// contract needs: label selectors, IP families and watch event kinds.
+// Package axon.common.v1alpha1 holds the types that more than one Axon
+// contract uses, defined once: label selectors and watch event kinds (this
+// file), network types such as IP families, protocols and address ranges
+// (network.proto), and compiled policy (policy.proto).
 
 package commonv1alpha1
 
@@ -23,60 +25,6 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
-
-// IPFamily is an IP address family.
-type IPFamily int32
-
-const (
-	// Not set. Where a request allows it, this means "every family the
-	// resource is configured for".
-	IPFamily_IP_FAMILY_UNSPECIFIED IPFamily = 0
-	// IPv4.
-	IPFamily_IP_FAMILY_IPV4 IPFamily = 1
-	// IPv6.
-	IPFamily_IP_FAMILY_IPV6 IPFamily = 2
-)
-
-// Enum value maps for IPFamily.
-var (
-	IPFamily_name = map[int32]string{
-		0: "IP_FAMILY_UNSPECIFIED",
-		1: "IP_FAMILY_IPV4",
-		2: "IP_FAMILY_IPV6",
-	}
-	IPFamily_value = map[string]int32{
-		"IP_FAMILY_UNSPECIFIED": 0,
-		"IP_FAMILY_IPV4":        1,
-		"IP_FAMILY_IPV6":        2,
-	}
-)
-
-func (x IPFamily) Enum() *IPFamily {
-	p := new(IPFamily)
-	*p = x
-	return p
-}
-
-func (x IPFamily) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (IPFamily) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_common_v1alpha1_common_proto_enumTypes[0].Descriptor()
-}
-
-func (IPFamily) Type() protoreflect.EnumType {
-	return &file_axon_common_v1alpha1_common_proto_enumTypes[0]
-}
-
-func (x IPFamily) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use IPFamily.Descriptor instead.
-func (IPFamily) EnumDescriptor() ([]byte, []int) {
-	return file_axon_common_v1alpha1_common_proto_rawDescGZIP(), []int{0}
-}
 
 // LabelSelectorOperator is the relation in a LabelSelectorRequirement.
 type LabelSelectorOperator int32
@@ -123,11 +71,11 @@ func (x LabelSelectorOperator) String() string {
 }
 
 func (LabelSelectorOperator) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_common_v1alpha1_common_proto_enumTypes[1].Descriptor()
+	return file_axon_common_v1alpha1_common_proto_enumTypes[0].Descriptor()
 }
 
 func (LabelSelectorOperator) Type() protoreflect.EnumType {
-	return &file_axon_common_v1alpha1_common_proto_enumTypes[1]
+	return &file_axon_common_v1alpha1_common_proto_enumTypes[0]
 }
 
 func (x LabelSelectorOperator) Number() protoreflect.EnumNumber {
@@ -136,7 +84,7 @@ func (x LabelSelectorOperator) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LabelSelectorOperator.Descriptor instead.
 func (LabelSelectorOperator) EnumDescriptor() ([]byte, []int) {
-	return file_axon_common_v1alpha1_common_proto_rawDescGZIP(), []int{1}
+	return file_axon_common_v1alpha1_common_proto_rawDescGZIP(), []int{0}
 }
 
 // EventType says what happened to the object carried by a watch event.
@@ -187,11 +135,11 @@ func (x EventType) String() string {
 }
 
 func (EventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_common_v1alpha1_common_proto_enumTypes[2].Descriptor()
+	return file_axon_common_v1alpha1_common_proto_enumTypes[1].Descriptor()
 }
 
 func (EventType) Type() protoreflect.EnumType {
-	return &file_axon_common_v1alpha1_common_proto_enumTypes[2]
+	return &file_axon_common_v1alpha1_common_proto_enumTypes[1]
 }
 
 func (x EventType) Number() protoreflect.EnumNumber {
@@ -200,7 +148,7 @@ func (x EventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventType.Descriptor instead.
 func (EventType) EnumDescriptor() ([]byte, []int) {
-	return file_axon_common_v1alpha1_common_proto_rawDescGZIP(), []int{2}
+	return file_axon_common_v1alpha1_common_proto_rawDescGZIP(), []int{1}
 }
 
 // LabelSelector selects objects by their labels, with the semantics of the
@@ -340,11 +288,7 @@ const file_axon_common_v1alpha1_common_proto_rawDesc = "" +
 	"\x18LabelSelectorRequirement\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12G\n" +
 	"\boperator\x18\x02 \x01(\x0e2+.axon.common.v1alpha1.LabelSelectorOperatorR\boperator\x12\x16\n" +
-	"\x06values\x18\x03 \x03(\tR\x06values*M\n" +
-	"\bIPFamily\x12\x19\n" +
-	"\x15IP_FAMILY_UNSPECIFIED\x10\x00\x12\x12\n" +
-	"\x0eIP_FAMILY_IPV4\x10\x01\x12\x12\n" +
-	"\x0eIP_FAMILY_IPV6\x10\x02*\xd4\x01\n" +
+	"\x06values\x18\x03 \x03(\tR\x06values*\xd4\x01\n" +
 	"\x15LabelSelectorOperator\x12'\n" +
 	"#LABEL_SELECTOR_OPERATOR_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aLABEL_SELECTOR_OPERATOR_IN\x10\x01\x12\"\n" +
@@ -371,20 +315,19 @@ func file_axon_common_v1alpha1_common_proto_rawDescGZIP() []byte {
 	return file_axon_common_v1alpha1_common_proto_rawDescData
 }
 
-var file_axon_common_v1alpha1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_axon_common_v1alpha1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_axon_common_v1alpha1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_axon_common_v1alpha1_common_proto_goTypes = []any{
-	(IPFamily)(0),                    // 0: axon.common.v1alpha1.IPFamily
-	(LabelSelectorOperator)(0),       // 1: axon.common.v1alpha1.LabelSelectorOperator
-	(EventType)(0),                   // 2: axon.common.v1alpha1.EventType
-	(*LabelSelector)(nil),            // 3: axon.common.v1alpha1.LabelSelector
-	(*LabelSelectorRequirement)(nil), // 4: axon.common.v1alpha1.LabelSelectorRequirement
-	nil,                              // 5: axon.common.v1alpha1.LabelSelector.MatchLabelsEntry
+	(LabelSelectorOperator)(0),       // 0: axon.common.v1alpha1.LabelSelectorOperator
+	(EventType)(0),                   // 1: axon.common.v1alpha1.EventType
+	(*LabelSelector)(nil),            // 2: axon.common.v1alpha1.LabelSelector
+	(*LabelSelectorRequirement)(nil), // 3: axon.common.v1alpha1.LabelSelectorRequirement
+	nil,                              // 4: axon.common.v1alpha1.LabelSelector.MatchLabelsEntry
 }
 var file_axon_common_v1alpha1_common_proto_depIdxs = []int32{
-	5, // 0: axon.common.v1alpha1.LabelSelector.match_labels:type_name -> axon.common.v1alpha1.LabelSelector.MatchLabelsEntry
-	4, // 1: axon.common.v1alpha1.LabelSelector.match_expressions:type_name -> axon.common.v1alpha1.LabelSelectorRequirement
-	1, // 2: axon.common.v1alpha1.LabelSelectorRequirement.operator:type_name -> axon.common.v1alpha1.LabelSelectorOperator
+	4, // 0: axon.common.v1alpha1.LabelSelector.match_labels:type_name -> axon.common.v1alpha1.LabelSelector.MatchLabelsEntry
+	3, // 1: axon.common.v1alpha1.LabelSelector.match_expressions:type_name -> axon.common.v1alpha1.LabelSelectorRequirement
+	0, // 2: axon.common.v1alpha1.LabelSelectorRequirement.operator:type_name -> axon.common.v1alpha1.LabelSelectorOperator
 	3, // [3:3] is the sub-list for method output_type
 	3, // [3:3] is the sub-list for method input_type
 	3, // [3:3] is the sub-list for extension type_name
@@ -402,7 +345,7 @@ func file_axon_common_v1alpha1_common_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_common_v1alpha1_common_proto_rawDesc), len(file_axon_common_v1alpha1_common_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      2,
 			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -13,6 +13,7 @@
 package datapathv1alpha1
 
 import (
+	v1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1773,7 +1774,7 @@ type SetEndpointPolicyRequest struct {
 	// The endpoint whose policy to replace. Both parts required.
 	Attachment *Attachment `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
 	// The complete new policy.
-	Policy        *EndpointPolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy        *v1alpha1.EndpointPolicy `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1815,7 +1816,7 @@ func (x *SetEndpointPolicyRequest) GetAttachment() *Attachment {
 	return nil
 }
 
-func (x *SetEndpointPolicyRequest) GetPolicy() *EndpointPolicy {
+func (x *SetEndpointPolicyRequest) GetPolicy() *v1alpha1.EndpointPolicy {
 	if x != nil {
 		return x.Policy
 	}
@@ -1826,7 +1827,7 @@ func (x *SetEndpointPolicyRequest) GetPolicy() *EndpointPolicy {
 type SetEndpointPolicyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The policy now applied (entries merged and sorted).
-	Policy        *EndpointPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy        *v1alpha1.EndpointPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1861,7 +1862,7 @@ func (*SetEndpointPolicyResponse) Descriptor() ([]byte, []int) {
 	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{31}
 }
 
-func (x *SetEndpointPolicyResponse) GetPolicy() *EndpointPolicy {
+func (x *SetEndpointPolicyResponse) GetPolicy() *v1alpha1.EndpointPolicy {
 	if x != nil {
 		return x.Policy
 	}
@@ -1919,7 +1920,7 @@ type GetEndpointPolicyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The applied policy; unset if none was applied yet (identity 5, allow
 	// all).
-	Policy        *EndpointPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy        *v1alpha1.EndpointPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1954,7 +1955,7 @@ func (*GetEndpointPolicyResponse) Descriptor() ([]byte, []int) {
 	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{33}
 }
 
-func (x *GetEndpointPolicyResponse) GetPolicy() *EndpointPolicy {
+func (x *GetEndpointPolicyResponse) GetPolicy() *v1alpha1.EndpointPolicy {
 	if x != nil {
 		return x.Policy
 	}
@@ -1965,7 +1966,7 @@ func (x *GetEndpointPolicyResponse) GetPolicy() *EndpointPolicy {
 type UpsertIPIdentitiesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The entries to create or replace, keyed by prefix.
-	Entries []*IPIdentity `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Entries []*v1alpha1.IPIdentity `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	// If true, every stored entry not in entries is removed, atomically with
 	// the upsert (datapath-derived entries stay).
 	ReplaceAll    bool `protobuf:"varint,2,opt,name=replace_all,json=replaceAll,proto3" json:"replace_all,omitempty"`
@@ -2003,7 +2004,7 @@ func (*UpsertIPIdentitiesRequest) Descriptor() ([]byte, []int) {
 	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{34}
 }
 
-func (x *UpsertIPIdentitiesRequest) GetEntries() []*IPIdentity {
+func (x *UpsertIPIdentitiesRequest) GetEntries() []*v1alpha1.IPIdentity {
 	if x != nil {
 		return x.Entries
 	}
@@ -2233,7 +2234,7 @@ func (x *ListIPIdentitiesRequest) GetIdentity() uint32 {
 type ListIPIdentitiesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The entries of this page.
-	Entries []*IPIdentity `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	Entries []*v1alpha1.IPIdentity `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	// Token for the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -2270,7 +2271,7 @@ func (*ListIPIdentitiesResponse) Descriptor() ([]byte, []int) {
 	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{39}
 }
 
-func (x *ListIPIdentitiesResponse) GetEntries() []*IPIdentity {
+func (x *ListIPIdentitiesResponse) GetEntries() []*v1alpha1.IPIdentity {
 	if x != nil {
 		return x.Entries
 	}
@@ -2440,7 +2441,7 @@ var File_axon_datapath_v1alpha1_datapath_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\n" +
-	"%axon/datapath/v1alpha1/datapath.proto\x12\x16axon.datapath.v1alpha1\x1a%axon/datapath/v1alpha1/endpoint.proto\x1a!axon/datapath/v1alpha1/flow.proto\x1a)axon/datapath/v1alpha1/loadbalancer.proto\x1a!axon/datapath/v1alpha1/node.proto\x1a#axon/datapath/v1alpha1/policy.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa9\t\n" +
+	"%axon/datapath/v1alpha1/datapath.proto\x12\x16axon.datapath.v1alpha1\x1a!axon/common/v1alpha1/policy.proto\x1a%axon/datapath/v1alpha1/endpoint.proto\x1a!axon/datapath/v1alpha1/flow.proto\x1a)axon/datapath/v1alpha1/loadbalancer.proto\x1a!axon/datapath/v1alpha1/node.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa9\t\n" +
 	"\x15CreateEndpointRequest\x12B\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".axon.datapath.v1alpha1.AttachmentR\n" +
@@ -2567,22 +2568,22 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\x04type\x18\x05 \x01(\x0e2#.axon.datapath.v1alpha1.ServiceTypeR\x04type\"{\n" +
 	"\x14ListServicesResponse\x12;\n" +
 	"\bservices\x18\x01 \x03(\v2\x1f.axon.datapath.v1alpha1.ServiceR\bservices\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9e\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x9c\x01\n" +
 	"\x18SetEndpointPolicyRequest\x12B\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".axon.datapath.v1alpha1.AttachmentR\n" +
-	"attachment\x12>\n" +
-	"\x06policy\x18\x02 \x01(\v2&.axon.datapath.v1alpha1.EndpointPolicyR\x06policy\"[\n" +
-	"\x19SetEndpointPolicyResponse\x12>\n" +
-	"\x06policy\x18\x01 \x01(\v2&.axon.datapath.v1alpha1.EndpointPolicyR\x06policy\"^\n" +
+	"attachment\x12<\n" +
+	"\x06policy\x18\x02 \x01(\v2$.axon.common.v1alpha1.EndpointPolicyR\x06policy\"Y\n" +
+	"\x19SetEndpointPolicyResponse\x12<\n" +
+	"\x06policy\x18\x01 \x01(\v2$.axon.common.v1alpha1.EndpointPolicyR\x06policy\"^\n" +
 	"\x18GetEndpointPolicyRequest\x12B\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".axon.datapath.v1alpha1.AttachmentR\n" +
-	"attachment\"[\n" +
-	"\x19GetEndpointPolicyResponse\x12>\n" +
-	"\x06policy\x18\x01 \x01(\v2&.axon.datapath.v1alpha1.EndpointPolicyR\x06policy\"z\n" +
-	"\x19UpsertIPIdentitiesRequest\x12<\n" +
-	"\aentries\x18\x01 \x03(\v2\".axon.datapath.v1alpha1.IPIdentityR\aentries\x12\x1f\n" +
+	"attachment\"Y\n" +
+	"\x19GetEndpointPolicyResponse\x12<\n" +
+	"\x06policy\x18\x01 \x01(\v2$.axon.common.v1alpha1.EndpointPolicyR\x06policy\"x\n" +
+	"\x19UpsertIPIdentitiesRequest\x12:\n" +
+	"\aentries\x18\x01 \x03(\v2 .axon.common.v1alpha1.IPIdentityR\aentries\x12\x1f\n" +
 	"\vreplace_all\x18\x02 \x01(\bR\n" +
 	"replaceAll\"P\n" +
 	"\x1aUpsertIPIdentitiesResponse\x12\x18\n" +
@@ -2596,9 +2597,9 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\x12\x1a\n" +
-	"\bidentity\x18\x03 \x01(\rR\bidentity\"\x80\x01\n" +
-	"\x18ListIPIdentitiesResponse\x12<\n" +
-	"\aentries\x18\x01 \x03(\v2\".axon.datapath.v1alpha1.IPIdentityR\aentries\x12&\n" +
+	"\bidentity\x18\x03 \x01(\rR\bidentity\"~\n" +
+	"\x18ListIPIdentitiesResponse\x12:\n" +
+	"\aentries\x18\x01 \x03(\v2 .axon.common.v1alpha1.IPIdentityR\aentries\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa9\x01\n" +
 	"\x11WatchFlowsRequest\x12<\n" +
 	"\ainclude\x18\x01 \x03(\v2\".axon.datapath.v1alpha1.FlowFilterR\ainclude\x12<\n" +
@@ -2707,8 +2708,8 @@ var file_axon_datapath_v1alpha1_datapath_proto_goTypes = []any{
 	(*Service)(nil),                         // 55: axon.datapath.v1alpha1.Service
 	(*Frontend)(nil),                        // 56: axon.datapath.v1alpha1.Frontend
 	(ServiceType)(0),                        // 57: axon.datapath.v1alpha1.ServiceType
-	(*EndpointPolicy)(nil),                  // 58: axon.datapath.v1alpha1.EndpointPolicy
-	(*IPIdentity)(nil),                      // 59: axon.datapath.v1alpha1.IPIdentity
+	(*v1alpha1.EndpointPolicy)(nil),         // 58: axon.common.v1alpha1.EndpointPolicy
+	(*v1alpha1.IPIdentity)(nil),             // 59: axon.common.v1alpha1.IPIdentity
 	(*FlowFilter)(nil),                      // 60: axon.datapath.v1alpha1.FlowFilter
 	(*Flow)(nil),                            // 61: axon.datapath.v1alpha1.Flow
 	(*LostFlows)(nil),                       // 62: axon.datapath.v1alpha1.LostFlows
@@ -2746,12 +2747,12 @@ var file_axon_datapath_v1alpha1_datapath_proto_depIdxs = []int32{
 	57, // 29: axon.datapath.v1alpha1.ListServicesRequest.type:type_name -> axon.datapath.v1alpha1.ServiceType
 	55, // 30: axon.datapath.v1alpha1.ListServicesResponse.services:type_name -> axon.datapath.v1alpha1.Service
 	47, // 31: axon.datapath.v1alpha1.SetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	58, // 32: axon.datapath.v1alpha1.SetEndpointPolicyRequest.policy:type_name -> axon.datapath.v1alpha1.EndpointPolicy
-	58, // 33: axon.datapath.v1alpha1.SetEndpointPolicyResponse.policy:type_name -> axon.datapath.v1alpha1.EndpointPolicy
+	58, // 32: axon.datapath.v1alpha1.SetEndpointPolicyRequest.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	58, // 33: axon.datapath.v1alpha1.SetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
 	47, // 34: axon.datapath.v1alpha1.GetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	58, // 35: axon.datapath.v1alpha1.GetEndpointPolicyResponse.policy:type_name -> axon.datapath.v1alpha1.EndpointPolicy
-	59, // 36: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest.entries:type_name -> axon.datapath.v1alpha1.IPIdentity
-	59, // 37: axon.datapath.v1alpha1.ListIPIdentitiesResponse.entries:type_name -> axon.datapath.v1alpha1.IPIdentity
+	58, // 35: axon.datapath.v1alpha1.GetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	59, // 36: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest.entries:type_name -> axon.common.v1alpha1.IPIdentity
+	59, // 37: axon.datapath.v1alpha1.ListIPIdentitiesResponse.entries:type_name -> axon.common.v1alpha1.IPIdentity
 	60, // 38: axon.datapath.v1alpha1.WatchFlowsRequest.include:type_name -> axon.datapath.v1alpha1.FlowFilter
 	60, // 39: axon.datapath.v1alpha1.WatchFlowsRequest.exclude:type_name -> axon.datapath.v1alpha1.FlowFilter
 	61, // 40: axon.datapath.v1alpha1.WatchFlowsResponse.flow:type_name -> axon.datapath.v1alpha1.Flow
@@ -2814,7 +2815,6 @@ func file_axon_datapath_v1alpha1_datapath_proto_init() {
 	file_axon_datapath_v1alpha1_flow_proto_init()
 	file_axon_datapath_v1alpha1_loadbalancer_proto_init()
 	file_axon_datapath_v1alpha1_node_proto_init()
-	file_axon_datapath_v1alpha1_policy_proto_init()
 	file_axon_datapath_v1alpha1_datapath_proto_msgTypes[41].OneofWrappers = []any{
 		(*WatchFlowsResponse_Flow)(nil),
 		(*WatchFlowsResponse_LostFlows)(nil),

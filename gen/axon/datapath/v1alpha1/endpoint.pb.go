@@ -669,7 +669,7 @@ var File_axon_datapath_v1alpha1_endpoint_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\n" +
-	"%axon/datapath/v1alpha1/endpoint.proto\x12\x16axon.datapath.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n" +
+	"%axon/datapath/v1alpha1/endpoint.proto\x12\x16axon.datapath.v1alpha1\x1a\"axon/common/v1alpha1/network.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n" +
 	"\n" +
 	"Attachment\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12%\n" +

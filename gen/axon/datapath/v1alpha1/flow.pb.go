@@ -7,6 +7,7 @@
 package datapathv1alpha1
 
 import (
+	v1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -354,7 +355,7 @@ type Flow struct {
 	// The destination (after service translation, if any).
 	Destination *FlowPeer `protobuf:"bytes,4,opt,name=destination,proto3" json:"destination,omitempty"`
 	// The L4 protocol.
-	Protocol Protocol `protobuf:"varint,5,opt,name=protocol,proto3,enum=axon.datapath.v1alpha1.Protocol" json:"protocol,omitempty"`
+	Protocol v1alpha1.Protocol `protobuf:"varint,5,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
 	// ICMP or ICMPv6 type, for those protocols.
 	IcmpType uint32 `protobuf:"varint,6,opt,name=icmp_type,json=icmpType,proto3" json:"icmp_type,omitempty"`
 	// ICMP or ICMPv6 code, for those protocols.
@@ -365,7 +366,7 @@ type Flow struct {
 	DropReason DropReason `protobuf:"varint,9,opt,name=drop_reason,json=dropReason,proto3,enum=axon.datapath.v1alpha1.DropReason" json:"drop_reason,omitempty"`
 	// Direction relative to the local endpoint involved; UNSPECIFIED when no
 	// local endpoint is involved.
-	Direction TrafficDirection `protobuf:"varint,10,opt,name=direction,proto3,enum=axon.datapath.v1alpha1.TrafficDirection" json:"direction,omitempty"`
+	Direction v1alpha1.TrafficDirection `protobuf:"varint,10,opt,name=direction,proto3,enum=axon.common.v1alpha1.TrafficDirection" json:"direction,omitempty"`
 	// Where the event was recorded.
 	ObservationPoint ObservationPoint `protobuf:"varint,11,opt,name=observation_point,json=observationPoint,proto3,enum=axon.datapath.v1alpha1.ObservationPoint" json:"observation_point,omitempty"`
 	// Whether the packet belongs to the reply direction of a tracked
@@ -442,11 +443,11 @@ func (x *Flow) GetDestination() *FlowPeer {
 	return nil
 }
 
-func (x *Flow) GetProtocol() Protocol {
+func (x *Flow) GetProtocol() v1alpha1.Protocol {
 	if x != nil {
 		return x.Protocol
 	}
-	return Protocol_PROTOCOL_UNSPECIFIED
+	return v1alpha1.Protocol(0)
 }
 
 func (x *Flow) GetIcmpType() uint32 {
@@ -477,11 +478,11 @@ func (x *Flow) GetDropReason() DropReason {
 	return DropReason_DROP_REASON_UNSPECIFIED
 }
 
-func (x *Flow) GetDirection() TrafficDirection {
+func (x *Flow) GetDirection() v1alpha1.TrafficDirection {
 	if x != nil {
 		return x.Direction
 	}
-	return TrafficDirection_TRAFFIC_DIRECTION_UNSPECIFIED
+	return v1alpha1.TrafficDirection(0)
 }
 
 func (x *Flow) GetObservationPoint() ObservationPoint {
@@ -544,7 +545,7 @@ type FlowFilter struct {
 	// Destination identities.
 	DestinationIdentities []uint32 `protobuf:"varint,6,rep,packed,name=destination_identities,json=destinationIdentities,proto3" json:"destination_identities,omitempty"`
 	// L4 protocols.
-	Protocols []Protocol `protobuf:"varint,7,rep,packed,name=protocols,proto3,enum=axon.datapath.v1alpha1.Protocol" json:"protocols,omitempty"`
+	Protocols []v1alpha1.Protocol `protobuf:"varint,7,rep,packed,name=protocols,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocols,omitempty"`
 	// Destination ports.
 	DestinationPorts []uint32 `protobuf:"varint,8,rep,packed,name=destination_ports,json=destinationPorts,proto3" json:"destination_ports,omitempty"`
 	// Verdicts.
@@ -552,7 +553,7 @@ type FlowFilter struct {
 	// Drop reasons.
 	DropReasons []DropReason `protobuf:"varint,10,rep,packed,name=drop_reasons,json=dropReasons,proto3,enum=axon.datapath.v1alpha1.DropReason" json:"drop_reasons,omitempty"`
 	// Directions.
-	Directions []TrafficDirection `protobuf:"varint,11,rep,packed,name=directions,proto3,enum=axon.datapath.v1alpha1.TrafficDirection" json:"directions,omitempty"`
+	Directions []v1alpha1.TrafficDirection `protobuf:"varint,11,rep,packed,name=directions,proto3,enum=axon.common.v1alpha1.TrafficDirection" json:"directions,omitempty"`
 	// Interface names, e.g. ["axon_vxlan"].
 	InterfaceNames []string `protobuf:"bytes,12,rep,name=interface_names,json=interfaceNames,proto3" json:"interface_names,omitempty"`
 	unknownFields  protoimpl.UnknownFields
@@ -631,7 +632,7 @@ func (x *FlowFilter) GetDestinationIdentities() []uint32 {
 	return nil
 }
 
-func (x *FlowFilter) GetProtocols() []Protocol {
+func (x *FlowFilter) GetProtocols() []v1alpha1.Protocol {
 	if x != nil {
 		return x.Protocols
 	}
@@ -659,7 +660,7 @@ func (x *FlowFilter) GetDropReasons() []DropReason {
 	return nil
 }
 
-func (x *FlowFilter) GetDirections() []TrafficDirection {
+func (x *FlowFilter) GetDirections() []v1alpha1.TrafficDirection {
 	if x != nil {
 		return x.Directions
 	}
@@ -734,32 +735,32 @@ var File_axon_datapath_v1alpha1_flow_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_flow_proto_rawDesc = "" +
 	"\n" +
-	"!axon/datapath/v1alpha1/flow.proto\x12\x16axon.datapath.v1alpha1\x1a\"axon/datapath/v1alpha1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n" +
+	"!axon/datapath/v1alpha1/flow.proto\x12\x16axon.datapath.v1alpha1\x1a\"axon/common/v1alpha1/network.proto\x1a!axon/common/v1alpha1/policy.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x01\n" +
 	"\bFlowPeer\x12\x0e\n" +
 	"\x02ip\x18\x01 \x01(\tR\x02ip\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1a\n" +
 	"\bidentity\x18\x03 \x01(\rR\bidentity\x12#\n" +
 	"\rpod_namespace\x18\x04 \x01(\tR\fpodNamespace\x12\x19\n" +
-	"\bpod_name\x18\x05 \x01(\tR\apodName\"\x98\x06\n" +
+	"\bpod_name\x18\x05 \x01(\tR\apodName\"\x94\x06\n" +
 	"\x04Flow\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1b\n" +
 	"\tnode_name\x18\x02 \x01(\tR\bnodeName\x128\n" +
 	"\x06source\x18\x03 \x01(\v2 .axon.datapath.v1alpha1.FlowPeerR\x06source\x12B\n" +
-	"\vdestination\x18\x04 \x01(\v2 .axon.datapath.v1alpha1.FlowPeerR\vdestination\x12<\n" +
-	"\bprotocol\x18\x05 \x01(\x0e2 .axon.datapath.v1alpha1.ProtocolR\bprotocol\x12\x1b\n" +
+	"\vdestination\x18\x04 \x01(\v2 .axon.datapath.v1alpha1.FlowPeerR\vdestination\x12:\n" +
+	"\bprotocol\x18\x05 \x01(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\bprotocol\x12\x1b\n" +
 	"\ticmp_type\x18\x06 \x01(\rR\bicmpType\x12\x1b\n" +
 	"\ticmp_code\x18\a \x01(\rR\bicmpCode\x12=\n" +
 	"\averdict\x18\b \x01(\x0e2#.axon.datapath.v1alpha1.FlowVerdictR\averdict\x12C\n" +
 	"\vdrop_reason\x18\t \x01(\x0e2\".axon.datapath.v1alpha1.DropReasonR\n" +
-	"dropReason\x12F\n" +
+	"dropReason\x12D\n" +
 	"\tdirection\x18\n" +
-	" \x01(\x0e2(.axon.datapath.v1alpha1.TrafficDirectionR\tdirection\x12U\n" +
+	" \x01(\x0e2&.axon.common.v1alpha1.TrafficDirectionR\tdirection\x12U\n" +
 	"\x11observation_point\x18\v \x01(\x0e2(.axon.datapath.v1alpha1.ObservationPointR\x10observationPoint\x12\x19\n" +
 	"\bis_reply\x18\f \x01(\bR\aisReply\x12%\n" +
 	"\x0einterface_name\x18\r \x01(\tR\rinterfaceName\x12'\n" +
 	"\x0finterface_index\x18\x0e \x01(\rR\x0einterfaceIndex\x12\x14\n" +
 	"\x05bytes\x18\x0f \x01(\rR\x05bytes\x12)\n" +
-	"\x10service_frontend\x18\x10 \x01(\tR\x0fserviceFrontend\"\xf4\x04\n" +
+	"\x10service_frontend\x18\x10 \x01(\tR\x0fserviceFrontend\"\xf0\x04\n" +
 	"\n" +
 	"FlowFilter\x12!\n" +
 	"\fsource_cidrs\x18\x01 \x03(\tR\vsourceCidrs\x12+\n" +
@@ -768,14 +769,14 @@ const file_axon_datapath_v1alpha1_flow_proto_rawDesc = "" +
 	"sourcePods\x12)\n" +
 	"\x10destination_pods\x18\x04 \x03(\tR\x0fdestinationPods\x12+\n" +
 	"\x11source_identities\x18\x05 \x03(\rR\x10sourceIdentities\x125\n" +
-	"\x16destination_identities\x18\x06 \x03(\rR\x15destinationIdentities\x12>\n" +
-	"\tprotocols\x18\a \x03(\x0e2 .axon.datapath.v1alpha1.ProtocolR\tprotocols\x12+\n" +
+	"\x16destination_identities\x18\x06 \x03(\rR\x15destinationIdentities\x12<\n" +
+	"\tprotocols\x18\a \x03(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\tprotocols\x12+\n" +
 	"\x11destination_ports\x18\b \x03(\rR\x10destinationPorts\x12?\n" +
 	"\bverdicts\x18\t \x03(\x0e2#.axon.datapath.v1alpha1.FlowVerdictR\bverdicts\x12E\n" +
 	"\fdrop_reasons\x18\n" +
-	" \x03(\x0e2\".axon.datapath.v1alpha1.DropReasonR\vdropReasons\x12H\n" +
+	" \x03(\x0e2\".axon.datapath.v1alpha1.DropReasonR\vdropReasons\x12F\n" +
 	"\n" +
-	"directions\x18\v \x03(\x0e2(.axon.datapath.v1alpha1.TrafficDirectionR\n" +
+	"directions\x18\v \x03(\x0e2&.axon.common.v1alpha1.TrafficDirectionR\n" +
 	"directions\x12'\n" +
 	"\x0finterface_names\x18\f \x03(\tR\x0einterfaceNames\"9\n" +
 	"\tLostFlows\x12\x14\n" +
@@ -830,30 +831,30 @@ func file_axon_datapath_v1alpha1_flow_proto_rawDescGZIP() []byte {
 var file_axon_datapath_v1alpha1_flow_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_axon_datapath_v1alpha1_flow_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_axon_datapath_v1alpha1_flow_proto_goTypes = []any{
-	(FlowVerdict)(0),              // 0: axon.datapath.v1alpha1.FlowVerdict
-	(DropReason)(0),               // 1: axon.datapath.v1alpha1.DropReason
-	(ObservationPoint)(0),         // 2: axon.datapath.v1alpha1.ObservationPoint
-	(*FlowPeer)(nil),              // 3: axon.datapath.v1alpha1.FlowPeer
-	(*Flow)(nil),                  // 4: axon.datapath.v1alpha1.Flow
-	(*FlowFilter)(nil),            // 5: axon.datapath.v1alpha1.FlowFilter
-	(*LostFlows)(nil),             // 6: axon.datapath.v1alpha1.LostFlows
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(Protocol)(0),                 // 8: axon.datapath.v1alpha1.Protocol
-	(TrafficDirection)(0),         // 9: axon.datapath.v1alpha1.TrafficDirection
+	(FlowVerdict)(0),               // 0: axon.datapath.v1alpha1.FlowVerdict
+	(DropReason)(0),                // 1: axon.datapath.v1alpha1.DropReason
+	(ObservationPoint)(0),          // 2: axon.datapath.v1alpha1.ObservationPoint
+	(*FlowPeer)(nil),               // 3: axon.datapath.v1alpha1.FlowPeer
+	(*Flow)(nil),                   // 4: axon.datapath.v1alpha1.Flow
+	(*FlowFilter)(nil),             // 5: axon.datapath.v1alpha1.FlowFilter
+	(*LostFlows)(nil),              // 6: axon.datapath.v1alpha1.LostFlows
+	(*timestamppb.Timestamp)(nil),  // 7: google.protobuf.Timestamp
+	(v1alpha1.Protocol)(0),         // 8: axon.common.v1alpha1.Protocol
+	(v1alpha1.TrafficDirection)(0), // 9: axon.common.v1alpha1.TrafficDirection
 }
 var file_axon_datapath_v1alpha1_flow_proto_depIdxs = []int32{
 	7,  // 0: axon.datapath.v1alpha1.Flow.time:type_name -> google.protobuf.Timestamp
 	3,  // 1: axon.datapath.v1alpha1.Flow.source:type_name -> axon.datapath.v1alpha1.FlowPeer
 	3,  // 2: axon.datapath.v1alpha1.Flow.destination:type_name -> axon.datapath.v1alpha1.FlowPeer
-	8,  // 3: axon.datapath.v1alpha1.Flow.protocol:type_name -> axon.datapath.v1alpha1.Protocol
+	8,  // 3: axon.datapath.v1alpha1.Flow.protocol:type_name -> axon.common.v1alpha1.Protocol
 	0,  // 4: axon.datapath.v1alpha1.Flow.verdict:type_name -> axon.datapath.v1alpha1.FlowVerdict
 	1,  // 5: axon.datapath.v1alpha1.Flow.drop_reason:type_name -> axon.datapath.v1alpha1.DropReason
-	9,  // 6: axon.datapath.v1alpha1.Flow.direction:type_name -> axon.datapath.v1alpha1.TrafficDirection
+	9,  // 6: axon.datapath.v1alpha1.Flow.direction:type_name -> axon.common.v1alpha1.TrafficDirection
 	2,  // 7: axon.datapath.v1alpha1.Flow.observation_point:type_name -> axon.datapath.v1alpha1.ObservationPoint
-	8,  // 8: axon.datapath.v1alpha1.FlowFilter.protocols:type_name -> axon.datapath.v1alpha1.Protocol
+	8,  // 8: axon.datapath.v1alpha1.FlowFilter.protocols:type_name -> axon.common.v1alpha1.Protocol
 	0,  // 9: axon.datapath.v1alpha1.FlowFilter.verdicts:type_name -> axon.datapath.v1alpha1.FlowVerdict
 	1,  // 10: axon.datapath.v1alpha1.FlowFilter.drop_reasons:type_name -> axon.datapath.v1alpha1.DropReason
-	9,  // 11: axon.datapath.v1alpha1.FlowFilter.directions:type_name -> axon.datapath.v1alpha1.TrafficDirection
+	9,  // 11: axon.datapath.v1alpha1.FlowFilter.directions:type_name -> axon.common.v1alpha1.TrafficDirection
 	12, // [12:12] is the sub-list for method output_type
 	12, // [12:12] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
@@ -866,7 +867,6 @@ func file_axon_datapath_v1alpha1_flow_proto_init() {
 	if File_axon_datapath_v1alpha1_flow_proto != nil {
 		return
 	}
-	file_axon_datapath_v1alpha1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -7,6 +7,7 @@
 package datapathv1alpha1
 
 import (
+	v1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -263,8 +264,8 @@ type Frontend struct {
 	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// The port, e.g. 53 or a node port such as 30080. 1..65535.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	// TCP, UDP or SCTP.
-	Protocol      Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=axon.datapath.v1alpha1.Protocol" json:"protocol,omitempty"`
+	// TCP, UDP or SCTP; UNSPECIFIED is invalid.
+	Protocol      v1alpha1.Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,11 +314,11 @@ func (x *Frontend) GetPort() uint32 {
 	return 0
 }
 
-func (x *Frontend) GetProtocol() Protocol {
+func (x *Frontend) GetProtocol() v1alpha1.Protocol {
 	if x != nil {
 		return x.Protocol
 	}
-	return Protocol_PROTOCOL_UNSPECIFIED
+	return v1alpha1.Protocol(0)
 }
 
 // Backend is one destination of a service frontend.
@@ -572,11 +573,11 @@ var File_axon_datapath_v1alpha1_loadbalancer_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_loadbalancer_proto_rawDesc = "" +
 	"\n" +
-	")axon/datapath/v1alpha1/loadbalancer.proto\x12\x16axon.datapath.v1alpha1\x1a\"axon/datapath/v1alpha1/types.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"v\n" +
+	")axon/datapath/v1alpha1/loadbalancer.proto\x12\x16axon.datapath.v1alpha1\x1a\"axon/common/v1alpha1/network.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n" +
 	"\bFrontend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\x12<\n" +
-	"\bprotocol\x18\x03 \x01(\x0e2 .axon.datapath.v1alpha1.ProtocolR\bprotocol\"\xbc\x01\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12:\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\bprotocol\"\xbc\x01\n" +
 	"\aBackend\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
@@ -641,12 +642,12 @@ var file_axon_datapath_v1alpha1_loadbalancer_proto_goTypes = []any{
 	(*Frontend)(nil),              // 4: axon.datapath.v1alpha1.Frontend
 	(*Backend)(nil),               // 5: axon.datapath.v1alpha1.Backend
 	(*Service)(nil),               // 6: axon.datapath.v1alpha1.Service
-	(Protocol)(0),                 // 7: axon.datapath.v1alpha1.Protocol
+	(v1alpha1.Protocol)(0),        // 7: axon.common.v1alpha1.Protocol
 	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_axon_datapath_v1alpha1_loadbalancer_proto_depIdxs = []int32{
-	7, // 0: axon.datapath.v1alpha1.Frontend.protocol:type_name -> axon.datapath.v1alpha1.Protocol
+	7, // 0: axon.datapath.v1alpha1.Frontend.protocol:type_name -> axon.common.v1alpha1.Protocol
 	3, // 1: axon.datapath.v1alpha1.Backend.state:type_name -> axon.datapath.v1alpha1.BackendState
 	4, // 2: axon.datapath.v1alpha1.Service.frontend:type_name -> axon.datapath.v1alpha1.Frontend
 	0, // 3: axon.datapath.v1alpha1.Service.type:type_name -> axon.datapath.v1alpha1.ServiceType
@@ -667,7 +668,6 @@ func file_axon_datapath_v1alpha1_loadbalancer_proto_init() {
 	if File_axon_datapath_v1alpha1_loadbalancer_proto != nil {
 		return
 	}
-	file_axon_datapath_v1alpha1_types_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

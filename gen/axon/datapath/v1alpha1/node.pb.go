@@ -918,7 +918,7 @@ var File_axon_datapath_v1alpha1_node_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_node_proto_rawDesc = "" +
 	"\n" +
-	"!axon/datapath/v1alpha1/node.proto\x12\x16axon.datapath.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x04\n" +
+	"!axon/datapath/v1alpha1/node.proto\x12\x16axon.datapath.v1alpha1\x1a\"axon/common/v1alpha1/network.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x04\n" +
 	"\n" +
 	"NodeConfig\x12\x1b\n" +
 	"\tnode_name\x18\x01 \x01(\tR\bnodeName\x12F\n" +

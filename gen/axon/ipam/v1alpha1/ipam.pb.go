@@ -2956,7 +2956,7 @@ var File_axon_ipam_v1alpha1_ipam_proto protoreflect.FileDescriptor
 
 const file_axon_ipam_v1alpha1_ipam_proto_rawDesc = "" +
 	"\n" +
-	"\x1daxon/ipam/v1alpha1/ipam.proto\x12\x12axon.ipam.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\"axon/ipam/v1alpha1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\"A\n" +
+	"\x1daxon/ipam/v1alpha1/ipam.proto\x12\x12axon.ipam.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\"axon/common/v1alpha1/network.proto\x1a\"axon/ipam/v1alpha1/resources.proto\x1a\x1egoogle/protobuf/duration.proto\"A\n" +
 	"\x11CreatePoolRequest\x12,\n" +
 	"\x04pool\x18\x01 \x01(\v2\x18.axon.ipam.v1alpha1.PoolR\x04pool\"B\n" +
 	"\x12CreatePoolResponse\x12,\n" +

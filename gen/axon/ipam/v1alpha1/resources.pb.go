@@ -320,7 +320,7 @@ type PoolFamily struct {
 	// Independently of this list, the first address and, for IPv4, the last
 	// address of every pool CIDR (for HOST_SCOPE: of every pod CIDR) are never
 	// handed out, and node router IPs only serve as gateways.
-	ReservedRanges []*AddressRange `protobuf:"bytes,3,rep,name=reserved_ranges,json=reservedRanges,proto3" json:"reserved_ranges,omitempty"`
+	ReservedRanges []*v1alpha1.AddressRange `protobuf:"bytes,3,rep,name=reserved_ranges,json=reservedRanges,proto3" json:"reserved_ranges,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -369,77 +369,11 @@ func (x *PoolFamily) GetBlockPrefixLength() uint32 {
 	return 0
 }
 
-func (x *PoolFamily) GetReservedRanges() []*AddressRange {
+func (x *PoolFamily) GetReservedRanges() []*v1alpha1.AddressRange {
 	if x != nil {
 		return x.ReservedRanges
 	}
 	return nil
-}
-
-// AddressRange is a contiguous set of addresses of one family: exactly one of
-// cidr, or start and end, is set.
-type AddressRange struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// A CIDR in canonical form, e.g. "10.0.0.0/28".
-	Cidr string `protobuf:"bytes,1,opt,name=cidr,proto3" json:"cidr,omitempty"`
-	// First address of an inclusive range, e.g. "10.0.0.10".
-	Start string `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
-	// Last address of an inclusive range, e.g. "10.0.0.20"; same family as
-	// start and not before it. Equal to start for a single address.
-	End           string `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AddressRange) Reset() {
-	*x = AddressRange{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AddressRange) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AddressRange) ProtoMessage() {}
-
-func (x *AddressRange) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AddressRange.ProtoReflect.Descriptor instead.
-func (*AddressRange) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *AddressRange) GetCidr() string {
-	if x != nil {
-		return x.Cidr
-	}
-	return ""
-}
-
-func (x *AddressRange) GetStart() string {
-	if x != nil {
-		return x.Start
-	}
-	return ""
-}
-
-func (x *AddressRange) GetEnd() string {
-	if x != nil {
-		return x.End
-	}
-	return ""
 }
 
 // PoolStatus reports a pool's usage.
@@ -455,7 +389,7 @@ type PoolStatus struct {
 
 func (x *PoolStatus) Reset() {
 	*x = PoolStatus{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[3]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +401,7 @@ func (x *PoolStatus) String() string {
 func (*PoolStatus) ProtoMessage() {}
 
 func (x *PoolStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[3]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +414,7 @@ func (x *PoolStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PoolStatus.ProtoReflect.Descriptor instead.
 func (*PoolStatus) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{3}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PoolStatus) GetUsage() []*FamilyUsage {
@@ -521,7 +455,7 @@ type FamilyUsage struct {
 
 func (x *FamilyUsage) Reset() {
 	*x = FamilyUsage{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[4]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +467,7 @@ func (x *FamilyUsage) String() string {
 func (*FamilyUsage) ProtoMessage() {}
 
 func (x *FamilyUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[4]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +480,7 @@ func (x *FamilyUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FamilyUsage.ProtoReflect.Descriptor instead.
 func (*FamilyUsage) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{4}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *FamilyUsage) GetFamily() v1alpha1.IPFamily {
@@ -623,7 +557,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[5]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +569,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[5]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +582,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{5}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Node) GetName() string {
@@ -717,7 +651,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[6]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +663,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[6]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +676,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{6}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *NodeStatus) GetRouterIps() []string {
@@ -772,7 +706,7 @@ type NodePoolUsage struct {
 
 func (x *NodePoolUsage) Reset() {
 	*x = NodePoolUsage{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[7]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -784,7 +718,7 @@ func (x *NodePoolUsage) String() string {
 func (*NodePoolUsage) ProtoMessage() {}
 
 func (x *NodePoolUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[7]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -797,7 +731,7 @@ func (x *NodePoolUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodePoolUsage.ProtoReflect.Descriptor instead.
 func (*NodePoolUsage) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{7}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NodePoolUsage) GetPool() string {
@@ -851,7 +785,7 @@ type Block struct {
 
 func (x *Block) Reset() {
 	*x = Block{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[8]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +797,7 @@ func (x *Block) String() string {
 func (*Block) ProtoMessage() {}
 
 func (x *Block) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[8]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +810,7 @@ func (x *Block) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Block.ProtoReflect.Descriptor instead.
 func (*Block) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{8}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Block) GetCidr() string {
@@ -971,7 +905,7 @@ type OwnerHandle struct {
 
 func (x *OwnerHandle) Reset() {
 	*x = OwnerHandle{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[9]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +917,7 @@ func (x *OwnerHandle) String() string {
 func (*OwnerHandle) ProtoMessage() {}
 
 func (x *OwnerHandle) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[9]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +930,7 @@ func (x *OwnerHandle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OwnerHandle.ProtoReflect.Descriptor instead.
 func (*OwnerHandle) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{9}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *OwnerHandle) GetContainerId() string {
@@ -1048,7 +982,7 @@ type Allocation struct {
 
 func (x *Allocation) Reset() {
 	*x = Allocation{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[10]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +994,7 @@ func (x *Allocation) String() string {
 func (*Allocation) ProtoMessage() {}
 
 func (x *Allocation) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[10]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1007,7 @@ func (x *Allocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Allocation.ProtoReflect.Descriptor instead.
 func (*Allocation) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{10}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Allocation) GetHandle() *OwnerHandle {
@@ -1163,7 +1097,7 @@ type AllocatedAddress struct {
 
 func (x *AllocatedAddress) Reset() {
 	*x = AllocatedAddress{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[11]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1109,7 @@ func (x *AllocatedAddress) String() string {
 func (*AllocatedAddress) ProtoMessage() {}
 
 func (x *AllocatedAddress) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[11]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1122,7 @@ func (x *AllocatedAddress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AllocatedAddress.ProtoReflect.Descriptor instead.
 func (*AllocatedAddress) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{11}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AllocatedAddress) GetIp() string {
@@ -1260,7 +1194,7 @@ type Reservation struct {
 
 func (x *Reservation) Reset() {
 	*x = Reservation{}
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[12]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1206,7 @@ func (x *Reservation) String() string {
 func (*Reservation) ProtoMessage() {}
 
 func (x *Reservation) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[12]
+	mi := &file_axon_ipam_v1alpha1_resources_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1219,7 @@ func (x *Reservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reservation.ProtoReflect.Descriptor instead.
 func (*Reservation) Descriptor() ([]byte, []int) {
-	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{12}
+	return file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Reservation) GetIp() string {
@@ -1341,7 +1275,7 @@ var File_axon_ipam_v1alpha1_resources_proto protoreflect.FileDescriptor
 
 const file_axon_ipam_v1alpha1_resources_proto_rawDesc = "" +
 	"\n" +
-	"\"axon/ipam/v1alpha1/resources.proto\x12\x12axon.ipam.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
+	"\"axon/ipam/v1alpha1/resources.proto\x12\x12axon.ipam.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\"axon/common/v1alpha1/network.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x04\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x120\n" +
 	"\x04mode\x18\x02 \x01(\x0e2\x1c.axon.ipam.v1alpha1.PoolModeR\x04mode\x122\n" +
@@ -1357,16 +1291,12 @@ const file_axon_ipam_v1alpha1_resources_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x126\n" +
-	"\x06status\x18\f \x01(\v2\x1e.axon.ipam.v1alpha1.PoolStatusR\x06status\"\x9d\x01\n" +
+	"\x06status\x18\f \x01(\v2\x1e.axon.ipam.v1alpha1.PoolStatusR\x06status\"\x9f\x01\n" +
 	"\n" +
 	"PoolFamily\x12\x14\n" +
 	"\x05cidrs\x18\x01 \x03(\tR\x05cidrs\x12.\n" +
-	"\x13block_prefix_length\x18\x02 \x01(\rR\x11blockPrefixLength\x12I\n" +
-	"\x0freserved_ranges\x18\x03 \x03(\v2 .axon.ipam.v1alpha1.AddressRangeR\x0ereservedRanges\"J\n" +
-	"\fAddressRange\x12\x12\n" +
-	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x14\n" +
-	"\x05start\x18\x02 \x01(\tR\x05start\x12\x10\n" +
-	"\x03end\x18\x03 \x01(\tR\x03end\"b\n" +
+	"\x13block_prefix_length\x18\x02 \x01(\rR\x11blockPrefixLength\x12K\n" +
+	"\x0freserved_ranges\x18\x03 \x03(\v2\".axon.common.v1alpha1.AddressRangeR\x0ereservedRanges\"b\n" +
 	"\n" +
 	"PoolStatus\x125\n" +
 	"\x05usage\x18\x01 \x03(\v2\x1f.axon.ipam.v1alpha1.FamilyUsageR\x05usage\x12\x1d\n" +
@@ -1469,25 +1399,25 @@ func file_axon_ipam_v1alpha1_resources_proto_rawDescGZIP() []byte {
 }
 
 var file_axon_ipam_v1alpha1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_axon_ipam_v1alpha1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_axon_ipam_v1alpha1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_axon_ipam_v1alpha1_resources_proto_goTypes = []any{
 	(PoolMode)(0),                  // 0: axon.ipam.v1alpha1.PoolMode
 	(ReservationKind)(0),           // 1: axon.ipam.v1alpha1.ReservationKind
 	(*Pool)(nil),                   // 2: axon.ipam.v1alpha1.Pool
 	(*PoolFamily)(nil),             // 3: axon.ipam.v1alpha1.PoolFamily
-	(*AddressRange)(nil),           // 4: axon.ipam.v1alpha1.AddressRange
-	(*PoolStatus)(nil),             // 5: axon.ipam.v1alpha1.PoolStatus
-	(*FamilyUsage)(nil),            // 6: axon.ipam.v1alpha1.FamilyUsage
-	(*Node)(nil),                   // 7: axon.ipam.v1alpha1.Node
-	(*NodeStatus)(nil),             // 8: axon.ipam.v1alpha1.NodeStatus
-	(*NodePoolUsage)(nil),          // 9: axon.ipam.v1alpha1.NodePoolUsage
-	(*Block)(nil),                  // 10: axon.ipam.v1alpha1.Block
-	(*OwnerHandle)(nil),            // 11: axon.ipam.v1alpha1.OwnerHandle
-	(*Allocation)(nil),             // 12: axon.ipam.v1alpha1.Allocation
-	(*AllocatedAddress)(nil),       // 13: axon.ipam.v1alpha1.AllocatedAddress
-	(*Reservation)(nil),            // 14: axon.ipam.v1alpha1.Reservation
-	(*v1alpha1.LabelSelector)(nil), // 15: axon.common.v1alpha1.LabelSelector
-	(*timestamppb.Timestamp)(nil),  // 16: google.protobuf.Timestamp
+	(*PoolStatus)(nil),             // 4: axon.ipam.v1alpha1.PoolStatus
+	(*FamilyUsage)(nil),            // 5: axon.ipam.v1alpha1.FamilyUsage
+	(*Node)(nil),                   // 6: axon.ipam.v1alpha1.Node
+	(*NodeStatus)(nil),             // 7: axon.ipam.v1alpha1.NodeStatus
+	(*NodePoolUsage)(nil),          // 8: axon.ipam.v1alpha1.NodePoolUsage
+	(*Block)(nil),                  // 9: axon.ipam.v1alpha1.Block
+	(*OwnerHandle)(nil),            // 10: axon.ipam.v1alpha1.OwnerHandle
+	(*Allocation)(nil),             // 11: axon.ipam.v1alpha1.Allocation
+	(*AllocatedAddress)(nil),       // 12: axon.ipam.v1alpha1.AllocatedAddress
+	(*Reservation)(nil),            // 13: axon.ipam.v1alpha1.Reservation
+	(*v1alpha1.LabelSelector)(nil), // 14: axon.common.v1alpha1.LabelSelector
+	(*timestamppb.Timestamp)(nil),  // 15: google.protobuf.Timestamp
+	(*v1alpha1.AddressRange)(nil),  // 16: axon.common.v1alpha1.AddressRange
 	(v1alpha1.IPFamily)(0),         // 17: axon.common.v1alpha1.IPFamily
 	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
 }
@@ -1495,31 +1425,31 @@ var file_axon_ipam_v1alpha1_resources_proto_depIdxs = []int32{
 	0,  // 0: axon.ipam.v1alpha1.Pool.mode:type_name -> axon.ipam.v1alpha1.PoolMode
 	3,  // 1: axon.ipam.v1alpha1.Pool.ipv4:type_name -> axon.ipam.v1alpha1.PoolFamily
 	3,  // 2: axon.ipam.v1alpha1.Pool.ipv6:type_name -> axon.ipam.v1alpha1.PoolFamily
-	15, // 3: axon.ipam.v1alpha1.Pool.namespace_selector:type_name -> axon.common.v1alpha1.LabelSelector
-	15, // 4: axon.ipam.v1alpha1.Pool.pod_selector:type_name -> axon.common.v1alpha1.LabelSelector
-	16, // 5: axon.ipam.v1alpha1.Pool.create_time:type_name -> google.protobuf.Timestamp
-	16, // 6: axon.ipam.v1alpha1.Pool.update_time:type_name -> google.protobuf.Timestamp
-	5,  // 7: axon.ipam.v1alpha1.Pool.status:type_name -> axon.ipam.v1alpha1.PoolStatus
-	4,  // 8: axon.ipam.v1alpha1.PoolFamily.reserved_ranges:type_name -> axon.ipam.v1alpha1.AddressRange
-	6,  // 9: axon.ipam.v1alpha1.PoolStatus.usage:type_name -> axon.ipam.v1alpha1.FamilyUsage
+	14, // 3: axon.ipam.v1alpha1.Pool.namespace_selector:type_name -> axon.common.v1alpha1.LabelSelector
+	14, // 4: axon.ipam.v1alpha1.Pool.pod_selector:type_name -> axon.common.v1alpha1.LabelSelector
+	15, // 5: axon.ipam.v1alpha1.Pool.create_time:type_name -> google.protobuf.Timestamp
+	15, // 6: axon.ipam.v1alpha1.Pool.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 7: axon.ipam.v1alpha1.Pool.status:type_name -> axon.ipam.v1alpha1.PoolStatus
+	16, // 8: axon.ipam.v1alpha1.PoolFamily.reserved_ranges:type_name -> axon.common.v1alpha1.AddressRange
+	5,  // 9: axon.ipam.v1alpha1.PoolStatus.usage:type_name -> axon.ipam.v1alpha1.FamilyUsage
 	17, // 10: axon.ipam.v1alpha1.FamilyUsage.family:type_name -> axon.common.v1alpha1.IPFamily
-	16, // 11: axon.ipam.v1alpha1.Node.create_time:type_name -> google.protobuf.Timestamp
-	16, // 12: axon.ipam.v1alpha1.Node.update_time:type_name -> google.protobuf.Timestamp
-	8,  // 13: axon.ipam.v1alpha1.Node.status:type_name -> axon.ipam.v1alpha1.NodeStatus
-	9,  // 14: axon.ipam.v1alpha1.NodeStatus.usage:type_name -> axon.ipam.v1alpha1.NodePoolUsage
-	6,  // 15: axon.ipam.v1alpha1.NodePoolUsage.usage:type_name -> axon.ipam.v1alpha1.FamilyUsage
+	15, // 11: axon.ipam.v1alpha1.Node.create_time:type_name -> google.protobuf.Timestamp
+	15, // 12: axon.ipam.v1alpha1.Node.update_time:type_name -> google.protobuf.Timestamp
+	7,  // 13: axon.ipam.v1alpha1.Node.status:type_name -> axon.ipam.v1alpha1.NodeStatus
+	8,  // 14: axon.ipam.v1alpha1.NodeStatus.usage:type_name -> axon.ipam.v1alpha1.NodePoolUsage
+	5,  // 15: axon.ipam.v1alpha1.NodePoolUsage.usage:type_name -> axon.ipam.v1alpha1.FamilyUsage
 	17, // 16: axon.ipam.v1alpha1.Block.family:type_name -> axon.common.v1alpha1.IPFamily
-	16, // 17: axon.ipam.v1alpha1.Block.claim_time:type_name -> google.protobuf.Timestamp
-	16, // 18: axon.ipam.v1alpha1.Block.empty_since:type_name -> google.protobuf.Timestamp
-	11, // 19: axon.ipam.v1alpha1.Allocation.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
-	13, // 20: axon.ipam.v1alpha1.Allocation.addresses:type_name -> axon.ipam.v1alpha1.AllocatedAddress
+	15, // 17: axon.ipam.v1alpha1.Block.claim_time:type_name -> google.protobuf.Timestamp
+	15, // 18: axon.ipam.v1alpha1.Block.empty_since:type_name -> google.protobuf.Timestamp
+	10, // 19: axon.ipam.v1alpha1.Allocation.handle:type_name -> axon.ipam.v1alpha1.OwnerHandle
+	12, // 20: axon.ipam.v1alpha1.Allocation.addresses:type_name -> axon.ipam.v1alpha1.AllocatedAddress
 	18, // 21: axon.ipam.v1alpha1.Allocation.sticky_hold:type_name -> google.protobuf.Duration
-	16, // 22: axon.ipam.v1alpha1.Allocation.create_time:type_name -> google.protobuf.Timestamp
+	15, // 22: axon.ipam.v1alpha1.Allocation.create_time:type_name -> google.protobuf.Timestamp
 	17, // 23: axon.ipam.v1alpha1.AllocatedAddress.family:type_name -> axon.common.v1alpha1.IPFamily
 	17, // 24: axon.ipam.v1alpha1.Reservation.family:type_name -> axon.common.v1alpha1.IPFamily
 	1,  // 25: axon.ipam.v1alpha1.Reservation.kind:type_name -> axon.ipam.v1alpha1.ReservationKind
-	16, // 26: axon.ipam.v1alpha1.Reservation.expire_time:type_name -> google.protobuf.Timestamp
-	16, // 27: axon.ipam.v1alpha1.Reservation.create_time:type_name -> google.protobuf.Timestamp
+	15, // 26: axon.ipam.v1alpha1.Reservation.expire_time:type_name -> google.protobuf.Timestamp
+	15, // 27: axon.ipam.v1alpha1.Reservation.create_time:type_name -> google.protobuf.Timestamp
 	28, // [28:28] is the sub-list for method output_type
 	28, // [28:28] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
@@ -1538,7 +1468,7 @@ func file_axon_ipam_v1alpha1_resources_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_ipam_v1alpha1_resources_proto_rawDesc), len(file_axon_ipam_v1alpha1_resources_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

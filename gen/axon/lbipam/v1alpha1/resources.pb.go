@@ -23,63 +23,6 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Protocol is an L4 protocol of a service port.
-type Protocol int32
-
-const (
-	// Not set; treated as TCP, the Kubernetes default.
-	Protocol_PROTOCOL_UNSPECIFIED Protocol = 0
-	// TCP.
-	Protocol_PROTOCOL_TCP Protocol = 1
-	// UDP.
-	Protocol_PROTOCOL_UDP Protocol = 2
-	// SCTP.
-	Protocol_PROTOCOL_SCTP Protocol = 3
-)
-
-// Enum value maps for Protocol.
-var (
-	Protocol_name = map[int32]string{
-		0: "PROTOCOL_UNSPECIFIED",
-		1: "PROTOCOL_TCP",
-		2: "PROTOCOL_UDP",
-		3: "PROTOCOL_SCTP",
-	}
-	Protocol_value = map[string]int32{
-		"PROTOCOL_UNSPECIFIED": 0,
-		"PROTOCOL_TCP":         1,
-		"PROTOCOL_UDP":         2,
-		"PROTOCOL_SCTP":        3,
-	}
-)
-
-func (x Protocol) Enum() *Protocol {
-	p := new(Protocol)
-	*p = x
-	return p
-}
-
-func (x Protocol) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (Protocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[0].Descriptor()
-}
-
-func (Protocol) Type() protoreflect.EnumType {
-	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[0]
-}
-
-func (x Protocol) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use Protocol.Descriptor instead.
-func (Protocol) EnumDescriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{0}
-}
-
 // IPFamilyPolicy mirrors Kubernetes' spec.ipFamilyPolicy for the ingress IPs.
 type IPFamilyPolicy int32
 
@@ -123,11 +66,11 @@ func (x IPFamilyPolicy) String() string {
 }
 
 func (IPFamilyPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[1].Descriptor()
+	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[0].Descriptor()
 }
 
 func (IPFamilyPolicy) Type() protoreflect.EnumType {
-	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[1]
+	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[0]
 }
 
 func (x IPFamilyPolicy) Number() protoreflect.EnumNumber {
@@ -136,7 +79,7 @@ func (x IPFamilyPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use IPFamilyPolicy.Descriptor instead.
 func (IPFamilyPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{1}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{0}
 }
 
 // ExternalTrafficPolicy mirrors Kubernetes' spec.externalTrafficPolicy; it
@@ -178,11 +121,11 @@ func (x ExternalTrafficPolicy) String() string {
 }
 
 func (ExternalTrafficPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[2].Descriptor()
+	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[1].Descriptor()
 }
 
 func (ExternalTrafficPolicy) Type() protoreflect.EnumType {
-	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[2]
+	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[1]
 }
 
 func (x ExternalTrafficPolicy) Number() protoreflect.EnumNumber {
@@ -191,7 +134,7 @@ func (x ExternalTrafficPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ExternalTrafficPolicy.Descriptor instead.
 func (ExternalTrafficPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{2}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{1}
 }
 
 // AssignmentState summarizes whether a service has what it asked for.
@@ -238,11 +181,11 @@ func (x AssignmentState) String() string {
 }
 
 func (AssignmentState) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[3].Descriptor()
+	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[2].Descriptor()
 }
 
 func (AssignmentState) Type() protoreflect.EnumType {
-	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[3]
+	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[2]
 }
 
 func (x AssignmentState) Number() protoreflect.EnumNumber {
@@ -251,7 +194,7 @@ func (x AssignmentState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AssignmentState.Descriptor instead.
 func (AssignmentState) EnumDescriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{3}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{2}
 }
 
 // ProblemReason says why an address could not be assigned.
@@ -316,11 +259,11 @@ func (x ProblemReason) String() string {
 }
 
 func (ProblemReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[4].Descriptor()
+	return file_axon_lbipam_v1alpha1_resources_proto_enumTypes[3].Descriptor()
 }
 
 func (ProblemReason) Type() protoreflect.EnumType {
-	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[4]
+	return &file_axon_lbipam_v1alpha1_resources_proto_enumTypes[3]
 }
 
 func (x ProblemReason) Number() protoreflect.EnumNumber {
@@ -329,7 +272,7 @@ func (x ProblemReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProblemReason.Descriptor instead.
 func (ProblemReason) EnumDescriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{4}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 // Pool is a set of addresses that LoadBalancer Services get their ingress IPs
@@ -344,7 +287,7 @@ type Pool struct {
 	// pool may mix IPv4 and IPv6. At least one; they must not overlap each
 	// other. Overlap with another pool is accepted but makes one of the two
 	// conflicting (see PoolStatus.conflicting).
-	Ranges []*AddressRange `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
+	Ranges []*v1alpha1.AddressRange `protobuf:"bytes,2,rep,name=ranges,proto3" json:"ranges,omitempty"`
 	// Selects the services the pool serves, by the service's labels plus two
 	// synthesized ones: "io.kubernetes.service.namespace" and
 	// "io.kubernetes.service.name". Unset: the pool serves every service.
@@ -408,7 +351,7 @@ func (x *Pool) GetName() string {
 	return ""
 }
 
-func (x *Pool) GetRanges() []*AddressRange {
+func (x *Pool) GetRanges() []*v1alpha1.AddressRange {
 	if x != nil {
 		return x.Ranges
 	}
@@ -464,73 +407,6 @@ func (x *Pool) GetStatus() *PoolStatus {
 	return nil
 }
 
-// AddressRange is a contiguous set of addresses of one family: exactly one of
-// cidr, or start and end, is set.
-type AddressRange struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// A CIDR in canonical form (host bits zero), e.g. "192.0.2.0/24" or
-	// "2001:db8:10::/120".
-	Cidr string `protobuf:"bytes,1,opt,name=cidr,proto3" json:"cidr,omitempty"`
-	// First address of an inclusive range, e.g. "192.0.2.100".
-	Start string `protobuf:"bytes,2,opt,name=start,proto3" json:"start,omitempty"`
-	// Last address of an inclusive range, e.g. "192.0.2.200"; same family as
-	// start and not before it. Equal to start for a single address.
-	End           string `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AddressRange) Reset() {
-	*x = AddressRange{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AddressRange) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AddressRange) ProtoMessage() {}
-
-func (x *AddressRange) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AddressRange.ProtoReflect.Descriptor instead.
-func (*AddressRange) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{1}
-}
-
-func (x *AddressRange) GetCidr() string {
-	if x != nil {
-		return x.Cidr
-	}
-	return ""
-}
-
-func (x *AddressRange) GetStart() string {
-	if x != nil {
-		return x.Start
-	}
-	return ""
-}
-
-func (x *AddressRange) GetEnd() string {
-	if x != nil {
-		return x.End
-	}
-	return ""
-}
-
 // PoolStatus reports a pool's conflicts and counts.
 type PoolStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -553,7 +429,7 @@ type PoolStatus struct {
 
 func (x *PoolStatus) Reset() {
 	*x = PoolStatus{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[2]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +441,7 @@ func (x *PoolStatus) String() string {
 func (*PoolStatus) ProtoMessage() {}
 
 func (x *PoolStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[2]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +454,7 @@ func (x *PoolStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PoolStatus.ProtoReflect.Descriptor instead.
 func (*PoolStatus) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{2}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *PoolStatus) GetConflicting() bool {
@@ -636,7 +512,7 @@ type FamilyUsage struct {
 
 func (x *FamilyUsage) Reset() {
 	*x = FamilyUsage{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[3]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +524,7 @@ func (x *FamilyUsage) String() string {
 func (*FamilyUsage) ProtoMessage() {}
 
 func (x *FamilyUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[3]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +537,7 @@ func (x *FamilyUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FamilyUsage.ProtoReflect.Descriptor instead.
 func (*FamilyUsage) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{3}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *FamilyUsage) GetFamily() v1alpha1.IPFamily {
@@ -709,7 +585,7 @@ type ServiceRef struct {
 
 func (x *ServiceRef) Reset() {
 	*x = ServiceRef{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[4]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +597,7 @@ func (x *ServiceRef) String() string {
 func (*ServiceRef) ProtoMessage() {}
 
 func (x *ServiceRef) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[4]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +610,7 @@ func (x *ServiceRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceRef.ProtoReflect.Descriptor instead.
 func (*ServiceRef) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{4}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ServiceRef) GetNamespace() string {
@@ -763,15 +639,15 @@ type ServicePort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The port, 1-65535.
 	Port uint32 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
-	// The protocol.
-	Protocol      Protocol `protobuf:"varint,2,opt,name=protocol,proto3,enum=axon.lbipam.v1alpha1.Protocol" json:"protocol,omitempty"`
+	// TCP, UDP or SCTP; UNSPECIFIED means TCP, the Kubernetes default.
+	Protocol      v1alpha1.Protocol `protobuf:"varint,2,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServicePort) Reset() {
 	*x = ServicePort{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[5]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +659,7 @@ func (x *ServicePort) String() string {
 func (*ServicePort) ProtoMessage() {}
 
 func (x *ServicePort) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[5]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +672,7 @@ func (x *ServicePort) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServicePort.ProtoReflect.Descriptor instead.
 func (*ServicePort) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{5}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ServicePort) GetPort() uint32 {
@@ -806,11 +682,11 @@ func (x *ServicePort) GetPort() uint32 {
 	return 0
 }
 
-func (x *ServicePort) GetProtocol() Protocol {
+func (x *ServicePort) GetProtocol() v1alpha1.Protocol {
 	if x != nil {
 		return x.Protocol
 	}
-	return Protocol_PROTOCOL_UNSPECIFIED
+	return v1alpha1.Protocol(0)
 }
 
 // ServiceSpec is what LB-IPAM needs to know about a LoadBalancer Service to
@@ -854,7 +730,7 @@ type ServiceSpec struct {
 
 func (x *ServiceSpec) Reset() {
 	*x = ServiceSpec{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[6]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +742,7 @@ func (x *ServiceSpec) String() string {
 func (*ServiceSpec) ProtoMessage() {}
 
 func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[6]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +755,7 @@ func (x *ServiceSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceSpec.ProtoReflect.Descriptor instead.
 func (*ServiceSpec) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{6}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ServiceSpec) GetLabels() map[string]string {
@@ -963,7 +839,7 @@ type AssignmentProblem struct {
 
 func (x *AssignmentProblem) Reset() {
 	*x = AssignmentProblem{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[7]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +851,7 @@ func (x *AssignmentProblem) String() string {
 func (*AssignmentProblem) ProtoMessage() {}
 
 func (x *AssignmentProblem) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[7]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +864,7 @@ func (x *AssignmentProblem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignmentProblem.ProtoReflect.Descriptor instead.
 func (*AssignmentProblem) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{7}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AssignmentProblem) GetFamily() v1alpha1.IPFamily {
@@ -1036,7 +912,7 @@ type AssignedIP struct {
 
 func (x *AssignedIP) Reset() {
 	*x = AssignedIP{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[8]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +924,7 @@ func (x *AssignedIP) String() string {
 func (*AssignedIP) ProtoMessage() {}
 
 func (x *AssignedIP) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[8]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +937,7 @@ func (x *AssignedIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignedIP.ProtoReflect.Descriptor instead.
 func (*AssignedIP) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{8}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AssignedIP) GetIp() string {
@@ -1120,7 +996,7 @@ type ServiceAssignment struct {
 
 func (x *ServiceAssignment) Reset() {
 	*x = ServiceAssignment{}
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[9]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1008,7 @@ func (x *ServiceAssignment) String() string {
 func (*ServiceAssignment) ProtoMessage() {}
 
 func (x *ServiceAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[9]
+	mi := &file_axon_lbipam_v1alpha1_resources_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1021,7 @@ func (x *ServiceAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceAssignment.ProtoReflect.Descriptor instead.
 func (*ServiceAssignment) Descriptor() ([]byte, []int) {
-	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{9}
+	return file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ServiceAssignment) GetService() *ServiceRef {
@@ -1208,10 +1084,10 @@ var File_axon_lbipam_v1alpha1_resources_proto protoreflect.FileDescriptor
 
 const file_axon_lbipam_v1alpha1_resources_proto_rawDesc = "" +
 	"\n" +
-	"$axon/lbipam/v1alpha1/resources.proto\x12\x14axon.lbipam.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x03\n" +
+	"$axon/lbipam/v1alpha1/resources.proto\x12\x14axon.lbipam.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\"axon/common/v1alpha1/network.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x03\n" +
 	"\x04Pool\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12:\n" +
-	"\x06ranges\x18\x02 \x03(\v2\".axon.lbipam.v1alpha1.AddressRangeR\x06ranges\x12N\n" +
+	"\x06ranges\x18\x02 \x03(\v2\".axon.common.v1alpha1.AddressRangeR\x06ranges\x12N\n" +
 	"\x10service_selector\x18\x03 \x01(\v2#.axon.common.v1alpha1.LabelSelectorR\x0fserviceSelector\x12\x1a\n" +
 	"\bdisabled\x18\x04 \x01(\bR\bdisabled\x12/\n" +
 	"\x14allow_first_last_ips\x18\x05 \x01(\bR\x11allowFirstLastIps\x12\x1a\n" +
@@ -1220,11 +1096,7 @@ const file_axon_lbipam_v1alpha1_resources_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x128\n" +
-	"\x06status\x18\t \x01(\v2 .axon.lbipam.v1alpha1.PoolStatusR\x06status\"J\n" +
-	"\fAddressRange\x12\x12\n" +
-	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x14\n" +
-	"\x05start\x18\x02 \x01(\tR\x05start\x12\x10\n" +
-	"\x03end\x18\x03 \x01(\tR\x03end\"\xe4\x01\n" +
+	"\x06status\x18\t \x01(\v2 .axon.lbipam.v1alpha1.PoolStatusR\x06status\"\xe4\x01\n" +
 	"\n" +
 	"PoolStatus\x12 \n" +
 	"\vconflicting\x18\x01 \x01(\bR\vconflicting\x12+\n" +
@@ -1244,7 +1116,7 @@ const file_axon_lbipam_v1alpha1_resources_proto_rawDesc = "" +
 	"\x03uid\x18\x03 \x01(\tR\x03uid\"]\n" +
 	"\vServicePort\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12:\n" +
-	"\bprotocol\x18\x02 \x01(\x0e2\x1e.axon.lbipam.v1alpha1.ProtocolR\bprotocol\"\xd5\x05\n" +
+	"\bprotocol\x18\x02 \x01(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\bprotocol\"\xd5\x05\n" +
 	"\vServiceSpec\x12E\n" +
 	"\x06labels\x18\x01 \x03(\v2-.axon.lbipam.v1alpha1.ServiceSpec.LabelsEntryR\x06labels\x12#\n" +
 	"\rrequested_ips\x18\x02 \x03(\tR\frequestedIps\x12?\n" +
@@ -1284,12 +1156,7 @@ const file_axon_lbipam_v1alpha1_resources_proto_rawDesc = "" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime*[\n" +
-	"\bProtocol\x12\x18\n" +
-	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
-	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
-	"\fPROTOCOL_UDP\x10\x02\x12\x11\n" +
-	"\rPROTOCOL_SCTP\x10\x03*\xa6\x01\n" +
+	"updateTime*\xa6\x01\n" +
 	"\x0eIPFamilyPolicy\x12 \n" +
 	"\x1cIP_FAMILY_POLICY_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dIP_FAMILY_POLICY_SINGLE_STACK\x10\x01\x12&\n" +
@@ -1327,55 +1194,55 @@ func file_axon_lbipam_v1alpha1_resources_proto_rawDescGZIP() []byte {
 	return file_axon_lbipam_v1alpha1_resources_proto_rawDescData
 }
 
-var file_axon_lbipam_v1alpha1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_axon_lbipam_v1alpha1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_axon_lbipam_v1alpha1_resources_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_axon_lbipam_v1alpha1_resources_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_axon_lbipam_v1alpha1_resources_proto_goTypes = []any{
-	(Protocol)(0),                  // 0: axon.lbipam.v1alpha1.Protocol
-	(IPFamilyPolicy)(0),            // 1: axon.lbipam.v1alpha1.IPFamilyPolicy
-	(ExternalTrafficPolicy)(0),     // 2: axon.lbipam.v1alpha1.ExternalTrafficPolicy
-	(AssignmentState)(0),           // 3: axon.lbipam.v1alpha1.AssignmentState
-	(ProblemReason)(0),             // 4: axon.lbipam.v1alpha1.ProblemReason
-	(*Pool)(nil),                   // 5: axon.lbipam.v1alpha1.Pool
-	(*AddressRange)(nil),           // 6: axon.lbipam.v1alpha1.AddressRange
-	(*PoolStatus)(nil),             // 7: axon.lbipam.v1alpha1.PoolStatus
-	(*FamilyUsage)(nil),            // 8: axon.lbipam.v1alpha1.FamilyUsage
-	(*ServiceRef)(nil),             // 9: axon.lbipam.v1alpha1.ServiceRef
-	(*ServicePort)(nil),            // 10: axon.lbipam.v1alpha1.ServicePort
-	(*ServiceSpec)(nil),            // 11: axon.lbipam.v1alpha1.ServiceSpec
-	(*AssignmentProblem)(nil),      // 12: axon.lbipam.v1alpha1.AssignmentProblem
-	(*AssignedIP)(nil),             // 13: axon.lbipam.v1alpha1.AssignedIP
-	(*ServiceAssignment)(nil),      // 14: axon.lbipam.v1alpha1.ServiceAssignment
-	nil,                            // 15: axon.lbipam.v1alpha1.ServiceSpec.LabelsEntry
-	nil,                            // 16: axon.lbipam.v1alpha1.ServiceSpec.PodSelectorEntry
-	(*v1alpha1.LabelSelector)(nil), // 17: axon.common.v1alpha1.LabelSelector
-	(*timestamppb.Timestamp)(nil),  // 18: google.protobuf.Timestamp
-	(v1alpha1.IPFamily)(0),         // 19: axon.common.v1alpha1.IPFamily
+	(IPFamilyPolicy)(0),            // 0: axon.lbipam.v1alpha1.IPFamilyPolicy
+	(ExternalTrafficPolicy)(0),     // 1: axon.lbipam.v1alpha1.ExternalTrafficPolicy
+	(AssignmentState)(0),           // 2: axon.lbipam.v1alpha1.AssignmentState
+	(ProblemReason)(0),             // 3: axon.lbipam.v1alpha1.ProblemReason
+	(*Pool)(nil),                   // 4: axon.lbipam.v1alpha1.Pool
+	(*PoolStatus)(nil),             // 5: axon.lbipam.v1alpha1.PoolStatus
+	(*FamilyUsage)(nil),            // 6: axon.lbipam.v1alpha1.FamilyUsage
+	(*ServiceRef)(nil),             // 7: axon.lbipam.v1alpha1.ServiceRef
+	(*ServicePort)(nil),            // 8: axon.lbipam.v1alpha1.ServicePort
+	(*ServiceSpec)(nil),            // 9: axon.lbipam.v1alpha1.ServiceSpec
+	(*AssignmentProblem)(nil),      // 10: axon.lbipam.v1alpha1.AssignmentProblem
+	(*AssignedIP)(nil),             // 11: axon.lbipam.v1alpha1.AssignedIP
+	(*ServiceAssignment)(nil),      // 12: axon.lbipam.v1alpha1.ServiceAssignment
+	nil,                            // 13: axon.lbipam.v1alpha1.ServiceSpec.LabelsEntry
+	nil,                            // 14: axon.lbipam.v1alpha1.ServiceSpec.PodSelectorEntry
+	(*v1alpha1.AddressRange)(nil),  // 15: axon.common.v1alpha1.AddressRange
+	(*v1alpha1.LabelSelector)(nil), // 16: axon.common.v1alpha1.LabelSelector
+	(*timestamppb.Timestamp)(nil),  // 17: google.protobuf.Timestamp
+	(v1alpha1.IPFamily)(0),         // 18: axon.common.v1alpha1.IPFamily
+	(v1alpha1.Protocol)(0),         // 19: axon.common.v1alpha1.Protocol
 }
 var file_axon_lbipam_v1alpha1_resources_proto_depIdxs = []int32{
-	6,  // 0: axon.lbipam.v1alpha1.Pool.ranges:type_name -> axon.lbipam.v1alpha1.AddressRange
-	17, // 1: axon.lbipam.v1alpha1.Pool.service_selector:type_name -> axon.common.v1alpha1.LabelSelector
-	18, // 2: axon.lbipam.v1alpha1.Pool.create_time:type_name -> google.protobuf.Timestamp
-	18, // 3: axon.lbipam.v1alpha1.Pool.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 4: axon.lbipam.v1alpha1.Pool.status:type_name -> axon.lbipam.v1alpha1.PoolStatus
-	8,  // 5: axon.lbipam.v1alpha1.PoolStatus.usage:type_name -> axon.lbipam.v1alpha1.FamilyUsage
-	19, // 6: axon.lbipam.v1alpha1.FamilyUsage.family:type_name -> axon.common.v1alpha1.IPFamily
-	0,  // 7: axon.lbipam.v1alpha1.ServicePort.protocol:type_name -> axon.lbipam.v1alpha1.Protocol
-	15, // 8: axon.lbipam.v1alpha1.ServiceSpec.labels:type_name -> axon.lbipam.v1alpha1.ServiceSpec.LabelsEntry
-	19, // 9: axon.lbipam.v1alpha1.ServiceSpec.ip_families:type_name -> axon.common.v1alpha1.IPFamily
-	1,  // 10: axon.lbipam.v1alpha1.ServiceSpec.ip_family_policy:type_name -> axon.lbipam.v1alpha1.IPFamilyPolicy
-	10, // 11: axon.lbipam.v1alpha1.ServiceSpec.ports:type_name -> axon.lbipam.v1alpha1.ServicePort
-	2,  // 12: axon.lbipam.v1alpha1.ServiceSpec.external_traffic_policy:type_name -> axon.lbipam.v1alpha1.ExternalTrafficPolicy
-	16, // 13: axon.lbipam.v1alpha1.ServiceSpec.pod_selector:type_name -> axon.lbipam.v1alpha1.ServiceSpec.PodSelectorEntry
-	19, // 14: axon.lbipam.v1alpha1.AssignmentProblem.family:type_name -> axon.common.v1alpha1.IPFamily
-	4,  // 15: axon.lbipam.v1alpha1.AssignmentProblem.reason:type_name -> axon.lbipam.v1alpha1.ProblemReason
-	19, // 16: axon.lbipam.v1alpha1.AssignedIP.family:type_name -> axon.common.v1alpha1.IPFamily
-	9,  // 17: axon.lbipam.v1alpha1.ServiceAssignment.service:type_name -> axon.lbipam.v1alpha1.ServiceRef
-	11, // 18: axon.lbipam.v1alpha1.ServiceAssignment.spec:type_name -> axon.lbipam.v1alpha1.ServiceSpec
-	13, // 19: axon.lbipam.v1alpha1.ServiceAssignment.addresses:type_name -> axon.lbipam.v1alpha1.AssignedIP
-	3,  // 20: axon.lbipam.v1alpha1.ServiceAssignment.state:type_name -> axon.lbipam.v1alpha1.AssignmentState
-	12, // 21: axon.lbipam.v1alpha1.ServiceAssignment.problems:type_name -> axon.lbipam.v1alpha1.AssignmentProblem
-	18, // 22: axon.lbipam.v1alpha1.ServiceAssignment.create_time:type_name -> google.protobuf.Timestamp
-	18, // 23: axon.lbipam.v1alpha1.ServiceAssignment.update_time:type_name -> google.protobuf.Timestamp
+	15, // 0: axon.lbipam.v1alpha1.Pool.ranges:type_name -> axon.common.v1alpha1.AddressRange
+	16, // 1: axon.lbipam.v1alpha1.Pool.service_selector:type_name -> axon.common.v1alpha1.LabelSelector
+	17, // 2: axon.lbipam.v1alpha1.Pool.create_time:type_name -> google.protobuf.Timestamp
+	17, // 3: axon.lbipam.v1alpha1.Pool.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 4: axon.lbipam.v1alpha1.Pool.status:type_name -> axon.lbipam.v1alpha1.PoolStatus
+	6,  // 5: axon.lbipam.v1alpha1.PoolStatus.usage:type_name -> axon.lbipam.v1alpha1.FamilyUsage
+	18, // 6: axon.lbipam.v1alpha1.FamilyUsage.family:type_name -> axon.common.v1alpha1.IPFamily
+	19, // 7: axon.lbipam.v1alpha1.ServicePort.protocol:type_name -> axon.common.v1alpha1.Protocol
+	13, // 8: axon.lbipam.v1alpha1.ServiceSpec.labels:type_name -> axon.lbipam.v1alpha1.ServiceSpec.LabelsEntry
+	18, // 9: axon.lbipam.v1alpha1.ServiceSpec.ip_families:type_name -> axon.common.v1alpha1.IPFamily
+	0,  // 10: axon.lbipam.v1alpha1.ServiceSpec.ip_family_policy:type_name -> axon.lbipam.v1alpha1.IPFamilyPolicy
+	8,  // 11: axon.lbipam.v1alpha1.ServiceSpec.ports:type_name -> axon.lbipam.v1alpha1.ServicePort
+	1,  // 12: axon.lbipam.v1alpha1.ServiceSpec.external_traffic_policy:type_name -> axon.lbipam.v1alpha1.ExternalTrafficPolicy
+	14, // 13: axon.lbipam.v1alpha1.ServiceSpec.pod_selector:type_name -> axon.lbipam.v1alpha1.ServiceSpec.PodSelectorEntry
+	18, // 14: axon.lbipam.v1alpha1.AssignmentProblem.family:type_name -> axon.common.v1alpha1.IPFamily
+	3,  // 15: axon.lbipam.v1alpha1.AssignmentProblem.reason:type_name -> axon.lbipam.v1alpha1.ProblemReason
+	18, // 16: axon.lbipam.v1alpha1.AssignedIP.family:type_name -> axon.common.v1alpha1.IPFamily
+	7,  // 17: axon.lbipam.v1alpha1.ServiceAssignment.service:type_name -> axon.lbipam.v1alpha1.ServiceRef
+	9,  // 18: axon.lbipam.v1alpha1.ServiceAssignment.spec:type_name -> axon.lbipam.v1alpha1.ServiceSpec
+	11, // 19: axon.lbipam.v1alpha1.ServiceAssignment.addresses:type_name -> axon.lbipam.v1alpha1.AssignedIP
+	2,  // 20: axon.lbipam.v1alpha1.ServiceAssignment.state:type_name -> axon.lbipam.v1alpha1.AssignmentState
+	10, // 21: axon.lbipam.v1alpha1.ServiceAssignment.problems:type_name -> axon.lbipam.v1alpha1.AssignmentProblem
+	17, // 22: axon.lbipam.v1alpha1.ServiceAssignment.create_time:type_name -> google.protobuf.Timestamp
+	17, // 23: axon.lbipam.v1alpha1.ServiceAssignment.update_time:type_name -> google.protobuf.Timestamp
 	24, // [24:24] is the sub-list for method output_type
 	24, // [24:24] is the sub-list for method input_type
 	24, // [24:24] is the sub-list for extension type_name
@@ -1393,8 +1260,8 @@ func file_axon_lbipam_v1alpha1_resources_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_lbipam_v1alpha1_resources_proto_rawDesc), len(file_axon_lbipam_v1alpha1_resources_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   12,
+			NumEnums:      4,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

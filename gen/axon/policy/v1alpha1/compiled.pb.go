@@ -7,6 +7,7 @@
 package policyv1alpha1
 
 import (
+	v1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -21,285 +22,10 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// Protocol is an IP protocol. Each value is the protocol's IANA number; the
-// datapath's Protocol enum has the same values.
-type Protocol int32
-
-const (
-	// Not set. In a NetworkPolicyPort it means TCP (the Kubernetes default);
-	// in a compiled PolicyEntry it means any protocol.
-	Protocol_PROTOCOL_UNSPECIFIED Protocol = 0
-	// ICMP for IPv4 (1). Not valid in a NetworkPolicyPort.
-	Protocol_PROTOCOL_ICMP Protocol = 1
-	// TCP (6).
-	Protocol_PROTOCOL_TCP Protocol = 6
-	// UDP (17).
-	Protocol_PROTOCOL_UDP Protocol = 17
-	// ICMPv6 (58). Not valid in a NetworkPolicyPort.
-	Protocol_PROTOCOL_ICMPV6 Protocol = 58
-	// SCTP (132).
-	Protocol_PROTOCOL_SCTP Protocol = 132
-)
-
-// Enum value maps for Protocol.
-var (
-	Protocol_name = map[int32]string{
-		0:   "PROTOCOL_UNSPECIFIED",
-		1:   "PROTOCOL_ICMP",
-		6:   "PROTOCOL_TCP",
-		17:  "PROTOCOL_UDP",
-		58:  "PROTOCOL_ICMPV6",
-		132: "PROTOCOL_SCTP",
-	}
-	Protocol_value = map[string]int32{
-		"PROTOCOL_UNSPECIFIED": 0,
-		"PROTOCOL_ICMP":        1,
-		"PROTOCOL_TCP":         6,
-		"PROTOCOL_UDP":         17,
-		"PROTOCOL_ICMPV6":      58,
-		"PROTOCOL_SCTP":        132,
-	}
-)
-
-func (x Protocol) Enum() *Protocol {
-	p := new(Protocol)
-	*p = x
-	return p
-}
-
-func (x Protocol) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (Protocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_policy_v1alpha1_compiled_proto_enumTypes[0].Descriptor()
-}
-
-func (Protocol) Type() protoreflect.EnumType {
-	return &file_axon_policy_v1alpha1_compiled_proto_enumTypes[0]
-}
-
-func (x Protocol) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use Protocol.Descriptor instead.
-func (Protocol) EnumDescriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{0}
-}
-
-// TrafficDirection is the direction of traffic as seen from an endpoint; the
-// datapath's TrafficDirection enum has the same values.
-type TrafficDirection int32
-
-const (
-	// Not set.
-	TrafficDirection_TRAFFIC_DIRECTION_UNSPECIFIED TrafficDirection = 0
-	// Into the endpoint: the peer is the source.
-	TrafficDirection_TRAFFIC_DIRECTION_INGRESS TrafficDirection = 1
-	// Out of the endpoint: the peer is the destination.
-	TrafficDirection_TRAFFIC_DIRECTION_EGRESS TrafficDirection = 2
-)
-
-// Enum value maps for TrafficDirection.
-var (
-	TrafficDirection_name = map[int32]string{
-		0: "TRAFFIC_DIRECTION_UNSPECIFIED",
-		1: "TRAFFIC_DIRECTION_INGRESS",
-		2: "TRAFFIC_DIRECTION_EGRESS",
-	}
-	TrafficDirection_value = map[string]int32{
-		"TRAFFIC_DIRECTION_UNSPECIFIED": 0,
-		"TRAFFIC_DIRECTION_INGRESS":     1,
-		"TRAFFIC_DIRECTION_EGRESS":      2,
-	}
-)
-
-func (x TrafficDirection) Enum() *TrafficDirection {
-	p := new(TrafficDirection)
-	*p = x
-	return p
-}
-
-func (x TrafficDirection) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (TrafficDirection) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_policy_v1alpha1_compiled_proto_enumTypes[1].Descriptor()
-}
-
-func (TrafficDirection) Type() protoreflect.EnumType {
-	return &file_axon_policy_v1alpha1_compiled_proto_enumTypes[1]
-}
-
-func (x TrafficDirection) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use TrafficDirection.Descriptor instead.
-func (TrafficDirection) EnumDescriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{1}
-}
-
-// PolicyVerdict is what policy does to traffic; the datapath's PolicyVerdict
-// enum has the same values.
-type PolicyVerdict int32
-
-const (
-	// Not set.
-	PolicyVerdict_POLICY_VERDICT_UNSPECIFIED PolicyVerdict = 0
-	// Allowed.
-	PolicyVerdict_POLICY_VERDICT_ALLOW PolicyVerdict = 1
-	// Denied. NetworkPolicy only allows, so compiled entries are ALLOW in
-	// v1alpha1; DENY takes precedence over ALLOW where it appears.
-	PolicyVerdict_POLICY_VERDICT_DENY PolicyVerdict = 2
-)
-
-// Enum value maps for PolicyVerdict.
-var (
-	PolicyVerdict_name = map[int32]string{
-		0: "POLICY_VERDICT_UNSPECIFIED",
-		1: "POLICY_VERDICT_ALLOW",
-		2: "POLICY_VERDICT_DENY",
-	}
-	PolicyVerdict_value = map[string]int32{
-		"POLICY_VERDICT_UNSPECIFIED": 0,
-		"POLICY_VERDICT_ALLOW":       1,
-		"POLICY_VERDICT_DENY":        2,
-	}
-)
-
-func (x PolicyVerdict) Enum() *PolicyVerdict {
-	p := new(PolicyVerdict)
-	*p = x
-	return p
-}
-
-func (x PolicyVerdict) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (PolicyVerdict) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_policy_v1alpha1_compiled_proto_enumTypes[2].Descriptor()
-}
-
-func (PolicyVerdict) Type() protoreflect.EnumType {
-	return &file_axon_policy_v1alpha1_compiled_proto_enumTypes[2]
-}
-
-func (x PolicyVerdict) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use PolicyVerdict.Descriptor instead.
-func (PolicyVerdict) EnumDescriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{2}
-}
-
-// PolicyEntry is one compiled policy rule of an endpoint:
-// (direction, peer identity, protocol, port range) -> verdict. Same fields
-// and meanings as the datapath's PolicyEntry, so a datapath copies entries
-// field by field into its policy map.
-type PolicyEntry struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The direction the entry applies to.
-	Direction TrafficDirection `protobuf:"varint,1,opt,name=direction,proto3,enum=axon.policy.v1alpha1.TrafficDirection" json:"direction,omitempty"`
-	// The peer's identity: the source for INGRESS, the destination for EGRESS.
-	// 0 matches any peer (a rule with an empty from/to).
-	Identity uint32 `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
-	// The L4 protocol; UNSPECIFIED matches any protocol (a rule with empty
-	// ports), and port and end_port are then 0.
-	Protocol Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=axon.policy.v1alpha1.Protocol" json:"protocol,omitempty"`
-	// The destination port (the endpoint's own port for INGRESS, the peer's
-	// for EGRESS), with named ports already resolved; 0 matches any port.
-	Port uint32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
-	// With a non-zero port, the last port of an inclusive range starting at
-	// port (endPort); 0 means just port.
-	EndPort uint32 `protobuf:"varint,5,opt,name=end_port,json=endPort,proto3" json:"end_port,omitempty"`
-	// What to do with matching traffic.
-	Verdict       PolicyVerdict `protobuf:"varint,6,opt,name=verdict,proto3,enum=axon.policy.v1alpha1.PolicyVerdict" json:"verdict,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *PolicyEntry) Reset() {
-	*x = PolicyEntry{}
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[0]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *PolicyEntry) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*PolicyEntry) ProtoMessage() {}
-
-func (x *PolicyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[0]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use PolicyEntry.ProtoReflect.Descriptor instead.
-func (*PolicyEntry) Descriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{0}
-}
-
-func (x *PolicyEntry) GetDirection() TrafficDirection {
-	if x != nil {
-		return x.Direction
-	}
-	return TrafficDirection_TRAFFIC_DIRECTION_UNSPECIFIED
-}
-
-func (x *PolicyEntry) GetIdentity() uint32 {
-	if x != nil {
-		return x.Identity
-	}
-	return 0
-}
-
-func (x *PolicyEntry) GetProtocol() Protocol {
-	if x != nil {
-		return x.Protocol
-	}
-	return Protocol_PROTOCOL_UNSPECIFIED
-}
-
-func (x *PolicyEntry) GetPort() uint32 {
-	if x != nil {
-		return x.Port
-	}
-	return 0
-}
-
-func (x *PolicyEntry) GetEndPort() uint32 {
-	if x != nil {
-		return x.EndPort
-	}
-	return 0
-}
-
-func (x *PolicyEntry) GetVerdict() PolicyVerdict {
-	if x != nil {
-		return x.Verdict
-	}
-	return PolicyVerdict_POLICY_VERDICT_UNSPECIFIED
-}
-
-// EndpointPolicy is the complete compiled policy of one endpoint, the unit
-// WatchNodePolicy sends. A datapath applies identity, ingress_default_deny,
-// egress_default_deny, entries and revision as they are (the datapath's
-// EndpointPolicy has the same field names) to its endpoint of the same pod
-// namespace, name and, when both sides know it, UID.
+// CompiledEndpointPolicy is the compiled policy of one registered endpoint,
+// with the endpoint it belongs to: the unit WatchNodePolicy sends. A datapath
+// applies policy as it is to its endpoint of the same pod namespace, name
+// and, when both sides know it, UID.
 //
 // How it is compiled: for each direction, the endpoint is default-deny if
 // at least one NetworkPolicy of its namespace selects it for that direction.
@@ -310,7 +36,7 @@ func (x *PolicyEntry) GetVerdict() PolicyVerdict {
 // An ingress named port is resolved against this endpoint's named ports, an
 // egress one against each peer endpoint's. With ingress default-deny, an
 // ALLOW entry for ingress from the host identity (1) is always present.
-type EndpointPolicy struct {
+type CompiledEndpointPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Namespace of the endpoint's pod.
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
@@ -318,40 +44,31 @@ type EndpointPolicy struct {
 	PodName string `protobuf:"bytes,2,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
 	// UID of the endpoint's pod, if registered with one.
 	PodUid string `protobuf:"bytes,3,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
-	// The endpoint's own security identity.
-	Identity uint32 `protobuf:"varint,4,opt,name=identity,proto3" json:"identity,omitempty"`
-	// Whether ingress traffic no entry allows is dropped.
-	IngressDefaultDeny bool `protobuf:"varint,5,opt,name=ingress_default_deny,json=ingressDefaultDeny,proto3" json:"ingress_default_deny,omitempty"`
-	// Whether egress traffic no entry allows is dropped.
-	EgressDefaultDeny bool `protobuf:"varint,6,opt,name=egress_default_deny,json=egressDefaultDeny,proto3" json:"egress_default_deny,omitempty"`
-	// The entries, sorted by (direction, identity, protocol, port, end_port),
-	// without duplicates.
-	Entries []*PolicyEntry `protobuf:"bytes,7,rep,name=entries,proto3" json:"entries,omitempty"`
-	// Opaque revision of this compiled policy; it changes whenever any other
-	// field changes, and only then.
-	Revision string `protobuf:"bytes,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The compiled policy; its revision changes whenever any of its other
+	// fields changes, and only then.
+	Policy *v1alpha1.EndpointPolicy `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
 	// The NetworkPolicies that select the endpoint, in (namespace, name)
 	// order; for display and debugging.
-	Policies      []*PolicyRef `protobuf:"bytes,9,rep,name=policies,proto3" json:"policies,omitempty"`
+	Policies      []*PolicyRef `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *EndpointPolicy) Reset() {
-	*x = EndpointPolicy{}
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[1]
+func (x *CompiledEndpointPolicy) Reset() {
+	*x = CompiledEndpointPolicy{}
+	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *EndpointPolicy) String() string {
+func (x *CompiledEndpointPolicy) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*EndpointPolicy) ProtoMessage() {}
+func (*CompiledEndpointPolicy) ProtoMessage() {}
 
-func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[1]
+func (x *CompiledEndpointPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,130 +79,44 @@ func (x *EndpointPolicy) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use EndpointPolicy.ProtoReflect.Descriptor instead.
-func (*EndpointPolicy) Descriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{1}
+// Deprecated: Use CompiledEndpointPolicy.ProtoReflect.Descriptor instead.
+func (*CompiledEndpointPolicy) Descriptor() ([]byte, []int) {
+	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *EndpointPolicy) GetNamespace() string {
+func (x *CompiledEndpointPolicy) GetNamespace() string {
 	if x != nil {
 		return x.Namespace
 	}
 	return ""
 }
 
-func (x *EndpointPolicy) GetPodName() string {
+func (x *CompiledEndpointPolicy) GetPodName() string {
 	if x != nil {
 		return x.PodName
 	}
 	return ""
 }
 
-func (x *EndpointPolicy) GetPodUid() string {
+func (x *CompiledEndpointPolicy) GetPodUid() string {
 	if x != nil {
 		return x.PodUid
 	}
 	return ""
 }
 
-func (x *EndpointPolicy) GetIdentity() uint32 {
+func (x *CompiledEndpointPolicy) GetPolicy() *v1alpha1.EndpointPolicy {
 	if x != nil {
-		return x.Identity
-	}
-	return 0
-}
-
-func (x *EndpointPolicy) GetIngressDefaultDeny() bool {
-	if x != nil {
-		return x.IngressDefaultDeny
-	}
-	return false
-}
-
-func (x *EndpointPolicy) GetEgressDefaultDeny() bool {
-	if x != nil {
-		return x.EgressDefaultDeny
-	}
-	return false
-}
-
-func (x *EndpointPolicy) GetEntries() []*PolicyEntry {
-	if x != nil {
-		return x.Entries
+		return x.Policy
 	}
 	return nil
 }
 
-func (x *EndpointPolicy) GetRevision() string {
-	if x != nil {
-		return x.Revision
-	}
-	return ""
-}
-
-func (x *EndpointPolicy) GetPolicies() []*PolicyRef {
+func (x *CompiledEndpointPolicy) GetPolicies() []*PolicyRef {
 	if x != nil {
 		return x.Policies
 	}
 	return nil
-}
-
-// IPIdentity maps an IP prefix to the identity of its addresses (Cilium's
-// ipcache); lookups use the longest matching prefix. Same fields as the
-// datapath's IPIdentity.
-type IPIdentity struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The prefix in canonical form: "10.0.2.17/32" for a registered endpoint's
-	// address, or an ipBlock prefix such as "203.0.113.0/24".
-	Cidr string `protobuf:"bytes,1,opt,name=cidr,proto3" json:"cidr,omitempty"`
-	// The identity of addresses in the prefix.
-	Identity      uint32 `protobuf:"varint,2,opt,name=identity,proto3" json:"identity,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *IPIdentity) Reset() {
-	*x = IPIdentity{}
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *IPIdentity) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*IPIdentity) ProtoMessage() {}
-
-func (x *IPIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use IPIdentity.ProtoReflect.Descriptor instead.
-func (*IPIdentity) Descriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *IPIdentity) GetCidr() string {
-	if x != nil {
-		return x.Cidr
-	}
-	return ""
-}
-
-func (x *IPIdentity) GetIdentity() uint32 {
-	if x != nil {
-		return x.Identity
-	}
-	return 0
 }
 
 // PolicyRef names a NetworkPolicy.
@@ -501,7 +132,7 @@ type PolicyRef struct {
 
 func (x *PolicyRef) Reset() {
 	*x = PolicyRef{}
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[3]
+	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -513,7 +144,7 @@ func (x *PolicyRef) String() string {
 func (*PolicyRef) ProtoMessage() {}
 
 func (x *PolicyRef) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[3]
+	mi := &file_axon_policy_v1alpha1_compiled_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -526,7 +157,7 @@ func (x *PolicyRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRef.ProtoReflect.Descriptor instead.
 func (*PolicyRef) Descriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{3}
+	return file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *PolicyRef) GetNamespace() string {
@@ -547,46 +178,16 @@ var File_axon_policy_v1alpha1_compiled_proto protoreflect.FileDescriptor
 
 const file_axon_policy_v1alpha1_compiled_proto_rawDesc = "" +
 	"\n" +
-	"#axon/policy/v1alpha1/compiled.proto\x12\x14axon.policy.v1alpha1\"\x99\x02\n" +
-	"\vPolicyEntry\x12D\n" +
-	"\tdirection\x18\x01 \x01(\x0e2&.axon.policy.v1alpha1.TrafficDirectionR\tdirection\x12\x1a\n" +
-	"\bidentity\x18\x02 \x01(\rR\bidentity\x12:\n" +
-	"\bprotocol\x18\x03 \x01(\x0e2\x1e.axon.policy.v1alpha1.ProtocolR\bprotocol\x12\x12\n" +
-	"\x04port\x18\x04 \x01(\rR\x04port\x12\x19\n" +
-	"\bend_port\x18\x05 \x01(\rR\aendPort\x12=\n" +
-	"\averdict\x18\x06 \x01(\x0e2#.axon.policy.v1alpha1.PolicyVerdictR\averdict\"\xf6\x02\n" +
-	"\x0eEndpointPolicy\x12\x1c\n" +
+	"#axon/policy/v1alpha1/compiled.proto\x12\x14axon.policy.v1alpha1\x1a!axon/common/v1alpha1/policy.proto\"\xe5\x01\n" +
+	"\x16CompiledEndpointPolicy\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x19\n" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x17\n" +
-	"\apod_uid\x18\x03 \x01(\tR\x06podUid\x12\x1a\n" +
-	"\bidentity\x18\x04 \x01(\rR\bidentity\x120\n" +
-	"\x14ingress_default_deny\x18\x05 \x01(\bR\x12ingressDefaultDeny\x12.\n" +
-	"\x13egress_default_deny\x18\x06 \x01(\bR\x11egressDefaultDeny\x12;\n" +
-	"\aentries\x18\a \x03(\v2!.axon.policy.v1alpha1.PolicyEntryR\aentries\x12\x1a\n" +
-	"\brevision\x18\b \x01(\tR\brevision\x12;\n" +
-	"\bpolicies\x18\t \x03(\v2\x1f.axon.policy.v1alpha1.PolicyRefR\bpolicies\"<\n" +
-	"\n" +
-	"IPIdentity\x12\x12\n" +
-	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x1a\n" +
-	"\bidentity\x18\x02 \x01(\rR\bidentity\"=\n" +
+	"\apod_uid\x18\x03 \x01(\tR\x06podUid\x12<\n" +
+	"\x06policy\x18\x04 \x01(\v2$.axon.common.v1alpha1.EndpointPolicyR\x06policy\x12;\n" +
+	"\bpolicies\x18\x05 \x03(\v2\x1f.axon.policy.v1alpha1.PolicyRefR\bpolicies\"=\n" +
 	"\tPolicyRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name*\x84\x01\n" +
-	"\bProtocol\x12\x18\n" +
-	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x11\n" +
-	"\rPROTOCOL_ICMP\x10\x01\x12\x10\n" +
-	"\fPROTOCOL_TCP\x10\x06\x12\x10\n" +
-	"\fPROTOCOL_UDP\x10\x11\x12\x13\n" +
-	"\x0fPROTOCOL_ICMPV6\x10:\x12\x12\n" +
-	"\rPROTOCOL_SCTP\x10\x84\x01*r\n" +
-	"\x10TrafficDirection\x12!\n" +
-	"\x1dTRAFFIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x1d\n" +
-	"\x19TRAFFIC_DIRECTION_INGRESS\x10\x01\x12\x1c\n" +
-	"\x18TRAFFIC_DIRECTION_EGRESS\x10\x02*b\n" +
-	"\rPolicyVerdict\x12\x1e\n" +
-	"\x1aPOLICY_VERDICT_UNSPECIFIED\x10\x00\x12\x18\n" +
-	"\x14POLICY_VERDICT_ALLOW\x10\x01\x12\x17\n" +
-	"\x13POLICY_VERDICT_DENY\x10\x02B\xdd\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04nameB\xdd\x01\n" +
 	"\x18com.axon.policy.v1alpha1B\rCompiledProtoP\x01Z@github.com/axon-cni/axon/gen/axon/policy/v1alpha1;policyv1alpha1\xa2\x02\x03APX\xaa\x02\x14Axon.Policy.V1alpha1\xca\x02\x14Axon\\Policy\\V1alpha1\xe2\x02 Axon\\Policy\\V1alpha1\\GPBMetadata\xea\x02\x16Axon::Policy::V1alpha1b\x06proto3"
 
 var (
@@ -601,28 +202,20 @@ func file_axon_policy_v1alpha1_compiled_proto_rawDescGZIP() []byte {
 	return file_axon_policy_v1alpha1_compiled_proto_rawDescData
 }
 
-var file_axon_policy_v1alpha1_compiled_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_axon_policy_v1alpha1_compiled_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_axon_policy_v1alpha1_compiled_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_axon_policy_v1alpha1_compiled_proto_goTypes = []any{
-	(Protocol)(0),          // 0: axon.policy.v1alpha1.Protocol
-	(TrafficDirection)(0),  // 1: axon.policy.v1alpha1.TrafficDirection
-	(PolicyVerdict)(0),     // 2: axon.policy.v1alpha1.PolicyVerdict
-	(*PolicyEntry)(nil),    // 3: axon.policy.v1alpha1.PolicyEntry
-	(*EndpointPolicy)(nil), // 4: axon.policy.v1alpha1.EndpointPolicy
-	(*IPIdentity)(nil),     // 5: axon.policy.v1alpha1.IPIdentity
-	(*PolicyRef)(nil),      // 6: axon.policy.v1alpha1.PolicyRef
+	(*CompiledEndpointPolicy)(nil),  // 0: axon.policy.v1alpha1.CompiledEndpointPolicy
+	(*PolicyRef)(nil),               // 1: axon.policy.v1alpha1.PolicyRef
+	(*v1alpha1.EndpointPolicy)(nil), // 2: axon.common.v1alpha1.EndpointPolicy
 }
 var file_axon_policy_v1alpha1_compiled_proto_depIdxs = []int32{
-	1, // 0: axon.policy.v1alpha1.PolicyEntry.direction:type_name -> axon.policy.v1alpha1.TrafficDirection
-	0, // 1: axon.policy.v1alpha1.PolicyEntry.protocol:type_name -> axon.policy.v1alpha1.Protocol
-	2, // 2: axon.policy.v1alpha1.PolicyEntry.verdict:type_name -> axon.policy.v1alpha1.PolicyVerdict
-	3, // 3: axon.policy.v1alpha1.EndpointPolicy.entries:type_name -> axon.policy.v1alpha1.PolicyEntry
-	6, // 4: axon.policy.v1alpha1.EndpointPolicy.policies:type_name -> axon.policy.v1alpha1.PolicyRef
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2, // 0: axon.policy.v1alpha1.CompiledEndpointPolicy.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	1, // 1: axon.policy.v1alpha1.CompiledEndpointPolicy.policies:type_name -> axon.policy.v1alpha1.PolicyRef
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_axon_policy_v1alpha1_compiled_proto_init() }
@@ -635,14 +228,13 @@ func file_axon_policy_v1alpha1_compiled_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_policy_v1alpha1_compiled_proto_rawDesc), len(file_axon_policy_v1alpha1_compiled_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   4,
+			NumEnums:      0,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_axon_policy_v1alpha1_compiled_proto_goTypes,
 		DependencyIndexes: file_axon_policy_v1alpha1_compiled_proto_depIdxs,
-		EnumInfos:         file_axon_policy_v1alpha1_compiled_proto_enumTypes,
 		MessageInfos:      file_axon_policy_v1alpha1_compiled_proto_msgTypes,
 	}.Build()
 	File_axon_policy_v1alpha1_compiled_proto = out.File

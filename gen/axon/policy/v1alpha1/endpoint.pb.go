@@ -7,6 +7,7 @@
 package policyv1alpha1
 
 import (
+	v1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -244,7 +245,7 @@ type NamedPort struct {
 	// The port number, 1..65535.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	// TCP, UDP or SCTP; UNSPECIFIED means TCP.
-	Protocol      Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=axon.policy.v1alpha1.Protocol" json:"protocol,omitempty"`
+	Protocol      v1alpha1.Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -293,11 +294,11 @@ func (x *NamedPort) GetPort() uint32 {
 	return 0
 }
 
-func (x *NamedPort) GetProtocol() Protocol {
+func (x *NamedPort) GetProtocol() v1alpha1.Protocol {
 	if x != nil {
 		return x.Protocol
 	}
-	return Protocol_PROTOCOL_UNSPECIFIED
+	return v1alpha1.Protocol(0)
 }
 
 // Namespace is a Kubernetes namespace's labels, matched by namespace
@@ -380,7 +381,7 @@ var File_axon_policy_v1alpha1_endpoint_proto protoreflect.FileDescriptor
 
 const file_axon_policy_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\n" +
-	"#axon/policy/v1alpha1/endpoint.proto\x12\x14axon.policy.v1alpha1\x1a#axon/policy/v1alpha1/compiled.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n" +
+	"#axon/policy/v1alpha1/endpoint.proto\x12\x14axon.policy.v1alpha1\x1a\"axon/common/v1alpha1/network.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n" +
 	"\vEndpointRef\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x19\n" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\"\x99\x05\n" +
@@ -410,7 +411,7 @@ const file_axon_policy_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\tNamedPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12:\n" +
-	"\bprotocol\x18\x03 \x01(\x0e2\x1e.axon.policy.v1alpha1.ProtocolR\bprotocol\"\xf8\x01\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\bprotocol\"\xf8\x01\n" +
 	"\tNamespace\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12C\n" +
 	"\x06labels\x18\x02 \x03(\v2+.axon.policy.v1alpha1.Namespace.LabelsEntryR\x06labels\x12\x1a\n" +
@@ -444,7 +445,7 @@ var file_axon_policy_v1alpha1_endpoint_proto_goTypes = []any{
 	nil,                           // 5: axon.policy.v1alpha1.Endpoint.NamespaceLabelsEntry
 	nil,                           // 6: axon.policy.v1alpha1.Namespace.LabelsEntry
 	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(Protocol)(0),                 // 8: axon.policy.v1alpha1.Protocol
+	(v1alpha1.Protocol)(0),        // 8: axon.common.v1alpha1.Protocol
 }
 var file_axon_policy_v1alpha1_endpoint_proto_depIdxs = []int32{
 	4, // 0: axon.policy.v1alpha1.Endpoint.labels:type_name -> axon.policy.v1alpha1.Endpoint.LabelsEntry
@@ -452,7 +453,7 @@ var file_axon_policy_v1alpha1_endpoint_proto_depIdxs = []int32{
 	5, // 2: axon.policy.v1alpha1.Endpoint.namespace_labels:type_name -> axon.policy.v1alpha1.Endpoint.NamespaceLabelsEntry
 	7, // 3: axon.policy.v1alpha1.Endpoint.create_time:type_name -> google.protobuf.Timestamp
 	7, // 4: axon.policy.v1alpha1.Endpoint.update_time:type_name -> google.protobuf.Timestamp
-	8, // 5: axon.policy.v1alpha1.NamedPort.protocol:type_name -> axon.policy.v1alpha1.Protocol
+	8, // 5: axon.policy.v1alpha1.NamedPort.protocol:type_name -> axon.common.v1alpha1.Protocol
 	6, // 6: axon.policy.v1alpha1.Namespace.labels:type_name -> axon.policy.v1alpha1.Namespace.LabelsEntry
 	7, // 7: axon.policy.v1alpha1.Namespace.update_time:type_name -> google.protobuf.Timestamp
 	8, // [8:8] is the sub-list for method output_type
@@ -467,7 +468,6 @@ func file_axon_policy_v1alpha1_endpoint_proto_init() {
 	if File_axon_policy_v1alpha1_endpoint_proto != nil {
 		return
 	}
-	file_axon_policy_v1alpha1_compiled_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -446,10 +446,8 @@ func (x *NetworkPolicyPeer) GetIpBlock() *IPBlock {
 	return nil
 }
 
-// IPBlock renders IPBlock. As in Cilium, an ipBlock matches addresses by
-// their prefix identity: addresses of cluster pods and nodes have their own
-// identities and are not matched by an ipBlock; select pods with selectors
-// instead.
+// IPBlock renders IPBlock: it matches every address in cidr outside its
+// excepts, pod and node addresses included.
 type IPBlock struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The block, e.g. "203.0.113.0/24" or "2001:db8::/32". Required.
@@ -509,7 +507,7 @@ func (x *IPBlock) GetExcept() []string {
 type NetworkPolicyPort struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// TCP, UDP or SCTP; UNSPECIFIED means TCP, the Kubernetes default.
-	Protocol Protocol `protobuf:"varint,1,opt,name=protocol,proto3,enum=axon.policy.v1alpha1.Protocol" json:"protocol,omitempty"`
+	Protocol v1alpha1.Protocol `protobuf:"varint,1,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
 	// The port, as in Kubernetes an int-or-string; unset matches every port of
 	// the protocol.
 	//
@@ -555,11 +553,11 @@ func (*NetworkPolicyPort) Descriptor() ([]byte, []int) {
 	return file_axon_policy_v1alpha1_network_policy_proto_rawDescGZIP(), []int{6}
 }
 
-func (x *NetworkPolicyPort) GetProtocol() Protocol {
+func (x *NetworkPolicyPort) GetProtocol() v1alpha1.Protocol {
 	if x != nil {
 		return x.Protocol
 	}
-	return Protocol_PROTOCOL_UNSPECIFIED
+	return v1alpha1.Protocol(0)
 }
 
 func (x *NetworkPolicyPort) GetPort() isNetworkPolicyPort_Port {
@@ -618,7 +616,7 @@ var File_axon_policy_v1alpha1_network_policy_proto protoreflect.FileDescriptor
 
 const file_axon_policy_v1alpha1_network_policy_proto_rawDesc = "" +
 	"\n" +
-	")axon/policy/v1alpha1/network_policy.proto\x12\x14axon.policy.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a#axon/policy/v1alpha1/compiled.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n" +
+	")axon/policy/v1alpha1/network_policy.proto\x12\x14axon.policy.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\"axon/common/v1alpha1/network.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n" +
 	"\rNetworkPolicy\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12;\n" +
@@ -647,7 +645,7 @@ const file_axon_policy_v1alpha1_network_policy_proto_rawDesc = "" +
 	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x16\n" +
 	"\x06except\x18\x02 \x03(\tR\x06except\"\xb4\x01\n" +
 	"\x11NetworkPolicyPort\x12:\n" +
-	"\bprotocol\x18\x01 \x01(\x0e2\x1e.axon.policy.v1alpha1.ProtocolR\bprotocol\x12!\n" +
+	"\bprotocol\x18\x01 \x01(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\bprotocol\x12!\n" +
 	"\vport_number\x18\x02 \x01(\rH\x00R\n" +
 	"portNumber\x12\x1d\n" +
 	"\tport_name\x18\x03 \x01(\tH\x00R\bportName\x12\x19\n" +
@@ -685,7 +683,7 @@ var file_axon_policy_v1alpha1_network_policy_proto_goTypes = []any{
 	(*NetworkPolicyPort)(nil),        // 7: axon.policy.v1alpha1.NetworkPolicyPort
 	(*timestamppb.Timestamp)(nil),    // 8: google.protobuf.Timestamp
 	(*v1alpha1.LabelSelector)(nil),   // 9: axon.common.v1alpha1.LabelSelector
-	(Protocol)(0),                    // 10: axon.policy.v1alpha1.Protocol
+	(v1alpha1.Protocol)(0),           // 10: axon.common.v1alpha1.Protocol
 }
 var file_axon_policy_v1alpha1_network_policy_proto_depIdxs = []int32{
 	2,  // 0: axon.policy.v1alpha1.NetworkPolicy.spec:type_name -> axon.policy.v1alpha1.NetworkPolicySpec
@@ -702,7 +700,7 @@ var file_axon_policy_v1alpha1_network_policy_proto_depIdxs = []int32{
 	9,  // 11: axon.policy.v1alpha1.NetworkPolicyPeer.pod_selector:type_name -> axon.common.v1alpha1.LabelSelector
 	9,  // 12: axon.policy.v1alpha1.NetworkPolicyPeer.namespace_selector:type_name -> axon.common.v1alpha1.LabelSelector
 	6,  // 13: axon.policy.v1alpha1.NetworkPolicyPeer.ip_block:type_name -> axon.policy.v1alpha1.IPBlock
-	10, // 14: axon.policy.v1alpha1.NetworkPolicyPort.protocol:type_name -> axon.policy.v1alpha1.Protocol
+	10, // 14: axon.policy.v1alpha1.NetworkPolicyPort.protocol:type_name -> axon.common.v1alpha1.Protocol
 	15, // [15:15] is the sub-list for method output_type
 	15, // [15:15] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
@@ -715,7 +713,6 @@ func file_axon_policy_v1alpha1_network_policy_proto_init() {
 	if File_axon_policy_v1alpha1_network_policy_proto != nil {
 		return
 	}
-	file_axon_policy_v1alpha1_compiled_proto_init()
 	file_axon_policy_v1alpha1_network_policy_proto_msgTypes[6].OneofWrappers = []any{
 		(*NetworkPolicyPort_PortNumber)(nil),
 		(*NetworkPolicyPort_PortName)(nil),

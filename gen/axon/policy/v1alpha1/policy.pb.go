@@ -1780,7 +1780,7 @@ func (x *WatchNodePolicyResponse) GetObject() isWatchNodePolicyResponse_Object {
 	return nil
 }
 
-func (x *WatchNodePolicyResponse) GetEndpointPolicy() *EndpointPolicy {
+func (x *WatchNodePolicyResponse) GetEndpointPolicy() *CompiledEndpointPolicy {
 	if x != nil {
 		if x, ok := x.Object.(*WatchNodePolicyResponse_EndpointPolicy); ok {
 			return x.EndpointPolicy
@@ -1789,7 +1789,7 @@ func (x *WatchNodePolicyResponse) GetEndpointPolicy() *EndpointPolicy {
 	return nil
 }
 
-func (x *WatchNodePolicyResponse) GetIpIdentity() *IPIdentity {
+func (x *WatchNodePolicyResponse) GetIpIdentity() *v1alpha1.IPIdentity {
 	if x != nil {
 		if x, ok := x.Object.(*WatchNodePolicyResponse_IpIdentity); ok {
 			return x.IpIdentity
@@ -1804,12 +1804,12 @@ type isWatchNodePolicyResponse_Object interface {
 
 type WatchNodePolicyResponse_EndpointPolicy struct {
 	// A compiled endpoint policy (a full snapshot of one endpoint).
-	EndpointPolicy *EndpointPolicy `protobuf:"bytes,2,opt,name=endpoint_policy,json=endpointPolicy,proto3,oneof"`
+	EndpointPolicy *CompiledEndpointPolicy `protobuf:"bytes,2,opt,name=endpoint_policy,json=endpointPolicy,proto3,oneof"`
 }
 
 type WatchNodePolicyResponse_IpIdentity struct {
 	// An IP-identity entry.
-	IpIdentity *IPIdentity `protobuf:"bytes,3,opt,name=ip_identity,json=ipIdentity,proto3,oneof"`
+	IpIdentity *v1alpha1.IPIdentity `protobuf:"bytes,3,opt,name=ip_identity,json=ipIdentity,proto3,oneof"`
 }
 
 func (*WatchNodePolicyResponse_EndpointPolicy) isWatchNodePolicyResponse_Object() {}
@@ -1834,7 +1834,7 @@ type ExplainPolicyRequest struct {
 	//	*ExplainPolicyRequest_DestinationIp
 	Destination isExplainPolicyRequest_Destination `protobuf_oneof:"destination"`
 	// The L4 protocol. Required.
-	Protocol Protocol `protobuf:"varint,5,opt,name=protocol,proto3,enum=axon.policy.v1alpha1.Protocol" json:"protocol,omitempty"`
+	Protocol v1alpha1.Protocol `protobuf:"varint,5,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
 	// The destination port; 0 for ICMP and ICMPv6.
 	Port          uint32 `protobuf:"varint,6,opt,name=port,proto3" json:"port,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1921,11 +1921,11 @@ func (x *ExplainPolicyRequest) GetDestinationIp() string {
 	return ""
 }
 
-func (x *ExplainPolicyRequest) GetProtocol() Protocol {
+func (x *ExplainPolicyRequest) GetProtocol() v1alpha1.Protocol {
 	if x != nil {
 		return x.Protocol
 	}
-	return Protocol_PROTOCOL_UNSPECIFIED
+	return v1alpha1.Protocol(0)
 }
 
 func (x *ExplainPolicyRequest) GetPort() uint32 {
@@ -1977,7 +1977,7 @@ func (*ExplainPolicyRequest_DestinationIp) isExplainPolicyRequest_Destination() 
 type ExplainPolicyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// ALLOW if every check allows (or none applies), DENY otherwise.
-	Verdict PolicyVerdict `protobuf:"varint,1,opt,name=verdict,proto3,enum=axon.policy.v1alpha1.PolicyVerdict" json:"verdict,omitempty"`
+	Verdict v1alpha1.PolicyVerdict `protobuf:"varint,1,opt,name=verdict,proto3,enum=axon.common.v1alpha1.PolicyVerdict" json:"verdict,omitempty"`
 	// The source endpoint, if the source is a registered endpoint.
 	SourceEndpoint *EndpointRef `protobuf:"bytes,2,opt,name=source_endpoint,json=sourceEndpoint,proto3" json:"source_endpoint,omitempty"`
 	// The source's identity (an endpoint's, a CIDR identity, or world).
@@ -2028,11 +2028,11 @@ func (*ExplainPolicyResponse) Descriptor() ([]byte, []int) {
 	return file_axon_policy_v1alpha1_policy_proto_rawDescGZIP(), []int{33}
 }
 
-func (x *ExplainPolicyResponse) GetVerdict() PolicyVerdict {
+func (x *ExplainPolicyResponse) GetVerdict() v1alpha1.PolicyVerdict {
 	if x != nil {
 		return x.Verdict
 	}
-	return PolicyVerdict_POLICY_VERDICT_UNSPECIFIED
+	return v1alpha1.PolicyVerdict(0)
 }
 
 func (x *ExplainPolicyResponse) GetSourceEndpoint() *EndpointRef {
@@ -2083,9 +2083,9 @@ type PolicyCheck struct {
 	// The endpoint whose policy was checked.
 	Endpoint *EndpointRef `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	// EGRESS (the endpoint is the source) or INGRESS (it is the destination).
-	Direction TrafficDirection `protobuf:"varint,2,opt,name=direction,proto3,enum=axon.policy.v1alpha1.TrafficDirection" json:"direction,omitempty"`
+	Direction v1alpha1.TrafficDirection `protobuf:"varint,2,opt,name=direction,proto3,enum=axon.common.v1alpha1.TrafficDirection" json:"direction,omitempty"`
 	// The check's verdict.
-	Verdict PolicyVerdict `protobuf:"varint,3,opt,name=verdict,proto3,enum=axon.policy.v1alpha1.PolicyVerdict" json:"verdict,omitempty"`
+	Verdict v1alpha1.PolicyVerdict `protobuf:"varint,3,opt,name=verdict,proto3,enum=axon.common.v1alpha1.PolicyVerdict" json:"verdict,omitempty"`
 	// Why.
 	Reason DecisionReason `protobuf:"varint,4,opt,name=reason,proto3,enum=axon.policy.v1alpha1.DecisionReason" json:"reason,omitempty"`
 	// The policies that select the endpoint for this direction, in
@@ -2138,18 +2138,18 @@ func (x *PolicyCheck) GetEndpoint() *EndpointRef {
 	return nil
 }
 
-func (x *PolicyCheck) GetDirection() TrafficDirection {
+func (x *PolicyCheck) GetDirection() v1alpha1.TrafficDirection {
 	if x != nil {
 		return x.Direction
 	}
-	return TrafficDirection_TRAFFIC_DIRECTION_UNSPECIFIED
+	return v1alpha1.TrafficDirection(0)
 }
 
-func (x *PolicyCheck) GetVerdict() PolicyVerdict {
+func (x *PolicyCheck) GetVerdict() v1alpha1.PolicyVerdict {
 	if x != nil {
 		return x.Verdict
 	}
-	return PolicyVerdict_POLICY_VERDICT_UNSPECIFIED
+	return v1alpha1.PolicyVerdict(0)
 }
 
 func (x *PolicyCheck) GetReason() DecisionReason {
@@ -2186,7 +2186,7 @@ type RuleRef struct {
 	// The policy.
 	Policy *PolicyRef `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
 	// INGRESS for spec.ingress, EGRESS for spec.egress.
-	Direction TrafficDirection `protobuf:"varint,2,opt,name=direction,proto3,enum=axon.policy.v1alpha1.TrafficDirection" json:"direction,omitempty"`
+	Direction v1alpha1.TrafficDirection `protobuf:"varint,2,opt,name=direction,proto3,enum=axon.common.v1alpha1.TrafficDirection" json:"direction,omitempty"`
 	// Index of the rule in spec.ingress or spec.egress, from 0.
 	RuleIndex uint32 `protobuf:"varint,3,opt,name=rule_index,json=ruleIndex,proto3" json:"rule_index,omitempty"`
 	// Index of the matching peer in the rule's from/to, from 0; unset when
@@ -2236,11 +2236,11 @@ func (x *RuleRef) GetPolicy() *PolicyRef {
 	return nil
 }
 
-func (x *RuleRef) GetDirection() TrafficDirection {
+func (x *RuleRef) GetDirection() v1alpha1.TrafficDirection {
 	if x != nil {
 		return x.Direction
 	}
-	return TrafficDirection_TRAFFIC_DIRECTION_UNSPECIFIED
+	return v1alpha1.TrafficDirection(0)
 }
 
 func (x *RuleRef) GetRuleIndex() uint32 {
@@ -2268,7 +2268,7 @@ var File_axon_policy_v1alpha1_policy_proto protoreflect.FileDescriptor
 
 const file_axon_policy_v1alpha1_policy_proto_rawDesc = "" +
 	"\n" +
-	"!axon/policy/v1alpha1/policy.proto\x12\x14axon.policy.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a#axon/policy/v1alpha1/compiled.proto\x1a#axon/policy/v1alpha1/endpoint.proto\x1a#axon/policy/v1alpha1/identity.proto\x1a)axon/policy/v1alpha1/network_policy.proto\"\xa7\x01\n" +
+	"!axon/policy/v1alpha1/policy.proto\x12\x14axon.policy.v1alpha1\x1a!axon/common/v1alpha1/common.proto\x1a\"axon/common/v1alpha1/network.proto\x1a!axon/common/v1alpha1/policy.proto\x1a#axon/policy/v1alpha1/compiled.proto\x1a#axon/policy/v1alpha1/endpoint.proto\x1a#axon/policy/v1alpha1/identity.proto\x1a)axon/policy/v1alpha1/network_policy.proto\"\xa7\x01\n" +
 	"\x17AllocateIdentityRequest\x12Q\n" +
 	"\x06labels\x18\x01 \x03(\v29.axon.policy.v1alpha1.AllocateIdentityRequest.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
@@ -2362,11 +2362,11 @@ const file_axon_policy_v1alpha1_policy_proto_rawDesc = "" +
 	"namespaces\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
 	"\x16WatchNodePolicyRequest\x12\x12\n" +
-	"\x04node\x18\x01 \x01(\tR\x04node\"\xee\x01\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\xf6\x01\n" +
 	"\x17WatchNodePolicyResponse\x123\n" +
-	"\x04type\x18\x01 \x01(\x0e2\x1f.axon.common.v1alpha1.EventTypeR\x04type\x12O\n" +
-	"\x0fendpoint_policy\x18\x02 \x01(\v2$.axon.policy.v1alpha1.EndpointPolicyH\x00R\x0eendpointPolicy\x12C\n" +
-	"\vip_identity\x18\x03 \x01(\v2 .axon.policy.v1alpha1.IPIdentityH\x00R\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1f.axon.common.v1alpha1.EventTypeR\x04type\x12W\n" +
+	"\x0fendpoint_policy\x18\x02 \x01(\v2,.axon.policy.v1alpha1.CompiledEndpointPolicyH\x00R\x0eendpointPolicy\x12C\n" +
+	"\vip_identity\x18\x03 \x01(\v2 .axon.common.v1alpha1.IPIdentityH\x00R\n" +
 	"ipIdentityB\b\n" +
 	"\x06object\"\xed\x02\n" +
 	"\x14ExplainPolicyRequest\x12L\n" +
@@ -2374,12 +2374,12 @@ const file_axon_policy_v1alpha1_policy_proto_rawDesc = "" +
 	"\tsource_ip\x18\x02 \x01(\tH\x00R\bsourceIp\x12V\n" +
 	"\x14destination_endpoint\x18\x03 \x01(\v2!.axon.policy.v1alpha1.EndpointRefH\x01R\x13destinationEndpoint\x12'\n" +
 	"\x0edestination_ip\x18\x04 \x01(\tH\x01R\rdestinationIp\x12:\n" +
-	"\bprotocol\x18\x05 \x01(\x0e2\x1e.axon.policy.v1alpha1.ProtocolR\bprotocol\x12\x12\n" +
+	"\bprotocol\x18\x05 \x01(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\bprotocol\x12\x12\n" +
 	"\x04port\x18\x06 \x01(\rR\x04portB\b\n" +
 	"\x06sourceB\r\n" +
 	"\vdestination\"\xa9\x03\n" +
 	"\x15ExplainPolicyResponse\x12=\n" +
-	"\averdict\x18\x01 \x01(\x0e2#.axon.policy.v1alpha1.PolicyVerdictR\averdict\x12J\n" +
+	"\averdict\x18\x01 \x01(\x0e2#.axon.common.v1alpha1.PolicyVerdictR\averdict\x12J\n" +
 	"\x0fsource_endpoint\x18\x02 \x01(\v2!.axon.policy.v1alpha1.EndpointRefR\x0esourceEndpoint\x12'\n" +
 	"\x0fsource_identity\x18\x03 \x01(\rR\x0esourceIdentity\x12T\n" +
 	"\x14destination_endpoint\x18\x04 \x01(\v2!.axon.policy.v1alpha1.EndpointRefR\x13destinationEndpoint\x121\n" +
@@ -2388,8 +2388,8 @@ const file_axon_policy_v1alpha1_policy_proto_rawDesc = "" +
 	"\asummary\x18\a \x01(\tR\asummary\"\xa9\x03\n" +
 	"\vPolicyCheck\x12=\n" +
 	"\bendpoint\x18\x01 \x01(\v2!.axon.policy.v1alpha1.EndpointRefR\bendpoint\x12D\n" +
-	"\tdirection\x18\x02 \x01(\x0e2&.axon.policy.v1alpha1.TrafficDirectionR\tdirection\x12=\n" +
-	"\averdict\x18\x03 \x01(\x0e2#.axon.policy.v1alpha1.PolicyVerdictR\averdict\x12<\n" +
+	"\tdirection\x18\x02 \x01(\x0e2&.axon.common.v1alpha1.TrafficDirectionR\tdirection\x12=\n" +
+	"\averdict\x18\x03 \x01(\x0e2#.axon.common.v1alpha1.PolicyVerdictR\averdict\x12<\n" +
 	"\x06reason\x18\x04 \x01(\x0e2$.axon.policy.v1alpha1.DecisionReasonR\x06reason\x12@\n" +
 	"\vselected_by\x18\x05 \x03(\v2\x1f.axon.policy.v1alpha1.PolicyRefR\n" +
 	"selectedBy\x12<\n" +
@@ -2398,7 +2398,7 @@ const file_axon_policy_v1alpha1_policy_proto_rawDesc = "" +
 	"\amessage\x18\a \x01(\tR\amessage\"\x8d\x02\n" +
 	"\aRuleRef\x127\n" +
 	"\x06policy\x18\x01 \x01(\v2\x1f.axon.policy.v1alpha1.PolicyRefR\x06policy\x12D\n" +
-	"\tdirection\x18\x02 \x01(\x0e2&.axon.policy.v1alpha1.TrafficDirectionR\tdirection\x12\x1d\n" +
+	"\tdirection\x18\x02 \x01(\x0e2&.axon.common.v1alpha1.TrafficDirectionR\tdirection\x12\x1d\n" +
 	"\n" +
 	"rule_index\x18\x03 \x01(\rR\truleIndex\x12\"\n" +
 	"\n" +
@@ -2493,11 +2493,11 @@ var file_axon_policy_v1alpha1_policy_proto_goTypes = []any{
 	(*EndpointRef)(nil),                 // 42: axon.policy.v1alpha1.EndpointRef
 	(*Namespace)(nil),                   // 43: axon.policy.v1alpha1.Namespace
 	(v1alpha1.EventType)(0),             // 44: axon.common.v1alpha1.EventType
-	(*EndpointPolicy)(nil),              // 45: axon.policy.v1alpha1.EndpointPolicy
-	(*IPIdentity)(nil),                  // 46: axon.policy.v1alpha1.IPIdentity
-	(Protocol)(0),                       // 47: axon.policy.v1alpha1.Protocol
-	(PolicyVerdict)(0),                  // 48: axon.policy.v1alpha1.PolicyVerdict
-	(TrafficDirection)(0),               // 49: axon.policy.v1alpha1.TrafficDirection
+	(*CompiledEndpointPolicy)(nil),      // 45: axon.policy.v1alpha1.CompiledEndpointPolicy
+	(*v1alpha1.IPIdentity)(nil),         // 46: axon.common.v1alpha1.IPIdentity
+	(v1alpha1.Protocol)(0),              // 47: axon.common.v1alpha1.Protocol
+	(v1alpha1.PolicyVerdict)(0),         // 48: axon.common.v1alpha1.PolicyVerdict
+	(v1alpha1.TrafficDirection)(0),      // 49: axon.common.v1alpha1.TrafficDirection
 	(*PolicyRef)(nil),                   // 50: axon.policy.v1alpha1.PolicyRef
 }
 var file_axon_policy_v1alpha1_policy_proto_depIdxs = []int32{
@@ -2525,23 +2525,23 @@ var file_axon_policy_v1alpha1_policy_proto_depIdxs = []int32{
 	43, // 21: axon.policy.v1alpha1.DeleteNamespaceResponse.namespace:type_name -> axon.policy.v1alpha1.Namespace
 	43, // 22: axon.policy.v1alpha1.ListNamespacesResponse.namespaces:type_name -> axon.policy.v1alpha1.Namespace
 	44, // 23: axon.policy.v1alpha1.WatchNodePolicyResponse.type:type_name -> axon.common.v1alpha1.EventType
-	45, // 24: axon.policy.v1alpha1.WatchNodePolicyResponse.endpoint_policy:type_name -> axon.policy.v1alpha1.EndpointPolicy
-	46, // 25: axon.policy.v1alpha1.WatchNodePolicyResponse.ip_identity:type_name -> axon.policy.v1alpha1.IPIdentity
+	45, // 24: axon.policy.v1alpha1.WatchNodePolicyResponse.endpoint_policy:type_name -> axon.policy.v1alpha1.CompiledEndpointPolicy
+	46, // 25: axon.policy.v1alpha1.WatchNodePolicyResponse.ip_identity:type_name -> axon.common.v1alpha1.IPIdentity
 	42, // 26: axon.policy.v1alpha1.ExplainPolicyRequest.source_endpoint:type_name -> axon.policy.v1alpha1.EndpointRef
 	42, // 27: axon.policy.v1alpha1.ExplainPolicyRequest.destination_endpoint:type_name -> axon.policy.v1alpha1.EndpointRef
-	47, // 28: axon.policy.v1alpha1.ExplainPolicyRequest.protocol:type_name -> axon.policy.v1alpha1.Protocol
-	48, // 29: axon.policy.v1alpha1.ExplainPolicyResponse.verdict:type_name -> axon.policy.v1alpha1.PolicyVerdict
+	47, // 28: axon.policy.v1alpha1.ExplainPolicyRequest.protocol:type_name -> axon.common.v1alpha1.Protocol
+	48, // 29: axon.policy.v1alpha1.ExplainPolicyResponse.verdict:type_name -> axon.common.v1alpha1.PolicyVerdict
 	42, // 30: axon.policy.v1alpha1.ExplainPolicyResponse.source_endpoint:type_name -> axon.policy.v1alpha1.EndpointRef
 	42, // 31: axon.policy.v1alpha1.ExplainPolicyResponse.destination_endpoint:type_name -> axon.policy.v1alpha1.EndpointRef
 	35, // 32: axon.policy.v1alpha1.ExplainPolicyResponse.checks:type_name -> axon.policy.v1alpha1.PolicyCheck
 	42, // 33: axon.policy.v1alpha1.PolicyCheck.endpoint:type_name -> axon.policy.v1alpha1.EndpointRef
-	49, // 34: axon.policy.v1alpha1.PolicyCheck.direction:type_name -> axon.policy.v1alpha1.TrafficDirection
-	48, // 35: axon.policy.v1alpha1.PolicyCheck.verdict:type_name -> axon.policy.v1alpha1.PolicyVerdict
+	49, // 34: axon.policy.v1alpha1.PolicyCheck.direction:type_name -> axon.common.v1alpha1.TrafficDirection
+	48, // 35: axon.policy.v1alpha1.PolicyCheck.verdict:type_name -> axon.common.v1alpha1.PolicyVerdict
 	0,  // 36: axon.policy.v1alpha1.PolicyCheck.reason:type_name -> axon.policy.v1alpha1.DecisionReason
 	50, // 37: axon.policy.v1alpha1.PolicyCheck.selected_by:type_name -> axon.policy.v1alpha1.PolicyRef
 	36, // 38: axon.policy.v1alpha1.PolicyCheck.allowed_by:type_name -> axon.policy.v1alpha1.RuleRef
 	50, // 39: axon.policy.v1alpha1.RuleRef.policy:type_name -> axon.policy.v1alpha1.PolicyRef
-	49, // 40: axon.policy.v1alpha1.RuleRef.direction:type_name -> axon.policy.v1alpha1.TrafficDirection
+	49, // 40: axon.policy.v1alpha1.RuleRef.direction:type_name -> axon.common.v1alpha1.TrafficDirection
 	1,  // 41: axon.policy.v1alpha1.PolicyService.AllocateIdentity:input_type -> axon.policy.v1alpha1.AllocateIdentityRequest
 	3,  // 42: axon.policy.v1alpha1.PolicyService.GetIdentity:input_type -> axon.policy.v1alpha1.GetIdentityRequest
 	5,  // 43: axon.policy.v1alpha1.PolicyService.ListIdentities:input_type -> axon.policy.v1alpha1.ListIdentitiesRequest

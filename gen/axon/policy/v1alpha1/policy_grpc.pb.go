@@ -142,8 +142,8 @@ type PolicyServiceClient interface {
 	// WatchNodePolicy streams what a node's datapath enforces: the compiled
 	// policy of each endpoint registered on the node, as full per-endpoint
 	// snapshots, and every IP-identity entry of the cluster. It first sends
-	// every current EndpointPolicy and IPIdentity as ADDED, then one SYNCED
-	// event, then changes: an EndpointPolicy as ADDED when an endpoint appears
+	// every current CompiledEndpointPolicy and IPIdentity as ADDED, then one SYNCED
+	// event, then changes: a CompiledEndpointPolicy as ADDED when an endpoint appears
 	// on the node, MODIFIED with a new revision when its compiled policy
 	// changes, DELETED when it is unregistered or leaves the node; an
 	// IPIdentity as ADDED, MODIFIED (new identity) or DELETED. If the server
@@ -451,8 +451,8 @@ type PolicyServiceServer interface {
 	// WatchNodePolicy streams what a node's datapath enforces: the compiled
 	// policy of each endpoint registered on the node, as full per-endpoint
 	// snapshots, and every IP-identity entry of the cluster. It first sends
-	// every current EndpointPolicy and IPIdentity as ADDED, then one SYNCED
-	// event, then changes: an EndpointPolicy as ADDED when an endpoint appears
+	// every current CompiledEndpointPolicy and IPIdentity as ADDED, then one SYNCED
+	// event, then changes: a CompiledEndpointPolicy as ADDED when an endpoint appears
 	// on the node, MODIFIED with a new revision when its compiled policy
 	// changes, DELETED when it is unregistered or leaves the node; an
 	// IPIdentity as ADDED, MODIFIED (new identity) or DELETED. If the server

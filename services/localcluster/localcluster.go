@@ -1,6 +1,8 @@
 // Package localcluster runs the whole Axon system on one machine: an
 // embedded etcd and every service binary as a child process, each checked
-// healthy before the next starts. It is what `make run` (axon-local) does.
+// healthy before the next starts. It is the engine of the axon-local program
+// (`make run`), and the harness the end-to-end tests (services/e2e) and the
+// datapath benchmarks (services/datapath/bench) start their clusters with.
 package localcluster
 
 import (
@@ -45,7 +47,8 @@ type Config struct {
 	// +3 (lbipam), +4 (policy), +5 (operator); metrics 200 above each. 0
 	// lets the kernel choose free ports (tests).
 	PortBase int
-	// ReadyTimeout bounds the wait for each service to report SERVING.
+	// ReadyTimeout bounds the wait for each service to report SERVING (or,
+	// for one whose API is not implemented yet, to answer health at all).
 	ReadyTimeout time.Duration
 	// StopTimeout bounds each service's graceful stop before it is killed.
 	StopTimeout time.Duration
@@ -81,6 +84,10 @@ type Component struct {
 	Netns string
 	// Label names it in logs (default Name).
 	Label string
+	// Unimplemented marks a service whose API is not written yet: it runs,
+	// but answers every RPC with UNIMPLEMENTED and reports NOT_SERVING by
+	// design, so Start waits only for its health to answer.
+	Unimplemented bool
 	// files are listening sockets the process inherits as descriptors 3,
 	// 4, ... (the fd:N addresses in Args); starting it closes our copies.
 	files []*os.File
@@ -106,14 +113,15 @@ func (c Config) control(etcdURL string) (_ []Component, err error) {
 	}()
 	etcdArgs := []string{"--etcd-endpoints", etcdURL}
 	for _, s := range []struct {
-		name    string
-		port    int
-		useEtcd bool
+		name          string
+		port          int
+		useEtcd       bool
+		unimplemented bool
 	}{
-		{"ipam", 1, true},
-		{"lbipam", 3, true},
-		{"policy", 4, false},
-		{"operator", 5, false},
+		{"ipam", 1, true, false},
+		{"lbipam", 3, true, true},
+		{"policy", 4, false, true},
+		{"operator", 5, false, false},
 	} {
 		grpcPort, metricsPort := 0, 0
 		if c.PortBase != 0 {
@@ -128,7 +136,7 @@ func (c Config) control(etcdURL string) (_ []Component, err error) {
 			_ = grpcFile.Close()
 			return nil, fmt.Errorf("axon-%s metrics: %w", s.name, err)
 		}
-		comp := Component{Name: s.name, Target: target, MetricsAddr: metricsAddr, files: []*os.File{grpcFile, metricsFile}}
+		comp := Component{Name: s.name, Target: target, MetricsAddr: metricsAddr, Unimplemented: s.unimplemented, files: []*os.File{grpcFile, metricsFile}}
 		// ExtraFiles become descriptors 3, 4, ... in the child.
 		comp.Args = []string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:4"}
 		if s.useEtcd {
@@ -234,8 +242,9 @@ type Node struct {
 	DeleteQueue string
 }
 
-// Start starts the system and returns once every part reports SERVING. On
-// failure it stops what it started.
+// Start starts the system and returns once every part reports SERVING,
+// except services whose API is not implemented yet (Component.Unimplemented):
+// those only have to answer health. On failure it stops what it started.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err error) {
 	etcdLog := log.With(daemon.LogKeySubsys, "etcd")
 	log = log.With(daemon.LogKeySubsys, "local")
@@ -265,7 +274,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	log.Info("embedded etcd ready", "url", etcd.ClientURL(), "dir", filepath.Join(cfg.StateDir, "etcd"))
 
 	// The services do not depend on each other to start, so they start
-	// together; each must then report SERVING.
+	// together; each must then report SERVING, or answer health if its API
+	// is not implemented yet.
 	c.Control, err = cfg.control(etcd.ClientURL())
 	if err != nil {
 		return nil, err
@@ -281,7 +291,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 		c.running = append(c.running, p)
 	}
 	for _, comp := range c.Control {
-		if err := waitServing(ctx, comp.Target, cfg.ReadyTimeout, c.exited); err != nil {
+		if comp.Unimplemented {
+			if err := waitHealth(ctx, comp.Target, cfg.ReadyTimeout, c.exited, answers); err != nil {
+				return nil, fmt.Errorf("axon-%s did not start: %w", comp.Name, err)
+			}
+			log.Info("service up; its API is not implemented yet, so it reports NOT_SERVING", "service", comp.Name, "grpc", comp.Target)
+			continue
+		}
+		if err := waitHealth(ctx, comp.Target, cfg.ReadyTimeout, c.exited, serving); err != nil {
 			return nil, fmt.Errorf("axon-%s did not become healthy: %w", comp.Name, err)
 		}
 		log.Info("service serving", "service", comp.Name, "grpc", comp.Target)
@@ -336,7 +353,7 @@ func (c *Cluster) StartDatapath(ctx context.Context, i int) error {
 		}
 	}
 	c.mu.Unlock()
-	return waitServing(ctx, comp.Target, c.cfg.ReadyTimeout, c.exited)
+	return waitHealth(ctx, comp.Target, c.cfg.ReadyTimeout, c.exited, serving)
 }
 
 // Wait blocks until ctx is done (nil) or a part of the system fails.
@@ -379,9 +396,13 @@ func printSummary(out io.Writer, c *Cluster) {
 	comps := c.Control
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "\nAxon is running on this machine (embedded etcd at %s).\n\n", c.etcd.ClientURL())
-	fmt.Fprintf(&b, "  %-10s %-32s %s\n", "SERVICE", "gRPC", "METRICS")
+	fmt.Fprintf(&b, "  %-10s %-32s %-36s %s\n", "SERVICE", "gRPC", "METRICS", "HEALTH")
 	for _, c := range comps {
-		fmt.Fprintf(&b, "  %-10s %-32s http://%s/metrics\n", c.Name, c.Target, c.MetricsAddr)
+		health := "SERVING"
+		if c.Unimplemented {
+			health = "NOT_SERVING (API not implemented yet)"
+		}
+		fmt.Fprintf(&b, "  %-10s %-32s %-36s %s\n", c.Name, c.Target, "http://"+c.MetricsAddr+"/metrics", health)
 	}
 	if len(c.Nodes) > 0 {
 		fmt.Fprintf(&b, "\n  %-10s %-16s %-28s %s\n", "NODE", "UNDERLAY IP", "NETNS", "DATAPATH SOCKET")
@@ -483,9 +504,20 @@ func (p *process) stop(timeout time.Duration) {
 	}
 }
 
-// waitServing polls the gRPC health service at target until it answers
-// SERVING, the timeout passes, or a started process exits.
-func waitServing(ctx context.Context, target string, timeout time.Duration, exited <-chan error) error {
+// healthWanted says whether a health status is the one waited for.
+type healthWanted func(healthpb.HealthCheckResponse_ServingStatus) bool
+
+// serving wants SERVING.
+func serving(st healthpb.HealthCheckResponse_ServingStatus) bool {
+	return st == healthpb.HealthCheckResponse_SERVING
+}
+
+// answers wants any answer: the service is up, whatever its health.
+func answers(healthpb.HealthCheckResponse_ServingStatus) bool { return true }
+
+// waitHealth polls the gRPC health service at target until it answers a
+// status that want accepts, the timeout passes, or a started process exits.
+func waitHealth(ctx context.Context, target string, timeout time.Duration, exited <-chan error, want healthWanted) error {
 	conn, err := grpc.NewClient(target,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// The service is starting: retry the connection quickly rather than
@@ -511,7 +543,7 @@ func waitServing(ctx context.Context, target string, timeout time.Duration, exit
 		switch {
 		case err != nil:
 			last = err
-		case resp.GetStatus() == healthpb.HealthCheckResponse_SERVING:
+		case want(resp.GetStatus()):
 			return nil
 		default:
 			last = fmt.Errorf("status %s", resp.GetStatus())
