@@ -25,14 +25,38 @@ import (
 // TestMain fails the package if the tests leak file descriptors.
 func TestMain(m *testing.M) { os.Exit(fdleak.Run(m)) }
 
-// TestSpec checks the embedded object without privileges: programs, maps
-// and the shared layout the agent depends on.
+// TestSpec checks the embedded objects without privileges: each object's
+// programs, the seven maps every object declares alike (Load shares one set
+// between them), and the shared layout the agent depends on.
 func TestSpec(t *testing.T) {
-	spec, err := loadDatapath()
+	specs, err := loadSpecs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{datapathProgAxonFromPod, datapathProgAxonFromOverlay, datapathProgAxonFromUnderlay, datapathProgAxonToOverlay} {
+	for _, obj := range []struct {
+		name  string
+		spec  *ebpf.CollectionSpec
+		progs []string
+	}{
+		{"pod", specs.pod, []string{podProgAxonFromPod}},
+		{"overlay", specs.overlay, []string{overlayProgAxonFromOverlay, overlayProgAxonToOverlay}},
+		{"underlay", specs.underlay, []string{underlayProgAxonFromUnderlay}},
+	} {
+		t.Run(obj.name, func(t *testing.T) {
+			checkObjectSpec(t, obj.spec, obj.progs)
+		})
+	}
+	// The counters are the size of a pinned map: 16 since
+	// forwarded-tunnel-device (Load replaces the smaller maps of older
+	// pins, see TestLoadPinnedStatsResized).
+	if podAxonStatAXON_STAT_MAX != 16 {
+		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", podAxonStatAXON_STAT_MAX)
+	}
+}
+
+func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
+	t.Helper()
+	for _, name := range progs {
 		p := spec.Programs[name]
 		if p == nil {
 			t.Fatalf("program %q missing; have %v", name, keys(spec.Programs))
@@ -44,8 +68,8 @@ func TestSpec(t *testing.T) {
 			t.Errorf("%s: license %q, want %q", name, p.License, "Dual MIT/GPL")
 		}
 	}
-	if len(spec.Programs) != 4 {
-		t.Errorf("programs %v, want exactly 4", keys(spec.Programs))
+	if len(spec.Programs) != len(progs) {
+		t.Errorf("programs %v, want exactly %v", keys(spec.Programs), progs)
 	}
 
 	for _, want := range []struct {
@@ -53,13 +77,13 @@ func TestSpec(t *testing.T) {
 		typ                    ebpf.MapType
 		key, value, max, flags uint32
 	}{
-		{datapathMapAxonEndpoints, ebpf.Hash, 4, 28, 65536, 0},
-		{datapathMapAxonDevices, ebpf.Hash, 4, 4, 65536, 0},
-		{datapathMapAxonRemote4, ebpf.LPMTrie, 8, 8, 16384, unix.BPF_F_NO_PREALLOC},
-		{datapathMapAxonEndpoints6, ebpf.Hash, 16, 28, 65536, 0},
-		{datapathMapAxonRemote6, ebpf.LPMTrie, 20, 8, 16384, unix.BPF_F_NO_PREALLOC},
-		{datapathMapAxonConfig, ebpf.Array, 4, 16, 1, 0},
-		{datapathMapAxonStats, ebpf.PerCPUArray, 4, 8, uint32(datapathAxonStatAXON_STAT_MAX), 0},
+		{podMapAxonEndpoints, ebpf.Hash, 4, 28, 65536, 0},
+		{podMapAxonDevices, ebpf.Hash, 4, 4, 65536, 0},
+		{podMapAxonRemote4, ebpf.LPMTrie, 8, 8, 16384, unix.BPF_F_NO_PREALLOC},
+		{podMapAxonEndpoints6, ebpf.Hash, 16, 28, 65536, 0},
+		{podMapAxonRemote6, ebpf.LPMTrie, 20, 8, 16384, unix.BPF_F_NO_PREALLOC},
+		{podMapAxonConfig, ebpf.Array, 4, 16, 1, 0},
+		{podMapAxonStats, ebpf.PerCPUArray, 4, 8, uint32(podAxonStatAXON_STAT_MAX), 0},
 	} {
 		m := spec.Maps[want.name]
 		if m == nil {
@@ -79,12 +103,6 @@ func TestSpec(t *testing.T) {
 	if len(spec.Maps) != 7 {
 		t.Errorf("maps %v, want exactly 7 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
-	// The counters are the size of a pinned map: 16 since
-	// forwarded-tunnel-device (Load replaces the smaller maps of older
-	// pins, see TestLoadPinnedStatsResized).
-	if datapathAxonStatAXON_STAT_MAX != 16 {
-		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", datapathAxonStatAXON_STAT_MAX)
-	}
 }
 
 // TestLayout pins the Go view of the shared structs (bpf/include/axon/
@@ -94,27 +112,27 @@ func TestLayout(t *testing.T) {
 		name      string
 		got, want uintptr
 	}{
-		{"sizeof axon_endpoint_key", unsafe.Sizeof(datapathAxonEndpointKey{}), 4},
-		{"sizeof axon_endpoint_key6", unsafe.Sizeof(datapathAxonEndpointKey6{}), 16},
-		{"sizeof axon_endpoint", unsafe.Sizeof(datapathAxonEndpoint{}), 28},
-		{"sizeof axon_remote_key4", unsafe.Sizeof(datapathAxonRemoteKey4{}), 8},
-		{"sizeof axon_remote_key6", unsafe.Sizeof(datapathAxonRemoteKey6{}), 20},
-		{"offsetof axon_remote_key6.ip6", unsafe.Offsetof(datapathAxonRemoteKey6{}.Ip6), 4},
-		{"sizeof axon_remote", unsafe.Sizeof(datapathAxonRemote{}), 8},
-		{"sizeof axon_config", unsafe.Sizeof(datapathAxonConfig{}), 16},
+		{"sizeof axon_endpoint_key", unsafe.Sizeof(podAxonEndpointKey{}), 4},
+		{"sizeof axon_endpoint_key6", unsafe.Sizeof(podAxonEndpointKey6{}), 16},
+		{"sizeof axon_endpoint", unsafe.Sizeof(podAxonEndpoint{}), 28},
+		{"sizeof axon_remote_key4", unsafe.Sizeof(podAxonRemoteKey4{}), 8},
+		{"sizeof axon_remote_key6", unsafe.Sizeof(podAxonRemoteKey6{}), 20},
+		{"offsetof axon_remote_key6.ip6", unsafe.Offsetof(podAxonRemoteKey6{}.Ip6), 4},
+		{"sizeof axon_remote", unsafe.Sizeof(podAxonRemote{}), 8},
+		{"sizeof axon_config", unsafe.Sizeof(podAxonConfig{}), 16},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
 		}
 	}
 	// Both families share the value types: the BTF of the maps says so.
-	spec, err := loadDatapath()
+	spec, err := loadPod()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, pair := range [][2]string{
-		{datapathMapAxonEndpoints, datapathMapAxonEndpoints6},
-		{datapathMapAxonRemote4, datapathMapAxonRemote6},
+		{podMapAxonEndpoints, podMapAxonEndpoints6},
+		{podMapAxonRemote4, podMapAxonRemote6},
 	} {
 		v4, v6 := spec.Maps[pair[0]].Value, spec.Maps[pair[1]].Value
 		if v4 == nil || v6 == nil || v4.TypeName() != v6.TypeName() {
@@ -126,13 +144,13 @@ func TestLayout(t *testing.T) {
 // TestStatFields checks that Stats covers every counter of enum axon_stat
 // exactly once.
 func TestStatFields(t *testing.T) {
-	if len(statFields) != int(datapathAxonStatAXON_STAT_MAX) {
-		t.Fatalf("%d stat fields, want %d", len(statFields), datapathAxonStatAXON_STAT_MAX)
+	if len(statFields) != int(podAxonStatAXON_STAT_MAX) {
+		t.Fatalf("%d stat fields, want %d", len(statFields), podAxonStatAXON_STAT_MAX)
 	}
 	names := map[string]bool{}
 	var s Stats
 	for i, f := range statFields {
-		if f.stat != datapathAxonStat(i) {
+		if f.stat != podAxonStat(i) {
 			t.Errorf("statFields[%d] is counter %d", i, f.stat)
 		}
 		if names[f.name] {
@@ -150,13 +168,18 @@ func TestStatFields(t *testing.T) {
 	}
 }
 
+// TestObjectReproducible checks that no object records the machine it was
+// built on.
 func TestObjectReproducible(t *testing.T) {
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if root := filepath.Dir(wd); bytes.Contains(_DatapathBytes, []byte(root)) {
-		t.Errorf("datapath_bpfel.o contains the build path %q", root)
+	root := filepath.Dir(wd)
+	for name, obj := range map[string][]byte{"pod": _PodBytes, "overlay": _OverlayBytes, "underlay": _UnderlayBytes} {
+		if bytes.Contains(obj, []byte(root)) {
+			t.Errorf("%s_bpfel.o contains the build path %q", name, root)
+		}
 	}
 }
 
@@ -340,10 +363,10 @@ func TestMapsRoundTrip(t *testing.T) {
 		}
 	}
 	// The families use their own maps.
-	if n := countEntries(t, o.objs.AxonEndpoints); n != 1 {
+	if n := countEntries(t, o.maps.AxonEndpoints); n != 1 {
 		t.Errorf("axon_endpoints has %d entries, want 1", n)
 	}
-	if n := countEntries(t, o.objs.AxonEndpoints6); n != 2 {
+	if n := countEntries(t, o.maps.AxonEndpoints6); n != 2 {
 		t.Errorf("axon_endpoints6 has %d entries, want 2", n)
 	}
 
@@ -371,7 +394,7 @@ func TestMapsRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	if n := countEntries(t, o.objs.AxonRemote6); n != 2 {
+	if n := countEntries(t, o.maps.AxonRemote6); n != 2 {
 		t.Errorf("axon_remote6 has %d entries, want 2", n)
 	}
 
@@ -434,12 +457,12 @@ func TestLoadPinned(t *testing.T) {
 	a := mustLoad(t, dir)
 	b := mustLoad(t, dir)
 	for _, pair := range [][2]*ebpf.Map{
-		{a.objs.AxonEndpoints, b.objs.AxonEndpoints},
-		{a.objs.AxonRemote4, b.objs.AxonRemote4},
-		{a.objs.AxonEndpoints6, b.objs.AxonEndpoints6},
-		{a.objs.AxonRemote6, b.objs.AxonRemote6},
-		{a.objs.AxonConfig, b.objs.AxonConfig},
-		{a.objs.AxonStats, b.objs.AxonStats},
+		{a.maps.AxonEndpoints, b.maps.AxonEndpoints},
+		{a.maps.AxonRemote4, b.maps.AxonRemote4},
+		{a.maps.AxonEndpoints6, b.maps.AxonEndpoints6},
+		{a.maps.AxonRemote6, b.maps.AxonRemote6},
+		{a.maps.AxonConfig, b.maps.AxonConfig},
+		{a.maps.AxonStats, b.maps.AxonStats},
 	} {
 		ia, err := pair[0].Info()
 		if err != nil {
@@ -481,7 +504,7 @@ func TestLoadPinned(t *testing.T) {
 // and pins the new IPv6 maps beside them.
 func TestLoadPinnedUpgrade(t *testing.T) {
 	dir, ip, ep := pinnedEndpoint(t)
-	for _, name := range []string{datapathMapAxonEndpoints6, datapathMapAxonRemote6} {
+	for _, name := range []string{podMapAxonEndpoints6, podMapAxonRemote6} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
 		}
@@ -491,7 +514,7 @@ func TestLoadPinnedUpgrade(t *testing.T) {
 	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
 		t.Fatalf("IPv4 endpoint after the upgrade: %v, %v", got, err)
 	}
-	for _, name := range []string{datapathMapAxonEndpoints6, datapathMapAxonRemote6} {
+	for _, name := range []string{podMapAxonEndpoints6, podMapAxonRemote6} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			t.Errorf("pin of %s: %v", name, err)
 		}
@@ -511,8 +534,8 @@ func TestLoadPinnedUpgrade(t *testing.T) {
 func TestLoadPinnedStatsResized(t *testing.T) {
 	dir, ip, ep := pinnedEndpoint(t)
 	// An older build's counters: one fewer.
-	repin(t, dir, &ebpf.MapSpec{Name: datapathMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
-		MaxEntries: uint32(datapathAxonStatAXON_STAT_MAX) - 1})
+	repin(t, dir, &ebpf.MapSpec{Name: podMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
+		MaxEntries: uint32(podAxonStatAXON_STAT_MAX) - 1})
 
 	n := mustLoad(t, dir)
 	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
@@ -524,7 +547,7 @@ func TestLoadPinnedStatsResized(t *testing.T) {
 	n.Close()
 
 	// A resized state map is refused, not replaced.
-	repin(t, dir, &ebpf.MapSpec{Name: datapathMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
+	repin(t, dir, &ebpf.MapSpec{Name: podMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
 	if o, err := Load(dir); !errors.Is(err, ebpf.ErrMapIncompatible) {
 		if o != nil {
 			o.Close()
