@@ -105,6 +105,44 @@ func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
 	}
 }
 
+// TestSharedMapSpecs checks the union Load opens the maps from: the seven
+// maps once, and a map two objects declare differently refused.
+func TestSharedMapSpecs(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		mutate func(s objectSpecs)
+		want   int // maps in the union; 0: an error
+	}{
+		{"as built", func(objectSpecs) {}, 7},
+		{"max entries differ", func(s objectSpecs) { s.underlay.Maps[podMapAxonEndpoints].MaxEntries++ }, 0},
+		{"value size differs", func(s objectSpecs) { s.overlay.Maps[podMapAxonConfig].ValueSize += 4 }, 0},
+		{"map only in one object", func(s objectSpecs) {
+			s.overlay.Maps["axon_extra"] = &ebpf.MapSpec{Name: "axon_extra", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+		}, 8},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			specs, err := loadSpecs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.mutate(specs)
+			union, err := sharedMapSpecs(specs)
+			if c.want == 0 {
+				if err == nil {
+					t.Fatalf("union %v, want an error", keys(union))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(union) != c.want {
+				t.Errorf("union %v, want %d maps", keys(union), c.want)
+			}
+		})
+	}
+}
+
 // TestLayout pins the Go view of the shared structs (bpf/include/axon/
 // datapath.h): the sizes and offsets the kernel and pinned maps expect.
 func TestLayout(t *testing.T) {

@@ -29,10 +29,13 @@ var (
 type Mode uint32
 
 const (
-	// ModeNone is the state before SetConfig: both programs leave every
-	// packet to the kernel.
+	// ModeNone is the state before SetConfig: the programs leave every
+	// packet to the kernel (axon_to_overlay, which has no kernel path to
+	// leave it to, drops it).
 	ModeNone = Mode(podAxonModeAXON_MODE_NONE)
-	// ModeTunnel encapsulates through the flow-based VXLAN device.
+	// ModeTunnel encapsulates in VXLAN: the programs build and strip it
+	// themselves, and send what they cannot through the flow-based tunnel
+	// device.
 	ModeTunnel = Mode(podAxonModeAXON_MODE_TUNNEL)
 	// ModeNative routes through the node's FIB (routes for remote blocks are
 	// the agent's, via netlink).
