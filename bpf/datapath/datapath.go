@@ -3,125 +3,188 @@ package datapath
 import (
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"maps"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
 
-// Objects is the datapath loaded into the kernel: its three programs and six
-// maps (endpoints and remote blocks per IP family, config, counters). It is
-// safe for concurrent use; map updates are atomic per entry.
+// Objects is the datapath loaded into the kernel: the four programs of its
+// three objects and the seven maps they share (endpoints and remote blocks
+// per IP family, pods' devices, config, counters). It is safe for concurrent
+// use; map updates are atomic per entry.
 type Objects struct {
-	objs datapathObjects
+	maps     podMaps
+	pod      podPrograms
+	overlay  overlayPrograms
+	underlay underlayPrograms
 }
 
-// Load loads the datapath programs and maps. The maps are pinned by name
-// under pinDir (a directory on bpffs, created if missing); maps already
-// pinned there are reused, so a second Load with the same pinDir, in this
-// process or after a restart, shares the endpoints, remote blocks, config
-// and counters of the first. A pinned map whose layout differs from this
-// build's is refused with an error wrapping [ebpf.ErrMapIncompatible],
-// except the counters: a build with other counters starts them again.
+// Load loads the datapath's objects, each once, and the maps they share.
+// The maps are pinned by name under pinDir (a directory on bpffs, created if
+// missing); maps already pinned there are reused, so a second Load with the
+// same pinDir, in this process or after a restart, shares the endpoints,
+// remote blocks, config and counters of the first. A pinned map whose
+// layout differs from this build's is refused with an error wrapping
+// [ebpf.ErrMapIncompatible], except the counters: a build with other
+// counters starts them again.
 //
 // An empty pinDir loads private, unpinned maps (tests, benchmarks).
-func Load(pinDir string) (*Objects, error) {
-	spec, err := loadDatapath()
+func Load(pinDir string) (o *Objects, err error) {
+	specs, err := loadSpecs()
 	if err != nil {
 		return nil, err
 	}
-	var opts ebpf.CollectionOptions
-	if pinDir == "" {
-		for _, m := range spec.Maps {
-			m.Pinning = ebpf.PinNone
-		}
-	} else {
-		if err := os.MkdirAll(pinDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pin directory: %w", err)
-		}
-		if err := dropStaleStats(pinDir, spec.Maps[datapathMapAxonStats]); err != nil {
-			return nil, err
-		}
-		opts.Maps.PinPath = pinDir
+	mapSpecs, err := sharedMapSpecs(specs)
+	if err != nil {
+		return nil, err
 	}
-	o := &Objects{}
-	if err := spec.LoadAndAssign(&o.objs, &opts); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load datapath: %+v", verr)
+	shared, err := openMaps(pinDir, mapSpecs)
+	if err != nil {
+		return nil, err
+	}
+	// o.maps takes the maps it names from coll, and the programs hold
+	// references of their own: on return, coll closes whatever is left.
+	coll := &ebpf.Collection{Maps: maps.Clone(shared)}
+	defer coll.Close()
+
+	o = &Objects{}
+	defer func() {
+		if err != nil {
+			o.Close()
 		}
-		return nil, fmt.Errorf("load datapath: %w", err)
+	}()
+	if err := coll.Assign(&o.maps); err != nil {
+		o.maps = podMaps{} // nothing was transferred: coll still owns them
+		return nil, fmt.Errorf("assign datapath maps: %w", err)
+	}
+	for _, obj := range []struct {
+		name string
+		spec *ebpf.CollectionSpec
+		to   any
+	}{
+		{"pod", specs.pod, &o.pod},
+		{"overlay", specs.overlay, &o.overlay},
+		{"underlay", specs.underlay, &o.underlay},
+	} {
+		if err := loadPrograms(obj.spec, obj.to, shared); err != nil {
+			return nil, fmt.Errorf("load datapath %s object: %w", obj.name, err)
+		}
 	}
 	return o, nil
 }
 
-// dropStaleStats removes a pinned axon_stats whose size differs from
-// want's: a build with other counters. The counters are statistics, not
-// state, so unlike the other maps they start again from zero rather than
-// making the load fail.
-func dropStaleStats(pinDir string, want *ebpf.MapSpec) error {
-	path := filepath.Join(pinDir, want.Name)
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+// objectSpecs are the datapath's objects, one per attach point.
+type objectSpecs struct {
+	pod, overlay, underlay *ebpf.CollectionSpec
+}
+
+func (s objectSpecs) all() []*ebpf.CollectionSpec {
+	return []*ebpf.CollectionSpec{s.pod, s.overlay, s.underlay}
+}
+
+func loadSpecs() (objectSpecs, error) {
+	var (
+		s   objectSpecs
+		err error
+	)
+	if s.pod, err = loadPod(); err != nil {
+		return s, fmt.Errorf("datapath pod object: %w", err)
 	}
-	if err != nil {
-		return fmt.Errorf("open pinned %s: %w", want.Name, err)
+	if s.overlay, err = loadOverlay(); err != nil {
+		return s, fmt.Errorf("datapath overlay object: %w", err)
 	}
-	defer m.Close()
-	if m.MaxEntries() == want.MaxEntries {
-		return nil
+	if s.underlay, err = loadUnderlay(); err != nil {
+		return s, fmt.Errorf("datapath underlay object: %w", err)
 	}
-	if err := m.Unpin(); err != nil {
-		return fmt.Errorf("replace pinned %s of %d counters: %w", want.Name, m.MaxEntries(), err)
+	return s, nil
+}
+
+// sharedMapSpecs is the union of the objects' maps. A map two objects
+// declare differently is a build error: they could not share it.
+func sharedMapSpecs(specs objectSpecs) (map[string]*ebpf.MapSpec, error) {
+	union := make(map[string]*ebpf.MapSpec)
+	for _, spec := range specs.all() {
+		for name, m := range spec.Maps {
+			prev, ok := union[name]
+			if !ok {
+				union[name] = m.Copy()
+				continue
+			}
+			if prev.Type != m.Type || prev.KeySize != m.KeySize || prev.ValueSize != m.ValueSize ||
+				prev.MaxEntries != m.MaxEntries || prev.Flags != m.Flags {
+				return nil, fmt.Errorf("datapath objects declare map %s differently", name)
+			}
+		}
 	}
-	return nil
+	return union, nil
+}
+
+// loadPrograms loads the programs of one object into to (a *xxxPrograms),
+// bound to the shared maps.
+func loadPrograms(spec *ebpf.CollectionSpec, to any, shared map[string]*ebpf.Map) error {
+	// Only the object's own maps: cilium/ebpf refuses replacements for
+	// maps the spec does not declare.
+	repl := make(map[string]*ebpf.Map, len(spec.Maps))
+	for name := range spec.Maps {
+		repl[name] = shared[name]
+	}
+	err := spec.LoadAndAssign(to, &ebpf.CollectionOptions{MapReplacements: repl})
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("%+v", verr)
+	}
+	return err
 }
 
 // Close releases the programs and maps held by this process. Pinned maps and
 // attached (or pinned) links keep them alive in the kernel.
 func (o *Objects) Close() error {
-	return o.objs.Close()
+	return errors.Join(o.pod.Close(), o.overlay.Close(), o.underlay.Close(), o.maps.Close())
 }
 
-// FromPod is axon_from_pod, for tcx ingress of pods' host-side veths.
-func (o *Objects) FromPod() *ebpf.Program { return o.objs.AxonFromPod }
+// FromPod is axon_from_pod (pod object), the tc filter for ingress of pods'
+// host-side veths.
+func (o *Objects) FromPod() *ebpf.Program { return o.pod.AxonFromPod }
 
-// FromOverlay is axon_from_overlay, for tcx ingress of axon_vxlan.
-func (o *Objects) FromOverlay() *ebpf.Program { return o.objs.AxonFromOverlay }
+// FromOverlay is axon_from_overlay (overlay object), for tcx ingress of
+// axon_vxlan.
+func (o *Objects) FromOverlay() *ebpf.Program { return o.overlay.AxonFromOverlay }
 
-// FromUnderlay is axon_from_underlay, for tcx ingress of the node's underlay
-// device.
-func (o *Objects) FromUnderlay() *ebpf.Program { return o.objs.AxonFromUnderlay }
+// FromUnderlay is axon_from_underlay (underlay object), for tcx ingress of
+// the node's underlay device.
+func (o *Objects) FromUnderlay() *ebpf.Program { return o.underlay.AxonFromUnderlay }
+
+// ToOverlay is axon_to_overlay (overlay object), for tcx egress of
+// axon_vxlan.
+func (o *Objects) ToOverlay() *ebpf.Program { return o.overlay.AxonToOverlay }
 
 // AttachFromPod attaches FromPod to tcx ingress of the interface ifindex
-// (resolved in the network namespace of the calling thread). The caller owns
-// the link: closing it detaches the program unless it was pinned.
+// (resolved in the network namespace of the calling thread). The node agent
+// attaches it as a tc filter instead (services/datapath/loader); this is for
+// tests and tools. The caller owns the link: closing it detaches the
+// program unless it was pinned.
 func (o *Objects) AttachFromPod(ifindex int) (link.Link, error) {
-	return attachIngress(o.objs.AxonFromPod, ifindex)
+	return attachIngress(o.pod.AxonFromPod, ifindex)
 }
 
 // AttachFromOverlay attaches FromOverlay to tcx ingress of ifindex; see
 // [Objects.AttachFromPod].
 func (o *Objects) AttachFromOverlay(ifindex int) (link.Link, error) {
-	return attachIngress(o.objs.AxonFromOverlay, ifindex)
+	return attachIngress(o.overlay.AxonFromOverlay, ifindex)
 }
 
 // AttachFromUnderlay attaches FromUnderlay to tcx ingress of ifindex; see
 // [Objects.AttachFromPod].
 func (o *Objects) AttachFromUnderlay(ifindex int) (link.Link, error) {
-	return attachIngress(o.objs.AxonFromUnderlay, ifindex)
+	return attachIngress(o.underlay.AxonFromUnderlay, ifindex)
 }
-
-// ToOverlay is axon_to_overlay, for tcx egress of axon_vxlan.
-func (o *Objects) ToOverlay() *ebpf.Program { return o.objs.AxonToOverlay }
 
 // AttachToOverlay attaches axon_to_overlay to tcx egress of axon_vxlan
 // (ifindex): it sets the tunnel endpoint of packets the node's stack routes
 // into the overlay.
 func (o *Objects) AttachToOverlay(ifindex int) (link.Link, error) {
-	return attach(o.objs.AxonToOverlay, ifindex, ebpf.AttachTCXEgress)
+	return attach(o.overlay.AxonToOverlay, ifindex, ebpf.AttachTCXEgress)
 }
 
 func attachIngress(prog *ebpf.Program, ifindex int) (link.Link, error) {

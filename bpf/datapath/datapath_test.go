@@ -24,14 +24,38 @@ import (
 // TestMain fails the package if the tests leak file descriptors.
 func TestMain(m *testing.M) { os.Exit(fdleak.Run(m)) }
 
-// TestSpec checks the embedded object without privileges: programs, maps
-// and the shared layout the agent depends on.
+// TestSpec checks the embedded objects without privileges: each object's
+// programs, the seven maps every object declares alike (Load shares one set
+// between them), and the shared layout the agent depends on.
 func TestSpec(t *testing.T) {
-	spec, err := loadDatapath()
+	specs, err := loadSpecs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{datapathProgAxonFromPod, datapathProgAxonFromOverlay, datapathProgAxonFromUnderlay, datapathProgAxonToOverlay} {
+	for _, obj := range []struct {
+		name  string
+		spec  *ebpf.CollectionSpec
+		progs []string
+	}{
+		{"pod", specs.pod, []string{podProgAxonFromPod}},
+		{"overlay", specs.overlay, []string{overlayProgAxonFromOverlay, overlayProgAxonToOverlay}},
+		{"underlay", specs.underlay, []string{underlayProgAxonFromUnderlay}},
+	} {
+		t.Run(obj.name, func(t *testing.T) {
+			checkObjectSpec(t, obj.spec, obj.progs)
+		})
+	}
+	// The counters are the size of a pinned map: 16 since
+	// forwarded-tunnel-device (Load replaces the smaller maps of older
+	// pins, see TestLoadPinnedStatsResized).
+	if podAxonStatAXON_STAT_MAX != 16 {
+		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", podAxonStatAXON_STAT_MAX)
+	}
+}
+
+func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
+	t.Helper()
+	for _, name := range progs {
 		p := spec.Programs[name]
 		if p == nil {
 			t.Fatalf("program %q missing; have %v", name, keys(spec.Programs))
@@ -43,8 +67,8 @@ func TestSpec(t *testing.T) {
 			t.Errorf("%s: license %q, want %q", name, p.License, "Dual MIT/GPL")
 		}
 	}
-	if len(spec.Programs) != 4 {
-		t.Errorf("programs %v, want exactly 4", keys(spec.Programs))
+	if len(spec.Programs) != len(progs) {
+		t.Errorf("programs %v, want exactly %v", keys(spec.Programs), progs)
 	}
 
 	for _, want := range []struct {
@@ -52,13 +76,13 @@ func TestSpec(t *testing.T) {
 		typ                    ebpf.MapType
 		key, value, max, flags uint32
 	}{
-		{datapathMapAxonEndpoints, ebpf.Hash, 4, 28, 65536, 0},
-		{datapathMapAxonDevices, ebpf.Hash, 4, 4, 65536, 0},
-		{datapathMapAxonRemote4, ebpf.LPMTrie, 8, 8, 16384, unix.BPF_F_NO_PREALLOC},
-		{datapathMapAxonEndpoints6, ebpf.Hash, 16, 28, 65536, 0},
-		{datapathMapAxonRemote6, ebpf.LPMTrie, 20, 8, 16384, unix.BPF_F_NO_PREALLOC},
-		{datapathMapAxonConfig, ebpf.Array, 4, 16, 1, 0},
-		{datapathMapAxonStats, ebpf.PerCPUArray, 4, 8, uint32(datapathAxonStatAXON_STAT_MAX), 0},
+		{podMapAxonEndpoints, ebpf.Hash, 4, 28, 65536, 0},
+		{podMapAxonDevices, ebpf.Hash, 4, 4, 65536, 0},
+		{podMapAxonRemote4, ebpf.LPMTrie, 8, 8, 16384, unix.BPF_F_NO_PREALLOC},
+		{podMapAxonEndpoints6, ebpf.Hash, 16, 28, 65536, 0},
+		{podMapAxonRemote6, ebpf.LPMTrie, 20, 8, 16384, unix.BPF_F_NO_PREALLOC},
+		{podMapAxonConfig, ebpf.Array, 4, 16, 1, 0},
+		{podMapAxonStats, ebpf.PerCPUArray, 4, 8, uint32(podAxonStatAXON_STAT_MAX), 0},
 	} {
 		m := spec.Maps[want.name]
 		if m == nil {
@@ -78,11 +102,43 @@ func TestSpec(t *testing.T) {
 	if len(spec.Maps) != 7 {
 		t.Errorf("maps %v, want exactly 7 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
-	// The counters are the size of a pinned map: 16 since
-	// forwarded-tunnel-device (Load replaces the smaller maps of older
-	// pins, see TestLoadPinnedStatsResized).
-	if datapathAxonStatAXON_STAT_MAX != 16 {
-		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", datapathAxonStatAXON_STAT_MAX)
+}
+
+// TestSharedMapSpecs checks the union Load opens the maps from: the seven
+// maps once, and a map two objects declare differently refused.
+func TestSharedMapSpecs(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		mutate func(s objectSpecs)
+		want   int // maps in the union; 0: an error
+	}{
+		{"as built", func(objectSpecs) {}, 7},
+		{"max entries differ", func(s objectSpecs) { s.underlay.Maps[podMapAxonEndpoints].MaxEntries++ }, 0},
+		{"value size differs", func(s objectSpecs) { s.overlay.Maps[podMapAxonConfig].ValueSize += 4 }, 0},
+		{"map only in one object", func(s objectSpecs) {
+			s.overlay.Maps["axon_extra"] = &ebpf.MapSpec{Name: "axon_extra", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
+		}, 8},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			specs, err := loadSpecs()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.mutate(specs)
+			union, err := sharedMapSpecs(specs)
+			if c.want == 0 {
+				if err == nil {
+					t.Fatalf("union %v, want an error", keys(union))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(union) != c.want {
+				t.Errorf("union %v, want %d maps", keys(union), c.want)
+			}
+		})
 	}
 }
 
@@ -93,27 +149,27 @@ func TestLayout(t *testing.T) {
 		name      string
 		got, want uintptr
 	}{
-		{"sizeof axon_endpoint_key", unsafe.Sizeof(datapathAxonEndpointKey{}), 4},
-		{"sizeof axon_endpoint_key6", unsafe.Sizeof(datapathAxonEndpointKey6{}), 16},
-		{"sizeof axon_endpoint", unsafe.Sizeof(datapathAxonEndpoint{}), 28},
-		{"sizeof axon_remote_key4", unsafe.Sizeof(datapathAxonRemoteKey4{}), 8},
-		{"sizeof axon_remote_key6", unsafe.Sizeof(datapathAxonRemoteKey6{}), 20},
-		{"offsetof axon_remote_key6.ip6", unsafe.Offsetof(datapathAxonRemoteKey6{}.Ip6), 4},
-		{"sizeof axon_remote", unsafe.Sizeof(datapathAxonRemote{}), 8},
-		{"sizeof axon_config", unsafe.Sizeof(datapathAxonConfig{}), 16},
+		{"sizeof axon_endpoint_key", unsafe.Sizeof(podAxonEndpointKey{}), 4},
+		{"sizeof axon_endpoint_key6", unsafe.Sizeof(podAxonEndpointKey6{}), 16},
+		{"sizeof axon_endpoint", unsafe.Sizeof(podAxonEndpoint{}), 28},
+		{"sizeof axon_remote_key4", unsafe.Sizeof(podAxonRemoteKey4{}), 8},
+		{"sizeof axon_remote_key6", unsafe.Sizeof(podAxonRemoteKey6{}), 20},
+		{"offsetof axon_remote_key6.ip6", unsafe.Offsetof(podAxonRemoteKey6{}.Ip6), 4},
+		{"sizeof axon_remote", unsafe.Sizeof(podAxonRemote{}), 8},
+		{"sizeof axon_config", unsafe.Sizeof(podAxonConfig{}), 16},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
 		}
 	}
 	// Both families share the value types: the BTF of the maps says so.
-	spec, err := loadDatapath()
+	spec, err := loadPod()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, pair := range [][2]string{
-		{datapathMapAxonEndpoints, datapathMapAxonEndpoints6},
-		{datapathMapAxonRemote4, datapathMapAxonRemote6},
+		{podMapAxonEndpoints, podMapAxonEndpoints6},
+		{podMapAxonRemote4, podMapAxonRemote6},
 	} {
 		v4, v6 := spec.Maps[pair[0]].Value, spec.Maps[pair[1]].Value
 		if v4 == nil || v6 == nil || v4.TypeName() != v6.TypeName() {
@@ -125,13 +181,13 @@ func TestLayout(t *testing.T) {
 // TestStatFields checks that Stats covers every counter of enum axon_stat
 // exactly once.
 func TestStatFields(t *testing.T) {
-	if len(statFields) != int(datapathAxonStatAXON_STAT_MAX) {
-		t.Fatalf("%d stat fields, want %d", len(statFields), datapathAxonStatAXON_STAT_MAX)
+	if len(statFields) != int(podAxonStatAXON_STAT_MAX) {
+		t.Fatalf("%d stat fields, want %d", len(statFields), podAxonStatAXON_STAT_MAX)
 	}
 	names := map[string]bool{}
 	var s Stats
 	for i, f := range statFields {
-		if f.stat != datapathAxonStat(i) {
+		if f.stat != podAxonStat(i) {
 			t.Errorf("statFields[%d] is counter %d", i, f.stat)
 		}
 		if names[f.name] {
@@ -149,13 +205,18 @@ func TestStatFields(t *testing.T) {
 	}
 }
 
+// TestObjectReproducible checks that no object records the machine it was
+// built on.
 func TestObjectReproducible(t *testing.T) {
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if root := filepath.Dir(wd); bytes.Contains(_DatapathBytes, []byte(root)) {
-		t.Errorf("datapath_bpfel.o contains the build path %q", root)
+	root := filepath.Dir(wd)
+	for name, obj := range map[string][]byte{"pod": _PodBytes, "overlay": _OverlayBytes, "underlay": _UnderlayBytes} {
+		if bytes.Contains(obj, []byte(root)) {
+			t.Errorf("%s_bpfel.o contains the build path %q", name, root)
+		}
 	}
 }
 
@@ -339,10 +400,10 @@ func TestMapsRoundTrip(t *testing.T) {
 		}
 	}
 	// The families use their own maps.
-	if n := countEntries(t, o.objs.AxonEndpoints); n != 1 {
+	if n := countEntries(t, o.maps.AxonEndpoints); n != 1 {
 		t.Errorf("axon_endpoints has %d entries, want 1", n)
 	}
-	if n := countEntries(t, o.objs.AxonEndpoints6); n != 2 {
+	if n := countEntries(t, o.maps.AxonEndpoints6); n != 2 {
 		t.Errorf("axon_endpoints6 has %d entries, want 2", n)
 	}
 
@@ -370,7 +431,7 @@ func TestMapsRoundTrip(t *testing.T) {
 			}
 		}
 	}
-	if n := countEntries(t, o.objs.AxonRemote6); n != 2 {
+	if n := countEntries(t, o.maps.AxonRemote6); n != 2 {
 		t.Errorf("axon_remote6 has %d entries, want 2", n)
 	}
 
@@ -433,12 +494,12 @@ func TestLoadPinned(t *testing.T) {
 	a := mustLoad(t, dir)
 	b := mustLoad(t, dir)
 	for _, pair := range [][2]*ebpf.Map{
-		{a.objs.AxonEndpoints, b.objs.AxonEndpoints},
-		{a.objs.AxonRemote4, b.objs.AxonRemote4},
-		{a.objs.AxonEndpoints6, b.objs.AxonEndpoints6},
-		{a.objs.AxonRemote6, b.objs.AxonRemote6},
-		{a.objs.AxonConfig, b.objs.AxonConfig},
-		{a.objs.AxonStats, b.objs.AxonStats},
+		{a.maps.AxonEndpoints, b.maps.AxonEndpoints},
+		{a.maps.AxonRemote4, b.maps.AxonRemote4},
+		{a.maps.AxonEndpoints6, b.maps.AxonEndpoints6},
+		{a.maps.AxonRemote6, b.maps.AxonRemote6},
+		{a.maps.AxonConfig, b.maps.AxonConfig},
+		{a.maps.AxonStats, b.maps.AxonStats},
 	} {
 		ia, err := pair[0].Info()
 		if err != nil {
@@ -480,7 +541,7 @@ func TestLoadPinned(t *testing.T) {
 // and pins the new IPv6 maps beside them.
 func TestLoadPinnedUpgrade(t *testing.T) {
 	dir, ip, ep := pinnedEndpoint(t)
-	for _, name := range []string{datapathMapAxonEndpoints6, datapathMapAxonRemote6} {
+	for _, name := range []string{podMapAxonEndpoints6, podMapAxonRemote6} {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil {
 			t.Fatal(err)
 		}
@@ -490,7 +551,7 @@ func TestLoadPinnedUpgrade(t *testing.T) {
 	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
 		t.Fatalf("IPv4 endpoint after the upgrade: %v, %v", got, err)
 	}
-	for _, name := range []string{datapathMapAxonEndpoints6, datapathMapAxonRemote6} {
+	for _, name := range []string{podMapAxonEndpoints6, podMapAxonRemote6} {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			t.Errorf("pin of %s: %v", name, err)
 		}
@@ -510,8 +571,8 @@ func TestLoadPinnedUpgrade(t *testing.T) {
 func TestLoadPinnedStatsResized(t *testing.T) {
 	dir, ip, ep := pinnedEndpoint(t)
 	// An older build's counters: one fewer.
-	repin(t, dir, &ebpf.MapSpec{Name: datapathMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
-		MaxEntries: uint32(datapathAxonStatAXON_STAT_MAX) - 1})
+	repin(t, dir, &ebpf.MapSpec{Name: podMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
+		MaxEntries: uint32(podAxonStatAXON_STAT_MAX) - 1})
 
 	n := mustLoad(t, dir)
 	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
@@ -523,7 +584,7 @@ func TestLoadPinnedStatsResized(t *testing.T) {
 	n.Close()
 
 	// A resized state map is refused, not replaced.
-	repin(t, dir, &ebpf.MapSpec{Name: datapathMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
+	repin(t, dir, &ebpf.MapSpec{Name: podMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
 	if o, err := Load(dir); !errors.Is(err, ebpf.ErrMapIncompatible) {
 		if o != nil {
 			o.Close()
@@ -638,17 +699,74 @@ func keys[V any](m map[string]V) []string {
 	return s
 }
 
-// TestVerifier loads the programs and logs their size as the verifier saw
-// it, to keep an eye on complexity.
+// TestVerifier checks every program against a complexity budget: its size
+// after loading and the instructions the verifier walked to accept it. The
+// kernel's own limit is 1M verified instructions; the budgets are about
+// 1.5 times today's figures, so a change that makes a program much bigger
+// or much harder to verify fails here first and must raise them on purpose.
+// It also checks that the programs use exactly the maps of Objects: one set
+// shared by the objects, not one per object.
 func TestVerifier(t *testing.T) {
 	o := mustLoad(t, "")
-	for name, p := range map[string]*ebpf.Program{"axon_from_pod": o.FromPod(), "axon_from_overlay": o.FromOverlay(), "axon_to_overlay": o.ToOverlay()} {
-		info, err := p.Info()
+	shared := map[ebpf.MapID]bool{}
+	for _, m := range []*ebpf.Map{o.maps.AxonEndpoints, o.maps.AxonDevices, o.maps.AxonRemote4,
+		o.maps.AxonEndpoints6, o.maps.AxonRemote6, o.maps.AxonConfig, o.maps.AxonStats} {
+		info, err := m.Info()
 		if err != nil {
 			t.Fatal(err)
 		}
-		insns, _ := info.Instructions()
-		verified, _ := info.VerifiedInstructions()
-		t.Logf("%s: %d instructions, %d verified", name, len(insns), verified)
+		id, ok := info.ID()
+		if !ok {
+			t.Fatalf("map %s: no id", info.Name)
+		}
+		shared[id] = true
+	}
+	for _, c := range []struct {
+		name                string
+		prog                *ebpf.Program
+		maxInsns, maxVerify int
+	}{
+		// Today (Linux 6.18, clang 14): 1731 and 2537.
+		{"axon_from_pod", o.FromPod(), 2600, 3800},
+		// 523 and 641.
+		{"axon_from_overlay", o.FromOverlay(), 800, 1000},
+		// 1245 and 1504.
+		{"axon_from_underlay", o.FromUnderlay(), 1900, 2300},
+		// 245 and 341.
+		{"axon_to_overlay", o.ToOverlay(), 400, 520},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.prog == nil {
+				t.Fatal("not loaded")
+			}
+			info, err := c.prog.Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			insns, err := info.Instructions()
+			if err != nil {
+				t.Fatal(err)
+			}
+			verified, ok := info.VerifiedInstructions()
+			if !ok {
+				t.Fatal("kernel does not report verified instructions")
+			}
+			t.Logf("%d instructions, %d verified", len(insns), verified)
+			if len(insns) == 0 || len(insns) > c.maxInsns {
+				t.Errorf("%d instructions, budget %d", len(insns), c.maxInsns)
+			}
+			if verified == 0 || int(verified) > c.maxVerify {
+				t.Errorf("%d instructions verified, budget %d", verified, c.maxVerify)
+			}
+			ids, ok := info.MapIDs()
+			if !ok || len(ids) == 0 {
+				t.Fatal("no map ids")
+			}
+			for _, id := range ids {
+				if !shared[id] {
+					t.Errorf("uses map %d, not one of the shared maps", id)
+				}
+			}
+		})
 	}
 }

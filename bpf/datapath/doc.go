@@ -1,31 +1,49 @@
-// Package datapath loads Axon's node datapath: the tcx programs that forward
-// pod traffic, and the maps that tell them about the node's endpoints and
-// the other nodes' pod blocks (C source in bpf/src/datapath.c, shared layout
-// in bpf/include/axon/datapath.h).
+// Package datapath loads Axon's node datapath: the eBPF programs that
+// forward pod traffic, and the maps that tell them about the node's
+// endpoints and the other nodes' pod blocks.
 //
-// The programs are loaded once per node and shared by every endpoint: wiring
-// a pod is a map write ([Objects.PutEndpoint]) plus a tcx attach of
+// The programs come in three objects, one per attach point, each built from
+// its own C source in bpf/src with the shared pieces (parsing, maps,
+// counters, local delivery, encapsulation, decapsulation, FIB forwarding)
+// in headers under bpf/include/axon; axon/datapath.h is the layout of keys,
+// values and enums shared with this package:
+//
+//   - pod (pod.c): axon_from_pod, a tc direct-action filter on the ingress
+//     of every pod's host-side veth (the agent attaches it with netlink, see
+//     services/datapath/loader; [Objects.AttachFromPod] attaches it with tcx
+//     for tests). A packet must carry the pod's own source address. To a
+//     pod on this node it is redirected straight into that pod
+//     (bpf_redirect_peer); to another node's block it is encapsulated in
+//     VXLAN by the program and sent out of the underlay
+//     (bpf_redirect_neigh), or through the flow-based tunnel device when the
+//     program cannot (Geneve, no route, too big for the path) in tunnel
+//     mode, or routed with the FIB and bpf_redirect_neigh in native mode;
+//     everything else goes to the kernel (TCX_NEXT), which routes and
+//     masquerades it.
+//   - overlay (overlay.c): axon_from_overlay, tcx ingress of the tunnel
+//     device (axon_vxlan), redirects decapsulated IPv4 or IPv6 from a pod
+//     address to a pod on this node and marks the rest for the node; and
+//     axon_to_overlay, tcx egress of the device, sets the tunnel endpoint of
+//     packets the node's own stack routes into the overlay.
+//   - underlay (underlay.c): axon_from_underlay, tcx ingress of the node's
+//     underlay device, delivers packets from other nodes' pods to local
+//     pods without the node's stack: decapsulating Axon's VXLAN in tunnel
+//     mode, as they are in native mode.
+//
+// [Load] loads each object once per node and all four programs share one
+// set of seven maps: endpoints and remote blocks per IP family
+// (axon_endpoints/axon_endpoints6, axon_remote4/axon_remote6), pods'
+// devices (axon_devices), the node's configuration (axon_config) and the
+// counters (axon_stats). The programs are shared by every endpoint: wiring
+// a pod is a map write ([Objects.PutEndpoint]) plus an attach of
 // [Objects.FromPod] on its host-side veth, never a compile or a load.
 //
-//   - axon_from_pod (tcx ingress of each host-side veth): IPv4 or IPv6 to a
-//     pod on this node is redirected straight into the pod
-//     (bpf_redirect_peer); to a remote node's block it is encapsulated
-//     through the flow-based VXLAN device (tunnel mode) or routed with the
-//     FIB and bpf_redirect_neigh (native mode); everything else goes to the
-//     kernel (TCX_NEXT), which routes and masquerades it.
-//   - axon_from_overlay (tcx ingress of axon_vxlan; in native mode it also
-//     serves the underlay device): IPv4 or IPv6 for a pod on this node is
-//     redirected into the pod; everything else goes to the kernel.
-//   - axon_to_overlay (tcx egress of axon_vxlan): sets the tunnel endpoint
-//     of packets the node's stack routes into the overlay.
-//
-// Dual stack: each family has its own endpoint and remote-block maps
-// (axon_endpoints/axon_endpoints6, axon_remote4/axon_remote6) with the same
-// values, and the helpers pick the map by the address. The underlay is IPv4:
-// IPv6 blocks are tunnelled to their node's IPv4 address, and IPv6 node
-// addresses are refused with [ErrIPv6Unsupported]. IPv6 that the node must
-// handle itself, neighbour discovery and link-local or multicast
-// destinations, always goes to the kernel.
+// Dual stack: each family has its own endpoint and remote-block maps with
+// the same values, and the helpers pick the map by the address. The
+// underlay is IPv4: IPv6 blocks are tunnelled to their node's IPv4 address,
+// and IPv6 node addresses are refused with [ErrIPv6Unsupported]. IPv6 that
+// the node must handle itself, neighbour discovery and link-local or
+// multicast destinations, always goes to the kernel.
 //
 // [Load] pins the maps by name under a per-node directory on bpffs and
 // reuses pins that already exist, so an agent that restarts finds its

@@ -29,14 +29,17 @@ var (
 type Mode uint32
 
 const (
-	// ModeNone is the state before SetConfig: both programs leave every
-	// packet to the kernel.
-	ModeNone = Mode(datapathAxonModeAXON_MODE_NONE)
-	// ModeTunnel encapsulates through the flow-based VXLAN device.
-	ModeTunnel = Mode(datapathAxonModeAXON_MODE_TUNNEL)
+	// ModeNone is the state before SetConfig: the programs leave every
+	// packet to the kernel (axon_to_overlay, which has no kernel path to
+	// leave it to, drops it).
+	ModeNone = Mode(podAxonModeAXON_MODE_NONE)
+	// ModeTunnel encapsulates in VXLAN: the programs build and strip it
+	// themselves, and send what they cannot through the flow-based tunnel
+	// device.
+	ModeTunnel = Mode(podAxonModeAXON_MODE_TUNNEL)
 	// ModeNative routes through the node's FIB (routes for remote blocks are
 	// the agent's, via netlink).
-	ModeNative = Mode(datapathAxonModeAXON_MODE_NATIVE)
+	ModeNative = Mode(podAxonModeAXON_MODE_NATIVE)
 )
 
 func (m Mode) String() string {
@@ -151,7 +154,7 @@ func mac(hw net.HardwareAddr, what string) ([6]uint8, error) {
 }
 
 // endpointMap returns the endpoint map of ip's family and the key of ip in
-// it (*datapathAxonEndpointKey or *datapathAxonEndpointKey6).
+// it (*podAxonEndpointKey or *podAxonEndpointKey6).
 func (o *Objects) endpointMap(ip netip.Addr) (*ebpf.Map, any, error) {
 	ip, err := podAddr(ip)
 	if err != nil {
@@ -159,20 +162,20 @@ func (o *Objects) endpointMap(ip netip.Addr) (*ebpf.Map, any, error) {
 	}
 	if ip.Is4() {
 		k := endpointKey4(ip)
-		return o.objs.AxonEndpoints, &k, nil
+		return o.maps.AxonEndpoints, &k, nil
 	}
 	k := endpointKey6(ip)
-	return o.objs.AxonEndpoints6, &k, nil
+	return o.maps.AxonEndpoints6, &k, nil
 }
 
 // endpointKey4 and endpointKey6 take addresses podAddr accepted.
-func endpointKey4(ip netip.Addr) datapathAxonEndpointKey {
+func endpointKey4(ip netip.Addr) podAxonEndpointKey {
 	b := ip.As4()
-	return datapathAxonEndpointKey{Ip4: binary.NativeEndian.Uint32(b[:])}
+	return podAxonEndpointKey{Ip4: binary.NativeEndian.Uint32(b[:])}
 }
 
-func endpointKey6(ip netip.Addr) datapathAxonEndpointKey6 {
-	return datapathAxonEndpointKey6{Ip6: ip.As16()}
+func endpointKey6(ip netip.Addr) podAxonEndpointKey6 {
+	return podAxonEndpointKey6{Ip6: ip.As16()}
 }
 
 // PutEndpoint adds or replaces the endpoint with address ip (IPv4 or IPv6;
@@ -182,7 +185,7 @@ func (o *Objects) PutEndpoint(ip netip.Addr, ep Endpoint) error {
 	if err != nil {
 		return err
 	}
-	var v datapathAxonEndpoint
+	var v podAxonEndpoint
 	if v.Ifindex, err = ifindex(ep.Ifindex); err != nil {
 		return err
 	}
@@ -209,7 +212,7 @@ func (o *Objects) PutDevice(dev int, pod uint32) error {
 	if err != nil {
 		return err
 	}
-	if err := o.objs.AxonDevices.Put(&idx, &pod); err != nil {
+	if err := o.maps.AxonDevices.Put(&idx, &pod); err != nil {
 		return fmt.Errorf("put device %d: %w", dev, err)
 	}
 	return nil
@@ -221,7 +224,7 @@ func (o *Objects) DeleteDevice(dev int) error {
 	if err != nil {
 		return err
 	}
-	if err := o.objs.AxonDevices.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	if err := o.maps.AxonDevices.Delete(&idx); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete device %d: %w", dev, err)
 	}
 	return nil
@@ -235,7 +238,7 @@ func (o *Objects) Device(dev int) (uint32, error) {
 		return 0, err
 	}
 	var pod uint32
-	if err := o.objs.AxonDevices.Lookup(&idx, &pod); err != nil {
+	if err := o.maps.AxonDevices.Lookup(&idx, &pod); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return 0, fmt.Errorf("device %d: %w", dev, ErrNotFound)
 		}
@@ -264,7 +267,7 @@ func (o *Objects) Endpoint(ip netip.Addr) (Endpoint, error) {
 	if err != nil {
 		return Endpoint{}, err
 	}
-	var v datapathAxonEndpoint
+	var v podAxonEndpoint
 	if err := m.Lookup(key, &v); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return Endpoint{}, fmt.Errorf("endpoint %s: %w", ip, ErrNotFound)
@@ -279,18 +282,18 @@ func (o *Objects) Endpoint(ip netip.Addr) (Endpoint, error) {
 func (o *Objects) Endpoints() (map[netip.Addr]Endpoint, error) {
 	eps := make(map[netip.Addr]Endpoint)
 	var (
-		k4 datapathAxonEndpointKey
-		k6 datapathAxonEndpointKey6
-		v  datapathAxonEndpoint
+		k4 podAxonEndpointKey
+		k6 podAxonEndpointKey6
+		v  podAxonEndpoint
 	)
-	it := o.objs.AxonEndpoints.Iterate()
+	it := o.maps.AxonEndpoints.Iterate()
 	for it.Next(&k4, &v) {
 		eps[addr4(k4.Ip4)] = endpointFrom(v)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list endpoints: %w", err)
 	}
-	it = o.objs.AxonEndpoints6.Iterate()
+	it = o.maps.AxonEndpoints6.Iterate()
 	for it.Next(&k6, &v) {
 		eps[netip.AddrFrom16(k6.Ip6)] = endpointFrom(v)
 	}
@@ -300,7 +303,7 @@ func (o *Objects) Endpoints() (map[netip.Addr]Endpoint, error) {
 	return eps, nil
 }
 
-func endpointFrom(v datapathAxonEndpoint) Endpoint {
+func endpointFrom(v podAxonEndpoint) Endpoint {
 	return Endpoint{
 		Ifindex:  int(v.Ifindex),
 		ID:       v.Id,
@@ -341,13 +344,13 @@ func remotePrefix(p netip.Prefix) (netip.Prefix, error) {
 }
 
 // remoteKey4 and remoteKey6 take prefixes remotePrefix accepted.
-func remoteKey4(p netip.Prefix) datapathAxonRemoteKey4 {
+func remoteKey4(p netip.Prefix) podAxonRemoteKey4 {
 	b := p.Addr().As4()
-	return datapathAxonRemoteKey4{Prefixlen: uint32(p.Bits()), Ip4: binary.NativeEndian.Uint32(b[:])}
+	return podAxonRemoteKey4{Prefixlen: uint32(p.Bits()), Ip4: binary.NativeEndian.Uint32(b[:])}
 }
 
-func remoteKey6(p netip.Prefix) datapathAxonRemoteKey6 {
-	return datapathAxonRemoteKey6{Prefixlen: uint32(p.Bits()), Ip6: p.Addr().As16()}
+func remoteKey6(p netip.Prefix) podAxonRemoteKey6 {
+	return podAxonRemoteKey6{Prefixlen: uint32(p.Bits()), Ip6: p.Addr().As16()}
 }
 
 // remoteMap returns the remote-block map of prefix's family and the key of
@@ -359,10 +362,10 @@ func (o *Objects) remoteMap(prefix netip.Prefix) (*ebpf.Map, any, error) {
 	}
 	if p.Addr().Is4() {
 		k := remoteKey4(p)
-		return o.objs.AxonRemote4, &k, nil
+		return o.maps.AxonRemote4, &k, nil
 	}
 	k := remoteKey6(p)
-	return o.objs.AxonRemote6, &k, nil
+	return o.maps.AxonRemote6, &k, nil
 }
 
 // PutRemote routes the pod block prefix (of another node; IPv4 or IPv6) to
@@ -378,7 +381,7 @@ func (o *Objects) PutRemote(prefix netip.Prefix, nodeIP netip.Addr) error {
 	if err != nil {
 		return fmt.Errorf("node address: %w", err)
 	}
-	if err := m.Put(key, &datapathAxonRemote{NodeIp4: node}); err != nil {
+	if err := m.Put(key, &podAxonRemote{NodeIp4: node}); err != nil {
 		return fmt.Errorf("put remote %s: %w", prefix, err)
 	}
 	return nil
@@ -402,18 +405,18 @@ func (o *Objects) DeleteRemote(prefix netip.Prefix) error {
 func (o *Objects) Remotes() (map[netip.Prefix]netip.Addr, error) {
 	remotes := make(map[netip.Prefix]netip.Addr)
 	var (
-		k4 datapathAxonRemoteKey4
-		k6 datapathAxonRemoteKey6
-		v  datapathAxonRemote
+		k4 podAxonRemoteKey4
+		k6 podAxonRemoteKey6
+		v  podAxonRemote
 	)
-	it := o.objs.AxonRemote4.Iterate()
+	it := o.maps.AxonRemote4.Iterate()
 	for it.Next(&k4, &v) {
 		remotes[netip.PrefixFrom(addr4(k4.Ip4), int(k4.Prefixlen))] = addr4(v.NodeIp4)
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list remotes: %w", err)
 	}
-	it = o.objs.AxonRemote6.Iterate()
+	it = o.maps.AxonRemote6.Iterate()
 	for it.Next(&k6, &v) {
 		remotes[netip.PrefixFrom(netip.AddrFrom16(k6.Ip6), int(k6.Prefixlen))] = addr4(v.NodeIp4)
 	}
@@ -426,7 +429,7 @@ func (o *Objects) Remotes() (map[netip.Prefix]netip.Addr, error) {
 // SetConfig writes the node configuration. The programs read it per packet,
 // so a change takes effect at once.
 func (o *Objects) SetConfig(c Config) error {
-	var v datapathAxonConfig
+	var v podAxonConfig
 	switch c.Mode {
 	case ModeNone, ModeNative:
 	case ModeTunnel:
@@ -447,7 +450,7 @@ func (o *Objects) SetConfig(c Config) error {
 			return fmt.Errorf("node address: %w", err)
 		}
 	}
-	if err := o.objs.AxonConfig.Put(uint32(0), &v); err != nil {
+	if err := o.maps.AxonConfig.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("set config: %w", err)
 	}
 	return nil
@@ -455,8 +458,8 @@ func (o *Objects) SetConfig(c Config) error {
 
 // Config returns the node configuration.
 func (o *Objects) Config() (Config, error) {
-	var v datapathAxonConfig
-	if err := o.objs.AxonConfig.Lookup(uint32(0), &v); err != nil {
+	var v podAxonConfig
+	if err := o.maps.AxonConfig.Lookup(uint32(0), &v); err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
 	c := Config{Mode: Mode(v.Mode), VXLANIfindex: int(v.VxlanIfindex), Geneve: v.Flags&configGeneve != 0}

@@ -39,26 +39,26 @@ type Stats struct {
 
 // statFields maps every counter of enum axon_stat to its name and field.
 var statFields = [...]struct {
-	stat  datapathAxonStat
+	stat  podAxonStat
 	name  string
 	field func(*Stats) *uint64
 }{
-	{datapathAxonStatAXON_STAT_FWD_LOCAL, "forwarded-local", func(s *Stats) *uint64 { return &s.ForwardedLocal }},
-	{datapathAxonStatAXON_STAT_FWD_TUNNEL, "forwarded-tunnel", func(s *Stats) *uint64 { return &s.ForwardedTunnel }},
-	{datapathAxonStatAXON_STAT_FWD_NATIVE, "forwarded-native", func(s *Stats) *uint64 { return &s.ForwardedNative }},
-	{datapathAxonStatAXON_STAT_TO_HOST, "to-host", func(s *Stats) *uint64 { return &s.ToHost }},
-	{datapathAxonStatAXON_STAT_OVERLAY_LOCAL, "from-overlay-local", func(s *Stats) *uint64 { return &s.OverlayLocal }},
-	{datapathAxonStatAXON_STAT_OVERLAY_TO_HOST, "from-overlay-to-host", func(s *Stats) *uint64 { return &s.OverlayToHost }},
-	{datapathAxonStatAXON_STAT_DROP_MALFORMED, "drop-malformed", func(s *Stats) *uint64 { return &s.DropMalformed }},
-	{datapathAxonStatAXON_STAT_DROP_TTL, "drop-ttl", func(s *Stats) *uint64 { return &s.DropTTL }},
-	{datapathAxonStatAXON_STAT_DROP_TUNNEL, "drop-tunnel", func(s *Stats) *uint64 { return &s.DropTunnel }},
-	{datapathAxonStatAXON_STAT_NON_IPV4, "non-ipv4", func(s *Stats) *uint64 { return &s.NonIPv4 }},
-	{datapathAxonStatAXON_STAT_FIB_MISS, "fib-miss", func(s *Stats) *uint64 { return &s.FIBMiss }},
-	{datapathAxonStatAXON_STAT_UNCONFIGURED, "unconfigured", func(s *Stats) *uint64 { return &s.Unconfigured }},
-	{datapathAxonStatAXON_STAT_UNDERLAY_TO_HOST, "from-underlay-to-host", func(s *Stats) *uint64 { return &s.UnderlayToHost }},
-	{datapathAxonStatAXON_STAT_UNDERLAY_FOREIGN, "from-underlay-foreign", func(s *Stats) *uint64 { return &s.UnderlayForeign }},
-	{datapathAxonStatAXON_STAT_DROP_SPOOFED, "drop-spoofed", func(s *Stats) *uint64 { return &s.DropSpoofed }},
-	{datapathAxonStatAXON_STAT_FWD_TUNNEL_DEVICE, "forwarded-tunnel-device", func(s *Stats) *uint64 { return &s.ForwardedTunnelDevice }},
+	{podAxonStatAXON_STAT_FWD_LOCAL, "forwarded-local", func(s *Stats) *uint64 { return &s.ForwardedLocal }},
+	{podAxonStatAXON_STAT_FWD_TUNNEL, "forwarded-tunnel", func(s *Stats) *uint64 { return &s.ForwardedTunnel }},
+	{podAxonStatAXON_STAT_FWD_NATIVE, "forwarded-native", func(s *Stats) *uint64 { return &s.ForwardedNative }},
+	{podAxonStatAXON_STAT_TO_HOST, "to-host", func(s *Stats) *uint64 { return &s.ToHost }},
+	{podAxonStatAXON_STAT_OVERLAY_LOCAL, "from-overlay-local", func(s *Stats) *uint64 { return &s.OverlayLocal }},
+	{podAxonStatAXON_STAT_OVERLAY_TO_HOST, "from-overlay-to-host", func(s *Stats) *uint64 { return &s.OverlayToHost }},
+	{podAxonStatAXON_STAT_DROP_MALFORMED, "drop-malformed", func(s *Stats) *uint64 { return &s.DropMalformed }},
+	{podAxonStatAXON_STAT_DROP_TTL, "drop-ttl", func(s *Stats) *uint64 { return &s.DropTTL }},
+	{podAxonStatAXON_STAT_DROP_TUNNEL, "drop-tunnel", func(s *Stats) *uint64 { return &s.DropTunnel }},
+	{podAxonStatAXON_STAT_NON_IPV4, "non-ipv4", func(s *Stats) *uint64 { return &s.NonIPv4 }},
+	{podAxonStatAXON_STAT_FIB_MISS, "fib-miss", func(s *Stats) *uint64 { return &s.FIBMiss }},
+	{podAxonStatAXON_STAT_UNCONFIGURED, "unconfigured", func(s *Stats) *uint64 { return &s.Unconfigured }},
+	{podAxonStatAXON_STAT_UNDERLAY_TO_HOST, "from-underlay-to-host", func(s *Stats) *uint64 { return &s.UnderlayToHost }},
+	{podAxonStatAXON_STAT_UNDERLAY_FOREIGN, "from-underlay-foreign", func(s *Stats) *uint64 { return &s.UnderlayForeign }},
+	{podAxonStatAXON_STAT_DROP_SPOOFED, "drop-spoofed", func(s *Stats) *uint64 { return &s.DropSpoofed }},
+	{podAxonStatAXON_STAT_FWD_TUNNEL_DEVICE, "forwarded-tunnel-device", func(s *Stats) *uint64 { return &s.ForwardedTunnelDevice }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.
@@ -88,7 +88,7 @@ func (o *Objects) Stats() (Stats, error) {
 		perCPU []uint64
 	)
 	for _, f := range statFields {
-		if err := o.objs.AxonStats.Lookup(uint32(f.stat), &perCPU); err != nil {
+		if err := o.maps.AxonStats.Lookup(uint32(f.stat), &perCPU); err != nil {
 			return Stats{}, fmt.Errorf("read counter %s: %w", f.name, err)
 		}
 		p := f.field(&s)

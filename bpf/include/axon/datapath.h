@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
 /*
- * Layout shared by the datapath programs (bpf/src/datapath.c) and the Go
- * agent (bpf/datapath, generated with bpf2go -type). The agent pins the maps
+ * Layout shared by the datapath programs (bpf/src/pod.c, overlay.c,
+ * underlay.c; the maps themselves are declared in axon/maps.h) and the Go
+ * agent (bpf/datapath, whose types bpf2go generates from this header with
+ * the pod object). The agent pins the maps
  * and keeps them across restarts, so changing a field's name, size or order
  * here is an incompatible change: pinned maps of the old layout are refused
  * on load (ebpf.ErrMapIncompatible). Append, never reorder.
@@ -66,13 +68,18 @@ struct axon_remote {
 /* axon_config: a single entry, key 0. */
 enum axon_mode {
 	AXON_MODE_NONE = 0,   /* not configured: every packet goes to the kernel */
-	AXON_MODE_TUNNEL = 1, /* remote blocks through flow-based VXLAN */
+	/*
+	 * Remote blocks over VXLAN: the programs encapsulate and decapsulate
+	 * themselves, and fall back to the flow-based tunnel device
+	 * (vxlan_ifindex) for what they cannot handle.
+	 */
+	AXON_MODE_TUNNEL = 1,
 	AXON_MODE_NATIVE = 2, /* remote blocks through the FIB (routes via netlink) */
 };
 
 struct axon_config {
 	__u32 mode;          /* enum axon_mode */
-	__u32 vxlan_ifindex; /* axon_vxlan ifindex, tunnel mode */
+	__u32 vxlan_ifindex; /* tunnel device (axon_vxlan or axon_geneve), tunnel mode */
 	__u32 node_ip4;      /* this node's underlay IPv4, network byte order */
 	__u32 flags;         /* AXON_CONFIG_* */
 };
@@ -95,11 +102,11 @@ enum axon_stat {
 	AXON_STAT_FWD_TUNNEL,         /* from_pod: to a remote block, VXLAN built here (redirect_neigh to the underlay) */
 	AXON_STAT_FWD_NATIVE,         /* from_pod: to a remote block via FIB + redirect_neigh */
 	AXON_STAT_TO_HOST,            /* from_pod: IP not for a pod, left to the kernel (NEXT) */
-	AXON_STAT_OVERLAY_LOCAL,      /* from_overlay: to a local pod (redirect_peer) */
+	AXON_STAT_OVERLAY_LOCAL,      /* from_overlay, from_underlay: from another node to a local pod (redirect_peer) */
 	AXON_STAT_OVERLAY_TO_HOST,    /* from_overlay: not for a local pod (NEXT) */
 	AXON_STAT_DROP_MALFORMED,     /* truncated frame or bad IPv4/IPv6 header (DROP) */
 	AXON_STAT_DROP_TTL,           /* TTL / hop limit would expire on forwarding (DROP) */
-	AXON_STAT_DROP_TUNNEL,        /* bpf_skb_set_tunnel_key failed (DROP) */
+	AXON_STAT_DROP_TUNNEL,        /* encapsulation failed half-way, or no tunnel key could be set (DROP) */
 	/*
 	 * Not IPv4 and not forwarded by design: non-IP frames (ARP, ...) and
 	 * IPv6 neighbour discovery or to link-local/multicast destinations.
@@ -107,7 +114,7 @@ enum axon_stat {
 	 */
 	AXON_STAT_NON_IPV4,
 	AXON_STAT_FIB_MISS,           /* native mode: FIB lookup did not forward (NEXT) */
-	AXON_STAT_UNCONFIGURED,       /* mode AXON_MODE_NONE (NEXT) */
+	AXON_STAT_UNCONFIGURED,       /* mode AXON_MODE_NONE (NEXT; to_overlay: DROP, also outside tunnel mode) */
 	AXON_STAT_UNDERLAY_TO_HOST,   /* from_underlay: not for a local pod (NEXT) */
 	/*
 	 * from_underlay: VXLAN for a local pod from a pod address in a block

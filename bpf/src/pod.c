@@ -1,0 +1,151 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0-only)
+/*
+ * axon_from_pod: a tc (direct-action) filter on the ingress of every pod's
+ * host-side veth (lxc*), for the packets the pod sends. Loaded once per
+ * node and shared by all pods: everything per pod lives in maps, so wiring
+ * a pod is a map write and an attach, never a compile or load.
+ *
+ * A packet from a pod must carry the pod's own source address. Then, to a
+ * pod on this node it is delivered straight into that pod; to another
+ * node's block it is encapsulated (tunnel mode) or routed by the FIB
+ * (native mode); anything else goes to the kernel, which routes and
+ * masquerades it. IPv6 the node must see itself (neighbour discovery,
+ * link-local or multicast destinations) and non-IP frames go to the kernel
+ * too.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+
+#include "axon/counters.h"
+#include "axon/csum.h"
+#include "axon/datapath.h"
+#include "axon/encap.h"
+#include "axon/fib.h"
+#include "axon/license.h"
+#include "axon/local.h"
+#include "axon/maps.h"
+#include "axon/parse.h"
+
+/*
+ * The enums are only used as constants, which clang does not describe in
+ * BTF. These unused pointers in a section no program references make clang
+ * emit them so that bpf2go -type can export them (from this object, which
+ * carries the Go types of the shared layout); the loader ignores the
+ * section.
+ */
+const enum axon_stat *__axon_stat_btf __attribute__((unused, section(".axon_btf")));
+const enum axon_mode *__axon_mode_btf __attribute__((unused, section(".axon_btf")));
+
+/*
+ * Only pod blocks of other nodes are forwarded to remotes. Everything else
+ * (the node, other hosts, the outside) takes the kernel's path, where
+ * netfilter masquerades pod sources leaving the cluster.
+ */
+static __always_inline int to_remote4(struct __sk_buff *skb, const struct axon_config *cfg,
+				      struct ethhdr *eth, struct iphdr *ip)
+{
+	const struct axon_remote *remote = remote4(ip->daddr);
+
+	if (!remote)
+		return next(AXON_STAT_TO_HOST);
+	switch (cfg->mode) {
+	case AXON_MODE_TUNNEL:
+		return to_tunnel(skb, cfg, remote, eth, ip->tos & AXON_ECN_MASK);
+	case AXON_MODE_NATIVE:
+		return to_native4(skb, ip);
+	default:
+		return next(AXON_STAT_TO_HOST);
+	}
+}
+
+static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_config *cfg,
+				      struct ethhdr *eth, struct ipv6hdr *ip6)
+{
+	const struct axon_remote *remote = remote6(&ip6->daddr);
+
+	if (!remote)
+		return next(AXON_STAT_TO_HOST);
+	switch (cfg->mode) {
+	case AXON_MODE_TUNNEL:
+		return to_tunnel(skb, cfg, remote, eth, ipv6_ecn(ip6));
+	case AXON_MODE_NATIVE:
+		return to_native6(skb, ip6);
+	default:
+		return next(AXON_STAT_TO_HOST);
+	}
+}
+
+/*
+ * Whether a packet from a pod carries the pod's own address: src is the
+ * endpoint entry of its source address, which must name the host-side veth
+ * the packet arrived on, or another veth of the same pod (replies of one
+ * attachment's address may leave by another's route). (Test runs without an
+ * ingress device skip the device comparison.)
+ */
+static __always_inline int own_source(const struct __sk_buff *skb, const struct axon_endpoint *src)
+{
+	__u32 in = skb->ingress_ifindex, owner;
+	const __u32 *pod, *src_pod;
+
+	if (!src)
+		return 0;
+	if (!in || src->ifindex == in)
+		return 1;
+	owner = src->ifindex;
+	pod = bpf_map_lookup_elem(&axon_devices, &in);
+	src_pod = bpf_map_lookup_elem(&axon_devices, &owner);
+	return pod && src_pod && *pod == *src_pod;
+}
+
+SEC("tc")
+int axon_from_pod(struct __sk_buff *skb)
+{
+	const struct axon_config *cfg;
+	const struct axon_endpoint *ep;
+	enum parse kind;
+	struct pkt p;
+
+	kind = parse(skb, &p);
+	switch (kind) {
+	case PARSE_IPV4:
+	case PARSE_IPV6:
+		break;
+	case PARSE_IPV6_LINK:
+		/*
+		 * The node's stack handles these, and may forward them (ND-typed
+		 * ICMPv6 to a global address): the source must be link-local,
+		 * unspecified (DAD) or the pod's own, like any other.
+		 */
+		if (!ipv6_link_source(&p.ip6->saddr, &p.ip6->daddr) && !own_source(skb, endpoint6(&p.ip6->saddr)))
+			return drop(AXON_STAT_DROP_SPOOFED);
+		return next(AXON_STAT_NON_IPV4);
+	case PARSE_OTHER:
+		return next(AXON_STAT_NON_IPV4);
+	default:
+		return drop(AXON_STAT_DROP_MALFORMED);
+	}
+
+	cfg = config();
+	if (!cfg || cfg->mode == AXON_MODE_NONE)
+		return next(AXON_STAT_UNCONFIGURED);
+
+	if (kind == PARSE_IPV4) {
+		if (!own_source(skb, endpoint4(p.ip4->saddr)))
+			return drop(AXON_STAT_DROP_SPOOFED);
+		ep = endpoint4(p.ip4->daddr);
+		if (ep)
+			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_FWD_LOCAL);
+		return to_remote4(skb, cfg, p.eth, p.ip4);
+	}
+	if (!own_source(skb, endpoint6(&p.ip6->saddr)))
+		return drop(AXON_STAT_DROP_SPOOFED);
+	ep = endpoint6(&p.ip6->daddr);
+	if (ep)
+		return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);
+	return to_remote6(skb, cfg, p.eth, p.ip6);
+}
+
+AXON_BPF_LICENSE();
