@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -17,66 +16,107 @@ type Objects struct {
 	objs datapathObjects
 }
 
+// Default map sizes (datapath.h), and the bounds of [LoadOptions].
+const (
+	DefaultEndpointMapMax = 65536 // AXON_MAX_ENDPOINTS
+	DefaultRemoteMapMax   = 16384 // AXON_MAX_REMOTES
+	// MaxMapMax bounds a resizable map: the endpoint maps preallocate
+	// every entry, about 100 bytes each.
+	MaxMapMax = 1 << 20
+)
+
+// ErrInvalidOption: a [LoadOptions] value out of bounds. Test with errors.Is.
+var ErrInvalidOption = errors.New("datapath: invalid load option")
+
+// LoadOptions size the maps a node may need larger (or smaller) than the
+// build's defaults. Zero means the default. A size different from the
+// pinned map's migrates the map on [Load].
+type LoadOptions struct {
+	// EndpointMapMax is the number of local pod addresses per family and
+	// of pod devices: max_entries of axon_endpoints, axon_endpoints6 and
+	// axon_devices.
+	EndpointMapMax uint32
+	// RemoteMapMax is the number of other nodes' pod blocks per family:
+	// max_entries of axon_remote4 and axon_remote6.
+	RemoteMapMax uint32
+}
+
+// maxEntries returns the map sizes the options set, by map name.
+func (o LoadOptions) maxEntries() (map[string]uint32, error) {
+	sizes := map[string]uint32{}
+	for _, opt := range []struct {
+		what string
+		v    uint32
+		maps []string
+	}{
+		{"endpoint map size", o.EndpointMapMax, []string{datapathMapAxonEndpoints, datapathMapAxonEndpoints6, datapathMapAxonDevices}},
+		{"remote map size", o.RemoteMapMax, []string{datapathMapAxonRemote4, datapathMapAxonRemote6}},
+	} {
+		if opt.v == 0 {
+			continue
+		}
+		if opt.v > MaxMapMax {
+			return nil, fmt.Errorf("%w: %s %d exceeds %d", ErrInvalidOption, opt.what, opt.v, MaxMapMax)
+		}
+		for _, m := range opt.maps {
+			sizes[m] = opt.v
+		}
+	}
+	return sizes, nil
+}
+
 // Load loads the datapath programs and maps. The maps are pinned by name
 // under pinDir (a directory on bpffs, created if missing); maps already
 // pinned there are reused, so a second Load with the same pinDir, in this
 // process or after a restart, shares the endpoints, remote blocks, config
-// and counters of the first. A pinned map whose layout differs from this
-// build's is refused with an error wrapping [ebpf.ErrMapIncompatible],
-// except the counters: a build with other counters starts them again.
+// and counters of the first.
+//
+// A pinned map of another size (opts, or another build's default) or with
+// a value that this build extended by appending members is migrated: its
+// entries are copied into a new map, which replaces the pin once the
+// programs loaded; a failed Load leaves the pins as they were. The old
+// programs keep the old maps until they are swapped for the returned ones
+// (the loader does that per device). A pin that cannot be migrated without
+// losing entries is refused with an error wrapping [ErrIncompatibleMap]
+// that names the map and the reason.
 //
 // An empty pinDir loads private, unpinned maps (tests, benchmarks).
-func Load(pinDir string) (*Objects, error) {
+func Load(pinDir string, opts LoadOptions) (*Objects, error) {
+	sizes, err := opts.maxEntries()
+	if err != nil {
+		return nil, err
+	}
 	spec, err := loadDatapath()
 	if err != nil {
 		return nil, err
 	}
-	var opts ebpf.CollectionOptions
-	if pinDir == "" {
-		for _, m := range spec.Maps {
-			m.Pinning = ebpf.PinNone
-		}
-	} else {
+	for name, n := range sizes {
+		spec.Maps[name].MaxEntries = n
+	}
+	if pinDir != "" {
 		if err := os.MkdirAll(pinDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin directory: %w", err)
 		}
-		if err := dropStaleStats(pinDir, spec.Maps[datapathMapAxonStats]); err != nil {
-			return nil, err
-		}
-		opts.Maps.PinPath = pinDir
 	}
+	maps, err := openMaps(pinDir, spec.Maps)
+	if err != nil {
+		return nil, fmt.Errorf("open datapath maps: %w", err)
+	}
+	// The programs hold their own references to the maps.
+	defer maps.close()
 	o := &Objects{}
-	if err := spec.LoadAndAssign(&o.objs, &opts); err != nil {
+	if err := spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{MapReplacements: maps.maps}); err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("load datapath: %+v", verr)
 		}
 		return nil, fmt.Errorf("load datapath: %w", err)
 	}
+	if err := maps.commit(); err != nil {
+		o.Close()
+		return nil, fmt.Errorf("pin datapath maps: %w", err)
+	}
 	return o, nil
-}
-
-// dropStaleStats removes a pinned axon_stats whose size differs from
-// want's: a build with other counters. The counters are statistics, not
-// state, so unlike the other maps they start again from zero rather than
-// making the load fail.
-func dropStaleStats(pinDir string, want *ebpf.MapSpec) error {
-	path := filepath.Join(pinDir, want.Name)
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("open pinned %s: %w", want.Name, err)
-	}
-	defer m.Close()
-	if m.MaxEntries() == want.MaxEntries {
-		return nil
-	}
-	if err := m.Unpin(); err != nil {
-		return fmt.Errorf("replace pinned %s of %d counters: %w", want.Name, m.MaxEntries(), err)
-	}
-	return nil
 }
 
 // Close releases the programs and maps held by this process. Pinned maps and

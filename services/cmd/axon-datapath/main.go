@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
@@ -32,6 +34,7 @@ func main() {
 	gcMinAge := time.Minute
 	healthInterval := 5 * time.Second
 	masqInterval := 10 * time.Second
+	mapSizes := bpfdp.LoadOptions{EndpointMapMax: bpfdp.DefaultEndpointMapMax, RemoteMapMax: bpfdp.DefaultRemoteMapMax}
 	os.Exit(daemon.Main(daemon.Spec{
 		Name: "datapath",
 		Defaults: daemon.Defaults{
@@ -54,6 +57,8 @@ func main() {
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
 			fs.DurationVar(&masqInterval, "masquerade-sync-interval", masqInterval, "how often the masquerade rules are brought in line with IPAM's pools")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
+			fs.Var(mapMax{&mapSizes.EndpointMapMax}, "bpf-endpoint-map-max", "`entries` of the endpoint maps: pod addresses per family on this node; changing it migrates the pinned maps")
+			fs.Var(mapMax{&mapSizes.RemoteMapMax}, "bpf-remote-map-max", "`entries` of the remote-block maps: other nodes' pod blocks per family; changing it migrates the pinned maps")
 		},
 		Setup: func(ctx context.Context, d *daemon.Daemon) error {
 			for s := range strings.SplitSeq(nodeIPs, ",") {
@@ -74,7 +79,7 @@ func main() {
 				return &daemon.UsageError{Err: fmt.Errorf("--ipam-target: %w", err)}
 			}
 			d.OnShutdown(conn.Close)
-			bpf, err := loader.Open(cfg.PinDir)
+			bpf, err := loader.Open(cfg.PinDir, mapSizes)
 			if err != nil {
 				return err
 			}
@@ -125,4 +130,27 @@ func startWithRetry(ctx context.Context, a *agent.Agent, d *daemon.Daemon) bool 
 		case <-time.After(delay):
 		}
 	}
+}
+
+// mapMax is a map size flag: a positive number (zero would mean the
+// build's default to bpf/datapath, which the flag's default already shows).
+type mapMax struct{ v *uint32 }
+
+func (m mapMax) String() string {
+	if m.v == nil {
+		return ""
+	}
+	return strconv.FormatUint(uint64(*m.v), 10)
+}
+
+func (m mapMax) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return err
+	}
+	if n == 0 || n > bpfdp.MaxMapMax {
+		return fmt.Errorf("want 1 to %d", bpfdp.MaxMapMax)
+	}
+	*m.v = uint32(n)
+	return nil
 }
