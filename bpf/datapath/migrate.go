@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"runtime"
 	"strings"
@@ -87,7 +88,7 @@ func (p migration) held(m *ebpf.Map) (int, error) {
 		}
 		for _, v := range values {
 			if !allZero(v) {
-				n = int(nativeUint32(key)) + 1
+				n = int(binary.NativeEndian.Uint32(key)) + 1
 				break
 			}
 		}
@@ -101,7 +102,7 @@ func (p migration) held(m *ebpf.Map) (int, error) {
 // that they are counters.
 func (p migration) copy(old, m *ebpf.Map) error {
 	return p.each(old, func(key []byte, values [][]byte) error {
-		if p.array && nativeUint32(key) >= p.arrayMax {
+		if p.array && binary.NativeEndian.Uint32(key) >= p.arrayMax {
 			return nil
 		}
 		grown := make([]rawValue, len(values))
@@ -182,8 +183,6 @@ func allZero(b []byte) bool {
 	}
 	return true
 }
-
-func nativeUint32(b []byte) uint32 { return *(*uint32)(unsafe.Pointer(&b[0])) }
 
 // layout is a key or value type as far as pinned maps care: its size and
 // its members' names, offsets and sizes (a scalar is one member named after

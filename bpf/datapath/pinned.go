@@ -130,8 +130,10 @@ func openPinned(path string, spec *ebpf.MapSpec) (m *ebpf.Map, fresh bool, err e
 // map of the node's state, the old one or the new one.
 func (o *openedMaps) commit() error {
 	for _, p := range o.pending {
-		tmp := p.path + "_migrated" // bpffs refuses names with a dot
-		_ = os.Remove(tmp) // left by a start that died here
+		// bpffs refuses names with a dot. A start that died here may have
+		// left the temporary pin.
+		tmp := p.path + "_migrated"
+		_ = os.Remove(tmp)
 		if err := p.m.Pin(tmp); err != nil {
 			return fmt.Errorf("pin %s: %w", filepath.Base(p.path), err)
 		}
