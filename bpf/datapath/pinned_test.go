@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -433,5 +434,111 @@ func TestLoadOptions(t *testing.T) {
 		if got := spec.Maps[name].MaxEntries; got != want {
 			t.Errorf("%s: max_entries %d in the object, default %d", name, got, want)
 		}
+	}
+}
+
+// TestOpenMapsKinds migrates map kinds the datapath does not have yet
+// (per-CPU hash) and value growth of an LPM trie, through openMaps alone,
+// and refuses to cut a state array that holds entries past the new size.
+func TestOpenMapsKinds(t *testing.T) {
+	requireBPF(t)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u32 := &btf.Int{Name: "__u32", Size: 4, Encoding: btf.Unsigned}
+	value := func(members ...string) *btf.Struct {
+		s := &btf.Struct{Name: "v", Size: uint32(4 * len(members))}
+		for i, m := range members {
+			s.Members = append(s.Members, btf.Member{Name: m, Type: u32, Offset: btf.Bits(32 * i)})
+		}
+		return s
+	}
+	lpmKey := &btf.Struct{Name: "k", Size: 8, Members: []btf.Member{
+		{Name: "prefixlen", Type: u32}, {Name: "ip4", Type: u32, Offset: 32},
+	}}
+	for _, tc := range []struct {
+		name     string
+		old, new *ebpf.MapSpec
+		key      []byte
+		wantErr  string
+	}{
+		{name: "per-CPU hash value appended",
+			old: &ebpf.MapSpec{Type: ebpf.PerCPUHash, KeySize: 4, ValueSize: 8, MaxEntries: 4, Key: u32, Value: value("a", "b")},
+			new: &ebpf.MapSpec{Type: ebpf.PerCPUHash, KeySize: 4, ValueSize: 12, MaxEntries: 8, Key: u32, Value: value("a", "b", "c")},
+			key: []byte{1, 0, 0, 0}},
+		{name: "LPM trie value appended",
+			old: &ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 8, MaxEntries: 4, Flags: unix.BPF_F_NO_PREALLOC, Key: lpmKey, Value: value("a", "b")},
+			new: &ebpf.MapSpec{Type: ebpf.LPMTrie, KeySize: 8, ValueSize: 12, MaxEntries: 4, Flags: unix.BPF_F_NO_PREALLOC, Key: lpmKey, Value: value("a", "b", "c")},
+			key: []byte{24, 0, 0, 0, 10, 244, 1, 0}},
+		{name: "array cut below a set index",
+			old:     &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 8, Key: u32, Value: value("a", "b")},
+			new:     &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 2, Key: u32, Value: value("a", "b")},
+			key:     []byte{5, 0, 0, 0},
+			wantErr: "pinned map holds 6 entries, more than this build's max_entries 2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := pinDir(t)
+			tc.old.Name, tc.new.Name = "t_map", "t_map"
+			perCPU := isPerCPU(tc.old.Type)
+			oldValue := func(cpu int) []byte {
+				v := make([]byte, tc.old.ValueSize)
+				binary.NativeEndian.PutUint32(v, uint32(10+cpu))
+				binary.NativeEndian.PutUint32(v[4:], uint32(20+cpu))
+				return v
+			}
+			pinOld(t, dir, tc.old, func(m *ebpf.Map) error {
+				if !perCPU {
+					return m.Put(tc.key, oldValue(0))
+				}
+				vs := make([]rawValue, ncpu)
+				for i := range vs {
+					vs[i] = oldValue(i)
+				}
+				return m.Put(tc.key, vs)
+			})
+			before := pinIDs(t, dir)
+			opened, err := openMaps(dir, map[string]*ebpf.MapSpec{"t_map": tc.new})
+			if tc.wantErr != "" {
+				if err == nil {
+					opened.close()
+				}
+				if !errors.Is(err, ErrIncompatibleMap) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("openMaps = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer opened.close()
+			if after := pinIDs(t, dir); after["t_map"] != before["t_map"] {
+				t.Errorf("pin replaced before commit")
+			}
+			must(t, "commit", opened.commit())
+			m := opened.maps["t_map"]
+			if id := mapID(t, filepath.Join(dir, "t_map"), nil); id != mapID(t, "", m) {
+				t.Errorf("pin is map %d, not the migrated one", id)
+			}
+			want := func(cpu int) []byte { return append(oldValue(cpu), 0, 0, 0, 0) }
+			if !perCPU {
+				got := make([]byte, tc.new.ValueSize)
+				must(t, "lookup", m.Lookup(tc.key, got))
+				if !slices.Equal(got, want(0)) {
+					t.Errorf("migrated value %x, want %x", got, want(0))
+				}
+				return
+			}
+			got := make([]rawValue, ncpu)
+			for i := range got {
+				got[i] = make(rawValue, tc.new.ValueSize)
+			}
+			must(t, "lookup", m.Lookup(tc.key, got))
+			for cpu, v := range got {
+				if !slices.Equal(v, want(cpu)) {
+					t.Errorf("CPU %d: migrated value %x, want %x", cpu, v, want(cpu))
+				}
+			}
+		})
 	}
 }
