@@ -322,14 +322,18 @@ type bpfMapInfo struct {
 }
 
 func mapBTFInfo(m *ebpf.Map) (btfInfo, error) {
-	var info bpfMapInfo
+	// The kernel takes the buffer's address as a __u64: pin it so it stays
+	// where the address says.
+	info := new(bpfMapInfo)
+	var pinner runtime.Pinner
+	pinner.Pin(info)
+	defer pinner.Unpin()
 	attr := struct {
 		fd, infoLen uint32
 		info        uint64
-	}{fd: uint32(m.FD()), infoLen: uint32(unsafe.Sizeof(info)), info: uint64(uintptr(unsafe.Pointer(&info)))}
+	}{fd: uint32(m.FD()), infoLen: uint32(unsafe.Sizeof(*info)), info: uint64(uintptr(unsafe.Pointer(info)))}
 	_, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
-	runtime.KeepAlive(&info)
-	runtime.KeepAlive(m)
+	runtime.KeepAlive(m) // its descriptor
 	if errno != 0 {
 		return btfInfo{}, fmt.Errorf("BPF_OBJ_GET_INFO_BY_FD: %w", errno)
 	}
