@@ -3,7 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
-	"maps"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -20,42 +20,121 @@ type Objects struct {
 	underlay underlayPrograms
 }
 
+// Default map sizes (datapath.h), and the bounds of [LoadOptions].
+const (
+	DefaultEndpointMapMax = 65536 // AXON_MAX_ENDPOINTS
+	DefaultRemoteMapMax   = 16384 // AXON_MAX_REMOTES
+	// MaxMapMax bounds a resizable map: the endpoint maps preallocate
+	// every entry, about 100 bytes each.
+	MaxMapMax = 1 << 20
+)
+
+// ErrInvalidOption: a [LoadOptions] value out of bounds. Test with errors.Is.
+var ErrInvalidOption = errors.New("datapath: invalid load option")
+
+// LoadOptions size the maps a node may need larger (or smaller) than the
+// build's defaults. Zero means the default. A size different from the
+// pinned map's migrates the map on [Load].
+type LoadOptions struct {
+	// EndpointMapMax is the number of local pod addresses per family and
+	// of pod devices: max_entries of axon_endpoints, axon_endpoints6 and
+	// axon_devices.
+	EndpointMapMax uint32
+	// RemoteMapMax is the number of other nodes' pod blocks per family:
+	// max_entries of axon_remote4 and axon_remote6.
+	RemoteMapMax uint32
+}
+
+// maxEntries returns the map sizes the options set, by map name.
+func (o LoadOptions) maxEntries() (map[string]uint32, error) {
+	sizes := map[string]uint32{}
+	for _, opt := range []struct {
+		what string
+		v    uint32
+		maps []string
+	}{
+		{"endpoint map size", o.EndpointMapMax, []string{podMapAxonEndpoints, podMapAxonEndpoints6, podMapAxonDevices}},
+		{"remote map size", o.RemoteMapMax, []string{podMapAxonRemote4, podMapAxonRemote6}},
+	} {
+		if opt.v == 0 {
+			continue
+		}
+		if opt.v > MaxMapMax {
+			return nil, fmt.Errorf("%w: %s %d exceeds %d", ErrInvalidOption, opt.what, opt.v, MaxMapMax)
+		}
+		for _, m := range opt.maps {
+			sizes[m] = opt.v
+		}
+	}
+	return sizes, nil
+}
+
 // Load loads the datapath's objects, each once, and the maps they share.
 // The maps are pinned by name under pinDir (a directory on bpffs, created if
 // missing); maps already pinned there are reused, so a second Load with the
 // same pinDir, in this process or after a restart, shares the endpoints,
-// remote blocks, config and counters of the first. A pinned map whose
-// layout differs from this build's is refused with an error wrapping
-// [ebpf.ErrMapIncompatible], except the counters: a build with other
-// counters starts them again.
+// remote blocks, config and counters of the first.
+//
+// A pinned map of another size (opts, or another build's default) or with
+// a value that this build extended by appending members is migrated: its
+// entries are copied into a new map, which replaces the pin once the
+// programs loaded; a failed Load leaves the pins as they were. The old
+// programs keep the old maps until they are swapped for the returned ones
+// (the loader does that per device). A pin that cannot be migrated without
+// losing entries is refused with an error wrapping [ErrIncompatibleMap]
+// that names the map and the reason.
 //
 // An empty pinDir loads private, unpinned maps (tests, benchmarks).
-func Load(pinDir string) (o *Objects, err error) {
+func Load(pinDir string, opts LoadOptions) (_ *Objects, err error) {
+	sizes, err := opts.maxEntries()
+	if err != nil {
+		return nil, err
+	}
 	specs, err := loadSpecs()
 	if err != nil {
 		return nil, err
+	}
+	// Every object declares the maps it uses; each object's declaration
+	// must match the map its programs are given.
+	for _, spec := range specs.all() {
+		for name, n := range sizes {
+			if m, ok := spec.Maps[name]; ok {
+				m.MaxEntries = n
+			}
+		}
 	}
 	mapSpecs, err := sharedMapSpecs(specs)
 	if err != nil {
 		return nil, err
 	}
-	shared, err := openMaps(pinDir, mapSpecs)
-	if err != nil {
-		return nil, err
+	if pinDir != "" {
+		if err := os.MkdirAll(pinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin directory: %w", err)
+		}
 	}
-	// o.maps takes the maps it names from coll, and the programs hold
-	// references of their own: on return, coll closes whatever is left.
-	coll := &ebpf.Collection{Maps: maps.Clone(shared)}
+	opened, err := openMaps(pinDir, mapSpecs)
+	if err != nil {
+		return nil, fmt.Errorf("open datapath maps: %w", err)
+	}
+	// The objects and the programs take references of their own.
+	defer opened.close()
+	coll := &ebpf.Collection{Maps: make(map[string]*ebpf.Map, len(opened.maps))}
+	// o.maps takes the maps it names from coll: coll closes what is left.
 	defer coll.Close()
+	for name, m := range opened.maps {
+		if coll.Maps[name], err = m.Clone(); err != nil {
+			return nil, fmt.Errorf("datapath map %s: %w", name, err)
+		}
+	}
 
-	o = &Objects{}
+	objs := &Objects{}
 	defer func() {
 		if err != nil {
-			o.Close()
+			objs.Close()
 		}
 	}()
-	if err := coll.Assign(&o.maps); err != nil {
-		o.maps = podMaps{} // nothing was transferred: coll still owns them
+	if err := coll.Assign(&objs.maps); err != nil {
+		objs.maps = podMaps{} // nothing was transferred: coll still owns them
 		return nil, fmt.Errorf("assign datapath maps: %w", err)
 	}
 	for _, obj := range []struct {
@@ -63,15 +142,18 @@ func Load(pinDir string) (o *Objects, err error) {
 		spec *ebpf.CollectionSpec
 		to   any
 	}{
-		{"pod", specs.pod, &o.pod},
-		{"overlay", specs.overlay, &o.overlay},
-		{"underlay", specs.underlay, &o.underlay},
+		{"pod", specs.pod, &objs.pod},
+		{"overlay", specs.overlay, &objs.overlay},
+		{"underlay", specs.underlay, &objs.underlay},
 	} {
-		if err := loadPrograms(obj.spec, obj.to, shared); err != nil {
+		if err := loadPrograms(obj.spec, obj.to, opened.maps); err != nil {
 			return nil, fmt.Errorf("load datapath %s object: %w", obj.name, err)
 		}
 	}
-	return o, nil
+	if err := opened.commit(); err != nil {
+		return nil, fmt.Errorf("pin datapath maps: %w", err)
+	}
+	return objs, nil
 }
 
 // objectSpecs are the datapath's objects, one per attach point.

@@ -565,34 +565,6 @@ func TestLoadPinnedUpgrade(t *testing.T) {
 	}
 }
 
-// TestLoadPinnedStatsResized: pins of a build with another number of
-// counters are replaced (the counters restart), while the state maps are
-// kept; any other incompatible pin still fails the load.
-func TestLoadPinnedStatsResized(t *testing.T) {
-	dir, ip, ep := pinnedEndpoint(t)
-	// An older build's counters: one fewer.
-	repin(t, dir, &ebpf.MapSpec{Name: podMapAxonStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
-		MaxEntries: uint32(podAxonStatAXON_STAT_MAX) - 1})
-
-	n := mustLoad(t, dir)
-	if got, err := n.Endpoint(ip); err != nil || got.String() != ep.String() {
-		t.Fatalf("endpoint after replacing the counters: %v, %v", got, err)
-	}
-	if s, err := n.Stats(); err != nil || s.Total() != 0 {
-		t.Errorf("counters after replacing them: %v, %v", s, err)
-	}
-	n.Close()
-
-	// A resized state map is refused, not replaced.
-	repin(t, dir, &ebpf.MapSpec{Name: podMapAxonEndpoints, Type: ebpf.Hash, KeySize: 4, ValueSize: 28, MaxEntries: 7})
-	if o, err := Load(dir); !errors.Is(err, ebpf.ErrMapIncompatible) {
-		if o != nil {
-			o.Close()
-		}
-		t.Fatalf("Load with a resized endpoint map = %v, want ErrMapIncompatible", err)
-	}
-}
-
 // pinnedEndpoint loads the datapath pinned in a fresh directory, puts one
 // endpoint and closes it again, as a node's agent that stopped.
 func pinnedEndpoint(t *testing.T) (dir string, ip netip.Addr, ep Endpoint) {
@@ -653,7 +625,7 @@ func requireBPF(t testing.TB) {
 func mustLoad(t testing.TB, dir string) *Objects {
 	t.Helper()
 	requireBPF(t)
-	o, err := Load(dir)
+	o, err := Load(dir, LoadOptions{})
 	testenv.RequireLoaded(t, "the datapath", err)
 	t.Cleanup(func() { o.Close() })
 	return o

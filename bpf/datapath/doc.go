@@ -48,6 +48,9 @@
 // [Load] pins the maps by name under a per-node directory on bpffs and
 // reuses pins that already exist, so an agent that restarts finds its
 // endpoints and remote blocks where it left them while the attached
-// programs keep forwarding. Loading needs CAP_BPF (CAP_SYS_ADMIN on older
+// programs keep forwarding. A pin of another size ([LoadOptions]) or of an
+// older build whose value lacks members this build appended is migrated
+// into a new map; a change that would lose entries is refused with
+// [ErrIncompatibleMap] (see pinned.go). Loading needs CAP_BPF (CAP_SYS_ADMIN on older
 // kernels); attaching needs CAP_NET_ADMIN.
 package datapath

@@ -70,7 +70,7 @@ func TestPodsOnOneNode(t *testing.T) {
 			t.Fatalf("%v: %v %s", cmd[1:], err, out)
 		}
 	}
-	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + node.Name)
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+e.prefix+node.Name, bpfdp.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -309,7 +309,7 @@ func gcArgs(valid ...*pod) *libcni.GCArgs {
 // stats reads a node's eBPF packet counters through its pinned maps.
 func (e *env) stats(node int) map[string]uint64 {
 	e.t.Helper()
-	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + e.cluster.Nodes[node].Name)
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+e.prefix+e.cluster.Nodes[node].Name, bpfdp.LoadOptions{})
 	if err != nil {
 		e.t.Fatalf("open node %d's maps: %v", node, err)
 	}
@@ -340,7 +340,7 @@ func (e *env) assertNothingLeft(node int) {
 	if l := lxcLinks(n.Netns); len(l) != 0 {
 		e.t.Errorf("veths left: %v", l)
 	}
-	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+e.prefix+n.Name, bpfdp.LoadOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}

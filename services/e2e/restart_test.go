@@ -176,7 +176,7 @@ func TestRestartReconciles(t *testing.T) {
 		t.Fatalf("delete pod-gone's namespace: %v %s", err, out)
 	}
 	stale := netip.MustParseAddr("10.44.255.77")
-	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+e.prefix+n.Name, bpfdp.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestRestartReconciles(t *testing.T) {
 	recA := filepath.Join(e.stateDir, n.Name, "endpoints", veth.HostName(a.rt.ContainerID, a.rt.IfName)+".json")
 	dropPodKey(t, recA)
 	// Pins lost while the veths survived: pod-a's map entries are gone.
-	objs, err = bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	objs, err = bpfdp.Load("/sys/fs/bpf/"+e.prefix+n.Name, bpfdp.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func TestRestartReconciles(t *testing.T) {
 	if err := e.cni.CheckNetworkList(t.Context(), e.conflist(0), a.rt); err != nil {
 		t.Errorf("CHECK pod-a after the restart: %v", err)
 	}
-	objs, err = bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	objs, err = bpfdp.Load("/sys/fs/bpf/"+e.prefix+n.Name, bpfdp.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,7 +315,7 @@ func devicePodKey(t *testing.T, e *env, node int, hostName string) uint32 {
 	t.Helper()
 	n := e.cluster.Nodes[node]
 	idx := linkIn(t, n.Netns, hostName).Attrs().Index
-	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + n.Name)
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+e.prefix+n.Name, bpfdp.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

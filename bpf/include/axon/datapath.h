@@ -3,10 +3,10 @@
  * Layout shared by the datapath programs (bpf/src/pod.c, overlay.c,
  * underlay.c; the maps themselves are declared in axon/maps.h) and the Go
  * agent (bpf/datapath, whose types bpf2go generates from this header with
- * the pod object). The agent pins the maps
- * and keeps them across restarts, so changing a field's name, size or order
- * here is an incompatible change: pinned maps of the old layout are refused
- * on load (ebpf.ErrMapIncompatible). Append, never reorder.
+ * the pod object). The agent pins the maps and migrates them on upgrade:
+ * members appended to a value are zero-filled, but renaming, resizing,
+ * reordering or removing one is refused on load
+ * (datapath.ErrIncompatibleMap). Append, never reorder.
  *
  * Addresses are stored as their network-order bytes ("network byte order"),
  * exactly as they appear in the IP header, so the programs compare them
@@ -95,7 +95,7 @@ struct axon_config {
  * a program sees increments exactly one counter, so their sum is the number
  * of packets handled. IPv4 and IPv6 share the counters. The number of
  * counters is the size of the pinned map: a build with a different number
- * replaces the pinned map (the counters restart from zero).
+ * migrates it, keeping by index the counters both builds have.
  */
 enum axon_stat {
 	AXON_STAT_FWD_LOCAL = 0,      /* from_pod: to a local pod (redirect_peer) */
@@ -136,7 +136,7 @@ enum axon_stat {
 	AXON_STAT_MAX,
 };
 
-#define AXON_MAX_ENDPOINTS 65536
+#define AXON_MAX_ENDPOINTS 65536 /* defaults: the agent's flags resize the maps */
 #define AXON_MAX_REMOTES 16384
 
 /* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */

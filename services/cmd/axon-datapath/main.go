@@ -11,12 +11,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
@@ -37,6 +39,7 @@ func main() {
 	gcMinAge := time.Minute
 	healthInterval := 5 * time.Second
 	masqInterval := 10 * time.Second
+	mapSizes := bpfdp.LoadOptions{EndpointMapMax: bpfdp.DefaultEndpointMapMax, RemoteMapMax: bpfdp.DefaultRemoteMapMax}
 	os.Exit(daemon.Main(daemon.Spec{
 		Name:         "datapath",
 		TCPNeedsMTLS: true,
@@ -60,6 +63,8 @@ func main() {
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
 			fs.DurationVar(&masqInterval, "masquerade-sync-interval", masqInterval, "how often the masquerade rules are brought in line with IPAM's pools")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
+			fs.Var(mapMax{&mapSizes.EndpointMapMax}, "bpf-endpoint-map-max", "`entries` of the endpoint maps: pod addresses per family on this node; changing it migrates the pinned maps")
+			fs.Var(mapMax{&mapSizes.RemoteMapMax}, "bpf-remote-map-max", "`entries` of the remote-block maps: other nodes' pod blocks per family; changing it migrates the pinned maps")
 		},
 		Setup: func(ctx context.Context, d *daemon.Daemon) error {
 			for s := range strings.SplitSeq(nodeIPs, ",") {
@@ -90,7 +95,7 @@ func main() {
 			// (below) before the agent, the BPF objects and then the IPAM
 			// connection they use are closed.
 			d.OnShutdown(conn.Close)
-			bpf, err := loader.Open(cfg.PinDir)
+			bpf, err := loader.Open(cfg.PinDir, mapSizes)
 			if err != nil {
 				return err
 			}
@@ -151,4 +156,27 @@ func startWithRetry(ctx context.Context, a *agent.Agent, d *daemon.Daemon) bool 
 		case <-time.After(delay):
 		}
 	}
+}
+
+// mapMax is a map size flag: a positive number (zero would mean the
+// build's default to bpf/datapath, which the flag's default already shows).
+type mapMax struct{ v *uint32 }
+
+func (m mapMax) String() string {
+	if m.v == nil {
+		return ""
+	}
+	return strconv.FormatUint(uint64(*m.v), 10)
+}
+
+func (m mapMax) Set(s string) error {
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return err
+	}
+	if n == 0 || n > bpfdp.MaxMapMax {
+		return fmt.Errorf("want 1 to %d", bpfdp.MaxMapMax)
+	}
+	*m.v = uint32(n)
+	return nil
 }

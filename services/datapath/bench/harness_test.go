@@ -226,7 +226,7 @@ func startCluster(t *testing.T, bins, mode, tag string, nodes int, args ...strin
 
 // stats reads a node's eBPF packet counters through its pinned maps.
 func (c *cluster) stats(node int) (map[string]uint64, error) {
-	objs, err := bpfdp.Load("/sys/fs/bpf/" + c.prefix + c.Nodes[node].Name)
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+c.prefix+c.Nodes[node].Name, bpfdp.LoadOptions{})
 	if err != nil {
 		return nil, err
 	}

@@ -174,7 +174,7 @@ func nativePathCost(rounds int) (floor, native float64, err error) {
 		return 0, 0, err
 	}
 
-	objs, err := bpfdp.Load("")
+	objs, err := bpfdp.Load("", bpfdp.LoadOptions{})
 	if err != nil {
 		return 0, 0, err
 	}

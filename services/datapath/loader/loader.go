@@ -37,9 +37,12 @@ type Loader struct {
 var _ bpfmaps.Datapath = (*Loader)(nil)
 
 // Open mounts bpffs if needed, loads the programs with their maps pinned
-// under pinDir (reusing pins of an earlier run), and moves every attachment
-// of an earlier run to the freshly loaded programs.
-func Open(pinDir string) (*Loader, error) {
+// under pinDir (reusing pins of an earlier run, migrating those of another
+// size or an older layout; see [bpfdp.Load]), and moves every attachment of
+// an earlier run to the freshly loaded programs, device by device: each
+// device goes from the old programs and maps to the new ones atomically, so
+// established connections keep flowing.
+func Open(pinDir string, opts bpfdp.LoadOptions) (*Loader, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock limit: %w", err)
 	}
@@ -49,7 +52,7 @@ func Open(pinDir string) (*Loader, error) {
 	if err := os.MkdirAll(filepath.Join(pinDir, "links"), 0o700); err != nil {
 		return nil, fmt.Errorf("create pin directory: %w", err)
 	}
-	objs, err := bpfdp.Load(pinDir)
+	objs, err := bpfdp.Load(pinDir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("load eBPF datapath: %w", err)
 	}

@@ -58,7 +58,7 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(dir, "links"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	old, err := bpfdp.Load(dir)
+	old, err := bpfdp.Load(dir, bpfdp.LoadOptions{})
 	// Only a missing privilege may skip: a verifier rejection must fail.
 	testenv.RequireLoaded(t, "the datapath", err)
 	oldPod := addVeth(t, ns, "lxcold")
@@ -69,7 +69,7 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	var first *Loader
-	if err := ns.Do(func() (err error) { first, err = Open(dir); return err }); err != nil {
+	if err := ns.Do(func() (err error) { first, err = Open(dir, bpfdp.LoadOptions{}); return err }); err != nil {
 		t.Fatalf("first Open: %v", err)
 	}
 	for _, name := range []string{"lxcold", underlayIn} {
@@ -91,7 +91,7 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 	old.Close()
 
 	var l *Loader
-	if err := ns.Do(func() (err error) { l, err = Open(dir); return err }); err != nil {
+	if err := ns.Do(func() (err error) { l, err = Open(dir, bpfdp.LoadOptions{}); return err }); err != nil {
 		t.Fatalf("Open on an earlier run's pins: %v", err)
 	}
 	t.Cleanup(func() { _ = l.Close() })

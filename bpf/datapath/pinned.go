@@ -1,0 +1,155 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/cilium/ebpf"
+)
+
+// ErrIncompatibleMap: a pinned map cannot become this build's map without
+// losing entries (another map type or key, a value layout that is not a
+// prefix of this build's, more entries than the new size holds). It is
+// wrapped with the map's name and the reason; test with errors.Is.
+var ErrIncompatibleMap = errors.New("datapath: pinned map is incompatible with this build")
+
+// Upgrading pinned maps
+//
+// A node keeps its maps pinned across agent restarts, and a restart may
+// bring a build whose map differs from the pinned one: a larger (or
+// smaller) max_entries from a flag, or a value with members appended
+// (datapath.h: "Append, never reorder"). openMaps then creates the new map
+// beside the pinned one, copies every entry into it (values zero-extended)
+// and leaves the pin alone; only [openedMaps.commit], called once the new
+// programs loaded, moves the pin to the new map. A start that fails before
+// that leaves the old pins, and the programs running on them, untouched.
+//
+// The old programs keep the old maps until the loader moves each device to
+// the new programs (atomically per device: tcx link update, tc filter
+// replace). Entries the old programs write between the copy and that swap
+// stay in the old map: today only counters (axon_stats), so a few packets'
+// counts may be lost. The agent writes every other map and is not running
+// then. A map the programs write state into (conntrack, NAT) will need a
+// second copy pass after the swap.
+
+// openedMaps are the maps a load uses: reused pins, and new maps that are
+// pinned only on commit.
+type openedMaps struct {
+	maps    map[string]*ebpf.Map
+	pending []pendingPin
+}
+
+// pendingPin is a new map to pin at path, replacing a pinned map of an
+// older layout or size if there is one.
+type pendingPin struct {
+	path string
+	m    *ebpf.Map
+}
+
+// openMaps opens every map of specs: under pinDir, a pinned map of the same
+// shape is reused, a missing one is created, and one of another size or a
+// compatibly grown value is migrated into a new map (see above). An
+// incompatible pin fails with an error wrapping [ErrIncompatibleMap]. An
+// empty pinDir creates private maps. The caller closes the result.
+func openMaps(pinDir string, specs map[string]*ebpf.MapSpec) (_ *openedMaps, err error) {
+	o := &openedMaps{maps: make(map[string]*ebpf.Map, len(specs))}
+	defer func() {
+		if err != nil {
+			o.close()
+		}
+	}()
+	// Sorted, so an error names the same map on every run.
+	names := make([]string, 0, len(specs))
+	for name := range specs {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		spec := specs[name].Copy()
+		spec.Pinning = ebpf.PinNone
+		if pinDir == "" {
+			m, err := ebpf.NewMap(spec)
+			if err != nil {
+				return nil, fmt.Errorf("create map %s: %w", name, err)
+			}
+			o.maps[name] = m
+			continue
+		}
+		path := filepath.Join(pinDir, name)
+		m, fresh, err := openPinned(path, spec)
+		if err != nil {
+			return nil, err
+		}
+		o.maps[name] = m
+		if fresh {
+			o.pending = append(o.pending, pendingPin{path: path, m: m})
+		}
+	}
+	return o, nil
+}
+
+// openPinned returns the map pinned at path if it fits spec, or a new map
+// holding its entries (fresh: it is not pinned yet).
+func openPinned(path string, spec *ebpf.MapSpec) (m *ebpf.Map, fresh bool, err error) {
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		m, err := ebpf.NewMap(spec)
+		if err != nil {
+			return nil, false, fmt.Errorf("create map %s: %w", spec.Name, err)
+		}
+		return m, true, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("open pinned map %s: %w", spec.Name, err)
+	}
+	plan, err := planMigration(old, spec)
+	if err != nil {
+		old.Close()
+		return nil, false, fmt.Errorf("map %s: %w", spec.Name, err)
+	}
+	if plan.reuse {
+		return old, false, nil
+	}
+	defer old.Close()
+	m, err = ebpf.NewMap(spec)
+	if err != nil {
+		return nil, false, fmt.Errorf("create map %s to migrate into: %w", spec.Name, err)
+	}
+	if err := plan.copy(old, m); err != nil {
+		m.Close()
+		return nil, false, fmt.Errorf("map %s: migrate entries: %w", spec.Name, err)
+	}
+	return m, true, nil
+}
+
+// commit pins the new maps, each in place of the pin it replaces. The new
+// map is pinned beside it and renamed over it, so the path always names a
+// map of the node's state, the old one or the new one.
+func (o *openedMaps) commit() error {
+	for _, p := range o.pending {
+		// bpffs refuses names with a dot. A start that died here may have
+		// left the temporary pin.
+		tmp := p.path + "_migrated"
+		_ = os.Remove(tmp)
+		if err := p.m.Pin(tmp); err != nil {
+			return fmt.Errorf("pin %s: %w", filepath.Base(p.path), err)
+		}
+		if err := os.Rename(tmp, p.path); err != nil {
+			_ = p.m.Unpin()
+			return fmt.Errorf("replace pin %s: %w", filepath.Base(p.path), err)
+		}
+	}
+	o.pending = nil
+	return nil
+}
+
+// close releases this process's descriptors of the maps; pinned maps and
+// loaded programs keep theirs.
+func (o *openedMaps) close() {
+	for _, m := range o.maps {
+		m.Close()
+	}
+}
