@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/axon-cni/axon/bpf/testenv"
+	"github.com/axon-cni/axon/bpf/testpoll"
 )
 
 // Real packets through the programs attached with tcx. Every "node" and
@@ -307,14 +308,7 @@ func TestRealSameNode(t *testing.T) {
 		for _, size := range []int{14, 15, 14 + 19} {
 			sendRaw(t, a, full[:size])
 		}
-		deadline := time.Now().Add(2 * time.Second)
-		for node.stats(t).DropMalformed-before.DropMalformed < 3 && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		after := node.stats(t)
-		if d := after.DropMalformed - before.DropMalformed; d != 3 {
-			t.Errorf("drop-malformed grew by %d, want 3", d)
-		}
+		waitCounter(t, node, func(s Stats) uint64 { return s.DropMalformed - before.DropMalformed }, 3)
 		if err := ping(a, b.ip); err != nil {
 			t.Errorf("ping after runts: %v", err)
 		}
@@ -392,10 +386,12 @@ func TestRealSameNode6(t *testing.T) {
 // and fails unless it is exactly want.
 func waitCounter(t *testing.T, n *testNode, delta func(Stats) uint64, want uint64) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for delta(n.stats(t)) < want && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testpoll.Until(t, 2*time.Second, func() error {
+		if got := delta(n.stats(t)); got < want {
+			return fmt.Errorf("counter grew by %d, want %d", got, want)
+		}
+		return nil
+	})
 	if got := delta(n.stats(t)); got != want {
 		t.Errorf("counter grew by %d, want %d (%v)", got, want, n.stats(t).Map())
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/axon-cni/axon/bpf/testenv"
+	"github.com/axon-cni/axon/bpf/testpoll"
 )
 
 var (
@@ -346,18 +347,24 @@ func wireTrafficPods(t *testing.T, c *cluster, bins string, nodes []int) []*cniP
 func checkReach(t *testing.T, s *scenario) {
 	t.Helper()
 	for _, p := range []endpointPair{s.axon, s.plain} {
-		if err := eventually(10*time.Second, func() error { return ping(p.ClientNS, p.ServerIP) }); err != nil {
-			t.Fatalf("%s: %v", s.Name, err)
-		}
+		testpoll.Until(t, 10*time.Second, func() error {
+			if err := ping(p.ClientNS, p.ServerIP); err != nil {
+				return fmt.Errorf("%s: %w", s.Name, err)
+			}
+			return nil
+		})
 	}
 }
 
 func checkStreamReach(t *testing.T, s *streamScenario) {
 	t.Helper()
 	for _, v := range s.Variants {
-		if err := eventually(10*time.Second, func() error { return ping(v.pair.ClientNS, v.pair.ServerIP) }); err != nil {
-			t.Fatalf("%s, %s: %v", s.Name, v.Label, err)
-		}
+		testpoll.Until(t, 10*time.Second, func() error {
+			if err := ping(v.pair.ClientNS, v.pair.ServerIP); err != nil {
+				return fmt.Errorf("%s, %s: %w", s.Name, v.Label, err)
+			}
+			return nil
+		})
 	}
 }
 

@@ -182,18 +182,6 @@ func ping(from, to string) error {
 	return nil
 }
 
-// eventually retries fn for up to d.
-func eventually(d time.Duration, fn func() error) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := fn()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // cluster is a running Axon system (etcd, IPAM, simulated nodes).
 type cluster struct {
 	*localcluster.Cluster
