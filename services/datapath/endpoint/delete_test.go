@@ -1,0 +1,197 @@
+package endpoint
+
+import (
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
+)
+
+// Delete removes the veth, the map entries and the record, and releases
+// the allocation; the other pod's endpoint stays whole.
+func TestDeleteRemovesEverything(t *testing.T) {
+	e := newTestManager(t, testOpts{dualStack: true})
+	nsA, nsB := e.podNS("podA"), e.podNS("podB")
+	epA := e.create("a", "eth0", nsA)
+	epB := e.create("b", "eth0", nsB)
+	idxB := e.hostIndex(epB.GetAttachment())
+
+	got, err := e.m.DeleteEndpoint(t.Context(), attachment("a", "eth0"))
+	if err != nil {
+		t.Fatalf("DeleteEndpoint: %v", err)
+	}
+	if !proto.Equal(got, epA) {
+		t.Errorf("DeleteEndpoint returned %v, want the deleted endpoint %v", got, epA)
+	}
+	e.assertNoEndpoint(epA.GetAttachment(), nsA)
+	for _, p := range Addrs(epA) {
+		if _, err := e.bpf.Endpoint(p.Addr()); err == nil {
+			t.Errorf("map entry of %s left", p.Addr())
+		}
+	}
+	if devs := e.bpf.Devices(); len(devs) != 1 || devs[idxB] == 0 {
+		t.Errorf("device entries %v, want pod b's (ifindex %d) only", devs, idxB)
+	}
+	if eps := e.bpf.Endpoints(); len(eps) != len(Addrs(epB)) {
+		t.Errorf("endpoint entries %v, want pod b's %v", eps, Addrs(epB))
+	}
+	if a := e.ipam.Allocations(); len(a) != 1 || a[0].GetHandle().GetContainerId() != "b" {
+		t.Errorf("allocations %v, want pod b's only", a)
+	}
+	if q := e.queuedReleases(); len(q) != 0 {
+		t.Errorf("releases queued: %v", q)
+	}
+}
+
+// Deleting what does not exist is success: a DEL may come twice, or for a
+// failed ADD.
+func TestDeleteUnknownIsSuccess(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	e.create("b", "eth0", e.podNS("podB"))
+	for range 2 {
+		ep, err := e.m.DeleteEndpoint(t.Context(), attachment("a", "eth0"))
+		if err != nil || ep != nil {
+			t.Fatalf("DeleteEndpoint of an unknown attachment = %v, %v; want nil, nil", ep, err)
+		}
+	}
+	if len(e.records()) != 1 || len(e.ipam.Allocations()) != 1 || len(e.linkNames(nlfake.NodeNS)) != 1 {
+		t.Errorf("pod b's endpoint touched: records %v, allocations %v", e.records(), e.ipam.Allocations())
+	}
+}
+
+// The release guards against a newer allocation of the same handle: it
+// carries the recorded sequence.
+func TestDeleteReleasesRecordedSequence(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	att := attachment("a", "eth0")
+	e.create("a", "eth0", e.podNS("podA"))
+	rec := e.loadRecord(att)
+	// IPAM moved on: the handle's allocation was released and made again
+	// (say by another agent after a GC) under a new sequence.
+	if _, err := e.ipam.ReleaseIP(t.Context(), &ipamv1alpha1.ReleaseIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: "a", InterfaceName: "eth0"}}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := e.ipam.AllocateIP(t.Context(), &ipamv1alpha1.AllocateIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: "a", InterfaceName: "eth0"}, Node: testNode})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetAllocation().GetSequence() == rec.IPAMSequence {
+		t.Fatalf("fake IPAM reused sequence %d", rec.IPAMSequence)
+	}
+	if _, err := e.m.DeleteEndpoint(t.Context(), att); err != nil {
+		t.Fatal(err)
+	}
+	if a := e.ipam.Allocations(); len(a) != 1 || a[0].GetSequence() != again.GetAllocation().GetSequence() {
+		t.Errorf("allocations %v; the newer allocation (sequence %d) must survive a release of sequence %d", a, again.GetAllocation().GetSequence(), rec.IPAMSequence)
+	}
+}
+
+// With IPAM down the release is queued on disk, whole, and done by the
+// next retry, which removes the file.
+func TestDeleteQueuesReleaseWhenIPAMDown(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	att := attachment("a", "eth0")
+	ns := e.podNS("podA")
+	e.create("a", "eth0", ns)
+	seq := e.loadRecord(att).IPAMSequence
+
+	e.ipam.FailNext("ReleaseIP", 1, errUnavailable)
+	if _, err := e.m.DeleteEndpoint(t.Context(), att); err != nil {
+		t.Fatalf("DeleteEndpoint with IPAM down: %v", err)
+	}
+	if l := e.linkNames(nlfake.NodeNS); len(l) != 0 {
+		t.Errorf("links left: %v", l)
+	}
+	if r := e.records(); len(r) != 0 {
+		t.Errorf("records left: %v", r)
+	}
+	q := e.queuedReleases()
+	if len(q) != 1 || q[0] != HostName(att)+".json" {
+		t.Fatalf("queued releases %v, want %s.json alone (no temporary file)", q, HostName(att))
+	}
+	b, err := os.ReadFile(filepath.Join(e.stateDir, "releases", q[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p pendingRelease
+	if err := json.Unmarshal(b, &p); err != nil || p != (pendingRelease{"a", "eth0", seq}) {
+		t.Fatalf("queued release %s = %+v (%v), want a/eth0 sequence %d", b, p, err, seq)
+	}
+	if len(e.ipam.Allocations()) != 1 {
+		t.Fatalf("allocations %v, want the unreleased one", e.ipam.Allocations())
+	}
+
+	// Still down: the release stays queued.
+	e.ipam.FailNext("ReleaseIP", 1, errUnavailable)
+	e.m.RetryReleases(t.Context())
+	if len(e.queuedReleases()) != 1 || len(e.ipam.Allocations()) != 1 {
+		t.Fatalf("after a failed retry: queued %v, allocations %v; want both kept", e.queuedReleases(), e.ipam.Allocations())
+	}
+	e.m.RetryReleases(t.Context())
+	e.assertEmptyNode()
+	if q := e.queuedReleases(); len(q) != 0 {
+		t.Errorf("queued releases %v after a successful retry", q)
+	}
+}
+
+// A crash between IPAM and the record leaves an allocation and maybe a
+// veth with map entries but no record: the DEL still releases by handle
+// and removes the veth and every entry pointing at it.
+func TestDeleteWithoutRecord(t *testing.T) {
+	e := newTestManager(t, testOpts{dualStack: true})
+	att := attachment("a", "eth0")
+	ns := e.podNS("podA")
+	ep := e.create("a", "eth0", ns)
+	if err := os.Remove(filepath.Join(e.stateDir, HostName(att)+".json")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.m.DeleteEndpoint(t.Context(), att)
+	if err != nil || got != nil {
+		t.Fatalf("DeleteEndpoint = %v, %v; want nil, nil", got, err)
+	}
+	e.assertNoEndpoint(att, ns)
+	for _, p := range Addrs(ep) {
+		if entry, err := e.bpf.Endpoint(p.Addr()); err == nil {
+			t.Errorf("map entry of %s left pointing at the deleted veth: %+v", p.Addr(), entry)
+		}
+	}
+	e.assertEmptyNode()
+}
+
+// An entry pointing at another veth is not the record-less endpoint's to
+// remove.
+func TestDeleteWithoutRecordKeepsOthersEntries(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	att := attachment("a", "eth0")
+	e.create("a", "eth0", e.podNS("podA"))
+	epB := e.create("b", "eth0", e.podNS("podB"))
+	if err := os.Remove(filepath.Join(e.stateDir, HostName(att)+".json")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.DeleteEndpoint(t.Context(), att); err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Addr]bool{}
+	for _, p := range Addrs(epB) {
+		want[p.Addr()] = true
+	}
+	got := e.bpf.Endpoints()
+	if len(got) != len(want) {
+		t.Errorf("endpoint entries %v, want pod b's %v", got, want)
+	}
+	for ip, entry := range got {
+		if !want[ip] || entry.Ifindex != e.hostIndex(epB.GetAttachment()) {
+			t.Errorf("entry %s → %+v is not pod b's", ip, entry)
+		}
+	}
+	if !strings.HasPrefix(e.records()[0], HostName(epB.GetAttachment())) {
+		t.Errorf("records %v, want pod b's", e.records())
+	}
+}
