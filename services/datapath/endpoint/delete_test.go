@@ -195,3 +195,31 @@ func TestDeleteWithoutRecordKeepsOthersEntries(t *testing.T) {
 		t.Errorf("records %v, want pod b's", e.records())
 	}
 }
+
+// A release queued while IPAM was down must not take the addresses of the
+// endpoint a later ADD of the same attachment made from the same, still
+// unreleased, allocation.
+func TestQueuedReleaseSparesRecreatedEndpoint(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	att := attachment("a", "eth0")
+	ns := e.podNS("podA")
+	e.create("a", "eth0", ns)
+	e.ipam.FailNext("ReleaseIP", 1, errUnavailable)
+	if _, err := e.m.DeleteEndpoint(t.Context(), att); err != nil {
+		t.Fatal(err)
+	}
+	if len(e.queuedReleases()) != 1 {
+		t.Fatalf("queued releases %v, want one", e.queuedReleases())
+	}
+	// IPAM is back; the runtime ADDs the attachment again before the
+	// release is retried, and IPAM answers with the allocation it holds.
+	ep := e.create("a", "eth0", ns)
+	e.m.RetryReleases(t.Context())
+	allocs := e.ipam.Allocations()
+	if len(allocs) != 1 || allocs[0].GetSequence() != e.loadRecord(att).IPAMSequence {
+		t.Fatalf("allocations %v after the retry; the live endpoint %v lost its addresses", allocs, Addrs(ep))
+	}
+	if q := e.queuedReleases(); len(q) != 0 {
+		t.Errorf("release of the live endpoint's allocation still queued: %v", q)
+	}
+}
