@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -269,4 +271,66 @@ func TestCreatePodKeys(t *testing.T) {
 	if ep0.GetEndpointId() == ep1.GetEndpointId() {
 		t.Errorf("attachments share endpoint ID %d", ep0.GetEndpointId())
 	}
+}
+
+// IPAM's refusal keeps its code (the CNI shim maps it) and leaves nothing.
+func TestCreateIPAMFailure(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		code codes.Code
+	}{
+		{"Unavailable", errUnavailable, codes.Unavailable},
+		{"Exhausted", status.Error(codes.ResourceExhausted, "pool full"), codes.ResourceExhausted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newTestManager(t, testOpts{})
+			ns := e.podNS("pod1")
+			e.ipam.FailNext("AllocateIP", 1, tc.err)
+			_, err := e.m.CreateEndpoint(t.Context(), createReq("c1", "eth0", ns))
+			if status.Code(err) != tc.code {
+				t.Fatalf("CreateEndpoint: %v, want code %v", err, tc.code)
+			}
+			e.assertEmptyNode()
+			if l := e.linkNames(ns); len(l) != 0 {
+				t.Errorf("pod links: %v", l)
+			}
+		})
+	}
+}
+
+// An interface name the pod already uses is refused, and the allocation
+// made for it released; the pod's own interface stays.
+func TestCreateInterfaceTaken(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	ns := e.podNS("pod1")
+	e.create("c1", "eth0", ns)
+	// Another container ID into the same namespace with the same name
+	// (a runtime's bug): the name is taken in the pod.
+	if _, err := e.m.CreateEndpoint(t.Context(), createReq("c2", "eth0", ns)); err == nil {
+		t.Fatal("CreateEndpoint succeeded with eth0 taken")
+	}
+	e.assertNoEndpoint(attachment("c2", "eth0"), "")
+	if l := e.linkNames(ns); len(l) != 1 {
+		t.Errorf("pod links %v, want c1's eth0", l)
+	}
+	if l := e.linkNames(nlfake.NodeNS); len(l) != 1 || l[0] != HostName(attachment("c1", "eth0")) {
+		t.Errorf("node links %v, want c1's veth", l)
+	}
+}
+
+// Without the eBPF datapath an endpoint is the veth, record and
+// allocation alone.
+func TestCreateWithoutBPF(t *testing.T) {
+	e := newTestManager(t, testOpts{noBPF: true})
+	ns := e.podNS("pod1")
+	ep := e.create("c1", "eth0", ns)
+	resp, err := e.m.CheckEndpoint(t.Context(), &datapathv1alpha1.CheckEndpointRequest{Attachment: ep.GetAttachment()})
+	if err != nil || !resp.GetHealthy() {
+		t.Fatalf("CheckEndpoint = %v, %v; want healthy", resp, err)
+	}
+	if _, err := e.m.DeleteEndpoint(t.Context(), ep.GetAttachment()); err != nil {
+		t.Fatal(err)
+	}
+	e.assertEmptyNode()
 }

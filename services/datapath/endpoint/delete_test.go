@@ -223,3 +223,45 @@ func TestQueuedReleaseSparesRecreatedEndpoint(t *testing.T) {
 		t.Errorf("release of the live endpoint's allocation still queued: %v", q)
 	}
 }
+
+// A DEL that cannot remove the veth fails and keeps the record and the
+// allocation, so the runtime's retry finishes it.
+func TestDeleteFailureKeepsStateForRetry(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	att := attachment("a", "eth0")
+	ns := e.podNS("podA")
+	e.create("a", "eth0", ns)
+	e.nl.FailOn(nlfake.NodeNS, "LinkDel", 1, errInjected)
+	if _, err := e.m.DeleteEndpoint(t.Context(), att); err == nil {
+		t.Fatal("DeleteEndpoint succeeded with LinkDel failing")
+	}
+	if len(e.records()) != 1 || len(e.ipam.Allocations()) != 1 || len(e.linkNames(nlfake.NodeNS)) != 1 {
+		t.Fatalf("after a failed DEL: records %v, allocations %v, links %v; want all kept", e.records(), e.ipam.Allocations(), e.linkNames(nlfake.NodeNS))
+	}
+	e.assertWired(e.create("a", "eth0", ns)) // still whole: a retried ADD answers from it
+	if _, err := e.m.DeleteEndpoint(t.Context(), att); err != nil {
+		t.Fatal(err)
+	}
+	e.assertEmptyNode()
+}
+
+// Unreadable queued releases are dropped; files being written are left.
+func TestRetryReleasesSkipsBadFiles(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	dir := filepath.Join(e.stateDir, "releases")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"lxc000000000bad.json": "{", "lxc000000000new.json.tmp": "{"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.m.RetryReleases(t.Context())
+	if q := e.queuedReleases(); len(q) != 1 || q[0] != "lxc000000000new.json.tmp" {
+		t.Errorf("release queue %v, want the file being written alone", q)
+	}
+	if n := e.ipam.Calls("ReleaseIP"); n != 0 {
+		t.Errorf("ReleaseIP called %d times for unreadable releases", n)
+	}
+}
