@@ -39,8 +39,8 @@ func (e *testEnv) queued() []string {
 }
 
 // Queued DELs are replayed and their files removed; a failing one stays
-// for the next replay; an unreadable one is dropped; other files are not
-// the queue's.
+// for the next replay; an unreadable or invalid one is dropped; other files
+// are not the queue's.
 func TestReplayDeletes(t *testing.T) {
 	e := newTestManager(t, testOpts{})
 	nsA, nsB := e.podNS("a"), e.podNS("b")
@@ -52,6 +52,7 @@ func TestReplayDeletes(t *testing.T) {
 	for name, content := range map[string]string{
 		"garbage.json":   `{"containerID": "a"`,
 		"no-id.json":     `{"ifName": "eth0"}`,
+		"bad-name.json":  `{"containerID": "a", "ifName": "eth0/../../x"}`,
 		"notes.txt":      `{"containerID": "b", "ifName": "eth0"}`,
 		".queue-1234567": `{"containerID": "b", "ifName": "eth0"}`, // a write in progress
 	} {
