@@ -240,3 +240,24 @@ func (e *testEnv) rewriteRecord(att *datapathv1alpha1.Attachment, change func(*r
 		e.t.Fatal(err)
 	}
 }
+
+// With IPAM down at start-up, an endpoint whose veth went is still
+// removed, and its release queued for the retry.
+func TestRestoreQueuesReleaseWhenIPAMDown(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	nsA := e.podNS("a")
+	a := e.create("a", "eth0", nsA)
+	e.nl.DeleteNamespace(nsA)
+	e.ipam.FailNext("ReleaseIP", 1, errUnavailable)
+	if eps := e.restart(false); len(eps) != 0 {
+		t.Fatalf("restored %v, want nothing", eps)
+	}
+	if r := e.records(); len(r) != 0 {
+		t.Errorf("records left: %v", r)
+	}
+	if q := e.queuedReleases(); len(q) != 1 || q[0] != HostName(a.GetAttachment())+".json" {
+		t.Fatalf("queued releases %v, want pod a's", q)
+	}
+	e.m.RetryReleases(t.Context())
+	e.assertEmptyNode()
+}
