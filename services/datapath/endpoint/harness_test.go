@@ -86,31 +86,31 @@ func newTestManager(t *testing.T, opts testOpts) *testEnv {
 			t.Fatal(err)
 		}
 	}
-	e.m = e.newManager()
+	e.m = e.newManager(false)
 	return e
 }
 
 // newManager returns a new Manager on the same fakes and state directory,
-// as a restarted agent is, with a new eBPF datapath (pins lost) in e.bpf.
-func (e *testEnv) newManager() *Manager {
+// as a restarted agent is. keepMaps keeps e.bpf (the pinned maps survived);
+// otherwise e.bpf becomes a new, empty datapath (pins lost).
+func (e *testEnv) newManager(keepMaps bool) *Manager {
 	e.t.Helper()
 	node, err := e.nl.Node()
 	if err != nil {
 		e.t.Fatalf("node handle: %v", err)
 	}
 	e.t.Cleanup(node.Close)
-	var dp *bpffake.Fake
-	if !e.opts.noBPF {
-		dp = bpffake.New()
-		dp.SetInterfaces(func() map[string]int { return e.nl.Indexes(nlfake.NodeNS) })
-		e.bpf = dp
-	}
 	cfg := Config{NodeName: testNode, StateDir: e.stateDir, MTU: nodeMTU, DeleteQueue: e.queueDir, Reserved: e.opts.reserved}
 	log := slog.New(slog.DiscardHandler)
-	if dp == nil {
-		return New(cfg, e.ipam, &veth.Plumber{Namespaces: e.nl}, node, nil, e.opts.ready, log)
+	plumber := &veth.Plumber{Namespaces: e.nl}
+	if e.opts.noBPF {
+		return New(cfg, e.ipam, plumber, node, nil, e.opts.ready, log)
 	}
-	return New(cfg, e.ipam, &veth.Plumber{Namespaces: e.nl}, node, dp, e.opts.ready, log)
+	if !keepMaps || e.bpf == nil {
+		e.bpf = bpffake.New()
+		e.bpf.SetInterfaces(func() map[string]int { return e.nl.Indexes(nlfake.NodeNS) })
+	}
+	return New(cfg, e.ipam, plumber, node, e.bpf, e.opts.ready, log)
 }
 
 // podNS makes a pod network namespace: a file on disk (the path the

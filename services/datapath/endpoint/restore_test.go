@@ -20,12 +20,7 @@ import (
 // eBPF state (pinned maps); without it the maps start empty (pins lost).
 func (e *testEnv) restart(keepMaps bool) map[string]*datapathv1alpha1.Endpoint {
 	e.t.Helper()
-	old := e.bpf
-	e.m = e.newManager()
-	if keepMaps {
-		e.bpf = old
-		e.m.bpf = old
-	}
+	e.m = e.newManager(keepMaps)
 	eps, err := e.m.Restore(e.t.Context())
 	if err != nil {
 		e.t.Fatalf("Restore: %v", err)
