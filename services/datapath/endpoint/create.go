@@ -62,6 +62,7 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 		return nil, ipamError("allocate addresses", err)
 	}
 	seq := alloc.GetAllocation().GetSequence()
+	m.cancelRelease(hostName)
 	defer func() {
 		if err != nil {
 			m.releaseOrQueue(hostName, att, seq)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -32,6 +33,9 @@ func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Atta
 	}
 	if m.bpf != nil {
 		m.forgetAddrs(hostName, Addrs(ep))
+		if ep == nil {
+			m.forgetEntriesOf(hostName, ifindex)
+		}
 		m.forgetDevice(hostName, ifindex)
 	}
 	m.pods.release(att.GetContainerId(), hostName)
@@ -57,4 +61,27 @@ func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Atta
 		m.log.Info("endpoint deleted", "endpoint", hostName, "container", att.GetContainerId())
 	}
 	return ep, nil
+}
+
+// forgetEntriesOf removes the endpoint map entries that send to the host
+// veth ifindex: those of an endpoint whose record a crash lost (it came
+// between the map writes and the record), which no address list names.
+// Left, they would send traffic for the addresses IPAM gives out again to
+// a dead interface.
+func (m *Manager) forgetEntriesOf(hostName string, ifindex int) {
+	if ifindex <= 0 {
+		return
+	}
+	ips, err := m.bpf.EndpointAddrs()
+	if err != nil {
+		m.log.Warn("list endpoint map entries", "endpoint", hostName, "err", err)
+		return
+	}
+	var stale []netip.Prefix
+	for _, ip := range ips {
+		if ep, err := m.bpf.Endpoint(ip); err == nil && ep.Ifindex == ifindex {
+			stale = append(stale, netip.PrefixFrom(ip, ip.BitLen()))
+		}
+	}
+	m.forgetAddrs(hostName, stale)
 }

@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +13,7 @@ import (
 )
 
 // ReplayDeletes runs every queued DEL and removes its file once done; a
-// failed one stays queued for the next replay.
+// failed one stays queued for the next replay, unless it is invalid.
 func (m *Manager) ReplayDeletes(ctx context.Context) {
 	if m.cfg.DeleteQueue == "" {
 		return
@@ -38,7 +39,14 @@ func (m *Manager) ReplayDeletes(ctx context.Context) {
 			_ = os.Remove(path)
 			continue
 		}
-		if _, err := m.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.GetContainerId(), InterfaceName: q.GetInterfaceName()}); err != nil {
+		_, err = m.DeleteEndpoint(ctx, &datapathv1alpha1.Attachment{ContainerId: q.GetContainerId(), InterfaceName: q.GetInterfaceName()})
+		if errors.Is(err, ErrInvalid) {
+			// No replay can make it valid: kept, it would fail forever.
+			m.log.Error("dropping invalid queued delete", "file", path, "err", err)
+			_ = os.Remove(path)
+			continue
+		}
+		if err != nil {
 			m.log.Warn("queued delete failed; kept for the next replay", "container", q.GetContainerId(), "err", err)
 			continue
 		}

@@ -3,6 +3,7 @@ package endpoint
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,6 +53,18 @@ func (m *Manager) releaseOrQueue(hostName string, att *datapathv1alpha1.Attachme
 	}
 }
 
+// cancelRelease drops the queued release of hostName's attachment, if
+// any. It is called under the attachment's lock once IPAM has answered an
+// ADD: IPAM keeps one allocation per handle and answers an ADD with the one
+// the handle still has, so a queued release would either take the new
+// endpoint's addresses or do nothing.
+func (m *Manager) cancelRelease(hostName string) {
+	path := filepath.Join(m.releaseDir(), hostName+".json")
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.log.Warn("drop the queued release of a re-created endpoint", "endpoint", hostName, "err", err)
+	}
+}
+
 // RetryReleases retries the address releases that IPAM was unavailable
 // for when their endpoints were deleted.
 func (m *Manager) RetryReleases(ctx context.Context) {
@@ -60,26 +73,35 @@ func (m *Manager) RetryReleases(ctx context.Context) {
 		return
 	}
 	for _, e := range entries {
-		if !strings.HasSuffix(e.Name(), ".json") {
+		hostName, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
 			continue // a write in progress, or one a crash cut short
 		}
-		path := filepath.Join(m.releaseDir(), e.Name())
-		b, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		var p pendingRelease
-		if err := json.Unmarshal(b, &p); err != nil {
-			m.log.Error("dropping unreadable pending release", "file", path, "err", err)
-			_ = os.Remove(path)
-			continue
-		}
-		_, err = m.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
-			Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: p.ContainerID, InterfaceName: p.Interface},
-			ExpectedSequence: p.Sequence,
-		})
-		if err == nil {
-			_ = os.Remove(path)
-		}
+		m.retryRelease(ctx, hostName)
+	}
+}
+
+// retryRelease retries hostName's queued release under the attachment's
+// lock, so that an ADD of the attachment (which cancels it) cannot slip
+// between reading the release and doing it.
+func (m *Manager) retryRelease(ctx context.Context, hostName string) {
+	defer m.locks.lock(hostName)()
+	path := filepath.Join(m.releaseDir(), hostName+".json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return // cancelled meanwhile, or unreadable until the next retry
+	}
+	var p pendingRelease
+	if err := json.Unmarshal(b, &p); err != nil {
+		m.log.Error("dropping unreadable pending release", "file", path, "err", err)
+		_ = os.Remove(path)
+		return
+	}
+	_, err = m.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
+		Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: p.ContainerID, InterfaceName: p.Interface},
+		ExpectedSequence: p.Sequence,
+	})
+	if err == nil {
+		_ = os.Remove(path)
 	}
 }

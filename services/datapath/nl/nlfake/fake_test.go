@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 
@@ -320,5 +321,103 @@ func TestInspection(t *testing.T) {
 	}
 	if f.Links("/nope") != nil || f.Routes("/nope") != nil {
 		t.Error("inspecting an unknown namespace returned something")
+	}
+}
+
+// Addresses and neighbour entries removed behind the code's back, with
+// what the kernel removes with them (checked with iproute2 on Linux 6.18).
+func TestDeleteAddrAndNeighOutside(t *testing.T) {
+	f := nlfake.New()
+	f.AddNamespace(podPath)
+	_, pod, err := wire(t, f, podPath, "h0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth0, err := pod.Handle.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pod.Handle.LinkSetUp(eth0); err != nil {
+		t.Fatal(err)
+	}
+	idx := eth0.Attrs().Index
+	gw4, gw6 := net.IPv4(10, 0, 0, 1).To4(), net.ParseIP("fd00::1")
+	for _, a := range []string{"10.0.0.7/32", "10.0.0.8/32", "fd00::7/128"} {
+		ip, ipn, _ := net.ParseCIDR(a)
+		if err := pod.Handle.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: ip, Mask: ipn.Mask}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range []*netlink.Route{
+		{LinkIndex: idx, Dst: &net.IPNet{IP: gw4, Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK},
+		{LinkIndex: idx, Gw: gw4, Src: net.IPv4(10, 0, 0, 7)},
+		{LinkIndex: idx, Dst: &net.IPNet{IP: net.IPv4(10, 9, 0, 0).To4(), Mask: net.CIDRMask(16, 32)}, Gw: gw4, Src: net.IPv4(10, 0, 0, 8)},
+		{LinkIndex: idx, Dst: &net.IPNet{IP: gw6, Mask: net.CIDRMask(128, 128)}, Scope: netlink.SCOPE_LINK},
+		{LinkIndex: idx, Dst: &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, Gw: gw6, Src: net.ParseIP("fd00::7")},
+	} {
+		if err := pod.Handle.RouteReplace(r); err != nil {
+			t.Fatalf("route %v: %v", r, err)
+		}
+	}
+	for _, gw := range []net.IP{gw4, gw6} {
+		if err := pod.Handle.NeighSet(&netlink.Neigh{LinkIndex: idx, IP: gw, State: netlink.NUD_PERMANENT, HardwareAddr: eth0.Attrs().HardwareAddr}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	routeVia := func(gw net.IP) []netlink.Route {
+		var out []netlink.Route
+		for _, r := range f.Routes(podPath) {
+			if r.Gw.Equal(gw) {
+				out = append(out, r)
+			}
+		}
+		return out
+	}
+
+	// Not the last IPv4 address: only the route preferring it goes.
+	if err := f.DeleteAddr(podPath, "eth0", netip.MustParsePrefix("10.0.0.7/32")); err != nil {
+		t.Fatal(err)
+	}
+	if rs := routeVia(gw4); len(rs) != 1 || rs[0].Dst == nil || rs[0].Dst.String() != "10.9.0.0/16" {
+		t.Errorf("IPv4 routes via the gateway %v, want 10.9.0.0/16 alone", rs)
+	}
+	if n := len(f.Routes(podPath)); n != 4 {
+		t.Errorf("%d routes, want 4: %v", n, f.Routes(podPath))
+	}
+	if err := f.DeleteAddr(podPath, "eth0", netip.MustParsePrefix("10.0.0.7/32")); !errors.Is(err, unix.EADDRNOTAVAIL) {
+		t.Errorf("deleting a missing address: %v, want EADDRNOTAVAIL", err)
+	}
+
+	if err := f.DeleteNeigh(podPath, "eth0", netip.MustParseAddr("fd00::1")); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.Neighs(podPath); len(n) != 1 || !n[0].IP.Equal(gw4) {
+		t.Errorf("neighbours %v, want the IPv4 gateway's alone", n)
+	}
+	if err := f.DeleteNeigh(podPath, "eth0", netip.MustParseAddr("fd00::1")); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("deleting a missing neighbour: %v, want ENOENT", err)
+	}
+
+	// The last IPv4 address: every IPv4 route and ARP entry of the link
+	// goes, permanent ones too.
+	if err := f.DeleteAddr(podPath, "eth0", netip.MustParsePrefix("10.0.0.8/32")); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.Neighs(podPath); len(n) != 0 {
+		t.Errorf("neighbours left after the last IPv4 address: %v", n)
+	}
+	if n := len(f.Routes(podPath)); n != 2 {
+		t.Errorf("%d routes, want the two IPv6 ones: %v", n, f.Routes(podPath))
+	}
+
+	// IPv6 routes preferring a deleted address stay, without a source.
+	if err := f.DeleteAddr(podPath, "eth0", netip.MustParsePrefix("fd00::7/128")); err != nil {
+		t.Fatal(err)
+	}
+	if rs := routeVia(gw6); len(rs) != 1 || rs[0].Src != nil {
+		t.Errorf("IPv6 default routes %v, want one without a source", rs)
+	}
+	if a := f.Addrs(podPath, "eth0"); len(a) != 0 {
+		t.Errorf("addresses left: %v", a)
 	}
 }
