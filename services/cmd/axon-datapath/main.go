@@ -133,6 +133,8 @@ func startWithRetry(ctx context.Context, a *agent.Agent, d *daemon.Daemon) bool 
 		err := a.Start(sctx)
 		cancel()
 		if err == nil {
+			// Report SERVING now, not at the next health interval.
+			d.Recheck()
 			return true
 		}
 		if errors.Is(ctx.Err(), context.Canceled) {
