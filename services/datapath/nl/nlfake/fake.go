@@ -60,7 +60,10 @@ type Fake struct {
 	calls     map[callKey]int
 }
 
-var _ nl.Namespaces = (*Fake)(nil)
+var (
+	_ nl.Namespaces  = (*Fake)(nil)
+	_ nl.LinkWatcher = (*Fake)(nil)
+)
 
 // rule is a failure FailOn scheduled.
 type rule struct {
@@ -82,6 +85,8 @@ type namespace struct {
 	links   map[int]*link
 	routes  []netlink.Route
 	neighs  []netlink.Neigh
+	// watchers are LinkDeletions subscriptions (node namespace only).
+	watchers []*watcher
 }
 
 // link is one device; peer is the other end of a veth, possibly in another

@@ -44,6 +44,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"OpenMissing", openMissing},
 		{"EnsureRemove", ensureRemove},
 		{"Underlay", underlay},
+		{"LinkDeletions", linkDeletions},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			env := newEnv(t)
