@@ -104,4 +104,3 @@ func TestUnderlayChoiceAtStart(t *testing.T) {
 		})
 	}
 }
-
