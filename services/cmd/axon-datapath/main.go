@@ -36,6 +36,7 @@ func main() {
 	gcMinAge := time.Minute
 	healthInterval := 5 * time.Second
 	masqInterval := 10 * time.Second
+	vanishedInterval := 30 * time.Second
 	os.Exit(daemon.Main(daemon.Spec{
 		Name: "datapath",
 		Defaults: daemon.Defaults{
@@ -56,6 +57,7 @@ func main() {
 			fs.BoolVar(&cfg.BigTCP, "big-tcp", false, "BIG TCP: pods send and receive GSO packets of up to 192 KiB (IPv4 needs Linux 6.3; VXLAN or native routing; an underlay device that takes them); pods made before keep 64 KiB")
 			fs.BoolVar(&cfg.Masquerade, "masquerade", cfg.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")
 			fs.DurationVar(&healthInterval, "health-probe-interval", healthInterval, "how often peers' health endpoints are probed")
+			fs.DurationVar(&vanishedInterval, "endpoint-reconcile-interval", vanishedInterval, "how often endpoints whose veth vanished are looked for (link deletions are acted on at once)")
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
 			fs.DurationVar(&masqInterval, "masquerade-sync-interval", masqInterval, "how often the masquerade rules are brought in line with IPAM's pools")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
@@ -73,6 +75,9 @@ func main() {
 			}
 			if err := cfg.Validate(); err != nil {
 				return &daemon.UsageError{Err: err}
+			}
+			if vanishedInterval <= 0 {
+				return &daemon.UsageError{Err: fmt.Errorf("--endpoint-reconcile-interval must be positive, got %s", vanishedInterval)}
 			}
 			if cfg.PinDir == "" {
 				cfg.PinDir = "/sys/fs/bpf/axon/" + cfg.NodeName
@@ -115,6 +120,7 @@ func main() {
 				}
 				wg.Go(func() { a.RunHealth(bg, healthInterval) })
 				wg.Go(func() { a.RunMasquerade(bg, masqInterval) })
+				wg.Go(func() { a.RunVanishedEndpoints(bg, vanishedInterval) })
 				a.RunRemoteWatch(bg)
 			})
 			wg.Go(func() { a.RunReleaseRetries(bg) })

@@ -344,6 +344,18 @@ func (a *Agent) RunReleaseRetries(ctx context.Context) {
 	})
 }
 
+// RunVanishedEndpoints removes, until ctx ends, the endpoints whose host
+// veth disappears while the agent runs (see endpoint.Manager.RunVanished):
+// at once on a link deletion when Deps.Namespaces reports them
+// (nl.LinkWatcher), and every interval. Run it once Start succeeded.
+func (a *Agent) RunVanishedEndpoints(ctx context.Context, interval time.Duration) {
+	var events endpoint.LinkEvents
+	if w, ok := a.deps.Namespaces.(nl.LinkWatcher); ok {
+		events = w
+	}
+	a.endpoints.RunVanished(ctx, interval, events)
+}
+
 // RunMasquerade follows pool changes until ctx ends: pods of a pool created
 // later are masqueraded too. A no-op without masquerading.
 func (a *Agent) RunMasquerade(ctx context.Context, interval time.Duration) {
