@@ -57,6 +57,7 @@ func (l *Linux) LinkDeletions(ctx context.Context) (<-chan string, error) {
 	done := make(chan struct{})
 	node := l.node
 	if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{Namespace: &node}); err != nil {
+		close(done) // a socket already opened goes
 		return nil, fmt.Errorf("subscribe to link events: %w", err)
 	}
 	out := make(chan string)
