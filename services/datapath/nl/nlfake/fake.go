@@ -3,7 +3,8 @@
 // depends on it, like the kernel through vishvananda/netlink. It lets the
 // agent's endpoint lifecycle be tested without root, including a netlink
 // call failing half-way ([Fake.FailOn], [Fake.SetFail]) and things changed
-// behind the agent's back ([Fake.DeleteLink], [Fake.DeleteNamespace]).
+// behind the agent's back ([Fake.DeleteLink], [Fake.DeleteNamespace]), of
+// which it tells as the kernel's link events do ([Fake.LinkDeletions]).
 //
 // Ifindexes are unique across the host, except loopback's, which is 1 in
 // every namespace as in the kernel.

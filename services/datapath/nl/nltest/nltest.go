@@ -1,7 +1,8 @@
 // Package nltest is a conformance suite for [nl.Namespaces]: scenarios of
 // the netlink behaviour the node agent relies on (veth pairs across
 // namespaces, what goes with a deleted link, route replacement, the errors
-// it branches on). Running it against the kernel and against nl/nlfake keeps
+// it branches on, the link deletions it is told of: Env.NS must be an
+// [nl.LinkWatcher] too). Running it against the kernel and against nl/nlfake keeps
 // the fake honest; a new implementation runs it too.
 package nltest
 
