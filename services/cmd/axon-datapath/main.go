@@ -40,6 +40,7 @@ func main() {
 	healthInterval := 5 * time.Second
 	masqInterval := 10 * time.Second
 	mapSizes := bpfdp.LoadOptions{EndpointMapMax: bpfdp.DefaultEndpointMapMax, RemoteMapMax: bpfdp.DefaultRemoteMapMax}
+	vanishedInterval := 30 * time.Second
 	os.Exit(daemon.Main(daemon.Spec{
 		Name:         "datapath",
 		TCPNeedsMTLS: true,
@@ -54,12 +55,14 @@ func main() {
 			ipamTLS.RegisterFlags(fs)
 			fs.StringVar(&cfg.RoutingMode, "routing-mode", cfg.RoutingMode, "how pods reach other nodes: tunnel (VXLAN) or native")
 			fs.StringVar(&cfg.TunnelProtocol, "tunnel-protocol", nodedev.TunnelVXLAN, "overlay of tunnel mode: vxlan (UDP 8472) or geneve (UDP 6081)")
-			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from the MTU of the device holding the node address (less 50 in tunnel mode)")
+			fs.IntVar(&cfg.MTU, "mtu", 0, "pod interface `MTU`; 0 derives it from the MTU of the underlay device (less 50 in tunnel mode)")
+			fs.StringVar(&cfg.UnderlayDevice, "underlay-device", "", "`device` packets to other nodes leave by (for axon_from_underlay, the pod MTU and BIG TCP); default: the device holding the node address, refused when that is a loopback or dummy device")
 			fs.StringVar(&cfg.StateDir, "state-dir", "/run/axon/datapath", "`directory` of the endpoint records")
 			fs.StringVar(&cfg.DeleteQueue, "cni-delete-queue", "/run/axon/cni-deletes", "`directory` where axon-cni queues DELs while the datapath is down")
 			fs.BoolVar(&cfg.BigTCP, "big-tcp", false, "BIG TCP: pods send and receive GSO packets of up to 192 KiB (IPv4 needs Linux 6.3; VXLAN or native routing; an underlay device that takes them); pods made before keep 64 KiB")
 			fs.BoolVar(&cfg.Masquerade, "masquerade", cfg.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")
 			fs.DurationVar(&healthInterval, "health-probe-interval", healthInterval, "how often peers' health endpoints are probed")
+			fs.DurationVar(&vanishedInterval, "endpoint-reconcile-interval", vanishedInterval, "how often endpoints whose veth vanished are looked for (link deletions are acted on at once)")
 			fs.DurationVar(&gcMinAge, "gc-min-age", gcMinAge, "endpoints younger than this survive a CNI GC")
 			fs.DurationVar(&masqInterval, "masquerade-sync-interval", masqInterval, "how often the masquerade rules are brought in line with IPAM's pools")
 			fs.StringVar(&cfg.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
@@ -79,6 +82,9 @@ func main() {
 			}
 			if err := cfg.Validate(); err != nil {
 				return &daemon.UsageError{Err: err}
+			}
+			if vanishedInterval <= 0 {
+				return &daemon.UsageError{Err: fmt.Errorf("--endpoint-reconcile-interval must be positive, got %s", vanishedInterval)}
 			}
 			if cfg.PinDir == "" {
 				cfg.PinDir = "/sys/fs/bpf/axon/" + cfg.NodeName
@@ -125,6 +131,7 @@ func main() {
 				}
 				wg.Go(func() { a.RunHealth(bg, healthInterval) })
 				wg.Go(func() { a.RunMasquerade(bg, masqInterval) })
+				wg.Go(func() { a.RunVanishedEndpoints(bg, vanishedInterval) })
 				a.RunRemoteWatch(bg)
 			})
 			wg.Go(func() { a.RunReleaseRetries(bg) })
@@ -144,6 +151,8 @@ func startWithRetry(ctx context.Context, a *agent.Agent, d *daemon.Daemon) bool 
 		err := a.Start(sctx)
 		cancel()
 		if err == nil {
+			// Report SERVING now, not at the next health interval.
+			d.Recheck()
 			return true
 		}
 		if errors.Is(ctx.Err(), context.Canceled) {

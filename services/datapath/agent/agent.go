@@ -55,6 +55,12 @@ type Config struct {
 	// DeleteQueue is where axon-cni queues DELs while the agent is down;
 	// the agent replays them once the node is set up, then periodically.
 	DeleteQueue string
+	// UnderlayDevice names the device packets to other nodes leave by
+	// (--underlay-device): where axon_from_underlay goes, and what the pod
+	// MTU and BIG TCP are sized for. Empty takes the device holding the
+	// node address; New refuses a node address on a loopback or dummy
+	// device then, rather than guess.
+	UnderlayDevice string
 	// BigTCP lets pods send and receive GSO packets above 64 KiB (see
 	// nodedev/bigtcp.go). Pods made before it was turned on keep 64 KiB.
 	BigTCP bool
@@ -147,8 +153,11 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 			return nil, err
 		}
 	}
+	if err := checkUnderlay(h, cfg); err != nil {
+		return nil, err
+	}
 	if cfg.MTU == 0 {
-		mtu, dev, err := nodedev.DerivePodMTU(h, cfg.NodeIPs, cfg.RoutingMode)
+		mtu, dev, err := nodedev.DerivePodMTU(h, cfg.NodeIPs, cfg.UnderlayDevice, cfg.RoutingMode)
 		switch {
 		case errors.Is(err, nodedev.ErrNoUnderlay):
 			log.Warn("assuming a 1500-byte underlay for the pod MTU (set --mtu to override)", "err", err)
@@ -164,7 +173,7 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 	}
 	var gsoMax int
 	if cfg.BigTCP {
-		if gsoMax, err = nodedev.BigTCPSize(h, cfg.NodeIPs, cfg.RoutingMode, cfg.TunnelProtocol); err != nil {
+		if gsoMax, err = nodedev.BigTCPSize(h, cfg.NodeIPs, cfg.UnderlayDevice, cfg.RoutingMode, cfg.TunnelProtocol); err != nil {
 			return nil, err
 		}
 		log.Info("BIG TCP: pods take GSO packets above 64 KiB", "gso_max_size", gsoMax)
@@ -183,6 +192,23 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 		a.masq = masquerade.NewSyncer(deps.IPAM, deps.Masquerade, nodedev.TunnelDevice(cfg.TunnelProtocol), log)
 	}
 	return a, nil
+}
+
+// checkUnderlay refuses an underlay the agent cannot choose safely (see
+// nodedev.UnderlayDevice), and in tunnel mode a node with no device holding
+// a node address: the programs encapsulate from that address, and
+// axon_from_underlay belongs on its device.
+func checkUnderlay(h nl.Handle, cfg Config) error {
+	_, err := nodedev.UnderlayDevice(h, cfg.NodeIPs, cfg.UnderlayDevice)
+	switch {
+	case errors.Is(err, nodedev.ErrNoUnderlay) && cfg.RoutingMode == nodedev.ModeTunnel:
+		return fmt.Errorf("underlay: tunnel mode needs a node address (--node-ip) held by a device of this node, or --underlay-device: %w", err)
+	case errors.Is(err, nodedev.ErrNoUnderlay):
+		return nil // native mode: the kernel's path, without axon_from_underlay
+	case err != nil:
+		return fmt.Errorf("underlay: %w", err)
+	}
+	return nil
 }
 
 // Close releases the agent's netlink handle; what it set up on the node
@@ -225,7 +251,7 @@ func (a *Agent) Start(ctx context.Context) error {
 		return err
 	}
 	if a.gsoMax > 0 {
-		if err := nodedev.RaiseGSOMaxSize(a.node, a.cfg.NodeIPs, a.gsoMax); err != nil {
+		if err := nodedev.RaiseGSOMaxSize(a.node, a.cfg.NodeIPs, a.cfg.UnderlayDevice, a.gsoMax); err != nil {
 			return fmt.Errorf("BIG TCP: %w", err)
 		}
 	}
@@ -297,7 +323,7 @@ func (a *Agent) setupDatapath() error {
 	// way in: forwarding and connection tracking in native mode, the UDP
 	// socket and the VXLAN device in tunnel mode. Without the program they
 	// take the kernel's path, which works too.
-	dev, err := nodedev.UnderlayDevice(a.node, a.cfg.NodeIPs)
+	dev, err := nodedev.UnderlayDevice(a.node, a.cfg.NodeIPs, a.cfg.UnderlayDevice)
 	if err != nil {
 		a.log.Warn("incoming pod traffic takes the kernel's path", "err", err)
 		return nil
@@ -316,6 +342,18 @@ func (a *Agent) RunReleaseRetries(ctx context.Context) {
 		a.endpoints.RetryReleases(ctx)
 		a.endpoints.ReplayDeletes(ctx)
 	})
+}
+
+// RunVanishedEndpoints removes, until ctx ends, the endpoints whose host
+// veth disappears while the agent runs (see endpoint.Manager.RunVanished):
+// at once on a link deletion when Deps.Namespaces reports them
+// (nl.LinkWatcher), and every interval. Run it once Start succeeded.
+func (a *Agent) RunVanishedEndpoints(ctx context.Context, interval time.Duration) {
+	var events endpoint.LinkEvents
+	if w, ok := a.deps.Namespaces.(nl.LinkWatcher); ok {
+		events = w
+	}
+	a.endpoints.RunVanished(ctx, interval, events)
 }
 
 // RunMasquerade follows pool changes until ctx ends: pods of a pool created

@@ -19,6 +19,11 @@ func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Atta
 	}
 	hostName := HostName(att)
 	defer m.locks.lock(hostName)()
+	return m.deleteLocked(ctx, att, hostName)
+}
+
+// deleteLocked is DeleteEndpoint under the attachment's lock.
+func (m *Manager) deleteLocked(ctx context.Context, att *datapathv1alpha1.Attachment, hostName string) (*datapathv1alpha1.Endpoint, error) {
 	rec, ep, err := m.store.load(hostName)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("endpoint record: %w", err)

@@ -1,6 +1,7 @@
 package nl
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -17,7 +18,10 @@ type Linux struct {
 	node netns.NsHandle
 }
 
-var _ Namespaces = (*Linux)(nil)
+var (
+	_ Namespaces  = (*Linux)(nil)
+	_ LinkWatcher = (*Linux)(nil)
+)
 
 // NewLinux returns Namespaces whose node namespace is the calling thread's
 // (the agent runs in the node's namespace). Close releases it.
@@ -43,6 +47,47 @@ func (l *Linux) Node() (Handle, error) {
 		return nil, fmt.Errorf("netlink in the node namespace: %w", err)
 	}
 	return h, nil
+}
+
+// LinkDeletions subscribes to the node namespace's link events (RTM_DELLINK)
+// and delivers the deleted links' names until ctx ends or the subscription
+// fails.
+func (l *Linux) LinkDeletions(ctx context.Context) (<-chan string, error) {
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	node := l.node
+	if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{Namespace: &node}); err != nil {
+		close(done) // a socket already opened goes
+		return nil, fmt.Errorf("subscribe to link events: %w", err)
+	}
+	out := make(chan string)
+	go func() {
+		defer close(out)
+		defer func() {
+			close(done) // closes the socket; its reader then closes updates
+			for range updates {
+			}
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case u, ok := <-updates:
+				if !ok {
+					return // the socket failed (an overflow, say)
+				}
+				if u.Header.Type != unix.RTM_DELLINK || u.Link == nil {
+					continue
+				}
+				select {
+				case out <- u.Attrs().Name:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
 }
 
 // Open opens the network namespace at path with a netlink handle in it.

@@ -6,6 +6,7 @@
 package nl
 
 import (
+	"context"
 	"errors"
 
 	"github.com/vishvananda/netlink"
@@ -74,4 +75,16 @@ type Namespaces interface {
 	// Remove unmounts and removes a namespace handle made by Ensure; a
 	// missing one is success.
 	Remove(path string) error
+}
+
+// LinkWatcher tells of links deleted in the node's namespace, so the agent
+// notices an endpoint whose veth vanished while it runs. Linux and the
+// fake in nl/nlfake implement it.
+type LinkWatcher interface {
+	// LinkDeletions delivers the names of links deleted in the node's
+	// namespace from now on (by anyone: a handle, `ip link del`, the other
+	// end of a veth going with its namespace), until ctx ends or the
+	// subscription fails (the kernel drops a socket's events when its
+	// buffer overflows); then the channel is closed.
+	LinkDeletions(ctx context.Context) (<-chan string, error)
 }

@@ -38,7 +38,7 @@ var ErrBigTCP = errors.New("BIG TCP unavailable")
 // BigTCPSize returns the GSO size pods get with BIG TCP on this node (its
 // underlay addresses nodeIPs, routing mode and tunnel protocol), or why it
 // cannot be used.
-func BigTCPSize(h nl.Handle, nodeIPs []netip.Addr, mode, protocol string) (int, error) {
+func BigTCPSize(h nl.Handle, nodeIPs []netip.Addr, device, mode, protocol string) (int, error) {
 	if mode == ModeTunnel {
 		if protocol == TunnelGeneve {
 			return 0, fmt.Errorf("%w: Geneve packets go through axon_geneve, a flow-based device that takes GSO packets of at most 64 KiB; use VXLAN or native routing", ErrBigTCP)
@@ -47,7 +47,7 @@ func BigTCPSize(h nl.Handle, nodeIPs []netip.Addr, mode, protocol string) (int, 
 			return 0, fmt.Errorf("%w: tunnel mode needs an IPv4 node address, which the programs encapsulate to", ErrBigTCP)
 		}
 	}
-	dev, err := UnderlayDevice(h, nodeIPs)
+	dev, err := UnderlayDevice(h, nodeIPs, device)
 	if err != nil {
 		return 0, fmt.Errorf("%w: %w", ErrBigTCP, err)
 	}
@@ -62,8 +62,8 @@ func BigTCPSize(h nl.Handle, nodeIPs []netip.Addr, mode, protocol string) (int, 
 // RaiseGSOMaxSize sets the node devices pod packets cross to take GSO
 // packets of size: the underlay device and the axon_host/axon_net pair.
 // A device that already takes more keeps its settings.
-func RaiseGSOMaxSize(h nl.Handle, nodeIPs []netip.Addr, size int) error {
-	dev, err := UnderlayDevice(h, nodeIPs)
+func RaiseGSOMaxSize(h nl.Handle, nodeIPs []netip.Addr, device string, size int) error {
+	dev, err := UnderlayDevice(h, nodeIPs, device)
 	if err != nil {
 		return err
 	}

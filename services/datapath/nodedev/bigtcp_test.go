@@ -54,7 +54,7 @@ func TestBigTCPSize(t *testing.T) {
 					}
 				}
 			}
-			got, err := BigTCPSize(h, tc.nodeIPs, tc.mode, tc.protocol)
+			got, err := BigTCPSize(h, tc.nodeIPs, "", tc.mode, tc.protocol)
 			if tc.wantErr != "" {
 				if !errors.Is(err, ErrBigTCP) || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("BigTCPSize = %d, %v; want an ErrBigTCP error mentioning %q", got, err, tc.wantErr)
@@ -93,7 +93,7 @@ func TestRaiseGSOMaxSize(t *testing.T) {
 	if err := h.LinkSetGSOIPv4MaxSize(uplink, larger); err != nil {
 		t.Fatal(err)
 	}
-	if err := RaiseGSOMaxSize(h, []netip.Addr{v4}, bigTCPMaxSize); err != nil {
+	if err := RaiseGSOMaxSize(h, []netip.Addr{v4}, "", bigTCPMaxSize); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"uplink", HostDevice, NetDevice} {

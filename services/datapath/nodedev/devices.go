@@ -16,7 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/axon-cni/axon/services/datapath/nl"
-	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 // Routing modes between nodes.
@@ -140,13 +139,34 @@ const (
 // ErrNoUnderlay means no device holds a node address.
 var ErrNoUnderlay = errors.New("no device holds a node address")
 
-// UnderlayDevice returns the node's underlay device: the one holding the
-// primary node address (the first IPv4 one, which tunnels use as their
-// source), else the first other node address a device holds. An address on
-// a loopback or dummy device (a /32 announced by BGP, say) tells nothing
-// about where packets leave: the device of that family's default route
-// stands in for it.
-func UnderlayDevice(h nl.Handle, nodeIPs []netip.Addr) (netlink.Link, error) {
+// ErrUnderlayRefused means the underlay device cannot be chosen safely: the
+// node address is on a device that says nothing about where packets leave
+// (loopback, dummy), or --underlay-device names an unusable device.
+var ErrUnderlayRefused = errors.New("underlay device refused")
+
+// UnderlayDevice returns the node's underlay device: the device named, when
+// one is (--underlay-device), else the one holding the primary node address
+// (the first IPv4 one, which tunnels use as their source), else the first
+// other node address a device holds. A node address on a loopback or dummy
+// device (a /32 announced by BGP, say) tells nothing about where packets
+// leave, and guessing (the default route's device, say) would attach
+// axon_from_underlay and size pods for a device traffic may not take: that
+// is refused with ErrUnderlayRefused, naming the flag to set.
+func UnderlayDevice(h nl.Handle, nodeIPs []netip.Addr, device string) (netlink.Link, error) {
+	if device != "" {
+		l, err := h.LinkByName(device)
+		if err != nil {
+			var nf netlink.LinkNotFoundError
+			if errors.As(err, &nf) {
+				return nil, fmt.Errorf("%w: --underlay-device %s does not exist", ErrUnderlayRefused, device)
+			}
+			return nil, fmt.Errorf("find underlay device %s: %w", device, err)
+		}
+		if l.Attrs().Flags&net.FlagLoopback != 0 {
+			return nil, fmt.Errorf("%w: --underlay-device %s is the loopback device, which no packet leaves by", ErrUnderlayRefused, device)
+		}
+		return l, nil
+	}
 	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses: %w", err)
@@ -171,39 +191,18 @@ func UnderlayDevice(h nl.Handle, nodeIPs []netip.Addr) (netlink.Link, error) {
 			if err != nil {
 				return nil, fmt.Errorf("device of node address %s: %w", ip, err)
 			}
-			if l.Attrs().Flags&net.FlagLoopback == 0 && l.Type() != "dummy" {
-				return l, nil
+			kind := l.Type()
+			if l.Attrs().Flags&net.FlagLoopback != 0 {
+				kind = "loopback"
 			}
-			route, err := defaultRouteDevice(h, ip)
-			if err != nil {
-				return nil, fmt.Errorf("node address %s is on %s: %w", ip, l.Attrs().Name, err)
+			if kind == "loopback" || kind == "dummy" {
+				return nil, fmt.Errorf("%w: node address %s is on %s, a %s device, which says nothing about where packets leave: set --underlay-device to the device they leave by",
+					ErrUnderlayRefused, ip, l.Attrs().Name, kind)
 			}
-			return route, nil
+			return l, nil
 		}
 	}
 	return nil, fmt.Errorf("%w %v", ErrNoUnderlay, nodeIPs)
-}
-
-// defaultRouteDevice returns the device of the main table's default route
-// of ip's family.
-func defaultRouteDevice(h nl.Handle, ip netip.Addr) (netlink.Link, error) {
-	routes, err := h.RouteList(nil, veth.Family(ip))
-	if err != nil {
-		return nil, fmt.Errorf("list routes: %w", err)
-	}
-	for _, r := range routes {
-		if !veth.IsDefaultRoute(r) {
-			continue
-		}
-		idx := r.LinkIndex
-		if idx == 0 && len(r.MultiPath) > 0 {
-			idx = r.MultiPath[0].LinkIndex
-		}
-		if idx > 0 {
-			return h.LinkByIndex(idx)
-		}
-	}
-	return nil, fmt.Errorf("%w: no default route names the device packets leave by", ErrNoUnderlay)
 }
 
 // DerivePodMTU is the pods' MTU on the node's underlay: all of the underlay
@@ -211,11 +210,12 @@ func defaultRouteDevice(h nl.Handle, ip netip.Addr) (netlink.Link, error) {
 // full-size pod packet still fits the device once encapsulated (the
 // programs set DF on the outer header; only a packet too large for the path
 // MTU the node knows goes to the tunnel device, which fragments it).
-// Without an underlay device it assumes defaultUnderlayMTU and also returns
-// the ErrNoUnderlay error saying why.
-func DerivePodMTU(h nl.Handle, nodeIPs []netip.Addr, mode string) (pod int, underlay netlink.Link, err error) {
+// The underlay device is found as UnderlayDevice finds it; without one it
+// assumes defaultUnderlayMTU and also returns the ErrNoUnderlay error saying
+// why.
+func DerivePodMTU(h nl.Handle, nodeIPs []netip.Addr, device, mode string) (pod int, underlay netlink.Link, err error) {
 	mtu := defaultUnderlayMTU
-	underlay, err = UnderlayDevice(h, nodeIPs)
+	underlay, err = UnderlayDevice(h, nodeIPs, device)
 	switch {
 	case err == nil:
 		mtu = underlay.Attrs().MTU

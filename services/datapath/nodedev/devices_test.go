@@ -74,9 +74,10 @@ func TestPodMTUFromUnderlay(t *testing.T) {
 		{"IPv4 address decides", []dev{{"v6dev", 9000, []netip.Addr{v6}}, {"v4dev", 1400, []netip.Addr{v4}}}, nil, "", []netip.Addr{v6, v4}, ModeTunnel, "v4dev", 1350, false},
 		{"first IPv4 a device holds", []dev{{"v4dev", 1400, []netip.Addr{v4b}}}, nil, "", []netip.Addr{v4, v4b}, ModeNative, "v4dev", 1400, false},
 		{"IPv6-only node", []dev{{"v6dev", 9000, []netip.Addr{v6}}}, nil, "", []netip.Addr{v6}, ModeNative, "v6dev", 9000, false},
-		// A /32 on lo (announced by BGP) says nothing: the default route's device does.
-		{"node address on loopback", []dev{{"uplink", 9000, []netip.Addr{v4b}}}, []netip.Addr{v4}, "uplink", []netip.Addr{v4}, ModeTunnel, "uplink", 8950, false},
-		{"node address on loopback, no default route", nil, []netip.Addr{v4}, "", []netip.Addr{v4}, ModeTunnel, "", 1450, false},
+		// A /32 on lo (announced by BGP) says nothing about where packets
+		// leave: refused rather than guessed from the default route.
+		{"node address on loopback", []dev{{"uplink", 9000, []netip.Addr{v4b}}}, []netip.Addr{v4}, "uplink", []netip.Addr{v4}, ModeTunnel, "", 0, true},
+		{"node address on loopback, no default route", nil, []netip.Addr{v4}, "", []netip.Addr{v4}, ModeTunnel, "", 0, true},
 		{"no device holds the node address", nil, nil, "", []netip.Addr{v4}, ModeTunnel, "", 1450, false},
 		{"no node address", nil, nil, "", nil, ModeNative, "", 1500, false},
 		{"underlay too small for the tunnel", []dev{{"tiny", 600, []netip.Addr{v4}}}, nil, "", []netip.Addr{v4}, ModeTunnel, "", 0, true},
@@ -123,7 +124,7 @@ func TestPodMTUFromUnderlay(t *testing.T) {
 				}
 			}
 
-			pod, underlay, err := DerivePodMTU(h, tc.nodeIPs, tc.mode)
+			pod, underlay, err := DerivePodMTU(h, tc.nodeIPs, "", tc.mode)
 			if tc.wantErr {
 				if err == nil || errors.Is(err, ErrNoUnderlay) {
 					t.Fatalf("DerivePodMTU = %d, %v; want an error", pod, err)

@@ -166,6 +166,9 @@ type Daemon struct {
 	rpcMetrics *grpcprom.ServerMetrics
 	depUp      *prometheus.GaugeVec
 	checks     []namedCheck
+	// recheck asks runChecks for a check now; one pending request is
+	// enough, so it holds one.
+	recheck chan struct{}
 
 	mu       sync.Mutex
 	cleanups []func() error
@@ -230,7 +233,7 @@ func New(cfg Config, name string, log *slog.Logger) (*Daemon, error) {
 
 	d := &Daemon{
 		cfg: cfg, name: name, log: log, registry: reg, grpc: srv, health: hs,
-		tls: tlsCfg, depUp: depUp, rpcMetrics: srvMetrics,
+		tls: tlsCfg, depUp: depUp, rpcMetrics: srvMetrics, recheck: make(chan struct{}, 1),
 	}
 	return d, nil
 }
@@ -455,6 +458,17 @@ func (d *Daemon) serveMetrics(errc chan<- error) (*http.Server, error) {
 	return srv, nil
 }
 
+// Recheck runs the dependency checks now rather than at the next health
+// interval, so that a service reports a change it knows of (say, its
+// start-up just finished) when it happens. It does not wait for the checks;
+// requests made while one is pending are merged with it.
+func (d *Daemon) Recheck() {
+	select {
+	case d.recheck <- struct{}{}:
+	default:
+	}
+}
+
 // runChecks sets the serving status from the dependency checks until ctx is
 // done. With no checks the service is SERVING as soon as it listens.
 func (d *Daemon) runChecks(ctx context.Context) {
@@ -483,6 +497,7 @@ func (d *Daemon) runChecks(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+		case <-d.recheck:
 		}
 	}
 }

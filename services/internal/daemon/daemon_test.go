@@ -335,3 +335,32 @@ func TestNotImplemented(t *testing.T) {
 		t.Errorf("err = %v, want %q", err, want)
 	}
 }
+
+func TestRecheckReportsReadinessBeforeTheInterval(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	var ready atomic.Bool
+	daemons := make(chan *Daemon, 1)
+	spec := Spec{
+		Name: "test",
+		Setup: func(_ context.Context, d *Daemon) error {
+			d.AddCheck("start-up", func(context.Context) error {
+				if ready.Load() {
+					return nil
+				}
+				return errors.New("not started")
+			})
+			daemons <- d
+			return nil
+		},
+	}
+	// An interval no test waits out: only Recheck can turn health SERVING.
+	serve(t, spec, "--grpc-addr=", "--grpc-socket", sock, "--health-interval", "1h")
+	d := <-daemons
+	conn := dial(t, "unix://"+sock)
+	waitStatus(t, conn, healthpb.HealthCheckResponse_NOT_SERVING)
+
+	ready.Store(true)
+	d.Recheck()
+	d.Recheck() // merged with the pending one; must not block
+	waitStatus(t, conn, healthpb.HealthCheckResponse_SERVING)
+}

@@ -4,9 +4,11 @@
 // agent's endpoint lifecycle be tested without root, including a netlink
 // call failing half-way ([Fake.FailOn], [Fake.SetFail]) and things changed
 // behind the agent's back ([Fake.DeleteLink], [Fake.DeleteAddr],
-// [Fake.DeleteNeigh], [Fake.DeleteNamespace]). Those outside changes are
-// not calls of [nl.Handle], so the nl/nltest suite cannot hold them to the
-// kernel; their doc comments say which kernel behaviour they follow.
+// [Fake.DeleteNeigh], [Fake.DeleteNamespace]), of whose link deletions it
+// tells as the kernel's link events do ([Fake.LinkDeletions]). Those outside
+// changes are not calls of [nl.Handle], so the nl/nltest suite cannot hold
+// them to the kernel; their doc comments say which kernel behaviour they
+// follow.
 //
 // Ifindexes are unique across the host, except loopback's, which is 1 in
 // every namespace as in the kernel.
@@ -65,7 +67,10 @@ type Fake struct {
 	calls     map[callKey]int
 }
 
-var _ nl.Namespaces = (*Fake)(nil)
+var (
+	_ nl.Namespaces  = (*Fake)(nil)
+	_ nl.LinkWatcher = (*Fake)(nil)
+)
 
 // rule is a failure FailOn scheduled.
 type rule struct {
@@ -87,6 +92,8 @@ type namespace struct {
 	links   map[int]*link
 	routes  []netlink.Route
 	neighs  []netlink.Neigh
+	// watchers are LinkDeletions subscriptions (node namespace only).
+	watchers []*watcher
 }
 
 // link is one device; peer is the other end of a veth, possibly in another

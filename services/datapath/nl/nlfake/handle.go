@@ -104,6 +104,9 @@ func (ns *namespace) deleteLink(l *link) {
 func (ns *namespace) drop(l *link) {
 	idx := l.l.Attrs().Index
 	delete(ns.links, idx)
+	for _, w := range ns.watchers {
+		w.push(l.l.Attrs().Name)
+	}
 	ns.routes = slices.DeleteFunc(ns.routes, func(r netlink.Route) bool { return r.LinkIndex == idx })
 	ns.neighs = slices.DeleteFunc(ns.neighs, func(n netlink.Neigh) bool { return n.LinkIndex == idx })
 }

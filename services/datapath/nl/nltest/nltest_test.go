@@ -1,6 +1,7 @@
 package nltest_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -48,6 +49,11 @@ func (k *kernel) Node() (nl.Handle, error) {
 		return nil, fmt.Errorf("netlink in the node namespace: %w", err)
 	}
 	return h, nil
+}
+
+// LinkDeletions is the real nl.Linux's, in the test's node namespace.
+func (k *kernel) LinkDeletions(ctx context.Context) (<-chan string, error) {
+	return nl.NewLinuxAt(k.node.Handle).LinkDeletions(ctx)
 }
 
 func (k *kernel) Open(path string) (*nl.NS, error) {

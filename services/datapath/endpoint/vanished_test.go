@@ -1,0 +1,347 @@
+package endpoint
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/bpfmaps/bpffake"
+	"github.com/axon-cni/axon/services/datapath/internal/fakeipam"
+	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
+	"github.com/axon-cni/axon/services/datapath/veth"
+)
+
+// vanishedWorld is a node on the fakes for the vanished-endpoint tests.
+type vanishedWorld struct {
+	nf   *nlfake.Fake
+	bpf  *bpffake.Fake
+	ipam *fakeipam.IPAM
+	m    *Manager
+	dir  string // where the pods' namespace paths are
+}
+
+// vanishedHealth is the container ID Reserved reports, standing for the
+// node's health endpoint.
+const vanishedHealth = "axon-health-n1"
+
+func newVanishedWorld(t *testing.T) *vanishedWorld {
+	t.Helper()
+	nf := nlfake.New()
+	node, err := nf.Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Close)
+	bpf := bpffake.New()
+	bpf.SetInterfaces(func() map[string]int { return nf.Indexes(nlfake.NodeNS) })
+	ipam := fakeipam.New(fakeipam.Config{Node: "n1", Blocks: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/26")}})
+	if _, err := ipam.UpdateNode(t.Context(), &ipamv1alpha1.UpdateNodeRequest{Node: &ipamv1alpha1.Node{Name: "n1"}, AllowMissing: true}); err != nil {
+		t.Fatal(err)
+	}
+	m := New(Config{
+		NodeName: "n1", StateDir: t.TempDir(), MTU: 1450,
+		Reserved: func(att *datapathv1alpha1.Attachment) bool { return att.GetContainerId() == vanishedHealth },
+	}, ipam, &veth.Plumber{Namespaces: nf}, node, bpf, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return &vanishedWorld{nf: nf, bpf: bpf, ipam: ipam, m: m, dir: t.TempDir()}
+}
+
+func vanishedAtt(container string) *datapathv1alpha1.Attachment {
+	return &datapathv1alpha1.Attachment{ContainerId: container, InterfaceName: "eth0"}
+}
+
+// create wires a pod of container with its own namespace.
+func (w *vanishedWorld) create(t *testing.T, container string) *datapathv1alpha1.Endpoint {
+	t.Helper()
+	path := filepath.Join(w.dir, container)
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.nf.AddNamespace(path)
+	ep, err := w.m.CreateEndpoint(t.Context(), &datapathv1alpha1.CreateEndpointRequest{Attachment: vanishedAtt(container), NetnsPath: path})
+	if err != nil {
+		t.Fatalf("create %s: %v", container, err)
+	}
+	return ep
+}
+
+// present reports, for an endpoint, whether each piece of it is there: its
+// record, map entries, device entry and IPAM allocation.
+func (w *vanishedWorld) present(t *testing.T, ep *datapathv1alpha1.Endpoint) (record, entries, device, alloc bool) {
+	t.Helper()
+	att := ep.GetAttachment()
+	_, err := w.m.GetEndpoint(att)
+	record = err == nil
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetEndpoint: %v", err)
+	}
+	ip := Addrs(ep)[0].Addr()
+	_, entries = w.bpf.Endpoints()[ip]
+	_, device = w.bpf.Devices()[hostIfindex(ep, HostName(att))]
+	alloc = w.ipam.Holders()[ip] == att.GetContainerId()+"/eth0"
+	return record, entries, device, alloc
+}
+
+func (w *vanishedWorld) wantGone(t *testing.T, ep *datapathv1alpha1.Endpoint) {
+	t.Helper()
+	if r, e, d, a := w.present(t, ep); r || e || d || a {
+		t.Errorf("%s: record %v, map entries %v, device entry %v, IPAM allocation %v; want all gone",
+			HostName(ep.GetAttachment()), r, e, d, a)
+	}
+}
+
+func (w *vanishedWorld) wantKept(t *testing.T, ep *datapathv1alpha1.Endpoint) {
+	t.Helper()
+	if r, e, d, a := w.present(t, ep); !r || !e || !d || !a {
+		t.Errorf("%s: record %v, map entries %v, device entry %v, IPAM allocation %v; want all kept",
+			HostName(ep.GetAttachment()), r, e, d, a)
+	}
+}
+
+func TestRemoveVanished(t *testing.T) {
+	tests := []struct {
+		name string
+		// vanish takes the endpoint of container "a" (or the health
+		// endpoint) away, or breaks something, behind the manager's back.
+		vanish      func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint)
+		health      bool // the endpoint is the reserved health endpoint
+		wantRemoved bool
+		wantQueued  bool // the IPAM release is queued, the allocation kept for RetryReleases
+	}{
+		{name: "veth deleted", wantRemoved: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
+			if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "pod namespace deleted", wantRemoved: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
+			w.nf.DeleteNamespace(ep.GetNetnsPath())
+		}},
+		{name: "IPAM down", wantRemoved: true, wantQueued: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
+			if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
+				t.Fatal(err)
+			}
+			w.ipam.FailNext("ReleaseIP", 1, status.Error(codes.Unavailable, "IPAM down"))
+		}},
+		{name: "netlink error, veth there", vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
+			w.nf.FailOn(nlfake.NodeNS, "LinkByName", 1, unix.EIO)
+		}},
+		{name: "health endpoint left to its keeper", health: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
+			if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "nothing vanished", vanish: func(*testing.T, *vanishedWorld, *datapathv1alpha1.Endpoint) {}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newVanishedWorld(t)
+			container := "a"
+			if tc.health {
+				container = vanishedHealth
+			}
+			ep := w.create(t, container)
+			other := w.create(t, "b")
+			tc.vanish(t, w, ep)
+
+			removed := w.m.RemoveVanished(t.Context())
+			var want []string
+			if tc.wantRemoved {
+				want = []string{HostName(ep.GetAttachment())}
+			}
+			if !slices.Equal(removed, want) {
+				t.Errorf("RemoveVanished = %v, want %v", removed, want)
+			}
+			w.wantKept(t, other)
+			if !tc.wantRemoved {
+				if r, e, d, a := w.present(t, ep); !r || !a || !tc.health && (!e || !d) {
+					t.Errorf("record %v, map entries %v, device entry %v, allocation %v; want the endpoint kept", r, e, d, a)
+				}
+				return
+			}
+			if tc.wantQueued {
+				if r, e, d, _ := w.present(t, ep); r || e || d {
+					t.Errorf("record %v, map entries %v, device entry %v; want gone", r, e, d)
+				}
+				if _, err := os.Stat(filepath.Join(w.m.releaseDir(), HostName(ep.GetAttachment())+".json")); err != nil {
+					t.Fatalf("release not queued: %v", err)
+				}
+				w.m.RetryReleases(t.Context())
+			}
+			w.wantGone(t, ep)
+			// The address is free again: the next pod may get it.
+			if again := w.create(t, "c"); Addrs(again)[0] != Addrs(ep)[0] {
+				t.Errorf("new pod got %v, want the released %v", Addrs(again), Addrs(ep))
+			}
+		})
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// runVanished runs RunVanished until the test ends.
+func runVanished(t *testing.T, w *vanishedWorld, interval time.Duration, events LinkEvents) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.m.RunVanished(ctx, interval, events)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// A link deletion removes the endpoint at once, long before the periodic
+// pass would.
+func TestRunVanishedOnLinkEvent(t *testing.T) {
+	w := newVanishedWorld(t)
+	a, b := w.create(t, "a"), w.create(t, "b")
+	lookups := w.nf.Calls(nlfake.NodeNS, "LinkByName")
+	runVanished(t, w, time.Hour, w.nf)
+	// Subscribed, and the first pass (one lookup per record) done: what
+	// follows only an event can remove.
+	waitFor(t, "the first pass", func() bool {
+		return w.nf.Calls(nlfake.NodeNS, "LinkDeletions") == 1 && w.nf.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2
+	})
+	if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(a.GetAttachment())); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
+	w.wantGone(t, a)
+	w.wantKept(t, b)
+}
+
+// Without link events (the subscription fails), the periodic pass finds
+// the vanished endpoint.
+func TestRunVanishedPeriodic(t *testing.T) {
+	w := newVanishedWorld(t)
+	w.nf.SetFail(func(ns, op string) error {
+		if op == "LinkDeletions" {
+			return unix.ENOBUFS
+		}
+		return nil
+	})
+	a, b := w.create(t, "a"), w.create(t, "b")
+	lookups := w.nf.Calls(nlfake.NodeNS, "LinkByName")
+	runVanished(t, w, 20*time.Millisecond, w.nf)
+	waitFor(t, "the first pass", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2 })
+	w.nf.DeleteNamespace(a.GetNetnsPath())
+	waitFor(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
+	w.wantGone(t, a)
+	w.wantKept(t, b)
+	// The subscription is tried again at each interval.
+	waitFor(t, "a second subscription", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkDeletions") >= 2 })
+}
+
+// blockIPAM makes the next call of method wait inside IPAM (under the
+// attachment's lock of the operation making it) until the returned release
+// is called; entered is closed once it waits.
+func blockIPAM(w *vanishedWorld, method string) (entered <-chan struct{}, release func()) {
+	in, out := make(chan struct{}), make(chan struct{})
+	first := true
+	w.ipam.SetFail(func(m string) error {
+		if m == method && first {
+			first = false
+			close(in)
+			<-out
+		}
+		return nil
+	})
+	return in, func() { close(out) }
+}
+
+// The reconcile decides under the attachment's lock, from the record and
+// link as they are then: a DEL in flight (its veth gone, its record not yet)
+// is not removed a second time, and an ADD in flight (its veth made, its
+// record not yet written) is waited for and kept.
+func TestRemoveVanishedRacing(t *testing.T) {
+	t.Run("delete in flight", func(t *testing.T) {
+		w := newVanishedWorld(t)
+		a := w.create(t, "a")
+		entered, release := blockIPAM(w, "ReleaseIP")
+		delDone := make(chan error, 1)
+		go func() { _, err := w.m.DeleteEndpoint(t.Context(), a.GetAttachment()); delDone <- err }()
+		<-entered // the veth is gone, the record still there
+		got := make(chan []string, 1)
+		go func() { got <- w.m.RemoveVanished(t.Context()) }()
+		select {
+		case r := <-got:
+			t.Fatalf("RemoveVanished = %v while the DEL held the endpoint; want it to wait", r)
+		case <-time.After(100 * time.Millisecond):
+		}
+		release()
+		if err := <-delDone; err != nil {
+			t.Fatalf("DeleteEndpoint: %v", err)
+		}
+		if r := <-got; len(r) != 0 {
+			t.Errorf("RemoveVanished = %v, want nothing (the DEL removed it)", r)
+		}
+		if n := w.ipam.Calls("ReleaseIP"); n != 1 {
+			t.Errorf("ReleaseIP called %d times, want once", n)
+		}
+		w.wantGone(t, a)
+	})
+	t.Run("create in flight", func(t *testing.T) {
+		w := newVanishedWorld(t)
+		path := filepath.Join(w.dir, "a")
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		w.nf.AddNamespace(path)
+		// The ADD waits with its veth made and its record not yet written.
+		in, out := make(chan struct{}), make(chan struct{})
+		first := true
+		w.bpf.SetFail(func(op string) error {
+			if op == bpffake.OpPutDevice && first {
+				first = false
+				close(in)
+				<-out
+			}
+			return nil
+		})
+		created := make(chan error, 1)
+		go func() {
+			_, err := w.m.CreateEndpoint(t.Context(), &datapathv1alpha1.CreateEndpointRequest{Attachment: vanishedAtt("a"), NetnsPath: path})
+			created <- err
+		}()
+		<-in
+		got := make(chan bool, 1)
+		go func() { got <- w.m.removeIfVanished(t.Context(), HostName(vanishedAtt("a"))) }()
+		select {
+		case r := <-got:
+			t.Fatalf("removeIfVanished = %v while the ADD held the endpoint; want it to wait", r)
+		case <-time.After(100 * time.Millisecond):
+		}
+		close(out)
+		if err := <-created; err != nil {
+			t.Fatalf("CreateEndpoint: %v", err)
+		}
+		if <-got {
+			t.Error("the endpoint being created was removed")
+		}
+		ep, err := w.m.GetEndpoint(vanishedAtt("a"))
+		if err != nil {
+			t.Fatalf("the created endpoint is gone: %v", err)
+		}
+		w.wantKept(t, ep)
+	})
+}
