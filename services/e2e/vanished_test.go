@@ -55,7 +55,7 @@ func TestVanishedVethReleased(t *testing.T) {
 // endpointEntries lists the addresses of a node's eBPF endpoint entries.
 func (e *env) endpointEntries(node int) map[string]bool {
 	e.t.Helper()
-	objs, err := bpfdp.Load("/sys/fs/bpf/" + e.prefix + e.cluster.Nodes[node].Name, bpfdp.LoadOptions{})
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+e.prefix+e.cluster.Nodes[node].Name, bpfdp.LoadOptions{})
 	if err != nil {
 		e.t.Fatal(err)
 	}
