@@ -56,6 +56,9 @@ type Maps interface {
 	// addresses out of any of its veths.
 	PutDevice(ifindex int, pod uint32) error
 	DeleteDevice(ifindex int) error
+	// Device returns the pod key of a host-side veth; an error when it has
+	// none.
+	Device(ifindex int) (uint32, error)
 
 	// PutRemote routes another node's block to that node's IPv4 underlay
 	// address; DeleteRemote forgets it.

@@ -61,7 +61,7 @@ func (m *Manager) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.Check
 		if l, err := m.node.LinkByName(hostName); err == nil {
 			ifindex = l.Attrs().Index
 		}
-		for _, msg := range m.checkMaps(hostName, addrs, ifindex, podMAC, hostMAC) {
+		for _, msg := range m.checkMaps(hostName, addrs, ifindex, rec.PodKey, podMAC, hostMAC) {
 			add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_BPF_MAP, msg)
 		}
 	}
@@ -90,12 +90,22 @@ var componentOf = map[veth.Part]datapathv1alpha1.EndpointComponent{
 }
 
 // checkMaps describes what is missing or wrong of an endpoint's eBPF state:
-// the program on its host veth hostName, and each address's map entry (its
-// host ifindex, unless ifindex is 0, and MACs).
-func (m *Manager) checkMaps(hostName string, addrs []netip.Prefix, ifindex int, podMAC, hostMAC net.HardwareAddr) []string {
+// the program on its host veth hostName, the veth's device entry (its pod's
+// key, podKey, when recorded and ifindex is known: without it the program
+// drops every packet of the pod as spoofed), and each address's map entry
+// (its host ifindex, unless ifindex is 0, and MACs).
+func (m *Manager) checkMaps(hostName string, addrs []netip.Prefix, ifindex int, podKey uint32, podMAC, hostMAC net.HardwareAddr) []string {
 	var problems []string
 	if len(addrs) > 0 {
 		problems = m.bpf.EndpointProgramProblems(hostName)
+	}
+	if ifindex != 0 && podKey != 0 {
+		switch key, err := m.bpf.Device(ifindex); {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("no device map entry for %s (ifindex %d): %v", hostName, ifindex, err))
+		case key != podKey:
+			problems = append(problems, fmt.Sprintf("device map entry for %s names pod key %d, the endpoint's is %d", hostName, key, podKey))
+		}
 	}
 	for _, p := range addrs {
 		ip := p.Addr()

@@ -133,6 +133,21 @@ func TestCheckReportsBrokenPieces(t *testing.T) {
 				c.t.Fatal(err)
 			}
 		}},
+		{name: "DeviceEntryRemoved", want: []datapathv1alpha1.EndpointComponent{compBPF}, breaks: func(c *checked) {
+			if err := c.bpf.DeleteDevice(c.hostIdx); err != nil {
+				c.t.Fatal(err)
+			}
+		}},
+		{name: "DeviceEntryOtherPod", want: []datapathv1alpha1.EndpointComponent{compBPF}, breaks: func(c *checked) {
+			key, err := c.bpf.Device(c.hostIdx)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			// Another pod's key lets this pod send that pod's addresses.
+			if err := c.bpf.PutDevice(c.hostIdx, key+1); err != nil {
+				c.t.Fatal(err)
+			}
+		}},
 		{name: "ProgramDetached", want: []datapathv1alpha1.EndpointComponent{compBPF}, breaks: func(c *checked) {
 			c.bpf.DetachEndpoint(c.hostIdx)
 		}},

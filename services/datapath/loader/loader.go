@@ -251,6 +251,9 @@ func (l *Loader) PutDevice(ifindex int, pod uint32) error { return l.objs.PutDev
 // DeleteDevice forgets a pod's host-side veth.
 func (l *Loader) DeleteDevice(ifindex int) error { return l.objs.DeleteDevice(ifindex) }
 
+// Device returns the pod key recorded for a host-side veth.
+func (l *Loader) Device(ifindex int) (uint32, error) { return l.objs.Device(ifindex) }
+
 // EndpointAddrs lists the pod addresses that have endpoint map entries.
 func (l *Loader) EndpointAddrs() ([]netip.Addr, error) {
 	eps, err := l.objs.Endpoints()

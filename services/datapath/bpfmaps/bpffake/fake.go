@@ -22,6 +22,7 @@ const (
 	OpEndpointAddrs    = "EndpointAddrs"
 	OpPutDevice        = "PutDevice"
 	OpDeleteDevice     = "DeleteDevice"
+	OpDevice           = "Device"
 	OpPutRemote        = "PutRemote"
 	OpDeleteRemote     = "DeleteRemote"
 	OpRemoteBlocks     = "RemoteBlocks"

@@ -100,6 +100,24 @@ func (f *Fake) PutDevice(ifindex int, pod uint32) error {
 	return nil
 }
 
+// Device returns the pod key of a host-side veth, or an error wrapping
+// the real maps' ErrNotFound.
+func (f *Fake) Device(ifindex int) (uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(OpDevice); err != nil {
+		return 0, err
+	}
+	if err := checkIfindex(ifindex); err != nil {
+		return 0, err
+	}
+	pod, ok := f.devices[ifindex]
+	if !ok {
+		return 0, fmt.Errorf("device %d: %w", ifindex, bpfdp.ErrNotFound)
+	}
+	return pod, nil
+}
+
 // DeleteDevice forgets a host-side veth; a missing one is success.
 func (f *Fake) DeleteDevice(ifindex int) error {
 	f.mu.Lock()
