@@ -136,7 +136,9 @@ func (m *Manager) reconcile(p netip.Prefix) {
 	want, ok := m.effective(p, m.cfg.Mode == nodedev.ModeTunnel)
 	cur, applied := m.applied[p]
 	switch {
-	case !ok && applied:
+	case !ok && (applied || m.failed[p]):
+		// A block whose apply failed may be half there (the map entry
+		// written and the route refused, or the reverse).
 		m.removeRemote(p)
 		delete(m.applied, p)
 	case ok && (!applied || cur != want):
