@@ -135,6 +135,11 @@ func (m *Manager) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.
 			m.reconcile(p)
 		}
 	}
+	// The prober stops probing the node, unless the block watch still
+	// reports it.
+	if !slices.ContainsFunc(slices.Collect(maps.Values(m.watched)), func(rb remoteBlock) bool { return rb.node == name }) {
+		m.peers.ForgetPeer(name)
+	}
 	return old, nil
 }
 

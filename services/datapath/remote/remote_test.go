@@ -526,3 +526,32 @@ func TestRemoteNodesAPI(t *testing.T) {
 		})
 	}
 }
+
+// TestDeletedRemoteNodeIsNoPeer: an API-given node with a health endpoint
+// is probed while it exists; deleting it stops that, unless the block
+// watch still reports the node.
+func TestDeletedRemoteNodeIsNoPeer(t *testing.T) {
+	w := newWorld(t, nodedev.ModeTunnel)
+	m := w.manager(t)
+	w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
+	run(t, m)
+	eventually(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+	for _, name := range []string{"node-b", "node-c"} {
+		n := &datapathv1alpha1.RemoteNode{Name: name, NodeIps: []string{"192.0.2.30"}, HealthIps: []string{"10.0.3.2"}}
+		if _, err := m.UpsertRemoteNode(n, ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := w.peers.get(name); !ok {
+			t.Fatalf("%s not a peer after its upsert", name)
+		}
+		if _, err := m.DeleteRemoteNode(name, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, ok := w.peers.get("node-c"); ok {
+		t.Error("deleted node-c is still a peer")
+	}
+	if _, ok := w.peers.get("node-b"); !ok {
+		t.Error("node-b, which the watch reports, is no peer after its API entry went")
+	}
+}
