@@ -477,3 +477,75 @@ func endpointIP(t *testing.T, ep *datapathv1alpha1.Endpoint) netip.Addr {
 	}
 	return addrs[0].Addr()
 }
+
+func TestNewRefusesWhatTheNodeCannotDo(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(w *world, cfg *agent.Config, deps *agent.Deps)
+		want error // nil: any error
+	}{
+		{"unknown routing mode", func(_ *world, cfg *agent.Config, _ *agent.Deps) { cfg.RoutingMode = "bgp" }, nil},
+		{"unknown tunnel protocol", func(_ *world, cfg *agent.Config, _ *agent.Deps) { cfg.TunnelProtocol = "gre" }, nil},
+		{"no IPAM", func(_ *world, _ *agent.Config, deps *agent.Deps) { deps.IPAM = nil }, nil},
+		{"masquerade without rules", func(_ *world, _ *agent.Config, deps *agent.Deps) { deps.Masquerade = nil }, nil},
+		{"Geneve on a kernel without it", func(w *world, cfg *agent.Config, _ *agent.Deps) {
+			cfg.TunnelProtocol = nodedev.TunnelGeneve
+			w.nl.SetKindSupported(nlfake.KindGeneve, false)
+		}, nodedev.ErrNoGeneve},
+		{"BIG TCP with Geneve", func(_ *world, cfg *agent.Config, _ *agent.Deps) {
+			cfg.TunnelProtocol, cfg.BigTCP = nodedev.TunnelGeneve, true
+		}, nodedev.ErrBigTCP},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t, nodedev.ModeTunnel, block4)
+			cfg := w.cfg
+			deps := agent.Deps{Namespaces: w.nl, Datapath: w.bpf, IPAM: w.ipam, Masquerade: w.rules, Sysctl: w.sysctls.write}
+			tc.edit(w, &cfg, &deps)
+			a, err := agent.New(cfg, deps, slog.New(slog.DiscardHandler))
+			if err == nil {
+				a.Close()
+				t.Fatal("New succeeded, want an error")
+			}
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("New: %v, want %v", err, tc.want)
+			}
+			if n := w.nl.OpenHandles(); n != 0 {
+				t.Errorf("%d netlink handles left open", n)
+			}
+		})
+	}
+}
+
+func TestStartWithGeneveAndFixedMTU(t *testing.T) {
+	w := newWorld(t, nodedev.ModeTunnel, block4)
+	w.cfg.TunnelProtocol, w.cfg.MTU = nodedev.TunnelGeneve, 1400
+	a := w.agent(t)
+	if err := a.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	tunnel, ok := w.nl.Link(nlfake.NodeNS, nodedev.GeneveDevice)
+	if !ok {
+		t.Fatalf("%s missing", nodedev.GeneveDevice)
+	}
+	if _, ok := w.nl.Link(nlfake.NodeNS, nodedev.VXLANDevice); ok {
+		t.Errorf("%s created with Geneve", nodedev.VXLANDevice)
+	}
+	if _, ok := w.nl.Link(nlfake.NodeNS, "axon_gnvprobe"); ok {
+		t.Error("the Geneve probe device was left behind")
+	}
+	c, _ := w.bpf.Config()
+	if !c.Geneve || c.TunnelIfindex != tunnel.Attrs().Index {
+		t.Errorf("datapath config %+v, want Geneve on ifindex %d", c, tunnel.Attrs().Index)
+	}
+	for _, dev := range []string{nodedev.HostDevice, nodedev.NetDevice, nodedev.GeneveDevice} {
+		if l, _ := w.nl.Link(nlfake.NodeNS, dev); l == nil || l.Attrs().MTU != 1400 {
+			t.Errorf("%s MTU = %v, want the configured 1400", dev, l)
+		}
+	}
+	if w.rules.overlay != nodedev.GeneveDevice {
+		t.Errorf("masquerade exempts %q, want %s", w.rules.overlay, nodedev.GeneveDevice)
+	}
+	if got := a.NodeConfig(); got.GetMtu() != 1400 || got.GetTunnelPort() != nodedev.GenevePort {
+		t.Errorf("NodeConfig MTU %d port %d, want 1400 and %d", got.GetMtu(), got.GetTunnelPort(), nodedev.GenevePort)
+	}
+}
