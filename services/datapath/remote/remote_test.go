@@ -79,12 +79,13 @@ type world struct {
 	stateDir string
 	tunnel   int
 	ready    error
+	retry    time.Duration // the managers' failed-block retry interval
 }
 
 func newWorld(t *testing.T, mode string) *world {
 	t.Helper()
 	w := &world{
-		mode: mode, nl: nlfake.New(), bpf: bpffake.New(), peers: &peers{known: map[string]netip.Addr{}}, stateDir: t.TempDir(),
+		mode: mode, nl: nlfake.New(), bpf: bpffake.New(), peers: &peers{known: map[string]netip.Addr{}}, stateDir: t.TempDir(), retry: 50 * time.Millisecond,
 		ipam: fakeipam.New(fakeipam.Config{Node: self, Blocks: []netip.Prefix{ownBlock}}),
 	}
 	h, err := w.nl.Node()
@@ -129,7 +130,7 @@ func (w *world) manager(t *testing.T) *remote.Manager {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Close)
-	m := remote.New(remote.Config{NodeName: self, Mode: w.mode, TunnelProtocol: nodedev.TunnelVXLAN, MTU: 1450, StateDir: w.stateDir},
+	m := remote.New(remote.Config{NodeName: self, Mode: w.mode, TunnelProtocol: nodedev.TunnelVXLAN, MTU: 1450, StateDir: w.stateDir, RetryInterval: w.retry},
 		w.ipam, h, w.bpf, w.peers, func() error { return w.ready }, slog.New(slog.DiscardHandler))
 	m.SetRouters([]netip.Addr{router4, router6})
 	return m
@@ -353,7 +354,7 @@ func TestRestoredEntriesRemovedAfterSync(t *testing.T) {
 }
 
 // TestFailedBlockIsRetried injects a failed route or map write: the block
-// is applied by the failed-block retry (every 5 s).
+// is applied by the failed-block retry.
 func TestFailedBlockIsRetried(t *testing.T) {
 	for _, tc := range []struct {
 		mode, fail string
@@ -387,6 +388,7 @@ func TestFailedBlockDeletedLeavesNothing(t *testing.T) {
 	} {
 		t.Run(tc.mode+"/"+tc.fail, func(t *testing.T) {
 			w := newWorld(t, tc.mode)
+			w.retry = time.Hour // the deletion, not a retry, must clean up
 			run(t, w.manager(t))
 			eventually(t, 5*time.Second, func() error {
 				if w.ipam.Watchers() == 0 {
@@ -553,5 +555,32 @@ func TestDeletedRemoteNodeIsNoPeer(t *testing.T) {
 	}
 	if _, ok := w.peers.get("node-b"); !ok {
 		t.Error("node-b, which the watch reports, is no peer after its API entry went")
+	}
+}
+
+// TestFailedRemovalIsRetried: a block whose route or map entry could not be
+// removed is removed by the failed-block retry, not forgotten with the
+// route or entry left behind.
+func TestFailedRemovalIsRetried(t *testing.T) {
+	for _, tc := range []struct {
+		mode, fail string
+	}{
+		{nodedev.ModeTunnel, "RouteListFiltered"}, {nodedev.ModeTunnel, "RouteDel"}, {nodedev.ModeTunnel, "map"},
+		{nodedev.ModeNative, "RouteDel"}, {nodedev.ModeNative, "map"},
+	} {
+		t.Run(tc.mode+"/"+tc.fail, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, tc.mode)
+			w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
+			run(t, w.manager(t))
+			eventually(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+			if tc.fail == "map" {
+				w.bpf.FailOn(bpffake.OpDeleteRemote, 1, unix.EBUSY)
+			} else {
+				w.nl.FailOn(nlfake.NodeNS, tc.fail, 1, unix.ENOBUFS)
+			}
+			w.ipam.DeleteRemoteBlock(peerBlk4.String())
+			eventually(t, 10*time.Second, func() error { return w.gone(peerBlk4) })
+		})
 	}
 }
