@@ -137,9 +137,12 @@ func (m *Manager) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.
 	}
 	// The prober stops probing the node, unless the block watch still
 	// reports it.
-	if !slices.ContainsFunc(slices.Collect(maps.Values(m.watched)), func(rb remoteBlock) bool { return rb.node == name }) {
-		m.peers.ForgetPeer(name)
+	for _, rb := range m.watched {
+		if rb.node == name {
+			return old, nil
+		}
 	}
+	m.peers.ForgetPeer(name)
 	return old, nil
 }
 
