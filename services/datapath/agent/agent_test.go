@@ -1,8 +1,10 @@
 package agent_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -11,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -23,9 +26,11 @@ import (
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 	"github.com/axon-cni/axon/services/datapath/bpfmaps/bpffake"
 	"github.com/axon-cni/axon/services/datapath/endpoint"
+	"github.com/axon-cni/axon/services/datapath/health"
 	"github.com/axon-cni/axon/services/datapath/internal/fakeipam"
 	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
 	"github.com/axon-cni/axon/services/datapath/nodedev"
+	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
 const (
@@ -547,5 +552,74 @@ func TestStartWithGeneveAndFixedMTU(t *testing.T) {
 	}
 	if got := a.NodeConfig(); got.GetMtu() != 1400 || got.GetTunnelPort() != nodedev.GenevePort {
 		t.Errorf("NodeConfig MTU %d port %d, want 1400 and %d", got.GetMtu(), got.GetTunnelPort(), nodedev.GenevePort)
+	}
+}
+
+// TestRunHealthKeepsTheHealthEndpoint: the health loop creates the node's
+// health endpoint (NodeConfig reports its address), a GC of every network
+// leaves it alone, and the loop re-creates it after its veth vanished.
+func TestRunHealthKeepsTheHealthEndpoint(t *testing.T) {
+	w := newWorld(t, nodedev.ModeTunnel, block4)
+	a := w.agent(t)
+	if err := a.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// nl.Linux's Ensure bind-mounts the namespace there; nlfake's keeps no
+	// file, and endpoint creation checks the path.
+	if err := os.WriteFile(health.NetnsPath(w.cfg.StateDir), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.RunHealth(ctx, 10*time.Millisecond)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	healthIP := func() (string, error) {
+		ips := a.NodeConfig().GetHealthIps()
+		if len(ips) != 1 {
+			return "", fmt.Errorf("health IPs %v, want one", ips)
+		}
+		return ips[0], nil
+	}
+	waitFor(t, func() error { _, err := healthIP(); return err })
+
+	removed, _, err := a.Endpoints().GarbageCollect(t.Context(), "", nil, 0, false)
+	if err != nil || len(removed) != 0 {
+		t.Fatalf("GC of every network removed %v, %v; want nothing", removed, err)
+	}
+	att := health.Attachment(node)
+	if err := w.nl.DeleteLink(nlfake.NodeNS, veth.HostName(att.GetContainerId(), att.GetInterfaceName())); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() error {
+		if _, ok := w.nl.Link(nlfake.NodeNS, veth.HostName(att.GetContainerId(), att.GetInterfaceName())); !ok {
+			return errors.New("health veth not re-created")
+		}
+		_, err := healthIP()
+		return err
+	})
+	if n := len(w.ipam.Allocations()); n != 1 {
+		t.Errorf("IPAM allocations %d, want the health endpoint's only", n)
+	}
+}
+
+// waitFor polls check until it returns nil, for up to five seconds.
+func waitFor(t *testing.T, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
