@@ -7,7 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -582,5 +585,37 @@ func TestFailedRemovalIsRetried(t *testing.T) {
 			w.ipam.DeleteRemoteBlock(peerBlk4.String())
 			eventually(t, 10*time.Second, func() error { return w.gone(peerBlk4) })
 		})
+	}
+}
+
+// TestRestoreNodesSurvivesADamagedFile: an unreadable state file does not
+// keep the node from starting; the API's clients upsert their nodes again.
+func TestRestoreNodesSurvivesADamagedFile(t *testing.T) {
+	for _, content := range []string{"{not json", `[{"name": 7}, {"name": "node-c", "nodeIps": ["192.0.2.30"], "podCidrs": ["10.0.3.0/24"]}]`} {
+		w := newWorld(t, nodedev.ModeNative)
+		if err := os.WriteFile(filepath.Join(w.stateDir, "remote-nodes.state"), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		m := w.manager(t)
+		if err := m.RestoreNodes(); err != nil {
+			t.Fatalf("RestoreNodes(%q): %v, want nil", content, err)
+		}
+		var names []string
+		for _, n := range m.ListRemoteNodes() {
+			names = append(names, n.GetName())
+		}
+		want := []string(nil)
+		if strings.Contains(content, "node-c") {
+			want = []string{"node-c"} // the readable entry is kept
+		}
+		if !slices.Equal(names, want) {
+			t.Errorf("RestoreNodes(%q) restored %v, want %v", content, names, want)
+		}
+		if want != nil {
+			cIP := netip.MustParseAddr("192.0.2.30")
+			if err := w.routed(otherBlk4, cIP, cIP); err != nil {
+				t.Errorf("restored node-c: %v", err)
+			}
+		}
 	}
 }
