@@ -12,8 +12,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
@@ -225,14 +229,8 @@ func (a *Agent) Remotes() *remote.Manager { return a.remotes }
 // devices and the datapath, and reconciles the recorded endpoints and
 // remote nodes; then it replays the DELs queued while the agent was down.
 func (a *Agent) Start(ctx context.Context) error {
-	var addrs []string
-	for _, ip := range a.cfg.NodeIPs {
-		addrs = append(addrs, ip.String())
-	}
-	if _, err := a.deps.IPAM.UpdateNode(ctx, &ipamv1alpha1.UpdateNodeRequest{
-		Node: &ipamv1alpha1.Node{Name: a.cfg.NodeName, Addresses: addrs}, AllowMissing: true,
-	}); err != nil {
-		return fmt.Errorf("register node %q with IPAM: %w", a.cfg.NodeName, err)
+	if err := a.registerNode(ctx); err != nil {
+		return err
 	}
 	blocks, err := a.deps.IPAM.ClaimBlock(ctx, &ipamv1alpha1.ClaimBlockRequest{Node: a.cfg.NodeName})
 	if err != nil {
@@ -282,6 +280,49 @@ func (a *Agent) Start(ctx context.Context) error {
 	// DELs queued while the agent was down run before anything else waits
 	// on them; failures stay queued for the periodic replay.
 	a.endpoints.ReplayDeletes(ctx)
+	return nil
+}
+
+// registerAttempts bounds registerNode's re-reads after revision conflicts.
+const registerAttempts = 5
+
+// registerNode records the node's addresses in IPAM, or registers the node
+// when it is absent. UpdateNode replaces the whole spec, so the agent reads
+// the node first and changes only its addresses: the pod CIDRs are the
+// operator's (Kubernetes' podCIDRs), and IPAM refuses to drop one that has
+// become a block. The write is conditional on the revision read; a
+// conflict (or, for a registration, the node appearing meanwhile) means
+// someone else wrote, so the node is read again.
+func (a *Agent) registerNode(ctx context.Context) error {
+	addrs := make([]string, 0, len(a.cfg.NodeIPs))
+	for _, ip := range a.cfg.NodeIPs {
+		addrs = append(addrs, ip.String())
+	}
+	var err error
+	for range registerAttempts {
+		var got *ipamv1alpha1.GetNodeResponse
+		got, err = a.deps.IPAM.GetNode(ctx, &ipamv1alpha1.GetNodeRequest{Name: a.cfg.NodeName})
+		req := &ipamv1alpha1.UpdateNodeRequest{Node: &ipamv1alpha1.Node{Name: a.cfg.NodeName, Addresses: addrs}}
+		switch status.Code(err) {
+		case codes.OK:
+			cur := got.GetNode()
+			if slices.Equal(cur.GetAddresses(), addrs) {
+				return nil
+			}
+			req.Node.PodCidrs, req.ExpectedRevision = cur.GetPodCidrs(), cur.GetRevision()
+		case codes.NotFound:
+			req.AllowMissing = true
+		default:
+			return fmt.Errorf("register node %q with IPAM: read it: %w", a.cfg.NodeName, err)
+		}
+		_, err = a.deps.IPAM.UpdateNode(ctx, req)
+		if c := status.Code(err); c != codes.Aborted && c != codes.AlreadyExists {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("register node %q with IPAM: %w", a.cfg.NodeName, err)
+	}
 	return nil
 }
 

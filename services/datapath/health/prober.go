@@ -47,10 +47,18 @@ type Allocations interface {
 	GetAllocation(ctx context.Context, in *ipamv1alpha1.GetAllocationRequest, opts ...grpc.CallOption) (*ipamv1alpha1.GetAllocationResponse, error)
 }
 
+// echoer sends ICMP echo requests for one probe round (*pinger); the
+// prober's tests answer without raw sockets.
+type echoer interface {
+	ping(ctx context.Context, ip netip.Addr) (time.Duration, error)
+	close()
+}
+
 // Prober holds the peers and their last probe results.
 type Prober struct {
-	ipam Allocations
-	log  *slog.Logger
+	ipam   Allocations
+	log    *slog.Logger
+	listen func() (echoer, error) // opens a probe round's socket
 
 	mu    sync.Mutex
 	peers map[string]*peer
@@ -58,7 +66,14 @@ type Prober struct {
 
 // NewProber returns a Prober that finds peers' health endpoints in ipam.
 func NewProber(ipam Allocations, log *slog.Logger) *Prober {
-	return &Prober{ipam: ipam, log: log, peers: map[string]*peer{}}
+	listen := func() (echoer, error) {
+		p, err := newPinger()
+		if err != nil {
+			return nil, err // not a nil *pinger in the interface
+		}
+		return p, nil
+	}
+	return &Prober{ipam: ipam, log: log, listen: listen, peers: map[string]*peer{}}
 }
 
 // NotePeer records a peer's node address and, if known, its health
@@ -99,7 +114,7 @@ func (h *Prober) Probe(ctx context.Context) {
 	if len(names) == 0 {
 		return
 	}
-	pg, err := newPinger()
+	pg, err := h.listen()
 	if err != nil {
 		h.log.Warn("health probes: ICMP socket", "err", err)
 		return

@@ -135,6 +135,14 @@ func (m *Manager) DeleteRemoteNode(name, expectedRev string) (*datapathv1alpha1.
 			m.reconcile(p)
 		}
 	}
+	// The prober stops probing the node, unless the block watch still
+	// reports it.
+	for _, rb := range m.watched {
+		if rb.node == name {
+			return old, nil
+		}
+	}
+	m.peers.ForgetPeer(name)
 	return old, nil
 }
 

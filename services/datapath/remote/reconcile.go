@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
@@ -50,6 +51,9 @@ type Config struct {
 	MTU int
 	// StateDir keeps the remote nodes given by API.
 	StateDir string
+	// RetryInterval is how often blocks that could not be applied or
+	// removed are tried again; 0 means 5 seconds.
+	RetryInterval time.Duration
 }
 
 // Peers is told about the nodes to probe (the health prober).
@@ -97,6 +101,9 @@ func New(cfg Config, blocks Blocks, node nl.Handle, bpf bpfmaps.Maps, peers Peer
 	if ready == nil {
 		ready = func() error { return nil }
 	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = 5 * time.Second
+	}
 	return &Manager{
 		cfg: cfg, log: log, blocks: blocks, node: node, bpf: bpf, peers: peers, ready: ready,
 		watched: map[netip.Prefix]remoteBlock{}, manual: map[string]*datapathv1alpha1.RemoteNode{},
@@ -136,8 +143,18 @@ func (m *Manager) reconcile(p netip.Prefix) {
 	want, ok := m.effective(p, m.cfg.Mode == nodedev.ModeTunnel)
 	cur, applied := m.applied[p]
 	switch {
-	case !ok && applied:
-		m.removeRemote(p)
+	case !ok && (applied || m.failed[p]):
+		// A block whose apply failed may be half there (the map entry
+		// written and the route refused, or the reverse). What cannot be
+		// removed now is retried: forgotten, it would stay for good (a
+		// restart finds map entries, not routes).
+		if err := m.removeRemote(p); err != nil {
+			if !m.failed[p] {
+				m.log.Warn("cannot remove remote block; retrying", "block", p, "err", err)
+			}
+			m.failed[p] = true
+			return
+		}
 		delete(m.applied, p)
 	case ok && (!applied || cur != want):
 		if err := m.applyRemote(p, want); err != nil {
@@ -152,7 +169,8 @@ func (m *Manager) reconcile(p netip.Prefix) {
 	delete(m.failed, p)
 }
 
-// retryFailedRemotes applies again the blocks that could not be applied.
+// retryFailedRemotes reconciles again the blocks that could not be applied
+// or removed.
 func (m *Manager) retryFailedRemotes() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -170,7 +188,7 @@ func (m *Manager) Run(ctx context.Context) {
 	// routes and maps runs once Run returned.
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { periodic.Every(ctx, 5*time.Second, m.retryFailedRemotes) })
+	wg.Go(func() { periodic.Every(ctx, m.cfg.RetryInterval, m.retryFailedRemotes) })
 	for ctx.Err() == nil {
 		err := m.watchOnce(ctx)
 		if ctx.Err() != nil {
@@ -317,19 +335,25 @@ func (m *Manager) routerOf(v4 bool) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-func (m *Manager) removeRemote(p netip.Prefix) {
+// removeRemote removes block p's routes and map entry; what is already
+// gone is success.
+func (m *Manager) removeRemote(p netip.Prefix) error {
 	dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 	routes, err := m.node.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: dst}, netlink.RT_FILTER_DST)
-	if err == nil {
-		for _, r := range routes {
-			_ = m.node.RouteDel(&r)
+	if err != nil {
+		return fmt.Errorf("list routes to %s: %w", p, err)
+	}
+	for _, r := range routes {
+		if err := m.node.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("delete route to %s: %w", p, err)
 		}
 	}
 	if m.bpf != nil {
 		if err := m.bpf.DeleteRemote(p); err != nil {
-			m.log.Warn("delete tunnel map entry", "block", p, "err", err)
+			return fmt.Errorf("delete remote map entry of %s: %w", p, err)
 		}
 	}
+	return nil
 }
 
 // Restore seeds what the agent has applied of other nodes' blocks

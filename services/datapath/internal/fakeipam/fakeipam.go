@@ -1,6 +1,7 @@
 // Package fakeipam is an in-memory IPAM client for the datapath's tests:
-// one pool, one node whose blocks are configured up front, allocations by
-// owner handle with sequence numbers, and a block watch the test drives.
+// one pool, one node whose blocks are configured up front, node records
+// with revisions (GetNode, UpdateNode), allocations by owner handle with
+// sequence numbers, and a block watch the test drives.
 // It answers with the status codes the IPAM service documents, and any
 // method can be made to fail (say Unavailable for the next few calls).
 // Methods the datapath does not call panic (the embedded nil interface).
@@ -42,6 +43,7 @@ type IPAM struct {
 	allocs  map[handleKey]*ipamv1alpha1.Allocation
 	used    map[netip.Addr]handleKey
 	seq     uint64
+	rev     uint64 // the last node revision handed out
 	remote  map[string]*blockEvent
 	streams map[*watchStream]bool
 	fail    func(method string) error

@@ -309,3 +309,55 @@ func TestConcurrentAllocate(t *testing.T) {
 		t.Errorf("%d addresses held, want 20", n)
 	}
 }
+
+func TestUpdateNodeRevisionsAndPodCIDRs(t *testing.T) {
+	f := newIPAM(t, "10.244.1.0/26")
+	ctx := t.Context()
+	get := func() *ipamv1alpha1.Node {
+		t.Helper()
+		resp, err := f.GetNode(ctx, &ipamv1alpha1.GetNodeRequest{Name: node})
+		if err != nil {
+			t.Fatalf("GetNode: %v", err)
+		}
+		return resp.GetNode()
+	}
+	if _, err := f.GetNode(ctx, &ipamv1alpha1.GetNodeRequest{Name: "other"}); status.Code(err) != codes.NotFound {
+		t.Errorf("GetNode of an unknown node: %v, want NotFound", err)
+	}
+	n := get()
+	withCIDR := &ipamv1alpha1.Node{Name: node, Addresses: n.GetAddresses(), PodCidrs: []string{"10.244.1.0/26"}}
+	for _, tc := range []struct {
+		name    string
+		req     func(rev string) *ipamv1alpha1.UpdateNodeRequest
+		want    codes.Code
+		changed bool
+	}{
+		{name: "stale revision", want: codes.Aborted, req: func(string) *ipamv1alpha1.UpdateNodeRequest {
+			return &ipamv1alpha1.UpdateNodeRequest{Node: withCIDR, ExpectedRevision: "999"}
+		}},
+		{name: "add a pod CIDR", changed: true, req: func(rev string) *ipamv1alpha1.UpdateNodeRequest {
+			return &ipamv1alpha1.UpdateNodeRequest{Node: withCIDR, ExpectedRevision: rev}
+		}},
+		{name: "same spec", req: func(rev string) *ipamv1alpha1.UpdateNodeRequest {
+			return &ipamv1alpha1.UpdateNodeRequest{Node: withCIDR, ExpectedRevision: rev}
+		}},
+		{name: "drop the pod CIDR that is a block", want: codes.FailedPrecondition, req: func(string) *ipamv1alpha1.UpdateNodeRequest {
+			return &ipamv1alpha1.UpdateNodeRequest{Node: &ipamv1alpha1.Node{Name: node, Addresses: []string{"192.0.2.11"}}}
+		}},
+		{name: "absent with expected_revision", want: codes.Aborted, req: func(string) *ipamv1alpha1.UpdateNodeRequest {
+			return &ipamv1alpha1.UpdateNodeRequest{Node: &ipamv1alpha1.Node{Name: "other"}, ExpectedRevision: "1", AllowMissing: true}
+		}},
+	} {
+		before := get()
+		_, err := f.UpdateNode(ctx, tc.req(before.GetRevision()))
+		if status.Code(err) != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		if after := get(); (after.GetRevision() != before.GetRevision()) != tc.changed {
+			t.Errorf("%s: revision %s → %s, changed want %v", tc.name, before.GetRevision(), after.GetRevision(), tc.changed)
+		}
+	}
+	if got := get().GetPodCidrs(); len(got) != 1 || got[0] != "10.244.1.0/26" {
+		t.Errorf("pod CIDRs = %v, want [10.244.1.0/26]", got)
+	}
+}

@@ -3,6 +3,8 @@ package fakeipam
 import (
 	"context"
 	"net/netip"
+	"slices"
+	"strconv"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,7 +38,10 @@ func (f *IPAM) block(b netip.Prefix) *ipamv1alpha1.Block {
 	}
 }
 
-// UpdateNode registers or updates a node (allow_missing registers it).
+// UpdateNode replaces a node's spec (addresses, pod CIDRs), or registers it
+// with allow_missing, as the service does: an expected_revision that does
+// not match gives Aborted; an unchanged spec keeps the revision; dropping a
+// pod CIDR that is one of the node's blocks gives FailedPrecondition.
 func (f *IPAM) UpdateNode(_ context.Context, req *ipamv1alpha1.UpdateNodeRequest, _ ...grpc.CallOption) (*ipamv1alpha1.UpdateNodeResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -47,12 +52,58 @@ func (f *IPAM) UpdateNode(_ context.Context, req *ipamv1alpha1.UpdateNodeRequest
 	if n.GetName() == "" {
 		return nil, status.Error(codes.InvalidArgument, "node name is required")
 	}
-	if _, ok := f.nodes[n.GetName()]; !ok && !req.GetAllowMissing() {
+	cur, ok := f.nodes[n.GetName()]
+	switch {
+	case !ok && !req.GetAllowMissing():
 		return nil, status.Errorf(codes.NotFound, "node %q not found", n.GetName())
+	case !ok && req.GetExpectedRevision() != "":
+		return nil, status.Errorf(codes.Aborted, "node %q does not exist but expected_revision is set", n.GetName())
+	case ok && req.GetExpectedRevision() != "" && req.GetExpectedRevision() != cur.GetRevision():
+		return nil, status.Errorf(codes.Aborted, "node %q is at revision %s, not %s", n.GetName(), cur.GetRevision(), req.GetExpectedRevision())
+	case ok && slices.Equal(cur.GetAddresses(), n.GetAddresses()) && slices.Equal(cur.GetPodCidrs(), n.GetPodCidrs()):
+		return &ipamv1alpha1.UpdateNodeResponse{Node: proto.CloneOf(cur)}, nil
 	}
-	stored := proto.CloneOf(n)
+	for _, c := range cur.GetPodCidrs() {
+		if !slices.Contains(n.GetPodCidrs(), c) && f.isBlockOf(n.GetName(), c) {
+			return nil, status.Errorf(codes.FailedPrecondition, "node %q: pod CIDR %s is in use as a block of pool %q", n.GetName(), c, f.cfg.Pool)
+		}
+	}
+	f.rev++
+	stored := &ipamv1alpha1.Node{
+		Name: n.GetName(), Addresses: slices.Clone(n.GetAddresses()), PodCidrs: slices.Clone(n.GetPodCidrs()),
+		Revision: strconv.FormatUint(f.rev, 10),
+	}
 	f.nodes[n.GetName()] = stored
 	return &ipamv1alpha1.UpdateNodeResponse{Node: proto.CloneOf(stored)}, nil
+}
+
+// isBlockOf reports whether cidr is a block of node: one of Config.Blocks
+// for Config.Node, a SetRemoteBlock block for the others. Caller holds f.mu.
+func (f *IPAM) isBlockOf(node, cidr string) bool {
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		return false
+	}
+	if node == f.cfg.Node && slices.ContainsFunc(f.cfg.Blocks, func(b netip.Prefix) bool { return b.Masked() == p.Masked() }) {
+		return true
+	}
+	be, ok := f.remote[p.Masked().String()]
+	return ok && be.block.GetNode() == node
+}
+
+// GetNode returns a registered node with its revision; NotFound when it is
+// not registered. The status (router IPs, usage) is not modelled.
+func (f *IPAM) GetNode(_ context.Context, req *ipamv1alpha1.GetNodeRequest, _ ...grpc.CallOption) (*ipamv1alpha1.GetNodeResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("GetNode"); err != nil {
+		return nil, err
+	}
+	n, ok := f.nodes[req.GetName()]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "node %q not found", req.GetName())
+	}
+	return &ipamv1alpha1.GetNodeResponse{Node: proto.CloneOf(n)}, nil
 }
 
 // ClaimBlock returns the configured node's blocks of the family asked for

@@ -128,6 +128,7 @@ func (f *Fake) newNamespace(name string) *namespace {
 	f.nextRef++
 	lo := &netlink.Device{LinkAttrs: netlink.LinkAttrs{
 		Index: 1, Name: "lo", MTU: 65536, EncapType: "loopback", Flags: loopbackFlag, OperState: netlink.OperDown,
+		TSOMaxSize: maxGSO,
 	}}
 	ns.links[1] = &link{l: lo, ns: ns}
 	refresh(ns.links[1])

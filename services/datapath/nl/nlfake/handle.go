@@ -272,6 +272,12 @@ func newLink(ns *namespace, l netlink.Link, want *netlink.LinkAttrs) *link {
 			*s = defaultGSO
 		}
 	}
+	// The driver's limit (tso_max_size): veth raises it; tunnel devices
+	// keep the legacy 64 KiB.
+	a.TSOMaxSize = defaultGSO
+	if _, ok := l.(*netlink.Veth); ok {
+		a.TSOMaxSize = maxGSO
+	}
 	return &link{l: l, ns: ns}
 }
 

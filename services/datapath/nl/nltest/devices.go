@@ -175,3 +175,23 @@ func underlay(t *testing.T, h *host) {
 		t.Errorf("the default route's device: %v %v", dev, err)
 	}
 }
+
+// tsoMaxSize: the drivers' GSO limits BIG TCP sizing reads (tso_max_size):
+// veth and loopback take 512 KiB less 8 bytes, VXLAN the legacy 64 KiB.
+func tsoMaxSize(t *testing.T, h *host) {
+	if err := h.node.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "tso0"}, PeerName: "tso1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.node.LinkAdd(&netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "vx0"}, FlowBased: true, Port: 8472}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]uint32{"lo": 524280, "tso0": 524280, "tso1": 524280, "vx0": 65536} {
+		l, err := h.node.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := l.Attrs().TSOMaxSize; got != want {
+			t.Errorf("%s: tso_max_size %d, want %d", name, got, want)
+		}
+	}
+}

@@ -46,6 +46,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"EnsureRemove", ensureRemove},
 		{"Underlay", underlay},
 		{"LinkDeletions", linkDeletions},
+		{"TSOMaxSize", tsoMaxSize},
 	} {
 		t.Run(sc.name, func(t *testing.T) {
 			env := newEnv(t)
