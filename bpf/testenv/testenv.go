@@ -89,19 +89,21 @@ func RequireBPF(t testing.TB) {
 }
 
 // RequireLoaded checks the error of loading BPF objects (named by what):
-// a missing privilege (EPERM, EACCES) ends the test as [Unavailable];
-// any other error, a verifier rejection above all, fails it everywhere.
+// a verifier rejection fails the test everywhere; a missing privilege
+// (EPERM, EACCES) ends it as [Unavailable]; any other error fails it.
+// The verifier check comes first because a rejection carries EACCES, so it
+// would otherwise pass for a missing privilege and a regression would skip.
 func RequireLoaded(t testing.TB, what string, err error) {
 	t.Helper()
 	if err == nil {
 		return
 	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) && len(verr.Log) > 0 {
+		t.Fatalf("load %s: %+v", what, verr)
+	}
 	if errors.Is(err, os.ErrPermission) {
 		Unavailable(t, "privileges to load "+what, err)
-	}
-	var verr *ebpf.VerifierError
-	if errors.As(err, &verr) {
-		t.Fatalf("load %s: %+v", what, verr)
 	}
 	t.Fatalf("load %s: %v", what, err)
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/cilium/ebpf"
 )
 
 func TestCI(t *testing.T) {
@@ -90,6 +92,9 @@ func TestRequireLoaded(t *testing.T) {
 		{name: "EPERM", err: fmt.Errorf("load program: %w", syscall.EPERM), wantSkip: true},
 		{name: "EACCES", err: fmt.Errorf("load program: %w", syscall.EACCES), wantSkip: true},
 		{name: "other", err: fmt.Errorf("load program: %w", os.ErrInvalid), wantFail: true},
+		// A verifier rejection carries EACCES too; it must fail, not skip.
+		{name: "verifier rejection", err: fmt.Errorf("load program: %w",
+			&ebpf.VerifierError{Cause: syscall.EACCES, Log: []string{"R1 invalid mem access 'scalar'"}}), wantFail: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("CI", "")
