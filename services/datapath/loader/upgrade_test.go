@@ -173,8 +173,14 @@ func startLiveConn(t *testing.T, a, b *upgradePod) *liveConn {
 		ln, err = net.Listen("tcp4", net.JoinHostPort(b.ip.String(), "0"))
 		return err
 	}))
-	t.Cleanup(func() { ln.Close() })
 	var wg sync.WaitGroup
+	// One cleanup, closing before waiting: were wg.Wait registered after
+	// ln.Close, LIFO order would wait first, on an Accept that a failed
+	// dial leaves blocked until the go test timeout.
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -186,7 +192,6 @@ func startLiveConn(t *testing.T, a, b *upgradePod) *liveConn {
 		// Plain reads and writes: io.Copy would splice through a pipe.
 		_, _ = io.CopyBuffer(struct{ io.Writer }{c}, struct{ io.Reader }{c}, make([]byte, 4096))
 	}()
-	t.Cleanup(wg.Wait)
 	var c net.Conn
 	must(t, "dial", a.ns.Do(func() (err error) {
 		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
