@@ -18,11 +18,11 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+	"github.com/axon-cni/axon/bpf/testenv"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
@@ -93,9 +93,6 @@ func (p *upgradePod) oldEndpoint() []byte {
 // the shorter values.
 func startOldNode(t *testing.T, node *nstest.NS, dir, underlay string, pods ...*upgradePod) {
 	t.Helper()
-	if err := rlimit.RemoveMemlock(); err != nil {
-		t.Fatal(err)
-	}
 	spec, err := ebpf.LoadCollectionSpec(podObject)
 	if err != nil {
 		t.Fatalf("read the datapath pod object: %v", err)
@@ -263,7 +260,7 @@ func (lc *liveConn) close() error {
 // each upgrade the same connection goes on, the entries are in the new
 // maps, the pins and every device's program use them.
 func TestUpgradeUnderLiveTCP(t *testing.T) {
-	nstest.RequireRoot(t)
+	testenv.RequireBPF(t) // lifts the memlock limit too
 	node := nstest.New(t)
 	dir := pinDir(t)
 	must(t, "links dir", os.MkdirAll(filepath.Join(dir, "links"), 0o700))
