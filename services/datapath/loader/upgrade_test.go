@@ -23,6 +23,7 @@ import (
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	"github.com/axon-cni/axon/bpf/testenv"
+	"github.com/axon-cni/axon/bpf/testpoll"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
@@ -234,17 +235,17 @@ func startLiveConn(t *testing.T, a, b *upgradePod) *liveConn {
 func (lc *liveConn) waitRounds(t *testing.T, n int64, what string) {
 	t.Helper()
 	want := lc.rounds.Load() + n
-	deadline := time.Now().Add(5 * time.Second)
-	for lc.rounds.Load() < want {
+	testpoll.Until(t, 5*time.Second, func() error {
 		select {
 		case <-lc.done:
-			t.Fatalf("%s: the connection failed: %v", what, lc.err)
-		case <-time.After(5 * time.Millisecond):
+			return fmt.Errorf("%s: the connection failed: %w", what, lc.err)
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d round trips in 5 s, want %d", what, lc.rounds.Load()-want+n, n)
+		if got := lc.rounds.Load(); got < want {
+			return fmt.Errorf("%s: %d round trips, want %d", what, got-want+n, n)
 		}
-	}
+		return nil
+	})
 }
 
 // close ends the exchange and returns why it ended early, if it did.
