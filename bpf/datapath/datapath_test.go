@@ -45,12 +45,6 @@ func TestSpec(t *testing.T) {
 			checkObjectSpec(t, obj.spec, obj.progs)
 		})
 	}
-	// The counters are the size of a pinned map: 16 since
-	// forwarded-tunnel-device (Load replaces the smaller maps of older
-	// pins, see TestLoadPinnedStatsResized).
-	if podAxonStatAXON_STAT_MAX != 16 {
-		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", podAxonStatAXON_STAT_MAX)
-	}
 }
 
 func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
@@ -579,24 +573,6 @@ func pinnedEndpoint(t *testing.T) (dir string, ip netip.Addr, ep Endpoint) {
 	}
 	old.Close()
 	return dir, ip, ep
-}
-
-// repin replaces the map pinned in dir under spec's name with a new one of
-// spec, as another build would have pinned it.
-func repin(t *testing.T, dir string, spec *ebpf.MapSpec) {
-	t.Helper()
-	path := filepath.Join(dir, spec.Name)
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	m, err := ebpf.NewMap(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.Pin(path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // pinDir returns a fresh directory on bpffs, removed when the test ends.
