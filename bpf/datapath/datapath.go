@@ -214,7 +214,10 @@ func loadPrograms(spec *ebpf.CollectionSpec, to any, shared map[string]*ebpf.Map
 	err := spec.LoadAndAssign(to, &ebpf.CollectionOptions{MapReplacements: repl})
 	var verr *ebpf.VerifierError
 	if errors.As(err, &verr) {
-		return fmt.Errorf("%+v", verr)
+		// The error's text holds only the log's last line; the whole log
+		// says why. Wrapped, so callers still find the VerifierError and
+		// its cause.
+		return fmt.Errorf("%w (verifier log:\n%+v)", err, verr)
 	}
 	return err
 }

@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -716,5 +718,37 @@ func TestVerifier(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLoadProgramsVerifierError checks that a verifier rejection keeps its
+// error chain (callers match it with errors.As and errors.Is) and the whole
+// verifier log in its text.
+func TestLoadProgramsVerifierError(t *testing.T) {
+	requireBPF(t)
+	spec := &ebpf.CollectionSpec{
+		Maps: map[string]*ebpf.MapSpec{},
+		Programs: map[string]*ebpf.ProgramSpec{
+			"bad": {
+				Name: "bad", Type: ebpf.SchedCLS, License: "GPL",
+				// R2 is read before it is written.
+				Instructions: asm.Instructions{asm.Mov.Reg(asm.R0, asm.R2), asm.Return()},
+			},
+		},
+	}
+	var progs struct {
+		Bad *ebpf.Program `ebpf:"bad"`
+	}
+	err := loadPrograms(spec, &progs, nil)
+	if err == nil {
+		progs.Bad.Close()
+		t.Fatal("the verifier accepted a program reading an uninitialised register")
+	}
+	var verr *ebpf.VerifierError
+	if !errors.As(err, &verr) || !errors.Is(err, unix.EACCES) {
+		t.Errorf("error %v (%T) does not wrap a VerifierError with EACCES", err, err)
+	}
+	if !strings.Contains(err.Error(), "R2 !read_ok") || !strings.Contains(err.Error(), "verifier log") {
+		t.Errorf("error text lacks the verifier log: %v", err)
 	}
 }
