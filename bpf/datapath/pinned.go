@@ -26,6 +26,9 @@ var ErrIncompatibleMap = errors.New("datapath: pinned map is incompatible with t
 // and leaves the pin alone; only [openedMaps.commit], called once the new
 // programs loaded, moves the pin to the new map. A start that fails before
 // that leaves the old pins, and the programs running on them, untouched.
+// commit moves the pins one at a time: a start that fails or dies among
+// them leaves some maps migrated. The same build's next start reuses those
+// and migrates the rest; an older build refuses those whose value grew.
 //
 // The old programs keep the old maps until the loader moves each device to
 // the new programs (atomically per device: tcx link update, tc filter

@@ -42,6 +42,13 @@ var _ bpfmaps.Datapath = (*Loader)(nil)
 // an earlier run to the freshly loaded programs, device by device: each
 // device goes from the old programs and maps to the new ones atomically, so
 // established connections keep flowing.
+//
+// The pins move to the new maps inside [bpfdp.Load], before the devices
+// move. An Open that fails after that, or a Load that fails while moving
+// the pins (one at a time), leaves the pins migrated, all or some, while
+// the devices still run the old programs on the old maps. A restart of the
+// same build completes the upgrade; a downgrade to a build with the older
+// value layout is refused with [bpfdp.ErrIncompatibleMap].
 func Open(pinDir string, opts bpfdp.LoadOptions) (*Loader, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock limit: %w", err)
