@@ -78,11 +78,15 @@ func (o LoadOptions) maxEntries() (map[string]uint32, error) {
 // A pinned map of another size (opts, or another build's default) or with
 // a value that this build extended by appending members is migrated: its
 // entries are copied into a new map, which replaces the pin once the
-// programs loaded; a failed Load leaves the pins as they were. The old
-// programs keep the old maps until they are swapped for the returned ones
-// (the loader does that per device). A pin that cannot be migrated without
-// losing entries is refused with an error wrapping [ErrIncompatibleMap]
-// that names the map and the reason.
+// programs loaded. A Load that fails before then leaves the pins as they
+// were; the pins are then replaced one at a time, so a failure (or a crash)
+// among them leaves some maps migrated and others not. A restart of the
+// same build completes the upgrade; an older build refuses a map whose
+// value this build extended ([ErrIncompatibleMap]). The old programs keep
+// the old maps until they are swapped for the returned ones (the loader
+// does that per device). A pin that cannot be migrated without losing
+// entries is refused with an error wrapping [ErrIncompatibleMap] that
+// names the map and the reason.
 //
 // An empty pinDir loads private, unpinned maps (tests, benchmarks).
 func Load(pinDir string, opts LoadOptions) (_ *Objects, err error) {
@@ -214,7 +218,10 @@ func loadPrograms(spec *ebpf.CollectionSpec, to any, shared map[string]*ebpf.Map
 	err := spec.LoadAndAssign(to, &ebpf.CollectionOptions{MapReplacements: repl})
 	var verr *ebpf.VerifierError
 	if errors.As(err, &verr) {
-		return fmt.Errorf("%+v", verr)
+		// The error's text holds only the log's last line; the whole log
+		// says why. Wrapped, so callers still find the VerifierError and
+		// its cause.
+		return fmt.Errorf("%w (verifier log:\n%+v)", err, verr)
 	}
 	return err
 }

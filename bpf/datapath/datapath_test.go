@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -44,12 +46,6 @@ func TestSpec(t *testing.T) {
 		t.Run(obj.name, func(t *testing.T) {
 			checkObjectSpec(t, obj.spec, obj.progs)
 		})
-	}
-	// The counters are the size of a pinned map: 16 since
-	// forwarded-tunnel-device (Load replaces the smaller maps of older
-	// pins, see TestLoadPinnedStatsResized).
-	if podAxonStatAXON_STAT_MAX != 16 {
-		t.Errorf("AXON_STAT_MAX = %d: a different number of counters makes pinned axon_stats incompatible", podAxonStatAXON_STAT_MAX)
 	}
 }
 
@@ -581,24 +577,6 @@ func pinnedEndpoint(t *testing.T) (dir string, ip netip.Addr, ep Endpoint) {
 	return dir, ip, ep
 }
 
-// repin replaces the map pinned in dir under spec's name with a new one of
-// spec, as another build would have pinned it.
-func repin(t *testing.T, dir string, spec *ebpf.MapSpec) {
-	t.Helper()
-	path := filepath.Join(dir, spec.Name)
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	m, err := ebpf.NewMap(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.Pin(path); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // pinDir returns a fresh directory on bpffs, removed when the test ends.
 func pinDir(t testing.TB) string {
 	t.Helper()
@@ -740,5 +718,37 @@ func TestVerifier(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLoadProgramsVerifierError checks that a verifier rejection keeps its
+// error chain (callers match it with errors.As and errors.Is) and the whole
+// verifier log in its text.
+func TestLoadProgramsVerifierError(t *testing.T) {
+	requireBPF(t)
+	spec := &ebpf.CollectionSpec{
+		Maps: map[string]*ebpf.MapSpec{},
+		Programs: map[string]*ebpf.ProgramSpec{
+			"bad": {
+				Name: "bad", Type: ebpf.SchedCLS, License: "GPL",
+				// R2 is read before it is written.
+				Instructions: asm.Instructions{asm.Mov.Reg(asm.R0, asm.R2), asm.Return()},
+			},
+		},
+	}
+	var progs struct {
+		Bad *ebpf.Program `ebpf:"bad"`
+	}
+	err := loadPrograms(spec, &progs, nil)
+	if err == nil {
+		progs.Bad.Close()
+		t.Fatal("the verifier accepted a program reading an uninitialised register")
+	}
+	var verr *ebpf.VerifierError
+	if !errors.As(err, &verr) || !errors.Is(err, unix.EACCES) {
+		t.Errorf("error %v (%T) does not wrap a VerifierError with EACCES", err, err)
+	}
+	if !strings.Contains(err.Error(), "R2 !read_ok") || !strings.Contains(err.Error(), "verifier log") {
+		t.Errorf("error text lacks the verifier log: %v", err)
 	}
 }

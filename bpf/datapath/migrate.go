@@ -185,8 +185,10 @@ func allZero(b []byte) bool {
 }
 
 // layout is a key or value type as far as pinned maps care: its size and
-// its members' names, offsets and sizes (a scalar is one member named after
-// its type). unknown: the map has no BTF to tell.
+// its members' names, offsets and sizes. A scalar is one member named after
+// its type for messages but compared by its encoding, so that a typedef
+// renamed (__u32 to u32) keeps the layout. unknown: the map has no BTF to
+// tell.
 type layout struct {
 	size    uint32
 	fields  []field
@@ -197,6 +199,16 @@ type layout struct {
 type field struct {
 	name      string
 	off, size uint32 // in bits, so bitfields compare exactly
+	enc       string // a scalar's encoding, see scalarEncoding
+}
+
+// same reports whether f and g hold the same bits: a struct member by
+// name, a scalar by encoding.
+func (f field) same(g field) bool {
+	if f.enc != "" || g.enc != "" {
+		return f.enc == g.enc && f.off == g.off && f.size == g.size
+	}
+	return f == g
 }
 
 func (l layout) String() string {
@@ -232,7 +244,7 @@ func (l layout) prefixOf(n layout) bool {
 		return false // a scalar that grew was resized, not appended to
 	}
 	for i, f := range l.fields {
-		if n.fields[i] != f {
+		if !n.fields[i].same(f) {
 			return false
 		}
 	}
@@ -254,7 +266,7 @@ func typeLayout(t btf.Type, size uint32) layout {
 		if name == "" {
 			name = fmt.Sprintf("%T", btf.UnderlyingType(t))
 		}
-		return layout{size: size, fields: []field{{name: name, size: size * 8}}, scalar: true}
+		return layout{size: size, fields: []field{{name: name, size: size * 8, enc: scalarEncoding(t)}}, scalar: true}
 	}
 	for _, m := range s.Members {
 		bits := uint32(m.BitfieldSize)
@@ -268,6 +280,25 @@ func typeLayout(t btf.Type, size uint32) layout {
 		l.fields = append(l.fields, field{name: m.Name, off: uint32(m.Offset), size: bits})
 	}
 	return l
+}
+
+// scalarEncoding says how the bits of a scalar type are read, whatever its
+// (typedef) name: the signedness of an integer or an enum, an array's
+// length and elements; the kind of anything else.
+func scalarEncoding(t btf.Type) string {
+	switch u := btf.UnderlyingType(t).(type) {
+	case *btf.Int:
+		return u.Encoding.String()
+	case *btf.Enum:
+		if u.Signed {
+			return btf.Signed.String()
+		}
+		return btf.Unsigned.String()
+	case *btf.Array:
+		return fmt.Sprintf("[%d]%s", u.Nelems, scalarEncoding(u.Type))
+	default:
+		return fmt.Sprintf("%T", u)
+	}
 }
 
 // pinnedLayouts reads the key and value layouts of a map from its BTF.

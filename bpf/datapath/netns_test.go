@@ -76,7 +76,7 @@ func (n *testNode) attach(t *testing.T, attach func(int) (link.Link, error), ifi
 		return err
 	})
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		testenv.Unavailable(t, "tcx (Linux 6.6)", err)
+		testenv.RequireKernel(t, "tcx", 6, 6, err)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -26,6 +27,9 @@ var ErrIncompatibleMap = errors.New("datapath: pinned map is incompatible with t
 // and leaves the pin alone; only [openedMaps.commit], called once the new
 // programs loaded, moves the pin to the new map. A start that fails before
 // that leaves the old pins, and the programs running on them, untouched.
+// commit moves the pins one at a time: a start that fails or dies among
+// them leaves some maps migrated. The same build's next start reuses those
+// and migrates the rest; an older build refuses those whose value grew.
 //
 // The old programs keep the old maps until the loader moves each device to
 // the new programs (atomically per device: tcx link update, tc filter
@@ -67,6 +71,11 @@ func openMaps(pinDir string, specs map[string]*ebpf.MapSpec) (_ *openedMaps, err
 		names = append(names, name)
 	}
 	slices.Sort(names)
+	if pinDir != "" {
+		if err := removeTemporaryPins(pinDir); err != nil {
+			return nil, err
+		}
+	}
 	for _, name := range names {
 		spec := specs[name].Copy()
 		spec.Pinning = ebpf.PinNone
@@ -89,6 +98,29 @@ func openMaps(pinDir string, specs map[string]*ebpf.MapSpec) (_ *openedMaps, err
 		}
 	}
 	return o, nil
+}
+
+// tmpPinSuffix names the temporary pin commit moves over a map's pin
+// (bpffs refuses names with a dot).
+const tmpPinSuffix = "_migrated"
+
+// removeTemporaryPins removes the temporary pins of a start that died
+// between pinning a new map and renaming it over the old pin. Nothing else
+// would: commit replaces one only when that map migrates again.
+func removeTemporaryPins(pinDir string) error {
+	entries, err := os.ReadDir(pinDir)
+	if err != nil {
+		return fmt.Errorf("read pin directory: %w", err)
+	}
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), tmpPinSuffix) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(pinDir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove leftover pin %s: %w", e.Name(), err)
+		}
+	}
+	return nil
 }
 
 // openPinned returns the map pinned at path if it fits spec, or a new map
@@ -130,10 +162,8 @@ func openPinned(path string, spec *ebpf.MapSpec) (m *ebpf.Map, fresh bool, err e
 // map of the node's state, the old one or the new one.
 func (o *openedMaps) commit() error {
 	for _, p := range o.pending {
-		// bpffs refuses names with a dot. A start that died here may have
-		// left the temporary pin.
-		tmp := p.path + "_migrated"
-		_ = os.Remove(tmp)
+		// openMaps removed what a start that died here left.
+		tmp := p.path + tmpPinSuffix
 		if err := p.m.Pin(tmp); err != nil {
 			return fmt.Errorf("pin %s: %w", filepath.Base(p.path), err)
 		}

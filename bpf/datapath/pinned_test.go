@@ -542,3 +542,25 @@ func TestOpenMapsKinds(t *testing.T) {
 		})
 	}
 }
+
+// TestLoadRemovesTemporaryPins: the temporary pin of a start that died
+// between pinning a migrated map and renaming it over the old pin is
+// removed by the next Load, even when that map does not migrate again.
+func TestLoadRemovesTemporaryPins(t *testing.T) {
+	dir := nodePins(t, LoadOptions{})
+	stale := filepath.Join(dir, "axon_config"+tmpPinSuffix)
+	m, err := ebpf.NewMap(buildMapSpec(t, "axon_config"))
+	must(t, "create a migrated axon_config", err)
+	must(t, "leave its temporary pin", m.Pin(stale))
+	m.Close()
+
+	o, err := Load(dir, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("temporary pin %s after Load: %v", filepath.Base(stale), err)
+	}
+	checkNodeState(t, o)
+}

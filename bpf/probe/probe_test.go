@@ -15,7 +15,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/axon-cni/axon/bpf/internal/fdleak"
 	"github.com/axon-cni/axon/bpf/testenv"
@@ -177,10 +176,7 @@ func attach(t *testing.T, p *Probe, ns netns.NsHandle, ifindex int) {
 		return err
 	})
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		if kernelAtLeast(t, 6, 6) {
-			t.Fatalf("tcx missing on a kernel that has it: %v", err)
-		}
-		testenv.Unavailable(t, "tcx (Linux 6.6)", err)
+		testenv.RequireKernel(t, "tcx", 6, 6, err)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -346,20 +342,6 @@ func inNetNS(ns netns.NsHandle, fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
-}
-
-func kernelAtLeast(t *testing.T, major, minor int) bool {
-	t.Helper()
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		t.Fatal(err)
-	}
-	release := unix.ByteSliceToString(u.Release[:])
-	var maj, min int
-	if _, err := fmt.Sscanf(release, "%d.%d", &maj, &min); err != nil {
-		t.Fatalf("parse kernel release %q: %v", release, err)
-	}
-	return maj > major || (maj == major && min >= minor)
 }
 
 func keys[V any](m map[string]V) []string {

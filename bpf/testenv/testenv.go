@@ -89,21 +89,54 @@ func RequireBPF(t testing.TB) {
 }
 
 // RequireLoaded checks the error of loading BPF objects (named by what):
-// a missing privilege (EPERM, EACCES) ends the test as [Unavailable];
-// any other error, a verifier rejection above all, fails it everywhere.
+// a verifier rejection fails the test everywhere; a missing privilege
+// (EPERM, EACCES) ends it as [Unavailable]; any other error fails it.
+// The verifier check comes first because a rejection carries EACCES, so it
+// would otherwise pass for a missing privilege and a regression would skip.
 func RequireLoaded(t testing.TB, what string, err error) {
 	t.Helper()
 	if err == nil {
 		return
 	}
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) && len(verr.Log) > 0 {
+		t.Fatalf("load %s: %+v", what, verr)
+	}
 	if errors.Is(err, os.ErrPermission) {
 		Unavailable(t, "privileges to load "+what, err)
 	}
-	var verr *ebpf.VerifierError
-	if errors.As(err, &verr) {
-		t.Fatalf("load %s: %+v", what, verr)
-	}
 	t.Fatalf("load %s: %v", what, err)
+}
+
+// RequireKernel ends the test because the kernel feature what, which
+// Linux major.minor introduced, is missing (err says how that showed).
+// On an older kernel that is [Unavailable]; on major.minor or later the
+// feature should be there, so the test fails everywhere.
+func RequireKernel(t testing.TB, what string, major, minor int, err error) {
+	t.Helper()
+	var u unix.Utsname
+	if uerr := unix.Uname(&u); uerr != nil {
+		t.Fatalf("uname: %v", uerr)
+	}
+	release := unix.ByteSliceToString(u.Release[:])
+	has, perr := releaseAtLeast(release, major, minor)
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	if has {
+		t.Fatalf("%s missing on Linux %s, which has it: %v", what, release, err)
+	}
+	Unavailable(t, fmt.Sprintf("%s (Linux %d.%d)", what, major, minor), err)
+}
+
+// releaseAtLeast reports whether the kernel release (uname -r, such as
+// "6.18.0-rc1") is major.minor or later.
+func releaseAtLeast(release string, major, minor int) (bool, error) {
+	var maj, min int
+	if _, err := fmt.Sscanf(release, "%d.%d", &maj, &min); err != nil {
+		return false, fmt.Errorf("parse kernel release %q: %w", release, err)
+	}
+	return maj > major || (maj == major && min >= minor), nil
 }
 
 // RequireBPFFS ends the test (see [Unavailable]) unless bpffs is mounted

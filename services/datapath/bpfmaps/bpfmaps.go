@@ -7,6 +7,8 @@ package bpfmaps
 import (
 	"net"
 	"net/netip"
+
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 )
 
 // Endpoint is a pod address's entry: where the programs deliver it.
@@ -19,13 +21,15 @@ type Endpoint struct {
 	PodMAC, HostMAC net.HardwareAddr
 }
 
-// Mode is how pods reach other nodes.
-type Mode int
+// Mode is how pods reach other nodes: the datapath's own values, so that
+// no second numbering needs translating.
+type Mode = bpfdp.Mode
 
-// Routing modes.
+// Routing modes the agent configures. The datapath's ModeNone, the zero
+// value, is not one: a Config without a mode is refused.
 const (
-	ModeNative Mode = iota + 1
-	ModeTunnel
+	ModeNative = bpfdp.ModeNative
+	ModeTunnel = bpfdp.ModeTunnel
 )
 
 // Config is the node-wide datapath configuration.

@@ -42,6 +42,13 @@ var _ bpfmaps.Datapath = (*Loader)(nil)
 // an earlier run to the freshly loaded programs, device by device: each
 // device goes from the old programs and maps to the new ones atomically, so
 // established connections keep flowing.
+//
+// The pins move to the new maps inside [bpfdp.Load], before the devices
+// move. An Open that fails after that, or a Load that fails while moving
+// the pins (one at a time), leaves the pins migrated, all or some, while
+// the devices still run the old programs on the old maps. A restart of the
+// same build completes the upgrade; a downgrade to a build with the older
+// value layout is refused with [bpfdp.ErrIncompatibleMap].
 func Open(pinDir string, opts bpfdp.LoadOptions) (*Loader, error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("remove memlock limit: %w", err)
@@ -173,15 +180,19 @@ func (l *Loader) Close() error {
 // Geneve), or native routing; and the node's underlay IPv4 (the tunnel
 // source; invalid lets the kernel pick).
 func (l *Loader) Configure(c bpfmaps.Config) error {
-	bc := bpfdp.Config{Mode: bpfdp.ModeNative, NodeIP: c.NodeIP}
-	switch c.Mode {
-	case bpfmaps.ModeNative:
-	case bpfmaps.ModeTunnel:
-		bc.Mode, bc.VXLANIfindex, bc.Geneve = bpfdp.ModeTunnel, c.TunnelIfindex, c.Geneve
-	default:
-		return fmt.Errorf("configure the datapath: routing mode %d: %w", c.Mode, bpfdp.ErrInvalidMode)
+	// ModeNone would leave every packet to the node's stack: the agent
+	// always picks a mode, so the zero value is a bug.
+	if c.Mode == bpfdp.ModeNone {
+		return fmt.Errorf("configure the datapath: no routing mode: %w", bpfdp.ErrInvalidMode)
 	}
-	return l.objs.SetConfig(bc)
+	bc := bpfdp.Config{Mode: c.Mode, NodeIP: c.NodeIP}
+	if c.Mode == bpfmaps.ModeTunnel {
+		bc.VXLANIfindex, bc.Geneve = c.TunnelIfindex, c.Geneve
+	}
+	if err := l.objs.SetConfig(bc); err != nil {
+		return fmt.Errorf("configure the datapath: %w", err)
+	}
+	return nil
 }
 
 // attach attaches under name, replacing an earlier link of that name on

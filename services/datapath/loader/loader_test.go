@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	"github.com/axon-cni/axon/bpf/testenv"
+	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
@@ -100,5 +102,41 @@ func TestOpenAdoptsEarlierRun(t *testing.T) {
 		if p := l.EndpointProgramProblems(name); len(p) != 0 {
 			t.Errorf("%s after a restart: %v", name, p)
 		}
+	}
+}
+
+// TestConfigure: the agent's modes reach axon_config as the datapath's own
+// values, and a Config without a mode is refused.
+func TestConfigure(t *testing.T) {
+	testenv.RequireBPF(t)
+	ns := nstest.New(t)
+	var l *Loader
+	err := ns.Do(func() (err error) { l, err = Open(pinDir(t), bpfdp.LoadOptions{}); return err })
+	testenv.RequireLoaded(t, "the datapath", err)
+	t.Cleanup(func() { _ = l.Close() })
+	for _, tc := range []struct {
+		name    string
+		cfg     bpfmaps.Config
+		want    bpfdp.Config
+		wantErr error
+	}{
+		{"native", bpfmaps.Config{Mode: bpfmaps.ModeNative, TunnelIfindex: 4}, bpfdp.Config{Mode: bpfdp.ModeNative}, nil},
+		{"tunnel", bpfmaps.Config{Mode: bpfmaps.ModeTunnel, TunnelIfindex: 4, Geneve: true},
+			bpfdp.Config{Mode: bpfdp.ModeTunnel, VXLANIfindex: 4, Geneve: true}, nil},
+		{"no mode", bpfmaps.Config{}, bpfdp.Config{}, bpfdp.ErrInvalidMode},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := l.Configure(tc.cfg)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Configure(%+v) = %v, want %v", tc.cfg, err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			got, err := l.objs.Config()
+			if err != nil || got != tc.want {
+				t.Errorf("axon_config = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
 	}
 }
