@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks that this machine has what Axon's make targets need, and sets up
 # what it can. Usage: scripts/setup.sh [PURPOSE...], PURPOSE one of
-#   test      make test: ip, tc, ping, nsenter, sysctl for the kernel tests
-#   run       make run: ip and nsenter for the simulated nodes
+#   test      make test: gcc and libc headers for -race (cgo); ip, tc, ping,
+#             nsenter, sysctl for the kernel tests
+#   run       make run: ip and nsenter for the simulated nodes, ping for the demo
 #   generate  make generate: clang, llvm-strip, libbpf and kernel headers
 #   ci        .ci/run: all of the above plus git, make and CA certificates
 # (default: test). As root it installs missing Debian packages (apt-get,
@@ -21,6 +22,9 @@ need() {
 }
 
 needs_test() {
+	# go test -race needs cgo: a C compiler and the libc headers.
+	need gcc gcc
+	need /usr/include/stdlib.h libc6-dev
 	need ip iproute2
 	need tc iproute2
 	need ping iputils-ping
@@ -32,6 +36,7 @@ needs_run() {
 	need ip iproute2
 	need nsenter util-linux
 	need mountpoint util-linux
+	need ping iputils-ping # the demo pings between the pods
 }
 needs_generate() {
 	need clang clang
