@@ -339,6 +339,9 @@ func TestNotImplemented(t *testing.T) {
 func TestRecheckReportsReadinessBeforeTheInterval(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	var ready atomic.Bool
+	// notReady counts checks that saw ready false: health starts NOT_SERVING
+	// before any check, so only this shows that the first check has run.
+	var notReady atomic.Int32
 	daemons := make(chan *Daemon, 1)
 	spec := Spec{
 		Name: "test",
@@ -347,6 +350,7 @@ func TestRecheckReportsReadinessBeforeTheInterval(t *testing.T) {
 				if ready.Load() {
 					return nil
 				}
+				notReady.Add(1)
 				return errors.New("not started")
 			})
 			daemons <- d
@@ -357,8 +361,15 @@ func TestRecheckReportsReadinessBeforeTheInterval(t *testing.T) {
 	serve(t, spec, "--grpc-addr=", "--grpc-socket", sock, "--health-interval", "1h")
 	d := <-daemons
 	conn := dial(t, "unix://"+sock)
+	testpoll.Until(t, 10*time.Second, func() error {
+		if notReady.Load() == 0 {
+			return errors.New("the first health check has not run")
+		}
+		return nil
+	})
 	waitStatus(t, conn, healthpb.HealthCheckResponse_NOT_SERVING)
 
+	// From here on a SERVING can only come from a check after Recheck.
 	ready.Store(true)
 	d.Recheck()
 	d.Recheck() // merged with the pending one; must not block
