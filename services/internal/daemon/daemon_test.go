@@ -78,6 +78,8 @@ func waitStatus(t *testing.T, conn *grpc.ClientConn, want healthpb.HealthCheckRe
 	})
 }
 
+// inherit returns an fd:N address for a duplicate of f's descriptor, which
+// the daemon takes over (and closes) as it would a socket its parent passed.
 func inherit(t *testing.T, f *os.File) string {
 	t.Helper()
 	fd, err := syscall.Dup(int(f.Fd()))
