@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
@@ -10,7 +11,8 @@ import (
 // TestVanishedVethReleased deletes a pod's host veth behind the datapath's
 // back (`ip link del`, as if its DEL went elsewhere): the running agent
 // notices the link's deletion and removes the endpoint at once — map
-// entries, host route, IPAM allocation — rather than at its next restart.
+// entries, IPAM allocation — rather than at its next restart. The host route
+// to the pod goes with the link, in the kernel.
 func TestVanishedVethReleased(t *testing.T) {
 	e := newEnv(t, 1)
 	a, b := e.addPod(0, "pod-a"), e.addPod(0, "pod-b")
@@ -44,6 +46,18 @@ func TestVanishedVethReleased(t *testing.T) {
 	eps := e.endpointEntries(0)
 	if eps[a.ip] || !eps[b.ip] {
 		t.Errorf("eBPF endpoint entries %v: want pod-a's (%s) gone, pod-b's (%s) kept", eps, a.ip, b.ip)
+	}
+	for _, p := range []struct {
+		pod  *pod
+		want bool
+	}{{a, false}, {b, true}} {
+		out, err := run(node, "ip", "-4", "route", "show", "exact", p.pod.ip+"/32")
+		if err != nil {
+			t.Fatalf("ip route show: %v %s", err, out)
+		}
+		if got := strings.TrimSpace(out) != ""; got != p.want {
+			t.Errorf("host route to %s (%s) present = %t, want %t: %q", p.pod.name, p.pod.ip, got, p.want, out)
+		}
 	}
 	e.ping(b.netns, e.cluster.Nodes[0].IP.String())
 	// The runtime's DEL, should it come after all, finds nothing to do.

@@ -121,7 +121,7 @@ func (c Config) control(etcdURL string) (_ []Component, err error) {
 		{"ipam", 1, true, false},
 		{"lbipam", 3, true, true},
 		{"policy", 4, false, true},
-		{"operator", 5, false, false},
+		{"operator", 5, false, true},
 	} {
 		grpcPort, metricsPort := 0, 0
 		if c.PortBase != 0 {

@@ -15,7 +15,8 @@ import (
 // datapathv1alpha1.QueuedDelete in protojson, one file per attachment, for
 // axon-datapath to replay when it starts. The file appears whole or not at
 // all (written to a temporary file, synced, then renamed), so the agent
-// never reads half a record.
+// never reads half a record; the directory is synced after the rename, so
+// the record survives a crash once QueueDelete returns.
 func QueueDelete(dir string, att *datapathv1alpha1.Attachment) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create delete queue: %w", err)
@@ -41,11 +42,29 @@ func QueueDelete(dir string, att *datapathv1alpha1.Attachment) error {
 		_ = os.Remove(tmp.Name())
 		return fmt.Errorf("queue delete: %w", err)
 	}
+	// The rename lives in the directory: without this a crash could lose it
+	// (DELs are rare, so the extra sync costs nothing that matters).
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("queue delete: %w", err)
+	}
 	return nil
 }
 
-// writeAndClose writes b to f, syncs it so the record survives a crash once
-// renamed, and closes it.
+// syncDir flushes dir's entries to disk.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	if err := d.Sync(); err != nil {
+		_ = d.Close()
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return d.Close()
+}
+
+// writeAndClose writes b to f, syncs it so that the renamed file is never
+// empty after a crash, and closes it.
 func writeAndClose(f *os.File, b []byte) error {
 	if _, err := f.Write(b); err != nil {
 		_ = f.Close()

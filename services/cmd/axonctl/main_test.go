@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"maps"
 	"net"
 	"strings"
 	"testing"
@@ -38,18 +39,18 @@ func TestStatusFailsUnlessAllServing(t *testing.T) {
 		name       string
 		ep         endpoints
 		wantErr    string
-		wantInLine map[string]string
+		wantStatus map[string]string // every service's STATUS column
 	}{
 		{
 			name:       "all serving",
 			ep:         endpoints{ipam: up, lbipam: up, policy: up, operator: up},
-			wantInLine: map[string]string{"ipam": "SERVING", "policy": "SERVING"},
+			wantStatus: map[string]string{"ipam": "SERVING", "lbipam": "SERVING", "policy": "SERVING", "operator": "SERVING"},
 		},
 		{
 			name:       "two not serving",
 			ep:         endpoints{ipam: up, lbipam: down, policy: down, operator: up},
 			wantErr:    "2 service(s) not serving",
-			wantInLine: map[string]string{"ipam": "SERVING", "lbipam": "NOT_SERVING", "policy": "NOT_SERVING"},
+			wantStatus: map[string]string{"ipam": "SERVING", "lbipam": "NOT_SERVING", "policy": "NOT_SERVING", "operator": "SERVING"},
 		},
 	}
 	for _, tc := range tests {
@@ -60,11 +61,21 @@ func TestStatusFailsUnlessAllServing(t *testing.T) {
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || err.Error() != tc.wantErr) {
 				t.Errorf("status() = %v, want %q", err, tc.wantErr)
 			}
-			for _, line := range strings.Split(out.String(), "\n") {
+			// Each service has one line: SERVICE TARGET STATUS.
+			got := map[string]string{}
+			for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n")[1:] {
 				f := strings.Fields(line)
-				if len(f) == 3 && tc.wantInLine[f[0]] != "" && f[2] != tc.wantInLine[f[0]] {
-					t.Errorf("%s shows %s, want %s", f[0], f[2], tc.wantInLine[f[0]])
+				if len(f) != 3 {
+					t.Errorf("line %q has %d fields, want 3", line, len(f))
+					continue
 				}
+				if _, dup := got[f[0]]; dup {
+					t.Errorf("%s shown twice", f[0])
+				}
+				got[f[0]] = f[2]
+			}
+			if !maps.Equal(got, tc.wantStatus) {
+				t.Errorf("statuses = %v, want %v; output:\n%s", got, tc.wantStatus, out.String())
 			}
 		})
 	}

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
@@ -30,7 +31,7 @@ import (
 
 // IdentityInit is the security identity of an endpoint the policy service
 // has not given one yet (Cilium's reserved "init" identity).
-const IdentityInit = 5
+const IdentityInit = uint32(commonv1alpha1.ReservedIdentity_RESERVED_IDENTITY_INIT)
 
 // Config configures a Manager.
 type Config struct {

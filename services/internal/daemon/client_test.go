@@ -41,6 +41,10 @@ func TestTCPNeedsMTLS(t *testing.T) {
 		}
 	})
 
+	// spec's Defaults mirror axon-datapath's: a unix socket and no GRPCAddr.
+	// Its Spec is built inside its main (the flags bind main's locals), so no
+	// test here can assert that default without exporting it; a TCP default
+	// there would show as the datapath refusing to start without mTLS.
 	t.Run("default unix socket only", func(t *testing.T) {
 		serve(t, spec, "--metrics-addr=")
 		creds, err := (&ClientTLS{Peer: "test"}).Credentials("unix://" + sock)

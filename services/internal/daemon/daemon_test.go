@@ -78,6 +78,8 @@ func waitStatus(t *testing.T, conn *grpc.ClientConn, want healthpb.HealthCheckRe
 	})
 }
 
+// inherit returns an fd:N address for a duplicate of f's descriptor, which
+// the daemon takes over (and closes) as it would a socket its parent passed.
 func inherit(t *testing.T, f *os.File) string {
 	t.Helper()
 	fd, err := syscall.Dup(int(f.Fd()))
@@ -339,6 +341,9 @@ func TestNotImplemented(t *testing.T) {
 func TestRecheckReportsReadinessBeforeTheInterval(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "api.sock")
 	var ready atomic.Bool
+	// notReady counts checks that saw ready false: health starts NOT_SERVING
+	// before any check, so only this shows that the first check has run.
+	var notReady atomic.Int32
 	daemons := make(chan *Daemon, 1)
 	spec := Spec{
 		Name: "test",
@@ -347,6 +352,7 @@ func TestRecheckReportsReadinessBeforeTheInterval(t *testing.T) {
 				if ready.Load() {
 					return nil
 				}
+				notReady.Add(1)
 				return errors.New("not started")
 			})
 			daemons <- d
@@ -357,8 +363,15 @@ func TestRecheckReportsReadinessBeforeTheInterval(t *testing.T) {
 	serve(t, spec, "--grpc-addr=", "--grpc-socket", sock, "--health-interval", "1h")
 	d := <-daemons
 	conn := dial(t, "unix://"+sock)
+	testpoll.Until(t, 10*time.Second, func() error {
+		if notReady.Load() == 0 {
+			return errors.New("the first health check has not run")
+		}
+		return nil
+	})
 	waitStatus(t, conn, healthpb.HealthCheckResponse_NOT_SERVING)
 
+	// From here on a SERVING can only come from a check after Recheck.
 	ready.Store(true)
 	d.Recheck()
 	d.Recheck() // merged with the pending one; must not block

@@ -131,6 +131,90 @@ func (PolicyVerdict) EnumDescriptor() ([]byte, []int) {
 	return file_axon_common_v1alpha1_policy_proto_rawDescGZIP(), []int{1}
 }
 
+// ReservedIdentity names the reserved security identities; each value is the
+// identity's number. The numbers and meanings are Cilium's, and every
+// datapath uses the same ones. Numbers 1..255 are reserved; label-set identities are
+// allocated from 256 to 65535; CIDR identities (for ipBlock prefixes) from
+// 16777216 (1 << 24) upward.
+type ReservedIdentity int32
+
+const (
+	// 0: no identity. In a policy entry, identity 0 matches any peer.
+	ReservedIdentity_RESERVED_IDENTITY_UNSPECIFIED ReservedIdentity = 0
+	// 1, "reserved:host": the local node, including host-network pods on it.
+	// Compiled ingress policy always allows it, so kubelet probes keep working
+	// (as Cilium's allow-localhost).
+	ReservedIdentity_RESERVED_IDENTITY_HOST ReservedIdentity = 1
+	// 2, "reserved:world": any address outside the cluster that no ipBlock
+	// prefix identity covers. An ipBlock of "0.0.0.0/0" or "::/0" maps to it.
+	ReservedIdentity_RESERVED_IDENTITY_WORLD ReservedIdentity = 2
+	// 3, "reserved:unmanaged": pods on an Axon node that Axon did not wire (for
+	// example started before Axon).
+	ReservedIdentity_RESERVED_IDENTITY_UNMANAGED ReservedIdentity = 3
+	// 4, "reserved:health": the nodes' health endpoints ("axon_health").
+	ReservedIdentity_RESERVED_IDENTITY_HEALTH ReservedIdentity = 4
+	// 5, "reserved:init": an endpoint whose identity is not known yet (wired
+	// by the datapath before its compiled policy arrived).
+	ReservedIdentity_RESERVED_IDENTITY_INIT ReservedIdentity = 5
+	// 6, "reserved:remote-node": every other node of the cluster, including
+	// host-network pods on it.
+	ReservedIdentity_RESERVED_IDENTITY_REMOTE_NODE ReservedIdentity = 6
+	// 7, "reserved:kube-apiserver": the Kubernetes API server's addresses.
+	// Reserved for compatibility; not assigned in v1alpha1.
+	ReservedIdentity_RESERVED_IDENTITY_KUBE_APISERVER ReservedIdentity = 7
+)
+
+// Enum value maps for ReservedIdentity.
+var (
+	ReservedIdentity_name = map[int32]string{
+		0: "RESERVED_IDENTITY_UNSPECIFIED",
+		1: "RESERVED_IDENTITY_HOST",
+		2: "RESERVED_IDENTITY_WORLD",
+		3: "RESERVED_IDENTITY_UNMANAGED",
+		4: "RESERVED_IDENTITY_HEALTH",
+		5: "RESERVED_IDENTITY_INIT",
+		6: "RESERVED_IDENTITY_REMOTE_NODE",
+		7: "RESERVED_IDENTITY_KUBE_APISERVER",
+	}
+	ReservedIdentity_value = map[string]int32{
+		"RESERVED_IDENTITY_UNSPECIFIED":    0,
+		"RESERVED_IDENTITY_HOST":           1,
+		"RESERVED_IDENTITY_WORLD":          2,
+		"RESERVED_IDENTITY_UNMANAGED":      3,
+		"RESERVED_IDENTITY_HEALTH":         4,
+		"RESERVED_IDENTITY_INIT":           5,
+		"RESERVED_IDENTITY_REMOTE_NODE":    6,
+		"RESERVED_IDENTITY_KUBE_APISERVER": 7,
+	}
+)
+
+func (x ReservedIdentity) Enum() *ReservedIdentity {
+	p := new(ReservedIdentity)
+	*p = x
+	return p
+}
+
+func (x ReservedIdentity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReservedIdentity) Descriptor() protoreflect.EnumDescriptor {
+	return file_axon_common_v1alpha1_policy_proto_enumTypes[2].Descriptor()
+}
+
+func (ReservedIdentity) Type() protoreflect.EnumType {
+	return &file_axon_common_v1alpha1_policy_proto_enumTypes[2]
+}
+
+func (x ReservedIdentity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReservedIdentity.Descriptor instead.
+func (ReservedIdentity) EnumDescriptor() ([]byte, []int) {
+	return file_axon_common_v1alpha1_policy_proto_rawDescGZIP(), []int{2}
+}
+
 // PolicyEntry is one compiled policy rule of an endpoint, the unit of a
 // datapath's policy map: (direction, peer identity, protocol, port range) ->
 // verdict. The policy service produces it and a datapath enforces it as is.
@@ -326,12 +410,9 @@ func (x *EndpointPolicy) GetRevision() string {
 // it (Cilium's ipcache). Lookups use the longest matching prefix.
 //
 // Security identities are uint32 numbers for label sets, allocated by the
-// policy service. The reserved ones (Cilium's numbers; see the policy
-// service's ReservedIdentity) are: 0 unknown (in a policy entry: any peer),
-// 1 host (this node), 2 world (outside the cluster), 3 unmanaged, 4 health,
-// 5 init (an endpoint whose identity is not known yet), 6 remote-node,
-// 7 kube-apiserver. A datapath assigns 1, 4 and 6 itself from its node
-// configuration and remote nodes; 2 is any address no entry covers.
+// policy service; the reserved ones are ReservedIdentity's. A datapath
+// assigns 1 (host), 4 (health) and 6 (remote-node) itself from its node
+// configuration and remote nodes; 2 (world) is any address no entry covers.
 type IPIdentity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The prefix, e.g. "10.0.2.17/32" for an endpoint's address or
@@ -417,7 +498,16 @@ const file_axon_common_v1alpha1_policy_proto_rawDesc = "" +
 	"\rPolicyVerdict\x12\x1e\n" +
 	"\x1aPOLICY_VERDICT_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14POLICY_VERDICT_ALLOW\x10\x01\x12\x17\n" +
-	"\x13POLICY_VERDICT_DENY\x10\x02B\xdb\x01\n" +
+	"\x13POLICY_VERDICT_DENY\x10\x02*\x92\x02\n" +
+	"\x10ReservedIdentity\x12!\n" +
+	"\x1dRESERVED_IDENTITY_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16RESERVED_IDENTITY_HOST\x10\x01\x12\x1b\n" +
+	"\x17RESERVED_IDENTITY_WORLD\x10\x02\x12\x1f\n" +
+	"\x1bRESERVED_IDENTITY_UNMANAGED\x10\x03\x12\x1c\n" +
+	"\x18RESERVED_IDENTITY_HEALTH\x10\x04\x12\x1a\n" +
+	"\x16RESERVED_IDENTITY_INIT\x10\x05\x12!\n" +
+	"\x1dRESERVED_IDENTITY_REMOTE_NODE\x10\x06\x12$\n" +
+	" RESERVED_IDENTITY_KUBE_APISERVER\x10\aB\xdb\x01\n" +
 	"\x18com.axon.common.v1alpha1B\vPolicyProtoP\x01Z@github.com/axon-cni/axon/gen/axon/common/v1alpha1;commonv1alpha1\xa2\x02\x03ACX\xaa\x02\x14Axon.Common.V1alpha1\xca\x02\x14Axon\\Common\\V1alpha1\xe2\x02 Axon\\Common\\V1alpha1\\GPBMetadata\xea\x02\x16Axon::Common::V1alpha1b\x06proto3"
 
 var (
@@ -432,21 +522,22 @@ func file_axon_common_v1alpha1_policy_proto_rawDescGZIP() []byte {
 	return file_axon_common_v1alpha1_policy_proto_rawDescData
 }
 
-var file_axon_common_v1alpha1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_axon_common_v1alpha1_policy_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_axon_common_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_axon_common_v1alpha1_policy_proto_goTypes = []any{
 	(TrafficDirection)(0),  // 0: axon.common.v1alpha1.TrafficDirection
 	(PolicyVerdict)(0),     // 1: axon.common.v1alpha1.PolicyVerdict
-	(*PolicyEntry)(nil),    // 2: axon.common.v1alpha1.PolicyEntry
-	(*EndpointPolicy)(nil), // 3: axon.common.v1alpha1.EndpointPolicy
-	(*IPIdentity)(nil),     // 4: axon.common.v1alpha1.IPIdentity
-	(Protocol)(0),          // 5: axon.common.v1alpha1.Protocol
+	(ReservedIdentity)(0),  // 2: axon.common.v1alpha1.ReservedIdentity
+	(*PolicyEntry)(nil),    // 3: axon.common.v1alpha1.PolicyEntry
+	(*EndpointPolicy)(nil), // 4: axon.common.v1alpha1.EndpointPolicy
+	(*IPIdentity)(nil),     // 5: axon.common.v1alpha1.IPIdentity
+	(Protocol)(0),          // 6: axon.common.v1alpha1.Protocol
 }
 var file_axon_common_v1alpha1_policy_proto_depIdxs = []int32{
 	0, // 0: axon.common.v1alpha1.PolicyEntry.direction:type_name -> axon.common.v1alpha1.TrafficDirection
-	5, // 1: axon.common.v1alpha1.PolicyEntry.protocol:type_name -> axon.common.v1alpha1.Protocol
+	6, // 1: axon.common.v1alpha1.PolicyEntry.protocol:type_name -> axon.common.v1alpha1.Protocol
 	1, // 2: axon.common.v1alpha1.PolicyEntry.verdict:type_name -> axon.common.v1alpha1.PolicyVerdict
-	2, // 3: axon.common.v1alpha1.EndpointPolicy.entries:type_name -> axon.common.v1alpha1.PolicyEntry
+	3, // 3: axon.common.v1alpha1.EndpointPolicy.entries:type_name -> axon.common.v1alpha1.PolicyEntry
 	4, // [4:4] is the sub-list for method output_type
 	4, // [4:4] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
@@ -465,7 +556,7 @@ func file_axon_common_v1alpha1_policy_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_common_v1alpha1_policy_proto_rawDesc), len(file_axon_common_v1alpha1_policy_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,

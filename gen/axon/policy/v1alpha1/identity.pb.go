@@ -22,96 +22,13 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// ReservedIdentity names the reserved security identities; each value is the
-// identity's number. The numbers and meanings are Cilium's, and the datapath
-// uses the same ones. Numbers 1..255 are reserved; label-set identities are
-// allocated from 256 to 65535; CIDR identities (for ipBlock prefixes) from
-// 16777216 (1 << 24) upward.
-type ReservedIdentity int32
-
-const (
-	// 0: no identity. In a policy entry, identity 0 matches any peer.
-	ReservedIdentity_RESERVED_IDENTITY_UNSPECIFIED ReservedIdentity = 0
-	// 1, "reserved:host": the local node, including host-network pods on it.
-	// Compiled ingress policy always allows it, so kubelet probes keep working
-	// (as Cilium's allow-localhost).
-	ReservedIdentity_RESERVED_IDENTITY_HOST ReservedIdentity = 1
-	// 2, "reserved:world": any address outside the cluster that no ipBlock
-	// prefix identity covers. An ipBlock of "0.0.0.0/0" or "::/0" maps to it.
-	ReservedIdentity_RESERVED_IDENTITY_WORLD ReservedIdentity = 2
-	// 3, "reserved:unmanaged": pods on an Axon node that Axon did not wire (for
-	// example started before Axon).
-	ReservedIdentity_RESERVED_IDENTITY_UNMANAGED ReservedIdentity = 3
-	// 4, "reserved:health": the nodes' health endpoints ("axon_health").
-	ReservedIdentity_RESERVED_IDENTITY_HEALTH ReservedIdentity = 4
-	// 5, "reserved:init": an endpoint whose identity is not known yet (wired
-	// by the datapath before its compiled policy arrived).
-	ReservedIdentity_RESERVED_IDENTITY_INIT ReservedIdentity = 5
-	// 6, "reserved:remote-node": every other node of the cluster, including
-	// host-network pods on it.
-	ReservedIdentity_RESERVED_IDENTITY_REMOTE_NODE ReservedIdentity = 6
-	// 7, "reserved:kube-apiserver": the Kubernetes API server's addresses.
-	// Reserved for compatibility; not assigned in v1alpha1.
-	ReservedIdentity_RESERVED_IDENTITY_KUBE_APISERVER ReservedIdentity = 7
-)
-
-// Enum value maps for ReservedIdentity.
-var (
-	ReservedIdentity_name = map[int32]string{
-		0: "RESERVED_IDENTITY_UNSPECIFIED",
-		1: "RESERVED_IDENTITY_HOST",
-		2: "RESERVED_IDENTITY_WORLD",
-		3: "RESERVED_IDENTITY_UNMANAGED",
-		4: "RESERVED_IDENTITY_HEALTH",
-		5: "RESERVED_IDENTITY_INIT",
-		6: "RESERVED_IDENTITY_REMOTE_NODE",
-		7: "RESERVED_IDENTITY_KUBE_APISERVER",
-	}
-	ReservedIdentity_value = map[string]int32{
-		"RESERVED_IDENTITY_UNSPECIFIED":    0,
-		"RESERVED_IDENTITY_HOST":           1,
-		"RESERVED_IDENTITY_WORLD":          2,
-		"RESERVED_IDENTITY_UNMANAGED":      3,
-		"RESERVED_IDENTITY_HEALTH":         4,
-		"RESERVED_IDENTITY_INIT":           5,
-		"RESERVED_IDENTITY_REMOTE_NODE":    6,
-		"RESERVED_IDENTITY_KUBE_APISERVER": 7,
-	}
-)
-
-func (x ReservedIdentity) Enum() *ReservedIdentity {
-	p := new(ReservedIdentity)
-	*p = x
-	return p
-}
-
-func (x ReservedIdentity) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (ReservedIdentity) Descriptor() protoreflect.EnumDescriptor {
-	return file_axon_policy_v1alpha1_identity_proto_enumTypes[0].Descriptor()
-}
-
-func (ReservedIdentity) Type() protoreflect.EnumType {
-	return &file_axon_policy_v1alpha1_identity_proto_enumTypes[0]
-}
-
-func (x ReservedIdentity) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use ReservedIdentity.Descriptor instead.
-func (ReservedIdentity) EnumDescriptor() ([]byte, []int) {
-	return file_axon_policy_v1alpha1_identity_proto_rawDescGZIP(), []int{0}
-}
-
 // Identity is a numeric security identity and the label set it stands for.
 // Equal label sets always have the same identity, cluster-wide; the datapath
 // uses the number in its maps and in flow events.
 type Identity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The number, e.g. 31554; see ReservedIdentity for the ranges.
+	// The number, e.g. 31554; see axon.common.v1alpha1.ReservedIdentity for
+	// the reserved numbers and the ranges.
 	Id uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	// The label set. For an endpoint: the pod's labels, plus
 	// "io.kubernetes.pod.namespace" = the namespace, plus the namespace's
@@ -210,16 +127,7 @@ const file_axon_policy_v1alpha1_identity_proto_rawDesc = "" +
 	"createTime\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*\x92\x02\n" +
-	"\x10ReservedIdentity\x12!\n" +
-	"\x1dRESERVED_IDENTITY_UNSPECIFIED\x10\x00\x12\x1a\n" +
-	"\x16RESERVED_IDENTITY_HOST\x10\x01\x12\x1b\n" +
-	"\x17RESERVED_IDENTITY_WORLD\x10\x02\x12\x1f\n" +
-	"\x1bRESERVED_IDENTITY_UNMANAGED\x10\x03\x12\x1c\n" +
-	"\x18RESERVED_IDENTITY_HEALTH\x10\x04\x12\x1a\n" +
-	"\x16RESERVED_IDENTITY_INIT\x10\x05\x12!\n" +
-	"\x1dRESERVED_IDENTITY_REMOTE_NODE\x10\x06\x12$\n" +
-	" RESERVED_IDENTITY_KUBE_APISERVER\x10\aB\xdd\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\xdd\x01\n" +
 	"\x18com.axon.policy.v1alpha1B\rIdentityProtoP\x01Z@github.com/axon-cni/axon/gen/axon/policy/v1alpha1;policyv1alpha1\xa2\x02\x03APX\xaa\x02\x14Axon.Policy.V1alpha1\xca\x02\x14Axon\\Policy\\V1alpha1\xe2\x02 Axon\\Policy\\V1alpha1\\GPBMetadata\xea\x02\x16Axon::Policy::V1alpha1b\x06proto3"
 
 var (
@@ -234,17 +142,15 @@ func file_axon_policy_v1alpha1_identity_proto_rawDescGZIP() []byte {
 	return file_axon_policy_v1alpha1_identity_proto_rawDescData
 }
 
-var file_axon_policy_v1alpha1_identity_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_axon_policy_v1alpha1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_axon_policy_v1alpha1_identity_proto_goTypes = []any{
-	(ReservedIdentity)(0),         // 0: axon.policy.v1alpha1.ReservedIdentity
-	(*Identity)(nil),              // 1: axon.policy.v1alpha1.Identity
-	nil,                           // 2: axon.policy.v1alpha1.Identity.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*Identity)(nil),              // 0: axon.policy.v1alpha1.Identity
+	nil,                           // 1: axon.policy.v1alpha1.Identity.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
 }
 var file_axon_policy_v1alpha1_identity_proto_depIdxs = []int32{
-	2, // 0: axon.policy.v1alpha1.Identity.labels:type_name -> axon.policy.v1alpha1.Identity.LabelsEntry
-	3, // 1: axon.policy.v1alpha1.Identity.create_time:type_name -> google.protobuf.Timestamp
+	1, // 0: axon.policy.v1alpha1.Identity.labels:type_name -> axon.policy.v1alpha1.Identity.LabelsEntry
+	2, // 1: axon.policy.v1alpha1.Identity.create_time:type_name -> google.protobuf.Timestamp
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
@@ -262,14 +168,13 @@ func file_axon_policy_v1alpha1_identity_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_policy_v1alpha1_identity_proto_rawDesc), len(file_axon_policy_v1alpha1_identity_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      0,
 			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_axon_policy_v1alpha1_identity_proto_goTypes,
 		DependencyIndexes: file_axon_policy_v1alpha1_identity_proto_depIdxs,
-		EnumInfos:         file_axon_policy_v1alpha1_identity_proto_enumTypes,
 		MessageInfos:      file_axon_policy_v1alpha1_identity_proto_msgTypes,
 	}.Build()
 	File_axon_policy_v1alpha1_identity_proto = out.File

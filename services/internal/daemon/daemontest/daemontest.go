@@ -6,6 +6,7 @@ package daemontest
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	"github.com/axon-cni/axon/services/internal/daemon"
 )
 
@@ -61,31 +63,29 @@ func Serve(t *testing.T, spec daemon.Spec, args ...string) (*grpc.ClientConn, *L
 func Health(t *testing.T, conn *grpc.ClientConn, service string) healthpb.HealthCheckResponse_ServingStatus {
 	t.Helper()
 	hc := healthpb.NewHealthClient(conn)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var st healthpb.HealthCheckResponse_ServingStatus
+	testpoll.Until(t, 10*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
 		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: service})
-		cancel()
-		if err == nil {
-			return resp.GetStatus()
+		if err != nil {
+			return fmt.Errorf("health of %q never answered: %w", service, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health of %q never answered: %v", service, err)
-		}
-		time.Sleep(HealthInterval)
-	}
+		st = resp.GetStatus()
+		return nil
+	})
+	return st
 }
 
 // WaitLogged waits up to 10 s until log contains s.
 func WaitLogged(t *testing.T, log *Log, s string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !bytes.Contains(log.Bytes(), []byte(s)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("never logged %q; log:\n%s", s, log.Bytes())
+	testpoll.Until(t, 10*time.Second, func() error {
+		if !bytes.Contains(log.Bytes(), []byte(s)) {
+			return fmt.Errorf("never logged %q; log:\n%s", s, log.Bytes())
 		}
-		time.Sleep(HealthInterval)
-	}
+		return nil
+	})
 }
 
 // Log collects a daemon's log output; it is safe for concurrent use.
