@@ -619,3 +619,31 @@ func TestRestoreNodesSurvivesADamagedFile(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoredRemoteNodeIsAPeer: after a restart the prober is told of the
+// API-given nodes restored from the state file, and an upsert of an
+// unchanged node tells it again.
+func TestRestoredRemoteNodeIsAPeer(t *testing.T) {
+	w := newWorld(t, nodedev.ModeNative)
+	nodeC := &datapathv1alpha1.RemoteNode{Name: "node-c", NodeIps: []string{"192.0.2.30"}, HealthIps: []string{"10.0.3.2"}, PodCidrs: []string{otherBlk4.String()}}
+	if _, err := w.manager(t).UpsertRemoteNode(nodeC, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A restart: a new manager with a new prober.
+	w.peers = &peers{known: map[string]netip.Addr{}}
+	m := w.manager(t)
+	if err := m.RestoreNodes(); err != nil {
+		t.Fatal(err)
+	}
+	want := netip.MustParseAddr("192.0.2.30")
+	if ip, ok := w.peers.get("node-c"); !ok || ip != want {
+		t.Errorf("restored node-c: peer %v %v, want %s", ip, ok, want)
+	}
+	w.peers.ForgetPeer("node-c")
+	if got, err := m.UpsertRemoteNode(nodeC, ""); err != nil || got.GetRevision() != "1" {
+		t.Fatalf("unchanged upsert: %v revision %q, want revision 1", err, got.GetRevision())
+	}
+	if ip, ok := w.peers.get("node-c"); !ok || ip != want {
+		t.Errorf("after an unchanged upsert: peer %v %v, want %s", ip, ok, want)
+	}
+}
