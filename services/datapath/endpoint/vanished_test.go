@@ -3,6 +3,7 @@ package endpoint
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/bpfmaps/bpffake"
@@ -188,16 +190,6 @@ func TestRemoveVanished(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // runVanished runs RunVanished until the test ends.
 func runVanished(t *testing.T, w *vanishedWorld, interval time.Duration, events LinkEvents) {
 	t.Helper()
@@ -219,13 +211,13 @@ func TestRunVanishedOnLinkEvent(t *testing.T) {
 	runVanished(t, w, time.Hour, w.nf)
 	// Subscribed, and the first pass (one lookup per record) done: what
 	// follows only an event can remove.
-	waitFor(t, "the first pass", func() bool {
+	until(t, "the first pass", func() bool {
 		return w.nf.Calls(nlfake.NodeNS, "LinkDeletions") == 1 && w.nf.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2
 	})
 	if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(a.GetAttachment())); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
+	until(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
 	w.wantGone(t, a)
 	w.wantKept(t, b)
 }
@@ -243,13 +235,13 @@ func TestRunVanishedPeriodic(t *testing.T) {
 	a, b := w.create(t, "a"), w.create(t, "b")
 	lookups := w.nf.Calls(nlfake.NodeNS, "LinkByName")
 	runVanished(t, w, 20*time.Millisecond, w.nf)
-	waitFor(t, "the first pass", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2 })
+	until(t, "the first pass", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2 })
 	w.nf.DeleteNamespace(a.GetNetnsPath())
-	waitFor(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
+	until(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
 	w.wantGone(t, a)
 	w.wantKept(t, b)
 	// The subscription is tried again at each interval.
-	waitFor(t, "a second subscription", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkDeletions") >= 2 })
+	until(t, "a second subscription", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkDeletions") >= 2 })
 }
 
 // blockIPAM makes the next call of method wait inside IPAM (under the
@@ -343,5 +335,16 @@ func TestRemoveVanishedRacing(t *testing.T) {
 			t.Fatalf("the created endpoint is gone: %v", err)
 		}
 		w.wantKept(t, ep)
+	})
+}
+
+// until waits for cond, failing the test with what after 5 s.
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	testpoll.Until(t, 5*time.Second, func() error {
+		if !cond() {
+			return fmt.Errorf("waiting for %s", what)
+		}
+		return nil
 	})
 }

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	bpfdp "github.com/axon-cni/axon/bpf/datapath"
+	"github.com/axon-cni/axon/bpf/testpoll"
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
 
@@ -232,17 +233,18 @@ func startLiveConn(t *testing.T, a, b *upgradePod) *liveConn {
 func (lc *liveConn) waitRounds(t *testing.T, n int64, what string) {
 	t.Helper()
 	want := lc.rounds.Load() + n
-	deadline := time.Now().Add(5 * time.Second)
-	for lc.rounds.Load() < want {
+	testpoll.Until(t, 5*time.Second, func() error {
 		select {
 		case <-lc.done:
+			// A failed connection makes no more round trips: fail now.
 			t.Fatalf("%s: the connection failed: %v", what, lc.err)
-		case <-time.After(5 * time.Millisecond):
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d round trips in 5 s, want %d", what, lc.rounds.Load()-want+n, n)
+		if got := lc.rounds.Load() - want + n; got < n {
+			return fmt.Errorf("%s: %d round trips, want %d", what, got, n)
 		}
-	}
+		return nil
+	})
 }
 
 // close ends the exchange and returns why it ended early, if it did.
