@@ -81,10 +81,21 @@ func main() {
 					// Pods starting together ask IPAM for their addresses together.
 					return ipamclient.New(ipamv1alpha1.NewIPAMServiceClient(conn)), conn, nil
 				},
+				// No typed nil pointers in the interfaces on failure.
 				Datapath: func(pinDir string) (bootstrap.Datapath, error) {
-					return loader.Open(pinDir, mapSizes)
+					l, err := loader.Open(pinDir, mapSizes)
+					if err != nil {
+						return nil, err
+					}
+					return l, nil
 				},
-				Namespaces: func() (bootstrap.Namespaces, error) { return nl.NewLinux() },
+				Namespaces: func() (bootstrap.Namespaces, error) {
+					l, err := nl.NewLinux()
+					if err != nil {
+						return nil, err
+					}
+					return l, nil
+				},
 				Masquerade: masquerade.NFTables{},
 				Sysctl:     nodedev.WriteSysctl,
 			})
