@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/agent"
@@ -586,7 +587,7 @@ func TestRunHealthKeepsTheHealthEndpoint(t *testing.T) {
 		}
 		return ips[0], nil
 	}
-	waitFor(t, func() error { _, err := healthIP(); return err })
+	testpoll.Until(t, 5*time.Second, func() error { _, err := healthIP(); return err })
 
 	removed, _, err := a.Endpoints().GarbageCollect(t.Context(), "", nil, 0, false)
 	if err != nil || len(removed) != 0 {
@@ -596,7 +597,7 @@ func TestRunHealthKeepsTheHealthEndpoint(t *testing.T) {
 	if err := w.nl.DeleteLink(nlfake.NodeNS, veth.HostName(att.GetContainerId(), att.GetInterfaceName())); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() error {
+	testpoll.Until(t, 5*time.Second, func() error {
 		if _, ok := w.nl.Link(nlfake.NodeNS, veth.HostName(att.GetContainerId(), att.GetInterfaceName())); !ok {
 			return errors.New("health veth not re-created")
 		}
@@ -605,21 +606,5 @@ func TestRunHealthKeepsTheHealthEndpoint(t *testing.T) {
 	})
 	if n := len(w.ipam.Allocations()); n != 1 {
 		t.Errorf("IPAM allocations %d, want the health endpoint's only", n)
-	}
-}
-
-// waitFor polls check until it returns nil, for up to five seconds.
-func waitFor(t *testing.T, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

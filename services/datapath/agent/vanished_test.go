@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/bpfmaps/bpffake"
 	"github.com/axon-cni/axon/services/datapath/endpoint"
@@ -74,21 +76,20 @@ func TestRunVanishedEndpoints(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	// Subscribed, and the first pass (a lookup of the one record) done:
 	// what follows only the link event can remove.
-	for deadline := time.Now().Add(5 * time.Second); nf.Calls(nlfake.NodeNS, "LinkDeletions") == 0 || nf.Calls(nlfake.NodeNS, "LinkByName") <= lookups; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the agent never subscribed to link deletions")
+	testpoll.Until(t, 5*time.Second, func() error {
+		if nf.Calls(nlfake.NodeNS, "LinkDeletions") == 0 || nf.Calls(nlfake.NodeNS, "LinkByName") <= lookups {
+			return errors.New("the agent never subscribed to link deletions and looked the record up")
 		}
-	}
+		return nil
+	})
 	nf.DeleteNamespace(path) // the runtime tore the sandbox down; no DEL came
 
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if _, err := a.Endpoints().GetEndpoint(att); err != nil {
-			break
+	testpoll.Until(t, 5*time.Second, func() error {
+		if _, err := a.Endpoints().GetEndpoint(att); err == nil {
+			return errors.New("the endpoint was not removed")
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the endpoint was not removed")
-		}
-	}
+		return nil
+	})
 	if _, ok := bpf.Endpoints()[ip]; ok {
 		t.Errorf("map entry for %s kept", ip)
 	}

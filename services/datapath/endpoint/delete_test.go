@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/netip"
 	"os"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
@@ -263,5 +266,38 @@ func TestRetryReleasesSkipsBadFiles(t *testing.T) {
 	}
 	if n := e.ipam.Calls("ReleaseIP"); n != 0 {
 		t.Errorf("ReleaseIP called %d times for unreadable releases", n)
+	}
+}
+
+// A queued release IPAM refuses is logged; one it refuses as invalid is
+// dropped (no retry can make it valid), any other stays queued.
+func TestRetryReleaseRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		err      error
+		wantKept bool
+	}{
+		{"unavailable", errUnavailable, true},
+		{"invalid", status.Error(codes.InvalidArgument, "no such handle"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			e := newTestManager(t, testOpts{logs: &logs})
+			att := attachment("a", "eth0")
+			if err := e.m.queueRelease(HostName(att), att, 7); err != nil {
+				t.Fatal(err)
+			}
+			e.ipam.FailNext("ReleaseIP", 1, tc.err)
+			e.m.RetryReleases(t.Context())
+			if n := e.ipam.Calls("ReleaseIP"); n != 1 {
+				t.Errorf("ReleaseIP called %d times, want 1", n)
+			}
+			if kept := len(e.queuedReleases()) == 1; kept != tc.wantKept {
+				t.Errorf("release kept queued: %v, want %v (queue %v)", kept, tc.wantKept, e.queuedReleases())
+			}
+			if out := logs.String(); !strings.Contains(out, "level=WARN") || !strings.Contains(out, HostName(att)) {
+				t.Errorf("no warning naming %s logged: %q", HostName(att), out)
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -47,6 +48,7 @@ type testOpts struct {
 	noBPF     bool
 	ready     func() error
 	reserved  func(*datapathv1alpha1.Attachment) bool
+	logs      io.Writer // where the manager logs, as text; nil discards
 }
 
 // testEnv is a Manager on the fakes, with what the tests inspect.
@@ -102,6 +104,9 @@ func (e *testEnv) newManager(keepMaps bool) *Manager {
 	e.t.Cleanup(node.Close)
 	cfg := Config{NodeName: testNode, StateDir: e.stateDir, MTU: nodeMTU, DeleteQueue: e.queueDir, Reserved: e.opts.reserved}
 	log := slog.New(slog.DiscardHandler)
+	if e.opts.logs != nil {
+		log = slog.New(slog.NewTextHandler(e.opts.logs, nil))
+	}
 	plumber := &veth.Plumber{Namespaces: e.nl}
 	if e.opts.noBPF {
 		return New(cfg, e.ipam, plumber, node, nil, e.opts.ready, log)

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/internal/statefile"
@@ -101,7 +104,17 @@ func (m *Manager) retryRelease(ctx context.Context, hostName string) {
 		Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: p.ContainerID, InterfaceName: p.Interface},
 		ExpectedSequence: p.Sequence,
 	})
-	if err == nil {
+	switch {
+	case err == nil:
 		_ = os.Remove(path)
+	case status.Code(err) == codes.InvalidArgument:
+		// No retry can make the request valid: the allocation, if any,
+		// is IPAM's to reclaim.
+		m.log.Warn("IPAM refuses a queued address release as invalid; dropping it", "endpoint", hostName,
+			"container", p.ContainerID, "interface", p.Interface, "err", err)
+		_ = os.Remove(path)
+	default:
+		m.log.Warn("queued address release failed; retrying later", "endpoint", hostName,
+			"container", p.ContainerID, "interface", p.Interface, "err", err)
 	}
 }

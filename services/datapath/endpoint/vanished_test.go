@@ -3,9 +3,7 @@ package endpoint
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"net/netip"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,97 +14,66 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/bpfmaps/bpffake"
-	"github.com/axon-cni/axon/services/datapath/internal/fakeipam"
 	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
-	"github.com/axon-cni/axon/services/datapath/veth"
 )
-
-// vanishedWorld is a node on the fakes for the vanished-endpoint tests.
-type vanishedWorld struct {
-	nf   *nlfake.Fake
-	bpf  *bpffake.Fake
-	ipam *fakeipam.IPAM
-	m    *Manager
-	dir  string // where the pods' namespace paths are
-}
 
 // vanishedHealth is the container ID Reserved reports, standing for the
 // node's health endpoint.
 const vanishedHealth = "axon-health-n1"
 
-func newVanishedWorld(t *testing.T) *vanishedWorld {
+// newVanishedEnv is a test manager whose Reserved reports vanishedHealth.
+func newVanishedEnv(t *testing.T) *testEnv {
 	t.Helper()
-	nf := nlfake.New()
-	node, err := nf.Node()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(node.Close)
-	bpf := bpffake.New()
-	bpf.SetInterfaces(func() map[string]int { return nf.Indexes(nlfake.NodeNS) })
-	ipam := fakeipam.New(fakeipam.Config{Node: "n1", Blocks: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/26")}})
-	if _, err := ipam.UpdateNode(t.Context(), &ipamv1alpha1.UpdateNodeRequest{Node: &ipamv1alpha1.Node{Name: "n1"}, AllowMissing: true}); err != nil {
-		t.Fatal(err)
-	}
-	m := New(Config{
-		NodeName: "n1", StateDir: t.TempDir(), MTU: 1450,
-		Reserved: func(att *datapathv1alpha1.Attachment) bool { return att.GetContainerId() == vanishedHealth },
-	}, ipam, &veth.Plumber{Namespaces: nf}, node, bpf, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	return &vanishedWorld{nf: nf, bpf: bpf, ipam: ipam, m: m, dir: t.TempDir()}
+	return newTestManager(t, testOpts{
+		reserved: func(att *datapathv1alpha1.Attachment) bool { return att.GetContainerId() == vanishedHealth },
+	})
 }
 
 func vanishedAtt(container string) *datapathv1alpha1.Attachment {
 	return &datapathv1alpha1.Attachment{ContainerId: container, InterfaceName: "eth0"}
 }
 
-// create wires a pod of container with its own namespace.
-func (w *vanishedWorld) create(t *testing.T, container string) *datapathv1alpha1.Endpoint {
-	t.Helper()
-	path := filepath.Join(w.dir, container)
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	w.nf.AddNamespace(path)
-	ep, err := w.m.CreateEndpoint(t.Context(), &datapathv1alpha1.CreateEndpointRequest{Attachment: vanishedAtt(container), NetnsPath: path})
-	if err != nil {
-		t.Fatalf("create %s: %v", container, err)
-	}
-	return ep
+// createPod wires a pod of container with its own namespace.
+func (e *testEnv) createPod(container string) *datapathv1alpha1.Endpoint {
+	e.t.Helper()
+	return e.create(container, "eth0", e.podNS(container))
 }
 
 // present reports, for an endpoint, whether each piece of it is there: its
 // record, map entries, device entry and IPAM allocation.
-func (w *vanishedWorld) present(t *testing.T, ep *datapathv1alpha1.Endpoint) (record, entries, device, alloc bool) {
-	t.Helper()
+func (e *testEnv) present(ep *datapathv1alpha1.Endpoint) (record, entries, device, alloc bool) {
+	e.t.Helper()
 	att := ep.GetAttachment()
-	_, err := w.m.GetEndpoint(att)
+	_, err := e.m.GetEndpoint(att)
 	record = err == nil
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		t.Fatalf("GetEndpoint: %v", err)
+		e.t.Fatalf("GetEndpoint: %v", err)
 	}
 	ip := Addrs(ep)[0].Addr()
-	_, entries = w.bpf.Endpoints()[ip]
-	_, device = w.bpf.Devices()[hostIfindex(ep, HostName(att))]
-	alloc = w.ipam.Holders()[ip] == att.GetContainerId()+"/eth0"
+	_, entries = e.bpf.Endpoints()[ip]
+	_, device = e.bpf.Devices()[hostIfindex(ep, HostName(att))]
+	alloc = e.ipam.Holders()[ip] == att.GetContainerId()+"/eth0"
 	return record, entries, device, alloc
 }
 
-func (w *vanishedWorld) wantGone(t *testing.T, ep *datapathv1alpha1.Endpoint) {
-	t.Helper()
-	if r, e, d, a := w.present(t, ep); r || e || d || a {
-		t.Errorf("%s: record %v, map entries %v, device entry %v, IPAM allocation %v; want all gone",
-			HostName(ep.GetAttachment()), r, e, d, a)
+// wantGone checks nothing of ep is left.
+func (e *testEnv) wantGone(ep *datapathv1alpha1.Endpoint) {
+	e.t.Helper()
+	if r, en, d, a := e.present(ep); r || en || d || a {
+		e.t.Errorf("%s: record %v, map entries %v, device entry %v, IPAM allocation %v; want all gone",
+			HostName(ep.GetAttachment()), r, en, d, a)
 	}
 }
 
-func (w *vanishedWorld) wantKept(t *testing.T, ep *datapathv1alpha1.Endpoint) {
-	t.Helper()
-	if r, e, d, a := w.present(t, ep); !r || !e || !d || !a {
-		t.Errorf("%s: record %v, map entries %v, device entry %v, IPAM allocation %v; want all kept",
-			HostName(ep.GetAttachment()), r, e, d, a)
+// wantKept checks all of ep is in place.
+func (e *testEnv) wantKept(ep *datapathv1alpha1.Endpoint) {
+	e.t.Helper()
+	if r, en, d, a := e.present(ep); !r || !en || !d || !a {
+		e.t.Errorf("%s: record %v, map entries %v, device entry %v, IPAM allocation %v; want all kept",
+			HostName(ep.GetAttachment()), r, en, d, a)
 	}
 }
 
@@ -115,44 +82,44 @@ func TestRemoveVanished(t *testing.T) {
 		name string
 		// vanish takes the endpoint of container "a" (or the health
 		// endpoint) away, or breaks something, behind the manager's back.
-		vanish      func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint)
+		vanish      func(t *testing.T, w *testEnv, ep *datapathv1alpha1.Endpoint)
 		health      bool // the endpoint is the reserved health endpoint
 		wantRemoved bool
 		wantQueued  bool // the IPAM release is queued, the allocation kept for RetryReleases
 	}{
-		{name: "veth deleted", wantRemoved: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
-			if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
+		{name: "veth deleted", wantRemoved: true, vanish: func(t *testing.T, w *testEnv, ep *datapathv1alpha1.Endpoint) {
+			if err := w.nl.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{name: "pod namespace deleted", wantRemoved: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
-			w.nf.DeleteNamespace(ep.GetNetnsPath())
+		{name: "pod namespace deleted", wantRemoved: true, vanish: func(t *testing.T, w *testEnv, ep *datapathv1alpha1.Endpoint) {
+			w.nl.DeleteNamespace(ep.GetNetnsPath())
 		}},
-		{name: "IPAM down", wantRemoved: true, wantQueued: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
-			if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
+		{name: "IPAM down", wantRemoved: true, wantQueued: true, vanish: func(t *testing.T, w *testEnv, ep *datapathv1alpha1.Endpoint) {
+			if err := w.nl.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
 				t.Fatal(err)
 			}
 			w.ipam.FailNext("ReleaseIP", 1, status.Error(codes.Unavailable, "IPAM down"))
 		}},
-		{name: "netlink error, veth there", vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
-			w.nf.FailOn(nlfake.NodeNS, "LinkByName", 1, unix.EIO)
+		{name: "netlink error, veth there", vanish: func(t *testing.T, w *testEnv, ep *datapathv1alpha1.Endpoint) {
+			w.nl.FailOn(nlfake.NodeNS, "LinkByName", 1, unix.EIO)
 		}},
-		{name: "health endpoint left to its keeper", health: true, vanish: func(t *testing.T, w *vanishedWorld, ep *datapathv1alpha1.Endpoint) {
-			if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
+		{name: "health endpoint left to its keeper", health: true, vanish: func(t *testing.T, w *testEnv, ep *datapathv1alpha1.Endpoint) {
+			if err := w.nl.DeleteLink(nlfake.NodeNS, HostName(ep.GetAttachment())); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{name: "nothing vanished", vanish: func(*testing.T, *vanishedWorld, *datapathv1alpha1.Endpoint) {}},
+		{name: "nothing vanished", vanish: func(*testing.T, *testEnv, *datapathv1alpha1.Endpoint) {}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			w := newVanishedWorld(t)
+			w := newVanishedEnv(t)
 			container := "a"
 			if tc.health {
 				container = vanishedHealth
 			}
-			ep := w.create(t, container)
-			other := w.create(t, "b")
+			ep := w.createPod(container)
+			other := w.createPod("b")
 			tc.vanish(t, w, ep)
 
 			removed := w.m.RemoveVanished(t.Context())
@@ -163,15 +130,15 @@ func TestRemoveVanished(t *testing.T) {
 			if !slices.Equal(removed, want) {
 				t.Errorf("RemoveVanished = %v, want %v", removed, want)
 			}
-			w.wantKept(t, other)
+			w.wantKept(other)
 			if !tc.wantRemoved {
-				if r, e, d, a := w.present(t, ep); !r || !a || !tc.health && (!e || !d) {
+				if r, e, d, a := w.present(ep); !r || !a || !tc.health && (!e || !d) {
 					t.Errorf("record %v, map entries %v, device entry %v, allocation %v; want the endpoint kept", r, e, d, a)
 				}
 				return
 			}
 			if tc.wantQueued {
-				if r, e, d, _ := w.present(t, ep); r || e || d {
+				if r, e, d, _ := w.present(ep); r || e || d {
 					t.Errorf("record %v, map entries %v, device entry %v; want gone", r, e, d)
 				}
 				if _, err := os.Stat(filepath.Join(w.m.releaseDir(), HostName(ep.GetAttachment())+".json")); err != nil {
@@ -179,27 +146,17 @@ func TestRemoveVanished(t *testing.T) {
 				}
 				w.m.RetryReleases(t.Context())
 			}
-			w.wantGone(t, ep)
+			w.wantGone(ep)
 			// The address is free again: the next pod may get it.
-			if again := w.create(t, "c"); Addrs(again)[0] != Addrs(ep)[0] {
+			if again := w.createPod("c"); Addrs(again)[0] != Addrs(ep)[0] {
 				t.Errorf("new pod got %v, want the released %v", Addrs(again), Addrs(ep))
 			}
 		})
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after 5 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-}
-
 // runVanished runs RunVanished until the test ends.
-func runVanished(t *testing.T, w *vanishedWorld, interval time.Duration, events LinkEvents) {
+func runVanished(t *testing.T, w *testEnv, interval time.Duration, events LinkEvents) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
@@ -213,49 +170,49 @@ func runVanished(t *testing.T, w *vanishedWorld, interval time.Duration, events 
 // A link deletion removes the endpoint at once, long before the periodic
 // pass would.
 func TestRunVanishedOnLinkEvent(t *testing.T) {
-	w := newVanishedWorld(t)
-	a, b := w.create(t, "a"), w.create(t, "b")
-	lookups := w.nf.Calls(nlfake.NodeNS, "LinkByName")
-	runVanished(t, w, time.Hour, w.nf)
+	w := newVanishedEnv(t)
+	a, b := w.createPod("a"), w.createPod("b")
+	lookups := w.nl.Calls(nlfake.NodeNS, "LinkByName")
+	runVanished(t, w, time.Hour, w.nl)
 	// Subscribed, and the first pass (one lookup per record) done: what
 	// follows only an event can remove.
-	waitFor(t, "the first pass", func() bool {
-		return w.nf.Calls(nlfake.NodeNS, "LinkDeletions") == 1 && w.nf.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2
+	until(t, "the first pass", func() bool {
+		return w.nl.Calls(nlfake.NodeNS, "LinkDeletions") == 1 && w.nl.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2
 	})
-	if err := w.nf.DeleteLink(nlfake.NodeNS, HostName(a.GetAttachment())); err != nil {
+	if err := w.nl.DeleteLink(nlfake.NodeNS, HostName(a.GetAttachment())); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
-	w.wantGone(t, a)
-	w.wantKept(t, b)
+	until(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
+	w.wantGone(a)
+	w.wantKept(b)
 }
 
 // Without link events (the subscription fails), the periodic pass finds
 // the vanished endpoint.
 func TestRunVanishedPeriodic(t *testing.T) {
-	w := newVanishedWorld(t)
-	w.nf.SetFail(func(ns, op string) error {
+	w := newVanishedEnv(t)
+	w.nl.SetFail(func(ns, op string) error {
 		if op == "LinkDeletions" {
 			return unix.ENOBUFS
 		}
 		return nil
 	})
-	a, b := w.create(t, "a"), w.create(t, "b")
-	lookups := w.nf.Calls(nlfake.NodeNS, "LinkByName")
-	runVanished(t, w, 20*time.Millisecond, w.nf)
-	waitFor(t, "the first pass", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2 })
-	w.nf.DeleteNamespace(a.GetNetnsPath())
-	waitFor(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
-	w.wantGone(t, a)
-	w.wantKept(t, b)
+	a, b := w.createPod("a"), w.createPod("b")
+	lookups := w.nl.Calls(nlfake.NodeNS, "LinkByName")
+	runVanished(t, w, 20*time.Millisecond, w.nl)
+	until(t, "the first pass", func() bool { return w.nl.Calls(nlfake.NodeNS, "LinkByName") >= lookups+2 })
+	w.nl.DeleteNamespace(a.GetNetnsPath())
+	until(t, "the endpoint's removal", func() bool { _, err := w.m.GetEndpoint(a.GetAttachment()); return err != nil })
+	w.wantGone(a)
+	w.wantKept(b)
 	// The subscription is tried again at each interval.
-	waitFor(t, "a second subscription", func() bool { return w.nf.Calls(nlfake.NodeNS, "LinkDeletions") >= 2 })
+	until(t, "a second subscription", func() bool { return w.nl.Calls(nlfake.NodeNS, "LinkDeletions") >= 2 })
 }
 
 // blockIPAM makes the next call of method wait inside IPAM (under the
 // attachment's lock of the operation making it) until the returned release
 // is called; entered is closed once it waits.
-func blockIPAM(w *vanishedWorld, method string) (entered <-chan struct{}, release func()) {
+func blockIPAM(w *testEnv, method string) (entered <-chan struct{}, release func()) {
 	in, out := make(chan struct{}), make(chan struct{})
 	first := true
 	w.ipam.SetFail(func(m string) error {
@@ -275,8 +232,8 @@ func blockIPAM(w *vanishedWorld, method string) (entered <-chan struct{}, releas
 // record not yet written) is waited for and kept.
 func TestRemoveVanishedRacing(t *testing.T) {
 	t.Run("delete in flight", func(t *testing.T) {
-		w := newVanishedWorld(t)
-		a := w.create(t, "a")
+		w := newVanishedEnv(t)
+		a := w.createPod("a")
 		entered, release := blockIPAM(w, "ReleaseIP")
 		delDone := make(chan error, 1)
 		go func() { _, err := w.m.DeleteEndpoint(t.Context(), a.GetAttachment()); delDone <- err }()
@@ -298,15 +255,11 @@ func TestRemoveVanishedRacing(t *testing.T) {
 		if n := w.ipam.Calls("ReleaseIP"); n != 1 {
 			t.Errorf("ReleaseIP called %d times, want once", n)
 		}
-		w.wantGone(t, a)
+		w.wantGone(a)
 	})
 	t.Run("create in flight", func(t *testing.T) {
-		w := newVanishedWorld(t)
-		path := filepath.Join(w.dir, "a")
-		if err := os.WriteFile(path, nil, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		w.nf.AddNamespace(path)
+		w := newVanishedEnv(t)
+		path := w.podNS("a")
 		// The ADD waits with its veth made and its record not yet written.
 		in, out := make(chan struct{}), make(chan struct{})
 		first := true
@@ -342,6 +295,17 @@ func TestRemoveVanishedRacing(t *testing.T) {
 		if err != nil {
 			t.Fatalf("the created endpoint is gone: %v", err)
 		}
-		w.wantKept(t, ep)
+		w.wantKept(ep)
+	})
+}
+
+// until waits for cond, failing the test with what after 5 s.
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	testpoll.Until(t, 5*time.Second, func() error {
+		if !cond() {
+			return fmt.Errorf("waiting for %s", what)
+		}
+		return nil
 	})
 }

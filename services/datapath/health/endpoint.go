@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -91,7 +92,14 @@ func (e *Endpoint) ensure(ctx context.Context) error {
 func (e *Endpoint) Keep(ctx context.Context) error {
 	att := Attachment(e.node)
 	_, rerr := e.eps.GetEndpoint(att)
-	_, lerr := e.links.LinkByName(veth.HostName(att.GetContainerId(), att.GetInterfaceName()))
+	name := veth.HostName(att.GetContainerId(), att.GetInterfaceName())
+	_, lerr := e.links.LinkByName(name)
+	// Only "not found" means the veth is gone; another error says nothing
+	// about it, and rebuilding would give up the endpoint's address.
+	var nf netlink.LinkNotFoundError
+	if lerr != nil && !errors.As(lerr, &nf) {
+		return fmt.Errorf("look up the health endpoint's veth %s: %w", name, lerr)
+	}
 	if rerr == nil && lerr == nil {
 		return nil
 	}

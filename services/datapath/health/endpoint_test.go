@@ -1,6 +1,7 @@
 package health_test
 
 import (
+	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -168,5 +169,24 @@ func TestKeepRetriesAfterFailure(t *testing.T) {
 				t.Errorf("IPAM allocations %d, want 1", n)
 			}
 		})
+	}
+}
+
+// A lookup of the veth that fails for another reason than "not found" says
+// nothing about the endpoint: Keep reports it and leaves the endpoint (and
+// its address) alone.
+func TestKeepLeavesTheEndpointOnLookupError(t *testing.T) {
+	k := newKeeper(t)
+	if err := k.keep.Keep(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	ip := k.inPlace(t)
+	allocs := k.ipam.Calls("AllocateIP")
+	k.nl.FailOn(nlfake.NodeNS, "LinkByName", 1, unix.ENOBUFS)
+	if err := k.keep.Keep(t.Context()); !errors.Is(err, unix.ENOBUFS) {
+		t.Fatalf("Keep = %v, want the lookup's ENOBUFS", err)
+	}
+	if k.inPlace(t) != ip || k.ipam.Calls("AllocateIP") != allocs || k.ipam.Calls("ReleaseIP") != 0 {
+		t.Error("a failed lookup re-created the health endpoint")
 	}
 }

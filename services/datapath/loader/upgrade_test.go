@@ -238,11 +238,12 @@ func (lc *liveConn) waitRounds(t *testing.T, n int64, what string) {
 	testpoll.Until(t, 5*time.Second, func() error {
 		select {
 		case <-lc.done:
-			return fmt.Errorf("%s: the connection failed: %w", what, lc.err)
+			// A failed connection makes no more round trips: fail now.
+			t.Fatalf("%s: the connection failed: %v", what, lc.err)
 		default:
 		}
-		if got := lc.rounds.Load(); got < want {
-			return fmt.Errorf("%s: %d round trips, want %d", what, got-want+n, n)
+		if got := lc.rounds.Load() - want + n; got < n {
+			return fmt.Errorf("%s: %d round trips, want %d", what, got, n)
 		}
 		return nil
 	})

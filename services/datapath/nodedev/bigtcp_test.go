@@ -1,72 +1,14 @@
 package nodedev
 
 import (
-	"errors"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/axon-cni/axon/services/internal/nstest"
 )
-
-func TestBigTCPSize(t *testing.T) {
-	v4 := netip.MustParseAddr("192.0.2.10")
-	v6 := netip.MustParseAddr("2001:db8::10")
-	tests := []struct {
-		name     string
-		underlay string // "veth" (tso_max_size 524280), "vxlan" (65536) or "" (none)
-		nodeIPs  []netip.Addr
-		mode     string
-		protocol string
-		want     int
-		wantErr  string // part of the error; "" for success
-	}{
-		{"tunnel over a veth", "veth", []netip.Addr{v4}, ModeTunnel, TunnelVXLAN, bigTCPMaxSize, ""},
-		{"native over a veth", "veth", []netip.Addr{v4}, ModeNative, "", bigTCPMaxSize, ""},
-		{"IPv6-only native", "veth", []netip.Addr{v6}, ModeNative, "", bigTCPMaxSize, ""},
-		{"Geneve", "veth", []netip.Addr{v4}, ModeTunnel, TunnelGeneve, 0, "Geneve"},
-		{"IPv6-only tunnel", "veth", []netip.Addr{v6}, ModeTunnel, TunnelVXLAN, 0, "IPv4 node address"},
-		{"underlay without big GSO", "vxlan", []netip.Addr{v4}, ModeNative, "", 0, "tso_max_size"},
-		{"no underlay device", "", []netip.Addr{v4}, ModeNative, "", 0, "no device holds"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ns := nstest.New(t)
-			h := ns.Netlink
-			if tc.underlay != "" {
-				var l netlink.Link = &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}, PeerName: "uplinkp"}
-				if tc.underlay == "vxlan" {
-					l = &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "uplink"}, VxlanId: 7, Port: 4789}
-				}
-				if err := h.LinkAdd(l); err != nil {
-					t.Fatal(err)
-				}
-				l, err := h.LinkByName("uplink")
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, a := range tc.nodeIPs {
-					if err := h.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(24, a.BitLen())}}); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			got, err := BigTCPSize(h, tc.nodeIPs, "", tc.mode, tc.protocol)
-			if tc.wantErr != "" {
-				if !errors.Is(err, ErrBigTCP) || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("BigTCPSize = %d, %v; want an ErrBigTCP error mentioning %q", got, err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("BigTCPSize = %d, %v; want %d", got, err, tc.want)
-			}
-		})
-	}
-}
 
 // RaiseGSOMaxSize raises the underlay and the axon_host pair, and leaves a
 // size that is already larger alone.

@@ -81,6 +81,7 @@ func (m *Manager) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev 
 		return nil, fmt.Errorf("%w: remote node %q is at revision %q, not %q", ErrConflict, n.GetName(), old.GetRevision(), expectedRev)
 	}
 	if old != nil && slices.Equal(old.GetNodeIps(), n.GetNodeIps()) && slices.Equal(old.GetPodCidrs(), n.GetPodCidrs()) && slices.Equal(old.GetHealthIps(), n.GetHealthIps()) {
+		m.notePeer(old)
 		return proto.CloneOf(old), nil
 	}
 	rev, _ := strconv.ParseInt(old.GetRevision(), 10, 64)
@@ -104,12 +105,20 @@ func (m *Manager) UpsertRemoteNode(in *datapathv1alpha1.RemoteNode, expectedRev 
 	for p := range touched {
 		m.reconcile(p)
 	}
-	if len(n.GetHealthIps()) > 0 && len(n.GetNodeIps()) > 0 {
-		nip, _ := netip.ParseAddr(n.GetNodeIps()[0])
-		hip, _ := netip.ParseAddr(n.GetHealthIps()[0])
-		m.peers.NotePeer(n.GetName(), nip, hip)
-	}
+	m.notePeer(n)
 	return proto.CloneOf(n), nil
+}
+
+// notePeer tells the prober of an API-given node with a health endpoint.
+// It is told on every upsert, changed or not, and on restore: a restarted
+// agent's prober knows only what it is told again.
+func (m *Manager) notePeer(n *datapathv1alpha1.RemoteNode) {
+	if len(n.GetHealthIps()) == 0 || len(n.GetNodeIps()) == 0 {
+		return
+	}
+	nip, _ := netip.ParseAddr(n.GetNodeIps()[0])
+	hip, _ := netip.ParseAddr(n.GetHealthIps()[0])
+	m.peers.NotePeer(n.GetName(), nip, hip)
 }
 
 // DeleteRemoteNode removes an API-given remote node; blocks IPAM still
@@ -204,7 +213,7 @@ func (m *Manager) saveRemoteNodes(nodes map[string]*datapathv1alpha1.RemoteNode)
 }
 
 // RestoreNodes loads the API-given remote nodes recorded before a
-// restart and routes their blocks.
+// restart, routes their blocks and tells the prober of them.
 func (m *Manager) RestoreNodes() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -234,6 +243,7 @@ func (m *Manager) RestoreNodes() error {
 				m.reconcile(p)
 			}
 		}
+		m.notePeer(n)
 	}
 	return nil
 }

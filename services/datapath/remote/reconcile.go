@@ -42,7 +42,7 @@ type remoteBlock struct {
 type Config struct {
 	// NodeName is this node's name in IPAM; its own blocks are not remote.
 	NodeName string
-	// Mode is nodedev.nodedev.ModeTunnel or nodedev.nodedev.ModeNative.
+	// Mode is nodedev.ModeTunnel or nodedev.ModeNative.
 	Mode string
 	// TunnelProtocol names the overlay device routes to remote blocks use
 	// in tunnel mode.

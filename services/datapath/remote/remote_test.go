@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/axon-cni/axon/bpf/testpoll"
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
@@ -156,22 +157,6 @@ func run(t *testing.T, m *remote.Manager) (stop func()) {
 	return stop
 }
 
-// eventually polls check until it returns nil or d passes.
-func eventually(t *testing.T, d time.Duration, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func block(p netip.Prefix, node string, first bool) *ipamv1alpha1.Block {
 	b := &ipamv1alpha1.Block{Cidr: p.String(), Node: node, Pool: "default", Family: commonv1alpha1.IPFamily_IP_FAMILY_IPV4}
 	if p.Addr().Is6() {
@@ -259,7 +244,7 @@ func TestWatchRoutesBlocks(t *testing.T) {
 			w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String(), peerIP6.String())
 			m := w.manager(t)
 			run(t, m)
-			eventually(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
 			if _, ok := w.route(ownBlock); ok {
 				t.Errorf("this node's own block %s is routed", ownBlock)
 			}
@@ -268,10 +253,10 @@ func TestWatchRoutesBlocks(t *testing.T) {
 			}
 			// ADDED while watching, an IPv6 block.
 			w.ipam.SetRemoteBlock(block(peerBlk6, "node-b", false), peerIP4.String(), peerIP6.String())
-			eventually(t, 5*time.Second, func() error { return w.routed(peerBlk6, nextHop(mode, peerBlk6, peerIP4, peerIP6), peerIP4) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.routed(peerBlk6, nextHop(mode, peerBlk6, peerIP4, peerIP6), peerIP4) })
 			// MODIFIED: the node's address changed.
 			w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4b.String(), peerIP6.String())
-			eventually(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4b, peerIP4b) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4b, peerIP4b) })
 			// The list shows what the watch reports.
 			list := m.ListRemoteNodes()
 			if len(list) != 1 || list[0].GetName() != "node-b" || !slices.Equal(list[0].GetPodCidrs(), []string{peerBlk4.String(), peerBlk6.String()}) {
@@ -279,7 +264,7 @@ func TestWatchRoutesBlocks(t *testing.T) {
 			}
 			// DELETED.
 			w.ipam.DeleteRemoteBlock(peerBlk4.String())
-			eventually(t, 5*time.Second, func() error { return w.gone(peerBlk4) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.gone(peerBlk4) })
 			if _, ok := w.peers.get("node-b"); ok {
 				t.Error("node-b still a peer after its first block went")
 			}
@@ -300,12 +285,12 @@ func TestWatchReconnectsAndSyncDrops(t *testing.T) {
 			w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
 			w.ipam.SetRemoteBlock(block(otherBlk4, "node-c", true), "192.0.2.30")
 			run(t, w.manager(t))
-			eventually(t, 5*time.Second, func() error {
+			testpoll.Until(t, 5*time.Second, func() error {
 				return w.routed(otherBlk4, netip.MustParseAddr("192.0.2.30"), netip.MustParseAddr("192.0.2.30"))
 			})
 			w.ipam.EndWatches(status.Error(codes.Unavailable, "ipam restarting"))
 			w.ipam.DeleteRemoteBlock(otherBlk4.String()) // no stream sees this
-			eventually(t, 5*time.Second, func() error {
+			testpoll.Until(t, 5*time.Second, func() error {
 				if n := w.ipam.Calls("WatchBlocks"); n < 2 {
 					return fmt.Errorf("WatchBlocks called %d times, want a reconnect", n)
 				}
@@ -348,7 +333,7 @@ func TestRestoredEntriesRemovedAfterSync(t *testing.T) {
 			m := w.manager(t)
 			m.Restore()
 			run(t, m)
-			eventually(t, 5*time.Second, func() error { return w.gone(otherBlk4) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.gone(otherBlk4) })
 			if err := w.routed(peerBlk4, peerIP4, peerIP4); err != nil {
 				t.Errorf("block still reported: %v", err)
 			}
@@ -375,7 +360,7 @@ func TestFailedBlockIsRetried(t *testing.T) {
 			}
 			w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
 			run(t, w.manager(t))
-			eventually(t, 10*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+			testpoll.Until(t, 10*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
 		})
 	}
 }
@@ -393,7 +378,7 @@ func TestFailedBlockDeletedLeavesNothing(t *testing.T) {
 			w := newWorld(t, tc.mode)
 			w.retry = time.Hour // the deletion, not a retry, must clean up
 			run(t, w.manager(t))
-			eventually(t, 5*time.Second, func() error {
+			testpoll.Until(t, 5*time.Second, func() error {
 				if w.ipam.Watchers() == 0 {
 					return errors.New("not watching")
 				}
@@ -408,14 +393,14 @@ func TestFailedBlockDeletedLeavesNothing(t *testing.T) {
 			// The map write comes first in tunnel mode, last in native mode:
 			// once it was tried, the apply failed half-way. Events are
 			// applied in order, so the deletion comes after.
-			eventually(t, 5*time.Second, func() error {
+			testpoll.Until(t, 5*time.Second, func() error {
 				if w.bpf.Calls(bpffake.OpPutRemote) == 0 {
 					return errors.New("not applied yet")
 				}
 				return nil
 			})
 			w.ipam.DeleteRemoteBlock(peerBlk4.String())
-			eventually(t, 5*time.Second, func() error { return w.gone(peerBlk4) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.gone(peerBlk4) })
 		})
 	}
 }
@@ -462,7 +447,7 @@ func TestRemoteNodesAPI(t *testing.T) {
 			// The watch's node-b and the API's node-c are listed together.
 			w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
 			stop := run(t, m)
-			eventually(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
 			var names []string
 			for _, n := range m.ListRemoteNodes() {
 				names = append(names, n.GetName())
@@ -491,7 +476,7 @@ func TestRemoteNodesAPI(t *testing.T) {
 				t.Fatal(err)
 			}
 			run(t, m2)
-			eventually(t, 5*time.Second, func() error {
+			testpoll.Until(t, 5*time.Second, func() error {
 				if n := len(m2.ListRemoteNodes()); n != 2 {
 					return fmt.Errorf("second manager knows %d remote nodes, want 2", n)
 				}
@@ -540,7 +525,7 @@ func TestDeletedRemoteNodeIsNoPeer(t *testing.T) {
 	m := w.manager(t)
 	w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
 	run(t, m)
-	eventually(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+	testpoll.Until(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
 	for _, name := range []string{"node-b", "node-c"} {
 		n := &datapathv1alpha1.RemoteNode{Name: name, NodeIps: []string{"192.0.2.30"}, HealthIps: []string{"10.0.3.2"}}
 		if _, err := m.UpsertRemoteNode(n, ""); err != nil {
@@ -576,14 +561,14 @@ func TestFailedRemovalIsRetried(t *testing.T) {
 			w := newWorld(t, tc.mode)
 			w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
 			run(t, w.manager(t))
-			eventually(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+			testpoll.Until(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
 			if tc.fail == "map" {
 				w.bpf.FailOn(bpffake.OpDeleteRemote, 1, unix.EBUSY)
 			} else {
 				w.nl.FailOn(nlfake.NodeNS, tc.fail, 1, unix.ENOBUFS)
 			}
 			w.ipam.DeleteRemoteBlock(peerBlk4.String())
-			eventually(t, 10*time.Second, func() error { return w.gone(peerBlk4) })
+			testpoll.Until(t, 10*time.Second, func() error { return w.gone(peerBlk4) })
 		})
 	}
 }
@@ -617,5 +602,33 @@ func TestRestoreNodesSurvivesADamagedFile(t *testing.T) {
 				t.Errorf("restored node-c: %v", err)
 			}
 		}
+	}
+}
+
+// TestRestoredRemoteNodeIsAPeer: after a restart the prober is told of the
+// API-given nodes restored from the state file, and an upsert of an
+// unchanged node tells it again.
+func TestRestoredRemoteNodeIsAPeer(t *testing.T) {
+	w := newWorld(t, nodedev.ModeNative)
+	nodeC := &datapathv1alpha1.RemoteNode{Name: "node-c", NodeIps: []string{"192.0.2.30"}, HealthIps: []string{"10.0.3.2"}, PodCidrs: []string{otherBlk4.String()}}
+	if _, err := w.manager(t).UpsertRemoteNode(nodeC, ""); err != nil {
+		t.Fatal(err)
+	}
+	// A restart: a new manager with a new prober.
+	w.peers = &peers{known: map[string]netip.Addr{}}
+	m := w.manager(t)
+	if err := m.RestoreNodes(); err != nil {
+		t.Fatal(err)
+	}
+	want := netip.MustParseAddr("192.0.2.30")
+	if ip, ok := w.peers.get("node-c"); !ok || ip != want {
+		t.Errorf("restored node-c: peer %v %v, want %s", ip, ok, want)
+	}
+	w.peers.ForgetPeer("node-c")
+	if got, err := m.UpsertRemoteNode(nodeC, ""); err != nil || got.GetRevision() != "1" {
+		t.Fatalf("unchanged upsert: %v revision %q, want revision 1", err, got.GetRevision())
+	}
+	if ip, ok := w.peers.get("node-c"); !ok || ip != want {
+		t.Errorf("after an unchanged upsert: peer %v %v, want %s", ip, ok, want)
 	}
 }
