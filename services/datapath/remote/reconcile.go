@@ -247,7 +247,13 @@ func (m *Manager) watchEvent(ev *ipamv1alpha1.WatchBlocksResponse, seen map[neti
 		delete(m.watched, p)
 		m.reconcile(p)
 		if b.GetRouterIp() != "" {
-			m.peers.ForgetPeer(b.GetNode())
+			// The node left IPAM; an API-given entry for it keeps it a
+			// peer, with the health address the API gave.
+			if n, ok := m.manual[b.GetNode()]; ok {
+				m.notePeer(n)
+			} else {
+				m.peers.ForgetPeer(b.GetNode())
+			}
 		}
 		return
 	}

@@ -546,6 +546,25 @@ func TestDeletedRemoteNodeIsNoPeer(t *testing.T) {
 	}
 }
 
+// TestWatchedNodeGoneKeepsAPIPeer: a node that leaves IPAM (its first
+// block deleted) but has an API-given entry stays a peer to probe.
+func TestWatchedNodeGoneKeepsAPIPeer(t *testing.T) {
+	w := newWorld(t, nodedev.ModeTunnel)
+	m := w.manager(t)
+	w.ipam.SetRemoteBlock(block(peerBlk4, "node-b", true), peerIP4.String())
+	run(t, m)
+	testpoll.Until(t, 5*time.Second, func() error { return w.routed(peerBlk4, peerIP4, peerIP4) })
+	n := &datapathv1alpha1.RemoteNode{Name: "node-b", NodeIps: []string{peerIP4.String()}, HealthIps: []string{"10.0.3.2"}}
+	if _, err := m.UpsertRemoteNode(n, ""); err != nil {
+		t.Fatal(err)
+	}
+	w.ipam.DeleteRemoteBlock(peerBlk4.String())
+	testpoll.Until(t, 5*time.Second, func() error { return w.gone(peerBlk4) })
+	if _, ok := w.peers.get("node-b"); !ok {
+		t.Error("node-b, which the API still gives, is no peer after its IPAM blocks went")
+	}
+}
+
 // TestFailedRemovalIsRetried: a block whose route or map entry could not be
 // removed is removed by the failed-block retry, not forgotten with the
 // route or entry left behind.
