@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
 	"time"
@@ -16,6 +15,7 @@ import (
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/endpoint"
 	"github.com/axon-cni/axon/services/datapath/remote"
+	"github.com/axon-cni/axon/services/internal/grpcerr"
 	"github.com/axon-cni/axon/services/internal/paging"
 )
 
@@ -59,37 +59,22 @@ func New(endpoints Endpoints, remotes RemoteNodes, node Node, gcMinAge time.Dura
 	return &Server{endpoints: endpoints, remotes: remotes, node: node, gcMinAge: gcMinAge}
 }
 
-// codeOf is the one table from the agent's errors to gRPC codes.
-var codeOf = []struct {
-	err  error
-	code codes.Code
-}{
-	{endpoint.ErrInvalid, codes.InvalidArgument},
-	{endpoint.ErrNotFound, codes.NotFound},
-	{endpoint.ErrExists, codes.AlreadyExists},
-	{endpoint.ErrNotReady, codes.Unavailable},
-	{remote.ErrInvalid, codes.InvalidArgument},
-	{remote.ErrNotReady, codes.Unavailable},
-	{remote.ErrConflict, codes.Aborted},
+// codeOf is the one table from the agent's errors to gRPC codes. An IPAM
+// failure keeps IPAM's status (grpcerr keeps a status error's code), so the
+// CNI shim can tell an exhausted pool from an unknown one; anything else is
+// internal.
+var codeOf = grpcerr.Table{
+	{Err: endpoint.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: endpoint.ErrNotFound, Code: codes.NotFound},
+	{Err: endpoint.ErrExists, Code: codes.AlreadyExists},
+	{Err: endpoint.ErrNotReady, Code: codes.Unavailable},
+	{Err: remote.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: remote.ErrNotReady, Code: codes.Unavailable},
+	{Err: remote.ErrConflict, Code: codes.Aborted},
 }
 
-// toStatus maps an agent error to a gRPC status error. An IPAM failure
-// keeps IPAM's status, so the CNI shim can tell an exhausted pool from an
-// unknown one; anything else is internal.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, c := range codeOf {
-		if errors.Is(err, c.err) {
-			return status.Error(c.code, err.Error())
-		}
-	}
-	if st, ok := status.FromError(err); ok {
-		return st.Err()
-	}
-	return status.Error(codes.Internal, err.Error())
-}
+// toStatus maps an agent error to a gRPC status error.
+func toStatus(err error) error { return codeOf.Status(err) }
 
 // CreateEndpoint implements DatapathService.
 func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (*datapathv1alpha1.CreateEndpointResponse, error) {

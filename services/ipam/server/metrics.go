@@ -2,11 +2,9 @@ package server
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc/codes"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	"github.com/axon-cni/axon/services/ipam/allocator"
@@ -48,17 +46,7 @@ func NewMetrics(reg prometheus.Registerer, alloc *allocator.Allocator) *Metrics 
 }
 
 func (m *Metrics) observeAllocate(err error, d time.Duration) {
-	code := codes.OK
-	for _, c := range codeOf {
-		if err != nil && errors.Is(err, c.err) {
-			code = c.code
-			break
-		}
-	}
-	if err != nil && code == codes.OK {
-		code = codes.Internal
-	}
-	m.allocations.WithLabelValues(code.String()).Inc()
+	m.allocations.WithLabelValues(codeOf.Code(err).String()).Inc()
 	m.allocSecs.Observe(d.Seconds())
 }
 

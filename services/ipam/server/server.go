@@ -5,7 +5,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/grpcerr"
 	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/allocator"
 )
@@ -32,35 +32,22 @@ func New(alloc *allocator.Allocator, m *Metrics, log *slog.Logger) *Server {
 }
 
 // codeOf is the one table from allocator errors to gRPC codes.
-var codeOf = []struct {
-	err  error
-	code codes.Code
-}{
+var codeOf = grpcerr.Table{
 	// The caller's own deadline or cancellation first: the allocator wraps
 	// an interrupted etcd call as ErrUnavailable too.
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-	{context.Canceled, codes.Canceled},
-	{allocator.ErrInvalid, codes.InvalidArgument},
-	{allocator.ErrNotFound, codes.NotFound},
-	{allocator.ErrExists, codes.AlreadyExists},
-	{allocator.ErrPrecondition, codes.FailedPrecondition},
-	{allocator.ErrExhausted, codes.ResourceExhausted},
-	{allocator.ErrConflict, codes.Aborted},
-	{allocator.ErrUnavailable, codes.Unavailable},
+	{Err: context.DeadlineExceeded, Code: codes.DeadlineExceeded},
+	{Err: context.Canceled, Code: codes.Canceled},
+	{Err: allocator.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: allocator.ErrNotFound, Code: codes.NotFound},
+	{Err: allocator.ErrExists, Code: codes.AlreadyExists},
+	{Err: allocator.ErrPrecondition, Code: codes.FailedPrecondition},
+	{Err: allocator.ErrExhausted, Code: codes.ResourceExhausted},
+	{Err: allocator.ErrConflict, Code: codes.Aborted},
+	{Err: allocator.ErrUnavailable, Code: codes.Unavailable},
 }
 
 // toStatus maps an allocator error to a gRPC status error.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	for _, c := range codeOf {
-		if errors.Is(err, c.err) {
-			return status.Error(c.code, err.Error())
-		}
-	}
-	return status.Error(codes.Internal, err.Error())
-}
+func toStatus(err error) error { return codeOf.Status(err) }
 
 func handleOf(h *ipamv1alpha1.OwnerHandle) allocator.Handle {
 	return allocator.Handle{ContainerID: h.GetContainerId(), Interface: h.GetInterfaceName()}
