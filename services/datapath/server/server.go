@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -106,7 +107,7 @@ func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpoin
 // ListEndpoints implements DatapathService. A node has at most a few
 // hundred endpoints; pages are cut from the list ordered by attachment.
 func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndpointsRequest) (*datapathv1alpha1.ListEndpointsResponse, error) {
-	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
+	limit, after, err := paging.Parse(endpointList(req), req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err // a status already
 	}
@@ -115,6 +116,12 @@ func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndp
 		return nil, toStatus(err)
 	}
 	return pageEndpoints(eps, req, after, limit), nil
+}
+
+// endpointList names the listing req asks for, filters included, so that a
+// page token serves only the listing that returned it.
+func endpointList(req *datapathv1alpha1.ListEndpointsRequest) string {
+	return fmt.Sprintf("datapath.ListEndpoints pod_namespace=%q pod_name=%q", req.GetPodNamespace(), req.GetPodName())
 }
 
 // pageEndpoints returns the page of eps after the attachment key after (its
@@ -133,7 +140,7 @@ func pageEndpoints(eps []*datapathv1alpha1.Endpoint, req *datapathv1alpha1.ListE
 			continue
 		}
 		if len(resp.Endpoints) == limit {
-			resp.NextPageToken = paging.Token(key(resp.Endpoints[limit-1]))
+			resp.NextPageToken = paging.Token(endpointList(req), key(resp.Endpoints[limit-1]))
 			break
 		}
 		resp.Endpoints = append(resp.Endpoints, ep)

@@ -1,9 +1,18 @@
 // Package paging turns the page_size and page_token of Axon's list RPCs
-// into a limit and a resume key, and back: 0 means 100 items, at most 1000,
-// and a token is the opaque encoding of the last key returned.
+// into a limit and a resume key, and back: 0 means 100 items, at most 1000.
+//
+// A token is opaque to clients: base64url(check || last key), where check is
+// the first 8 bytes of SHA-256(list + "\x00" + last key) and list names the
+// RPC and the filters that change its result. A garbage token, a truncated
+// one, or one from another list or other filters fails the check and is
+// InvalidArgument, instead of silently giving a wrong page. The check holds
+// no secret: it catches mistakes, not forgery; a forged token can only name
+// a resume key, which the caller could have listed anyway.
 package paging
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 
 	"google.golang.org/grpc/codes"
@@ -13,35 +22,51 @@ import (
 const (
 	defaultSize = 100
 	maxSize     = 1000
+	checkLen    = 8
 )
 
 // Parse returns the page's item limit and the key to resume after ("" for
-// the first page). Bad input is an InvalidArgument status.
-func Parse(size int32, token string) (limit int, after string, err error) {
+// the first page). list names the listing and its result-changing filters,
+// the same string that made the token (see Token); values that a caller
+// supplies should be quoted (%q) so distinct filter sets never spell the
+// same list. Bad input is an InvalidArgument status.
+func Parse(list string, size int32, token string) (limit int, after string, err error) {
 	if size < 0 {
 		return 0, "", status.Errorf(codes.InvalidArgument, "page_size must not be negative, got %d", size)
 	}
-	limit = int(size)
+	limit = min(int(size), maxSize)
 	if limit == 0 {
 		limit = defaultSize
 	}
-	limit = min(limit, maxSize)
 	if token == "" {
 		return limit, "", nil
 	}
+	// The token itself is never echoed: it is caller input of any length.
 	b, err := base64.RawURLEncoding.DecodeString(token)
-	if err != nil || len(b) == 0 {
-		return 0, "", status.Errorf(codes.InvalidArgument, "invalid page_token %q", token)
+	if err != nil || len(b) <= checkLen {
+		return 0, "", status.Error(codes.InvalidArgument, "invalid page_token: not a token of this service")
 	}
-	return limit, string(b), nil
+	after = string(b[checkLen:])
+	if !bytes.Equal(b[:checkLen], check(list, after)) {
+		return 0, "", status.Error(codes.InvalidArgument, "invalid page_token: not from this list with these filters")
+	}
+	return limit, after, nil
 }
 
-// Token is the page_token that resumes after key ("" when there is no more).
-func Token(after string) string {
+// Token is the page_token that resumes list after key ("" when there is no
+// more).
+func Token(list, after string) string {
 	if after == "" {
 		return ""
 	}
-	return base64.RawURLEncoding.EncodeToString([]byte(after))
+	b := append(check(list, after), after...)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// check is the part of a token that ties it to its list and key.
+func check(list, after string) []byte {
+	sum := sha256.Sum256([]byte(list + "\x00" + after))
+	return sum[:checkLen]
 }
 
 // All walks a paged listing from the client side: it calls page with the

@@ -74,7 +74,8 @@ func (s *Server) GetPool(ctx context.Context, req *ipamv1alpha1.GetPoolRequest) 
 // ListPools implements IPAMService. Pools are few; the page is cut from the
 // full, name-ordered list.
 func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsRequest) (*ipamv1alpha1.ListPoolsResponse, error) {
-	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
+	const list = "ipam.ListPools"
+	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +89,7 @@ func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsReque
 			continue
 		}
 		if len(out.Pools) == limit {
-			out.NextPageToken = paging.Token(out.Pools[limit-1].GetName())
+			out.NextPageToken = paging.Token(list, out.Pools[limit-1].GetName())
 			break
 		}
 		out.Pools = append(out.Pools, p)
@@ -134,7 +135,8 @@ func (s *Server) GetNode(ctx context.Context, req *ipamv1alpha1.GetNodeRequest) 
 
 // ListNodes implements IPAMService.
 func (s *Server) ListNodes(ctx context.Context, req *ipamv1alpha1.ListNodesRequest) (*ipamv1alpha1.ListNodesResponse, error) {
-	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
+	const list = "ipam.ListNodes"
+	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -142,7 +144,7 @@ func (s *Server) ListNodes(ctx context.Context, req *ipamv1alpha1.ListNodesReque
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListNodesResponse{Nodes: nodes, NextPageToken: paging.Token(next)}, nil
+	return &ipamv1alpha1.ListNodesResponse{Nodes: nodes, NextPageToken: paging.Token(list, next)}, nil
 }
 
 // UpdateNode implements IPAMService.
@@ -183,7 +185,8 @@ func (s *Server) ReleaseBlock(ctx context.Context, req *ipamv1alpha1.ReleaseBloc
 
 // ListBlocks implements IPAMService.
 func (s *Server) ListBlocks(ctx context.Context, req *ipamv1alpha1.ListBlocksRequest) (*ipamv1alpha1.ListBlocksResponse, error) {
-	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
+	list := fmt.Sprintf("ipam.ListBlocks node=%q pool=%q family=%d", req.GetNode(), req.GetPool(), req.GetFamily())
+	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +194,7 @@ func (s *Server) ListBlocks(ctx context.Context, req *ipamv1alpha1.ListBlocksReq
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListBlocksResponse{Blocks: blocks, NextPageToken: paging.Token(next)}, nil
+	return &ipamv1alpha1.ListBlocksResponse{Blocks: blocks, NextPageToken: paging.Token(list, next)}, nil
 }
 
 // AllocateIP implements IPAMService.
@@ -264,7 +267,8 @@ func (s *Server) GetAllocation(ctx context.Context, req *ipamv1alpha1.GetAllocat
 
 // ListAllocations implements IPAMService.
 func (s *Server) ListAllocations(ctx context.Context, req *ipamv1alpha1.ListAllocationsRequest) (*ipamv1alpha1.ListAllocationsResponse, error) {
-	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
+	list := fmt.Sprintf("ipam.ListAllocations node=%q pool=%q pod_namespace=%q", req.GetNode(), req.GetPool(), req.GetPodNamespace())
+	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -273,7 +277,7 @@ func (s *Server) ListAllocations(ctx context.Context, req *ipamv1alpha1.ListAllo
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListAllocationsResponse{Allocations: allocs, NextPageToken: paging.Token(next)}, nil
+	return &ipamv1alpha1.ListAllocationsResponse{Allocations: allocs, NextPageToken: paging.Token(list, next)}, nil
 }
 
 // GarbageCollect implements IPAMService.
@@ -341,7 +345,8 @@ func (s *Server) UnreserveIP(ctx context.Context, req *ipamv1alpha1.UnreserveIPR
 
 // ListReservations implements IPAMService.
 func (s *Server) ListReservations(ctx context.Context, req *ipamv1alpha1.ListReservationsRequest) (*ipamv1alpha1.ListReservationsResponse, error) {
-	limit, after, err := paging.Parse(req.GetPageSize(), req.GetPageToken())
+	list := fmt.Sprintf("ipam.ListReservations pool=%q key=%q", req.GetPool(), req.GetKey())
+	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
@@ -349,5 +354,5 @@ func (s *Server) ListReservations(ctx context.Context, req *ipamv1alpha1.ListRes
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &ipamv1alpha1.ListReservationsResponse{Reservations: res, NextPageToken: paging.Token(next)}, nil
+	return &ipamv1alpha1.ListReservationsResponse{Reservations: res, NextPageToken: paging.Token(list, next)}, nil
 }

@@ -278,3 +278,81 @@ func TestAllocateIPsOverGRPC(t *testing.T) {
 	_, err = cc.AllocateIP(ctx, req("late", "ghost"))
 	wantCode(t, err, codes.NotFound)
 }
+
+// TestPageTokensBelongToTheirList checks that a page token is accepted only
+// by the list, with the same filters, that returned it.
+func TestPageTokensBelongToTheirList(t *testing.T) {
+	c, _, _ := startServer(t)
+	ctx := t.Context()
+	for i, name := range []string{"a", "b"} {
+		_, err := c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{
+			Name: name, Default: i == 0, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{fmt.Sprintf("10.%d.0.0/24", i)}, BlockPrefixLength: 28},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.CreateNode(ctx, &ipamv1alpha1.CreateNodeRequest{Node: &ipamv1alpha1.Node{Name: "n1", Addresses: []string{"192.168.1.1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		_, err := c.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{
+			Handle: &ipamv1alpha1.OwnerHandle{ContainerId: fmt.Sprintf("c%d", i), InterfaceName: "eth0"}, Node: "n1",
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	pools, err := c.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageSize: 1})
+	if err != nil || pools.GetNextPageToken() == "" {
+		t.Fatalf("ListPools first page = %v, %v; want a next page", pools, err)
+	}
+	allocs, err := c.ListAllocations(ctx, &ipamv1alpha1.ListAllocationsRequest{Node: "n1", PageSize: 1})
+	if err != nil || allocs.GetNextPageToken() == "" {
+		t.Fatalf("ListAllocations first page = %v, %v; want a next page", allocs, err)
+	}
+	poolToken, allocToken := pools.GetNextPageToken(), allocs.GetNextPageToken()
+
+	for _, tc := range []struct {
+		name string
+		call func() error
+		want codes.Code
+	}{
+		{"ListPools, own token", func() error {
+			_, err := c.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageToken: poolToken})
+			return err
+		}, codes.OK},
+		{"ListAllocations, own token", func() error {
+			_, err := c.ListAllocations(ctx, &ipamv1alpha1.ListAllocationsRequest{Node: "n1", PageToken: allocToken})
+			return err
+		}, codes.OK},
+		{"ListPools, token of ListAllocations", func() error {
+			_, err := c.ListPools(ctx, &ipamv1alpha1.ListPoolsRequest{PageToken: allocToken})
+			return err
+		}, codes.InvalidArgument},
+		{"ListNodes, token of ListPools", func() error {
+			_, err := c.ListNodes(ctx, &ipamv1alpha1.ListNodesRequest{PageToken: poolToken})
+			return err
+		}, codes.InvalidArgument},
+		{"ListBlocks, token of ListPools", func() error {
+			_, err := c.ListBlocks(ctx, &ipamv1alpha1.ListBlocksRequest{PageToken: poolToken})
+			return err
+		}, codes.InvalidArgument},
+		{"ListAllocations, token of ListPools", func() error {
+			_, err := c.ListAllocations(ctx, &ipamv1alpha1.ListAllocationsRequest{PageToken: poolToken})
+			return err
+		}, codes.InvalidArgument},
+		{"ListAllocations, token of another node's listing", func() error {
+			_, err := c.ListAllocations(ctx, &ipamv1alpha1.ListAllocationsRequest{Node: "n2", PageToken: allocToken})
+			return err
+		}, codes.InvalidArgument},
+		{"ListReservations, token of ListPools", func() error {
+			_, err := c.ListReservations(ctx, &ipamv1alpha1.ListReservationsRequest{PageToken: poolToken})
+			return err
+		}, codes.InvalidArgument},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			wantCode(t, tc.call(), tc.want)
+		})
+	}
+}
