@@ -63,8 +63,10 @@ const (
 // and the call may be retried unchanged; an expected_revision that does not
 // match the stored object gives ABORTED (re-read and retry). Lists return at
 // most page_size items (0 means 100; values above 1000 are treated as 1000)
-// in key order, and next_page_token is empty on the last page; an invalid or
-// expired page_token gives INVALID_ARGUMENT.
+// in key order, and next_page_token is empty on the last page. A page token
+// is opaque and valid only for the list and filters that returned it: an
+// invalid or expired page_token, or one from another list or other filters,
+// gives INVALID_ARGUMENT.
 type IPAMServiceClient interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.
@@ -497,8 +499,10 @@ func (c *iPAMServiceClient) ListReservations(ctx context.Context, in *ListReserv
 // and the call may be retried unchanged; an expected_revision that does not
 // match the stored object gives ABORTED (re-read and retry). Lists return at
 // most page_size items (0 means 100; values above 1000 are treated as 1000)
-// in key order, and next_page_token is empty on the last page; an invalid or
-// expired page_token gives INVALID_ARGUMENT.
+// in key order, and next_page_token is empty on the last page. A page token
+// is opaque and valid only for the list and filters that returned it: an
+// invalid or expired page_token, or one from another list or other filters,
+// gives INVALID_ARGUMENT.
 type IPAMServiceServer interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.
