@@ -64,7 +64,11 @@ const (
 // match the stored object gives ABORTED (re-read and retry). Lists return at
 // most page_size items (0 means 100; values above 1000 are treated as 1000)
 // in key order, and next_page_token is empty on the last page; an invalid or
-// expired page_token gives INVALID_ARGUMENT.
+// expired page_token gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a
+// pool (or a node's pod CIDR) has no free address or block carries a
+// google.rpc.ErrorInfo detail with reason "POOL_EXHAUSTED" and domain
+// "ipam.axon-cni.io"; callers tell an exhausted pool by it, not by the code
+// alone, which gRPC also gives for messages over its size limit.
 type IPAMServiceClient interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.
@@ -498,7 +502,11 @@ func (c *iPAMServiceClient) ListReservations(ctx context.Context, in *ListReserv
 // match the stored object gives ABORTED (re-read and retry). Lists return at
 // most page_size items (0 means 100; values above 1000 are treated as 1000)
 // in key order, and next_page_token is empty on the last page; an invalid or
-// expired page_token gives INVALID_ARGUMENT.
+// expired page_token gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a
+// pool (or a node's pod CIDR) has no free address or block carries a
+// google.rpc.ErrorInfo detail with reason "POOL_EXHAUSTED" and domain
+// "ipam.axon-cni.io"; callers tell an exhausted pool by it, not by the code
+// alone, which gRPC also gives for messages over its size limit.
 type IPAMServiceServer interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.
