@@ -18,7 +18,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
 	"github.com/axon-cni/axon/services/datapath/nodedev"
 	"github.com/axon-cni/axon/services/datapath/veth"
-	"github.com/axon-cni/axon/services/ipam/errinfo"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 func hasRouteTo(routes []netlink.Route, dst string, link int) bool {

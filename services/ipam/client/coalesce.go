@@ -26,7 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
-	"github.com/axon-cni/axon/services/ipam/errinfo"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 const (

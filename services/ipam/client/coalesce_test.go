@@ -13,7 +13,7 @@ import (
 
 	"github.com/axon-cni/axon/bpf/testpoll"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
-	"github.com/axon-cni/axon/services/ipam/errinfo"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 // fakeIPAM answers allocations with the handle's container ID as address,

@@ -17,7 +17,7 @@ import (
 	"github.com/axon-cni/axon/services/internal/grpcerr"
 	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/allocator"
-	"github.com/axon-cni/axon/services/ipam/errinfo"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 // Server implements ipamv1alpha1.IPAMServiceServer.

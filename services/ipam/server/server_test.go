@@ -23,7 +23,7 @@ import (
 	"github.com/axon-cni/axon/services/internal/embedetcd"
 	"github.com/axon-cni/axon/services/ipam/allocator"
 	"github.com/axon-cni/axon/services/ipam/client"
-	"github.com/axon-cni/axon/services/ipam/errinfo"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 // methodCounts counts the calls a test server received, by full method.

@@ -2,7 +2,8 @@
 // to its errors, so that callers tell one cause of a code from another (an
 // exhausted pool from gRPC's own RESOURCE_EXHAUSTED for an oversized
 // message) by a structured detail rather than by the code or message text.
-// The reasons are part of the IPAM contract (proto/axon/ipam/v1alpha1).
+// The reasons are part of the IPAM contract (proto/axon/ipam/v1alpha1); the
+// package is part of IPAM's client library, which other services may import.
 package errinfo
 
 import (
