@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"golang.org/x/sys/unix"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -247,13 +248,36 @@ func cniError(op string, err error, notFoundIsUnknown bool) error {
 			code = types.ErrUnknownContainer
 		}
 	case codes.ResourceExhausted:
-		code = ErrAddressExhausted
+		// Only IPAM's mark means an exhausted pool: gRPC gives the same
+		// code for an oversized message, the datapath for a full map.
+		code = types.ErrInternal
+		if poolExhausted(st) {
+			code = ErrAddressExhausted
+		}
 	case codes.FailedPrecondition, codes.AlreadyExists:
 		code = ErrPrecondition
 	default:
 		code = types.ErrInternal
 	}
 	return types.NewError(code, msg, err.Error())
+}
+
+// The google.rpc.ErrorInfo IPAM attaches to RESOURCE_EXHAUSTED for a pool
+// with no free address, and the datapath passes on (the IPAM contract,
+// proto/axon/ipam/v1alpha1).
+const (
+	ipamErrorDomain     = "ipam.axon-cni.io"
+	reasonPoolExhausted = "POOL_EXHAUSTED"
+)
+
+// poolExhausted reports whether st carries IPAM's exhausted-pool mark.
+func poolExhausted(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ipamErrorDomain && info.GetReason() == reasonPoolExhausted {
+			return true
+		}
+	}
+	return false
 }
 
 // toResult turns a datapath endpoint into a CNI result.

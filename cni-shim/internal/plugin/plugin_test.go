@@ -16,6 +16,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -212,7 +213,14 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 		{name: "ADD with a netns path that is no namespace", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: t.TempDir()}, conf: good, want: types.ErrInvalidNetNS},
 		{name: "ADD with datapath down", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte { return netConf(t, "1.1.0", missingSock, nil) }, want: types.ErrTryAgainLater},
 		{name: "ADD unknown pool", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.NotFound, `pool "x" not found`), want: types.ErrInvalidNetworkConfig},
-		{name: "ADD exhausted", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.ResourceExhausted, "pool full"), want: ErrAddressExhausted},
+		{name: "ADD pool exhausted", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: poolExhaustedErr(t, ipamErrorDomain), want: ErrAddressExhausted},
+		{name: "ADD resource exhausted without IPAM's mark", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.ResourceExhausted, "endpoint map full"), want: types.ErrInternal},
+		{name: "ADD resource exhausted marked by another domain", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: poolExhaustedErr(t, "example.com"), want: types.ErrInternal},
+		{name: "ADD message over gRPC's limit", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte {
+			// gRPC's own RESOURCE_EXHAUSTED: the datapath refuses a
+			// request over its 4 MB receive limit before any handler runs.
+			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"io.kubernetes.cri.pod-annotations": map[string]string{"big": strings.Repeat("x", 6<<20)}}})
+		}, want: types.ErrInternal},
 		{name: "ADD unimplemented", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.Unimplemented, "later"), want: types.ErrInternal},
 		{name: "ADD bad requested IP", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte {
 			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"ips": []string{"bogus"}}})
@@ -243,6 +251,17 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// poolExhaustedErr is RESOURCE_EXHAUSTED with the exhausted-pool
+// ErrorInfo of domain, as IPAM (domain ipamErrorDomain) gives it.
+func poolExhaustedErr(t *testing.T, domain string) error {
+	t.Helper()
+	st, err := status.New(codes.ResourceExhausted, "pool full").WithDetails(&errdetails.ErrorInfo{Reason: reasonPoolExhausted, Domain: domain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Err()
 }
 
 func TestDelWhileDatapathDownIsQueued(t *testing.T) {

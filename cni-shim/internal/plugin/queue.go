@@ -1,8 +1,10 @@
 package plugin
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 
@@ -12,8 +14,8 @@ import (
 )
 
 // QueueDelete writes a DEL for att into dir as a
-// datapathv1alpha1.QueuedDelete in protojson, one file per attachment, for
-// axon-datapath to replay when it starts. The file appears whole or not at
+// datapathv1alpha1.QueuedDelete in protojson, one file per attachment
+// (named by queueFileName), for axon-datapath to replay when it starts. The file appears whole or not at
 // all (written to a temporary file, synced, then renamed), so the agent
 // never reads half a record; the directory is synced after the rename, so
 // the record survives a crash once QueueDelete returns.
@@ -28,8 +30,7 @@ func QueueDelete(dir string, att *datapathv1alpha1.Attachment) error {
 	if err != nil {
 		return fmt.Errorf("encode queued delete: %w", err)
 	}
-	// Escaped so that any container ID or interface name is one file name.
-	name := url.PathEscape(att.GetContainerId()) + "_" + url.PathEscape(att.GetInterfaceName()) + ".json"
+	name := queueFileName(att)
 	tmp, err := os.CreateTemp(dir, ".queue-*")
 	if err != nil {
 		return fmt.Errorf("queue delete: %w", err)
@@ -48,6 +49,22 @@ func QueueDelete(dir string, att *datapathv1alpha1.Attachment) error {
 		return fmt.Errorf("queue delete: %w", err)
 	}
 	return nil
+}
+
+// queueFileName names att's queue file: the hex SHA-256 of the container ID
+// and interface name, each prefixed with its length, + ".json". The length
+// prefixes make the encoding injective, so distinct attachments never share
+// a file (a separator such as "_" can appear in either part), and a hex name
+// never carries a path element whatever the input. The record inside, not
+// the name, says which attachment it is.
+func queueFileName(att *datapathv1alpha1.Attachment) string {
+	var b []byte
+	for _, part := range []string{att.GetContainerId(), att.GetInterfaceName()} {
+		b = binary.BigEndian.AppendUint64(b, uint64(len(part)))
+		b = append(b, part...)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]) + ".json"
 }
 
 // syncDir flushes dir's entries to disk.

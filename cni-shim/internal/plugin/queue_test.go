@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"testing"
 
@@ -18,13 +19,13 @@ import (
 // the format was a protobuf message, readable as a QueuedDelete.
 func TestQueueDeleteFormat(t *testing.T) {
 	tests := []struct {
-		name         string
-		containerID  string
-		ifName       string
-		wantFileName string
+		name        string
+		containerID string
+		ifName      string
 	}{
-		{"plain", "abc123", "eth0", "abc123_eth0.json"},
-		{"escaped", "ctr/1", "net 1", "ctr%2F1_net%201.json"},
+		{"plain", "abc123", "eth0"},
+		{"path characters", "ctr/1", "net 1"},
+		{"path tricks", "../../etc/passwd", ".."},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -37,10 +38,10 @@ func TestQueueDeleteFormat(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(entries) != 1 || entries[0].Name() != tc.wantFileName {
-				t.Fatalf("queue holds %v, want only %s (no temporary file left)", entries, tc.wantFileName)
+			if len(entries) != 1 || !queueName.MatchString(entries[0].Name()) {
+				t.Fatalf("queue holds %v, want only one <hex SHA-256>.json (no temporary file left)", entries)
 			}
-			b, err := os.ReadFile(filepath.Join(dir, tc.wantFileName))
+			b, err := os.ReadFile(filepath.Join(dir, entries[0].Name()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -59,6 +60,53 @@ func TestQueueDeleteFormat(t *testing.T) {
 				t.Errorf("decoded %v, want %s/%s", &q, tc.containerID, tc.ifName)
 			}
 		})
+	}
+}
+
+// queueName is the form of every queue file name: nothing an attachment
+// holds can add a path element to it.
+var queueName = regexp.MustCompile(`^[0-9a-f]{64}\.json$`)
+
+// TestQueueDeleteDistinctAttachments checks that attachments a separator-
+// joined name would merge get files of their own, each with its record, and
+// that queueing one attachment again replaces its file.
+func TestQueueDeleteDistinctAttachments(t *testing.T) {
+	atts := []*datapathv1alpha1.Attachment{
+		{ContainerId: "qa_b", InterfaceName: "c"},
+		{ContainerId: "qa", InterfaceName: "b_c"},
+		{ContainerId: "qa%5Fb", InterfaceName: "c"},
+		{ContainerId: "q", InterfaceName: "ab_c"},
+	}
+	dir := filepath.Join(t.TempDir(), "queue")
+	for _, att := range append(atts, atts[0]) {
+		if err := QueueDelete(dir, att); err != nil {
+			t.Fatalf("QueueDelete(%v): %v", att, err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var q datapathv1alpha1.QueuedDelete
+		if err := protojson.Unmarshal(b, &q); err != nil {
+			t.Fatalf("decode %s: %v", e.Name(), err)
+		}
+		got = append(got, q.GetContainerId()+"/"+q.GetInterfaceName())
+	}
+	var want []string
+	for _, att := range atts {
+		want = append(want, att.GetContainerId()+"/"+att.GetInterfaceName())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("queued records %v, want one each of %v", got, want)
 	}
 }
 

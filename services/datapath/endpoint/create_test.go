@@ -18,6 +18,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
 	"github.com/axon-cni/axon/services/datapath/nodedev"
 	"github.com/axon-cni/axon/services/datapath/veth"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 func hasRouteTo(routes []netlink.Route, dst string, link int) bool {
@@ -276,20 +277,26 @@ func TestCreatePodKeys(t *testing.T) {
 // IPAM's refusal keeps its code (the CNI shim maps it) and leaves nothing.
 func TestCreateIPAMFailure(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		err  error
-		code codes.Code
+		name   string
+		err    error
+		code   codes.Code
+		reason string // IPAM's ErrorInfo reason, which must be kept
 	}{
-		{"Unavailable", errUnavailable, codes.Unavailable},
-		{"Exhausted", status.Error(codes.ResourceExhausted, "pool full"), codes.ResourceExhausted},
+		{"Unavailable", errUnavailable, codes.Unavailable, ""},
+		{"Exhausted", status.Error(codes.ResourceExhausted, "too large"), codes.ResourceExhausted, ""},
+		{
+			"pool exhausted",
+			errinfo.With(status.New(codes.ResourceExhausted, "pool full"), errinfo.ReasonPoolExhausted).Err(),
+			codes.ResourceExhausted, errinfo.ReasonPoolExhausted,
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newTestManager(t, testOpts{})
 			ns := e.podNS("pod1")
 			e.ipam.FailNext("AllocateIP", 1, tc.err)
 			_, err := e.m.CreateEndpoint(t.Context(), createReq("c1", "eth0", ns))
-			if status.Code(err) != tc.code {
-				t.Fatalf("CreateEndpoint: %v, want code %v", err, tc.code)
+			if status.Code(err) != tc.code || errinfo.Reason(err) != tc.reason {
+				t.Fatalf("CreateEndpoint: %v (reason %q), want code %v reason %q", err, errinfo.Reason(err), tc.code, tc.reason)
 			}
 			e.assertEmptyNode()
 			if l := e.linkNames(ns); len(l) != 0 {

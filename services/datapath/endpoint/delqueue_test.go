@@ -1,6 +1,9 @@
 package endpoint
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"slices"
@@ -95,5 +98,47 @@ func TestReplayDeletesNoQueue(t *testing.T) {
 	e.m.ReplayDeletes(t.Context())
 	if len(e.records()) != 1 || len(e.linkNames(nlfake.NodeNS)) != 1 {
 		t.Errorf("endpoint touched: records %v", e.records())
+	}
+}
+
+// queueDeleteHashed writes a DEL as axon-cni names it since issue 17: the
+// hex SHA-256 of the length-prefixed container ID and interface name. The
+// agent reads any *.json, so only the names differ from queueDelete's.
+func (e *testEnv) queueDeleteHashed(id, ifName string) {
+	e.t.Helper()
+	b, err := protojson.Marshal(&datapathv1alpha1.QueuedDelete{ContainerId: id, InterfaceName: ifName})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var key []byte
+	for _, part := range []string{id, ifName} {
+		key = binary.BigEndian.AppendUint64(key, uint64(len(part)))
+		key = append(key, part...)
+	}
+	sum := sha256.Sum256(key)
+	if err := os.WriteFile(filepath.Join(e.queueDir, hex.EncodeToString(sum[:])+".json"), b, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// Two attachments whose old-style names collided ("qa_b"+"c" and
+// "qa"+"b_c") each replay from their own file.
+func TestReplayDeletesDistinctAttachments(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	nsA, nsB := e.podNS("a"), e.podNS("b")
+	a := e.create("qa_b", "c", nsA)
+	b := e.create("qa", "b_c", nsB)
+	e.queueDeleteHashed("qa_b", "c")
+	e.queueDeleteHashed("qa", "b_c")
+	if got := e.queued(); len(got) != 2 {
+		t.Fatalf("queue holds %v, want two files", got)
+	}
+
+	e.m.ReplayDeletes(t.Context())
+	e.assertNoEndpoint(a.GetAttachment(), nsA)
+	e.assertNoEndpoint(b.GetAttachment(), nsB)
+	e.assertEmptyNode()
+	if got := e.queued(); len(got) != 0 {
+		t.Errorf("queue after the replay %v, want empty", got)
 	}
 }

@@ -149,10 +149,13 @@ func (m *Manager) ListEndpoints() ([]*datapathv1alpha1.Endpoint, error) {
 }
 
 // ipamError turns an IPAM failure into the datapath's status, keeping the
-// code so the CNI shim can map it (exhausted pool, unknown pool, ...).
+// code and details so the CNI shim can map it (an exhausted pool is told by
+// IPAM's ErrorInfo, not by the code alone).
 func ipamError(op string, err error) error {
 	st, _ := status.FromError(err)
-	return status.Errorf(st.Code(), "%s: IPAM: %s", op, st.Message())
+	p := st.Proto()
+	p.Message = fmt.Sprintf("%s: IPAM: %s", op, st.Message())
+	return status.FromProto(p).Err()
 }
 
 // Addrs returns an endpoint's addresses with their prefix lengths.

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 const (
@@ -260,7 +261,8 @@ func (c *Coalescing) send(calls []*call) {
 			if code == codes.OK {
 				code = codes.Internal // an error without a code is still an error
 			}
-			cl.err = status.Error(code, r.Error.GetMessage())
+			// The reason says why, beyond the code (an exhausted pool).
+			cl.err = errinfo.With(status.New(code, r.Error.GetMessage()), r.Error.GetReason()).Err()
 		default:
 			cl.err = status.Errorf(codes.Internal, "AllocateIPs result %d is empty", i)
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/axon-cni/axon/bpf/testpoll"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 // fakeIPAM answers allocations with the handle's container ID as address,
@@ -45,7 +46,7 @@ func (f *fakeIPAM) answer(req *ipamv1alpha1.AllocateIPRequest) (*ipamv1alpha1.Al
 	f.mu.Unlock()
 	switch id {
 	case "bad":
-		return nil, &ipamv1alpha1.Status{Code: int32(codes.ResourceExhausted), Message: "pool \"default\" is full"}
+		return nil, &ipamv1alpha1.Status{Code: int32(codes.ResourceExhausted), Message: "pool \"default\" is full", Reason: errinfo.ReasonPoolExhausted}
 	case "zero":
 		return nil, &ipamv1alpha1.Status{Message: "no code"}
 	}
@@ -80,7 +81,7 @@ func (f *fakeIPAM) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateIPR
 	}
 	resp, st := f.answer(req)
 	if st != nil {
-		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
+		return nil, errinfo.With(status.New(codes.Code(st.GetCode()), st.GetMessage()), st.GetReason()).Err()
 	}
 	return resp, nil
 }
@@ -365,6 +366,25 @@ func TestErrorWithoutCode(t *testing.T) {
 			t.Errorf("zero: err = %v, want INTERNAL", r.err)
 		}
 		if r.id != "zero" && r.err != nil {
+			t.Errorf("%s: %v", r.id, r.err)
+		}
+	}
+}
+
+// TestBatchedErrorKeepsReason keeps a result error's ErrorInfo reason, so
+// an exhausted pool reads the same batched or not.
+func TestBatchedErrorKeepsReason(t *testing.T) {
+	f := newFake()
+	c := New(f)
+	out := burst(t, c, f, []string{"bad", "fine"})
+	waitQueued(t, c, 2)
+	close(f.release)
+	for range maxInflight + 2 {
+		r := <-out
+		if r.id == "bad" && (status.Code(r.err) != codes.ResourceExhausted || errinfo.Reason(r.err) != errinfo.ReasonPoolExhausted) {
+			t.Errorf("bad: err = %v (reason %q), want RESOURCE_EXHAUSTED with reason %s", r.err, errinfo.Reason(r.err), errinfo.ReasonPoolExhausted)
+		}
+		if r.id != "bad" && r.err != nil {
 			t.Errorf("%s: %v", r.id, r.err)
 		}
 	}

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/axon-cni/axon/services/internal/grpcerr"
 	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/allocator"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 // Server implements ipamv1alpha1.IPAMServiceServer.
@@ -46,8 +48,25 @@ var codeOf = grpcerr.Table{
 	{Err: allocator.ErrUnavailable, Code: codes.Unavailable},
 }
 
-// toStatus maps an allocator error to a gRPC status error.
-func toStatus(err error) error { return codeOf.Status(err) }
+// toStatus maps an allocator error to a gRPC status error, with the
+// ErrorInfo detail of its reason (see reasonOf).
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	return errinfo.With(status.Convert(codeOf.Status(err)), reasonOf(err)).Err()
+}
+
+// reasonOf returns the contract's ErrorInfo reason for err, or "": an
+// exhausted pool must be told apart from gRPC's own RESOURCE_EXHAUSTED
+// (a message over the size limit), which the CNI shim must not report as
+// "address pool exhausted".
+func reasonOf(err error) string {
+	if errors.Is(err, allocator.ErrExhausted) && codeOf.Code(err) == codes.ResourceExhausted {
+		return errinfo.ReasonPoolExhausted
+	}
+	return ""
+}
 
 func handleOf(h *ipamv1alpha1.OwnerHandle) allocator.Handle {
 	return allocator.Handle{ContainerID: h.GetContainerId(), Interface: h.GetInterfaceName()}
@@ -226,7 +245,7 @@ func (s *Server) AllocateIPs(ctx context.Context, req *ipamv1alpha1.AllocateIPsR
 		if err != nil {
 			st := status.Convert(toStatus(err))
 			out.Results[i] = &ipamv1alpha1.AllocateIPResult{Result: &ipamv1alpha1.AllocateIPResult_Error{
-				Error: &ipamv1alpha1.Status{Code: int32(st.Code()), Message: st.Message()},
+				Error: &ipamv1alpha1.Status{Code: int32(st.Code()), Message: st.Message(), Reason: reasonOf(err)},
 			}}
 			continue
 		}

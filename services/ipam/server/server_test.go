@@ -22,6 +22,7 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/embedetcd"
 	"github.com/axon-cni/axon/services/ipam/allocator"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 	"github.com/axon-cni/axon/services/ipam/client"
 )
 
@@ -354,5 +355,56 @@ func TestPageTokensBelongToTheirList(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			wantCode(t, tc.call(), tc.want)
 		})
+	}
+}
+
+// TestExhaustedCarriesReason: an exhausted pool's RESOURCE_EXHAUSTED
+// carries the POOL_EXHAUSTED ErrorInfo, alone and in AllocateIPs results;
+// other errors carry none.
+func TestExhaustedCarriesReason(t *testing.T) {
+	c, _, _ := startServer(t)
+	ctx := t.Context()
+	if _, err := c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{
+		Name: "default", Default: true, Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.2.0.0/28"}, BlockPrefixLength: 28},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateNode(ctx, &ipamv1alpha1.CreateNodeRequest{Node: &ipamv1alpha1.Node{Name: "n1", Addresses: []string{"192.168.1.1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	req := func(id, node string) *ipamv1alpha1.AllocateIPRequest {
+		return &ipamv1alpha1.AllocateIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: id, InterfaceName: "eth0"}, Node: node}
+	}
+	var exhausted error
+	for n := 0; exhausted == nil; n++ {
+		if n > 16 {
+			t.Fatal("a /28 never ran out")
+		}
+		_, exhausted = c.AllocateIP(ctx, req(fmt.Sprint("c", n), "n1"))
+	}
+	wantCode(t, exhausted, codes.ResourceExhausted)
+	if got := errinfo.Reason(exhausted); got != errinfo.ReasonPoolExhausted {
+		t.Errorf("AllocateIP reason = %q, want %q", got, errinfo.ReasonPoolExhausted)
+	}
+	_, err := c.AllocateIP(ctx, req("lost", "ghost"))
+	wantCode(t, err, codes.NotFound)
+	if got := errinfo.Reason(err); got != "" {
+		t.Errorf("NOT_FOUND reason = %q, want none", got)
+	}
+
+	resp, err := c.AllocateIPs(ctx, &ipamv1alpha1.AllocateIPsRequest{Requests: []*ipamv1alpha1.AllocateIPRequest{
+		req("more", "n1"), req("lost", "ghost"),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []struct {
+		code   codes.Code
+		reason string
+	}{{codes.ResourceExhausted, errinfo.ReasonPoolExhausted}, {codes.NotFound, ""}} {
+		e := resp.GetResults()[i].GetError()
+		if codes.Code(e.GetCode()) != want.code || e.GetReason() != want.reason {
+			t.Errorf("result %d = %v, want code %v reason %q", i, e, want.code, want.reason)
+		}
 	}
 }

@@ -87,8 +87,10 @@ type DatapathServiceClient interface {
 	// namespace, or the interface name already exists in it; ALREADY_EXISTS if
 	// the attachment exists with another netns_path, or a requested IP is
 	// allocated to another owner; NOT_FOUND for an unknown requested pool;
-	// RESOURCE_EXHAUSTED if the pool has no free address or the endpoint map
-	// is full; UNAVAILABLE if the datapath is not ready or IPAM is unreachable.
+	// RESOURCE_EXHAUSTED if the pool has no free address (with IPAM's
+	// google.rpc.ErrorInfo detail, reason "POOL_EXHAUSTED", kept) or the
+	// endpoint map is full (without it); UNAVAILABLE if the datapath is not
+	// ready or IPAM is unreachable.
 	CreateEndpoint(ctx context.Context, in *CreateEndpointRequest, opts ...grpc.CallOption) (*CreateEndpointResponse, error)
 	// DeleteEndpoint unwires a pod attachment (CNI DEL): removes its map
 	// entries, policy, veth pair (also when the pod's namespace is already
@@ -486,8 +488,10 @@ type DatapathServiceServer interface {
 	// namespace, or the interface name already exists in it; ALREADY_EXISTS if
 	// the attachment exists with another netns_path, or a requested IP is
 	// allocated to another owner; NOT_FOUND for an unknown requested pool;
-	// RESOURCE_EXHAUSTED if the pool has no free address or the endpoint map
-	// is full; UNAVAILABLE if the datapath is not ready or IPAM is unreachable.
+	// RESOURCE_EXHAUSTED if the pool has no free address (with IPAM's
+	// google.rpc.ErrorInfo detail, reason "POOL_EXHAUSTED", kept) or the
+	// endpoint map is full (without it); UNAVAILABLE if the datapath is not
+	// ready or IPAM is unreachable.
 	CreateEndpoint(context.Context, *CreateEndpointRequest) (*CreateEndpointResponse, error)
 	// DeleteEndpoint unwires a pod attachment (CNI DEL): removes its map
 	// entries, policy, veth pair (also when the pod's namespace is already

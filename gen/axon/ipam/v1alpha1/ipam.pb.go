@@ -2012,13 +2012,17 @@ func (*AllocateIPResult_Response) isAllocateIPResult_Result() {}
 func (*AllocateIPResult_Error) isAllocateIPResult_Result() {}
 
 // Status is a gRPC status carried inside a response (google.rpc.Status
-// without details).
+// without details, but with the reason of its ErrorInfo detail).
 type Status struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The gRPC status code, e.g. 8 for RESOURCE_EXHAUSTED.
 	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
 	// The error message.
-	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The reason of the google.rpc.ErrorInfo detail (domain
+	// "ipam.axon-cni.io") that AllocateIP would have returned, e.g.
+	// "POOL_EXHAUSTED"; empty when it would have returned none.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2063,6 +2067,13 @@ func (x *Status) GetCode() int32 {
 func (x *Status) GetMessage() string {
 	if x != nil {
 		return x.Message
+	}
+	return ""
+}
+
+func (x *Status) GetReason() string {
+	if x != nil {
+		return x.Reason
 	}
 	return ""
 }
@@ -3081,10 +3092,11 @@ const file_axon_ipam_v1alpha1_ipam_proto_rawDesc = "" +
 	"\x10AllocateIPResult\x12D\n" +
 	"\bresponse\x18\x01 \x01(\v2&.axon.ipam.v1alpha1.AllocateIPResponseH\x00R\bresponse\x122\n" +
 	"\x05error\x18\x02 \x01(\v2\x1a.axon.ipam.v1alpha1.StatusH\x00R\x05errorB\b\n" +
-	"\x06result\"6\n" +
+	"\x06result\"N\n" +
 	"\x06Status\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xa8\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xa8\x01\n" +
 	"\x10ReleaseIPRequest\x127\n" +
 	"\x06handle\x18\x01 \x01(\v2\x1f.axon.ipam.v1alpha1.OwnerHandleR\x06handle\x12+\n" +
 	"\x11expected_sequence\x18\x02 \x01(\x04R\x10expectedSequence\x12.\n" +

@@ -66,7 +66,11 @@ const (
 // in key order, and next_page_token is empty on the last page. A page token
 // is opaque and valid only for the list and filters that returned it: an
 // invalid or expired page_token, or one from another list or other filters,
-// gives INVALID_ARGUMENT.
+// gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a pool (or a node's
+// pod CIDR) has no free address or block carries a google.rpc.ErrorInfo
+// detail with reason "POOL_EXHAUSTED" and domain "ipam.axon-cni.io"; callers
+// tell an exhausted pool by it, not by the code alone, which gRPC also gives
+// for messages over its size limit.
 type IPAMServiceClient interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.
@@ -502,7 +506,11 @@ func (c *iPAMServiceClient) ListReservations(ctx context.Context, in *ListReserv
 // in key order, and next_page_token is empty on the last page. A page token
 // is opaque and valid only for the list and filters that returned it: an
 // invalid or expired page_token, or one from another list or other filters,
-// gives INVALID_ARGUMENT.
+// gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a pool (or a node's
+// pod CIDR) has no free address or block carries a google.rpc.ErrorInfo
+// detail with reason "POOL_EXHAUSTED" and domain "ipam.axon-cni.io"; callers
+// tell an exhausted pool by it, not by the code alone, which gRPC also gives
+// for messages over its size limit.
 type IPAMServiceServer interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.
