@@ -22,8 +22,8 @@ import (
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/internal/embedetcd"
 	"github.com/axon-cni/axon/services/ipam/allocator"
-	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 	"github.com/axon-cni/axon/services/ipam/client"
+	"github.com/axon-cni/axon/services/ipam/client/errinfo"
 )
 
 // methodCounts counts the calls a test server received, by full method.
