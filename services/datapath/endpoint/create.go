@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -43,8 +42,16 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 		}
 		return ep, nil
 	}
-	if _, err := os.Stat(req.GetNetnsPath()); err != nil {
-		return nil, fmt.Errorf("%w: netns_path %s: %w", ErrInvalid, req.GetNetnsPath(), err)
+	// Checked before allocating: a wrong path is the caller's, and the
+	// node's own namespace would get a second veth end and routes that
+	// shadow the node's (the kernel refuses it only half-way).
+	switch node, err := m.plumber.IsNode(req.GetNetnsPath()); {
+	case errors.Is(err, nl.ErrNetNS):
+		return nil, fmt.Errorf("%w: netns_path: %w", ErrNetNS, err)
+	case err != nil:
+		return nil, fmt.Errorf("netns_path %s: %w", req.GetNetnsPath(), err)
+	case node:
+		return nil, fmt.Errorf("%w: netns_path %s is the node's own network namespace, not a pod's", ErrNetNS, req.GetNetnsPath())
 	}
 
 	alloc, err := m.ipam.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{
@@ -94,8 +101,11 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	}
 	res, err := m.plumber.Create(spec)
 	if err != nil {
-		if errors.Is(err, nl.ErrNetNS) {
-			return nil, fmt.Errorf("%w: wire %s: %w", ErrInvalid, hostName, err)
+		switch {
+		case errors.Is(err, nl.ErrNetNS): // gone since the check
+			return nil, fmt.Errorf("%w: wire %s: %w", ErrNetNS, hostName, err)
+		case errors.Is(err, veth.ErrPodIfExists):
+			return nil, fmt.Errorf("%w: wire %s: %w", ErrExists, hostName, err)
 		}
 		return nil, fmt.Errorf("wire %s: %w", hostName, err)
 	}

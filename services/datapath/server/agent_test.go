@@ -139,7 +139,7 @@ func TestStatusCodes(t *testing.T) {
 		{"CreateEndpoint with a missing netns", func() error {
 			_, err := c.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{Attachment: att("x"), NetnsPath: "/nonexistent/netns"})
 			return err
-		}, codes.InvalidArgument},
+		}, codes.FailedPrecondition},
 		{"CreateEndpoint of an attachment wired elsewhere", func() error {
 			_, err := c.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{Attachment: att("a"), NetnsPath: n.pod(t, "other")})
 			return err
