@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -143,6 +144,10 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	}
 	if m.bpf != nil {
 		if err := m.attach(hostName, res, ep, spec.Addrs, podKey); err != nil {
+			// A full BPF hash map refuses a new key with E2BIG.
+			if errors.Is(err, unix.E2BIG) {
+				return nil, fmt.Errorf("%w: eBPF for %s: %w", ErrMapFull, hostName, err)
+			}
 			return nil, fmt.Errorf("eBPF for %s: %w", hostName, err)
 		}
 	}

@@ -15,6 +15,9 @@ var (
 	// ErrNetNS: netns_path is missing, no network namespace, or the
 	// node's own (FailedPrecondition).
 	ErrNetNS = errors.New("unusable network namespace")
+	// ErrMapFull: an eBPF map has no room for the endpoint
+	// (ResourceExhausted).
+	ErrMapFull = errors.New("eBPF map full")
 	// ErrNotReady: the node is not set up yet (Unavailable).
 	ErrNotReady = errors.New("node not ready")
 )
