@@ -32,6 +32,7 @@ type node struct {
 	agent  *agent.Agent
 	ipam   *fakeipam.IPAM
 	nl     *nlfake.Fake
+	bpf    *bpffake.Fake
 	client datapathv1alpha1.DatapathServiceClient
 }
 
@@ -40,6 +41,7 @@ func newNode(t *testing.T, block string) *node {
 	n := &node{nl: nlfake.New(), ipam: fakeipam.New(fakeipam.Config{Node: "node-a", Blocks: []netip.Prefix{netip.MustParsePrefix(block)}})}
 	bpf := bpffake.New()
 	bpf.SetInterfaces(func() map[string]int { return n.nl.Indexes(nlfake.NodeNS) })
+	n.bpf = bpf
 	h, err := n.nl.Node()
 	if err != nil {
 		t.Fatal(err)
