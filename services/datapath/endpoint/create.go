@@ -48,11 +48,11 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	// shadow the node's (the kernel refuses it only half-way).
 	switch node, err := m.plumber.IsNode(req.GetNetnsPath()); {
 	case errors.Is(err, nl.ErrNetNS):
-		return nil, fmt.Errorf("%w: netns_path: %w", ErrNetNS, err)
+		return nil, fmt.Errorf("%w: %w", ErrNetNS, err)
 	case err != nil:
 		return nil, fmt.Errorf("netns_path %s: %w", req.GetNetnsPath(), err)
 	case node:
-		return nil, fmt.Errorf("%w: netns_path %s is the node's own network namespace, not a pod's", ErrNetNS, req.GetNetnsPath())
+		return nil, fmt.Errorf("%w: %s is the node's own network namespace, not a pod's", ErrNetNS, req.GetNetnsPath())
 	}
 
 	alloc, err := m.ipam.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{

@@ -14,7 +14,7 @@ var (
 	ErrExists = errors.New("attachment exists")
 	// ErrNetNS: netns_path is missing, no network namespace, or the
 	// node's own (FailedPrecondition).
-	ErrNetNS = errors.New("unusable network namespace")
+	ErrNetNS = errors.New("netns_path unusable")
 	// ErrMapFull: an eBPF map has no room for the endpoint
 	// (ResourceExhausted).
 	ErrMapFull = errors.New("eBPF map full")
