@@ -23,6 +23,11 @@ func (m *Manager) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.Check
 	if err := validAttachment(att); err != nil {
 		return nil, err
 	}
+	for i, a := range req.GetExpectedAddresses() {
+		if _, err := netip.ParsePrefix(a); err != nil {
+			return nil, fmt.Errorf("%w: expected_addresses[%d] is not an address with a prefix length", ErrInvalid, i)
+		}
+	}
 	hostName := HostName(att)
 	rec, ep, err := m.store.load(hostName)
 	if errors.Is(err, os.ErrNotExist) {

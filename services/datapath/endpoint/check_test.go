@@ -208,7 +208,8 @@ func TestCheckReportsBrokenPieces(t *testing.T) {
 }
 
 // IPAM not answering is an error for the runtime to retry, not a problem
-// of the endpoint; an unknown attachment is not found.
+// of the endpoint; an unknown attachment is not found; a malformed
+// expected address is the caller's error, not a problem of the endpoint.
 func TestCheckErrors(t *testing.T) {
 	e := newTestManager(t, testOpts{})
 	ep := e.create("c1", "eth0", e.podNS("pod1"))
@@ -225,5 +226,11 @@ func TestCheckErrors(t *testing.T) {
 	_, err = e.m.CheckEndpoint(t.Context(), &datapathv1alpha1.CheckEndpointRequest{Attachment: attachment("c1", "")})
 	if !errors.Is(err, ErrInvalid) {
 		t.Errorf("CheckEndpoint without an interface: %v, want ErrInvalid", err)
+	}
+	for _, bad := range []string{"10.244.1.2", "not-an-address/32", ""} {
+		_, err = e.m.CheckEndpoint(t.Context(), &datapathv1alpha1.CheckEndpointRequest{Attachment: ep.GetAttachment(), ExpectedAddresses: []string{bad}})
+		if !errors.Is(err, ErrInvalid) {
+			t.Errorf("CheckEndpoint expecting %q: %v, want ErrInvalid", bad, err)
+		}
 	}
 }

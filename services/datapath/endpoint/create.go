@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -43,8 +43,16 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 		}
 		return ep, nil
 	}
-	if _, err := os.Stat(req.GetNetnsPath()); err != nil {
-		return nil, fmt.Errorf("%w: netns_path %s: %w", ErrInvalid, req.GetNetnsPath(), err)
+	// Checked before allocating: a wrong path is the caller's, and the
+	// node's own namespace would get a second veth end and routes that
+	// shadow the node's (the kernel refuses it only half-way).
+	switch node, err := m.plumber.IsNode(req.GetNetnsPath()); {
+	case errors.Is(err, nl.ErrNetNS):
+		return nil, fmt.Errorf("%w: %w", ErrNetNS, err)
+	case err != nil:
+		return nil, fmt.Errorf("netns_path %s: %w", req.GetNetnsPath(), err)
+	case node:
+		return nil, fmt.Errorf("%w: %s is the node's own network namespace, not a pod's", ErrNetNS, req.GetNetnsPath())
 	}
 
 	alloc, err := m.ipam.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{
@@ -94,8 +102,11 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	}
 	res, err := m.plumber.Create(spec)
 	if err != nil {
-		if errors.Is(err, nl.ErrNetNS) {
-			return nil, fmt.Errorf("%w: wire %s: %w", ErrInvalid, hostName, err)
+		switch {
+		case errors.Is(err, nl.ErrNetNS): // gone since the check
+			return nil, fmt.Errorf("%w: wire %s: %w", ErrNetNS, hostName, err)
+		case errors.Is(err, veth.ErrPodIfExists):
+			return nil, fmt.Errorf("%w: wire %s: %w", ErrExists, hostName, err)
 		}
 		return nil, fmt.Errorf("wire %s: %w", hostName, err)
 	}
@@ -133,6 +144,10 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	}
 	if m.bpf != nil {
 		if err := m.attach(hostName, res, ep, spec.Addrs, podKey); err != nil {
+			// A full BPF hash map refuses a new key with E2BIG.
+			if errors.Is(err, unix.E2BIG) {
+				return nil, fmt.Errorf("%w: eBPF for %s: %w", ErrMapFull, hostName, err)
+			}
 			return nil, fmt.Errorf("eBPF for %s: %w", hostName, err)
 		}
 	}

@@ -157,39 +157,34 @@ func TestCreateRetry(t *testing.T) {
 	}
 }
 
-// Malformed requests are refused as invalid before anything is allocated;
-// a namespace path that is no namespace is found only when wiring, and its
-// allocation is released.
+// Malformed requests are refused as invalid before anything is allocated.
 func TestCreateInvalid(t *testing.T) {
 	e := newTestManager(t, testOpts{})
 	ns := e.podNS("pod1")
-	notNS := filepath.Join(e.nsDir, "plain-file")
-	if err := os.WriteFile(notNS, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	for _, tc := range []struct {
-		name       string
-		req        *datapathv1alpha1.CreateEndpointRequest
-		allocCalls int
+		name string
+		req  *datapathv1alpha1.CreateEndpointRequest
 	}{
-		{"NoContainerID", createReq("", "eth0", ns), 0},
-		{"NoInterface", createReq("c1", "", ns), 0},
-		{"InterfaceTooLong", createReq("c1", "eth0123456789abc", ns), 0},
-		{"InterfaceWithSlash", createReq("c1", "eth/0", ns), 0},
-		{"InterfaceWithSpace", createReq("c1", "eth 0", ns), 0},
-		{"NoNetns", createReq("c1", "eth0", ""), 0},
-		{"MissingNetns", createReq("c1", "eth0", filepath.Join(e.nsDir, "missing")), 0},
+		{"NoContainerID", createReq("", "eth0", ns)},
+		{"NoInterface", createReq("c1", "", ns)},
+		{"InterfaceTooLong", createReq("c1", "eth0123456789abc", ns)},
+		{"InterfaceWithSlash", createReq("c1", "eth/0", ns)},
+		{"InterfaceWithSpace", createReq("c1", "eth 0", ns)},
+		{"InterfaceWithTab", createReq("c1", "eth\t0", ns)},
+		{"InterfaceWithColon", createReq("c1", "eth0:1", ns)},
+		{"InterfaceDot", createReq("c1", ".", ns)},
+		{"InterfaceDotDot", createReq("c1", "..", ns)},
+		{"NoNetns", createReq("c1", "eth0", "")},
 		{"MTUTooSmall", func() *datapathv1alpha1.CreateEndpointRequest {
 			r := createReq("c1", "eth0", ns)
 			r.Mtu = nodedev.MinPodMTU - 1
 			return r
-		}(), 0},
+		}()},
 		{"MTUAboveNode", func() *datapathv1alpha1.CreateEndpointRequest {
 			r := createReq("c1", "eth0", ns)
 			r.Mtu = nodeMTU + 1
 			return r
-		}(), 0},
-		{"NotANamespace", createReq("c1", "eth0", notNS), 1},
+		}()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.ipam.Calls("AllocateIP")
@@ -197,8 +192,40 @@ func TestCreateInvalid(t *testing.T) {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("CreateEndpoint: %v, want ErrInvalid", err)
 			}
-			if n := e.ipam.Calls("AllocateIP") - before; n != tc.allocCalls {
-				t.Errorf("AllocateIP called %d times, want %d", n, tc.allocCalls)
+			if n := e.ipam.Calls("AllocateIP") - before; n != 0 {
+				t.Errorf("AllocateIP called %d times, want none", n)
+			}
+			e.assertEmptyNode()
+		})
+	}
+}
+
+// A netns_path that is no network namespace, or the node's own, is
+// refused before anything is allocated; nothing is wired anywhere, the
+// node's namespace included.
+func TestCreateUnusableNetns(t *testing.T) {
+	e := newTestManager(t, testOpts{})
+	file := filepath.Join(e.nsDir, "plain-file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, netns string }{
+		{"Missing", filepath.Join(e.nsDir, "missing")},
+		{"File", file},
+		{"Directory", e.nsDir},
+		{"DevNull", "/dev/null"},
+		{"NodeNamespace", nlfake.NodePath},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := e.m.CreateEndpoint(t.Context(), createReq("c1", "eth0", tc.netns))
+			if !errors.Is(err, ErrNetNS) {
+				t.Fatalf("CreateEndpoint: %v, want ErrNetNS", err)
+			}
+			if n := e.ipam.Calls("AllocateIP"); n != 0 {
+				t.Errorf("AllocateIP called %d times, want none", n)
+			}
+			if n := e.nl.Calls(nlfake.NodeNS, "LinkAdd"); n != 0 {
+				t.Errorf("LinkAdd called %d times in the node namespace, want none", n)
 			}
 			e.assertEmptyNode()
 		})
@@ -306,7 +333,7 @@ func TestCreateIPAMFailure(t *testing.T) {
 	}
 }
 
-// An interface name the pod already uses is refused, and the allocation
+// An interface name the pod already uses is refused as existing, and the allocation
 // made for it released; the pod's own interface stays.
 func TestCreateInterfaceTaken(t *testing.T) {
 	e := newTestManager(t, testOpts{})
@@ -314,8 +341,8 @@ func TestCreateInterfaceTaken(t *testing.T) {
 	e.create("c1", "eth0", ns)
 	// Another container ID into the same namespace with the same name
 	// (a runtime's bug): the name is taken in the pod.
-	if _, err := e.m.CreateEndpoint(t.Context(), createReq("c2", "eth0", ns)); err == nil {
-		t.Fatal("CreateEndpoint succeeded with eth0 taken")
+	if _, err := e.m.CreateEndpoint(t.Context(), createReq("c2", "eth0", ns)); !errors.Is(err, ErrExists) {
+		t.Fatalf("CreateEndpoint with eth0 taken: %v, want ErrExists", err)
 	}
 	e.assertNoEndpoint(attachment("c2", "eth0"), "")
 	if l := e.linkNames(ns); len(l) != 1 {

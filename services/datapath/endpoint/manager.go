@@ -64,6 +64,10 @@ type Plumber interface {
 	Create(s veth.Spec) (veth.Result, error)
 	Delete(hostName string) error
 	Check(s veth.Spec, res veth.Result) []veth.Problem
+	// IsNode reports whether netnsPath is the node's own network
+	// namespace; an error wraps nl.ErrNetNS when it is no network
+	// namespace.
+	IsNode(netnsPath string) (bool, error)
 }
 
 // Manager creates, checks and removes the node's endpoints.
@@ -104,7 +108,10 @@ func validAttachment(att *datapathv1alpha1.Attachment) error {
 	if att.GetContainerId() == "" || att.GetInterfaceName() == "" {
 		return fmt.Errorf("%w: attachment needs container_id and interface_name", ErrInvalid)
 	}
-	if len(att.GetInterfaceName()) > 15 || strings.ContainsAny(att.GetInterfaceName(), "/ \x00") {
+	// The kernel's dev_valid_name: "." and ".." are taken by sysfs, and
+	// no '/', ':' or white space.
+	name := att.GetInterfaceName()
+	if len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\v\f\r\x00") {
 		return fmt.Errorf("%w: interface_name %q is not a valid Linux interface name", ErrInvalid, att.GetInterfaceName())
 	}
 	return nil

@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -88,13 +89,14 @@ func TestCreateMapFailureRollsBack(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		inject func(e *testEnv)
+		want   error // the sentinel the error wraps, if any
 	}{
-		{"SecondPutEndpoint", func(e *testEnv) { e.bpf.FailOn(bpffake.OpPutEndpoint, 2, errInjected) }},
-		{"PutDevice", func(e *testEnv) { e.bpf.FailOn(bpffake.OpPutDevice, 1, errInjected) }},
-		{"AttachEndpoint", func(e *testEnv) { e.bpf.FailOn(bpffake.OpAttachEndpoint, 1, errInjected) }},
+		{"SecondPutEndpoint", func(e *testEnv) { e.bpf.FailOn(bpffake.OpPutEndpoint, 2, errInjected) }, errInjected},
+		{"PutDevice", func(e *testEnv) { e.bpf.FailOn(bpffake.OpPutDevice, 1, errInjected) }, errInjected},
+		{"AttachEndpoint", func(e *testEnv) { e.bpf.FailOn(bpffake.OpAttachEndpoint, 1, errInjected) }, errInjected},
 		// Pod a's two address entries leave one place in an endpoint map
 		// of three: pod b's first address fits, its second does not.
-		{"FullMap", func(e *testEnv) { e.bpf.SetCapacity(3) }},
+		{"FullMap", func(e *testEnv) { e.bpf.SetCapacity(3) }, ErrMapFull},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newTestManager(t, testOpts{dualStack: true})
@@ -103,8 +105,8 @@ func TestCreateMapFailureRollsBack(t *testing.T) {
 			devsA, entriesA := e.bpf.Devices(), e.bpf.Endpoints()
 
 			tc.inject(e)
-			if _, err := e.m.CreateEndpoint(t.Context(), createReq("b", "eth0", nsB)); err == nil {
-				t.Fatal("CreateEndpoint succeeded with a map write failing")
+			if _, err := e.m.CreateEndpoint(t.Context(), createReq("b", "eth0", nsB)); !errors.Is(err, tc.want) {
+				t.Fatalf("CreateEndpoint with a map write failing: %v, want %v", err, tc.want)
 			}
 			e.assertNoEndpoint(attachment("b", "eth0"), nsB)
 			if l := e.linkNames(nlfake.NodeNS); len(l) != 1 || l[0] != HostName(epA.GetAttachment()) {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
-	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -37,11 +36,6 @@ func newKeeper(t *testing.T) *keeper {
 		ipam: fakeipam.New(fakeipam.Config{Node: node, Blocks: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")}})}
 	k.bpf.SetInterfaces(func() map[string]int { return k.nl.Indexes(nlfake.NodeNS) })
 	if _, err := k.ipam.UpdateNode(t.Context(), &ipamv1alpha1.UpdateNodeRequest{Node: &ipamv1alpha1.Node{Name: node}, AllowMissing: true}); err != nil {
-		t.Fatal(err)
-	}
-	// The real Ensure bind-mounts the namespace there; endpoint creation
-	// checks the path exists.
-	if err := os.WriteFile(health.NetnsPath(k.stateDir), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	h, err := k.nl.Node()

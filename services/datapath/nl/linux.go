@@ -104,6 +104,30 @@ func (l *Linux) Open(path string) (*NS, error) {
 	return &NS{Handle: h, Ref: int(ns), Close: func() { h.Close(); _ = ns.Close() }}, nil
 }
 
+// IsNode reports whether path is the node's network namespace: the same
+// namespace (device and inode of nsfs) as the node handle's.
+func (l *Linux) IsNode(path string) (bool, error) {
+	// O_NONBLOCK: opening a FIFO given as the path must not hang.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false, fmt.Errorf("open %s: %w: %w", path, ErrNetNS, err)
+	}
+	defer unix.Close(fd)
+	// A file, directory or device answers ENOTTY; another kind of
+	// namespace answers its own type.
+	if typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE); err != nil || typ != unix.CLONE_NEWNET {
+		return false, fmt.Errorf("%s: %w: not a network namespace", path, ErrNetNS)
+	}
+	var pod, node unix.Stat_t
+	if err := unix.Fstat(fd, &pod); err != nil {
+		return false, fmt.Errorf("stat %s: %w", path, err)
+	}
+	if err := unix.Fstat(int(l.node), &node); err != nil {
+		return false, fmt.Errorf("stat the node network namespace: %w", err)
+	}
+	return pod.Dev == node.Dev && pod.Ino == node.Ino, nil
+}
+
 // Ensure makes path a bind mount of a new network namespace (as `ip netns
 // add` makes under /run/netns), unless it is one already.
 func (l *Linux) Ensure(path string) error {

@@ -69,6 +69,10 @@ type Namespaces interface {
 	// Open opens the namespace at path (a pod's). An error wraps ErrNetNS
 	// when path is missing or not a network namespace.
 	Open(path string) (*NS, error)
+	// IsNode reports whether path is the node's own network namespace, in
+	// which no pod may be wired. An error wraps ErrNetNS when path is
+	// missing or not a network namespace.
+	IsNode(path string) (bool, error)
 	// Ensure makes path a handle of a network namespace of its own (a
 	// bind mount, as `ip netns add` makes), unless it is one already.
 	Ensure(path string) error

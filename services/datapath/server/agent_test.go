@@ -32,6 +32,7 @@ type node struct {
 	agent  *agent.Agent
 	ipam   *fakeipam.IPAM
 	nl     *nlfake.Fake
+	bpf    *bpffake.Fake
 	client datapathv1alpha1.DatapathServiceClient
 }
 
@@ -40,6 +41,7 @@ func newNode(t *testing.T, block string) *node {
 	n := &node{nl: nlfake.New(), ipam: fakeipam.New(fakeipam.Config{Node: "node-a", Blocks: []netip.Prefix{netip.MustParsePrefix(block)}})}
 	bpf := bpffake.New()
 	bpf.SetInterfaces(func() map[string]int { return n.nl.Indexes(nlfake.NodeNS) })
+	n.bpf = bpf
 	h, err := n.nl.Node()
 	if err != nil {
 		t.Fatal(err)
@@ -139,7 +141,7 @@ func TestStatusCodes(t *testing.T) {
 		{"CreateEndpoint with a missing netns", func() error {
 			_, err := c.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{Attachment: att("x"), NetnsPath: "/nonexistent/netns"})
 			return err
-		}, codes.InvalidArgument},
+		}, codes.FailedPrecondition},
 		{"CreateEndpoint of an attachment wired elsewhere", func() error {
 			_, err := c.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{Attachment: att("a"), NetnsPath: n.pod(t, "other")})
 			return err

@@ -22,6 +22,8 @@ func TestToStatus(t *testing.T) {
 		{"invalid attachment", fmt.Errorf("%w: bad name", endpoint.ErrInvalid), codes.InvalidArgument},
 		{"unknown endpoint", fmt.Errorf("%w: c/eth0", endpoint.ErrNotFound), codes.NotFound},
 		{"wired elsewhere", fmt.Errorf("%w: c/eth0", endpoint.ErrExists), codes.AlreadyExists},
+		{"unusable netns", fmt.Errorf("%w: /proc/self/ns/net is the node's", endpoint.ErrNetNS), codes.FailedPrecondition},
+		{"endpoint map full", fmt.Errorf("%w: eBPF for lxc1: E2BIG", endpoint.ErrMapFull), codes.ResourceExhausted},
 		{"node not ready", fmt.Errorf("%w: setting up", endpoint.ErrNotReady), codes.Unavailable},
 		{"invalid remote node", fmt.Errorf("%w: no name", remote.ErrInvalid), codes.InvalidArgument},
 		{"remote before set-up", fmt.Errorf("%w: setting up", remote.ErrNotReady), codes.Unavailable},

@@ -68,6 +68,8 @@ var codeOf = grpcerr.Table{
 	{Err: endpoint.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: endpoint.ErrNotFound, Code: codes.NotFound},
 	{Err: endpoint.ErrExists, Code: codes.AlreadyExists},
+	{Err: endpoint.ErrNetNS, Code: codes.FailedPrecondition},
+	{Err: endpoint.ErrMapFull, Code: codes.ResourceExhausted},
 	{Err: endpoint.ErrNotReady, Code: codes.Unavailable},
 	{Err: remote.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: remote.ErrNotReady, Code: codes.Unavailable},

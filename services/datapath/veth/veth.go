@@ -55,6 +55,9 @@ type Result struct {
 	DefaultVia []netip.Addr
 }
 
+// ErrPodIfExists means the pod's interface name is taken in its namespace.
+var ErrPodIfExists = errors.New("interface exists in the pod")
+
 // Plumber does the netlink work in a node's network namespace.
 type Plumber struct {
 	// Namespaces opens the node's namespace and pods'. Each call opens its
@@ -92,6 +95,10 @@ func hostRoute(a netip.Addr) *net.IPNet {
 	return ipNet(netip.PrefixFrom(a, a.BitLen()))
 }
 
+// IsNode reports whether netnsPath is the node's own network namespace; an
+// error wraps nl.ErrNetNS when it is no network namespace.
+func (p *Plumber) IsNode(netnsPath string) (bool, error) { return p.Namespaces.IsNode(netnsPath) }
+
 // Create makes the veth pair and configures both sides. On failure it
 // removes what it made.
 func (p *Plumber) Create(s Spec) (res Result, err error) {
@@ -107,7 +114,7 @@ func (p *Plumber) Create(s Spec) (res Result, err error) {
 	}
 	defer node.Close()
 	if _, err := pod.LinkByName(s.PodIfName); err == nil {
-		return Result{}, fmt.Errorf("interface %s already exists in %s", s.PodIfName, s.NetnsPath)
+		return Result{}, fmt.Errorf("%w: %s in %s", ErrPodIfExists, s.PodIfName, s.NetnsPath)
 	}
 	hostMAC, err := randomMAC()
 	if err != nil {

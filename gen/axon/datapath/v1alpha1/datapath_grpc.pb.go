@@ -82,15 +82,17 @@ type DatapathServiceClient interface {
 	// other fields.
 	// Errors: INVALID_ARGUMENT for an empty container_id, interface_name or
 	// netns_path, an interface name that is not a valid Linux name (at most 15
-	// characters), a malformed requested IP or an MTU out of range;
-	// FAILED_PRECONDITION if netns_path does not exist or is not a network
-	// namespace, or the interface name already exists in it; ALREADY_EXISTS if
-	// the attachment exists with another netns_path, or a requested IP is
-	// allocated to another owner; NOT_FOUND for an unknown requested pool;
-	// RESOURCE_EXHAUSTED if the pool has no free address (with IPAM's
-	// google.rpc.ErrorInfo detail, reason "POOL_EXHAUSTED", kept) or the
-	// endpoint map is full (without it); UNAVAILABLE if the datapath is not
-	// ready or IPAM is unreachable.
+	// characters, not "." or "..", no "/", ":" or white space), a malformed
+	// requested IP or an MTU out of range; FAILED_PRECONDITION if netns_path
+	// does not exist or is not a network namespace (a file, a directory, a
+	// device), or is the datapath's own network namespace (checked before
+	// anything is allocated); ALREADY_EXISTS if the attachment exists with
+	// another netns_path, the interface name already exists in the pod's
+	// namespace, or a requested IP is allocated to another owner; NOT_FOUND
+	// for an unknown requested pool; RESOURCE_EXHAUSTED if the pool has no free
+	// address (with IPAM's google.rpc.ErrorInfo detail, reason
+	// "POOL_EXHAUSTED", kept) or the endpoint map is full (without it);
+	// UNAVAILABLE if the datapath is not ready or IPAM is unreachable.
 	CreateEndpoint(ctx context.Context, in *CreateEndpointRequest, opts ...grpc.CallOption) (*CreateEndpointResponse, error)
 	// DeleteEndpoint unwires a pod attachment (CNI DEL): removes its map
 	// entries, policy, veth pair (also when the pod's namespace is already
@@ -483,15 +485,17 @@ type DatapathServiceServer interface {
 	// other fields.
 	// Errors: INVALID_ARGUMENT for an empty container_id, interface_name or
 	// netns_path, an interface name that is not a valid Linux name (at most 15
-	// characters), a malformed requested IP or an MTU out of range;
-	// FAILED_PRECONDITION if netns_path does not exist or is not a network
-	// namespace, or the interface name already exists in it; ALREADY_EXISTS if
-	// the attachment exists with another netns_path, or a requested IP is
-	// allocated to another owner; NOT_FOUND for an unknown requested pool;
-	// RESOURCE_EXHAUSTED if the pool has no free address (with IPAM's
-	// google.rpc.ErrorInfo detail, reason "POOL_EXHAUSTED", kept) or the
-	// endpoint map is full (without it); UNAVAILABLE if the datapath is not
-	// ready or IPAM is unreachable.
+	// characters, not "." or "..", no "/", ":" or white space), a malformed
+	// requested IP or an MTU out of range; FAILED_PRECONDITION if netns_path
+	// does not exist or is not a network namespace (a file, a directory, a
+	// device), or is the datapath's own network namespace (checked before
+	// anything is allocated); ALREADY_EXISTS if the attachment exists with
+	// another netns_path, the interface name already exists in the pod's
+	// namespace, or a requested IP is allocated to another owner; NOT_FOUND
+	// for an unknown requested pool; RESOURCE_EXHAUSTED if the pool has no free
+	// address (with IPAM's google.rpc.ErrorInfo detail, reason
+	// "POOL_EXHAUSTED", kept) or the endpoint map is full (without it);
+	// UNAVAILABLE if the datapath is not ready or IPAM is unreachable.
 	CreateEndpoint(context.Context, *CreateEndpointRequest) (*CreateEndpointResponse, error)
 	// DeleteEndpoint unwires a pod attachment (CNI DEL): removes its map
 	// entries, policy, veth pair (also when the pod's namespace is already

@@ -37,6 +37,11 @@ import (
 // injection calls; pod namespaces are named by their path.
 const NodeNS = "node"
 
+// NodePath is the path of the node's namespace, as a pod's is its path:
+// [Fake.IsNode] says it is the node's. (The real one's is wherever the
+// caller finds it, /proc/self/ns/net of the agent, say.)
+const NodePath = "/proc/self/ns/net"
+
 // Link kinds whose support can be switched off with [Fake.SetKindSupported].
 const (
 	KindVeth   = "veth"
@@ -270,6 +275,24 @@ func (f *Fake) Open(path string) (*nl.NS, error) {
 	}
 	h := f.newHandle(ns)
 	return &nl.NS{Handle: h, Ref: ns.ref, Close: h.Close}, nil
+}
+
+// IsNode reports whether path is [NodePath]; a path that is neither it nor
+// a pod namespace's wraps nl.ErrNetNS, as a missing path or a file that is
+// no network namespace does in the kernel.
+func (f *Fake) IsNode(path string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(path, "IsNode"); err != nil {
+		return false, err
+	}
+	if path == NodePath {
+		return true, nil
+	}
+	if _, ok := f.byPath[path]; !ok || path == NodeNS {
+		return false, fmt.Errorf("open %s: %w: %w", path, nl.ErrNetNS, unix.ENOENT)
+	}
+	return false, nil
 }
 
 // Ensure makes a namespace at path unless there is one.

@@ -3,6 +3,7 @@ package nltest
 import (
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -56,6 +57,27 @@ func copies(t *testing.T, h *host) {
 func openMissing(t *testing.T, h *host) {
 	if _, err := h.env.NS.Open("/proc/self/no-such-netns"); !errors.Is(err, nl.ErrNetNS) {
 		t.Errorf("open a missing namespace: %v, want ErrNetNS", err)
+	}
+}
+
+// isNode: the node's namespace is told from a pod's, and a path that is no
+// network namespace (missing, a file, a directory, a device) is ErrNetNS.
+func isNode(t *testing.T, h *host) {
+	if ok, err := h.env.NS.IsNode(h.env.NodePath); err != nil || !ok {
+		t.Errorf("IsNode(the node's path) = %v, %v; want true", ok, err)
+	}
+	if ok, err := h.env.NS.IsNode(h.env.NewPod(t)); err != nil || ok {
+		t.Errorf("IsNode(a pod's path) = %v, %v; want false", ok, err)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{filepath.Join(dir, "missing"), file, dir, "/dev/null"} {
+		if _, err := h.env.NS.IsNode(path); !errors.Is(err, nl.ErrNetNS) {
+			t.Errorf("IsNode(%s): %v, want ErrNetNS", path, err)
+		}
 	}
 }
 

@@ -22,6 +22,9 @@ type Env struct {
 	// NewPod makes an empty pod namespace, gone when the test ends, and
 	// returns the path NS.Open takes.
 	NewPod func(t *testing.T) string
+	// NodePath is a path of the node's namespace, which NS.IsNode says is
+	// the node's.
+	NodePath string
 }
 
 // Run runs every scenario, each on a fresh Env from newEnv.
@@ -43,6 +46,7 @@ func Run(t *testing.T, newEnv func(t *testing.T) Env) {
 		{"Copies", copies},
 		{"VethInOneNamespace", vethInOneNamespace},
 		{"OpenMissing", openMissing},
+		{"IsNode", isNode},
 		{"EnsureRemove", ensureRemove},
 		{"Underlay", underlay},
 		{"LinkDeletions", linkDeletions},

@@ -28,14 +28,15 @@ func TestFake(t *testing.T) {
 			f.AddNamespace(path)
 			t.Cleanup(func() { f.DeleteNamespace(path) })
 			return path
-		}}
+		}, NodePath: nlfake.NodePath}
 	})
 }
 
 func TestKernel(t *testing.T) {
 	nstest.RequireRoot(t)
 	nltest.Run(t, func(t *testing.T) nltest.Env {
-		return nltest.Env{NS: &kernel{node: nstest.New(t)}, NewPod: func(t *testing.T) string { return nstest.New(t).Path }}
+		node := nstest.New(t)
+		return nltest.Env{NS: &kernel{node: node}, NewPod: func(t *testing.T) string { return nstest.New(t).Path }, NodePath: node.Path}
 	})
 }
 
@@ -54,6 +55,11 @@ func (k *kernel) Node() (nl.Handle, error) {
 // LinkDeletions is the real nl.Linux's, in the test's node namespace.
 func (k *kernel) LinkDeletions(ctx context.Context) (<-chan string, error) {
 	return nl.NewLinuxAt(k.node.Handle).LinkDeletions(ctx)
+}
+
+// IsNode is the real nl.Linux's, in the test's node namespace.
+func (k *kernel) IsNode(path string) (bool, error) {
+	return nl.NewLinuxAt(k.node.Handle).IsNode(path)
 }
 
 func (k *kernel) Open(path string) (*nl.NS, error) {
