@@ -411,17 +411,12 @@ func (a *Agent) RunRemoteWatch(ctx context.Context) { a.remotes.Run(ctx) }
 // RunHealth keeps the node's health endpoint in place and probes every peer
 // each interval, until ctx ends.
 func (a *Agent) RunHealth(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
+	round := func() {
 		if err := a.healthEP.Keep(ctx); err != nil && ctx.Err() == nil {
 			a.log.Warn("health endpoint not in place; retrying", "err", err)
 		}
 		a.prober.Probe(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
+	round()
+	periodic.Every(ctx, interval, round)
 }
