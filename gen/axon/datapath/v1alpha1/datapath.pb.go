@@ -1528,6 +1528,137 @@ func (x *UpsertServiceResponse) GetService() *Service {
 	return nil
 }
 
+// UpsertServicesRequest is the request of UpsertServices.
+type UpsertServicesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entries to create or replace; each frontend at most once.
+	// Output-only fields are ignored.
+	Services []*Service `protobuf:"bytes,1,rep,name=services,proto3" json:"services,omitempty"`
+	// Frontends to remove; unknown ones are ignored. Not allowed with
+	// replace_all (every frontend not in services is removed then).
+	Deletes []*Frontend `protobuf:"bytes,2,rep,name=deletes,proto3" json:"deletes,omitempty"`
+	// Make services the node's whole set: every stored frontend not in it is
+	// removed. A client's full resync.
+	ReplaceAll    bool `protobuf:"varint,3,opt,name=replace_all,json=replaceAll,proto3" json:"replace_all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpsertServicesRequest) Reset() {
+	*x = UpsertServicesRequest{}
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpsertServicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpsertServicesRequest) ProtoMessage() {}
+
+func (x *UpsertServicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpsertServicesRequest.ProtoReflect.Descriptor instead.
+func (*UpsertServicesRequest) Descriptor() ([]byte, []int) {
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UpsertServicesRequest) GetServices() []*Service {
+	if x != nil {
+		return x.Services
+	}
+	return nil
+}
+
+func (x *UpsertServicesRequest) GetDeletes() []*Frontend {
+	if x != nil {
+		return x.Deletes
+	}
+	return nil
+}
+
+func (x *UpsertServicesRequest) GetReplaceAll() bool {
+	if x != nil {
+		return x.ReplaceAll
+	}
+	return false
+}
+
+// UpsertServicesResponse is the response of UpsertServices.
+type UpsertServicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Frontends created or whose entry changed.
+	Changed int32 `protobuf:"varint,1,opt,name=changed,proto3" json:"changed,omitempty"`
+	// Frontends whose entry was already as requested.
+	Unchanged int32 `protobuf:"varint,2,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	// Frontends removed (by deletes or by replace_all).
+	Deleted       int32 `protobuf:"varint,3,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpsertServicesResponse) Reset() {
+	*x = UpsertServicesResponse{}
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpsertServicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpsertServicesResponse) ProtoMessage() {}
+
+func (x *UpsertServicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpsertServicesResponse.ProtoReflect.Descriptor instead.
+func (*UpsertServicesResponse) Descriptor() ([]byte, []int) {
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UpsertServicesResponse) GetChanged() int32 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *UpsertServicesResponse) GetUnchanged() int32 {
+	if x != nil {
+		return x.Unchanged
+	}
+	return 0
+}
+
+func (x *UpsertServicesResponse) GetDeleted() int32 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
 // DeleteServiceRequest is the request of DeleteService.
 type DeleteServiceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1541,7 +1672,7 @@ type DeleteServiceRequest struct {
 
 func (x *DeleteServiceRequest) Reset() {
 	*x = DeleteServiceRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[26]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1684,7 @@ func (x *DeleteServiceRequest) String() string {
 func (*DeleteServiceRequest) ProtoMessage() {}
 
 func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[26]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1697,7 @@ func (x *DeleteServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceRequest.ProtoReflect.Descriptor instead.
 func (*DeleteServiceRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{26}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteServiceRequest) GetFrontend() *Frontend {
@@ -1594,7 +1725,7 @@ type DeleteServiceResponse struct {
 
 func (x *DeleteServiceResponse) Reset() {
 	*x = DeleteServiceResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[27]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1737,7 @@ func (x *DeleteServiceResponse) String() string {
 func (*DeleteServiceResponse) ProtoMessage() {}
 
 func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[27]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1750,7 @@ func (x *DeleteServiceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteServiceResponse.ProtoReflect.Descriptor instead.
 func (*DeleteServiceResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{27}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteServiceResponse) GetService() *Service {
@@ -1650,7 +1781,7 @@ type ListServicesRequest struct {
 
 func (x *ListServicesRequest) Reset() {
 	*x = ListServicesRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[28]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1662,7 +1793,7 @@ func (x *ListServicesRequest) String() string {
 func (*ListServicesRequest) ProtoMessage() {}
 
 func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[28]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1675,7 +1806,7 @@ func (x *ListServicesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesRequest.ProtoReflect.Descriptor instead.
 func (*ListServicesRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{28}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListServicesRequest) GetPageSize() int32 {
@@ -1726,7 +1857,7 @@ type ListServicesResponse struct {
 
 func (x *ListServicesResponse) Reset() {
 	*x = ListServicesResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[29]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1869,7 @@ func (x *ListServicesResponse) String() string {
 func (*ListServicesResponse) ProtoMessage() {}
 
 func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[29]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1882,7 @@ func (x *ListServicesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServicesResponse.ProtoReflect.Descriptor instead.
 func (*ListServicesResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{29}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListServicesResponse) GetServices() []*Service {
@@ -1781,7 +1912,7 @@ type SetEndpointPolicyRequest struct {
 
 func (x *SetEndpointPolicyRequest) Reset() {
 	*x = SetEndpointPolicyRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[30]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1924,7 @@ func (x *SetEndpointPolicyRequest) String() string {
 func (*SetEndpointPolicyRequest) ProtoMessage() {}
 
 func (x *SetEndpointPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[30]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1937,7 @@ func (x *SetEndpointPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEndpointPolicyRequest.ProtoReflect.Descriptor instead.
 func (*SetEndpointPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{30}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SetEndpointPolicyRequest) GetAttachment() *Attachment {
@@ -1834,7 +1965,7 @@ type SetEndpointPolicyResponse struct {
 
 func (x *SetEndpointPolicyResponse) Reset() {
 	*x = SetEndpointPolicyResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[31]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +1977,7 @@ func (x *SetEndpointPolicyResponse) String() string {
 func (*SetEndpointPolicyResponse) ProtoMessage() {}
 
 func (x *SetEndpointPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[31]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +1990,7 @@ func (x *SetEndpointPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEndpointPolicyResponse.ProtoReflect.Descriptor instead.
 func (*SetEndpointPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{31}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SetEndpointPolicyResponse) GetPolicy() *v1alpha1.EndpointPolicy {
@@ -1880,7 +2011,7 @@ type GetEndpointPolicyRequest struct {
 
 func (x *GetEndpointPolicyRequest) Reset() {
 	*x = GetEndpointPolicyRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[32]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2023,7 @@ func (x *GetEndpointPolicyRequest) String() string {
 func (*GetEndpointPolicyRequest) ProtoMessage() {}
 
 func (x *GetEndpointPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[32]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2036,7 @@ func (x *GetEndpointPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEndpointPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetEndpointPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{32}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetEndpointPolicyRequest) GetAttachment() *Attachment {
@@ -1927,7 +2058,7 @@ type GetEndpointPolicyResponse struct {
 
 func (x *GetEndpointPolicyResponse) Reset() {
 	*x = GetEndpointPolicyResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[33]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1939,7 +2070,7 @@ func (x *GetEndpointPolicyResponse) String() string {
 func (*GetEndpointPolicyResponse) ProtoMessage() {}
 
 func (x *GetEndpointPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[33]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1952,7 +2083,7 @@ func (x *GetEndpointPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEndpointPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetEndpointPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{33}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetEndpointPolicyResponse) GetPolicy() *v1alpha1.EndpointPolicy {
@@ -1976,7 +2107,7 @@ type UpsertIPIdentitiesRequest struct {
 
 func (x *UpsertIPIdentitiesRequest) Reset() {
 	*x = UpsertIPIdentitiesRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[34]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2119,7 @@ func (x *UpsertIPIdentitiesRequest) String() string {
 func (*UpsertIPIdentitiesRequest) ProtoMessage() {}
 
 func (x *UpsertIPIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[34]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2132,7 @@ func (x *UpsertIPIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertIPIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*UpsertIPIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{34}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpsertIPIdentitiesRequest) GetEntries() []*v1alpha1.IPIdentity {
@@ -2031,7 +2162,7 @@ type UpsertIPIdentitiesResponse struct {
 
 func (x *UpsertIPIdentitiesResponse) Reset() {
 	*x = UpsertIPIdentitiesResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[35]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2174,7 @@ func (x *UpsertIPIdentitiesResponse) String() string {
 func (*UpsertIPIdentitiesResponse) ProtoMessage() {}
 
 func (x *UpsertIPIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[35]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2187,7 @@ func (x *UpsertIPIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpsertIPIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*UpsertIPIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{35}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UpsertIPIdentitiesResponse) GetChanged() uint32 {
@@ -2084,7 +2215,7 @@ type DeleteIPIdentitiesRequest struct {
 
 func (x *DeleteIPIdentitiesRequest) Reset() {
 	*x = DeleteIPIdentitiesRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[36]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2227,7 @@ func (x *DeleteIPIdentitiesRequest) String() string {
 func (*DeleteIPIdentitiesRequest) ProtoMessage() {}
 
 func (x *DeleteIPIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[36]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2240,7 @@ func (x *DeleteIPIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteIPIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*DeleteIPIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{36}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DeleteIPIdentitiesRequest) GetCidrs() []string {
@@ -2130,7 +2261,7 @@ type DeleteIPIdentitiesResponse struct {
 
 func (x *DeleteIPIdentitiesResponse) Reset() {
 	*x = DeleteIPIdentitiesResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[37]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2273,7 @@ func (x *DeleteIPIdentitiesResponse) String() string {
 func (*DeleteIPIdentitiesResponse) ProtoMessage() {}
 
 func (x *DeleteIPIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[37]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2286,7 @@ func (x *DeleteIPIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteIPIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*DeleteIPIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{37}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteIPIdentitiesResponse) GetRemoved() uint32 {
@@ -2181,7 +2312,7 @@ type ListIPIdentitiesRequest struct {
 
 func (x *ListIPIdentitiesRequest) Reset() {
 	*x = ListIPIdentitiesRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[38]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2324,7 @@ func (x *ListIPIdentitiesRequest) String() string {
 func (*ListIPIdentitiesRequest) ProtoMessage() {}
 
 func (x *ListIPIdentitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[38]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2337,7 @@ func (x *ListIPIdentitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIPIdentitiesRequest.ProtoReflect.Descriptor instead.
 func (*ListIPIdentitiesRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{38}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListIPIdentitiesRequest) GetPageSize() int32 {
@@ -2243,7 +2374,7 @@ type ListIPIdentitiesResponse struct {
 
 func (x *ListIPIdentitiesResponse) Reset() {
 	*x = ListIPIdentitiesResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[39]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2255,7 +2386,7 @@ func (x *ListIPIdentitiesResponse) String() string {
 func (*ListIPIdentitiesResponse) ProtoMessage() {}
 
 func (x *ListIPIdentitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[39]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2268,7 +2399,7 @@ func (x *ListIPIdentitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIPIdentitiesResponse.ProtoReflect.Descriptor instead.
 func (*ListIPIdentitiesResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{39}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListIPIdentitiesResponse) GetEntries() []*v1alpha1.IPIdentity {
@@ -2301,7 +2432,7 @@ type WatchFlowsRequest struct {
 
 func (x *WatchFlowsRequest) Reset() {
 	*x = WatchFlowsRequest{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[40]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2444,7 @@ func (x *WatchFlowsRequest) String() string {
 func (*WatchFlowsRequest) ProtoMessage() {}
 
 func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[40]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2457,7 @@ func (x *WatchFlowsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsRequest.ProtoReflect.Descriptor instead.
 func (*WatchFlowsRequest) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{40}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WatchFlowsRequest) GetInclude() []*FlowFilter {
@@ -2366,7 +2497,7 @@ type WatchFlowsResponse struct {
 
 func (x *WatchFlowsResponse) Reset() {
 	*x = WatchFlowsResponse{}
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[41]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2378,7 +2509,7 @@ func (x *WatchFlowsResponse) String() string {
 func (*WatchFlowsResponse) ProtoMessage() {}
 
 func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[41]
+	mi := &file_axon_datapath_v1alpha1_datapath_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2391,7 +2522,7 @@ func (x *WatchFlowsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchFlowsResponse.ProtoReflect.Descriptor instead.
 func (*WatchFlowsResponse) Descriptor() ([]byte, []int) {
-	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{41}
+	return file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchFlowsResponse) GetEvent() isWatchFlowsResponse_Event {
@@ -2553,7 +2684,16 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\aservice\x18\x01 \x01(\v2\x1f.axon.datapath.v1alpha1.ServiceR\aservice\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\tR\x10expectedRevision\"R\n" +
 	"\x15UpsertServiceResponse\x129\n" +
-	"\aservice\x18\x01 \x01(\v2\x1f.axon.datapath.v1alpha1.ServiceR\aservice\"\x81\x01\n" +
+	"\aservice\x18\x01 \x01(\v2\x1f.axon.datapath.v1alpha1.ServiceR\aservice\"\xb1\x01\n" +
+	"\x15UpsertServicesRequest\x12;\n" +
+	"\bservices\x18\x01 \x03(\v2\x1f.axon.datapath.v1alpha1.ServiceR\bservices\x12:\n" +
+	"\adeletes\x18\x02 \x03(\v2 .axon.datapath.v1alpha1.FrontendR\adeletes\x12\x1f\n" +
+	"\vreplace_all\x18\x03 \x01(\bR\n" +
+	"replaceAll\"j\n" +
+	"\x16UpsertServicesResponse\x12\x18\n" +
+	"\achanged\x18\x01 \x01(\x05R\achanged\x12\x1c\n" +
+	"\tunchanged\x18\x02 \x01(\x05R\tunchanged\x12\x18\n" +
+	"\adeleted\x18\x03 \x01(\x05R\adeleted\"\x81\x01\n" +
 	"\x14DeleteServiceRequest\x12<\n" +
 	"\bfrontend\x18\x01 \x01(\v2 .axon.datapath.v1alpha1.FrontendR\bfrontend\x12+\n" +
 	"\x11expected_revision\x18\x02 \x01(\tR\x10expectedRevision\"R\n" +
@@ -2609,7 +2749,7 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\x04flow\x18\x01 \x01(\v2\x1c.axon.datapath.v1alpha1.FlowH\x00R\x04flow\x12B\n" +
 	"\n" +
 	"lost_flows\x18\x02 \x01(\v2!.axon.datapath.v1alpha1.LostFlowsH\x00R\tlostFlowsB\a\n" +
-	"\x05event2\xfa\x12\n" +
+	"\x05event2\xeb\x13\n" +
 	"\x0fDatapathService\x12o\n" +
 	"\x0eCreateEndpoint\x12-.axon.datapath.v1alpha1.CreateEndpointRequest\x1a..axon.datapath.v1alpha1.CreateEndpointResponse\x12o\n" +
 	"\x0eDeleteEndpoint\x12-.axon.datapath.v1alpha1.DeleteEndpointRequest\x1a..axon.datapath.v1alpha1.DeleteEndpointResponse\x12f\n" +
@@ -2624,7 +2764,8 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\x10UpsertRemoteNode\x12/.axon.datapath.v1alpha1.UpsertRemoteNodeRequest\x1a0.axon.datapath.v1alpha1.UpsertRemoteNodeResponse\x12u\n" +
 	"\x10DeleteRemoteNode\x12/.axon.datapath.v1alpha1.DeleteRemoteNodeRequest\x1a0.axon.datapath.v1alpha1.DeleteRemoteNodeResponse\x12r\n" +
 	"\x0fListRemoteNodes\x12..axon.datapath.v1alpha1.ListRemoteNodesRequest\x1a/.axon.datapath.v1alpha1.ListRemoteNodesResponse\x12l\n" +
-	"\rUpsertService\x12,.axon.datapath.v1alpha1.UpsertServiceRequest\x1a-.axon.datapath.v1alpha1.UpsertServiceResponse\x12l\n" +
+	"\rUpsertService\x12,.axon.datapath.v1alpha1.UpsertServiceRequest\x1a-.axon.datapath.v1alpha1.UpsertServiceResponse\x12o\n" +
+	"\x0eUpsertServices\x12-.axon.datapath.v1alpha1.UpsertServicesRequest\x1a..axon.datapath.v1alpha1.UpsertServicesResponse\x12l\n" +
 	"\rDeleteService\x12,.axon.datapath.v1alpha1.DeleteServiceRequest\x1a-.axon.datapath.v1alpha1.DeleteServiceResponse\x12i\n" +
 	"\fListServices\x12+.axon.datapath.v1alpha1.ListServicesRequest\x1a,.axon.datapath.v1alpha1.ListServicesResponse\x12x\n" +
 	"\x11SetEndpointPolicy\x120.axon.datapath.v1alpha1.SetEndpointPolicyRequest\x1a1.axon.datapath.v1alpha1.SetEndpointPolicyResponse\x12x\n" +
@@ -2648,7 +2789,7 @@ func file_axon_datapath_v1alpha1_datapath_proto_rawDescGZIP() []byte {
 	return file_axon_datapath_v1alpha1_datapath_proto_rawDescData
 }
 
-var file_axon_datapath_v1alpha1_datapath_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_axon_datapath_v1alpha1_datapath_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_axon_datapath_v1alpha1_datapath_proto_goTypes = []any{
 	(*CreateEndpointRequest)(nil),           // 0: axon.datapath.v1alpha1.CreateEndpointRequest
 	(*CreateEndpointResponse)(nil),          // 1: axon.datapath.v1alpha1.CreateEndpointResponse
@@ -2676,134 +2817,140 @@ var file_axon_datapath_v1alpha1_datapath_proto_goTypes = []any{
 	(*ListRemoteNodesResponse)(nil),         // 23: axon.datapath.v1alpha1.ListRemoteNodesResponse
 	(*UpsertServiceRequest)(nil),            // 24: axon.datapath.v1alpha1.UpsertServiceRequest
 	(*UpsertServiceResponse)(nil),           // 25: axon.datapath.v1alpha1.UpsertServiceResponse
-	(*DeleteServiceRequest)(nil),            // 26: axon.datapath.v1alpha1.DeleteServiceRequest
-	(*DeleteServiceResponse)(nil),           // 27: axon.datapath.v1alpha1.DeleteServiceResponse
-	(*ListServicesRequest)(nil),             // 28: axon.datapath.v1alpha1.ListServicesRequest
-	(*ListServicesResponse)(nil),            // 29: axon.datapath.v1alpha1.ListServicesResponse
-	(*SetEndpointPolicyRequest)(nil),        // 30: axon.datapath.v1alpha1.SetEndpointPolicyRequest
-	(*SetEndpointPolicyResponse)(nil),       // 31: axon.datapath.v1alpha1.SetEndpointPolicyResponse
-	(*GetEndpointPolicyRequest)(nil),        // 32: axon.datapath.v1alpha1.GetEndpointPolicyRequest
-	(*GetEndpointPolicyResponse)(nil),       // 33: axon.datapath.v1alpha1.GetEndpointPolicyResponse
-	(*UpsertIPIdentitiesRequest)(nil),       // 34: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest
-	(*UpsertIPIdentitiesResponse)(nil),      // 35: axon.datapath.v1alpha1.UpsertIPIdentitiesResponse
-	(*DeleteIPIdentitiesRequest)(nil),       // 36: axon.datapath.v1alpha1.DeleteIPIdentitiesRequest
-	(*DeleteIPIdentitiesResponse)(nil),      // 37: axon.datapath.v1alpha1.DeleteIPIdentitiesResponse
-	(*ListIPIdentitiesRequest)(nil),         // 38: axon.datapath.v1alpha1.ListIPIdentitiesRequest
-	(*ListIPIdentitiesResponse)(nil),        // 39: axon.datapath.v1alpha1.ListIPIdentitiesResponse
-	(*WatchFlowsRequest)(nil),               // 40: axon.datapath.v1alpha1.WatchFlowsRequest
-	(*WatchFlowsResponse)(nil),              // 41: axon.datapath.v1alpha1.WatchFlowsResponse
-	nil,                                     // 42: axon.datapath.v1alpha1.CreateEndpointRequest.LabelsEntry
-	nil,                                     // 43: axon.datapath.v1alpha1.CreateEndpointRequest.AnnotationsEntry
-	nil,                                     // 44: axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceLabelsEntry
-	nil,                                     // 45: axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceAnnotationsEntry
-	nil,                                     // 46: axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntry
-	(*Attachment)(nil),                      // 47: axon.datapath.v1alpha1.Attachment
-	(*Endpoint)(nil),                        // 48: axon.datapath.v1alpha1.Endpoint
-	(*EndpointProblem)(nil),                 // 49: axon.datapath.v1alpha1.EndpointProblem
-	(*durationpb.Duration)(nil),             // 50: google.protobuf.Duration
-	(*NodeConfig)(nil),                      // 51: axon.datapath.v1alpha1.NodeConfig
-	(*NodeStatus)(nil),                      // 52: axon.datapath.v1alpha1.NodeStatus
-	(ReadinessState)(0),                     // 53: axon.datapath.v1alpha1.ReadinessState
-	(*RemoteNode)(nil),                      // 54: axon.datapath.v1alpha1.RemoteNode
-	(*Service)(nil),                         // 55: axon.datapath.v1alpha1.Service
-	(*Frontend)(nil),                        // 56: axon.datapath.v1alpha1.Frontend
-	(ServiceType)(0),                        // 57: axon.datapath.v1alpha1.ServiceType
-	(*v1alpha1.EndpointPolicy)(nil),         // 58: axon.common.v1alpha1.EndpointPolicy
-	(*v1alpha1.IPIdentity)(nil),             // 59: axon.common.v1alpha1.IPIdentity
-	(*FlowFilter)(nil),                      // 60: axon.datapath.v1alpha1.FlowFilter
-	(*Flow)(nil),                            // 61: axon.datapath.v1alpha1.Flow
-	(*LostFlows)(nil),                       // 62: axon.datapath.v1alpha1.LostFlows
+	(*UpsertServicesRequest)(nil),           // 26: axon.datapath.v1alpha1.UpsertServicesRequest
+	(*UpsertServicesResponse)(nil),          // 27: axon.datapath.v1alpha1.UpsertServicesResponse
+	(*DeleteServiceRequest)(nil),            // 28: axon.datapath.v1alpha1.DeleteServiceRequest
+	(*DeleteServiceResponse)(nil),           // 29: axon.datapath.v1alpha1.DeleteServiceResponse
+	(*ListServicesRequest)(nil),             // 30: axon.datapath.v1alpha1.ListServicesRequest
+	(*ListServicesResponse)(nil),            // 31: axon.datapath.v1alpha1.ListServicesResponse
+	(*SetEndpointPolicyRequest)(nil),        // 32: axon.datapath.v1alpha1.SetEndpointPolicyRequest
+	(*SetEndpointPolicyResponse)(nil),       // 33: axon.datapath.v1alpha1.SetEndpointPolicyResponse
+	(*GetEndpointPolicyRequest)(nil),        // 34: axon.datapath.v1alpha1.GetEndpointPolicyRequest
+	(*GetEndpointPolicyResponse)(nil),       // 35: axon.datapath.v1alpha1.GetEndpointPolicyResponse
+	(*UpsertIPIdentitiesRequest)(nil),       // 36: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest
+	(*UpsertIPIdentitiesResponse)(nil),      // 37: axon.datapath.v1alpha1.UpsertIPIdentitiesResponse
+	(*DeleteIPIdentitiesRequest)(nil),       // 38: axon.datapath.v1alpha1.DeleteIPIdentitiesRequest
+	(*DeleteIPIdentitiesResponse)(nil),      // 39: axon.datapath.v1alpha1.DeleteIPIdentitiesResponse
+	(*ListIPIdentitiesRequest)(nil),         // 40: axon.datapath.v1alpha1.ListIPIdentitiesRequest
+	(*ListIPIdentitiesResponse)(nil),        // 41: axon.datapath.v1alpha1.ListIPIdentitiesResponse
+	(*WatchFlowsRequest)(nil),               // 42: axon.datapath.v1alpha1.WatchFlowsRequest
+	(*WatchFlowsResponse)(nil),              // 43: axon.datapath.v1alpha1.WatchFlowsResponse
+	nil,                                     // 44: axon.datapath.v1alpha1.CreateEndpointRequest.LabelsEntry
+	nil,                                     // 45: axon.datapath.v1alpha1.CreateEndpointRequest.AnnotationsEntry
+	nil,                                     // 46: axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceLabelsEntry
+	nil,                                     // 47: axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceAnnotationsEntry
+	nil,                                     // 48: axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntry
+	(*Attachment)(nil),                      // 49: axon.datapath.v1alpha1.Attachment
+	(*Endpoint)(nil),                        // 50: axon.datapath.v1alpha1.Endpoint
+	(*EndpointProblem)(nil),                 // 51: axon.datapath.v1alpha1.EndpointProblem
+	(*durationpb.Duration)(nil),             // 52: google.protobuf.Duration
+	(*NodeConfig)(nil),                      // 53: axon.datapath.v1alpha1.NodeConfig
+	(*NodeStatus)(nil),                      // 54: axon.datapath.v1alpha1.NodeStatus
+	(ReadinessState)(0),                     // 55: axon.datapath.v1alpha1.ReadinessState
+	(*RemoteNode)(nil),                      // 56: axon.datapath.v1alpha1.RemoteNode
+	(*Service)(nil),                         // 57: axon.datapath.v1alpha1.Service
+	(*Frontend)(nil),                        // 58: axon.datapath.v1alpha1.Frontend
+	(ServiceType)(0),                        // 59: axon.datapath.v1alpha1.ServiceType
+	(*v1alpha1.EndpointPolicy)(nil),         // 60: axon.common.v1alpha1.EndpointPolicy
+	(*v1alpha1.IPIdentity)(nil),             // 61: axon.common.v1alpha1.IPIdentity
+	(*FlowFilter)(nil),                      // 62: axon.datapath.v1alpha1.FlowFilter
+	(*Flow)(nil),                            // 63: axon.datapath.v1alpha1.Flow
+	(*LostFlows)(nil),                       // 64: axon.datapath.v1alpha1.LostFlows
 }
 var file_axon_datapath_v1alpha1_datapath_proto_depIdxs = []int32{
-	47, // 0: axon.datapath.v1alpha1.CreateEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	42, // 1: axon.datapath.v1alpha1.CreateEndpointRequest.labels:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.LabelsEntry
-	43, // 2: axon.datapath.v1alpha1.CreateEndpointRequest.annotations:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.AnnotationsEntry
-	44, // 3: axon.datapath.v1alpha1.CreateEndpointRequest.namespace_labels:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceLabelsEntry
-	45, // 4: axon.datapath.v1alpha1.CreateEndpointRequest.namespace_annotations:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceAnnotationsEntry
-	46, // 5: axon.datapath.v1alpha1.CreateEndpointRequest.cni_args:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntry
-	48, // 6: axon.datapath.v1alpha1.CreateEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	47, // 7: axon.datapath.v1alpha1.DeleteEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	48, // 8: axon.datapath.v1alpha1.DeleteEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	47, // 9: axon.datapath.v1alpha1.GetEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	48, // 10: axon.datapath.v1alpha1.GetEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	48, // 11: axon.datapath.v1alpha1.ListEndpointsResponse.endpoints:type_name -> axon.datapath.v1alpha1.Endpoint
-	47, // 12: axon.datapath.v1alpha1.CheckEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	49, // 13: axon.datapath.v1alpha1.CheckEndpointResponse.problems:type_name -> axon.datapath.v1alpha1.EndpointProblem
-	48, // 14: axon.datapath.v1alpha1.CheckEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	47, // 15: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.valid_attachments:type_name -> axon.datapath.v1alpha1.Attachment
-	50, // 16: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.min_age:type_name -> google.protobuf.Duration
-	48, // 17: axon.datapath.v1alpha1.GarbageCollectEndpointsResponse.removed:type_name -> axon.datapath.v1alpha1.Endpoint
-	51, // 18: axon.datapath.v1alpha1.GetNodeConfigResponse.config:type_name -> axon.datapath.v1alpha1.NodeConfig
-	52, // 19: axon.datapath.v1alpha1.GetNodeStatusResponse.status:type_name -> axon.datapath.v1alpha1.NodeStatus
-	53, // 20: axon.datapath.v1alpha1.CheckReadyResponse.readiness:type_name -> axon.datapath.v1alpha1.ReadinessState
-	54, // 21: axon.datapath.v1alpha1.UpsertRemoteNodeRequest.node:type_name -> axon.datapath.v1alpha1.RemoteNode
-	54, // 22: axon.datapath.v1alpha1.UpsertRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
-	54, // 23: axon.datapath.v1alpha1.DeleteRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
-	54, // 24: axon.datapath.v1alpha1.ListRemoteNodesResponse.nodes:type_name -> axon.datapath.v1alpha1.RemoteNode
-	55, // 25: axon.datapath.v1alpha1.UpsertServiceRequest.service:type_name -> axon.datapath.v1alpha1.Service
-	55, // 26: axon.datapath.v1alpha1.UpsertServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
-	56, // 27: axon.datapath.v1alpha1.DeleteServiceRequest.frontend:type_name -> axon.datapath.v1alpha1.Frontend
-	55, // 28: axon.datapath.v1alpha1.DeleteServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
-	57, // 29: axon.datapath.v1alpha1.ListServicesRequest.type:type_name -> axon.datapath.v1alpha1.ServiceType
-	55, // 30: axon.datapath.v1alpha1.ListServicesResponse.services:type_name -> axon.datapath.v1alpha1.Service
-	47, // 31: axon.datapath.v1alpha1.SetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	58, // 32: axon.datapath.v1alpha1.SetEndpointPolicyRequest.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
-	58, // 33: axon.datapath.v1alpha1.SetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
-	47, // 34: axon.datapath.v1alpha1.GetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	58, // 35: axon.datapath.v1alpha1.GetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
-	59, // 36: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest.entries:type_name -> axon.common.v1alpha1.IPIdentity
-	59, // 37: axon.datapath.v1alpha1.ListIPIdentitiesResponse.entries:type_name -> axon.common.v1alpha1.IPIdentity
-	60, // 38: axon.datapath.v1alpha1.WatchFlowsRequest.include:type_name -> axon.datapath.v1alpha1.FlowFilter
-	60, // 39: axon.datapath.v1alpha1.WatchFlowsRequest.exclude:type_name -> axon.datapath.v1alpha1.FlowFilter
-	61, // 40: axon.datapath.v1alpha1.WatchFlowsResponse.flow:type_name -> axon.datapath.v1alpha1.Flow
-	62, // 41: axon.datapath.v1alpha1.WatchFlowsResponse.lost_flows:type_name -> axon.datapath.v1alpha1.LostFlows
-	0,  // 42: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:input_type -> axon.datapath.v1alpha1.CreateEndpointRequest
-	2,  // 43: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:input_type -> axon.datapath.v1alpha1.DeleteEndpointRequest
-	4,  // 44: axon.datapath.v1alpha1.DatapathService.GetEndpoint:input_type -> axon.datapath.v1alpha1.GetEndpointRequest
-	6,  // 45: axon.datapath.v1alpha1.DatapathService.ListEndpoints:input_type -> axon.datapath.v1alpha1.ListEndpointsRequest
-	8,  // 46: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:input_type -> axon.datapath.v1alpha1.CheckEndpointRequest
-	10, // 47: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:input_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsRequest
-	12, // 48: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:input_type -> axon.datapath.v1alpha1.GetNodeConfigRequest
-	14, // 49: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:input_type -> axon.datapath.v1alpha1.GetNodeStatusRequest
-	16, // 50: axon.datapath.v1alpha1.DatapathService.CheckReady:input_type -> axon.datapath.v1alpha1.CheckReadyRequest
-	18, // 51: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:input_type -> axon.datapath.v1alpha1.UpsertRemoteNodeRequest
-	20, // 52: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:input_type -> axon.datapath.v1alpha1.DeleteRemoteNodeRequest
-	22, // 53: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:input_type -> axon.datapath.v1alpha1.ListRemoteNodesRequest
-	24, // 54: axon.datapath.v1alpha1.DatapathService.UpsertService:input_type -> axon.datapath.v1alpha1.UpsertServiceRequest
-	26, // 55: axon.datapath.v1alpha1.DatapathService.DeleteService:input_type -> axon.datapath.v1alpha1.DeleteServiceRequest
-	28, // 56: axon.datapath.v1alpha1.DatapathService.ListServices:input_type -> axon.datapath.v1alpha1.ListServicesRequest
-	30, // 57: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:input_type -> axon.datapath.v1alpha1.SetEndpointPolicyRequest
-	32, // 58: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:input_type -> axon.datapath.v1alpha1.GetEndpointPolicyRequest
-	34, // 59: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:input_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesRequest
-	36, // 60: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:input_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesRequest
-	38, // 61: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:input_type -> axon.datapath.v1alpha1.ListIPIdentitiesRequest
-	40, // 62: axon.datapath.v1alpha1.DatapathService.WatchFlows:input_type -> axon.datapath.v1alpha1.WatchFlowsRequest
-	1,  // 63: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:output_type -> axon.datapath.v1alpha1.CreateEndpointResponse
-	3,  // 64: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:output_type -> axon.datapath.v1alpha1.DeleteEndpointResponse
-	5,  // 65: axon.datapath.v1alpha1.DatapathService.GetEndpoint:output_type -> axon.datapath.v1alpha1.GetEndpointResponse
-	7,  // 66: axon.datapath.v1alpha1.DatapathService.ListEndpoints:output_type -> axon.datapath.v1alpha1.ListEndpointsResponse
-	9,  // 67: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:output_type -> axon.datapath.v1alpha1.CheckEndpointResponse
-	11, // 68: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:output_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsResponse
-	13, // 69: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:output_type -> axon.datapath.v1alpha1.GetNodeConfigResponse
-	15, // 70: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:output_type -> axon.datapath.v1alpha1.GetNodeStatusResponse
-	17, // 71: axon.datapath.v1alpha1.DatapathService.CheckReady:output_type -> axon.datapath.v1alpha1.CheckReadyResponse
-	19, // 72: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:output_type -> axon.datapath.v1alpha1.UpsertRemoteNodeResponse
-	21, // 73: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:output_type -> axon.datapath.v1alpha1.DeleteRemoteNodeResponse
-	23, // 74: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:output_type -> axon.datapath.v1alpha1.ListRemoteNodesResponse
-	25, // 75: axon.datapath.v1alpha1.DatapathService.UpsertService:output_type -> axon.datapath.v1alpha1.UpsertServiceResponse
-	27, // 76: axon.datapath.v1alpha1.DatapathService.DeleteService:output_type -> axon.datapath.v1alpha1.DeleteServiceResponse
-	29, // 77: axon.datapath.v1alpha1.DatapathService.ListServices:output_type -> axon.datapath.v1alpha1.ListServicesResponse
-	31, // 78: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:output_type -> axon.datapath.v1alpha1.SetEndpointPolicyResponse
-	33, // 79: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:output_type -> axon.datapath.v1alpha1.GetEndpointPolicyResponse
-	35, // 80: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:output_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesResponse
-	37, // 81: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:output_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesResponse
-	39, // 82: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:output_type -> axon.datapath.v1alpha1.ListIPIdentitiesResponse
-	41, // 83: axon.datapath.v1alpha1.DatapathService.WatchFlows:output_type -> axon.datapath.v1alpha1.WatchFlowsResponse
-	63, // [63:84] is the sub-list for method output_type
-	42, // [42:63] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	49, // 0: axon.datapath.v1alpha1.CreateEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	44, // 1: axon.datapath.v1alpha1.CreateEndpointRequest.labels:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.LabelsEntry
+	45, // 2: axon.datapath.v1alpha1.CreateEndpointRequest.annotations:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.AnnotationsEntry
+	46, // 3: axon.datapath.v1alpha1.CreateEndpointRequest.namespace_labels:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceLabelsEntry
+	47, // 4: axon.datapath.v1alpha1.CreateEndpointRequest.namespace_annotations:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceAnnotationsEntry
+	48, // 5: axon.datapath.v1alpha1.CreateEndpointRequest.cni_args:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntry
+	50, // 6: axon.datapath.v1alpha1.CreateEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 7: axon.datapath.v1alpha1.DeleteEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	50, // 8: axon.datapath.v1alpha1.DeleteEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 9: axon.datapath.v1alpha1.GetEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	50, // 10: axon.datapath.v1alpha1.GetEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	50, // 11: axon.datapath.v1alpha1.ListEndpointsResponse.endpoints:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 12: axon.datapath.v1alpha1.CheckEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	51, // 13: axon.datapath.v1alpha1.CheckEndpointResponse.problems:type_name -> axon.datapath.v1alpha1.EndpointProblem
+	50, // 14: axon.datapath.v1alpha1.CheckEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 15: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.valid_attachments:type_name -> axon.datapath.v1alpha1.Attachment
+	52, // 16: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.min_age:type_name -> google.protobuf.Duration
+	50, // 17: axon.datapath.v1alpha1.GarbageCollectEndpointsResponse.removed:type_name -> axon.datapath.v1alpha1.Endpoint
+	53, // 18: axon.datapath.v1alpha1.GetNodeConfigResponse.config:type_name -> axon.datapath.v1alpha1.NodeConfig
+	54, // 19: axon.datapath.v1alpha1.GetNodeStatusResponse.status:type_name -> axon.datapath.v1alpha1.NodeStatus
+	55, // 20: axon.datapath.v1alpha1.CheckReadyResponse.readiness:type_name -> axon.datapath.v1alpha1.ReadinessState
+	56, // 21: axon.datapath.v1alpha1.UpsertRemoteNodeRequest.node:type_name -> axon.datapath.v1alpha1.RemoteNode
+	56, // 22: axon.datapath.v1alpha1.UpsertRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
+	56, // 23: axon.datapath.v1alpha1.DeleteRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
+	56, // 24: axon.datapath.v1alpha1.ListRemoteNodesResponse.nodes:type_name -> axon.datapath.v1alpha1.RemoteNode
+	57, // 25: axon.datapath.v1alpha1.UpsertServiceRequest.service:type_name -> axon.datapath.v1alpha1.Service
+	57, // 26: axon.datapath.v1alpha1.UpsertServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
+	57, // 27: axon.datapath.v1alpha1.UpsertServicesRequest.services:type_name -> axon.datapath.v1alpha1.Service
+	58, // 28: axon.datapath.v1alpha1.UpsertServicesRequest.deletes:type_name -> axon.datapath.v1alpha1.Frontend
+	58, // 29: axon.datapath.v1alpha1.DeleteServiceRequest.frontend:type_name -> axon.datapath.v1alpha1.Frontend
+	57, // 30: axon.datapath.v1alpha1.DeleteServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
+	59, // 31: axon.datapath.v1alpha1.ListServicesRequest.type:type_name -> axon.datapath.v1alpha1.ServiceType
+	57, // 32: axon.datapath.v1alpha1.ListServicesResponse.services:type_name -> axon.datapath.v1alpha1.Service
+	49, // 33: axon.datapath.v1alpha1.SetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	60, // 34: axon.datapath.v1alpha1.SetEndpointPolicyRequest.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	60, // 35: axon.datapath.v1alpha1.SetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	49, // 36: axon.datapath.v1alpha1.GetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	60, // 37: axon.datapath.v1alpha1.GetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	61, // 38: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest.entries:type_name -> axon.common.v1alpha1.IPIdentity
+	61, // 39: axon.datapath.v1alpha1.ListIPIdentitiesResponse.entries:type_name -> axon.common.v1alpha1.IPIdentity
+	62, // 40: axon.datapath.v1alpha1.WatchFlowsRequest.include:type_name -> axon.datapath.v1alpha1.FlowFilter
+	62, // 41: axon.datapath.v1alpha1.WatchFlowsRequest.exclude:type_name -> axon.datapath.v1alpha1.FlowFilter
+	63, // 42: axon.datapath.v1alpha1.WatchFlowsResponse.flow:type_name -> axon.datapath.v1alpha1.Flow
+	64, // 43: axon.datapath.v1alpha1.WatchFlowsResponse.lost_flows:type_name -> axon.datapath.v1alpha1.LostFlows
+	0,  // 44: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:input_type -> axon.datapath.v1alpha1.CreateEndpointRequest
+	2,  // 45: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:input_type -> axon.datapath.v1alpha1.DeleteEndpointRequest
+	4,  // 46: axon.datapath.v1alpha1.DatapathService.GetEndpoint:input_type -> axon.datapath.v1alpha1.GetEndpointRequest
+	6,  // 47: axon.datapath.v1alpha1.DatapathService.ListEndpoints:input_type -> axon.datapath.v1alpha1.ListEndpointsRequest
+	8,  // 48: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:input_type -> axon.datapath.v1alpha1.CheckEndpointRequest
+	10, // 49: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:input_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsRequest
+	12, // 50: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:input_type -> axon.datapath.v1alpha1.GetNodeConfigRequest
+	14, // 51: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:input_type -> axon.datapath.v1alpha1.GetNodeStatusRequest
+	16, // 52: axon.datapath.v1alpha1.DatapathService.CheckReady:input_type -> axon.datapath.v1alpha1.CheckReadyRequest
+	18, // 53: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:input_type -> axon.datapath.v1alpha1.UpsertRemoteNodeRequest
+	20, // 54: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:input_type -> axon.datapath.v1alpha1.DeleteRemoteNodeRequest
+	22, // 55: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:input_type -> axon.datapath.v1alpha1.ListRemoteNodesRequest
+	24, // 56: axon.datapath.v1alpha1.DatapathService.UpsertService:input_type -> axon.datapath.v1alpha1.UpsertServiceRequest
+	26, // 57: axon.datapath.v1alpha1.DatapathService.UpsertServices:input_type -> axon.datapath.v1alpha1.UpsertServicesRequest
+	28, // 58: axon.datapath.v1alpha1.DatapathService.DeleteService:input_type -> axon.datapath.v1alpha1.DeleteServiceRequest
+	30, // 59: axon.datapath.v1alpha1.DatapathService.ListServices:input_type -> axon.datapath.v1alpha1.ListServicesRequest
+	32, // 60: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:input_type -> axon.datapath.v1alpha1.SetEndpointPolicyRequest
+	34, // 61: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:input_type -> axon.datapath.v1alpha1.GetEndpointPolicyRequest
+	36, // 62: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:input_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesRequest
+	38, // 63: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:input_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesRequest
+	40, // 64: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:input_type -> axon.datapath.v1alpha1.ListIPIdentitiesRequest
+	42, // 65: axon.datapath.v1alpha1.DatapathService.WatchFlows:input_type -> axon.datapath.v1alpha1.WatchFlowsRequest
+	1,  // 66: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:output_type -> axon.datapath.v1alpha1.CreateEndpointResponse
+	3,  // 67: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:output_type -> axon.datapath.v1alpha1.DeleteEndpointResponse
+	5,  // 68: axon.datapath.v1alpha1.DatapathService.GetEndpoint:output_type -> axon.datapath.v1alpha1.GetEndpointResponse
+	7,  // 69: axon.datapath.v1alpha1.DatapathService.ListEndpoints:output_type -> axon.datapath.v1alpha1.ListEndpointsResponse
+	9,  // 70: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:output_type -> axon.datapath.v1alpha1.CheckEndpointResponse
+	11, // 71: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:output_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsResponse
+	13, // 72: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:output_type -> axon.datapath.v1alpha1.GetNodeConfigResponse
+	15, // 73: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:output_type -> axon.datapath.v1alpha1.GetNodeStatusResponse
+	17, // 74: axon.datapath.v1alpha1.DatapathService.CheckReady:output_type -> axon.datapath.v1alpha1.CheckReadyResponse
+	19, // 75: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:output_type -> axon.datapath.v1alpha1.UpsertRemoteNodeResponse
+	21, // 76: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:output_type -> axon.datapath.v1alpha1.DeleteRemoteNodeResponse
+	23, // 77: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:output_type -> axon.datapath.v1alpha1.ListRemoteNodesResponse
+	25, // 78: axon.datapath.v1alpha1.DatapathService.UpsertService:output_type -> axon.datapath.v1alpha1.UpsertServiceResponse
+	27, // 79: axon.datapath.v1alpha1.DatapathService.UpsertServices:output_type -> axon.datapath.v1alpha1.UpsertServicesResponse
+	29, // 80: axon.datapath.v1alpha1.DatapathService.DeleteService:output_type -> axon.datapath.v1alpha1.DeleteServiceResponse
+	31, // 81: axon.datapath.v1alpha1.DatapathService.ListServices:output_type -> axon.datapath.v1alpha1.ListServicesResponse
+	33, // 82: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:output_type -> axon.datapath.v1alpha1.SetEndpointPolicyResponse
+	35, // 83: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:output_type -> axon.datapath.v1alpha1.GetEndpointPolicyResponse
+	37, // 84: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:output_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesResponse
+	39, // 85: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:output_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesResponse
+	41, // 86: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:output_type -> axon.datapath.v1alpha1.ListIPIdentitiesResponse
+	43, // 87: axon.datapath.v1alpha1.DatapathService.WatchFlows:output_type -> axon.datapath.v1alpha1.WatchFlowsResponse
+	66, // [66:88] is the sub-list for method output_type
+	44, // [44:66] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_axon_datapath_v1alpha1_datapath_proto_init() }
@@ -2815,7 +2962,7 @@ func file_axon_datapath_v1alpha1_datapath_proto_init() {
 	file_axon_datapath_v1alpha1_flow_proto_init()
 	file_axon_datapath_v1alpha1_loadbalancer_proto_init()
 	file_axon_datapath_v1alpha1_node_proto_init()
-	file_axon_datapath_v1alpha1_datapath_proto_msgTypes[41].OneofWrappers = []any{
+	file_axon_datapath_v1alpha1_datapath_proto_msgTypes[43].OneofWrappers = []any{
 		(*WatchFlowsResponse_Flow)(nil),
 		(*WatchFlowsResponse_LostFlows)(nil),
 	}
@@ -2825,7 +2972,7 @@ func file_axon_datapath_v1alpha1_datapath_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_datapath_v1alpha1_datapath_proto_rawDesc), len(file_axon_datapath_v1alpha1_datapath_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,7 @@ const (
 	DatapathService_DeleteRemoteNode_FullMethodName        = "/axon.datapath.v1alpha1.DatapathService/DeleteRemoteNode"
 	DatapathService_ListRemoteNodes_FullMethodName         = "/axon.datapath.v1alpha1.DatapathService/ListRemoteNodes"
 	DatapathService_UpsertService_FullMethodName           = "/axon.datapath.v1alpha1.DatapathService/UpsertService"
+	DatapathService_UpsertServices_FullMethodName          = "/axon.datapath.v1alpha1.DatapathService/UpsertServices"
 	DatapathService_DeleteService_FullMethodName           = "/axon.datapath.v1alpha1.DatapathService/DeleteService"
 	DatapathService_ListServices_FullMethodName            = "/axon.datapath.v1alpha1.DatapathService/ListServices"
 	DatapathService_SetEndpointPolicy_FullMethodName       = "/axon.datapath.v1alpha1.DatapathService/SetEndpointPolicy"
@@ -173,6 +174,19 @@ type DatapathServiceClient interface {
 	// unspecified type; RESOURCE_EXHAUSTED if the service or backend maps are
 	// full; ABORTED if expected_revision is set and differs.
 	UpsertService(ctx context.Context, in *UpsertServiceRequest, opts ...grpc.CallOption) (*UpsertServiceResponse, error)
+	// UpsertServices programs many frontends in one call: the way to program
+	// a node (thousands of services per call), and with replace_all the full
+	// resync a client does when it (re)connects. The batch is validated as a
+	// whole first: one bad entry fails the call with INVALID_ARGUMENT naming
+	// its index, frontend and field, and nothing of the batch is applied.
+	// Each frontend then switches from its old backend set to its new one in
+	// a single map write, so no packet sees a half-written service; the
+	// frontends of the batch are switched one after the other (a packet may
+	// see some of them updated and others not yet).
+	// Errors: INVALID_ARGUMENT as for UpsertService, or a frontend given
+	// twice in one batch (in services or in both services and deletes);
+	// RESOURCE_EXHAUSTED if the maps cannot hold the result (nothing applied).
+	UpsertServices(ctx context.Context, in *UpsertServicesRequest, opts ...grpc.CallOption) (*UpsertServicesResponse, error)
 	// DeleteService removes a frontend. Deleting an unknown frontend succeeds.
 	// Errors: INVALID_ARGUMENT for a malformed frontend; ABORTED if
 	// expected_revision is set and differs.
@@ -356,6 +370,16 @@ func (c *datapathServiceClient) UpsertService(ctx context.Context, in *UpsertSer
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(UpsertServiceResponse)
 	err := c.cc.Invoke(ctx, DatapathService_UpsertService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *datapathServiceClient) UpsertServices(ctx context.Context, in *UpsertServicesRequest, opts ...grpc.CallOption) (*UpsertServicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpsertServicesResponse)
+	err := c.cc.Invoke(ctx, DatapathService_UpsertServices_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -576,6 +600,19 @@ type DatapathServiceServer interface {
 	// unspecified type; RESOURCE_EXHAUSTED if the service or backend maps are
 	// full; ABORTED if expected_revision is set and differs.
 	UpsertService(context.Context, *UpsertServiceRequest) (*UpsertServiceResponse, error)
+	// UpsertServices programs many frontends in one call: the way to program
+	// a node (thousands of services per call), and with replace_all the full
+	// resync a client does when it (re)connects. The batch is validated as a
+	// whole first: one bad entry fails the call with INVALID_ARGUMENT naming
+	// its index, frontend and field, and nothing of the batch is applied.
+	// Each frontend then switches from its old backend set to its new one in
+	// a single map write, so no packet sees a half-written service; the
+	// frontends of the batch are switched one after the other (a packet may
+	// see some of them updated and others not yet).
+	// Errors: INVALID_ARGUMENT as for UpsertService, or a frontend given
+	// twice in one batch (in services or in both services and deletes);
+	// RESOURCE_EXHAUSTED if the maps cannot hold the result (nothing applied).
+	UpsertServices(context.Context, *UpsertServicesRequest) (*UpsertServicesResponse, error)
 	// DeleteService removes a frontend. Deleting an unknown frontend succeeds.
 	// Errors: INVALID_ARGUMENT for a malformed frontend; ABORTED if
 	// expected_revision is set and differs.
@@ -673,6 +710,9 @@ func (UnimplementedDatapathServiceServer) ListRemoteNodes(context.Context, *List
 }
 func (UnimplementedDatapathServiceServer) UpsertService(context.Context, *UpsertServiceRequest) (*UpsertServiceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpsertService not implemented")
+}
+func (UnimplementedDatapathServiceServer) UpsertServices(context.Context, *UpsertServicesRequest) (*UpsertServicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpsertServices not implemented")
 }
 func (UnimplementedDatapathServiceServer) DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteService not implemented")
@@ -953,6 +993,24 @@ func _DatapathService_UpsertService_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _DatapathService_UpsertServices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpsertServicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DatapathServiceServer).UpsertServices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: DatapathService_UpsertServices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DatapathServiceServer).UpsertServices(ctx, req.(*UpsertServicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _DatapathService_DeleteService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteServiceRequest)
 	if err := dec(in); err != nil {
@@ -1148,6 +1206,10 @@ var DatapathService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpsertService",
 			Handler:    _DatapathService_UpsertService_Handler,
+		},
+		{
+			MethodName: "UpsertServices",
+			Handler:    _DatapathService_UpsertServices_Handler,
 		},
 		{
 			MethodName: "DeleteService",
