@@ -129,6 +129,10 @@ type LBMaps interface {
 	// connection: a connected UDP socket whose backend went away moves on
 	// to another one.
 	DeleteFlows(match func(Flow) bool) (int, error)
+	// ExpireFlows removes the connection-tracker entries idle for longer
+	// than their protocol and state allow (the datapath's timeouts) and
+	// returns how many it removed.
+	ExpireFlows() (int, error)
 	// Usage reports how full the load balancer's and the connection
 	// tracker's maps are.
 	Usage() ([]MapUsage, error)
