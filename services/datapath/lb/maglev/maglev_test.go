@@ -209,68 +209,72 @@ func TestTableGolden(t *testing.T) {
 	}
 }
 
+// moved compares two tables, as keys, around one backend that changed: it
+// returns how many entries it gained and lost, and how many moved between
+// the other backends.
+func moved(before, after []string, changed string) (gained, lost, others int) {
+	for e := range before {
+		switch {
+		case before[e] == after[e]:
+		case after[e] == changed:
+			gained++
+		case before[e] == changed:
+			lost++
+		default:
+			others++
+		}
+	}
+	return gained, lost, others
+}
+
 // TestTableDisruption measures what a backend change moves besides the
 // entries it must: removing a backend reassigns its entries and a few
-// others; adding one takes about its share and moves a few others.
-// Maglev trades some of this for even shares; the fraction grows with n/m
-// (measured at m = 16381: about 0.5% of the table at n = 10, 1.5% at 100).
+// others; adding one, or doubling its weight, takes about its share and
+// moves a few others. Maglev trades some of this for even shares; the
+// fraction grows with n/m (at m = 16381: about 0.7% of the table at n = 10,
+// 1.4% at 100).
 func TestTableDisruption(t *testing.T) {
 	const m = DefaultSize
-	const maxExtra = m / 50 // entries moved that did not have to: 2% of the table
+	const maxOthers = m / 50 // entries moved that did not have to: 2% of the table
 	for _, n := range []int{10, 20, 50, 100} {
 		t.Run(fmt.Sprintf("n=%d", n), func(t *testing.T) {
 			all := testBackends(n + 1)
-			before, after := all[:n], all
-			oldTable, err := Table(before, m)
+			before := all[:n]
+			table, err := Table(before, m)
 			if err != nil {
 				t.Fatal(err)
 			}
-			oldKeys := byKey(oldTable, before)
-
-			// Remove a spread of backends, one at a time.
-			var worst int
-			for r := 0; r < n; r += max(1, n/10) {
-				rest := slices.Delete(slices.Clone(before), r, r+1)
-				table, err := Table(rest, m)
+			oldKeys := byKey(table, before)
+			share := float64(m) / float64(n)
+			// check builds the table of backends after a change of
+			// backend changed and checks what moved: what the changed one
+			// gains and loses within 2 entries of its change of share (a
+			// partial last round, rounding of weighted turns), at most
+			// maxOthers between the others.
+			check := func(change string, backends []Backend, changed string, wantGained, wantLost float64) {
+				t.Helper()
+				table, err := Table(backends, m)
 				if err != nil {
 					t.Fatal(err)
 				}
-				var extra int
-				for e, key := range byKey(table, rest) {
-					if oldKeys[e] != before[r].Key && key != oldKeys[e] {
-						extra++
-					}
+				gained, lost, others := moved(oldKeys, byKey(table, backends), changed)
+				t.Logf("%s %s: gains %d, loses %d, moves %d others (%.2f%% of m)", change, changed, gained, lost, others, 100*float64(others)/m)
+				if math.Abs(float64(gained)-wantGained) > 2 || math.Abs(float64(lost)-wantLost) > 2 {
+					t.Errorf("%s %s: it gains %d entries and loses %d, want %.0f and %.0f", change, changed, gained, lost, wantGained, wantLost)
 				}
-				worst = max(worst, extra)
-				if extra > maxExtra {
-					t.Errorf("removing %s moves %d entries of other backends, want at most %d", before[r].Key, extra, maxExtra)
+				if others > maxOthers {
+					t.Errorf("%s %s moves %d entries between the other backends, want at most %d", change, changed, others, maxOthers)
 				}
 			}
 
-			t.Logf("removing one backend moves at most %d other entries (%.2f%% of m)", worst, 100*float64(worst)/m)
-
-			// Add one backend.
-			table, err := Table(after, m)
-			if err != nil {
-				t.Fatal(err)
+			// Remove a spread of backends, one at a time.
+			for r := 0; r < n; r += max(1, n/5) {
+				check("removing", slices.Delete(slices.Clone(before), r, r+1), before[r].Key, 0, share)
 			}
-			added := after[n].Key
-			var taken, extra int
-			for e, key := range byKey(table, after) {
-				switch {
-				case key == added:
-					taken++
-				case key != oldKeys[e]:
-					extra++
-				}
-			}
-			t.Logf("adding %s takes %d entries and moves %d others (%.2f%% of m)", added, taken, extra, 100*float64(extra)/m)
-			if share := m / (n + 1); taken < share || taken > share+1 {
-				t.Errorf("the added backend takes %d entries, want %d..%d", taken, share, share+1)
-			}
-			if extra > maxExtra {
-				t.Errorf("adding a backend moves %d entries between the others, want at most %d", extra, maxExtra)
-			}
+			check("adding", all, all[n].Key, float64(m)/float64(n+1), 0)
+			heavier := slices.Clone(before)
+			heavier[n/2].Weight = 2
+			check("doubling the weight of", heavier, heavier[n/2].Key, 2*float64(m)/float64(n+1)-share, 0)
 		})
 	}
 }
