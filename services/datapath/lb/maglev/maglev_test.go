@@ -111,8 +111,8 @@ func TestTableWeights(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i, c := range checkTable(t, table, bs, tt.m) {
-				// A partial last round and the rounding of every backend's
-				// turns shift a share by about one entry per n/W of weight.
+				// A partial last round and turns rounded to whole rounds
+				// shift a share by up to about 2 + n·w/W entries.
 				share := float64(max(tt.weights[i], 1)) / sum
 				want := share * float64(tt.m)
 				tolerance := 2 + share*float64(len(bs))
@@ -125,25 +125,38 @@ func TestTableWeights(t *testing.T) {
 }
 
 // TestTableScaledWeights checks that only the ratios of weights matter: 0
-// and 1 are the same weight, and equal weights give the paper's table.
+// and 1 are the same weight, and weights multiplied by one factor give the
+// same table.
 func TestTableScaledWeights(t *testing.T) {
-	unweighted := testBackends(50)
-	want, err := Table(unweighted, DefaultSize)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name    string
+		weights []uint32 // of 50 backends, repeated
+		factors []uint32
+	}{
+		{"equal", []uint32{1}, []uint32{0, 7, math.MaxUint32}},
+		{"weighted", []uint32{1, 2, 3, 5}, []uint32{7, 1 << 29}},
 	}
-	for _, w := range []uint32{1, 7, math.MaxUint32} {
-		bs := slices.Clone(unweighted)
-		for i := range bs {
-			bs[i].Weight = w
-		}
-		got, err := Table(bs, DefaultSize)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !slices.Equal(got, want) {
-			t.Errorf("all weights %d: table differs from the unweighted one", w)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			table := func(factor uint32) []uint16 {
+				t.Helper()
+				bs := testBackends(50)
+				for i := range bs {
+					bs[i].Weight = tt.weights[i%len(tt.weights)] * factor
+				}
+				table, err := Table(bs, DefaultSize)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return table
+			}
+			want := table(1)
+			for _, f := range tt.factors {
+				if !slices.Equal(table(f), want) {
+					t.Errorf("weights multiplied by %d give another table", f)
+				}
+			}
+		})
 	}
 }
 
