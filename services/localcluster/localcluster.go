@@ -68,6 +68,45 @@ type Config struct {
 	// UnderlayMTU is the MTU of the simulated nodes' underlay links; 0
 	// keeps the kernel's default (1500).
 	UnderlayMTU int
+	// DatapathRestart says how Wait restarts a datapath that exits
+	// unexpectedly; the zero value takes the defaults of RestartPolicy.
+	DatapathRestart RestartPolicy
+}
+
+// RestartPolicy is how a crashed datapath is restarted, as the kubelet
+// restarts a DaemonSet's pod: after a delay that doubles with each crash
+// that follows a short run (crash loop backoff), and not at all after too
+// many of those in a row.
+type RestartPolicy struct {
+	// Backoff is the delay before the first restart; 0 means 1s.
+	Backoff time.Duration
+	// MaxBackoff caps the delay; 0 means 30s.
+	MaxBackoff time.Duration
+	// MinRun is how long a datapath must have run before it crashed for
+	// the crash to count as a fresh one, starting the delay and the count
+	// again; 0 means one minute.
+	MinRun time.Duration
+	// MaxFastCrashes is how many crashes in a row, each after a run
+	// shorter than MinRun, are restarted; the next one stops the whole
+	// run. 0 means 5.
+	MaxFastCrashes int
+}
+
+// withDefaults fills the policy's zero fields.
+func (p RestartPolicy) withDefaults() RestartPolicy {
+	if p.Backoff <= 0 {
+		p.Backoff = time.Second
+	}
+	if p.MaxBackoff <= 0 {
+		p.MaxBackoff = 30 * time.Second
+	}
+	if p.MinRun <= 0 {
+		p.MinRun = time.Minute
+	}
+	if p.MaxFastCrashes <= 0 {
+		p.MaxFastCrashes = 5
+	}
+	return p
 }
 
 // Component is one service process of the local system.
@@ -209,6 +248,7 @@ func (c Config) pinDir(n simNode) string { return "/sys/fs/bpf/" + c.NetnsPrefix
 // Cluster is a running local system.
 type Cluster struct {
 	cfg     Config
+	log     *slog.Logger
 	etcd    *embedetcd.Server
 	running []*process
 	exited  chan error
@@ -265,7 +305,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{cfg: cfg, etcd: etcd, exited: make(chan error, 16)}
+	c := &Cluster{cfg: cfg, log: log, etcd: etcd, exited: make(chan error, 16)}
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -339,10 +379,20 @@ func (c *Cluster) KillDatapath(i int) {
 // StartDatapath starts node i's axon-datapath again and waits until it
 // serves.
 func (c *Cluster) StartDatapath(ctx context.Context, i int) error {
+	comp, err := c.replaceDatapath(i)
+	if err != nil {
+		return err
+	}
+	return waitHealth(ctx, comp.Target, c.cfg.ReadyTimeout, c.exited, serving)
+}
+
+// replaceDatapath starts node i's axon-datapath in place of the one that
+// exited, and returns its component.
+func (c *Cluster) replaceDatapath(i int) (Component, error) {
 	comp := c.cfg.datapath(c.simNodes[i])
 	p, err := start(c.cfg.BinDir, comp, c.logMu, c.exited)
 	if err != nil {
-		return err
+		return comp, err
 	}
 	c.mu.Lock()
 	old := c.datapaths[i]
@@ -353,18 +403,105 @@ func (c *Cluster) StartDatapath(ctx context.Context, i int) error {
 		}
 	}
 	c.mu.Unlock()
-	return waitHealth(ctx, comp.Target, c.cfg.ReadyTimeout, c.exited, serving)
+	return comp, nil
 }
 
-// Wait blocks until ctx is done (nil) or a part of the system fails.
+// datapathOf returns the node whose current datapath err reports the
+// unexpected exit of, and how long that process ran; -1 for any other
+// error.
+func (c *Cluster) datapathOf(err error) (int, time.Duration) {
+	var ex *exitError
+	if !errors.As(err, &ex) {
+		return -1, 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i, p := range c.datapaths {
+		if p == ex.p {
+			return i, ex.ran
+		}
+	}
+	return -1, 0
+}
+
+// crashLoop counts a node's datapath crashes that follow short runs.
+type crashLoop struct {
+	fast  int           // crashes in a row after runs shorter than MinRun
+	delay time.Duration // the last restart delay
+}
+
+// next returns the delay before restarting a datapath that crashed after
+// running ran, or false when it crashed too often too fast to restart.
+func (l *crashLoop) next(p RestartPolicy, ran time.Duration) (time.Duration, bool) {
+	if ran >= p.MinRun {
+		l.fast, l.delay = 0, 0
+	}
+	l.fast++
+	if l.fast > p.MaxFastCrashes {
+		return 0, false
+	}
+	l.delay = min(max(2*l.delay, p.Backoff), p.MaxBackoff)
+	return l.delay, true
+}
+
+// Wait blocks until ctx is done (nil) or a part of the system fails. A
+// datapath that exits unexpectedly is not a failure of the system: it is
+// restarted as a DaemonSet's pod would be (Config.DatapathRestart), and its
+// node's pods keep their network meanwhile (the eBPF programs and maps are
+// pinned) and after (the new datapath restores their endpoints). One that
+// keeps crashing right after starting (a crash loop) ends the wait.
 func (c *Cluster) Wait(ctx context.Context) error {
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-c.exited:
-		return err
-	case err := <-c.etcd.Err():
-		return fmt.Errorf("embedded etcd: %w", err)
+	policy := c.cfg.DatapathRestart.withDefaults()
+	c.mu.Lock()
+	loops := make([]crashLoop, len(c.datapaths))
+	c.mu.Unlock()
+	due := make(chan int, len(loops)) // nodes whose restart delay is over
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-c.etcd.Err():
+			return fmt.Errorf("embedded etcd: %w", err)
+		case err := <-c.exited:
+			i, ran := c.datapathOf(err)
+			if i < 0 {
+				return err
+			}
+			node := c.simNodes[i].Name
+			delay, ok := loops[i].next(policy, ran)
+			if !ok {
+				return fmt.Errorf("%w; it crashed %d times in a row, each within %s of starting (crash loop): not restarting it",
+					err, loops[i].fast, policy.MinRun)
+			}
+			c.log.Warn("datapath crashed; restarting it as a DaemonSet would, the node's pods keep their network",
+				"node", node, "err", err, "ran", ran.Round(time.Millisecond), "in", delay, "fast_crashes", loops[i].fast)
+			wg.Go(func() {
+				select {
+				case <-ctx.Done():
+				case <-time.After(delay):
+					due <- i
+				}
+			})
+		case i := <-due:
+			node := c.simNodes[i].Name
+			comp, err := c.replaceDatapath(i)
+			if err != nil {
+				return fmt.Errorf("restart the datapath of %s: %w", node, err)
+			}
+			c.log.Warn("datapath restarted", "node", node)
+			wg.Go(func() {
+				// A crash while it starts is reported through c.exited.
+				if err := waitHealth(ctx, comp.Target, c.cfg.ReadyTimeout, nil, serving); err == nil {
+					c.log.Info("datapath serving again", "node", node)
+				}
+			})
+		}
 	}
 }
 
@@ -379,7 +516,8 @@ func (c *Cluster) Stop() {
 }
 
 // Run starts the system, reports it on out, and keeps it running until ctx
-// is done or a part of it fails; then it stops everything it started.
+// is done or a part of it fails (a datapath that dies is restarted, see
+// Wait); then it stops everything it started.
 func Run(ctx context.Context, cfg Config, log *slog.Logger, out io.Writer) error {
 	c, err := Start(ctx, cfg, log)
 	if err != nil {
@@ -409,6 +547,10 @@ func printSummary(out io.Writer, c *Cluster) {
 		for _, n := range c.Nodes {
 			fmt.Fprintf(&b, "  %-10s %-16s %-28s %s\n", n.Name, n.IP, n.Netns, n.DatapathSocket)
 		}
+		c.mu.Lock()
+		pid := c.datapaths[0].cmd.Process.Pid
+		c.mu.Unlock()
+		fmt.Fprintf(&b, "\n  A datapath that dies is restarted, as a DaemonSet's would be, and its pods keep their network:\n  try sudo kill -9 %d (%s's).\n", pid, c.Nodes[0].Name)
 	}
 	if len(c.Pods) > 0 {
 		fmt.Fprintf(&b, "\n  %-14s %-8s %-34s %s\n", "POD", "NODE", "NETNS", "ADDRESSES (via axon-cni)")
@@ -434,6 +576,7 @@ func printSummary(out io.Writer, c *Cluster) {
 type process struct {
 	name    string
 	cmd     *exec.Cmd
+	started time.Time
 	done    chan struct{}
 	cleanup func()
 	// expected marks an exit we caused, which is not reported as a failure.
@@ -463,7 +606,7 @@ func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	p := &process{name: c.label(), cmd: cmd, done: make(chan struct{})}
+	p := &process{name: c.label(), cmd: cmd, started: time.Now(), done: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
 		w.flush()
@@ -471,10 +614,19 @@ func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (
 		if p.expected.Load() {
 			return
 		}
-		exited <- fmt.Errorf("axon-%s (%s) exited unexpectedly: %v", c.Name, c.label(), errOrStatus(err, cmd))
+		exited <- &exitError{p: p, ran: time.Since(p.started), msg: fmt.Sprintf("axon-%s (%s) exited unexpectedly: %v", c.Name, c.label(), errOrStatus(err, cmd))}
 	}()
 	return p, nil
 }
+
+// exitError reports a process's unexpected exit.
+type exitError struct {
+	p   *process
+	ran time.Duration // how long it ran
+	msg string
+}
+
+func (e *exitError) Error() string { return e.msg }
 
 func errOrStatus(err error, cmd *exec.Cmd) string {
 	if err != nil {

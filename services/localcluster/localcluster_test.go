@@ -2,6 +2,7 @@ package localcluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,15 +18,19 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/axon-cni/axon/bpf/testenv"
+	"github.com/axon-cni/axon/bpf/testpoll"
 )
 
-// buildBinaries builds every service binary into a temporary directory.
+// buildBinaries builds every service binary and axon-cni (for demo pods)
+// into a temporary directory.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", dir+"/", "github.com/axon-cni/axon/services/cmd/...")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	for _, pkg := range []string{"github.com/axon-cni/axon/services/cmd/...", "github.com/axon-cni/axon/cni-shim/cmd/axon-cni"} {
+		cmd := exec.CommandContext(t.Context(), "go", "build", "-o", dir+"/", pkg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+		}
 	}
 	return dir
 }
@@ -153,4 +158,98 @@ func TestRunFailsWithoutBinaries(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "axon-ipam") {
 		t.Fatalf("Run() = %v, want an error naming axon-ipam", err)
 	}
+}
+
+// TestWaitRestartsACrashedDatapath is issue 17 item 10: a datapath that
+// dies is restarted, as a DaemonSet's would be, while the rest of the
+// system runs on, and the pods keep reaching each other; one that keeps
+// crashing right after starting (a crash loop) ends the run, saying so.
+func TestWaitRestartsACrashedDatapath(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds every binary; skipped in -short mode")
+	}
+	testenv.RequireBPF(t)
+	cfg := Config{
+		StateDir: t.TempDir(), BinDir: buildBinaries(t),
+		EtcdClientAddr: "127.0.0.1:0", EtcdPeerAddr: "127.0.0.1:0", Host: "127.0.0.1",
+		ReadyTimeout: 30 * time.Second, StopTimeout: 10 * time.Second,
+		Nodes: 2, DemoPods: 1, NetnsPrefix: fmt.Sprintf("axr%d-", os.Getpid()%100000), PodCIDR: "10.45.0.0/16",
+		// Every crash counts as fast: the third ends the run.
+		DatapathRestart: RestartPolicy{Backoff: 10 * time.Millisecond, MinRun: time.Hour, MaxFastCrashes: 2},
+	}
+	c, err := Start(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(c.Stop)
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- c.Wait(t.Context()) }()
+	current := func() *process {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.datapaths[0]
+	}
+	// crash kills node-1's datapath as a crash would: not through
+	// KillDatapath, which marks the exit as expected.
+	crash := func() *process {
+		p := current()
+		if err := p.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		<-p.done
+		return p
+	}
+	from, to := c.Pods[0], c.Pods[1]
+	if from.Node != "node-1" || to.Node != "node-2" {
+		t.Fatalf("demo pods %v, want one on node-1, then one on node-2", c.Pods)
+	}
+	target := cfg.datapath(c.simNodes[0]).Target
+	for n := 1; n <= cfg.DatapathRestart.MaxFastCrashes; n++ {
+		old := crash()
+		testpoll.Until(t, 60*time.Second, func() error {
+			if current() == old {
+				return errors.New("datapath of node-1 not restarted")
+			}
+			return checkServing(t, target)
+		})
+		for _, ip := range to.IPs {
+			if out, err := exec.Command("nsenter", "--net="+from.Netns, "ping", "-c", "1", "-W", "2", ip).CombinedOutput(); err != nil {
+				t.Errorf("after crash %d: %s cannot reach %s %s: %v\n%s", n, from.Name, to.Name, ip, err, out)
+			}
+		}
+	}
+	select {
+	case err := <-waitErr:
+		t.Fatalf("Wait() = %v before the crash loop", err)
+	default:
+	}
+	crash()
+	testpoll.Until(t, 60*time.Second, func() error {
+		select {
+		case err := <-waitErr:
+			if err == nil || !strings.Contains(err.Error(), "crash loop") || !strings.Contains(err.Error(), "node-1") {
+				t.Fatalf("Wait() = %v, want a crash loop of node-1's datapath", err)
+			}
+			return nil
+		default:
+			return errors.New("Wait still running after a crash loop")
+		}
+	})
+}
+
+// checkServing asks the health service at target once.
+func checkServing(t *testing.T, target string) error {
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(t.Context(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health %s", resp.GetStatus())
+	}
+	return nil
 }

@@ -226,8 +226,10 @@ func (a *Agent) Endpoints() *endpoint.Manager { return a.endpoints }
 func (a *Agent) Remotes() *remote.Manager { return a.remotes }
 
 // Start registers the node with IPAM, learns its router IPs, sets up its
-// devices and the datapath, and reconciles the recorded endpoints and
-// remote nodes; then it replays the DELs queued while the agent was down.
+// devices and the datapath, reconciles the recorded endpoints and remote
+// nodes, and has IPAM release the node's allocations of no endpoint (a
+// crash during an ADD); then it replays the DELs queued while the agent was
+// down.
 func (a *Agent) Start(ctx context.Context) error {
 	if err := a.registerNode(ctx); err != nil {
 		return err
@@ -267,6 +269,12 @@ func (a *Agent) Start(ctx context.Context) error {
 	a.remotes.SetRouters(routers) // the source of routes to remote blocks
 	eps, err := a.endpoints.Restore(ctx)
 	if err != nil {
+		return err
+	}
+	// Before the node is ready, so that no ADD is in flight: what a crash
+	// left allocated without an endpoint goes back to IPAM now, not at the
+	// runtime's next CNI GC.
+	if err := a.endpoints.ReleaseOrphans(ctx, health.Attachment(a.cfg.NodeName)); err != nil {
 		return err
 	}
 	a.remotes.Restore()

@@ -327,6 +327,9 @@ func TestStartFailureLeavesNotReady(t *testing.T) {
 		{name: "tunnel creation fails", blocks: []netip.Prefix{block4}, retry: true, inject: func(w *world) {
 			w.nl.FailOn(nlfake.NodeNS, "LinkAdd", 2, unix.ENOMEM)
 		}},
+		{name: "IPAM unavailable at the release of addresses of no endpoint", blocks: []netip.Prefix{block4}, retry: true, inject: func(w *world) {
+			w.ipam.FailNext("GarbageCollect", 1, unavailable)
+		}},
 		{name: "datapath configuration fails", blocks: []netip.Prefix{block4}, retry: true, inject: func(w *world) {
 			w.bpf.FailOn(bpffake.OpConfigure, 1, errors.New("map full"))
 		}},
@@ -472,6 +475,68 @@ func TestStartRestoresAndReplaysDeletes(t *testing.T) {
 	}
 	if !slices.Contains(names, "node-b") {
 		t.Errorf("remote nodes after restart = %v, want node-b among them", names)
+	}
+}
+
+// TestStartReleasesAllocationsOfNoEndpoint is issue item 4: an agent
+// killed during ADDs leaves allocations that no endpoint owns (IPAM
+// answered, the record was never written). The restarted agent releases
+// them before it takes ADDs, and keeps every other allocation: its
+// endpoints', its health endpoint's (even without a record) and other
+// nodes'.
+func TestStartReleasesAllocationsOfNoEndpoint(t *testing.T) {
+	w := newWorld(t, nodedev.ModeTunnel, block4)
+	first := w.agent(t)
+	if err := first.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "kept")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.nl.AddNamespace(path)
+	kept := &datapathv1alpha1.Attachment{ContainerId: "kept", InterfaceName: "eth0"}
+	if _, err := first.Endpoints().CreateEndpoint(t.Context(), &datapathv1alpha1.CreateEndpointRequest{Attachment: kept, NetnsPath: path}); err != nil {
+		t.Fatal(err)
+	}
+	// The ADDs the crash cut short: IPAM answered, no record was written.
+	for _, c := range []string{"cut-1", "cut-2"} {
+		if _, err := w.ipam.AllocateIP(t.Context(), &ipamv1alpha1.AllocateIPRequest{
+			Handle: &ipamv1alpha1.OwnerHandle{ContainerId: c, InterfaceName: "eth0"}, Node: node,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The health endpoint's addresses, its record not written yet.
+	hatt := health.Attachment(node)
+	if _, err := w.ipam.AllocateIP(t.Context(), &ipamv1alpha1.AllocateIPRequest{
+		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: hatt.GetContainerId(), InterfaceName: hatt.GetInterfaceName()}, Node: node,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Another node's pod.
+	if _, err := w.ipam.Put(&ipamv1alpha1.Allocation{
+		Handle: &ipamv1alpha1.OwnerHandle{ContainerId: "elsewhere", InterfaceName: "eth0"}, Node: "node-b",
+		Addresses: []*ipamv1alpha1.AllocatedAddress{{Ip: "10.0.2.5"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+
+	second := w.agent(t)
+	if err := second.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, a := range w.ipam.Allocations() {
+		got = append(got, a.GetNode()+":"+a.GetHandle().GetContainerId())
+	}
+	want := []string{node + ":" + hatt.GetContainerId(), "node-b:elsewhere", node + ":kept"}
+	if !slices.Equal(got, want) {
+		t.Errorf("allocations after the restart = %v, want %v", got, want)
+	}
+	if _, err := second.Endpoints().GetEndpoint(kept); err != nil {
+		t.Errorf("endpoint kept: %v", err)
 	}
 }
 

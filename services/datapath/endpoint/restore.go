@@ -9,8 +9,10 @@ import (
 	"regexp"
 
 	"github.com/vishvananda/netlink"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
 )
 
@@ -159,4 +161,49 @@ func (m *Manager) Restore(ctx context.Context) (map[string]*datapathv1alpha1.End
 		m.nextID = max(m.nextID, ep.GetEndpointId())
 	}
 	return eps, nil
+}
+
+// ReleaseOrphans has IPAM release every allocation of this node that no
+// endpoint owns: the addresses of an ADD that a crash cut short between
+// IPAM's answer and the endpoint's record, or before the rollback of a
+// failed ADD released them. keep names owners without a record whose
+// allocations must stay all the same (the node's health endpoint, which
+// takes its addresses back on the next round). Another node's allocations
+// are never touched: IPAM collects only NodeName's.
+//
+// Run it only while no ADD can be in flight, for an ADD's allocation has
+// no record until the endpoint is wired: the agent runs it at start-up,
+// after Restore and before the node reports ready (CreateEndpoint allocates
+// nothing until then). A DEL served meanwhile removes a record, and its
+// endpoint's addresses are released either way.
+func (m *Manager) ReleaseOrphans(ctx context.Context, keep ...*datapathv1alpha1.Attachment) error {
+	eps, err := m.store.list()
+	if err != nil {
+		return err
+	}
+	live := make([]*ipamv1alpha1.OwnerHandle, 0, len(eps)+len(keep))
+	for _, ep := range eps {
+		keep = append(keep, ep.GetAttachment())
+	}
+	for _, att := range keep {
+		live = append(live, &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()})
+	}
+	// No grace period: nothing is in flight (see above), and an allocation
+	// made after IPAM read the node's is never released (its sequence
+	// guards each release).
+	gc, err := m.ipam.GarbageCollect(ctx, &ipamv1alpha1.GarbageCollectRequest{
+		Node: m.cfg.NodeName, LiveHandles: live, MinAge: durationpb.New(0),
+	})
+	if err != nil {
+		return ipamError("release the addresses of no endpoint", err)
+	}
+	for _, a := range gc.GetReleased() {
+		var ips []string
+		for _, ad := range a.GetAddresses() {
+			ips = append(ips, ad.GetIp())
+		}
+		m.log.Info("released the addresses of no endpoint (an ADD cut short)", "container", a.GetHandle().GetContainerId(),
+			"interface", a.GetHandle().GetInterfaceName(), "pod", a.GetPodNamespace()+"/"+a.GetPodName(), "ips", ips)
+	}
+	return nil
 }

@@ -127,7 +127,8 @@ func endpointList(req *datapathv1alpha1.ListEndpointsRequest) string {
 }
 
 // pageEndpoints returns the page of eps after the attachment key after (its
-// token), matching req's filters, at most limit long.
+// token), matching req's filters, at most limit long and no larger than
+// paging.MaxPageBytes (annotations make endpoints large).
 func pageEndpoints(eps []*datapathv1alpha1.Endpoint, req *datapathv1alpha1.ListEndpointsRequest, after string, limit int) *datapathv1alpha1.ListEndpointsResponse {
 	key := func(ep *datapathv1alpha1.Endpoint) string {
 		return ep.GetAttachment().GetContainerId() + "/" + ep.GetAttachment().GetInterfaceName()
@@ -135,14 +136,15 @@ func pageEndpoints(eps []*datapathv1alpha1.Endpoint, req *datapathv1alpha1.ListE
 	// The token is the last key of a page: the order must be the keys'.
 	sorted := slices.SortedFunc(slices.Values(eps), func(a, b *datapathv1alpha1.Endpoint) int { return strings.Compare(key(a), key(b)) })
 	resp := &datapathv1alpha1.ListEndpointsResponse{}
+	budget := paging.NewBudget(0)
 	for _, ep := range sorted {
 		if (after != "" && key(ep) <= after) ||
 			(req.GetPodNamespace() != "" && ep.GetPodNamespace() != req.GetPodNamespace()) ||
 			(req.GetPodName() != "" && ep.GetPodName() != req.GetPodName()) {
 			continue
 		}
-		if len(resp.Endpoints) == limit {
-			resp.NextPageToken = paging.Token(endpointList(req), key(resp.Endpoints[limit-1]))
+		if len(resp.Endpoints) == limit || !budget.Take(ep) {
+			resp.NextPageToken = paging.Token(endpointList(req), key(resp.Endpoints[len(resp.Endpoints)-1]))
 			break
 		}
 		resp.Endpoints = append(resp.Endpoints, ep)
@@ -214,8 +216,31 @@ func (s *Server) DeleteRemoteNode(_ context.Context, req *datapathv1alpha1.Delet
 	return &datapathv1alpha1.DeleteRemoteNodeResponse{Node: n}, nil
 }
 
+// remoteNodeList names ListRemoteNodes' listing for its page tokens.
+const remoteNodeList = "datapath.ListRemoteNodes"
+
 // ListRemoteNodes implements DatapathService. A cluster has at most a few
-// thousand nodes; the list is returned whole.
-func (s *Server) ListRemoteNodes(context.Context, *datapathv1alpha1.ListRemoteNodesRequest) (*datapathv1alpha1.ListRemoteNodesResponse, error) {
-	return &datapathv1alpha1.ListRemoteNodesResponse{Nodes: s.remotes.ListRemoteNodes()}, nil
+// thousand nodes; pages are cut from the list ordered by name.
+func (s *Server) ListRemoteNodes(_ context.Context, req *datapathv1alpha1.ListRemoteNodesRequest) (*datapathv1alpha1.ListRemoteNodesResponse, error) {
+	limit, after, err := paging.Parse(remoteNodeList, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err // a status already
+	}
+	// The token is the last name of a page: the order must be the names'.
+	nodes := slices.SortedFunc(slices.Values(s.remotes.ListRemoteNodes()), func(a, b *datapathv1alpha1.RemoteNode) int {
+		return strings.Compare(a.GetName(), b.GetName())
+	})
+	resp := &datapathv1alpha1.ListRemoteNodesResponse{}
+	budget := paging.NewBudget(0)
+	for _, n := range nodes {
+		if after != "" && n.GetName() <= after {
+			continue
+		}
+		if len(resp.Nodes) == limit || !budget.Take(n) {
+			resp.NextPageToken = paging.Token(remoteNodeList, resp.Nodes[len(resp.Nodes)-1].GetName())
+			break
+		}
+		resp.Nodes = append(resp.Nodes, n)
+	}
+	return resp, nil
 }

@@ -1,5 +1,7 @@
 // Package paging turns the page_size and page_token of Axon's list RPCs
 // into a limit and a resume key, and back: 0 means 100 items, at most 1000.
+// A Budget also ends a page early by its size, so that no page_size makes a
+// response too large for gRPC.
 //
 // A token is opaque to clients: base64url(check || last key), where check is
 // the first 8 bytes of SHA-256(list + "\x00" + last key) and list names the
@@ -17,6 +19,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 const (
@@ -24,6 +27,47 @@ const (
 	maxSize     = 1000
 	checkLen    = 8
 )
+
+// MaxPageBytes bounds the encoded size of the items of one page: half of
+// gRPC's default 4 MiB message limit, leaving room for the rest of the
+// response, so that a page of large items cannot fail the whole list with
+// RESOURCE_EXHAUSTED. The page ends early instead; its next_page_token
+// resumes after its last item.
+const MaxPageBytes = 2 << 20
+
+// fieldOverhead is the most a repeated message field adds to its item's
+// size: the tag and the length prefix.
+const fieldOverhead = 1 + 5
+
+// Budget tracks the encoded size of the items put on a page so far.
+type Budget struct {
+	left  int
+	empty bool
+}
+
+// NewBudget returns the budget of a page of at most maxBytes encoded bytes
+// of items; 0 means MaxPageBytes.
+func NewBudget(maxBytes int) *Budget {
+	if maxBytes <= 0 {
+		maxBytes = MaxPageBytes
+	}
+	return &Budget{left: maxBytes, empty: true}
+}
+
+// Take reports whether item still fits on the page, and counts it if it
+// does. The first item always fits (one item alone is bounded by the input
+// limits of its API); once Take reports false the page is full, and item
+// starts the next one.
+func (b *Budget) Take(item proto.Message) bool {
+	size := proto.Size(item) + fieldOverhead
+	if !b.empty && size > b.left {
+		b.left = 0
+		return false
+	}
+	b.empty = false
+	b.left -= size
+	return true
+}
 
 // Parse returns the page's item limit and the key to resume after ("" for
 // the first page). list names the listing and its result-changing filters,

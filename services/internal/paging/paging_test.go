@@ -2,10 +2,13 @@ package paging
 
 import (
 	"encoding/base64"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 func TestParse(t *testing.T) {
@@ -64,5 +67,48 @@ func TestErrorDoesNotEchoToken(t *testing.T) {
 	_, _, err := Parse("l", 0, long)
 	if msg := status.Convert(err).Message(); len(msg) > 100 {
 		t.Errorf("error message is %d bytes long, want a short one not echoing the token", len(msg))
+	}
+}
+
+func TestBudget(t *testing.T) {
+	item := func(n int) proto.Message { return wrapperspb.String(strings.Repeat("x", n)) }
+	for _, tc := range []struct {
+		name     string
+		maxBytes int
+		sizes    []int
+		want     int // items taken
+	}{
+		{name: "all fit", maxBytes: 1000, sizes: []int{100, 100, 100}, want: 3},
+		{name: "cut at the budget", maxBytes: 250, sizes: []int{100, 100, 100}, want: 2},
+		{name: "first item always fits", maxBytes: 10, sizes: []int{100, 1}, want: 1},
+		{name: "full stays full", maxBytes: 150, sizes: []int{100, 100, 1}, want: 1},
+		{name: "default: MaxPageBytes", sizes: []int{MaxPageBytes / 2, MaxPageBytes / 2, 1}, want: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := NewBudget(tc.maxBytes)
+			got, total, full := 0, 0, false
+			for _, n := range tc.sizes {
+				m := item(n)
+				switch took := b.Take(m); {
+				case took && full:
+					t.Fatalf("took a %d-byte item after the page was full", n)
+				case took:
+					got++
+					total += proto.Size(m)
+				default:
+					full = true
+				}
+			}
+			if got != tc.want {
+				t.Errorf("took %d items, want %d", got, tc.want)
+			}
+			limit := tc.maxBytes
+			if limit == 0 {
+				limit = MaxPageBytes
+			}
+			if got > 1 && total > limit {
+				t.Errorf("took %d bytes in %d items, over the budget of %d", total, got, limit)
+			}
+		})
 	}
 }

@@ -48,6 +48,9 @@ type Config struct {
 	// replicas' releases are not seen otherwise. A pool that looks
 	// exhausted re-reads the node's blocks whatever their age.
 	UsageMaxAge time.Duration
+	// MaxPageBytes bounds the encoded size of a page of a list, which then
+	// ends early (see paging.Budget); 0 means paging.MaxPageBytes.
+	MaxPageBytes int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }

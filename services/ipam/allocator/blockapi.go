@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
 )
@@ -133,6 +134,7 @@ type BlockFilter struct {
 
 // ListBlocks returns up to limit claimed blocks matching f in key order
 // after the block key after, and the key to continue after ("" when done).
+// A page ends early at Config.MaxPageBytes.
 func (a *Allocator) ListBlocks(ctx context.Context, f BlockFilter, after string, limit int) ([]*ipamv1alpha1.Block, string, error) {
 	start := a.keys.blocks()
 	if after != "" {
@@ -140,6 +142,7 @@ func (a *Allocator) ListBlocks(ctx context.Context, f BlockFilter, after string,
 	}
 	end := prefixEnd(a.keys.blocks())
 	var out []*ipamv1alpha1.Block
+	budget, last := paging.NewBudget(a.cfg.MaxPageBytes), ""
 	for {
 		resp, err := a.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
 		if err != nil {
@@ -157,7 +160,11 @@ func (a *Allocator) ListBlocks(ctx context.Context, f BlockFilter, after string,
 			if err != nil {
 				return nil, "", err
 			}
+			if !budget.Take(bp) {
+				return out, last, nil
+			}
 			out = append(out, bp)
+			last = lastSegment(string(kv.Key))
 			if len(out) == limit {
 				if !resp.More && kv == resp.Kvs[len(resp.Kvs)-1] {
 					return out, "", nil

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
 )
@@ -271,7 +272,8 @@ func (a *Allocator) dropHold(ctx context.Context, h *holdRef) (bool, error) {
 }
 
 // ListReservations returns up to limit live reservations, optionally of one
-// pool or key, in key order after after.
+// pool or key, in key order after after. A page ends early at
+// Config.MaxPageBytes.
 func (a *Allocator) ListReservations(ctx context.Context, poolName, key, after string, limit int) ([]*ipamv1alpha1.Reservation, string, error) {
 	prefix := a.keys.holds()
 	if poolName != "" {
@@ -283,6 +285,7 @@ func (a *Allocator) ListReservations(ctx context.Context, poolName, key, after s
 	}
 	now := a.cfg.Now()
 	var out []*ipamv1alpha1.Reservation
+	budget, last := paging.NewBudget(a.cfg.MaxPageBytes), ""
 	for {
 		resp, err := a.cli.Get(ctx, start, clientv3.WithRange(prefixEnd(prefix)), clientv3.WithLimit(512))
 		if err != nil {
@@ -293,9 +296,13 @@ func (a *Allocator) ListReservations(ctx context.Context, poolName, key, after s
 			if err != nil || h.expired(now) || (key != "" && h.res.GetKey() != key) {
 				continue
 			}
+			if !budget.Take(h.res) {
+				return out, last, nil
+			}
 			out = append(out, h.res)
+			last = string(kv.Key)[len(a.keys.holds()):]
 			if len(out) == limit {
-				return out, string(kv.Key)[len(a.keys.holds()):], nil
+				return out, last, nil
 			}
 		}
 		if !resp.More {

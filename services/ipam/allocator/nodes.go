@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
 )
@@ -115,7 +116,8 @@ func (a *Allocator) GetNode(ctx context.Context, name string) (*ipamv1alpha1.Nod
 }
 
 // ListNodes returns up to limit nodes after the name after, in name order,
-// and the name to continue after ("" when done).
+// and the name to continue after ("" when done). A page ends early at
+// Config.MaxPageBytes.
 func (a *Allocator) ListNodes(ctx context.Context, after string, limit int) ([]*ipamv1alpha1.Node, string, error) {
 	start := a.keys.nodes()
 	if after != "" {
@@ -126,6 +128,7 @@ func (a *Allocator) ListNodes(ctx context.Context, after string, limit int) ([]*
 		return nil, "", fmt.Errorf("list nodes: %w: %w", ErrUnavailable, err)
 	}
 	var out []*ipamv1alpha1.Node
+	budget := paging.NewBudget(a.cfg.MaxPageBytes)
 	for _, kv := range resp.Kvs {
 		n, err := decodeNode(string(kv.Key), kv.Value)
 		if err != nil {
@@ -134,6 +137,9 @@ func (a *Allocator) ListNodes(ctx context.Context, after string, limit int) ([]*
 		n.Revision = strconv.FormatInt(kv.ModRevision, 10)
 		if n, err = a.withNodeStatus(ctx, n); err != nil {
 			return nil, "", err
+		}
+		if !budget.Take(n) {
+			return out, out[len(out)-1].GetName(), nil
 		}
 		out = append(out, n)
 	}

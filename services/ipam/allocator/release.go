@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
 )
@@ -308,7 +309,7 @@ func (f AllocationFilter) match(alloc *ipamv1alpha1.Allocation) bool {
 
 // ListAllocations returns up to limit allocations matching f in handle
 // order, after the handle key after (empty: from the start), and the key to
-// continue after ("" when done).
+// continue after ("" when done). A page ends early at Config.MaxPageBytes.
 func (a *Allocator) ListAllocations(ctx context.Context, f AllocationFilter, after string, limit int) ([]*ipamv1alpha1.Allocation, string, error) {
 	start := a.keys.handles()
 	if after != "" {
@@ -316,6 +317,7 @@ func (a *Allocator) ListAllocations(ctx context.Context, f AllocationFilter, aft
 	}
 	end := prefixEnd(a.keys.handles())
 	var out []*ipamv1alpha1.Allocation
+	budget, last := paging.NewBudget(a.cfg.MaxPageBytes), ""
 	for {
 		resp, err := a.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
 		if err != nil {
@@ -329,7 +331,11 @@ func (a *Allocator) ListAllocations(ctx context.Context, f AllocationFilter, aft
 			if !f.match(alloc) {
 				continue
 			}
+			if !budget.Take(alloc) {
+				return out, last, nil
+			}
 			out = append(out, alloc)
+			last = string(kv.Key)[len(a.keys.handles()):]
 			if len(out) == limit {
 				next := string(kv.Key)[len(a.keys.handles()):]
 				if !resp.More && kv == resp.Kvs[len(resp.Kvs)-1] {

@@ -91,7 +91,7 @@ func (s *Server) GetPool(ctx context.Context, req *ipamv1alpha1.GetPoolRequest) 
 }
 
 // ListPools implements IPAMService. Pools are few; the page is cut from the
-// full, name-ordered list.
+// full, name-ordered list (and ends early at paging.MaxPageBytes).
 func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsRequest) (*ipamv1alpha1.ListPoolsResponse, error) {
 	const list = "ipam.ListPools"
 	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
@@ -103,12 +103,13 @@ func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsReque
 		return nil, toStatus(err)
 	}
 	out := &ipamv1alpha1.ListPoolsResponse{}
+	budget := paging.NewBudget(0)
 	for _, p := range pools {
 		if after != "" && p.GetName() <= after {
 			continue
 		}
-		if len(out.Pools) == limit {
-			out.NextPageToken = paging.Token(list, out.Pools[limit-1].GetName())
+		if len(out.Pools) == limit || !budget.Take(p) {
+			out.NextPageToken = paging.Token(list, out.Pools[len(out.Pools)-1].GetName())
 			break
 		}
 		out.Pools = append(out.Pools, p)

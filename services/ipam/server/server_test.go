@@ -41,6 +41,12 @@ func (m *methodCounts) get(method string) int {
 // startServer serves IPAM over loopback gRPC against a fresh embedded etcd.
 func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Registry, *methodCounts) {
 	t.Helper()
+	return startServerWith(t, allocator.DefaultConfig())
+}
+
+// startServerWith is startServer with an allocator configuration.
+func startServerWith(t *testing.T, cfg allocator.Config) (ipamv1alpha1.IPAMServiceClient, *prometheus.Registry, *methodCounts) {
+	t.Helper()
 	etcd, err := embedetcd.Start(embedetcd.Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
@@ -51,7 +57,7 @@ func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Regi
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cli.Close() })
-	alloc, err := allocator.New(t.Context(), cli, allocator.DefaultConfig(), slog.New(slog.DiscardHandler))
+	alloc, err := allocator.New(t.Context(), cli, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,7 +64,9 @@ const (
 // reached, and the call may be retried unchanged; the CNI shim maps it to CNI
 // error 11 (try again later). Lists return at most page_size items (0 means
 // 100; values above 1000 are treated as 1000) in key order, and
-// next_page_token is empty on the last page. A page token is opaque and
+// next_page_token is empty on the last page; a page ends early, with fewer
+// items, rather than exceed 2 MiB (gRPC's default message limit is 4 MiB), so
+// only an empty next_page_token means the end. A page token is opaque and
 // valid only for the list and filters that returned it: an invalid
 // page_token, or one from another list or other filters, gives
 // INVALID_ARGUMENT. All state survives a restart of the datapath (it is
@@ -490,7 +492,9 @@ type DatapathService_WatchFlowsClient = grpc.ServerStreamingClient[WatchFlowsRes
 // reached, and the call may be retried unchanged; the CNI shim maps it to CNI
 // error 11 (try again later). Lists return at most page_size items (0 means
 // 100; values above 1000 are treated as 1000) in key order, and
-// next_page_token is empty on the last page. A page token is opaque and
+// next_page_token is empty on the last page; a page ends early, with fewer
+// items, rather than exceed 2 MiB (gRPC's default message limit is 4 MiB), so
+// only an empty next_page_token means the end. A page token is opaque and
 // valid only for the list and filters that returned it: an invalid
 // page_token, or one from another list or other filters, gives
 // INVALID_ARGUMENT. All state survives a restart of the datapath (it is

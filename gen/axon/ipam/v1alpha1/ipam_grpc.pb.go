@@ -63,10 +63,12 @@ const (
 // and the call may be retried unchanged; an expected_revision that does not
 // match the stored object gives ABORTED (re-read and retry). Lists return at
 // most page_size items (0 means 100; values above 1000 are treated as 1000)
-// in key order, and next_page_token is empty on the last page. A page token
-// is opaque and valid only for the list and filters that returned it: an
-// invalid or expired page_token, or one from another list or other filters,
-// gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a pool (or a node's
+// in key order, and next_page_token is empty on the last page; a page ends
+// early, with fewer items, rather than exceed 2 MiB (gRPC's default message
+// limit is 4 MiB), so only an empty next_page_token means the end. A page
+// token is opaque and valid only for the list and filters that returned it:
+// an invalid or expired page_token, or one from another list or other
+// filters, gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a pool (or a node's
 // pod CIDR) has no free address or block carries a google.rpc.ErrorInfo
 // detail with reason "POOL_EXHAUSTED" and domain "ipam.axon-cni.io"; callers
 // tell an exhausted pool by it, not by the code alone, which gRPC also gives
@@ -503,10 +505,12 @@ func (c *iPAMServiceClient) ListReservations(ctx context.Context, in *ListReserv
 // and the call may be retried unchanged; an expected_revision that does not
 // match the stored object gives ABORTED (re-read and retry). Lists return at
 // most page_size items (0 means 100; values above 1000 are treated as 1000)
-// in key order, and next_page_token is empty on the last page. A page token
-// is opaque and valid only for the list and filters that returned it: an
-// invalid or expired page_token, or one from another list or other filters,
-// gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a pool (or a node's
+// in key order, and next_page_token is empty on the last page; a page ends
+// early, with fewer items, rather than exceed 2 MiB (gRPC's default message
+// limit is 4 MiB), so only an empty next_page_token means the end. A page
+// token is opaque and valid only for the list and filters that returned it:
+// an invalid or expired page_token, or one from another list or other
+// filters, gives INVALID_ARGUMENT. A RESOURCE_EXHAUSTED because a pool (or a node's
 // pod CIDR) has no free address or block carries a google.rpc.ErrorInfo
 // detail with reason "POOL_EXHAUSTED" and domain "ipam.axon-cni.io"; callers
 // tell an exhausted pool by it, not by the code alone, which gRPC also gives
