@@ -13,4 +13,7 @@ var (
 	// ErrNotReady: the services are not restored from the maps yet
 	// (Unavailable).
 	ErrNotReady = errors.New("services not restored yet")
+	// ErrUnavailable: the datapath has no load balancer maps
+	// (FailedPrecondition).
+	ErrUnavailable = errors.New("service load balancing unavailable on this node")
 )

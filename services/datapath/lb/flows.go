@@ -72,8 +72,11 @@ func (m *Manager) deleteFlows(ctx context.Context, left map[uint32]map[netip.Add
 }
 
 // RunFlowGC removes the connection tracker's idle flows every interval
-// until ctx ends.
+// until ctx ends; without maps it returns at once.
 func (m *Manager) RunFlowGC(ctx context.Context, interval time.Duration) {
+	if m.maps == nil {
+		return
+	}
 	periodic.Every(ctx, interval, func() {
 		n, err := m.maps.ExpireFlows()
 		if err != nil {

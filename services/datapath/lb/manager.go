@@ -28,6 +28,10 @@ import (
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 )
 
+// ServiceMap is the name under which LBMaps.Usage reports the map of
+// frontend entries (bpffake's too).
+const ServiceMap = "axon_lb_services"
+
 // Config configures a Manager.
 type Config struct {
 	// NodeName is this node's name: backends whose node_name it is are
@@ -64,6 +68,7 @@ type record struct {
 }
 
 // New returns a Manager over maps; Restore must run before it serves.
+// Without maps (nil) every call fails with ErrUnavailable.
 func New(cfg Config, maps bpfmaps.LBMaps, log *slog.Logger) *Manager {
 	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs()}
 }
@@ -84,6 +89,9 @@ type Result struct {
 // alone, their IDs never reused. Until it succeeds every other call fails
 // with ErrNotReady.
 func (m *Manager) Restore(ctx context.Context) error {
+	if m.maps == nil {
+		return nil
+	}
 	entries, err := m.maps.Services()
 	if err != nil {
 		return fmt.Errorf("read service entries: %w", err)
@@ -118,6 +126,9 @@ func (m *Manager) Restore(ctx context.Context) error {
 
 // ready reports why the Manager cannot serve yet. Caller holds m.mu.
 func (m *Manager) ready() error {
+	if m.maps == nil {
+		return ErrUnavailable
+	}
 	if !m.restored {
 		return fmt.Errorf("%w: the node is starting", ErrNotReady)
 	}

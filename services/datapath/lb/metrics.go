@@ -58,11 +58,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	n := len(c.m.services)
 	c.m.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(servicesDesc, prometheus.GaugeValue, float64(n))
+	c.m.metrics.errors.Collect(ch)
+	if c.m.maps == nil {
+		return
+	}
 	if usage, err := c.m.maps.Usage(); err == nil {
 		for _, u := range usage {
 			ch <- prometheus.MustNewConstMetric(mapEntriesDesc, prometheus.GaugeValue, float64(u.Entries), u.Name)
 			ch <- prometheus.MustNewConstMetric(mapCapacityDesc, prometheus.GaugeValue, float64(u.Capacity), u.Name)
 		}
 	}
-	c.m.metrics.errors.Collect(ch)
 }

@@ -67,7 +67,7 @@ func newNode(t *testing.T, block string) *node {
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	datapathv1alpha1.RegisterDatapathServiceServer(srv, server.New(n.agent.Endpoints(), n.agent.Remotes(), n.agent, 0))
+	datapathv1alpha1.RegisterDatapathServiceServer(srv, server.New(n.agent.Endpoints(), n.agent.Remotes(), n.agent.Services(), n.agent, 0))
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient("passthrough:///bufnet",

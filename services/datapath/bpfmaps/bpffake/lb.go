@@ -22,7 +22,8 @@ const (
 	OpUsage          = "Usage"
 )
 
-// Map names the fake reports in Usage.
+// Map names the fake reports in Usage: lb.ServiceMap's and the
+// connection tracker's.
 const (
 	ServiceMap = "axon_lb_services"
 	FlowMap    = "axon_ct"
