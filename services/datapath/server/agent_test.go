@@ -59,7 +59,7 @@ func newNode(t *testing.T, block string) *node {
 	}
 	n.agent, err = agent.New(agent.Config{
 		NodeName: "node-a", NodeIPs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, RoutingMode: nodedev.ModeTunnel, StateDir: t.TempDir(),
-	}, agent.Deps{Namespaces: n.nl, Datapath: bpf, IPAM: n.ipam, Sysctl: func(string, string) error { return nil }}, slog.New(slog.DiscardHandler))
+	}, agent.Deps{Namespaces: n.nl, Datapath: bpf, LB: bpf, IPAM: n.ipam, Sysctl: func(string, string) error { return nil }}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
