@@ -115,6 +115,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 			continue
 		}
 		svc.Revision, svc.UpdateTime = revisionString(md.revision), timestamppb.New(md.updateTime)
+		setIDs(svc, es)
 		services[fe] = &record{svc: svc, rev: md.revision, entries: es}
 	}
 	m.mu.Lock()
@@ -278,6 +279,7 @@ func (m *Manager) plan(b batch) plan {
 			// given (a restored entry lacks what the maps do not hold).
 			svc := proto.CloneOf(e.svc)
 			svc.Revision, svc.UpdateTime = old.svc.GetRevision(), old.svc.GetUpdateTime()
+			setIDs(svc, old.entries)
 			p.next[e.fe] = &record{svc: svc, rev: rev, entries: old.entries}
 			p.result.Unchanged++
 			continue
@@ -295,6 +297,7 @@ func (m *Manager) plan(b batch) plan {
 			p.allocated = append(p.allocated, ids[i])
 		}
 		entries := compile(e.fe, svc, m.cfg.NodeName, ids, metaOf(svc, rev, now).encode())
+		setIDs(svc, entries)
 		for _, oe := range old.entriesOrNil() {
 			if !slices.ContainsFunc(entries, func(n bpfmaps.LBEntry) bool { return n.Key == oe.Key }) {
 				p.stale = append(p.stale, oe.Key)
@@ -319,6 +322,25 @@ func (m *Manager) plan(b batch) plan {
 	}
 	p.result.Deleted = len(p.removed)
 	return p
+}
+
+// setIDs shows the IDs of a service's entries in it.
+func setIDs(svc *datapathv1alpha1.Service, entries []bpfmaps.LBEntry) {
+	svc.Id, svc.InternalId = 0, 0
+	for _, e := range entries {
+		if e.Key.Scope == bpfmaps.LBScopeInternal {
+			svc.InternalId = e.Service.ID
+		} else {
+			svc.Id = e.Service.ID
+		}
+	}
+}
+
+// Count returns the number of services.
+func (m *Manager) Count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.services)
 }
 
 // idOf returns the ID of r's entry of scope; 0 for none (or no record).

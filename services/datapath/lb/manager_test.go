@@ -40,8 +40,8 @@ func TestUpsertIsIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.GetRevision() == "" || first.GetUpdateTime() == nil {
-		t.Fatalf("no revision or update time: %v", first)
+	if first.GetRevision() == "" || first.GetUpdateTime() == nil || first.GetId() == 0 || first.GetInternalId() != 0 {
+		t.Fatalf("no revision, update time or ID: %v", first)
 	}
 	// The same content, spelled differently.
 	again, err := m.Upsert(ctx, service("::ffff:10.96.0.10", 80, tcp, clusterIP, "10.0.1.1:8080"), "")
@@ -105,8 +105,8 @@ func TestDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(fake.LBEntries()); n != 2 {
-		t.Fatalf("%d entries, want 2 (one per scope)", n)
+	if n := len(fake.LBEntries()); n != 2 || stored.GetId() == 0 || stored.GetInternalId() == 0 || stored.GetId() == stored.GetInternalId() {
+		t.Fatalf("%d entries, IDs %d and %d; want 2 (one per scope), with IDs of their own", n, stored.GetId(), stored.GetInternalId())
 	}
 	old, err := m.Delete(ctx, svc.GetFrontend(), stored.GetRevision())
 	if err != nil || !proto.Equal(old, stored) {

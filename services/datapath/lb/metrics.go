@@ -54,10 +54,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	c.m.mu.Lock()
-	n := len(c.m.services)
-	c.m.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(servicesDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(servicesDesc, prometheus.GaugeValue, float64(c.m.Count()))
 	c.m.metrics.errors.Collect(ch)
 	if c.m.maps == nil {
 		return
