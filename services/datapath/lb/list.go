@@ -10,6 +10,13 @@ import (
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 )
 
+// MaxPageBytes bounds a page of List: a page ends before the service that
+// would take it past this size (every page holds at least one), so a
+// ListServices response stays under gRPC's 4 MiB message limit. The
+// largest service validation allows (4096 backends with the longest node
+// names and zones) is about 1.5 MiB.
+const MaxPageBytes = 3 << 20
+
 // Query selects a page of services.
 type Query struct {
 	// Namespace and Name keep only services of that Kubernetes Service;
@@ -24,8 +31,9 @@ type Query struct {
 	Limit int
 }
 
-// List returns a page of services in (address, port, protocol) order and
-// the key of its last one when more follow ("" on the last page).
+// List returns a page of services in (address, port, protocol) order, at
+// most q.Limit and MaxPageBytes, and the key of its last one when more
+// follow ("" on the last page).
 func (m *Manager) List(q Query) ([]*datapathv1alpha1.Service, string, error) {
 	if q.Name != "" && q.Namespace == "" {
 		return nil, "", fmt.Errorf("%w: service_name needs service_namespace", ErrInvalid)
@@ -47,16 +55,17 @@ func (m *Manager) List(q Query) ([]*datapathv1alpha1.Service, string, error) {
 		fes = append(fes, fe)
 	}
 	slices.SortFunc(fes, compareFrontend)
-	var next string
-	if len(fes) > q.Limit {
-		fes = fes[:q.Limit]
-		next = keyOf(fes[q.Limit-1])
-	}
-	out := make([]*datapathv1alpha1.Service, len(fes))
+	var out []*datapathv1alpha1.Service
+	size := 0
 	for i, fe := range fes {
-		out[i] = proto.CloneOf(m.services[fe].svc)
+		svc := m.services[fe].svc
+		size += proto.Size(svc)
+		if i == q.Limit || (i > 0 && size > MaxPageBytes) {
+			return out, keyOf(fes[i-1]), nil
+		}
+		out = append(out, proto.CloneOf(svc))
 	}
-	return out, next, nil
+	return out, "", nil
 }
 
 // keyOf is a frontend's key in page tokens: strings that sort as

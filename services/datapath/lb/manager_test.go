@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -461,4 +462,46 @@ func entryEqual(a, b bpfmaps.LBEntry) bool {
 
 func servicesEqual(a, b []*datapathv1alpha1.Service) bool {
 	return slices.EqualFunc(a, b, func(x, y *datapathv1alpha1.Service) bool { return proto.Equal(x, y) })
+}
+
+// TestListPagesStayUnderTheMessageLimit checks that a page of large
+// services ends before MaxPageBytes, and the next page goes on from there.
+func TestListPagesStayUnderTheMessageLimit(t *testing.T) {
+	m := newManager(t, bpffake.New())
+	var batch []*datapathv1alpha1.Service
+	for i := range 4 {
+		s := service(fmt.Sprintf("10.96.0.%d", 10+i), 80, tcp, clusterIP)
+		for j := range MaxBackends {
+			b := backend(fmt.Sprintf("10.%d.%d.%d:8080", 1+i, j/256, j%256), 1, active, strings.Repeat("n", 60)+"."+strings.Repeat("o", 60)+"."+strings.Repeat("d", 60))
+			b.Zone = strings.Repeat("z", maxZoneLen)
+			s.Backends = append(s.Backends, b)
+		}
+		batch = append(batch, s)
+	}
+	if _, err := m.Apply(t.Context(), batch, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	q := Query{Limit: 1000}
+	var seen int
+	for pages := 0; ; pages++ {
+		page, next, err := m.List(q)
+		if err != nil || pages > len(batch) {
+			t.Fatalf("List = %v (page %d)", err, pages)
+		}
+		size := 0
+		for _, s := range page {
+			size += proto.Size(s)
+		}
+		if size > MaxPageBytes || len(page) == 0 {
+			t.Errorf("page %d: %d services, %d bytes", pages, len(page), size)
+		}
+		seen += len(page)
+		if next == "" {
+			break
+		}
+		q.After = next
+	}
+	if seen != len(batch) {
+		t.Errorf("paged through %d services, want %d", seen, len(batch))
+	}
 }

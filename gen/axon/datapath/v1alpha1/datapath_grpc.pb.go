@@ -202,7 +202,9 @@ type DatapathServiceClient interface {
 	// FAILED_PRECONDITION as for UpsertService.
 	DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error)
 	// ListServices lists frontends in (address, port, protocol) order, IPv4
-	// before IPv6, optionally of one Kubernetes Service or type.
+	// before IPv6, optionally of one Kubernetes Service or type. A page ends
+	// early, before 3 MiB, when its services are large (thousands of
+	// backends): next_page_token says more follow.
 	// Errors: INVALID_ARGUMENT for a bad page token or service_name without
 	// service_namespace; UNAVAILABLE and FAILED_PRECONDITION as for
 	// UpsertService.
@@ -641,7 +643,9 @@ type DatapathServiceServer interface {
 	// FAILED_PRECONDITION as for UpsertService.
 	DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error)
 	// ListServices lists frontends in (address, port, protocol) order, IPv4
-	// before IPv6, optionally of one Kubernetes Service or type.
+	// before IPv6, optionally of one Kubernetes Service or type. A page ends
+	// early, before 3 MiB, when its services are large (thousands of
+	// backends): next_page_token says more follow.
 	// Errors: INVALID_ARGUMENT for a bad page token or service_name without
 	// service_namespace; UNAVAILABLE and FAILED_PRECONDITION as for
 	// UpsertService.
