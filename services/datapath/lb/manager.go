@@ -261,6 +261,7 @@ func (m *Manager) apply(ctx context.Context, b batch) (Result, error) {
 		m.services[fe] = r
 	}
 	m.deleteFlows(ctx, flows)
+	m.log.DebugContext(ctx, "services applied", "changed", p.result.Changed, "unchanged", p.result.Unchanged, "deleted", p.result.Deleted)
 	return p.result, nil
 }
 
