@@ -113,7 +113,9 @@ func compile(fe frontend, svc *datapathv1alpha1.Service, node string, ids []uint
 // not hold comes back empty: backends' zones and the names of nodes other
 // than this one, and, for a CLUSTER_IP frontend with a LOCAL policy, the
 // backends of other nodes; the next upsert of the same content (a
-// client's resync) fills them in again without a map write.
+// client's resync) fills them in again without a map write. Unreadable
+// metadata is returned as an error beside the service rebuilt from the
+// entries alone (no names or source ranges, the policy their scopes say).
 func decompile(fe frontend, entries []bpfmaps.LBEntry, node string) (*datapathv1alpha1.Service, meta, error) {
 	use := entries[0]
 	for _, e := range entries {
@@ -123,7 +125,10 @@ func decompile(fe frontend, entries []bpfmaps.LBEntry, node string) (*datapathv1
 	}
 	m, err := decodeMeta(use.Service.Meta)
 	if err != nil {
-		return nil, m, err
+		m = meta{policy: int32(datapathv1alpha1.TrafficPolicy_TRAFFIC_POLICY_CLUSTER)}
+		if len(entries) > 1 {
+			m.policy = int32(datapathv1alpha1.TrafficPolicy_TRAFFIC_POLICY_LOCAL)
+		}
 	}
 	svc := &datapathv1alpha1.Service{
 		Frontend:         &datapathv1alpha1.Frontend{Address: fe.addr.String(), Port: uint32(fe.port), Protocol: commonv1alpha1.Protocol(fe.proto)},
@@ -159,5 +164,5 @@ func decompile(fe frontend, entries []bpfmaps.LBEntry, node string) (*datapathv1
 	add(use.Service.Active, datapathv1alpha1.BackendState_BACKEND_STATE_ACTIVE)
 	add(use.Service.Terminating, datapathv1alpha1.BackendState_BACKEND_STATE_TERMINATING)
 	slices.SortFunc(svc.Backends, compareBackend)
-	return svc, m, nil
+	return svc, m, err
 }

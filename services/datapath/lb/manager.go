@@ -85,8 +85,8 @@ type Result struct {
 
 // Restore reads the frontend entries back from the maps and takes them
 // as the node's services, with their IDs, revisions and update times.
-// Entries it did not write (another type, unreadable metadata) are left
-// alone, their IDs never reused. Until it succeeds every other call fails
+// Entries of another writer (HostPort) are left alone, their IDs never
+// reused. Until it succeeds every other call fails
 // with ErrNotReady.
 func (m *Manager) Restore(ctx context.Context) error {
 	if m.maps == nil {
@@ -111,10 +111,15 @@ func (m *Manager) Restore(ctx context.Context) error {
 		}
 		svc, md, err := decompile(fe, es, m.cfg.NodeName)
 		if err != nil {
-			m.log.WarnContext(ctx, "service entry not restored; its frontend stays as it is until upserted", "frontend", fe.String(), "err", err)
-			continue
+			// Still the API's: listed, replaced by an upsert, removed by
+			// a resync that lacks it.
+			m.log.WarnContext(ctx, "service metadata unreadable; restored from its entries alone", "frontend", fe.String(), "err", err)
+			md.revision = revisionOf(svc)
 		}
-		svc.Revision, svc.UpdateTime = revisionString(md.revision), timestamppb.New(md.updateTime)
+		svc.Revision = revisionString(md.revision)
+		if !md.updateTime.IsZero() {
+			svc.UpdateTime = timestamppb.New(md.updateTime)
+		}
 		setIDs(svc, es)
 		services[fe] = &record{svc: svc, rev: md.revision, entries: es}
 	}

@@ -318,24 +318,34 @@ func TestRestoreFillsInOnResync(t *testing.T) {
 
 // TestRestoreLeavesOthersEntries checks that entries another writer put
 // (HostPort) are neither listed nor removed by replace_all, and their IDs
-// are not reused.
+// are not reused, while an entry of the API's whose metadata is unreadable
+// is listed from what its entry holds, and removed by replace_all.
 func TestRestoreLeavesOthersEntries(t *testing.T) {
 	fake := bpffake.New()
 	hostPort := bpfmaps.LBEntry{
 		Key:     bpfmaps.LBKey{Addr: mustAddrPort("192.0.2.1:8080").Addr(), Port: 8080, Proto: unix.IPPROTO_TCP},
 		Service: bpfmaps.LBService{ID: 1, Type: bpfmaps.LBTypeHostPort},
 	}
-	if err := fake.PutServices([]bpfmaps.LBEntry{hostPort}); err != nil {
+	garbled := bpfmaps.LBEntry{
+		Key: bpfmaps.LBKey{Addr: mustAddrPort("10.96.0.5:80").Addr(), Port: 80, Proto: unix.IPPROTO_TCP},
+		Service: bpfmaps.LBService{ID: 2, Type: bpfmaps.LBTypeClusterIP, Meta: []byte{0xff},
+			Active: []bpfmaps.LBBackend{{Addr: mustAddrPort("10.0.1.1:8080").Addr(), Port: 8080}}},
+	}
+	if err := fake.PutServices([]bpfmaps.LBEntry{hostPort, garbled}); err != nil {
 		t.Fatal(err)
 	}
 	m := newManager(t, fake)
+	got := listAll(t, m)
+	if len(got) != 1 || got[0].GetId() != 2 || len(got[0].GetBackends()) != 1 || got[0].GetRevision() == "" {
+		t.Fatalf("listed %v: want the garbled entry, from its backends", got)
+	}
 	ctx := t.Context()
 	if _, err := m.Apply(ctx, []*datapathv1alpha1.Service{service("10.96.0.10", 80, tcp, clusterIP)}, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	entries := fake.LBEntries()
-	if len(entries) != 2 || !entryEqual(entries[1], hostPort) || entries[0].Service.ID == 1 {
-		t.Errorf("entries %+v: want the HostPort entry kept and another ID", entries)
+	if len(entries) != 2 || !entryEqual(entries[1], hostPort) || entries[0].Service.ID <= 2 {
+		t.Errorf("entries %+v: want the HostPort entry kept, the garbled one gone, a new ID", entries)
 	}
 	if got := listAll(t, m); len(got) != 1 {
 		t.Errorf("listed %v", got)
@@ -379,7 +389,9 @@ func TestUDPFlowsOfRemovedBackends(t *testing.T) {
 	for _, f := range slices.Concat(keep, drop) {
 		fake.AddFlow(f)
 	}
+	// 10.0.1.2 stays, terminating: its flows stay too.
 	dnsUDP.Backends = dnsUDP.Backends[1:]
+	dnsUDP.Backends[0].State = term
 	dnsTCP.Backends = dnsTCP.Backends[1:]
 	if _, err := m.Apply(ctx, []*datapathv1alpha1.Service{dnsUDP, dnsTCP}, []*datapathv1alpha1.Frontend{gone.GetFrontend()}, false); err != nil {
 		t.Fatal(err)
