@@ -38,8 +38,8 @@ func slotCounts(backends []*datapathv1alpha1.Backend) (counts []int, unit uint32
 		unit = gcd(unit, b.GetWeight())
 	}
 	counts = make([]int, len(backends))
-	sums := map[datapathv1alpha1.BackendState]int{}
-	sizes := map[datapathv1alpha1.BackendState]int{}
+	// Slots and backends by state (ACTIVE 1, TERMINATING 2).
+	var sums, sizes [3]int
 	for i, b := range backends {
 		counts[i] = int(b.GetWeight() / unit)
 		sums[b.GetState()] += counts[i]
@@ -54,7 +54,7 @@ func slotCounts(backends []*datapathv1alpha1.Backend) (counts []int, unit uint32
 		// backend keeps the total within MaxSlots.
 		room := MaxSlots - sizes[state]
 		for i, b := range backends {
-			if b.GetState() == state {
+			if int(b.GetState()) == state {
 				counts[i] = max(1, counts[i]*room/sum)
 			}
 		}
@@ -70,10 +70,10 @@ func gcd(a, b uint32) uint32 {
 }
 
 // compile returns the map entries of a normalized service, one per scope
-// (ids gives each scope's ID, in scopes' order), each carrying metaBytes.
-// Local backends are those on node.
-func compile(fe frontend, svc *datapathv1alpha1.Service, node string, ids []uint32, metaBytes []byte) []bpfmaps.LBEntry {
-	counts, _ := slotCounts(svc.GetBackends())
+// (ids gives each scope's ID, in scopes' order), each carrying metaBytes;
+// counts are its backends' slots (slotCounts). Local backends are those on
+// node.
+func compile(fe frontend, svc *datapathv1alpha1.Service, counts []int, node string, ids []uint32, metaBytes []byte) []bpfmaps.LBEntry {
 	localOnly := svc.GetTrafficPolicy() == datapathv1alpha1.TrafficPolicy_TRAFFIC_POLICY_LOCAL
 	var affinity time.Duration
 	if svc.GetSessionAffinity() == datapathv1alpha1.SessionAffinity_SESSION_AFFINITY_CLIENT_IP {

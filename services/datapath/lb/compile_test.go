@@ -90,7 +90,8 @@ func TestCompile(t *testing.T) {
 			if ferr != nil {
 				t.Fatal(ferr)
 			}
-			entries := compile(fe, svc, thisNode, []uint32{7, 8}, []byte("meta"))
+			counts, _ := slotCounts(svc.GetBackends())
+			entries := compile(fe, svc, counts, thisNode, []uint32{7, 8}, []byte("meta"))
 			if len(entries) != len(tc.want) {
 				t.Fatalf("%d entries, want %d: %+v", len(entries), len(tc.want), entries)
 			}

@@ -23,6 +23,9 @@ const (
 	term      = datapathv1alpha1.BackendState_BACKEND_STATE_TERMINATING
 )
 
+// discard is a logger that drops everything.
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
 // newManager returns a restored Manager of node-a over fake.
 func newManager(t *testing.T, fake *bpffake.Fake) *Manager {
 	t.Helper()

@@ -3,7 +3,11 @@ package lb
 import (
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -38,34 +42,53 @@ func (m *Manager) List(q Query) ([]*datapathv1alpha1.Service, string, error) {
 	if q.Name != "" && q.Namespace == "" {
 		return nil, "", fmt.Errorf("%w: service_name needs service_namespace", ErrInvalid)
 	}
+	var after frontend
+	if q.After != "" {
+		var ok bool
+		if after, ok = parseKey(q.After); !ok {
+			return nil, "", fmt.Errorf("%w: not a page's last key", ErrInvalid)
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.ready(); err != nil {
 		return nil, "", err
 	}
-	fes := make([]frontend, 0, len(m.services))
-	for fe, r := range m.services {
-		svc := r.svc
-		if (q.Namespace != "" && svc.GetServiceNamespace() != q.Namespace) ||
-			(q.Name != "" && svc.GetServiceName() != q.Name) ||
-			(q.Type != datapathv1alpha1.ServiceType_SERVICE_TYPE_UNSPECIFIED && svc.GetType() != q.Type) ||
-			(q.After != "" && keyOf(fe) <= q.After) {
-			continue
+	order := m.order()
+	start := 0
+	if q.After != "" {
+		start, _ = slices.BinarySearchFunc(order, after, compareFrontend)
+		if start < len(order) && order[start] == after {
+			start++
 		}
-		fes = append(fes, fe)
 	}
-	slices.SortFunc(fes, compareFrontend)
 	var out []*datapathv1alpha1.Service
 	size := 0
-	for i, fe := range fes {
+	var last frontend
+	for _, fe := range order[start:] {
 		svc := m.services[fe].svc
+		if (q.Namespace != "" && svc.GetServiceNamespace() != q.Namespace) ||
+			(q.Name != "" && svc.GetServiceName() != q.Name) ||
+			(q.Type != datapathv1alpha1.ServiceType_SERVICE_TYPE_UNSPECIFIED && svc.GetType() != q.Type) {
+			continue
+		}
 		size += proto.Size(svc)
-		if i == q.Limit || (i > 0 && size > MaxPageBytes) {
-			return out, keyOf(fes[i-1]), nil
+		if len(out) == q.Limit || (len(out) > 0 && size > MaxPageBytes) {
+			return out, keyOf(last), nil
 		}
 		out = append(out, proto.CloneOf(svc))
+		last = fe
 	}
 	return out, "", nil
+}
+
+// order returns the frontends in list order, sorting them again after a
+// change of the set. Caller holds m.mu.
+func (m *Manager) order() []frontend {
+	if m.sorted == nil {
+		m.sorted = slices.SortedFunc(maps.Keys(m.services), compareFrontend)
+	}
+	return m.sorted
 }
 
 // keyOf is a frontend's key in page tokens: strings that sort as
@@ -77,4 +100,23 @@ func keyOf(fe frontend) string {
 		family = "4"
 	}
 	return fmt.Sprintf("%s%s/%04x/%02x", family, hex.EncodeToString(fe.addr.AsSlice()), fe.port, fe.proto)
+}
+
+// parseKey is keyOf's inverse; false for a string keyOf never returns.
+func parseKey(s string) (frontend, bool) {
+	parts := strings.Split(s, "/")
+	if len(parts) != 3 || len(parts[0]) < 1 || len(parts[1]) != 4 || len(parts[2]) != 2 {
+		return frontend{}, false
+	}
+	b, err := hex.DecodeString(parts[0][1:])
+	addr, ok := netip.AddrFromSlice(b)
+	if err != nil || !ok || (parts[0][0] == '4') != addr.Is4() || parts[0][0] != '4' && parts[0][0] != '6' {
+		return frontend{}, false
+	}
+	port, err1 := strconv.ParseUint(parts[1], 16, 16)
+	proto, err2 := strconv.ParseUint(parts[2], 16, 8)
+	if err1 != nil || err2 != nil {
+		return frontend{}, false
+	}
+	return frontend{addr: addr, port: uint16(port), proto: uint8(proto)}, true
 }

@@ -55,7 +55,9 @@ type Manager struct {
 	mu       sync.Mutex // guards the fields below and serializes writes
 	restored bool
 	services map[frontend]*record
-	ids      ids
+	// sorted are the frontends in list order; nil after the set changed.
+	sorted []frontend
+	ids    ids
 }
 
 // record is a service as the Manager holds it.
@@ -125,7 +127,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.services, m.ids, m.restored = services, used, true
+	m.services, m.ids, m.restored, m.sorted = services, used, true, nil
 	m.log.InfoContext(ctx, "services restored", "services", len(services), "entries", len(entries))
 	return nil
 }
@@ -251,6 +253,7 @@ func (m *Manager) apply(ctx context.Context, b batch) (Result, error) {
 	flows := m.leftBackends(p)
 	for fe, r := range p.removed {
 		delete(m.services, fe)
+		m.sorted = nil
 		for _, e := range r.entries {
 			m.ids.release(e.Service.ID)
 		}
@@ -262,6 +265,8 @@ func (m *Manager) apply(ctx context.Context, b batch) (Result, error) {
 					m.ids.release(e.Service.ID)
 				}
 			}
+		} else {
+			m.sorted = nil
 		}
 		m.services[fe] = r
 	}
@@ -283,14 +288,14 @@ func (m *Manager) plan(b batch) plan {
 		if old != nil && old.rev == rev {
 			// Unchanged: nothing to write, but the content is taken as
 			// given (a restored entry lacks what the maps do not hold).
-			svc := proto.CloneOf(e.svc)
+			svc := e.svc // the batch's own copy
 			svc.Revision, svc.UpdateTime = old.svc.GetRevision(), old.svc.GetUpdateTime()
 			setIDs(svc, old.entries)
 			p.next[e.fe] = &record{svc: svc, rev: rev, entries: old.entries}
 			p.result.Unchanged++
 			continue
 		}
-		svc := proto.CloneOf(e.svc)
+		svc := e.svc
 		svc.Revision, svc.UpdateTime = revisionString(rev), timestamppb.New(now)
 		sc := scopes(svc)
 		ids := make([]uint32, len(sc))
@@ -302,7 +307,8 @@ func (m *Manager) plan(b batch) plan {
 			ids[i] = m.ids.alloc()
 			p.allocated = append(p.allocated, ids[i])
 		}
-		entries := compile(e.fe, svc, m.cfg.NodeName, ids, metaOf(svc, rev, now).encode())
+		counts, unit := slotCounts(svc.GetBackends())
+		entries := compile(e.fe, svc, counts, m.cfg.NodeName, ids, metaOf(svc, rev, now, unit).encode())
 		setIDs(svc, entries)
 		for _, oe := range old.entriesOrNil() {
 			if !slices.ContainsFunc(entries, func(n bpfmaps.LBEntry) bool { return n.Key == oe.Key }) {
@@ -475,9 +481,9 @@ func revisionOf(svc *datapathv1alpha1.Service) uint64 {
 
 func revisionString(rev uint64) string { return fmt.Sprintf("%016x", rev) }
 
-// metaOf is a service's restore metadata.
-func metaOf(svc *datapathv1alpha1.Service, rev uint64, at time.Time) meta {
-	_, unit := slotCounts(svc.GetBackends())
+// metaOf is a service's restore metadata; unit is its weights' (see
+// slotCounts).
+func metaOf(svc *datapathv1alpha1.Service, rev uint64, at time.Time, unit uint32) meta {
 	m := meta{
 		namespace: svc.GetServiceNamespace(), name: svc.GetServiceName(), portName: svc.GetPortName(),
 		policy: int32(svc.GetTrafficPolicy()), revision: rev, updateTime: at, weightUnit: unit,

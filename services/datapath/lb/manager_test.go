@@ -517,3 +517,33 @@ func TestListPagesStayUnderTheMessageLimit(t *testing.T) {
 		t.Errorf("paged through %d services, want %d", seen, len(batch))
 	}
 }
+
+// TestPageKeys checks that page keys read back as their frontends, sort
+// as the list does, and that anything else is refused.
+func TestPageKeys(t *testing.T) {
+	fes := []frontend{
+		{addr: mustAddrPort("0.0.0.0:1").Addr(), port: 1, proto: 6},
+		{addr: mustAddrPort("10.96.0.9:80").Addr(), port: 80, proto: 17},
+		{addr: mustAddrPort("10.96.0.10:80").Addr(), port: 80, proto: 6},
+		{addr: mustAddrPort("10.96.0.10:80").Addr(), port: 443, proto: 6},
+		{addr: mustAddrPort("[::]:80").Addr(), port: 80, proto: 132},
+		{addr: mustAddrPort("[2001:db8::1]:80").Addr(), port: 65535, proto: 6},
+	}
+	for i, fe := range fes {
+		if got, ok := parseKey(keyOf(fe)); !ok || got != fe {
+			t.Errorf("parseKey(keyOf(%s)) = %v, %v", fe, got, ok)
+		}
+		if i > 0 && keyOf(fes[i-1]) >= keyOf(fe) {
+			t.Errorf("key of %s does not sort after %s's", fe, fes[i-1])
+		}
+	}
+	for _, bad := range []string{"", "4", "40a60009/0050", "40a6000/0050/06", "4zz/0050/06", "60a600009/0050/06", "40a60009/50/06", "40a60009/0050/6", "40a60009/0050/06/"} {
+		if fe, ok := parseKey(bad); ok {
+			t.Errorf("parseKey(%q) = %s", bad, fe)
+		}
+	}
+	m := newManager(t, bpffake.New())
+	if _, _, err := m.List(Query{After: "nope", Limit: 1}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("List after a bad key = %v, want ErrInvalid", err)
+	}
+}

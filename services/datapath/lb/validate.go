@@ -244,6 +244,11 @@ func normalizeBackends(in, out *datapathv1alpha1.Service, fe frontend) *fieldErr
 		return fieldErr("backends", "%d backends, at most %d", n, MaxBackends)
 	}
 	seen := make(map[netip.AddrPort]int, len(in.GetBackends()))
+	type parsed struct {
+		ap netip.AddrPort
+		b  *datapathv1alpha1.Backend
+	}
+	list := make([]parsed, 0, len(in.GetBackends()))
 	for i, b := range in.GetBackends() {
 		field := fmt.Sprintf("backends[%d]", i)
 		addr, err := netip.ParseAddr(b.GetAddress())
@@ -286,11 +291,15 @@ func normalizeBackends(in, out *datapathv1alpha1.Service, fe frontend) *fieldErr
 		if !isLabelValue(b.GetZone()) {
 			return fieldErr(field+".zone", "%s is not a zone (letters, digits, '-', '_' and '.', at most %d)", echo(b.GetZone()), maxZoneLen)
 		}
-		out.Backends = append(out.Backends, &datapathv1alpha1.Backend{
+		list = append(list, parsed{ap: ap, b: &datapathv1alpha1.Backend{
 			Address: addr.String(), Port: b.GetPort(), Weight: weight, State: state, NodeName: b.GetNodeName(), Zone: b.GetZone(),
-		})
+		}})
 	}
-	slices.SortFunc(out.Backends, compareBackend)
+	slices.SortFunc(list, func(x, y parsed) int { return x.ap.Compare(y.ap) })
+	out.Backends = make([]*datapathv1alpha1.Backend, len(list))
+	for i, p := range list {
+		out.Backends[i] = p.b
+	}
 	return nil
 }
 
@@ -375,17 +384,25 @@ func validateBatch(services []*datapathv1alpha1.Service, deletes []*datapathv1al
 	if replaceAll && len(deletes) > 0 {
 		return b, fmt.Errorf("%w: deletes: not allowed with replace_all (every frontend not in services is removed)", ErrInvalid)
 	}
-	seen := make(map[frontend]string, len(services)+len(deletes))
+	// seen is where each frontend was given: services[i] as i, deletes[i]
+	// as -1-i.
+	seen := make(map[frontend]int, len(services)+len(deletes))
+	where := func(i int) string {
+		if i < 0 {
+			return fmt.Sprintf("deletes[%d]", -1-i)
+		}
+		return fmt.Sprintf("services[%d]", i)
+	}
+	b.services = make([]entry, 0, len(services))
 	for i, in := range services {
 		fe, svc, ferr := normalize(in)
 		if ferr != nil {
 			return b, fmt.Errorf("%w: services[%d] (%s): %w", ErrInvalid, i, frontendLabel(in.GetFrontend(), fe, ferr), ferr)
 		}
-		where := fmt.Sprintf("services[%d]", i)
 		if prev, dup := seen[fe]; dup {
-			return b, fmt.Errorf("%w: %s (%s): frontend: given twice, also as %s", ErrInvalid, where, fe, prev)
+			return b, fmt.Errorf("%w: %s (%s): frontend: given twice, also as %s", ErrInvalid, where(i), fe, where(prev))
 		}
-		seen[fe] = where
+		seen[fe] = i
 		b.services = append(b.services, entry{fe: fe, svc: svc})
 	}
 	for i, in := range deletes {
@@ -393,11 +410,10 @@ func validateBatch(services []*datapathv1alpha1.Service, deletes []*datapathv1al
 		if ferr != nil {
 			return b, fmt.Errorf("%w: deletes[%d] (%s): %w", ErrInvalid, i, frontendLabel(in, fe, ferr), ferr)
 		}
-		where := fmt.Sprintf("deletes[%d]", i)
 		if prev, dup := seen[fe]; dup {
-			return b, fmt.Errorf("%w: %s (%s): frontend: given twice, also as %s", ErrInvalid, where, fe, prev)
+			return b, fmt.Errorf("%w: %s (%s): frontend: given twice, also as %s", ErrInvalid, where(-1-i), fe, where(prev))
 		}
-		seen[fe] = where
+		seen[fe] = -1 - i
 		b.deletes = append(b.deletes, fe)
 	}
 	return b, nil

@@ -211,11 +211,12 @@ func FuzzNormalize(f *testing.F) {
 		if ferr != nil || !proto.Equal(out, again) {
 			t.Fatalf("normalize is not a fixed point: %v, %v", again, ferr)
 		}
-		md := metaOf(out, revisionOf(out), time.Now())
+		counts, unit := slotCounts(out.GetBackends())
+		md := metaOf(out, revisionOf(out), time.Now(), unit)
 		if n := len(md.encode()); n > bpfmaps.MaxLBMeta {
 			t.Fatalf("metadata of %d bytes", n)
 		}
-		entries := compile(fe, out, thisNode, []uint32{1, 2}, md.encode())
+		entries := compile(fe, out, counts, thisNode, []uint32{1, 2}, md.encode())
 		for _, e := range entries {
 			if len(e.Service.Active) > MaxSlots || len(e.Service.Terminating) > MaxSlots {
 				t.Fatalf("%d+%d slots", len(e.Service.Active), len(e.Service.Terminating))
