@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -346,5 +347,43 @@ func TestServiceContractCodes(t *testing.T) {
 	}
 	if _, err := s.ListServices(t.Context(), &datapathv1alpha1.ListServicesRequest{}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("ListServices without maps: %v, want FailedPrecondition", err)
+	}
+}
+
+// TestListServicesPages pages through ListServices over gRPC: every
+// frontend once, in order, the token valid only for its filters.
+func TestListServicesPages(t *testing.T) {
+	n := newNode(t, "10.0.1.0/29")
+	if err := n.agent.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var svcs []*datapathv1alpha1.Service
+	for _, addr := range []string{"10.96.0.12", "2001:db8::1", "10.96.0.2", "10.96.0.10"} {
+		svcs = append(svcs, &datapathv1alpha1.Service{
+			Frontend: &datapathv1alpha1.Frontend{Address: addr, Port: 80, Protocol: commonv1alpha1.Protocol_PROTOCOL_TCP},
+			Type:     datapathv1alpha1.ServiceType_SERVICE_TYPE_CLUSTER_IP, ServiceNamespace: "default", ServiceName: "web",
+		})
+	}
+	resp, err := n.client.UpsertServices(t.Context(), &datapathv1alpha1.UpsertServicesRequest{Services: svcs})
+	if err != nil || resp.GetChanged() != int32(len(svcs)) {
+		t.Fatalf("UpsertServices = %v, %v", resp, err)
+	}
+	var got []string
+	req := &datapathv1alpha1.ListServicesRequest{PageSize: 1, ServiceNamespace: "default"}
+	for pages := 0; ; pages++ {
+		page, err := n.client.ListServices(t.Context(), req)
+		if err != nil || pages > len(svcs) {
+			t.Fatalf("ListServices = %v (page %d)", err, pages)
+		}
+		for _, s := range page.GetServices() {
+			got = append(got, s.GetFrontend().GetAddress())
+		}
+		if page.GetNextPageToken() == "" {
+			break
+		}
+		req.PageToken = page.GetNextPageToken()
+	}
+	if want := []string{"10.96.0.2", "10.96.0.10", "10.96.0.12", "2001:db8::1"}; !slices.Equal(got, want) {
+		t.Errorf("paged through %v, want %v", got, want)
 	}
 }
