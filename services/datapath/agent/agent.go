@@ -235,11 +235,17 @@ func (a *Agent) Remotes() *remote.Manager { return a.remotes }
 // Services is the node's service load balancer.
 func (a *Agent) Services() *lb.Manager { return a.services }
 
-// Start registers the node with IPAM, learns its router IPs, sets up its
-// devices and the datapath, restores the services from the maps, and
+// Start restores the services from the maps, registers the node with
+// IPAM, learns its router IPs, sets up its devices and the datapath, and
 // reconciles the recorded endpoints and remote nodes; then it replays the
 // DELs queued while the agent was down.
 func (a *Agent) Start(ctx context.Context) error {
+	// First, and without IPAM: until then service calls are UNAVAILABLE;
+	// then a client's resync finds the restored revisions, and services
+	// can be programmed while the rest of the node waits for IPAM.
+	if err := a.services.Restore(ctx); err != nil {
+		return fmt.Errorf("restore services: %w", err)
+	}
 	if err := a.registerNode(ctx); err != nil {
 		return err
 	}
@@ -266,11 +272,6 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	if err := a.setupDatapath(); err != nil {
 		return err
-	}
-	// Before any service call is answered: until then they are
-	// UNAVAILABLE, and a client's resync finds the restored revisions.
-	if err := a.services.Restore(ctx); err != nil {
-		return fmt.Errorf("restore services: %w", err)
 	}
 	if a.masq != nil {
 		if err := a.masq.Sync(ctx); err != nil {

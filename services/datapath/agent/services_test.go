@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/axon-cni/axon/bpf/testpoll"
@@ -21,9 +23,9 @@ import (
 )
 
 // TestStartRestoresServices checks that a restarted agent answers service
-// calls only once Start has read the services back from the maps, and
-// then lists what the previous agent programmed; a failing read fails
-// Start, leaving the node not ready.
+// calls only once Start has read the services back from the maps (first,
+// so IPAM being down does not hold them), and then lists what the previous
+// agent programmed; a failing read fails Start, leaving the node not ready.
 func TestStartRestoresServices(t *testing.T) {
 	w := newWorld(t, nodedev.ModeTunnel, block4)
 	first := w.agent(t)
@@ -48,6 +50,14 @@ func TestStartRestoresServices(t *testing.T) {
 	second := w.agent(t)
 	if _, _, err := second.Services().List(lb.Query{Limit: 10}); !errors.Is(err, lb.ErrNotReady) {
 		t.Errorf("List before Start = %v, want ErrNotReady", err)
+	}
+	// IPAM down: the node is not set up, but its services are restored.
+	w.ipam.FailNext("GetNode", 1, status.Error(codes.Unavailable, "ipam down"))
+	if err := second.Start(t.Context()); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Start with IPAM down = %v, want its Unavailable", err)
+	}
+	if got, _, err := second.Services().List(lb.Query{Limit: 10}); err != nil || len(got) != 1 {
+		t.Errorf("services with IPAM down: %v, %v; want the restored one", got, err)
 	}
 	if err := second.Start(t.Context()); err != nil {
 		t.Fatal(err)

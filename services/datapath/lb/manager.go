@@ -88,10 +88,16 @@ type Result struct {
 // Restore reads the frontend entries back from the maps and takes them
 // as the node's services, with their IDs, revisions and update times.
 // Entries of another writer (HostPort) are left alone, their IDs never
-// reused. Until it succeeds every other call fails
-// with ErrNotReady.
+// reused. Until it succeeds every other call fails with ErrNotReady; once
+// it has, it does nothing (the Manager's view is the maps' from then on).
 func (m *Manager) Restore(ctx context.Context) error {
 	if m.maps == nil {
+		return nil
+	}
+	m.mu.Lock()
+	restored := m.restored
+	m.mu.Unlock()
+	if restored {
 		return nil
 	}
 	entries, err := m.maps.Services()
