@@ -150,7 +150,8 @@ func (m *Manager) ready() error {
 }
 
 // Upsert creates or replaces one service; expectedRev, when set, must be
-// the stored entry's revision. It returns the stored entry.
+// the stored entry's revision, unless the stored entry already has the
+// content given (a retry). It returns the stored entry.
 func (m *Manager) Upsert(ctx context.Context, in *datapathv1alpha1.Service, expectedRev string) (*datapathv1alpha1.Service, error) {
 	fe, svc, ferr := normalize(in)
 	if ferr != nil {
@@ -161,8 +162,11 @@ func (m *Manager) Upsert(ctx context.Context, in *datapathv1alpha1.Service, expe
 	if err := m.ready(); err != nil {
 		return nil, err
 	}
-	if err := m.checkRevision(fe, expectedRev); err != nil {
-		return nil, err
+	// A retry of an upsert that was applied finds its own content there.
+	if r := m.services[fe]; r == nil || r.rev != revisionOf(svc) {
+		if err := m.checkRevision(fe, expectedRev); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := m.apply(ctx, batch{services: []entry{{fe: fe, svc: svc}}}); err != nil {
 		return nil, err
@@ -187,7 +191,7 @@ func (m *Manager) Apply(ctx context.Context, services []*datapathv1alpha1.Servic
 }
 
 // Delete removes a frontend and returns its entry as it was; nil for an
-// unknown one.
+// unknown one, whatever expectedRev says.
 func (m *Manager) Delete(ctx context.Context, in *datapathv1alpha1.Frontend, expectedRev string) (*datapathv1alpha1.Service, error) {
 	fe, ferr := parseFrontend(in)
 	if ferr != nil {
@@ -198,12 +202,12 @@ func (m *Manager) Delete(ctx context.Context, in *datapathv1alpha1.Frontend, exp
 	if err := m.ready(); err != nil {
 		return nil, err
 	}
-	if err := m.checkRevision(fe, expectedRev); err != nil {
-		return nil, err
-	}
 	old := m.services[fe]
 	if old == nil {
-		return nil, nil
+		return nil, nil // also with a revision: a retry of a delete that was applied
+	}
+	if err := m.checkRevision(fe, expectedRev); err != nil {
+		return nil, err
 	}
 	if _, err := m.apply(ctx, batch{deletes: []frontend{fe}}); err != nil {
 		return nil, err

@@ -90,6 +90,13 @@ func TestExpectedRevision(t *testing.T) {
 	if _, err := m.Upsert(ctx, svc, stored.GetRevision()); err != nil {
 		t.Errorf("Upsert with the stored revision = %v", err)
 	}
+	// Retries of calls that were applied succeed.
+	if _, err := m.Upsert(ctx, svc, stored.GetRevision()); err != nil {
+		t.Errorf("retry of an upsert with a revision = %v", err)
+	}
+	if _, err := m.Delete(ctx, service("10.96.9.9", 80, tcp, clusterIP).GetFrontend(), "0123456789abcdef"); err != nil {
+		t.Errorf("Delete of an unknown frontend with a revision = %v", err)
+	}
 	if got := listAll(t, m); len(got) != 1 || len(got[0].GetBackends()) != 0 {
 		t.Errorf("listed %v", got)
 	}

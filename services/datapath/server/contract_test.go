@@ -263,7 +263,10 @@ func TestServiceContractCodes(t *testing.T) {
 			n.bpf.SetServiceCapacity(1)
 			return upsert(n, svc("10.96.0.20", 80), "")
 		}, want: codes.ResourceExhausted},
-		{name: "Upsert/StaleRevision", call: func(_ *testing.T, n *node) error { return upsert(n, a, "0000000000000000") }, want: codes.Aborted},
+		{name: "Upsert/StaleRevision", call: func(_ *testing.T, n *node) error {
+			return upsert(n, svc("10.96.0.10", 80, "10.0.1.7"), "0000000000000000")
+		}, want: codes.Aborted},
+		{name: "Upsert/RetryWithRevision", call: func(_ *testing.T, n *node) error { return upsert(n, a, "0000000000000000") }, want: codes.OK},
 		{name: "Upsert/OK", call: func(_ *testing.T, n *node) error { return upsert(n, svc("10.96.0.20", 80), "") }, want: codes.OK, changes: true},
 		{name: "Upsert/NotReady", notStarted: true, call: func(_ *testing.T, n *node) error { return upsert(n, a, "") }, want: codes.Unavailable},
 
@@ -296,6 +299,9 @@ func TestServiceContractCodes(t *testing.T) {
 		{name: "Delete/StaleRevision", call: func(_ *testing.T, n *node) error { return del(n, a.GetFrontend(), "0000000000000000") }, want: codes.Aborted},
 		{name: "Delete/Unknown", call: func(_ *testing.T, n *node) error {
 			return del(n, &datapathv1alpha1.Frontend{Address: "10.96.0.10", Port: 80, Protocol: udp}, "")
+		}, want: codes.OK},
+		{name: "Delete/UnknownWithRevision", call: func(_ *testing.T, n *node) error {
+			return del(n, &datapathv1alpha1.Frontend{Address: "10.96.0.10", Port: 80, Protocol: udp}, "0000000000000000")
 		}, want: codes.OK},
 		{name: "Delete/OK", call: func(_ *testing.T, n *node) error { return del(n, a.GetFrontend(), "") }, want: codes.OK, changes: true},
 

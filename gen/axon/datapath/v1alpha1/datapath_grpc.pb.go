@@ -177,7 +177,8 @@ type DatapathServiceClient interface {
 	// (loadbalancer.proto) gives, the message naming the frontend and the
 	// field; RESOURCE_EXHAUSTED if the service or backend maps are full
 	// (nothing changed); ABORTED if expected_revision is set and differs (an
-	// unknown frontend has no revision); UNAVAILABLE while the datapath is
+	// unknown frontend has no revision), unless the stored entry already has
+	// the content given (a retry of the call); UNAVAILABLE while the datapath is
 	// starting (services not yet read back from the maps); FAILED_PRECONDITION
 	// if this datapath has no service load balancing.
 	UpsertService(ctx context.Context, in *UpsertServiceRequest, opts ...grpc.CallOption) (*UpsertServiceResponse, error)
@@ -196,9 +197,10 @@ type DatapathServiceClient interface {
 	// result (nothing applied; a map write that fails halfway is rolled back);
 	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService.
 	UpsertServices(ctx context.Context, in *UpsertServicesRequest, opts ...grpc.CallOption) (*UpsertServicesResponse, error)
-	// DeleteService removes a frontend. Deleting an unknown frontend succeeds.
+	// DeleteService removes a frontend. Deleting an unknown frontend succeeds,
+	// with or without expected_revision (a retry of the call).
 	// Errors: INVALID_ARGUMENT for a malformed frontend; ABORTED if
-	// expected_revision is set and differs; UNAVAILABLE and
+	// expected_revision is set and differs from a stored entry's; UNAVAILABLE and
 	// FAILED_PRECONDITION as for UpsertService.
 	DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error)
 	// ListServices lists frontends in (address, port, protocol) order, IPv4
@@ -618,7 +620,8 @@ type DatapathServiceServer interface {
 	// (loadbalancer.proto) gives, the message naming the frontend and the
 	// field; RESOURCE_EXHAUSTED if the service or backend maps are full
 	// (nothing changed); ABORTED if expected_revision is set and differs (an
-	// unknown frontend has no revision); UNAVAILABLE while the datapath is
+	// unknown frontend has no revision), unless the stored entry already has
+	// the content given (a retry of the call); UNAVAILABLE while the datapath is
 	// starting (services not yet read back from the maps); FAILED_PRECONDITION
 	// if this datapath has no service load balancing.
 	UpsertService(context.Context, *UpsertServiceRequest) (*UpsertServiceResponse, error)
@@ -637,9 +640,10 @@ type DatapathServiceServer interface {
 	// result (nothing applied; a map write that fails halfway is rolled back);
 	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService.
 	UpsertServices(context.Context, *UpsertServicesRequest) (*UpsertServicesResponse, error)
-	// DeleteService removes a frontend. Deleting an unknown frontend succeeds.
+	// DeleteService removes a frontend. Deleting an unknown frontend succeeds,
+	// with or without expected_revision (a retry of the call).
 	// Errors: INVALID_ARGUMENT for a malformed frontend; ABORTED if
-	// expected_revision is set and differs; UNAVAILABLE and
+	// expected_revision is set and differs from a stored entry's; UNAVAILABLE and
 	// FAILED_PRECONDITION as for UpsertService.
 	DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error)
 	// ListServices lists frontends in (address, port, protocol) order, IPv4
