@@ -37,6 +37,7 @@ func main() {
 		HealthInterval:     5 * time.Second,
 		MasqueradeInterval: 10 * time.Second,
 		VanishedInterval:   30 * time.Second,
+		FlowGCInterval:     30 * time.Second,
 	}
 	mapSizes := bpfdp.LoadOptions{EndpointMapMax: bpfdp.DefaultEndpointMapMax, RemoteMapMax: bpfdp.DefaultRemoteMapMax}
 	os.Exit(daemon.Main(daemon.Spec{
@@ -61,6 +62,7 @@ func main() {
 			fs.BoolVar(&opts.Agent.Masquerade, "masquerade", opts.Agent.Masquerade, "masquerade pod traffic leaving the pod CIDRs to the node's address (nftables)")
 			fs.DurationVar(&opts.HealthInterval, "health-probe-interval", opts.HealthInterval, "how often peers' health endpoints are probed")
 			fs.DurationVar(&opts.VanishedInterval, "endpoint-reconcile-interval", opts.VanishedInterval, "how often endpoints whose veth vanished are looked for (link deletions are acted on at once)")
+			fs.DurationVar(&opts.FlowGCInterval, "flow-gc-interval", opts.FlowGCInterval, "how often the connection tracker's idle service flows are removed")
 			fs.DurationVar(&opts.GCMinAge, "gc-min-age", opts.GCMinAge, "endpoints younger than this survive a CNI GC")
 			fs.DurationVar(&opts.MasqueradeInterval, "masquerade-sync-interval", opts.MasqueradeInterval, "how often the masquerade rules are brought in line with IPAM's pools")
 			fs.StringVar(&opts.Agent.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")

@@ -49,7 +49,7 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&ep.policy, "policy", "127.0.0.1:9404", "gRPC target of axon-policy; empty: not checked")
 	f.StringVar(&ep.operator, "operator", "127.0.0.1:9405", "gRPC target of axon-operator; empty: not checked")
 	f.DurationVar(&ep.timeout, "timeout", 3*time.Second, "per-call timeout")
-	root.AddCommand(newStatusCmd(&ep))
+	root.AddCommand(newStatusCmd(&ep), newServiceCmd(&ep))
 	return root
 }
 

@@ -25,6 +25,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/endpoint"
 	"github.com/axon-cni/axon/services/datapath/health"
 	"github.com/axon-cni/axon/services/datapath/internal/periodic"
+	"github.com/axon-cni/axon/services/datapath/lb"
 	"github.com/axon-cni/axon/services/datapath/masquerade"
 	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/datapath/nodedev"
@@ -94,6 +95,10 @@ type Deps struct {
 	Namespaces nl.Namespaces
 	// Datapath is the eBPF side; nil runs without it (native mode only).
 	Datapath bpfmaps.Datapath
+	// LB is the service load balancer's side of the maps; nil runs
+	// without service load balancing (its RPCs fail with
+	// FAILED_PRECONDITION).
+	LB bpfmaps.LBMaps
 	// IPAM is the IPAM service.
 	IPAM ipamv1alpha1.IPAMServiceClient
 	// Masquerade installs the masquerading rules (masquerade.NFTables).
@@ -115,6 +120,7 @@ type Agent struct {
 	prober    *health.Prober
 	healthEP  *health.Endpoint
 	masq      *masquerade.Syncer
+	services  *lb.Manager
 
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
@@ -191,6 +197,7 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 	a.remotes = remote.New(remote.Config{
 		NodeName: cfg.NodeName, Mode: cfg.RoutingMode, TunnelProtocol: cfg.TunnelProtocol, MTU: cfg.MTU, StateDir: cfg.StateDir,
 	}, deps.IPAM, h, deps.Datapath, a.prober, a.Ready, log)
+	a.services = lb.New(lb.Config{NodeName: cfg.NodeName, ServiceMap: lb.ServiceMap}, deps.LB, log)
 	a.healthEP = health.NewEndpoint(cfg.NodeName, cfg.StateDir, deps.Namespaces, h, a.endpoints)
 	if cfg.Masquerade {
 		a.masq = masquerade.NewSyncer(deps.IPAM, deps.Masquerade, nodedev.TunnelDevice(cfg.TunnelProtocol), log)
@@ -225,12 +232,21 @@ func (a *Agent) Endpoints() *endpoint.Manager { return a.endpoints }
 // Remotes is the node's view of other nodes.
 func (a *Agent) Remotes() *remote.Manager { return a.remotes }
 
-// Start registers the node with IPAM, learns its router IPs, sets up its
-// devices and the datapath, reconciles the recorded endpoints and remote
-// nodes, and has IPAM release the node's allocations of no endpoint (a
-// crash during an ADD); then it replays the DELs queued while the agent was
-// down.
+// Services is the node's service load balancer.
+func (a *Agent) Services() *lb.Manager { return a.services }
+
+// Start restores the services from the maps, registers the node with
+// IPAM, learns its router IPs, sets up its devices and the datapath,
+// reconciles the recorded endpoints and remote nodes, and has IPAM release
+// the node's allocations of no endpoint (a crash during an ADD); then it
+// replays the DELs queued while the agent was down.
 func (a *Agent) Start(ctx context.Context) error {
+	// First, and without IPAM: until then service calls are UNAVAILABLE;
+	// then a client's resync finds the restored revisions, and services
+	// can be programmed while the rest of the node waits for IPAM.
+	if err := a.services.Restore(ctx); err != nil {
+		return fmt.Errorf("restore services: %w", err)
+	}
 	if err := a.registerNode(ctx); err != nil {
 		return err
 	}
@@ -411,6 +427,12 @@ func (a *Agent) RunMasquerade(ctx context.Context, interval time.Duration) {
 	if a.masq != nil {
 		a.masq.Run(ctx, interval)
 	}
+}
+
+// RunServiceFlowGC removes the connection tracker's idle flows every
+// interval until ctx ends; a no-op without service load balancing.
+func (a *Agent) RunServiceFlowGC(ctx context.Context, interval time.Duration) {
+	a.services.RunFlowGC(ctx, interval)
 }
 
 // RunRemoteWatch follows IPAM's blocks until ctx ends (see remote.Manager.Run).

@@ -134,7 +134,7 @@ func newWorld(t *testing.T, mode string, blocks ...netip.Prefix) *world {
 func (w *world) agent(t *testing.T) *agent.Agent {
 	t.Helper()
 	a, err := agent.New(w.cfg, agent.Deps{
-		Namespaces: w.nl, Datapath: w.bpf, IPAM: w.ipam, Masquerade: w.rules, Sysctl: w.sysctls.write,
+		Namespaces: w.nl, Datapath: w.bpf, LB: w.bpf, IPAM: w.ipam, Masquerade: w.rules, Sysctl: w.sysctls.write,
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("agent.New: %v", err)

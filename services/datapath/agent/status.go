@@ -52,6 +52,7 @@ func (a *Agent) NodeStatus() *datapathv1alpha1.NodeStatus {
 	if eps, err := a.endpoints.ListEndpoints(); err == nil {
 		st.EndpointCount = uint32(len(eps))
 	}
+	st.ServiceCount = uint32(a.services.Count())
 	st.Peers = a.prober.Peers()
 	st.RemoteNodeCount = uint32(len(st.Peers))
 	return st

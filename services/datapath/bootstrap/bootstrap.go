@@ -58,6 +58,9 @@ type Options struct {
 	// VanishedInterval is how often endpoints whose veth vanished are
 	// looked for; it must be positive.
 	VanishedInterval time.Duration
+	// FlowGCInterval is how often the connection tracker's idle flows are
+	// removed; it must be positive.
+	FlowGCInterval time.Duration
 }
 
 // Datapath is the node's eBPF side as the daemon holds it (a *loader.Loader).
@@ -117,6 +120,9 @@ func Run(ctx context.Context, h Host, opts Options, deps Deps) error {
 	a, err := agent.New(cfg, agent.Deps{
 		Namespaces: namespaces, Datapath: bpf, IPAM: ipam,
 		Masquerade: deps.Masquerade, Sysctl: deps.Sysctl,
+		// Services are unavailable until the loader implements
+		// bpfmaps.LBMaps: then this is bpf (and Datapath embeds it).
+		LB: nil,
 	}, h.Logger().With(daemon.LogKeySubsys, "agent"))
 	if err != nil {
 		// Not a usage error: the flags were fine, the node is not.
@@ -136,11 +142,13 @@ func Run(ctx context.Context, h Host, opts Options, deps Deps) error {
 		wg.Go(func() { a.RunHealth(bg, opts.HealthInterval) })
 		wg.Go(func() { a.RunMasquerade(bg, opts.MasqueradeInterval) })
 		wg.Go(func() { a.RunVanishedEndpoints(bg, opts.VanishedInterval) })
+		wg.Go(func() { a.RunServiceFlowGC(bg, opts.FlowGCInterval) })
 		a.RunRemoteWatch(bg)
 	})
 	wg.Go(func() { a.RunReleaseRetries(bg) })
-	datapathv1alpha1.RegisterDatapathServiceServer(h.GRPC(), server.New(a.Endpoints(), a.Remotes(), a, opts.GCMinAge))
+	datapathv1alpha1.RegisterDatapathServiceServer(h.GRPC(), server.New(a.Endpoints(), a.Remotes(), a.Services(), a, opts.GCMinAge))
 	server.RegisterMetrics(h.Registry(), bpf, a)
+	h.Registry().MustRegister(a.Services().Collector())
 	return nil
 }
 
@@ -163,6 +171,9 @@ func (opts Options) config() (agent.Config, error) {
 	}
 	if opts.VanishedInterval <= 0 {
 		return cfg, fmt.Errorf("--endpoint-reconcile-interval must be positive, got %s", opts.VanishedInterval)
+	}
+	if opts.FlowGCInterval <= 0 {
+		return cfg, fmt.Errorf("--flow-gc-interval must be positive, got %s", opts.FlowGCInterval)
 	}
 	if cfg.PinDir == "" {
 		cfg.PinDir = "/sys/fs/bpf/axon/" + cfg.NodeName

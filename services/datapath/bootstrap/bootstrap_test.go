@@ -197,6 +197,7 @@ func (n *node) options() bootstrap.Options {
 		HealthInterval:     5 * time.Millisecond,
 		MasqueradeInterval: 5 * time.Millisecond,
 		VanishedInterval:   5 * time.Millisecond,
+		FlowGCInterval:     5 * time.Millisecond,
 	}
 }
 
@@ -264,6 +265,7 @@ func TestRunErrors(t *testing.T) {
 		{name: "bad node IP", wantUsage: true, change: func(_ *testing.T, o *bootstrap.Options, _ *bootstrap.Deps) { o.NodeIPs = "192.0.2.10, nope" }},
 		{name: "bad routing mode", wantUsage: true, change: func(_ *testing.T, o *bootstrap.Options, _ *bootstrap.Deps) { o.Agent.RoutingMode = "carrier-pigeon" }},
 		{name: "zero reconcile interval", wantUsage: true, change: func(_ *testing.T, o *bootstrap.Options, _ *bootstrap.Deps) { o.VanishedInterval = 0 }},
+		{name: "zero flow GC interval", wantUsage: true, change: func(_ *testing.T, o *bootstrap.Options, _ *bootstrap.Deps) { o.FlowGCInterval = 0 }},
 		{name: "bad IPAM target", wantUsage: true, change: func(_ *testing.T, _ *bootstrap.Options, d *bootstrap.Deps) {
 			d.IPAM = func() (ipamv1alpha1.IPAMServiceClient, io.Closer, error) { return nil, nil, errDial }
 		}},

@@ -59,7 +59,7 @@ func newNode(t *testing.T, block string) *node {
 	}
 	n.agent, err = agent.New(agent.Config{
 		NodeName: "node-a", NodeIPs: []netip.Addr{netip.MustParseAddr("192.0.2.10")}, RoutingMode: nodedev.ModeTunnel, StateDir: t.TempDir(),
-	}, agent.Deps{Namespaces: n.nl, Datapath: bpf, IPAM: n.ipam, Sysctl: func(string, string) error { return nil }}, slog.New(slog.DiscardHandler))
+	}, agent.Deps{Namespaces: n.nl, Datapath: bpf, LB: bpf, IPAM: n.ipam, Sysctl: func(string, string) error { return nil }}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func newNode(t *testing.T, block string) *node {
 
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
-	datapathv1alpha1.RegisterDatapathServiceServer(srv, server.New(n.agent.Endpoints(), n.agent.Remotes(), n.agent, 0))
+	datapathv1alpha1.RegisterDatapathServiceServer(srv, server.New(n.agent.Endpoints(), n.agent.Remotes(), n.agent.Services(), n.agent, 0))
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient("passthrough:///bufnet",

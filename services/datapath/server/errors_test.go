@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/axon-cni/axon/services/datapath/endpoint"
+	"github.com/axon-cni/axon/services/datapath/lb"
 	"github.com/axon-cni/axon/services/datapath/remote"
 )
 
@@ -28,6 +29,11 @@ func TestToStatus(t *testing.T) {
 		{"invalid remote node", fmt.Errorf("%w: no name", remote.ErrInvalid), codes.InvalidArgument},
 		{"remote before set-up", fmt.Errorf("%w: setting up", remote.ErrNotReady), codes.Unavailable},
 		{"stale revision", fmt.Errorf("%w: at 3", remote.ErrConflict), codes.Aborted},
+		{"invalid service", fmt.Errorf("%w: services[3] (10.96.0.10:53/UDP): frontend.port: 0 is not in 1..65535", lb.ErrInvalid), codes.InvalidArgument},
+		{"stale service revision", fmt.Errorf("%w: at 00ff", lb.ErrConflict), codes.Aborted},
+		{"service map full", fmt.Errorf("%w: would need 5 entries", lb.ErrMapFull), codes.ResourceExhausted},
+		{"services not restored", fmt.Errorf("%w: starting", lb.ErrNotReady), codes.Unavailable},
+		{"no load balancer maps", lb.ErrUnavailable, codes.FailedPrecondition},
 		{"IPAM keeps its code", status.Error(codes.ResourceExhausted, "allocate addresses: IPAM: pool full"), codes.ResourceExhausted},
 		{"anything else", errors.New("disk full"), codes.Internal},
 	}

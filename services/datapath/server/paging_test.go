@@ -51,7 +51,7 @@ func TestListEndpointsPagesFitTheMessageLimit(t *testing.T) {
 			Annotations: map[string]string{"example.com/blob": strings.Repeat("a", 1<<20)},
 		})
 	}
-	c := serve(t, New(listedEndpoints{eps: eps}, nil, nil, 0))
+	c := serve(t, New(listedEndpoints{eps: eps}, nil, nil, nil, 0))
 	var got []string
 	err := paging.All(func(token string) (string, error) {
 		resp, err := c.ListEndpoints(t.Context(), &datapathv1alpha1.ListEndpointsRequest{PageSize: 1000, PageToken: token})
@@ -104,7 +104,7 @@ func TestListRemoteNodesPages(t *testing.T) {
 		{name: "page of 1000, cut by size", nodes: big, size: 1000, pages: perPage(len(big), proto.Size(big[0]))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := serve(t, New(nil, listedRemotes{nodes: tc.nodes}, nil, 0))
+			c := serve(t, New(nil, listedRemotes{nodes: tc.nodes}, nil, nil, 0))
 			var got []string
 			pages := 0
 			err := paging.All(func(token string) (string, error) {
@@ -124,7 +124,7 @@ func TestListRemoteNodesPages(t *testing.T) {
 		})
 	}
 	t.Run("foreign token", func(t *testing.T) {
-		c := serve(t, New(nil, listedRemotes{nodes: small}, nil, 0))
+		c := serve(t, New(nil, listedRemotes{nodes: small}, nil, nil, 0))
 		for _, token := range []string{"garbage", paging.Token("datapath.ListEndpoints pod_namespace=\"\" pod_name=\"\"", "node-a")} {
 			_, err := c.ListRemoteNodes(t.Context(), &datapathv1alpha1.ListRemoteNodesRequest{PageToken: token})
 			if status.Code(err) != codes.InvalidArgument {

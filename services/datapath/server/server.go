@@ -1,6 +1,6 @@
 // Package server is the gRPC face of axon-datapath: the CNI shim's calls
-// (create, delete, check, GC, readiness) and node information, served by
-// the node agent.
+// (create, delete, check, GC, readiness), node information, remote nodes
+// and service load balancing, served by the node agent.
 package server
 
 import (
@@ -15,6 +15,7 @@ import (
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/endpoint"
+	"github.com/axon-cni/axon/services/datapath/lb"
 	"github.com/axon-cni/axon/services/datapath/remote"
 	"github.com/axon-cni/axon/services/internal/grpcerr"
 	"github.com/axon-cni/axon/services/internal/paging"
@@ -37,6 +38,14 @@ type RemoteNodes interface {
 	ListRemoteNodes() []*datapathv1alpha1.RemoteNode
 }
 
+// Services is the node's service load balancer (lb.Manager).
+type Services interface {
+	Upsert(ctx context.Context, svc *datapathv1alpha1.Service, expectedRev string) (*datapathv1alpha1.Service, error)
+	Apply(ctx context.Context, services []*datapathv1alpha1.Service, deletes []*datapathv1alpha1.Frontend, replaceAll bool) (lb.Result, error)
+	Delete(ctx context.Context, fe *datapathv1alpha1.Frontend, expectedRev string) (*datapathv1alpha1.Service, error)
+	List(q lb.Query) ([]*datapathv1alpha1.Service, string, error)
+}
+
 // Node reports the node's readiness, configuration and status (agent.Agent).
 type Node interface {
 	Readiness() (datapathv1alpha1.ReadinessState, []string)
@@ -49,6 +58,7 @@ type Server struct {
 	datapathv1alpha1.UnimplementedDatapathServiceServer
 	endpoints Endpoints
 	remotes   RemoteNodes
+	services  Services
 	node      Node
 	gcMinAge  time.Duration
 }
@@ -56,8 +66,8 @@ type Server struct {
 // New returns a Server; gcMinAge protects endpoints younger than it from a
 // GC whose caller did not say (an ADD racing the runtime's snapshot of live
 // pods).
-func New(endpoints Endpoints, remotes RemoteNodes, node Node, gcMinAge time.Duration) *Server {
-	return &Server{endpoints: endpoints, remotes: remotes, node: node, gcMinAge: gcMinAge}
+func New(endpoints Endpoints, remotes RemoteNodes, services Services, node Node, gcMinAge time.Duration) *Server {
+	return &Server{endpoints: endpoints, remotes: remotes, services: services, node: node, gcMinAge: gcMinAge}
 }
 
 // codeOf is the one table from the agent's errors to gRPC codes. An IPAM
@@ -74,6 +84,11 @@ var codeOf = grpcerr.Table{
 	{Err: remote.ErrInvalid, Code: codes.InvalidArgument},
 	{Err: remote.ErrNotReady, Code: codes.Unavailable},
 	{Err: remote.ErrConflict, Code: codes.Aborted},
+	{Err: lb.ErrInvalid, Code: codes.InvalidArgument},
+	{Err: lb.ErrConflict, Code: codes.Aborted},
+	{Err: lb.ErrMapFull, Code: codes.ResourceExhausted},
+	{Err: lb.ErrNotReady, Code: codes.Unavailable},
+	{Err: lb.ErrUnavailable, Code: codes.FailedPrecondition},
 }
 
 // toStatus maps an agent error to a gRPC status error.
@@ -243,4 +258,55 @@ func (s *Server) ListRemoteNodes(_ context.Context, req *datapathv1alpha1.ListRe
 		resp.Nodes = append(resp.Nodes, n)
 	}
 	return resp, nil
+}
+
+// UpsertService implements DatapathService.
+func (s *Server) UpsertService(ctx context.Context, req *datapathv1alpha1.UpsertServiceRequest) (*datapathv1alpha1.UpsertServiceResponse, error) {
+	svc, err := s.services.Upsert(ctx, req.GetService(), req.GetExpectedRevision())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &datapathv1alpha1.UpsertServiceResponse{Service: svc}, nil
+}
+
+// UpsertServices implements DatapathService.
+func (s *Server) UpsertServices(ctx context.Context, req *datapathv1alpha1.UpsertServicesRequest) (*datapathv1alpha1.UpsertServicesResponse, error) {
+	res, err := s.services.Apply(ctx, req.GetServices(), req.GetDeletes(), req.GetReplaceAll())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &datapathv1alpha1.UpsertServicesResponse{
+		Changed: int32(res.Changed), Unchanged: int32(res.Unchanged), Deleted: int32(res.Deleted),
+	}, nil
+}
+
+// DeleteService implements DatapathService.
+func (s *Server) DeleteService(ctx context.Context, req *datapathv1alpha1.DeleteServiceRequest) (*datapathv1alpha1.DeleteServiceResponse, error) {
+	svc, err := s.services.Delete(ctx, req.GetFrontend(), req.GetExpectedRevision())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &datapathv1alpha1.DeleteServiceResponse{Service: svc}, nil
+}
+
+// ListServices implements DatapathService.
+func (s *Server) ListServices(_ context.Context, req *datapathv1alpha1.ListServicesRequest) (*datapathv1alpha1.ListServicesResponse, error) {
+	list := serviceList(req)
+	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err // a status already
+	}
+	svcs, next, err := s.services.List(lb.Query{
+		Namespace: req.GetServiceNamespace(), Name: req.GetServiceName(), Type: req.GetType(), After: after, Limit: limit,
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &datapathv1alpha1.ListServicesResponse{Services: svcs, NextPageToken: paging.Token(list, next)}, nil
+}
+
+// serviceList names the listing req asks for, filters included, so that a
+// page token serves only the listing that returned it.
+func serviceList(req *datapathv1alpha1.ListServicesRequest) string {
+	return fmt.Sprintf("datapath.ListServices service_namespace=%q service_name=%q type=%d", req.GetServiceNamespace(), req.GetServiceName(), req.GetType())
 }

@@ -83,7 +83,7 @@ func TestListEndpointsForeignToken(t *testing.T) {
 			Attachment: &datapathv1alpha1.Attachment{ContainerId: id, InterfaceName: "eth0"}, PodNamespace: "default", PodName: id,
 		})
 	}
-	s := New(listedEndpoints{eps: eps}, nil, nil, 0)
+	s := New(listedEndpoints{eps: eps}, nil, nil, nil, 0)
 	ctx := t.Context()
 	first, err := s.ListEndpoints(ctx, &datapathv1alpha1.ListEndpointsRequest{PodNamespace: "default", PageSize: 1})
 	if err != nil || first.GetNextPageToken() == "" {

@@ -170,11 +170,19 @@ type DatapathServiceClient interface {
 	// backends (the operator writes one per Service port, family and frontend
 	// address from Services and EndpointSlices). The frontend is the key; a
 	// retry with the same content returns the same entry and revision.
-	// Existing connections to removed backends are not broken until they end.
+	// Existing TCP and SCTP connections to removed backends are not broken
+	// until they end; UDP flows to a removed backend are cleared, so a
+	// connected UDP socket moves on to another backend.
 	// Errors: INVALID_ARGUMENT for a malformed address, port 0 or above 65535,
-	// a protocol other than TCP/UDP/SCTP, a backend of another family, or an
-	// unspecified type; RESOURCE_EXHAUSTED if the service or backend maps are
-	// full; ABORTED if expected_revision is set and differs.
+	// a protocol other than TCP/UDP/SCTP, a backend of another family, an
+	// unspecified type, or any other field out of the bounds its comment
+	// (loadbalancer.proto) gives, the message naming the frontend and the
+	// field; RESOURCE_EXHAUSTED if the service or backend maps are full
+	// (nothing changed); ABORTED if expected_revision is set and differs (an
+	// unknown frontend has no revision), unless the stored entry already has
+	// the content given (a retry of the call); UNAVAILABLE while the datapath is
+	// starting (services not yet read back from the maps); FAILED_PRECONDITION
+	// if this datapath has no service load balancing.
 	UpsertService(ctx context.Context, in *UpsertServiceRequest, opts ...grpc.CallOption) (*UpsertServiceResponse, error)
 	// UpsertServices programs many frontends in one call: the way to program
 	// a node (thousands of services per call), and with replace_all the full
@@ -186,15 +194,24 @@ type DatapathServiceClient interface {
 	// frontends of the batch are switched one after the other (a packet may
 	// see some of them updated and others not yet).
 	// Errors: INVALID_ARGUMENT as for UpsertService, or a frontend given
-	// twice in one batch (in services or in both services and deletes);
-	// RESOURCE_EXHAUSTED if the maps cannot hold the result (nothing applied).
+	// twice in one batch (in services or in both services and deletes), or
+	// deletes with replace_all; RESOURCE_EXHAUSTED if the maps cannot hold the
+	// result (nothing applied; a map write that fails halfway is rolled back);
+	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService.
 	UpsertServices(ctx context.Context, in *UpsertServicesRequest, opts ...grpc.CallOption) (*UpsertServicesResponse, error)
-	// DeleteService removes a frontend. Deleting an unknown frontend succeeds.
+	// DeleteService removes a frontend. Deleting an unknown frontend succeeds,
+	// with or without expected_revision (a retry of the call).
 	// Errors: INVALID_ARGUMENT for a malformed frontend; ABORTED if
-	// expected_revision is set and differs.
+	// expected_revision is set and differs from a stored entry's; UNAVAILABLE and
+	// FAILED_PRECONDITION as for UpsertService.
 	DeleteService(ctx context.Context, in *DeleteServiceRequest, opts ...grpc.CallOption) (*DeleteServiceResponse, error)
-	// ListServices lists frontends in (address, port, protocol) order,
-	// optionally of one Kubernetes Service or type.
+	// ListServices lists frontends in (address, port, protocol) order, IPv4
+	// before IPv6, optionally of one Kubernetes Service or type. A page ends
+	// early, before 3 MiB, when its services are large (thousands of
+	// backends): next_page_token says more follow.
+	// Errors: INVALID_ARGUMENT for a bad page token or service_name without
+	// service_namespace; UNAVAILABLE and FAILED_PRECONDITION as for
+	// UpsertService.
 	ListServices(ctx context.Context, in *ListServicesRequest, opts ...grpc.CallOption) (*ListServicesResponse, error)
 	// SetEndpointPolicy replaces the whole compiled policy of one endpoint
 	// (its identity, default-deny flags and entries) in one atomic map update:
@@ -598,11 +615,19 @@ type DatapathServiceServer interface {
 	// backends (the operator writes one per Service port, family and frontend
 	// address from Services and EndpointSlices). The frontend is the key; a
 	// retry with the same content returns the same entry and revision.
-	// Existing connections to removed backends are not broken until they end.
+	// Existing TCP and SCTP connections to removed backends are not broken
+	// until they end; UDP flows to a removed backend are cleared, so a
+	// connected UDP socket moves on to another backend.
 	// Errors: INVALID_ARGUMENT for a malformed address, port 0 or above 65535,
-	// a protocol other than TCP/UDP/SCTP, a backend of another family, or an
-	// unspecified type; RESOURCE_EXHAUSTED if the service or backend maps are
-	// full; ABORTED if expected_revision is set and differs.
+	// a protocol other than TCP/UDP/SCTP, a backend of another family, an
+	// unspecified type, or any other field out of the bounds its comment
+	// (loadbalancer.proto) gives, the message naming the frontend and the
+	// field; RESOURCE_EXHAUSTED if the service or backend maps are full
+	// (nothing changed); ABORTED if expected_revision is set and differs (an
+	// unknown frontend has no revision), unless the stored entry already has
+	// the content given (a retry of the call); UNAVAILABLE while the datapath is
+	// starting (services not yet read back from the maps); FAILED_PRECONDITION
+	// if this datapath has no service load balancing.
 	UpsertService(context.Context, *UpsertServiceRequest) (*UpsertServiceResponse, error)
 	// UpsertServices programs many frontends in one call: the way to program
 	// a node (thousands of services per call), and with replace_all the full
@@ -614,15 +639,24 @@ type DatapathServiceServer interface {
 	// frontends of the batch are switched one after the other (a packet may
 	// see some of them updated and others not yet).
 	// Errors: INVALID_ARGUMENT as for UpsertService, or a frontend given
-	// twice in one batch (in services or in both services and deletes);
-	// RESOURCE_EXHAUSTED if the maps cannot hold the result (nothing applied).
+	// twice in one batch (in services or in both services and deletes), or
+	// deletes with replace_all; RESOURCE_EXHAUSTED if the maps cannot hold the
+	// result (nothing applied; a map write that fails halfway is rolled back);
+	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService.
 	UpsertServices(context.Context, *UpsertServicesRequest) (*UpsertServicesResponse, error)
-	// DeleteService removes a frontend. Deleting an unknown frontend succeeds.
+	// DeleteService removes a frontend. Deleting an unknown frontend succeeds,
+	// with or without expected_revision (a retry of the call).
 	// Errors: INVALID_ARGUMENT for a malformed frontend; ABORTED if
-	// expected_revision is set and differs.
+	// expected_revision is set and differs from a stored entry's; UNAVAILABLE and
+	// FAILED_PRECONDITION as for UpsertService.
 	DeleteService(context.Context, *DeleteServiceRequest) (*DeleteServiceResponse, error)
-	// ListServices lists frontends in (address, port, protocol) order,
-	// optionally of one Kubernetes Service or type.
+	// ListServices lists frontends in (address, port, protocol) order, IPv4
+	// before IPv6, optionally of one Kubernetes Service or type. A page ends
+	// early, before 3 MiB, when its services are large (thousands of
+	// backends): next_page_token says more follow.
+	// Errors: INVALID_ARGUMENT for a bad page token or service_name without
+	// service_namespace; UNAVAILABLE and FAILED_PRECONDITION as for
+	// UpsertService.
 	ListServices(context.Context, *ListServicesRequest) (*ListServicesResponse, error)
 	// SetEndpointPolicy replaces the whole compiled policy of one endpoint
 	// (its identity, default-deny flags and entries) in one atomic map update:

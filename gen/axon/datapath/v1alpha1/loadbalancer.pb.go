@@ -260,7 +260,9 @@ func (BackendState) EnumDescriptor() ([]byte, []int) {
 type Frontend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The virtual IP, e.g. "10.96.0.10"; for NODE_PORT a node IP or "0.0.0.0" /
-	// "::" for every node address of the family.
+	// "::" for every node address of the family (only NODE_PORT may use those).
+	// A unicast address: not multicast, loopback, link-local or broadcast, no
+	// zone; an IPv4-mapped IPv6 address is taken as its IPv4 address.
 	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// The port, e.g. 53 or a node port such as 30080. 1..65535.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
@@ -324,19 +326,28 @@ func (x *Frontend) GetProtocol() v1alpha1.Protocol {
 // Backend is one destination of a service frontend.
 type Backend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Backend IP, of the frontend's family, e.g. "10.0.2.17".
+	// Backend IP, of the frontend's family, e.g. "10.0.2.17". A unicast
+	// address: not unspecified, multicast, loopback, link-local or broadcast.
 	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// Backend port (the Service's targetPort resolved), e.g. 8080. 1..65535.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	// Relative weight for new connections; 0 means 1. A backend with weight 2
-	// gets twice the share of a backend with weight 1.
+	// Relative weight for new connections; 0 means 1, at most 65535. A backend
+	// with weight 2 gets twice the share of a backend with weight 1. The
+	// datapath expands weights into slots (divided by their greatest common
+	// divisor); a frontend whose weights of one state add up to more than
+	// 65535 slots has them scaled down, each backend keeping at least one.
 	Weight uint32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
 	// ACTIVE or TERMINATING.
 	State BackendState `protobuf:"varint,4,opt,name=state,proto3,enum=axon.datapath.v1alpha1.BackendState" json:"state,omitempty"`
 	// The node the backend runs on, if known; required for TRAFFIC_POLICY_LOCAL
-	// to count it as local.
+	// to count it as local. A DNS subdomain of at most 253 characters.
+	// The datapath keeps only whether it is this node: after a restart of the
+	// datapath, ListServices shows this node's name for local backends and
+	// none for others until the entry is upserted again.
 	NodeName string `protobuf:"bytes,5,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
-	// Topology zone of the backend (EndpointSlice zone), informational.
+	// Topology zone of the backend (EndpointSlice zone), informational: at
+	// most 63 characters of a Kubernetes label value. Like node_name, not
+	// kept across a restart of the datapath until the next upsert.
 	Zone          string `protobuf:"bytes,6,opt,name=zone,proto3" json:"zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -424,8 +435,12 @@ type Service struct {
 	Frontend *Frontend `protobuf:"bytes,1,opt,name=frontend,proto3" json:"frontend,omitempty"`
 	// Kind of frontend.
 	Type ServiceType `protobuf:"varint,2,opt,name=type,proto3,enum=axon.datapath.v1alpha1.ServiceType" json:"type,omitempty"`
-	// The backends, in any order. Empty: new connections to the frontend are
-	// dropped with NO_SERVICE_BACKEND.
+	// The backends, in any order (ListServices returns them by address and
+	// port), each address and port at most once, at most 4096. Empty: new
+	// connections to the frontend are dropped with NO_SERVICE_BACKEND.
+	// Backends of other nodes of a CLUSTER_IP frontend with a LOCAL policy are
+	// not in the datapath: after its restart they are listed again once the
+	// entry is upserted again.
 	Backends []*Backend `protobuf:"bytes,3,rep,name=backends,proto3" json:"backends,omitempty"`
 	// CLUSTER or LOCAL: externalTrafficPolicy for NODE_PORT, LOAD_BALANCER and
 	// EXTERNAL_IP frontends, internalTrafficPolicy for CLUSTER_IP.
@@ -434,23 +449,38 @@ type Service struct {
 	SessionAffinity SessionAffinity `protobuf:"varint,5,opt,name=session_affinity,json=sessionAffinity,proto3,enum=axon.datapath.v1alpha1.SessionAffinity" json:"session_affinity,omitempty"`
 	// How long a client stays on its backend since its last packet with
 	// CLIENT_IP affinity; unset means 10800 s (the Kubernetes default).
+	// 1 s..86400 s; only with CLIENT_IP.
 	AffinityTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=affinity_timeout,json=affinityTimeout,proto3" json:"affinity_timeout,omitempty"`
-	// For LOAD_BALANCER frontends, the client prefixes allowed
+	// For LOAD_BALANCER frontends only, the client prefixes allowed
 	// (spec.loadBalancerSourceRanges), e.g. ["203.0.113.0/24"]; empty allows
-	// all.
+	// all. At most 16, of the frontend's family (a client of this frontend is
+	// never of the other); ListServices returns them masked, sorted and
+	// without duplicates.
 	SourceRanges []string `protobuf:"bytes,7,rep,name=source_ranges,json=sourceRanges,proto3" json:"source_ranges,omitempty"`
 	// Namespace of the Kubernetes Service, for display and filtering; empty
-	// outside Kubernetes.
+	// outside Kubernetes. A DNS label: lowercase letters, digits and "-", at
+	// most 63 characters.
 	ServiceNamespace string `protobuf:"bytes,8,opt,name=service_namespace,json=serviceNamespace,proto3" json:"service_namespace,omitempty"`
-	// Name of the Kubernetes Service, for display and filtering.
+	// Name of the Kubernetes Service, for display and filtering. A DNS label
+	// of at most 63 characters.
 	ServiceName string `protobuf:"bytes,9,opt,name=service_name,json=serviceName,proto3" json:"service_name,omitempty"`
-	// Name of the Service port this frontend comes from, e.g. "http".
+	// Name of the Service port this frontend comes from, e.g. "http": at most
+	// 15 lowercase letters, digits and "-".
 	PortName string `protobuf:"bytes,10,opt,name=port_name,json=portName,proto3" json:"port_name,omitempty"`
 	// Opaque version of the stored entry, changed by every upsert that changes
-	// it. Output only.
+	// it: a hash of the entry's content, so the same content always has the
+	// same revision (also after a restart of the datapath). Output only.
 	Revision string `protobuf:"bytes,11,opt,name=revision,proto3" json:"revision,omitempty"`
 	// When the entry last changed. Output only.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The frontend's ID on this node, as the datapath's counters and
+	// connection tracker name it (the entry of clients outside the cluster,
+	// or of every client). Not the same on other nodes. Output only.
+	Id uint32 `protobuf:"varint,13,opt,name=id,proto3" json:"id,omitempty"`
+	// The ID of the frontend's entry for clients inside the cluster, which a
+	// NODE_PORT, LOAD_BALANCER or EXTERNAL_IP frontend with a LOCAL policy has
+	// (they use every backend); 0 for other frontends. Output only.
+	InternalId    uint32 `protobuf:"varint,14,opt,name=internal_id,json=internalId,proto3" json:"internal_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -569,6 +599,20 @@ func (x *Service) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Service) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Service) GetInternalId() uint32 {
+	if x != nil {
+		return x.InternalId
+	}
+	return 0
+}
+
 var File_axon_datapath_v1alpha1_loadbalancer_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_loadbalancer_proto_rawDesc = "" +
@@ -584,7 +628,7 @@ const file_axon_datapath_v1alpha1_loadbalancer_proto_rawDesc = "" +
 	"\x06weight\x18\x03 \x01(\rR\x06weight\x12:\n" +
 	"\x05state\x18\x04 \x01(\x0e2$.axon.datapath.v1alpha1.BackendStateR\x05state\x12\x1b\n" +
 	"\tnode_name\x18\x05 \x01(\tR\bnodeName\x12\x12\n" +
-	"\x04zone\x18\x06 \x01(\tR\x04zone\"\x90\x05\n" +
+	"\x04zone\x18\x06 \x01(\tR\x04zone\"\xc1\x05\n" +
 	"\aService\x12<\n" +
 	"\bfrontend\x18\x01 \x01(\v2 .axon.datapath.v1alpha1.FrontendR\bfrontend\x127\n" +
 	"\x04type\x18\x02 \x01(\x0e2#.axon.datapath.v1alpha1.ServiceTypeR\x04type\x12;\n" +
@@ -599,7 +643,10 @@ const file_axon_datapath_v1alpha1_loadbalancer_proto_rawDesc = "" +
 	" \x01(\tR\bportName\x12\x1a\n" +
 	"\brevision\x18\v \x01(\tR\brevision\x12;\n" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime*\xa2\x01\n" +
+	"updateTime\x12\x0e\n" +
+	"\x02id\x18\r \x01(\rR\x02id\x12\x1f\n" +
+	"\vinternal_id\x18\x0e \x01(\rR\n" +
+	"internalId*\xa2\x01\n" +
 	"\vServiceType\x12\x1c\n" +
 	"\x18SERVICE_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SERVICE_TYPE_CLUSTER_IP\x10\x01\x12\x1a\n" +

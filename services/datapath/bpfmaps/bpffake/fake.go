@@ -1,6 +1,7 @@
 // Package bpffake is an in-memory [bpfmaps.Datapath]: endpoint, device and
-// remote-block entries, the node configuration, and which interfaces carry
-// which programs. It validates input as the real maps do (same sentinel
+// remote-block entries, the node configuration, which interfaces carry
+// which programs, and the service load balancer's entries and flows
+// ([bpfmaps.LBMaps]). It validates input as the real maps do (same sentinel
 // errors from bpf/datapath), can emulate a full map, and can fail any
 // method's nth call, so the agent's rollbacks are testable without BPF.
 package bpffake
@@ -49,6 +50,7 @@ type Fake struct {
 	fail      func(op string) error
 	rules     []*rule
 	calls     map[string]int
+	lb        *lbState
 }
 
 type rule struct {
