@@ -320,7 +320,9 @@ func (o *Objects) mapsByName() map[string]*ebpf.Map {
 		podMapAxonConfig: o.maps.AxonConfig, podMapAxonDevices: o.maps.AxonDevices,
 		podMapAxonEndpoints: o.maps.AxonEndpoints, podMapAxonEndpoints6: o.maps.AxonEndpoints6,
 		podMapAxonRemote4: o.maps.AxonRemote4, podMapAxonRemote6: o.maps.AxonRemote6,
-		podMapAxonStats: o.maps.AxonStats,
+		podMapAxonStats: o.maps.AxonStats, podMapAxonLbServices: o.maps.AxonLbServices,
+		podMapAxonLbSlots: o.maps.AxonLbSlots, podMapAxonLbMeta: o.maps.AxonLbMeta,
+		podMapAxonCt: o.maps.AxonCt,
 	}
 }
 
