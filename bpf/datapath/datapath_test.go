@@ -27,7 +27,7 @@ import (
 func TestMain(m *testing.M) { os.Exit(fdleak.Run(m)) }
 
 // TestSpec checks the embedded objects without privileges: each object's
-// programs, the seven maps every object declares alike (Load shares one set
+// programs, the maps every object declares alike (Load shares one set
 // between them), and the shared layout the agent depends on.
 func TestSpec(t *testing.T) {
 	specs, err := loadSpecs()
