@@ -429,6 +429,8 @@ func TestLBNeverHalfWritten(t *testing.T) {
 	if s.DropNoBackend != 0 || s.DropNAT != 0 || s.DropCTFull != 0 {
 		t.Errorf("drops: %v", s.Map())
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	t.Logf("%d packets over %d switches", packets, switches)
 }
 
