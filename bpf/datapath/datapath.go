@@ -25,6 +25,10 @@ type Objects struct {
 	// enables them) with each other and with Services, which reads
 	// several maps.
 	lbMu sync.Mutex
+
+	// resync are the migrated maps FinishMigration copies again.
+	resyncMu sync.Mutex
+	resync   []resyncMap
 }
 
 // Default map sizes (datapath.h), and the bounds of [LoadOptions].
@@ -178,10 +182,34 @@ func Load(pinDir string, opts LoadOptions) (_ *Objects, err error) {
 			return nil, fmt.Errorf("load datapath %s object: %w", obj.name, err)
 		}
 	}
+	if objs.resync, err = opened.takeResync(); err != nil {
+		return nil, fmt.Errorf("keep migrated maps: %w", err)
+	}
 	if err := opened.commit(); err != nil {
 		return nil, fmt.Errorf("pin datapath maps: %w", err)
 	}
 	return objs, nil
+}
+
+// FinishMigration completes the migration of the maps the programs write
+// into (the connection tracker): the entries their old maps gained after
+// [Load] copied them (flows the old programs created meanwhile) are copied
+// into the new maps, unless the new ones hold them already. Call it once
+// every device runs the new programs; then the old maps are released.
+// Without a migration, or called again, it does nothing.
+func (o *Objects) FinishMigration() error {
+	o.resyncMu.Lock()
+	rs := o.resync
+	o.resync = nil
+	o.resyncMu.Unlock()
+	var errs []error
+	for _, r := range rs {
+		if err := r.plan.copyMissing(r.old, r.m); err != nil {
+			errs = append(errs, fmt.Errorf("map %s: copy entries written during the upgrade: %w", r.name, err))
+		}
+		r.close()
+	}
+	return errors.Join(errs...)
 }
 
 // objectSpecs are the datapath's objects, one per attach point.
@@ -253,6 +281,12 @@ func loadPrograms(spec *ebpf.CollectionSpec, to any, shared map[string]*ebpf.Map
 // Close releases the programs and maps held by this process. Pinned maps and
 // attached (or pinned) links keep them alive in the kernel.
 func (o *Objects) Close() error {
+	o.resyncMu.Lock()
+	for _, r := range o.resync {
+		r.close()
+	}
+	o.resync = nil
+	o.resyncMu.Unlock()
 	return errors.Join(o.pod.Close(), o.overlay.Close(), o.underlay.Close(), o.maps.Close())
 }
 

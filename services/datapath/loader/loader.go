@@ -80,6 +80,12 @@ func Open(pinDir string, opts bpfdp.LoadOptions) (*Loader, error) {
 		_ = l.Close()
 		return nil, err
 	}
+	// Every device runs the new programs: what the old ones added to a
+	// migrated connection tracker meanwhile moves over too.
+	if err := objs.FinishMigration(); err != nil {
+		_ = l.Close()
+		return nil, fmt.Errorf("finish map migration: %w", err)
+	}
 	return l, nil
 }
 
