@@ -684,3 +684,32 @@ func BenchmarkFromPodLocalTCP(b *testing.B) {
 	objs := benchObjects(b, tunnelCfg)
 	benchRun(b, objs.FromPod(), withTTL(l4Frame(ap(podA.ip, 40000), ap(podB.ip, 80), protoTCP, tcpACK, false), 255), verdictRedirect)
 }
+
+// BenchmarkPutServices programs 10,000 new frontends of three backends in
+// one call (the target: 10k in 100 ms), then switches them all to
+// new backends.
+func BenchmarkPutServices(b *testing.B) {
+	requireBPF(b)
+	const n = 10000
+	entries := make([]ServiceEntry, n)
+	for i := range entries {
+		a := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+		entries[i] = ServiceEntry{Frontend: frontend(a, 80, protoTCP), Service: Service{ID: uint32(i + 1), Active: []Backend{
+			{Addr: podB.ip, Port: 8080}, {Addr: remotePod, Port: 8080}, {Addr: podA.ip, Port: 8080},
+		}}}
+	}
+	for b.Loop() {
+		b.StopTimer()
+		o, err := Load("", LoadOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if err := o.PutServices(entries); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		o.Close()
+		b.StartTimer()
+	}
+}

@@ -299,11 +299,16 @@ func (o *Objects) putMeta(batch []ServiceEntry, olds []*podAxonLbService) error 
 		vals []podAxonLbMeta
 	)
 	for i, e := range batch {
-		if old := olds[i]; old != nil && old.Id != e.Service.ID {
+		// Only a frontend that had an entry may leave metadata behind
+		// (DeleteServices removes a deleted one's).
+		old := olds[i]
+		if old != nil && old.Id != e.Service.ID {
 			o.deleteMeta(old.Id)
 		}
 		if len(e.Service.Meta) == 0 {
-			o.deleteMeta(e.Service.ID)
+			if old != nil {
+				o.deleteMeta(e.Service.ID)
+			}
 			continue
 		}
 		v := podAxonLbMeta{Len: uint16(len(e.Service.Meta))}
