@@ -266,24 +266,27 @@ func TestLBBackendChoice(t *testing.T) {
 	must(t, "config", r.objs.SetConfig(tunnelCfg))
 	fe := frontend(vip, 53, protoUDP)
 	for _, tc := range []struct {
-		name        string
-		svc         Service
-		in          []byte
-		verdict     uint32
-		dsts        []netip.AddrPort // allowed destinations
-		counter     string
-		frontendSet bool
+		name    string
+		svc     Service
+		in      []byte
+		verdict uint32
+		dsts    []netip.AddrPort // allowed destinations
+		counter string
 	}{
 		{"terminating only", Service{ID: 1, Terminating: []Backend{{Addr: podB.ip, Port: 5353}}},
-			l4Frame(ap(podA.ip, 1000), ap(vip, 53), protoUDP, 0, false), verdictRedirect, []netip.AddrPort{ap(podB.ip, 5353)}, "forwarded-local", true},
+			l4Frame(ap(podA.ip, 1000), ap(vip, 53), protoUDP, 0, false), verdictRedirect, []netip.AddrPort{ap(podB.ip, 5353)}, "forwarded-local"},
 		{"active before terminating", Service{ID: 1, Active: []Backend{{Addr: remotePod, Port: 5353}}, Terminating: []Backend{{Addr: podB.ip, Port: 5353}}},
-			l4Frame(ap(podA.ip, 1001), ap(vip, 53), protoUDP, 0, false), verdictRedirect, []netip.AddrPort{ap(remotePod, 5353)}, "forwarded-tunnel-device", true},
+			l4Frame(ap(podA.ip, 1001), ap(vip, 53), protoUDP, 0, false), verdictRedirect, []netip.AddrPort{ap(remotePod, 5353)}, "forwarded-tunnel-device"},
 		{"no backend", Service{ID: 1},
-			l4Frame(ap(podA.ip, 1002), ap(vip, 53), protoUDP, 0, false), verdictDrop, nil, "drop-no-backend", true},
+			l4Frame(ap(podA.ip, 1002), ap(vip, 53), protoUDP, 0, false), verdictDrop, nil, "drop-no-backend"},
 		{"other port", Service{ID: 1, Active: []Backend{{Addr: podB.ip, Port: 5353}}},
-			l4Frame(ap(podA.ip, 1003), ap(vip, 54), protoUDP, 0, false), verdictNext, []netip.AddrPort{ap(vip, 54)}, "to-host", true},
+			l4Frame(ap(podA.ip, 1003), ap(vip, 54), protoUDP, 0, false), verdictNext, []netip.AddrPort{ap(vip, 54)}, "to-host"},
 		{"other protocol", Service{ID: 1, Active: []Backend{{Addr: podB.ip, Port: 5353}}},
-			l4Frame(ap(podA.ip, 1004), ap(vip, 53), protoTCP, tcpSYN, false), verdictNext, []netip.AddrPort{ap(vip, 53)}, "to-host", true},
+			l4Frame(ap(podA.ip, 1004), ap(vip, 53), protoTCP, tcpSYN, false), verdictNext, []netip.AddrPort{ap(vip, 53)}, "to-host"},
+		// IPv6 to the IPv4-mapped form of an IPv4 frontend is not the
+		// frontend's.
+		{"v6 to a mapped IPv4 frontend", Service{ID: 1, Active: []Backend{{Addr: podB.ip, Port: 5353}}},
+			l4Frame(ap(podA6.ip, 1005), ap(netip.AddrFrom16(vip.As16()), 53), protoUDP, 0, false), verdictNext, []netip.AddrPort{ap(netip.AddrFrom16(vip.As16()), 53)}, "to-host"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			putServices(t, r.objs, ServiceEntry{Frontend: fe, Service: tc.svc})

@@ -41,11 +41,19 @@ static __always_inline void ct_map4(__u8 *dst, __be32 ip4)
 	__builtin_memcpy(dst + 12, &ip4, sizeof(ip4));
 }
 
+static __always_inline int ipv6_v4mapped(const struct in6_addr *a)
+{
+	const __u32 *w = a->in6_u.u6_addr32;
+
+	return !(w[0] | w[1]) && w[2] == bpf_htonl(0xffff);
+}
+
 /*
  * Fills k with the packet's tuple, direction FORWARD, and l with where its
  * ports are. Returns 0, or -1 for packets the tracker leaves alone: neither
  * TCP nor UDP, IPv4 fragments, IPv6 with extension headers before the
- * transport header, a transport header cut short.
+ * transport header or with IPv4-mapped addresses, a transport header cut
+ * short.
  */
 static __always_inline int ct_tuple(struct __sk_buff *skb, const struct pkt *p, enum parse kind,
 				    struct axon_ct_key *k, struct axon_l4 *l)
@@ -66,6 +74,9 @@ static __always_inline int ct_tuple(struct __sk_buff *skb, const struct pkt *p, 
 	} else {
 		const struct ipv6hdr *ip6 = p->ip6;
 
+		/* IPv4-mapped addresses name IPv4 state: not IPv6's to touch. */
+		if (ipv6_v4mapped(&ip6->saddr) || ipv6_v4mapped(&ip6->daddr))
+			return -1;
 		proto = ip6->nexthdr;
 		l->off = sizeof(struct ethhdr) + sizeof(*ip6);
 		__builtin_memcpy(k->saddr, &ip6->saddr, sizeof(k->saddr));
