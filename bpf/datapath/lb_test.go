@@ -451,7 +451,21 @@ func TestServicesRoundTrip(t *testing.T) {
 			Active: []Backend{{Addr: podB6.ip, Port: 8443, Local: true}}}},
 		{Frontend: frontend(netip.IPv4Unspecified(), 30080, protoUDP), Service: Service{ID: 3, Type: 2}},
 	}
+	lbOn := func() bool {
+		var c podAxonConfig
+		must(t, "config", o.maps.AxonConfig.Lookup(uint32(0), &c))
+		return c.Flags&configLB != 0
+	}
+	must(t, "put nothing", o.PutServices(nil))
+	if lbOn() {
+		t.Error("service lookups enabled without a service")
+	}
 	putServices(t, o, entries...)
+	// The agent's configuration keeps the service lookups on.
+	must(t, "config", o.SetConfig(tunnelCfg))
+	if !lbOn() {
+		t.Error("SetConfig turned the service lookups off")
+	}
 	check := func(want []ServiceEntry) {
 		t.Helper()
 		got, err := o.Services()

@@ -185,6 +185,9 @@ func (o *Objects) PutServices(entries []ServiceEntry) error {
 			return err
 		}
 	}
+	if len(entries) == 0 {
+		return nil
+	}
 	o.lbMu.Lock()
 	defer o.lbMu.Unlock()
 	if err := o.enableLB(); err != nil {
