@@ -107,7 +107,7 @@ static __always_inline int decap_vxlan(struct __sk_buff *skb, const struct axon_
 	void *data, *data_end;
 	struct ethhdr *eth;
 	__u8 inner_ecn;
-	struct pkt p;
+	struct pkt p = {};
 	int outer_ce;
 	__be16 proto;
 
