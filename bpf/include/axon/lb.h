@@ -44,13 +44,18 @@ static __always_inline const struct axon_lb_service *lb_service(const struct axo
 	return in ? in : ext;
 }
 
+/* Attempts of lb_pick: each fails only if the agent wrote meanwhile. */
+#define AXON_LB_PICK_TRIES 3
+
 /*
  * Picks the backend of a new connection: a random slot of the active
- * backends, or of the terminating ones when none is active. The entry is
- * copied at once: the agent replaces it whole, never in place. A slot that
- * is gone means the agent switched the frontend to a new set and removed
- * the old one between the two lookups: the pick is made again on the entry
- * as it now is. Returns 0, or -1 when the frontend has no backend.
+ * backends, or of the terminating ones when none is active. Map values are
+ * read while the agent may write: the entry is copied at once (the agent
+ * replaces it whole, never in place), and the pick stands only if the
+ * frontend still has that entry once the slot is copied too. Otherwise
+ * (the agent switched the frontend to new slots, removed the old ones, or
+ * reused a replaced element for its next write) it is made again on the
+ * entry as it now is. Returns 0, or -1 when the frontend has no backend.
  */
 static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_service *svc,
 				   struct axon_lb_backend *be)
@@ -60,7 +65,7 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 	struct axon_lb_slot_key sk;
 	__u16 n;
 
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < AXON_LB_PICK_TRIES; i++) {
 		s = lb_service(k);
 		if (!s)
 			return -1;
@@ -73,10 +78,12 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 		sk.gen = svc->gen;
 		sk.pad = 0;
 		b = bpf_map_lookup_elem(&axon_lb_slots, &sk);
-		if (b) {
-			__builtin_memcpy(be, b, sizeof(*be));
+		if (!b)
+			continue;
+		__builtin_memcpy(be, b, sizeof(*be));
+		s = lb_service(k);
+		if (s && s->id == svc->id && s->gen == svc->gen)
 			return 0;
-		}
 	}
 	return -1;
 }
