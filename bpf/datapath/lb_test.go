@@ -339,8 +339,9 @@ func TestLBCTFull(t *testing.T) {
 
 // TestLBNeverHalfWritten runs new connections through axon_from_pod while
 // another goroutine switches the frontend between two backend sets of
-// different sizes: every packet goes to a backend of one of the sets, none
-// is dropped for a missing slot, none goes to a zero address.
+// different sizes, in batches with other frontends: every packet goes to a
+// backend of one of the sets (never another frontend's, never a zero
+// address), none is dropped for a missing slot.
 func TestLBNeverHalfWritten(t *testing.T) {
 	r := newRunner(t)
 	must(t, "config", r.objs.SetConfig(tunnelCfg))
@@ -360,6 +361,12 @@ func TestLBNeverHalfWritten(t *testing.T) {
 		}
 	}
 	putServices(t, r.objs, ServiceEntry{Frontend: fe, Service: Service{ID: 9, Active: sets[0]}})
+	var others []ServiceEntry
+	for i := range 48 {
+		others = append(others, ServiceEntry{Frontend: frontend(vip, uint16(1000+i), protoUDP), Service: Service{
+			ID: uint32(100 + i), Active: set(uint16(3000+i), uint16(4000+i)),
+		}})
+	}
 
 	const minSwitches, minPackets = 300, 5000
 	var (
@@ -378,8 +385,18 @@ func TestLBNeverHalfWritten(t *testing.T) {
 				return
 			default:
 			}
-			// Alternating IDs too: the slots of both move.
-			if err := r.objs.PutServices([]ServiceEntry{{Frontend: fe, Service: Service{ID: 9 + uint32(i%2)*10, Active: sets[i%2]}}}); err != nil {
+			// Alternating IDs too: the slots of both move. Amid other
+			// frontends (never sent to): a replaced map element is
+			// reused by the next write of the batch.
+			batch := slices.Clone(others[:24])
+			batch = append(batch, ServiceEntry{Frontend: fe, Service: Service{ID: 9 + uint32(i%2)*10, Active: sets[i%2]}})
+			batch = append(batch, others[24:]...)
+			for j := range batch {
+				if batch[j].Frontend != fe {
+					batch[j].Service.Active = batch[j].Service.Active[i%2:]
+				}
+			}
+			if err := r.objs.PutServices(batch); err != nil {
 				errc <- err
 				return
 			}
