@@ -39,15 +39,7 @@ const (
 // ctEntries reads the whole connection tracker.
 func (o *Objects) ctEntries() (map[podAxonCtKey]podAxonCtEntry, error) {
 	out := map[podAxonCtKey]podAxonCtEntry{}
-	var (
-		k podAxonCtKey
-		v podAxonCtEntry
-	)
-	it := o.maps.AxonCt.Iterate()
-	for it.Next(&k, &v) {
-		out[k] = v
-	}
-	if err := it.Err(); err != nil {
+	if err := readAll(o.maps.AxonCt, func(k podAxonCtKey, v podAxonCtEntry) { out[k] = v }); err != nil {
 		return nil, fmt.Errorf("list connection tracker: %w", err)
 	}
 	return out, nil

@@ -747,3 +747,43 @@ func BenchmarkPutServices(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// TestPutServicesLarge: a call big enough to read the entries in place
+// whole and to span batches switches every frontend, the last of a
+// frontend named twice winning, and leaves no stale slot.
+func TestPutServicesLarge(t *testing.T) {
+	o := mustLoad(t, "")
+	const n = lbBatchMax + 1000
+	entries := make([]ServiceEntry, n)
+	for i := range entries {
+		a := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+		entries[i] = ServiceEntry{Frontend: frontend(a, 80, protoTCP), Service: Service{ID: uint32(i + 1), Active: []Backend{
+			{Addr: podB.ip, Port: 1}, {Addr: podB.ip, Port: 2},
+		}}}
+	}
+	putServices(t, o, entries...)
+	for i := range entries {
+		entries[i].Service.Active = []Backend{{Addr: podB.ip, Port: uint16(3 + i%3)}}
+	}
+	twice := entries[7]
+	twice.Service.Active = []Backend{{Addr: remotePod, Port: 9}, {Addr: remotePod, Port: 10}}
+	putServices(t, o, append(slices.Clone(entries), twice)...)
+	entries[7] = twice
+	got, err := o.Services()
+	must(t, "services", err)
+	byFrontend := map[Frontend]Service{}
+	for _, e := range got {
+		byFrontend[e.Frontend] = e.Service
+	}
+	if len(byFrontend) != n {
+		t.Fatalf("%d frontends, want %d", len(byFrontend), n)
+	}
+	for _, e := range entries {
+		if g := byFrontend[e.Frontend]; !slices.Equal(g.Active, e.Service.Active) {
+			t.Fatalf("frontend %s: %v, want %v", e.Frontend, g.Active, e.Service.Active)
+		}
+	}
+	if s := usage(t, o, podMapAxonLbSlots); s != n+1 {
+		t.Errorf("%d slots, want %d", s, n+1)
+	}
+}

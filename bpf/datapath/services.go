@@ -174,9 +174,9 @@ func oldSlots(v podAxonLbService) []podAxonLbSlotKey {
 // (with the new generation and counts) replaces the old one whole, then
 // the old generation's slots are removed; a packet that raced the removal
 // picks again on the new entry. The writes go in batches (one syscall per
-// map for many frontends); a frontend named twice, or whose ID another
-// frontend of the call had or takes, starts a new batch, so each sees its
-// predecessors' result. Entries written before an error stay written; the
+// map for up to 4096 frontends); a frontend named twice, or whose ID
+// another frontend of the call had or takes, starts a new batch, so each
+// sees its predecessors' result. Entries written before an error stay written; the
 // one that failed and the rest are as they were. A full map is an error
 // wrapping unix.E2BIG.
 func (o *Objects) PutServices(entries []ServiceEntry) error {
@@ -193,8 +193,17 @@ func (o *Objects) PutServices(entries []ServiceEntry) error {
 	if err := o.enableLB(); err != nil {
 		return err
 	}
+	// The entries in place: read whole for a big call (a few syscalls),
+	// else looked up one by one.
+	var known map[podAxonLbKey]podAxonLbService
+	if len(entries) >= lbReadAllMin {
+		known = map[podAxonLbKey]podAxonLbService{}
+		if err := readAll(o.maps.AxonLbServices, func(k podAxonLbKey, v podAxonLbService) { known[k] = v }); err != nil {
+			return fmt.Errorf("list services: %w", err)
+		}
+	}
 	for len(entries) > 0 {
-		n, err := o.putServiceBatch(entries)
+		n, err := o.putServiceBatch(entries, known)
 		if err != nil {
 			return err
 		}
@@ -220,9 +229,19 @@ func (o *Objects) enableLB() error {
 	return nil
 }
 
-// putServiceBatch writes a prefix of entries in which no frontend repeats
-// and no ID is shared, and returns its length.
-func (o *Objects) putServiceBatch(entries []ServiceEntry) (int, error) {
+// lbBatchMax bounds a batch of frontends: until a batch's entries switch,
+// each holds its old and its new slots, so a full resync of every frontend
+// needs room for this many frontends' slots twice, not for all of them.
+const lbBatchMax = 4096
+
+// lbReadAllMin is the size of a PutServices call from which the entries in
+// place are read whole rather than one by one.
+const lbReadAllMin = 1024
+
+// putServiceBatch writes a prefix of entries (at most lbBatchMax) in which
+// no frontend repeats and no ID is shared, and returns its length. known,
+// unless nil, holds every entry in place, and is kept up to date.
+func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey]podAxonLbService) (int, error) {
 	var (
 		keys     []podAxonLbKey
 		olds     []*podAxonLbService
@@ -233,13 +252,15 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry) (int, error) {
 		seenID   = map[uint32]bool{}
 	)
 	n := 0
-	for _, e := range entries {
+	for _, e := range entries[:min(len(entries), lbBatchMax)] {
 		k := lbKey(e.Frontend)
-		var old podAxonLbService
-		err := o.maps.AxonLbServices.Lookup(&k, &old)
-		exists := err == nil
-		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return 0, fmt.Errorf("look up service %s: %w", e.Frontend, err)
+		old, exists := known[k]
+		if known == nil {
+			err := o.maps.AxonLbServices.Lookup(&k, &old)
+			exists = err == nil
+			if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return 0, fmt.Errorf("look up service %s: %w", e.Frontend, err)
+			}
 		}
 		if seenKey[k] || seenID[e.Service.ID] || (exists && seenID[old.Id]) {
 			break
@@ -272,6 +293,11 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry) (int, error) {
 		}
 	}
 	done, err := o.maps.AxonLbServices.BatchUpdate(keys, vals, nil)
+	if known != nil {
+		for i := range done {
+			known[keys[i]] = vals[i]
+		}
+	}
 	// The switched frontends' old slots go; the others' new slots too.
 	var stale []podAxonLbSlotKey
 	for i, old := range olds {
@@ -375,31 +401,27 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 	o.lbMu.Lock()
 	defer o.lbMu.Unlock()
 	slots := map[podAxonLbSlotKey]podAxonLbBackend{}
-	var (
-		sk podAxonLbSlotKey
-		sv podAxonLbBackend
-	)
-	it := o.maps.AxonLbSlots.Iterate()
-	for it.Next(&sk, &sv) {
-		slots[sk] = sv
-	}
-	if err := it.Err(); err != nil {
+	if err := readAll(o.maps.AxonLbSlots, func(k podAxonLbSlotKey, v podAxonLbBackend) { slots[k] = v }); err != nil {
 		return nil, fmt.Errorf("list service backends: %w", err)
 	}
+	meta := map[uint32][]byte{}
+	if err := readAll(o.maps.AxonLbMeta, func(id uint32, m podAxonLbMeta) {
+		meta[id] = append([]byte(nil), m.Data[:min(int(m.Len), len(m.Data))]...)
+	}); err != nil {
+		return nil, fmt.Errorf("list service metadata: %w", err)
+	}
 	var (
-		k   podAxonLbKey
-		v   podAxonLbService
 		out []ServiceEntry
+		bad error
 	)
-	it = o.maps.AxonLbServices.Iterate()
-	for it.Next(&k, &v) {
+	if err := readAll(o.maps.AxonLbServices, func(k podAxonLbKey, v podAxonLbService) {
 		e := ServiceEntry{Frontend: frontendFrom(k), Service: Service{
-			ID: v.Id, Type: v.Type, AffinityTimeout: v.AffinityTimeout,
+			ID: v.Id, Type: v.Type, AffinityTimeout: v.AffinityTimeout, Meta: meta[v.Id],
 		}}
 		for i, key := range oldSlots(v) {
 			b, ok := slots[key]
-			if !ok {
-				return nil, fmt.Errorf("service %s: backend slot %d of generation %d missing", e.Frontend, key.Slot, key.Gen)
+			if !ok && bad == nil {
+				bad = fmt.Errorf("service %s: backend slot %d of generation %d missing", e.Frontend, key.Slot, key.Gen)
 			}
 			be := Backend{Addr: addrFrom16(b.Addr), Port: portFrom16(b.Port), Local: b.Flags&lbBackendLocal != 0}
 			if i < int(v.Active) {
@@ -408,18 +430,12 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 				e.Service.Terminating = append(e.Service.Terminating, be)
 			}
 		}
-		var m podAxonLbMeta
-		err := o.maps.AxonLbMeta.Lookup(&v.Id, &m)
-		switch {
-		case err == nil:
-			e.Service.Meta = append([]byte(nil), m.Data[:min(int(m.Len), len(m.Data))]...)
-		case !errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil, fmt.Errorf("service %s: read metadata: %w", e.Frontend, err)
-		}
 		out = append(out, e)
-	}
-	if err := it.Err(); err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
+	}
+	if bad != nil {
+		return nil, bad
 	}
 	return out, nil
 }
