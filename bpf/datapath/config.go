@@ -50,9 +50,13 @@ type Config struct {
 	Geneve bool
 }
 
-// configGeneve is AXON_CONFIG_GENEVE of datapath.h (bpf2go copies types,
-// not macros).
-const configGeneve = 1
+// Flags of axon_config (datapath.h; bpf2go copies types, not macros).
+const (
+	configGeneve = 1 // AXON_CONFIG_GENEVE
+	// configLB is AXON_CONFIG_LB: services are programmed. PutServices
+	// sets it, SetConfig keeps it.
+	configLB = 2
+)
 
 // SetConfig writes the node configuration. The programs read it per packet,
 // so a change takes effect at once.
@@ -78,6 +82,15 @@ func (o *Objects) SetConfig(c Config) error {
 			return fmt.Errorf("node address: %w", err)
 		}
 	}
+	// The service flag is PutServices' to set: kept as it is. (lbMu
+	// orders this read and write with PutServices'.)
+	o.lbMu.Lock()
+	defer o.lbMu.Unlock()
+	var cur podAxonConfig
+	if err := o.maps.AxonConfig.Lookup(uint32(0), &cur); err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	v.Flags |= cur.Flags & configLB
 	if err := o.maps.AxonConfig.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("set config: %w", err)
 	}

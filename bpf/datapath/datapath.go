@@ -4,26 +4,40 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 )
 
 // Objects is the datapath loaded into the kernel: the four programs of its
-// three objects and the seven maps they share (endpoints and remote blocks
-// per IP family, pods' devices, config, counters). It is safe for concurrent
+// three objects and the maps they share (endpoints and remote blocks per IP
+// family, pods' devices, config, counters, service frontends and backends,
+// the connection tracker). It is safe for concurrent
 // use; map updates are atomic per entry.
 type Objects struct {
 	maps     podMaps
 	pod      podPrograms
 	overlay  overlayPrograms
 	underlay underlayPrograms
+
+	// lbMu orders the writers of service entries (and of the flag that
+	// enables them) with each other and with Services, which reads
+	// several maps.
+	lbMu sync.Mutex
+
+	// resync are the migrated maps FinishMigration copies again.
+	resyncMu sync.Mutex
+	resync   []resyncMap
 }
 
 // Default map sizes (datapath.h), and the bounds of [LoadOptions].
 const (
-	DefaultEndpointMapMax = 65536 // AXON_MAX_ENDPOINTS
-	DefaultRemoteMapMax   = 16384 // AXON_MAX_REMOTES
+	DefaultEndpointMapMax = 65536  // AXON_MAX_ENDPOINTS
+	DefaultRemoteMapMax   = 16384  // AXON_MAX_REMOTES
+	DefaultServiceMapMax  = 65536  // AXON_MAX_LB_SERVICES
+	DefaultSlotMapMax     = 262144 // AXON_MAX_LB_SLOTS
+	DefaultCTMapMax       = 262144 // AXON_MAX_CT
 	// MaxMapMax bounds a resizable map: the endpoint maps preallocate
 	// every entry, about 100 bytes each.
 	MaxMapMax = 1 << 20
@@ -43,6 +57,17 @@ type LoadOptions struct {
 	// RemoteMapMax is the number of other nodes' pod blocks per family:
 	// max_entries of axon_remote4 and axon_remote6.
 	RemoteMapMax uint32
+	// ServiceMapMax is the number of service frontend entries (a frontend
+	// with a different policy inside the cluster has two): max_entries of
+	// axon_lb_services and axon_lb_meta.
+	ServiceMapMax uint32
+	// SlotMapMax is the number of backend slots of all frontends
+	// together (a frontend being switched holds its old and new slots for
+	// a moment): max_entries of axon_lb_slots.
+	SlotMapMax uint32
+	// CTMapMax is the number of connection tracker entries, two per
+	// translated flow: max_entries of axon_ct.
+	CTMapMax uint32
 }
 
 // maxEntries returns the map sizes the options set, by map name.
@@ -55,6 +80,9 @@ func (o LoadOptions) maxEntries() (map[string]uint32, error) {
 	}{
 		{"endpoint map size", o.EndpointMapMax, []string{podMapAxonEndpoints, podMapAxonEndpoints6, podMapAxonDevices}},
 		{"remote map size", o.RemoteMapMax, []string{podMapAxonRemote4, podMapAxonRemote6}},
+		{"service map size", o.ServiceMapMax, []string{podMapAxonLbServices, podMapAxonLbMeta}},
+		{"service slot map size", o.SlotMapMax, []string{podMapAxonLbSlots}},
+		{"connection tracker size", o.CTMapMax, []string{podMapAxonCt}},
 	} {
 		if opt.v == 0 {
 			continue
@@ -154,10 +182,34 @@ func Load(pinDir string, opts LoadOptions) (_ *Objects, err error) {
 			return nil, fmt.Errorf("load datapath %s object: %w", obj.name, err)
 		}
 	}
+	if objs.resync, err = opened.takeResync(); err != nil {
+		return nil, fmt.Errorf("keep migrated maps: %w", err)
+	}
 	if err := opened.commit(); err != nil {
 		return nil, fmt.Errorf("pin datapath maps: %w", err)
 	}
 	return objs, nil
+}
+
+// FinishMigration completes the migration of the maps the programs write
+// into (the connection tracker): the entries their old maps gained after
+// [Load] copied them (flows the old programs created meanwhile) are copied
+// into the new maps, unless the new ones hold them already. Call it once
+// every device runs the new programs; then the old maps are released.
+// Without a migration, or called again, it does nothing.
+func (o *Objects) FinishMigration() error {
+	o.resyncMu.Lock()
+	rs := o.resync
+	o.resync = nil
+	o.resyncMu.Unlock()
+	var errs []error
+	for _, r := range rs {
+		if err := r.plan.copyMissing(r.old, r.m); err != nil {
+			errs = append(errs, fmt.Errorf("map %s: copy entries written during the upgrade: %w", r.name, err))
+		}
+		r.close()
+	}
+	return errors.Join(errs...)
 }
 
 // objectSpecs are the datapath's objects, one per attach point.
@@ -229,6 +281,12 @@ func loadPrograms(spec *ebpf.CollectionSpec, to any, shared map[string]*ebpf.Map
 // Close releases the programs and maps held by this process. Pinned maps and
 // attached (or pinned) links keep them alive in the kernel.
 func (o *Objects) Close() error {
+	o.resyncMu.Lock()
+	for _, r := range o.resync {
+		r.close()
+	}
+	o.resync = nil
+	o.resyncMu.Unlock()
 	return errors.Join(o.pod.Close(), o.overlay.Close(), o.underlay.Close(), o.maps.Close())
 }
 

@@ -31,12 +31,26 @@
 //     mode, as they are in native mode.
 //
 // [Load] loads each object once per node and all four programs share one
-// set of seven maps: endpoints and remote blocks per IP family
+// set of maps: endpoints and remote blocks per IP family
 // (axon_endpoints/axon_endpoints6, axon_remote4/axon_remote6), pods'
-// devices (axon_devices), the node's configuration (axon_config) and the
-// counters (axon_stats). The programs are shared by every endpoint: wiring
+// devices (axon_devices), the node's configuration (axon_config), the
+// counters (axon_stats), and service load balancing: frontends
+// (axon_lb_services), their backends by slot (axon_lb_slots), the agent's
+// data about each (axon_lb_meta) and the connection tracker (axon_ct). The programs are shared by every endpoint: wiring
 // a pod is a map write ([Objects.PutEndpoint]) plus an attach of
 // [Objects.FromPod] on its host-side veth, never a compile or a load.
+//
+// Services (ClusterIP, for pods): axon_from_pod sends a pod's TCP or UDP
+// packet to a frontend to one of its backends, on this node or another,
+// chosen at random for a new connection and kept in the connection
+// tracker, which also holds the reverse translation: every path that
+// delivers to a pod (axon_from_pod, the underlay's decapsulation and native
+// delivery, axon_from_overlay) gives a backend's reply the frontend as
+// source. Both families share the maps, IPv4 as IPv4-mapped addresses.
+// [Objects.PutServices] switches a frontend to new backends with one map
+// write (two generations of slots), so no packet sees a half-written
+// service; flows expire by the agent's [Objects.ExpireFlows]. The lookups
+// cost nothing until the first service is programmed.
 //
 // Dual stack: each family has its own endpoint and remote-block maps with
 // the same values, and the helpers pick the map by the address. The

@@ -7,13 +7,13 @@ package datapath
 // objects).
 //
 // One object per attach point, each from its own source in bpf/src. All
-// three declare the same seven maps (axon/maps.h), so the Go types of the
+// three declare the same maps (axon/maps.h), so the Go types of the
 // shared layout (bpf/include/axon/datapath.h) would be generated three
 // times: only the pod object exports them (hence their pod prefix), the
 // others are built with -no-global-types. Map keys and values are exported
 // by bpf2go by itself; -type adds the enums (-type axon_config would be
 // ambiguous: it names both the struct and the map).
 //
-//go:generate env GOWORK=off go tool -modfile=../../tools/go.mod bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type axon_mode -type axon_stat pod ../src/pod.c -- -I../include -I/usr/include/x86_64-linux-gnu
+//go:generate env GOWORK=off go tool -modfile=../../tools/go.mod bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -type axon_mode -type axon_stat -type axon_lb_scope -type axon_ct_dir pod ../src/pod.c -- -I../include -I/usr/include/x86_64-linux-gnu
 //go:generate env GOWORK=off go tool -modfile=../../tools/go.mod bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -no-global-types overlay ../src/overlay.c -- -I../include -I/usr/include/x86_64-linux-gnu
 //go:generate env GOWORK=off go tool -modfile=../../tools/go.mod bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel -no-global-types underlay ../src/underlay.c -- -I../include -I/usr/include/x86_64-linux-gnu

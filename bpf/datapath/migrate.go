@@ -3,6 +3,7 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -29,6 +30,11 @@ type migration struct {
 // counterMaps hold statistics, not state: a build with fewer counters
 // drops the ones it no longer has instead of being refused.
 var counterMaps = map[string]bool{podMapAxonStats: true}
+
+// programStateMaps are the maps the programs write state into: a migrated
+// one is copied again once the devices run the new programs
+// ([Objects.FinishMigration]), for what the old programs wrote meanwhile.
+var programStateMaps = map[string]bool{podMapAxonCt: true}
 
 // planMigration decides how the pinned map old becomes spec's map, or
 // says why it cannot (an error wrapping ErrIncompatibleMap).
@@ -101,6 +107,17 @@ func (p migration) held(m *ebpf.Map) (int, error) {
 // Array indexes beyond m are skipped: held checked that they are zero, or
 // that they are counters.
 func (p migration) copy(old, m *ebpf.Map) error {
+	return p.copyFlags(old, m, ebpf.UpdateAny)
+}
+
+// copyMissing is copy for the entries m does not hold yet: those of old
+// written since the first copy, or stale ones m's programs removed (which
+// m's owner expires again).
+func (p migration) copyMissing(old, m *ebpf.Map) error {
+	return p.copyFlags(old, m, ebpf.UpdateNoExist)
+}
+
+func (p migration) copyFlags(old, m *ebpf.Map, flags ebpf.MapUpdateFlags) error {
 	return p.each(old, func(key []byte, values [][]byte) error {
 		if p.array && binary.NativeEndian.Uint32(key) >= p.arrayMax {
 			return nil
@@ -111,9 +128,12 @@ func (p migration) copy(old, m *ebpf.Map) error {
 		}
 		var err error
 		if p.perCPU {
-			err = m.Put(key, grown)
+			err = m.Update(key, grown, flags)
 		} else {
-			err = m.Put(key, []byte(grown[0]))
+			err = m.Update(key, []byte(grown[0]), flags)
+		}
+		if flags == ebpf.UpdateNoExist && errors.Is(err, ebpf.ErrKeyExist) {
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("put key %x: %w", key, err)

@@ -34,3 +34,37 @@ func TestScalarLayout(t *testing.T) {
 		})
 	}
 }
+
+// TestFinishMigration: flows the old programs add to a connection tracker
+// after Load migrated it (before the devices move to the new programs)
+// reach the new map with FinishMigration; entries the new map already
+// holds keep their newer values.
+func TestFinishMigration(t *testing.T) {
+	requireBPF(t)
+	dir := pinDir(t)
+	old, err := Load(dir, LoadOptions{CTMapMax: 64})
+	must(t, "load", err)
+	t.Cleanup(func() { old.Close() })
+	key := func(port uint16) podAxonCtKey { return podAxonCtKey{Sport: port, Proto: 6} }
+	must(t, "put", old.maps.AxonCt.Put(key(1), podAxonCtEntry{ServiceId: 1}))
+
+	o, err := Load(dir, LoadOptions{CTMapMax: 128})
+	must(t, "upgrade", err)
+	t.Cleanup(func() { o.Close() })
+	if o.maps.AxonCt.MaxEntries() != 128 {
+		t.Fatalf("axon_ct not migrated: max_entries %d", o.maps.AxonCt.MaxEntries())
+	}
+	// The old programs go on writing into the old map; the new ones into
+	// the new map.
+	must(t, "put old", old.maps.AxonCt.Put(key(2), podAxonCtEntry{ServiceId: 2}))
+	must(t, "put old", old.maps.AxonCt.Put(key(1), podAxonCtEntry{ServiceId: 10}))
+	must(t, "put new", o.maps.AxonCt.Put(key(1), podAxonCtEntry{ServiceId: 11}))
+	must(t, "finish", o.FinishMigration())
+	for port, want := range map[uint16]uint32{1: 11, 2: 2} {
+		var v podAxonCtEntry
+		if err := o.maps.AxonCt.Lookup(key(port), &v); err != nil || v.ServiceId != want {
+			t.Errorf("entry %d = %+v, %v; want service %d", port, v, err, want)
+		}
+	}
+	must(t, "finish again", o.FinishMigration())
+}

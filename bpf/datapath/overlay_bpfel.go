@@ -17,9 +17,13 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	overlayMapAxonConfig       = "axon_config"
+	overlayMapAxonCt           = "axon_ct"
 	overlayMapAxonDevices      = "axon_devices"
 	overlayMapAxonEndpoints    = "axon_endpoints"
 	overlayMapAxonEndpoints6   = "axon_endpoints6"
+	overlayMapAxonLbMeta       = "axon_lb_meta"
+	overlayMapAxonLbServices   = "axon_lb_services"
+	overlayMapAxonLbSlots      = "axon_lb_slots"
 	overlayMapAxonRemote4      = "axon_remote4"
 	overlayMapAxonRemote6      = "axon_remote6"
 	overlayMapAxonStats        = "axon_stats"
@@ -78,9 +82,13 @@ type overlayProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type overlayMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -113,9 +121,13 @@ func (o *overlayObjects) Close() error {
 // It can be passed to loadOverlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type overlayMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
+	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
@@ -124,9 +136,13 @@ type overlayMaps struct {
 func (m *overlayMaps) Close() error {
 	return _OverlayClose(
 		m.AxonConfig,
+		m.AxonCt,
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbMeta,
+		m.AxonLbServices,
+		m.AxonLbSlots,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

@@ -34,16 +34,28 @@ var ErrIncompatibleMap = errors.New("datapath: pinned map is incompatible with t
 // The old programs keep the old maps until the loader moves each device to
 // the new programs (atomically per device: tcx link update, tc filter
 // replace). Entries the old programs write between the copy and that swap
-// stay in the old map: today only counters (axon_stats), so a few packets'
-// counts may be lost. The agent writes every other map and is not running
-// then. A map the programs write state into (conntrack, NAT) will need a
-// second copy pass after the swap.
+// stay in the old map: counters (axon_stats), so a few packets' counts may
+// be lost, and the connection tracker (axon_ct), whose new flows must not
+// be: a migrated axon_ct keeps its old map open, and
+// [Objects.FinishMigration], called once every device runs the new
+// programs, copies the entries the new map lacks. The agent writes every
+// other map and is not running then.
 
 // openedMaps are the maps a load uses: reused pins, and new maps that are
 // pinned only on commit.
 type openedMaps struct {
 	maps    map[string]*ebpf.Map
 	pending []pendingPin
+	// resync are the migrated maps the programs write into, with the
+	// map each was copied from (see FinishMigration).
+	resync []resyncMap
+}
+
+// resyncMap is a migrated map the old programs may still write into.
+type resyncMap struct {
+	name   string
+	old, m *ebpf.Map
+	plan   migration
 }
 
 // pendingPin is a new map to pin at path, replacing a pinned map of an
@@ -88,11 +100,14 @@ func openMaps(pinDir string, specs map[string]*ebpf.MapSpec) (_ *openedMaps, err
 			continue
 		}
 		path := filepath.Join(pinDir, name)
-		m, fresh, err := openPinned(path, spec)
+		m, fresh, rs, err := openPinned(path, spec)
 		if err != nil {
 			return nil, err
 		}
 		o.maps[name] = m
+		if rs != nil {
+			o.resync = append(o.resync, *rs)
+		}
 		if fresh {
 			o.pending = append(o.pending, pendingPin{path: path, m: m})
 		}
@@ -124,37 +139,43 @@ func removeTemporaryPins(pinDir string) error {
 }
 
 // openPinned returns the map pinned at path if it fits spec, or a new map
-// holding its entries (fresh: it is not pinned yet).
-func openPinned(path string, spec *ebpf.MapSpec) (m *ebpf.Map, fresh bool, err error) {
+// holding its entries (fresh: it is not pinned yet). A migrated map the
+// programs write into comes with rs, which holds the old map open.
+func openPinned(path string, spec *ebpf.MapSpec) (m *ebpf.Map, fresh bool, rs *resyncMap, err error) {
 	old, err := ebpf.LoadPinnedMap(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		m, err := ebpf.NewMap(spec)
 		if err != nil {
-			return nil, false, fmt.Errorf("create map %s: %w", spec.Name, err)
+			return nil, false, nil, fmt.Errorf("create map %s: %w", spec.Name, err)
 		}
-		return m, true, nil
+		return m, true, nil, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("open pinned map %s: %w", spec.Name, err)
+		return nil, false, nil, fmt.Errorf("open pinned map %s: %w", spec.Name, err)
 	}
 	plan, err := planMigration(old, spec)
 	if err != nil {
 		old.Close()
-		return nil, false, fmt.Errorf("map %s: %w", spec.Name, err)
+		return nil, false, nil, fmt.Errorf("map %s: %w", spec.Name, err)
 	}
 	if plan.reuse {
-		return old, false, nil
+		return old, false, nil, nil
 	}
-	defer old.Close()
 	m, err = ebpf.NewMap(spec)
 	if err != nil {
-		return nil, false, fmt.Errorf("create map %s to migrate into: %w", spec.Name, err)
+		old.Close()
+		return nil, false, nil, fmt.Errorf("create map %s to migrate into: %w", spec.Name, err)
 	}
 	if err := plan.copy(old, m); err != nil {
 		m.Close()
-		return nil, false, fmt.Errorf("map %s: migrate entries: %w", spec.Name, err)
+		old.Close()
+		return nil, false, nil, fmt.Errorf("map %s: migrate entries: %w", spec.Name, err)
 	}
-	return m, true, nil
+	if !programStateMaps[spec.Name] {
+		old.Close()
+		return m, true, nil, nil
+	}
+	return m, true, &resyncMap{name: spec.Name, old: old, m: m, plan: plan}, nil
 }
 
 // commit pins the new maps, each in place of the pin it replaces. The new
@@ -182,4 +203,38 @@ func (o *openedMaps) close() {
 	for _, m := range o.maps {
 		m.Close()
 	}
+	for _, r := range o.resync {
+		r.old.Close() // r.m is one of o.maps
+	}
+}
+
+// takeResync hands the maps to copy again after the swap to the caller,
+// each with descriptors of its own (close releases o's).
+func (o *openedMaps) takeResync() (_ []resyncMap, err error) {
+	var out []resyncMap
+	defer func() {
+		if err != nil {
+			for _, r := range out {
+				r.close()
+			}
+		}
+	}()
+	for _, r := range o.resync {
+		c := resyncMap{name: r.name, plan: r.plan}
+		if c.m, err = r.m.Clone(); err != nil {
+			return nil, fmt.Errorf("map %s: %w", r.name, err)
+		}
+		if c.old, err = r.old.Clone(); err != nil {
+			c.m.Close()
+			return nil, fmt.Errorf("map %s: %w", r.name, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// close releases both maps of one that takeResync returned.
+func (r resyncMap) close() {
+	r.old.Close()
+	r.m.Close()
 }

@@ -42,8 +42,17 @@ func nodePins(t *testing.T, opts LoadOptions) string {
 	for _, b := range upgradeBlk {
 		must(t, "put remote", o.PutRemote(b, upgradeGW))
 	}
+	must(t, "put service", o.PutServices([]ServiceEntry{upgradeSvc}))
+	must(t, "put flow", o.maps.AxonCt.Put(upgradeFlow, podAxonCtEntry{ServiceId: upgradeSvc.Service.ID}))
 	return dir
 }
+
+// A service and a flow of the node state nodePins writes.
+var (
+	upgradeSvc = ServiceEntry{Frontend: Frontend{Addr: netip.MustParseAddr("10.96.0.1"), Port: 443, Proto: 6},
+		Service: Service{ID: 5, Active: []Backend{{Addr: netip.MustParseAddr("10.244.1.5"), Port: 6443, Local: true}}, Meta: []byte("kubernetes")}}
+	upgradeFlow = podAxonCtKey{Sport: 40000, Dport: 443, Proto: 6}
+)
 
 // checkNodeState checks that o holds what nodePins put.
 func checkNodeState(t *testing.T, o *Objects) {
@@ -68,6 +77,15 @@ func checkNodeState(t *testing.T, o *Objects) {
 		if rs[b] != upgradeGW {
 			t.Errorf("remote %s = %s", b, rs[b])
 		}
+	}
+	svcs, err := o.Services()
+	if err != nil || len(svcs) != 1 || svcs[0].Frontend != upgradeSvc.Frontend || svcs[0].Service.ID != upgradeSvc.Service.ID ||
+		!slices.Equal(svcs[0].Service.Active, upgradeSvc.Service.Active) || string(svcs[0].Service.Meta) != string(upgradeSvc.Service.Meta) {
+		t.Errorf("services after the upgrade: %+v, %v", svcs, err)
+	}
+	var flow podAxonCtEntry
+	if err := o.maps.AxonCt.Lookup(upgradeFlow, &flow); err != nil || flow.ServiceId != upgradeSvc.Service.ID {
+		t.Errorf("flow after the upgrade: %+v, %v", flow, err)
 	}
 }
 
@@ -207,6 +225,14 @@ func TestLoadMigrates(t *testing.T) {
 					t.Errorf("axon_remote6: max_entries %d, want 1024", n)
 				}
 			}},
+		{name: "service and tracker maps resized", pins: LoadOptions{ServiceMapMax: 16, SlotMapMax: 16, CTMapMax: 16},
+			opts:     LoadOptions{ServiceMapMax: 4096, SlotMapMax: 8192, CTMapMax: 1 << 16},
+			migrated: []string{podMapAxonLbServices, podMapAxonLbMeta, podMapAxonLbSlots, podMapAxonCt},
+			check: func(t *testing.T, o *Objects) {
+				if n := o.maps.AxonCt.MaxEntries(); n != 1<<16 {
+					t.Errorf("axon_ct: max_entries %d, want %d", n, 1<<16)
+				}
+			}},
 		{name: "hash and LPM smaller, entries fit", opts: LoadOptions{EndpointMapMax: 3, RemoteMapMax: 2},
 			migrated: []string{podMapAxonEndpoints, podMapAxonEndpoints6, podMapAxonDevices, podMapAxonRemote4, podMapAxonRemote6},
 			check: func(t *testing.T, o *Objects) {
@@ -320,7 +346,9 @@ func (o *Objects) mapsByName() map[string]*ebpf.Map {
 		podMapAxonConfig: o.maps.AxonConfig, podMapAxonDevices: o.maps.AxonDevices,
 		podMapAxonEndpoints: o.maps.AxonEndpoints, podMapAxonEndpoints6: o.maps.AxonEndpoints6,
 		podMapAxonRemote4: o.maps.AxonRemote4, podMapAxonRemote6: o.maps.AxonRemote6,
-		podMapAxonStats: o.maps.AxonStats,
+		podMapAxonStats: o.maps.AxonStats, podMapAxonLbServices: o.maps.AxonLbServices,
+		podMapAxonLbSlots: o.maps.AxonLbSlots, podMapAxonLbMeta: o.maps.AxonLbMeta,
+		podMapAxonCt: o.maps.AxonCt,
 	}
 }
 
@@ -414,7 +442,8 @@ func TestLoadRefusesIncompatible(t *testing.T) {
 // TestLoadOptions: sizes beyond the bound are refused before anything is
 // loaded; the defaults are datapath.h's.
 func TestLoadOptions(t *testing.T) {
-	for _, opts := range []LoadOptions{{EndpointMapMax: MaxMapMax + 1}, {RemoteMapMax: 1 << 31}} {
+	for _, opts := range []LoadOptions{{EndpointMapMax: MaxMapMax + 1}, {RemoteMapMax: 1 << 31},
+		{ServiceMapMax: MaxMapMax + 1}, {SlotMapMax: MaxMapMax + 1}, {CTMapMax: MaxMapMax + 1}} {
 		if o, err := Load("", opts); !errors.Is(err, ErrInvalidOption) {
 			if o != nil {
 				o.Close()
@@ -429,7 +458,9 @@ func TestLoadOptions(t *testing.T) {
 	for name, want := range map[string]uint32{
 		podMapAxonEndpoints: DefaultEndpointMapMax, podMapAxonEndpoints6: DefaultEndpointMapMax,
 		podMapAxonDevices: DefaultEndpointMapMax, podMapAxonRemote4: DefaultRemoteMapMax,
-		podMapAxonRemote6: DefaultRemoteMapMax,
+		podMapAxonRemote6: DefaultRemoteMapMax, podMapAxonLbServices: DefaultServiceMapMax,
+		podMapAxonLbMeta: DefaultServiceMapMax, podMapAxonLbSlots: DefaultSlotMapMax,
+		podMapAxonCt: DefaultCTMapMax,
 	} {
 		if got := spec.Maps[name].MaxEntries; got != want {
 			t.Errorf("%s: max_entries %d in the object, default %d", name, got, want)

@@ -21,6 +21,36 @@ type podAxonConfig struct {
 	Flags        uint32
 }
 
+type podAxonCtDir uint32
+
+const (
+	podAxonCtDirAXON_CT_FORWARD podAxonCtDir = 0
+	podAxonCtDirAXON_CT_REPLY   podAxonCtDir = 1
+)
+
+type podAxonCtEntry struct {
+	_         structs.HostLayout
+	ToSaddr   [16]uint8
+	ToDaddr   [16]uint8
+	ToSport   uint16
+	ToDport   uint16
+	ServiceId uint32
+	LastSeen  uint64
+	Flags     uint32
+	Pad       uint32
+}
+
+type podAxonCtKey struct {
+	_     structs.HostLayout
+	Saddr [16]uint8
+	Daddr [16]uint8
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
 type podAxonEndpoint struct {
 	_        structs.HostLayout
 	Ifindex  uint32
@@ -39,6 +69,54 @@ type podAxonEndpointKey struct {
 type podAxonEndpointKey6 struct {
 	_   structs.HostLayout
 	Ip6 [16]uint8
+}
+
+type podAxonLbBackend struct {
+	_     structs.HostLayout
+	Addr  [16]uint8
+	Port  uint16
+	Flags uint8
+	Pad   uint8
+}
+
+type podAxonLbKey struct {
+	_     structs.HostLayout
+	Addr  [16]uint8
+	Port  uint16
+	Proto uint8
+	Scope uint8
+}
+
+type podAxonLbMeta struct {
+	_    structs.HostLayout
+	Len  uint16
+	Data [512]uint8
+}
+
+type podAxonLbScope uint32
+
+const (
+	podAxonLbScopeAXON_LB_SCOPE_EXTERNAL podAxonLbScope = 0
+	podAxonLbScopeAXON_LB_SCOPE_INTERNAL podAxonLbScope = 1
+)
+
+type podAxonLbService struct {
+	_               structs.HostLayout
+	Id              uint32
+	Active          uint16
+	Terminating     uint16
+	Gen             uint8
+	Type            uint8
+	Flags           uint16
+	AffinityTimeout uint32
+}
+
+type podAxonLbSlotKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Slot      uint16
+	Gen       uint8
+	Pad       uint8
 }
 
 type podAxonMode uint32
@@ -86,7 +164,10 @@ const (
 	podAxonStatAXON_STAT_UNDERLAY_FOREIGN  podAxonStat = 13
 	podAxonStatAXON_STAT_DROP_SPOOFED      podAxonStat = 14
 	podAxonStatAXON_STAT_FWD_TUNNEL_DEVICE podAxonStat = 15
-	podAxonStatAXON_STAT_MAX               podAxonStat = 16
+	podAxonStatAXON_STAT_DROP_NO_BACKEND   podAxonStat = 16
+	podAxonStatAXON_STAT_DROP_CT_FULL      podAxonStat = 17
+	podAxonStatAXON_STAT_DROP_NAT          podAxonStat = 18
+	podAxonStatAXON_STAT_MAX               podAxonStat = 19
 )
 
 // Names of all BPF objects in the ELF.
@@ -94,9 +175,13 @@ const (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	podMapAxonConfig     = "axon_config"
+	podMapAxonCt         = "axon_ct"
 	podMapAxonDevices    = "axon_devices"
 	podMapAxonEndpoints  = "axon_endpoints"
 	podMapAxonEndpoints6 = "axon_endpoints6"
+	podMapAxonLbMeta     = "axon_lb_meta"
+	podMapAxonLbServices = "axon_lb_services"
+	podMapAxonLbSlots    = "axon_lb_slots"
 	podMapAxonRemote4    = "axon_remote4"
 	podMapAxonRemote6    = "axon_remote6"
 	podMapAxonStats      = "axon_stats"
@@ -153,9 +238,13 @@ type podProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type podMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -188,9 +277,13 @@ func (o *podObjects) Close() error {
 // It can be passed to loadPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
+	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
@@ -199,9 +292,13 @@ type podMaps struct {
 func (m *podMaps) Close() error {
 	return _PodClose(
 		m.AxonConfig,
+		m.AxonCt,
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbMeta,
+		m.AxonLbServices,
+		m.AxonLbSlots,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

@@ -4,7 +4,8 @@ import "fmt"
 
 // Stats are the datapath's packet counters (axon_stats) summed over CPUs.
 // Every packet a program handles is counted exactly once; IPv4 and IPv6
-// share the counters.
+// share the counters. A packet translated for a service (or back) counts
+// where it then goes (ForwardedLocal, ForwardedTunnel, ...).
 //
 // NonIPv4 keeps its name (and "non-ipv4" in [Stats.Map]) for existing
 // consumers. It counts what is not IPv4 and not forwarded by design:
@@ -35,6 +36,15 @@ type Stats struct {
 	// misconfigured or spoofing sender): left to the kernel's VXLAN path.
 	UnderlayForeign uint64
 	DropSpoofed     uint64 // from a pod with a source address not its own
+	// DropNoBackend counts new connections to a service frontend with no
+	// backend, active or terminating.
+	DropNoBackend uint64
+	// DropCTFull counts new service connections refused because the
+	// connection tracker (axon_ct) is full.
+	DropCTFull uint64
+	// DropNAT counts packets of a translated flow that could not be
+	// rewritten.
+	DropNAT uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -59,6 +69,9 @@ var statFields = [...]struct {
 	{podAxonStatAXON_STAT_UNDERLAY_FOREIGN, "from-underlay-foreign", func(s *Stats) *uint64 { return &s.UnderlayForeign }},
 	{podAxonStatAXON_STAT_DROP_SPOOFED, "drop-spoofed", func(s *Stats) *uint64 { return &s.DropSpoofed }},
 	{podAxonStatAXON_STAT_FWD_TUNNEL_DEVICE, "forwarded-tunnel-device", func(s *Stats) *uint64 { return &s.ForwardedTunnelDevice }},
+	{podAxonStatAXON_STAT_DROP_NO_BACKEND, "drop-no-backend", func(s *Stats) *uint64 { return &s.DropNoBackend }},
+	{podAxonStatAXON_STAT_DROP_CT_FULL, "drop-ct-full", func(s *Stats) *uint64 { return &s.DropCTFull }},
+	{podAxonStatAXON_STAT_DROP_NAT, "drop-nat", func(s *Stats) *uint64 { return &s.DropNAT }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

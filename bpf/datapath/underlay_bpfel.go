@@ -17,9 +17,13 @@ import (
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	underlayMapAxonConfig        = "axon_config"
+	underlayMapAxonCt            = "axon_ct"
 	underlayMapAxonDevices       = "axon_devices"
 	underlayMapAxonEndpoints     = "axon_endpoints"
 	underlayMapAxonEndpoints6    = "axon_endpoints6"
+	underlayMapAxonLbMeta        = "axon_lb_meta"
+	underlayMapAxonLbServices    = "axon_lb_services"
+	underlayMapAxonLbSlots       = "axon_lb_slots"
 	underlayMapAxonRemote4       = "axon_remote4"
 	underlayMapAxonRemote6       = "axon_remote6"
 	underlayMapAxonStats         = "axon_stats"
@@ -76,9 +80,13 @@ type underlayProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type underlayMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -111,9 +119,13 @@ func (o *underlayObjects) Close() error {
 // It can be passed to loadUnderlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type underlayMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
+	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
@@ -122,9 +134,13 @@ type underlayMaps struct {
 func (m *underlayMaps) Close() error {
 	return _UnderlayClose(
 		m.AxonConfig,
+		m.AxonCt,
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbMeta,
+		m.AxonLbServices,
+		m.AxonLbSlots,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

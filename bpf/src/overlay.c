@@ -18,6 +18,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "axon/counters.h"
+#include "axon/ct.h"
 #include "axon/datapath.h"
 #include "axon/license.h"
 #include "axon/local.h"
@@ -66,11 +67,15 @@ int axon_from_overlay(struct __sk_buff *skb)
 		ep = endpoint4(p.ip4->daddr);
 		if (!ep || !pod_src4(p.ip4->saddr))
 			return overlay_to_host(skb);
+		if (ct_reverse(skb, cfg, &p, kind) < 0)
+			return drop(AXON_STAT_DROP_NAT);
 		return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	ep = endpoint6(&p.ip6->daddr);
 	if (!ep || !pod_src6(&p.ip6->saddr))
 		return overlay_to_host(skb);
+	if (ct_reverse(skb, cfg, &p, kind) < 0)
+		return drop(AXON_STAT_DROP_NAT);
 	return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
 

@@ -11,7 +11,9 @@
  * (native mode); anything else goes to the kernel, which routes and
  * masquerades it. IPv6 the node must see itself (neighbour discovery,
  * link-local or multicast destinations) and non-IP frames go to the kernel
- * too.
+ * too. A TCP or UDP packet to a service frontend is first translated to one
+ * of its backends (axon/lb.h), and a reply of such a flow back to the
+ * frontend, then forwarded as any other.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -24,6 +26,7 @@
 #include "axon/datapath.h"
 #include "axon/encap.h"
 #include "axon/fib.h"
+#include "axon/lb.h"
 #include "axon/license.h"
 #include "axon/local.h"
 #include "axon/maps.h"
@@ -38,6 +41,8 @@
  */
 const enum axon_stat *__axon_stat_btf __attribute__((unused, section(".axon_btf")));
 const enum axon_mode *__axon_mode_btf __attribute__((unused, section(".axon_btf")));
+const enum axon_lb_scope *__axon_lb_scope_btf __attribute__((unused, section(".axon_btf")));
+const enum axon_ct_dir *__axon_ct_dir_btf __attribute__((unused, section(".axon_btf")));
 
 /*
  * Only pod blocks of other nodes are forwarded to remotes. Everything else
@@ -106,7 +111,8 @@ int axon_from_pod(struct __sk_buff *skb)
 	const struct axon_config *cfg;
 	const struct axon_endpoint *ep;
 	enum parse kind;
-	struct pkt p;
+	struct pkt p = {}; /* read by the family of kind only, but clang may hoist */
+	__u32 stat;
 
 	kind = parse(skb, &p);
 	switch (kind) {
@@ -135,13 +141,19 @@ int axon_from_pod(struct __sk_buff *skb)
 	if (kind == PARSE_IPV4) {
 		if (!own_source(skb, endpoint4(p.ip4->saddr)))
 			return drop(AXON_STAT_DROP_SPOOFED);
+	} else if (!own_source(skb, endpoint6(&p.ip6->saddr))) {
+		return drop(AXON_STAT_DROP_SPOOFED);
+	}
+	/* To a service: on to its backend; a reply: back from the frontend. */
+	if (lb_from_pod(skb, cfg, &p, kind, &stat) < 0)
+		return drop(stat);
+
+	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
 		if (ep)
 			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_FWD_LOCAL);
 		return to_remote4(skb, cfg, p.eth, p.ip4);
 	}
-	if (!own_source(skb, endpoint6(&p.ip6->saddr)))
-		return drop(AXON_STAT_DROP_SPOOFED);
 	ep = endpoint6(&p.ip6->daddr);
 	if (ep)
 		return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);

@@ -11,6 +11,7 @@
 #include <bpf/bpf_helpers.h>
 
 #include "axon/counters.h"
+#include "axon/ct.h"
 #include "axon/datapath.h"
 #include "axon/decap.h"
 #include "axon/license.h"
@@ -46,12 +47,18 @@ int axon_from_underlay(struct __sk_buff *skb)
 	kind = parse(skb, &p);
 	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
-		if (ep && remote4(p.ip4->saddr))
+		if (ep && remote4(p.ip4->saddr)) {
+			if (ct_reverse(skb, cfg, &p, kind) < 0)
+				return drop(AXON_STAT_DROP_NAT);
 			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
+		}
 	} else if (kind == PARSE_IPV6) {
 		ep = endpoint6(&p.ip6->daddr);
-		if (ep && remote6(&p.ip6->saddr))
+		if (ep && remote6(&p.ip6->saddr)) {
+			if (ct_reverse(skb, cfg, &p, kind) < 0)
+				return drop(AXON_STAT_DROP_NAT);
 			return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+		}
 	}
 	/* Malformed frames too: the kernel judges the node's own traffic. */
 	return next(AXON_STAT_UNDERLAY_TO_HOST);

@@ -89,6 +89,13 @@ struct axon_config {
  * nor strip VXLAN themselves, every tunnelled packet goes through it.
  */
 #define AXON_CONFIG_GENEVE 1
+/*
+ * Service frontends have been programmed: the programs look up frontends
+ * (axon_lb_services) and translated flows (axon_ct). Without it a node that
+ * has no services pays for neither lookup. The agent sets it with the first
+ * service and never clears it (flows outlive their service).
+ */
+#define AXON_CONFIG_LB 2
 
 /*
  * axon_stats: per-CPU __u64 counters indexed by enum axon_stat. Every packet
@@ -133,11 +140,147 @@ enum axon_stat {
 	 * the remote node), and the node's own traffic (to_overlay).
 	 */
 	AXON_STAT_FWD_TUNNEL_DEVICE,
+	/*
+	 * from_pod: a new connection to a service frontend that has neither
+	 * active nor terminating backends (DROP). A packet the programs
+	 * translate (service or reverse NAT) counts only the counter of where
+	 * it then goes (forwarded-local, forwarded-tunnel, ...).
+	 */
+	AXON_STAT_DROP_NO_BACKEND,
+	/* from_pod: a new service connection found axon_ct full (DROP). */
+	AXON_STAT_DROP_CT_FULL,
+	/* A translated packet could not be rewritten (DROP). */
+	AXON_STAT_DROP_NAT,
 	AXON_STAT_MAX,
 };
 
 #define AXON_MAX_ENDPOINTS 65536 /* defaults: the agent's flags resize the maps */
 #define AXON_MAX_REMOTES 16384
+#define AXON_MAX_LB_SERVICES 65536 /* frontends, and their axon_lb_meta entries */
+#define AXON_MAX_LB_SLOTS 262144   /* backend slots of every frontend, both generations */
+#define AXON_MAX_CT 262144         /* connection tracker entries (two per translated flow) */
+
+/*
+ * Service load balancing and the connection tracker (axon/lb.h, axon/ct.h).
+ *
+ * One address form for both: 16 bytes, IPv4 as IPv4-mapped IPv6
+ * (::ffff:a.b.c.d), so one map serves both families. Ports are in network
+ * byte order, as in the packet.
+ */
+
+/* Scopes of a frontend entry (axon_lb_key.scope). */
+enum axon_lb_scope {
+	/* Every client; the only entry of most frontends. */
+	AXON_LB_SCOPE_EXTERNAL = 0,
+	/*
+	 * In-cluster clients, when their backends differ from outside
+	 * clients' (externalTrafficPolicy Local): looked up first for pods,
+	 * only once the frontend's external entry exists.
+	 */
+	AXON_LB_SCOPE_INTERNAL = 1,
+};
+
+/* axon_lb_services: a frontend. */
+struct axon_lb_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto; /* IPPROTO_TCP, IPPROTO_UDP */
+	__u8 scope; /* enum axon_lb_scope */
+};
+
+/*
+ * The value of axon_lb_services: how a new connection to the frontend
+ * picks its backend. Its backends are axon_lb_slots (id, slot, gen) for
+ * slot in [0, active + terminating): the first active ones are ready
+ * backends (a backend may fill several slots: weights), the terminating
+ * ones follow and are used only when active is 0 (then they start at slot
+ * 0). A new set of slots is written under the other generation and switched
+ * in by replacing this value whole (one hash map update), so a packet sees
+ * the old set or the new one, never a mix.
+ */
+struct axon_lb_service {
+	__u32 id;               /* never 0: names the flows (axon_ct) and the slots */
+	__u16 active;
+	__u16 terminating;
+	__u8 gen;               /* 0 or 1: the generation of the slots in use */
+	__u8 type;              /* service type, for the agent (ClusterIP, NodePort, ...) */
+	__u16 flags;            /* reserved, 0 */
+	__u32 affinity_timeout; /* seconds; 0: none (session affinity, not yet used) */
+};
+
+/* axon_lb_slots: one backend slot of a frontend's generation. */
+struct axon_lb_slot_key {
+	__u32 service_id;
+	__u16 slot;
+	__u8 gen;
+	__u8 pad;
+};
+
+#define AXON_LB_BACKEND_LOCAL 1 /* the backend runs on this node */
+
+struct axon_lb_backend {
+	__u8 addr[16];
+	__be16 port;
+	__u8 flags; /* AXON_LB_BACKEND_* */
+	__u8 pad;
+};
+
+/* Most bytes of axon_lb_meta: opaque data the agent keeps with a frontend. */
+#define AXON_LB_META_MAX 512
+
+/* axon_lb_meta (service id -> the agent's data; the programs never read it). */
+struct axon_lb_meta {
+	__u16 len;
+	__u8 data[AXON_LB_META_MAX];
+};
+
+/* Directions of a connection tracker entry (axon_ct_key.dir). */
+enum axon_ct_dir {
+	AXON_CT_FORWARD = 0, /* the tuple as the client sends it */
+	AXON_CT_REPLY = 1,   /* the tuple as the other side (a backend) answers */
+};
+
+/*
+ * axon_ct: the connection tracker, keyed by the tuple of a packet as it
+ * arrives. Its entry is the tuple the packet leaves with: the programs
+ * rewrite addresses and ports to the entry's, whatever the direction
+ * (service DNAT one way, reverse NAT the other; later SNAT the same way).
+ */
+struct axon_ct_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 dir; /* enum axon_ct_dir */
+	__u16 pad;
+};
+
+#define AXON_CT_F_TCP_CLOSING 1 /* a TCP FIN or RST passed */
+#define AXON_CT_F_SEEN 2        /* a packet matched the entry after its creation */
+
+struct axon_ct_entry {
+	__u8 to_saddr[16];
+	__u8 to_daddr[16];
+	__be16 to_sport;
+	__be16 to_dport;
+	__u32 service_id; /* the frontend a translated flow went through; 0: none */
+	__u64 last_seen;  /* bpf_ktime_get_ns() of the last packet, to the second */
+	__u32 flags;      /* AXON_CT_F_* */
+	__u32 pad;
+};
+
+/*
+ * Idle timeouts of connection tracker entries, in seconds (the agent's
+ * ExpireFlows applies them; Cilium's defaults). A flow is as idle as the
+ * newest of its two entries.
+ */
+#define AXON_CT_TIMEOUT_TCP 21600     /* established TCP: 6 h */
+#define AXON_CT_TIMEOUT_TCP_SYN 60    /* TCP whose reply direction never passed */
+#define AXON_CT_TIMEOUT_TCP_CLOSE 10  /* TCP after a FIN or RST */
+#define AXON_CT_TIMEOUT_OTHER 60      /* UDP and the rest */
+/* last_seen is rewritten at most this often (ns), sparing the cache line. */
+#define AXON_CT_REFRESH_NS 1000000000ULL
 
 /* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */
 #define AXON_TUNNEL_VNI 2

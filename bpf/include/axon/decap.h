@@ -18,6 +18,7 @@
 
 #include "axon/counters.h"
 #include "axon/csum.h"
+#include "axon/ct.h"
 #include "axon/datapath.h"
 #include "axon/local.h"
 #include "axon/maps.h"
@@ -94,7 +95,8 @@ static __always_inline struct axon_vxlan_frame *vxlan_frame(struct __sk_buff *sk
 
 /*
  * Decapsulates a VXLAN packet for a local pod and hands the inner packet to
- * the pod. Anything else returns NEXT for the kernel, where axon_vxlan and
+ * the pod (reverse-translated if it answers a service connection the pod
+ * made). Anything else returns NEXT for the kernel, where axon_vxlan and
  * axon_from_overlay take the rest of the overlay.
  */
 static __always_inline int decap_vxlan(struct __sk_buff *skb, const struct axon_config *cfg)
@@ -105,6 +107,7 @@ static __always_inline int decap_vxlan(struct __sk_buff *skb, const struct axon_
 	void *data, *data_end;
 	struct ethhdr *eth;
 	__u8 inner_ecn;
+	struct pkt p = {};
 	int outer_ce;
 	__be16 proto;
 
@@ -169,7 +172,11 @@ static __always_inline int decap_vxlan(struct __sk_buff *skb, const struct axon_
 			return drop(AXON_STAT_DROP_MALFORMED);
 		if (outer_ce && inner_ecn != AXON_ECN_CE)
 			ipv4_set_ce(ip);
-		return deliver_local4(eth, ip, ep, AXON_STAT_OVERLAY_LOCAL);
+		p.eth = eth;
+		p.ip4 = ip;
+		if (ct_reverse(skb, cfg, &p, PARSE_IPV4) < 0)
+			return drop(AXON_STAT_DROP_NAT);
+		return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_OVERLAY_LOCAL);
 	}
 	struct ipv6hdr *ip6 = (void *)(eth + 1);
 
@@ -178,7 +185,11 @@ static __always_inline int decap_vxlan(struct __sk_buff *skb, const struct axon_
 	if (outer_ce && inner_ecn != AXON_ECN_CE)
 		ipv6_set_ce(skb, ip6);
 	eth->h_proto = proto;
-	return deliver_local6(skb, eth, ip6, ep, AXON_STAT_OVERLAY_LOCAL);
+	p.eth = eth;
+	p.ip6 = ip6;
+	if (ct_reverse(skb, cfg, &p, PARSE_IPV6) < 0)
+		return drop(AXON_STAT_DROP_NAT);
+	return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_OVERLAY_LOCAL);
 }
 
 #endif /* AXON_DECAP_H */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
 /*
- * The datapath's seven maps and their lookups. Every object includes this
- * header, so each declares all seven with the same definition; the loader
+ * The datapath's maps and their lookups. Every object includes this
+ * header, so each declares all of them with the same definition; the loader
  * (bpf/datapath) creates or opens each map once and hands the same map to
  * every object. The layout of keys and values is axon/datapath.h's.
  */
@@ -80,6 +80,49 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_stats SEC(".maps");
+
+/* Service frontends (axon/lb.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_LB_SERVICES);
+	__type(key, struct axon_lb_key);
+	__type(value, struct axon_lb_service);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_services SEC(".maps");
+
+/* Frontends' backends, by slot and generation (axon/lb.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_LB_SLOTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct axon_lb_slot_key);
+	__type(value, struct axon_lb_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_slots SEC(".maps");
+
+/* The agent's data about each frontend, by service id; no program reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_LB_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct axon_lb_meta);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_meta SEC(".maps");
+
+/*
+ * The connection tracker (axon/ct.h). A plain hash, not LRU: a full map
+ * refuses new flows visibly (drop-ct-full) instead of silently evicting
+ * live ones. The agent expires idle entries.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_CT);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct axon_ct_key);
+	__type(value, struct axon_ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_ct SEC(".maps");
 
 static __always_inline const struct axon_config *config(void)
 {

@@ -3,16 +3,19 @@
 // attaches the programs to the node's devices with pinned tcx links and to
 // pods' host-side veths with tc filters (either way traffic flows while the
 // agent restarts), and writes per-endpoint and per-block entries. It is the
-// real bpfmaps.Datapath.
+// real bpfmaps.Datapath, and the real bpfmaps.LBMaps (service frontends,
+// their backends and the connection tracker).
 package loader
 
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -76,6 +79,12 @@ func Open(pinDir string, opts bpfdp.LoadOptions) (*Loader, error) {
 	if err := l.adoptEndpoints(); err != nil {
 		_ = l.Close()
 		return nil, err
+	}
+	// Every device runs the new programs: what the old ones added to a
+	// migrated connection tracker meanwhile moves over too.
+	if err := objs.FinishMigration(); err != nil {
+		_ = l.Close()
+		return nil, fmt.Errorf("finish map migration: %w", err)
 	}
 	return l, nil
 }
@@ -301,4 +310,113 @@ func (l *Loader) Stats() (map[string]uint64, error) {
 		return nil, err
 	}
 	return s.Map(), nil
+}
+
+var _ bpfmaps.LBMaps = (*Loader)(nil)
+
+func lbFrontend(k bpfmaps.LBKey) bpfdp.Frontend {
+	return bpfdp.Frontend{Addr: k.Addr, Port: k.Port, Proto: k.Proto, Scope: bpfdp.Scope(k.Scope)}
+}
+
+func lbBackends(bs []bpfmaps.LBBackend) []bpfdp.Backend {
+	out := make([]bpfdp.Backend, len(bs))
+	for i, b := range bs {
+		out[i] = bpfdp.Backend{Addr: b.Addr, Port: b.Port, Local: b.Local}
+	}
+	return out
+}
+
+func lbBackendsFrom(bs []bpfdp.Backend) []bpfmaps.LBBackend {
+	if len(bs) == 0 {
+		return nil
+	}
+	out := make([]bpfmaps.LBBackend, len(bs))
+	for i, b := range bs {
+		out[i] = bpfmaps.LBBackend{Addr: b.Addr, Port: b.Port, Local: b.Local}
+	}
+	return out
+}
+
+// affinitySeconds is the map's form of an affinity timeout: whole seconds,
+// a positive timeout at least one.
+func affinitySeconds(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	s := (d + time.Second - 1) / time.Second
+	return uint32(min(s, math.MaxUint32))
+}
+
+// PutServices writes frontend entries in order, each switched in whole
+// (see [bpfdp.Objects.PutServices]).
+func (l *Loader) PutServices(entries []bpfmaps.LBEntry) error {
+	out := make([]bpfdp.ServiceEntry, len(entries))
+	for i, e := range entries {
+		out[i] = bpfdp.ServiceEntry{Frontend: lbFrontend(e.Key), Service: bpfdp.Service{
+			ID:              e.Service.ID,
+			Type:            uint8(e.Service.Type),
+			Active:          lbBackends(e.Service.Active),
+			Terminating:     lbBackends(e.Service.Terminating),
+			AffinityTimeout: affinitySeconds(e.Service.Affinity),
+			Meta:            e.Service.Meta,
+		}}
+	}
+	return l.objs.PutServices(out)
+}
+
+// DeleteServices removes frontends; missing ones are skipped.
+func (l *Loader) DeleteServices(keys []bpfmaps.LBKey) error {
+	out := make([]bpfdp.Frontend, len(keys))
+	for i, k := range keys {
+		out[i] = lbFrontend(k)
+	}
+	return l.objs.DeleteServices(out)
+}
+
+// Services reads every frontend entry back.
+func (l *Loader) Services() ([]bpfmaps.LBEntry, error) {
+	entries, err := l.objs.Services()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]bpfmaps.LBEntry, len(entries))
+	for i, e := range entries {
+		out[i] = bpfmaps.LBEntry{
+			Key: bpfmaps.LBKey{Addr: e.Frontend.Addr, Port: e.Frontend.Port, Proto: e.Frontend.Proto, Scope: bpfmaps.LBScope(e.Frontend.Scope)},
+			Service: bpfmaps.LBService{
+				ID:          e.Service.ID,
+				Type:        bpfmaps.LBType(e.Service.Type),
+				Active:      lbBackendsFrom(e.Service.Active),
+				Terminating: lbBackendsFrom(e.Service.Terminating),
+				Affinity:    time.Duration(e.Service.AffinityTimeout) * time.Second,
+				Meta:        e.Service.Meta,
+			},
+		}
+	}
+	return out, nil
+}
+
+// DeleteFlows removes both directions of the translated flows match
+// selects and returns how many it removed.
+func (l *Loader) DeleteFlows(match func(bpfmaps.Flow) bool) (int, error) {
+	return l.objs.DeleteFlows(func(f bpfdp.Flow) bool {
+		return match(bpfmaps.Flow{ServiceID: f.ServiceID, Proto: f.Proto, Client: f.Client, Frontend: f.Frontend, Backend: f.Backend})
+	})
+}
+
+// ExpireFlows removes idle flows (the datapath's timeouts) and returns how
+// many it removed.
+func (l *Loader) ExpireFlows() (int, error) { return l.objs.ExpireFlows() }
+
+// Usage reports how full every datapath map is.
+func (l *Loader) Usage() ([]bpfmaps.MapUsage, error) {
+	us, err := l.objs.Usage()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]bpfmaps.MapUsage, len(us))
+	for i, u := range us {
+		out[i] = bpfmaps.MapUsage{Name: u.Name, Entries: u.Entries, Capacity: u.Capacity}
+	}
+	return out, nil
 }

@@ -1,0 +1,266 @@
+/* SPDX-License-Identifier: (MIT OR GPL-2.0-only) */
+/*
+ * The connection tracker (axon_ct) and the address translation it drives:
+ * a packet's tuple, the entry it matches, and the rewrite of its addresses
+ * and ports (with their checksums) to the entry's tuple. The rewrite does
+ * not care which direction it serves: service DNAT, its reverse, and later
+ * SNAT are the same operation on different entries.
+ */
+#ifndef AXON_CT_H
+#define AXON_CT_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "axon/datapath.h"
+#include "axon/maps.h"
+#include "axon/parse.h"
+
+/* TCP header flags (byte 13 of the header). */
+#define AXON_TCP_FIN 0x01
+#define AXON_TCP_SYN 0x02
+#define AXON_TCP_RST 0x04
+
+/* Where a TCP or UDP packet's transport header is, and its TCP flags. */
+struct axon_l4 {
+	__u32 off; /* of the TCP/UDP header, from the start of the frame */
+	__u8 tcp_flags;
+};
+
+/* Writes ip4 as an IPv4-mapped IPv6 address (::ffff:a.b.c.d). */
+static __always_inline void ct_map4(__u8 *dst, __be32 ip4)
+{
+	__builtin_memset(dst, 0, 10);
+	dst[10] = 0xff;
+	dst[11] = 0xff;
+	__builtin_memcpy(dst + 12, &ip4, sizeof(ip4));
+}
+
+static __always_inline int ipv6_v4mapped(const struct in6_addr *a)
+{
+	const __u32 *w = a->in6_u.u6_addr32;
+
+	return !(w[0] | w[1]) && w[2] == bpf_htonl(0xffff);
+}
+
+/*
+ * Fills k with the packet's tuple, direction FORWARD, and l with where its
+ * ports are. Returns 0, or -1 for packets the tracker leaves alone: neither
+ * TCP nor UDP, IPv4 fragments, IPv6 with extension headers before the
+ * transport header or with IPv4-mapped addresses, a transport header cut
+ * short.
+ */
+static __always_inline int ct_tuple(struct __sk_buff *skb, const struct pkt *p, enum parse kind,
+				    struct axon_ct_key *k, struct axon_l4 *l)
+{
+	__be16 ports[2];
+	__u8 proto;
+
+	__builtin_memset(k, 0, sizeof(*k));
+	if (kind == PARSE_IPV4) {
+		const struct iphdr *ip = p->ip4;
+
+		if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset */
+			return -1;
+		proto = ip->protocol;
+		l->off = sizeof(struct ethhdr) + ip->ihl * 4;
+		ct_map4(k->saddr, ip->saddr);
+		ct_map4(k->daddr, ip->daddr);
+	} else {
+		const struct ipv6hdr *ip6 = p->ip6;
+
+		/* IPv4-mapped addresses name IPv4 state: not IPv6's to touch. */
+		if (ipv6_v4mapped(&ip6->saddr) || ipv6_v4mapped(&ip6->daddr))
+			return -1;
+		proto = ip6->nexthdr;
+		l->off = sizeof(struct ethhdr) + sizeof(*ip6);
+		__builtin_memcpy(k->saddr, &ip6->saddr, sizeof(k->saddr));
+		__builtin_memcpy(k->daddr, &ip6->daddr, sizeof(k->daddr));
+	}
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return -1;
+	/* Copies: packet pointers stay valid. */
+	if (bpf_skb_load_bytes(skb, l->off, ports, sizeof(ports)) < 0)
+		return -1;
+	l->tcp_flags = 0;
+	if (proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, l->off + 13, &l->tcp_flags, 1) < 0)
+		return -1;
+	k->sport = ports[0];
+	k->dport = ports[1];
+	k->proto = proto;
+	k->dir = AXON_CT_FORWARD;
+	return 0;
+}
+
+/*
+ * Notes a packet of an entry's flow: the time (at most once per
+ * AXON_CT_REFRESH_NS, so busy flows do not bounce the cache line between
+ * CPUs) and, once each, that the entry saw traffic and that TCP closes.
+ */
+static __always_inline void ct_touch(struct axon_ct_entry *e, const struct axon_ct_key *k,
+				     const struct axon_l4 *l)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 flags = AXON_CT_F_SEEN;
+
+	if (k->proto == IPPROTO_TCP && (l->tcp_flags & (AXON_TCP_FIN | AXON_TCP_RST)))
+		flags |= AXON_CT_F_TCP_CLOSING;
+	/* Not atomic (v1 has no atomic OR): a bit lost to a race is set again
+	 * by the flow's next packet. */
+	if ((e->flags & flags) != flags)
+		e->flags |= flags;
+	if (now - e->last_seen > AXON_CT_REFRESH_NS)
+		e->last_seen = now;
+}
+
+/* Checksum flags of the transport protocol for bpf_l4_csum_replace. */
+static __always_inline __u64 l4_csum_flags(__u8 proto, enum parse kind)
+{
+	/* UDP over IPv4 may carry no checksum (0): it stays so. */
+	__u64 f = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	return kind == PARSE_IPV6 ? f | BPF_F_IPV6 : f;
+}
+
+/*
+ * Adjusts the transport checksum for a change of the pseudo header
+ * (addresses) or of a port. BPF_F_IPV6 (Linux 6.16) keeps a packet's
+ * CHECKSUM_COMPLETE sum right; an older kernel refuses the flag, and then
+ * gets the call without it.
+ */
+static __always_inline long l4_csum(struct __sk_buff *skb, __u32 off, __u64 from, __u64 to, __u64 flags)
+{
+	long rc = bpf_l4_csum_replace(skb, off, from, to, flags);
+
+	if (rc < 0 && (flags & BPF_F_IPV6))
+		rc = bpf_l4_csum_replace(skb, off, from, to, flags & ~BPF_F_IPV6);
+	return rc;
+}
+
+/* Rewrites one IPv4 address (4 bytes at off) with its checksums. */
+static __always_inline long nat_addr4(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u64 l4f,
+				      const __u8 *from16, const __u8 *to16)
+{
+	__be32 from, to;
+
+	__builtin_memcpy(&from, from16 + 12, sizeof(from));
+	__builtin_memcpy(&to, to16 + 12, sizeof(to));
+	if (from == to)
+		return 0;
+	if (l4_csum(skb, csum_off, from, to, l4f | BPF_F_PSEUDO_HDR | sizeof(to)) < 0 ||
+	    bpf_l3_csum_replace(skb, sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, check), from, to,
+				sizeof(to)) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+}
+
+/* Rewrites one IPv6 address (16 bytes at off) with the L4 checksum. */
+static __always_inline long nat_addr6(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u64 l4f,
+				      const __u8 *from16, const __u8 *to16)
+{
+	__u64 from[2], to[2];
+	__s64 diff;
+
+	__builtin_memcpy(from, from16, sizeof(from));
+	__builtin_memcpy(to, to16, sizeof(to));
+	if (from[0] == to[0] && from[1] == to[1])
+		return 0;
+	diff = bpf_csum_diff((__be32 *)from, sizeof(from), (__be32 *)to, sizeof(to), 0);
+	if (diff < 0 || l4_csum(skb, csum_off, 0, diff, l4f | BPF_F_PSEUDO_HDR) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, to, sizeof(to), 0);
+}
+
+/* Rewrites one port (at off) with the L4 checksum. */
+static __always_inline long nat_port(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u64 l4f,
+				     __be16 from, __be16 to)
+{
+	if (from == to)
+		return 0;
+	if (l4_csum(skb, csum_off, from, to, l4f | sizeof(to)) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+}
+
+/*
+ * Rewrites the packet whose tuple is k to e's tuple: addresses, ports, the
+ * IPv4 header checksum and the TCP/UDP checksum. Returns 0, or negative if
+ * the packet could not be rewritten (then it must be dropped: it may be
+ * half-written). Invalidates every packet pointer.
+ */
+static __always_inline int ct_nat(struct __sk_buff *skb, enum parse kind, const struct axon_l4 *l,
+				  const struct axon_ct_key *k, const struct axon_ct_entry *e)
+{
+	__u32 csum_off = l->off + (k->proto == IPPROTO_TCP ? 16 : 6);
+	__u64 l4f = l4_csum_flags(k->proto, kind);
+	const __u32 l3 = sizeof(struct ethhdr);
+
+	if (kind == PARSE_IPV4) {
+		if (nat_addr4(skb, l3 + __builtin_offsetof(struct iphdr, saddr), csum_off, l4f, k->saddr,
+			      e->to_saddr) < 0 ||
+		    nat_addr4(skb, l3 + __builtin_offsetof(struct iphdr, daddr), csum_off, l4f, k->daddr,
+			      e->to_daddr) < 0)
+			return -1;
+	} else {
+		if (nat_addr6(skb, l3 + __builtin_offsetof(struct ipv6hdr, saddr), csum_off, l4f, k->saddr,
+			      e->to_saddr) < 0 ||
+		    nat_addr6(skb, l3 + __builtin_offsetof(struct ipv6hdr, daddr), csum_off, l4f, k->daddr,
+			      e->to_daddr) < 0)
+			return -1;
+	}
+	if (nat_port(skb, l->off, csum_off, l4f, k->sport, e->to_sport) < 0 ||
+	    nat_port(skb, l->off + 2, csum_off, l4f, k->dport, e->to_dport) < 0)
+		return -1;
+	return 0;
+}
+
+/* Re-finds the headers after a rewrite; returns kind, or PARSE_MALFORMED. */
+static __always_inline enum parse reparse(struct __sk_buff *skb, struct pkt *p, enum parse kind)
+{
+	return kind == PARSE_IPV4 ? parse_ipv4(skb, p) : parse_ipv6(skb, p);
+}
+
+/*
+ * Translates a packet whose tuple k (with its direction) has an entry.
+ * Returns 1 if it did, with p pointing at the rewritten headers, 0 if k has
+ * no entry (nothing changed), -1 if the rewrite failed (drop the packet).
+ */
+static __always_inline int ct_apply(struct __sk_buff *skb, struct pkt *p, enum parse kind,
+				    const struct axon_ct_key *k, const struct axon_l4 *l)
+{
+	struct axon_ct_entry *e = bpf_map_lookup_elem(&axon_ct, k);
+
+	if (!e)
+		return 0;
+	ct_touch(e, k, l);
+	if (ct_nat(skb, kind, l, k, e) < 0 || reparse(skb, p, kind) != kind)
+		return -1;
+	return 1;
+}
+
+/*
+ * Reverse translation before a packet is delivered to a local pod: a
+ * packet matching a REPLY entry (a backend answering a client that
+ * connected to a service) leaves with the entry's tuple, the frontend as
+ * its source. Every path that delivers to a pod calls it. Returns 0 with p
+ * pointing at the (maybe rewritten) headers, or -1 if a rewrite failed
+ * (drop the packet, counting AXON_STAT_DROP_NAT).
+ */
+static __always_inline int ct_reverse(struct __sk_buff *skb, const struct axon_config *cfg, struct pkt *p,
+				      enum parse kind)
+{
+	struct axon_ct_key k;
+	struct axon_l4 l;
+
+	if (!(cfg->flags & AXON_CONFIG_LB) || ct_tuple(skb, p, kind, &k, &l) < 0)
+		return 0;
+	k.dir = AXON_CT_REPLY;
+	return ct_apply(skb, p, kind, &k, &l) < 0 ? -1 : 0;
+}
+
+#endif /* AXON_CT_H */
