@@ -120,9 +120,7 @@ func Run(ctx context.Context, h Host, opts Options, deps Deps) error {
 	a, err := agent.New(cfg, agent.Deps{
 		Namespaces: namespaces, Datapath: bpf, IPAM: ipam,
 		Masquerade: deps.Masquerade, Sysctl: deps.Sysctl,
-		// Services are unavailable until the loader implements
-		// bpfmaps.LBMaps: then this is bpf (and Datapath embeds it).
-		LB: nil,
+		LB: bpf,
 	}, h.Logger().With(daemon.LogKeySubsys, "agent"))
 	if err != nil {
 		// Not a usage error: the flags were fine, the node is not.

@@ -94,5 +94,6 @@ type Programs interface {
 // Datapath is the whole eBPF side of a node.
 type Datapath interface {
 	Maps
+	LBMaps
 	Programs
 }
