@@ -82,7 +82,7 @@ func (a *Allocator) ReleaseBlock(ctx context.Context, s, node, expectedRev strin
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	key := a.keys.block(p)
-	resp, err := a.cli.Get(ctx, key)
+	resp, err := a.store.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("release block %s: %w: %w", p, ErrUnavailable, err)
 	}
@@ -109,7 +109,7 @@ func (a *Allocator) ReleaseBlock(ctx context.Context, s, node, expectedRev strin
 	if err != nil {
 		return nil, err
 	}
-	txn, err := a.cli.Txn(ctx).If(
+	txn, err := a.store.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(key), "=", ref.rev),
 		clientv3.Compare(clientv3.CreateRevision(a.keys.allocBlock(b.Pool, p)), "=", 0).WithPrefix(),
 		clientv3.Compare(clientv3.CreateRevision(a.keys.holdBlock(b.Pool, p)), "=", 0).WithPrefix(),
@@ -141,7 +141,7 @@ func (a *Allocator) ListBlocks(ctx context.Context, f BlockFilter, after string,
 	end := prefixEnd(a.keys.blocks())
 	var out []*ipamv1alpha1.Block
 	for {
-		resp, err := a.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
+		resp, err := a.store.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
 		if err != nil {
 			return nil, "", fmt.Errorf("list blocks: %w: %w", ErrUnavailable, err)
 		}
