@@ -119,6 +119,9 @@ type Agent struct {
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
 	ready   error // nil once the node is set up
+	// ipamDown is why the last IPAM probe got no answer; nil while IPAM
+	// answers (and before the first probe: Start needs IPAM to answer).
+	ipamDown error
 }
 
 // New returns an agent; Start sets the node up. Configuration errors (an

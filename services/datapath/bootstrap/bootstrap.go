@@ -139,6 +139,7 @@ func Run(ctx context.Context, h Host, opts Options, deps Deps) error {
 		a.RunRemoteWatch(bg)
 	})
 	wg.Go(func() { a.RunReleaseRetries(bg) })
+	wg.Go(func() { a.RunIPAMProbe(bg) })
 	datapathv1alpha1.RegisterDatapathServiceServer(h.GRPC(), server.New(a.Endpoints(), a.Remotes(), a, opts.GCMinAge))
 	server.RegisterMetrics(h.Registry(), bpf, a)
 	return nil
