@@ -83,21 +83,25 @@ type storeTxn struct {
 	thenOps, elseOps []clientv3.Op
 }
 
+// If adds compares, as clientv3.Txn's.
 func (t *storeTxn) If(cs ...clientv3.Cmp) clientv3.Txn {
 	t.cmps = append(t.cmps, cs...)
 	return t
 }
 
+// Then adds the operations done when the compares hold.
 func (t *storeTxn) Then(ops ...clientv3.Op) clientv3.Txn {
 	t.thenOps = append(t.thenOps, ops...)
 	return t
 }
 
+// Else adds the operations done when a compare fails.
 func (t *storeTxn) Else(ops ...clientv3.Op) clientv3.Txn {
 	t.elseOps = append(t.elseOps, ops...)
 	return t
 }
 
+// Commit sends the transaction, bounded as every request of the store.
 func (t *storeTxn) Commit() (*clientv3.TxnResponse, error) {
 	return storeCall(t.ctx, t.s, func(ctx context.Context) (*clientv3.TxnResponse, error) {
 		return t.s.kv.Txn(ctx).If(t.cmps...).Then(t.thenOps...).Else(t.elseOps...).Commit()
