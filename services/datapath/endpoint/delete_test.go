@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -160,9 +161,13 @@ func TestDeleteQueuesRelease(t *testing.T) {
 
 // hungIPAM answers no ReleaseIP: each waits until its caller gives up, as
 // an IPAM whose connection accepts and never answers does.
-type hungIPAM struct{ IPAM }
+type hungIPAM struct {
+	IPAM
+	releases *atomic.Int32 // ReleaseIP calls
+}
 
-func (hungIPAM) ReleaseIP(ctx context.Context, _ *ipamv1alpha1.ReleaseIPRequest, _ ...grpc.CallOption) (*ipamv1alpha1.ReleaseIPResponse, error) {
+func (h hungIPAM) ReleaseIP(ctx context.Context, _ *ipamv1alpha1.ReleaseIPRequest, _ ...grpc.CallOption) (*ipamv1alpha1.ReleaseIPResponse, error) {
+	h.releases.Add(1)
 	<-ctx.Done()
 	return nil, status.FromContextError(ctx.Err()).Err()
 }
@@ -171,7 +176,7 @@ func (hungIPAM) ReleaseIP(ctx context.Context, _ *ipamv1alpha1.ReleaseIPRequest,
 // its release survives a restart: the next agent does it once IPAM
 // answers. (Issue 17, item 3: the DEL waited for its whole deadline.)
 func TestDeleteDoesNotWaitForIPAM(t *testing.T) {
-	e := newTestManager(t, testOpts{dualStack: true, ipam: func(f *fakeipam.IPAM) IPAM { return hungIPAM{f} }})
+	e := newTestManager(t, testOpts{dualStack: true, ipam: func(f *fakeipam.IPAM) IPAM { return hungIPAM{f, new(atomic.Int32)} }})
 	ns := e.podNS("podA")
 	ep := e.create("a", "eth0", ns)
 
@@ -206,6 +211,30 @@ func TestDeleteDoesNotWaitForIPAM(t *testing.T) {
 	if q := e.queuedReleases(); len(q) != 0 {
 		t.Errorf("queued releases %v after IPAM answered", q)
 	}
+}
+
+// A queued release IPAM does not answer ends the worker's pass, bounded by
+// releaseTimeout: the others would each wait as long in turn. The next pass
+// IPAM answers does them all.
+func TestRetryReleasesStopsAtUnansweredRelease(t *testing.T) {
+	calls := new(atomic.Int32)
+	e := newTestManager(t, testOpts{ipam: func(f *fakeipam.IPAM) IPAM { return hungIPAM{f, calls} }})
+	for _, id := range []string{"a", "b"} {
+		e.create(id, "eth0", e.podNS("pod"+id))
+		if _, err := e.m.DeleteEndpoint(t.Context(), attachment(id, "eth0")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.m.RetryReleases(t.Context())
+	if n := calls.Load(); n != 1 {
+		t.Errorf("ReleaseIP called %d times in a pass with IPAM hung; want once", n)
+	}
+	if q := e.queuedReleases(); len(q) != 2 {
+		t.Errorf("queued releases %v, want both kept", q)
+	}
+	e.opts.ipam = nil
+	e.m = e.newManager(true)
+	e.assertEmptyNode()
 }
 
 // A crash between IPAM and the record leaves an allocation and maybe a
