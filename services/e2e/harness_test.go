@@ -361,10 +361,14 @@ func (e *env) assertNothingLeft(node int) {
 			e.t.Errorf("route to a pod left: %s", line)
 		}
 	}
-	allocs := e.pods(node)
-	if len(allocs) != 0 {
-		e.t.Errorf("IPAM allocations left on %s: %v", n.Name, allocs)
-	}
+	// A DEL leaves its release to the datapath's release worker, which
+	// does it within moments.
+	testpoll.Until(e.t, 10*time.Second, func() error {
+		if allocs := e.pods(node); len(allocs) != 0 {
+			return fmt.Errorf("IPAM allocations left on %s: %v", n.Name, allocs)
+		}
+		return nil
+	})
 }
 
 // ipamClient dials the cluster's IPAM service.

@@ -263,10 +263,14 @@ func TestRestartReconciles(t *testing.T) {
 	if err != nil || len(list.GetEndpoints()) != 2 { // pod-a and the health endpoint
 		t.Errorf("endpoints after restart: %v, %v; want pod-a's and the health endpoint", list.GetEndpoints(), err)
 	}
-	// pod-unrecorded's addresses have no endpoint any more: released.
-	if allocs := e.pods(0); len(allocs) != 1 || allocs[0].GetHandle().GetContainerId() != a.rt.ContainerID {
-		t.Errorf("IPAM allocations on %s: %v; want pod-a's only", n.Name, allocs)
-	}
+	// pod-unrecorded's addresses have no endpoint any more: released at
+	// start-up; pod-gone's by the release worker, moments after.
+	e.eventually(func() error {
+		if allocs := e.pods(0); len(allocs) != 1 || allocs[0].GetHandle().GetContainerId() != a.rt.ContainerID {
+			return fmt.Errorf("IPAM allocations on %s: %v; want pod-a's only", n.Name, allocs)
+		}
+		return nil
+	})
 
 	remotes, err := dp.ListRemoteNodes(t.Context(), &datapathv1alpha1.ListRemoteNodesRequest{})
 	if err != nil || !slices.ContainsFunc(remotes.GetNodes(), func(r *datapathv1alpha1.RemoteNode) bool { return r.GetName() == "ghost" }) {

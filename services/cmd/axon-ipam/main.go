@@ -21,6 +21,7 @@ func main() {
 	var etcd etcdclient.Config
 	cfg := allocator.DefaultConfig()
 	startTimeout := 30 * time.Second
+	usageInterval := 10 * time.Second
 	os.Exit(daemon.Main(daemon.Spec{
 		Name:     "ipam",
 		Defaults: daemon.Defaults{GRPCAddr: "127.0.0.1:9401", MetricsAddr: "127.0.0.1:9601"},
@@ -31,15 +32,24 @@ func main() {
 			fs.DurationVar(&cfg.GCMinAge, "gc-min-age", cfg.GCMinAge, "allocations younger than this survive GarbageCollect by default")
 			fs.DurationVar(&cfg.BlockReleaseGrace, "block-release-grace", cfg.BlockReleaseGrace, "how long a node's extra block stays empty before it goes back to its pool")
 			fs.DurationVar(&startTimeout, "etcd-start-timeout", startTimeout, "how long start-up waits for etcd to load IPAM state")
+			fs.DurationVar(&cfg.RequestTimeout, "etcd-request-timeout", cfg.RequestTimeout, "how long one etcd request of a call may take before the call fails with UNAVAILABLE")
+			fs.DurationVar(&usageInterval, "usage-interval", usageInterval, "how often the pool and node usage metrics are read from etcd")
 		},
 		Setup: func(ctx context.Context, d *daemon.Daemon) error {
 			if !strings.HasSuffix(cfg.Root, "/") {
 				return &daemon.UsageError{Err: fmt.Errorf("--etcd-prefix must end in /, got %q", cfg.Root)}
 			}
-			cli, err := etcdclient.Attach(d, etcd)
+			if usageInterval <= 0 {
+				return &daemon.UsageError{Err: fmt.Errorf("--usage-interval must be positive, got %s", usageInterval)}
+			}
+			if cfg.RequestTimeout < 0 {
+				return &daemon.UsageError{Err: fmt.Errorf("--etcd-request-timeout must not be negative, got %s", cfg.RequestTimeout)}
+			}
+			cli, err := etcdclient.New(etcd)
 			if err != nil {
 				return err
 			}
+			d.OnShutdown(cli.Close)
 			loadCtx, cancel := context.WithTimeout(ctx, startTimeout)
 			defer cancel()
 			alloc, err := allocator.New(loadCtx, cli, cfg, d.Logger().With(daemon.LogKeySubsys, "allocator"))
@@ -47,7 +57,17 @@ func main() {
 				return fmt.Errorf("load IPAM state from etcd: %w", err)
 			}
 			d.OnShutdown(func() error { alloc.Close(); return nil })
+			// The health check is the allocator's: while it fails, calls
+			// fail at once with UNAVAILABLE instead of waiting for etcd.
+			d.AddCheck("etcd", alloc.CheckStore)
 			m := server.NewMetrics(d.Registry(), alloc)
+			usageCtx, stopUsage := context.WithCancel(ctx)
+			usageDone := make(chan struct{})
+			go func() {
+				defer close(usageDone)
+				m.RunUsage(usageCtx, usageInterval)
+			}()
+			d.OnShutdown(func() error { stopUsage(); <-usageDone; return nil })
 			ipamv1alpha1.RegisterIPAMServiceServer(d.GRPC(), server.New(alloc, m, d.Logger()))
 			return nil
 		},

@@ -125,6 +125,9 @@ type Agent struct {
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
 	ready   error // nil once the node is set up
+	// ipamDown is why the last IPAM probe got no answer; nil while IPAM
+	// answers (and before the first probe: Start needs IPAM to answer).
+	ipamDown error
 }
 
 // New returns an agent; Start sets the node up. Configuration errors (an
@@ -399,14 +402,23 @@ func (a *Agent) setupDatapath() error {
 	return nil
 }
 
-// RunReleaseRetries retries, until ctx ends, the address releases that
-// IPAM was unavailable for when their endpoints were deleted, and replays
-// queued DELs.
+// RunReleaseRetries is the release worker: until ctx ends, it gives IPAM
+// the addresses of deleted endpoints as soon as they are queued, retries
+// those IPAM did not take every ReleaseRetry, and replays queued DELs.
 func (a *Agent) RunReleaseRetries(ctx context.Context) {
-	periodic.Every(ctx, a.cfg.ReleaseRetry, func() {
-		a.endpoints.RetryReleases(ctx)
-		a.endpoints.ReplayDeletes(ctx)
-	})
+	t := time.NewTicker(a.cfg.ReleaseRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.endpoints.ReleasesQueued():
+			a.endpoints.RetryReleases(ctx)
+		case <-t.C:
+			a.endpoints.RetryReleases(ctx)
+			a.endpoints.ReplayDeletes(ctx)
+		}
+	}
 }
 
 // RunVanishedEndpoints removes, until ctx ends, the endpoints whose host

@@ -1,21 +1,35 @@
 package agent
 
 import (
+	"context"
+	"fmt"
 	"net"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
+	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/endpoint"
 	"github.com/axon-cni/axon/services/datapath/health"
+	"github.com/axon-cni/axon/services/datapath/internal/periodic"
 	"github.com/axon-cni/axon/services/datapath/nodedev"
 )
 
+// IPAM probing: how often, and how long an answer may take.
+const (
+	ipamProbeInterval = 2 * time.Second
+	ipamProbeTimeout  = time.Second
+)
+
 // Readiness is what CNI STATUS reports: not ready until the node is set
-// up, degraded while one of the node's devices is missing. It depends on
-// nothing outside the node: a runtime takes any STATUS error for a node
-// whose network is not ready, so an IPAM or etcd outage reported here would
-// take every node NotReady at once (and could keep IPAM's own pods from
-// starting). ADD reports IPAM's unavailability itself (11, try again).
+// up or while IPAM does not answer (every ADD would fail: a runtime should
+// not schedule pods here), degraded while one of the node's devices is
+// missing. "Does not answer" is IPAM unreachable, hung past
+// ipamProbeTimeout, or UNAVAILABLE (its store down); IPAM's control plane
+// runs in the host network, which a not-ready node still starts.
 func (a *Agent) Readiness() (datapathv1alpha1.ReadinessState, []string) {
 	st := a.NodeStatus()
 	return st.GetReadiness(), st.GetReasons()
@@ -28,6 +42,13 @@ func (a *Agent) NodeStatus() *datapathv1alpha1.NodeStatus {
 	if err := a.Ready(); err != nil {
 		st.Readiness = datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY
 		st.Reasons = append(st.Reasons, err.Error())
+	}
+	a.mu.Lock()
+	ipamDown := a.ipamDown
+	a.mu.Unlock()
+	if ipamDown != nil {
+		st.Readiness = datapathv1alpha1.ReadinessState_READINESS_STATE_NOT_READY
+		st.Reasons = append(st.Reasons, ipamDown.Error())
 	}
 	tunnel := nodedev.TunnelDevice(a.cfg.TunnelProtocol)
 	devices := []string{nodedev.HostDevice, nodedev.NetDevice}
@@ -92,4 +113,40 @@ func (a *Agent) NodeConfig() *datapathv1alpha1.NodeConfig {
 	}
 	c.BpfPinPath = a.cfg.PinDir
 	return c
+}
+
+// ProbeIPAM asks IPAM for this node's record and records whether it
+// answered in time, for Readiness; it returns why not. Any answer but
+// UNAVAILABLE counts (NOT_FOUND too: IPAM works, the node record is
+// Start's concern).
+func (a *Agent) ProbeIPAM(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, ipamProbeTimeout)
+	defer cancel()
+	_, err := a.deps.IPAM.GetNode(pctx, &ipamv1alpha1.GetNodeRequest{Name: a.cfg.NodeName})
+	if ctx.Err() != nil {
+		return ctx.Err() // stopping: no news about IPAM
+	}
+	var down error
+	if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
+		down = fmt.Errorf("IPAM does not answer: %w", err)
+	}
+	a.mu.Lock()
+	was := a.ipamDown
+	a.ipamDown = down
+	a.mu.Unlock()
+	switch {
+	case down != nil && was == nil:
+		a.log.Warn("IPAM does not answer; the node reports not ready", "err", err)
+	case down == nil && was != nil:
+		a.log.Info("IPAM answers again")
+	}
+	return down
+}
+
+// RunIPAMProbe probes IPAM (see ProbeIPAM) at once and then every
+// ipamProbeInterval, until ctx ends.
+func (a *Agent) RunIPAMProbe(ctx context.Context) {
+	probe := func() { _ = a.ProbeIPAM(ctx) } // Readiness reports the outcome
+	probe()
+	periodic.Every(ctx, ipamProbeInterval, probe)
 }

@@ -144,6 +144,7 @@ func Run(ctx context.Context, h Host, opts Options, deps Deps) error {
 		a.RunRemoteWatch(bg)
 	})
 	wg.Go(func() { a.RunReleaseRetries(bg) })
+	wg.Go(func() { a.RunIPAMProbe(bg) })
 	datapathv1alpha1.RegisterDatapathServiceServer(h.GRPC(), server.New(a.Endpoints(), a.Remotes(), a.Services(), a, opts.GCMinAge))
 	server.RegisterMetrics(h.Registry(), bpf, a)
 	h.Registry().MustRegister(a.Services().Collector())

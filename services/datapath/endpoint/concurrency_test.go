@@ -86,6 +86,7 @@ func TestConcurrentCreateDelete(t *testing.T) {
 	if n := len(e.records()); n != len(live) {
 		t.Errorf("%d records, want %d", n, len(live))
 	}
+	e.settleReleases()
 	if n := len(e.ipam.Allocations()); n != len(live) {
 		t.Errorf("%d allocations, want %d", n, len(live))
 	}

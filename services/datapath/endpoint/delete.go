@@ -8,22 +8,24 @@ import (
 	"os"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 )
 
-// DeleteEndpoint undoes CreateEndpoint. Unknown attachments are success;
-// if IPAM cannot be reached, the release is queued and retried.
-func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
+// DeleteEndpoint undoes CreateEndpoint. Unknown attachments are success.
+// It never waits for IPAM: the pod's networking is removed at once, and the
+// address release is queued on disk and done in the background (see
+// ReleasesQueued), so a slow or hung IPAM cannot hold up a pod's teardown
+// and a restart does not forget the release.
+func (m *Manager) DeleteEndpoint(_ context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
 	if err := validAttachment(att); err != nil {
 		return nil, err
 	}
 	hostName := HostName(att)
 	defer m.locks.lock(hostName)()
-	return m.deleteLocked(ctx, att, hostName)
+	return m.deleteLocked(att, hostName)
 }
 
 // deleteLocked is DeleteEndpoint under the attachment's lock.
-func (m *Manager) deleteLocked(ctx context.Context, att *datapathv1alpha1.Attachment, hostName string) (*datapathv1alpha1.Endpoint, error) {
+func (m *Manager) deleteLocked(att *datapathv1alpha1.Attachment, hostName string) (*datapathv1alpha1.Endpoint, error) {
 	rec, ep, err := m.store.load(hostName)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("endpoint record: %w", err)
@@ -49,19 +51,15 @@ func (m *Manager) deleteLocked(ctx context.Context, att *datapathv1alpha1.Attach
 		seq = rec.IPAMSequence
 	}
 	// Without a record (a crash between IPAM and the record), the handle
-	// alone still finds and releases the allocation.
-	if _, err := m.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
-		Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: att.GetContainerId(), InterfaceName: att.GetInterfaceName()},
-		ExpectedSequence: seq,
-	}); err != nil {
-		m.log.Warn("IPAM release failed; queued for retry", "endpoint", hostName, "err", err)
-		if qerr := m.queueRelease(hostName, att, seq); qerr != nil {
-			return nil, fmt.Errorf("queue release: %w", qerr)
-		}
+	// alone still finds and releases the allocation. The release is queued
+	// before the record goes, so one of them always leads to it.
+	if err := m.queueRelease(hostName, att, seq); err != nil {
+		return nil, fmt.Errorf("queue the address release: %w", err)
 	}
 	if err := m.store.remove(hostName); err != nil {
 		return nil, fmt.Errorf("remove endpoint record: %w", err)
 	}
+	m.wakeReleases()
 	if ep != nil {
 		m.log.Info("endpoint deleted", "endpoint", hostName, "container", att.GetContainerId())
 	}

@@ -2,18 +2,23 @@ package endpoint
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/datapath/internal/fakeipam"
 	"github.com/axon-cni/axon/services/datapath/nl/nlfake"
 )
 
@@ -96,18 +101,31 @@ func TestDeleteReleasesRecordedSequence(t *testing.T) {
 	}
 }
 
-// With IPAM down the release is queued on disk, whole, and done by the
-// next retry, which removes the file.
-func TestDeleteQueuesReleaseWhenIPAMDown(t *testing.T) {
+// A DEL queues the release on disk, whole, and leaves it to the release
+// worker (RetryReleases): with IPAM down the release stays queued, and the
+// next retry that IPAM answers does it and removes the file.
+func TestDeleteQueuesRelease(t *testing.T) {
 	e := newTestManager(t, testOpts{})
 	att := attachment("a", "eth0")
 	ns := e.podNS("podA")
 	e.create("a", "eth0", ns)
 	seq := e.loadRecord(att).IPAMSequence
 
-	e.ipam.FailNext("ReleaseIP", 1, errUnavailable)
+	select {
+	case <-e.m.ReleasesQueued():
+		t.Fatal("the release worker woken before any DEL")
+	default:
+	}
 	if _, err := e.m.DeleteEndpoint(t.Context(), att); err != nil {
-		t.Fatalf("DeleteEndpoint with IPAM down: %v", err)
+		t.Fatalf("DeleteEndpoint: %v", err)
+	}
+	if n := e.ipam.Calls("ReleaseIP"); n != 0 {
+		t.Errorf("DeleteEndpoint called ReleaseIP %d times; want the release left to the worker", n)
+	}
+	select {
+	case <-e.m.ReleasesQueued():
+	default:
+		t.Error("the release worker was not woken")
 	}
 	if l := e.linkNames(nlfake.NodeNS); len(l) != 0 {
 		t.Errorf("links left: %v", l)
@@ -127,11 +145,8 @@ func TestDeleteQueuesReleaseWhenIPAMDown(t *testing.T) {
 	if err := json.Unmarshal(b, &p); err != nil || p != (pendingRelease{"a", "eth0", seq}) {
 		t.Fatalf("queued release %s = %+v (%v), want a/eth0 sequence %d", b, p, err, seq)
 	}
-	if len(e.ipam.Allocations()) != 1 {
-		t.Fatalf("allocations %v, want the unreleased one", e.ipam.Allocations())
-	}
 
-	// Still down: the release stays queued.
+	// IPAM down: the release stays queued.
 	e.ipam.FailNext("ReleaseIP", 1, errUnavailable)
 	e.m.RetryReleases(t.Context())
 	if len(e.queuedReleases()) != 1 || len(e.ipam.Allocations()) != 1 {
@@ -142,6 +157,84 @@ func TestDeleteQueuesReleaseWhenIPAMDown(t *testing.T) {
 	if q := e.queuedReleases(); len(q) != 0 {
 		t.Errorf("queued releases %v after a successful retry", q)
 	}
+}
+
+// hungIPAM answers no ReleaseIP: each waits until its caller gives up, as
+// an IPAM whose connection accepts and never answers does.
+type hungIPAM struct {
+	IPAM
+	releases *atomic.Int32 // ReleaseIP calls
+}
+
+func (h hungIPAM) ReleaseIP(ctx context.Context, _ *ipamv1alpha1.ReleaseIPRequest, _ ...grpc.CallOption) (*ipamv1alpha1.ReleaseIPResponse, error) {
+	h.releases.Add(1)
+	<-ctx.Done()
+	return nil, status.FromContextError(ctx.Err()).Err()
+}
+
+// With IPAM hung, a DEL returns at once with the pod's networking gone, and
+// its release survives a restart: the next agent does it once IPAM
+// answers. (Issue 17, item 3: the DEL waited for its whole deadline.)
+func TestDeleteDoesNotWaitForIPAM(t *testing.T) {
+	e := newTestManager(t, testOpts{dualStack: true, ipam: func(f *fakeipam.IPAM) IPAM { return hungIPAM{f, new(atomic.Int32)} }})
+	ns := e.podNS("podA")
+	ep := e.create("a", "eth0", ns)
+
+	const deadline = 10 * time.Second
+	ctx, cancel := context.WithTimeout(t.Context(), deadline)
+	defer cancel()
+	start := time.Now()
+	if _, err := e.m.DeleteEndpoint(ctx, ep.GetAttachment()); err != nil {
+		t.Fatalf("DeleteEndpoint with IPAM hung: %v", err)
+	}
+	if took := time.Since(start); took >= deadline/2 {
+		t.Errorf("DeleteEndpoint with IPAM hung took %s; want it well before the %s deadline", took, deadline)
+	}
+	for _, p := range Addrs(ep) {
+		if _, err := e.bpf.Endpoint(p.Addr()); err == nil {
+			t.Errorf("map entry of %s left", p.Addr())
+		}
+	}
+	if l := e.linkNames(nlfake.NodeNS); len(l) != 0 {
+		t.Errorf("links left: %v", l)
+	}
+	if q := e.queuedReleases(); len(q) != 1 {
+		t.Fatalf("queued releases %v, want the DEL's", q)
+	}
+
+	// The agent restarts before IPAM answers: the new one finds the
+	// release on disk and does it.
+	e.opts.ipam = nil
+	e.m = e.newManager(true)
+	e.assertNoEndpoint(ep.GetAttachment(), ns)
+	e.assertEmptyNode()
+	if q := e.queuedReleases(); len(q) != 0 {
+		t.Errorf("queued releases %v after IPAM answered", q)
+	}
+}
+
+// A queued release IPAM does not answer ends the worker's pass, bounded by
+// releaseTimeout: the others would each wait as long in turn. The next pass
+// IPAM answers does them all.
+func TestRetryReleasesStopsAtUnansweredRelease(t *testing.T) {
+	calls := new(atomic.Int32)
+	e := newTestManager(t, testOpts{ipam: func(f *fakeipam.IPAM) IPAM { return hungIPAM{f, calls} }})
+	for _, id := range []string{"a", "b"} {
+		e.create(id, "eth0", e.podNS("pod"+id))
+		if _, err := e.m.DeleteEndpoint(t.Context(), attachment(id, "eth0")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.m.RetryReleases(t.Context())
+	if n := calls.Load(); n != 1 {
+		t.Errorf("ReleaseIP called %d times in a pass with IPAM hung; want once", n)
+	}
+	if q := e.queuedReleases(); len(q) != 2 {
+		t.Errorf("queued releases %v, want both kept", q)
+	}
+	e.opts.ipam = nil
+	e.m = e.newManager(true)
+	e.assertEmptyNode()
 }
 
 // A crash between IPAM and the record leaves an allocation and maybe a

@@ -49,6 +49,9 @@ type testOpts struct {
 	ready     func() error
 	reserved  func(*datapathv1alpha1.Attachment) bool
 	logs      io.Writer // where the manager logs, as text; nil discards
+	// ipam, if set, is the IPAM the manager calls, given the fake (say,
+	// the fake behind a wrapper that hangs); nil calls the fake itself.
+	ipam func(*fakeipam.IPAM) IPAM
 }
 
 // testEnv is a Manager on the fakes, with what the tests inspect.
@@ -108,14 +111,18 @@ func (e *testEnv) newManager(keepMaps bool) *Manager {
 		log = slog.New(slog.NewTextHandler(e.opts.logs, nil))
 	}
 	plumber := &veth.Plumber{Namespaces: e.nl}
+	var ipam IPAM = e.ipam
+	if e.opts.ipam != nil {
+		ipam = e.opts.ipam(e.ipam)
+	}
 	if e.opts.noBPF {
-		return New(cfg, e.ipam, plumber, node, nil, e.opts.ready, log)
+		return New(cfg, ipam, plumber, node, nil, e.opts.ready, log)
 	}
 	if !keepMaps || e.bpf == nil {
 		e.bpf = bpffake.New()
 		e.bpf.SetInterfaces(func() map[string]int { return e.nl.Indexes(nlfake.NodeNS) })
 	}
-	return New(cfg, e.ipam, plumber, node, e.bpf, e.opts.ready, log)
+	return New(cfg, ipam, plumber, node, e.bpf, e.opts.ready, log)
 }
 
 // podNS makes a pod network namespace: a file on disk (the path the
@@ -220,6 +227,7 @@ func (e *testEnv) assertNoEndpoint(att *datapathv1alpha1.Attachment, netns strin
 	if _, err := os.Stat(filepath.Join(e.stateDir, host+".json")); !errors.Is(err, os.ErrNotExist) {
 		e.t.Errorf("record of %s left (stat: %v)", host, err)
 	}
+	e.settleReleases()
 	for _, a := range e.ipam.Allocations() {
 		if h := a.GetHandle(); h.GetContainerId() == att.GetContainerId() && h.GetInterfaceName() == att.GetInterfaceName() {
 			e.t.Errorf("IPAM allocation of %s/%s left: %v", h.GetContainerId(), h.GetInterfaceName(), a.GetAddresses())
@@ -248,9 +256,17 @@ func (e *testEnv) assertEmptyNode() {
 	if r := e.records(); len(r) != 0 {
 		e.t.Errorf("records left: %v", r)
 	}
+	e.settleReleases()
 	if a := e.ipam.Allocations(); len(a) != 0 {
 		e.t.Errorf("IPAM allocations left: %v", a)
 	}
+}
+
+// settleReleases does the queued IPAM releases, as the agent's release
+// worker does soon after each DEL: DELs leave releases to it.
+func (e *testEnv) settleReleases() {
+	e.t.Helper()
+	e.m.RetryReleases(e.t.Context())
 }
 
 // hostIndex is the ifindex of att's host veth, failing the test without

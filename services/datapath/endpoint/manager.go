@@ -2,7 +2,8 @@
 // a pod's endpoint (addresses from IPAM, veth plumbing, eBPF map entries and
 // program), deleting, checking and garbage-collecting it, restoring the
 // endpoints at start-up, replaying the DELs axon-cni queued while the agent
-// was down, and retrying the IPAM releases that failed. Each endpoint has a
+// was down, and releasing deleted endpoints' addresses in the background
+// (queued on disk, so that no DEL waits for IPAM). Each endpoint has a
 // record on disk, so a restart loses nothing. Every dependency (IPAM,
 // netlink, the veth plumbing, the eBPF maps) arrives through an interface.
 package endpoint
@@ -84,6 +85,10 @@ type Manager struct {
 	locks attachmentLocks // serializes the changes of one endpoint
 	pods  podKeys         // tells pods apart in the device map
 
+	// releaseWake holds one pending wake-up of the release worker (see
+	// ReleasesQueued).
+	releaseWake chan struct{}
+
 	mu     sync.Mutex // guards nextID
 	nextID uint32
 }
@@ -100,7 +105,7 @@ func New(cfg Config, ipam IPAM, plumber Plumber, node nl.Handle, bpf bpfmaps.Dat
 	}
 	return &Manager{
 		cfg: cfg, log: log, ipam: ipam, plumber: plumber, node: node, bpf: bpf, ready: ready,
-		store: store{dir: cfg.StateDir, log: log},
+		store: store{dir: cfg.StateDir, log: log}, releaseWake: make(chan struct{}, 1),
 	}
 }
 

@@ -18,11 +18,31 @@ import (
 	"github.com/axon-cni/axon/services/datapath/internal/statefile"
 )
 
-// pendingRelease is an IPAM release that failed and is retried.
+// releaseTimeout bounds one IPAM release of the background worker: a hung
+// IPAM must not hold the attachment's lock (an ADD of it waits) for long.
+const releaseTimeout = 5 * time.Second
+
+// pendingRelease is an IPAM release that is queued: every release of a
+// deleted endpoint, until IPAM takes it.
 type pendingRelease struct {
 	ContainerID string `json:"containerID"`
 	Interface   string `json:"interface"`
 	Sequence    uint64 `json:"sequence"`
+}
+
+// ReleasesQueued is readable when a release was queued since it was last
+// read: the release worker (which runs RetryReleases) waits on it, besides
+// its retry interval, so an address goes back to IPAM as soon as IPAM
+// takes it.
+func (m *Manager) ReleasesQueued() <-chan struct{} { return m.releaseWake }
+
+// wakeReleases tells the release worker a release was queued; one pending
+// wake-up covers any number of releases.
+func (m *Manager) wakeReleases() {
+	select {
+	case m.releaseWake <- struct{}{}:
+	default:
+	}
 }
 
 // releaseDir holds the queued releases, one file per endpoint.
@@ -68,8 +88,10 @@ func (m *Manager) cancelRelease(hostName string) {
 	}
 }
 
-// RetryReleases retries the address releases that IPAM was unavailable
-// for when their endpoints were deleted.
+// RetryReleases does the queued address releases: those of deleted
+// endpoints, and those IPAM did not take before. A release IPAM does not
+// answer (or answers UNAVAILABLE) ends the pass: the others would wait for
+// it in turn; the next pass tries again.
 func (m *Manager) RetryReleases(ctx context.Context) {
 	entries, err := os.ReadDir(m.releaseDir())
 	if err != nil {
@@ -80,34 +102,45 @@ func (m *Manager) RetryReleases(ctx context.Context) {
 		if !ok {
 			continue // a write in progress, or one a crash cut short
 		}
-		m.retryRelease(ctx, hostName)
+		if !m.retryRelease(ctx, hostName) {
+			return
+		}
 	}
 }
 
-// retryRelease retries hostName's queued release under the attachment's
-// lock, so that an ADD of the attachment (which cancels it) cannot slip
-// between reading the release and doing it.
-func (m *Manager) retryRelease(ctx context.Context, hostName string) {
+// retryRelease does hostName's queued release under the attachment's lock,
+// so that an ADD of the attachment (which cancels it) cannot slip between
+// reading the release and doing it. It reports false when IPAM did not
+// answer.
+func (m *Manager) retryRelease(ctx context.Context, hostName string) bool {
 	defer m.locks.lock(hostName)()
 	path := filepath.Join(m.releaseDir(), hostName+".json")
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return // cancelled meanwhile, or unreadable until the next retry
+		return true // cancelled meanwhile, or unreadable until the next retry
 	}
 	var p pendingRelease
 	if err := json.Unmarshal(b, &p); err != nil {
 		m.log.Error("dropping unreadable pending release", "file", path, "err", err)
 		_ = os.Remove(path)
-		return
+		return true
 	}
-	_, err = m.ipam.ReleaseIP(ctx, &ipamv1alpha1.ReleaseIPRequest{
+	rctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	_, err = m.ipam.ReleaseIP(rctx, &ipamv1alpha1.ReleaseIPRequest{
 		Handle:           &ipamv1alpha1.OwnerHandle{ContainerId: p.ContainerID, InterfaceName: p.Interface},
 		ExpectedSequence: p.Sequence,
 	})
-	switch {
+	switch code := status.Code(err); {
 	case err == nil:
 		_ = os.Remove(path)
-	case status.Code(err) == codes.InvalidArgument:
+	case ctx.Err() != nil:
+		return false // the worker stops
+	case code == codes.Unavailable || code == codes.DeadlineExceeded:
+		m.log.Warn("IPAM does not take a queued address release; retrying later", "endpoint", hostName,
+			"container", p.ContainerID, "interface", p.Interface, "err", err)
+		return false
+	case code == codes.InvalidArgument:
 		// No retry can make the request valid: the allocation, if any,
 		// is IPAM's to reclaim.
 		m.log.Warn("IPAM refuses a queued address release as invalid; dropping it", "endpoint", hostName,
@@ -117,4 +150,5 @@ func (m *Manager) retryRelease(ctx context.Context, hostName string) {
 		m.log.Warn("queued address release failed; retrying later", "endpoint", hostName,
 			"container", p.ContainerID, "interface", p.Interface, "err", err)
 	}
+	return true
 }

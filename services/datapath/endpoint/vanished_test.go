@@ -53,6 +53,7 @@ func (e *testEnv) present(ep *datapathv1alpha1.Endpoint) (record, entries, devic
 		e.t.Fatalf("GetEndpoint: %v", err)
 	}
 	ip := Addrs(ep)[0].Addr()
+	e.settleReleases()
 	_, entries = e.bpf.Endpoints()[ip]
 	_, device = e.bpf.Devices()[hostIfindex(ep, HostName(att))]
 	alloc = e.ipam.Holders()[ip] == att.GetContainerId()+"/eth0"
@@ -123,6 +124,11 @@ func TestRemoveVanished(t *testing.T) {
 			tc.vanish(t, w, ep)
 
 			removed := w.m.RemoveVanished(t.Context())
+			if tc.wantQueued {
+				if _, err := os.Stat(filepath.Join(w.m.releaseDir(), HostName(ep.GetAttachment())+".json")); err != nil {
+					t.Fatalf("release not queued: %v", err)
+				}
+			}
 			var want []string
 			if tc.wantRemoved {
 				want = []string{HostName(ep.GetAttachment())}
@@ -136,15 +142,6 @@ func TestRemoveVanished(t *testing.T) {
 					t.Errorf("record %v, map entries %v, device entry %v, allocation %v; want the endpoint kept", r, e, d, a)
 				}
 				return
-			}
-			if tc.wantQueued {
-				if r, e, d, _ := w.present(ep); r || e || d {
-					t.Errorf("record %v, map entries %v, device entry %v; want gone", r, e, d)
-				}
-				if _, err := os.Stat(filepath.Join(w.m.releaseDir(), HostName(ep.GetAttachment())+".json")); err != nil {
-					t.Fatalf("release not queued: %v", err)
-				}
-				w.m.RetryReleases(t.Context())
 			}
 			w.wantGone(ep)
 			// The address is free again: the next pod may get it.
@@ -209,14 +206,13 @@ func TestRunVanishedPeriodic(t *testing.T) {
 	until(t, "a second subscription", func() bool { return w.nl.Calls(nlfake.NodeNS, "LinkDeletions") >= 2 })
 }
 
-// blockIPAM makes the next call of method wait inside IPAM (under the
-// attachment's lock of the operation making it) until the returned release
-// is called; entered is closed once it waits.
-func blockIPAM(w *testEnv, method string) (entered <-chan struct{}, release func()) {
+// blockBPF makes the next eBPF map operation op wait until release is
+// called; entered is closed when it starts waiting.
+func blockBPF(w *testEnv, op string) (entered <-chan struct{}, release func()) {
 	in, out := make(chan struct{}), make(chan struct{})
 	first := true
-	w.ipam.SetFail(func(m string) error {
-		if m == method && first {
+	w.bpf.SetFail(func(o string) error {
+		if o == op && first {
 			first = false
 			close(in)
 			<-out
@@ -234,10 +230,11 @@ func TestRemoveVanishedRacing(t *testing.T) {
 	t.Run("delete in flight", func(t *testing.T) {
 		w := newVanishedEnv(t)
 		a := w.createPod("a")
-		entered, release := blockIPAM(w, "ReleaseIP")
+		// The DEL waits with its veth gone and its record still there.
+		entered, release := blockBPF(w, bpffake.OpDeleteDevice)
 		delDone := make(chan error, 1)
 		go func() { _, err := w.m.DeleteEndpoint(t.Context(), a.GetAttachment()); delDone <- err }()
-		<-entered // the veth is gone, the record still there
+		<-entered
 		got := make(chan []string, 1)
 		go func() { got <- w.m.RemoveVanished(t.Context()) }()
 		select {
@@ -252,10 +249,10 @@ func TestRemoveVanishedRacing(t *testing.T) {
 		if r := <-got; len(r) != 0 {
 			t.Errorf("RemoveVanished = %v, want nothing (the DEL removed it)", r)
 		}
+		w.wantGone(a)
 		if n := w.ipam.Calls("ReleaseIP"); n != 1 {
 			t.Errorf("ReleaseIP called %d times, want once", n)
 		}
-		w.wantGone(a)
 	})
 	t.Run("create in flight", func(t *testing.T) {
 		w := newVanishedEnv(t)

@@ -212,7 +212,7 @@ func (a *Allocator) finishAllocation(ctx context.Context, pa *pendingAlloc) (_ *
 // existing returns the stored allocation of hkey, if any, checking it is on
 // node.
 func (a *Allocator) existing(ctx context.Context, hkey, node string) (*ipamv1alpha1.Allocation, bool, error) {
-	resp, err := a.cli.Get(ctx, hkey)
+	resp, err := a.store.Get(ctx, hkey)
 	if err != nil {
 		return nil, false, fmt.Errorf("read handle: %w: %w", ErrUnavailable, err)
 	}

@@ -51,6 +51,11 @@ type Config struct {
 	// MaxPageBytes bounds the encoded size of a page of a list, which then
 	// ends early (see paging.Budget); 0 means paging.MaxPageBytes.
 	MaxPageBytes int
+	// RequestTimeout bounds each etcd request of a call (not the call):
+	// a request etcd does not answer in time fails the call with
+	// ErrUnavailable, long before a patient caller's deadline. 0 leaves
+	// requests bounded by the caller's deadline only.
+	RequestTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -65,6 +70,7 @@ func DefaultConfig() Config {
 		SweepInterval:     30 * time.Second,
 		BlockReleaseGrace: 10 * time.Minute,
 		UsageMaxAge:       30 * time.Second,
+		RequestTimeout:    time.Second,
 	}
 }
 
@@ -86,10 +92,12 @@ func (h Handle) validate() error {
 
 // Allocator serves IPAM operations against etcd.
 type Allocator struct {
-	cli  *clientv3.Client
-	cfg  Config
-	keys keys
-	log  *slog.Logger
+	// cli is for watches; every other request goes through store.
+	cli   *clientv3.Client
+	store *store
+	cfg   Config
+	keys  keys
+	log   *slog.Logger
 
 	pools  *watchCache[*storedPool]
 	nodes  *watchCache[*ipamv1alpha1.Node]
@@ -140,7 +148,9 @@ type addrRecord struct {
 }
 
 // New starts an Allocator: it loads pools, nodes and blocks and keeps them
-// current with watches until Close.
+// current with watches until Close. Loading waits for etcd as long as ctx
+// allows; once New returns, each etcd request is bounded by
+// cfg.RequestTimeout.
 func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger) (*Allocator, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -149,17 +159,20 @@ func New(ctx context.Context, cli *clientv3.Client, cfg Config, log *slog.Logger
 		cfg.MaxAttempts = DefaultConfig().MaxAttempts
 	}
 	k := keys{root: cfg.Root}
-	a := &Allocator{cli: cli, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{},
+	st := &store{kv: cli.KV}
+	a := &Allocator{cli: cli, store: st, cfg: cfg, keys: k, log: log, usage: map[netip.Prefix]*blockUsage{}, emptySince: map[netip.Prefix]time.Time{},
 		claiming: map[claimKey]*claimFlight{}}
-	a.pools = newWatchCache(cli, k.pools(), log, decodePool)
-	a.nodes = newWatchCache(cli, k.nodes(), log, decodeNode)
-	a.blocks = newWatchCache(cli, k.blocks(), log, decodeBlock)
+	a.pools = newWatchCache(cli, st, k.pools(), log, decodePool)
+	a.nodes = newWatchCache(cli, st, k.nodes(), log, decodeNode)
+	a.blocks = newWatchCache(cli, st, k.blocks(), log, decodeBlock)
 	a.blocks.indexOf = func(b *blockRecord) string { return b.Node }
 	for _, c := range []interface{ refresh(context.Context) error }{a.pools, a.nodes, a.blocks} {
 		if err := c.refresh(ctx); err != nil {
 			return nil, err
 		}
 	}
+	// Set before anything else uses the store.
+	st.timeout = cfg.RequestTimeout
 	runCtx, cancel := context.WithCancel(context.Background())
 	a.stop = cancel
 	for _, c := range []interface{ run(context.Context) }{a.pools, a.nodes, a.blocks} {

@@ -2,6 +2,7 @@ package allocator
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -198,6 +199,7 @@ func (a *Allocator) commitBatch(all []*commitJob) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
+	var storeErr error
 	if len(jobs) > 1 {
 		var cmps []clientv3.Cmp
 		var ops []clientv3.Op
@@ -213,7 +215,7 @@ func (a *Allocator) commitBatch(all []*commitJob) {
 			}
 			ops = append(ops, j.ops...)
 		}
-		resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		resp, err := a.store.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err == nil && resp.Succeeded {
 			for _, j := range jobs {
 				j.resp = resp
@@ -221,13 +223,28 @@ func (a *Allocator) commitBatch(all []*commitJob) {
 			}
 			return
 		}
+		storeErr = unanswered(err)
 	}
 	for _, j := range jobs {
 		if j.resp, j.err = nil, j.ctx.Err(); j.err == nil {
-			j.resp, j.err = a.cli.Txn(j.ctx).If(j.cmps...).Then(j.ops...).Else(j.elseOps...).Commit()
+			j.err = storeErr
+		}
+		if j.err == nil {
+			j.resp, j.err = a.store.Txn(j.ctx).If(j.cmps...).Then(j.ops...).Else(j.elseOps...).Commit()
+			storeErr = unanswered(j.err)
 		}
 		close(j.done)
 	}
+}
+
+// unanswered returns err if it says etcd is not answering, else nil: once
+// a transaction of a batch got no answer, the batch's other jobs fail with
+// it rather than each waiting for etcd in turn.
+func unanswered(err error) error {
+	if errors.Is(err, errStoreDown) || errors.Is(err, errStoreTimeout) {
+		return err
+	}
+	return nil
 }
 
 // cmpKey identifies a compare: two with the same key are the same check.

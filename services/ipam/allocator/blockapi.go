@@ -83,7 +83,7 @@ func (a *Allocator) ReleaseBlock(ctx context.Context, s, node, expectedRev strin
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	key := a.keys.block(p)
-	resp, err := a.cli.Get(ctx, key)
+	resp, err := a.store.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("release block %s: %w: %w", p, ErrUnavailable, err)
 	}
@@ -110,7 +110,7 @@ func (a *Allocator) ReleaseBlock(ctx context.Context, s, node, expectedRev strin
 	if err != nil {
 		return nil, err
 	}
-	txn, err := a.cli.Txn(ctx).If(
+	txn, err := a.store.Txn(ctx).If(
 		clientv3.Compare(clientv3.ModRevision(key), "=", ref.rev),
 		clientv3.Compare(clientv3.CreateRevision(a.keys.allocBlock(b.Pool, p)), "=", 0).WithPrefix(),
 		clientv3.Compare(clientv3.CreateRevision(a.keys.holdBlock(b.Pool, p)), "=", 0).WithPrefix(),
@@ -144,7 +144,7 @@ func (a *Allocator) ListBlocks(ctx context.Context, f BlockFilter, after string,
 	var out []*ipamv1alpha1.Block
 	budget, last := paging.NewBudget(a.cfg.MaxPageBytes), ""
 	for {
-		resp, err := a.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
+		resp, err := a.store.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
 		if err != nil {
 			return nil, "", fmt.Errorf("list blocks: %w: %w", ErrUnavailable, err)
 		}

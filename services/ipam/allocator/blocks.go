@@ -37,7 +37,7 @@ func (a *Allocator) lookupNode(ctx context.Context, name string) (nodeRef, error
 	if e, ok := a.nodes.get(key); ok {
 		return nodeRef{e.val, e.modRev}, nil
 	}
-	resp, err := a.cli.Get(ctx, key)
+	resp, err := a.store.Get(ctx, key)
 	if err != nil {
 		return nodeRef{}, fmt.Errorf("read node %q: %w: %w", name, ErrUnavailable, err)
 	}
@@ -58,7 +58,7 @@ func (a *Allocator) lookupPool(ctx context.Context, name string) (poolRef, error
 	if e, ok := a.pools.get(key); ok {
 		return poolRef{e.val, e.modRev}, nil
 	}
-	resp, err := a.cli.Get(ctx, key)
+	resp, err := a.store.Get(ctx, key)
 	if err != nil {
 		return poolRef{}, fmt.Errorf("read pool %q: %w: %w", name, ErrUnavailable, err)
 	}
@@ -265,7 +265,7 @@ func (a *Allocator) claimBlock(ctx context.Context, n nodeRef, p poolRef, f pool
 		if ckey != "" {
 			elseOps = append(elseOps, clientv3.OpGet(ckey))
 		}
-		resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
+		resp, err := a.store.Txn(ctx).If(cmps...).Then(ops...).Else(elseOps...).Commit()
 		if err != nil {
 			return blockRef{}, fmt.Errorf("claim block %s for node %q: %w: %w", cand, rec.Node, ErrUnavailable, err)
 		}
@@ -354,7 +354,7 @@ func (a *Allocator) checkHostBlock(ctx context.Context, node string, f pool.Fami
 			}
 		}
 	}
-	resp, err := a.cli.Get(ctx, a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	resp, err := a.store.Get(ctx, a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev))
 	if err != nil {
 		return 0, fmt.Errorf("list blocks: %w: %w", ErrUnavailable, err)
 	}

@@ -25,7 +25,8 @@ type entry[T any] struct {
 // A miss may be stale too; callers that must not act on a stale miss call
 // refresh.
 type watchCache[T any] struct {
-	cli    *clientv3.Client
+	cli    *clientv3.Client // for the watch
+	store  *store           // for reads
 	prefix string
 	decode func(key string, value []byte) (T, error)
 	log    *slog.Logger
@@ -40,8 +41,8 @@ type watchCache[T any] struct {
 	rev     int64
 }
 
-func newWatchCache[T any](cli *clientv3.Client, prefix string, log *slog.Logger, decode func(string, []byte) (T, error)) *watchCache[T] {
-	return &watchCache[T]{cli: cli, prefix: prefix, decode: decode, log: log, items: map[string]entry[T]{}, byIndex: map[string]map[string]struct{}{}}
+func newWatchCache[T any](cli *clientv3.Client, st *store, prefix string, log *slog.Logger, decode func(string, []byte) (T, error)) *watchCache[T] {
+	return &watchCache[T]{cli: cli, store: st, prefix: prefix, decode: decode, log: log, items: map[string]entry[T]{}, byIndex: map[string]map[string]struct{}{}}
 }
 
 // setLocked stores e under key, keeping the index. Caller holds mu.
@@ -86,7 +87,7 @@ func (c *watchCache[T]) group(idx string) map[string]entry[T] {
 
 // refresh re-lists the prefix and replaces the cache if the listing is newer.
 func (c *watchCache[T]) refresh(ctx context.Context) error {
-	resp, err := c.cli.Get(ctx, c.prefix, clientv3.WithPrefix())
+	resp, err := c.store.Get(ctx, c.prefix, clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("list %s: %w: %w", c.prefix, ErrUnavailable, err)
 	}
@@ -210,7 +211,7 @@ func (c *watchCache[T]) snapshot(keep func(T) bool) map[string]entry[T] {
 
 // reload re-reads one key and records what it holds now.
 func (c *watchCache[T]) reload(ctx context.Context, key string) error {
-	resp, err := c.cli.Get(ctx, key)
+	resp, err := c.store.Get(ctx, key)
 	if err != nil {
 		return fmt.Errorf("read %s: %w: %w", key, ErrUnavailable, err)
 	}

@@ -36,7 +36,7 @@ func (h *holdRef) expired(now time.Time) bool {
 // readHold returns the reservation key holds in family f, or nil.
 func (a *Allocator) readHold(ctx context.Context, f pool.Family, key string) (*holdRef, error) {
 	index := a.keys.holdKey(f, key)
-	resp, err := a.cli.Get(ctx, index)
+	resp, err := a.store.Get(ctx, index)
 	if err != nil {
 		return nil, fmt.Errorf("read hold of %q: %w: %w", key, ErrUnavailable, err)
 	}
@@ -44,7 +44,7 @@ func (a *Allocator) readHold(ctx context.Context, f pool.Family, key string) (*h
 		return nil, nil
 	}
 	path := string(resp.Kvs[0].Value)
-	hresp, err := a.cli.Get(ctx, path)
+	hresp, err := a.store.Get(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("read hold of %q: %w: %w", key, ErrUnavailable, err)
 	}
@@ -149,7 +149,7 @@ func (a *Allocator) ReserveIP(ctx context.Context, ip, key string, ttl *time.Dur
 		path := a.keys.hold(p.parsed.Name, block, addr)
 		index := a.keys.holdKey(f, key)
 		akey := a.keys.alloc(p.parsed.Name, block, addr)
-		cur, err := a.cli.Txn(ctx).Then(clientv3.OpGet(path), clientv3.OpGet(index), clientv3.OpGet(akey)).Commit()
+		cur, err := a.store.Txn(ctx).Then(clientv3.OpGet(path), clientv3.OpGet(index), clientv3.OpGet(akey)).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("reserve %s: %w: %w", addr, ErrUnavailable, err)
 		}
@@ -190,7 +190,7 @@ func (a *Allocator) ReserveIP(ctx context.Context, ip, key string, ttl *time.Dur
 		if err != nil {
 			return nil, err
 		}
-		resp, err := a.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(path, val), clientv3.OpPut(index, path)).Commit()
+		resp, err := a.store.Txn(ctx).If(cmps...).Then(clientv3.OpPut(path, val), clientv3.OpPut(index, path)).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("reserve %s: %w: %w", addr, ErrUnavailable, err)
 		}
@@ -216,7 +216,7 @@ func (a *Allocator) UnreserveIP(ctx context.Context, ip, key string) ([]*ipamv1a
 			return nil, nil // in no pool: nothing can be held there
 		}
 		path := a.keys.hold(p.parsed.Name, block, addr)
-		resp, err := a.cli.Get(ctx, path)
+		resp, err := a.store.Get(ctx, path)
 		if err != nil {
 			return nil, fmt.Errorf("unreserve %s: %w: %w", addr, ErrUnavailable, err)
 		}
@@ -258,7 +258,7 @@ func (a *Allocator) UnreserveIP(ctx context.Context, ip, key string) ([]*ipamv1a
 // dropHold deletes a hold if unchanged, and its index entry if the entry
 // still names it.
 func (a *Allocator) dropHold(ctx context.Context, h *holdRef) (bool, error) {
-	resp, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(h.path), "=", h.rev)).Then(
+	resp, err := a.store.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(h.path), "=", h.rev)).Then(
 		clientv3.OpDelete(h.path),
 		clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(h.index), "=", h.path)}, []clientv3.Op{clientv3.OpDelete(h.index)}, nil),
 	).Commit()
@@ -287,7 +287,7 @@ func (a *Allocator) ListReservations(ctx context.Context, poolName, key, after s
 	var out []*ipamv1alpha1.Reservation
 	budget, last := paging.NewBudget(a.cfg.MaxPageBytes), ""
 	for {
-		resp, err := a.cli.Get(ctx, start, clientv3.WithRange(prefixEnd(prefix)), clientv3.WithLimit(512))
+		resp, err := a.store.Get(ctx, start, clientv3.WithRange(prefixEnd(prefix)), clientv3.WithLimit(512))
 		if err != nil {
 			return nil, "", fmt.Errorf("list reservations: %w: %w", ErrUnavailable, err)
 		}
@@ -314,7 +314,7 @@ func (a *Allocator) ListReservations(ctx context.Context, poolName, key, after s
 
 // sweepHolds drops expired holds, making their addresses free.
 func (a *Allocator) sweepHolds(ctx context.Context) error {
-	resp, err := a.cli.Get(ctx, a.keys.holds(), clientv3.WithPrefix())
+	resp, err := a.store.Get(ctx, a.keys.holds(), clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("sweep holds: %w: %w", ErrUnavailable, err)
 	}

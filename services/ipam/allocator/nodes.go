@@ -75,7 +75,7 @@ func (a *Allocator) CreateNode(ctx context.Context, in *ipamv1alpha1.Node) (*ipa
 		return nil, err
 	}
 	key := a.keys.node(n.GetName())
-	resp, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+	resp, err := a.store.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, val)).Else(clientv3.OpGet(key)).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("create node %q: %w: %w", n.GetName(), ErrUnavailable, err)
@@ -100,7 +100,7 @@ func (a *Allocator) CreateNode(ctx context.Context, in *ipamv1alpha1.Node) (*ipa
 // GetNode returns a registered node with its router IPs and usage.
 func (a *Allocator) GetNode(ctx context.Context, name string) (*ipamv1alpha1.Node, error) {
 	key := a.keys.node(name)
-	resp, err := a.cli.Get(ctx, key)
+	resp, err := a.store.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("get node %q: %w: %w", name, ErrUnavailable, err)
 	}
@@ -123,7 +123,7 @@ func (a *Allocator) ListNodes(ctx context.Context, after string, limit int) ([]*
 	if after != "" {
 		start = a.keys.node(after) + "\x00"
 	}
-	resp, err := a.cli.Get(ctx, start, clientv3.WithRange(prefixEnd(a.keys.nodes())), clientv3.WithLimit(int64(limit)))
+	resp, err := a.store.Get(ctx, start, clientv3.WithRange(prefixEnd(a.keys.nodes())), clientv3.WithLimit(int64(limit)))
 	if err != nil {
 		return nil, "", fmt.Errorf("list nodes: %w: %w", ErrUnavailable, err)
 	}
@@ -159,7 +159,7 @@ func (a *Allocator) UpdateNode(ctx context.Context, in *ipamv1alpha1.Node, expec
 	}
 	key := a.keys.node(n.GetName())
 	for range a.cfg.MaxAttempts {
-		resp, err := a.cli.Get(ctx, key)
+		resp, err := a.store.Get(ctx, key)
 		if err != nil {
 			return nil, fmt.Errorf("update node %q: %w: %w", n.GetName(), ErrUnavailable, err)
 		}
@@ -193,7 +193,7 @@ func (a *Allocator) UpdateNode(ctx context.Context, in *ipamv1alpha1.Node, expec
 		if err != nil {
 			return nil, err
 		}
-		txn, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
+		txn, err := a.store.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)).
 			Then(clientv3.OpPut(key, val)).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("update node %q: %w: %w", n.GetName(), ErrUnavailable, err)
@@ -229,7 +229,7 @@ func (a *Allocator) checkPodCIDRRemoval(cur, next *ipamv1alpha1.Node) error {
 // deletion was interrupted, so it is safe to repeat.
 func (a *Allocator) DeleteNode(ctx context.Context, name, expectedRev string) (*ipamv1alpha1.DeleteNodeResponse, error) {
 	key := a.keys.node(name)
-	resp, err := a.cli.Get(ctx, key)
+	resp, err := a.store.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("delete node %q: %w: %w", name, ErrUnavailable, err)
 	}
@@ -240,7 +240,7 @@ func (a *Allocator) DeleteNode(ctx context.Context, name, expectedRev string) (*
 		}
 		// Unregistering first stops new claims and allocations on the node:
 		// they compare its revision.
-		txn, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+		txn, err := a.store.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
 			Then(clientv3.OpDelete(key)).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("delete node %q: %w: %w", name, ErrUnavailable, err)
@@ -275,7 +275,7 @@ func (a *Allocator) DeleteNode(ctx context.Context, name, expectedRev string) (*
 					clientv3.OpDelete(a.keys.router(name, pool.FamilyOf(rip))))
 			}
 		}
-		txn, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+		txn, err := a.store.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
 			return out, fmt.Errorf("release block %s of node %q: %w: %w", b.CIDR, name, ErrUnavailable, err)
 		}
@@ -285,7 +285,7 @@ func (a *Allocator) DeleteNode(ctx context.Context, name, expectedRev string) (*
 			out.ReleasedBlocks = append(out.ReleasedBlocks, b.CIDR.String())
 		}
 	}
-	if _, err := a.cli.Delete(ctx, a.keys.claim(name, ""), clientv3.WithPrefix()); err != nil {
+	if _, err := a.store.Delete(ctx, a.keys.claim(name, ""), clientv3.WithPrefix()); err != nil {
 		return out, fmt.Errorf("drop claims of node %q: %w: %w", name, ErrUnavailable, err)
 	}
 	return out, nil
@@ -334,7 +334,7 @@ func (a *Allocator) withNodeStatus(ctx context.Context, n *ipamv1alpha1.Node) (*
 
 // blockProto renders a block with its current counts.
 func (a *Allocator) blockProto(ctx context.Context, b blockRef) (*ipamv1alpha1.Block, error) {
-	resp, err := a.cli.Txn(ctx).Then(
+	resp, err := a.store.Txn(ctx).Then(
 		clientv3.OpGet(a.keys.allocBlock(b.Pool, b.CIDR), clientv3.WithPrefix(), clientv3.WithCountOnly()),
 		clientv3.OpGet(a.keys.holdBlock(b.Pool, b.CIDR), clientv3.WithPrefix(), clientv3.WithCountOnly()),
 	).Commit()

@@ -49,7 +49,7 @@ func sameSpec(a, b *ipamv1alpha1.Pool) bool {
 
 // listPools reads every pool at one revision.
 func (a *Allocator) listPools(ctx context.Context) (map[string]*storedPool, map[string]int64, int64, error) {
-	resp, err := a.cli.Get(ctx, a.keys.pools(), clientv3.WithPrefix())
+	resp, err := a.store.Get(ctx, a.keys.pools(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, nil, 0, fmt.Errorf("list pools: %w: %w", ErrUnavailable, err)
 	}
@@ -120,7 +120,7 @@ func (a *Allocator) CreatePool(ctx context.Context, in *ipamv1alpha1.Pool) (*ipa
 		if err := checkAgainstPools(parsed, pools); err != nil {
 			return nil, err
 		}
-		blocksResp, err := a.cli.Get(ctx, a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+		blocksResp, err := a.store.Get(ctx, a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev))
 		if err != nil {
 			return nil, fmt.Errorf("create pool %q: %w: %w", parsed.Name, ErrUnavailable, err)
 		}
@@ -135,7 +135,7 @@ func (a *Allocator) CreatePool(ctx context.Context, in *ipamv1alpha1.Pool) (*ipa
 			return nil, err
 		}
 		key := a.keys.pool(parsed.Name)
-		resp, err := a.cli.Txn(ctx).If(
+		resp, err := a.store.Txn(ctx).If(
 			clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
 			// No pool was created or changed, and no block claimed, since
 			// the overlap checks.
@@ -156,7 +156,7 @@ func (a *Allocator) CreatePool(ctx context.Context, in *ipamv1alpha1.Pool) (*ipa
 
 // GetPool returns a pool with its usage.
 func (a *Allocator) GetPool(ctx context.Context, name string) (*ipamv1alpha1.Pool, error) {
-	resp, err := a.cli.Get(ctx, a.keys.pool(name))
+	resp, err := a.store.Get(ctx, a.keys.pool(name))
 	if err != nil {
 		return nil, fmt.Errorf("get pool %q: %w: %w", name, ErrUnavailable, err)
 	}
@@ -226,7 +226,7 @@ func (a *Allocator) UpdatePool(ctx context.Context, in *ipamv1alpha1.Pool, expec
 		if err := checkAgainstPools(parsed, pools); err != nil {
 			return nil, err
 		}
-		read, err := a.cli.Txn(ctx).Then(
+		read, err := a.store.Txn(ctx).Then(
 			clientv3.OpGet(a.keys.blocks(), clientv3.WithPrefix(), clientv3.WithRev(rev)),
 			clientv3.OpGet(a.keys.holdPool(parsed.Name), clientv3.WithPrefix(), clientv3.WithRev(rev)),
 		).Commit()
@@ -243,7 +243,7 @@ func (a *Allocator) UpdatePool(ctx context.Context, in *ipamv1alpha1.Pool, expec
 		if err != nil {
 			return nil, err
 		}
-		resp, err := a.cli.Txn(ctx).If(
+		resp, err := a.store.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(key), "=", revs[parsed.Name]),
 			clientv3.Compare(clientv3.ModRevision(a.keys.pools()), "<", rev+1).WithPrefix(),
 			// No block was claimed, and no address of the pool reserved,
@@ -351,7 +351,7 @@ func checkHoldsFit(next *pool.Pool, kvs []*mvccpb.KeyValue) error {
 func (a *Allocator) DeletePool(ctx context.Context, name, expectedRev string) (*ipamv1alpha1.DeletePoolResponse, error) {
 	key := a.keys.pool(name)
 	for range a.cfg.MaxAttempts {
-		get, err := a.cli.Txn(ctx).Then(
+		get, err := a.store.Txn(ctx).Then(
 			clientv3.OpGet(key),
 			clientv3.OpGet(a.keys.allocPool(name), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 			clientv3.OpGet(a.keys.blocks(), clientv3.WithPrefix()),
@@ -389,7 +389,7 @@ func (a *Allocator) DeletePool(ctx context.Context, name, expectedRev string) (*
 			}
 		}
 		rev := get.Header.Revision
-		resp, err := a.cli.Txn(ctx).If(
+		resp, err := a.store.Txn(ctx).If(
 			clientv3.Compare(clientv3.ModRevision(key), "=", modRev),
 			clientv3.Compare(clientv3.CreateRevision(a.keys.allocPool(name)), "=", 0).WithPrefix(),
 			clientv3.Compare(clientv3.ModRevision(a.keys.blocks()), "<", rev+1).WithPrefix(),

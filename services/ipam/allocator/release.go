@@ -35,7 +35,7 @@ func (a *Allocator) Release(ctx context.Context, h Handle, expectedSeq uint64, d
 	}
 	hkey := a.keys.handle(h)
 	for range a.cfg.MaxAttempts {
-		resp, err := a.cli.Get(ctx, hkey)
+		resp, err := a.store.Get(ctx, hkey)
 		if err != nil {
 			return nil, nil, fmt.Errorf("release %s: %w: %w", h, ErrUnavailable, err)
 		}
@@ -136,7 +136,7 @@ func (a *Allocator) releaseTxn(ctx context.Context, hkey string, alloc *ipamv1al
 		ops = append(ops, clientv3.OpPut(path, val), clientv3.OpPut(index, path))
 		holds = append(holds, r)
 	}
-	resp, err := a.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	resp, err := a.store.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		return false, nil, fmt.Errorf("release %s: %w: %w", hkey, ErrUnavailable, err)
 	}
@@ -206,7 +206,7 @@ func (a *Allocator) nodeAllocations(ctx context.Context, node string) ([]*ipamv1
 	handles := map[string]int64{}
 	for _, name := range sortedKeys(blocks) {
 		b := blocks[name].val
-		resp, err := a.cli.Get(ctx, a.keys.allocBlock(b.Pool, b.CIDR), clientv3.WithPrefix())
+		resp, err := a.store.Get(ctx, a.keys.allocBlock(b.Pool, b.CIDR), clientv3.WithPrefix())
 		if err != nil {
 			return nil, fmt.Errorf("list allocations of block %s: %w: %w", b.CIDR, ErrUnavailable, err)
 		}
@@ -225,7 +225,7 @@ func (a *Allocator) nodeAllocations(ctx context.Context, node string) ([]*ipamv1
 		for i, k := range chunk {
 			ops[i] = clientv3.OpGet(k)
 		}
-		resp, err := a.cli.Txn(ctx).Then(ops...).Commit()
+		resp, err := a.store.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			return nil, fmt.Errorf("read allocations: %w: %w", ErrUnavailable, err)
 		}
@@ -249,7 +249,7 @@ func (a *Allocator) GetAllocation(ctx context.Context, h Handle) (*ipamv1alpha1.
 	if err := h.validate(); err != nil {
 		return nil, err
 	}
-	resp, err := a.cli.Get(ctx, a.keys.handle(h))
+	resp, err := a.store.Get(ctx, a.keys.handle(h))
 	if err != nil {
 		return nil, fmt.Errorf("get allocation %s: %w: %w", h, ErrUnavailable, err)
 	}
@@ -272,7 +272,7 @@ func (a *Allocator) GetAllocationByIP(ctx context.Context, s string) (*ipamv1alp
 	if key == "" {
 		return nil, fmt.Errorf("%s is in no claimed block: %w", addr, ErrNotFound)
 	}
-	resp, err := a.cli.Get(ctx, key)
+	resp, err := a.store.Get(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("get allocation of %s: %w: %w", addr, ErrUnavailable, err)
 	}
@@ -319,7 +319,7 @@ func (a *Allocator) ListAllocations(ctx context.Context, f AllocationFilter, aft
 	var out []*ipamv1alpha1.Allocation
 	budget, last := paging.NewBudget(a.cfg.MaxPageBytes), ""
 	for {
-		resp, err := a.cli.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
+		resp, err := a.store.Get(ctx, start, clientv3.WithRange(end), clientv3.WithLimit(512))
 		if err != nil {
 			return nil, "", fmt.Errorf("list allocations: %w: %w", ErrUnavailable, err)
 		}

@@ -91,7 +91,7 @@ func (a *Allocator) withPoolStatus(ctx context.Context, p *ipamv1alpha1.Pool) (*
 			clientv3.OpGet(a.keys.allocFamily(parsed.Name, f), clientv3.WithPrefix(), clientv3.WithCountOnly()),
 			clientv3.OpGet(a.keys.holdFamily(parsed.Name, f), clientv3.WithPrefix(), clientv3.WithCountOnly()))
 	}
-	resp, err := a.cli.Txn(ctx).Then(ops...).Commit()
+	resp, err := a.store.Txn(ctx).Then(ops...).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("usage of pool %q: %w: %w", parsed.Name, ErrUnavailable, err)
 	}
@@ -143,7 +143,7 @@ type NodeUsage struct {
 
 // UsageByNode returns the allocated-address counts of every node.
 func (a *Allocator) UsageByNode(ctx context.Context) ([]NodeUsage, error) {
-	resp, err := a.cli.Get(ctx, a.keys.allocs(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := a.store.Get(ctx, a.keys.allocs(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, fmt.Errorf("read allocations: %w: %w", ErrUnavailable, err)
 	}

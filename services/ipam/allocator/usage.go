@@ -48,7 +48,7 @@ func (a *Allocator) usageOf(ctx context.Context, b *blockRecord) (*blockUsage, e
 	if u.loaded {
 		return u, nil
 	}
-	resp, err := a.cli.Txn(ctx).Then(
+	resp, err := a.store.Txn(ctx).Then(
 		clientv3.OpGet(a.keys.allocBlock(b.Pool, b.CIDR), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		clientv3.OpGet(a.keys.holdBlock(b.Pool, b.CIDR), clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 	).Commit()

@@ -60,7 +60,7 @@ func (w *blockWatch) event(t commonv1alpha1.EventType, b *blockRecord, rev int64
 
 // list sends the current state and returns its revision.
 func (w *blockWatch) list(ctx context.Context) (int64, error) {
-	resp, err := w.a.cli.Txn(ctx).Then(
+	resp, err := w.a.store.Txn(ctx).Then(
 		clientv3.OpGet(w.a.keys.blocks(), clientv3.WithPrefix()),
 		clientv3.OpGet(w.a.keys.nodes(), clientv3.WithPrefix()),
 	).Commit()

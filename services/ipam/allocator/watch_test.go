@@ -110,7 +110,7 @@ func TestWatchCacheRelistsAfterCompaction(t *testing.T) {
 	if _, err := cli.Put(ctx, prefix+"a", "1"); err != nil {
 		t.Fatal(err)
 	}
-	c := newWatchCache(cli, prefix, slog.New(slog.DiscardHandler), func(_ string, v []byte) (string, error) { return string(v), nil })
+	c := newWatchCache(cli, &store{kv: cli.KV}, prefix, slog.New(slog.DiscardHandler), func(_ string, v []byte) (string, error) { return string(v), nil })
 	if err := c.refresh(ctx); err != nil {
 		t.Fatal(err)
 	}

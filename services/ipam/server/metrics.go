@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,16 +15,23 @@ import (
 // Metrics are axon-ipam's own Prometheus metrics (gRPC metrics come from
 // the daemon's interceptors).
 type Metrics struct {
-	allocations *prometheus.CounterVec
-	allocSecs   prometheus.Histogram
-	releases    prometheus.Counter
-	gcReleased  prometheus.Counter
+	allocations    *prometheus.CounterVec
+	allocSecs      prometheus.Histogram
+	releases       prometheus.Counter
+	gcReleased     prometheus.Counter
+	usageRefreshed prometheus.Gauge
+
+	alloc *allocator.Allocator
+	usage *usageCollector
 }
 
-// NewMetrics registers the metrics on reg, including per-pool usage gauges
-// read from alloc at scrape time.
+// NewMetrics registers the metrics on reg, including per-pool and per-node
+// usage gauges, which report what RunUsage (or RefreshUsage) last read from
+// alloc: nothing until the first refresh.
 func NewMetrics(reg prometheus.Registerer, alloc *allocator.Allocator) *Metrics {
 	m := &Metrics{
+		alloc: alloc,
+		usage: &usageCollector{},
 		allocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "axon", Subsystem: "ipam", Name: "allocations_total",
 			Help: "AllocateIP calls by result (the gRPC code name).",
@@ -40,8 +49,12 @@ func NewMetrics(reg prometheus.Registerer, alloc *allocator.Allocator) *Metrics 
 			Namespace: "axon", Subsystem: "ipam", Name: "gc_released_total",
 			Help: "Allocations released by GarbageCollect.",
 		}),
+		usageRefreshed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "axon", Subsystem: "ipam", Name: "usage_refreshed_timestamp_seconds",
+			Help: "When the pool and node usage gauges were last read from etcd (Unix time).",
+		}),
 	}
-	reg.MustRegister(m.allocations, m.allocSecs, m.releases, m.gcReleased, &usageCollector{alloc: alloc})
+	reg.MustRegister(m.allocations, m.allocSecs, m.releases, m.gcReleased, m.usageRefreshed, m.usage)
 	return m
 }
 
@@ -69,8 +82,14 @@ func familyLabel(f commonv1alpha1.IPFamily) string {
 	return "ipv4"
 }
 
-// usageCollector reads pool usage from etcd when Prometheus scrapes.
-type usageCollector struct{ alloc *allocator.Allocator }
+// usageCollector reports pool and node usage from the snapshot the last
+// refreshUsage took: a scrape never waits for etcd, and while etcd is down
+// it reports the last usage known (axon_ipam_dependency_up says etcd is
+// down, axon_ipam_usage_refreshed_timestamp_seconds how old the usage is).
+type usageCollector struct {
+	mu      sync.Mutex
+	metrics []prometheus.Metric
+}
 
 func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- usageDesc
@@ -79,28 +98,60 @@ func (c *usageCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *usageCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	pools, err := c.alloc.ListPools(ctx)
-	if err != nil {
-		return // etcd is down: the dependency_up gauge already says so
+	c.mu.Lock()
+	metrics := c.metrics
+	c.mu.Unlock()
+	for _, m := range metrics {
+		ch <- m
 	}
+}
+
+// RefreshUsage reads pool and node usage from the allocator (etcd) and
+// makes it what scrapes report.
+func (m *Metrics) RefreshUsage(ctx context.Context) error {
+	pools, err := m.alloc.ListPools(ctx)
+	if err != nil {
+		return fmt.Errorf("pool usage: %w", err)
+	}
+	nodes, err := m.alloc.UsageByNode(ctx)
+	if err != nil {
+		return fmt.Errorf("node usage: %w", err)
+	}
+	var out []prometheus.Metric
 	for _, p := range pools {
 		for _, u := range p.GetStatus().GetUsage() {
 			fam := familyLabel(u.GetFamily())
 			for state, v := range map[string]uint64{"capacity": u.GetCapacity(), "allocated": u.GetAllocated(), "held": u.GetHeld()} {
-				ch <- prometheus.MustNewConstMetric(usageDesc, prometheus.GaugeValue, float64(v), p.GetName(), fam, state)
+				out = append(out, prometheus.MustNewConstMetric(usageDesc, prometheus.GaugeValue, float64(v), p.GetName(), fam, state))
 			}
 			for state, v := range map[string]uint64{"claimed": u.GetBlocksClaimed(), "total": u.GetBlocksTotal()} {
-				ch <- prometheus.MustNewConstMetric(blocksDesc, prometheus.GaugeValue, float64(v), p.GetName(), fam, state)
+				out = append(out, prometheus.MustNewConstMetric(blocksDesc, prometheus.GaugeValue, float64(v), p.GetName(), fam, state))
 			}
 		}
 	}
-	nodes, err := c.alloc.UsageByNode(ctx)
-	if err != nil {
-		return
-	}
 	for _, u := range nodes {
-		ch <- prometheus.MustNewConstMetric(nodeDesc, prometheus.GaugeValue, float64(u.Allocated), u.Node, u.Pool, familyLabel(u.Family))
+		out = append(out, prometheus.MustNewConstMetric(nodeDesc, prometheus.GaugeValue, float64(u.Allocated), u.Node, u.Pool, familyLabel(u.Family)))
+	}
+	m.usage.mu.Lock()
+	m.usage.metrics = out
+	m.usage.mu.Unlock()
+	m.usageRefreshed.SetToCurrentTime()
+	return nil
+}
+
+// RunUsage refreshes the usage metrics at once and then every interval
+// until ctx ends. A refresh that fails (etcd down) leaves the last usage in
+// place until one succeeds.
+func (m *Metrics) RunUsage(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		// Failures need no log: the etcd health check reports the outage.
+		_ = m.RefreshUsage(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }

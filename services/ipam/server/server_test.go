@@ -38,14 +38,20 @@ func (m *methodCounts) get(method string) int {
 	return m.n[method]
 }
 
+// testMetrics are a test server's metrics and the registry they are on.
+type testMetrics struct {
+	*Metrics
+	reg *prometheus.Registry
+}
+
 // startServer serves IPAM over loopback gRPC against a fresh embedded etcd.
-func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, *prometheus.Registry, *methodCounts) {
+func startServer(t *testing.T) (ipamv1alpha1.IPAMServiceClient, testMetrics, *methodCounts) {
 	t.Helper()
 	return startServerWith(t, allocator.DefaultConfig())
 }
 
 // startServerWith is startServer with an allocator configuration.
-func startServerWith(t *testing.T, cfg allocator.Config) (ipamv1alpha1.IPAMServiceClient, *prometheus.Registry, *methodCounts) {
+func startServerWith(t *testing.T, cfg allocator.Config) (ipamv1alpha1.IPAMServiceClient, testMetrics, *methodCounts) {
 	t.Helper()
 	etcd, err := embedetcd.Start(embedetcd.Config{Dir: t.TempDir()})
 	if err != nil {
@@ -57,12 +63,20 @@ func startServerWith(t *testing.T, cfg allocator.Config) (ipamv1alpha1.IPAMServi
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cli.Close() })
+	c, m, calls, _ := serveIPAM(t, cli, cfg)
+	return c, m, calls
+}
+
+// serveIPAM serves IPAM over loopback gRPC on the etcd cli reaches.
+func serveIPAM(t *testing.T, cli *clientv3.Client, cfg allocator.Config) (ipamv1alpha1.IPAMServiceClient, testMetrics, *methodCounts, *allocator.Allocator) {
+	t.Helper()
 	alloc, err := allocator.New(t.Context(), cli, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(alloc.Close)
-	reg := prometheus.NewRegistry()
+	m := testMetrics{reg: prometheus.NewRegistry()}
+	m.Metrics = NewMetrics(m.reg, alloc)
 	calls := &methodCounts{n: map[string]int{}}
 	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		calls.mu.Lock()
@@ -70,7 +84,7 @@ func startServerWith(t *testing.T, cfg allocator.Config) (ipamv1alpha1.IPAMServi
 		calls.mu.Unlock()
 		return h(ctx, req)
 	}))
-	ipamv1alpha1.RegisterIPAMServiceServer(srv, New(alloc, NewMetrics(reg, alloc), slog.New(slog.DiscardHandler)))
+	ipamv1alpha1.RegisterIPAMServiceServer(srv, New(alloc, m.Metrics, slog.New(slog.DiscardHandler)))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,7 +96,7 @@ func startServerWith(t *testing.T, cfg allocator.Config) (ipamv1alpha1.IPAMServi
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return ipamv1alpha1.NewIPAMServiceClient(conn), reg, calls
+	return ipamv1alpha1.NewIPAMServiceClient(conn), m, calls, alloc
 }
 
 func wantCode(t *testing.T, err error, code codes.Code) {
@@ -93,7 +107,7 @@ func wantCode(t *testing.T, err error, code codes.Code) {
 }
 
 func TestIPAMOverGRPC(t *testing.T) {
-	c, reg, _ := startServer(t)
+	c, m, _ := startServer(t)
 	ctx := t.Context()
 
 	_, err := c.CreatePool(ctx, &ipamv1alpha1.CreatePoolRequest{Pool: &ipamv1alpha1.Pool{Name: "bad", Ipv4: &ipamv1alpha1.PoolFamily{Cidrs: []string{"10.0.0.1/8"}}}})
@@ -176,8 +190,11 @@ func TestIPAMOverGRPC(t *testing.T) {
 		t.Fatalf("dry-run GC with the default min age = %v, %v; want nothing", gc, err)
 	}
 
+	if err := m.RefreshUsage(ctx); err != nil {
+		t.Fatal(err)
+	}
 	counts := map[string]float64{}
-	mfs, err := reg.Gather()
+	mfs, err := m.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
