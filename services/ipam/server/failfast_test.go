@@ -11,8 +11,8 @@ import (
 
 	"github.com/axon-cni/axon/bpf/testpoll"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
-	"github.com/axon-cni/axon/services/ipam/allocator"
 	"github.com/axon-cni/axon/services/internal/etcdtest"
+	"github.com/axon-cni/axon/services/ipam/allocator"
 )
 
 // TestFailFastWhileEtcdIsDown stops etcd under a serving IPAM: every call
