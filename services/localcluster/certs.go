@@ -15,6 +15,9 @@ import (
 // run makes new ones, so a short life costs nothing.
 const certValidity = 7 * 24 * time.Hour
 
+// etcdCert names the embedded etcd's certificate among the services'.
+const etcdCert = "etcd"
+
 // clientName is the common name of the certificate for people and tools
 // (axonctl, grpcurl) and of the run's own health checks.
 const clientName = "axonctl"
@@ -28,8 +31,9 @@ type keyPair struct{ cert, key string }
 type certs struct {
 	dir string
 	ca  string
-	// services are the control-plane services' certificates, valid as
-	// servers (for host) and as clients (a service calling another).
+	// services are the certificates of the control-plane services and of
+	// etcd (etcdCert), valid as servers (for host) and as clients (a
+	// service calling another, or etcd).
 	services map[string]keyPair
 	// client is the certificate for axonctl and grpcurl.
 	client keyPair

@@ -180,7 +180,6 @@ func (c Config) control(etcdURL string, cs certs) (_ []Component, err error) {
 			closeFiles(comps)
 		}
 	}()
-	etcdArgs := []string{"--etcd-endpoints", etcdURL}
 	for _, s := range controlPlane() {
 		grpcPort, metricsPort := 0, 0
 		if c.PortBase != 0 {
@@ -199,7 +198,9 @@ func (c Config) control(etcdURL string, cs certs) (_ []Component, err error) {
 		// ExtraFiles become descriptors 3, 4, ... in the child.
 		comp.Args = append([]string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:4"}, cs.serverArgs(s.name)...)
 		if s.useEtcd {
-			comp.Args = append(comp.Args, etcdArgs...)
+			// The service's certificate is its client certificate for etcd too.
+			kp := cs.services[s.name]
+			comp.Args = append(comp.Args, "--etcd-endpoints", etcdURL, "--etcd-cert", kp.cert, "--etcd-key", kp.key, "--etcd-ca", cs.ca)
 		}
 		if s.name == "ipam" {
 			// Datapaths in node namespaces reach IPAM over a unix socket: the
@@ -276,9 +277,6 @@ type Cluster struct {
 	stop    sync.Once
 	logMu   *sync.Mutex
 	certs   certs
-	// clientTLS dials the control-plane services with the client
-	// certificate.
-	clientTLS daemon.ClientTLS
 
 	mu        sync.Mutex // guards datapaths
 	simNodes  []simNode
@@ -325,7 +323,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	if err := localsys.Remove(cfg.descriptionFile()); err != nil {
 		return nil, err
 	}
-	cs, err := makeCerts(filepath.Join(cfg.StateDir, "pki"), cfg.Host, controlNames())
+	cs, err := makeCerts(filepath.Join(cfg.StateDir, "pki"), cfg.Host, append(controlNames(), etcdCert))
 	if err != nil {
 		return nil, fmt.Errorf("make the certificates: %w", err)
 	}
@@ -334,12 +332,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 		ClientAddr: cfg.EtcdClientAddr,
 		PeerAddr:   cfg.EtcdPeerAddr,
 		Log:        etcdLog,
+		TLS:        &embedetcd.TLS{CertFile: cs.services[etcdCert].cert, KeyFile: cs.services[etcdCert].key, CAFile: cs.ca},
 	})
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{cfg: cfg, log: log, etcd: etcd, exited: make(chan error, 16), certs: cs,
-		clientTLS: daemon.ClientTLS{Peer: "local", CAFile: cs.ca, CertFile: cs.client.cert, KeyFile: cs.client.key}}
+	c := &Cluster{cfg: cfg, log: log, etcd: etcd, exited: make(chan error, 16), certs: cs}
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -433,7 +431,11 @@ func (c *Cluster) Credentials(target string) (credentials.TransportCredentials, 
 	if strings.HasPrefix(target, "unix:") {
 		return insecure.NewCredentials(), nil
 	}
-	return c.clientTLS.Credentials(target)
+	tc, err := daemon.ClientTLSConfig(c.certs.ca, c.certs.client.cert, c.certs.client.key)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate of the local system: %w", err)
+	}
+	return credentials.NewTLS(tc), nil
 }
 
 // IPAMSocket is the unix socket axon-ipam also serves on.

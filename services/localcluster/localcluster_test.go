@@ -219,9 +219,9 @@ func checkCertificateFiles(t *testing.T, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// ipam, lbipam, policy, operator and the client's.
-	if len(keys) != 5 {
-		t.Errorf("%d keys in %s, want 5", len(keys), dir)
+	// ipam, lbipam, policy, operator, etcd and the client's.
+	if len(keys) != 6 {
+		t.Errorf("%d keys in %s, want 6", len(keys), dir)
 	}
 	for _, k := range keys {
 		fi, err := os.Stat(k)
