@@ -26,11 +26,13 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/axon-cni/axon/services/internal/daemon"
 	"github.com/axon-cni/axon/services/internal/embedetcd"
+	"github.com/axon-cni/axon/services/internal/localsys"
 )
 
 // Config says where the local system keeps its state and finds its binaries.
@@ -139,29 +141,46 @@ func (c Component) label() string {
 	return c.Name
 }
 
+// controlService is a control-plane service of the local system.
+type controlService struct {
+	name          string
+	port          int // offset from Config.PortBase
+	useEtcd       bool
+	unimplemented bool
+}
+
+// controlPlane returns the control-plane services in start order.
+func controlPlane() []controlService {
+	return []controlService{
+		{"ipam", 1, true, false},
+		{"lbipam", 3, true, true},
+		{"policy", 4, false, true},
+		{"operator", 5, false, true},
+	}
+}
+
+// controlNames are the names of the control-plane services.
+func controlNames() []string {
+	var names []string
+	for _, s := range controlPlane() {
+		names = append(names, s.name)
+	}
+	return names
+}
+
 // control opens the control-plane services' TCP sockets and returns the
-// services in start order, each holding its sockets to inherit. Opening them
-// here, not in the services, means a port cannot be taken by another process
+// services in start order, each holding its sockets to inherit and serving
+// its TCP API with mTLS (certificates from cs). Opening the sockets here,
+// not in the services, means a port cannot be taken by another process
 // between choosing it and listening on it.
-func (c Config) control(etcdURL string) (_ []Component, err error) {
+func (c Config) control(etcdURL string, cs certs) (_ []Component, err error) {
 	var comps []Component
 	defer func() {
 		if err != nil {
 			closeFiles(comps)
 		}
 	}()
-	etcdArgs := []string{"--etcd-endpoints", etcdURL}
-	for _, s := range []struct {
-		name          string
-		port          int
-		useEtcd       bool
-		unimplemented bool
-	}{
-		{"ipam", 1, true, false},
-		{"lbipam", 3, true, true},
-		{"policy", 4, false, true},
-		{"operator", 5, false, true},
-	} {
+	for _, s := range controlPlane() {
 		grpcPort, metricsPort := 0, 0
 		if c.PortBase != 0 {
 			grpcPort, metricsPort = c.PortBase+s.port, c.PortBase+s.port+200
@@ -177,13 +196,16 @@ func (c Config) control(etcdURL string) (_ []Component, err error) {
 		}
 		comp := Component{Name: s.name, Target: target, MetricsAddr: metricsAddr, Unimplemented: s.unimplemented, files: []*os.File{grpcFile, metricsFile}}
 		// ExtraFiles become descriptors 3, 4, ... in the child.
-		comp.Args = []string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:4"}
+		comp.Args = append([]string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:4"}, cs.serverArgs(s.name)...)
 		if s.useEtcd {
-			comp.Args = append(comp.Args, etcdArgs...)
+			// The service's certificate is its client certificate for etcd too.
+			kp := cs.services[s.name]
+			comp.Args = append(comp.Args, "--etcd-endpoints", etcdURL, "--etcd-cert", kp.cert, "--etcd-key", kp.key, "--etcd-ca", cs.ca)
 		}
 		if s.name == "ipam" {
 			// Datapaths in node namespaces reach IPAM over a unix socket: the
-			// filesystem is shared, loopback is not.
+			// filesystem is shared, loopback is not. Like the CNI shim's
+			// socket, its mode (0600) is what guards it.
 			comp.Args = append(comp.Args, "--grpc-socket", c.ipamSocket())
 		} else {
 			comp.Args = append(comp.Args, "--grpc-socket", "")
@@ -254,6 +276,7 @@ type Cluster struct {
 	exited  chan error
 	stop    sync.Once
 	logMu   *sync.Mutex
+	certs   certs
 
 	mu        sync.Mutex // guards datapaths
 	simNodes  []simNode
@@ -296,16 +319,25 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
+	// A description left by a run that did not stop cleanly is stale.
+	if err := localsys.Remove(cfg.descriptionFile()); err != nil {
+		return nil, err
+	}
+	cs, err := makeCerts(filepath.Join(cfg.StateDir, "pki"), cfg.Host, append(controlNames(), etcdCert))
+	if err != nil {
+		return nil, fmt.Errorf("make the certificates: %w", err)
+	}
 	etcd, err := embedetcd.Start(embedetcd.Config{
 		Dir:        filepath.Join(cfg.StateDir, "etcd"),
 		ClientAddr: cfg.EtcdClientAddr,
 		PeerAddr:   cfg.EtcdPeerAddr,
 		Log:        etcdLog,
+		TLS:        &embedetcd.TLS{CertFile: cs.services[etcdCert].cert, KeyFile: cs.services[etcdCert].key, CAFile: cs.ca},
 	})
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{cfg: cfg, log: log, etcd: etcd, exited: make(chan error, 16)}
+	c := &Cluster{cfg: cfg, log: log, etcd: etcd, exited: make(chan error, 16), certs: cs}
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -316,7 +348,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	// The services do not depend on each other to start, so they start
 	// together; each must then report SERVING, or answer health if its API
 	// is not implemented yet.
-	c.Control, err = cfg.control(etcd.ClientURL())
+	log.Info("certificates made", "dir", cs.dir)
+	c.Control, err = cfg.control(etcd.ClientURL(), cs)
 	if err != nil {
 		return nil, err
 	}
@@ -331,14 +364,18 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 		c.running = append(c.running, p)
 	}
 	for _, comp := range c.Control {
+		creds, err := c.Credentials(comp.Target)
+		if err != nil {
+			return nil, err
+		}
 		if comp.Unimplemented {
-			if err := waitHealth(ctx, comp.Target, cfg.ReadyTimeout, c.exited, answers); err != nil {
+			if err := waitHealth(ctx, comp.Target, creds, cfg.ReadyTimeout, c.exited, answers); err != nil {
 				return nil, fmt.Errorf("axon-%s did not start: %w", comp.Name, err)
 			}
 			log.Info("service up; its API is not implemented yet, so it reports NOT_SERVING", "service", comp.Name, "grpc", comp.Target)
 			continue
 		}
-		if err := waitHealth(ctx, comp.Target, cfg.ReadyTimeout, c.exited, serving); err != nil {
+		if err := waitHealth(ctx, comp.Target, creds, cfg.ReadyTimeout, c.exited, serving); err != nil {
 			return nil, fmt.Errorf("axon-%s did not become healthy: %w", comp.Name, err)
 		}
 		log.Info("service serving", "service", comp.Name, "grpc", comp.Target)
@@ -360,7 +397,45 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *Cluster, err e
 	if err := c.startDemoPods(ctx, cfg.DemoPods); err != nil {
 		return nil, err
 	}
+	if err := localsys.Write(cfg.descriptionFile(), c.Description()); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// descriptionFile is where the running system's description is written
+// for axonctl.
+func (c Config) descriptionFile() string { return filepath.Join(c.StateDir, localsys.FileName) }
+
+// Description says where the system's services listen and which
+// certificates reach them; Start writes it into the state directory
+// (localsys.FileName), where axonctl finds it.
+func (c *Cluster) Description() localsys.System {
+	s := localsys.System{
+		Services: map[string]string{},
+		TLS:      localsys.TLS{CA: c.certs.ca, Cert: c.certs.client.cert, Key: c.certs.client.key},
+	}
+	for _, comp := range c.Control {
+		s.Services[comp.Name] = comp.Target
+	}
+	for _, n := range c.Nodes {
+		s.Datapaths = append(s.Datapaths, "unix://"+n.DatapathSocket)
+	}
+	return s
+}
+
+// Credentials returns the transport credentials for dialing target, a
+// service of the system: the client certificate for a TCP target, none for
+// a unix socket (its file mode guards it).
+func (c *Cluster) Credentials(target string) (credentials.TransportCredentials, error) {
+	if strings.HasPrefix(target, "unix:") {
+		return insecure.NewCredentials(), nil
+	}
+	tc, err := daemon.ClientTLSConfig(c.certs.ca, c.certs.client.cert, c.certs.client.key)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate of the local system: %w", err)
+	}
+	return credentials.NewTLS(tc), nil
 }
 
 // IPAMSocket is the unix socket axon-ipam also serves on.
@@ -383,7 +458,7 @@ func (c *Cluster) StartDatapath(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
-	return waitHealth(ctx, comp.Target, c.cfg.ReadyTimeout, c.exited, serving)
+	return waitHealth(ctx, comp.Target, insecure.NewCredentials(), c.cfg.ReadyTimeout, c.exited, serving)
 }
 
 // replaceDatapath starts node i's axon-datapath in place of the one that
@@ -497,7 +572,7 @@ func (c *Cluster) Wait(ctx context.Context) error {
 			c.log.Warn("datapath restarted", "node", node)
 			wg.Go(func() {
 				// A crash while it starts is reported through c.exited.
-				if err := waitHealth(ctx, comp.Target, c.cfg.ReadyTimeout, nil, serving); err == nil {
+				if err := waitHealth(ctx, comp.Target, insecure.NewCredentials(), c.cfg.ReadyTimeout, nil, serving); err == nil {
 					c.log.Info("datapath serving again", "node", node)
 				}
 			})
@@ -512,6 +587,9 @@ func (c *Cluster) Stop() {
 			c.running[i].stop(c.cfg.StopTimeout)
 		}
 		c.etcd.Close()
+		if err := localsys.Remove(c.cfg.descriptionFile()); err != nil {
+			c.log.Warn("stale description of the system left behind", daemon.LogKeyError, err)
+		}
 	})
 }
 
@@ -560,15 +638,30 @@ func printSummary(out io.Writer, c *Cluster) {
 		fmt.Fprintf(&b, "\n%s", c.reachability())
 		fmt.Fprintf(&b, "  try: sudo nsenter --net=%s ping %s\n", c.Pods[0].Netns, c.Pods[len(c.Pods)-1].IPs[0])
 	}
+	fmt.Fprintf(&b, "\n  Every TCP API takes only mTLS. This run's certificates are in %s: the CA (ca.pem),\n  one per service, and client.pem with client.key for axonctl and grpcurl.\n", display(c.certs.dir))
 	status := "axonctl status"
-	if len(c.Nodes) == 0 {
-		status += " --datapath="
+	if desc := c.cfg.descriptionFile(); display(desc) != filepath.Join(".run", localsys.FileName) {
+		// axonctl looks in ./.run by default.
+		status += " --local " + display(desc)
 	}
-	for _, n := range c.Nodes {
-		status += " --datapath unix://" + n.DatapathSocket
-	}
-	fmt.Fprintf(&b, "\nTry: grpcurl -plaintext %s list\n     grpcurl -plaintext %s grpc.health.v1.Health/Check\n     %s\nPress Ctrl-C to stop.\n", comps[0].Target, comps[0].Target, status)
+	tlsArgs := fmt.Sprintf("-cacert %s -cert %s -key %s", display(c.certs.ca), display(c.certs.client.cert), display(c.certs.client.key))
+	fmt.Fprintf(&b, "\nTry: grpcurl %s %s list\n     grpcurl %s %s grpc.health.v1.Health/Check\n     %s\nPress Ctrl-C to stop.\n",
+		tlsArgs, comps[0].Target, tlsArgs, comps[0].Target, status)
 	_, _ = out.Write(b.Bytes())
+}
+
+// display shortens path to one relative to the working directory when it
+// lies below it.
+func display(path string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return path
+	}
+	rel, err := filepath.Rel(wd, path)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return path
+	}
+	return rel
 }
 
 // process is a started service, or (with cleanup) something else to undo
@@ -667,11 +760,12 @@ func serving(st healthpb.HealthCheckResponse_ServingStatus) bool {
 // answers wants any answer: the service is up, whatever its health.
 func answers(healthpb.HealthCheckResponse_ServingStatus) bool { return true }
 
-// waitHealth polls the gRPC health service at target until it answers a
-// status that want accepts, the timeout passes, or a started process exits.
-func waitHealth(ctx context.Context, target string, timeout time.Duration, exited <-chan error, want healthWanted) error {
+// waitHealth polls the gRPC health service at target, dialed with creds,
+// until it answers a status that want accepts, the timeout passes, or a
+// started process exits.
+func waitHealth(ctx context.Context, target string, creds credentials.TransportCredentials, timeout time.Duration, exited <-chan error, want healthWanted) error {
 	conn, err := grpc.NewClient(target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		// The service is starting: retry the connection quickly rather than
 		// with gRPC's default one-second backoff.
 		grpc.WithConnectParams(grpc.ConnectParams{

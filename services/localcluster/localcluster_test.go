@@ -2,6 +2,7 @@ package localcluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -14,11 +15,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/axon-cni/axon/bpf/testenv"
 	"github.com/axon-cni/axon/bpf/testpoll"
+	"github.com/axon-cni/axon/services/internal/daemon"
+	"github.com/axon-cni/axon/services/internal/localsys"
 )
 
 // buildBinaries builds every service binary and axon-cni (for demo pods)
@@ -71,7 +75,7 @@ func TestRunStartsEveryServiceHealthy(t *testing.T) {
 
 	// Run prints its summary once every service is SERVING, or up if its
 	// API is not implemented yet.
-	summary := make([]byte, 4096)
+	summary := make([]byte, 16384)
 	n, err := io.ReadAtLeast(pr, summary, len("Axon is running"))
 	if err != nil {
 		<-done
@@ -104,13 +108,34 @@ func TestRunStartsEveryServiceHealthy(t *testing.T) {
 	}
 	// Services whose API is not implemented yet say so: NOT_SERVING, in
 	// their health and in the summary.
+	// The description axonctl reads names the same services and the
+	// client certificate that reaches them.
+	desc, err := localsys.Read(filepath.Join(cfg.StateDir, localsys.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range comps {
+		if got := desc.Services[c.label()]; c.Name != "datapath" && got != c.Target {
+			t.Errorf("description names %s at %q, the summary at %q", c.label(), got, c.Target)
+		}
+	}
+	if os.Geteuid() == 0 && len(desc.Datapaths) != cfg.Nodes {
+		t.Errorf("description names datapaths %q, want %d", desc.Datapaths, cfg.Nodes)
+	}
+	clientTLS := daemon.ClientTLS{Peer: "test", CAFile: desc.TLS.CA, CertFile: desc.TLS.Cert, KeyFile: desc.TLS.Key}
 	unimplemented := map[string]bool{"lbipam": true, "policy": true, "operator": true}
 	for _, c := range comps {
 		want := healthpb.HealthCheckResponse_SERVING
 		if unimplemented[c.label()] {
 			want = healthpb.HealthCheckResponse_NOT_SERVING
 		}
-		conn, err := grpc.NewClient(c.Target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		creds := insecure.NewCredentials()
+		if c.Name != "datapath" {
+			if creds, err = clientTLS.Credentials(c.Target); err != nil {
+				t.Fatal(err)
+			}
+		}
+		conn, err := grpc.NewClient(c.Target, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -120,6 +145,8 @@ func TestRunStartsEveryServiceHealthy(t *testing.T) {
 			t.Errorf("%s health = %v, %v; want %s", c.label(), resp.GetStatus(), err, want)
 		}
 	}
+	checkRefusesWithoutCertificate(t, comps[0].Target, desc.TLS.CA)
+	checkCertificateFiles(t, filepath.Dir(desc.TLS.CA))
 	for _, line := range strings.Split(string(summary[:n]), "\n") {
 		f := strings.Fields(line)
 		if len(f) == 0 || !unimplemented[f[0]] {
@@ -142,8 +169,68 @@ func TestRunStartsEveryServiceHealthy(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(cfg.StateDir, "etcd")); err != nil {
 		t.Errorf("etcd data dir missing: %v", err)
 	}
+	if _, err := localsys.Read(filepath.Join(cfg.StateDir, localsys.FileName)); !errors.Is(err, localsys.ErrNotFound) {
+		t.Errorf("description of the stopped system: %v, want %v", err, localsys.ErrNotFound)
+	}
 	if out, _ := exec.Command("ip", "netns", "list").CombinedOutput(); strings.Contains(string(out), cfg.NetnsPrefix) {
 		t.Errorf("namespaces left behind:\n%s", out)
+	}
+}
+
+// checkRefusesWithoutCertificate checks that the service at target (TCP)
+// answers no one without a client certificate: not in plaintext, not over
+// TLS without one.
+func checkRefusesWithoutCertificate(t *testing.T, target, caFile string) {
+	t.Helper()
+	pool, err := daemon.LoadCertPool(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, creds := range map[string]credentials.TransportCredentials{
+		"plaintext":               insecure.NewCredentials(),
+		"TLS without certificate": credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}),
+	} {
+		conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(creds))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		_ = conn.Close()
+		if err == nil {
+			t.Errorf("%s: health check over %s answered, want it refused", target, name)
+		}
+	}
+}
+
+// checkCertificateFiles checks that the run's keys are private to the user
+// who started it.
+func checkCertificateFiles(t *testing.T, dir string) {
+	t.Helper()
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s has mode %o, want 700", dir, fi.Mode().Perm())
+	}
+	keys, err := filepath.Glob(filepath.Join(dir, "*.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ipam, lbipam, policy, operator, etcd and the client's.
+	if len(keys) != 6 {
+		t.Errorf("%d keys in %s, want 6", len(keys), dir)
+	}
+	for _, k := range keys {
+		fi, err := os.Stat(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("key %s has mode %o, want 600", k, fi.Mode().Perm())
+		}
 	}
 }
 

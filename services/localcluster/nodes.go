@@ -221,7 +221,7 @@ func startNodes(ctx context.Context, cfg Config, log *slog.Logger, logMu *sync.M
 		procs = append(procs, p)
 	}
 	for _, n := range nodes {
-		if err := waitHealth(ctx, cfg.datapath(n).Target, cfg.ReadyTimeout, exited, serving); err != nil {
+		if err := waitHealth(ctx, cfg.datapath(n).Target, insecure.NewCredentials(), cfg.ReadyTimeout, exited, serving); err != nil {
 			return nil, simNode{}, nil, fmt.Errorf("datapath of %s did not become healthy: %w", n.Name, err)
 		}
 		log.Info("node ready", "node", n.Name, "underlay_ip", n.IP, "netns", n.Netns)

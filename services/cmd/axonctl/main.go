@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -32,6 +30,7 @@ type endpoints struct {
 	ipam, lbipam, policy, operator string
 	datapaths                      []string
 	timeout                        time.Duration
+	transport                      transport
 }
 
 func newRootCmd() *cobra.Command {
@@ -41,6 +40,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "Inspect and drive the Axon services",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return applyLocal(cmd, &ep)
+		},
 	}
 	f := root.PersistentFlags()
 	f.StringVar(&ep.ipam, "ipam", "127.0.0.1:9401", "gRPC target of axon-ipam; empty: not checked")
@@ -49,6 +51,7 @@ func newRootCmd() *cobra.Command {
 	f.StringVar(&ep.policy, "policy", "127.0.0.1:9404", "gRPC target of axon-policy; empty: not checked")
 	f.StringVar(&ep.operator, "operator", "127.0.0.1:9405", "gRPC target of axon-operator; empty: not checked")
 	f.DurationVar(&ep.timeout, "timeout", 3*time.Second, "per-call timeout")
+	registerTransportFlags(root, &ep)
 	root.AddCommand(newStatusCmd(&ep), newServiceCmd(&ep))
 	return root
 }
@@ -76,7 +79,7 @@ func status(ctx context.Context, out io.Writer, ep *endpoints) error {
 		if s.target == "" {
 			continue // --ipam= and the like: not checked (a node's probe checks its datapath alone)
 		}
-		st := checkHealth(ctx, s.target, ep.timeout)
+		st := checkHealth(ctx, ep, s.target)
 		if st != healthpb.HealthCheckResponse_SERVING.String() {
 			unhealthy++
 		}
@@ -92,13 +95,13 @@ func status(ctx context.Context, out io.Writer, ep *endpoints) error {
 }
 
 // checkHealth returns the serving status of target, or why it has none.
-func checkHealth(ctx context.Context, target string, timeout time.Duration) string {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func checkHealth(ctx context.Context, ep *endpoints, target string) string {
+	conn, err := ep.dial(target)
 	if err != nil {
-		return "invalid target: " + err.Error()
+		return err.Error()
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, ep.timeout)
 	defer cancel()
 	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {

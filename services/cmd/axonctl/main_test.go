@@ -56,6 +56,7 @@ func TestStatusFailsUnlessAllServing(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.ep.timeout = 5 * time.Second
+			tc.ep.transport.insecure = true
 			var out bytes.Buffer
 			err := status(t.Context(), &out, &tc.ep)
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || err.Error() != tc.wantErr) {

@@ -9,8 +9,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -67,9 +65,9 @@ func serviceList(ctx context.Context, out io.Writer, ep *endpoints, opts service
 
 // listServices pages through one datapath's services.
 func listServices(ctx context.Context, target string, ep *endpoints, opts serviceListOptions) ([]*datapathv1alpha1.Service, error) {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := ep.dial(target)
 	if err != nil {
-		return nil, fmt.Errorf("invalid target: %w", err)
+		return nil, err
 	}
 	defer conn.Close()
 	client := datapathv1alpha1.NewDatapathServiceClient(conn)

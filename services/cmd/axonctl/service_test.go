@@ -65,7 +65,7 @@ func TestServiceList(t *testing.T) {
 			Type: datapathv1alpha1.ServiceType_SERVICE_TYPE_NODE_PORT, TrafficPolicy: datapathv1alpha1.TrafficPolicy_TRAFFIC_POLICY_LOCAL,
 		},
 	})
-	ep := &endpoints{datapaths: []string{target}, timeout: 5 * time.Second}
+	ep := &endpoints{datapaths: []string{target}, timeout: 5 * time.Second, transport: transport{insecure: true}}
 
 	var out bytes.Buffer
 	if err := serviceList(t.Context(), &out, ep, serviceListOptions{output: "table"}); err != nil {

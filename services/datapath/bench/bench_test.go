@@ -196,7 +196,7 @@ func TestDatapathBenchReport(t *testing.T) {
 	}
 	t.Log("exec-to-result")
 	if res.Exec, err = measureExec(ctx, axonCNI, ptpBin, ct.Nodes[0].DatapathSocket, ct.Nodes[0].Netns,
-		ipamTarget(t, ct), ct.Nodes[0].Name, *execRuns); err != nil {
+		ipamTarget(ct), ct.Nodes[0].Name, *execRuns); err != nil {
 		t.Fatal(err)
 	}
 	axon.closePods()
@@ -307,16 +307,9 @@ func TestDatapathBenchReport(t *testing.T) {
 	t.Logf("report written to %s", *reportPath)
 }
 
-func ipamTarget(t *testing.T, c *cluster) string {
-	t.Helper()
-	for _, comp := range c.Control {
-		if comp.Name == "ipam" {
-			return comp.Target
-		}
-	}
-	t.Fatal("no axon-ipam in the cluster")
-	return ""
-}
+// ipamTarget is axon-ipam's unix socket: the path the node agents take (its
+// TCP API takes only mTLS).
+func ipamTarget(c *cluster) string { return "unix://" + c.IPAMSocket() }
 
 // wireTrafficPods wires one pod per entry of nodes (a node index) through
 // axon-cni.

@@ -69,17 +69,28 @@ func (c *ClientTLS) Credentials(target string) (credentials.TransportCredentials
 	if !useTLS {
 		return nil, usage(fmt.Errorf("target %s: %w: give %sca (and %scert, %skey for mTLS) or %s", target, ErrClientTLSRequired, flagTLS, flagTLS, flagTLS, flagPlain))
 	}
-	pool, err := LoadCertPool(c.CAFile)
+	tc, err := ClientTLSConfig(c.CAFile, c.CertFile, c.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("%sca: %w", flagTLS, err)
+		return nil, fmt.Errorf("%s*: %w", flagTLS, err)
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+// ClientTLSConfig is the TLS configuration of a client that verifies
+// servers with the CA in caFile and, when certFile and keyFile are set,
+// presents that certificate (mTLS).
+func ClientTLSConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
+	pool, err := LoadCertPool(caFile)
+	if err != nil {
+		return nil, err
 	}
 	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if c.CertFile != "" {
-		pair, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if certFile != "" {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 		if err != nil {
-			return nil, fmt.Errorf("load client key pair %s, %s: %w", c.CertFile, c.KeyFile, err)
+			return nil, fmt.Errorf("load client key pair %s, %s: %w", certFile, keyFile, err)
 		}
 		tc.Certificates = []tls.Certificate{pair}
 	}
-	return credentials.NewTLS(tc), nil
+	return tc, nil
 }

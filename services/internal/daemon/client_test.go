@@ -14,7 +14,8 @@ import (
 )
 
 // TestTCPNeedsMTLS checks a service that must not expose its API to every
-// local user: the unix socket alone by default, TCP only with mTLS.
+// local user: the unix socket alone by default, TCP only with mTLS, never
+// plaintext, not even with --insecure.
 func TestTCPNeedsMTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca := testpki.New(t)
@@ -30,6 +31,7 @@ func TestTCPNeedsMTLS(t *testing.T) {
 			args []string
 		}{
 			{name: "plaintext TCP", args: []string{"--grpc-addr", "127.0.0.1:0"}},
+			{name: "plaintext TCP with --insecure", args: []string{"--grpc-addr", "127.0.0.1:0", "--insecure"}},
 			{name: "TLS without client CA", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", srvCert, "--tls-key", srvKey}},
 		} {
 			t.Run(tc.name, func(t *testing.T) {

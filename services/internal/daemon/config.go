@@ -26,6 +26,10 @@ type Config struct {
 	TLSCertFile, TLSKeyFile string
 	// TLSClientCAFile, when set, requires client certificates signed by this CA (mTLS).
 	TLSClientCAFile string
+	// Insecure allows a TCP listener without mTLS: plaintext, open to
+	// anyone who reaches the address. Without it a TCP listener needs
+	// TLSCertFile, TLSKeyFile and TLSClientCAFile.
+	Insecure bool
 	// ShutdownTimeout bounds graceful shutdown before in-flight RPCs are cut.
 	ShutdownTimeout time.Duration
 	// HealthInterval is how often dependency health checks run.
@@ -50,7 +54,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, d Defaults) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", d.MetricsAddr, "`address` of the Prometheus /metrics endpoint, or fd:N as --grpc-addr; empty disables it")
 	fs.StringVar(&c.TLSCertFile, "tls-cert", "", "PEM server certificate `file` for the TCP gRPC listener")
 	fs.StringVar(&c.TLSKeyFile, "tls-key", "", "PEM private key `file` for --tls-cert")
-	fs.StringVar(&c.TLSClientCAFile, "tls-client-ca", "", "PEM CA `file`; when set, clients must present a certificate it signed (mTLS)")
+	fs.StringVar(&c.TLSClientCAFile, "tls-client-ca", "", "PEM CA `file`; clients must present a certificate it signed (mTLS)")
+	fs.BoolVar(&c.Insecure, "insecure", false, "serve --grpc-addr as plaintext, without TLS or client certificates: anyone who reaches it can call every RPC (explicit opt-in)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long graceful shutdown waits for in-flight RPCs")
 	fs.DurationVar(&c.HealthInterval, "health-interval", 2*time.Second, "how often dependency health checks run")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
@@ -79,6 +84,12 @@ func (c *Config) Validate() error {
 	if c.TLSClientCAFile != "" && c.TLSCertFile == "" {
 		return errors.New("--tls-client-ca requires --tls-cert and --tls-key")
 	}
+	if c.Insecure && c.TLSCertFile != "" {
+		return errors.New("--insecure and --tls-* exclude each other")
+	}
+	if c.GRPCAddr != "" && !c.Insecure && c.TLSClientCAFile == "" {
+		return fmt.Errorf("--grpc-addr %s: %w", c.GRPCAddr, ErrTCPWithoutMTLS)
+	}
 	if c.ShutdownTimeout <= 0 {
 		return fmt.Errorf("--shutdown-timeout must be positive, got %s", c.ShutdownTimeout)
 	}
@@ -94,18 +105,12 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// ErrTCPWithoutMTLS is returned by [Config.ValidateTCPMTLS] for a TCP
-// listener that does not require client certificates.
-var ErrTCPWithoutMTLS = errors.New("a TCP listener needs mTLS: --tls-cert, --tls-key and --tls-client-ca (or listen on --grpc-socket only)")
+// ErrTCPWithoutMTLS is returned by [Config.Validate] for a TCP listener
+// that does not require client certificates and is not --insecure.
+var ErrTCPWithoutMTLS = errors.New("a TCP listener needs mTLS: --tls-cert, --tls-key and --tls-client-ca (or --insecure for plaintext, or listen on --grpc-socket only)")
 
-// ValidateTCPMTLS reports [ErrTCPWithoutMTLS] when c listens on TCP
-// without requiring client certificates signed by --tls-client-ca.
-func (c *Config) ValidateTCPMTLS() error {
-	if c.GRPCAddr != "" && (c.TLSCertFile == "" || c.TLSKeyFile == "" || c.TLSClientCAFile == "") {
-		return fmt.Errorf("--grpc-addr %s: %w", c.GRPCAddr, ErrTCPWithoutMTLS)
-	}
-	return nil
-}
+// PlaintextTCP reports whether c serves gRPC over TCP without TLS.
+func (c *Config) PlaintextTCP() bool { return c.GRPCAddr != "" && c.Insecure }
 
 // NewLogger returns the logger c describes, writing to w.
 func (c *Config) NewLogger(w io.Writer) (*slog.Logger, error) {

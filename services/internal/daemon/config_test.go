@@ -51,8 +51,8 @@ func TestParseFlagsEnvironment(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	valid := Config{
-		GRPCAddr: ":1", ShutdownTimeout: time.Second, HealthInterval: time.Second,
-		LogLevel: "info", LogFormat: "text",
+		GRPCAddr: ":1", TLSCertFile: "c", TLSKeyFile: "k", TLSClientCAFile: "ca",
+		ShutdownTimeout: time.Second, HealthInterval: time.Second, LogLevel: "info", LogFormat: "text",
 	}
 	tests := []struct {
 		name    string
@@ -62,8 +62,12 @@ func TestConfigValidate(t *testing.T) {
 		{name: "valid", mutate: func(*Config) {}},
 		{name: "unix only", mutate: func(c *Config) { c.GRPCAddr, c.UnixSocket = "", "/x.sock" }},
 		{name: "no listener", mutate: func(c *Config) { c.GRPCAddr = "" }, wantErr: "--grpc-addr or --grpc-socket"},
-		{name: "cert without key", mutate: func(c *Config) { c.TLSCertFile = "c" }, wantErr: "together"},
-		{name: "client CA without cert", mutate: func(c *Config) { c.TLSClientCAFile = "ca" }, wantErr: "--tls-client-ca requires"},
+		{name: "insecure TCP", mutate: func(c *Config) { c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile, c.Insecure = "", "", "", true }},
+		{name: "cert without key", mutate: func(c *Config) { c.TLSKeyFile = "" }, wantErr: "together"},
+		{name: "client CA without cert", mutate: func(c *Config) { c.TLSCertFile, c.TLSKeyFile = "", "" }, wantErr: "--tls-client-ca requires"},
+		{name: "TCP without TLS", mutate: func(c *Config) { c.TLSCertFile, c.TLSKeyFile, c.TLSClientCAFile = "", "", "" }, wantErr: ErrTCPWithoutMTLS.Error()},
+		{name: "TCP with TLS but no client CA", mutate: func(c *Config) { c.TLSClientCAFile = "" }, wantErr: ErrTCPWithoutMTLS.Error()},
+		{name: "insecure and TLS", mutate: func(c *Config) { c.Insecure = true }, wantErr: "exclude each other"},
 		{name: "zero shutdown timeout", mutate: func(c *Config) { c.ShutdownTimeout = 0 }, wantErr: "--shutdown-timeout"},
 		{name: "zero health interval", mutate: func(c *Config) { c.HealthInterval = 0 }, wantErr: "--health-interval"},
 		{name: "bad level", mutate: func(c *Config) { c.LogLevel = "loud" }, wantErr: "--log-level"},

@@ -51,10 +51,10 @@ type Spec struct {
 	Defaults Defaults
 	// Flags, if set, registers the service's own flags.
 	Flags func(fs *flag.FlagSet)
-	// TCPNeedsMTLS refuses a TCP listener (--grpc-addr) unless it requires
-	// client certificates (--tls-cert, --tls-key, --tls-client-ca). For
-	// services whose API changes the node: their unix socket's file mode
-	// is the only other guard, and any local user can reach a TCP port.
+	// TCPNeedsMTLS refuses --insecure with a TCP listener (--grpc-addr):
+	// every TCP listener requires client certificates unless --insecure,
+	// and for a service whose API changes the node not even then. Its
+	// unix socket (file mode 0600) is the way for local clients.
 	TCPNeedsMTLS bool
 	// Setup registers the service's gRPC services, health checks and
 	// shutdown hooks on d. It runs after flags are parsed and before any
@@ -106,10 +106,8 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 	if err := cfg.Validate(); err != nil {
 		return &UsageError{err}
 	}
-	if spec.TCPNeedsMTLS {
-		if err := cfg.ValidateTCPMTLS(); err != nil {
-			return &UsageError{err}
-		}
+	if spec.TCPNeedsMTLS && cfg.PlaintextTCP() {
+		return &UsageError{fmt.Errorf("--insecure: axon-%s never serves its API over TCP without mTLS (local clients use --grpc-socket): %w", spec.Name, ErrTCPWithoutMTLS)}
 	}
 	log, err := cfg.NewLogger(stderr)
 	if err != nil {
@@ -197,7 +195,14 @@ func New(cfg Config, name string, log *slog.Logger) (*Daemon, error) {
 		Namespace: "axon", Subsystem: name, Name: "dependency_up",
 		Help: "Whether the last health check of a dependency passed (1) or failed (0).",
 	}, []string{"dependency"})
-	reg.MustRegister(panics, depUp)
+	plaintext := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "axon", Subsystem: name, Name: "grpc_tcp_plaintext",
+		Help: "1 when the TCP gRPC listener serves plaintext without client authentication (--insecure), else 0.",
+	})
+	if cfg.PlaintextTCP() {
+		plaintext.Set(1)
+	}
+	reg.MustRegister(panics, depUp, plaintext)
 
 	recoverOpt := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		panics.Inc()
@@ -359,6 +364,9 @@ func (d *Daemon) listen() ([]net.Listener, error) {
 		}
 		if d.tls != nil {
 			l = tls.NewListener(l, d.tls)
+		} else {
+			d.log.Warn("serving gRPC over TCP in plaintext (--insecure): anyone who reaches the address can call every RPC; give --tls-cert, --tls-key and --tls-client-ca instead",
+				"addr", l.Addr().String())
 		}
 		lis = append(lis, l)
 	}

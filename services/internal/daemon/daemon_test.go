@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -33,9 +34,15 @@ import (
 // with Run's result; the daemon stops when the test ends.
 func serve(t *testing.T, spec Spec, args ...string) <-chan error {
 	t.Helper()
+	return serveLogging(t, spec, io.Discard, args...)
+}
+
+// serveLogging is serve with the daemon's log written to log.
+func serveLogging(t *testing.T, spec Spec, log io.Writer, args ...string) <-chan error {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, spec, args, io.Discard) }()
+	go func() { done <- Run(ctx, spec, args, log) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -245,15 +252,18 @@ func TestRunRejectsBadInput(t *testing.T) {
 	}{
 		{name: "unknown flag", args: []string{"--bogus"}, wantUsage: true, wantErr: "bogus"},
 		{name: "bad duration", args: []string{"--shutdown-timeout", "x"}, wantUsage: true, wantErr: "shutdown-timeout"},
-		{name: "missing TLS file", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", filepath.Join(dir, "nope.pem"), "--tls-key", filepath.Join(dir, "nope.key")}, wantErr: "load TLS key pair"},
-		{name: "garbage TLS file", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", garbage, "--tls-key", garbage}, wantErr: "load TLS key pair"},
+		{name: "missing TLS file", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", filepath.Join(dir, "nope.pem"), "--tls-key", filepath.Join(dir, "nope.key"), "--tls-client-ca", garbage}, wantErr: "load TLS key pair"},
+		{name: "garbage TLS file", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", garbage, "--tls-key", garbage, "--tls-client-ca", garbage}, wantErr: "load TLS key pair"},
 		{name: "listen on a regular file", args: []string{"--grpc-addr=", "--grpc-socket", notSocket}, wantErr: "not a socket"},
-		{name: "invalid listen address", args: []string{"--grpc-addr", "256.0.0.1:1"}, wantErr: "listen on"},
+		{name: "invalid listen address", args: []string{"--grpc-addr", "256.0.0.1:1", "--insecure"}, wantErr: "listen on"},
+		{name: "TCP without TLS", args: []string{"--grpc-addr", "127.0.0.1:0"}, wantUsage: true, wantErr: ErrTCPWithoutMTLS.Error()},
+		{name: "TCP with TLS but no client CA", args: []string{"--grpc-addr", "127.0.0.1:0", "--tls-cert", garbage, "--tls-key", garbage}, wantUsage: true, wantErr: ErrTCPWithoutMTLS.Error()},
+		{name: "insecure with TLS", args: []string{"--grpc-addr", "127.0.0.1:0", "--insecure", "--tls-cert", garbage, "--tls-key", garbage}, wantUsage: true, wantErr: "exclude each other"},
 		{name: "inherited socket not a number", args: []string{"--grpc-addr", "fd:x"}, wantUsage: true, wantErr: "want fd:N"},
 		{name: "inherited socket a standard stream", args: []string{"--grpc-addr", "127.0.0.1:0", "--metrics-addr", "fd:2"}, wantUsage: true, wantErr: "--metrics-addr"},
-		{name: "inherited descriptor not a socket", args: []string{"--grpc-addr", ""}, inherit: file, wantErr: "inherited socket"},
-		{name: "inherited socket not TCP", args: []string{"--grpc-addr", ""}, inherit: unixFile, wantErr: "want TCP"},
-		{name: "inherited socket not listening", args: []string{"--grpc-addr", ""}, inherit: connFile, wantErr: "does not listen"},
+		{name: "inherited descriptor not a socket", args: []string{"--insecure", "--grpc-addr", ""}, inherit: file, wantErr: "inherited socket"},
+		{name: "inherited socket not TCP", args: []string{"--insecure", "--grpc-addr", ""}, inherit: unixFile, wantErr: "want TCP"},
+		{name: "inherited socket not listening", args: []string{"--insecure", "--grpc-addr", ""}, inherit: connFile, wantErr: "does not listen"},
 		{name: "one inherited socket twice", args: []string{"--grpc-addr", "fd:3", "--metrics-addr", "fd:3"}, wantUsage: true, wantErr: "same inherited socket"},
 	}
 	for _, tt := range tests {
@@ -302,17 +312,44 @@ func TestServeMutualTLSAndMetrics(t *testing.T) {
 	withCert := credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: "127.0.0.1"})
 	waitStatus(t, dial(t, addr, grpc.WithTransportCredentials(withCert)), healthpb.HealthCheckResponse_SERVING)
 
-	// Without a client certificate the handshake must fail.
-	noCert := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
-	defer cancel()
-	_, err = healthpb.NewHealthClient(dial(t, addr, grpc.WithTransportCredentials(noCert))).
-		Check(ctx, &healthpb.HealthCheckRequest{})
-	if err == nil {
-		t.Fatal("health check without a client certificate succeeded, want a TLS failure")
+	// A certificate of another CA is no better than none.
+	otherDir := t.TempDir()
+	otherCert, otherKey := testpki.New(t).Issue(t, otherDir, "client", x509.ExtKeyUsageClientAuth)
+	otherPair, err := tls.LoadX509KeyPair(otherCert, otherKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		certs []tls.Certificate
+	}{
+		{name: "no client certificate"},
+		{name: "a certificate of another CA", certs: []tls.Certificate{otherPair}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			creds := credentials.NewTLS(&tls.Config{RootCAs: pool, Certificates: tc.certs, ServerName: "127.0.0.1"})
+			ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+			defer cancel()
+			_, err := healthpb.NewHealthClient(dial(t, addr, grpc.WithTransportCredentials(creds))).
+				Check(ctx, &healthpb.HealthCheckRequest{})
+			if err == nil {
+				t.Fatal("health check succeeded, want a TLS failure")
+			}
+		})
 	}
 
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	body := scrape(t, metricsAddr)
+	for _, want := range []string{"grpc_server_handled_total", "go_goroutines", "axon_test_grpc_tcp_plaintext 0"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// scrape returns the text of the /metrics endpoint at addr.
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,11 +358,41 @@ func TestServeMutualTLSAndMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"grpc_server_handled_total", "go_goroutines"} {
-		if !bytes.Contains(body, []byte(want)) {
-			t.Errorf("/metrics lacks %s", want)
-		}
+	return string(body)
+}
+
+// TestServeInsecurePlaintext checks the explicit opt-in to a plaintext TCP
+// listener: it serves, warns in the log and says so in its metrics.
+func TestServeInsecurePlaintext(t *testing.T) {
+	addr, grpcFD := listenInherited(t)
+	metricsAddr, metricsFD := listenInherited(t)
+	log := &syncBuffer{}
+	serveLogging(t, Spec{Name: "test"}, log, "--grpc-addr", grpcFD, "--metrics-addr", metricsFD, "--insecure")
+	waitStatus(t, dial(t, addr), healthpb.HealthCheckResponse_SERVING)
+	if got := log.String(); !strings.Contains(got, "level=WARN") || !strings.Contains(got, "plaintext (--insecure)") {
+		t.Errorf("log lacks the plaintext warning:\n%s", got)
 	}
+	if body := scrape(t, metricsAddr); !strings.Contains(body, "axon_test_grpc_tcp_plaintext 1") {
+		t.Errorf("/metrics lacks axon_test_grpc_tcp_plaintext 1")
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a daemon's concurrent log writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestNotImplemented(t *testing.T) {

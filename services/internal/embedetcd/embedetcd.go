@@ -29,10 +29,22 @@ type Config struct {
 	StartTimeout time.Duration
 	// Log receives etcd's errors; nil discards them.
 	Log *slog.Logger
+	// TLS, if set, makes the member serve clients and peers over https
+	// only to those presenting a certificate signed by its CA.
+	TLS *TLS
 
 	// listenURL resolves a listen address (tests replace it to lose a
 	// chosen port to another listener); nil is the package's listenURL.
 	listenURL func(addr string) (url.URL, error)
+}
+
+// TLS are the PEM files of a member that requires mTLS.
+type TLS struct {
+	// CertFile and KeyFile are the member's certificate (server and client
+	// usage: members are each other's clients) and key.
+	CertFile, KeyFile string
+	// CAFile verifies clients' and peers' certificates.
+	CAFile string
 }
 
 // Server is a running embedded etcd member.
@@ -61,6 +73,11 @@ func Start(c Config) (*Server, error) {
 	}
 	closing := new(atomic.Bool)
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.New(ZapCore(c.Log, zapcore.ErrorLevel, closing)))
+	if c.TLS != nil {
+		ct, pt := &cfg.ClientTLSInfo, &cfg.PeerTLSInfo
+		ct.CertFile, ct.KeyFile, ct.TrustedCAFile, ct.ClientCertAuth = c.TLS.CertFile, c.TLS.KeyFile, c.TLS.CAFile, true
+		pt.CertFile, pt.KeyFile, pt.TrustedCAFile, pt.ClientCertAuth = c.TLS.CertFile, c.TLS.KeyFile, c.TLS.CAFile, true
+	}
 	// A port chosen free (port 0) is closed again before etcd listens on it,
 	// so another process can take it in between; then etcd fails before it
 	// writes any data, and a start on fresh ports is safe.
@@ -108,6 +125,9 @@ func startOnce(cfg *embed.Config, c Config) (_ *embed.Etcd, clientURL url.URL, r
 	peerURL, err := c.listenURL(c.PeerAddr)
 	if err != nil {
 		return nil, url.URL{}, false, fmt.Errorf("peer address: %w", err)
+	}
+	if c.TLS != nil {
+		clientURL.Scheme, peerURL.Scheme = "https", "https"
 	}
 	cfg.ListenClientUrls = []url.URL{clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{clientURL}

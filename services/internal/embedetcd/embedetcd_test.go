@@ -1,11 +1,17 @@
 package embedetcd
 
 import (
+	"context"
+	"crypto/x509"
 	"net"
 	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/axon-cni/axon/services/internal/etcdclient"
+	"github.com/axon-cni/axon/services/internal/testpki"
 )
 
 func TestStartOnATakenPortFails(t *testing.T) {
@@ -74,5 +80,46 @@ func TestStartRetriesAPortTakenMeanwhile(t *testing.T) {
 	defer s.Close()
 	if calls != 4 || strings.HasSuffix(s.ClientURL(), taken.Addr().String()) {
 		t.Errorf("ports resolved %d times (want 4: two starts), client URL %s", calls, s.ClientURL())
+	}
+}
+
+// TestStartWithTLSRequiresClientCertificates checks the member axon-local
+// runs: https for clients and peers, and only for certificates of its CA.
+func TestStartWithTLSRequiresClientCertificates(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.New(t)
+	srvCert, srvKey := ca.Issue(t, dir, "etcd", x509.ExtKeyUsageServerAuth)
+	cliCert, cliKey := ca.Issue(t, dir, "client", x509.ExtKeyUsageClientAuth)
+	caFile := ca.WriteCert(t, dir, "ca.pem")
+	s, err := Start(Config{Dir: filepath.Join(dir, "etcd"), TLS: &TLS{CertFile: srvCert, KeyFile: srvKey, CAFile: caFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if !strings.HasPrefix(s.ClientURL(), "https://") {
+		t.Errorf("ClientURL() = %q, want https", s.ClientURL())
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  etcdclient.Config
+		ok   bool
+	}{
+		{name: "client certificate", cfg: etcdclient.Config{CertFile: cliCert, KeyFile: cliKey, CAFile: caFile}, ok: true},
+		{name: "no client certificate", cfg: etcdclient.Config{CAFile: caFile}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.Endpoints, tc.cfg.DialTimeout = s.ClientURL(), 2*time.Second
+			cli, err := etcdclient.New(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = cli.Close() })
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+			defer cancel()
+			_, err = cli.Put(ctx, "/tls-test", "v")
+			if (err == nil) != tc.ok {
+				t.Fatalf("Put() = %v, want success %v", err, tc.ok)
+			}
+		})
 	}
 }
