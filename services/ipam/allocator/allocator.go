@@ -53,8 +53,9 @@ type Config struct {
 	MaxPageBytes int
 	// RequestTimeout bounds each etcd request of a call (not the call):
 	// a request etcd does not answer in time fails the call with
-	// ErrUnavailable, long before a patient caller's deadline. 0 leaves
-	// requests bounded by the caller's deadline only.
+	// ErrUnavailable, long before a patient caller's deadline; so does one
+	// in flight when CheckStore finds etcd down, however long it has left.
+	// 0 leaves requests bounded by the caller's deadline only.
 	RequestTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -70,7 +71,7 @@ func DefaultConfig() Config {
 		SweepInterval:     30 * time.Second,
 		BlockReleaseGrace: 10 * time.Minute,
 		UsageMaxAge:       30 * time.Second,
-		RequestTimeout:    time.Second,
+		RequestTimeout:    2 * time.Second,
 	}
 }
 

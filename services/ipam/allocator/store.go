@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,9 +17,12 @@ import (
 // caller is willing to wait and then report the caller's own
 // DeadlineExceeded, when it should report the store's Unavailable (which
 // the contract calls retryable) at once. So each request is bounded by
-// Config.RequestTimeout, and while the store is known to be down (the last
-// CheckStore failed) requests fail without being sent. The caller's own
-// deadline or cancellation still wins when it comes first.
+// Config.RequestTimeout, requests in flight when a CheckStore finds the
+// store down are cut short, and while it is known to be down (the last
+// CheckStore failed) requests fail without being sent. So a call fails
+// within about a health interval of an outage, while a slow but answering
+// etcd (a loaded machine) still gets the whole request timeout. The
+// caller's own deadline or cancellation still wins when it comes first.
 
 // errStoreDown is what a request fails with while the store is known to
 // be down; callers wrap it in ErrUnavailable like any etcd error.
@@ -39,6 +43,39 @@ type store struct {
 	timeout time.Duration
 	// down is set while the last CheckStore failed.
 	down atomic.Bool
+
+	mu sync.Mutex
+	// up is cancelled when a CheckStore finds the store down, which cuts
+	// short the requests in flight; the next CheckStore that passes
+	// replaces it.
+	up       context.Context
+	cancelUp context.CancelFunc
+}
+
+// upContext returns the context cancelled when the store is next found
+// down.
+func (s *store) upContext() context.Context {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.up == nil {
+		s.up, s.cancelUp = context.WithCancel(context.Background())
+	}
+	return s.up
+}
+
+// setDown records a failed (true) or passed (false) check and reports
+// whether that changed the state.
+func (s *store) setDown(down bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.down.Swap(down) == down {
+		return false
+	}
+	if down && s.cancelUp != nil {
+		s.cancelUp()
+		s.up, s.cancelUp = nil, nil
+	}
+	return true
 }
 
 // storeCall runs one request of s under the request timeout.
@@ -52,7 +89,13 @@ func storeCall[R any](ctx context.Context, s *store, fn func(context.Context) (R
 	}
 	reqCtx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	up := s.upContext()
+	stop := context.AfterFunc(up, cancel)
+	defer stop()
 	r, err := fn(reqCtx)
+	if err != nil && ctx.Err() == nil && up.Err() != nil {
+		return zero, fmt.Errorf("%w: %v", errStoreDown, err)
+	}
 	if err != nil && ctx.Err() == nil && reqCtx.Err() != nil {
 		// The etcd error is context.DeadlineExceeded: not wrapped, so that
 		// the call is not taken for one its caller gave up on.
@@ -118,13 +161,13 @@ func (a *Allocator) CheckStore(ctx context.Context) error {
 	_, err := a.store.kv.Get(ctx, a.keys.root+"health", clientv3.WithCountOnly())
 	switch {
 	case err == nil:
-		if a.store.down.Swap(false) {
+		if a.store.setDown(false) {
 			a.log.Info("etcd answers again; serving requests")
 		}
 		return nil
 	case errors.Is(ctx.Err(), context.Canceled):
 	default:
-		if !a.store.down.Swap(true) {
+		if a.store.setDown(true) {
 			a.log.Warn("etcd does not answer; failing requests at once until it does", "err", err)
 		}
 	}

@@ -108,7 +108,23 @@ func TestFailFastWhileEtcdIsDown(t *testing.T) {
 	}
 
 	cluster.Stop(0)
-	t.Run("before the health check notices", callAll)
+	// The daemon's health check, as it runs: each round bounded by the
+	// interval. Calls in flight fail through their request timeout or when
+	// a check finds etcd down, whichever comes first.
+	checking, stopChecks := context.WithCancel(ctx)
+	checksDone := make(chan struct{})
+	go func() {
+		defer close(checksDone)
+		for checking.Err() == nil {
+			cctx, cancel := context.WithTimeout(checking, 500*time.Millisecond)
+			_ = alloc.CheckStore(cctx)
+			<-cctx.Done()
+			cancel()
+		}
+	}()
+	t.Run("while the health check runs", callAll)
+	stopChecks()
+	<-checksDone
 	checkCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	if err := alloc.CheckStore(checkCtx); err == nil {
 		t.Fatal("CheckStore passes with etcd stopped")
