@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netns"
@@ -206,3 +207,24 @@ func udpRoundTrip(c net.PacketConn, to net.Addr) error {
 	return nil
 }
 
+
+// TestSockLayout checks the hand-written Go view of axon/sock.h against
+// the sock object's map sizes.
+func TestSockLayout(t *testing.T) {
+	spec, err := loadSock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		what      string
+		got, want uint32
+	}{
+		{"axon_sock_config value", spec.Maps[sockMapAxonSockConfig].ValueSize, uint32(unsafe.Sizeof(sockConfig{}))},
+		{"axon_sock_rev key", spec.Maps[sockMapAxonSockRev].KeySize, uint32(unsafe.Sizeof(sockRevKey{}))},
+		{"axon_sock_rev value", spec.Maps[sockMapAxonSockRev].ValueSize, uint32(unsafe.Sizeof(sockRev{}))},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %d bytes in C, %d in Go", c.what, c.got, c.want)
+		}
+	}
+}
