@@ -207,7 +207,6 @@ func udpRoundTrip(c net.PacketConn, to net.Addr) error {
 	return nil
 }
 
-
 // TestSockLayout checks the hand-written Go view of axon/sock.h against
 // the sock object's map sizes.
 func TestSockLayout(t *testing.T) {

@@ -38,7 +38,7 @@ type lbState struct {
 	services map[bpfmaps.LBKey]bpfmaps.LBService
 	flows    []bpfmaps.Flow
 	// sockets are the node's sockets the socket programs translated.
-	sockets []bpfmaps.Flow
+	sockets  []bpfmaps.Flow
 	capacity int // of services; 0 for no limit
 	// partial makes the next PutServices write putAfter entries, then fail
 	// with putErr.
