@@ -20,9 +20,10 @@
  * programs act only in the namespace named in its axon_sock_config.
  *
  * Every program allows the call (returns 1), except a connect() or
- * sendmsg() to a frontend without any backend: refused (EPERM).
+ * sendmsg() to a frontend without any backend: refused (ECONNREFUSED).
  */
 #include <linux/bpf.h>
+#include <linux/errno.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 
@@ -116,8 +117,11 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, int v6)
 	/* Node ports' wildcard entries are for packets, not for this. */
 	if (sock_addr_any(k.daddr) || !lb_service(&k))
 		return 1;
-	if (lb_pick(&k, &svc, &be) < 0)
+	if (lb_pick(&k, &svc, &be) < 0) {
+		/* As a connection to a port nobody listens on. */
+		bpf_set_retval(-ECONNREFUSED);
 		return 0;
+	}
 
 	__builtin_memset(&rk, 0, sizeof(rk));
 	rk.cookie = bpf_get_socket_cookie(ctx);

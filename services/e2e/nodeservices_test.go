@@ -56,9 +56,14 @@ var nodeServiceCases = []struct{ network, addr string }{
 // backends on the same node and the other; checks that the two nodes'
 // programs, attached to the same cgroup, translate only their own node's
 // sockets; and that the translation goes on while a node's agent is down
-// and after it restarted.
+// and after it restarted. In both routing modes.
 func TestNodeClusterIP(t *testing.T) {
-	e := newEnv(t, 2)
+	for _, mode := range []string{"tunnel", "native"} {
+		t.Run(mode, func(t *testing.T) { testNodeClusterIP(t, newEnvMode(t, 2, mode)) })
+	}
+}
+
+func testNodeClusterIP(t *testing.T, e *env) {
 	b, c := e.addPod(0, "pod-b"), e.addPod(1, "pod-c")
 	for _, p := range []*pod{b, c} {
 		serveName(t, p, 8080)
