@@ -117,10 +117,15 @@ func testNodeClusterIP(t *testing.T, e *env) {
 		t.Fatal(err)
 	}
 	reachBoth(0)
+	// Each node on its own backend: whichever node's programs run first
+	// on the shared hooks, one acting for the other node's sockets would
+	// send some to its own backend.
 	e.upsert(0, services([]string{b.ip}, []string{b.ip6}, nodes[:1])...)
-	for _, tc := range nodeServiceCases {
-		if seen := e.reached(e.nodeClient(0), tc.network, tc.addr); len(seen) != 1 || seen[b.name] == 0 {
-			t.Errorf("after the restart, %s %s from %s reached %v; want only %s", tc.network, tc.addr, nodes[0], seen, b.name)
+	for node, want := range []*pod{b, c} {
+		for _, tc := range nodeServiceCases {
+			if seen := e.reached(e.nodeClient(node), tc.network, tc.addr); len(seen) != 1 || seen[want.name] == 0 {
+				t.Errorf("after the restart, %s %s from %s reached %v; want only %s", tc.network, tc.addr, nodes[node], seen, want.name)
+			}
 		}
 	}
 }
