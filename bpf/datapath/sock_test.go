@@ -163,6 +163,29 @@ func TestSocketLB(t *testing.T) {
 			}
 		})
 	}
+	// An IPv6 socket to the IPv4 frontend, IPv4-mapped, reaches its
+	// backend over IPv4.
+	if err := inNetNS(node, func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		fe := &unix.SockaddrInet6{Port: 80, Addr: netip.MustParseAddr("::ffff:10.96.7.1").As16()}
+		if err := unix.Connect(fd, fe); err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+		peer, err := unix.Getpeername(fd)
+		if err != nil {
+			return err
+		}
+		if p, ok := peer.(*unix.SockaddrInet6); !ok || p.Addr != fe.Addr || p.Port != fe.Port {
+			return fmt.Errorf("peer %+v, want the frontend %+v", peer, fe)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("IPv4-mapped frontend from an IPv6 socket: %v", err)
+	}
 	// Another namespace's sockets are not translated: it has no route.
 	if err := inNetNS(other, func() error {
 		_, err := net.DialTimeout("tcp", "10.96.7.1:80", 2*time.Second)
