@@ -10,8 +10,9 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// Objects is the datapath loaded into the kernel: the four programs of its
-// three objects and the maps they share (endpoints and remote blocks per IP
+// Objects is the datapath loaded into the kernel: the four packet programs
+// of its three tc objects, the socket programs of the node's processes
+// (sock.go), and the maps they share (endpoints and remote blocks per IP
 // family, pods' devices, config, counters, service frontends and backends,
 // the connection tracker). It is safe for concurrent
 // use; map updates are atomic per entry.
@@ -20,6 +21,10 @@ type Objects struct {
 	pod      podPrograms
 	overlay  overlayPrograms
 	underlay underlayPrograms
+	sock     sockPrograms
+	// sockConfig and sockRev are the socket programs' own maps
+	// (axon/sock.h), which the other objects do not declare.
+	sockConfig, sockRev *ebpf.Map
 
 	// lbMu orders the writers of service entries (and of the flag that
 	// enables them) with each other and with Services, which reads
@@ -177,10 +182,17 @@ func Load(pinDir string, opts LoadOptions) (_ *Objects, err error) {
 		{"pod", specs.pod, &objs.pod},
 		{"overlay", specs.overlay, &objs.overlay},
 		{"underlay", specs.underlay, &objs.underlay},
+		{"sock", specs.sock, &objs.sock},
 	} {
 		if err := loadPrograms(obj.spec, obj.to, opened.maps); err != nil {
 			return nil, fmt.Errorf("load datapath %s object: %w", obj.name, err)
 		}
+	}
+	if objs.sockConfig, err = opened.maps[sockMapAxonSockConfig].Clone(); err != nil {
+		return nil, fmt.Errorf("datapath map %s: %w", sockMapAxonSockConfig, err)
+	}
+	if objs.sockRev, err = opened.maps[sockMapAxonSockRev].Clone(); err != nil {
+		return nil, fmt.Errorf("datapath map %s: %w", sockMapAxonSockRev, err)
 	}
 	if objs.resync, err = opened.takeResync(); err != nil {
 		return nil, fmt.Errorf("keep migrated maps: %w", err)
@@ -214,11 +226,11 @@ func (o *Objects) FinishMigration() error {
 
 // objectSpecs are the datapath's objects, one per attach point.
 type objectSpecs struct {
-	pod, overlay, underlay *ebpf.CollectionSpec
+	pod, overlay, underlay, sock *ebpf.CollectionSpec
 }
 
 func (s objectSpecs) all() []*ebpf.CollectionSpec {
-	return []*ebpf.CollectionSpec{s.pod, s.overlay, s.underlay}
+	return []*ebpf.CollectionSpec{s.pod, s.overlay, s.underlay, s.sock}
 }
 
 func loadSpecs() (objectSpecs, error) {
@@ -234,6 +246,9 @@ func loadSpecs() (objectSpecs, error) {
 	}
 	if s.underlay, err = loadUnderlay(); err != nil {
 		return s, fmt.Errorf("datapath underlay object: %w", err)
+	}
+	if s.sock, err = loadSock(); err != nil {
+		return s, fmt.Errorf("datapath sock object: %w", err)
 	}
 	return s, nil
 }
@@ -287,7 +302,13 @@ func (o *Objects) Close() error {
 	}
 	o.resync = nil
 	o.resyncMu.Unlock()
-	return errors.Join(o.pod.Close(), o.overlay.Close(), o.underlay.Close(), o.maps.Close())
+	var sockMaps []error
+	for _, m := range []*ebpf.Map{o.sockConfig, o.sockRev} {
+		if m != nil {
+			sockMaps = append(sockMaps, m.Close())
+		}
+	}
+	return errors.Join(o.pod.Close(), o.overlay.Close(), o.underlay.Close(), o.sock.Close(), o.maps.Close(), errors.Join(sockMaps...))
 }
 
 // FromPod is axon_from_pod (pod object), the tc filter for ingress of pods'

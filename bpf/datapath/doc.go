@@ -2,7 +2,7 @@
 // forward pod traffic, and the maps that tell them about the node's
 // endpoints and the other nodes' pod blocks.
 //
-// The programs come in three objects, one per attach point, each built from
+// The packet programs come in three objects, one per attach point, each built from
 // its own C source in bpf/src with the shared pieces (parsing, maps,
 // counters, local delivery, encapsulation, decapsulation, FIB forwarding)
 // in headers under bpf/include/axon; axon/datapath.h is the layout of keys,
@@ -51,6 +51,14 @@
 // write (two generations of slots), so no packet sees a half-written
 // service; flows expire by the agent's [Objects.ExpireFlows]. The lookups
 // cost nothing until the first service is programmed.
+//
+// The node's own processes (sock.c, [Objects.SocketPrograms]): cgroup
+// programs on connect, sendmsg, recvmsg and getpeername, attached to the
+// cgroup v2 root, give a socket of the node's network namespace (the one
+// [Objects.SetSocketNetns] names) a backend instead of a frontend when it
+// picks its peer, and show it the frontend afterwards (axon_sock_rev): the
+// node's packets never carry a service address, so no per-packet
+// translation is needed on their paths.
 //
 // Dual stack: each family has its own endpoint and remote-block maps with
 // the same values, and the helpers pick the map by the address. The

@@ -387,6 +387,11 @@ func (a *Agent) setupDatapath() error {
 	if err := bpf.Configure(c); err != nil {
 		return err
 	}
+	// The node's own processes reach services through the socket
+	// programs; without them pods still do.
+	if err := bpf.AttachSocketLB(); err != nil {
+		a.log.Warn("the node's own processes cannot reach services", "err", err)
+	}
 	// Packets from other nodes for local pods skip the node's stack on the
 	// way in: forwarding and connection tracking in native mode, the UDP
 	// socket and the VXLAN device in tunnel mode. Without the program they

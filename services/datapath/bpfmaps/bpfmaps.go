@@ -89,6 +89,10 @@ type Programs interface {
 	AttachOverlay(ifindex int) error
 	// AttachUnderlay attaches the delivery program to the underlay device.
 	AttachUnderlay(ifindex int) error
+	// AttachSocketLB makes the node's own processes reach services: the
+	// socket programs, attached to the cgroup v2 root, translate the
+	// sockets of the agent's network namespace (the node's) and no other.
+	AttachSocketLB() error
 }
 
 // Datapath is the whole eBPF side of a node.

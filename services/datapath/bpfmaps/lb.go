@@ -129,6 +129,13 @@ type LBMaps interface {
 	// connection: a connected UDP socket whose backend went away moves on
 	// to another one.
 	DeleteFlows(match func(Flow) bool) (int, error)
+	// DestroySockets destroys the node's own connected UDP sockets that the
+	// socket load balancer sent to a backend instead of a frontend, for
+	// which match returns true (Client is the socket's local address), and
+	// returns how many it destroyed. Their owners see ECONNABORTED and
+	// connect again, to a backend that is still there: the node's side of
+	// what DeleteFlows does for pods.
+	DestroySockets(match func(Flow) bool) (int, error)
 	// ExpireFlows removes the connection-tracker entries idle for longer
 	// than their protocol and state allow (the datapath's timeouts) and
 	// returns how many it removed.

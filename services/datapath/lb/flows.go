@@ -52,22 +52,31 @@ func (m *Manager) leftBackends(p plan) map[uint32]map[netip.AddrPort]bool {
 }
 
 // deleteFlows removes the UDP flows of the given entries to the given
-// backends. A failure is logged: the entries are written, and such a flow
-// ends when its socket goes quiet (ExpireFlows).
+// backends, and destroys the node's own UDP sockets the socket programs
+// connected to them. A failure is logged: the entries are written, and
+// such a flow ends when its socket goes quiet (ExpireFlows); such a node
+// socket keeps its backend until its owner closes it.
 func (m *Manager) deleteFlows(ctx context.Context, left map[uint32]map[netip.AddrPort]bool) {
 	if len(left) == 0 {
 		return
 	}
-	n, err := m.maps.DeleteFlows(func(f bpfmaps.Flow) bool {
+	match := func(f bpfmaps.Flow) bool {
 		return f.Proto == unix.IPPROTO_UDP && left[f.ServiceID][f.Backend]
-	})
+	}
+	n, err := m.maps.DeleteFlows(match)
 	if err != nil {
 		m.metrics.errors.WithLabelValues(reasonFlowDelete).Inc()
 		m.log.WarnContext(ctx, "UDP flows to removed backends not cleared; they end when idle", "err", err)
-		return
+	} else if n > 0 {
+		m.log.DebugContext(ctx, "UDP flows to removed backends cleared", "flows", n)
+	}
+	n, err = m.maps.DestroySockets(match)
+	if err != nil {
+		m.metrics.errors.WithLabelValues(reasonSocketDestroy).Inc()
+		m.log.WarnContext(ctx, "node's UDP sockets connected to removed backends not all destroyed", "err", err)
 	}
 	if n > 0 {
-		m.log.DebugContext(ctx, "UDP flows to removed backends cleared", "flows", n)
+		m.log.DebugContext(ctx, "node's UDP sockets connected to removed backends destroyed", "sockets", n)
 	}
 }
 

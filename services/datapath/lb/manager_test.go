@@ -360,8 +360,9 @@ func TestRestoreLeavesOthersEntries(t *testing.T) {
 }
 
 // TestUDPFlowsOfRemovedBackends checks that UDP flows to a backend that
-// left its frontend are deleted, and TCP flows, and flows to backends
-// that stay or of other frontends, are kept.
+// left its frontend are deleted, and so are the node's UDP sockets the
+// socket programs connected to it, and TCP flows and sockets, and those to
+// backends that stay or of other frontends, are kept.
 func TestUDPFlowsOfRemovedBackends(t *testing.T) {
 	fake := bpffake.New()
 	m := newManager(t, fake)
@@ -395,6 +396,7 @@ func TestUDPFlowsOfRemovedBackends(t *testing.T) {
 	}
 	for _, f := range slices.Concat(keep, drop) {
 		fake.AddFlow(f)
+		fake.AddSocket(f)
 	}
 	// 10.0.1.2 stays, terminating: its flows stay too.
 	dnsUDP.Backends = dnsUDP.Backends[1:]
@@ -405,6 +407,9 @@ func TestUDPFlowsOfRemovedBackends(t *testing.T) {
 	}
 	if got := fake.Flows(); !slices.Equal(got, keep) {
 		t.Errorf("flows left %+v, want %+v", got, keep)
+	}
+	if got := fake.Sockets(); !slices.Equal(got, keep) {
+		t.Errorf("node sockets left %+v, want %+v", got, keep)
 	}
 }
 

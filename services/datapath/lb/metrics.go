@@ -13,6 +13,9 @@ const (
 	reasonFlowDelete = "flow-delete"
 	// reasonFlowGC: a round of idle-flow expiry failed.
 	reasonFlowGC = "flow-gc"
+	// reasonSocketDestroy: the node's UDP sockets connected to removed
+	// backends could not all be destroyed.
+	reasonSocketDestroy = "socket-destroy"
 )
 
 var (
@@ -32,9 +35,9 @@ type metrics struct {
 func newMetrics() *metrics {
 	m := &metrics{errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "axon_datapath_service_errors_total",
-		Help: "Service programming failures, by reason (map-full, map-write, flow-delete, flow-gc).",
+		Help: "Service programming failures, by reason (map-full, map-write, flow-delete, flow-gc, socket-destroy).",
 	}, []string{"reason"})}
-	for _, r := range []string{reasonMapFull, reasonMapWrite, reasonFlowDelete, reasonFlowGC} {
+	for _, r := range []string{reasonMapFull, reasonMapWrite, reasonFlowDelete, reasonFlowGC, reasonSocketDestroy} {
 		m.errors.WithLabelValues(r) // every reason shows, at 0
 	}
 	return m

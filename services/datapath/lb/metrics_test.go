@@ -38,12 +38,13 @@ axon_datapath_map_capacity{map="axon_lb_services"} 3
 # TYPE axon_datapath_map_entries gauge
 axon_datapath_map_entries{map="axon_ct"} 0
 axon_datapath_map_entries{map="axon_lb_services"} 3
-# HELP axon_datapath_service_errors_total Service programming failures, by reason (map-full, map-write, flow-delete, flow-gc).
+# HELP axon_datapath_service_errors_total Service programming failures, by reason (map-full, map-write, flow-delete, flow-gc, socket-destroy).
 # TYPE axon_datapath_service_errors_total counter
 axon_datapath_service_errors_total{reason="flow-delete"} 0
 axon_datapath_service_errors_total{reason="flow-gc"} 0
 axon_datapath_service_errors_total{reason="map-full"} 1
 axon_datapath_service_errors_total{reason="map-write"} 0
+axon_datapath_service_errors_total{reason="socket-destroy"} 0
 # HELP axon_datapath_services Service frontends programmed on this node.
 # TYPE axon_datapath_services gauge
 axon_datapath_services 2

@@ -1,8 +1,9 @@
 // Package loader is the node agent's eBPF side: it loads the datapath
 // programs once, keeps their maps pinned under the node's bpffs directory,
-// attaches the programs to the node's devices with pinned tcx links and to
-// pods' host-side veths with tc filters (either way traffic flows while the
-// agent restarts), and writes per-endpoint and per-block entries. It is the
+// attaches the programs to the node's devices with pinned tcx links, to
+// pods' host-side veths with tc filters and to the cgroup v2 root with
+// pinned cgroup links (sock.go; either way traffic flows while the agent
+// restarts), and writes per-endpoint and per-block entries. It is the
 // real bpfmaps.Datapath, and the real bpfmaps.LBMaps (service frontends,
 // their backends and the connection tracker).
 package loader
@@ -108,6 +109,9 @@ func (l *Loader) adoptLinks() error {
 		}
 		prog := l.programFor(e.Name())
 		if prog == nil {
+			prog = l.socketProgram(e.Name())
+		}
+		if prog == nil {
 			if err := l.replaceEndpointLink(pl); err != nil {
 				_ = pl.Close()
 				return fmt.Errorf("move %s to a tc filter: %w", e.Name(), err)
@@ -115,7 +119,7 @@ func (l *Loader) adoptLinks() error {
 			continue
 		}
 		if err := pl.Update(prog); err != nil {
-			if errors.Is(err, unix.ENOLINK) { // the device was removed
+			if errors.Is(err, unix.ENOLINK) { // the device (or cgroup) was removed
 				_ = pl.Unpin()
 				_ = pl.Close()
 				continue

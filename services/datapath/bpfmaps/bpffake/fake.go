@@ -32,6 +32,7 @@ const (
 	OpAttachOverlay    = "AttachOverlay"
 	OpAttachUnderlay   = "AttachUnderlay"
 	OpIsEndpointDevice = "IsEndpointDevice"
+	OpAttachSocketLB   = "AttachSocketLB"
 )
 
 // Fake is an in-memory datapath. The zero value is not usable; use [New].
@@ -45,6 +46,7 @@ type Fake struct {
 	progs     map[int]bool
 	overlay   int
 	underlay  int
+	socketLB  bool
 	capacity  int
 	links     func() map[string]int
 	fail      func(op string) error

@@ -19,6 +19,7 @@ const (
 	OpServices       = "Services"
 	OpDeleteFlows    = "DeleteFlows"
 	OpExpireFlows    = "ExpireFlows"
+	OpDestroySockets = "DestroySockets"
 	OpUsage          = "Usage"
 )
 
@@ -36,6 +37,8 @@ var _ bpfmaps.LBMaps = (*Fake)(nil)
 type lbState struct {
 	services map[bpfmaps.LBKey]bpfmaps.LBService
 	flows    []bpfmaps.Flow
+	// sockets are the node's sockets the socket programs translated.
+	sockets  []bpfmaps.Flow
 	capacity int // of services; 0 for no limit
 	// partial makes the next PutServices write putAfter entries, then fail
 	// with putErr.
@@ -76,6 +79,20 @@ func (f *Fake) AddFlow(fl bpfmaps.Flow) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lbs().flows = append(f.lbs().flows, fl)
+}
+
+// AddSocket records a node's socket the socket programs translated.
+func (f *Fake) AddSocket(s bpfmaps.Flow) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lbs().sockets = append(f.lbs().sockets, s)
+}
+
+// Sockets returns the node's translated sockets not destroyed.
+func (f *Fake) Sockets() []bpfmaps.Flow {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.lbs().sockets)
 }
 
 // Flows returns the translated flows in the connection tracker.
@@ -169,6 +186,21 @@ func (f *Fake) DeleteFlows(match func(bpfmaps.Flow) bool) (int, error) {
 	n := len(s.flows)
 	s.flows = slices.DeleteFunc(s.flows, match)
 	return n - len(s.flows), nil
+}
+
+// DestroySockets destroys the node's translated UDP sockets match selects.
+func (f *Fake) DestroySockets(match func(bpfmaps.Flow) bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(OpDestroySockets); err != nil {
+		return 0, err
+	}
+	s := f.lbs()
+	n := len(s.sockets)
+	s.sockets = slices.DeleteFunc(s.sockets, func(fl bpfmaps.Flow) bool {
+		return fl.Proto == unix.IPPROTO_UDP && match(fl)
+	})
+	return n - len(s.sockets), nil
 }
 
 // ExpireFlows removes the flows SetExpired's function calls idle.

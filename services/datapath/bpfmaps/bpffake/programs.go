@@ -102,3 +102,21 @@ func (f *Fake) attachNode(op string, ifindex int, to *int) error {
 	*to = ifindex
 	return nil
 }
+
+// AttachSocketLB records that the socket programs are attached.
+func (f *Fake) AttachSocketLB() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(OpAttachSocketLB); err != nil {
+		return err
+	}
+	f.socketLB = true
+	return nil
+}
+
+// SocketLB reports whether AttachSocketLB succeeded.
+func (f *Fake) SocketLB() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.socketLB
+}
