@@ -31,13 +31,14 @@ var (
 // The implementations, as -svc.impls names them.
 const (
 	implBaseline = "baseline"
+	implAxonBase = "axon-direct"
 	implLegacy   = "iptables-legacy"
 	implIPTNft   = "iptables-nft"
 	implNft      = "nftables"
 	implAxon     = "axon"
 )
 
-var allSvcImpls = []string{implBaseline, implLegacy, implIPTNft, implNft, implAxon}
+var allSvcImpls = []string{implBaseline, implLegacy, implIPTNft, implNft, implAxonBase, implAxon}
 
 // svcWarmup is how many connections each latency run makes before it
 // counts.
@@ -202,7 +203,7 @@ func TestServiceBenchReport(t *testing.T) {
 		SizeTime: map[int]time.Duration{}, Versions: toolVersions()}
 
 	var axon *axonSetup
-	if slices.Contains(impls, implAxon) {
+	if slices.Contains(impls, implAxon) || slices.Contains(impls, implAxonBase) {
 		t0 := time.Now()
 		axon = startAxonServices(t)
 		res.AxonSetup = time.Since(t0)
@@ -276,9 +277,11 @@ func setUpSize(ctx context.Context, t *testing.T, res *svcResults, impls []strin
 func setUpImpl(ctx context.Context, name string, size int, axon *axonSetup, row *svcRow) (_ *svcRun, err error) {
 	run := &svcRun{row: row}
 	switch name {
+	case implAxonBase:
+		run.impl, run.pods = baselineImpl{label: "Axon, no services (backend direct)"}, axon.pods
 	case implAxon:
 		if axon.err != nil {
-			row.Err = axon.err.Error()
+			row.Label, row.Err = labelAxon, axon.err.Error()
 			return nil, axon.err
 		}
 		run.impl, run.pods = axon.impl, axon.pods
@@ -297,7 +300,7 @@ func setUpImpl(ctx context.Context, name string, size int, axon *axonSetup, row 
 		run.pods = pods
 		switch name {
 		case implBaseline:
-			run.impl = baselineImpl{}
+			run.impl = baselineImpl{label: "no services (backend direct)"}
 		case implLegacy:
 			run.impl = &iptablesImpl{label: "iptables-legacy (kube-proxy iptables)", restore: "iptables-legacy-restore", node: pods.node}
 		case implIPTNft:
@@ -429,7 +432,7 @@ func startAxonServices(t *testing.T) *axonSetup {
 		if !errors.Is(err, errNotAvailable) {
 			t.Errorf("Axon: %v", err)
 		}
-		return &axonSetup{err: err}
+		return &axonSetup{pods: p, err: err}
 	}
 	return &axonSetup{impl: impl, pods: p}
 }

@@ -41,7 +41,10 @@ func newAxonImpl(socket, pinDir string) (*axonImpl, error) {
 
 func (a *axonImpl) close() error { return a.conn.Close() }
 
-func (a *axonImpl) name() string                      { return "Axon (eBPF)" }
+// labelAxon names Axon's load balancer in the report.
+const labelAxon = "Axon (eBPF)"
+
+func (a *axonImpl) name() string                      { return labelAxon }
 func (a *axonImpl) target(svc svcSpec) netip.AddrPort { return svc.frontend() }
 
 func toService(s svcSpec) *datapathv1alpha1.Service {

@@ -67,9 +67,10 @@ type memUsage struct {
 	// RulesetBytes is the size of the text handed to the restore or nft
 	// call that programmed them (netfilter); 0 if none.
 	RulesetBytes int
-	// SlabDelta is how much the kernel's slab grew while programming them
-	// (/proc/meminfo; machine-wide, so noisy); 0 if not measured.
-	SlabDelta int64
+	// SlabDelta and VmallocDelta are how much the kernel's slab and
+	// vmalloc memory grew while programming them (/proc/meminfo;
+	// machine-wide, so noisy); 0 if not measured.
+	SlabDelta, VmallocDelta int64
 	// Maps are the eBPF maps and their locked memory (Axon).
 	Maps []mapMem
 }
@@ -104,9 +105,9 @@ type serviceImpl interface {
 
 // baselineImpl is no service at all: the client connects to a backend
 // directly (the floor every implementation adds its translation to).
-type baselineImpl struct{}
+type baselineImpl struct{ label string }
 
-func (baselineImpl) name() string { return "no services (backend direct)" }
+func (b baselineImpl) name() string { return b.label }
 func (baselineImpl) program(context.Context, []svcSpec) (time.Duration, error) {
 	return 0, nil
 }
@@ -143,21 +144,53 @@ func firstLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// slab reads the kernel's slab size from /proc/meminfo, in bytes.
-func slab() (int64, error) {
+// kernelMem reads the kernel's slab and vmalloc use from /proc/meminfo,
+// in bytes.
+func kernelMem() (slab, vmalloc int64, err error) {
 	f, err := os.Open("/proc/meminfo")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
+	found := 0
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "Slab:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || (k != "Slab" && k != "VmallocUsed") {
+			continue
 		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/meminfo %s: %w", k, err)
+		}
+		if k == "Slab" {
+			slab = kb << 10
+		} else {
+			vmalloc = kb << 10
+		}
+		found++
 	}
-	return 0, errors.New("no Slab in /proc/meminfo")
+	if found != 2 {
+		return 0, 0, errors.New("no Slab or VmallocUsed in /proc/meminfo")
+	}
+	return slab, vmalloc, sc.Err()
+}
+
+// measureKernelMem runs fn and returns fn's result with the growth of the
+// kernel's slab and vmalloc use meanwhile.
+func measureKernelMem(fn func() (time.Duration, error)) (d time.Duration, slab, vmalloc int64, err error) {
+	s0, v0, err := kernelMem()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	if d, err = fn(); err != nil {
+		return 0, 0, 0, err
+	}
+	s1, v1, err := kernelMem()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return d, s1 - s0, v1 - v0, nil
 }
 
 // kubeChain is kube-proxy's name for a per-service or per-endpoint chain:
@@ -227,20 +260,12 @@ func iptablesRuleset(svcs []svcSpec) []byte {
 
 func (p *iptablesImpl) program(ctx context.Context, svcs []svcSpec) (time.Duration, error) {
 	rs := iptablesRuleset(svcs)
-	before, err := slab()
-	if err != nil {
-		return 0, err
-	}
-	d, err := runIn(ctx, p.node.path, rs, p.restore)
-	if err != nil {
-		return 0, err
-	}
-	after, err := slab()
+	d, slab, vmalloc, err := measureKernelMem(func() (time.Duration, error) { return runIn(ctx, p.node.path, rs, p.restore) })
 	if err != nil {
 		return 0, err
 	}
 	p.svcs = svcs
-	p.mem = memUsage{RulesetBytes: len(rs), SlabDelta: after - before}
+	p.mem = memUsage{RulesetBytes: len(rs), SlabDelta: slab, VmallocDelta: vmalloc}
 	return d, nil
 }
 
@@ -310,19 +335,11 @@ func (p *nftImpl) program(ctx context.Context, svcs []svcSpec) (time.Duration, e
 	for _, s := range svcs {
 		writeNftService(&b, s)
 	}
-	before, err := slab()
+	d, slab, vmalloc, err := measureKernelMem(func() (time.Duration, error) { return runIn(ctx, p.node.path, b.Bytes(), "nft", "-f", "-") })
 	if err != nil {
 		return 0, err
 	}
-	d, err := runIn(ctx, p.node.path, b.Bytes(), "nft", "-f", "-")
-	if err != nil {
-		return 0, err
-	}
-	after, err := slab()
-	if err != nil {
-		return 0, err
-	}
-	p.mem = memUsage{RulesetBytes: b.Len(), SlabDelta: after - before}
+	p.mem = memUsage{RulesetBytes: b.Len(), SlabDelta: slab, VmallocDelta: vmalloc}
 	return d, nil
 }
 

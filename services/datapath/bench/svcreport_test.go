@@ -124,6 +124,19 @@ func (x *svcRow) cell(f func(*svcRow) string) string {
 	return f(x)
 }
 
+// isDirect says impl is a connection straight to a backend (a floor, not
+// a service implementation).
+func isDirect(impl string) bool { return impl == implBaseline || impl == implAxonBase }
+
+// directOf is the floor impl's figures compare with: Axon's own pods for
+// Axon, the plain topology for the rest.
+func directOf(impl string) string {
+	if impl == implAxon {
+		return implAxonBase
+	}
+	return implBaseline
+}
+
 func sizeLabel(n int) string {
 	if n == 0 {
 		return "0 (1)"
@@ -187,28 +200,28 @@ func writeServiceReport(path string, r *svcResults) error {
 	w("so connections/s is the inverse of that cost. The service measured is the last one programmed: for iptables it\n")
 	w("is at the end of `KUBE-SERVICES`, the worst case of its linear rule walk. \"Services\" is the number in the\n")
 	w("table; at size 0 it is the measured service alone. \"vs direct\" compares with the same connection to a backend\n")
-	w("without any service translation in the same run.\n\n")
+	w("without any service translation in the same run (for Axon: on its own pods, through its programs).\n\n")
 	for _, n := range r.Sizes {
-		base := r.row(implBaseline, n)
 		w("### %s services\n\n", sizeLabel(n))
 		w("| Implementation | p50 µs | p99 µs | p50 vs direct | connections/s | program all | add one | ruleset |\n")
 		w("|---|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, impl := range impls {
 			x := r.row(impl, n)
+			base := r.row(directOf(impl), n)
 			vs := x.cell(func(x *svcRow) string {
-				if base == nil || !base.ok() || impl == implBaseline {
+				if base == nil || !base.ok() || isDirect(impl) {
 					return "–"
 				}
 				return fmt.Sprintf("%.2f×", float64(x.lat().P50)/float64(base.lat().P50))
 			})
 			prog := x.cell(func(x *svcRow) string {
-				if impl == implBaseline {
+				if isDirect(impl) {
 					return "–"
 				}
 				return ms(x.Program)
 			})
 			add := x.cell(func(x *svcRow) string {
-				if impl == implBaseline {
+				if isDirect(impl) {
 					return "–"
 				}
 				return ms(x.AddOne)
@@ -245,7 +258,7 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 		}
 		w("\n|---|%s\n", strings.Repeat("--:|", len(r.Sizes)))
 		for _, impl := range impls {
-			if skipBaseline && impl == implBaseline {
+			if skipBaseline && isDirect(impl) {
 				continue
 			}
 			w("| %s |", label(impl))
@@ -280,16 +293,17 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 	largest := slices.Max(r.Sizes)
 	w("## 4. Memory at %d services\n\n", largest)
 	w("Netfilter's rules live in kernel memory that no counter attributes to them: the table gives the size of the\n")
-	w("ruleset text handed to the restore or `nft -f` call and how much the kernel's slab grew during that call\n")
-	w("(`/proc/meminfo`, machine-wide: other processes move it too, so read it as an order of magnitude; iptables-legacy\n")
-	w("keeps its rule blob in vmalloc memory, which the slab does not count). Axon's maps report their locked memory.\n\n")
-	w("| Implementation | Ruleset text | Slab growth | eBPF maps (memlock) |\n|---|--:|--:|--:|\n")
+	w("ruleset text handed to the restore or `nft -f` call and how much the kernel's slab and vmalloc memory grew\n")
+	w("during that call (`/proc/meminfo` `Slab` and `VmallocUsed`, machine-wide: other processes and freed memory move\n")
+	w("them too, so read them as an order of magnitude; iptables-legacy keeps its rule blob in vmalloc memory,\n")
+	w("nf_tables its rules, chains and sets in the slab). Axon's maps report their locked memory.\n\n")
+	w("| Implementation | Ruleset text | Slab growth | Vmalloc growth | eBPF maps (memlock) |\n|---|--:|--:|--:|--:|\n")
 	for _, impl := range impls {
-		if impl == implBaseline {
+		if isDirect(impl) {
 			continue
 		}
 		x := r.row(impl, largest)
-		w("| %s | %s | %s | %s |\n", label(impl),
+		w("| %s | %s | %s | %s | %s |\n", label(impl),
 			x.cell(func(x *svcRow) string {
 				if x.Mem.RulesetBytes == 0 {
 					return "–"
@@ -301,6 +315,12 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 					return "–"
 				}
 				return fmt.Sprintf("%.1f MiB", float64(x.Mem.SlabDelta)/(1<<20))
+			}),
+			x.cell(func(x *svcRow) string {
+				if x.Mem.RulesetBytes == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.1f MiB", float64(x.Mem.VmallocDelta)/(1<<20))
 			}),
 			x.cell(func(x *svcRow) string {
 				var sum uint64
@@ -360,7 +380,8 @@ func writeSvcNotes(w func(string, ...any), r *svcResults) {
 	w("  per endpoint, which does `dnat to BACKEND:PORT`. *Program all* is one `nft -f` transaction that recreates the\n")
 	w("  table; *add one* is one `nft -f` adding the new service's chains and map element.\n")
 	w("- **no services (backend direct)**: the same connection straight to a backend, in the same topology with no\n")
-	w("  rules: the floor every implementation adds its translation to.\n")
+	w("  rules: the floor every netfilter implementation adds its translation to. **Axon, no services** is the same on\n")
+	w("  Axon's pods (through its programs), Axon's floor.\n")
 	w("- **Axon (eBPF)**: a one-node Axon cluster (embedded etcd, axon-ipam, axon-datapath in tunnel mode) with a client\n")
 	w("  pod and %d backend pods wired through axon-cni; services programmed through the datapath's `UpsertServices`\n", svcBackends)
 	w("  batch RPC (*program all*: one call with `replace_all`, *add one*: one call with one service), both timed as\n")
