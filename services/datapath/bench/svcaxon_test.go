@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -74,13 +75,42 @@ func (a *axonImpl) upsert(ctx context.Context, req *datapathv1alpha1.UpsertServi
 	return d, nil
 }
 
-// program replaces the node's services with svcs in one call (replace_all).
+// maxBatchBytes bounds one UpsertServices request: gRPC servers refuse
+// messages over 4 MiB unless told otherwise, and 100k services take about
+// 11 MiB.
+const maxBatchBytes = 3 << 20
+
+// program makes svcs the node's services: one UpsertServices call with
+// replace_all, or, when they do not fit in maxBatchBytes, a first call
+// with replace_all followed by plain upserts of the rest; the time is that
+// of all the calls.
 func (a *axonImpl) program(ctx context.Context, svcs []svcSpec) (time.Duration, error) {
-	req := &datapathv1alpha1.UpsertServicesRequest{ReplaceAll: true, Services: make([]*datapathv1alpha1.Service, len(svcs))}
-	for i, s := range svcs {
-		req.Services[i] = toService(s)
+	var (
+		total time.Duration
+		size  int
+		req   = &datapathv1alpha1.UpsertServicesRequest{ReplaceAll: true}
+	)
+	flush := func() error {
+		d, err := a.upsert(ctx, req)
+		total += d
+		req, size = &datapathv1alpha1.UpsertServicesRequest{}, 0
+		return err
 	}
-	return a.upsert(ctx, req)
+	for _, s := range svcs {
+		svc := toService(s)
+		n := proto.Size(svc) + 8 // the field's tag and length
+		if len(req.Services) > 0 && size+n > maxBatchBytes {
+			if err := flush(); err != nil {
+				return 0, err
+			}
+		}
+		req.Services = append(req.Services, svc)
+		size += n
+	}
+	if err := flush(); err != nil {
+		return 0, err
+	}
+	return total, nil
 }
 
 func (a *axonImpl) addOne(ctx context.Context, svc svcSpec) (time.Duration, error) {

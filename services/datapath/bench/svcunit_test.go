@@ -2,10 +2,20 @@ package bench
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 )
 
 // The service benchmark's pure parts, checked without root.
@@ -113,6 +123,102 @@ func TestTooSlow(t *testing.T) {
 			r := &svcResults{Rows: tc.rows}
 			if got := r.tooSlow("x", tc.size, tc.limit); (got != "") != tc.wantSkip {
 				t.Errorf("tooSlow = %q, want skip %v", got, tc.wantSkip)
+			}
+		})
+	}
+}
+
+// fakeLB records the UpsertServices calls it gets.
+type fakeLB struct {
+	datapathv1alpha1.UnimplementedDatapathServiceServer
+	mu    sync.Mutex
+	calls []*datapathv1alpha1.UpsertServicesRequest
+}
+
+func (f *fakeLB) UpsertServices(_ context.Context, req *datapathv1alpha1.UpsertServicesRequest) (*datapathv1alpha1.UpsertServicesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, req)
+	return &datapathv1alpha1.UpsertServicesResponse{Changed: int32(len(req.Services))}, nil
+}
+
+// serveFake serves srv on a unix socket for the test's duration.
+func serveFake(t *testing.T, srv datapathv1alpha1.DatapathServiceServer) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "dp.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	datapathv1alpha1.RegisterDatapathServiceServer(s, srv)
+	go func() { _ = s.Serve(lis) }()
+	t.Cleanup(s.Stop)
+	return sock
+}
+
+func TestAxonImpl(t *testing.T) {
+	real := []netip.Addr{netip.MustParseAddr("10.44.0.20"), netip.MustParseAddr("10.44.0.21"), netip.MustParseAddr("10.44.0.22")}
+	for _, tc := range []struct {
+		name        string
+		size        int
+		unavailable bool
+		wantCalls   int // with replace_all on the first only
+	}{
+		{"one service", 0, false, 1},
+		{"10k services in one call", 10000, false, 1},
+		{"100k services cut under the message limit", 100000, false, 4},
+		{"Unimplemented is not available", 1000, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &fakeLB{}
+			var srv datapathv1alpha1.DatapathServiceServer = fake
+			if tc.unavailable {
+				srv = datapathv1alpha1.UnimplementedDatapathServiceServer{}
+			}
+			a, err := newAxonImpl(serveFake(t, srv), t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = a.close() })
+			svcs, extra := serviceSet(tc.size, real)
+			_, err = a.program(t.Context(), svcs)
+			if tc.unavailable {
+				if !errors.Is(err, errNotAvailable) {
+					t.Fatalf("program = %v, want errNotAvailable", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.addOne(t.Context(), extra); err != nil {
+				t.Fatal(err)
+			}
+			calls := fake.calls[:len(fake.calls)-1]
+			if len(calls) != tc.wantCalls {
+				t.Fatalf("%d calls, want %d", len(calls), tc.wantCalls)
+			}
+			got := 0
+			for i, c := range calls {
+				if c.ReplaceAll != (i == 0) {
+					t.Errorf("call %d: replace_all %v", i, c.ReplaceAll)
+				}
+				if n := proto.Size(c); n > 4<<20 {
+					t.Errorf("call %d: %d bytes, over gRPC's default limit", i, n)
+				}
+				got += len(c.Services)
+			}
+			if got != len(svcs) {
+				t.Errorf("%d services sent, want %d", got, len(svcs))
+			}
+			last := calls[len(calls)-1].Services
+			if fe := last[len(last)-1].GetFrontend(); fe.GetAddress() != svcs[len(svcs)-1].VIP.String() || fe.GetPort() != svcPort {
+				t.Errorf("last service sent %v, want %s", fe, svcs[len(svcs)-1].frontend())
+			}
+			add := fake.calls[len(fake.calls)-1]
+			if add.ReplaceAll || len(add.Services) != 1 || len(add.Services[0].Backends) != len(real) {
+				t.Errorf("add one sent %v", add)
 			}
 		})
 	}
