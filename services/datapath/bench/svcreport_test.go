@@ -116,12 +116,25 @@ func (x *svcRow) cell(f func(*svcRow) string) string {
 	switch {
 	case x == nil:
 		return "–"
+	case x.Slow:
+		return "too slow"
 	case x.Impl == implAxon && !x.ok():
 		return "pending"
 	case !x.ok():
 		return "failed"
 	}
 	return f(x)
+}
+
+// largestOK is impl's row at the largest size it was measured at, or nil.
+func (r *svcResults) largestOK(impl string) *svcRow {
+	var best *svcRow
+	for _, x := range r.Rows {
+		if x.Impl == impl && x.ok() && (best == nil || x.Size > best.Size) {
+			best = x
+		}
+	}
+	return best
 }
 
 // isDirect says impl is a connection straight to a backend (a floor, not
@@ -291,19 +304,22 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 	w("\n")
 
 	largest := slices.Max(r.Sizes)
-	w("## 4. Memory at %d services\n\n", largest)
+	w("## 4. Memory at %d services, or the largest size measured\n\n", largest)
 	w("Netfilter's rules live in kernel memory that no counter attributes to them: the table gives the size of the\n")
 	w("ruleset text handed to the restore or `nft -f` call and how much the kernel's slab and vmalloc memory grew\n")
 	w("during that call (`/proc/meminfo` `Slab` and `VmallocUsed`, machine-wide: other processes and freed memory move\n")
 	w("them too, so read them as an order of magnitude; iptables-legacy keeps its rule blob in vmalloc memory,\n")
 	w("nf_tables its rules, chains and sets in the slab). Axon's maps report their locked memory.\n\n")
-	w("| Implementation | Ruleset text | Slab growth | Vmalloc growth | eBPF maps (memlock) |\n|---|--:|--:|--:|--:|\n")
+	w("| Implementation | Services | Ruleset text | Slab growth | Vmalloc growth | eBPF maps (memlock) |\n|---|--:|--:|--:|--:|--:|\n")
 	for _, impl := range impls {
 		if isDirect(impl) {
 			continue
 		}
-		x := r.row(impl, largest)
-		w("| %s | %s | %s | %s | %s |\n", label(impl),
+		x := r.largestOK(impl)
+		if x == nil {
+			x = r.row(impl, largest)
+		}
+		w("| %s | %d | %s | %s | %s | %s |\n", label(impl), max(x.Size, 1),
 			x.cell(func(x *svcRow) string {
 				if x.Mem.RulesetBytes == 0 {
 					return "–"
@@ -333,8 +349,8 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 				return mib(int64(sum))
 			}))
 	}
-	if x := r.row(implAxon, largest); x != nil && x.ok() && len(x.Mem.Maps) > 0 {
-		w("\nAxon's pinned maps at %d services:\n\n| Map | max_entries | memlock |\n|---|--:|--:|\n", largest)
+	if x := r.largestOK(implAxon); x != nil && len(x.Mem.Maps) > 0 {
+		w("\nAxon's pinned maps at %d services:\n\n| Map | max_entries | memlock |\n|---|--:|--:|\n", max(x.Size, 1))
 		for _, m := range x.Mem.Maps {
 			w("| %s | %d | %s |\n", m.Name, m.MaxEntries, mib(int64(m.Memlock)))
 		}
@@ -348,7 +364,10 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 		}
 	}
 	if len(failed) > 0 {
-		w("## Not measured\n\n| Implementation | Services | Why |\n|---|--:|---|\n")
+		w("## Not measured\n\n")
+		w("An implementation is not tried at a size when its programming times at the two sizes before, extrapolated\n")
+		w("with the power law they fit (never better than linear), exceed -svc.proglimit; one that is tried is stopped there.\n\n")
+		w("| Implementation | Services | Why |\n|---|--:|---|\n")
 		for _, x := range failed {
 			w("| %s | %d | %s |\n", x.Label, x.Size, strings.ReplaceAll(x.Err, "\n", " "))
 		}
