@@ -25,7 +25,7 @@ var (
 	svcWorkers    = flag.Int("svc.workers", 4, "parallel workers of the connections/s runs")
 	svcRateDur    = flag.Duration("svc.rate", 2*time.Second, "duration of each connections/s run")
 	svcRounds     = flag.Int("svc.rounds", 3, "rounds of latency and connections/s per size, implementations in rotating order (the median is reported)")
-	svcProgLimit  = flag.Duration("svc.proglimit", 2*time.Minute, "longest an implementation may take to program one size: past it, or when its growth over the smaller sizes predicts more, the size is reported as too slow")
+	svcProgLimit  = flag.Duration("svc.proglimit", 3*time.Minute, "longest an implementation may take to program one size, or to add one service to it: past it, or when its growth over the smaller sizes predicts more, the size is reported as too slow")
 )
 
 // The implementations, as -svc.impls names them.
@@ -319,15 +319,24 @@ func setUpImpl(ctx context.Context, name string, size int, axon *axonSetup, row 
 	}
 	row.Label = run.impl.name()
 	run.svcs, run.extra = serviceSet(size, run.pods.Backends)
-	pctx, cancel := context.WithTimeout(ctx, *svcProgLimit)
-	defer cancel()
-	if row.Program, err = run.impl.program(pctx, run.svcs); err != nil {
-		if pctx.Err() != nil {
-			return run, fmt.Errorf("programming %d services took longer than -svc.proglimit=%s: %w", len(run.svcs), *svcProgLimit, errTooSlow)
+	// Each of the two calls has -svc.proglimit.
+	timed := func(what string, fn func(context.Context) (time.Duration, error)) (time.Duration, error) {
+		cctx, cancel := context.WithTimeout(ctx, *svcProgLimit)
+		defer cancel()
+		d, err := fn(cctx)
+		if err != nil && cctx.Err() != nil && ctx.Err() == nil {
+			return 0, fmt.Errorf("%s took longer than -svc.proglimit=%s: %w", what, *svcProgLimit, errTooSlow)
 		}
+		return d, err
+	}
+	if row.Program, err = timed(fmt.Sprintf("programming %d services", len(run.svcs)), func(ctx context.Context) (time.Duration, error) {
+		return run.impl.program(ctx, run.svcs)
+	}); err != nil {
 		return run, fmt.Errorf("program %d services: %w", len(run.svcs), err)
 	}
-	if row.AddOne, err = run.impl.addOne(pctx, run.extra); err != nil {
+	if row.AddOne, err = timed("adding one more service", func(ctx context.Context) (time.Duration, error) {
+		return run.impl.addOne(ctx, run.extra)
+	}); err != nil {
 		return run, fmt.Errorf("add one service: %w", err)
 	}
 	if row.Mem, err = run.impl.memory(ctx); err != nil {
