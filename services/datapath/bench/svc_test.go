@@ -222,11 +222,14 @@ func TestServiceBenchReport(t *testing.T) {
 		runs := setUpSize(ctx, t, res, impls, size, axon)
 		measureSize(t, runs)
 		for _, r := range runs {
+			if r.close != nil {
+				// The rules go with the namespaces: emptying 100k of them
+				// first would take minutes.
+				r.close()
+				continue
+			}
 			if err := r.impl.teardown(ctx); err != nil {
 				t.Errorf("%s: teardown: %v", r.row.Label, err)
-			}
-			if r.close != nil {
-				r.close()
 			}
 		}
 		res.SizeTime[size] = time.Since(t0)
