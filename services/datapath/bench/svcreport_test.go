@@ -137,6 +137,14 @@ func (r *svcResults) largestOK(impl string) *svcRow {
 	return best
 }
 
+// dur prints a programming time: milliseconds, or seconds from 10 s.
+func dur(d time.Duration) string {
+	if d >= 10*time.Second {
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	}
+	return ms(d)
+}
+
 // isDirect says impl is a connection straight to a backend (a floor, not
 // a service implementation).
 func isDirect(impl string) bool { return impl == implBaseline || impl == implAxonBase }
@@ -231,13 +239,13 @@ func writeServiceReport(path string, r *svcResults) error {
 				if isDirect(impl) {
 					return "–"
 				}
-				return ms(x.Program)
+				return dur(x.Program)
 			})
 			add := x.cell(func(x *svcRow) string {
 				if isDirect(impl) {
 					return "–"
 				}
-				return ms(x.AddOne)
+				return dur(x.AddOne)
 			})
 			rs := x.cell(func(x *svcRow) string {
 				if x.Mem.RulesetBytes == 0 {
@@ -285,8 +293,8 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 	w("## 2. How each grows with the number of services\n\n")
 	pivot("Connection p50 µs", func(x *svcRow) string { return us(x.lat().P50) }, false)
 	pivot("Connections/s", func(x *svcRow) string { return fmt.Sprintf("%.0f", x.rate()) }, false)
-	pivot("Program all", func(x *svcRow) string { return ms(x.Program) }, true)
-	pivot("Add one more", func(x *svcRow) string { return ms(x.AddOne) }, true)
+	pivot("Program all", func(x *svcRow) string { return dur(x.Program) }, true)
+	pivot("Add one more", func(x *svcRow) string { return dur(x.AddOne) }, true)
 
 	w("## 3. Per-packet cost of the service lookup (BPF_PROG_TEST_RUN)\n\n")
 	w("| Services | Axon ns/packet |\n|---|--:|\n")
