@@ -87,7 +87,7 @@ bench: setup-bench ## run the benchmarks
 	GOWORK=off GOBIN=$(TOOLBIN) go install github.com/containernetworking/plugins/plugins/main/ptp@v1.10.0
 	go test ./services/datapath/bench -run TestDatapathBenchReport -count=1 -timeout 30m \
 		-args -dp.report=$(CURDIR)/docs/bench/datapath.md -dp.plugins=$(TOOLBIN)
-	go test ./services/datapath/bench -run TestServiceBenchReport -count=1 -timeout 30m \
+	go test ./services/datapath/bench -run TestServiceBenchReport -count=1 -timeout 45m \
 		-args -svc.report=$(CURDIR)/docs/bench/services.md
 
 .PHONY: run
