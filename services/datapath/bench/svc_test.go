@@ -56,7 +56,10 @@ type svcRow struct {
 	Err string
 	// Slow says programming this size took, or would take, longer than
 	// -svc.proglimit: a result, not a failure.
-	Slow            bool
+	Slow bool
+	// AddOneErr says adding one more took longer than -svc.proglimit (the
+	// rest of the row is measured).
+	AddOneErr       string
 	Program, AddOne time.Duration
 	Lat             []latencies // one per round
 	Rate            []float64   // connections/s, one per round
@@ -337,15 +340,20 @@ func setUpImpl(ctx context.Context, name string, size int, axon *axonSetup, row 
 	}); err != nil {
 		return run, fmt.Errorf("program %d services: %w", len(run.svcs), err)
 	}
+	dsts := []netip.AddrPort{run.measured(), run.impl.target(run.extra)}
 	if row.AddOne, err = timed("adding one more service", func(ctx context.Context) (time.Duration, error) {
 		return run.impl.addOne(ctx, run.extra)
 	}); err != nil {
-		return run, fmt.Errorf("add one service: %w", err)
+		if !errors.Is(err, errTooSlow) {
+			return run, fmt.Errorf("add one service: %w", err)
+		}
+		// The services programmed are still measured.
+		row.AddOneErr, dsts = err.Error(), dsts[:1]
 	}
 	if row.Mem, err = run.impl.memory(ctx); err != nil {
 		return run, fmt.Errorf("memory: %w", err)
 	}
-	for _, dst := range []netip.AddrPort{run.measured(), run.impl.target(run.extra)} {
+	for _, dst := range dsts {
 		if err := pollConnect(ctx, run.pods.Client, dst); err != nil {
 			return run, fmt.Errorf("service %s does not answer: %w", dst, err)
 		}

@@ -90,6 +90,8 @@ func (r *svcResults) svcTargets() []svcTarget {
 		x := r.row(implAxon, n)
 		if p := r.axonPending(n); p != "" {
 			one.Pending, one.Measured = true, p
+		} else if x.AddOneErr != "" {
+			worstAdd, addAt = *svcProgLimit, n
 		} else if x.AddOne > worstAdd {
 			worstAdd, addAt = x.AddOne, n
 		}
@@ -245,6 +247,9 @@ func writeServiceReport(path string, r *svcResults) error {
 				if isDirect(impl) {
 					return "–"
 				}
+				if x.AddOneErr != "" {
+					return "too slow"
+				}
 				return dur(x.AddOne)
 			})
 			rs := x.cell(func(x *svcRow) string {
@@ -294,7 +299,12 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 	pivot("Connection p50 µs", func(x *svcRow) string { return us(x.lat().P50) }, false)
 	pivot("Connections/s", func(x *svcRow) string { return fmt.Sprintf("%.0f", x.rate()) }, false)
 	pivot("Program all", func(x *svcRow) string { return dur(x.Program) }, true)
-	pivot("Add one more", func(x *svcRow) string { return dur(x.AddOne) }, true)
+	pivot("Add one more", func(x *svcRow) string {
+		if x.AddOneErr != "" {
+			return "too slow"
+		}
+		return dur(x.AddOne)
+	}, true)
 
 	w("## 3. Per-packet cost of the service lookup (BPF_PROG_TEST_RUN)\n\n")
 	w("| Services | Axon ns/packet |\n|---|--:|\n")
@@ -367,7 +377,7 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 
 	var failed []*svcRow
 	for _, x := range r.Rows {
-		if !x.ok() {
+		if !x.ok() || x.AddOneErr != "" {
 			failed = append(failed, x)
 		}
 	}
@@ -377,7 +387,11 @@ func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label
 		w("with the power law they fit (never better than linear), exceed -svc.proglimit; one that is tried is stopped there.\n\n")
 		w("| Implementation | Services | Why |\n|---|--:|---|\n")
 		for _, x := range failed {
-			w("| %s | %d | %s |\n", x.Label, x.Size, strings.ReplaceAll(x.Err, "\n", " "))
+			why := x.Err
+			if why == "" {
+				why = x.AddOneErr + " (the rest measured)"
+			}
+			w("| %s | %d | %s |\n", x.Label, x.Size, strings.ReplaceAll(why, "\n", " "))
 		}
 		w("\n")
 	}
