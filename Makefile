@@ -21,7 +21,7 @@ help: ## list the targets
 # Each entry point first checks the system packages (and bpffs) it needs:
 # as root scripts/setup.sh installs what is missing, otherwise it says what
 # to install and stops.
-.PHONY: setup setup-test setup-run setup-generate
+.PHONY: setup setup-test setup-run setup-generate setup-bench
 setup: ## check what test, run and generate need; as root install what is missing, mount bpffs
 	scripts/setup.sh test run generate
 setup-test:
@@ -30,6 +30,8 @@ setup-run:
 	scripts/setup.sh run
 setup-generate:
 	scripts/setup.sh generate
+setup-bench:
+	scripts/setup.sh bench
 
 .PHONY: tools
 tools: ## build the pinned code generators into .bin/
@@ -77,7 +79,7 @@ test: setup-test ## run every test (root runs the kernel tests too) with the rac
 	go test $(GO_TEST_FLAGS) $(PKGS)
 
 .PHONY: bench
-bench: ## run the benchmarks
+bench: setup-bench ## run the benchmarks
 	GOWORK=off GOBIN=$(TOOLBIN) go install github.com/containernetworking/plugins/plugins/ipam/host-local@v1.10.0
 	go test -run '^$$' -bench . -benchmem $(PKGS)
 	go test ./services/ipam/bench -run TestIPAMBenchReport -count=1 -timeout 30m \
@@ -85,6 +87,8 @@ bench: ## run the benchmarks
 	GOWORK=off GOBIN=$(TOOLBIN) go install github.com/containernetworking/plugins/plugins/main/ptp@v1.10.0
 	go test ./services/datapath/bench -run TestDatapathBenchReport -count=1 -timeout 30m \
 		-args -dp.report=$(CURDIR)/docs/bench/datapath.md -dp.plugins=$(TOOLBIN)
+	go test ./services/datapath/bench -run TestServiceBenchReport -count=1 -timeout 45m \
+		-args -svc.report=$(CURDIR)/docs/bench/services.md
 
 .PHONY: run
 run: setup-run build ## start the whole system on this machine with an embedded etcd

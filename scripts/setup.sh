@@ -5,6 +5,9 @@
 #             nsenter, sysctl for the kernel tests
 #   run       make run: ip and nsenter for the simulated nodes, ping for the demo
 #   generate  make generate: clang, llvm-strip, libbpf and kernel headers
+#   bench     make bench: the test needs plus iperf3 (pod-to-pod streams),
+#             iptables (legacy and nft backends) and nft (the service
+#             benchmark's kube-proxy-style and nftables rulesets)
 #   ci        .ci/run: all of the above plus git, make and CA certificates
 # (default: test). As root it installs missing Debian packages (apt-get,
 # non-interactive) and mounts bpffs on /sys/fs/bpf; otherwise it prints the
@@ -45,6 +48,13 @@ needs_generate() {
 	need '/usr/include/*/asm/types.h' linux-libc-dev
 	need git git
 }
+needs_bench() {
+	needs_test
+	need iperf3 iperf3
+	need iptables-legacy-restore iptables
+	need iptables-nft-restore iptables
+	need nft nftables
+}
 needs_ci() {
 	needs_test
 	needs_run
@@ -57,9 +67,9 @@ purposes=("$@")
 ((${#purposes[@]})) || purposes=(test)
 for p in "${purposes[@]}"; do
 	case $p in
-	test | run | generate | ci) "needs_$p" ;;
+	test | run | generate | bench | ci) "needs_$p" ;;
 	*)
-		echo "setup: unknown purpose '$p' (want test, run, generate or ci)" >&2
+		echo "setup: unknown purpose '$p' (want test, run, generate, bench or ci)" >&2
 		exit 2
 		;;
 	esac

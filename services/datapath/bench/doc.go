@@ -21,7 +21,20 @@
 //	go test ./services/datapath/bench -run TestDatapathBenchReport -count=1 -timeout 30m \
 //	    -args -dp.report=$PWD/docs/bench/datapath.md -dp.plugins=$PWD/.bin
 //
-// Without -dp.report, or without root, it skips. Every namespace it creates
+// A second report, docs/bench/services.md (TestServiceBenchReport, gated
+// by -svc.report), compares service translation at 0, 1k, 10k and 100k
+// services: kube-proxy-style iptables rulesets (iptables-legacy-restore
+// and iptables-nft-restore), an nftables verdict-map ruleset and Axon's
+// eBPF load balancer (through the datapath's UpsertServices; reported as
+// pending while that answers Unimplemented), each against a connection
+// straight to a backend: new-connection latency and connections/s to the
+// last-programmed service, the time to program them all and one more, and
+// their memory:
+//
+//	go test ./services/datapath/bench -run TestServiceBenchReport -count=1 -timeout 30m \
+//	    -args -svc.report=$PWD/docs/bench/services.md [-svc.sizes=0,1000]
+//
+// Without -dp.report (-svc.report), or without root, it skips. Every namespace it creates
 // itself is anonymous (it disappears with the test process); the Axon
 // clusters it starts remove their own namespaces and pins when they stop.
 // No packet leaves the machine: every address lives only inside those

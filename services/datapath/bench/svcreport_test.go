@@ -1,0 +1,435 @@
+package bench
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// toolVersions names the versions of the netfilter tools that ran.
+func toolVersions() map[string]string {
+	v := map[string]string{}
+	for _, c := range [][]string{{"iptables-legacy", "--version"}, {"iptables-nft", "--version"}, {"nft", "--version"}} {
+		out, err := exec.Command(c[0], c[1:]...).Output()
+		if err != nil {
+			v[c[0]] = "not installed"
+			continue
+		}
+		v[c[0]] = strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	return v
+}
+
+// svcTarget is one of issue 12's targets for Axon with its verdict; a
+// target not measured yet is pending.
+type svcTarget struct {
+	What, Measured string
+	Pending, OK    bool
+}
+
+func (t svcTarget) verdict() string {
+	if t.Pending {
+		return "pending"
+	}
+	return met(t.OK)
+}
+
+// axonPending says why Axon has no number at size, or "" if it has one.
+func (r *svcResults) axonPending(size int) string {
+	x := r.row(implAxon, size)
+	switch {
+	case x == nil:
+		return "not run (not in -svc.impls or -svc.sizes)"
+	case !x.ok():
+		return x.Err
+	}
+	return ""
+}
+
+func (r *svcResults) svcTargets() []svcTarget {
+	var ts []svcTarget
+	zero := r.row(implAxon, 0)
+	for _, n := range []int{10000, 100000} {
+		t := svcTarget{What: fmt.Sprintf("Axon's connection latency (p50) at %dk services within 1.1× of its 0-service figure", n/1000)}
+		switch {
+		case r.axonPending(0) != "":
+			t.Pending, t.Measured = true, "0 services: "+r.axonPending(0)
+		case r.axonPending(n) != "":
+			t.Pending, t.Measured = true, r.axonPending(n)
+		default:
+			a, z := r.row(implAxon, n).lat().P50, zero.lat().P50
+			t.Measured = fmt.Sprintf("%s vs %s µs (%.2f×)", us(a), us(z), float64(a)/float64(z))
+			t.OK = float64(a) <= 1.1*float64(z)
+		}
+		ts = append(ts, t)
+	}
+	for _, c := range []struct {
+		n     int
+		limit time.Duration
+	}{{10000, 100 * time.Millisecond}, {100000, time.Second}} {
+		t := svcTarget{What: fmt.Sprintf("%dk services programmed in ≤ %s", c.n/1000, c.limit)}
+		if p := r.axonPending(c.n); p != "" {
+			t.Pending, t.Measured = true, p
+		} else {
+			d := r.row(implAxon, c.n).Program
+			t.Measured, t.OK = ms(d), d <= c.limit
+		}
+		ts = append(ts, t)
+	}
+	one := svcTarget{What: "one more service in ≤ 1 ms (at every size)"}
+	look := svcTarget{What: "service lookup ≤ 50 ns per packet at every size (BPF_PROG_TEST_RUN)"}
+	var worstAdd time.Duration
+	var worstLook float64
+	var addAt, lookAt int
+	for _, n := range r.Sizes {
+		x := r.row(implAxon, n)
+		if p := r.axonPending(n); p != "" {
+			one.Pending, one.Measured = true, p
+		} else if x.AddOneErr != "" {
+			worstAdd, addAt = *svcProgLimit, n
+		} else if x.AddOne > worstAdd {
+			worstAdd, addAt = x.AddOne, n
+		}
+		switch {
+		case x == nil:
+			look.Pending, look.Measured = true, "not run"
+		case x.LookupErr != "":
+			look.Pending, look.Measured = true, x.LookupErr
+		case x.LookupNs > worstLook:
+			worstLook, lookAt = x.LookupNs, n
+		}
+	}
+	if !one.Pending {
+		one.Measured, one.OK = fmt.Sprintf("worst %s (at %d services)", ms(worstAdd), addAt), worstAdd <= time.Millisecond
+	}
+	if !look.Pending {
+		look.Measured, look.OK = fmt.Sprintf("worst %.0f ns (at %d services)", worstLook, lookAt), worstLook <= 50
+	}
+	return append(ts, one, look)
+}
+
+// cell formats a row's value, or why it has none.
+func (x *svcRow) cell(f func(*svcRow) string) string {
+	switch {
+	case x == nil:
+		return "–"
+	case x.Slow:
+		return "too slow"
+	case x.Impl == implAxon && !x.ok():
+		return "pending"
+	case !x.ok():
+		return "failed"
+	}
+	return f(x)
+}
+
+// largestOK is impl's row at the largest size it was measured at, or nil.
+func (r *svcResults) largestOK(impl string) *svcRow {
+	var best *svcRow
+	for _, x := range r.Rows {
+		if x.Impl == impl && x.ok() && (best == nil || x.Size > best.Size) {
+			best = x
+		}
+	}
+	return best
+}
+
+// dur prints a programming time: milliseconds, or seconds from 10 s.
+func dur(d time.Duration) string {
+	if d >= 10*time.Second {
+		return fmt.Sprintf("%.1f s", d.Seconds())
+	}
+	return ms(d)
+}
+
+// isDirect says impl is a connection straight to a backend (a floor, not
+// a service implementation).
+func isDirect(impl string) bool { return impl == implBaseline || impl == implAxonBase }
+
+// directOf is the floor impl's figures compare with: Axon's own pods for
+// Axon, the plain topology for the rest.
+func directOf(impl string) string {
+	if impl == implAxon {
+		return implAxonBase
+	}
+	return implBaseline
+}
+
+func sizeLabel(n int) string {
+	if n == 0 {
+		return "0 (1)"
+	}
+	return fmt.Sprint(n)
+}
+
+func writeServiceReport(path string, r *svcResults) error {
+	var b bytes.Buffer
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	m := r.Machine
+	var impls []string
+	for _, x := range r.Rows {
+		if !slices.Contains(impls, x.Impl) {
+			impls = append(impls, x.Impl)
+		}
+	}
+	label := r.label
+
+	w("# Service load balancing benchmark: kube-proxy-style iptables and nftables vs Axon\n\n")
+	w("Generated by `make bench` (`services/datapath/bench`, `TestServiceBenchReport`) on %s; the run took %s",
+		r.Start.UTC().Format("2006-01-02 15:04 MST"), r.End.Sub(r.Start).Round(time.Second))
+	var parts []string
+	if r.AxonSetup > 0 {
+		parts = append(parts, fmt.Sprintf("building and starting Axon %s", r.AxonSetup.Round(time.Second)))
+	}
+	for _, n := range r.Sizes {
+		parts = append(parts, fmt.Sprintf("%d services %s", n, r.SizeTime[n].Round(time.Second)))
+	}
+	w(" (%s).\n\n", strings.Join(parts, ", "))
+	w("| Machine | |\n|---|---|\n")
+	w("| CPUs (nproc) | %d |\n| CPU | %s |\n| Kernel | %s |\n| Go | %s |\n", m.CPUs, m.CPUModel, m.Kernel, m.GoVersion)
+	for _, tool := range []string{"iptables-legacy", "iptables-nft", "nft"} {
+		w("| %s | %s |\n", tool, r.Versions[tool])
+	}
+	w("| Load average (1/5/15 min) at start / end | %s / %s |\n\n", r.LoadStart, r.LoadEnd)
+	w("Numbers from a small, shared VM are noisy: every comparison below is measured side by side in the same run,\n")
+	w("the implementations take turns in an order that rotates each round, and the median of %d rounds is reported.\n\n", *svcRounds)
+
+	w("## How to reproduce\n\n")
+	w("As root, with `iptables` and `nftables` installed (`scripts/setup.sh bench` installs them):\n\n```sh\n")
+	w("make bench   # everything, including this report\n\n# or only this benchmark:\n")
+	w("go test ./services/datapath/bench -run TestServiceBenchReport -count=1 -timeout 60m \\\n")
+	w("    -args -svc.report=$PWD/docs/bench/services.md\n")
+	w("# a quick check: -svc.sizes=0,1000; fewer implementations: -svc.impls=baseline,nftables\n```\n\n")
+	w("Parameters of this run: `-svc.sizes=%s -svc.impls=%s -svc.samples=%d -svc.workers=%d -svc.rate=%s -svc.rounds=%d -svc.proglimit=%s`.\n\n",
+		*svcSizes, *svcImpls, *svcSamples, *svcWorkers, *svcRateDur, *svcRounds, *svcProgLimit)
+
+	w("## Targets (issue 12)\n\n| Target | Measured | |\n|---|---|---|\n")
+	for _, t := range r.svcTargets() {
+		w("| %s | %s | %s |\n", t.What, t.Measured, t.verdict())
+	}
+	w("\n")
+
+	w("## 1. New connections to the last-programmed service\n\n")
+	w("A connection is `socket`, `connect` to the service's VIP:80, a 1-byte request, the 1-byte answer, the server's\n")
+	w("close seen, `close`: what a client of a short-lived service call pays. Latency: %d sequential connections\n", *svcSamples)
+	w("(after %d not counted) from the client pod, one thread. Connections/s: %d threads in the client pod opening\n", svcWarmup, *svcWorkers)
+	w("connections back to back for %s. Client threads and the backends' server threads all run on CPU %d\n", *svcRateDur, benchCPU)
+	w("(see the datapath report: on one CPU the figures are the CPU cost of the whole path, not cross-CPU wake-ups),\n")
+	w("so connections/s is the inverse of that cost. The service measured is the last one programmed: for iptables it\n")
+	w("is at the end of `KUBE-SERVICES`, the worst case of its linear rule walk. \"Services\" is the number in the\n")
+	w("table; at size 0 it is the measured service alone. \"vs direct\" compares with the same connection to a backend\n")
+	w("without any service translation in the same run (for Axon: on its own pods, through its programs).\n\n")
+	for _, n := range r.Sizes {
+		w("### %s services\n\n", sizeLabel(n))
+		w("| Implementation | p50 µs | p99 µs | p50 vs direct | connections/s | program all | add one | ruleset |\n")
+		w("|---|--:|--:|--:|--:|--:|--:|--:|\n")
+		for _, impl := range impls {
+			x := r.row(impl, n)
+			base := r.row(directOf(impl), n)
+			vs := x.cell(func(x *svcRow) string {
+				if base == nil || !base.ok() || isDirect(impl) {
+					return "–"
+				}
+				return fmt.Sprintf("%.2f×", float64(x.lat().P50)/float64(base.lat().P50))
+			})
+			prog := x.cell(func(x *svcRow) string {
+				if isDirect(impl) {
+					return "–"
+				}
+				return dur(x.Program)
+			})
+			add := x.cell(func(x *svcRow) string {
+				if isDirect(impl) {
+					return "–"
+				}
+				if x.AddOneErr != "" {
+					return "too slow"
+				}
+				return dur(x.AddOne)
+			})
+			rs := x.cell(func(x *svcRow) string {
+				if x.Mem.RulesetBytes == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.1f KiB", float64(x.Mem.RulesetBytes)/1024)
+			})
+			w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", label(impl),
+				x.cell(func(x *svcRow) string { return us(x.lat().P50) }),
+				x.cell(func(x *svcRow) string { return us(x.lat().P99) }),
+				vs, x.cell(func(x *svcRow) string { return fmt.Sprintf("%.0f", x.rate()) }), prog, add, rs)
+		}
+		w("\n")
+	}
+	writeSvcPivots(w, r, impls, label)
+	writeSvcNotes(w, r)
+
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+// writeSvcPivots writes the growth tables (implementations × sizes), the
+// per-packet slot, memory and what failed.
+func writeSvcPivots(w func(string, ...any), r *svcResults, impls []string, label func(string) string) {
+	pivot := func(title string, f func(*svcRow) string, skipBaseline bool) {
+		w("| %s |", title)
+		for _, n := range r.Sizes {
+			w(" %s |", sizeLabel(n))
+		}
+		w("\n|---|%s\n", strings.Repeat("--:|", len(r.Sizes)))
+		for _, impl := range impls {
+			if skipBaseline && isDirect(impl) {
+				continue
+			}
+			w("| %s |", label(impl))
+			for _, n := range r.Sizes {
+				w(" %s |", r.row(impl, n).cell(f))
+			}
+			w("\n")
+		}
+		w("\n")
+	}
+	w("## 2. How each grows with the number of services\n\n")
+	pivot("Connection p50 µs", func(x *svcRow) string { return us(x.lat().P50) }, false)
+	pivot("Connections/s", func(x *svcRow) string { return fmt.Sprintf("%.0f", x.rate()) }, false)
+	pivot("Program all", func(x *svcRow) string { return dur(x.Program) }, true)
+	pivot("Add one more", func(x *svcRow) string {
+		if x.AddOneErr != "" {
+			return "too slow"
+		}
+		return dur(x.AddOne)
+	}, true)
+
+	w("## 3. Per-packet cost of the service lookup (BPF_PROG_TEST_RUN)\n\n")
+	w("| Services | Axon ns/packet |\n|---|--:|\n")
+	for _, n := range r.Sizes {
+		x := r.row(implAxon, n)
+		cell := "pending"
+		if x != nil && x.LookupErr == "" {
+			cell = fmt.Sprintf("%.1f", x.LookupNs)
+		}
+		w("| %s | %s |\n", sizeLabel(n), cell)
+	}
+	if x := r.row(implAxon, r.Sizes[0]); x != nil && x.LookupErr != "" {
+		w("\nPending: %s.\n", x.LookupErr)
+	}
+	w("\n")
+
+	largest := slices.Max(r.Sizes)
+	w("## 4. Memory at %d services, or the largest size measured\n\n", largest)
+	w("Netfilter's rules live in kernel memory that no counter attributes to them: the table gives the size of the\n")
+	w("ruleset text handed to the restore or `nft -f` call and how much the kernel's slab and vmalloc memory grew\n")
+	w("during that call (`/proc/meminfo` `Slab` and `VmallocUsed`, machine-wide: other processes and freed memory move\n")
+	w("them too, so read them as an order of magnitude; iptables-legacy keeps its rule blob in vmalloc memory,\n")
+	w("nf_tables its rules, chains and sets in the slab). Axon's maps report their locked memory.\n\n")
+	w("| Implementation | Services | Ruleset text | Slab growth | Vmalloc growth | eBPF maps (memlock) |\n|---|--:|--:|--:|--:|--:|\n")
+	for _, impl := range impls {
+		if isDirect(impl) {
+			continue
+		}
+		x := r.largestOK(impl)
+		if x == nil {
+			x = r.row(impl, largest)
+		}
+		w("| %s | %d | %s | %s | %s | %s |\n", label(impl), max(x.Size, 1),
+			x.cell(func(x *svcRow) string {
+				if x.Mem.RulesetBytes == 0 {
+					return "–"
+				}
+				return mib(int64(x.Mem.RulesetBytes))
+			}),
+			x.cell(func(x *svcRow) string {
+				if x.Mem.RulesetBytes == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.1f MiB", float64(x.Mem.SlabDelta)/(1<<20))
+			}),
+			x.cell(func(x *svcRow) string {
+				if x.Mem.RulesetBytes == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.1f MiB", float64(x.Mem.VmallocDelta)/(1<<20))
+			}),
+			x.cell(func(x *svcRow) string {
+				var sum uint64
+				for _, m := range x.Mem.Maps {
+					sum += m.Memlock
+				}
+				if sum == 0 {
+					return "–"
+				}
+				return mib(int64(sum))
+			}))
+	}
+	if x := r.largestOK(implAxon); x != nil && len(x.Mem.Maps) > 0 {
+		w("\nAxon's pinned maps at %d services:\n\n| Map | max_entries | memlock |\n|---|--:|--:|\n", max(x.Size, 1))
+		for _, m := range x.Mem.Maps {
+			w("| %s | %d | %s |\n", m.Name, m.MaxEntries, mib(int64(m.Memlock)))
+		}
+	}
+	w("\n")
+
+	var failed []*svcRow
+	for _, x := range r.Rows {
+		if !x.ok() || x.AddOneErr != "" {
+			failed = append(failed, x)
+		}
+	}
+	if len(failed) > 0 {
+		w("## Not measured\n\n")
+		w("An implementation is not tried at a size when its programming times at the two sizes before, extrapolated\n")
+		w("with the power law they fit (never better than linear), exceed -svc.proglimit; one that is tried is stopped there.\n\n")
+		w("| Implementation | Services | Why |\n|---|--:|---|\n")
+		for _, x := range failed {
+			why := x.Err
+			if why == "" {
+				why = x.AddOneErr + " (the rest measured)"
+			}
+			w("| %s | %d | %s |\n", x.Label, x.Size, strings.ReplaceAll(why, "\n", " "))
+		}
+		w("\n")
+	}
+}
+
+// writeSvcNotes describes the setups.
+func writeSvcNotes(w func(string, ...any), r *svcResults) {
+	w("## Setups\n\n")
+	w("Every netfilter implementation gets its own copy of one plain topology, built afresh at each size (so no\n")
+	w("implementation inherits another's rules or connection-tracking entries): a node namespace with forwarding on,\n")
+	w("a client pod and %d backend pods wired to it as Axon wires its pods (veth pairs, pod /32 addresses, a\n", svcBackends)
+	w("permanent neighbour entry for the gateway, /32 routes on the node), no eBPF anywhere. Each backend runs a\n")
+	w("server thread doing blocking accept, read 1 byte, write 1 byte, close. Pod traffic crosses the node's stack,\n")
+	w("so the node's PREROUTING hook translates it. Each service has %d backends on port %d; the measured service\n", svcBackends, backendPort)
+	w("points at the real backends, every other at unused addresses of a range of its own (10.128.0.0/10); VIPs are\n")
+	w("consecutive addresses of 10.112.0.0/12, port %d/TCP.\n\n", svcPort)
+	w("- **iptables-legacy / iptables-nft (kube-proxy iptables)**: kube-proxy's layout in the nat table, fed to\n")
+	w("  `iptables-legacy-restore` or `iptables-nft-restore` in the node: `PREROUTING -j KUBE-SERVICES`, one rule per\n")
+	w("  service there (`-d VIP/32 -p tcp --dport 80`, with kube-proxy's comment) jumping to its `KUBE-SVC-*` chain, which\n")
+	w("  picks a `KUBE-SEP-*` chain with `-m statistic --mode random --probability 1/k` rules, each DNATting to its\n")
+	w("  backend; chain names are kube-proxy's (base32 of a SHA-256). No `KUBE-MARK-MASQ` (pod-to-service traffic is\n")
+	w("  not masqueraded). *Program all* restores the whole table (kube-proxy's full sync); *add one* is kube-proxy's\n")
+	w("  partial sync for a new service: `--noflush` with `KUBE-SERVICES` rewritten whole plus the new service's chains.\n")
+	w("- **nftables (verdict map)**: kube-proxy's nftables layout reduced to the same: a `nat` prerouting chain\n")
+	w("  (priority dstnat) with one lookup `ip daddr . meta l4proto . th dport vmap @services` into a map whose\n")
+	w("  element per service jumps to the service's chain; that chain does `numgen random mod k vmap` to one chain\n")
+	w("  per endpoint, which does `dnat to BACKEND:PORT`. *Program all* is one `nft -f` transaction that recreates the\n")
+	w("  table; *add one* is one `nft -f` adding the new service's chains and map element.\n")
+	w("- **no services (backend direct)**: the same connection straight to a backend, in the same topology with no\n")
+	w("  rules: the floor every netfilter implementation adds its translation to. **Axon, no services** is the same on\n")
+	w("  Axon's pods (through its programs), Axon's floor.\n")
+	w("- **Axon (eBPF)**: a one-node Axon cluster (embedded etcd, axon-ipam, axon-datapath in tunnel mode) with a client\n")
+	w("  pod and %d backend pods wired through axon-cni; services programmed through the datapath's `UpsertServices`\n", svcBackends)
+	w("  batch RPC (*program all*: one call with `replace_all`, *add one*: one call with one service), both timed as\n")
+	w("  the client sees the call. A batch is cut at %d MiB (gRPC servers refuse messages over 4 MiB by default;\n", maxBatchBytes>>20)
+	w("  100k services take about 11 MiB): then the first call has `replace_all` and the rest upsert, and *program all*\n")
+	w("  is the time of all of them. Until the service load balancer lands the RPC answers `Unimplemented` and the\n")
+	w("  Axon column reads \"pending\".\n\n")
+	w("Programming times are wall times of the one call that programs them, as the agent would make it: for netfilter\n")
+	w("the restore or `nft` process, including its start (about a millisecond).\n")
+}
