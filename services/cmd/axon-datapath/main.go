@@ -43,6 +43,9 @@ func main() {
 	os.Exit(daemon.Main(daemon.Spec{
 		Name:         "datapath",
 		TCPNeedsMTLS: true,
+		// A full resync of services is one UpsertServices call: 100k
+		// frontends with a few backends each take about 11 MiB.
+		MaxRecvMsgSize: 64 << 20,
 		Defaults: daemon.Defaults{
 			UnixSocket:  "/run/axon/datapath.sock",
 			MetricsAddr: "127.0.0.1:9602",

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -75,42 +74,15 @@ func (a *axonImpl) upsert(ctx context.Context, req *datapathv1alpha1.UpsertServi
 	return d, nil
 }
 
-// maxBatchBytes bounds one UpsertServices request: gRPC servers refuse
-// messages over 4 MiB unless told otherwise, and 100k services take about
-// 11 MiB.
-const maxBatchBytes = 3 << 20
-
 // program makes svcs the node's services: one UpsertServices call with
-// replace_all, or, when they do not fit in maxBatchBytes, a first call
-// with replace_all followed by plain upserts of the rest; the time is that
-// of all the calls.
+// replace_all, as a client's full resync (axon-datapath takes requests up
+// to 64 MiB; 100k services are about 11 MiB).
 func (a *axonImpl) program(ctx context.Context, svcs []svcSpec) (time.Duration, error) {
-	var (
-		total time.Duration
-		size  int
-		req   = &datapathv1alpha1.UpsertServicesRequest{ReplaceAll: true}
-	)
-	flush := func() error {
-		d, err := a.upsert(ctx, req)
-		total += d
-		req, size = &datapathv1alpha1.UpsertServicesRequest{}, 0
-		return err
-	}
+	req := &datapathv1alpha1.UpsertServicesRequest{ReplaceAll: true, Services: make([]*datapathv1alpha1.Service, 0, len(svcs))}
 	for _, s := range svcs {
-		svc := toService(s)
-		n := proto.Size(svc) + 8 // the field's tag and length
-		if len(req.Services) > 0 && size+n > maxBatchBytes {
-			if err := flush(); err != nil {
-				return 0, err
-			}
-		}
-		req.Services = append(req.Services, svc)
-		size += n
+		req.Services = append(req.Services, toService(s))
 	}
-	if err := flush(); err != nil {
-		return 0, err
-	}
-	return total, nil
+	return a.upsert(ctx, req)
 }
 
 func (a *axonImpl) addOne(ctx context.Context, svc svcSpec) (time.Duration, error) {

@@ -38,6 +38,9 @@ type Config struct {
 	LogLevel string
 	// LogFormat is text or json.
 	LogFormat string
+	// MaxRecvMsgSize is the largest request accepted, in bytes; 0 keeps
+	// gRPC's default (4 MiB). Not a flag: the service's Spec sets it.
+	MaxRecvMsgSize int
 }
 
 // Defaults are the per-service default listen addresses.

@@ -56,6 +56,10 @@ type Spec struct {
 	// and for a service whose API changes the node not even then. Its
 	// unix socket (file mode 0600) is the way for local clients.
 	TCPNeedsMTLS bool
+	// MaxRecvMsgSize is the largest request the service accepts, in bytes;
+	// 0 keeps gRPC's 4 MiB. For batch APIs whose one call must carry a
+	// whole set (a full resync).
+	MaxRecvMsgSize int
 	// Setup registers the service's gRPC services, health checks and
 	// shutdown hooks on d. It runs after flags are parsed and before any
 	// listener opens; an error aborts start-up.
@@ -113,6 +117,7 @@ func Run(ctx context.Context, spec Spec, args []string, stderr io.Writer) error 
 	if err != nil {
 		return &UsageError{err}
 	}
+	cfg.MaxRecvMsgSize = spec.MaxRecvMsgSize
 	d, err := New(cfg, spec.Name, log)
 	if err != nil {
 		return err
@@ -219,7 +224,7 @@ func New(cfg Config, name string, log *slog.Logger) (*Daemon, error) {
 		}),
 	}
 	rpcLog := interceptorLogger(log)
-	srv := grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(
 			srvMetrics.UnaryServerInterceptor(),
 			logging.UnaryServerInterceptor(rpcLog, logOpts...),
@@ -230,7 +235,11 @@ func New(cfg Config, name string, log *slog.Logger) (*Daemon, error) {
 			logging.StreamServerInterceptor(rpcLog, logOpts...),
 			recovery.StreamServerInterceptor(recoverOpt),
 		),
-	)
+	}
+	if cfg.MaxRecvMsgSize > 0 {
+		opts = append(opts, grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize))
+	}
+	srv := grpc.NewServer(opts...)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(srv, hs)

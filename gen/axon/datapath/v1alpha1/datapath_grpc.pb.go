@@ -197,7 +197,9 @@ type DatapathServiceClient interface {
 	// twice in one batch (in services or in both services and deletes), or
 	// deletes with replace_all; RESOURCE_EXHAUSTED if the maps cannot hold the
 	// result (nothing applied; a map write that fails halfway is rolled back);
-	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService.
+	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService. A request may
+	// be up to 64 MiB (100k frontends with a few backends each take about
+	// 11 MiB), so a full resync fits in one call.
 	UpsertServices(ctx context.Context, in *UpsertServicesRequest, opts ...grpc.CallOption) (*UpsertServicesResponse, error)
 	// DeleteService removes a frontend. Deleting an unknown frontend succeeds,
 	// with or without expected_revision (a retry of the call).
@@ -642,7 +644,9 @@ type DatapathServiceServer interface {
 	// twice in one batch (in services or in both services and deletes), or
 	// deletes with replace_all; RESOURCE_EXHAUSTED if the maps cannot hold the
 	// result (nothing applied; a map write that fails halfway is rolled back);
-	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService.
+	// UNAVAILABLE and FAILED_PRECONDITION as for UpsertService. A request may
+	// be up to 64 MiB (100k frontends with a few backends each take about
+	// 11 MiB), so a full resync fits in one call.
 	UpsertServices(context.Context, *UpsertServicesRequest) (*UpsertServicesResponse, error)
 	// DeleteService removes a frontend. Deleting an unknown frontend succeeds,
 	// with or without expected_revision (a retry of the call).
