@@ -113,7 +113,7 @@ func (o *Objects) DeleteFlows(match func(Flow) bool) (int, error) {
 // entries) it removed.
 func (o *Objects) ExpireFlows() (int, error) {
 	var ts unix.Timespec
-	// bpf_ktime_get_ns is CLOCK_MONOTONIC.
+	// bpf_ktime_get_coarse_ns, which stamps the flows, is CLOCK_MONOTONIC.
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		return 0, fmt.Errorf("read the monotonic clock: %w", err)
 	}
