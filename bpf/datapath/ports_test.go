@@ -1,12 +1,9 @@
 package datapath
 
 import (
-	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
-
-	"github.com/cilium/ebpf"
 )
 
 // TestPortGatesUpgrade: a node whose pins predate the port gates (an older
@@ -23,19 +20,8 @@ func TestPortGatesUpgrade(t *testing.T) {
 	putServices(t, o, ServiceEntry{Frontend: frontend(vip, 80, protoTCP), Service: Service{ID: 1, Active: []Backend{
 		{Addr: podB.ip, Port: 8080, Local: true},
 	}}})
-	runPod := func(o *Objects, src, dst netip.AddrPort) (src2, dst2 netip.AddrPort) {
-		t.Helper()
-		in := l4Frame(src, dst, protoTCP, tcpACK, false)
-		opts := ebpf.RunOptions{Data: in, DataOut: make([]byte, len(in)+256)}
-		verdict, err := o.FromPod().Run(&opts)
-		if err != nil || verdict != verdictRedirect {
-			s, _ := o.Stats()
-			t.Fatalf("%s -> %s: verdict %#x, %v (%v)", src, dst, verdict, err, s.Map())
-		}
-		return tuple(opts.DataOut[:len(in)])
-	}
 	client := ap(podA.ip, 40000)
-	if _, dst := runPod(o, client, ap(vip, 80)); dst != ap(podB.ip, 8080) {
+	if _, dst := runLocal(t, o, protoTCP, client, ap(vip, 80)); dst != ap(podB.ip, 8080) {
 		t.Fatalf("first packet went to %s", dst)
 	}
 	o.Close()
@@ -47,10 +33,10 @@ func TestPortGatesUpgrade(t *testing.T) {
 
 	o = mustLoad(t, dir)
 	must(t, "finish migration", o.FinishMigration())
-	if src, _ := runPod(o, ap(podB.ip, 8080), client); src != ap(vip, 80) {
+	if src, _ := runLocal(t, o, protoTCP, ap(podB.ip, 8080), client); src != ap(vip, 80) {
 		t.Errorf("reply after the upgrade comes from %s, want the frontend", src)
 	}
-	if _, dst := runPod(o, ap(podA.ip, 40001), ap(vip, 80)); dst != ap(podB.ip, 8080) {
+	if _, dst := runLocal(t, o, protoTCP, ap(podA.ip, 40001), ap(vip, 80)); dst != ap(podB.ip, 8080) {
 		t.Errorf("new connection after the upgrade went to %s", dst)
 	}
 	for _, name := range []string{podMapAxonLbPorts, podMapAxonCtPorts} {

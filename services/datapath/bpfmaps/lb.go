@@ -129,6 +129,13 @@ type LBMaps interface {
 	// connection: a connected UDP socket whose backend went away moves on
 	// to another one.
 	DeleteFlows(match func(Flow) bool) (int, error)
+	// UnpinFlows removes only the client's direction of the translated
+	// flows for which match returns true, and returns how many flows it
+	// unpinned: the client's next packet is a new connection (a connected
+	// UDP socket whose backend went away moves on to another one), while
+	// answers the old backend already sent are still translated back until
+	// their direction idles out (ExpireFlows).
+	UnpinFlows(match func(Flow) bool) (int, error)
 	// ExpireFlows removes the connection-tracker entries idle for longer
 	// than their protocol and state allow (the datapath's timeouts) and
 	// returns how many it removed.

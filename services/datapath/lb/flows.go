@@ -51,14 +51,17 @@ func (m *Manager) leftBackends(p plan) map[uint32]map[netip.AddrPort]bool {
 	return out
 }
 
-// deleteFlows removes the UDP flows of the given entries to the given
-// backends. A failure is logged: the entries are written, and such a flow
-// ends when its socket goes quiet (ExpireFlows).
+// deleteFlows unpins the UDP flows of the given entries from the given
+// backends: their next datagram picks a backend anew, while answers the
+// old backend already sent still come back from the frontend (a request
+// in flight when its backend is removed is answered, not lost). A failure
+// is logged: the entries are written, and such a flow ends when its socket
+// goes quiet (ExpireFlows).
 func (m *Manager) deleteFlows(ctx context.Context, left map[uint32]map[netip.AddrPort]bool) {
 	if len(left) == 0 {
 		return
 	}
-	n, err := m.maps.DeleteFlows(func(f bpfmaps.Flow) bool {
+	n, err := m.maps.UnpinFlows(func(f bpfmaps.Flow) bool {
 		return f.Proto == unix.IPPROTO_UDP && left[f.ServiceID][f.Backend]
 	})
 	if err != nil {

@@ -18,6 +18,7 @@ const (
 	OpDeleteServices = "DeleteServices"
 	OpServices       = "Services"
 	OpDeleteFlows    = "DeleteFlows"
+	OpUnpinFlows     = "UnpinFlows"
 	OpExpireFlows    = "ExpireFlows"
 	OpUsage          = "Usage"
 )
@@ -163,6 +164,20 @@ func (f *Fake) DeleteFlows(match func(bpfmaps.Flow) bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.call(OpDeleteFlows); err != nil {
+		return 0, err
+	}
+	s := f.lbs()
+	n := len(s.flows)
+	s.flows = slices.DeleteFunc(s.flows, match)
+	return n - len(s.flows), nil
+}
+
+// UnpinFlows removes the flows match selects (the fake keeps no
+// directions: an unpinned flow is gone).
+func (f *Fake) UnpinFlows(match func(bpfmaps.Flow) bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(OpUnpinFlows); err != nil {
 		return 0, err
 	}
 	s := f.lbs()
