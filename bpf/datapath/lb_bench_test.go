@@ -11,7 +11,8 @@ import (
 // backends each) programmed before the frontends the benchmarks use, which
 // come last:
 //   - vip:80/TCP with two local backends (new connections);
-//   - podB:8080/TCP to podA:8081 and podA:8081/TCP to podB:8080, a pair
+//   - podB:8080/TCP to podA:8081 and podA:8081/TCP to podB:8080 (and the
+//     same with their IPv6 addresses), a pair
 //     that translates a flow's packets back and forth: once both have
 //     seen a first packet from podA:40000, every packet of that flow is an
 //     established one and every reply from either backend a reply, however
@@ -46,13 +47,23 @@ func lbBenchObjects(b *testing.B, n int) *Objects {
 		ServiceEntry{Frontend: frontend(podA.ip, 8081, protoTCP), Service: Service{ID: 3, Active: []Backend{
 			{Addr: podB.ip, Port: 8080, Local: true},
 		}}},
+		ServiceEntry{Frontend: frontend(podB6.ip, 8080, protoTCP), Service: Service{ID: 4, Active: []Backend{
+			{Addr: podA6.ip, Port: 8081, Local: true},
+		}}},
+		ServiceEntry{Frontend: frontend(podA6.ip, 8081, protoTCP), Service: Service{ID: 5, Active: []Backend{
+			{Addr: podB6.ip, Port: 8080, Local: true},
+		}}},
 	)
 	if err := objs.PutServices(entries); err != nil {
 		b.Fatal(err)
 	}
-	// The pair's two flows from podA:40000, first packets.
-	for _, dst := range []netip.AddrPort{ap(podB.ip, 8080), ap(podA.ip, 8081)} {
-		if ret, _, err := objs.FromPod().Benchmark(withTTL(l4Frame(ap(podA.ip, 40000), dst, protoTCP, tcpSYN, false), 255), 1, nil); err != nil || ret != verdictRedirect {
+	// The pairs' two flows from podA:40000 (podA6), first packets.
+	for _, dst := range []netip.AddrPort{ap(podB.ip, 8080), ap(podA.ip, 8081), ap(podB6.ip, 8080), ap(podA6.ip, 8081)} {
+		src := ap(podA.ip, 40000)
+		if dst.Addr().Is6() {
+			src = ap(podA6.ip, 40000)
+		}
+		if ret, _, err := objs.FromPod().Benchmark(withTTL(l4Frame(src, dst, protoTCP, tcpSYN, false), 255), 1, nil); err != nil || ret != verdictRedirect {
 			b.Fatalf("first packet to %s: verdict %d, %v", dst, int32(ret), err)
 		}
 	}
@@ -65,11 +76,12 @@ func lbBenchObjects(b *testing.B, n int) *Objects {
 //   - first: the first packet of a connection to a frontend (pick, record,
 //     translate), one run per call (compare with pod-once, measured the same
 //     way);
-//   - established, reply: a packet of a translated flow, each way;
+//   - established, reply (and established6, reply6 over IPv6): a packet
+//     of a translated flow, each way;
 //   - pod: traffic between pods that is not a service's, on a node with
 //     services (what the lookups add to everything else);
-//   - no-lb/pod: the same packet on a node that never had a service (the
-//     baseline of all but first).
+//   - no-lb/pod (pod6): the same packet on a node that never had a
+//     service (the baseline of all but first).
 //
 // Every packet is TCP from or to podA, delivered to a local pod. Compare
 // builds side by side: `go test -run '^$' -bench BenchmarkLB -count 1`,
@@ -81,6 +93,9 @@ func BenchmarkLB(b *testing.B) {
 	b.Run("no-lb", func(b *testing.B) {
 		objs := benchObjects(b, tunnelCfg)
 		b.Run("pod", func(b *testing.B) { benchRun(b, objs.FromPod(), podFrame(), verdictRedirect) })
+		b.Run("pod6", func(b *testing.B) {
+			benchRun(b, objs.FromPod(), withTTL(l4Frame(ap(podA6.ip, 40000), ap(podB6.ip, 9000), protoTCP, tcpACK, false), 255), verdictRedirect)
+		})
 		b.Run("pod-once", func(b *testing.B) { benchRunOnce(b, objs.FromPod(), podFrame(), verdictRedirect) })
 	})
 	for _, n := range []int{0, 1000, 10000, 100000} {
@@ -92,6 +107,12 @@ func BenchmarkLB(b *testing.B) {
 			})
 			b.Run("reply", func(b *testing.B) {
 				benchRun(b, objs.FromPod(), withTTL(l4Frame(ap(podB.ip, 8080), ap(podA.ip, 40000), protoTCP, tcpACK, false), 255), verdictRedirect)
+			})
+			b.Run("established6", func(b *testing.B) {
+				benchRun(b, objs.FromPod(), withTTL(l4Frame(ap(podA6.ip, 40000), ap(podB6.ip, 8080), protoTCP, tcpACK, false), 255), verdictRedirect)
+			})
+			b.Run("reply6", func(b *testing.B) {
+				benchRun(b, objs.FromPod(), withTTL(l4Frame(ap(podB6.ip, 8080), ap(podA6.ip, 40000), protoTCP, tcpACK, false), 255), verdictRedirect)
 			})
 			b.Run("pod", func(b *testing.B) { benchRun(b, objs.FromPod(), podFrame(), verdictRedirect) })
 			b.Run("pod-once", func(b *testing.B) { benchRunOnce(b, objs.FromPod(), podFrame(), verdictRedirect) })
