@@ -90,6 +90,20 @@ func (o *Objects) deleteCT(keys []podAxonCtKey) error {
 // match returns true, and returns how many flows it removed. The next
 // packet of such a flow is a new connection.
 func (o *Objects) DeleteFlows(match func(Flow) bool) (int, error) {
+	return o.deleteFlows(match, true)
+}
+
+// UnpinFlows removes the FORWARD entry of every translated flow for which
+// match returns true, and returns how many flows it unpinned. The client's
+// next packet is a new connection, which picks its backend anew, while
+// answers already on their way from the old backend are still translated
+// back: the REPLY entry stays until it is idle for its timeout
+// ([Objects.ExpireFlows] ages an entry without its other half by itself).
+func (o *Objects) UnpinFlows(match func(Flow) bool) (int, error) {
+	return o.deleteFlows(match, false)
+}
+
+func (o *Objects) deleteFlows(match func(Flow) bool, replies bool) (int, error) {
 	all, err := o.ctEntries()
 	if err != nil {
 		return 0, err
@@ -100,7 +114,10 @@ func (o *Objects) DeleteFlows(match func(Flow) bool) (int, error) {
 		if k.Dir != ctForward || v.ServiceId == 0 || !match(flowOf(k, v)) {
 			continue
 		}
-		del = append(del, k, replyKey(k, v))
+		del = append(del, k)
+		if replies {
+			del = append(del, replyKey(k, v))
+		}
 		n++
 	}
 	return n, o.deleteCT(del)
@@ -113,7 +130,7 @@ func (o *Objects) DeleteFlows(match func(Flow) bool) (int, error) {
 // entries) it removed.
 func (o *Objects) ExpireFlows() (int, error) {
 	var ts unix.Timespec
-	// bpf_ktime_get_ns is CLOCK_MONOTONIC.
+	// bpf_ktime_get_coarse_ns, which stamps the flows, is CLOCK_MONOTONIC.
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
 		return 0, fmt.Errorf("read the monotonic clock: %w", err)
 	}

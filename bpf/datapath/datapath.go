@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -30,6 +31,14 @@ type Objects struct {
 	// enables them) with each other and with Services, which reads
 	// several maps.
 	lbMu sync.Mutex
+	// lbPorts are the gates of axon_lb_ports as written (under lbMu; nil
+	// until read).
+	lbPorts []uint32
+
+	// refillReplyPorts: axon_ct_ports was created by Load, so the
+	// programs it replaces may still add flows without opening their
+	// gates; FinishMigration opens them.
+	refillReplyPorts atomic.Bool
 
 	// resync are the migrated maps FinishMigration copies again.
 	resyncMu sync.Mutex
@@ -194,6 +203,19 @@ func Load(pinDir string, opts LoadOptions) (_ *Objects, err error) {
 	if objs.sockRev, err = opened.maps[sockMapAxonSockRev].Clone(); err != nil {
 		return nil, fmt.Errorf("datapath map %s: %w", sockMapAxonSockRev, err)
 	}
+	// Gates created beside existing state (an upgrade) are opened for it
+	// before any program reads them.
+	if opened.created[podMapAxonLbPorts] {
+		if err := objs.fillFrontendPorts(); err != nil {
+			return nil, err
+		}
+	}
+	if opened.created[podMapAxonCtPorts] {
+		if err := objs.fillReplyPorts(); err != nil {
+			return nil, err
+		}
+		objs.refillReplyPorts.Store(pinDir != "")
+	}
 	if objs.resync, err = opened.takeResync(); err != nil {
 		return nil, fmt.Errorf("keep migrated maps: %w", err)
 	}
@@ -215,6 +237,11 @@ func (o *Objects) FinishMigration() error {
 	o.resync = nil
 	o.resyncMu.Unlock()
 	var errs []error
+	if o.refillReplyPorts.Swap(false) {
+		if err := o.fillReplyPorts(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, r := range rs {
 		if err := r.plan.copyMissing(r.old, r.m); err != nil {
 			errs = append(errs, fmt.Errorf("map %s: copy entries written during the upgrade: %w", r.name, err))

@@ -18,10 +18,12 @@ import (
 const (
 	overlayMapAxonConfig       = "axon_config"
 	overlayMapAxonCt           = "axon_ct"
+	overlayMapAxonCtPorts      = "axon_ct_ports"
 	overlayMapAxonDevices      = "axon_devices"
 	overlayMapAxonEndpoints    = "axon_endpoints"
 	overlayMapAxonEndpoints6   = "axon_endpoints6"
 	overlayMapAxonLbMeta       = "axon_lb_meta"
+	overlayMapAxonLbPorts      = "axon_lb_ports"
 	overlayMapAxonLbServices   = "axon_lb_services"
 	overlayMapAxonLbSlots      = "axon_lb_slots"
 	overlayMapAxonRemote4      = "axon_remote4"
@@ -83,10 +85,12 @@ type overlayProgramSpecs struct {
 type overlayMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
 	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
@@ -122,10 +126,12 @@ func (o *overlayObjects) Close() error {
 type overlayMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
 	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
@@ -137,10 +143,12 @@ func (m *overlayMaps) Close() error {
 	return _OverlayClose(
 		m.AxonConfig,
 		m.AxonCt,
+		m.AxonCtPorts,
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonLbMeta,
+		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonRemote4,

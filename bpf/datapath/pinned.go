@@ -46,6 +46,9 @@ var ErrIncompatibleMap = errors.New("datapath: pinned map is incompatible with t
 type openedMaps struct {
 	maps    map[string]*ebpf.Map
 	pending []pendingPin
+	// created names the maps that had no pin (every map, without a pin
+	// directory): they start empty.
+	created map[string]bool
 	// resync are the migrated maps the programs write into, with the
 	// map each was copied from (see FinishMigration).
 	resync []resyncMap
@@ -71,7 +74,7 @@ type pendingPin struct {
 // incompatible pin fails with an error wrapping [ErrIncompatibleMap]. An
 // empty pinDir creates private maps. The caller closes the result.
 func openMaps(pinDir string, specs map[string]*ebpf.MapSpec) (_ *openedMaps, err error) {
-	o := &openedMaps{maps: make(map[string]*ebpf.Map, len(specs))}
+	o := &openedMaps{maps: make(map[string]*ebpf.Map, len(specs)), created: map[string]bool{}}
 	defer func() {
 		if err != nil {
 			o.close()
@@ -97,9 +100,13 @@ func openMaps(pinDir string, specs map[string]*ebpf.MapSpec) (_ *openedMaps, err
 				return nil, fmt.Errorf("create map %s: %w", name, err)
 			}
 			o.maps[name] = m
+			o.created[name] = true
 			continue
 		}
 		path := filepath.Join(pinDir, name)
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			o.created[name] = true
+		}
 		m, fresh, rs, err := openPinned(path, spec)
 		if err != nil {
 			return nil, err

@@ -176,10 +176,12 @@ const (
 const (
 	podMapAxonConfig     = "axon_config"
 	podMapAxonCt         = "axon_ct"
+	podMapAxonCtPorts    = "axon_ct_ports"
 	podMapAxonDevices    = "axon_devices"
 	podMapAxonEndpoints  = "axon_endpoints"
 	podMapAxonEndpoints6 = "axon_endpoints6"
 	podMapAxonLbMeta     = "axon_lb_meta"
+	podMapAxonLbPorts    = "axon_lb_ports"
 	podMapAxonLbServices = "axon_lb_services"
 	podMapAxonLbSlots    = "axon_lb_slots"
 	podMapAxonRemote4    = "axon_remote4"
@@ -239,10 +241,12 @@ type podProgramSpecs struct {
 type podMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
 	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
@@ -278,10 +282,12 @@ func (o *podObjects) Close() error {
 type podMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
 	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
@@ -293,10 +299,12 @@ func (m *podMaps) Close() error {
 	return _PodClose(
 		m.AxonConfig,
 		m.AxonCt,
+		m.AxonCtPorts,
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonLbMeta,
+		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonRemote4,

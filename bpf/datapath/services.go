@@ -193,6 +193,10 @@ func (o *Objects) PutServices(entries []ServiceEntry) error {
 	if err := o.enableLB(); err != nil {
 		return err
 	}
+	// The gates first: a frontend whose port is not gated is not looked up.
+	if err := o.markFrontendPorts(entries); err != nil {
+		return err
+	}
 	// The entries in place: read whole for a big call (a few syscalls),
 	// else looked up one by one.
 	var known map[podAxonLbKey]podAxonLbService

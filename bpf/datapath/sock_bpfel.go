@@ -18,10 +18,12 @@ import (
 const (
 	sockMapAxonConfig            = "axon_config"
 	sockMapAxonCt                = "axon_ct"
+	sockMapAxonCtPorts           = "axon_ct_ports"
 	sockMapAxonDevices           = "axon_devices"
 	sockMapAxonEndpoints         = "axon_endpoints"
 	sockMapAxonEndpoints6        = "axon_endpoints6"
 	sockMapAxonLbMeta            = "axon_lb_meta"
+	sockMapAxonLbPorts           = "axon_lb_ports"
 	sockMapAxonLbServices        = "axon_lb_services"
 	sockMapAxonLbSlots           = "axon_lb_slots"
 	sockMapAxonRemote4           = "axon_remote4"
@@ -97,10 +99,12 @@ type sockProgramSpecs struct {
 type sockMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
 	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
@@ -138,10 +142,12 @@ func (o *sockObjects) Close() error {
 type sockMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
 	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
@@ -155,10 +161,12 @@ func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.AxonConfig,
 		m.AxonCt,
+		m.AxonCtPorts,
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonLbMeta,
+		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonRemote4,

@@ -18,10 +18,12 @@ import (
 const (
 	underlayMapAxonConfig        = "axon_config"
 	underlayMapAxonCt            = "axon_ct"
+	underlayMapAxonCtPorts       = "axon_ct_ports"
 	underlayMapAxonDevices       = "axon_devices"
 	underlayMapAxonEndpoints     = "axon_endpoints"
 	underlayMapAxonEndpoints6    = "axon_endpoints6"
 	underlayMapAxonLbMeta        = "axon_lb_meta"
+	underlayMapAxonLbPorts       = "axon_lb_ports"
 	underlayMapAxonLbServices    = "axon_lb_services"
 	underlayMapAxonLbSlots       = "axon_lb_slots"
 	underlayMapAxonRemote4       = "axon_remote4"
@@ -81,10 +83,12 @@ type underlayProgramSpecs struct {
 type underlayMapSpecs struct {
 	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
 	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
@@ -120,10 +124,12 @@ func (o *underlayObjects) Close() error {
 type underlayMaps struct {
 	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
 	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
@@ -135,10 +141,12 @@ func (m *underlayMaps) Close() error {
 	return _UnderlayClose(
 		m.AxonConfig,
 		m.AxonCt,
+		m.AxonCtPorts,
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonLbMeta,
+		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonRemote4,

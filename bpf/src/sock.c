@@ -105,6 +105,7 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, int v6)
 	struct axon_sock_rev_key rk;
 	struct axon_sock_rev rv;
 	struct axon_ct_key k;
+	__u32 gates;
 
 	if (!sock_of_node(ctx))
 		return 1;
@@ -115,9 +116,12 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, int v6)
 	sock_addr(ctx, v6, k.daddr);
 	k.dport = (__be16)ctx->user_port;
 	/* Node ports' wildcard entries are for packets, not for this. */
-	if (sock_addr_any(k.daddr) || !lb_service(&k))
+	if (sock_addr_any(k.daddr))
 		return 1;
-	if (lb_pick(&k, &svc, &be) < 0) {
+	gates = lb_port(k.dport);
+	if (!lb_service(&k, gates))
+		return 1;
+	if (lb_pick(&k, gates, &svc, &be) < 0) {
 		/* As a connection to a port nobody listens on. */
 		bpf_set_retval(-ECONNREFUSED);
 		return 0;

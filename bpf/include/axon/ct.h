@@ -49,6 +49,59 @@ static __always_inline int ipv6_v4mapped(const struct in6_addr *a)
 }
 
 /*
+ * Reads the ports of the transport header at off (and the flags of a TCP
+ * one): from the linear area when it holds them, as it does for most
+ * packets, else as copies. Packet pointers stay valid either way.
+ */
+static __always_inline int ct_read_ports(struct __sk_buff *skb, __u32 off, __u8 proto, __be16 ports[2],
+					 __u8 *tcp_flags)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	const __u8 *l4;
+
+	*tcp_flags = 0;
+	/* off is at most 14 + 60 (IPv4 options) or 14 + 40 (IPv6). */
+	if (off > sizeof(struct ethhdr) + 60)
+		return -1;
+	l4 = data + off;
+	if ((void *)(l4 + 14) <= data_end) {
+		__builtin_memcpy(ports, l4, 2 * sizeof(ports[0]));
+		if (proto == IPPROTO_TCP)
+			*tcp_flags = l4[13];
+		return 0;
+	}
+	if (bpf_skb_load_bytes(skb, off, ports, 2 * sizeof(ports[0])) < 0)
+		return -1;
+	if (proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, off + 13, tcp_flags, 1) < 0)
+		return -1;
+	return 0;
+}
+
+/*
+ * Whether a REPLY entry may have source port port: none has unless
+ * axon_ct_ports says so, which spares most packets that are no reply the
+ * tracker's lookup.
+ */
+static __always_inline int ct_reply_port(__be16 port)
+{
+	__u32 key = bpf_ntohs(port);
+	const __u32 *v = bpf_map_lookup_elem(&axon_ct_ports, &key);
+
+	return v && *v;
+}
+
+/* Notes that a REPLY entry with source port port is about to be added. */
+static __always_inline void ct_mark_reply_port(__be16 port)
+{
+	__u32 key = bpf_ntohs(port);
+	__u32 *v = bpf_map_lookup_elem(&axon_ct_ports, &key);
+
+	if (v && !*v)
+		*v = 1;
+}
+
+/*
  * Fills k with the packet's tuple, direction FORWARD, and l with where its
  * ports are. Returns 0, or -1 for packets the tracker leaves alone: neither
  * TCP nor UDP, IPv4 fragments, IPv6 with extension headers before the
@@ -84,11 +137,7 @@ static __always_inline int ct_tuple(struct __sk_buff *skb, const struct pkt *p, 
 	}
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return -1;
-	/* Copies: packet pointers stay valid. */
-	if (bpf_skb_load_bytes(skb, l->off, ports, sizeof(ports)) < 0)
-		return -1;
-	l->tcp_flags = 0;
-	if (proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, l->off + 13, &l->tcp_flags, 1) < 0)
+	if (ct_read_ports(skb, l->off, proto, ports, &l->tcp_flags) < 0)
 		return -1;
 	k->sport = ports[0];
 	k->dport = ports[1];
@@ -105,7 +154,7 @@ static __always_inline int ct_tuple(struct __sk_buff *skb, const struct pkt *p, 
 static __always_inline void ct_touch(struct axon_ct_entry *e, const struct axon_ct_key *k,
 				     const struct axon_l4 *l)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_coarse_ns(); /* a tick behind at most: to the second is enough */
 	__u32 flags = AXON_CT_F_SEEN;
 
 	if (k->proto == IPPROTO_TCP && (l->tcp_flags & (AXON_TCP_FIN | AXON_TCP_RST)))
@@ -142,55 +191,82 @@ static __always_inline long l4_csum(struct __sk_buff *skb, __u32 off, __u64 from
 	return rc;
 }
 
-/* Rewrites one IPv4 address (4 bytes at off) with its checksums. */
-static __always_inline long nat_addr4(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u64 l4f,
-				      const __u8 *from16, const __u8 *to16)
+/* Adds to a one's complement sum the change of a 32-bit word. */
+static __always_inline __u64 csum_word(__u64 sum, __u32 from, __u32 to)
 {
-	__be32 from, to;
-
-	__builtin_memcpy(&from, from16 + 12, sizeof(from));
-	__builtin_memcpy(&to, to16 + 12, sizeof(to));
-	if (from == to)
-		return 0;
-	if (l4_csum(skb, csum_off, from, to, l4f | BPF_F_PSEUDO_HDR | sizeof(to)) < 0 ||
-	    bpf_l3_csum_replace(skb, sizeof(struct ethhdr) + __builtin_offsetof(struct iphdr, check), from, to,
-				sizeof(to)) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+	return sum + (__u32)~from + to;
 }
 
-/* Rewrites one IPv6 address (16 bytes at off) with the L4 checksum. */
-static __always_inline long nat_addr6(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u64 l4f,
-				      const __u8 *from16, const __u8 *to16)
+/* Folds a one's complement sum to 32 bits (a __wsum, as helpers take it). */
+static __always_inline __u32 csum_fold32(__u64 sum)
 {
-	__u64 from[2], to[2];
-	__s64 diff;
-
-	__builtin_memcpy(from, from16, sizeof(from));
-	__builtin_memcpy(to, to16, sizeof(to));
-	if (from[0] == to[0] && from[1] == to[1])
-		return 0;
-	diff = bpf_csum_diff((__be32 *)from, sizeof(from), (__be32 *)to, sizeof(to), 0);
-	if (diff < 0 || l4_csum(skb, csum_off, 0, diff, l4f | BPF_F_PSEUDO_HDR) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, off, to, sizeof(to), 0);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return (sum & 0xffffffff) + (sum >> 32);
 }
 
-/* Rewrites one port (at off) with the L4 checksum. */
-static __always_inline long nat_port(struct __sk_buff *skb, __u32 off, __u32 csum_off, __u64 l4f,
-				     __be16 from, __be16 to)
+/* Updates an IPv4 header checksum for a change of diff (RFC 1624). */
+static __always_inline void ipv4_csum_diff(struct iphdr *ip, __u32 diff)
 {
-	if (from == to)
-		return 0;
-	if (l4_csum(skb, csum_off, from, to, l4f | sizeof(to)) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, off, &to, sizeof(to), 0);
+	__u32 sum = (__u16)~ip->check;
+
+	diff = (diff & 0xffff) + (diff >> 16);
+	sum += (diff & 0xffff) + (diff >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	ip->check = ~(__u16)sum;
+}
+
+/*
+ * Writes e's addresses into the IP header at data (whose linear area ends
+ * at data_end) and returns their one's complement change, 0 if they are the
+ * same; the IPv4 header checksum follows. -1: the header is not there.
+ */
+static __always_inline __s64 nat_addrs(void *data, void *data_end, enum parse kind,
+				       const struct axon_ct_entry *e)
+{
+	__u64 sum = 0;
+
+	if (kind == PARSE_IPV4) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+		__be32 s, d;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		__builtin_memcpy(&s, e->to_saddr + 12, sizeof(s));
+		__builtin_memcpy(&d, e->to_daddr + 12, sizeof(d));
+		if (ip->saddr == s && ip->daddr == d)
+			return 0;
+		sum = csum_word(csum_word(0, ip->saddr, s), ip->daddr, d);
+		ip->saddr = s;
+		ip->daddr = d;
+		ipv4_csum_diff(ip, csum_fold32(sum));
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		__u32 from[8], to[8], differ = 0;
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(from, &ip6->saddr, sizeof(from)); /* saddr, daddr */
+		__builtin_memcpy(to, e->to_saddr, 16);
+		__builtin_memcpy(to + 4, e->to_daddr, 16);
+		for (int i = 0; i < 8; i++) {
+			sum = csum_word(sum, from[i], to[i]);
+			differ |= from[i] ^ to[i];
+		}
+		if (!differ)
+			return 0;
+		__builtin_memcpy(&ip6->saddr, to, sizeof(to));
+	}
+	return csum_fold32(sum);
 }
 
 /*
  * Rewrites the packet whose tuple is k to e's tuple: addresses, ports, the
- * IPv4 header checksum and the TCP/UDP checksum. Returns 0, or negative if
- * the packet could not be rewritten (then it must be dropped: it may be
+ * IPv4 header checksum and the TCP/UDP checksum. The addresses and ports
+ * are written in place (pulled into the linear area first if they are
+ * not); the transport checksum takes one helper call for the addresses
+ * (the pseudo header) and one for the ports. Returns 0, or negative if the
+ * packet could not be rewritten (then it must be dropped: it may be
  * half-written). Invalidates every packet pointer.
  */
 static __always_inline int ct_nat(struct __sk_buff *skb, enum parse kind, const struct axon_l4 *l,
@@ -198,23 +274,30 @@ static __always_inline int ct_nat(struct __sk_buff *skb, enum parse kind, const 
 {
 	__u32 csum_off = l->off + (k->proto == IPPROTO_TCP ? 16 : 6);
 	__u64 l4f = l4_csum_flags(k->proto, kind);
-	const __u32 l3 = sizeof(struct ethhdr);
+	__u32 off = l->off, from, to;
+	void *data, *data_end;
+	__u8 *ports;
+	__s64 addrs;
 
-	if (kind == PARSE_IPV4) {
-		if (nat_addr4(skb, l3 + __builtin_offsetof(struct iphdr, saddr), csum_off, l4f, k->saddr,
-			      e->to_saddr) < 0 ||
-		    nat_addr4(skb, l3 + __builtin_offsetof(struct iphdr, daddr), csum_off, l4f, k->daddr,
-			      e->to_daddr) < 0)
-			return -1;
-	} else {
-		if (nat_addr6(skb, l3 + __builtin_offsetof(struct ipv6hdr, saddr), csum_off, l4f, k->saddr,
-			      e->to_saddr) < 0 ||
-		    nat_addr6(skb, l3 + __builtin_offsetof(struct ipv6hdr, daddr), csum_off, l4f, k->daddr,
-			      e->to_daddr) < 0)
-			return -1;
-	}
-	if (nat_port(skb, l->off, csum_off, l4f, k->sport, e->to_sport) < 0 ||
-	    nat_port(skb, l->off + 2, csum_off, l4f, k->dport, e->to_dport) < 0)
+	/* off is at most 14 + 60 (IPv4 options) or 14 + 40 (IPv6). */
+	if (off > sizeof(struct ethhdr) + 60 || !linear(skb, off + sizeof(from)))
+		return -1;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	ports = data + off;
+	if ((void *)(ports + sizeof(from)) > data_end)
+		return -1;
+	addrs = nat_addrs(data, data_end, kind, e);
+	if (addrs < 0)
+		return -1;
+	__builtin_memcpy(&from, ports, sizeof(from)); /* source port, destination port */
+	__builtin_memcpy(&to, &e->to_sport, sizeof(to)); /* to_sport, to_dport */
+	if (from != to)
+		__builtin_memcpy(ports, &to, sizeof(to));
+	/* Both calls invalidate the packet pointers: the writes are done. */
+	if (addrs && l4_csum(skb, csum_off, 0, addrs, l4f | BPF_F_PSEUDO_HDR) < 0)
+		return -1;
+	if (from != to && l4_csum(skb, csum_off, 0, csum_fold32(csum_word(0, from, to)), l4f) < 0)
 		return -1;
 	return 0;
 }
@@ -257,7 +340,7 @@ static __always_inline int ct_reverse(struct __sk_buff *skb, const struct axon_c
 	struct axon_ct_key k;
 	struct axon_l4 l;
 
-	if (!(cfg->flags & AXON_CONFIG_LB) || ct_tuple(skb, p, kind, &k, &l) < 0)
+	if (!(cfg->flags & AXON_CONFIG_LB) || ct_tuple(skb, p, kind, &k, &l) < 0 || !ct_reply_port(k.sport))
 		return 0;
 	k.dir = AXON_CT_REPLY;
 	return ct_apply(skb, p, kind, &k, &l) < 0 ? -1 : 0;

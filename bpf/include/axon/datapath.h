@@ -265,7 +265,7 @@ struct axon_ct_entry {
 	__be16 to_sport;
 	__be16 to_dport;
 	__u32 service_id; /* the frontend a translated flow went through; 0: none */
-	__u64 last_seen;  /* bpf_ktime_get_ns() of the last packet, to the second */
+	__u64 last_seen;  /* bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC) of the last packet, to the second */
 	__u32 flags;      /* AXON_CT_F_* */
 	__u32 pad;
 };
@@ -288,5 +288,23 @@ struct axon_ct_entry {
 #define AXON_VXLAN_PORT 8472
 /* TTL of the outer (underlay) IPv4 header. */
 #define AXON_TUNNEL_TTL 64
+
+/*
+ * Port gates of the service lookups (axon/lb.h, axon/ct.h): two arrays
+ * indexed by port (host byte order), of both protocols and families. A
+ * packet whose destination port no frontend has skips the frontend
+ * lookups; one whose source port no REPLY entry has skips the tracker's
+ * lookup. A set gate only costs a lookup, so none is ever cleared.
+ */
+#define AXON_LB_PORTS 65536
+/* axon_lb_ports (written by the agent, before the frontends it gates). */
+#define AXON_LB_PORT_FRONTEND 1 /* a frontend entry of any scope has the port */
+#define AXON_LB_PORT_INTERNAL 2 /* an AXON_LB_SCOPE_INTERNAL entry has the port */
+/*
+ * axon_ct_ports (written by the programs, the agent only fills it once when
+ * it is created beside an existing tracker): 1 once a REPLY entry with the
+ * port as its source port may exist. Whoever adds a REPLY entry sets it
+ * first (ct_mark_reply_port).
+ */
 
 #endif /* AXON_DATAPATH_H */

@@ -12,6 +12,7 @@
 #include <linux/bpf.h>
 #include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
 #include "axon/ct.h"
 #include "axon/datapath.h"
@@ -29,17 +30,30 @@ static __always_inline const struct axon_lb_service *lb_lookup(const struct axon
 	return bpf_map_lookup_elem(&axon_lb_services, &key);
 }
 
-/*
- * The frontend entry for a pod (an in-cluster client) sending k: the
- * internal entry if the frontend has one, else the external one, which
- * every frontend has. NULL: k is not to a frontend.
- */
-static __always_inline const struct axon_lb_service *lb_service(const struct axon_ct_key *k)
+/* The gates of port (AXON_LB_PORT_*, from axon_lb_ports). */
+static __always_inline __u32 lb_port(__be16 port)
 {
-	const struct axon_lb_service *ext = lb_lookup(k, AXON_LB_SCOPE_EXTERNAL), *in;
+	__u32 key = bpf_ntohs(port);
+	const __u32 *v = bpf_map_lookup_elem(&axon_lb_ports, &key);
 
-	if (!ext)
+	return v ? *v : 0;
+}
+
+/*
+ * The frontend entry for a pod (an in-cluster client) sending k, whose
+ * destination port has the gates gates: the internal entry if the frontend
+ * has one, else the external one, which every frontend has. NULL: k is not
+ * to a frontend.
+ */
+static __always_inline const struct axon_lb_service *lb_service(const struct axon_ct_key *k, __u32 gates)
+{
+	const struct axon_lb_service *ext, *in;
+
+	if (!(gates & AXON_LB_PORT_FRONTEND))
 		return NULL;
+	ext = lb_lookup(k, AXON_LB_SCOPE_EXTERNAL);
+	if (!ext || !(gates & AXON_LB_PORT_INTERNAL))
+		return ext;
 	in = lb_lookup(k, AXON_LB_SCOPE_INTERNAL);
 	return in ? in : ext;
 }
@@ -57,7 +71,7 @@ static __always_inline const struct axon_lb_service *lb_service(const struct axo
  * reused a replaced element for its next write) it is made again on the
  * entry as it now is. Returns 0, or -1 when the frontend has no backend.
  */
-static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_service *svc,
+static __always_inline int lb_pick(const struct axon_ct_key *k, __u32 gates, struct axon_lb_service *svc,
 				   struct axon_lb_backend *be)
 {
 	const struct axon_lb_backend *b;
@@ -66,7 +80,7 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 	__u16 n;
 
 	for (int i = 0; i < AXON_LB_PICK_TRIES; i++) {
-		s = lb_service(k);
+		s = lb_service(k, gates);
 		if (!s)
 			return -1;
 		__builtin_memcpy(svc, s, sizeof(*svc));
@@ -81,7 +95,7 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 		if (!b)
 			continue;
 		__builtin_memcpy(be, b, sizeof(*be));
-		s = lb_service(k);
+		s = lb_service(k, gates);
 		if (s && s->id == svc->id && s->gen == svc->gen)
 			return 0;
 	}
@@ -108,7 +122,9 @@ static __always_inline int lb_record(const struct axon_ct_key *k, const struct a
 	e.to_sport = k->sport;
 	e.to_dport = be->port;
 	e.service_id = svc->id;
-	e.last_seen = bpf_ktime_get_ns();
+	e.last_seen = bpf_ktime_get_coarse_ns();
+	/* Before any entry: a reply may follow the forward entry at once. */
+	ct_mark_reply_port(be->port);
 	rc = bpf_map_update_elem(&axon_ct, k, &e, BPF_NOEXIST);
 	if (rc == -EEXIST)
 		return 0;
@@ -148,19 +164,24 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	struct axon_lb_backend be;
 	struct axon_ct_key k;
 	struct axon_l4 l;
+	__u32 gates;
 	int rc;
 
 	*stat = AXON_STAT_DROP_NAT;
 	if (!(cfg->flags & AXON_CONFIG_LB) || ct_tuple(skb, p, kind, &k, &l) < 0)
 		return 0;
-	frontend = lb_service(&k);
-	if (!frontend)
+	gates = lb_port(k.dport);
+	frontend = lb_service(&k, gates);
+	if (!frontend) {
+		if (!ct_reply_port(k.sport))
+			return 0;
 		k.dir = AXON_CT_REPLY;
+	}
 	rc = ct_apply(skb, p, kind, &k, &l);
 	if (rc || !frontend)
 		return rc < 0 ? -1 : 0;
 	/* A new connection: record it, then translate it as recorded. */
-	if (lb_pick(&k, &svc, &be) < 0) {
+	if (lb_pick(&k, gates, &svc, &be) < 0) {
 		*stat = AXON_STAT_DROP_NO_BACKEND;
 		return -1;
 	}

@@ -124,6 +124,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_ct SEC(".maps");
 
+/* Port gates of the frontend lookups (datapath.h, AXON_LB_PORT_*). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AXON_LB_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_ports SEC(".maps");
+
+/* Port gates of the tracker's REPLY lookups (datapath.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, AXON_LB_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_ct_ports SEC(".maps");
+
 static __always_inline const struct axon_config *config(void)
 {
 	__u32 zero = 0;

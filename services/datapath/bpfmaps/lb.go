@@ -136,6 +136,13 @@ type LBMaps interface {
 	// connect again, to a backend that is still there: the node's side of
 	// what DeleteFlows does for pods.
 	DestroySockets(match func(Flow) bool) (int, error)
+	// UnpinFlows removes only the client's direction of the translated
+	// flows for which match returns true, and returns how many flows it
+	// unpinned: the client's next packet is a new connection (a connected
+	// UDP socket whose backend went away moves on to another one), while
+	// answers the old backend already sent are still translated back until
+	// their direction idles out (ExpireFlows).
+	UnpinFlows(match func(Flow) bool) (int, error)
 	// ExpireFlows removes the connection-tracker entries idle for longer
 	// than their protocol and state allow (the datapath's timeouts) and
 	// returns how many it removed.

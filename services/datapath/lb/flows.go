@@ -51,11 +51,14 @@ func (m *Manager) leftBackends(p plan) map[uint32]map[netip.AddrPort]bool {
 	return out
 }
 
-// deleteFlows removes the UDP flows of the given entries to the given
-// backends, and destroys the node's own UDP sockets the socket programs
-// connected to them. A failure is logged: the entries are written, and
-// such a flow ends when its socket goes quiet (ExpireFlows); such a node
-// socket keeps its backend until its owner closes it.
+// deleteFlows unpins the UDP flows of the given entries from the given
+// backends: their next datagram picks a backend anew, while answers the
+// old backend already sent still come back from the frontend (a request
+// in flight when its backend is removed is answered, not lost). A failure
+// is logged: the entries are written, and such a flow ends when its socket
+// goes quiet (ExpireFlows). The node's own UDP sockets the socket
+// programs connected to those backends are destroyed; their owners
+// connect again.
 func (m *Manager) deleteFlows(ctx context.Context, left map[uint32]map[netip.AddrPort]bool) {
 	if len(left) == 0 {
 		return
@@ -63,7 +66,7 @@ func (m *Manager) deleteFlows(ctx context.Context, left map[uint32]map[netip.Add
 	match := func(f bpfmaps.Flow) bool {
 		return f.Proto == unix.IPPROTO_UDP && left[f.ServiceID][f.Backend]
 	}
-	n, err := m.maps.DeleteFlows(match)
+	n, err := m.maps.UnpinFlows(match)
 	if err != nil {
 		m.metrics.errors.WithLabelValues(reasonFlowDelete).Inc()
 		m.log.WarnContext(ctx, "UDP flows to removed backends not cleared; they end when idle", "err", err)

@@ -408,6 +408,14 @@ func (l *Loader) DeleteFlows(match func(bpfmaps.Flow) bool) (int, error) {
 	})
 }
 
+// UnpinFlows removes the client's direction of the translated flows match
+// selects and returns how many it unpinned.
+func (l *Loader) UnpinFlows(match func(bpfmaps.Flow) bool) (int, error) {
+	return l.objs.UnpinFlows(func(f bpfdp.Flow) bool {
+		return match(bpfmaps.Flow{ServiceID: f.ServiceID, Proto: f.Proto, Client: f.Client, Frontend: f.Frontend, Backend: f.Backend})
+	})
+}
+
 // ExpireFlows removes idle flows (the datapath's timeouts) and returns how
 // many it removed.
 func (l *Loader) ExpireFlows() (int, error) { return l.objs.ExpireFlows() }

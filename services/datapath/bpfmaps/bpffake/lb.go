@@ -18,6 +18,7 @@ const (
 	OpDeleteServices = "DeleteServices"
 	OpServices       = "Services"
 	OpDeleteFlows    = "DeleteFlows"
+	OpUnpinFlows     = "UnpinFlows"
 	OpExpireFlows    = "ExpireFlows"
 	OpDestroySockets = "DestroySockets"
 	OpUsage          = "Usage"
@@ -201,6 +202,20 @@ func (f *Fake) DestroySockets(match func(bpfmaps.Flow) bool) (int, error) {
 		return fl.Proto == unix.IPPROTO_UDP && match(fl)
 	})
 	return n - len(s.sockets), nil
+}
+
+// UnpinFlows removes the flows match selects (the fake keeps no
+// directions: an unpinned flow is gone).
+func (f *Fake) UnpinFlows(match func(bpfmaps.Flow) bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call(OpUnpinFlows); err != nil {
+		return 0, err
+	}
+	s := f.lbs()
+	n := len(s.flows)
+	s.flows = slices.DeleteFunc(s.flows, match)
+	return n - len(s.flows), nil
 }
 
 // ExpireFlows removes the flows SetExpired's function calls idle.
