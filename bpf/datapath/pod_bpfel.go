@@ -167,7 +167,8 @@ const (
 	podAxonStatAXON_STAT_DROP_NO_BACKEND   podAxonStat = 16
 	podAxonStatAXON_STAT_DROP_CT_FULL      podAxonStat = 17
 	podAxonStatAXON_STAT_DROP_NAT          podAxonStat = 18
-	podAxonStatAXON_STAT_MAX               podAxonStat = 19
+	podAxonStatAXON_STAT_REJECTED          podAxonStat = 19
+	podAxonStatAXON_STAT_MAX               podAxonStat = 20
 )
 
 // Names of all BPF objects in the ELF.

@@ -45,6 +45,11 @@ type Stats struct {
 	// DropNAT counts packets of a translated flow that could not be
 	// rewritten.
 	DropNAT uint64
+	// Rejected counts new connections to a service frontend with no
+	// backend that were refused at once: a TCP reset or an ICMP port
+	// unreachable handed back to the client pod. (Those that cannot be
+	// answered count DropNoBackend.)
+	Rejected uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -72,6 +77,7 @@ var statFields = [...]struct {
 	{podAxonStatAXON_STAT_DROP_NO_BACKEND, "drop-no-backend", func(s *Stats) *uint64 { return &s.DropNoBackend }},
 	{podAxonStatAXON_STAT_DROP_CT_FULL, "drop-ct-full", func(s *Stats) *uint64 { return &s.DropCTFull }},
 	{podAxonStatAXON_STAT_DROP_NAT, "drop-nat", func(s *Stats) *uint64 { return &s.DropNAT }},
+	{podAxonStatAXON_STAT_REJECTED, "rejected-no-backend", func(s *Stats) *uint64 { return &s.Rejected }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

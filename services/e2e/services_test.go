@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,6 +186,46 @@ func TestClusterIP(t *testing.T) {
 			// A pod may still reach its backends directly.
 			if name, err := askName(a, "tcp", net.JoinHostPort(c.ip, "8080")); err != nil || name != c.name {
 				t.Errorf("direct connection to %s: %q, %v", c.name, name, err)
+			}
+		})
+	}
+}
+
+// TestClusterIPNoBackend refuses connections to a frontend without
+// backends at once (TCP: a reset; UDP: an ICMP port unreachable, which a
+// connected socket's read reports), IPv4 and IPv6, and answers after
+// backends arrive.
+func TestClusterIPNoBackend(t *testing.T) {
+	e := newEnv(t, 1)
+	a, b := e.addPod(0, "pod-a"), e.addPod(0, "pod-b")
+	serveName(t, b, 8080)
+	dp := e.datapathClient(0)
+	for _, tc := range []struct {
+		network, vip, backend string
+		proto                 commonv1alpha1.Protocol
+	}{
+		{"tcp", "10.96.0.20", b.ip, commonv1alpha1.Protocol_PROTOCOL_TCP},
+		{"udp", "10.96.0.20", b.ip, commonv1alpha1.Protocol_PROTOCOL_UDP},
+		{"tcp", "fd00:96::20", b.ip6, commonv1alpha1.Protocol_PROTOCOL_TCP},
+		{"udp", "fd00:96::20", b.ip6, commonv1alpha1.Protocol_PROTOCOL_UDP},
+	} {
+		t.Run(tc.network+" "+tc.vip, func(t *testing.T) {
+			addr := net.JoinHostPort(tc.vip, "80")
+			empty := clusterIP(tc.vip, 80, tc.proto, 8080, nil)
+			if _, err := dp.UpsertService(t.Context(), &datapathv1alpha1.UpsertServiceRequest{Service: empty}); err != nil {
+				t.Fatal(err)
+			}
+			// Refused, not left to time out.
+			if _, err := askName(a, tc.network, addr); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("connecting to a frontend without backends: %v; want connection refused\ncounters %v", err, e.stats(0))
+			}
+			withB := clusterIP(tc.vip, 80, tc.proto, 8080, []string{e.cluster.Nodes[0].Name}, tc.backend)
+			if _, err := dp.UpsertService(t.Context(), &datapathv1alpha1.UpsertServiceRequest{Service: withB}); err != nil {
+				t.Fatal(err)
+			}
+			name, err := askName(a, tc.network, addr)
+			if err != nil || name != b.name {
+				t.Fatalf("after the backend arrived: %q, %v", name, err)
 			}
 		})
 	}

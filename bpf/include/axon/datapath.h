@@ -151,6 +151,13 @@ enum axon_stat {
 	AXON_STAT_DROP_CT_FULL,
 	/* A translated packet could not be rewritten (DROP). */
 	AXON_STAT_DROP_NAT,
+	/*
+	 * from_pod: a new connection to a service frontend without backends,
+	 * refused at once (axon/reject.h): a TCP reset or an ICMP port
+	 * unreachable handed back to the pod (redirect_peer). What cannot be
+	 * answered (a reset, IPv4 with options) counts DROP_NO_BACKEND.
+	 */
+	AXON_STAT_REJECTED,
 	AXON_STAT_MAX,
 };
 

@@ -17,6 +17,7 @@
 #include "axon/datapath.h"
 #include "axon/maps.h"
 #include "axon/parse.h"
+#include "axon/reject.h"
 
 static __always_inline const struct axon_lb_service *lb_lookup(const struct axon_ct_key *k, __u8 scope)
 {
@@ -162,7 +163,10 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	/* A new connection: record it, then translate it as recorded. */
 	if (lb_pick(&k, &svc, &be) < 0) {
 		*stat = AXON_STAT_DROP_NO_BACKEND;
-		return -1;
+		if (reject(skb, p, kind, &k, &l) < 0)
+			return -1;
+		*stat = AXON_STAT_REJECTED;
+		return 1;
 	}
 	if (lb_record(&k, &svc, &be) < 0) {
 		*stat = AXON_STAT_DROP_CT_FULL;
