@@ -289,6 +289,19 @@ struct axon_ct_entry {
 /* last_seen is rewritten at most this often (ns), sparing the cache line. */
 #define AXON_CT_REFRESH_NS 1000000000ULL
 
+/*
+ * Hairpin: the source a pod sees on a connection to a service that the
+ * load balancer sent back to the pod itself (axon/hairpin.h); its own
+ * address would be a martian source to its kernel. Reserved, never a pod's
+ * or a node's: IPv4 169.254.0.42 (169.254.0.0/24, which RFC 3927 keeps
+ * from link-local autoconfiguration), IPv6 100::42 (100::/64, discard-only,
+ * RFC 6666: never routed). Network byte order, the IPv4 one as
+ * IPv4-mapped IPv6 like every address of axon_ct.
+ */
+#define AXON_HAIRPIN_IP4 0xa9fe002a /* host byte order */
+#define AXON_HAIRPIN_IP6_HI 0x0100000000000000ULL /* host byte order, first 8 bytes */
+#define AXON_HAIRPIN_IP6_LO 0x0000000000000042ULL /* host byte order, last 8 bytes */
+
 /* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */
 #define AXON_TUNNEL_VNI 2
 /* UDP port of axon_vxlan (the Linux default, not IANA's 4789). */

@@ -15,6 +15,7 @@
 
 #include "axon/ct.h"
 #include "axon/datapath.h"
+#include "axon/hairpin.h"
 #include "axon/maps.h"
 #include "axon/parse.h"
 #include "axon/reject.h"
@@ -92,7 +93,9 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 /*
  * Records a new connection k to backend be of svc: the FORWARD entry
  * (client -> frontend becomes client -> backend) and the REPLY entry
- * (backend -> client becomes frontend -> client). Another CPU may have
+ * (backend -> client becomes frontend -> client). A backend that is the
+ * client itself sees the connection from the hairpin address instead
+ * (axon/hairpin.h), and answers it. Another CPU may have
  * recorded the same connection first: then its entries stand. Returns 0, or
  * -1 if axon_ct is full.
  */
@@ -104,7 +107,7 @@ static __always_inline int lb_record(const struct axon_ct_key *k, const struct a
 	long rc;
 
 	__builtin_memset(&e, 0, sizeof(e));
-	__builtin_memcpy(e.to_saddr, k->saddr, sizeof(e.to_saddr));
+	hairpin_source(e.to_saddr, k->saddr, be->addr);
 	__builtin_memcpy(e.to_daddr, be->addr, sizeof(e.to_daddr));
 	e.to_sport = k->sport;
 	e.to_dport = be->port;
@@ -118,7 +121,7 @@ static __always_inline int lb_record(const struct axon_ct_key *k, const struct a
 
 	__builtin_memset(&rk, 0, sizeof(rk));
 	__builtin_memcpy(rk.saddr, be->addr, sizeof(rk.saddr));
-	__builtin_memcpy(rk.daddr, k->saddr, sizeof(rk.daddr));
+	__builtin_memcpy(rk.daddr, e.to_saddr, sizeof(rk.daddr));
 	rk.sport = be->port;
 	rk.dport = k->sport;
 	rk.proto = k->proto;
