@@ -21,6 +21,7 @@ const (
 	overlayMapAxonDevices      = "axon_devices"
 	overlayMapAxonEndpoints    = "axon_endpoints"
 	overlayMapAxonEndpoints6   = "axon_endpoints6"
+	overlayMapAxonLbAffinity   = "axon_lb_affinity"
 	overlayMapAxonLbMeta       = "axon_lb_meta"
 	overlayMapAxonLbServices   = "axon_lb_services"
 	overlayMapAxonLbSlots      = "axon_lb_slots"
@@ -86,6 +87,7 @@ type overlayMapSpecs struct {
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
@@ -125,6 +127,7 @@ type overlayMaps struct {
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity *ebpf.Map `ebpf:"axon_lb_affinity"`
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
@@ -140,6 +143,7 @@ func (m *overlayMaps) Close() error {
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbAffinity,
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,

@@ -71,6 +71,21 @@ type podAxonEndpointKey6 struct {
 	Ip6 [16]uint8
 }
 
+type podAxonLbAffinity struct {
+	_        structs.HostLayout
+	Backend  podAxonLbBackend
+	Slot     uint16
+	Pad      uint16
+	LastUsed uint64
+}
+
+type podAxonLbAffinityKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Pad       uint32
+	Client    [16]uint8
+}
+
 type podAxonLbBackend struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -180,6 +195,7 @@ const (
 	podMapAxonDevices    = "axon_devices"
 	podMapAxonEndpoints  = "axon_endpoints"
 	podMapAxonEndpoints6 = "axon_endpoints6"
+	podMapAxonLbAffinity = "axon_lb_affinity"
 	podMapAxonLbMeta     = "axon_lb_meta"
 	podMapAxonLbServices = "axon_lb_services"
 	podMapAxonLbSlots    = "axon_lb_slots"
@@ -243,6 +259,7 @@ type podMapSpecs struct {
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
@@ -282,6 +299,7 @@ type podMaps struct {
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity *ebpf.Map `ebpf:"axon_lb_affinity"`
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
@@ -297,6 +315,7 @@ func (m *podMaps) Close() error {
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbAffinity,
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,

@@ -57,8 +57,9 @@ type Service struct {
 	// Active backends take new connections, each in proportion to how
 	// often it appears; Terminating ones only while Active is empty.
 	Active, Terminating []Backend
-	// AffinityTimeout is the session affinity timeout in seconds (kept,
-	// not yet applied by the programs).
+	// AffinityTimeout is the session affinity (ClientIP) timeout in
+	// seconds: a client's new connections go to the backend of its
+	// previous one if it came less than this long before. 0: none.
 	AffinityTimeout uint32
 	// Meta is kept with the entry, opaque; at most MaxServiceMeta bytes.
 	Meta []byte

@@ -21,6 +21,7 @@ const (
 	underlayMapAxonDevices       = "axon_devices"
 	underlayMapAxonEndpoints     = "axon_endpoints"
 	underlayMapAxonEndpoints6    = "axon_endpoints6"
+	underlayMapAxonLbAffinity    = "axon_lb_affinity"
 	underlayMapAxonLbMeta        = "axon_lb_meta"
 	underlayMapAxonLbServices    = "axon_lb_services"
 	underlayMapAxonLbSlots       = "axon_lb_slots"
@@ -84,6 +85,7 @@ type underlayMapSpecs struct {
 	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
@@ -123,6 +125,7 @@ type underlayMaps struct {
 	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
 	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity *ebpf.Map `ebpf:"axon_lb_affinity"`
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
@@ -138,6 +141,7 @@ func (m *underlayMaps) Close() error {
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbAffinity,
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,

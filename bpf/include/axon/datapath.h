@@ -290,6 +290,33 @@ struct axon_ct_entry {
 #define AXON_CT_REFRESH_NS 1000000000ULL
 
 /*
+ * axon_lb_affinity: session affinity (ClientIP, axon/affinity.h). The
+ * backend a client address of a frontend entry was last sent to, kept while
+ * new connections keep coming sooner than the entry's affinity_timeout. An
+ * LRU map: when full, the least recently used client loses its stickiness,
+ * never its connections (the agent also forgets expired entries).
+ */
+struct axon_lb_affinity_key {
+	__u32 service_id;
+	__u32 pad;
+	__u8 client[16];
+};
+
+struct axon_lb_affinity {
+	struct axon_lb_backend backend;
+	__u16 slot;      /* where backend was when chosen: looked at first */
+	__u16 pad;
+	__u64 last_used; /* bpf_ktime_get_ns() of the client's last new connection */
+};
+
+#define AXON_MAX_LB_AFFINITY 65536
+/*
+ * Slots searched for a remembered backend no longer at its slot (the
+ * frontend switched to another set): beyond them the client picks anew.
+ */
+#define AXON_LB_AFFINITY_SCAN 64
+
+/*
  * Hairpin: the source a pod sees on a connection to a service that the
  * load balancer sent back to the pod itself (axon/hairpin.h); its own
  * address would be a martian source to its kernel. Reserved, never a pod's

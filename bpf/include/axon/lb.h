@@ -13,6 +13,7 @@
 #include <linux/errno.h>
 #include <bpf/bpf_helpers.h>
 
+#include "axon/affinity.h"
 #include "axon/ct.h"
 #include "axon/datapath.h"
 #include "axon/hairpin.h"
@@ -51,7 +52,8 @@ static __always_inline const struct axon_lb_service *lb_service(const struct axo
 
 /*
  * Picks the backend of a new connection: a random slot of the active
- * backends, or of the terminating ones when none is active. Map values are
+ * backends, or of the terminating ones when none is active; a client with
+ * session affinity keeps its backend (axon/affinity.h). Map values are
  * read while the agent may write: the entry is copied at once (the agent
  * replaces it whole, never in place), and the pick stands only if the
  * frontend still has that entry once the slot is copied too. Otherwise
@@ -67,6 +69,20 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 	struct axon_lb_slot_key sk;
 	__u16 n;
 
+	/* The client's backend, if it has affinity (else, or if the entry
+	 * changed meanwhile, a new pick). */
+	s = lb_service(k);
+	if (!s)
+		return -1;
+	__builtin_memcpy(svc, s, sizeof(*svc));
+	n = svc->active ? svc->active : svc->terminating;
+	if (n && affinity_pick(k->saddr, svc, n, be, &sk.slot) == 0) {
+		s = lb_service(k);
+		if (s && s->id == svc->id && s->gen == svc->gen) {
+			affinity_note(k->saddr, svc, be, sk.slot);
+			return 0;
+		}
+	}
 	for (int i = 0; i < AXON_LB_PICK_TRIES; i++) {
 		s = lb_service(k);
 		if (!s)
@@ -84,8 +100,10 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 			continue;
 		__builtin_memcpy(be, b, sizeof(*be));
 		s = lb_service(k);
-		if (s && s->id == svc->id && s->gen == svc->gen)
+		if (s && s->id == svc->id && s->gen == svc->gen) {
+			affinity_note(k->saddr, svc, be, sk.slot);
 			return 0;
+		}
 	}
 	return -1;
 }
@@ -137,6 +155,31 @@ static __always_inline int lb_record(const struct axon_ct_key *k, const struct a
 	return 0;
 }
 
+/* Results of axon_lb_new_flow. */
+enum axon_lb_new {
+	AXON_LB_NEW_OK = 0,
+	AXON_LB_NEW_NO_BACKEND = 1,
+	AXON_LB_NEW_CT_FULL = 2,
+};
+
+/*
+ * Picks and records the backend of a new connection k to a frontend.
+ * Global (not inlined, not static): the verifier checks it once, on its
+ * own, instead of walking the rest of the program once per way a pick can
+ * end (affinity, random slot, ...). Returns an enum axon_lb_new.
+ */
+__noinline int axon_lb_new_flow(const struct axon_ct_key *k)
+{
+	struct axon_lb_service svc;
+	struct axon_lb_backend be;
+
+	if (!k || lb_pick(k, &svc, &be) < 0)
+		return AXON_LB_NEW_NO_BACKEND;
+	if (lb_record(k, &svc, &be) < 0)
+		return AXON_LB_NEW_CT_FULL;
+	return AXON_LB_NEW_OK;
+}
+
 /*
  * Service translation of a pod's packet, before it is forwarded: to a
  * frontend, it goes to the connection's backend (a new connection gets
@@ -148,8 +191,6 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 				       enum parse kind, __u32 *stat)
 {
 	const struct axon_lb_service *frontend;
-	struct axon_lb_service svc;
-	struct axon_lb_backend be;
 	struct axon_ct_key k;
 	struct axon_l4 l;
 	int rc;
@@ -164,16 +205,18 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	if (rc || !frontend)
 		return rc < 0 ? -1 : 0;
 	/* A new connection: record it, then translate it as recorded. */
-	if (lb_pick(&k, &svc, &be) < 0) {
+	switch (axon_lb_new_flow(&k)) {
+	case AXON_LB_NEW_OK:
+		break;
+	case AXON_LB_NEW_CT_FULL:
+		*stat = AXON_STAT_DROP_CT_FULL;
+		return -1;
+	default:
 		*stat = AXON_STAT_DROP_NO_BACKEND;
-		if (reject(skb, p, kind, &k, &l) < 0)
+		if (axon_reject(skb, &k, &l) < 0 || reparse(skb, p, kind) != kind)
 			return -1;
 		*stat = AXON_STAT_REJECTED;
 		return 1;
-	}
-	if (lb_record(&k, &svc, &be) < 0) {
-		*stat = AXON_STAT_DROP_CT_FULL;
-		return -1;
 	}
 	return ct_apply(skb, p, kind, &k, &l) > 0 ? 0 : -1;
 }

@@ -124,6 +124,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_ct SEC(".maps");
 
+/* Session affinity: a client's backend per frontend entry (axon/affinity.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AXON_MAX_LB_AFFINITY);
+	__type(key, struct axon_lb_affinity_key);
+	__type(value, struct axon_lb_affinity);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_affinity SEC(".maps");
+
 static __always_inline const struct axon_config *config(void)
 {
 	__u32 zero = 0;

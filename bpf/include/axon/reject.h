@@ -273,29 +273,28 @@ static __always_inline int reject_udp6(struct __sk_buff *skb, const struct axon_
 }
 
 /*
- * Turns the packet k (TCP or UDP, as ct_tuple found it) into its refusal,
- * addressed back to its sender. Returns 0 with p pointing at the answer's
- * headers, or -1 if there is none to send: a reset (never answered), an
+ * Turns the packet k (TCP or UDP, as ct_tuple found it, l where its
+ * transport header is) into its refusal, addressed back to its sender.
+ * Returns 0, or -1 if there is none to send: a reset (never answered), an
  * IPv4 header with options (never quoted or echoed), a packet that could
- * not be rewritten. Invalidates every packet pointer.
+ * not be rewritten. Global (not inlined): its buffers take no stack of the
+ * caller's, and the verifier checks it once. Invalidates every packet
+ * pointer: the caller parses again.
  */
-static __always_inline int reject(struct __sk_buff *skb, struct pkt *p, enum parse kind,
-				  const struct axon_ct_key *k, const struct axon_l4 *l)
+__noinline int axon_reject(struct __sk_buff *skb, const struct axon_ct_key *k, const struct axon_l4 *l)
 {
-	int rc;
+	__u8 vihl;
 
+	if (!skb || !k || !l)
+		return -1;
 	if (k->proto == IPPROTO_TCP && (l->tcp_flags & AXON_TCP_RST))
 		return -1;
-	if (kind == PARSE_IPV4) {
-		if (p->ip4->ihl != 5)
+	if (ipv6_v4mapped((const struct in6_addr *)k->daddr)) {
+		if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr), &vihl, 1) < 0 || vihl != 0x45)
 			return -1;
-		rc = k->proto == IPPROTO_TCP ? reject_tcp4(skb, l) : reject_udp4(skb, l);
-	} else {
-		rc = k->proto == IPPROTO_TCP ? reject_tcp6(skb, l) : reject_udp6(skb, l);
+		return k->proto == IPPROTO_TCP ? reject_tcp4(skb, l) : reject_udp4(skb, l);
 	}
-	if (rc < 0 || reparse(skb, p, kind) != kind)
-		return -1;
-	return 0;
+	return k->proto == IPPROTO_TCP ? reject_tcp6(skb, l) : reject_udp6(skb, l);
 }
 
 #endif /* AXON_REJECT_H */

@@ -131,7 +131,8 @@ type LBMaps interface {
 	DeleteFlows(match func(Flow) bool) (int, error)
 	// ExpireFlows removes the connection-tracker entries idle for longer
 	// than their protocol and state allow (the datapath's timeouts) and
-	// returns how many it removed.
+	// returns how many it removed. It also forgets the clients' session
+	// affinity past their frontend's Affinity.
 	ExpireFlows() (int, error)
 	// Usage reports how full the load balancer's and the connection
 	// tracker's maps are.

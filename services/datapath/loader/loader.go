@@ -405,8 +405,15 @@ func (l *Loader) DeleteFlows(match func(bpfmaps.Flow) bool) (int, error) {
 }
 
 // ExpireFlows removes idle flows (the datapath's timeouts) and returns how
-// many it removed.
-func (l *Loader) ExpireFlows() (int, error) { return l.objs.ExpireFlows() }
+// many it removed. It also forgets the session affinity of clients past
+// their frontend's timeout.
+func (l *Loader) ExpireFlows() (int, error) {
+	n, err := l.objs.ExpireFlows()
+	if _, aerr := l.objs.ExpireAffinity(); aerr != nil {
+		err = errors.Join(err, aerr)
+	}
+	return n, err
+}
 
 // Usage reports how full every datapath map is.
 func (l *Loader) Usage() ([]bpfmaps.MapUsage, error) {
