@@ -84,6 +84,7 @@ func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
 		{podMapAxonLbMeta, ebpf.Hash, 4, 514, 65536, unix.BPF_F_NO_PREALLOC},
 		{podMapAxonCt, ebpf.Hash, 40, 56, 262144, unix.BPF_F_NO_PREALLOC},
 		{podMapAxonLbAffinity, ebpf.LRUHash, 24, 32, 65536, 0},
+		{podMapAxonLbSourceRanges, ebpf.LPMTrie, 24, 1, 65536, unix.BPF_F_NO_PREALLOC},
 	} {
 		m := spec.Maps[want.name]
 		if m == nil {
@@ -100,12 +101,12 @@ func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
 			t.Errorf("map %s pinning %v, want PinByName", want.name, m.Pinning)
 		}
 	}
-	if len(spec.Maps) != 12 {
-		t.Errorf("maps %v, want exactly 12 (no .bss/.data/.rodata)", keys(spec.Maps))
+	if len(spec.Maps) != 13 {
+		t.Errorf("maps %v, want exactly 13 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
 }
 
-// TestSharedMapSpecs checks the union Load opens the maps from: the twelve
+// TestSharedMapSpecs checks the union Load opens the maps from: the thirteen
 // maps once, and a map two objects declare differently refused.
 func TestSharedMapSpecs(t *testing.T) {
 	for _, c := range []struct {
@@ -113,12 +114,12 @@ func TestSharedMapSpecs(t *testing.T) {
 		mutate func(s objectSpecs)
 		want   int // maps in the union; 0: an error
 	}{
-		{"as built", func(objectSpecs) {}, 12},
+		{"as built", func(objectSpecs) {}, 13},
 		{"max entries differ", func(s objectSpecs) { s.underlay.Maps[podMapAxonEndpoints].MaxEntries++ }, 0},
 		{"value size differs", func(s objectSpecs) { s.overlay.Maps[podMapAxonConfig].ValueSize += 4 }, 0},
 		{"map only in one object", func(s objectSpecs) {
 			s.overlay.Maps["axon_extra"] = &ebpf.MapSpec{Name: "axon_extra", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
-		}, 13},
+		}, 14},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			specs, err := loadSpecs()
@@ -666,7 +667,7 @@ func TestVerifier(t *testing.T) {
 	shared := map[ebpf.MapID]bool{}
 	for _, m := range []*ebpf.Map{o.maps.AxonEndpoints, o.maps.AxonDevices, o.maps.AxonRemote4,
 		o.maps.AxonEndpoints6, o.maps.AxonRemote6, o.maps.AxonConfig, o.maps.AxonStats,
-		o.maps.AxonLbServices, o.maps.AxonLbSlots, o.maps.AxonLbMeta, o.maps.AxonCt, o.maps.AxonLbAffinity} {
+		o.maps.AxonLbServices, o.maps.AxonLbSlots, o.maps.AxonLbMeta, o.maps.AxonCt, o.maps.AxonLbAffinity, o.maps.AxonLbSourceRanges} {
 		info, err := m.Info()
 		if err != nil {
 			t.Fatal(err)

@@ -134,6 +134,13 @@ type podAxonLbSlotKey struct {
 	Pad       uint8
 }
 
+type podAxonLbSourceKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	ServiceId uint32
+	Addr      [16]uint8
+}
+
 type podAxonMode uint32
 
 const (
@@ -183,26 +190,28 @@ const (
 	podAxonStatAXON_STAT_DROP_CT_FULL      podAxonStat = 17
 	podAxonStatAXON_STAT_DROP_NAT          podAxonStat = 18
 	podAxonStatAXON_STAT_REJECTED          podAxonStat = 19
-	podAxonStatAXON_STAT_MAX               podAxonStat = 20
+	podAxonStatAXON_STAT_DROP_SOURCE_RANGE podAxonStat = 20
+	podAxonStatAXON_STAT_MAX               podAxonStat = 21
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	podMapAxonConfig     = "axon_config"
-	podMapAxonCt         = "axon_ct"
-	podMapAxonDevices    = "axon_devices"
-	podMapAxonEndpoints  = "axon_endpoints"
-	podMapAxonEndpoints6 = "axon_endpoints6"
-	podMapAxonLbAffinity = "axon_lb_affinity"
-	podMapAxonLbMeta     = "axon_lb_meta"
-	podMapAxonLbServices = "axon_lb_services"
-	podMapAxonLbSlots    = "axon_lb_slots"
-	podMapAxonRemote4    = "axon_remote4"
-	podMapAxonRemote6    = "axon_remote6"
-	podMapAxonStats      = "axon_stats"
-	podProgAxonFromPod   = "axon_from_pod"
+	podMapAxonConfig         = "axon_config"
+	podMapAxonCt             = "axon_ct"
+	podMapAxonDevices        = "axon_devices"
+	podMapAxonEndpoints      = "axon_endpoints"
+	podMapAxonEndpoints6     = "axon_endpoints6"
+	podMapAxonLbAffinity     = "axon_lb_affinity"
+	podMapAxonLbMeta         = "axon_lb_meta"
+	podMapAxonLbServices     = "axon_lb_services"
+	podMapAxonLbSlots        = "axon_lb_slots"
+	podMapAxonLbSourceRanges = "axon_lb_source_ranges"
+	podMapAxonRemote4        = "axon_remote4"
+	podMapAxonRemote6        = "axon_remote6"
+	podMapAxonStats          = "axon_stats"
+	podProgAxonFromPod       = "axon_from_pod"
 )
 
 // loadPod returns the embedded CollectionSpec for pod.
@@ -254,18 +263,19 @@ type podProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podMapSpecs struct {
-	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
-	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
-	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
-	AxonLbAffinity *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
-	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
-	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt             *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonDevices        *ebpf.MapSpec `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
 }
 
 // podVariableSpecs contains global variables before they are loaded into the kernel.
@@ -294,18 +304,19 @@ func (o *podObjects) Close() error {
 //
 // It can be passed to loadPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podMaps struct {
-	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
-	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
-	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
-	AxonLbAffinity *ebpf.Map `ebpf:"axon_lb_affinity"`
-	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
-	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.Map `ebpf:"axon_config"`
+	AxonCt             *ebpf.Map `ebpf:"axon_ct"`
+	AxonDevices        *ebpf.Map `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
 }
 
 func (m *podMaps) Close() error {
@@ -319,6 +330,7 @@ func (m *podMaps) Close() error {
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonLbSourceRanges,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

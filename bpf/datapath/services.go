@@ -1,10 +1,12 @@
 package datapath
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -63,6 +65,11 @@ type Service struct {
 	AffinityTimeout uint32
 	// Meta is kept with the entry, opaque; at most MaxServiceMeta bytes.
 	Meta []byte
+	// SourceRanges, when not empty, are the only clients the entry takes
+	// new connections from (loadBalancerSourceRanges): others are dropped
+	// (drop-source-range). Of the frontend's family, at most
+	// MaxSourceRanges; read back masked and sorted.
+	SourceRanges []netip.Prefix
 }
 
 // ServiceEntry is a frontend and its entry.
@@ -128,8 +135,15 @@ func checkService(e ServiceEntry) error {
 		return bad("%d backends, at most %d", len(s.Active)+len(s.Terminating), MaxServiceSlots)
 	case len(s.Meta) > MaxServiceMeta:
 		return bad("%d bytes of metadata, at most %d", len(s.Meta), MaxServiceMeta)
+	case len(s.SourceRanges) > MaxSourceRanges:
+		return bad("%d source ranges, at most %d", len(s.SourceRanges), MaxSourceRanges)
 	}
 	v4 := f.Addr.Unmap().Is4()
+	for _, p := range s.SourceRanges {
+		if !p.IsValid() || p.Addr().Zone() != "" || p.Addr().Is4In6() || p.Addr().Is4() != v4 {
+			return bad("invalid source range %s (of the frontend's family?)", p)
+		}
+	}
 	for _, b := range append(s.Active[:len(s.Active):len(s.Active)], s.Terminating...) {
 		a := b.Addr.Unmap()
 		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" || b.Port == 0 {
@@ -251,6 +265,9 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 		slotVals []podAxonLbBackend
 		seenKey  = map[podAxonLbKey]bool{}
 		seenID   = map[uint32]bool{}
+		// withRanges: an entry of the batch has source ranges, or had.
+		withRanges bool
+		ranges     map[uint32][]netip.Prefix
 	)
 	n := 0
 	for _, e := range entries[:min(len(entries), lbBatchMax)] {
@@ -266,6 +283,9 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 		if seenKey[k] || seenID[e.Service.ID] || (exists && seenID[old.Id]) {
 			break
 		}
+		if len(e.Service.SourceRanges) > 0 || (exists && old.Flags&lbFlagSourceRanges != 0) {
+			withRanges = true
+		}
 		seenKey[k], seenID[e.Service.ID] = true, true
 		v := podAxonLbService{
 			Id:              e.Service.ID,
@@ -273,6 +293,9 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 			Terminating:     uint16(len(e.Service.Terminating)),
 			Type:            e.Service.Type,
 			AffinityTimeout: e.Service.AffinityTimeout,
+		}
+		if len(e.Service.SourceRanges) > 0 {
+			v.Flags = lbFlagSourceRanges
 		}
 		if exists {
 			seenID[old.Id] = true
@@ -287,9 +310,28 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 		n++
 	}
 	batch := entries[:n]
+	// Source ranges go in before the entries that use them, and the old
+	// ones out after the switch, as the slots.
+	if withRanges {
+		var err error
+		if ranges, err = o.sourceRanges(); err != nil {
+			return 0, err
+		}
+		for i, e := range batch {
+			if err := o.putSourceRanges(e.Service.ID, e.Service.SourceRanges); err != nil {
+				for _, e := range batch[:i+1] {
+					o.deleteSourceRanges(e.Service.ID, e.Service.SourceRanges, ranges[e.Service.ID])
+				}
+				return 0, fmt.Errorf("service %s: %w", e.Frontend, err)
+			}
+		}
+	}
 	if len(slotKeys) > 0 {
 		if done, err := o.maps.AxonLbSlots.BatchUpdate(slotKeys, slotVals, nil); err != nil {
 			o.deleteSlots(slotKeys[:done])
+			for _, e := range batch {
+				o.deleteSourceRanges(e.Service.ID, e.Service.SourceRanges, ranges[e.Service.ID])
+			}
 			return 0, fmt.Errorf("write backends of service %s: %w", batch[0].Frontend, err)
 		}
 	}
@@ -304,10 +346,20 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 	for i, old := range olds {
 		if i < done && old != nil {
 			stale = append(stale, oldSlots(*old)...)
+			if withRanges {
+				var keep []netip.Prefix
+				if old.Id == batch[i].Service.ID {
+					keep = batch[i].Service.SourceRanges
+				}
+				o.deleteSourceRanges(old.Id, ranges[old.Id], keep)
+			}
 		}
 		if i >= done {
 			sk, _ := slotsOf(batch[i].Service, vals[i].Gen)
 			stale = append(stale, sk...)
+			if withRanges {
+				o.deleteSourceRanges(batch[i].Service.ID, batch[i].Service.SourceRanges, ranges[batch[i].Service.ID])
+			}
 		}
 	}
 	o.deleteSlots(stale)
@@ -393,6 +445,13 @@ func (o *Objects) DeleteServices(frontends []Frontend) error {
 		}
 		o.deleteSlots(oldSlots(v))
 		o.deleteMeta(v.Id)
+		if v.Flags&lbFlagSourceRanges != 0 {
+			ranges, err := o.sourceRanges()
+			if err != nil {
+				return fmt.Errorf("service %s: %w", f, err)
+			}
+			o.deleteSourceRanges(v.Id, ranges[v.Id], nil)
+		}
 	}
 	return nil
 }
@@ -411,6 +470,10 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("list service metadata: %w", err)
 	}
+	ranges, err := o.sourceRanges()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		out []ServiceEntry
 		bad error
@@ -419,6 +482,9 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 		e := ServiceEntry{Frontend: frontendFrom(k), Service: Service{
 			ID: v.Id, Type: v.Type, AffinityTimeout: v.AffinityTimeout, Meta: meta[v.Id],
 		}}
+		if v.Flags&lbFlagSourceRanges != 0 {
+			e.Service.SourceRanges = slices.SortedFunc(slices.Values(ranges[v.Id]), comparePrefix)
+		}
 		for i, key := range oldSlots(v) {
 			b, ok := slots[key]
 			if !ok && bad == nil {
@@ -439,4 +505,8 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 		return nil, bad
 	}
 	return out, nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
 }

@@ -50,6 +50,9 @@ type Stats struct {
 	// unreachable handed back to the client pod. (Those that cannot be
 	// answered count DropNoBackend.)
 	Rejected uint64
+	// DropSourceRange counts new connections to a frontend with source
+	// ranges from a client outside them.
+	DropSourceRange uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -78,6 +81,7 @@ var statFields = [...]struct {
 	{podAxonStatAXON_STAT_DROP_CT_FULL, "drop-ct-full", func(s *Stats) *uint64 { return &s.DropCTFull }},
 	{podAxonStatAXON_STAT_DROP_NAT, "drop-nat", func(s *Stats) *uint64 { return &s.DropNAT }},
 	{podAxonStatAXON_STAT_REJECTED, "rejected-no-backend", func(s *Stats) *uint64 { return &s.Rejected }},
+	{podAxonStatAXON_STAT_DROP_SOURCE_RANGE, "drop-source-range", func(s *Stats) *uint64 { return &s.DropSourceRange }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

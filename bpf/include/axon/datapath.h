@@ -158,6 +158,12 @@ enum axon_stat {
 	 * answered (a reset, IPv4 with options) counts DROP_NO_BACKEND.
 	 */
 	AXON_STAT_REJECTED,
+	/*
+	 * from_pod: a new connection to a frontend that takes clients only
+	 * from its source ranges (AXON_LB_F_SOURCE_RANGES) from another
+	 * address (DROP).
+	 */
+	AXON_STAT_DROP_SOURCE_RANGE,
 	AXON_STAT_MAX,
 };
 
@@ -211,9 +217,30 @@ struct axon_lb_service {
 	__u16 terminating;
 	__u8 gen;               /* 0 or 1: the generation of the slots in use */
 	__u8 type;              /* service type, for the agent (ClusterIP, NodePort, ...) */
-	__u16 flags;            /* reserved, 0 */
-	__u32 affinity_timeout; /* seconds; 0: none (session affinity, not yet used) */
+	__u16 flags;            /* AXON_LB_F_* */
+	__u32 affinity_timeout; /* seconds; 0: none (session affinity, axon/affinity.h) */
 };
+
+/*
+ * axon_lb_service.flags: new connections only from the entry's prefixes in
+ * axon_lb_source_ranges (loadBalancerSourceRanges); others are dropped.
+ */
+#define AXON_LB_F_SOURCE_RANGES 1
+
+/*
+ * axon_lb_source_ranges (LPM trie): the client prefixes of each frontend
+ * entry with AXON_LB_F_SOURCE_RANGES. The service id leads the key, in
+ * network byte order, so the trie matches it as the first 32 bits: an
+ * entry's prefixes never match another's clients. prefixlen is 32 plus the
+ * prefix's length in addr's form (an IPv4 /24 is IPv4-mapped: 32 + 96 + 24).
+ */
+struct axon_lb_source_key {
+	__u32 prefixlen;   /* host byte order, as the LPM trie requires */
+	__be32 service_id; /* network byte order */
+	__u8 addr[16];
+};
+
+#define AXON_MAX_LB_SOURCE_RANGES 65536
 
 /* axon_lb_slots: one backend slot of a frontend's generation. */
 struct axon_lb_slot_key {

@@ -20,6 +20,7 @@
 #include "axon/maps.h"
 #include "axon/parse.h"
 #include "axon/reject.h"
+#include "axon/srcrange.h"
 
 static __always_inline const struct axon_lb_service *lb_lookup(const struct axon_ct_key *k, __u8 scope)
 {
@@ -204,7 +205,11 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	rc = ct_apply(skb, p, kind, &k, &l);
 	if (rc || !frontend)
 		return rc < 0 ? -1 : 0;
-	/* A new connection: record it, then translate it as recorded. */
+	/* A new connection: admit it, record it, translate it as recorded. */
+	if (!source_allowed(frontend, k.saddr)) {
+		*stat = AXON_STAT_DROP_SOURCE_RANGE;
+		return -1;
+	}
 	switch (axon_lb_new_flow(&k)) {
 	case AXON_LB_NEW_OK:
 		break;

@@ -133,6 +133,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_lb_affinity SEC(".maps");
 
+/* Frontend entries' allowed client prefixes (axon/srcrange.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, AXON_MAX_LB_SOURCE_RANGES);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+	__type(key, struct axon_lb_source_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_source_ranges SEC(".maps");
+
 static __always_inline const struct axon_config *config(void)
 {
 	__u32 zero = 0;

@@ -74,6 +74,10 @@ type LBService struct {
 	// Affinity, when positive, keeps a client address on its backend for
 	// this long since its last new connection (session affinity ClientIP).
 	Affinity time.Duration
+	// SourceRanges, when not empty, are the only clients the entry takes
+	// new connections from (loadBalancerSourceRanges); the programs drop
+	// the others. Of the frontend's family, at most MaxLBSourceRanges.
+	SourceRanges []netip.Prefix
 	// Meta is kept with the entry and returned by Services, opaque to the
 	// datapath: what the agent needs to restore its view after a restart.
 	// At most MaxLBMeta bytes.
@@ -82,6 +86,9 @@ type LBService struct {
 
 // MaxLBMeta is the most LBService.Meta may hold.
 const MaxLBMeta = 512
+
+// MaxLBSourceRanges is the most LBService.SourceRanges may hold.
+const MaxLBSourceRanges = 64
 
 // LBEntry is a frontend and its entry.
 type LBEntry struct {

@@ -79,12 +79,17 @@ func compile(fe frontend, svc *datapathv1alpha1.Service, counts []int, node stri
 	if svc.GetSessionAffinity() == datapathv1alpha1.SessionAffinity_SESSION_AFFINITY_CLIENT_IP {
 		affinity = svc.GetAffinityTimeout().AsDuration()
 	}
+	// Normalized: valid, masked, of the frontend's family.
+	var ranges []netip.Prefix
+	for _, s := range svc.GetSourceRanges() {
+		ranges = append(ranges, netip.MustParsePrefix(s))
+	}
 	var entries []bpfmaps.LBEntry
 	for i, scope := range scopes(svc) {
 		// The internal entry of a LOCAL frontend serves in-cluster
 		// clients, which use every backend.
 		onlyLocal := localOnly && scope == bpfmaps.LBScopeExternal
-		lb := bpfmaps.LBService{ID: ids[i], Type: bpfmaps.LBType(svc.GetType()), Affinity: affinity, Meta: metaBytes}
+		lb := bpfmaps.LBService{ID: ids[i], Type: bpfmaps.LBType(svc.GetType()), Affinity: affinity, Meta: metaBytes, SourceRanges: ranges}
 		for j, b := range svc.GetBackends() {
 			local := node != "" && b.GetNodeName() == node
 			if onlyLocal && !local {

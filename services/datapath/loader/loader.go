@@ -359,6 +359,7 @@ func (l *Loader) PutServices(entries []bpfmaps.LBEntry) error {
 			Terminating:     lbBackends(e.Service.Terminating),
 			AffinityTimeout: affinitySeconds(e.Service.Affinity),
 			Meta:            e.Service.Meta,
+			SourceRanges:    e.Service.SourceRanges,
 		}}
 	}
 	return l.objs.PutServices(out)
@@ -384,12 +385,13 @@ func (l *Loader) Services() ([]bpfmaps.LBEntry, error) {
 		out[i] = bpfmaps.LBEntry{
 			Key: bpfmaps.LBKey{Addr: e.Frontend.Addr, Port: e.Frontend.Port, Proto: e.Frontend.Proto, Scope: bpfmaps.LBScope(e.Frontend.Scope)},
 			Service: bpfmaps.LBService{
-				ID:          e.Service.ID,
-				Type:        bpfmaps.LBType(e.Service.Type),
-				Active:      lbBackendsFrom(e.Service.Active),
-				Terminating: lbBackendsFrom(e.Service.Terminating),
-				Affinity:    time.Duration(e.Service.AffinityTimeout) * time.Second,
-				Meta:        e.Service.Meta,
+				ID:           e.Service.ID,
+				Type:         bpfmaps.LBType(e.Service.Type),
+				Active:       lbBackendsFrom(e.Service.Active),
+				Terminating:  lbBackendsFrom(e.Service.Terminating),
+				Affinity:     time.Duration(e.Service.AffinityTimeout) * time.Second,
+				Meta:         e.Service.Meta,
+				SourceRanges: e.Service.SourceRanges,
 			},
 		}
 	}
