@@ -85,6 +85,7 @@ func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
 		{podMapAxonCt, ebpf.Hash, 40, 56, 262144, unix.BPF_F_NO_PREALLOC},
 		{podMapAxonLbAffinity, ebpf.LRUHash, 24, 32, 65536, 0},
 		{podMapAxonLbSourceRanges, ebpf.LPMTrie, 24, 1, 65536, unix.BPF_F_NO_PREALLOC},
+		{podMapAxonLbMaglev, ebpf.Hash, 8, 2 * MaglevTableSize, 8192, unix.BPF_F_NO_PREALLOC},
 	} {
 		m := spec.Maps[want.name]
 		if m == nil {
@@ -101,12 +102,12 @@ func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
 			t.Errorf("map %s pinning %v, want PinByName", want.name, m.Pinning)
 		}
 	}
-	if len(spec.Maps) != 13 {
-		t.Errorf("maps %v, want exactly 13 (no .bss/.data/.rodata)", keys(spec.Maps))
+	if len(spec.Maps) != 14 {
+		t.Errorf("maps %v, want exactly 14 (no .bss/.data/.rodata)", keys(spec.Maps))
 	}
 }
 
-// TestSharedMapSpecs checks the union Load opens the maps from: the thirteen
+// TestSharedMapSpecs checks the union Load opens the maps from: the fourteen
 // maps once, and a map two objects declare differently refused.
 func TestSharedMapSpecs(t *testing.T) {
 	for _, c := range []struct {
@@ -114,12 +115,12 @@ func TestSharedMapSpecs(t *testing.T) {
 		mutate func(s objectSpecs)
 		want   int // maps in the union; 0: an error
 	}{
-		{"as built", func(objectSpecs) {}, 13},
+		{"as built", func(objectSpecs) {}, 14},
 		{"max entries differ", func(s objectSpecs) { s.underlay.Maps[podMapAxonEndpoints].MaxEntries++ }, 0},
 		{"value size differs", func(s objectSpecs) { s.overlay.Maps[podMapAxonConfig].ValueSize += 4 }, 0},
 		{"map only in one object", func(s objectSpecs) {
 			s.overlay.Maps["axon_extra"] = &ebpf.MapSpec{Name: "axon_extra", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}
-		}, 14},
+		}, 15},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			specs, err := loadSpecs()
@@ -667,7 +668,7 @@ func TestVerifier(t *testing.T) {
 	shared := map[ebpf.MapID]bool{}
 	for _, m := range []*ebpf.Map{o.maps.AxonEndpoints, o.maps.AxonDevices, o.maps.AxonRemote4,
 		o.maps.AxonEndpoints6, o.maps.AxonRemote6, o.maps.AxonConfig, o.maps.AxonStats,
-		o.maps.AxonLbServices, o.maps.AxonLbSlots, o.maps.AxonLbMeta, o.maps.AxonCt, o.maps.AxonLbAffinity, o.maps.AxonLbSourceRanges} {
+		o.maps.AxonLbServices, o.maps.AxonLbSlots, o.maps.AxonLbMeta, o.maps.AxonCt, o.maps.AxonLbAffinity, o.maps.AxonLbSourceRanges, o.maps.AxonLbMaglev} {
 		info, err := m.Info()
 		if err != nil {
 			t.Fatal(err)
@@ -683,11 +684,12 @@ func TestVerifier(t *testing.T) {
 		prog                *ebpf.Program
 		maxInsns, maxVerify int
 	}{
-		// Today (Linux 6.18, clang 14): 4630 and 21885, of which the
-		// session affinity's scan of up to 64 slots about 7400 (3293 and
-		// 13568 before refusals, hairpin and affinity; 1731 and 2537
-		// before service load balancing and the connection tracker).
-		{"axon_from_pod", o.FromPod(), 6900, 32800},
+		// Today (Linux 6.18, clang 14): 5099 and 31197, of which the
+		// session affinity's scan of up to 64 slots about 7400 and Maglev
+		// about 9300 (3293 and 13568 before refusals, hairpin, affinity,
+		// source ranges and Maglev; 1731 and 2537 before service load
+		// balancing and the connection tracker).
+		{"axon_from_pod", o.FromPod(), 7600, 46800},
 		// 1272 and 2135 (523 and 641 before reverse translation).
 		{"axon_from_overlay", o.FromOverlay(), 1900, 3200},
 		// 2760 and 4539 (1245 and 1504 before reverse translation).

@@ -22,6 +22,7 @@ const (
 	overlayMapAxonEndpoints      = "axon_endpoints"
 	overlayMapAxonEndpoints6     = "axon_endpoints6"
 	overlayMapAxonLbAffinity     = "axon_lb_affinity"
+	overlayMapAxonLbMaglev       = "axon_lb_maglev"
 	overlayMapAxonLbMeta         = "axon_lb_meta"
 	overlayMapAxonLbServices     = "axon_lb_services"
 	overlayMapAxonLbSlots        = "axon_lb_slots"
@@ -89,6 +90,7 @@ type overlayMapSpecs struct {
 	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.MapSpec `ebpf:"axon_lb_maglev"`
 	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
@@ -130,6 +132,7 @@ type overlayMaps struct {
 	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.Map `ebpf:"axon_lb_maglev"`
 	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
@@ -147,6 +150,7 @@ func (m *overlayMaps) Close() error {
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonLbAffinity,
+		m.AxonLbMaglev,
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,

@@ -102,6 +102,18 @@ type podAxonLbKey struct {
 	Scope uint8
 }
 
+type podAxonLbMaglev struct {
+	_    structs.HostLayout
+	Slot [16381]uint16
+}
+
+type podAxonLbMaglevKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Gen       uint8
+	Pad       [3]uint8
+}
+
 type podAxonLbMeta struct {
 	_    structs.HostLayout
 	Len  uint16
@@ -204,6 +216,7 @@ const (
 	podMapAxonEndpoints      = "axon_endpoints"
 	podMapAxonEndpoints6     = "axon_endpoints6"
 	podMapAxonLbAffinity     = "axon_lb_affinity"
+	podMapAxonLbMaglev       = "axon_lb_maglev"
 	podMapAxonLbMeta         = "axon_lb_meta"
 	podMapAxonLbServices     = "axon_lb_services"
 	podMapAxonLbSlots        = "axon_lb_slots"
@@ -269,6 +282,7 @@ type podMapSpecs struct {
 	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.MapSpec `ebpf:"axon_lb_maglev"`
 	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
@@ -310,6 +324,7 @@ type podMaps struct {
 	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.Map `ebpf:"axon_lb_maglev"`
 	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
@@ -327,6 +342,7 @@ func (m *podMaps) Close() error {
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonLbAffinity,
+		m.AxonLbMaglev,
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,

@@ -70,6 +70,12 @@ type Service struct {
 	// (drop-source-range). Of the frontend's family, at most
 	// MaxSourceRanges; read back masked and sorted.
 	SourceRanges []netip.Prefix
+	// Maglev, when not empty, is the entry's Maglev table: for each of
+	// its MaglevTableSize positions, a slot of Active (an index). New
+	// connections take the slot at a fixed-seed hash of their tuple while
+	// Active is not empty, so every node picks the same backend for a
+	// flow.
+	Maglev []uint16
 }
 
 // ServiceEntry is a frontend and its entry.
@@ -137,6 +143,16 @@ func checkService(e ServiceEntry) error {
 		return bad("%d bytes of metadata, at most %d", len(s.Meta), MaxServiceMeta)
 	case len(s.SourceRanges) > MaxSourceRanges:
 		return bad("%d source ranges, at most %d", len(s.SourceRanges), MaxSourceRanges)
+	}
+	if len(s.Maglev) > 0 {
+		if len(s.Maglev) != MaglevTableSize {
+			return bad("a Maglev table of %d entries, want %d", len(s.Maglev), MaglevTableSize)
+		}
+		for _, slot := range s.Maglev {
+			if int(slot) >= len(s.Active) {
+				return bad("Maglev table entry %d is not one of %d active backends", slot, len(s.Active))
+			}
+		}
 	}
 	v4 := f.Addr.Unmap().Is4()
 	for _, p := range s.SourceRanges {
@@ -295,7 +311,10 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 			AffinityTimeout: e.Service.AffinityTimeout,
 		}
 		if len(e.Service.SourceRanges) > 0 {
-			v.Flags = lbFlagSourceRanges
+			v.Flags |= lbFlagSourceRanges
+		}
+		if len(e.Service.Maglev) > 0 {
+			v.Flags |= lbFlagMaglev
 		}
 		if exists {
 			seenID[old.Id] = true
@@ -326,9 +345,29 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 			}
 		}
 	}
+	// Maglev tables go in with the slots of their generation.
+	for i, e := range batch {
+		if len(e.Service.Maglev) == 0 {
+			continue
+		}
+		if err := o.putMaglev(e.Service.ID, vals[i].Gen, e.Service.Maglev); err != nil {
+			for j := range batch[:i] {
+				o.deleteMaglev(batch[j].Service.ID, vals[j].Gen)
+			}
+			for _, e := range batch {
+				o.deleteSourceRanges(e.Service.ID, e.Service.SourceRanges, ranges[e.Service.ID])
+			}
+			return 0, fmt.Errorf("service %s: %w", e.Frontend, err)
+		}
+	}
 	if len(slotKeys) > 0 {
 		if done, err := o.maps.AxonLbSlots.BatchUpdate(slotKeys, slotVals, nil); err != nil {
 			o.deleteSlots(slotKeys[:done])
+			for i, e := range batch {
+				if len(e.Service.Maglev) > 0 {
+					o.deleteMaglev(e.Service.ID, vals[i].Gen)
+				}
+			}
 			for _, e := range batch {
 				o.deleteSourceRanges(e.Service.ID, e.Service.SourceRanges, ranges[e.Service.ID])
 			}
@@ -346,6 +385,9 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 	for i, old := range olds {
 		if i < done && old != nil {
 			stale = append(stale, oldSlots(*old)...)
+			if old.Flags&lbFlagMaglev != 0 {
+				o.deleteMaglev(old.Id, old.Gen)
+			}
 			if withRanges {
 				var keep []netip.Prefix
 				if old.Id == batch[i].Service.ID {
@@ -357,6 +399,9 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 		if i >= done {
 			sk, _ := slotsOf(batch[i].Service, vals[i].Gen)
 			stale = append(stale, sk...)
+			if len(batch[i].Service.Maglev) > 0 {
+				o.deleteMaglev(batch[i].Service.ID, vals[i].Gen)
+			}
 			if withRanges {
 				o.deleteSourceRanges(batch[i].Service.ID, batch[i].Service.SourceRanges, ranges[batch[i].Service.ID])
 			}
@@ -445,6 +490,9 @@ func (o *Objects) DeleteServices(frontends []Frontend) error {
 		}
 		o.deleteSlots(oldSlots(v))
 		o.deleteMeta(v.Id)
+		if v.Flags&lbFlagMaglev != 0 {
+			o.deleteMaglev(v.Id, v.Gen)
+		}
 		if v.Flags&lbFlagSourceRanges != 0 {
 			ranges, err := o.sourceRanges()
 			if err != nil {
@@ -484,6 +532,13 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 		}}
 		if v.Flags&lbFlagSourceRanges != 0 {
 			e.Service.SourceRanges = slices.SortedFunc(slices.Values(ranges[v.Id]), comparePrefix)
+		}
+		if v.Flags&lbFlagMaglev != 0 {
+			t, err := o.maglev(v.Id, v.Gen)
+			if err != nil && bad == nil {
+				bad = fmt.Errorf("service %s: %w", e.Frontend, err)
+			}
+			e.Service.Maglev = t
 		}
 		for i, key := range oldSlots(v) {
 			b, ok := slots[key]

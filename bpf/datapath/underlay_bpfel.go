@@ -22,6 +22,7 @@ const (
 	underlayMapAxonEndpoints      = "axon_endpoints"
 	underlayMapAxonEndpoints6     = "axon_endpoints6"
 	underlayMapAxonLbAffinity     = "axon_lb_affinity"
+	underlayMapAxonLbMaglev       = "axon_lb_maglev"
 	underlayMapAxonLbMeta         = "axon_lb_meta"
 	underlayMapAxonLbServices     = "axon_lb_services"
 	underlayMapAxonLbSlots        = "axon_lb_slots"
@@ -87,6 +88,7 @@ type underlayMapSpecs struct {
 	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
 	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
 	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.MapSpec `ebpf:"axon_lb_maglev"`
 	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
@@ -128,6 +130,7 @@ type underlayMaps struct {
 	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
 	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
 	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.Map `ebpf:"axon_lb_maglev"`
 	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
@@ -145,6 +148,7 @@ func (m *underlayMaps) Close() error {
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
 		m.AxonLbAffinity,
+		m.AxonLbMaglev,
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,

@@ -242,6 +242,41 @@ struct axon_lb_source_key {
 
 #define AXON_MAX_LB_SOURCE_RANGES 65536
 
+/*
+ * axon_lb_service.flags: new connections pick their backend by the entry's
+ * Maglev table (axon_lb_maglev, axon/maglev.h) while it has active
+ * backends, so that every node picks the same backend for the same flow.
+ */
+#define AXON_LB_F_MAGLEV 2
+
+/*
+ * Entries of a Maglev table: a prime, the agent's table size
+ * (services/datapath/lb/maglev DefaultSize).
+ */
+#define AXON_MAGLEV_SIZE 16381
+
+/*
+ * axon_lb_maglev: the Maglev table of a frontend entry's generation,
+ * written and switched with its slots. Each entry is a slot (of the
+ * active ones) of the generation.
+ */
+struct axon_lb_maglev_key {
+	__u32 service_id;
+	__u8 gen;
+	__u8 pad[3];
+};
+
+struct axon_lb_maglev {
+	__u16 slot[AXON_MAGLEV_SIZE];
+};
+
+#define AXON_MAX_LB_MAGLEV 8192 /* tables of both generations */
+/*
+ * Seed of the flow hash: fixed, the same on every node (never skb->hash,
+ * which the kernel seeds at random per boot).
+ */
+#define AXON_MAGLEV_SEED 0x41786f6eU
+
 /* axon_lb_slots: one backend slot of a frontend's generation. */
 struct axon_lb_slot_key {
 	__u32 service_id;

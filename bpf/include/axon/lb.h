@@ -17,6 +17,7 @@
 #include "axon/ct.h"
 #include "axon/datapath.h"
 #include "axon/hairpin.h"
+#include "axon/maglev.h"
 #include "axon/maps.h"
 #include "axon/parse.h"
 #include "axon/reject.h"
@@ -54,7 +55,9 @@ static __always_inline const struct axon_lb_service *lb_service(const struct axo
 /*
  * Picks the backend of a new connection: a random slot of the active
  * backends, or of the terminating ones when none is active; a client with
- * session affinity keeps its backend (axon/affinity.h). Map values are
+ * session affinity keeps its backend (axon/affinity.h); an external
+ * frontend's active backends are picked by its Maglev table (axon/maglev.h)
+ * instead of at random. Map values are
  * read while the agent may write: the entry is copied at once (the agent
  * replaces it whole, never in place), and the pick stands only if the
  * frontend still has that entry once the slot is copied too. Otherwise
@@ -69,6 +72,7 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 	const struct axon_lb_service *s;
 	struct axon_lb_slot_key sk;
 	__u16 n;
+	int rc;
 
 	/* The client's backend, if it has affinity (else, or if the entry
 	 * changed meanwhile, a new pick). */
@@ -93,7 +97,8 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 		if (!n)
 			return -1;
 		sk.service_id = svc->id;
-		sk.slot = bpf_get_prandom_u32() % n;
+		rc = maglev_slot(k, svc);
+		sk.slot = rc < 0 ? bpf_get_prandom_u32() % n : rc;
 		sk.gen = svc->gen;
 		sk.pad = 0;
 		b = bpf_map_lookup_elem(&axon_lb_slots, &sk);
