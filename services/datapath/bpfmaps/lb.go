@@ -78,6 +78,12 @@ type LBService struct {
 	// new connections from (loadBalancerSourceRanges); the programs drop
 	// the others. Of the frontend's family, at most MaxLBSourceRanges.
 	SourceRanges []netip.Prefix
+	// Maglev, when not empty, is the entry's Maglev lookup table,
+	// MaglevTableSize long: for each position, a slot of Active (an
+	// index). While Active is not empty, new connections take the slot at
+	// a hash of their tuple with a seed fixed for every node, so every
+	// node sends a flow to the same backend (external frontends).
+	Maglev []uint16
 	// Meta is kept with the entry and returned by Services, opaque to the
 	// datapath: what the agent needs to restore its view after a restart.
 	// At most MaxLBMeta bytes.
@@ -89,6 +95,10 @@ const MaxLBMeta = 512
 
 // MaxLBSourceRanges is the most LBService.SourceRanges may hold.
 const MaxLBSourceRanges = 64
+
+// MaglevTableSize is the length of LBService.Maglev: the datapath's table
+// size, a prime.
+const MaglevTableSize = 16381
 
 // LBEntry is a frontend and its entry.
 type LBEntry struct {

@@ -105,7 +105,7 @@ func TestCompile(t *testing.T) {
 				t.Fatal(ferr)
 			}
 			counts, _ := slotCounts(svc.GetBackends())
-			entries := compile(fe, svc, counts, thisNode, []uint32{7, 8}, []byte("meta"))
+			entries := compile(fe, svc, counts, thisNode, []uint32{7, 8}, []byte("meta"), nil)
 			if len(entries) != len(tc.want) {
 				t.Fatalf("%d entries, want %d: %+v", len(entries), len(tc.want), entries)
 			}

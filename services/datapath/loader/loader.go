@@ -360,6 +360,7 @@ func (l *Loader) PutServices(entries []bpfmaps.LBEntry) error {
 			AffinityTimeout: affinitySeconds(e.Service.Affinity),
 			Meta:            e.Service.Meta,
 			SourceRanges:    e.Service.SourceRanges,
+			Maglev:          e.Service.Maglev,
 		}}
 	}
 	return l.objs.PutServices(out)
@@ -392,6 +393,7 @@ func (l *Loader) Services() ([]bpfmaps.LBEntry, error) {
 				Affinity:     time.Duration(e.Service.AffinityTimeout) * time.Second,
 				Meta:         e.Service.Meta,
 				SourceRanges: e.Service.SourceRanges,
+				Maglev:       e.Service.Maglev,
 			},
 		}
 	}

@@ -222,6 +222,14 @@ func checkLBEntry(e bpfmaps.LBEntry) error {
 	case len(svc.SourceRanges) > bpfmaps.MaxLBSourceRanges:
 		return fmt.Errorf("service %s: %d source ranges, at most %d", k.Addr, len(svc.SourceRanges), bpfmaps.MaxLBSourceRanges)
 	}
+	if len(svc.Maglev) > 0 && len(svc.Maglev) != bpfmaps.MaglevTableSize {
+		return fmt.Errorf("service %s: a Maglev table of %d entries, want %d", k.Addr, len(svc.Maglev), bpfmaps.MaglevTableSize)
+	}
+	for _, slot := range svc.Maglev {
+		if int(slot) >= len(svc.Active) {
+			return fmt.Errorf("service %s: Maglev table entry %d is not one of %d active backends", k.Addr, slot, len(svc.Active))
+		}
+	}
 	for _, p := range svc.SourceRanges {
 		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Is4() != k.Addr.Is4() {
 			return fmt.Errorf("%w: source range %s of frontend %s", bpfdp.ErrInvalidPrefix, p, k.Addr)
@@ -241,6 +249,6 @@ func compareLBKey(a, b bpfmaps.LBKey) int {
 
 func cloneLBService(s bpfmaps.LBService) bpfmaps.LBService {
 	s.Active, s.Terminating, s.Meta = slices.Clone(s.Active), slices.Clone(s.Terminating), slices.Clone(s.Meta)
-	s.SourceRanges = slices.Clone(s.SourceRanges)
+	s.SourceRanges, s.Maglev = slices.Clone(s.SourceRanges), slices.Clone(s.Maglev)
 	return s
 }
