@@ -37,7 +37,8 @@ type Stats struct {
 	UnderlayForeign uint64
 	DropSpoofed     uint64 // from a pod with a source address not its own
 	// DropNoBackend counts new connections to a service frontend with no
-	// backend, active or terminating.
+	// backend, active or terminating, that could not be refused with an
+	// answer (a TCP reset, IPv4 with options): most count Rejected.
 	DropNoBackend uint64
 	// DropCTFull counts new service connections refused because the
 	// connection tracker (axon_ct) is full.

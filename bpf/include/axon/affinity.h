@@ -57,13 +57,19 @@ static __always_inline int affinity_pick(const __u8 *client16, const struct axon
 	const struct axon_lb_affinity *a;
 	struct axon_lb_affinity_key ak;
 	struct axon_lb_backend want;
+	__u64 now, last;
 	__u16 hint;
 
 	if (!svc->affinity_timeout)
 		return -1;
 	affinity_key(&ak, svc->id, client16);
 	a = bpf_map_lookup_elem(&axon_lb_affinity, &ak);
-	if (!a || bpf_ktime_get_ns() - a->last_used > (__u64)svc->affinity_timeout * AXON_NS_PER_SEC)
+	if (!a)
+		return -1;
+	/* Another CPU may have just written a later time. */
+	now = bpf_ktime_get_ns();
+	last = a->last_used;
+	if (now > last && now - last > (__u64)svc->affinity_timeout * AXON_NS_PER_SEC)
 		return -1;
 	__builtin_memcpy(&want, &a->backend, sizeof(want));
 	hint = a->slot;

@@ -142,7 +142,8 @@ enum axon_stat {
 	AXON_STAT_FWD_TUNNEL_DEVICE,
 	/*
 	 * from_pod: a new connection to a service frontend that has neither
-	 * active nor terminating backends (DROP). A packet the programs
+	 * active nor terminating backends and that cannot be refused with an
+	 * answer (DROP; the others count REJECTED). A packet the programs
 	 * translate (service or reverse NAT) counts only the counter of where
 	 * it then goes (forwarded-local, forwarded-tunnel, ...).
 	 */

@@ -2,9 +2,12 @@
 /*
  * Service load balancing for pods (ClusterIP): a pod's TCP or UDP packet to
  * a frontend (axon_lb_services) goes to one of its backends
- * (axon_lb_slots), chosen at random for a new connection and kept for the
+ * (axon_lb_slots), chosen for a new connection (at random, by the client's
+ * session affinity, or by the frontend's Maglev table) and kept for the
  * connection's life by the connection tracker (axon/ct.h), which also
- * holds the reverse translation of the replies.
+ * holds the reverse translation of the replies. A new connection from
+ * outside a frontend's source ranges is dropped; one to a frontend without
+ * backends is refused (axon/reject.h).
  */
 #ifndef AXON_LB_H
 #define AXON_LB_H

@@ -46,8 +46,9 @@ static __always_inline __u32 rol32(__u32 w, __u32 s)
 #define AXON_JHASH_INITVAL 0xdeadbeef
 
 /*
- * The hash of a connection's tuple (addresses, ports, protocol: 10 words)
- * with the fixed seed: jhash2 of the words, the same on every node.
+ * The hash of a connection's tuple (addresses, ports, protocol: 10 words,
+ * as a little-endian node loads them) with the fixed seed: jhash2 of the
+ * words, the same on every node.
  */
 static __always_inline __u32 maglev_hash(const struct axon_ct_key *k)
 {
