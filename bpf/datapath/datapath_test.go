@@ -278,6 +278,8 @@ func TestConversions(t *testing.T) {
 		{"::", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("::")); return err }},
 		{"::1", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("::1")); return err }},
 		{"v6 link-local", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("fe80::1")); return err }},
+		{"hairpin", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("169.254.0.42")); return err }},
+		{"v6 hairpin", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("100::42")); return err }},
 		{"v6 zone", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("fd00::1%eth0")); return err }},
 		{"v6 multicast", ErrInvalidAddress, func() error { _, err := podAddr(netip.MustParseAddr("ff02::1")); return err }},
 		{"v6 node address", ErrIPv6Unsupported, func() error { _, err := unicast4(netip.MustParseAddr("fd00::1")); return err }},

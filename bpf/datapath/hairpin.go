@@ -13,5 +13,5 @@ func HairpinAddr(client netip.Addr) netip.Addr {
 	if client.Is4() {
 		return netip.AddrFrom4([4]byte{169, 254, 0, 42})
 	}
-	return netip.MustParseAddr("100::42")
+	return netip.AddrFrom16([16]byte{0: 0x01, 15: 0x42})
 }
