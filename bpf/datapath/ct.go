@@ -210,7 +210,8 @@ func (o *Objects) Usage() ([]MapUsage, error) {
 		{podMapAxonRemote6, o.maps.AxonRemote6}, {podMapAxonConfig, o.maps.AxonConfig},
 		{podMapAxonStats, o.maps.AxonStats}, {podMapAxonLbServices, o.maps.AxonLbServices},
 		{podMapAxonLbSlots, o.maps.AxonLbSlots}, {podMapAxonLbMeta, o.maps.AxonLbMeta},
-		{podMapAxonCt, o.maps.AxonCt},
+		{podMapAxonCt, o.maps.AxonCt}, {podMapAxonLbAffinity, o.maps.AxonLbAffinity},
+		{podMapAxonLbSourceRanges, o.maps.AxonLbSourceRanges}, {podMapAxonLbMaglev, o.maps.AxonLbMaglev},
 	} {
 		u := MapUsage{Name: m.name, Capacity: int(m.m.MaxEntries())}
 		if isArray(m.m.Type()) {

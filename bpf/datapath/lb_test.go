@@ -259,7 +259,7 @@ func testLBRun(t *testing.T, r *runner, client, local, rm, vipAddr netip.Addr, p
 }
 
 // TestLBBackendChoice: terminating backends take new connections only when
-// no backend is active; none at all drops them (counted); a port or
+// no backend is active; none at all refuses them (counted); a port or
 // protocol that is not the frontend's is not translated.
 func TestLBBackendChoice(t *testing.T) {
 	r := newRunner(t)
@@ -278,7 +278,7 @@ func TestLBBackendChoice(t *testing.T) {
 		{"active before terminating", Service{ID: 1, Active: []Backend{{Addr: remotePod, Port: 5353}}, Terminating: []Backend{{Addr: podB.ip, Port: 5353}}},
 			l4Frame(ap(podA.ip, 1001), ap(vip, 53), protoUDP, 0, false), verdictRedirect, []netip.AddrPort{ap(remotePod, 5353)}, "forwarded-tunnel-device"},
 		{"no backend", Service{ID: 1},
-			l4Frame(ap(podA.ip, 1002), ap(vip, 53), protoUDP, 0, false), verdictDrop, nil, "drop-no-backend"},
+			l4Frame(ap(podA.ip, 1002), ap(vip, 53), protoUDP, 0, false), verdictRedirect, nil, "rejected-no-backend"},
 		{"other port", Service{ID: 1, Active: []Backend{{Addr: podB.ip, Port: 5353}}},
 			l4Frame(ap(podA.ip, 1003), ap(vip, 54), protoUDP, 0, false), verdictNext, []netip.AddrPort{ap(vip, 54)}, "to-host"},
 		{"other protocol", Service{ID: 1, Active: []Backend{{Addr: podB.ip, Port: 5353}}},

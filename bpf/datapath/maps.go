@@ -59,12 +59,16 @@ func unicast4(a netip.Addr) (uint32, error) {
 // podAddr checks a pod address and returns it unmapped: IPv4 (including
 // IPv4-mapped IPv6) or IPv6. An IPv6 pod address must be unicast beyond the
 // link: the programs leave link-local and multicast destinations to the
-// kernel, so such an endpoint would never be reached.
+// kernel, so such an endpoint would never be reached. The hairpin
+// addresses ([HairpinAddr]) are never a pod's.
 func podAddr(a netip.Addr) (netip.Addr, error) {
 	if !a.IsValid() {
 		return a, fmt.Errorf("%w: zero address", ErrInvalidAddress)
 	}
 	a = a.Unmap()
+	if a == HairpinAddr(a) {
+		return a, fmt.Errorf("%w: %s is reserved for hairpin connections", ErrInvalidAddress, a)
+	}
 	if a.Is4() {
 		_, err := unicast4(a)
 		return a, err

@@ -16,21 +16,24 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	overlayMapAxonConfig       = "axon_config"
-	overlayMapAxonCt           = "axon_ct"
-	overlayMapAxonCtPorts      = "axon_ct_ports"
-	overlayMapAxonDevices      = "axon_devices"
-	overlayMapAxonEndpoints    = "axon_endpoints"
-	overlayMapAxonEndpoints6   = "axon_endpoints6"
-	overlayMapAxonLbMeta       = "axon_lb_meta"
-	overlayMapAxonLbPorts      = "axon_lb_ports"
-	overlayMapAxonLbServices   = "axon_lb_services"
-	overlayMapAxonLbSlots      = "axon_lb_slots"
-	overlayMapAxonRemote4      = "axon_remote4"
-	overlayMapAxonRemote6      = "axon_remote6"
-	overlayMapAxonStats        = "axon_stats"
-	overlayProgAxonFromOverlay = "axon_from_overlay"
-	overlayProgAxonToOverlay   = "axon_to_overlay"
+	overlayMapAxonConfig         = "axon_config"
+	overlayMapAxonCt             = "axon_ct"
+	overlayMapAxonCtPorts        = "axon_ct_ports"
+	overlayMapAxonDevices        = "axon_devices"
+	overlayMapAxonEndpoints      = "axon_endpoints"
+	overlayMapAxonEndpoints6     = "axon_endpoints6"
+	overlayMapAxonLbAffinity     = "axon_lb_affinity"
+	overlayMapAxonLbMaglev       = "axon_lb_maglev"
+	overlayMapAxonLbMeta         = "axon_lb_meta"
+	overlayMapAxonLbPorts        = "axon_lb_ports"
+	overlayMapAxonLbServices     = "axon_lb_services"
+	overlayMapAxonLbSlots        = "axon_lb_slots"
+	overlayMapAxonLbSourceRanges = "axon_lb_source_ranges"
+	overlayMapAxonRemote4        = "axon_remote4"
+	overlayMapAxonRemote6        = "axon_remote6"
+	overlayMapAxonStats          = "axon_stats"
+	overlayProgAxonFromOverlay   = "axon_from_overlay"
+	overlayProgAxonToOverlay     = "axon_to_overlay"
 )
 
 // loadOverlay returns the embedded CollectionSpec for overlay.
@@ -83,19 +86,22 @@ type overlayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type overlayMapSpecs struct {
-	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
-	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt             *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.MapSpec `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.MapSpec `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.MapSpec `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.MapSpec `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
 }
 
 // overlayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -124,19 +130,22 @@ func (o *overlayObjects) Close() error {
 //
 // It can be passed to loadOverlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type overlayMaps struct {
-	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
-	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.Map `ebpf:"axon_config"`
+	AxonCt             *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.Map `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.Map `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.Map `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.Map `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
 }
 
 func (m *overlayMaps) Close() error {
@@ -147,10 +156,13 @@ func (m *overlayMaps) Close() error {
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbAffinity,
+		m.AxonLbMaglev,
 		m.AxonLbMeta,
 		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonLbSourceRanges,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

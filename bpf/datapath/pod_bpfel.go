@@ -71,6 +71,21 @@ type podAxonEndpointKey6 struct {
 	Ip6 [16]uint8
 }
 
+type podAxonLbAffinity struct {
+	_        structs.HostLayout
+	Backend  podAxonLbBackend
+	Slot     uint16
+	Pad      uint16
+	LastUsed uint64
+}
+
+type podAxonLbAffinityKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Pad       uint32
+	Client    [16]uint8
+}
+
 type podAxonLbBackend struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -85,6 +100,18 @@ type podAxonLbKey struct {
 	Port  uint16
 	Proto uint8
 	Scope uint8
+}
+
+type podAxonLbMaglev struct {
+	_    structs.HostLayout
+	Slot [16381]uint16
+}
+
+type podAxonLbMaglevKey struct {
+	_         structs.HostLayout
+	ServiceId uint32
+	Gen       uint8
+	Pad       [3]uint8
 }
 
 type podAxonLbMeta struct {
@@ -117,6 +144,13 @@ type podAxonLbSlotKey struct {
 	Slot      uint16
 	Gen       uint8
 	Pad       uint8
+}
+
+type podAxonLbSourceKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	ServiceId uint32
+	Addr      [16]uint8
 }
 
 type podAxonMode uint32
@@ -167,27 +201,32 @@ const (
 	podAxonStatAXON_STAT_DROP_NO_BACKEND   podAxonStat = 16
 	podAxonStatAXON_STAT_DROP_CT_FULL      podAxonStat = 17
 	podAxonStatAXON_STAT_DROP_NAT          podAxonStat = 18
-	podAxonStatAXON_STAT_MAX               podAxonStat = 19
+	podAxonStatAXON_STAT_REJECTED          podAxonStat = 19
+	podAxonStatAXON_STAT_DROP_SOURCE_RANGE podAxonStat = 20
+	podAxonStatAXON_STAT_MAX               podAxonStat = 21
 )
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	podMapAxonConfig     = "axon_config"
-	podMapAxonCt         = "axon_ct"
-	podMapAxonCtPorts    = "axon_ct_ports"
-	podMapAxonDevices    = "axon_devices"
-	podMapAxonEndpoints  = "axon_endpoints"
-	podMapAxonEndpoints6 = "axon_endpoints6"
-	podMapAxonLbMeta     = "axon_lb_meta"
-	podMapAxonLbPorts    = "axon_lb_ports"
-	podMapAxonLbServices = "axon_lb_services"
-	podMapAxonLbSlots    = "axon_lb_slots"
-	podMapAxonRemote4    = "axon_remote4"
-	podMapAxonRemote6    = "axon_remote6"
-	podMapAxonStats      = "axon_stats"
-	podProgAxonFromPod   = "axon_from_pod"
+	podMapAxonConfig         = "axon_config"
+	podMapAxonCt             = "axon_ct"
+	podMapAxonCtPorts        = "axon_ct_ports"
+	podMapAxonDevices        = "axon_devices"
+	podMapAxonEndpoints      = "axon_endpoints"
+	podMapAxonEndpoints6     = "axon_endpoints6"
+	podMapAxonLbAffinity     = "axon_lb_affinity"
+	podMapAxonLbMaglev       = "axon_lb_maglev"
+	podMapAxonLbMeta         = "axon_lb_meta"
+	podMapAxonLbPorts        = "axon_lb_ports"
+	podMapAxonLbServices     = "axon_lb_services"
+	podMapAxonLbSlots        = "axon_lb_slots"
+	podMapAxonLbSourceRanges = "axon_lb_source_ranges"
+	podMapAxonRemote4        = "axon_remote4"
+	podMapAxonRemote6        = "axon_remote6"
+	podMapAxonStats          = "axon_stats"
+	podProgAxonFromPod       = "axon_from_pod"
 )
 
 // loadPod returns the embedded CollectionSpec for pod.
@@ -239,19 +278,22 @@ type podProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type podMapSpecs struct {
-	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
-	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt             *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.MapSpec `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.MapSpec `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.MapSpec `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.MapSpec `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
 }
 
 // podVariableSpecs contains global variables before they are loaded into the kernel.
@@ -280,19 +322,22 @@ func (o *podObjects) Close() error {
 //
 // It can be passed to loadPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podMaps struct {
-	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
-	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.Map `ebpf:"axon_config"`
+	AxonCt             *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.Map `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.Map `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.Map `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.Map `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
 }
 
 func (m *podMaps) Close() error {
@@ -303,10 +348,13 @@ func (m *podMaps) Close() error {
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbAffinity,
+		m.AxonLbMaglev,
 		m.AxonLbMeta,
 		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonLbSourceRanges,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

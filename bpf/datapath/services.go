@@ -1,10 +1,12 @@
 package datapath
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 )
@@ -57,11 +59,23 @@ type Service struct {
 	// Active backends take new connections, each in proportion to how
 	// often it appears; Terminating ones only while Active is empty.
 	Active, Terminating []Backend
-	// AffinityTimeout is the session affinity timeout in seconds (kept,
-	// not yet applied by the programs).
+	// AffinityTimeout is the session affinity (ClientIP) timeout in
+	// seconds: a client's new connections go to the backend of its
+	// previous one if it came less than this long before. 0: none.
 	AffinityTimeout uint32
 	// Meta is kept with the entry, opaque; at most MaxServiceMeta bytes.
 	Meta []byte
+	// SourceRanges, when not empty, are the only clients the entry takes
+	// new connections from (loadBalancerSourceRanges): others are dropped
+	// (drop-source-range). Of the frontend's family, at most
+	// MaxSourceRanges; read back masked and sorted.
+	SourceRanges []netip.Prefix
+	// Maglev, when not empty, is the entry's Maglev table: for each of
+	// its MaglevTableSize positions, a slot of Active (an index). New
+	// connections take the slot at a fixed-seed hash of their tuple while
+	// Active is not empty, so every node picks the same backend for a
+	// flow.
+	Maglev []uint16
 }
 
 // ServiceEntry is a frontend and its entry.
@@ -127,8 +141,25 @@ func checkService(e ServiceEntry) error {
 		return bad("%d backends, at most %d", len(s.Active)+len(s.Terminating), MaxServiceSlots)
 	case len(s.Meta) > MaxServiceMeta:
 		return bad("%d bytes of metadata, at most %d", len(s.Meta), MaxServiceMeta)
+	case len(s.SourceRanges) > MaxSourceRanges:
+		return bad("%d source ranges, at most %d", len(s.SourceRanges), MaxSourceRanges)
+	}
+	if len(s.Maglev) > 0 {
+		if len(s.Maglev) != MaglevTableSize {
+			return bad("a Maglev table of %d entries, want %d", len(s.Maglev), MaglevTableSize)
+		}
+		for _, slot := range s.Maglev {
+			if int(slot) >= len(s.Active) {
+				return bad("Maglev table entry %d is not one of %d active backends", slot, len(s.Active))
+			}
+		}
 	}
 	v4 := f.Addr.Unmap().Is4()
+	for _, p := range s.SourceRanges {
+		if !p.IsValid() || p.Addr().Zone() != "" || p.Addr().Is4In6() || p.Addr().Is4() != v4 {
+			return bad("invalid source range %s (of the frontend's family?)", p)
+		}
+	}
 	for _, b := range append(s.Active[:len(s.Active):len(s.Active)], s.Terminating...) {
 		a := b.Addr.Unmap()
 		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" || b.Port == 0 {
@@ -254,6 +285,9 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 		slotVals []podAxonLbBackend
 		seenKey  = map[podAxonLbKey]bool{}
 		seenID   = map[uint32]bool{}
+		// withRanges: an entry of the batch has source ranges, or had.
+		withRanges bool
+		ranges     map[uint32][]netip.Prefix
 	)
 	n := 0
 	for _, e := range entries[:min(len(entries), lbBatchMax)] {
@@ -269,6 +303,9 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 		if seenKey[k] || seenID[e.Service.ID] || (exists && seenID[old.Id]) {
 			break
 		}
+		if len(e.Service.SourceRanges) > 0 || (exists && old.Flags&lbFlagSourceRanges != 0) {
+			withRanges = true
+		}
 		seenKey[k], seenID[e.Service.ID] = true, true
 		v := podAxonLbService{
 			Id:              e.Service.ID,
@@ -276,6 +313,12 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 			Terminating:     uint16(len(e.Service.Terminating)),
 			Type:            e.Service.Type,
 			AffinityTimeout: e.Service.AffinityTimeout,
+		}
+		if len(e.Service.SourceRanges) > 0 {
+			v.Flags |= lbFlagSourceRanges
+		}
+		if len(e.Service.Maglev) > 0 {
+			v.Flags |= lbFlagMaglev
 		}
 		if exists {
 			seenID[old.Id] = true
@@ -290,9 +333,48 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 		n++
 	}
 	batch := entries[:n]
+	// Source ranges go in before the entries that use them, and the old
+	// ones out after the switch, as the slots.
+	if withRanges {
+		var err error
+		if ranges, err = o.sourceRanges(); err != nil {
+			return 0, err
+		}
+		for i, e := range batch {
+			if err := o.putSourceRanges(e.Service.ID, e.Service.SourceRanges); err != nil {
+				for _, e := range batch[:i+1] {
+					o.deleteSourceRanges(e.Service.ID, e.Service.SourceRanges, ranges[e.Service.ID])
+				}
+				return 0, fmt.Errorf("service %s: %w", e.Frontend, err)
+			}
+		}
+	}
+	// Maglev tables go in with the slots of their generation.
+	for i, e := range batch {
+		if len(e.Service.Maglev) == 0 {
+			continue
+		}
+		if err := o.putMaglev(e.Service.ID, vals[i].Gen, e.Service.Maglev); err != nil {
+			for j := range batch[:i] {
+				o.deleteMaglev(batch[j].Service.ID, vals[j].Gen)
+			}
+			for _, e := range batch {
+				o.deleteSourceRanges(e.Service.ID, e.Service.SourceRanges, ranges[e.Service.ID])
+			}
+			return 0, fmt.Errorf("service %s: %w", e.Frontend, err)
+		}
+	}
 	if len(slotKeys) > 0 {
 		if done, err := o.maps.AxonLbSlots.BatchUpdate(slotKeys, slotVals, nil); err != nil {
 			o.deleteSlots(slotKeys[:done])
+			for i, e := range batch {
+				if len(e.Service.Maglev) > 0 {
+					o.deleteMaglev(e.Service.ID, vals[i].Gen)
+				}
+			}
+			for _, e := range batch {
+				o.deleteSourceRanges(e.Service.ID, e.Service.SourceRanges, ranges[e.Service.ID])
+			}
 			return 0, fmt.Errorf("write backends of service %s: %w", batch[0].Frontend, err)
 		}
 	}
@@ -307,10 +389,26 @@ func (o *Objects) putServiceBatch(entries []ServiceEntry, known map[podAxonLbKey
 	for i, old := range olds {
 		if i < done && old != nil {
 			stale = append(stale, oldSlots(*old)...)
+			if old.Flags&lbFlagMaglev != 0 {
+				o.deleteMaglev(old.Id, old.Gen)
+			}
+			if withRanges {
+				var keep []netip.Prefix
+				if old.Id == batch[i].Service.ID {
+					keep = batch[i].Service.SourceRanges
+				}
+				o.deleteSourceRanges(old.Id, ranges[old.Id], keep)
+			}
 		}
 		if i >= done {
 			sk, _ := slotsOf(batch[i].Service, vals[i].Gen)
 			stale = append(stale, sk...)
+			if len(batch[i].Service.Maglev) > 0 {
+				o.deleteMaglev(batch[i].Service.ID, vals[i].Gen)
+			}
+			if withRanges {
+				o.deleteSourceRanges(batch[i].Service.ID, batch[i].Service.SourceRanges, ranges[batch[i].Service.ID])
+			}
 		}
 	}
 	o.deleteSlots(stale)
@@ -396,6 +494,16 @@ func (o *Objects) DeleteServices(frontends []Frontend) error {
 		}
 		o.deleteSlots(oldSlots(v))
 		o.deleteMeta(v.Id)
+		if v.Flags&lbFlagMaglev != 0 {
+			o.deleteMaglev(v.Id, v.Gen)
+		}
+		if v.Flags&lbFlagSourceRanges != 0 {
+			ranges, err := o.sourceRanges()
+			if err != nil {
+				return fmt.Errorf("service %s: %w", f, err)
+			}
+			o.deleteSourceRanges(v.Id, ranges[v.Id], nil)
+		}
 	}
 	return nil
 }
@@ -414,6 +522,10 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("list service metadata: %w", err)
 	}
+	ranges, err := o.sourceRanges()
+	if err != nil {
+		return nil, err
+	}
 	var (
 		out []ServiceEntry
 		bad error
@@ -422,6 +534,16 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 		e := ServiceEntry{Frontend: frontendFrom(k), Service: Service{
 			ID: v.Id, Type: v.Type, AffinityTimeout: v.AffinityTimeout, Meta: meta[v.Id],
 		}}
+		if v.Flags&lbFlagSourceRanges != 0 {
+			e.Service.SourceRanges = slices.SortedFunc(slices.Values(ranges[v.Id]), comparePrefix)
+		}
+		if v.Flags&lbFlagMaglev != 0 {
+			t, err := o.maglev(v.Id, v.Gen)
+			if err != nil && bad == nil {
+				bad = fmt.Errorf("service %s: %w", e.Frontend, err)
+			}
+			e.Service.Maglev = t
+		}
 		for i, key := range oldSlots(v) {
 			b, ok := slots[key]
 			if !ok && bad == nil {
@@ -442,4 +564,8 @@ func (o *Objects) Services() ([]ServiceEntry, error) {
 		return nil, bad
 	}
 	return out, nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
 }

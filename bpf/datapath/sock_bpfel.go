@@ -22,10 +22,13 @@ const (
 	sockMapAxonDevices           = "axon_devices"
 	sockMapAxonEndpoints         = "axon_endpoints"
 	sockMapAxonEndpoints6        = "axon_endpoints6"
+	sockMapAxonLbAffinity        = "axon_lb_affinity"
+	sockMapAxonLbMaglev          = "axon_lb_maglev"
 	sockMapAxonLbMeta            = "axon_lb_meta"
 	sockMapAxonLbPorts           = "axon_lb_ports"
 	sockMapAxonLbServices        = "axon_lb_services"
 	sockMapAxonLbSlots           = "axon_lb_slots"
+	sockMapAxonLbSourceRanges    = "axon_lb_source_ranges"
 	sockMapAxonRemote4           = "axon_remote4"
 	sockMapAxonRemote6           = "axon_remote6"
 	sockMapAxonSockConfig        = "axon_sock_config"
@@ -97,21 +100,24 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
-	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
-	AxonSockConfig *ebpf.MapSpec `ebpf:"axon_sock_config"`
-	AxonSockRev    *ebpf.MapSpec `ebpf:"axon_sock_rev"`
-	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt             *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.MapSpec `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.MapSpec `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.MapSpec `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.MapSpec `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
+	AxonSockConfig     *ebpf.MapSpec `ebpf:"axon_sock_config"`
+	AxonSockRev        *ebpf.MapSpec `ebpf:"axon_sock_rev"`
+	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
 }
 
 // sockVariableSpecs contains global variables before they are loaded into the kernel.
@@ -140,21 +146,24 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
-	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
-	AxonSockConfig *ebpf.Map `ebpf:"axon_sock_config"`
-	AxonSockRev    *ebpf.Map `ebpf:"axon_sock_rev"`
-	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.Map `ebpf:"axon_config"`
+	AxonCt             *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.Map `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.Map `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.Map `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.Map `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
+	AxonSockConfig     *ebpf.Map `ebpf:"axon_sock_config"`
+	AxonSockRev        *ebpf.Map `ebpf:"axon_sock_rev"`
+	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
 }
 
 func (m *sockMaps) Close() error {
@@ -165,10 +174,13 @@ func (m *sockMaps) Close() error {
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbAffinity,
+		m.AxonLbMaglev,
 		m.AxonLbMeta,
 		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonLbSourceRanges,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonSockConfig,

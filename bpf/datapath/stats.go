@@ -37,7 +37,8 @@ type Stats struct {
 	UnderlayForeign uint64
 	DropSpoofed     uint64 // from a pod with a source address not its own
 	// DropNoBackend counts new connections to a service frontend with no
-	// backend, active or terminating.
+	// backend, active or terminating, that could not be refused with an
+	// answer (a TCP reset, IPv4 with options): most count Rejected.
 	DropNoBackend uint64
 	// DropCTFull counts new service connections refused because the
 	// connection tracker (axon_ct) is full.
@@ -45,6 +46,14 @@ type Stats struct {
 	// DropNAT counts packets of a translated flow that could not be
 	// rewritten.
 	DropNAT uint64
+	// Rejected counts new connections to a service frontend with no
+	// backend that were refused at once: a TCP reset or an ICMP port
+	// unreachable handed back to the client pod. (Those that cannot be
+	// answered count DropNoBackend.)
+	Rejected uint64
+	// DropSourceRange counts new connections to a frontend with source
+	// ranges from a client outside them.
+	DropSourceRange uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -72,6 +81,8 @@ var statFields = [...]struct {
 	{podAxonStatAXON_STAT_DROP_NO_BACKEND, "drop-no-backend", func(s *Stats) *uint64 { return &s.DropNoBackend }},
 	{podAxonStatAXON_STAT_DROP_CT_FULL, "drop-ct-full", func(s *Stats) *uint64 { return &s.DropCTFull }},
 	{podAxonStatAXON_STAT_DROP_NAT, "drop-nat", func(s *Stats) *uint64 { return &s.DropNAT }},
+	{podAxonStatAXON_STAT_REJECTED, "rejected-no-backend", func(s *Stats) *uint64 { return &s.Rejected }},
+	{podAxonStatAXON_STAT_DROP_SOURCE_RANGE, "drop-source-range", func(s *Stats) *uint64 { return &s.DropSourceRange }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

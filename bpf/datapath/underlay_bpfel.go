@@ -16,20 +16,23 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	underlayMapAxonConfig        = "axon_config"
-	underlayMapAxonCt            = "axon_ct"
-	underlayMapAxonCtPorts       = "axon_ct_ports"
-	underlayMapAxonDevices       = "axon_devices"
-	underlayMapAxonEndpoints     = "axon_endpoints"
-	underlayMapAxonEndpoints6    = "axon_endpoints6"
-	underlayMapAxonLbMeta        = "axon_lb_meta"
-	underlayMapAxonLbPorts       = "axon_lb_ports"
-	underlayMapAxonLbServices    = "axon_lb_services"
-	underlayMapAxonLbSlots       = "axon_lb_slots"
-	underlayMapAxonRemote4       = "axon_remote4"
-	underlayMapAxonRemote6       = "axon_remote6"
-	underlayMapAxonStats         = "axon_stats"
-	underlayProgAxonFromUnderlay = "axon_from_underlay"
+	underlayMapAxonConfig         = "axon_config"
+	underlayMapAxonCt             = "axon_ct"
+	underlayMapAxonCtPorts        = "axon_ct_ports"
+	underlayMapAxonDevices        = "axon_devices"
+	underlayMapAxonEndpoints      = "axon_endpoints"
+	underlayMapAxonEndpoints6     = "axon_endpoints6"
+	underlayMapAxonLbAffinity     = "axon_lb_affinity"
+	underlayMapAxonLbMaglev       = "axon_lb_maglev"
+	underlayMapAxonLbMeta         = "axon_lb_meta"
+	underlayMapAxonLbPorts        = "axon_lb_ports"
+	underlayMapAxonLbServices     = "axon_lb_services"
+	underlayMapAxonLbSlots        = "axon_lb_slots"
+	underlayMapAxonLbSourceRanges = "axon_lb_source_ranges"
+	underlayMapAxonRemote4        = "axon_remote4"
+	underlayMapAxonRemote6        = "axon_remote6"
+	underlayMapAxonStats          = "axon_stats"
+	underlayProgAxonFromUnderlay  = "axon_from_underlay"
 )
 
 // loadUnderlay returns the embedded CollectionSpec for underlay.
@@ -81,19 +84,22 @@ type underlayProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type underlayMapSpecs struct {
-	AxonConfig     *ebpf.MapSpec `ebpf:"axon_config"`
-	AxonCt         *ebpf.MapSpec `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.MapSpec `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.MapSpec `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.MapSpec `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.MapSpec `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.MapSpec `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.MapSpec `ebpf:"axon_config"`
+	AxonCt             *ebpf.MapSpec `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.MapSpec `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.MapSpec `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.MapSpec `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.MapSpec `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.MapSpec `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.MapSpec `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.MapSpec `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.MapSpec `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
 }
 
 // underlayVariableSpecs contains global variables before they are loaded into the kernel.
@@ -122,19 +128,22 @@ func (o *underlayObjects) Close() error {
 //
 // It can be passed to loadUnderlayObjects or ebpf.CollectionSpec.LoadAndAssign.
 type underlayMaps struct {
-	AxonConfig     *ebpf.Map `ebpf:"axon_config"`
-	AxonCt         *ebpf.Map `ebpf:"axon_ct"`
-	AxonCtPorts    *ebpf.Map `ebpf:"axon_ct_ports"`
-	AxonDevices    *ebpf.Map `ebpf:"axon_devices"`
-	AxonEndpoints  *ebpf.Map `ebpf:"axon_endpoints"`
-	AxonEndpoints6 *ebpf.Map `ebpf:"axon_endpoints6"`
-	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
-	AxonLbPorts    *ebpf.Map `ebpf:"axon_lb_ports"`
-	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
-	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
-	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
-	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
-	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
+	AxonConfig         *ebpf.Map `ebpf:"axon_config"`
+	AxonCt             *ebpf.Map `ebpf:"axon_ct"`
+	AxonCtPorts        *ebpf.Map `ebpf:"axon_ct_ports"`
+	AxonDevices        *ebpf.Map `ebpf:"axon_devices"`
+	AxonEndpoints      *ebpf.Map `ebpf:"axon_endpoints"`
+	AxonEndpoints6     *ebpf.Map `ebpf:"axon_endpoints6"`
+	AxonLbAffinity     *ebpf.Map `ebpf:"axon_lb_affinity"`
+	AxonLbMaglev       *ebpf.Map `ebpf:"axon_lb_maglev"`
+	AxonLbMeta         *ebpf.Map `ebpf:"axon_lb_meta"`
+	AxonLbPorts        *ebpf.Map `ebpf:"axon_lb_ports"`
+	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
+	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
+	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
+	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
 }
 
 func (m *underlayMaps) Close() error {
@@ -145,10 +154,13 @@ func (m *underlayMaps) Close() error {
 		m.AxonDevices,
 		m.AxonEndpoints,
 		m.AxonEndpoints6,
+		m.AxonLbAffinity,
+		m.AxonLbMaglev,
 		m.AxonLbMeta,
 		m.AxonLbPorts,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonLbSourceRanges,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

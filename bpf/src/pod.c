@@ -112,7 +112,8 @@ int axon_from_pod(struct __sk_buff *skb)
 	const struct axon_endpoint *ep;
 	enum parse kind;
 	struct pkt p = {}; /* read by the family of kind only, but clang may hoist */
-	__u32 stat;
+	__u32 stat, fwd = AXON_STAT_FWD_LOCAL;
+	int rc;
 
 	kind = parse(skb, &p);
 	switch (kind) {
@@ -144,19 +145,29 @@ int axon_from_pod(struct __sk_buff *skb)
 	} else if (!own_source(skb, endpoint6(&p.ip6->saddr))) {
 		return drop(AXON_STAT_DROP_SPOOFED);
 	}
-	/* To a service: on to its backend; a reply: back from the frontend. */
-	if (lb_from_pod(skb, cfg, &p, kind, &stat) < 0)
+	/*
+	 * To a service: on to its backend; a reply: back from the frontend;
+	 * to a frontend without backends: refused, the answer back to the pod.
+	 */
+	rc = lb_from_pod(skb, cfg, &p, kind, &stat);
+	if (rc < 0)
 		return drop(stat);
+	if (rc > 0)
+		fwd = stat;
 
 	if (kind == PARSE_IPV4) {
 		ep = endpoint4(p.ip4->daddr);
 		if (ep)
-			return deliver_local4(p.eth, p.ip4, ep, AXON_STAT_FWD_LOCAL);
+			return deliver_local4(p.eth, p.ip4, ep, fwd);
+		if (rc > 0)
+			return drop(AXON_STAT_DROP_NO_BACKEND);
 		return to_remote4(skb, cfg, p.eth, p.ip4);
 	}
 	ep = endpoint6(&p.ip6->daddr);
 	if (ep)
-		return deliver_local6(skb, p.eth, p.ip6, ep, AXON_STAT_FWD_LOCAL);
+		return deliver_local6(skb, p.eth, p.ip6, ep, fwd);
+	if (rc > 0)
+		return drop(AXON_STAT_DROP_NO_BACKEND);
 	return to_remote6(skb, cfg, p.eth, p.ip6);
 }
 

@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -187,4 +189,118 @@ func TestClusterIP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestClusterIPNoBackend refuses connections to a frontend without
+// backends at once (TCP: a reset; UDP: an ICMP port unreachable, which a
+// connected socket's read reports), IPv4 and IPv6, and answers after
+// backends arrive.
+func TestClusterIPNoBackend(t *testing.T) {
+	e := newEnv(t, 1)
+	a, b := e.addPod(0, "pod-a"), e.addPod(0, "pod-b")
+	serveName(t, b, 8080)
+	dp := e.datapathClient(0)
+	for _, tc := range []struct {
+		network, vip, backend string
+		proto                 commonv1alpha1.Protocol
+	}{
+		{"tcp", "10.96.0.20", b.ip, commonv1alpha1.Protocol_PROTOCOL_TCP},
+		{"udp", "10.96.0.20", b.ip, commonv1alpha1.Protocol_PROTOCOL_UDP},
+		{"tcp", "fd00:96::20", b.ip6, commonv1alpha1.Protocol_PROTOCOL_TCP},
+		{"udp", "fd00:96::20", b.ip6, commonv1alpha1.Protocol_PROTOCOL_UDP},
+	} {
+		t.Run(tc.network+" "+tc.vip, func(t *testing.T) {
+			addr := net.JoinHostPort(tc.vip, "80")
+			empty := clusterIP(tc.vip, 80, tc.proto, 8080, nil)
+			if _, err := dp.UpsertService(t.Context(), &datapathv1alpha1.UpsertServiceRequest{Service: empty}); err != nil {
+				t.Fatal(err)
+			}
+			// Refused, not left to time out.
+			if _, err := askName(a, tc.network, addr); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("connecting to a frontend without backends: %v; want connection refused\ncounters %v", err, e.stats(0))
+			}
+			withB := clusterIP(tc.vip, 80, tc.proto, 8080, []string{e.cluster.Nodes[0].Name}, tc.backend)
+			if _, err := dp.UpsertService(t.Context(), &datapathv1alpha1.UpsertServiceRequest{Service: withB}); err != nil {
+				t.Fatal(err)
+			}
+			name, err := askName(a, tc.network, addr)
+			if err != nil || name != b.name {
+				t.Fatalf("after the backend arrived: %q, %v", name, err)
+			}
+		})
+	}
+}
+
+// TestServiceHairpinAffinitySourceRanges: a pod reaches a service whose
+// backend is itself (hairpin); a ClusterIP with ClientIP affinity sends
+// every connection of a client to one backend; a LoadBalancer address
+// (picked by its Maglev table) takes connections only from its source
+// ranges. IPv4 and IPv6, TCP and UDP where it matters.
+func TestServiceHairpinAffinitySourceRanges(t *testing.T) {
+	e := newEnv(t, 1)
+	a, b, c := e.addPod(0, "pod-a"), e.addPod(0, "pod-b"), e.addPod(0, "pod-c")
+	for _, p := range []*pod{b, c} {
+		serveName(t, p, 8080)
+	}
+	node := e.cluster.Nodes[0].Name
+	nodes := []string{node, node}
+	tcp, udp := commonv1alpha1.Protocol_PROTOCOL_TCP, commonv1alpha1.Protocol_PROTOCOL_UDP
+	sticky := clusterIP("10.96.0.31", 80, tcp, 8080, nodes, b.ip, c.ip)
+	sticky.SessionAffinity = datapathv1alpha1.SessionAffinity_SESSION_AFFINITY_CLIENT_IP
+	lb := clusterIP("192.0.2.31", 80, tcp, 8080, nodes, b.ip, c.ip)
+	lb.Type = datapathv1alpha1.ServiceType_SERVICE_TYPE_LOAD_BALANCER
+	lb.SourceRanges = []string{a.ip + "/32"}
+	svcs := []*datapathv1alpha1.Service{
+		clusterIP("10.96.0.30", 80, tcp, 8080, nodes[:1], b.ip),
+		clusterIP("10.96.0.30", 53, udp, 8080, nodes[:1], b.ip),
+		clusterIP("fd00:96::30", 80, tcp, 8080, nodes[:1], b.ip6),
+		clusterIP("fd00:96::30", 53, udp, 8080, nodes[:1], b.ip6),
+		sticky, lb,
+	}
+	if _, err := e.datapathClient(0).UpsertServices(t.Context(), &datapathv1alpha1.UpsertServicesRequest{Services: svcs, ReplaceAll: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("hairpin", func(t *testing.T) {
+		for _, tc := range []struct{ network, addr string }{
+			{"tcp", "10.96.0.30:80"}, {"udp", "10.96.0.30:53"}, {"tcp", "[fd00:96::30]:80"}, {"udp", "[fd00:96::30]:53"},
+		} {
+			if name, err := askName(b, tc.network, tc.addr); err != nil || name != b.name {
+				t.Errorf("%s %s from its own backend: %q, %v\ncounters %v", tc.network, tc.addr, name, err, e.stats(0))
+			}
+		}
+	})
+	t.Run("affinity", func(t *testing.T) {
+		seen := map[string]int{}
+		for range 16 {
+			name, err := askName(a, "tcp", "10.96.0.31:80")
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[name]++
+		}
+		if len(seen) != 1 {
+			t.Errorf("with ClientIP affinity, one client reached %v", seen)
+		}
+	})
+	t.Run("source ranges", func(t *testing.T) {
+		seen := map[string]int{}
+		for range 16 {
+			name, err := askName(a, "tcp", "192.0.2.31:80")
+			if err != nil {
+				t.Fatalf("from inside the source ranges: %v\ncounters %v", err, e.stats(0))
+			}
+			seen[name]++
+		}
+		if len(seen) != 2 {
+			t.Errorf("connections (by Maglev) reached %v, want both backends", seen)
+		}
+		before := e.stats(0)["drop-source-range"]
+		if _, err := askName(c, "tcp", "192.0.2.31:80"); err == nil {
+			t.Errorf("a client outside the source ranges connected")
+		}
+		if e.stats(0)["drop-source-range"] == before {
+			t.Errorf("drop-source-range did not count the refused client")
+		}
+	})
 }

@@ -220,9 +220,13 @@ static __always_inline void ipv4_csum_diff(struct iphdr *ip, __u32 diff)
  * Writes e's addresses into the IP header at data (whose linear area ends
  * at data_end) and returns their one's complement change, 0 if they are the
  * same; the IPv4 header checksum follows. -1: the header is not there.
+ * A subprogram of its own (static, so verified with its caller's
+ * pointers): its address buffers then live in its own stack frame, not in
+ * the program's, which shares the 512-byte limit with the global
+ * functions the program calls (axon_lb_new_flow, axon_reject).
  */
-static __always_inline __s64 nat_addrs(void *data, void *data_end, enum parse kind,
-				       const struct axon_ct_entry *e)
+static __noinline __s64 nat_addrs(void *data, void *data_end, enum parse kind,
+				  const struct axon_ct_entry *e)
 {
 	__u64 sum = 0;
 

@@ -142,7 +142,8 @@ enum axon_stat {
 	AXON_STAT_FWD_TUNNEL_DEVICE,
 	/*
 	 * from_pod: a new connection to a service frontend that has neither
-	 * active nor terminating backends (DROP). A packet the programs
+	 * active nor terminating backends and that cannot be refused with an
+	 * answer (DROP; the others count REJECTED). A packet the programs
 	 * translate (service or reverse NAT) counts only the counter of where
 	 * it then goes (forwarded-local, forwarded-tunnel, ...).
 	 */
@@ -151,6 +152,19 @@ enum axon_stat {
 	AXON_STAT_DROP_CT_FULL,
 	/* A translated packet could not be rewritten (DROP). */
 	AXON_STAT_DROP_NAT,
+	/*
+	 * from_pod: a new connection to a service frontend without backends,
+	 * refused at once (axon/reject.h): a TCP reset or an ICMP port
+	 * unreachable handed back to the pod (redirect_peer). What cannot be
+	 * answered (a reset, IPv4 with options) counts DROP_NO_BACKEND.
+	 */
+	AXON_STAT_REJECTED,
+	/*
+	 * from_pod: a new connection to a frontend that takes clients only
+	 * from its source ranges (AXON_LB_F_SOURCE_RANGES) from another
+	 * address (DROP).
+	 */
+	AXON_STAT_DROP_SOURCE_RANGE,
 	AXON_STAT_MAX,
 };
 
@@ -204,9 +218,65 @@ struct axon_lb_service {
 	__u16 terminating;
 	__u8 gen;               /* 0 or 1: the generation of the slots in use */
 	__u8 type;              /* service type, for the agent (ClusterIP, NodePort, ...) */
-	__u16 flags;            /* reserved, 0 */
-	__u32 affinity_timeout; /* seconds; 0: none (session affinity, not yet used) */
+	__u16 flags;            /* AXON_LB_F_* */
+	__u32 affinity_timeout; /* seconds; 0: none (session affinity, axon/affinity.h) */
 };
+
+/*
+ * axon_lb_service.flags: new connections only from the entry's prefixes in
+ * axon_lb_source_ranges (loadBalancerSourceRanges); others are dropped.
+ */
+#define AXON_LB_F_SOURCE_RANGES 1
+
+/*
+ * axon_lb_source_ranges (LPM trie): the client prefixes of each frontend
+ * entry with AXON_LB_F_SOURCE_RANGES. The service id leads the key, in
+ * network byte order, so the trie matches it as the first 32 bits: an
+ * entry's prefixes never match another's clients. prefixlen is 32 plus the
+ * prefix's length in addr's form (an IPv4 /24 is IPv4-mapped: 32 + 96 + 24).
+ */
+struct axon_lb_source_key {
+	__u32 prefixlen;   /* host byte order, as the LPM trie requires */
+	__be32 service_id; /* network byte order */
+	__u8 addr[16];
+};
+
+#define AXON_MAX_LB_SOURCE_RANGES 65536
+
+/*
+ * axon_lb_service.flags: new connections pick their backend by the entry's
+ * Maglev table (axon_lb_maglev, axon/maglev.h) while it has active
+ * backends, so that every node picks the same backend for the same flow.
+ */
+#define AXON_LB_F_MAGLEV 2
+
+/*
+ * Entries of a Maglev table: a prime, the agent's table size
+ * (services/datapath/lb/maglev DefaultSize).
+ */
+#define AXON_MAGLEV_SIZE 16381
+
+/*
+ * axon_lb_maglev: the Maglev table of a frontend entry's generation,
+ * written and switched with its slots. Each entry is a slot (of the
+ * active ones) of the generation.
+ */
+struct axon_lb_maglev_key {
+	__u32 service_id;
+	__u8 gen;
+	__u8 pad[3];
+};
+
+struct axon_lb_maglev {
+	__u16 slot[AXON_MAGLEV_SIZE];
+};
+
+#define AXON_MAX_LB_MAGLEV 8192 /* tables of both generations */
+/*
+ * Seed of the flow hash: fixed, the same on every node (never skb->hash,
+ * which the kernel seeds at random per boot).
+ */
+#define AXON_MAGLEV_SEED 0x41786f6eU
 
 /* axon_lb_slots: one backend slot of a frontend's generation. */
 struct axon_lb_slot_key {
@@ -281,6 +351,46 @@ struct axon_ct_entry {
 #define AXON_CT_TIMEOUT_OTHER 60      /* UDP and the rest */
 /* last_seen is rewritten at most this often (ns), sparing the cache line. */
 #define AXON_CT_REFRESH_NS 1000000000ULL
+
+/*
+ * axon_lb_affinity: session affinity (ClientIP, axon/affinity.h). The
+ * backend a client address of a frontend entry was last sent to, kept while
+ * new connections keep coming sooner than the entry's affinity_timeout. An
+ * LRU map: when full, the least recently used client loses its stickiness,
+ * never its connections (the agent also forgets expired entries).
+ */
+struct axon_lb_affinity_key {
+	__u32 service_id;
+	__u32 pad;
+	__u8 client[16];
+};
+
+struct axon_lb_affinity {
+	struct axon_lb_backend backend;
+	__u16 slot;      /* where backend was when chosen: looked at first */
+	__u16 pad;
+	__u64 last_used; /* bpf_ktime_get_ns() of the client's last new connection */
+};
+
+#define AXON_MAX_LB_AFFINITY 65536
+/*
+ * Slots searched for a remembered backend no longer at its slot (the
+ * frontend switched to another set): beyond them the client picks anew.
+ */
+#define AXON_LB_AFFINITY_SCAN 64
+
+/*
+ * Hairpin: the source a pod sees on a connection to a service that the
+ * load balancer sent back to the pod itself (axon/hairpin.h); its own
+ * address would be a martian source to its kernel. Reserved, never a pod's
+ * or a node's: IPv4 169.254.0.42 (169.254.0.0/24, which RFC 3927 keeps
+ * from link-local autoconfiguration), IPv6 100::42 (100::/64, discard-only,
+ * RFC 6666: never routed). Network byte order, the IPv4 one as
+ * IPv4-mapped IPv6 like every address of axon_ct.
+ */
+#define AXON_HAIRPIN_IP4 0xa9fe002a /* host byte order */
+#define AXON_HAIRPIN_IP6_HI 0x0100000000000000ULL /* host byte order, first 8 bytes */
+#define AXON_HAIRPIN_IP6_LO 0x0000000000000042ULL /* host byte order, last 8 bytes */
 
 /* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */
 #define AXON_TUNNEL_VNI 2

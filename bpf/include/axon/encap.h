@@ -212,10 +212,13 @@ static __always_inline enum axon_encap encap_vxlan(struct __sk_buff *skb,
  * Sends a pod's packet to remote's node: encapsulated here if it can be, or
  * else through the tunnel device (axon_vxlan or axon_geneve) with a tunnel
  * key. The device sets the outer ECN field from the inner one itself (an
- * inner CE as ECT(0), as Linux tunnels do).
+ * inner CE as ECT(0), as Linux tunnels do). A subprogram of its own: the
+ * outer headers it builds live in its own stack frame, not in that of the
+ * program, which shares the 512-byte stack limit with the global functions
+ * it calls (axon_lb_new_flow, axon_reject).
  */
-static __always_inline int to_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
-				     const struct axon_remote *remote, struct ethhdr *eth, __u8 ecn)
+static __noinline int to_tunnel(struct __sk_buff *skb, const struct axon_config *cfg,
+				const struct axon_remote *remote, struct ethhdr *eth, __u8 ecn)
 {
 	struct axon_next_hop out;
 

@@ -2,9 +2,12 @@
 /*
  * Service load balancing for pods (ClusterIP): a pod's TCP or UDP packet to
  * a frontend (axon_lb_services) goes to one of its backends
- * (axon_lb_slots), chosen at random for a new connection and kept for the
+ * (axon_lb_slots), chosen for a new connection (at random, by the client's
+ * session affinity, or by the frontend's Maglev table) and kept for the
  * connection's life by the connection tracker (axon/ct.h), which also
- * holds the reverse translation of the replies.
+ * holds the reverse translation of the replies. A new connection from
+ * outside a frontend's source ranges is dropped; one to a frontend without
+ * backends is refused (axon/reject.h).
  */
 #ifndef AXON_LB_H
 #define AXON_LB_H
@@ -14,10 +17,15 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#include "axon/affinity.h"
 #include "axon/ct.h"
 #include "axon/datapath.h"
+#include "axon/hairpin.h"
+#include "axon/maglev.h"
 #include "axon/maps.h"
 #include "axon/parse.h"
+#include "axon/reject.h"
+#include "axon/srcrange.h"
 
 static __always_inline const struct axon_lb_service *lb_lookup(const struct axon_ct_key *k, __u8 scope)
 {
@@ -63,7 +71,10 @@ static __always_inline const struct axon_lb_service *lb_service(const struct axo
 
 /*
  * Picks the backend of a new connection: a random slot of the active
- * backends, or of the terminating ones when none is active. Map values are
+ * backends, or of the terminating ones when none is active; a client with
+ * session affinity keeps its backend (axon/affinity.h); an external
+ * frontend's active backends are picked by its Maglev table (axon/maglev.h)
+ * instead of at random. Map values are
  * read while the agent may write: the entry is copied at once (the agent
  * replaces it whole, never in place), and the pick stands only if the
  * frontend still has that entry once the slot is copied too. Otherwise
@@ -78,7 +89,22 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, __u32 gates, str
 	const struct axon_lb_service *s;
 	struct axon_lb_slot_key sk;
 	__u16 n;
+	int rc;
 
+	/* The client's backend, if it has affinity (else, or if the entry
+	 * changed meanwhile, a new pick). */
+	s = lb_service(k, gates);
+	if (!s)
+		return -1;
+	__builtin_memcpy(svc, s, sizeof(*svc));
+	n = svc->active ? svc->active : svc->terminating;
+	if (n && affinity_pick(k->saddr, svc, n, be, &sk.slot) == 0) {
+		s = lb_service(k, gates);
+		if (s && s->id == svc->id && s->gen == svc->gen) {
+			affinity_note(k->saddr, svc, be, sk.slot);
+			return 0;
+		}
+	}
 	for (int i = 0; i < AXON_LB_PICK_TRIES; i++) {
 		s = lb_service(k, gates);
 		if (!s)
@@ -88,7 +114,8 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, __u32 gates, str
 		if (!n)
 			return -1;
 		sk.service_id = svc->id;
-		sk.slot = bpf_get_prandom_u32() % n;
+		rc = maglev_slot(k, svc);
+		sk.slot = rc < 0 ? bpf_get_prandom_u32() % n : rc;
 		sk.gen = svc->gen;
 		sk.pad = 0;
 		b = bpf_map_lookup_elem(&axon_lb_slots, &sk);
@@ -96,8 +123,10 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, __u32 gates, str
 			continue;
 		__builtin_memcpy(be, b, sizeof(*be));
 		s = lb_service(k, gates);
-		if (s && s->id == svc->id && s->gen == svc->gen)
+		if (s && s->id == svc->id && s->gen == svc->gen) {
+			affinity_note(k->saddr, svc, be, sk.slot);
 			return 0;
+		}
 	}
 	return -1;
 }
@@ -105,7 +134,9 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, __u32 gates, str
 /*
  * Records a new connection k to backend be of svc: the FORWARD entry
  * (client -> frontend becomes client -> backend) and the REPLY entry
- * (backend -> client becomes frontend -> client). Another CPU may have
+ * (backend -> client becomes frontend -> client). A backend that is the
+ * client itself sees the connection from the hairpin address instead
+ * (axon/hairpin.h), and answers it. Another CPU may have
  * recorded the same connection first: then its entries stand. Returns 0, or
  * -1 if axon_ct is full.
  */
@@ -117,7 +148,7 @@ static __always_inline int lb_record(const struct axon_ct_key *k, const struct a
 	long rc;
 
 	__builtin_memset(&e, 0, sizeof(e));
-	__builtin_memcpy(e.to_saddr, k->saddr, sizeof(e.to_saddr));
+	hairpin_source(e.to_saddr, k->saddr, be->addr);
 	__builtin_memcpy(e.to_daddr, be->addr, sizeof(e.to_daddr));
 	e.to_sport = k->sport;
 	e.to_dport = be->port;
@@ -133,7 +164,7 @@ static __always_inline int lb_record(const struct axon_ct_key *k, const struct a
 
 	__builtin_memset(&rk, 0, sizeof(rk));
 	__builtin_memcpy(rk.saddr, be->addr, sizeof(rk.saddr));
-	__builtin_memcpy(rk.daddr, k->saddr, sizeof(rk.daddr));
+	__builtin_memcpy(rk.daddr, e.to_saddr, sizeof(rk.daddr));
 	rk.sport = be->port;
 	rk.dport = k->sport;
 	rk.proto = k->proto;
@@ -149,6 +180,32 @@ static __always_inline int lb_record(const struct axon_ct_key *k, const struct a
 	return 0;
 }
 
+/* Results of axon_lb_new_flow. */
+enum axon_lb_new {
+	AXON_LB_NEW_OK = 0,
+	AXON_LB_NEW_NO_BACKEND = 1,
+	AXON_LB_NEW_CT_FULL = 2,
+};
+
+/*
+ * Picks and records the backend of a new connection k to a frontend.
+ * Global (not inlined, not static): the verifier checks it once, on its
+ * own, instead of walking the rest of the program once per way a pick can
+ * end (affinity, random slot, ...). gates are those of k's destination
+ * port (lb_port). Returns an enum axon_lb_new.
+ */
+__noinline int axon_lb_new_flow(const struct axon_ct_key *k, __u32 gates)
+{
+	struct axon_lb_service svc;
+	struct axon_lb_backend be;
+
+	if (!k || lb_pick(k, gates, &svc, &be) < 0)
+		return AXON_LB_NEW_NO_BACKEND;
+	if (lb_record(k, &svc, &be) < 0)
+		return AXON_LB_NEW_CT_FULL;
+	return AXON_LB_NEW_OK;
+}
+
 /*
  * Service translation of a pod's packet, before it is forwarded: to a
  * frontend, it goes to the connection's backend (a new connection gets
@@ -160,8 +217,6 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 				       enum parse kind, __u32 *stat)
 {
 	const struct axon_lb_service *frontend;
-	struct axon_lb_service svc;
-	struct axon_lb_backend be;
 	struct axon_ct_key k;
 	struct axon_l4 l;
 	__u32 gates;
@@ -180,14 +235,23 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	rc = ct_apply(skb, p, kind, &k, &l);
 	if (rc || !frontend)
 		return rc < 0 ? -1 : 0;
-	/* A new connection: record it, then translate it as recorded. */
-	if (lb_pick(&k, gates, &svc, &be) < 0) {
-		*stat = AXON_STAT_DROP_NO_BACKEND;
+	/* A new connection: admit it, record it, translate it as recorded. */
+	if (!source_allowed(frontend, k.saddr)) {
+		*stat = AXON_STAT_DROP_SOURCE_RANGE;
 		return -1;
 	}
-	if (lb_record(&k, &svc, &be) < 0) {
+	switch (axon_lb_new_flow(&k, gates)) {
+	case AXON_LB_NEW_OK:
+		break;
+	case AXON_LB_NEW_CT_FULL:
 		*stat = AXON_STAT_DROP_CT_FULL;
 		return -1;
+	default:
+		*stat = AXON_STAT_DROP_NO_BACKEND;
+		if (axon_reject(skb, &k, &l) < 0 || reparse(skb, p, kind) != kind)
+			return -1;
+		*stat = AXON_STAT_REJECTED;
+		return 1;
 	}
 	return ct_apply(skb, p, kind, &k, &l) > 0 ? 0 : -1;
 }

@@ -142,6 +142,35 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_ct_ports SEC(".maps");
 
+/* Session affinity: a client's backend per frontend entry (axon/affinity.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AXON_MAX_LB_AFFINITY);
+	__type(key, struct axon_lb_affinity_key);
+	__type(value, struct axon_lb_affinity);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_affinity SEC(".maps");
+
+/* Frontend entries' allowed client prefixes (axon/srcrange.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, AXON_MAX_LB_SOURCE_RANGES);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+	__type(key, struct axon_lb_source_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_source_ranges SEC(".maps");
+
+/* Frontend entries' Maglev tables, by generation (axon/maglev.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_LB_MAGLEV);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct axon_lb_maglev_key);
+	__type(value, struct axon_lb_maglev);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_lb_maglev SEC(".maps");
+
 static __always_inline const struct axon_config *config(void)
 {
 	__u32 zero = 0;

@@ -74,6 +74,16 @@ type LBService struct {
 	// Affinity, when positive, keeps a client address on its backend for
 	// this long since its last new connection (session affinity ClientIP).
 	Affinity time.Duration
+	// SourceRanges, when not empty, are the only clients the entry takes
+	// new connections from (loadBalancerSourceRanges); the programs drop
+	// the others. Of the frontend's family, at most MaxLBSourceRanges.
+	SourceRanges []netip.Prefix
+	// Maglev, when not empty, is the entry's Maglev lookup table,
+	// MaglevTableSize long: for each position, a slot of Active (an
+	// index). While Active is not empty, new connections take the slot at
+	// a hash of their tuple with a seed fixed for every node, so every
+	// node sends a flow to the same backend (external frontends).
+	Maglev []uint16
 	// Meta is kept with the entry and returned by Services, opaque to the
 	// datapath: what the agent needs to restore its view after a restart.
 	// At most MaxLBMeta bytes.
@@ -82,6 +92,13 @@ type LBService struct {
 
 // MaxLBMeta is the most LBService.Meta may hold.
 const MaxLBMeta = 512
+
+// MaxLBSourceRanges is the most LBService.SourceRanges may hold.
+const MaxLBSourceRanges = 64
+
+// MaglevTableSize is the length of LBService.Maglev: the datapath's table
+// size, a prime.
+const MaglevTableSize = 16381
 
 // LBEntry is a frontend and its entry.
 type LBEntry struct {
@@ -145,7 +162,8 @@ type LBMaps interface {
 	UnpinFlows(match func(Flow) bool) (int, error)
 	// ExpireFlows removes the connection-tracker entries idle for longer
 	// than their protocol and state allow (the datapath's timeouts) and
-	// returns how many it removed.
+	// returns how many it removed. It also forgets the clients' session
+	// affinity past their frontend's Affinity.
 	ExpireFlows() (int, error)
 	// Usage reports how full the load balancer's and the connection
 	// tracker's maps are.

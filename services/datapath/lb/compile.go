@@ -72,19 +72,25 @@ func gcd(a, b uint32) uint32 {
 // compile returns the map entries of a normalized service, one per scope
 // (ids gives each scope's ID, in scopes' order), each carrying metaBytes;
 // counts are its backends' slots (slotCounts). Local backends are those on
-// node.
-func compile(fe frontend, svc *datapathv1alpha1.Service, counts []int, node string, ids []uint32, metaBytes []byte) []bpfmaps.LBEntry {
+// node. The entries of external frontends get their Maglev table from
+// tables (none if nil).
+func compile(fe frontend, svc *datapathv1alpha1.Service, counts []int, node string, ids []uint32, metaBytes []byte, tables *maglevTables) []bpfmaps.LBEntry {
 	localOnly := svc.GetTrafficPolicy() == datapathv1alpha1.TrafficPolicy_TRAFFIC_POLICY_LOCAL
 	var affinity time.Duration
 	if svc.GetSessionAffinity() == datapathv1alpha1.SessionAffinity_SESSION_AFFINITY_CLIENT_IP {
 		affinity = svc.GetAffinityTimeout().AsDuration()
+	}
+	// Normalized: valid, masked, of the frontend's family.
+	var ranges []netip.Prefix
+	for _, s := range svc.GetSourceRanges() {
+		ranges = append(ranges, netip.MustParsePrefix(s))
 	}
 	var entries []bpfmaps.LBEntry
 	for i, scope := range scopes(svc) {
 		// The internal entry of a LOCAL frontend serves in-cluster
 		// clients, which use every backend.
 		onlyLocal := localOnly && scope == bpfmaps.LBScopeExternal
-		lb := bpfmaps.LBService{ID: ids[i], Type: bpfmaps.LBType(svc.GetType()), Affinity: affinity, Meta: metaBytes}
+		lb := bpfmaps.LBService{ID: ids[i], Type: bpfmaps.LBType(svc.GetType()), Affinity: affinity, Meta: metaBytes, SourceRanges: ranges}
 		for j, b := range svc.GetBackends() {
 			local := node != "" && b.GetNodeName() == node
 			if onlyLocal && !local {
@@ -99,6 +105,9 @@ func compile(fe frontend, svc *datapathv1alpha1.Service, counts []int, node stri
 					lb.Active = append(lb.Active, be)
 				}
 			}
+		}
+		if maglevFrontend(lb.Type) {
+			lb.Maglev = tables.table(lb.Active, fe.proto)
 		}
 		entries = append(entries, bpfmaps.LBEntry{
 			Key:     bpfmaps.LBKey{Addr: fe.addr, Port: fe.port, Proto: fe.proto, Scope: scope},

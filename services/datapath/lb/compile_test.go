@@ -41,6 +41,7 @@ func TestCompile(t *testing.T) {
 		name     string
 		svc      *datapathv1alpha1.Service
 		affinity time.Duration
+		ranges   []netip.Prefix // on every entry
 		want     []want
 	}{
 		{
@@ -79,6 +80,19 @@ func TestCompile(t *testing.T) {
 			},
 		},
 		{
+			name: "load balancer source ranges: on both entries, sorted",
+			svc: func() *datapathv1alpha1.Service {
+				s := withPolicy(withBackends(service("192.0.2.10", 443, tcp, lbType), backend("10.0.1.1:443", 1, active, thisNode)))
+				s.SourceRanges = []string{"203.0.113.0/24", "198.51.100.7/32"}
+				return s
+			}(),
+			ranges: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32"), netip.MustParsePrefix("203.0.113.0/24")},
+			want: []want{
+				{bpfmaps.LBScopeExternal, "10.0.1.1:443 x1 L", ""},
+				{bpfmaps.LBScopeInternal, "10.0.1.1:443 x1 L", ""},
+			},
+		},
+		{
 			name:     "client IP affinity defaults to 10800 s",
 			svc:      withAffinity(service("10.96.0.10", 80, tcp, clusterIP, "10.0.1.1:80")),
 			affinity: DefaultAffinity,
@@ -91,7 +105,7 @@ func TestCompile(t *testing.T) {
 				t.Fatal(ferr)
 			}
 			counts, _ := slotCounts(svc.GetBackends())
-			entries := compile(fe, svc, counts, thisNode, []uint32{7, 8}, []byte("meta"))
+			entries := compile(fe, svc, counts, thisNode, []uint32{7, 8}, []byte("meta"), nil)
 			if len(entries) != len(tc.want) {
 				t.Fatalf("%d entries, want %d: %+v", len(entries), len(tc.want), entries)
 			}
@@ -102,6 +116,9 @@ func TestCompile(t *testing.T) {
 				}
 				if e.Service.ID != uint32(7+i) || string(e.Service.Meta) != "meta" || e.Service.Type != bpfmaps.LBType(svc.GetType()) || e.Service.Affinity != tc.affinity {
 					t.Errorf("entry %d: %+v", i, e.Service)
+				}
+				if !slices.Equal(e.Service.SourceRanges, tc.ranges) {
+					t.Errorf("entry %d source ranges %v, want %v", i, e.Service.SourceRanges, tc.ranges)
 				}
 				if got := slots(e.Service.Active); got != w.active {
 					t.Errorf("entry %d active %q, want %q", i, got, w.active)

@@ -58,6 +58,8 @@ type Manager struct {
 	// sorted are the frontends in list order; nil after the set changed.
 	sorted []frontend
 	ids    ids
+	// maglev builds external frontends' Maglev tables.
+	maglev *maglevTables
 }
 
 // record is a service as the Manager holds it.
@@ -72,7 +74,7 @@ type record struct {
 // New returns a Manager over maps; Restore must run before it serves.
 // Without maps (nil) every call fails with ErrUnavailable.
 func New(cfg Config, maps bpfmaps.LBMaps, log *slog.Logger) *Manager {
-	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs()}
+	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs(), maglev: newMaglevTables()}
 }
 
 // Result counts what a batch did.
@@ -318,7 +320,7 @@ func (m *Manager) plan(b batch) plan {
 			p.allocated = append(p.allocated, ids[i])
 		}
 		counts, unit := slotCounts(svc.GetBackends())
-		entries := compile(e.fe, svc, counts, m.cfg.NodeName, ids, metaOf(svc, rev, now, unit).encode())
+		entries := compile(e.fe, svc, counts, m.cfg.NodeName, ids, metaOf(svc, rev, now, unit).encode(), m.maglev)
 		setIDs(svc, entries)
 		for _, oe := range old.entriesOrNil() {
 			if !slices.ContainsFunc(entries, func(n bpfmaps.LBEntry) bool { return n.Key == oe.Key }) {

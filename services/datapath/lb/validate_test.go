@@ -216,7 +216,7 @@ func FuzzNormalize(f *testing.F) {
 		if n := len(md.encode()); n > bpfmaps.MaxLBMeta {
 			t.Fatalf("metadata of %d bytes", n)
 		}
-		entries := compile(fe, out, counts, thisNode, []uint32{1, 2}, md.encode())
+		entries := compile(fe, out, counts, thisNode, []uint32{1, 2}, md.encode(), nil)
 		for _, e := range entries {
 			if len(e.Service.Active) > MaxSlots || len(e.Service.Terminating) > MaxSlots {
 				t.Fatalf("%d+%d slots", len(e.Service.Active), len(e.Service.Terminating))

@@ -36,6 +36,11 @@ func TestLBMaps(t *testing.T) {
 		{Key: bpfmaps.LBKey{Addr: netip.MustParseAddr("fd00:96::a"), Port: 53, Proto: 17, Scope: bpfmaps.LBScopeInternal},
 			Service: bpfmaps.LBService{ID: 2, Type: bpfmaps.LBTypeClusterIP,
 				Active: []bpfmaps.LBBackend{{Addr: netip.MustParseAddr("fd00:10:244:1::5"), Port: 53, Local: true}}}},
+		{Key: bpfmaps.LBKey{Addr: netip.MustParseAddr("192.0.2.10"), Port: 443, Proto: 6},
+			Service: bpfmaps.LBService{ID: 3, Type: bpfmaps.LBTypeLoadBalancer,
+				Active:       []bpfmaps.LBBackend{{Addr: netip.MustParseAddr("10.244.1.6"), Port: 8443}, {Addr: netip.MustParseAddr("10.244.2.6"), Port: 8443}},
+				SourceRanges: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.7/32")},
+				Maglev:       alternating(bpfmaps.MaglevTableSize)}},
 	}
 	if err := l.PutServices(entries); err != nil {
 		t.Fatal(err)
@@ -63,7 +68,8 @@ func TestLBMaps(t *testing.T) {
 		g := got[i]
 		if g.Key != w.Key || g.Service.ID != w.Service.ID || g.Service.Type != w.Service.Type ||
 			g.Service.Affinity != w.Service.Affinity || string(g.Service.Meta) != string(w.Service.Meta) ||
-			!slices.Equal(g.Service.Active, w.Service.Active) || !slices.Equal(g.Service.Terminating, w.Service.Terminating) {
+			!slices.Equal(g.Service.Active, w.Service.Active) || !slices.Equal(g.Service.Terminating, w.Service.Terminating) ||
+			!slices.Equal(g.Service.SourceRanges, w.Service.SourceRanges) || !slices.Equal(g.Service.Maglev, w.Service.Maglev) {
 			t.Errorf("entry %d = %+v, want %+v", i, g, w)
 		}
 	}
@@ -82,11 +88,13 @@ func TestLBMaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]bpfmaps.MapUsage{
-		"axon_lb_services": {Name: "axon_lb_services", Entries: 1, Capacity: bpfdp.DefaultServiceMapMax},
-		"axon_lb_slots":    {Name: "axon_lb_slots", Entries: 1, Capacity: bpfdp.DefaultSlotMapMax},
-		"axon_lb_meta":     {Name: "axon_lb_meta", Entries: 0, Capacity: bpfdp.DefaultServiceMapMax},
-		"axon_ct":          {Name: "axon_ct", Entries: 0, Capacity: 4096},
-		"axon_endpoints":   {Name: "axon_endpoints", Entries: 0, Capacity: bpfdp.DefaultEndpointMapMax},
+		"axon_lb_services":      {Name: "axon_lb_services", Entries: 2, Capacity: bpfdp.DefaultServiceMapMax},
+		"axon_lb_slots":         {Name: "axon_lb_slots", Entries: 3, Capacity: bpfdp.DefaultSlotMapMax},
+		"axon_lb_maglev":        {Name: "axon_lb_maglev", Entries: 1, Capacity: 8192},
+		"axon_lb_source_ranges": {Name: "axon_lb_source_ranges", Entries: 2, Capacity: 65536},
+		"axon_lb_meta":          {Name: "axon_lb_meta", Entries: 0, Capacity: bpfdp.DefaultServiceMapMax},
+		"axon_ct":               {Name: "axon_ct", Entries: 0, Capacity: 4096},
+		"axon_endpoints":        {Name: "axon_endpoints", Entries: 0, Capacity: bpfdp.DefaultEndpointMapMax},
 	}
 	for _, u := range us {
 		if w, ok := want[u.Name]; ok && u != w {
@@ -94,7 +102,23 @@ func TestLBMaps(t *testing.T) {
 		}
 		delete(want, u.Name)
 	}
-	if len(want) != 0 || len(us) != 11 {
+	if len(want) != 0 || len(us) != 14 {
 		t.Errorf("usage %+v: missing %v", us, want)
+	}
+}
+
+// alternating is a Maglev table of n entries over two backends.
+func alternating(n int) []uint16 {
+	t := make([]uint16, n)
+	for i := range t {
+		t[i] = uint16(i % 2)
+	}
+	return t
+}
+
+// TestMaglevTableSize: the table size the agent builds is the datapath's.
+func TestMaglevTableSize(t *testing.T) {
+	if bpfmaps.MaglevTableSize != bpfdp.MaglevTableSize {
+		t.Errorf("bpfmaps.MaglevTableSize %d, the datapath's %d", bpfmaps.MaglevTableSize, bpfdp.MaglevTableSize)
 	}
 }

@@ -363,6 +363,8 @@ func (l *Loader) PutServices(entries []bpfmaps.LBEntry) error {
 			Terminating:     lbBackends(e.Service.Terminating),
 			AffinityTimeout: affinitySeconds(e.Service.Affinity),
 			Meta:            e.Service.Meta,
+			SourceRanges:    e.Service.SourceRanges,
+			Maglev:          e.Service.Maglev,
 		}}
 	}
 	return l.objs.PutServices(out)
@@ -388,12 +390,14 @@ func (l *Loader) Services() ([]bpfmaps.LBEntry, error) {
 		out[i] = bpfmaps.LBEntry{
 			Key: bpfmaps.LBKey{Addr: e.Frontend.Addr, Port: e.Frontend.Port, Proto: e.Frontend.Proto, Scope: bpfmaps.LBScope(e.Frontend.Scope)},
 			Service: bpfmaps.LBService{
-				ID:          e.Service.ID,
-				Type:        bpfmaps.LBType(e.Service.Type),
-				Active:      lbBackendsFrom(e.Service.Active),
-				Terminating: lbBackendsFrom(e.Service.Terminating),
-				Affinity:    time.Duration(e.Service.AffinityTimeout) * time.Second,
-				Meta:        e.Service.Meta,
+				ID:           e.Service.ID,
+				Type:         bpfmaps.LBType(e.Service.Type),
+				Active:       lbBackendsFrom(e.Service.Active),
+				Terminating:  lbBackendsFrom(e.Service.Terminating),
+				Affinity:     time.Duration(e.Service.AffinityTimeout) * time.Second,
+				Meta:         e.Service.Meta,
+				SourceRanges: e.Service.SourceRanges,
+				Maglev:       e.Service.Maglev,
 			},
 		}
 	}
@@ -417,8 +421,15 @@ func (l *Loader) UnpinFlows(match func(bpfmaps.Flow) bool) (int, error) {
 }
 
 // ExpireFlows removes idle flows (the datapath's timeouts) and returns how
-// many it removed.
-func (l *Loader) ExpireFlows() (int, error) { return l.objs.ExpireFlows() }
+// many it removed. It also forgets the session affinity of clients past
+// their frontend's timeout.
+func (l *Loader) ExpireFlows() (int, error) {
+	n, err := l.objs.ExpireFlows()
+	if _, aerr := l.objs.ExpireAffinity(); aerr != nil {
+		err = errors.Join(err, aerr)
+	}
+	return n, err
+}
 
 // Usage reports how full every datapath map is.
 func (l *Loader) Usage() ([]bpfmaps.MapUsage, error) {

@@ -266,6 +266,21 @@ func checkLBEntry(e bpfmaps.LBEntry) error {
 		return fmt.Errorf("service %s: type %d", k.Addr, svc.Type)
 	case len(svc.Meta) > bpfmaps.MaxLBMeta:
 		return fmt.Errorf("service %s: meta of %d bytes, at most %d", k.Addr, len(svc.Meta), bpfmaps.MaxLBMeta)
+	case len(svc.SourceRanges) > bpfmaps.MaxLBSourceRanges:
+		return fmt.Errorf("service %s: %d source ranges, at most %d", k.Addr, len(svc.SourceRanges), bpfmaps.MaxLBSourceRanges)
+	}
+	if len(svc.Maglev) > 0 && len(svc.Maglev) != bpfmaps.MaglevTableSize {
+		return fmt.Errorf("service %s: a Maglev table of %d entries, want %d", k.Addr, len(svc.Maglev), bpfmaps.MaglevTableSize)
+	}
+	for _, slot := range svc.Maglev {
+		if int(slot) >= len(svc.Active) {
+			return fmt.Errorf("service %s: Maglev table entry %d is not one of %d active backends", k.Addr, slot, len(svc.Active))
+		}
+	}
+	for _, p := range svc.SourceRanges {
+		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Is4() != k.Addr.Is4() {
+			return fmt.Errorf("%w: source range %s of frontend %s", bpfdp.ErrInvalidPrefix, p, k.Addr)
+		}
 	}
 	for _, b := range slices.Concat(svc.Active, svc.Terminating) {
 		if !b.Addr.IsValid() || b.Addr.Is4() != k.Addr.Is4() || b.Addr.Is4In6() || b.Port == 0 {
@@ -281,5 +296,6 @@ func compareLBKey(a, b bpfmaps.LBKey) int {
 
 func cloneLBService(s bpfmaps.LBService) bpfmaps.LBService {
 	s.Active, s.Terminating, s.Meta = slices.Clone(s.Active), slices.Clone(s.Terminating), slices.Clone(s.Meta)
+	s.SourceRanges, s.Maglev = slices.Clone(s.SourceRanges), slices.Clone(s.Maglev)
 	return s
 }
