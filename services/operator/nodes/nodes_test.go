@@ -58,19 +58,22 @@ func testRegisterUpdateDelete(t *testing.T, api *apiservertest.Server) {
 	const name = "rud-node"
 	node := createNode(t, api, name, []string{"192.0.2.10", "2001:db8::10"}, []string{"10.1.1.0/24", "fd00:1:1::/64"})
 
-	got := waitNode(t, ipam, name, []string{"192.0.2.10", "2001:db8::10"}, []string{"10.1.1.0/24", "fd00:1:1::/64"})
-	if !slices.Equal(got.GetStatus().GetRouterIps(), []string{"10.1.1.1", "fd00:1:1::1"}) {
-		t.Errorf("router IPs = %v, want the first address of each pod CIDR", got.GetStatus().GetRouterIps())
-	}
+	waitNode(t, ipam, name, []string{"192.0.2.10", "2001:db8::10"}, []string{"10.1.1.0/24", "fd00:1:1::/64"})
 	if err := ctrl.Ready(); err != nil {
 		t.Errorf("Ready() = %v after the first sync", err)
 	}
+	// A pod on the node gets its address from the node's pod CIDR.
 	alloc, err := ipam.Client.AllocateIP(t.Context(), &ipamv1alpha1.AllocateIPRequest{
 		Node: name, Handle: &ipamv1alpha1.OwnerHandle{ContainerId: "c1", InterfaceName: "eth0"},
-		Families: []commonv1alpha1.IPFamily{commonv1alpha1.IPFamily_IP_FAMILY_IPV4},
+		Families: []commonv1alpha1.IPFamily{commonv1alpha1.IPFamily_IP_FAMILY_IPV4, commonv1alpha1.IPFamily_IP_FAMILY_IPV6},
 	})
 	if err != nil {
 		t.Fatalf("allocate a pod address on the node: %v", err)
+	}
+	for _, a := range alloc.GetAllocation().GetAddresses() {
+		if a.GetBlock() != "10.1.1.0/24" && a.GetBlock() != "fd00:1:1::/64" {
+			t.Errorf("pod address %s from block %s, want one of the node's pod CIDRs", a.GetIp(), a.GetBlock())
+		}
 	}
 
 	node.Status.Addresses = []corev1.NodeAddress{
@@ -87,13 +90,11 @@ func testRegisterUpdateDelete(t *testing.T, api *apiservertest.Server) {
 		t.Fatalf("delete node: %v", err)
 	}
 	waitGone(t, ipam, name)
-	blocks, err := ipam.Client.ListBlocks(t.Context(), &ipamv1alpha1.ListBlocksRequest{Node: name})
-	if err != nil || len(blocks.GetBlocks()) != 0 {
-		t.Errorf("node's blocks after delete = %v, %v; want none", blocks.GetBlocks(), err)
-	}
-	ip := alloc.GetAllocation().GetAddresses()[0].GetIp()
-	if _, err := ipam.Client.GetAllocation(t.Context(), &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Ip{Ip: ip}}); status.Code(err) != codes.NotFound {
-		t.Errorf("allocation of %s after delete: %v, want NotFound", ip, err)
+	for _, a := range alloc.GetAllocation().GetAddresses() {
+		_, err := ipam.Client.GetAllocation(t.Context(), &ipamv1alpha1.GetAllocationRequest{Key: &ipamv1alpha1.GetAllocationRequest_Ip{Ip: a.GetIp()}})
+		if status.Code(err) != codes.NotFound {
+			t.Errorf("allocation of %s after delete: %v, want NotFound", a.GetIp(), err)
+		}
 	}
 }
 
@@ -248,13 +249,18 @@ func waitNode(t *testing.T, ipam *ipamtest.IPAM, name string, addrs, podCIDRs []
 	return n
 }
 
-// waitGone waits until IPAM no longer has node name.
+// waitGone waits until IPAM no longer has node name nor any block of it
+// (DeleteNode unregisters the node first, then releases what it had).
 func waitGone(t *testing.T, ipam *ipamtest.IPAM, name string) {
 	t.Helper()
 	testpoll.Until(t, waitTimeout, func() error {
 		_, err := ipam.Client.GetNode(t.Context(), &ipamv1alpha1.GetNodeRequest{Name: name})
 		if status.Code(err) != codes.NotFound {
 			return fmt.Errorf("IPAM node %s: %v, want NotFound", name, err)
+		}
+		blocks, err := ipam.Client.ListBlocks(t.Context(), &ipamv1alpha1.ListBlocksRequest{Node: name})
+		if err != nil || len(blocks.GetBlocks()) != 0 {
+			return fmt.Errorf("blocks of deleted node %s: %v, %v; want none", name, blocks.GetBlocks(), err)
 		}
 		return nil
 	})
