@@ -39,8 +39,8 @@ func TestNotServingWithoutKubernetes(t *testing.T) {
 }
 
 // TestRegistersNodesWithIPAM runs axon-operator against a real apiserver
-// and IPAM: it becomes SERVING, and a Node created in Kubernetes is
-// registered with IPAM.
+// and IPAM: it becomes SERVING, a Node created in Kubernetes is registered
+// with IPAM, and health turns NOT_SERVING when IPAM stops answering.
 func TestRegistersNodesWithIPAM(t *testing.T) {
 	api := apiservertest.Start(t)
 	ipam := ipamtest.Start(t)
@@ -68,6 +68,14 @@ func TestRegistersNodesWithIPAM(t *testing.T) {
 		}
 		if n := resp.GetNode(); !slices.Equal(n.GetAddresses(), []string{"192.0.2.50"}) || !slices.Equal(n.GetPodCidrs(), []string{"10.2.0.0/24"}) {
 			return fmt.Errorf("IPAM node: addresses %v, pod CIDRs %v", n.GetAddresses(), n.GetPodCidrs())
+		}
+		return nil
+	})
+
+	ipam.Stop()
+	testpoll.Until(t, 30*time.Second, func() error {
+		if got := daemontest.Health(t, conn, ""); got != healthpb.HealthCheckResponse_NOT_SERVING {
+			return fmt.Errorf("health with IPAM stopped = %s, want NOT_SERVING", got)
 		}
 		return nil
 	})

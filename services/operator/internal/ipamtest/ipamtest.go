@@ -31,7 +31,13 @@ type IPAM struct {
 	// Target is the service's gRPC target (unix:///...), for binaries
 	// under test.
 	Target string
+
+	srv *grpc.Server
 }
+
+// Stop stops serving, as a crashed IPAM would: calls fail with
+// Unavailable from then on.
+func (i *IPAM) Stop() { i.srv.Stop() }
 
 // Start runs IPAM on a fresh embedded etcd; everything stops when the test
 // ends.
@@ -61,5 +67,5 @@ func Start(t *testing.T) *IPAM {
 		t.Fatalf("ipamtest: dial: %v", err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
-	return &IPAM{Alloc: alloc, Client: ipamv1alpha1.NewIPAMServiceClient(conn), Target: target}
+	return &IPAM{Alloc: alloc, Client: ipamv1alpha1.NewIPAMServiceClient(conn), Target: target, srv: srv}
 }
