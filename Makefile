@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 # Go modules of the workspace (tools/ is kept out of go.work on purpose:
 # buf's dependencies must not leak into the services' build list).
-MODULES := gen bpf services cni-shim
+MODULES := gen bpf services services/operator cni-shim
 PKGS    := $(foreach m,$(MODULES),./$(m)/...)
 BIN     := $(CURDIR)/bin
 TOOLBIN := $(CURDIR)/.bin
@@ -56,6 +56,7 @@ check-generate: generate ## fail if generated code differs from what is committe
 .PHONY: build
 build: ## build every binary into bin/
 	cd services && go build -o $(BIN)/ ./cmd/...
+	cd services/operator && go build -o $(BIN)/ ./cmd/...
 	cd cni-shim && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $(BIN)/axon-cni ./cmd/axon-cni
 
 CNI_BIN_DIR  ?= /opt/cni/bin

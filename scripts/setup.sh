@@ -8,8 +8,11 @@
 #   bench     make bench: the test needs plus iperf3 (pod-to-pod streams),
 #             iptables (legacy and nft backends) and nft (the service
 #             benchmark's kube-proxy-style and nftables rulesets)
+#   k8s       the operator's tests: kube-apiserver, built from Go modules by
+#             scripts/k8s-bins.sh into its cache (a cold build takes about
+#             10 minutes on 2 cores; then it is reused)
 #   ci        .ci/run: all of the above plus git, make and CA certificates
-# (default: test). As root it installs missing Debian packages (apt-get,
+# (default: test, which includes k8s). As root it installs missing Debian packages (apt-get,
 # non-interactive) and mounts bpffs on /sys/fs/bpf; otherwise it prints the
 # exact command to run and exits 1. It changes nothing when all is present.
 set -euo pipefail
@@ -65,11 +68,17 @@ needs_ci() {
 
 purposes=("$@")
 ((${#purposes[@]})) || purposes=(test)
+k8s=false
 for p in "${purposes[@]}"; do
 	case $p in
-	test | run | generate | bench | ci) "needs_$p" ;;
+	test | ci)
+		"needs_$p"
+		k8s=true
+		;;
+	run | generate | bench) "needs_$p" ;;
+	k8s) k8s=true ;;
 	*)
-		echo "setup: unknown purpose '$p' (want test, run, generate, bench or ci)" >&2
+		echo "setup: unknown purpose '$p' (want test, run, generate, bench, k8s or ci)" >&2
 		exit 2
 		;;
 	esac
@@ -126,4 +135,11 @@ if $root && ! mountpoint -q /sys/fs/bpf; then
 	else
 		echo "setup: warning: cannot mount bpffs on /sys/fs/bpf (unprivileged container?): the BPF tests will skip" >&2
 	fi
+fi
+
+# The operator's tests run a real kube-apiserver. No package provides it, so
+# it is built from k8s.io/kubernetes (Go modules) into a cache outside the
+# repository, once; without it those tests skip, or fail under CI.
+if $k8s; then
+	"$(dirname "$0")/k8s-bins.sh" kube-apiserver >/dev/null
 fi

@@ -30,7 +30,7 @@ import (
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, pkg := range []string{"github.com/axon-cni/axon/services/cmd/...", "github.com/axon-cni/axon/cni-shim/cmd/axon-cni"} {
+	for _, pkg := range []string{"github.com/axon-cni/axon/services/cmd/...", "github.com/axon-cni/axon/services/operator/cmd/axon-operator", "github.com/axon-cni/axon/cni-shim/cmd/axon-cni"} {
 		cmd := exec.CommandContext(t.Context(), "go", "build", "-o", dir+"/", pkg)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s", pkg, err, out)

@@ -43,6 +43,7 @@ func buildBinaries(t *testing.T, root, dir string) {
 		args []string
 	}{
 		{"services", nil, []string{"build", "-o", dir + "/", "./cmd/..."}},
+		{"services/operator", nil, []string{"build", "-o", dir + "/", "./cmd/axon-operator"}},
 		{"cni-shim", []string{"CGO_ENABLED=0"}, append(append([]string{"build"}, cniBuildFlags...), "-o", filepath.Join(dir, "axon-cni"), "./cmd/axon-cni")},
 	} {
 		cmd := exec.Command("go", b.args...)
