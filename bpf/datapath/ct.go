@@ -193,7 +193,7 @@ func (o *Objects) Usage() ([]MapUsage, error) {
 		{podMapAxonRemote6, o.maps.AxonRemote6}, {podMapAxonConfig, o.maps.AxonConfig},
 		{podMapAxonStats, o.maps.AxonStats}, {podMapAxonLbServices, o.maps.AxonLbServices},
 		{podMapAxonLbSlots, o.maps.AxonLbSlots}, {podMapAxonLbMeta, o.maps.AxonLbMeta},
-		{podMapAxonCt, o.maps.AxonCt},
+		{podMapAxonCt, o.maps.AxonCt}, {podMapAxonNodeAddrs, o.maps.AxonNodeAddrs},
 	} {
 		u := MapUsage{Name: m.name, Capacity: int(m.m.MaxEntries())}
 		if isArray(m.m.Type()) {

@@ -24,6 +24,7 @@ const (
 	overlayMapAxonLbMeta       = "axon_lb_meta"
 	overlayMapAxonLbServices   = "axon_lb_services"
 	overlayMapAxonLbSlots      = "axon_lb_slots"
+	overlayMapAxonNodeAddrs    = "axon_node_addrs"
 	overlayMapAxonRemote4      = "axon_remote4"
 	overlayMapAxonRemote6      = "axon_remote6"
 	overlayMapAxonStats        = "axon_stats"
@@ -89,6 +90,7 @@ type overlayMapSpecs struct {
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonNodeAddrs  *ebpf.MapSpec `ebpf:"axon_node_addrs"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -128,6 +130,7 @@ type overlayMaps struct {
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonNodeAddrs  *ebpf.Map `ebpf:"axon_node_addrs"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
@@ -143,6 +146,7 @@ func (m *overlayMaps) Close() error {
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonNodeAddrs,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

@@ -127,6 +127,11 @@ const (
 	podAxonModeAXON_MODE_NATIVE podAxonMode = 2
 )
 
+type podAxonNodeAddr struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
 type podAxonRemote struct {
 	_       structs.HostLayout
 	NodeIp4 uint32
@@ -167,7 +172,8 @@ const (
 	podAxonStatAXON_STAT_DROP_NO_BACKEND   podAxonStat = 16
 	podAxonStatAXON_STAT_DROP_CT_FULL      podAxonStat = 17
 	podAxonStatAXON_STAT_DROP_NAT          podAxonStat = 18
-	podAxonStatAXON_STAT_MAX               podAxonStat = 19
+	podAxonStatAXON_STAT_DROP_NO_NAT_PORT  podAxonStat = 19
+	podAxonStatAXON_STAT_MAX               podAxonStat = 20
 )
 
 // Names of all BPF objects in the ELF.
@@ -182,6 +188,7 @@ const (
 	podMapAxonLbMeta     = "axon_lb_meta"
 	podMapAxonLbServices = "axon_lb_services"
 	podMapAxonLbSlots    = "axon_lb_slots"
+	podMapAxonNodeAddrs  = "axon_node_addrs"
 	podMapAxonRemote4    = "axon_remote4"
 	podMapAxonRemote6    = "axon_remote6"
 	podMapAxonStats      = "axon_stats"
@@ -245,6 +252,7 @@ type podMapSpecs struct {
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonNodeAddrs  *ebpf.MapSpec `ebpf:"axon_node_addrs"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -284,6 +292,7 @@ type podMaps struct {
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonNodeAddrs  *ebpf.Map `ebpf:"axon_node_addrs"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
@@ -299,6 +308,7 @@ func (m *podMaps) Close() error {
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonNodeAddrs,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

@@ -45,6 +45,10 @@ type Stats struct {
 	// DropNAT counts packets of a translated flow that could not be
 	// rewritten.
 	DropNAT uint64
+	// DropNoNATPort counts new connections from outside to a frontend
+	// whose backend is on another node, refused because no SNAT port was
+	// free.
+	DropNoNATPort uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -72,6 +76,7 @@ var statFields = [...]struct {
 	{podAxonStatAXON_STAT_DROP_NO_BACKEND, "drop-no-backend", func(s *Stats) *uint64 { return &s.DropNoBackend }},
 	{podAxonStatAXON_STAT_DROP_CT_FULL, "drop-ct-full", func(s *Stats) *uint64 { return &s.DropCTFull }},
 	{podAxonStatAXON_STAT_DROP_NAT, "drop-nat", func(s *Stats) *uint64 { return &s.DropNAT }},
+	{podAxonStatAXON_STAT_DROP_NO_NAT_PORT, "drop-no-nat-port", func(s *Stats) *uint64 { return &s.DropNoNATPort }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

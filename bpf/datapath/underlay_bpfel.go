@@ -24,6 +24,7 @@ const (
 	underlayMapAxonLbMeta        = "axon_lb_meta"
 	underlayMapAxonLbServices    = "axon_lb_services"
 	underlayMapAxonLbSlots       = "axon_lb_slots"
+	underlayMapAxonNodeAddrs     = "axon_node_addrs"
 	underlayMapAxonRemote4       = "axon_remote4"
 	underlayMapAxonRemote6       = "axon_remote6"
 	underlayMapAxonStats         = "axon_stats"
@@ -87,6 +88,7 @@ type underlayMapSpecs struct {
 	AxonLbMeta     *ebpf.MapSpec `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.MapSpec `ebpf:"axon_lb_slots"`
+	AxonNodeAddrs  *ebpf.MapSpec `ebpf:"axon_node_addrs"`
 	AxonRemote4    *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -126,6 +128,7 @@ type underlayMaps struct {
 	AxonLbMeta     *ebpf.Map `ebpf:"axon_lb_meta"`
 	AxonLbServices *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots    *ebpf.Map `ebpf:"axon_lb_slots"`
+	AxonNodeAddrs  *ebpf.Map `ebpf:"axon_node_addrs"`
 	AxonRemote4    *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6    *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats      *ebpf.Map `ebpf:"axon_stats"`
@@ -141,6 +144,7 @@ func (m *underlayMaps) Close() error {
 		m.AxonLbMeta,
 		m.AxonLbServices,
 		m.AxonLbSlots,
+		m.AxonNodeAddrs,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

@@ -151,6 +151,11 @@ enum axon_stat {
 	AXON_STAT_DROP_CT_FULL,
 	/* A translated packet could not be rewritten (DROP). */
 	AXON_STAT_DROP_NAT,
+	/*
+	 * from_underlay: a new connection from outside to a frontend whose
+	 * backend is on another node found no free SNAT port (DROP).
+	 */
+	AXON_STAT_DROP_NO_NAT_PORT,
 	AXON_STAT_MAX,
 };
 
@@ -281,6 +286,17 @@ struct axon_ct_entry {
 #define AXON_CT_TIMEOUT_OTHER 60      /* UDP and the rest */
 /* last_seen is rewritten at most this often (ns), sparing the cache line. */
 #define AXON_CT_REFRESH_NS 1000000000ULL
+
+/*
+ * axon_node_addrs: this node's own addresses (IPv4 as IPv4-mapped IPv6), the
+ * ones a node port's wildcard frontend (0.0.0.0, ::) stands for and the
+ * in-cluster sources of external frontends. The value is reserved (0).
+ */
+struct axon_node_addr {
+	__u8 addr[16];
+};
+
+#define AXON_MAX_NODE_ADDRS 256
 
 /* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */
 #define AXON_TUNNEL_VNI 2

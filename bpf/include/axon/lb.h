@@ -30,18 +30,40 @@ static __always_inline const struct axon_lb_service *lb_lookup(const struct axon
 }
 
 /*
- * The frontend entry for a pod (an in-cluster client) sending k: the
- * internal entry if the frontend has one, else the external one, which
- * every frontend has. NULL: k is not to a frontend.
+ * The frontend entry for a client sending k: for an in-cluster client (a
+ * pod, a node) the internal entry if the frontend has one, else the
+ * external one, which every frontend has. NULL: k is not to a frontend.
  */
-static __always_inline const struct axon_lb_service *lb_service(const struct axon_ct_key *k)
+static __always_inline const struct axon_lb_service *lb_service(const struct axon_ct_key *k, int in_cluster)
 {
 	const struct axon_lb_service *ext = lb_lookup(k, AXON_LB_SCOPE_EXTERNAL), *in;
 
-	if (!ext)
-		return NULL;
+	if (!ext || !in_cluster)
+		return ext;
 	in = lb_lookup(k, AXON_LB_SCOPE_INTERNAL);
 	return in ? in : ext;
+}
+
+/*
+ * The frontend k is sent to, with fk the key to look it up by: k itself,
+ * or k to the wildcard address of its family (0.0.0.0, ::; a node port on
+ * every node address) when k's destination is one of this node's
+ * addresses without a frontend of its own. NULL: k is not to a frontend.
+ */
+static __always_inline const struct axon_lb_service *lb_frontend(const struct axon_ct_key *k, struct axon_ct_key *fk,
+								 int in_cluster)
+{
+	const struct axon_lb_service *s;
+
+	__builtin_memcpy(fk, k, sizeof(*fk));
+	s = lb_service(fk, in_cluster);
+	if (s || !node_addr(k->daddr))
+		return s;
+	if (ipv6_v4mapped((const struct in6_addr *)fk->daddr)) /* IPv4 */
+		__builtin_memset(fk->daddr + 12, 0, 4);
+	else
+		__builtin_memset(fk->daddr, 0, sizeof(fk->daddr));
+	return lb_service(fk, in_cluster);
 }
 
 /* Attempts of lb_pick: each fails only if the agent wrote meanwhile. */
@@ -57,7 +79,7 @@ static __always_inline const struct axon_lb_service *lb_service(const struct axo
  * reused a replaced element for its next write) it is made again on the
  * entry as it now is. Returns 0, or -1 when the frontend has no backend.
  */
-static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_service *svc,
+static __always_inline int lb_pick(const struct axon_ct_key *k, int in_cluster, struct axon_lb_service *svc,
 				   struct axon_lb_backend *be)
 {
 	const struct axon_lb_backend *b;
@@ -66,7 +88,7 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 	__u16 n;
 
 	for (int i = 0; i < AXON_LB_PICK_TRIES; i++) {
-		s = lb_service(k);
+		s = lb_service(k, in_cluster);
 		if (!s)
 			return -1;
 		__builtin_memcpy(svc, s, sizeof(*svc));
@@ -81,7 +103,7 @@ static __always_inline int lb_pick(const struct axon_ct_key *k, struct axon_lb_s
 		if (!b)
 			continue;
 		__builtin_memcpy(be, b, sizeof(*be));
-		s = lb_service(k);
+		s = lb_service(k, in_cluster);
 		if (s && s->id == svc->id && s->gen == svc->gen)
 			return 0;
 	}
@@ -146,21 +168,21 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	const struct axon_lb_service *frontend;
 	struct axon_lb_service svc;
 	struct axon_lb_backend be;
-	struct axon_ct_key k;
+	struct axon_ct_key k, fk;
 	struct axon_l4 l;
 	int rc;
 
 	*stat = AXON_STAT_DROP_NAT;
 	if (!(cfg->flags & AXON_CONFIG_LB) || ct_tuple(skb, p, kind, &k, &l) < 0)
 		return 0;
-	frontend = lb_service(&k);
+	frontend = lb_frontend(&k, &fk, 1);
 	if (!frontend)
 		k.dir = AXON_CT_REPLY;
 	rc = ct_apply(skb, p, kind, &k, &l);
 	if (rc || !frontend)
 		return rc < 0 ? -1 : 0;
 	/* A new connection: record it, then translate it as recorded. */
-	if (lb_pick(&k, &svc, &be) < 0) {
+	if (lb_pick(&fk, 1, &svc, &be) < 0) {
 		*stat = AXON_STAT_DROP_NO_BACKEND;
 		return -1;
 	}
