@@ -367,7 +367,7 @@ func (a *Agent) setupDatapath() error {
 	if bpf == nil {
 		return nil
 	}
-	c := bpfmaps.Config{Mode: bpfmaps.ModeNative}
+	c := bpfmaps.Config{Mode: bpfmaps.ModeNative, NodeAddrs: a.cfg.NodeIPs}
 	for _, ip := range a.cfg.NodeIPs {
 		if ip.Is4() {
 			c.NodeIP = ip

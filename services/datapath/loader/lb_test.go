@@ -94,7 +94,7 @@ func TestLBMaps(t *testing.T) {
 		}
 		delete(want, u.Name)
 	}
-	if len(want) != 0 || len(us) != 11 {
+	if len(want) != 0 || len(us) != 12 {
 		t.Errorf("usage %+v: missing %v", us, want)
 	}
 }
