@@ -24,6 +24,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 	"github.com/axon-cni/axon/services/datapath/endpoint"
 	"github.com/axon-cni/axon/services/datapath/health"
+	"github.com/axon-cni/axon/services/datapath/healthcheck"
 	"github.com/axon-cni/axon/services/datapath/internal/periodic"
 	"github.com/axon-cni/axon/services/datapath/lb"
 	"github.com/axon-cni/axon/services/datapath/masquerade"
@@ -121,6 +122,8 @@ type Agent struct {
 	healthEP  *health.Endpoint
 	masq      *masquerade.Syncer
 	services  *lb.Manager
+	// healthChecks serve the services' health check node ports.
+	healthChecks *healthcheck.Servers
 
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
@@ -200,7 +203,8 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 	a.remotes = remote.New(remote.Config{
 		NodeName: cfg.NodeName, Mode: cfg.RoutingMode, TunnelProtocol: cfg.TunnelProtocol, MTU: cfg.MTU, StateDir: cfg.StateDir,
 	}, deps.IPAM, h, deps.Datapath, a.prober, a.Ready, log)
-	a.services = lb.New(lb.Config{NodeName: cfg.NodeName, ServiceMap: lb.ServiceMap}, deps.LB, log)
+	a.healthChecks = healthcheck.New(cfg.NodeIPs, log)
+	a.services = lb.New(lb.Config{NodeName: cfg.NodeName, ServiceMap: lb.ServiceMap, HealthChecks: a.healthChecks}, deps.LB, log)
 	a.healthEP = health.NewEndpoint(cfg.NodeName, cfg.StateDir, deps.Namespaces, h, a.endpoints)
 	if cfg.Masquerade {
 		a.masq = masquerade.NewSyncer(deps.IPAM, deps.Masquerade, nodedev.TunnelDevice(cfg.TunnelProtocol), log)
@@ -225,9 +229,12 @@ func checkUnderlay(h nl.Handle, cfg Config) error {
 	return nil
 }
 
-// Close releases the agent's netlink handle; what it set up on the node
-// stays.
-func (a *Agent) Close() { a.node.Close() }
+// Close closes the health check node ports and releases the agent's
+// netlink handle; what it set up on the node stays.
+func (a *Agent) Close() {
+	_ = a.healthChecks.Close()
+	a.node.Close()
+}
 
 // Endpoints is the node's endpoint lifecycle.
 func (a *Agent) Endpoints() *endpoint.Manager { return a.endpoints }
