@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
@@ -195,4 +198,62 @@ func TestNodePort(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHealthCheckNodePort: a Local frontend's health check node port
+// answers on every node address, from outside: 200 with the local backend
+// count on a node with backends, 503 with none.
+func TestHealthCheckNodePort(t *testing.T) {
+	e := newEnvMode(t, 2, "")
+	b, c := e.addPod(0, "pod-b"), e.addPod(0, "pod-c")
+	nodes := []string{e.cluster.Nodes[0].Name, e.cluster.Nodes[0].Name}
+	svc := nodePort("0.0.0.0", 30090, commonv1alpha1.Protocol_PROTOCOL_TCP, datapathv1alpha1.TrafficPolicy_TRAFFIC_POLICY_LOCAL, 8080, nodes, b.ip, c.ip)
+	svc.HealthCheckNodePort = 32090
+	for node := range 2 {
+		if _, err := e.datapathClient(node).UpsertServices(t.Context(), &datapathv1alpha1.UpsertServicesRequest{Services: []*datapathv1alpha1.Service{svc}, ReplaceAll: true}); err != nil {
+			t.Fatalf("UpsertServices on node %d: %v", node, err)
+		}
+	}
+	for i, want := range []struct {
+		code int
+		body string
+	}{
+		{200, `{"service":{"namespace":"default","name":"echo"},"localEndpoints":2}`},
+		{503, `{"service":{"namespace":"default","name":"echo"},"localEndpoints":0}`},
+	} {
+		for _, ip := range []string{e.cluster.Nodes[i].IP.String(), e.cluster.Nodes[i].IP6.String()} {
+			url := net.JoinHostPort(ip, "32090")
+			code, body, err := httpGet(e.cluster.Outside.Netns, url)
+			if err != nil || code != want.code || strings.TrimSpace(body) != want.body {
+				t.Errorf("GET %s from outside: %d %q, %v; want %d %s", url, code, body, err, want.code, want.body)
+			}
+		}
+	}
+}
+
+// httpGet sends GET / to addr (host:port) from the namespace netns. (An
+// http.Client would dial from another goroutine, outside the namespace.)
+func httpGet(netns, addr string) (code int, body string, err error) {
+	err = nstest.DoAt(netns, func() error {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		if err := c.SetDeadline(time.Now().Add(2 * time.Second)); err != nil {
+			return err
+		}
+		if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: node\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		code, body = resp.StatusCode, string(b)
+		return err
+	})
+	return code, body, err
 }
