@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"github.com/containernetworking/cni/libcni"
 	"io"
 	"net"
 	"net/http"
@@ -256,4 +257,54 @@ func httpGet(netns, addr string) (code int, body string, err error) {
 		return err
 	})
 	return code, body, err
+}
+
+// TestHostPort maps host ports to pods through the CNI plugin's
+// portMappings capability: a connection from outside to the node's
+// address and host port reaches the pod (TCP and UDP, IPv4 and IPv6, the
+// client's address kept), so does one from a pod of the same node; DEL
+// removes the mapping.
+func TestHostPort(t *testing.T) {
+	e := newEnvMode(t, 2, "")
+	conf := e.editConflist(0, func(m map[string]any) {
+		plugins := m["plugins"].([]any)
+		plugins[0].(map[string]any)["capabilities"] = map[string]any{"portMappings": true}
+	})
+	web, err := e.tryAddPodConf(0, "pod-web", conf, func(rt *libcni.RuntimeConf) {
+		rt.CapabilityArgs = map[string]any{"portMappings": []map[string]any{
+			{"hostPort": 8088, "containerPort": 8080, "protocol": "tcp"},
+			{"hostPort": 8088, "containerPort": 8080, "protocol": "udp"},
+		}}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	servePeer(t, web, 8080)
+	client := e.addPod(0, "pod-client")
+	outside := &pod{name: "outside", netns: e.cluster.Outside.Netns}
+	n := e.cluster.Nodes[0]
+	for _, tc := range []struct {
+		from          *pod
+		network, addr string
+		want          string
+	}{
+		{outside, "tcp", net.JoinHostPort(n.IP.String(), "8088"), web.name + " " + e.cluster.Outside.IP.String()},
+		{outside, "udp", net.JoinHostPort(n.IP.String(), "8088"), web.name + " " + e.cluster.Outside.IP.String()},
+		{outside, "tcp", net.JoinHostPort(n.IP6.String(), "8088"), web.name + " " + e.cluster.Outside.IP6.String()},
+		{client, "tcp", net.JoinHostPort(n.IP.String(), "8088"), web.name + " " + client.ip},
+	} {
+		var got string
+		e.eventually(func() (err error) { got, err = askName(tc.from, tc.network, tc.addr); return err })
+		if got != tc.want {
+			t.Errorf("%s %s %s: %q, want %q", tc.from.name, tc.network, tc.addr, got, tc.want)
+		}
+	}
+	e.delPod(web)
+	if got, err := askName(outside, "tcp", net.JoinHostPort(n.IP.String(), "8088")); err == nil {
+		t.Errorf("host port answered %q after DEL", got)
+	}
+	list, err := e.datapathClient(0).ListServices(t.Context(), &datapathv1alpha1.ListServicesRequest{})
+	if err != nil || len(list.GetServices()) != 0 {
+		t.Errorf("ListServices: %v, %v; want no services (host ports are not the API's)", list.GetServices(), err)
+	}
 }

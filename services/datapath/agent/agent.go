@@ -196,15 +196,21 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 	}
 	a := &Agent{cfg: cfg, gsoMax: gsoMax, log: log, deps: deps, node: h, ready: errors.New("node not set up yet")}
 	a.prober = health.NewProber(deps.IPAM, log)
+	a.healthChecks = healthcheck.New(cfg.NodeIPs, log)
+	a.services = lb.New(lb.Config{NodeName: cfg.NodeName, ServiceMap: lb.ServiceMap, HealthChecks: a.healthChecks}, deps.LB, log)
+	// Endpoints' host ports are entries of the load balancer.
+	var hostPorts endpoint.HostPorts
+	if deps.LB != nil {
+		hostPorts = a.services
+	}
 	a.endpoints = endpoint.New(endpoint.Config{
 		NodeName: cfg.NodeName, StateDir: cfg.StateDir, MTU: cfg.MTU, GSOMaxSize: gsoMax, DeleteQueue: cfg.DeleteQueue,
-		Reserved: func(att *datapathv1alpha1.Attachment) bool { return health.IsEndpoint(cfg.NodeName, att) },
+		Reserved:  func(att *datapathv1alpha1.Attachment) bool { return health.IsEndpoint(cfg.NodeName, att) },
+		HostPorts: hostPorts,
 	}, deps.IPAM, &veth.Plumber{Namespaces: deps.Namespaces}, h, deps.Datapath, a.Ready, log)
 	a.remotes = remote.New(remote.Config{
 		NodeName: cfg.NodeName, Mode: cfg.RoutingMode, TunnelProtocol: cfg.TunnelProtocol, MTU: cfg.MTU, StateDir: cfg.StateDir,
 	}, deps.IPAM, h, deps.Datapath, a.prober, a.Ready, log)
-	a.healthChecks = healthcheck.New(cfg.NodeIPs, log)
-	a.services = lb.New(lb.Config{NodeName: cfg.NodeName, ServiceMap: lb.ServiceMap, HealthChecks: a.healthChecks}, deps.LB, log)
 	a.healthEP = health.NewEndpoint(cfg.NodeName, cfg.StateDir, deps.Namespaces, h, a.endpoints)
 	if cfg.Masquerade {
 		a.masq = masquerade.NewSyncer(deps.IPAM, deps.Masquerade, nodedev.TunnelDevice(cfg.TunnelProtocol), log)

@@ -68,6 +68,8 @@ type Manager struct {
 	// sorted are the frontends in list order; nil after the set changed.
 	sorted []frontend
 	ids    ids
+	// hostPorts are the HOST_PORT entries and their IDs (hostport.go).
+	hostPorts map[frontend]uint32
 }
 
 // record is a service as the Manager holds it.
@@ -82,7 +84,7 @@ type record struct {
 // New returns a Manager over maps; Restore must run before it serves.
 // Without maps (nil) every call fails with ErrUnavailable.
 func New(cfg Config, maps bpfmaps.LBMaps, log *slog.Logger) *Manager {
-	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs()}
+	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs(), hostPorts: map[frontend]uint32{}}
 }
 
 // Result counts what a batch did.
@@ -119,13 +121,16 @@ func (m *Manager) Restore(ctx context.Context) error {
 		fe := frontend{addr: e.Key.Addr, port: e.Key.Port, proto: e.Key.Proto}
 		byFE[fe] = append(byFE[fe], e)
 	}
-	services, used := map[frontend]*record{}, newIDs()
+	services, used, hostPorts := map[frontend]*record{}, newIDs(), map[frontend]uint32{}
 	for fe, es := range byFE {
 		for _, e := range es {
 			used.use(e.Service.ID)
 		}
-		if t := es[0].Service.Type; t < bpfmaps.LBTypeClusterIP || t > bpfmaps.LBTypeExternalIP {
-			continue // not the API's: HostPort entries are another writer's
+		if t := es[0].Service.Type; t == bpfmaps.LBTypeHostPort {
+			hostPorts[fe] = es[0].Service.ID // the endpoints' (hostport.go)
+			continue
+		} else if t < bpfmaps.LBTypeClusterIP || t > bpfmaps.LBTypeExternalIP {
+			continue // not the API's
 		}
 		svc, md, err := decompile(fe, es, m.cfg.NodeName)
 		if err != nil {
@@ -143,7 +148,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.services, m.ids, m.restored, m.sorted = services, used, true, nil
+	m.services, m.ids, m.restored, m.sorted, m.hostPorts = services, used, true, nil, hostPorts
 	m.log.InfoContext(ctx, "services restored", "services", len(services), "entries", len(entries))
 	m.syncHealthChecks(ctx)
 	return nil
