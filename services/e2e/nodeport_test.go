@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	bpfdp "github.com/axon-cni/axon/bpf/datapath"
 	"github.com/containernetworking/cni/libcni"
 	"io"
 	"net"
@@ -299,6 +300,15 @@ func TestHostPort(t *testing.T) {
 			t.Errorf("%s %s %s: %q, want %q", tc.from.name, tc.network, tc.addr, got, tc.want)
 		}
 	}
+	// The mapping outlives a restart of the datapath, and its DEL
+	// afterwards still removes it.
+	e.cluster.KillDatapath(0)
+	if got, err := askName(outside, "tcp", net.JoinHostPort(n.IP.String(), "8088")); err != nil || got != web.name+" "+e.cluster.Outside.IP.String() {
+		t.Errorf("host port while the datapath is down: %q, %v", got, err)
+	}
+	if err := e.cluster.StartDatapath(t.Context(), 0); err != nil {
+		t.Fatal(err)
+	}
 	e.delPod(web)
 	if got, err := askName(outside, "tcp", net.JoinHostPort(n.IP.String(), "8088")); err == nil {
 		t.Errorf("host port answered %q after DEL", got)
@@ -306,5 +316,13 @@ func TestHostPort(t *testing.T) {
 	list, err := e.datapathClient(0).ListServices(t.Context(), &datapathv1alpha1.ListServicesRequest{})
 	if err != nil || len(list.GetServices()) != 0 {
 		t.Errorf("ListServices: %v, %v; want no services (host ports are not the API's)", list.GetServices(), err)
+	}
+	objs, err := bpfdp.Load("/sys/fs/bpf/"+e.prefix+n.Name, bpfdp.LoadOptions{})
+	if err != nil {
+		t.Fatalf("open node-1's maps: %v", err)
+	}
+	defer objs.Close()
+	if entries, err := objs.Services(); err != nil || len(entries) != 0 {
+		t.Errorf("frontend entries after DEL: %v, %v; want none", entries, err)
 	}
 }
