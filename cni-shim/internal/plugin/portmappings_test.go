@@ -5,9 +5,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/axon-cni/axon/cni-shim/internal/config"
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
-	"github.com/axon-cni/axon/cni-shim/internal/config"
 )
 
 // TestPortMappings converts the portMappings capability (protocol
