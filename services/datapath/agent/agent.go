@@ -400,6 +400,11 @@ func (a *Agent) setupDatapath() error {
 	if err := bpf.Configure(c); err != nil {
 		return err
 	}
+	// Connections from outside to another node's backend leave with the
+	// node's address and a port of nodedev's SNAT range.
+	if err := nodedev.CheckNATPorts(); err != nil {
+		a.log.Warn("SNAT ports of node ports may collide with the node's own connections", "err", err)
+	}
 	// Packets from other nodes for local pods skip the node's stack on the
 	// way in: forwarding and connection tracking in native mode, the UDP
 	// socket and the VXLAN device in tunnel mode. Without the program they
