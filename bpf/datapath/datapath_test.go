@@ -688,7 +688,7 @@ func TestVerifier(t *testing.T) {
 		{"axon_from_pod", o.FromPod(), 5300, 29000},
 		// 1272 and 2135 (523 and 641 before reverse translation).
 		{"axon_from_overlay", o.FromOverlay(), 1900, 3200},
-		// 5470 and 23296 (2760 and 4539 before node ports, 1245 and
+		// 5419 and 24134 (2760 and 4539 before node ports, 1245 and
 		// 1504 before reverse translation).
 		{"axon_from_underlay", o.FromUnderlay(), 8200, 35000},
 		// 245 and 341.

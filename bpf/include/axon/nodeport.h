@@ -182,11 +182,12 @@ static __always_inline int np_translate(struct __sk_buff *skb, const struct axon
 			goto apply;
 		k.dir = AXON_CT_FORWARD;
 	}
-	in_cluster = np_in_cluster(&k);
-	if (!lb_frontend(&k, &fk, in_cluster))
+	/* Every frontend has an external entry: the scope matters only then. */
+	if (!lb_frontend(&k, &fk, 0))
 		return 0;
 	if (bpf_map_lookup_elem(&axon_ct, &k))
 		goto apply;
+	in_cluster = np_in_cluster(&k);
 	/* A new connection. */
 	if (lb_pick(&fk, in_cluster, &svc, &be) < 0) {
 		*stat = AXON_STAT_DROP_NO_BACKEND;
