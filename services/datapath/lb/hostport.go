@@ -25,6 +25,12 @@ type HostPort struct {
 
 func (h HostPort) frontend() frontend { return frontend{addr: h.Addr, port: h.Port, proto: h.Proto} }
 
+// hostPort is a HOST_PORT entry as the Manager holds it.
+type hostPort struct {
+	id      uint32
+	backend netip.AddrPort
+}
+
 // PutHostPorts writes host port entries, replacing any of the same
 // frontend (the last pod to map a host port takes it). On error those
 // written stay; the caller removes them with DeleteHostPorts.
@@ -39,7 +45,8 @@ func (m *Manager) PutHostPorts(ctx context.Context, hps []HostPort) error {
 		if m.services[fe] != nil {
 			return fmt.Errorf("%w: host port %s is a service's frontend", ErrInvalid, fe)
 		}
-		id, ok := m.hostPorts[fe]
+		old, ok := m.hostPorts[fe]
+		id := old.id
 		if !ok {
 			id = m.ids.alloc()
 		}
@@ -54,13 +61,14 @@ func (m *Manager) PutHostPorts(ctx context.Context, hps []HostPort) error {
 			}
 			return fmt.Errorf("host port %s: %w", fe, err)
 		}
-		m.hostPorts[fe] = id
+		m.hostPorts[fe] = hostPort{id: id, backend: h.Backend}
 	}
 	m.log.DebugContext(ctx, "host ports written", "count", len(hps))
 	return nil
 }
 
-// DeleteHostPorts removes host port entries; missing ones are skipped.
+// DeleteHostPorts removes host port entries; missing ones, and those
+// another pod has taken since (another backend), are skipped.
 func (m *Manager) DeleteHostPorts(ctx context.Context, hps []HostPort) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -68,19 +76,19 @@ func (m *Manager) DeleteHostPorts(ctx context.Context, hps []HostPort) error {
 		return err
 	}
 	var keys []bpfmaps.LBKey
+	var gone []frontend
 	for _, h := range hps {
-		if _, ok := m.hostPorts[h.frontend()]; ok {
+		if hp, ok := m.hostPorts[h.frontend()]; ok && hp.backend == h.Backend {
 			keys = append(keys, bpfmaps.LBKey{Addr: h.Addr, Port: h.Port, Proto: h.Proto})
+			gone = append(gone, h.frontend())
 		}
 	}
 	if err := m.maps.DeleteServices(keys); err != nil {
 		return fmt.Errorf("delete host ports: %w", err)
 	}
-	for _, h := range hps {
-		if id, ok := m.hostPorts[h.frontend()]; ok {
-			m.ids.release(id)
-			delete(m.hostPorts, h.frontend())
-		}
+	for _, fe := range gone {
+		m.ids.release(m.hostPorts[fe].id)
+		delete(m.hostPorts, fe)
 	}
 	m.log.DebugContext(ctx, "host ports deleted", "count", len(keys))
 	return nil

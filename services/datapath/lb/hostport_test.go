@@ -53,9 +53,22 @@ func TestHostPorts(t *testing.T) {
 		t.Errorf("host port on a service frontend: %v, want ErrInvalid", err)
 	}
 
+	// Another pod takes the IPv4 host port: the first pod's delete
+	// leaves it.
+	other := HostPort{Addr: netip.IPv4Unspecified(), Port: 8088, Proto: 6, Backend: mustAddrPort("10.0.0.6:8080")}
+	if err := m.PutHostPorts(t.Context(), []HostPort{other}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DeleteHostPorts(t.Context(), hps[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := fake.Services(); len(entries) != 3 {
+		t.Fatalf("entries %+v: the other pod's host port must stay", entries)
+	}
+
 	// After a restart the entries are still there, and deleted by key.
 	m2 := newManager(t, fake)
-	if err := m2.DeleteHostPorts(t.Context(), hps); err != nil {
+	if err := m2.DeleteHostPorts(t.Context(), []HostPort{hps[1], other}); err != nil {
 		t.Fatal(err)
 	}
 	entries, err = fake.Services()

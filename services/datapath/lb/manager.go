@@ -69,7 +69,7 @@ type Manager struct {
 	sorted []frontend
 	ids    ids
 	// hostPorts are the HOST_PORT entries and their IDs (hostport.go).
-	hostPorts map[frontend]uint32
+	hostPorts map[frontend]hostPort
 }
 
 // record is a service as the Manager holds it.
@@ -84,7 +84,7 @@ type record struct {
 // New returns a Manager over maps; Restore must run before it serves.
 // Without maps (nil) every call fails with ErrUnavailable.
 func New(cfg Config, maps bpfmaps.LBMaps, log *slog.Logger) *Manager {
-	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs(), hostPorts: map[frontend]uint32{}}
+	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs(), hostPorts: map[frontend]hostPort{}}
 }
 
 // Result counts what a batch did.
@@ -121,13 +121,18 @@ func (m *Manager) Restore(ctx context.Context) error {
 		fe := frontend{addr: e.Key.Addr, port: e.Key.Port, proto: e.Key.Proto}
 		byFE[fe] = append(byFE[fe], e)
 	}
-	services, used, hostPorts := map[frontend]*record{}, newIDs(), map[frontend]uint32{}
+	services, used, hostPorts := map[frontend]*record{}, newIDs(), map[frontend]hostPort{}
 	for fe, es := range byFE {
 		for _, e := range es {
 			used.use(e.Service.ID)
 		}
 		if t := es[0].Service.Type; t == bpfmaps.LBTypeHostPort {
-			hostPorts[fe] = es[0].Service.ID // the endpoints' (hostport.go)
+			// The endpoints' (hostport.go).
+			hp := hostPort{id: es[0].Service.ID}
+			if a := es[0].Service.Active; len(a) > 0 {
+				hp.backend = netip.AddrPortFrom(a[0].Addr, a[0].Port)
+			}
+			hostPorts[fe] = hp
 			continue
 		} else if t < bpfmaps.LBTypeClusterIP || t > bpfmaps.LBTypeExternalIP {
 			continue // not the API's
