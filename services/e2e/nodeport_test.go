@@ -112,6 +112,7 @@ func TestNodePort(t *testing.T) {
 				nodePort("0.0.0.0", 30080, tcp, cluster, 8080, nodes, b.ip, c.ip),
 				nodePort("0.0.0.0", 30080, udp, cluster, 8080, nodes, b.ip, c.ip),
 				nodePort("::", 30080, tcp, cluster, 8080, nodes, b.ip6, c.ip6),
+				nodePort("::", 30080, udp, cluster, 8080, nodes, b.ip6, c.ip6),
 				nodePort("0.0.0.0", 30081, tcp, local, 8080, nodes, b.ip, c.ip),
 				// Local, with its only backend on node-2.
 				nodePort("0.0.0.0", 30082, tcp, local, 8080, nodes[1:], c.ip),
@@ -147,6 +148,7 @@ func TestNodePort(t *testing.T) {
 					{"tcp", net.JoinHostPort(n.IP.String(), "30080"), out4, n.IP.String()},
 					{"udp", net.JoinHostPort(n.IP.String(), "30080"), out4, n.IP.String()},
 					{"tcp", net.JoinHostPort(n.IP6.String(), "30080"), out6, n.IP6.String()},
+					{"udp", net.JoinHostPort(n.IP6.String(), "30080"), out6, n.IP6.String()},
 				} {
 					// The first IPv6 packet a node forwards to another
 					// node's pod from the node's own address may be lost
