@@ -76,19 +76,21 @@ func (m *Manager) DeleteHostPorts(ctx context.Context, hps []HostPort) error {
 		return err
 	}
 	var keys []bpfmaps.LBKey
-	var gone []frontend
 	for _, h := range hps {
-		if hp, ok := m.hostPorts[h.frontend()]; ok && hp.backend == h.Backend {
+		// A service's upsert may have replaced the entry since: it stays.
+		if hp, ok := m.hostPorts[h.frontend()]; ok && hp.backend == h.Backend && m.services[h.frontend()] == nil {
 			keys = append(keys, bpfmaps.LBKey{Addr: h.Addr, Port: h.Port, Proto: h.Proto})
-			gone = append(gone, h.frontend())
 		}
 	}
 	if err := m.maps.DeleteServices(keys); err != nil {
 		return fmt.Errorf("delete host ports: %w", err)
 	}
-	for _, fe := range gone {
-		m.ids.release(m.hostPorts[fe].id)
-		delete(m.hostPorts, fe)
+	for _, h := range hps {
+		// (A service that replaced the entry has an ID of its own.)
+		if hp, ok := m.hostPorts[h.frontend()]; ok && hp.backend == h.Backend {
+			m.ids.release(hp.id)
+			delete(m.hostPorts, h.frontend())
+		}
 	}
 	m.log.DebugContext(ctx, "host ports deleted", "count", len(keys))
 	return nil
