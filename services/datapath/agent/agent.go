@@ -125,6 +125,10 @@ type Agent struct {
 	// healthChecks serve the services' health check node ports.
 	healthChecks *healthcheck.Servers
 
+	dpMu sync.Mutex // guards dpConfig
+	// dpConfig is the datapath configuration as last written (nodeaddrs.go).
+	dpConfig bpfmaps.Config
+
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
 	ready   error // nil once the node is set up
@@ -380,7 +384,7 @@ func (a *Agent) setupDatapath() error {
 	if bpf == nil {
 		return nil
 	}
-	c := bpfmaps.Config{Mode: bpfmaps.ModeNative, NodeAddrs: a.cfg.NodeIPs}
+	c := bpfmaps.Config{Mode: bpfmaps.ModeNative}
 	for _, ip := range a.cfg.NodeIPs {
 		if ip.Is4() {
 			c.NodeIP = ip
@@ -397,7 +401,7 @@ func (a *Agent) setupDatapath() error {
 		}
 		c.Mode, c.TunnelIfindex, c.Geneve = bpfmaps.ModeTunnel, tunnel, a.cfg.TunnelProtocol == nodedev.TunnelGeneve
 	}
-	if err := bpf.Configure(c); err != nil {
+	if err := a.configure(bpf, c); err != nil {
 		return err
 	}
 	// Connections from outside to another node's backend leave with the
