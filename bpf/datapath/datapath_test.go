@@ -83,7 +83,7 @@ func checkObjectSpec(t *testing.T, spec *ebpf.CollectionSpec, progs []string) {
 		{podMapAxonLbSlots, ebpf.Hash, 8, 20, 262144, unix.BPF_F_NO_PREALLOC},
 		{podMapAxonLbMeta, ebpf.Hash, 4, 514, 65536, unix.BPF_F_NO_PREALLOC},
 		{podMapAxonCt, ebpf.Hash, 40, 56, 262144, unix.BPF_F_NO_PREALLOC},
-		{podMapAxonNodeAddrs, ebpf.Hash, 16, 4, 256, 0},
+		{podMapAxonNodeAddrs, ebpf.Hash, 16, 20, 256, 0},
 	} {
 		m := spec.Maps[want.name]
 		if m == nil {

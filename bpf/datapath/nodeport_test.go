@@ -13,24 +13,26 @@ var (
 	nodeIP6 = netip.MustParseAddr("fd00:192::1")
 )
 
-// TestNodeAddrs writes, replaces and reads back the node's addresses.
+// TestNodeAddrs writes, replaces and reads back the node's addresses and
+// SNAT sources (the first address of each family).
 func TestNodeAddrs(t *testing.T) {
 	o := mustLoad(t, "")
-	for _, want := range [][]netip.Addr{
-		{nodeIP, nodeIP6},
-		{netip.MustParseAddr("::ffff:192.0.2.5")},
-		nil,
+	second6 := netip.MustParseAddr("fd00:192::2")
+	for _, tc := range []struct {
+		set, want, snat []netip.Addr
+	}{
+		{[]netip.Addr{nodeIP, second6, nodeIP6}, []netip.Addr{nodeIP, second6, nodeIP6}, []netip.Addr{nodeIP, second6}},
+		{[]netip.Addr{netip.MustParseAddr("::ffff:192.0.2.5")}, []netip.Addr{netip.MustParseAddr("192.0.2.5")}, []netip.Addr{netip.MustParseAddr("192.0.2.5")}},
+		{nil, nil, nil},
 	} {
-		must(t, "set node addresses", o.SetNodeAddrs(want))
-		got, err := o.NodeAddrs()
+		must(t, "set node addresses", o.SetNodeAddrs(tc.set))
+		got, snat, err := o.NodeAddrs()
 		must(t, "node addresses", err)
-		for i := range want {
-			want[i] = want[i].Unmap()
+		for _, l := range [][]netip.Addr{got, snat, tc.want, tc.snat} {
+			slices.SortFunc(l, netip.Addr.Compare)
 		}
-		slices.SortFunc(got, netip.Addr.Compare)
-		slices.SortFunc(want, netip.Addr.Compare)
-		if !slices.Equal(got, want) {
-			t.Errorf("NodeAddrs = %v, want %v", got, want)
+		if !slices.Equal(got, tc.want) || !slices.Equal(snat, tc.snat) {
+			t.Errorf("NodeAddrs = %v, SNAT %v; want %v, SNAT %v", got, snat, tc.want, tc.snat)
 		}
 	}
 	if err := o.SetNodeAddrs([]netip.Addr{{}}); err == nil {
@@ -65,13 +67,10 @@ func TestNodePortRun(t *testing.T) {
 					t.Run(name+" node port", func(t *testing.T) {
 						testNodePort(t, r, fam.client, fam.node, fam.wildcard, fam.local, fam.rm, proto, mode.cfg.Mode)
 					})
-					// A LoadBalancer address: exact, not a node address
-					// (IPv6 ones have no SNAT address, see np_snat_addr).
-					if fam.name == "v4" {
-						t.Run(name+" load balancer", func(t *testing.T) {
-							testNodePort(t, r, fam.client, fam.lbAddr, fam.lbAddr, fam.local, fam.rm, proto, mode.cfg.Mode)
-						})
-					}
+					// A LoadBalancer address: exact, not a node address.
+					t.Run(name+" load balancer", func(t *testing.T) {
+						testNodePort(t, r, fam.client, fam.lbAddr, fam.lbAddr, fam.local, fam.rm, proto, mode.cfg.Mode)
+					})
 				}
 			}
 		})
@@ -85,10 +84,11 @@ func testNodePort(t *testing.T, r *runner, client, dst, feAddr, local, rm netip.
 	backends := []Backend{{Addr: local, Port: 8080, Local: true}, {Addr: rm, Port: 8081}}
 	putServices(t, r.objs, ServiceEntry{Frontend: fe, Service: Service{ID: 9, Type: 2, Active: backends}})
 	t.Cleanup(func() { _ = r.objs.DeleteServices([]Frontend{fe}) })
-	// The SNAT address of a frontend that is not a node address: the node's IPv4.
+	// The SNAT address of a frontend that is not a node address: the
+	// family's first node address.
 	snat := dst
 	if dst != nodeIP && dst != nodeIP6 {
-		snat = nodeIP
+		snat = map[bool]netip.Addr{true: nodeIP, false: nodeIP6}[dst.Is4()]
 	}
 
 	seen := map[netip.AddrPort]int{}

@@ -132,6 +132,12 @@ type podAxonNodeAddr struct {
 	Addr [16]uint8
 }
 
+type podAxonNodeAddrValue struct {
+	_     structs.HostLayout
+	Flags uint32
+	Snat  [16]uint8
+}
+
 type podAxonRemote struct {
 	_       structs.HostLayout
 	NodeIp4 uint32

@@ -72,9 +72,12 @@ func nodePort(addr string, port uint32, proto commonv1alpha1.Protocol, policy da
 	return s
 }
 
-// lbIP is the LoadBalancer address of TestNodePort, outside the
-// underlay's subnet.
-const lbIP = "203.0.113.80"
+// The LoadBalancer addresses of TestNodePort, outside the underlay's
+// subnets.
+const (
+	lbIP  = "203.0.113.80"
+	lbIP6 = "2001:db8:80::80"
+)
 
 // askAll connects n times and counts the answers ("name addr").
 func askAll(t *testing.T, e *env, from *pod, network, addr string, n int) map[string]int {
@@ -121,10 +124,12 @@ func TestNodePort(t *testing.T) {
 			// it there), balanced like a node port.
 			lb := nodePort(lbIP, 80, tcp, cluster, 8080, nodes, b.ip, c.ip)
 			lb.Type = datapathv1alpha1.ServiceType_SERVICE_TYPE_LOAD_BALANCER
+			lb6 := nodePort(lbIP6, 80, tcp, cluster, 8080, nodes, b.ip6, c.ip6)
+			lb6.Type = datapathv1alpha1.ServiceType_SERVICE_TYPE_LOAD_BALANCER
 			for node := range 2 {
 				all := svcs
 				if node == 0 {
-					all = append(slices.Clone(svcs), lb)
+					all = append(slices.Clone(svcs), lb, lb6)
 				}
 				if _, err := e.datapathClient(node).UpsertServices(t.Context(), &datapathv1alpha1.UpsertServicesRequest{Services: all, ReplaceAll: true}); err != nil {
 					t.Fatalf("UpsertServices on node %d: %v", node, err)
@@ -180,14 +185,23 @@ func TestNodePort(t *testing.T) {
 			if seen := askAll(t, e, outside, "tcp", net.JoinHostPort(e.cluster.Nodes[1].IP.String(), "30082"), 4); seen[c.name+" "+out4] != 4 {
 				t.Errorf("outside -> node-2:30082 (Local): answers %v, want %s", seen, c.name)
 			}
-			// The LoadBalancer address: both backends, the remote one from
-			// node-1's address.
-			if out, err := run(outside.netns, "ip", "route", "replace", lbIP+"/32", "via", e.cluster.Nodes[0].IP.String()); err != nil {
-				t.Fatalf("route %s via node-1: %v: %s", lbIP, err, out)
-			}
-			lbSeen := askAll(t, e, outside, "tcp", net.JoinHostPort(lbIP, "80"), 24)
-			if want := []string{b.name + " " + out4, c.name + " " + e.cluster.Nodes[0].IP.String()}; len(lbSeen) != 2 || lbSeen[want[0]] == 0 || lbSeen[want[1]] == 0 {
-				t.Errorf("outside -> %s:80 (LoadBalancer): answers %v, want both of %q", lbIP, lbSeen, want)
+			// The LoadBalancer addresses: both backends, the remote one
+			// from node-1's address of the family.
+			for _, tc := range []struct{ lb, via, client, node string }{
+				{lbIP, e.cluster.Nodes[0].IP.String(), out4, e.cluster.Nodes[0].IP.String()},
+				{lbIP6, e.cluster.Nodes[0].IP6.String(), out6, e.cluster.Nodes[0].IP6.String()},
+			} {
+				if out, err := run(outside.netns, "ip", "route", "replace", tc.lb, "via", tc.via); err != nil {
+					t.Fatalf("route %s via node-1: %v: %s", tc.lb, err, out)
+				}
+				addr := net.JoinHostPort(tc.lb, "80")
+				for range 4 { // see the first IPv6 connections above
+					e.eventually(func() error { _, err := askName(outside, "tcp", addr); return err })
+				}
+				seen := askAll(t, e, outside, "tcp", addr, 24)
+				if want := []string{b.name + " " + tc.client, c.name + " " + tc.node}; len(seen) != 2 || seen[want[0]] == 0 || seen[want[1]] == 0 {
+					t.Errorf("outside -> %s (LoadBalancer): answers %v, want both of %q", addr, seen, want)
+				}
 			}
 			// A pod reaches its own node's node port (both backends, as an
 			// in-cluster client its address kept).

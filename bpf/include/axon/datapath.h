@@ -290,10 +290,22 @@ struct axon_ct_entry {
 /*
  * axon_node_addrs: this node's own addresses (IPv4 as IPv4-mapped IPv6), the
  * ones a node port's wildcard frontend (0.0.0.0, ::) stands for and the
- * in-cluster sources of external frontends. The value is reserved (0).
+ * in-cluster sources of external frontends (flag AXON_NODE_ADDR_OWN). The
+ * unspecified address of a family (its key) holds instead the family's
+ * SNAT source (flag AXON_NODE_ADDR_SNAT): the address connections from
+ * outside to a frontend that is not a node address (LoadBalancer, external
+ * IPs) leave with for another node's backend.
  */
 struct axon_node_addr {
 	__u8 addr[16];
+};
+
+#define AXON_NODE_ADDR_OWN 1
+#define AXON_NODE_ADDR_SNAT 2
+
+struct axon_node_addr_value {
+	__u32 flags;   /* AXON_NODE_ADDR_* */
+	__u8 snat[16]; /* with AXON_NODE_ADDR_SNAT */
 };
 
 #define AXON_MAX_NODE_ADDRS 256

@@ -129,7 +129,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, AXON_MAX_NODE_ADDRS);
 	__type(key, struct axon_node_addr);
-	__type(value, __u32);
+	__type(value, struct axon_node_addr_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_node_addrs SEC(".maps");
 
@@ -193,10 +193,12 @@ static __always_inline int pod_src6(const struct in6_addr *saddr)
 /* Whether addr (16 bytes, IPv4 mapped) is one of this node's addresses. */
 static __always_inline int node_addr(const __u8 *addr)
 {
+	const struct axon_node_addr_value *v;
 	struct axon_node_addr key;
 
 	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
-	return bpf_map_lookup_elem(&axon_node_addrs, &key) != NULL;
+	v = bpf_map_lookup_elem(&axon_node_addrs, &key);
+	return v && (v->flags & AXON_NODE_ADDR_OWN);
 }
 
 #endif /* AXON_MAPS_H */

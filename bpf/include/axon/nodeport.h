@@ -60,19 +60,25 @@ static __always_inline int np_in_cluster(const struct axon_ct_key *k)
 
 /*
  * The address a connection k to a backend on another node leaves with:
- * the node address it was sent to, else the node's underlay IPv4 (IPv4
- * LoadBalancer and external IPs). Returns -1 if there is none (an IPv6
- * frontend that is not a node address).
+ * the node address it was sent to, else the SNAT source of its family
+ * (LoadBalancer and external IPs). Returns -1 if the node has none.
  */
-static __always_inline int np_snat_addr(const struct axon_ct_key *k, const struct axon_config *cfg, __u8 *out)
+static __always_inline int np_snat_addr(const struct axon_ct_key *k, __u8 *out)
 {
+	const struct axon_node_addr_value *v;
+	struct axon_node_addr key;
+
 	if (node_addr(k->daddr)) {
 		__builtin_memcpy(out, k->daddr, 16);
 		return 0;
 	}
-	if (!ipv6_v4mapped((const struct in6_addr *)k->daddr) || !cfg->node_ip4)
+	__builtin_memset(&key, 0, sizeof(key));
+	if (ipv6_v4mapped((const struct in6_addr *)k->daddr))
+		ct_map4(key.addr, 0);
+	v = bpf_map_lookup_elem(&axon_node_addrs, &key);
+	if (!v || !(v->flags & AXON_NODE_ADDR_SNAT))
 		return -1;
-	ct_map4(out, cfg->node_ip4);
+	__builtin_memcpy(out, v->snat, 16);
 	return 0;
 }
 
@@ -162,8 +168,7 @@ static __always_inline int np_forward(struct __sk_buff *skb, const struct axon_c
  * headers), 0 for every other packet (nothing changed), or -1 with *stat
  * the counter of the drop.
  */
-static __always_inline int np_translate(struct __sk_buff *skb, const struct axon_config *cfg, struct pkt *p,
-					enum parse kind, __u32 *stat)
+static __always_inline int np_translate(struct __sk_buff *skb, struct pkt *p, enum parse kind, __u32 *stat)
 {
 	struct axon_lb_service svc;
 	struct axon_lb_backend be;
@@ -196,7 +201,7 @@ static __always_inline int np_translate(struct __sk_buff *skb, const struct axon
 	if (be.flags & AXON_LB_BACKEND_LOCAL) {
 		rc = lb_record(&k, &svc, &be);
 	} else {
-		if (np_snat_addr(&k, cfg, saddr) < 0)
+		if (np_snat_addr(&k, saddr) < 0)
 			return -1;
 		rc = np_record_snat(&k, &svc, &be, saddr);
 	}
@@ -226,7 +231,7 @@ static __always_inline int np_from_underlay(struct __sk_buff *skb, const struct 
 	kind = parse(skb, &p);
 	if (kind != PARSE_IPV4 && kind != PARSE_IPV6)
 		return AXON_NP_NONE;
-	rc = np_translate(skb, cfg, &p, kind, &stat);
+	rc = np_translate(skb, &p, kind, &stat);
 	if (rc < 0)
 		return drop(stat);
 	if (!rc)

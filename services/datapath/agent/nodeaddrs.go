@@ -14,32 +14,28 @@ import (
 )
 
 // nodeAddrs returns the node's own addresses, which a node port's wildcard
-// frontend stands for: --node-ip's and every other unicast address of the
+// frontend stands for: --node-ip's first, in their order (the first of each
+// family is its SNAT source), then every other unicast address of the
 // node's links (not loopback or link-local), sorted.
 func (a *Agent) nodeAddrs() ([]netip.Addr, error) {
-	set := map[netip.Addr]bool{}
-	for _, ip := range a.cfg.NodeIPs {
-		set[ip.Unmap()] = true
-	}
 	addrs, err := a.node.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list the node's addresses: %w", err)
 	}
+	var out, others []netip.Addr
+	for _, ip := range a.cfg.NodeIPs {
+		if ip = ip.Unmap(); !slices.Contains(out, ip) {
+			out = append(out, ip)
+		}
+	}
 	for _, ad := range addrs {
 		ip, ok := netip.AddrFromSlice(ad.IP)
-		if !ok {
-			continue
-		}
-		if ip = ip.Unmap(); ip.IsGlobalUnicast() {
-			set[ip] = true
+		if ip = ip.Unmap(); ok && ip.IsGlobalUnicast() && !slices.Contains(out, ip) && !slices.Contains(others, ip) {
+			others = append(others, ip)
 		}
 	}
-	out := make([]netip.Addr, 0, len(set))
-	for ip := range set {
-		out = append(out, ip)
-	}
-	slices.SortFunc(out, netip.Addr.Compare)
-	return out, nil
+	slices.SortFunc(others, netip.Addr.Compare)
+	return append(out, others...), nil
 }
 
 // RunNodeAddrs keeps the programs' node addresses in line with the node's
