@@ -212,3 +212,30 @@ func tupleString(f []byte) string {
 	s, d := tuple(f)
 	return s.String() + " -> " + d.String()
 }
+
+// TestNodePortFromPod: a pod reaches a node port on its own node's address
+// through the wildcard frontend, its address kept; an address that is not
+// the node's is no node port.
+func TestNodePortFromPod(t *testing.T) {
+	r := newRunner(t)
+	must(t, "config", r.objs.SetConfig(tunnelCfg))
+	must(t, "node addresses", r.objs.SetNodeAddrs([]netip.Addr{nodeIP}))
+	fe := frontend(netip.IPv4Unspecified(), 30080, protoTCP)
+	putServices(t, r.objs, ServiceEntry{Frontend: fe, Service: Service{ID: 5, Type: 2, Active: []Backend{{Addr: podB.ip, Port: 8080, Local: true}}}})
+
+	in := l4Frame(ap(podA.ip, 40000), ap(nodeIP, 30080), protoTCP, tcpSYN, false)
+	verdict, out := r.run(t, r.objs.FromPod(), in)
+	if s, d := tuple(out[:len(in)]); verdict != verdictRedirect || s != ap(podA.ip, 40000) || d != ap(podB.ip, 8080) {
+		t.Errorf("pod -> node port: verdict %#x, %s -> %s; want redirect to %s", verdict, s, d, ap(podB.ip, 8080))
+	}
+	reply := l4Frame(ap(podB.ip, 8080), ap(podA.ip, 40000), protoTCP, tcpSYN|tcpACK, false)
+	verdict, back := r.run(t, r.objs.FromPod(), reply)
+	if s, d := tuple(back[:len(reply)]); verdict != verdictRedirect || s != ap(nodeIP, 30080) || d != ap(podA.ip, 40000) {
+		t.Errorf("reply: verdict %#x, %s -> %s; want redirect from %s", verdict, s, d, ap(nodeIP, 30080))
+	}
+
+	other := l4Frame(ap(podA.ip, 40001), ap(netip.MustParseAddr("192.0.2.77"), 30080), protoTCP, tcpSYN, false)
+	if verdict, out := r.run(t, r.objs.FromPod(), other); verdict != verdictNext || string(out[:len(other)]) != string(other) {
+		t.Errorf("pod -> another address's port 30080: verdict %#x, changed %v; want next, unchanged", verdict, string(out[:len(other)]) != string(other))
+	}
+}
