@@ -212,6 +212,7 @@ func (o *Objects) Usage() ([]MapUsage, error) {
 		{podMapAxonLbSlots, o.maps.AxonLbSlots}, {podMapAxonLbMeta, o.maps.AxonLbMeta},
 		{podMapAxonCt, o.maps.AxonCt}, {podMapAxonLbAffinity, o.maps.AxonLbAffinity},
 		{podMapAxonLbSourceRanges, o.maps.AxonLbSourceRanges}, {podMapAxonLbMaglev, o.maps.AxonLbMaglev},
+		{podMapAxonNodeAddrs, o.maps.AxonNodeAddrs},
 	} {
 		u := MapUsage{Name: m.name, Capacity: int(m.m.MaxEntries())}
 		if isArray(m.m.Type()) {

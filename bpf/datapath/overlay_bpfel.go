@@ -29,6 +29,7 @@ const (
 	overlayMapAxonLbServices     = "axon_lb_services"
 	overlayMapAxonLbSlots        = "axon_lb_slots"
 	overlayMapAxonLbSourceRanges = "axon_lb_source_ranges"
+	overlayMapAxonNodeAddrs      = "axon_node_addrs"
 	overlayMapAxonRemote4        = "axon_remote4"
 	overlayMapAxonRemote6        = "axon_remote6"
 	overlayMapAxonStats          = "axon_stats"
@@ -99,6 +100,7 @@ type overlayMapSpecs struct {
 	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.MapSpec `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -143,6 +145,7 @@ type overlayMaps struct {
 	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.Map `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
@@ -163,6 +166,7 @@ func (m *overlayMaps) Close() error {
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonLbSourceRanges,
+		m.AxonNodeAddrs,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

@@ -161,6 +161,17 @@ const (
 	podAxonModeAXON_MODE_NATIVE podAxonMode = 2
 )
 
+type podAxonNodeAddr struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
+type podAxonNodeAddrValue struct {
+	_     structs.HostLayout
+	Flags uint32
+	Snat  [16]uint8
+}
+
 type podAxonRemote struct {
 	_       structs.HostLayout
 	NodeIp4 uint32
@@ -203,7 +214,8 @@ const (
 	podAxonStatAXON_STAT_DROP_NAT          podAxonStat = 18
 	podAxonStatAXON_STAT_REJECTED          podAxonStat = 19
 	podAxonStatAXON_STAT_DROP_SOURCE_RANGE podAxonStat = 20
-	podAxonStatAXON_STAT_MAX               podAxonStat = 21
+	podAxonStatAXON_STAT_DROP_NO_NAT_PORT  podAxonStat = 21
+	podAxonStatAXON_STAT_MAX               podAxonStat = 22
 )
 
 // Names of all BPF objects in the ELF.
@@ -223,6 +235,7 @@ const (
 	podMapAxonLbServices     = "axon_lb_services"
 	podMapAxonLbSlots        = "axon_lb_slots"
 	podMapAxonLbSourceRanges = "axon_lb_source_ranges"
+	podMapAxonNodeAddrs      = "axon_node_addrs"
 	podMapAxonRemote4        = "axon_remote4"
 	podMapAxonRemote6        = "axon_remote6"
 	podMapAxonStats          = "axon_stats"
@@ -291,6 +304,7 @@ type podMapSpecs struct {
 	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.MapSpec `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -335,6 +349,7 @@ type podMaps struct {
 	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.Map `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
@@ -355,6 +370,7 @@ func (m *podMaps) Close() error {
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonLbSourceRanges,
+		m.AxonNodeAddrs,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

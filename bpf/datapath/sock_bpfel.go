@@ -29,6 +29,7 @@ const (
 	sockMapAxonLbServices        = "axon_lb_services"
 	sockMapAxonLbSlots           = "axon_lb_slots"
 	sockMapAxonLbSourceRanges    = "axon_lb_source_ranges"
+	sockMapAxonNodeAddrs         = "axon_node_addrs"
 	sockMapAxonRemote4           = "axon_remote4"
 	sockMapAxonRemote6           = "axon_remote6"
 	sockMapAxonSockConfig        = "axon_sock_config"
@@ -113,6 +114,7 @@ type sockMapSpecs struct {
 	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.MapSpec `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonSockConfig     *ebpf.MapSpec `ebpf:"axon_sock_config"`
@@ -159,6 +161,7 @@ type sockMaps struct {
 	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.Map `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
 	AxonSockConfig     *ebpf.Map `ebpf:"axon_sock_config"`
@@ -181,6 +184,7 @@ func (m *sockMaps) Close() error {
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonLbSourceRanges,
+		m.AxonNodeAddrs,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonSockConfig,

@@ -54,6 +54,10 @@ type Stats struct {
 	// DropSourceRange counts new connections to a frontend with source
 	// ranges from a client outside them.
 	DropSourceRange uint64
+	// DropNoNATPort counts new connections from outside to a frontend
+	// whose backend is on another node, refused because no SNAT port was
+	// free.
+	DropNoNATPort uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -83,6 +87,7 @@ var statFields = [...]struct {
 	{podAxonStatAXON_STAT_DROP_NAT, "drop-nat", func(s *Stats) *uint64 { return &s.DropNAT }},
 	{podAxonStatAXON_STAT_REJECTED, "rejected-no-backend", func(s *Stats) *uint64 { return &s.Rejected }},
 	{podAxonStatAXON_STAT_DROP_SOURCE_RANGE, "drop-source-range", func(s *Stats) *uint64 { return &s.DropSourceRange }},
+	{podAxonStatAXON_STAT_DROP_NO_NAT_PORT, "drop-no-nat-port", func(s *Stats) *uint64 { return &s.DropNoNATPort }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

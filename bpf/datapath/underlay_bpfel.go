@@ -29,6 +29,7 @@ const (
 	underlayMapAxonLbServices     = "axon_lb_services"
 	underlayMapAxonLbSlots        = "axon_lb_slots"
 	underlayMapAxonLbSourceRanges = "axon_lb_source_ranges"
+	underlayMapAxonNodeAddrs      = "axon_node_addrs"
 	underlayMapAxonRemote4        = "axon_remote4"
 	underlayMapAxonRemote6        = "axon_remote6"
 	underlayMapAxonStats          = "axon_stats"
@@ -97,6 +98,7 @@ type underlayMapSpecs struct {
 	AxonLbServices     *ebpf.MapSpec `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.MapSpec `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.MapSpec `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.MapSpec `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.MapSpec `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.MapSpec `ebpf:"axon_remote6"`
 	AxonStats          *ebpf.MapSpec `ebpf:"axon_stats"`
@@ -141,6 +143,7 @@ type underlayMaps struct {
 	AxonLbServices     *ebpf.Map `ebpf:"axon_lb_services"`
 	AxonLbSlots        *ebpf.Map `ebpf:"axon_lb_slots"`
 	AxonLbSourceRanges *ebpf.Map `ebpf:"axon_lb_source_ranges"`
+	AxonNodeAddrs      *ebpf.Map `ebpf:"axon_node_addrs"`
 	AxonRemote4        *ebpf.Map `ebpf:"axon_remote4"`
 	AxonRemote6        *ebpf.Map `ebpf:"axon_remote6"`
 	AxonStats          *ebpf.Map `ebpf:"axon_stats"`
@@ -161,6 +164,7 @@ func (m *underlayMaps) Close() error {
 		m.AxonLbServices,
 		m.AxonLbSlots,
 		m.AxonLbSourceRanges,
+		m.AxonNodeAddrs,
 		m.AxonRemote4,
 		m.AxonRemote6,
 		m.AxonStats,

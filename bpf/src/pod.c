@@ -53,9 +53,17 @@ static __always_inline int to_remote4(struct __sk_buff *skb, const struct axon_c
 				      struct ethhdr *eth, struct iphdr *ip)
 {
 	const struct axon_remote *remote = remote4(ip->daddr);
+	__u8 src[16];
 
-	if (!remote)
+	if (!remote) {
+		/* A reply to a node port's outside client, from the node's own
+		 * address: the kernel would take it for a spoofed (martian)
+		 * source, so the FIB sends it. */
+		ct_map4(src, ip->saddr);
+		if ((cfg->flags & AXON_CONFIG_LB) && node_addr(src))
+			return to_native4(skb, ip);
 		return next(AXON_STAT_TO_HOST);
+	}
 	switch (cfg->mode) {
 	case AXON_MODE_TUNNEL:
 		return to_tunnel(skb, cfg, remote, eth, ip->tos & AXON_ECN_MASK);
@@ -71,8 +79,11 @@ static __always_inline int to_remote6(struct __sk_buff *skb, const struct axon_c
 {
 	const struct axon_remote *remote = remote6(&ip6->daddr);
 
-	if (!remote)
+	if (!remote) {
+		if ((cfg->flags & AXON_CONFIG_LB) && node_addr((const __u8 *)&ip6->saddr))
+			return to_native6(skb, ip6);
 		return next(AXON_STAT_TO_HOST);
+	}
 	switch (cfg->mode) {
 	case AXON_MODE_TUNNEL:
 		return to_tunnel(skb, cfg, remote, eth, ipv6_ecn(ip6));

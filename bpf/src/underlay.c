@@ -4,8 +4,11 @@
  * holding the node address). Packets from other nodes for local pods go
  * straight to the pods, skipping the node's stack: in tunnel mode
  * decapsulated here rather than by the UDP socket and axon_vxlan, in native
- * mode instead of being forwarded by the kernel. Frames for other hosts'
- * MACs, and everything not for a local pod, go on to the kernel.
+ * mode instead of being forwarded by the kernel. Connections to service
+ * frontends from outside the cluster (node ports, LoadBalancer and external
+ * IPs) are translated here and sent to their backends, and the replies
+ * back to the client (axon/nodeport.h). Frames for other hosts' MACs, and
+ * everything else, go on to the kernel.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -17,6 +20,7 @@
 #include "axon/license.h"
 #include "axon/local.h"
 #include "axon/maps.h"
+#include "axon/nodeport.h"
 #include "axon/parse.h"
 
 SEC("tc")
@@ -26,17 +30,22 @@ int axon_from_underlay(struct __sk_buff *skb)
 	const struct axon_endpoint *ep;
 	enum parse kind;
 	struct pkt p;
+	int rc;
 
 	if (!cfg || cfg->mode == AXON_MODE_NONE)
 		return next(AXON_STAT_UNCONFIGURED);
 	if (skb->pkt_type != 0 /* PACKET_HOST */)
 		return next(AXON_STAT_UNDERLAY_TO_HOST);
-	if (cfg->mode == AXON_MODE_TUNNEL) {
-		/* Geneve is decapsulated by its device only. */
-		if (cfg->flags & AXON_CONFIG_GENEVE)
-			return next(AXON_STAT_UNDERLAY_TO_HOST);
+	/* Axon's VXLAN first: node port lookups cost it nothing. */
+	if (cfg->mode == AXON_MODE_TUNNEL && !(cfg->flags & AXON_CONFIG_GENEVE) && vxlan_frame(skb, cfg))
 		return decap_vxlan(skb, cfg);
-	}
+	/* Service frontends reached from outside, and their replies. */
+	rc = np_from_underlay(skb, cfg);
+	if (rc != AXON_NP_NONE)
+		return rc;
+	/* Geneve is decapsulated by its device only. */
+	if (cfg->mode == AXON_MODE_TUNNEL)
+		return next(AXON_STAT_UNDERLAY_TO_HOST);
 
 	/*
 	 * Native mode: only packets from other nodes' pods (a remote block)

@@ -209,7 +209,9 @@ func (e *env) addPodConf(node int, name string, conf *libcni.NetworkConfigList) 
 	return p
 }
 
-func (e *env) tryAddPodConf(node int, name string, conf *libcni.NetworkConfigList) (*pod, error) {
+// tryAddPodConf adds a pod to conf; opts change its runtime configuration
+// (capability arguments, ...).
+func (e *env) tryAddPodConf(node int, name string, conf *libcni.NetworkConfigList, opts ...func(*libcni.RuntimeConf)) (*pod, error) {
 	ns := e.prefix + name
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("ip netns add %s: %v %s", ns, err, out)
@@ -219,6 +221,9 @@ func (e *env) tryAddPodConf(node int, name string, conf *libcni.NetworkConfigLis
 	p.rt = &libcni.RuntimeConf{
 		ContainerID: "ctr-" + name, NetNS: p.netns, IfName: "eth0",
 		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", name}},
+	}
+	for _, o := range opts {
+		o(p.rt)
 	}
 	p.conf = conf
 	res, err := e.cni.AddNetworkList(context.Background(), conf, p.rt)

@@ -165,6 +165,11 @@ enum axon_stat {
 	 * address (DROP).
 	 */
 	AXON_STAT_DROP_SOURCE_RANGE,
+	/*
+	 * from_underlay: a new connection from outside to a frontend whose
+	 * backend is on another node found no free SNAT port (DROP).
+	 */
+	AXON_STAT_DROP_NO_NAT_PORT,
 	AXON_STAT_MAX,
 };
 
@@ -391,6 +396,29 @@ struct axon_lb_affinity {
 #define AXON_HAIRPIN_IP4 0xa9fe002a /* host byte order */
 #define AXON_HAIRPIN_IP6_HI 0x0100000000000000ULL /* host byte order, first 8 bytes */
 #define AXON_HAIRPIN_IP6_LO 0x0000000000000042ULL /* host byte order, last 8 bytes */
+
+/*
+ * axon_node_addrs: this node's own addresses (IPv4 as IPv4-mapped IPv6), the
+ * ones a node port's wildcard frontend (0.0.0.0, ::) stands for and the
+ * in-cluster sources of external frontends (flag AXON_NODE_ADDR_OWN). The
+ * unspecified address of a family (its key) holds instead the family's
+ * SNAT source (flag AXON_NODE_ADDR_SNAT): the address connections from
+ * outside to a frontend that is not a node address (LoadBalancer, external
+ * IPs) leave with for another node's backend.
+ */
+struct axon_node_addr {
+	__u8 addr[16];
+};
+
+#define AXON_NODE_ADDR_OWN 1
+#define AXON_NODE_ADDR_SNAT 2
+
+struct axon_node_addr_value {
+	__u32 flags;   /* AXON_NODE_ADDR_* */
+	__u8 snat[16]; /* with AXON_NODE_ADDR_SNAT */
+};
+
+#define AXON_MAX_NODE_ADDRS 256
 
 /* VXLAN network identifier of pod traffic; flow-based VXLAN accepts any. */
 #define AXON_TUNNEL_VNI 2

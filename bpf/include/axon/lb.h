@@ -48,10 +48,12 @@ static __always_inline __u32 lb_port(__be16 port)
 }
 
 /*
- * The frontend entry for a pod (an in-cluster client) sending k, whose
- * destination port has the gates gates: the internal entry if the frontend
- * has one, else the external one, which every frontend has. NULL: k is not
- * to a frontend.
+ * The frontend entry for a client sending k, whose destination port has
+ * the gates gates: the internal entry if the frontend has one and gates
+ * allow it, else the external one, which every frontend has. A client
+ * outside the cluster is given gates without AXON_LB_PORT_INTERNAL: it
+ * uses the external entry (externalTrafficPolicy). NULL: k is not to a
+ * frontend.
  */
 static __always_inline const struct axon_lb_service *lb_service(const struct axon_ct_key *k, __u32 gates)
 {
@@ -64,6 +66,30 @@ static __always_inline const struct axon_lb_service *lb_service(const struct axo
 		return ext;
 	in = lb_lookup(k, AXON_LB_SCOPE_INTERNAL);
 	return in ? in : ext;
+}
+
+/*
+ * The frontend k is sent to, with fk the key to look it up by: k itself,
+ * or k to the wildcard address of its family (0.0.0.0, ::; a node port on
+ * every node address) when k's destination is one of this node's
+ * addresses without a frontend of its own. NULL: k is not to a frontend.
+ */
+static __always_inline const struct axon_lb_service *lb_frontend(const struct axon_ct_key *k, struct axon_ct_key *fk,
+								 __u32 gates)
+{
+	const struct axon_lb_service *s;
+
+	if (!(gates & AXON_LB_PORT_FRONTEND))
+		return NULL;
+	__builtin_memcpy(fk, k, sizeof(*fk));
+	s = lb_service(fk, gates);
+	if (s || !node_addr(k->daddr))
+		return s;
+	if (ipv6_v4mapped((const struct in6_addr *)fk->daddr)) /* IPv4 */
+		__builtin_memset(fk->daddr + 12, 0, 4);
+	else
+		__builtin_memset(fk->daddr, 0, sizeof(fk->daddr));
+	return lb_service(fk, gates);
 }
 
 /* Attempts of lb_pick: each fails only if the agent wrote meanwhile. */
@@ -188,18 +214,18 @@ enum axon_lb_new {
 };
 
 /*
- * Picks and records the backend of a new connection k to a frontend.
- * Global (not inlined, not static): the verifier checks it once, on its
- * own, instead of walking the rest of the program once per way a pick can
- * end (affinity, random slot, ...). gates are those of k's destination
- * port (lb_port). Returns an enum axon_lb_new.
+ * Picks and records the backend of a new connection k to a frontend,
+ * looked up by fk (lb_frontend) with gates (lb_port, and the client's
+ * scope). Global (not inlined, not static): the verifier checks it once,
+ * on its own, instead of walking the rest of the program once per way a
+ * pick can end (affinity, random slot, ...). Returns an enum axon_lb_new.
  */
-__noinline int axon_lb_new_flow(const struct axon_ct_key *k, __u32 gates)
+__noinline int axon_lb_new_flow(const struct axon_ct_key *k, const struct axon_ct_key *fk, __u32 gates)
 {
 	struct axon_lb_service svc;
 	struct axon_lb_backend be;
 
-	if (!k || lb_pick(k, gates, &svc, &be) < 0)
+	if (!k || !fk || lb_pick(fk, gates, &svc, &be) < 0)
 		return AXON_LB_NEW_NO_BACKEND;
 	if (lb_record(k, &svc, &be) < 0)
 		return AXON_LB_NEW_CT_FULL;
@@ -217,7 +243,7 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 				       enum parse kind, __u32 *stat)
 {
 	const struct axon_lb_service *frontend;
-	struct axon_ct_key k;
+	struct axon_ct_key k, fk;
 	struct axon_l4 l;
 	__u32 gates;
 	int rc;
@@ -226,7 +252,7 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	if (!(cfg->flags & AXON_CONFIG_LB) || ct_tuple(skb, p, kind, &k, &l) < 0)
 		return 0;
 	gates = lb_port(k.dport);
-	frontend = lb_service(&k, gates);
+	frontend = lb_frontend(&k, &fk, gates);
 	if (!frontend) {
 		if (!ct_reply_port(k.sport))
 			return 0;
@@ -240,7 +266,7 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 		*stat = AXON_STAT_DROP_SOURCE_RANGE;
 		return -1;
 	}
-	switch (axon_lb_new_flow(&k, gates)) {
+	switch (axon_lb_new_flow(&k, &fk, gates)) {
 	case AXON_LB_NEW_OK:
 		break;
 	case AXON_LB_NEW_CT_FULL:

@@ -171,6 +171,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } axon_lb_maglev SEC(".maps");
 
+/* This node's own addresses (axon/nodeport.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, AXON_MAX_NODE_ADDRS);
+	__type(key, struct axon_node_addr);
+	__type(value, struct axon_node_addr_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} axon_node_addrs SEC(".maps");
+
 static __always_inline const struct axon_config *config(void)
 {
 	__u32 zero = 0;
@@ -226,6 +235,17 @@ static __always_inline int pod_src4(__u32 saddr)
 static __always_inline int pod_src6(const struct in6_addr *saddr)
 {
 	return endpoint6(saddr) || remote6(saddr);
+}
+
+/* Whether addr (16 bytes, IPv4 mapped) is one of this node's addresses. */
+static __always_inline int node_addr(const __u8 *addr)
+{
+	const struct axon_node_addr_value *v;
+	struct axon_node_addr key;
+
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	v = bpf_map_lookup_elem(&axon_node_addrs, &key);
+	return v && (v->flags & AXON_NODE_ADDR_OWN);
 }
 
 #endif /* AXON_MAPS_H */

@@ -81,6 +81,17 @@ type RuntimeConfig struct {
 	// PodAnnotations are the pod's annotations (containerd passes them with
 	// the "io.kubernetes.cri.pod-annotations" capability).
 	PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+	// PortMappings are the pod's host ports ("portMappings" capability).
+	PortMappings []PortMapping `json:"portMappings,omitempty"`
+}
+
+// PortMapping is one entry of the "portMappings" capability (the CNI
+// conventions' shape).
+type PortMapping struct {
+	HostPort      int    `json:"hostPort"`
+	ContainerPort int    `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"` // "tcp" (default) or "udp"
+	HostIP        string `json:"hostIP,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string in JSON.

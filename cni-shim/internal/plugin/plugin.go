@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 
 	"github.com/axon-cni/axon/cni-shim/internal/config"
@@ -97,6 +99,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		if err != nil {
 			return types.NewError(types.ErrInvalidNetworkConfig, "invalid runtimeConfig", err.Error())
 		}
+		pms, err := portMappings(conf.RuntimeConfig.PortMappings)
+		if err != nil {
+			return types.NewError(types.ErrInvalidNetworkConfig, "invalid runtimeConfig", err.Error())
+		}
 		resp, err := dp.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{
 			Attachment:     att,
 			Network:        conf.Name,
@@ -109,6 +115,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 			RequestedIps:   ips,
 			Mtu:            conf.MTU,
 			CniArgs:        rawArgs,
+			PortMappings:   pms,
 		})
 		if err != nil {
 			return cniError("create endpoint", err, false)
@@ -336,4 +343,28 @@ func checkNetns(path string) error {
 		return types.NewError(types.ErrInvalidNetNS, "not a network namespace", path+" is not a namespace handle (nsfs)")
 	}
 	return nil
+}
+
+// portMappings converts the "portMappings" capability for the datapath,
+// which checks the ports and addresses.
+func portMappings(in []config.PortMapping) ([]*datapathv1alpha1.PortMapping, error) {
+	var out []*datapathv1alpha1.PortMapping
+	for i, pm := range in {
+		var proto commonv1alpha1.Protocol
+		switch strings.ToLower(pm.Protocol) {
+		case "", "tcp":
+			proto = commonv1alpha1.Protocol_PROTOCOL_TCP
+		case "udp":
+			proto = commonv1alpha1.Protocol_PROTOCOL_UDP
+		default:
+			return nil, fmt.Errorf("runtimeConfig.portMappings[%d]: protocol %q, want tcp or udp", i, pm.Protocol)
+		}
+		if pm.HostPort < 1 || pm.HostPort > 65535 || pm.ContainerPort < 1 || pm.ContainerPort > 65535 {
+			return nil, fmt.Errorf("runtimeConfig.portMappings[%d]: ports %d:%d not in 1..65535", i, pm.HostPort, pm.ContainerPort)
+		}
+		out = append(out, &datapathv1alpha1.PortMapping{
+			HostPort: uint32(pm.HostPort), ContainerPort: uint32(pm.ContainerPort), Protocol: proto, HostIp: pm.HostIP,
+		})
+	}
+	return out, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 	"github.com/axon-cni/axon/services/datapath/endpoint"
 	"github.com/axon-cni/axon/services/datapath/health"
+	"github.com/axon-cni/axon/services/datapath/healthcheck"
 	"github.com/axon-cni/axon/services/datapath/internal/periodic"
 	"github.com/axon-cni/axon/services/datapath/lb"
 	"github.com/axon-cni/axon/services/datapath/masquerade"
@@ -121,6 +122,12 @@ type Agent struct {
 	healthEP  *health.Endpoint
 	masq      *masquerade.Syncer
 	services  *lb.Manager
+	// healthChecks serve the services' health check node ports.
+	healthChecks *healthcheck.Servers
+
+	dpMu sync.Mutex // guards dpConfig
+	// dpConfig is the datapath configuration as last written (nodeaddrs.go).
+	dpConfig bpfmaps.Config
 
 	mu      sync.Mutex // guards the fields below
 	routers []netip.Addr
@@ -193,14 +200,21 @@ func New(cfg Config, deps Deps, log *slog.Logger) (_ *Agent, err error) {
 	}
 	a := &Agent{cfg: cfg, gsoMax: gsoMax, log: log, deps: deps, node: h, ready: errors.New("node not set up yet")}
 	a.prober = health.NewProber(deps.IPAM, log)
+	a.healthChecks = healthcheck.New(cfg.NodeIPs, log)
+	a.services = lb.New(lb.Config{NodeName: cfg.NodeName, ServiceMap: lb.ServiceMap, HealthChecks: a.healthChecks}, deps.LB, log)
+	// Endpoints' host ports are entries of the load balancer.
+	var hostPorts endpoint.HostPorts
+	if deps.LB != nil {
+		hostPorts = a.services
+	}
 	a.endpoints = endpoint.New(endpoint.Config{
 		NodeName: cfg.NodeName, StateDir: cfg.StateDir, MTU: cfg.MTU, GSOMaxSize: gsoMax, DeleteQueue: cfg.DeleteQueue,
-		Reserved: func(att *datapathv1alpha1.Attachment) bool { return health.IsEndpoint(cfg.NodeName, att) },
+		Reserved:  func(att *datapathv1alpha1.Attachment) bool { return health.IsEndpoint(cfg.NodeName, att) },
+		HostPorts: hostPorts,
 	}, deps.IPAM, &veth.Plumber{Namespaces: deps.Namespaces}, h, deps.Datapath, a.Ready, log)
 	a.remotes = remote.New(remote.Config{
 		NodeName: cfg.NodeName, Mode: cfg.RoutingMode, TunnelProtocol: cfg.TunnelProtocol, MTU: cfg.MTU, StateDir: cfg.StateDir,
 	}, deps.IPAM, h, deps.Datapath, a.prober, a.Ready, log)
-	a.services = lb.New(lb.Config{NodeName: cfg.NodeName, ServiceMap: lb.ServiceMap}, deps.LB, log)
 	a.healthEP = health.NewEndpoint(cfg.NodeName, cfg.StateDir, deps.Namespaces, h, a.endpoints)
 	if cfg.Masquerade {
 		a.masq = masquerade.NewSyncer(deps.IPAM, deps.Masquerade, nodedev.TunnelDevice(cfg.TunnelProtocol), log)
@@ -225,9 +239,12 @@ func checkUnderlay(h nl.Handle, cfg Config) error {
 	return nil
 }
 
-// Close releases the agent's netlink handle; what it set up on the node
-// stays.
-func (a *Agent) Close() { a.node.Close() }
+// Close closes the health check node ports and releases the agent's
+// netlink handle; what it set up on the node stays.
+func (a *Agent) Close() {
+	_ = a.healthChecks.Close()
+	a.node.Close()
+}
 
 // Endpoints is the node's endpoint lifecycle.
 func (a *Agent) Endpoints() *endpoint.Manager { return a.endpoints }
@@ -384,13 +401,18 @@ func (a *Agent) setupDatapath() error {
 		}
 		c.Mode, c.TunnelIfindex, c.Geneve = bpfmaps.ModeTunnel, tunnel, a.cfg.TunnelProtocol == nodedev.TunnelGeneve
 	}
-	if err := bpf.Configure(c); err != nil {
+	if err := a.configure(bpf, c); err != nil {
 		return err
 	}
 	// The node's own processes reach services through the socket
 	// programs; without them pods still do.
 	if err := bpf.AttachSocketLB(); err != nil {
 		a.log.Warn("the node's own processes cannot reach services", "err", err)
+	}
+	// Connections from outside to another node's backend leave with the
+	// node's address and a port of nodedev's SNAT range.
+	if err := nodedev.CheckNATPorts(); err != nil {
+		a.log.Warn("SNAT ports of node ports may collide with the node's own connections", "err", err)
 	}
 	// Packets from other nodes for local pods skip the node's stack on the
 	// way in: forwarding and connection tracking in native mode, the UDP

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -210,7 +211,11 @@ func TestStartSetsUpTheNode(t *testing.T) {
 					t.Errorf("tunnel: MTU %d flags %v raw %#x; want MTU %d, up, NOARP", tunnel.Attrs().MTU, tunnel.Attrs().Flags, tunnel.Attrs().RawFlags, tc.wantMTU)
 				}
 			}
-			if c != wantCfg {
+			if !slices.Contains(c.NodeAddrs, nodeIP) {
+				t.Errorf("datapath node addresses %v, want %v among them", c.NodeAddrs, nodeIP)
+			}
+			c.NodeAddrs = nil
+			if !reflect.DeepEqual(c, wantCfg) {
 				t.Errorf("datapath config = %+v, want %+v", c, wantCfg)
 			}
 			overlay, under := w.bpf.NodePrograms()
@@ -674,4 +679,41 @@ func TestRunHealthKeepsTheHealthEndpoint(t *testing.T) {
 	if n := len(w.ipam.Allocations()); n != 1 {
 		t.Errorf("IPAM allocations %d, want the health endpoint's only", n)
 	}
+}
+
+// TestNodeAddrsFollowTheNode: the programs' node addresses are the node's
+// unicast addresses (--node-ip's and the others), and follow an address
+// added later.
+func TestNodeAddrsFollowTheNode(t *testing.T) {
+	w := newWorld(t, nodedev.ModeNative, block4, block6)
+	a := w.agent(t)
+	if err := a.Start(t.Context()); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	c, _ := w.bpf.Config()
+	for _, want := range []netip.Addr{nodeIP, router4} {
+		if !slices.Contains(c.NodeAddrs, want) {
+			t.Errorf("node addresses %v, want %v among them", c.NodeAddrs, want)
+		}
+	}
+	h, err := w.nl.Node()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	host, err := h.LinkByName(nodedev.HostDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extra := netip.MustParseAddr("198.51.100.9")
+	if err := h.AddrAdd(host, &netlink.Addr{IPNet: &net.IPNet{IP: extra.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	go a.RunNodeAddrs(t.Context(), 10*time.Millisecond)
+	testpoll.Until(t, 5*time.Second, func() error {
+		if c, _ := w.bpf.Config(); !slices.Contains(c.NodeAddrs, extra) {
+			return fmt.Errorf("node addresses %v lack %v", c.NodeAddrs, extra)
+		}
+		return nil
+	})
 }

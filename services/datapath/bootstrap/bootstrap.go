@@ -30,6 +30,10 @@ import (
 	"github.com/axon-cni/axon/services/internal/daemon"
 )
 
+// nodeAddrInterval is how often the node's addresses are checked for the
+// programs (node ports answer on every one).
+const nodeAddrInterval = 10 * time.Second
+
 // Host is what Run needs of the daemon: a *daemon.Daemon.
 type Host interface {
 	// OnShutdown registers a hook; hooks run in reverse order of
@@ -141,6 +145,7 @@ func Run(ctx context.Context, h Host, opts Options, deps Deps) error {
 		wg.Go(func() { a.RunMasquerade(bg, opts.MasqueradeInterval) })
 		wg.Go(func() { a.RunVanishedEndpoints(bg, opts.VanishedInterval) })
 		wg.Go(func() { a.RunServiceFlowGC(bg, opts.FlowGCInterval) })
+		wg.Go(func() { a.RunNodeAddrs(bg, nodeAddrInterval) })
 		a.RunRemoteWatch(bg)
 	})
 	wg.Go(func() { a.RunReleaseRetries(bg) })

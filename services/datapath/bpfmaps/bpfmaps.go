@@ -42,6 +42,10 @@ type Config struct {
 	// NodeIP is the node's underlay IPv4 address (the tunnel source);
 	// invalid lets the kernel pick.
 	NodeIP netip.Addr
+	// NodeAddrs are the node's own addresses, both families: those a node
+	// port's wildcard frontend (0.0.0.0, ::) stands for, and the source of
+	// connections from outside sent to another node's backend (SNAT).
+	NodeAddrs []netip.Addr
 }
 
 // Maps is what the agent writes to and reads from the datapath's maps.

@@ -32,6 +32,12 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	if want := req.GetMtu(); want != 0 && (want < nodedev.MinPodMTU || int(want) > m.cfg.MTU) {
 		return nil, fmt.Errorf("%w: mtu %d must be between %d and the node's %d", ErrInvalid, want, nodedev.MinPodMTU, m.cfg.MTU)
 	}
+	if err := validPortMappings(req.GetPortMappings()); err != nil {
+		return nil, err
+	}
+	if len(req.GetPortMappings()) > 0 && (m.cfg.HostPorts == nil || m.bpf == nil) {
+		return nil, fmt.Errorf("%w: port mappings need the eBPF load balancer", ErrInvalid)
+	}
 	if err := m.ready(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotReady, err)
 	}
@@ -85,7 +91,7 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	ep := &datapathv1alpha1.Endpoint{
 		Attachment: att, NetnsPath: req.GetNetnsPath(), PodNamespace: req.GetPodNamespace(), PodName: req.GetPodName(),
 		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: req.GetAnnotations(), Mtu: uint32(mtu), Network: req.GetNetwork(),
-		Identity: IdentityInit, CreateTime: timestamppb.Now(),
+		Identity: IdentityInit, CreateTime: timestamppb.Now(), PortMappings: req.GetPortMappings(),
 	}
 	for _, ad := range alloc.GetAllocation().GetAddresses() {
 		ip, perr := netip.ParseAddr(ad.GetIp())
@@ -151,12 +157,20 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 			return nil, fmt.Errorf("eBPF for %s: %w", hostName, err)
 		}
 	}
+	if m.bpf != nil {
+		if err := m.putHostPorts(ctx, ep); err != nil {
+			m.forgetAddrs(hostName, spec.Addrs)
+			m.forgetDevice(hostName, res.HostIndex)
+			return nil, err
+		}
+	}
 	raw, err := protojson.Marshal(ep)
 	if err != nil {
 		return nil, fmt.Errorf("encode endpoint: %w", err)
 	}
 	if err := m.store.save(hostName, &record{Endpoint: raw, IPAMSequence: seq, HostMAC: res.HostMAC.String(), PodMAC: res.PodMAC.String(), PodKey: podKey}); err != nil {
 		if m.bpf != nil {
+			m.forgetHostPorts(ctx, hostName, ep)
 			m.forgetAddrs(hostName, spec.Addrs)
 			m.forgetDevice(hostName, res.HostIndex)
 		}

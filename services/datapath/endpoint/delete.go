@@ -15,17 +15,17 @@ import (
 // address release is queued on disk and done in the background (see
 // ReleasesQueued), so a slow or hung IPAM cannot hold up a pod's teardown
 // and a restart does not forget the release.
-func (m *Manager) DeleteEndpoint(_ context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
+func (m *Manager) DeleteEndpoint(ctx context.Context, att *datapathv1alpha1.Attachment) (*datapathv1alpha1.Endpoint, error) {
 	if err := validAttachment(att); err != nil {
 		return nil, err
 	}
 	hostName := HostName(att)
 	defer m.locks.lock(hostName)()
-	return m.deleteLocked(att, hostName)
+	return m.deleteLocked(ctx, att, hostName)
 }
 
 // deleteLocked is DeleteEndpoint under the attachment's lock.
-func (m *Manager) deleteLocked(att *datapathv1alpha1.Attachment, hostName string) (*datapathv1alpha1.Endpoint, error) {
+func (m *Manager) deleteLocked(ctx context.Context, att *datapathv1alpha1.Attachment, hostName string) (*datapathv1alpha1.Endpoint, error) {
 	rec, ep, err := m.store.load(hostName)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("endpoint record: %w", err)
@@ -39,6 +39,7 @@ func (m *Manager) deleteLocked(att *datapathv1alpha1.Attachment, hostName string
 		return nil, fmt.Errorf("remove veth %s: %w", hostName, err)
 	}
 	if m.bpf != nil {
+		m.forgetHostPorts(ctx, hostName, ep)
 		m.forgetAddrs(hostName, Addrs(ep))
 		if ep == nil {
 			m.forgetEntriesOf(hostName, ifindex)

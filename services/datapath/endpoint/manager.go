@@ -50,6 +50,9 @@ type Config struct {
 	// Reserved reports the endpoints a GC never removes (the node's health
 	// endpoint); nil reserves none.
 	Reserved func(*datapathv1alpha1.Attachment) bool
+	// HostPorts programs endpoints' port mappings (HostPort); nil refuses
+	// endpoints that have any.
+	HostPorts HostPorts
 }
 
 // IPAM is what the endpoint lifecycle asks of IPAM.

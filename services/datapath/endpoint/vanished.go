@@ -102,7 +102,7 @@ func (m *Manager) RemoveVanished(ctx context.Context) []string {
 // finishes first, and an endpoint deleted or re-created meanwhile is left
 // alone. Only a definite "no such link" removes anything, never a netlink
 // error.
-func (m *Manager) removeIfVanished(_ context.Context, name string) bool {
+func (m *Manager) removeIfVanished(ctx context.Context, name string) bool {
 	if m.ready() != nil {
 		return false
 	}
@@ -117,7 +117,7 @@ func (m *Manager) removeIfVanished(_ context.Context, name string) bool {
 	}
 	m.log.Info("endpoint's interface vanished; removing the endpoint", "endpoint", name,
 		"container", ep.GetAttachment().GetContainerId(), "pod", ep.GetPodNamespace()+"/"+ep.GetPodName())
-	if _, err := m.deleteLocked(ep.GetAttachment(), name); err != nil {
+	if _, err := m.deleteLocked(ctx, ep.GetAttachment(), name); err != nil {
 		m.log.Warn("remove vanished endpoint", "endpoint", name, "err", err)
 		return false
 	}

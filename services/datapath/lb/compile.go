@@ -145,6 +145,7 @@ func decompile(fe frontend, entries []bpfmaps.LBEntry, node string) (*datapathv1
 		TrafficPolicy:    datapathv1alpha1.TrafficPolicy(m.policy),
 		SessionAffinity:  datapathv1alpha1.SessionAffinity_SESSION_AFFINITY_NONE,
 		ServiceNamespace: m.namespace, ServiceName: m.name, PortName: m.portName,
+		HealthCheckNodePort: m.healthPort,
 	}
 	if use.Service.Affinity > 0 {
 		svc.SessionAffinity = datapathv1alpha1.SessionAffinity_SESSION_AFFINITY_CLIENT_IP

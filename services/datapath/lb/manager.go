@@ -26,6 +26,7 @@ import (
 
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
+	"github.com/axon-cni/axon/services/datapath/healthcheck"
 )
 
 // ServiceMap is the name under which LBMaps.Usage reports the map of
@@ -42,6 +43,15 @@ type Config struct {
 	// anything is written. A map Usage does not list is not checked (a
 	// full map then fails the write, which is rolled back).
 	ServiceMap string
+	// HealthChecks, if set, is told the health check node ports of the
+	// services after every change (healthcheck.Servers).
+	HealthChecks HealthChecks
+}
+
+// HealthChecks serves the services' health check node ports.
+type HealthChecks interface {
+	// Sync makes the served ports those of want.
+	Sync(want map[uint16]healthcheck.Service) error
 }
 
 // Manager owns the node's services: the one writer of the load balancer's
@@ -60,6 +70,8 @@ type Manager struct {
 	ids    ids
 	// maglev builds external frontends' Maglev tables.
 	maglev *maglevTables
+	// hostPorts are the HOST_PORT entries and their IDs (hostport.go).
+	hostPorts map[frontend]hostPort
 }
 
 // record is a service as the Manager holds it.
@@ -74,7 +86,7 @@ type record struct {
 // New returns a Manager over maps; Restore must run before it serves.
 // Without maps (nil) every call fails with ErrUnavailable.
 func New(cfg Config, maps bpfmaps.LBMaps, log *slog.Logger) *Manager {
-	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs(), maglev: newMaglevTables()}
+	return &Manager{cfg: cfg, maps: maps, log: log, metrics: newMetrics(), services: map[frontend]*record{}, ids: newIDs(), maglev: newMaglevTables(), hostPorts: map[frontend]hostPort{}}
 }
 
 // Result counts what a batch did.
@@ -111,13 +123,21 @@ func (m *Manager) Restore(ctx context.Context) error {
 		fe := frontend{addr: e.Key.Addr, port: e.Key.Port, proto: e.Key.Proto}
 		byFE[fe] = append(byFE[fe], e)
 	}
-	services, used := map[frontend]*record{}, newIDs()
+	services, used, hostPorts := map[frontend]*record{}, newIDs(), map[frontend]hostPort{}
 	for fe, es := range byFE {
 		for _, e := range es {
 			used.use(e.Service.ID)
 		}
-		if t := es[0].Service.Type; t < bpfmaps.LBTypeClusterIP || t > bpfmaps.LBTypeExternalIP {
-			continue // not the API's: HostPort entries are another writer's
+		if t := es[0].Service.Type; t == bpfmaps.LBTypeHostPort {
+			// The endpoints' (hostport.go).
+			hp := hostPort{id: es[0].Service.ID}
+			if a := es[0].Service.Active; len(a) > 0 {
+				hp.backend = netip.AddrPortFrom(a[0].Addr, a[0].Port)
+			}
+			hostPorts[fe] = hp
+			continue
+		} else if t < bpfmaps.LBTypeClusterIP || t > bpfmaps.LBTypeExternalIP {
+			continue // not the API's
 		}
 		svc, md, err := decompile(fe, es, m.cfg.NodeName)
 		if err != nil {
@@ -135,9 +155,50 @@ func (m *Manager) Restore(ctx context.Context) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.services, m.ids, m.restored, m.sorted = services, used, true, nil
+	m.services, m.ids, m.restored, m.sorted, m.hostPorts = services, used, true, nil, hostPorts
 	m.log.InfoContext(ctx, "services restored", "services", len(services), "entries", len(entries))
+	m.syncHealthChecks(ctx)
 	return nil
+}
+
+// syncHealthChecks tells cfg.HealthChecks the health check node ports of
+// the services: per port, the Kubernetes Service of its frontends and its
+// ready backends on this node (each address once). Frontends naming a port
+// another Service holds are skipped and logged. A port that cannot be
+// served is logged: the services stand. Caller holds m.mu.
+func (m *Manager) syncHealthChecks(ctx context.Context) {
+	if m.cfg.HealthChecks == nil {
+		return
+	}
+	want := map[uint16]healthcheck.Service{}
+	local := map[uint16]map[string]bool{}
+	for _, fe := range m.order() {
+		svc := m.services[fe].svc
+		port := uint16(svc.GetHealthCheckNodePort())
+		if port == 0 {
+			continue
+		}
+		hc, ok := want[port]
+		if !ok {
+			hc = healthcheck.Service{Namespace: svc.GetServiceNamespace(), Name: svc.GetServiceName()}
+			local[port] = map[string]bool{}
+		} else if hc.Namespace != svc.GetServiceNamespace() || hc.Name != svc.GetServiceName() {
+			m.log.WarnContext(ctx, "health check node port held by another service", "frontend", fe.String(), "port", port,
+				"holder", hc.Namespace+"/"+hc.Name)
+			continue
+		}
+		for _, b := range svc.GetBackends() {
+			if b.GetNodeName() == m.cfg.NodeName && m.cfg.NodeName != "" &&
+				b.GetState() == datapathv1alpha1.BackendState_BACKEND_STATE_ACTIVE {
+				local[port][b.GetAddress()] = true
+			}
+		}
+		hc.LocalEndpoints = len(local[port])
+		want[port] = hc
+	}
+	if err := m.cfg.HealthChecks.Sync(want); err != nil {
+		m.log.WarnContext(ctx, "health check node ports", "err", err)
+	}
 }
 
 // ready reports why the Manager cannot serve yet. Caller holds m.mu.
@@ -283,6 +344,7 @@ func (m *Manager) apply(ctx context.Context, b batch) (Result, error) {
 		m.services[fe] = r
 	}
 	m.deleteFlows(ctx, flows)
+	m.syncHealthChecks(ctx)
 	m.log.DebugContext(ctx, "services applied", "changed", p.result.Changed, "unchanged", p.result.Unchanged, "deleted", p.result.Deleted)
 	return p.result, nil
 }
@@ -499,6 +561,7 @@ func metaOf(svc *datapathv1alpha1.Service, rev uint64, at time.Time, unit uint32
 	m := meta{
 		namespace: svc.GetServiceNamespace(), name: svc.GetServiceName(), portName: svc.GetPortName(),
 		policy: int32(svc.GetTrafficPolicy()), revision: rev, updateTime: at, weightUnit: unit,
+		healthPort: svc.GetHealthCheckNodePort(),
 	}
 	for _, s := range svc.GetSourceRanges() {
 		m.sourceRanges = append(m.sourceRanges, netip.MustParsePrefix(s))

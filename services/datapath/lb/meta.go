@@ -17,7 +17,7 @@ import (
 // Its size is bounded by validation: namespace and name (2+63 bytes
 // each), port name (2+15), policy (2), at most MaxSourceRanges source
 // ranges (2+17 each), revision (9), update time (at most 10), weight unit
-// (at most 4): 478 bytes, within
+// (at most 4), health check port (at most 4): 482 bytes, within
 // bpfmaps.MaxLBMeta (512); TestMetaFitsAtTheLimits checks it.
 type meta struct {
 	namespace, name, portName string
@@ -29,6 +29,8 @@ type meta struct {
 	// to give the weights back (their greatest common divisor); 0 when
 	// the weights were scaled down to fit and cannot be given back.
 	weightUnit uint32
+	// healthPort is the service's health_check_node_port.
+	healthPort uint32
 }
 
 // Field numbers of meta's wire format.
@@ -41,6 +43,7 @@ const (
 	metaRevision    protowire.Number = 6
 	metaUpdateTime  protowire.Number = 7
 	metaWeightUnit  protowire.Number = 8
+	metaHealthPort  protowire.Number = 9
 )
 
 var errBadMeta = errors.New("malformed service metadata")
@@ -73,6 +76,7 @@ func (m meta) encode() []byte {
 		varint(metaUpdateTime, uint64(m.updateTime.UnixNano()))
 	}
 	varint(metaWeightUnit, uint64(m.weightUnit))
+	varint(metaHealthPort, uint64(m.healthPort))
 	return b
 }
 
@@ -125,6 +129,8 @@ func decodeMeta(b []byte) (meta, error) {
 			m.updateTime = time.Unix(0, int64(v)).UTC()
 		case metaWeightUnit:
 			m.weightUnit = uint32(v)
+		case metaHealthPort:
+			m.healthPort = uint32(v)
 		}
 	}
 	return m, nil

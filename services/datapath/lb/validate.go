@@ -143,6 +143,9 @@ func normalize(in *datapathv1alpha1.Service) (frontend, *datapathv1alpha1.Servic
 	if err := normalizeNames(in, out); err != nil {
 		return fe, nil, err
 	}
+	if err := normalizeHealthCheck(in, out); err != nil {
+		return fe, nil, err
+	}
 	if err := normalizeSourceRanges(in, out, fe); err != nil {
 		return fe, nil, err
 	}
@@ -183,6 +186,24 @@ func normalizePolicy(in, out *datapathv1alpha1.Service) *fieldError {
 	default:
 		return fieldErr("session_affinity", "unknown affinity %d", in.GetSessionAffinity())
 	}
+	return nil
+}
+
+// normalizeHealthCheck checks health_check_node_port: only for an
+// external frontend with a LOCAL policy (after normalizePolicy).
+func normalizeHealthCheck(in, out *datapathv1alpha1.Service) *fieldError {
+	port := in.GetHealthCheckNodePort()
+	if port == 0 {
+		return nil
+	}
+	if port > 65535 {
+		return fieldErr("health_check_node_port", "%d is not in 1..65535", port)
+	}
+	if out.GetType() == datapathv1alpha1.ServiceType_SERVICE_TYPE_CLUSTER_IP ||
+		out.GetTrafficPolicy() != datapathv1alpha1.TrafficPolicy_TRAFFIC_POLICY_LOCAL {
+		return fieldErr("health_check_node_port", "is only for NODE_PORT, LOAD_BALANCER and EXTERNAL_IP frontends with a LOCAL policy")
+	}
+	out.HealthCheckNodePort = port
 	return nil
 }
 

@@ -56,6 +56,11 @@ func TestApplyRefusesBadInput(t *testing.T) {
 		{"name too long", func(s *datapathv1alpha1.Service) { s.ServiceName = long }, "service_name"},
 		{"name with slash", func(s *datapathv1alpha1.Service) { s.ServiceName = "a/b" }, "service_name"},
 		{"port name too long", func(s *datapathv1alpha1.Service) { s.PortName = strings.Repeat("p", 16) }, "port_name"},
+		{"health check port on a cluster IP", func(s *datapathv1alpha1.Service) { s.TrafficPolicy, s.HealthCheckNodePort = local, 32000 }, "health_check_node_port"},
+		{"health check port with a Cluster policy", func(s *datapathv1alpha1.Service) { s.Type, s.HealthCheckNodePort = nodePort, 32000 }, "health_check_node_port"},
+		{"health check port above 65535", func(s *datapathv1alpha1.Service) {
+			s.Type, s.TrafficPolicy, s.HealthCheckNodePort = nodePort, local, 65536
+		}, "health_check_node_port"},
 		{"source ranges on a cluster IP", func(s *datapathv1alpha1.Service) { s.SourceRanges = []string{"10.0.0.0/8"} }, "source_ranges: are only for LOAD_BALANCER"},
 		{"malformed source range", func(s *datapathv1alpha1.Service) { s.Type, s.SourceRanges = lbType, []string{"10.0.0.0/33"} }, "source_ranges[0]"},
 		{"source range of the other family", func(s *datapathv1alpha1.Service) {

@@ -102,7 +102,7 @@ func TestLBMaps(t *testing.T) {
 		}
 		delete(want, u.Name)
 	}
-	if len(want) != 0 || len(us) != 14 {
+	if len(want) != 0 || len(us) != 15 {
 		t.Errorf("usage %+v: missing %v", us, want)
 	}
 }

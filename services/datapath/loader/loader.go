@@ -190,8 +190,9 @@ func (l *Loader) Close() error {
 }
 
 // Configure sets the routing mode: through the tunnel device (VXLAN, or
-// Geneve), or native routing; and the node's underlay IPv4 (the tunnel
-// source; invalid lets the kernel pick).
+// Geneve), or native routing; the node's underlay IPv4 (the tunnel
+// source; invalid lets the kernel pick); and the node's addresses (node
+// ports).
 func (l *Loader) Configure(c bpfmaps.Config) error {
 	// ModeNone would leave every packet to the node's stack: the agent
 	// always picks a mode, so the zero value is a bug.
@@ -203,6 +204,9 @@ func (l *Loader) Configure(c bpfmaps.Config) error {
 		bc.VXLANIfindex, bc.Geneve = c.TunnelIfindex, c.Geneve
 	}
 	if err := l.objs.SetConfig(bc); err != nil {
+		return fmt.Errorf("configure the datapath: %w", err)
+	}
+	if err := l.objs.SetNodeAddrs(c.NodeAddrs); err != nil {
 		return fmt.Errorf("configure the datapath: %w", err)
 	}
 	return nil

@@ -77,7 +77,11 @@ type CreateEndpointRequest struct {
 	// The CNI network the endpoint belongs to (the network configuration's
 	// "name"), e.g. "axon"; recorded so that a GC of one network leaves
 	// another's endpoints alone.
-	Network       string `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
+	Network string `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
+	// Host ports to map to the pod (runtimeConfig "portMappings"): a
+	// connection to a host port of a node address goes to the pod's address
+	// of that family and container_port; at most 64.
+	PortMappings  []*PortMapping `protobuf:"bytes,16,rep,name=port_mappings,json=portMappings,proto3" json:"port_mappings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -215,6 +219,13 @@ func (x *CreateEndpointRequest) GetNetwork() string {
 		return x.Network
 	}
 	return ""
+}
+
+func (x *CreateEndpointRequest) GetPortMappings() []*PortMapping {
+	if x != nil {
+		return x.PortMappings
+	}
+	return nil
 }
 
 // CreateEndpointResponse is the response of CreateEndpoint.
@@ -2572,7 +2583,7 @@ var File_axon_datapath_v1alpha1_datapath_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"\n" +
-	"%axon/datapath/v1alpha1/datapath.proto\x12\x16axon.datapath.v1alpha1\x1a!axon/common/v1alpha1/policy.proto\x1a%axon/datapath/v1alpha1/endpoint.proto\x1a!axon/datapath/v1alpha1/flow.proto\x1a)axon/datapath/v1alpha1/loadbalancer.proto\x1a!axon/datapath/v1alpha1/node.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa9\t\n" +
+	"%axon/datapath/v1alpha1/datapath.proto\x12\x16axon.datapath.v1alpha1\x1a!axon/common/v1alpha1/policy.proto\x1a%axon/datapath/v1alpha1/endpoint.proto\x1a!axon/datapath/v1alpha1/flow.proto\x1a)axon/datapath/v1alpha1/loadbalancer.proto\x1a!axon/datapath/v1alpha1/node.proto\x1a\x1egoogle/protobuf/duration.proto\"\xf3\t\n" +
 	"\x15CreateEndpointRequest\x12B\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".axon.datapath.v1alpha1.AttachmentR\n" +
@@ -2593,7 +2604,8 @@ const file_axon_datapath_v1alpha1_datapath_proto_rawDesc = "" +
 	"sticky_key\x18\f \x01(\tR\tstickyKey\x12\x10\n" +
 	"\x03mtu\x18\r \x01(\rR\x03mtu\x12U\n" +
 	"\bcni_args\x18\x0e \x03(\v2:.axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntryR\acniArgs\x12\x18\n" +
-	"\anetwork\x18\x0f \x01(\tR\anetwork\x1a9\n" +
+	"\anetwork\x18\x0f \x01(\tR\anetwork\x12H\n" +
+	"\rport_mappings\x18\x10 \x03(\v2#.axon.datapath.v1alpha1.PortMappingR\fportMappings\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -2841,21 +2853,22 @@ var file_axon_datapath_v1alpha1_datapath_proto_goTypes = []any{
 	nil,                                     // 47: axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceAnnotationsEntry
 	nil,                                     // 48: axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntry
 	(*Attachment)(nil),                      // 49: axon.datapath.v1alpha1.Attachment
-	(*Endpoint)(nil),                        // 50: axon.datapath.v1alpha1.Endpoint
-	(*EndpointProblem)(nil),                 // 51: axon.datapath.v1alpha1.EndpointProblem
-	(*durationpb.Duration)(nil),             // 52: google.protobuf.Duration
-	(*NodeConfig)(nil),                      // 53: axon.datapath.v1alpha1.NodeConfig
-	(*NodeStatus)(nil),                      // 54: axon.datapath.v1alpha1.NodeStatus
-	(ReadinessState)(0),                     // 55: axon.datapath.v1alpha1.ReadinessState
-	(*RemoteNode)(nil),                      // 56: axon.datapath.v1alpha1.RemoteNode
-	(*Service)(nil),                         // 57: axon.datapath.v1alpha1.Service
-	(*Frontend)(nil),                        // 58: axon.datapath.v1alpha1.Frontend
-	(ServiceType)(0),                        // 59: axon.datapath.v1alpha1.ServiceType
-	(*v1alpha1.EndpointPolicy)(nil),         // 60: axon.common.v1alpha1.EndpointPolicy
-	(*v1alpha1.IPIdentity)(nil),             // 61: axon.common.v1alpha1.IPIdentity
-	(*FlowFilter)(nil),                      // 62: axon.datapath.v1alpha1.FlowFilter
-	(*Flow)(nil),                            // 63: axon.datapath.v1alpha1.Flow
-	(*LostFlows)(nil),                       // 64: axon.datapath.v1alpha1.LostFlows
+	(*PortMapping)(nil),                     // 50: axon.datapath.v1alpha1.PortMapping
+	(*Endpoint)(nil),                        // 51: axon.datapath.v1alpha1.Endpoint
+	(*EndpointProblem)(nil),                 // 52: axon.datapath.v1alpha1.EndpointProblem
+	(*durationpb.Duration)(nil),             // 53: google.protobuf.Duration
+	(*NodeConfig)(nil),                      // 54: axon.datapath.v1alpha1.NodeConfig
+	(*NodeStatus)(nil),                      // 55: axon.datapath.v1alpha1.NodeStatus
+	(ReadinessState)(0),                     // 56: axon.datapath.v1alpha1.ReadinessState
+	(*RemoteNode)(nil),                      // 57: axon.datapath.v1alpha1.RemoteNode
+	(*Service)(nil),                         // 58: axon.datapath.v1alpha1.Service
+	(*Frontend)(nil),                        // 59: axon.datapath.v1alpha1.Frontend
+	(ServiceType)(0),                        // 60: axon.datapath.v1alpha1.ServiceType
+	(*v1alpha1.EndpointPolicy)(nil),         // 61: axon.common.v1alpha1.EndpointPolicy
+	(*v1alpha1.IPIdentity)(nil),             // 62: axon.common.v1alpha1.IPIdentity
+	(*FlowFilter)(nil),                      // 63: axon.datapath.v1alpha1.FlowFilter
+	(*Flow)(nil),                            // 64: axon.datapath.v1alpha1.Flow
+	(*LostFlows)(nil),                       // 65: axon.datapath.v1alpha1.LostFlows
 }
 var file_axon_datapath_v1alpha1_datapath_proto_depIdxs = []int32{
 	49, // 0: axon.datapath.v1alpha1.CreateEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
@@ -2864,93 +2877,94 @@ var file_axon_datapath_v1alpha1_datapath_proto_depIdxs = []int32{
 	46, // 3: axon.datapath.v1alpha1.CreateEndpointRequest.namespace_labels:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceLabelsEntry
 	47, // 4: axon.datapath.v1alpha1.CreateEndpointRequest.namespace_annotations:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.NamespaceAnnotationsEntry
 	48, // 5: axon.datapath.v1alpha1.CreateEndpointRequest.cni_args:type_name -> axon.datapath.v1alpha1.CreateEndpointRequest.CniArgsEntry
-	50, // 6: axon.datapath.v1alpha1.CreateEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	49, // 7: axon.datapath.v1alpha1.DeleteEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	50, // 8: axon.datapath.v1alpha1.DeleteEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	49, // 9: axon.datapath.v1alpha1.GetEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	50, // 10: axon.datapath.v1alpha1.GetEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	50, // 11: axon.datapath.v1alpha1.ListEndpointsResponse.endpoints:type_name -> axon.datapath.v1alpha1.Endpoint
-	49, // 12: axon.datapath.v1alpha1.CheckEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	51, // 13: axon.datapath.v1alpha1.CheckEndpointResponse.problems:type_name -> axon.datapath.v1alpha1.EndpointProblem
-	50, // 14: axon.datapath.v1alpha1.CheckEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
-	49, // 15: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.valid_attachments:type_name -> axon.datapath.v1alpha1.Attachment
-	52, // 16: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.min_age:type_name -> google.protobuf.Duration
-	50, // 17: axon.datapath.v1alpha1.GarbageCollectEndpointsResponse.removed:type_name -> axon.datapath.v1alpha1.Endpoint
-	53, // 18: axon.datapath.v1alpha1.GetNodeConfigResponse.config:type_name -> axon.datapath.v1alpha1.NodeConfig
-	54, // 19: axon.datapath.v1alpha1.GetNodeStatusResponse.status:type_name -> axon.datapath.v1alpha1.NodeStatus
-	55, // 20: axon.datapath.v1alpha1.CheckReadyResponse.readiness:type_name -> axon.datapath.v1alpha1.ReadinessState
-	56, // 21: axon.datapath.v1alpha1.UpsertRemoteNodeRequest.node:type_name -> axon.datapath.v1alpha1.RemoteNode
-	56, // 22: axon.datapath.v1alpha1.UpsertRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
-	56, // 23: axon.datapath.v1alpha1.DeleteRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
-	56, // 24: axon.datapath.v1alpha1.ListRemoteNodesResponse.nodes:type_name -> axon.datapath.v1alpha1.RemoteNode
-	57, // 25: axon.datapath.v1alpha1.UpsertServiceRequest.service:type_name -> axon.datapath.v1alpha1.Service
-	57, // 26: axon.datapath.v1alpha1.UpsertServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
-	57, // 27: axon.datapath.v1alpha1.UpsertServicesRequest.services:type_name -> axon.datapath.v1alpha1.Service
-	58, // 28: axon.datapath.v1alpha1.UpsertServicesRequest.deletes:type_name -> axon.datapath.v1alpha1.Frontend
-	58, // 29: axon.datapath.v1alpha1.DeleteServiceRequest.frontend:type_name -> axon.datapath.v1alpha1.Frontend
-	57, // 30: axon.datapath.v1alpha1.DeleteServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
-	59, // 31: axon.datapath.v1alpha1.ListServicesRequest.type:type_name -> axon.datapath.v1alpha1.ServiceType
-	57, // 32: axon.datapath.v1alpha1.ListServicesResponse.services:type_name -> axon.datapath.v1alpha1.Service
-	49, // 33: axon.datapath.v1alpha1.SetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	60, // 34: axon.datapath.v1alpha1.SetEndpointPolicyRequest.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
-	60, // 35: axon.datapath.v1alpha1.SetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
-	49, // 36: axon.datapath.v1alpha1.GetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	60, // 37: axon.datapath.v1alpha1.GetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
-	61, // 38: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest.entries:type_name -> axon.common.v1alpha1.IPIdentity
-	61, // 39: axon.datapath.v1alpha1.ListIPIdentitiesResponse.entries:type_name -> axon.common.v1alpha1.IPIdentity
-	62, // 40: axon.datapath.v1alpha1.WatchFlowsRequest.include:type_name -> axon.datapath.v1alpha1.FlowFilter
-	62, // 41: axon.datapath.v1alpha1.WatchFlowsRequest.exclude:type_name -> axon.datapath.v1alpha1.FlowFilter
-	63, // 42: axon.datapath.v1alpha1.WatchFlowsResponse.flow:type_name -> axon.datapath.v1alpha1.Flow
-	64, // 43: axon.datapath.v1alpha1.WatchFlowsResponse.lost_flows:type_name -> axon.datapath.v1alpha1.LostFlows
-	0,  // 44: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:input_type -> axon.datapath.v1alpha1.CreateEndpointRequest
-	2,  // 45: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:input_type -> axon.datapath.v1alpha1.DeleteEndpointRequest
-	4,  // 46: axon.datapath.v1alpha1.DatapathService.GetEndpoint:input_type -> axon.datapath.v1alpha1.GetEndpointRequest
-	6,  // 47: axon.datapath.v1alpha1.DatapathService.ListEndpoints:input_type -> axon.datapath.v1alpha1.ListEndpointsRequest
-	8,  // 48: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:input_type -> axon.datapath.v1alpha1.CheckEndpointRequest
-	10, // 49: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:input_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsRequest
-	12, // 50: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:input_type -> axon.datapath.v1alpha1.GetNodeConfigRequest
-	14, // 51: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:input_type -> axon.datapath.v1alpha1.GetNodeStatusRequest
-	16, // 52: axon.datapath.v1alpha1.DatapathService.CheckReady:input_type -> axon.datapath.v1alpha1.CheckReadyRequest
-	18, // 53: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:input_type -> axon.datapath.v1alpha1.UpsertRemoteNodeRequest
-	20, // 54: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:input_type -> axon.datapath.v1alpha1.DeleteRemoteNodeRequest
-	22, // 55: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:input_type -> axon.datapath.v1alpha1.ListRemoteNodesRequest
-	24, // 56: axon.datapath.v1alpha1.DatapathService.UpsertService:input_type -> axon.datapath.v1alpha1.UpsertServiceRequest
-	26, // 57: axon.datapath.v1alpha1.DatapathService.UpsertServices:input_type -> axon.datapath.v1alpha1.UpsertServicesRequest
-	28, // 58: axon.datapath.v1alpha1.DatapathService.DeleteService:input_type -> axon.datapath.v1alpha1.DeleteServiceRequest
-	30, // 59: axon.datapath.v1alpha1.DatapathService.ListServices:input_type -> axon.datapath.v1alpha1.ListServicesRequest
-	32, // 60: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:input_type -> axon.datapath.v1alpha1.SetEndpointPolicyRequest
-	34, // 61: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:input_type -> axon.datapath.v1alpha1.GetEndpointPolicyRequest
-	36, // 62: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:input_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesRequest
-	38, // 63: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:input_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesRequest
-	40, // 64: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:input_type -> axon.datapath.v1alpha1.ListIPIdentitiesRequest
-	42, // 65: axon.datapath.v1alpha1.DatapathService.WatchFlows:input_type -> axon.datapath.v1alpha1.WatchFlowsRequest
-	1,  // 66: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:output_type -> axon.datapath.v1alpha1.CreateEndpointResponse
-	3,  // 67: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:output_type -> axon.datapath.v1alpha1.DeleteEndpointResponse
-	5,  // 68: axon.datapath.v1alpha1.DatapathService.GetEndpoint:output_type -> axon.datapath.v1alpha1.GetEndpointResponse
-	7,  // 69: axon.datapath.v1alpha1.DatapathService.ListEndpoints:output_type -> axon.datapath.v1alpha1.ListEndpointsResponse
-	9,  // 70: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:output_type -> axon.datapath.v1alpha1.CheckEndpointResponse
-	11, // 71: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:output_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsResponse
-	13, // 72: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:output_type -> axon.datapath.v1alpha1.GetNodeConfigResponse
-	15, // 73: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:output_type -> axon.datapath.v1alpha1.GetNodeStatusResponse
-	17, // 74: axon.datapath.v1alpha1.DatapathService.CheckReady:output_type -> axon.datapath.v1alpha1.CheckReadyResponse
-	19, // 75: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:output_type -> axon.datapath.v1alpha1.UpsertRemoteNodeResponse
-	21, // 76: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:output_type -> axon.datapath.v1alpha1.DeleteRemoteNodeResponse
-	23, // 77: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:output_type -> axon.datapath.v1alpha1.ListRemoteNodesResponse
-	25, // 78: axon.datapath.v1alpha1.DatapathService.UpsertService:output_type -> axon.datapath.v1alpha1.UpsertServiceResponse
-	27, // 79: axon.datapath.v1alpha1.DatapathService.UpsertServices:output_type -> axon.datapath.v1alpha1.UpsertServicesResponse
-	29, // 80: axon.datapath.v1alpha1.DatapathService.DeleteService:output_type -> axon.datapath.v1alpha1.DeleteServiceResponse
-	31, // 81: axon.datapath.v1alpha1.DatapathService.ListServices:output_type -> axon.datapath.v1alpha1.ListServicesResponse
-	33, // 82: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:output_type -> axon.datapath.v1alpha1.SetEndpointPolicyResponse
-	35, // 83: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:output_type -> axon.datapath.v1alpha1.GetEndpointPolicyResponse
-	37, // 84: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:output_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesResponse
-	39, // 85: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:output_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesResponse
-	41, // 86: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:output_type -> axon.datapath.v1alpha1.ListIPIdentitiesResponse
-	43, // 87: axon.datapath.v1alpha1.DatapathService.WatchFlows:output_type -> axon.datapath.v1alpha1.WatchFlowsResponse
-	66, // [66:88] is the sub-list for method output_type
-	44, // [44:66] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	50, // 6: axon.datapath.v1alpha1.CreateEndpointRequest.port_mappings:type_name -> axon.datapath.v1alpha1.PortMapping
+	51, // 7: axon.datapath.v1alpha1.CreateEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 8: axon.datapath.v1alpha1.DeleteEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	51, // 9: axon.datapath.v1alpha1.DeleteEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 10: axon.datapath.v1alpha1.GetEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	51, // 11: axon.datapath.v1alpha1.GetEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	51, // 12: axon.datapath.v1alpha1.ListEndpointsResponse.endpoints:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 13: axon.datapath.v1alpha1.CheckEndpointRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	52, // 14: axon.datapath.v1alpha1.CheckEndpointResponse.problems:type_name -> axon.datapath.v1alpha1.EndpointProblem
+	51, // 15: axon.datapath.v1alpha1.CheckEndpointResponse.endpoint:type_name -> axon.datapath.v1alpha1.Endpoint
+	49, // 16: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.valid_attachments:type_name -> axon.datapath.v1alpha1.Attachment
+	53, // 17: axon.datapath.v1alpha1.GarbageCollectEndpointsRequest.min_age:type_name -> google.protobuf.Duration
+	51, // 18: axon.datapath.v1alpha1.GarbageCollectEndpointsResponse.removed:type_name -> axon.datapath.v1alpha1.Endpoint
+	54, // 19: axon.datapath.v1alpha1.GetNodeConfigResponse.config:type_name -> axon.datapath.v1alpha1.NodeConfig
+	55, // 20: axon.datapath.v1alpha1.GetNodeStatusResponse.status:type_name -> axon.datapath.v1alpha1.NodeStatus
+	56, // 21: axon.datapath.v1alpha1.CheckReadyResponse.readiness:type_name -> axon.datapath.v1alpha1.ReadinessState
+	57, // 22: axon.datapath.v1alpha1.UpsertRemoteNodeRequest.node:type_name -> axon.datapath.v1alpha1.RemoteNode
+	57, // 23: axon.datapath.v1alpha1.UpsertRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
+	57, // 24: axon.datapath.v1alpha1.DeleteRemoteNodeResponse.node:type_name -> axon.datapath.v1alpha1.RemoteNode
+	57, // 25: axon.datapath.v1alpha1.ListRemoteNodesResponse.nodes:type_name -> axon.datapath.v1alpha1.RemoteNode
+	58, // 26: axon.datapath.v1alpha1.UpsertServiceRequest.service:type_name -> axon.datapath.v1alpha1.Service
+	58, // 27: axon.datapath.v1alpha1.UpsertServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
+	58, // 28: axon.datapath.v1alpha1.UpsertServicesRequest.services:type_name -> axon.datapath.v1alpha1.Service
+	59, // 29: axon.datapath.v1alpha1.UpsertServicesRequest.deletes:type_name -> axon.datapath.v1alpha1.Frontend
+	59, // 30: axon.datapath.v1alpha1.DeleteServiceRequest.frontend:type_name -> axon.datapath.v1alpha1.Frontend
+	58, // 31: axon.datapath.v1alpha1.DeleteServiceResponse.service:type_name -> axon.datapath.v1alpha1.Service
+	60, // 32: axon.datapath.v1alpha1.ListServicesRequest.type:type_name -> axon.datapath.v1alpha1.ServiceType
+	58, // 33: axon.datapath.v1alpha1.ListServicesResponse.services:type_name -> axon.datapath.v1alpha1.Service
+	49, // 34: axon.datapath.v1alpha1.SetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	61, // 35: axon.datapath.v1alpha1.SetEndpointPolicyRequest.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	61, // 36: axon.datapath.v1alpha1.SetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	49, // 37: axon.datapath.v1alpha1.GetEndpointPolicyRequest.attachment:type_name -> axon.datapath.v1alpha1.Attachment
+	61, // 38: axon.datapath.v1alpha1.GetEndpointPolicyResponse.policy:type_name -> axon.common.v1alpha1.EndpointPolicy
+	62, // 39: axon.datapath.v1alpha1.UpsertIPIdentitiesRequest.entries:type_name -> axon.common.v1alpha1.IPIdentity
+	62, // 40: axon.datapath.v1alpha1.ListIPIdentitiesResponse.entries:type_name -> axon.common.v1alpha1.IPIdentity
+	63, // 41: axon.datapath.v1alpha1.WatchFlowsRequest.include:type_name -> axon.datapath.v1alpha1.FlowFilter
+	63, // 42: axon.datapath.v1alpha1.WatchFlowsRequest.exclude:type_name -> axon.datapath.v1alpha1.FlowFilter
+	64, // 43: axon.datapath.v1alpha1.WatchFlowsResponse.flow:type_name -> axon.datapath.v1alpha1.Flow
+	65, // 44: axon.datapath.v1alpha1.WatchFlowsResponse.lost_flows:type_name -> axon.datapath.v1alpha1.LostFlows
+	0,  // 45: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:input_type -> axon.datapath.v1alpha1.CreateEndpointRequest
+	2,  // 46: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:input_type -> axon.datapath.v1alpha1.DeleteEndpointRequest
+	4,  // 47: axon.datapath.v1alpha1.DatapathService.GetEndpoint:input_type -> axon.datapath.v1alpha1.GetEndpointRequest
+	6,  // 48: axon.datapath.v1alpha1.DatapathService.ListEndpoints:input_type -> axon.datapath.v1alpha1.ListEndpointsRequest
+	8,  // 49: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:input_type -> axon.datapath.v1alpha1.CheckEndpointRequest
+	10, // 50: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:input_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsRequest
+	12, // 51: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:input_type -> axon.datapath.v1alpha1.GetNodeConfigRequest
+	14, // 52: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:input_type -> axon.datapath.v1alpha1.GetNodeStatusRequest
+	16, // 53: axon.datapath.v1alpha1.DatapathService.CheckReady:input_type -> axon.datapath.v1alpha1.CheckReadyRequest
+	18, // 54: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:input_type -> axon.datapath.v1alpha1.UpsertRemoteNodeRequest
+	20, // 55: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:input_type -> axon.datapath.v1alpha1.DeleteRemoteNodeRequest
+	22, // 56: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:input_type -> axon.datapath.v1alpha1.ListRemoteNodesRequest
+	24, // 57: axon.datapath.v1alpha1.DatapathService.UpsertService:input_type -> axon.datapath.v1alpha1.UpsertServiceRequest
+	26, // 58: axon.datapath.v1alpha1.DatapathService.UpsertServices:input_type -> axon.datapath.v1alpha1.UpsertServicesRequest
+	28, // 59: axon.datapath.v1alpha1.DatapathService.DeleteService:input_type -> axon.datapath.v1alpha1.DeleteServiceRequest
+	30, // 60: axon.datapath.v1alpha1.DatapathService.ListServices:input_type -> axon.datapath.v1alpha1.ListServicesRequest
+	32, // 61: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:input_type -> axon.datapath.v1alpha1.SetEndpointPolicyRequest
+	34, // 62: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:input_type -> axon.datapath.v1alpha1.GetEndpointPolicyRequest
+	36, // 63: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:input_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesRequest
+	38, // 64: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:input_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesRequest
+	40, // 65: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:input_type -> axon.datapath.v1alpha1.ListIPIdentitiesRequest
+	42, // 66: axon.datapath.v1alpha1.DatapathService.WatchFlows:input_type -> axon.datapath.v1alpha1.WatchFlowsRequest
+	1,  // 67: axon.datapath.v1alpha1.DatapathService.CreateEndpoint:output_type -> axon.datapath.v1alpha1.CreateEndpointResponse
+	3,  // 68: axon.datapath.v1alpha1.DatapathService.DeleteEndpoint:output_type -> axon.datapath.v1alpha1.DeleteEndpointResponse
+	5,  // 69: axon.datapath.v1alpha1.DatapathService.GetEndpoint:output_type -> axon.datapath.v1alpha1.GetEndpointResponse
+	7,  // 70: axon.datapath.v1alpha1.DatapathService.ListEndpoints:output_type -> axon.datapath.v1alpha1.ListEndpointsResponse
+	9,  // 71: axon.datapath.v1alpha1.DatapathService.CheckEndpoint:output_type -> axon.datapath.v1alpha1.CheckEndpointResponse
+	11, // 72: axon.datapath.v1alpha1.DatapathService.GarbageCollectEndpoints:output_type -> axon.datapath.v1alpha1.GarbageCollectEndpointsResponse
+	13, // 73: axon.datapath.v1alpha1.DatapathService.GetNodeConfig:output_type -> axon.datapath.v1alpha1.GetNodeConfigResponse
+	15, // 74: axon.datapath.v1alpha1.DatapathService.GetNodeStatus:output_type -> axon.datapath.v1alpha1.GetNodeStatusResponse
+	17, // 75: axon.datapath.v1alpha1.DatapathService.CheckReady:output_type -> axon.datapath.v1alpha1.CheckReadyResponse
+	19, // 76: axon.datapath.v1alpha1.DatapathService.UpsertRemoteNode:output_type -> axon.datapath.v1alpha1.UpsertRemoteNodeResponse
+	21, // 77: axon.datapath.v1alpha1.DatapathService.DeleteRemoteNode:output_type -> axon.datapath.v1alpha1.DeleteRemoteNodeResponse
+	23, // 78: axon.datapath.v1alpha1.DatapathService.ListRemoteNodes:output_type -> axon.datapath.v1alpha1.ListRemoteNodesResponse
+	25, // 79: axon.datapath.v1alpha1.DatapathService.UpsertService:output_type -> axon.datapath.v1alpha1.UpsertServiceResponse
+	27, // 80: axon.datapath.v1alpha1.DatapathService.UpsertServices:output_type -> axon.datapath.v1alpha1.UpsertServicesResponse
+	29, // 81: axon.datapath.v1alpha1.DatapathService.DeleteService:output_type -> axon.datapath.v1alpha1.DeleteServiceResponse
+	31, // 82: axon.datapath.v1alpha1.DatapathService.ListServices:output_type -> axon.datapath.v1alpha1.ListServicesResponse
+	33, // 83: axon.datapath.v1alpha1.DatapathService.SetEndpointPolicy:output_type -> axon.datapath.v1alpha1.SetEndpointPolicyResponse
+	35, // 84: axon.datapath.v1alpha1.DatapathService.GetEndpointPolicy:output_type -> axon.datapath.v1alpha1.GetEndpointPolicyResponse
+	37, // 85: axon.datapath.v1alpha1.DatapathService.UpsertIPIdentities:output_type -> axon.datapath.v1alpha1.UpsertIPIdentitiesResponse
+	39, // 86: axon.datapath.v1alpha1.DatapathService.DeleteIPIdentities:output_type -> axon.datapath.v1alpha1.DeleteIPIdentitiesResponse
+	41, // 87: axon.datapath.v1alpha1.DatapathService.ListIPIdentities:output_type -> axon.datapath.v1alpha1.ListIPIdentitiesResponse
+	43, // 88: axon.datapath.v1alpha1.DatapathService.WatchFlows:output_type -> axon.datapath.v1alpha1.WatchFlowsResponse
+	67, // [67:89] is the sub-list for method output_type
+	45, // [45:67] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_axon_datapath_v1alpha1_datapath_proto_init() }

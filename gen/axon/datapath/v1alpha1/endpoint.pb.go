@@ -234,7 +234,10 @@ type Endpoint struct {
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// The CNI network (the network configuration's "name") the endpoint
 	// belongs to; empty for endpoints created without one.
-	Network       string `protobuf:"bytes,16,opt,name=network,proto3" json:"network,omitempty"`
+	Network string `protobuf:"bytes,16,opt,name=network,proto3" json:"network,omitempty"`
+	// The host ports mapped to the pod (CNI portMappings, HostPort), as
+	// CreateEndpoint was given them; removed with the endpoint.
+	PortMappings  []*PortMapping `protobuf:"bytes,17,rep,name=port_mappings,json=portMappings,proto3" json:"port_mappings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -379,6 +382,13 @@ func (x *Endpoint) GetNetwork() string {
 		return x.Network
 	}
 	return ""
+}
+
+func (x *Endpoint) GetPortMappings() []*PortMapping {
+	if x != nil {
+		return x.PortMappings
+	}
+	return nil
 }
 
 // Interface is one network interface of an endpoint, as in a CNI result's
@@ -665,6 +675,81 @@ func (x *EndpointProblem) GetMessage() string {
 	return ""
 }
 
+// PortMapping maps a port of the node to a port of the pod (Kubernetes
+// hostPort, the CNI "portMappings" capability).
+type PortMapping struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's port, 1..65535.
+	HostPort uint32 `protobuf:"varint,1,opt,name=host_port,json=hostPort,proto3" json:"host_port,omitempty"`
+	// The pod's port, 1..65535.
+	ContainerPort uint32 `protobuf:"varint,2,opt,name=container_port,json=containerPort,proto3" json:"container_port,omitempty"`
+	// TCP or UDP.
+	Protocol v1alpha1.Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
+	// The node address the port is mapped on, e.g. "192.168.1.10"; empty, or
+	// "0.0.0.0" / "::", means every node address of the pod's families.
+	HostIp        string `protobuf:"bytes,4,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PortMapping) Reset() {
+	*x = PortMapping{}
+	mi := &file_axon_datapath_v1alpha1_endpoint_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PortMapping) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PortMapping) ProtoMessage() {}
+
+func (x *PortMapping) ProtoReflect() protoreflect.Message {
+	mi := &file_axon_datapath_v1alpha1_endpoint_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PortMapping.ProtoReflect.Descriptor instead.
+func (*PortMapping) Descriptor() ([]byte, []int) {
+	return file_axon_datapath_v1alpha1_endpoint_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PortMapping) GetHostPort() uint32 {
+	if x != nil {
+		return x.HostPort
+	}
+	return 0
+}
+
+func (x *PortMapping) GetContainerPort() uint32 {
+	if x != nil {
+		return x.ContainerPort
+	}
+	return 0
+}
+
+func (x *PortMapping) GetProtocol() v1alpha1.Protocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return v1alpha1.Protocol(0)
+}
+
+func (x *PortMapping) GetHostIp() string {
+	if x != nil {
+		return x.HostIp
+	}
+	return ""
+}
+
 var File_axon_datapath_v1alpha1_endpoint_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_endpoint_proto_rawDesc = "" +
@@ -673,7 +758,7 @@ const file_axon_datapath_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\n" +
 	"Attachment\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12%\n" +
-	"\x0einterface_name\x18\x02 \x01(\tR\rinterfaceName\"\xd9\x06\n" +
+	"\x0einterface_name\x18\x02 \x01(\tR\rinterfaceName\"\xa3\a\n" +
 	"\bEndpoint\x12B\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".axon.datapath.v1alpha1.AttachmentR\n" +
@@ -698,7 +783,8 @@ const file_axon_datapath_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\x0fpolicy_revision\x18\x0e \x01(\tR\x0epolicyRevision\x12;\n" +
 	"\vcreate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x18\n" +
-	"\anetwork\x18\x10 \x01(\tR\anetwork\x1a9\n" +
+	"\anetwork\x18\x10 \x01(\tR\anetwork\x12H\n" +
+	"\rport_mappings\x18\x11 \x03(\v2#.axon.datapath.v1alpha1.PortMappingR\fportMappings\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -722,7 +808,12 @@ const file_axon_datapath_v1alpha1_endpoint_proto_rawDesc = "" +
 	"\agateway\x18\x02 \x01(\tR\agateway\"t\n" +
 	"\x0fEndpointProblem\x12G\n" +
 	"\tcomponent\x18\x01 \x01(\x0e2).axon.datapath.v1alpha1.EndpointComponentR\tcomponent\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*\x8d\x03\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xa6\x01\n" +
+	"\vPortMapping\x12\x1b\n" +
+	"\thost_port\x18\x01 \x01(\rR\bhostPort\x12%\n" +
+	"\x0econtainer_port\x18\x02 \x01(\rR\rcontainerPort\x12:\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x1e.axon.common.v1alpha1.ProtocolR\bprotocol\x12\x17\n" +
+	"\ahost_ip\x18\x04 \x01(\tR\x06hostIp*\x8d\x03\n" +
 	"\x11EndpointComponent\x12\"\n" +
 	"\x1eENDPOINT_COMPONENT_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ENDPOINT_COMPONENT_NETNS\x10\x01\x12%\n" +
@@ -751,7 +842,7 @@ func file_axon_datapath_v1alpha1_endpoint_proto_rawDescGZIP() []byte {
 }
 
 var file_axon_datapath_v1alpha1_endpoint_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_axon_datapath_v1alpha1_endpoint_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_axon_datapath_v1alpha1_endpoint_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_axon_datapath_v1alpha1_endpoint_proto_goTypes = []any{
 	(EndpointComponent)(0),        // 0: axon.datapath.v1alpha1.EndpointComponent
 	(*Attachment)(nil),            // 1: axon.datapath.v1alpha1.Attachment
@@ -760,26 +851,30 @@ var file_axon_datapath_v1alpha1_endpoint_proto_goTypes = []any{
 	(*IPConfig)(nil),              // 4: axon.datapath.v1alpha1.IPConfig
 	(*Route)(nil),                 // 5: axon.datapath.v1alpha1.Route
 	(*EndpointProblem)(nil),       // 6: axon.datapath.v1alpha1.EndpointProblem
-	nil,                           // 7: axon.datapath.v1alpha1.Endpoint.LabelsEntry
-	nil,                           // 8: axon.datapath.v1alpha1.Endpoint.AnnotationsEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(v1alpha1.IPFamily)(0),        // 10: axon.common.v1alpha1.IPFamily
+	(*PortMapping)(nil),           // 7: axon.datapath.v1alpha1.PortMapping
+	nil,                           // 8: axon.datapath.v1alpha1.Endpoint.LabelsEntry
+	nil,                           // 9: axon.datapath.v1alpha1.Endpoint.AnnotationsEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(v1alpha1.IPFamily)(0),        // 11: axon.common.v1alpha1.IPFamily
+	(v1alpha1.Protocol)(0),        // 12: axon.common.v1alpha1.Protocol
 }
 var file_axon_datapath_v1alpha1_endpoint_proto_depIdxs = []int32{
 	1,  // 0: axon.datapath.v1alpha1.Endpoint.attachment:type_name -> axon.datapath.v1alpha1.Attachment
-	7,  // 1: axon.datapath.v1alpha1.Endpoint.labels:type_name -> axon.datapath.v1alpha1.Endpoint.LabelsEntry
-	8,  // 2: axon.datapath.v1alpha1.Endpoint.annotations:type_name -> axon.datapath.v1alpha1.Endpoint.AnnotationsEntry
+	8,  // 1: axon.datapath.v1alpha1.Endpoint.labels:type_name -> axon.datapath.v1alpha1.Endpoint.LabelsEntry
+	9,  // 2: axon.datapath.v1alpha1.Endpoint.annotations:type_name -> axon.datapath.v1alpha1.Endpoint.AnnotationsEntry
 	3,  // 3: axon.datapath.v1alpha1.Endpoint.interfaces:type_name -> axon.datapath.v1alpha1.Interface
 	4,  // 4: axon.datapath.v1alpha1.Endpoint.ips:type_name -> axon.datapath.v1alpha1.IPConfig
 	5,  // 5: axon.datapath.v1alpha1.Endpoint.routes:type_name -> axon.datapath.v1alpha1.Route
-	9,  // 6: axon.datapath.v1alpha1.Endpoint.create_time:type_name -> google.protobuf.Timestamp
-	10, // 7: axon.datapath.v1alpha1.IPConfig.family:type_name -> axon.common.v1alpha1.IPFamily
-	0,  // 8: axon.datapath.v1alpha1.EndpointProblem.component:type_name -> axon.datapath.v1alpha1.EndpointComponent
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	10, // 6: axon.datapath.v1alpha1.Endpoint.create_time:type_name -> google.protobuf.Timestamp
+	7,  // 7: axon.datapath.v1alpha1.Endpoint.port_mappings:type_name -> axon.datapath.v1alpha1.PortMapping
+	11, // 8: axon.datapath.v1alpha1.IPConfig.family:type_name -> axon.common.v1alpha1.IPFamily
+	0,  // 9: axon.datapath.v1alpha1.EndpointProblem.component:type_name -> axon.datapath.v1alpha1.EndpointComponent
+	12, // 10: axon.datapath.v1alpha1.PortMapping.protocol:type_name -> axon.common.v1alpha1.Protocol
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_axon_datapath_v1alpha1_endpoint_proto_init() }
@@ -793,7 +888,7 @@ func file_axon_datapath_v1alpha1_endpoint_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_axon_datapath_v1alpha1_endpoint_proto_rawDesc), len(file_axon_datapath_v1alpha1_endpoint_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -480,9 +480,19 @@ type Service struct {
 	// The ID of the frontend's entry for clients inside the cluster, which a
 	// NODE_PORT, LOAD_BALANCER or EXTERNAL_IP frontend with a LOCAL policy has
 	// (they use every backend); 0 for other frontends. Output only.
-	InternalId    uint32 `protobuf:"varint,14,opt,name=internal_id,json=internalId,proto3" json:"internal_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	InternalId uint32 `protobuf:"varint,14,opt,name=internal_id,json=internalId,proto3" json:"internal_id,omitempty"`
+	// Kubernetes' spec.healthCheckNodePort, for a NODE_PORT, LOAD_BALANCER or
+	// EXTERNAL_IP frontend with a LOCAL policy; 0: none. The datapath answers
+	// HTTP on this port of every node address: 200 while the node has a ready
+	// (ACTIVE) backend of the Kubernetes Service (service_namespace and
+	// service_name: every frontend naming the port counts), 503 without, with
+	// the body kube-proxy gives
+	// {"service":{"namespace":"...","name":"..."},"localEndpoints":N}. What
+	// cloud load balancers probe to send traffic only to nodes with backends.
+	// 1..65535; frontends sharing a port must name the same Service.
+	HealthCheckNodePort uint32 `protobuf:"varint,15,opt,name=health_check_node_port,json=healthCheckNodePort,proto3" json:"health_check_node_port,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Service) Reset() {
@@ -613,6 +623,13 @@ func (x *Service) GetInternalId() uint32 {
 	return 0
 }
 
+func (x *Service) GetHealthCheckNodePort() uint32 {
+	if x != nil {
+		return x.HealthCheckNodePort
+	}
+	return 0
+}
+
 var File_axon_datapath_v1alpha1_loadbalancer_proto protoreflect.FileDescriptor
 
 const file_axon_datapath_v1alpha1_loadbalancer_proto_rawDesc = "" +
@@ -628,7 +645,7 @@ const file_axon_datapath_v1alpha1_loadbalancer_proto_rawDesc = "" +
 	"\x06weight\x18\x03 \x01(\rR\x06weight\x12:\n" +
 	"\x05state\x18\x04 \x01(\x0e2$.axon.datapath.v1alpha1.BackendStateR\x05state\x12\x1b\n" +
 	"\tnode_name\x18\x05 \x01(\tR\bnodeName\x12\x12\n" +
-	"\x04zone\x18\x06 \x01(\tR\x04zone\"\xc1\x05\n" +
+	"\x04zone\x18\x06 \x01(\tR\x04zone\"\xf6\x05\n" +
 	"\aService\x12<\n" +
 	"\bfrontend\x18\x01 \x01(\v2 .axon.datapath.v1alpha1.FrontendR\bfrontend\x127\n" +
 	"\x04type\x18\x02 \x01(\x0e2#.axon.datapath.v1alpha1.ServiceTypeR\x04type\x12;\n" +
@@ -646,7 +663,8 @@ const file_axon_datapath_v1alpha1_loadbalancer_proto_rawDesc = "" +
 	"updateTime\x12\x0e\n" +
 	"\x02id\x18\r \x01(\rR\x02id\x12\x1f\n" +
 	"\vinternal_id\x18\x0e \x01(\rR\n" +
-	"internalId*\xa2\x01\n" +
+	"internalId\x123\n" +
+	"\x16health_check_node_port\x18\x0f \x01(\rR\x13healthCheckNodePort*\xa2\x01\n" +
 	"\vServiceType\x12\x1c\n" +
 	"\x18SERVICE_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SERVICE_TYPE_CLUSTER_IP\x10\x01\x12\x1a\n" +

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"reflect"
 	"sync"
 	"testing"
 
@@ -196,7 +197,7 @@ func TestConfigure(t *testing.T) {
 				t.Fatalf("Configure: %v, want %v", err, tc.want)
 			}
 			got, ok := f.Config()
-			if ok != (tc.want == nil) || (ok && got != tc.c) {
+			if ok != (tc.want == nil) || (ok && !reflect.DeepEqual(got, tc.c)) {
 				t.Errorf("Config() = %+v %v", got, ok)
 			}
 		})
