@@ -158,20 +158,33 @@ func (o *Objects) expireFlows(now uint64) (int, error) {
 		paired[rk], paired[k] = true, true
 		last, flags := max(v.LastSeen, rv.LastSeen), v.Flags|rv.Flags
 		// Established: the backend answered (its entry saw a packet).
-		if !expired(now, last, k.Proto, flags, rv.Flags&ctSeen != 0) {
+		if !expired(now, last, k.Proto, flags, rv.Flags&ctSeen != 0) || o.touchedSince(all, k, rk) {
 			continue
 		}
 		del = append(del, k, rk)
 		n++
 	}
 	for k, v := range all {
-		if paired[k] || !expired(now, v.LastSeen, k.Proto, v.Flags, v.Flags&ctSeen != 0) {
+		if paired[k] || !expired(now, v.LastSeen, k.Proto, v.Flags, v.Flags&ctSeen != 0) || o.touchedSince(all, k) {
 			continue
 		}
 		del = append(del, k)
 		n++
 	}
 	return n, o.deleteCT(del)
+}
+
+// touchedSince reports whether a packet refreshed one of keys' entries
+// since the snapshot all was read (or the entry is gone): a flow that came
+// back to life while the tracker was being read is not expired.
+func (o *Objects) touchedSince(all map[podAxonCtKey]podAxonCtEntry, keys ...podAxonCtKey) bool {
+	for _, k := range keys {
+		var v podAxonCtEntry
+		if err := o.maps.AxonCt.Lookup(&k, &v); err != nil || v.LastSeen != all[k].LastSeen {
+			return true
+		}
+	}
+	return false
 }
 
 // expired says whether an entry last seen at last (ns) is past its

@@ -617,8 +617,16 @@ func TestExpireFlows(t *testing.T) {
 	send(ap(podB.ip, 80), ap(podA.ip, 3002), protoTCP, tcpSYN|tcpACK)
 	send(ap(podA.ip, 3002), ap(vip, 80), protoTCP, tcpFIN|tcpACK)
 	send(ap(podA.ip, 3003), ap(vip, 53), protoUDP, 0)
-	if n := usage(t, r.objs, podMapAxonCt); n != 8 {
-		t.Fatalf("axon_ct holds %d entries, want 8", n)
+	// A closed tuple opened again (a client reusing its port): established,
+	// not closing.
+	send(ap(podA.ip, 3004), ap(vip, 80), protoTCP, tcpSYN)
+	send(ap(podB.ip, 80), ap(podA.ip, 3004), protoTCP, tcpSYN|tcpACK)
+	send(ap(podA.ip, 3004), ap(vip, 80), protoTCP, tcpFIN|tcpACK)
+	send(ap(podB.ip, 80), ap(podA.ip, 3004), protoTCP, tcpFIN|tcpACK)
+	send(ap(podA.ip, 3004), ap(vip, 80), protoTCP, tcpSYN)
+	send(ap(podB.ip, 80), ap(podA.ip, 3004), protoTCP, tcpSYN|tcpACK)
+	if n := usage(t, r.objs, podMapAxonCt); n != 10 {
+		t.Fatalf("axon_ct holds %d entries, want 10", n)
 	}
 	var ts unix.Timespec
 	must(t, "clock", unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts))
@@ -629,10 +637,10 @@ func TestExpireFlows(t *testing.T) {
 		want int // flows removed
 		left int // entries left
 	}{
-		{now, 0, 8},
-		{now + 15*sec, 1, 6},     // the closed one
-		{now + 65*sec, 2, 2},     // the unanswered TCP and the UDP
-		{now + 7*3600*sec, 1, 0}, // the established one
+		{now, 0, 10},
+		{now + 15*sec, 1, 8},     // the closed one
+		{now + 65*sec, 2, 4},     // the unanswered TCP and the UDP
+		{now + 7*3600*sec, 2, 0}, // the established one and the reopened one
 	} {
 		n, err := r.objs.expireFlows(step.at)
 		if err != nil || n != step.want {

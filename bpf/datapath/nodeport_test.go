@@ -239,3 +239,31 @@ func TestNodePortFromPod(t *testing.T) {
 		t.Errorf("pod -> another address's port 30080: verdict %#x, changed %v; want next, unchanged", verdict, string(out[:len(other)]) != string(other))
 	}
 }
+
+// TestNodePortSourceRanges: a LoadBalancer frontend with source ranges
+// takes connections from outside clients inside them only; others are
+// dropped and counted, whether it has backends or not.
+func TestNodePortSourceRanges(t *testing.T) {
+	r := newRunner(t)
+	must(t, "config", r.objs.SetConfig(tunnelCfg))
+	must(t, "node addresses", r.objs.SetNodeAddrs([]netip.Addr{nodeIP}))
+	lbIP := netip.MustParseAddr("192.0.2.200")
+	fe := frontend(lbIP, 443, protoTCP)
+	allowed := netip.PrefixFrom(outsideIP, 32)
+	denied := netip.MustParseAddr("198.51.100.9")
+	for _, backends := range [][]Backend{{{Addr: podB.ip, Port: 8443, Local: true}}, nil} {
+		putServices(t, r.objs, ServiceEntry{Frontend: fe, Service: Service{ID: 40, Type: 3, Active: backends, SourceRanges: []netip.Prefix{allowed}}})
+		before := r.stats(t)
+		v, _ := r.run(t, r.objs.FromUnderlay(), toNode(l4Frame(ap(denied, 40000), ap(lbIP, 443), protoTCP, tcpSYN, false)))
+		if after := r.stats(t); v != verdictDrop || after.DropSourceRange != before.DropSourceRange+1 {
+			t.Errorf("%d backends, client outside the ranges: verdict %#x, drop-source-range %d -> %d; want a drop",
+				len(backends), v, before.DropSourceRange, after.DropSourceRange)
+		}
+	}
+	putServices(t, r.objs, ServiceEntry{Frontend: fe, Service: Service{ID: 40, Type: 3, Active: []Backend{{Addr: podB.ip, Port: 8443, Local: true}}, SourceRanges: []netip.Prefix{allowed}}})
+	in := toNode(l4Frame(ap(outsideIP, 40001), ap(lbIP, 443), protoTCP, tcpSYN, false))
+	v, out := r.run(t, r.objs.FromUnderlay(), in)
+	if s, d := tuple(out[:len(in)]); v != verdictRedirect || s != ap(outsideIP, 40001) || d != ap(podB.ip, 8443) {
+		t.Errorf("client inside the ranges: verdict %#x, %s -> %s; want redirect to %s", v, s, d, ap(podB.ip, 8443))
+	}
+}

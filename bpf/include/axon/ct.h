@@ -163,6 +163,11 @@ static __always_inline void ct_touch(struct axon_ct_entry *e, const struct axon_
 	 * by the flow's next packet. */
 	if ((e->flags & flags) != flags)
 		e->flags |= flags;
+	/* A SYN on a closed tuple opens it again (a client reusing its port
+	 * soon after): the closing timeout no longer applies. */
+	else if (k->proto == IPPROTO_TCP && (e->flags & AXON_CT_F_TCP_CLOSING) &&
+		 (l->tcp_flags & (AXON_TCP_SYN | AXON_TCP_FIN | AXON_TCP_RST)) == AXON_TCP_SYN)
+		e->flags &= ~AXON_CT_F_TCP_CLOSING;
 	if (now - e->last_seen > AXON_CT_REFRESH_NS)
 		e->last_seen = now;
 }

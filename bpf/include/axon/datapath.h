@@ -160,9 +160,9 @@ enum axon_stat {
 	 */
 	AXON_STAT_REJECTED,
 	/*
-	 * from_pod: a new connection to a frontend that takes clients only
-	 * from its source ranges (AXON_LB_F_SOURCE_RANGES) from another
-	 * address (DROP).
+	 * from_pod, from_underlay: a new connection to a frontend that takes
+	 * clients only from its source ranges (AXON_LB_F_SOURCE_RANGES) from
+	 * another address (DROP).
 	 */
 	AXON_STAT_DROP_SOURCE_RANGE,
 	/*

@@ -211,7 +211,33 @@ enum axon_lb_new {
 	AXON_LB_NEW_OK = 0,
 	AXON_LB_NEW_NO_BACKEND = 1,
 	AXON_LB_NEW_CT_FULL = 2,
+	AXON_LB_NEW_NO_NAT_PORT = 3, /* axon_np_new_flow */
+	AXON_LB_NEW_SOURCE_DENIED = 4,
 };
+
+/*
+ * Picks the backend of a new connection k, looked up by fk with gates, for
+ * a client its frontend's source ranges admit. The ranges are judged on
+ * the copy of the entry the pick was made from (the entry itself may be
+ * recycled by the agent's next write meanwhile). Returns an enum
+ * axon_lb_new: OK, NO_BACKEND or SOURCE_DENIED.
+ */
+static __always_inline int lb_admit_pick(const struct axon_ct_key *k, const struct axon_ct_key *fk, __u32 gates,
+					 struct axon_lb_service *svc, struct axon_lb_backend *be)
+{
+	const struct axon_lb_service *s;
+
+	if (lb_pick(fk, gates, svc, be) == 0)
+		return source_allowed(svc, k->saddr) ? AXON_LB_NEW_OK : AXON_LB_NEW_SOURCE_DENIED;
+	/* No backend: a client the ranges refuse learns nothing from a refusal. */
+	s = lb_service(fk, gates);
+	if (s) {
+		__builtin_memcpy(svc, s, sizeof(*svc));
+		if (!source_allowed(svc, k->saddr))
+			return AXON_LB_NEW_SOURCE_DENIED;
+	}
+	return AXON_LB_NEW_NO_BACKEND;
+}
 
 /*
  * Picks and records the backend of a new connection k to a frontend,
@@ -224,9 +250,13 @@ __noinline int axon_lb_new_flow(const struct axon_ct_key *k, const struct axon_c
 {
 	struct axon_lb_service svc;
 	struct axon_lb_backend be;
+	int rc;
 
-	if (!k || !fk || lb_pick(fk, gates, &svc, &be) < 0)
+	if (!k || !fk)
 		return AXON_LB_NEW_NO_BACKEND;
+	rc = lb_admit_pick(k, fk, gates, &svc, &be);
+	if (rc != AXON_LB_NEW_OK)
+		return rc;
 	if (lb_record(k, &svc, &be) < 0)
 		return AXON_LB_NEW_CT_FULL;
 	return AXON_LB_NEW_OK;
@@ -262,15 +292,14 @@ static __always_inline int lb_from_pod(struct __sk_buff *skb, const struct axon_
 	if (rc || !frontend)
 		return rc < 0 ? -1 : 0;
 	/* A new connection: admit it, record it, translate it as recorded. */
-	if (!source_allowed(frontend, k.saddr)) {
-		*stat = AXON_STAT_DROP_SOURCE_RANGE;
-		return -1;
-	}
 	switch (axon_lb_new_flow(&k, &fk, gates)) {
 	case AXON_LB_NEW_OK:
 		break;
 	case AXON_LB_NEW_CT_FULL:
 		*stat = AXON_STAT_DROP_CT_FULL;
+		return -1;
+	case AXON_LB_NEW_SOURCE_DENIED:
+		*stat = AXON_STAT_DROP_SOURCE_RANGE;
 		return -1;
 	default:
 		*stat = AXON_STAT_DROP_NO_BACKEND;

@@ -82,7 +82,12 @@ static __always_inline int maglev_slot(const struct axon_ct_key *k, const struct
 	__u32 idx;
 	__u16 slot;
 
-	if (!(svc->flags & AXON_LB_F_MAGLEV) || !svc->active)
+	/*
+	 * No source port: a socket program's pick, before the socket has one
+	 * (sock.c zeroes the source). Hashing the frontend alone would send
+	 * every such connection to one backend: they pick at random.
+	 */
+	if (!(svc->flags & AXON_LB_F_MAGLEV) || !svc->active || !k->sport)
 		return -1;
 	t = bpf_map_lookup_elem(&axon_lb_maglev, &mk);
 	if (!t)

@@ -133,15 +133,11 @@ static __always_inline int np_record_snat(const struct axon_ct_key *k, const str
 	return rc == 0 || rc == -EEXIST ? 0 : -1;
 }
 
-/* Result of axon_np_new_flow beyond enum axon_lb_new. */
-#define AXON_NP_NEW_NO_NAT_PORT 3
-
 /*
  * Picks and records the backend of a new connection k from the underlay to
  * a frontend looked up by fk with gates: a backend on this node sees the
  * client's own address, one on another node this node's (SNAT). Global,
- * as axon_lb_new_flow. Returns an enum axon_lb_new or
- * AXON_NP_NEW_NO_NAT_PORT.
+ * as axon_lb_new_flow. Returns an enum axon_lb_new.
  */
 __noinline int axon_np_new_flow(const struct axon_ct_key *k, const struct axon_ct_key *fk, __u32 gates)
 {
@@ -150,15 +146,18 @@ __noinline int axon_np_new_flow(const struct axon_ct_key *k, const struct axon_c
 	__u8 saddr[16];
 	int rc;
 
-	if (!k || !fk || lb_pick(fk, gates, &svc, &be) < 0)
+	if (!k || !fk)
 		return AXON_LB_NEW_NO_BACKEND;
+	rc = lb_admit_pick(k, fk, gates, &svc, &be);
+	if (rc != AXON_LB_NEW_OK)
+		return rc;
 	if (be.flags & AXON_LB_BACKEND_LOCAL)
 		return lb_record(k, &svc, &be) < 0 ? AXON_LB_NEW_CT_FULL : AXON_LB_NEW_OK;
 	if (np_snat_addr(k, saddr) < 0)
 		return AXON_LB_NEW_NO_BACKEND;
 	rc = np_record_snat(k, &svc, &be, saddr);
 	if (rc == -2)
-		return AXON_NP_NEW_NO_NAT_PORT;
+		return AXON_LB_NEW_NO_NAT_PORT;
 	return rc < 0 ? AXON_LB_NEW_CT_FULL : AXON_LB_NEW_OK;
 }
 
@@ -226,9 +225,20 @@ static __always_inline int np_translate(struct __sk_buff *skb, struct pkt *p, en
 	if (!np_in_cluster(&k))
 		gates &= ~AXON_LB_PORT_INTERNAL;
 	rc = axon_np_new_flow(&k, &fk, gates);
-	if (rc != AXON_LB_NEW_OK) {
-		*stat = rc == AXON_NP_NEW_NO_NAT_PORT ? AXON_STAT_DROP_NO_NAT_PORT :
-			rc == AXON_LB_NEW_CT_FULL ? AXON_STAT_DROP_CT_FULL : AXON_STAT_DROP_NO_BACKEND;
+	switch (rc) {
+	case AXON_LB_NEW_OK:
+		break;
+	case AXON_LB_NEW_NO_NAT_PORT:
+		*stat = AXON_STAT_DROP_NO_NAT_PORT;
+		return -1;
+	case AXON_LB_NEW_CT_FULL:
+		*stat = AXON_STAT_DROP_CT_FULL;
+		return -1;
+	case AXON_LB_NEW_SOURCE_DENIED:
+		*stat = AXON_STAT_DROP_SOURCE_RANGE;
+		return -1;
+	default:
+		*stat = AXON_STAT_DROP_NO_BACKEND;
 		return -1;
 	}
 apply:
