@@ -13,7 +13,8 @@ import (
 )
 
 // MaxSlots is the most backend slots (weights expanded) a frontend entry
-// holds per state: weights whose sum is larger are scaled down to fit.
+// holds, active and terminating together: weights whose sum is larger are
+// scaled down to fit.
 const MaxSlots = 65535
 
 // scopes returns the entries a service needs: a frontend whose external
@@ -30,33 +31,27 @@ func scopes(svc *datapathv1alpha1.Service) []bpfmaps.LBScope {
 
 // slotCounts returns how many slots each backend (of a normalized
 // service, in its order) takes: its weight divided by the weights'
-// greatest common divisor, scaled down when the slots of one state would
-// exceed MaxSlots (every backend keeps at least one). unit is the common
-// divisor, 0 when scaling made the weights unrecoverable from the counts.
+// greatest common divisor, scaled down when the slots of all states
+// together would exceed MaxSlots (every backend keeps at least one). unit
+// is the common divisor, 0 when scaling made the weights unrecoverable
+// from the counts.
 func slotCounts(backends []*datapathv1alpha1.Backend) (counts []int, unit uint32) {
 	for _, b := range backends {
 		unit = gcd(unit, b.GetWeight())
 	}
 	counts = make([]int, len(backends))
-	// Slots and backends by state (ACTIVE 1, TERMINATING 2).
-	var sums, sizes [3]int
+	sum := 0
 	for i, b := range backends {
 		counts[i] = int(b.GetWeight() / unit)
-		sums[b.GetState()] += counts[i]
-		sizes[b.GetState()]++
+		sum += counts[i]
 	}
-	for state, sum := range sums {
-		if sum <= MaxSlots {
-			continue
-		}
+	if sum > MaxSlots {
 		unit = 0
 		// Each count rounds down to at least 1: reserving one slot per
 		// backend keeps the total within MaxSlots.
-		room := MaxSlots - sizes[state]
-		for i, b := range backends {
-			if int(b.GetState()) == state {
-				counts[i] = max(1, counts[i]*room/sum)
-			}
+		room := MaxSlots - len(backends)
+		for i := range counts {
+			counts[i] = max(1, counts[i]*room/sum)
 		}
 	}
 	return counts, unit

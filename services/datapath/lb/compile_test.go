@@ -153,6 +153,14 @@ func TestSlotCountsScale(t *testing.T) {
 	if counts[1] <= counts[0] {
 		t.Errorf("heavy backend has %d slots, light one %d", counts[1], counts[0])
 	}
+	// Active and terminating backends share one entry's slots.
+	split := []*datapathv1alpha1.Backend{
+		{Address: "10.0.0.1", Port: 1, Weight: 40000, State: active},
+		{Address: "10.0.0.2", Port: 1, Weight: 40001, State: datapathv1alpha1.BackendState_BACKEND_STATE_TERMINATING},
+	}
+	if counts, _ := slotCounts(split); counts[0]+counts[1] > MaxSlots {
+		t.Errorf("active %d and terminating %d slots: over %d together", counts[0], counts[1], MaxSlots)
+	}
 }
 
 // TestMetaFitsAtTheLimits checks that the largest metadata validation

@@ -103,9 +103,12 @@ func parseFrontend(fe *datapathv1alpha1.Frontend) (frontend, *fieldError) {
 		return frontend{}, fieldErr("frontend.port", "%d is not in 1..65535", fe.GetPort())
 	}
 	switch fe.GetProtocol() {
-	case commonv1alpha1.Protocol_PROTOCOL_TCP, commonv1alpha1.Protocol_PROTOCOL_UDP, commonv1alpha1.Protocol_PROTOCOL_SCTP:
+	case commonv1alpha1.Protocol_PROTOCOL_TCP, commonv1alpha1.Protocol_PROTOCOL_UDP:
+	case commonv1alpha1.Protocol_PROTOCOL_SCTP:
+		// Accepted and never translated, its traffic would be lost.
+		return frontend{}, fieldErr("frontend.protocol", "SCTP frontends are not load-balanced yet (TCP and UDP are)")
 	default:
-		return frontend{}, fieldErr("frontend.protocol", "must be TCP, UDP or SCTP, got %v", fe.GetProtocol())
+		return frontend{}, fieldErr("frontend.protocol", "must be TCP or UDP, got %v", fe.GetProtocol())
 	}
 	return frontend{addr: addr, port: uint16(fe.GetPort()), proto: uint8(fe.GetProtocol())}, nil
 }

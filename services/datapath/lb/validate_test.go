@@ -37,6 +37,7 @@ func TestApplyRefusesBadInput(t *testing.T) {
 		{"no protocol", func(s *datapathv1alpha1.Service) { s.Frontend.Protocol = 0 }, "frontend.protocol"},
 		{"ICMP", func(s *datapathv1alpha1.Service) { s.Frontend.Protocol = commonv1alpha1.Protocol_PROTOCOL_ICMP }, "frontend.protocol"},
 		{"unknown protocol", func(s *datapathv1alpha1.Service) { s.Frontend.Protocol = 99 }, "frontend.protocol"},
+		{"SCTP, not translated", func(s *datapathv1alpha1.Service) { s.Frontend.Protocol = commonv1alpha1.Protocol_PROTOCOL_SCTP }, "frontend.protocol"},
 		{"no type", func(s *datapathv1alpha1.Service) { s.Type = 0 }, "type: is required"},
 		{"unknown type", func(s *datapathv1alpha1.Service) { s.Type = 9 }, "type: unknown"},
 		{"unknown policy", func(s *datapathv1alpha1.Service) { s.TrafficPolicy = 7 }, "traffic_policy"},

@@ -170,11 +170,11 @@ type DatapathServiceClient interface {
 	// backends (the operator writes one per Service port, family and frontend
 	// address from Services and EndpointSlices). The frontend is the key; a
 	// retry with the same content returns the same entry and revision.
-	// Existing TCP and SCTP connections to removed backends are not broken
+	// Existing TCP connections to removed backends are not broken
 	// until they end; UDP flows to a removed backend are cleared, so a
 	// connected UDP socket moves on to another backend.
 	// Errors: INVALID_ARGUMENT for a malformed address, port 0 or above 65535,
-	// a protocol other than TCP/UDP/SCTP, a backend of another family, an
+	// a protocol other than TCP/UDP, a backend of another family, an
 	// unspecified type, or any other field out of the bounds its comment
 	// (loadbalancer.proto) gives, the message naming the frontend and the
 	// field; RESOURCE_EXHAUSTED if the service or backend maps are full
@@ -617,11 +617,11 @@ type DatapathServiceServer interface {
 	// backends (the operator writes one per Service port, family and frontend
 	// address from Services and EndpointSlices). The frontend is the key; a
 	// retry with the same content returns the same entry and revision.
-	// Existing TCP and SCTP connections to removed backends are not broken
+	// Existing TCP connections to removed backends are not broken
 	// until they end; UDP flows to a removed backend are cleared, so a
 	// connected UDP socket moves on to another backend.
 	// Errors: INVALID_ARGUMENT for a malformed address, port 0 or above 65535,
-	// a protocol other than TCP/UDP/SCTP, a backend of another family, an
+	// a protocol other than TCP/UDP, a backend of another family, an
 	// unspecified type, or any other field out of the bounds its comment
 	// (loadbalancer.proto) gives, the message naming the frontend and the
 	// field; RESOURCE_EXHAUSTED if the service or backend maps are full

@@ -266,7 +266,8 @@ type Frontend struct {
 	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
 	// The port, e.g. 53 or a node port such as 30080. 1..65535.
 	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
-	// TCP, UDP or SCTP; UNSPECIFIED is invalid.
+	// TCP or UDP. SCTP is not load-balanced yet (INVALID_ARGUMENT), nor is
+	// UNSPECIFIED.
 	Protocol      v1alpha1.Protocol `protobuf:"varint,3,opt,name=protocol,proto3,enum=axon.common.v1alpha1.Protocol" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -436,8 +437,10 @@ type Service struct {
 	// Kind of frontend.
 	Type ServiceType `protobuf:"varint,2,opt,name=type,proto3,enum=axon.datapath.v1alpha1.ServiceType" json:"type,omitempty"`
 	// The backends, in any order (ListServices returns them by address and
-	// port), each address and port at most once, at most 4096. Empty: new
-	// connections to the frontend are dropped with NO_SERVICE_BACKEND.
+	// port), each address and port at most once, at most 4096. Empty: a pod's
+	// new connection to the frontend is refused at once (a TCP reset or an
+	// ICMP port unreachable, as kube-proxy rejects); one from outside the
+	// node is dropped (NO_SERVICE_BACKEND).
 	// Backends of other nodes of a CLUSTER_IP frontend with a LOCAL policy are
 	// not in the datapath: after its restart they are listed again once the
 	// entry is upserted again.
