@@ -74,8 +74,8 @@ func String(field, s string, limit int) error {
 // Strings checks a repeated field: at most count entries, each at most
 // limit bytes.
 func Strings(field string, ss []string, count, limit int) error {
-	if len(ss) > count {
-		return fmt.Errorf("%s: %d entries, at most %d allowed: %w", field, len(ss), count, ErrOverLimit)
+	if err := Count(field, len(ss), count); err != nil {
+		return err
 	}
 	for i, s := range ss {
 		if err := String(fmt.Sprintf("%s[%d]", field, i), s, limit); err != nil {
@@ -107,8 +107,8 @@ func Map(field string, m map[string]string, valueLimit int) error {
 		if err := String(field+" key", k, QualifiedName); err != nil {
 			return err
 		}
-		if err := String(fmt.Sprintf("%s[%s]", field, Quote(k)), v, valueLimit); err != nil {
-			return err
+		if len(v) > valueLimit {
+			return fmt.Errorf("%s[%s]: value of %d bytes, at most %d allowed: %w", field, Quote(k), len(v), valueLimit, ErrOverLimit)
 		}
 		total += len(k) + len(v)
 	}
@@ -122,8 +122,8 @@ func checkMap(field string, m map[string]string, valueLimit int) error {
 		if err := qualifiedName(field, k); err != nil {
 			return err
 		}
-		if err := String(fmt.Sprintf("%s[%s]", field, Quote(k)), v, valueLimit); err != nil {
-			return err
+		if len(v) > valueLimit {
+			return fmt.Errorf("%s[%s]: value of %d bytes, at most %d allowed: %w", field, Quote(k), len(v), valueLimit, ErrOverLimit)
 		}
 		total += len(k) + len(v)
 	}
@@ -144,8 +144,7 @@ func qualifiedName(field, k string) error {
 		prefix, name = "", k
 	}
 	if name == "" || len(name) > 63 || (ok && (prefix == "" || len(prefix) > DNSSubdomain)) {
-		return fmt.Errorf("%s key %s: want an optional prefix of at most %d bytes and '/', then a name of 1 to 63 bytes: %w",
-			field, Quote(k), DNSSubdomain, ErrOverLimit)
+		return fmt.Errorf("%s key %s: want [prefix of 1-%d bytes/]name of 1-63 bytes: %w", field, Quote(k), DNSSubdomain, ErrOverLimit)
 	}
 	return nil
 }
@@ -158,4 +157,23 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// Count checks that a repeated field has at most limit entries.
+func Count(field string, n, limit int) error {
+	if n > limit {
+		return fmt.Errorf("%s: %d entries, at most %d allowed: %w", field, n, limit, ErrOverLimit)
+	}
+	return nil
+}
+
+// First returns the first non-nil error of errs: one violation is enough to
+// refuse a request, and reporting one keeps the message short.
+func First(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
