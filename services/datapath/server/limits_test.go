@@ -75,7 +75,9 @@ func TestEndpointRequestLimits(t *testing.T) {
 		{"namespace annotations", func(r *datapathv1alpha1.CreateEndpointRequest) { r.NamespaceAnnotations["example.com/big"] += "x" }},
 		{"requested_pools count", func(r *datapathv1alpha1.CreateEndpointRequest) { r.RequestedPools = make([]string, 9) }},
 		{"requested_pools entry", func(r *datapathv1alpha1.CreateEndpointRequest) { r.RequestedPools = []string{long(64)} }},
-		{"requested_ips count", func(r *datapathv1alpha1.CreateEndpointRequest) { r.RequestedIps = []string{"10.0.1.3", "10.0.1.4", "10.0.1.5"} }},
+		{"requested_ips count", func(r *datapathv1alpha1.CreateEndpointRequest) {
+			r.RequestedIps = []string{"10.0.1.3", "10.0.1.4", "10.0.1.5"}
+		}},
 		{"requested_ips entry", func(r *datapathv1alpha1.CreateEndpointRequest) { r.RequestedIps = []string{long(65)} }},
 		{"sticky_key", func(r *datapathv1alpha1.CreateEndpointRequest) { r.StickyKey += "x" }},
 		{"cni_args", func(r *datapathv1alpha1.CreateEndpointRequest) { r.CniArgs[long(bounded.QualifiedName+1)] = "" }},

@@ -85,7 +85,9 @@ func TestRequestLimits(t *testing.T) {
 		{"pod name", func(r *ipamv1alpha1.AllocateIPRequest) { r.Pod.Name += "b" }},
 		{"pod label value", func(r *ipamv1alpha1.AllocateIPRequest) { r.Pod.Labels[label] += "v" }},
 		{"namespace label key", func(r *ipamv1alpha1.AllocateIPRequest) { r.Pod.NamespaceLabels["x"+label] = "" }},
-		{"namespace annotations", func(r *ipamv1alpha1.AllocateIPRequest) { r.Pod.NamespaceAnnotations = annotations(bounded.MapBytes + 1) }},
+		{"namespace annotations", func(r *ipamv1alpha1.AllocateIPRequest) {
+			r.Pod.NamespaceAnnotations = annotations(bounded.MapBytes + 1)
+		}},
 	} {
 		t.Run("AllocateIP/"+tc.name, func(t *testing.T) {
 			req := full("over")
