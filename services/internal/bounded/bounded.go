@@ -53,11 +53,25 @@ func Quote(s string) string {
 	if len(s) <= quotePrefix {
 		return fmt.Sprintf("%q", s)
 	}
-	cut := quotePrefix
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
+	return fmt.Sprintf("%q… (%d bytes)", s[:runeCut(s, quotePrefix)], len(s))
+}
+
+// Truncate returns s cut after about n bytes (at a rune boundary) with an
+// ellipsis and s's length, or s itself if it is at most n bytes long: a
+// backstop for text that may hold user input, such as an error logged whole.
+func Truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return fmt.Sprintf("%q… (%d bytes)", s[:cut], len(s))
+	return fmt.Sprintf("%s… (%d bytes)", s[:runeCut(s, n)], len(s))
+}
+
+// runeCut returns the largest rune boundary of s at most n.
+func runeCut(s string, n int) int {
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return n
 }
 
 // ErrOverLimit is wrapped by every error of this package.

@@ -96,3 +96,12 @@ func TestMaps(t *testing.T) {
 		})
 	}
 }
+
+func TestTruncate(t *testing.T) {
+	if got := Truncate("short", 10); got != "short" {
+		t.Errorf("Truncate of a short string = %q", got)
+	}
+	if got, want := Truncate("0123456789ab", 10), "0123456789… (12 bytes)"; got != want {
+		t.Errorf("Truncate = %q, want %q", got, want)
+	}
+}
