@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/bounded"
 	"github.com/axon-cni/axon/services/internal/grpcerr"
 	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/allocator"
@@ -370,7 +371,7 @@ func (s *Server) GarbageCollect(ctx context.Context, req *ipamv1alpha1.GarbageCo
 	}
 	released, err := s.alloc.GarbageCollect(ctx, req.GetNode(), live, minAge, req.GetDryRun())
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("garbage-collect node %q: %w", req.GetNode(), err))
+		return nil, toStatus(fmt.Errorf("garbage-collect node %s: %w", bounded.Quote(req.GetNode()), err))
 	}
 	if !req.GetDryRun() {
 		s.metrics.gcReleased.Add(float64(len(released)))
