@@ -101,7 +101,7 @@ func TestRequestLimits(t *testing.T) {
 				t.Fatal(err)
 			}
 			if e := resp.GetResults()[0].GetError(); codes.Code(e.GetCode()) != codes.InvalidArgument || len(e.GetMessage()) > 200 {
-				t.Errorf("AllocateIPs result = %v, want a short InvalidArgument", e)
+				t.Errorf("AllocateIPs result = %.300v, want a short InvalidArgument", e)
 			}
 		})
 	}
