@@ -26,8 +26,9 @@ const (
 	// DNS-1123 subdomain prefix and '/' and a name of at most 63
 	// characters.
 	QualifiedName = DNSSubdomain + 1 + 63
-	// ContainerID: a CNI container ID (runtimes use 64 hex characters).
-	ContainerID = 256
+	// ContainerID: a CNI container ID. Runtimes use 64 hex characters;
+	// the datapath's health endpoints use "axon-health-<node name>".
+	ContainerID = 512
 	// InterfaceName: a Linux interface name (IFNAMSIZ less the NUL).
 	InterfaceName = 15
 	// Path: a file system path (PATH_MAX).

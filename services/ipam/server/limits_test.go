@@ -132,7 +132,7 @@ func TestRequestLimits(t *testing.T) {
 			return err
 		}},
 		{"GarbageCollect live handle", func() error {
-			_, err := c.GarbageCollect(ctx, &ipamv1alpha1.GarbageCollectRequest{Node: node, LiveHandles: []*ipamv1alpha1.OwnerHandle{handle(long(257), "eth0")}})
+			_, err := c.GarbageCollect(ctx, &ipamv1alpha1.GarbageCollectRequest{Node: node, LiveHandles: []*ipamv1alpha1.OwnerHandle{handle(long(bounded.ContainerID+1), "eth0")}})
 			return err
 		}},
 		{"GarbageCollect node", func() error {

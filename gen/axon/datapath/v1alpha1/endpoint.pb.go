@@ -120,7 +120,7 @@ func (EndpointComponent) EnumDescriptor() ([]byte, []int) {
 // the same owner handle IPAM allocates its addresses under.
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The container (sandbox) ID, CNI_CONTAINERID. Required; at most 256
+	// The container (sandbox) ID, CNI_CONTAINERID. Required; at most 512
 	// bytes (runtimes use 64).
 	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// The interface name inside the container, CNI_IFNAME, e.g. "eth0".

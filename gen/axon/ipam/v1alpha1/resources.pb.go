@@ -901,7 +901,7 @@ func (x *Block) GetRevision() string {
 // container, as in a CNI ADD/DEL/GC call.
 type OwnerHandle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The container (sandbox) ID, CNI_CONTAINERID. Required; at most 256
+	// The container (sandbox) ID, CNI_CONTAINERID. Required; at most 512
 	// bytes (runtimes use 64).
 	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// The interface name inside the container, CNI_IFNAME, e.g. "eth0".
