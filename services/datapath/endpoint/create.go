@@ -86,7 +86,7 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: req.GetNetnsPath(), MTU: mtu, GSOMaxSize: m.cfg.GSOMaxSize}
 	ep := &datapathv1alpha1.Endpoint{
 		Attachment: att, NetnsPath: req.GetNetnsPath(), PodNamespace: req.GetPodNamespace(), PodName: req.GetPodName(),
-		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: KeptAnnotations(req.GetAnnotations()), Mtu: uint32(mtu), Network: req.GetNetwork(),
+		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: keptAnnotations(req.GetAnnotations()), Mtu: uint32(mtu), Network: req.GetNetwork(),
 		Identity: IdentityInit, CreateTime: timestamppb.Now(),
 	}
 	for _, ad := range alloc.GetAllocation().GetAddresses() {
@@ -168,12 +168,12 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	return ep, nil
 }
 
-// KeptAnnotations returns the pod annotations an endpoint records: those of
+// keptAnnotations returns the pod annotations an endpoint records: those of
 // Axon's own domain (keys prefixed "axon.io/" or "<sub>.axon.io/", such as
 // "ipam.axon.io/pool"), the only ones Axon reads. Others are dropped, so
 // that a pod's other annotations (up to 256 KiB in Kubernetes) never
 // weigh on the endpoint records, ListEndpoints or the agent's memory.
-func KeptAnnotations(in map[string]string) map[string]string {
+func keptAnnotations(in map[string]string) map[string]string {
 	var out map[string]string
 	for k, v := range in {
 		prefix, _, ok := strings.Cut(k, "/")

@@ -65,7 +65,7 @@ func decodeRecord(b []byte) (*record, *datapathv1alpha1.Endpoint, error) {
 		return nil, nil, fmt.Errorf("decode endpoint: %w", err)
 	}
 	// Records of earlier versions hold every annotation of the pod.
-	ep.Annotations = KeptAnnotations(ep.GetAnnotations())
+	ep.Annotations = keptAnnotations(ep.GetAnnotations())
 	return &r, ep, nil
 }
 
