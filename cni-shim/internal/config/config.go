@@ -210,6 +210,26 @@ func parseIP(s string) (netip.Addr, error) {
 	return a.Unmap(), nil
 }
 
+// MaxPodAnnotationBytes is Kubernetes' limit on a pod's annotations, keys
+// and values together (256 KiB), which the datapath holds CreateEndpoint to.
+const MaxPodAnnotationBytes = 256 << 10
+
+// CheckPodAnnotations refuses pod annotations over Kubernetes' limit: no
+// real pod has them, and sent on they would fail the ADD with gRPC's own
+// RESOURCE_EXHAUSTED (over the datapath's 4 MiB message limit) or its
+// INVALID_ARGUMENT, instead of saying what is wrong.
+func (c *NetConf) CheckPodAnnotations() error {
+	total := 0
+	for k, v := range c.RuntimeConfig.PodAnnotations {
+		total += len(k) + len(v)
+	}
+	if total > MaxPodAnnotationBytes {
+		return fmt.Errorf("runtimeConfig %q: the pod's annotations take %d bytes, more than Kubernetes' limit of %d",
+			"io.kubernetes.cri.pod-annotations", total, MaxPodAnnotationBytes)
+	}
+	return nil
+}
+
 // RequestedPools returns the pools to allocate from: the pod's pool
 // annotation wins over the network configuration's pools.
 func (c *NetConf) RequestedPools() []string {

@@ -103,6 +103,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		if err != nil {
 			return types.NewError(types.ErrInvalidNetworkConfig, "invalid runtimeConfig", err.Error())
 		}
+		// Checked on ADD only: a DEL of a pod refused here must still
+		// succeed.
+		if err := conf.CheckPodAnnotations(); err != nil {
+			return types.NewError(types.ErrInvalidNetworkConfig, "invalid runtimeConfig", err.Error())
+		}
 		resp, err := dp.CreateEndpoint(ctx, &datapathv1alpha1.CreateEndpointRequest{
 			Attachment:     att,
 			Network:        conf.Name,

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/axon-cni/axon/cni-shim/internal/config"
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 )
@@ -198,13 +199,15 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 		}})
 	}
 	tests := []struct {
-		name   string
-		verb   func(*Plugin, *skel.CmdArgs) error
-		args   skel.CmdArgs
-		conf   func(string) []byte
-		dpErr  error
-		want   uint
-		wantOK bool
+		name  string
+		verb  func(*Plugin, *skel.CmdArgs) error
+		args  skel.CmdArgs
+		conf  func(string) []byte
+		dpErr error
+		want  uint
+		// wantMsg is a part of the error's message, if set.
+		wantMsg string
+		wantOK  bool
 	}{
 		{name: "ADD malformed JSON", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte { return []byte("{") }, want: types.ErrDecodingFailure},
 		{name: "ADD without container ID", verb: (*Plugin).Add, args: skel.CmdArgs{IfName: "eth0", Netns: netns}, conf: good, want: types.ErrInvalidEnvironmentVariables},
@@ -216,11 +219,20 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 		{name: "ADD pool exhausted", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: poolExhaustedErr(t, ipamErrorDomain), want: ErrAddressExhausted},
 		{name: "ADD resource exhausted without IPAM's mark", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.ResourceExhausted, "endpoint map full"), want: types.ErrInternal},
 		{name: "ADD resource exhausted marked by another domain", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: poolExhaustedErr(t, "example.com"), want: types.ErrInternal},
-		{name: "ADD message over gRPC's limit", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte {
-			// gRPC's own RESOURCE_EXHAUSTED: the datapath refuses a
-			// request over its 4 MB receive limit before any handler runs.
+		{name: "ADD with annotations over gRPC's message limit", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte {
+			// Sent on, gRPC would refuse it with its own RESOURCE_EXHAUSTED
+			// before any handler runs; the shim says what is wrong instead.
 			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"io.kubernetes.cri.pod-annotations": map[string]string{"big": strings.Repeat("x", 6<<20)}}})
-		}, want: types.ErrInternal},
+		}, want: types.ErrInvalidNetworkConfig, wantMsg: "annotations"},
+		{name: "ADD with annotations one byte over Kubernetes' limit", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte {
+			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"io.kubernetes.cri.pod-annotations": map[string]string{"b": strings.Repeat("x", config.MaxPodAnnotationBytes)}}})
+		}, want: types.ErrInvalidNetworkConfig, wantMsg: "annotations"},
+		{name: "ADD with annotations at Kubernetes' limit", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte {
+			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"io.kubernetes.cri.pod-annotations": map[string]string{"b": strings.Repeat("x", config.MaxPodAnnotationBytes-1)}}})
+		}, wantOK: true},
+		{name: "DEL with annotations over Kubernetes' limit", verb: (*Plugin).Del, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0"}, conf: func(string) []byte {
+			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"io.kubernetes.cri.pod-annotations": map[string]string{"b": strings.Repeat("x", 6<<20)}}})
+		}, wantOK: true},
 		{name: "ADD unimplemented", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: good, dpErr: status.Error(codes.Unimplemented, "later"), want: types.ErrInternal},
 		{name: "ADD bad requested IP", verb: (*Plugin).Add, args: skel.CmdArgs{ContainerID: "c", IfName: "eth0", Netns: netns}, conf: func(string) []byte {
 			return netConf(t, "1.1.0", sock, map[string]any{"runtimeConfig": map[string]any{"ips": []string{"bogus"}}})
@@ -247,7 +259,10 @@ func TestErrorsCarrySpecCodes(t *testing.T) {
 				t.Fatal("got success, want an error")
 			}
 			if got := cniCode(t, err); got != tt.want {
-				t.Errorf("code = %d (%v), want %d", got, err, tt.want)
+				t.Errorf("code = %d (%.300v), want %d", got, err, tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Errorf("error %.300q does not mention %q", err.Error(), tt.wantMsg)
 			}
 		})
 	}

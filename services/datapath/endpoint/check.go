@@ -15,6 +15,7 @@ import (
 	datapathv1alpha1 "github.com/axon-cni/axon/gen/axon/datapath/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
 	"github.com/axon-cni/axon/services/datapath/veth"
+	"github.com/axon-cni/axon/services/internal/bounded"
 )
 
 // CheckEndpoint verifies every piece of an endpoint is still in place.
@@ -41,7 +42,7 @@ func (m *Manager) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.Check
 		resp.Problems = append(resp.Problems, &datapathv1alpha1.EndpointProblem{Component: c, Message: msg})
 	}
 	if req.GetNetnsPath() != "" && req.GetNetnsPath() != ep.GetNetnsPath() {
-		add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_NETNS, fmt.Sprintf("endpoint is in %s, runtime says %s", ep.GetNetnsPath(), req.GetNetnsPath()))
+		add(datapathv1alpha1.EndpointComponent_ENDPOINT_COMPONENT_NETNS, fmt.Sprintf("endpoint is in %s, runtime says %s", ep.GetNetnsPath(), bounded.Quote(req.GetNetnsPath())))
 	}
 	addrs := Addrs(ep)
 	var gws []netip.Addr

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -17,6 +18,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/datapath/nodedev"
 	"github.com/axon-cni/axon/services/datapath/veth"
+	"github.com/axon-cni/axon/services/internal/bounded"
 )
 
 // CreateEndpoint wires a pod: addresses from IPAM, the veth pair, the eBPF
@@ -45,7 +47,7 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	defer m.locks.lock(hostName)()
 	if _, ep, err := m.store.load(hostName); err == nil {
 		if ep.GetNetnsPath() != req.GetNetnsPath() {
-			return nil, fmt.Errorf("%w: %s/%s is wired into %s, not %s", ErrExists, att.GetContainerId(), att.GetInterfaceName(), ep.GetNetnsPath(), req.GetNetnsPath())
+			return nil, fmt.Errorf("%w: %s/%s is wired into %s, not %s", ErrExists, bounded.Quote(att.GetContainerId()), att.GetInterfaceName(), bounded.Quote(ep.GetNetnsPath()), bounded.Quote(req.GetNetnsPath()))
 		}
 		return ep, nil
 	}
@@ -56,9 +58,9 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	case errors.Is(err, nl.ErrNetNS):
 		return nil, fmt.Errorf("%w: %w", ErrNetNS, err)
 	case err != nil:
-		return nil, fmt.Errorf("netns_path %s: %w", req.GetNetnsPath(), err)
+		return nil, fmt.Errorf("netns_path %s: %w", bounded.Quote(req.GetNetnsPath()), err)
 	case node:
-		return nil, fmt.Errorf("%w: %s is the node's own network namespace, not a pod's", ErrNetNS, req.GetNetnsPath())
+		return nil, fmt.Errorf("%w: %s is the node's own network namespace, not a pod's", ErrNetNS, bounded.Quote(req.GetNetnsPath()))
 	}
 
 	alloc, err := m.ipam.AllocateIP(ctx, &ipamv1alpha1.AllocateIPRequest{
@@ -90,7 +92,7 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	spec := veth.Spec{HostName: hostName, PodIfName: att.GetInterfaceName(), NetnsPath: req.GetNetnsPath(), MTU: mtu, GSOMaxSize: m.cfg.GSOMaxSize}
 	ep := &datapathv1alpha1.Endpoint{
 		Attachment: att, NetnsPath: req.GetNetnsPath(), PodNamespace: req.GetPodNamespace(), PodName: req.GetPodName(),
-		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: req.GetAnnotations(), Mtu: uint32(mtu), Network: req.GetNetwork(),
+		PodUid: req.GetPodUid(), Labels: req.GetLabels(), Annotations: keptAnnotations(req.GetAnnotations()), Mtu: uint32(mtu), Network: req.GetNetwork(),
 		Identity: IdentityInit, CreateTime: timestamppb.Now(), PortMappings: req.GetPortMappings(),
 	}
 	for _, ad := range alloc.GetAllocation().GetAddresses() {
@@ -179,6 +181,29 @@ func (m *Manager) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Crea
 	m.log.Info("endpoint created", "endpoint", hostName, "container", att.GetContainerId(), "ips", spec.Addrs, "pod", req.GetPodNamespace()+"/"+req.GetPodName())
 	return ep, nil
 }
+
+// keptAnnotations returns the pod annotations an endpoint records: those of
+// Axon's own domain (keys prefixed "axon.io/" or "<sub>.axon.io/", such as
+// "ipam.axon.io/pool"), the only ones Axon reads. Others are dropped, so
+// that a pod's other annotations (up to 256 KiB in Kubernetes) never
+// weigh on the endpoint records, ListEndpoints or the agent's memory.
+func keptAnnotations(in map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range in {
+		prefix, _, ok := strings.Cut(k, "/")
+		if !ok || (prefix != axonDomain && !strings.HasSuffix(prefix, "."+axonDomain)) {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// axonDomain is the annotation domain of Axon.
+const axonDomain = "axon.io"
 
 // attach writes the pod's map entries and puts the program on its host
 // veth. On failure the caller deletes the veth, which takes the program

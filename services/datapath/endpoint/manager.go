@@ -28,6 +28,7 @@ import (
 	"github.com/axon-cni/axon/services/datapath/bpfmaps"
 	"github.com/axon-cni/axon/services/datapath/nl"
 	"github.com/axon-cni/axon/services/datapath/veth"
+	"github.com/axon-cni/axon/services/internal/bounded"
 )
 
 // IdentityInit is the security identity of an endpoint the policy service
@@ -119,8 +120,11 @@ func validAttachment(att *datapathv1alpha1.Attachment) error {
 	// The kernel's dev_valid_name: "." and ".." are taken by sysfs, and
 	// no '/', ':' or white space.
 	name := att.GetInterfaceName()
-	if len(name) > 15 || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\v\f\r\x00") {
-		return fmt.Errorf("%w: interface_name %q is not a valid Linux interface name", ErrInvalid, att.GetInterfaceName())
+	if len(name) > bounded.InterfaceName || name == "." || name == ".." || strings.ContainsAny(name, "/: \t\n\v\f\r\x00") {
+		return fmt.Errorf("%w: interface_name %s is not a valid Linux interface name", ErrInvalid, bounded.Quote(name))
+	}
+	if err := bounded.String("container_id", att.GetContainerId(), bounded.ContainerID); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

@@ -64,6 +64,8 @@ func decodeRecord(b []byte) (*record, *datapathv1alpha1.Endpoint, error) {
 	if err := protojson.Unmarshal(r.Endpoint, ep); err != nil {
 		return nil, nil, fmt.Errorf("decode endpoint: %w", err)
 	}
+	// Records of earlier versions hold every annotation of the pod.
+	ep.Annotations = keptAnnotations(ep.GetAnnotations())
 	return &r, ep, nil
 }
 

@@ -96,6 +96,9 @@ func toStatus(err error) error { return codeOf.Status(err) }
 
 // CreateEndpoint implements DatapathService.
 func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.CreateEndpointRequest) (*datapathv1alpha1.CreateEndpointResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	ep, err := s.endpoints.CreateEndpoint(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
@@ -105,6 +108,9 @@ func (s *Server) CreateEndpoint(ctx context.Context, req *datapathv1alpha1.Creat
 
 // DeleteEndpoint implements DatapathService.
 func (s *Server) DeleteEndpoint(ctx context.Context, req *datapathv1alpha1.DeleteEndpointRequest) (*datapathv1alpha1.DeleteEndpointResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	ep, err := s.endpoints.DeleteEndpoint(ctx, req.GetAttachment())
 	if err != nil {
 		return nil, toStatus(err)
@@ -114,6 +120,9 @@ func (s *Server) DeleteEndpoint(ctx context.Context, req *datapathv1alpha1.Delet
 
 // GetEndpoint implements DatapathService.
 func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpointRequest) (*datapathv1alpha1.GetEndpointResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	ep, err := s.endpoints.GetEndpoint(req.GetAttachment())
 	if err != nil {
 		return nil, toStatus(err)
@@ -124,6 +133,9 @@ func (s *Server) GetEndpoint(_ context.Context, req *datapathv1alpha1.GetEndpoin
 // ListEndpoints implements DatapathService. A node has at most a few
 // hundred endpoints; pages are cut from the list ordered by attachment.
 func (s *Server) ListEndpoints(_ context.Context, req *datapathv1alpha1.ListEndpointsRequest) (*datapathv1alpha1.ListEndpointsResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	limit, after, err := paging.Parse(endpointList(req), req.GetPageSize(), req.GetPageToken())
 	if err != nil {
 		return nil, err // a status already
@@ -169,6 +181,9 @@ func pageEndpoints(eps []*datapathv1alpha1.Endpoint, req *datapathv1alpha1.ListE
 
 // CheckEndpoint implements DatapathService.
 func (s *Server) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckEndpointRequest) (*datapathv1alpha1.CheckEndpointResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	resp, err := s.endpoints.CheckEndpoint(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
@@ -178,6 +193,9 @@ func (s *Server) CheckEndpoint(ctx context.Context, req *datapathv1alpha1.CheckE
 
 // GarbageCollectEndpoints implements DatapathService.
 func (s *Server) GarbageCollectEndpoints(ctx context.Context, req *datapathv1alpha1.GarbageCollectEndpointsRequest) (*datapathv1alpha1.GarbageCollectEndpointsResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	minAge := s.gcMinAge
 	if d := req.GetMinAge(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
@@ -215,6 +233,9 @@ func (s *Server) GetNodeStatus(context.Context, *datapathv1alpha1.GetNodeStatusR
 
 // UpsertRemoteNode implements DatapathService.
 func (s *Server) UpsertRemoteNode(_ context.Context, req *datapathv1alpha1.UpsertRemoteNodeRequest) (*datapathv1alpha1.UpsertRemoteNodeResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	n, err := s.remotes.UpsertRemoteNode(req.GetNode(), req.GetExpectedRevision())
 	if err != nil {
 		return nil, toStatus(err)
@@ -224,6 +245,9 @@ func (s *Server) UpsertRemoteNode(_ context.Context, req *datapathv1alpha1.Upser
 
 // DeleteRemoteNode implements DatapathService.
 func (s *Server) DeleteRemoteNode(_ context.Context, req *datapathv1alpha1.DeleteRemoteNodeRequest) (*datapathv1alpha1.DeleteRemoteNodeResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	n, err := s.remotes.DeleteRemoteNode(req.GetName(), req.GetExpectedRevision())
 	if err != nil {
 		return nil, toStatus(err)

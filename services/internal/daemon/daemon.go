@@ -30,6 +30,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+
+	"github.com/axon-cni/axon/services/internal/bounded"
 )
 
 // Log attribute keys shared by every service.
@@ -252,11 +254,25 @@ func New(cfg Config, name string, log *slog.Logger) (*Daemon, error) {
 	return d, nil
 }
 
+// The gRPC interceptor's log fields (an error's message, a status's) are
+// bounded as a backstop: handlers quote user input only in part, but an error
+// from deeper down may still carry it whole.
 func interceptorLogger(l *slog.Logger) logging.Logger {
 	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		for i, f := range fields {
+			switch v := f.(type) {
+			case string:
+				fields[i] = bounded.Truncate(v, maxLogField)
+			case error:
+				fields[i] = bounded.Truncate(v.Error(), maxLogField)
+			}
+		}
 		l.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
 }
+
+// maxLogField bounds one field of an RPC's log line.
+const maxLogField = 1024
 
 // GRPC is the server to register the service's APIs on.
 func (d *Daemon) GRPC() *grpc.Server { return d.grpc }

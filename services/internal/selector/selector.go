@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/bounded"
 )
 
 // Selector is a parsed, validated label selector. The zero value and an
@@ -43,7 +44,7 @@ func Parse(s *commonv1alpha1.LabelSelector) (*Selector, error) {
 			errs = append(errs, err)
 		}
 		if err := validValue(v); err != nil {
-			errs = append(errs, fmt.Errorf("match_labels[%q]: %w", k, err))
+			errs = append(errs, fmt.Errorf("match_labels[%s]: %w", bounded.Quote(k), err))
 		}
 		sel.reqs = append(sel.reqs, requirement{key: k, op: commonv1alpha1.LabelSelectorOperator_LABEL_SELECTOR_OPERATOR_IN, values: []string{v}})
 	}
@@ -118,10 +119,10 @@ func validKey(k string) error {
 	if !hasPrefix {
 		name = prefix
 	} else if len(prefix) == 0 || len(prefix) > 253 || !prefixRE.MatchString(prefix) {
-		return fmt.Errorf("label key %q: prefix must be a DNS subdomain", k)
+		return fmt.Errorf("label key %s: prefix must be a DNS subdomain", bounded.Quote(k))
 	}
 	if len(name) == 0 || len(name) > 63 || !nameRE.MatchString(name) {
-		return fmt.Errorf("label key %q: name must be 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric", k)
+		return fmt.Errorf("label key %s: name must be 1-63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric", bounded.Quote(k))
 	}
 	return nil
 }
@@ -131,7 +132,7 @@ func validValue(v string) error {
 		return nil
 	}
 	if len(v) > 63 || !nameRE.MatchString(v) {
-		return fmt.Errorf("label value %q: must be at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric", v)
+		return fmt.Errorf("label value %s: must be at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric", bounded.Quote(v))
 	}
 	return nil
 }

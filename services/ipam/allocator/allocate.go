@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/bounded"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
 )
@@ -113,6 +114,9 @@ func checkAllocateRequest(req *ipamv1alpha1.AllocateIPRequest) (allocateRequest,
 	if err := r.h.validate(); err != nil {
 		return r, err
 	}
+	if err := checkAllocateLimits(req); err != nil {
+		return r, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	var err error
 	if r.requested, err = parseRequested(req); err != nil {
 		return r, err
@@ -124,6 +128,32 @@ func checkAllocateRequest(req *ipamv1alpha1.AllocateIPRequest) (allocateRequest,
 		return r, fmt.Errorf("timeout must be a positive duration: %w", ErrInvalid)
 	}
 	return r, nil
+}
+
+// Bounds of an AllocateIPRequest beyond its owner handle (documented in
+// ipam.proto).
+const (
+	maxRequestedPools = 8
+	maxRequestedIPs   = 2
+	maxFamilies       = 2
+)
+
+// checkAllocateLimits checks the strings and maps of req against their
+// documented limits, before any of them reaches the store or a message.
+func checkAllocateLimits(req *ipamv1alpha1.AllocateIPRequest) error {
+	pod := req.GetPod()
+	return bounded.First(
+		bounded.String("node", req.GetNode(), bounded.DNSSubdomain),
+		bounded.Strings("requested_pools", req.GetRequestedPools(), maxRequestedPools, bounded.DNSLabel),
+		bounded.Strings("requested_ips", req.GetRequestedIps(), maxRequestedIPs, bounded.Address),
+		bounded.Count("families", len(req.GetFamilies()), maxFamilies),
+		bounded.String("sticky_key", req.GetStickyKey(), bounded.Key),
+		bounded.String("pod.namespace", pod.GetNamespace(), bounded.DNSLabel),
+		bounded.String("pod.name", pod.GetName(), bounded.DNSSubdomain),
+		bounded.Labels("pod.labels", pod.GetLabels()),
+		bounded.Labels("pod.namespace_labels", pod.GetNamespaceLabels()),
+		bounded.Annotations("pod.namespace_annotations", pod.GetNamespaceAnnotations()),
+	)
 }
 
 // context is ctx bounded by the request's own timeout, if it has one.

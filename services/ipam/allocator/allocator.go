@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/bounded"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
 )
@@ -87,6 +88,12 @@ func (h Handle) String() string { return h.ContainerID + "/" + h.Interface }
 func (h Handle) validate() error {
 	if h.ContainerID == "" || h.Interface == "" {
 		return fmt.Errorf("owner handle needs container_id and interface_name: %w", ErrInvalid)
+	}
+	if err := bounded.First(
+		bounded.String("owner handle container_id", h.ContainerID, bounded.ContainerID),
+		bounded.String("owner handle interface_name", h.Interface, bounded.InterfaceName),
+	); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

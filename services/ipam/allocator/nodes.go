@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/bounded"
 	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/cidr"
 	"github.com/axon-cni/axon/services/ipam/pool"
@@ -27,7 +28,7 @@ func validateNode(in *ipamv1alpha1.Node) (*ipamv1alpha1.Node, error) {
 	}
 	var errs []error
 	if len(in.GetName()) > 253 || !subdomainRE.MatchString(in.GetName()) {
-		errs = append(errs, fmt.Errorf("node name %q must be a DNS-1123 subdomain", in.GetName()))
+		errs = append(errs, fmt.Errorf("node name %s must be a DNS-1123 subdomain", bounded.Quote(in.GetName())))
 	}
 	n := &ipamv1alpha1.Node{Name: in.GetName()}
 	for _, s := range in.GetAddresses() {

@@ -12,35 +12,45 @@ import (
 	"math/big"
 	"net/netip"
 	"strings"
+
+	"github.com/axon-cni/axon/services/internal/bounded"
 )
 
 // ParsePrefix parses a CIDR in canonical form: host bits must be zero and
 // IPv4-mapped IPv6 prefixes are refused, so every prefix has one spelling.
 func ParsePrefix(s string) (netip.Prefix, error) {
+	// netip's errors quote their whole input: bound it first.
+	if len(s) > bounded.Address {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %s: longer than %d bytes", bounded.Quote(s), bounded.Address)
+	}
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: %w", s, err)
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %s: %w", bounded.Quote(s), err)
 	}
 	if p.Addr().Is4In6() {
-		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: IPv4-mapped IPv6 prefixes are not allowed", s)
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %s: IPv4-mapped IPv6 prefixes are not allowed", bounded.Quote(s))
 	}
 	if p.Masked() != p {
-		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: host bits set (did you mean %s?)", s, p.Masked())
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %s: host bits set (did you mean %s?)", bounded.Quote(s), p.Masked())
 	}
 	if p.Addr().Zone() != "" {
-		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: zones are not allowed", s)
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %s: zones are not allowed", bounded.Quote(s))
 	}
 	return p, nil
 }
 
 // ParseAddr parses an address, unmapping IPv4-mapped IPv6 and refusing zones.
 func ParseAddr(s string) (netip.Addr, error) {
+	// netip's errors quote their whole input: bound it first.
+	if len(s) > bounded.Address {
+		return netip.Addr{}, fmt.Errorf("invalid IP address %s: longer than %d bytes", bounded.Quote(s), bounded.Address)
+	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.Addr{}, fmt.Errorf("invalid IP address %q: %w", s, err)
+		return netip.Addr{}, fmt.Errorf("invalid IP address %s: %w", bounded.Quote(s), err)
 	}
 	if a.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("invalid IP address %q: zones are not allowed", s)
+		return netip.Addr{}, fmt.Errorf("invalid IP address %s: zones are not allowed", bounded.Quote(s))
 	}
 	return a.Unmap(), nil
 }

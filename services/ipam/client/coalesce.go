@@ -36,6 +36,12 @@ const (
 	// maxBatch bounds the requests of one AllocateIPs call (the service
 	// takes up to 128).
 	maxBatch = 64
+	// maxBatchBytes bounds the encoded requests of one AllocateIPs call,
+	// half of gRPC's default 4 MiB message limit: a request may carry up to
+	// 256 KiB of namespace annotations and as much of each label set, so a
+	// full batch of them would be refused whole. A request larger than
+	// this alone still goes, alone.
+	maxBatchBytes = 2 << 20
 	// releaseTimeout bounds the release of an allocation whose caller gave
 	// up while it was being made.
 	releaseTimeout = 30 * time.Second
@@ -79,6 +85,8 @@ type call struct {
 	resp *ipamv1alpha1.AllocateIPResponse
 	err  error
 	done chan struct{}
+	// size is req's encoded size.
+	size int
 	// sent and abandoned are guarded by Coalescing.mu: a call is either
 	// taken by a sender or given up by its caller while queued, never both.
 	sent, abandoned bool
@@ -97,7 +105,7 @@ func (c *Coalescing) AllocateIP(ctx context.Context, req *ipamv1alpha1.AllocateI
 	if len(opts) > 0 || c.unbatched() {
 		return c.IPAMServiceClient.AllocateIP(ctx, req, opts...)
 	}
-	cl := &call{ctx: ctx, req: req, done: make(chan struct{})}
+	cl := &call{ctx: ctx, req: req, done: make(chan struct{}), size: proto.Size(req)}
 	c.mu.Lock()
 	c.queue = append(c.queue, cl)
 	lead := c.inflight < maxInflight
@@ -152,12 +160,17 @@ func (c *Coalescing) release(cl *call) {
 func (c *Coalescing) sendNext() bool {
 	c.mu.Lock()
 	var batch []*call
+	size := 0
 	for len(c.queue) > 0 && len(batch) < maxBatch {
 		cl := c.queue[0]
+		if !cl.abandoned && len(batch) > 0 && size+cl.size > maxBatchBytes {
+			break // it starts the next batch
+		}
 		c.queue = c.queue[1:]
 		if !cl.abandoned {
 			cl.sent = true
 			batch = append(batch, cl)
+			size += cl.size
 		}
 	}
 	c.mu.Unlock()

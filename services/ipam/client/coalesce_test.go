@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,8 +109,14 @@ func (f *fakeIPAM) AllocateIPs(ctx context.Context, req *ipamv1alpha1.AllocateIP
 	return out, nil
 }
 
+// req is the request of handle id; a "big-" one carries 900 KiB of
+// namespace annotations.
 func req(id string) *ipamv1alpha1.AllocateIPRequest {
-	return &ipamv1alpha1.AllocateIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: id, InterfaceName: "eth0"}, Node: "n1"}
+	r := &ipamv1alpha1.AllocateIPRequest{Handle: &ipamv1alpha1.OwnerHandle{ContainerId: id, InterfaceName: "eth0"}, Node: "n1"}
+	if strings.HasPrefix(id, "big-") {
+		r.Pod = &ipamv1alpha1.PodInfo{NamespaceAnnotations: map[string]string{"example.com/a": strings.Repeat("a", 900<<10)}}
+	}
+	return r
 }
 
 // result is one AllocateIP call's outcome.
@@ -184,6 +191,27 @@ func TestCoalescesWhileInFlight(t *testing.T) {
 	defer f.mu.Unlock()
 	if f.single != maxInflight || len(f.batches) != 1 || f.batches[0] != len(ids) {
 		t.Errorf("sent %d lone calls and batches %v; want %d lone calls, then one batch of %d", f.single, f.batches, maxInflight, len(ids))
+	}
+}
+
+// Large requests are split into batches that fit gRPC's message limit.
+func TestBatchesFitTheMessageLimit(t *testing.T) {
+	f := newFake()
+	c := New(f)
+	ids := []string{"big-1", "big-2", "big-3"}
+	out := burst(t, c, f, ids)
+	waitQueued(t, c, len(ids))
+	close(f.release)
+	for range maxInflight + len(ids) {
+		if r := <-out; r.err != nil || r.ip != r.id {
+			t.Errorf("%s: got %q, %v", r.id, r.ip, r.err)
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	// Two of 900 KiB fit in 2 MiB, the third goes alone.
+	if f.single != maxInflight+1 || len(f.batches) != 1 || f.batches[0] != 2 {
+		t.Errorf("sent %d lone calls and batches %v; want %d lone calls and one batch of 2", f.single, f.batches, maxInflight+1)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	commonv1alpha1 "github.com/axon-cni/axon/gen/axon/common/v1alpha1"
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/bounded"
 	"github.com/axon-cni/axon/services/internal/iprange"
 	"github.com/axon-cni/axon/services/internal/selector"
 	"github.com/axon-cni/axon/services/ipam/cidr"
@@ -78,7 +79,7 @@ var nameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 // ValidName checks a DNS-1123 label, the form of pool names.
 func ValidName(kind, name string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("%s name %q must be a DNS-1123 label: 1-63 lower-case alphanumerics or '-', starting and ending alphanumeric", kind, name)
+		return fmt.Errorf("%s name %s must be a DNS-1123 label: 1-63 lower-case alphanumerics or '-', starting and ending alphanumeric", kind, bounded.Quote(name))
 	}
 	return nil
 }
@@ -127,7 +128,7 @@ func Parse(p *ipamv1alpha1.Pool) (*Pool, error) {
 		errs = append(errs, fmt.Errorf("pod_selector: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("pool %q: %w", p.GetName(), err)
+		return nil, fmt.Errorf("pool %s: %w", bounded.Quote(p.GetName()), err)
 	}
 	return out, nil
 }

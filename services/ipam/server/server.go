@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	ipamv1alpha1 "github.com/axon-cni/axon/gen/axon/ipam/v1alpha1"
+	"github.com/axon-cni/axon/services/internal/bounded"
 	"github.com/axon-cni/axon/services/internal/grpcerr"
 	"github.com/axon-cni/axon/services/internal/paging"
 	"github.com/axon-cni/axon/services/ipam/allocator"
@@ -74,6 +75,9 @@ func handleOf(h *ipamv1alpha1.OwnerHandle) allocator.Handle {
 
 // CreatePool implements IPAMService.
 func (s *Server) CreatePool(ctx context.Context, req *ipamv1alpha1.CreatePoolRequest) (*ipamv1alpha1.CreatePoolResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	p, err := s.alloc.CreatePool(ctx, req.GetPool())
 	if err != nil {
 		return nil, toStatus(err)
@@ -83,6 +87,9 @@ func (s *Server) CreatePool(ctx context.Context, req *ipamv1alpha1.CreatePoolReq
 
 // GetPool implements IPAMService.
 func (s *Server) GetPool(ctx context.Context, req *ipamv1alpha1.GetPoolRequest) (*ipamv1alpha1.GetPoolResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	p, err := s.alloc.GetPool(ctx, req.GetName())
 	if err != nil {
 		return nil, toStatus(err)
@@ -93,6 +100,9 @@ func (s *Server) GetPool(ctx context.Context, req *ipamv1alpha1.GetPoolRequest) 
 // ListPools implements IPAMService. Pools are few; the page is cut from the
 // full, name-ordered list (and ends early at paging.MaxPageBytes).
 func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsRequest) (*ipamv1alpha1.ListPoolsResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	const list = "ipam.ListPools"
 	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
@@ -119,6 +129,9 @@ func (s *Server) ListPools(ctx context.Context, req *ipamv1alpha1.ListPoolsReque
 
 // UpdatePool implements IPAMService.
 func (s *Server) UpdatePool(ctx context.Context, req *ipamv1alpha1.UpdatePoolRequest) (*ipamv1alpha1.UpdatePoolResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	p, err := s.alloc.UpdatePool(ctx, req.GetPool(), req.GetExpectedRevision(), req.GetAllowMissing())
 	if err != nil {
 		return nil, toStatus(err)
@@ -128,6 +141,9 @@ func (s *Server) UpdatePool(ctx context.Context, req *ipamv1alpha1.UpdatePoolReq
 
 // DeletePool implements IPAMService.
 func (s *Server) DeletePool(ctx context.Context, req *ipamv1alpha1.DeletePoolRequest) (*ipamv1alpha1.DeletePoolResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	if req.GetName() == "" {
 		return nil, status.Error(codes.InvalidArgument, "name is required")
 	}
@@ -137,6 +153,9 @@ func (s *Server) DeletePool(ctx context.Context, req *ipamv1alpha1.DeletePoolReq
 
 // CreateNode implements IPAMService.
 func (s *Server) CreateNode(ctx context.Context, req *ipamv1alpha1.CreateNodeRequest) (*ipamv1alpha1.CreateNodeResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	n, err := s.alloc.CreateNode(ctx, req.GetNode())
 	if err != nil {
 		return nil, toStatus(err)
@@ -146,6 +165,9 @@ func (s *Server) CreateNode(ctx context.Context, req *ipamv1alpha1.CreateNodeReq
 
 // GetNode implements IPAMService.
 func (s *Server) GetNode(ctx context.Context, req *ipamv1alpha1.GetNodeRequest) (*ipamv1alpha1.GetNodeResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	n, err := s.alloc.GetNode(ctx, req.GetName())
 	if err != nil {
 		return nil, toStatus(err)
@@ -155,6 +177,9 @@ func (s *Server) GetNode(ctx context.Context, req *ipamv1alpha1.GetNodeRequest) 
 
 // ListNodes implements IPAMService.
 func (s *Server) ListNodes(ctx context.Context, req *ipamv1alpha1.ListNodesRequest) (*ipamv1alpha1.ListNodesResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	const list = "ipam.ListNodes"
 	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
@@ -169,6 +194,9 @@ func (s *Server) ListNodes(ctx context.Context, req *ipamv1alpha1.ListNodesReque
 
 // UpdateNode implements IPAMService.
 func (s *Server) UpdateNode(ctx context.Context, req *ipamv1alpha1.UpdateNodeRequest) (*ipamv1alpha1.UpdateNodeResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	n, err := s.alloc.UpdateNode(ctx, req.GetNode(), req.GetExpectedRevision(), req.GetAllowMissing())
 	if err != nil {
 		return nil, toStatus(err)
@@ -178,6 +206,9 @@ func (s *Server) UpdateNode(ctx context.Context, req *ipamv1alpha1.UpdateNodeReq
 
 // DeleteNode implements IPAMService.
 func (s *Server) DeleteNode(ctx context.Context, req *ipamv1alpha1.DeleteNodeRequest) (*ipamv1alpha1.DeleteNodeResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	if req.GetName() == "" {
 		return nil, status.Error(codes.InvalidArgument, "name is required")
 	}
@@ -187,6 +218,9 @@ func (s *Server) DeleteNode(ctx context.Context, req *ipamv1alpha1.DeleteNodeReq
 
 // ClaimBlock implements IPAMService.
 func (s *Server) ClaimBlock(ctx context.Context, req *ipamv1alpha1.ClaimBlockRequest) (*ipamv1alpha1.ClaimBlockResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	blocks, err := s.alloc.ClaimBlock(ctx, req.GetNode(), req.GetPool(), req.GetFamily(), req.GetClaimId())
 	if err != nil {
 		return nil, toStatus(err)
@@ -196,6 +230,9 @@ func (s *Server) ClaimBlock(ctx context.Context, req *ipamv1alpha1.ClaimBlockReq
 
 // ReleaseBlock implements IPAMService.
 func (s *Server) ReleaseBlock(ctx context.Context, req *ipamv1alpha1.ReleaseBlockRequest) (*ipamv1alpha1.ReleaseBlockResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	b, err := s.alloc.ReleaseBlock(ctx, req.GetCidr(), req.GetNode(), req.GetExpectedRevision())
 	if err != nil {
 		return nil, toStatus(err)
@@ -205,6 +242,9 @@ func (s *Server) ReleaseBlock(ctx context.Context, req *ipamv1alpha1.ReleaseBloc
 
 // ListBlocks implements IPAMService.
 func (s *Server) ListBlocks(ctx context.Context, req *ipamv1alpha1.ListBlocksRequest) (*ipamv1alpha1.ListBlocksResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	list := fmt.Sprintf("ipam.ListBlocks node=%q pool=%q family=%d", req.GetNode(), req.GetPool(), req.GetFamily())
 	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
@@ -257,6 +297,9 @@ func (s *Server) AllocateIPs(ctx context.Context, req *ipamv1alpha1.AllocateIPsR
 
 // ReleaseIP implements IPAMService.
 func (s *Server) ReleaseIP(ctx context.Context, req *ipamv1alpha1.ReleaseIPRequest) (*ipamv1alpha1.ReleaseIPResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	alloc, holds, err := s.alloc.Release(ctx, handleOf(req.GetHandle()), req.GetExpectedSequence(), req.GetDiscardStickyHold())
 	if err != nil {
 		return nil, toStatus(err)
@@ -269,6 +312,9 @@ func (s *Server) ReleaseIP(ctx context.Context, req *ipamv1alpha1.ReleaseIPReque
 
 // GetAllocation implements IPAMService.
 func (s *Server) GetAllocation(ctx context.Context, req *ipamv1alpha1.GetAllocationRequest) (*ipamv1alpha1.GetAllocationResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	var alloc *ipamv1alpha1.Allocation
 	var err error
 	switch k := req.GetKey().(type) {
@@ -287,6 +333,9 @@ func (s *Server) GetAllocation(ctx context.Context, req *ipamv1alpha1.GetAllocat
 
 // ListAllocations implements IPAMService.
 func (s *Server) ListAllocations(ctx context.Context, req *ipamv1alpha1.ListAllocationsRequest) (*ipamv1alpha1.ListAllocationsResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	list := fmt.Sprintf("ipam.ListAllocations node=%q pool=%q pod_namespace=%q", req.GetNode(), req.GetPool(), req.GetPodNamespace())
 	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {
@@ -302,6 +351,9 @@ func (s *Server) ListAllocations(ctx context.Context, req *ipamv1alpha1.ListAllo
 
 // GarbageCollect implements IPAMService.
 func (s *Server) GarbageCollect(ctx context.Context, req *ipamv1alpha1.GarbageCollectRequest) (*ipamv1alpha1.GarbageCollectResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	live := make([]allocator.Handle, 0, len(req.GetLiveHandles()))
 	for _, h := range req.GetLiveHandles() {
 		live = append(live, handleOf(h))
@@ -319,7 +371,7 @@ func (s *Server) GarbageCollect(ctx context.Context, req *ipamv1alpha1.GarbageCo
 	}
 	released, err := s.alloc.GarbageCollect(ctx, req.GetNode(), live, minAge, req.GetDryRun())
 	if err != nil {
-		return nil, toStatus(fmt.Errorf("garbage-collect node %q: %w", req.GetNode(), err))
+		return nil, toStatus(fmt.Errorf("garbage-collect node %s: %w", bounded.Quote(req.GetNode()), err))
 	}
 	if !req.GetDryRun() {
 		s.metrics.gcReleased.Add(float64(len(released)))
@@ -329,6 +381,9 @@ func (s *Server) GarbageCollect(ctx context.Context, req *ipamv1alpha1.GarbageCo
 
 // WatchBlocks implements IPAMService.
 func (s *Server) WatchBlocks(req *ipamv1alpha1.WatchBlocksRequest, stream ipamv1alpha1.IPAMService_WatchBlocksServer) error {
+	if err := checkLimits(req); err != nil {
+		return err
+	}
 	f := allocator.BlockFilter{Node: req.GetNode(), Pool: req.GetPool(), Family: req.GetFamily()}
 	err := s.alloc.WatchBlocks(stream.Context(), f, stream.Send)
 	if stream.Context().Err() != nil {
@@ -339,6 +394,9 @@ func (s *Server) WatchBlocks(req *ipamv1alpha1.WatchBlocksRequest, stream ipamv1
 
 // ReserveIP implements IPAMService.
 func (s *Server) ReserveIP(ctx context.Context, req *ipamv1alpha1.ReserveIPRequest) (*ipamv1alpha1.ReserveIPResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	var ttl *time.Duration
 	if req.GetTtl() != nil {
 		if err := req.GetTtl().CheckValid(); err != nil {
@@ -356,6 +414,9 @@ func (s *Server) ReserveIP(ctx context.Context, req *ipamv1alpha1.ReserveIPReque
 
 // UnreserveIP implements IPAMService.
 func (s *Server) UnreserveIP(ctx context.Context, req *ipamv1alpha1.UnreserveIPRequest) (*ipamv1alpha1.UnreserveIPResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	dropped, err := s.alloc.UnreserveIP(ctx, req.GetIp(), req.GetKey())
 	if err != nil {
 		return nil, toStatus(err)
@@ -365,6 +426,9 @@ func (s *Server) UnreserveIP(ctx context.Context, req *ipamv1alpha1.UnreserveIPR
 
 // ListReservations implements IPAMService.
 func (s *Server) ListReservations(ctx context.Context, req *ipamv1alpha1.ListReservationsRequest) (*ipamv1alpha1.ListReservationsResponse, error) {
+	if err := checkLimits(req); err != nil {
+		return nil, err
+	}
 	list := fmt.Sprintf("ipam.ListReservations pool=%q key=%q", req.GetPool(), req.GetKey())
 	limit, after, err := paging.Parse(list, req.GetPageSize(), req.GetPageToken())
 	if err != nil {

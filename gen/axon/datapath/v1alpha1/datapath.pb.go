@@ -36,47 +36,57 @@ type CreateEndpointRequest struct {
 	// The attachment (CNI_CONTAINERID, CNI_IFNAME); the idempotency key.
 	// Both parts required.
 	Attachment *Attachment `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
-	// Path of the pod's network namespace (CNI_NETNS). Required.
+	// Path of the pod's network namespace (CNI_NETNS). Required; at most 4096
+	// bytes.
 	NetnsPath string `protobuf:"bytes,2,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
-	// Kubernetes namespace of the pod (CNI_ARGS K8S_POD_NAMESPACE).
+	// Kubernetes namespace of the pod (CNI_ARGS K8S_POD_NAMESPACE); at most 63
+	// bytes.
 	PodNamespace string `protobuf:"bytes,3,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
-	// Kubernetes name of the pod (CNI_ARGS K8S_POD_NAME).
+	// Kubernetes name of the pod (CNI_ARGS K8S_POD_NAME); at most 253 bytes.
 	PodName string `protobuf:"bytes,4,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
-	// Kubernetes UID of the pod (CNI_ARGS K8S_POD_UID).
+	// Kubernetes UID of the pod (CNI_ARGS K8S_POD_UID); at most 128 bytes (a
+	// UUID is 36).
 	PodUid string `protobuf:"bytes,5,opt,name=pod_uid,json=podUid,proto3" json:"pod_uid,omitempty"`
 	// The pod's labels, if the runtime passes them; forwarded to IPAM for pool
-	// selection (Pool.pod_selector).
+	// selection (Pool.pod_selector). Kubernetes' limits: keys of an optional
+	// prefix of at most 253 bytes and '/', then a name of 1 to 63 bytes;
+	// values of at most 63 bytes; keys and values together at most 256 KiB.
 	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The pod's annotations, if the runtime passes them (runtimeConfig
-	// "io.kubernetes.cri.pod-annotations"); recorded on the endpoint.
+	// "io.kubernetes.cri.pod-annotations"). Kubernetes' limits: keys as for
+	// labels, keys and values together at most 256 KiB. The endpoint records
+	// only those of Axon's own domain (see Endpoint.annotations).
 	Annotations map[string]string `protobuf:"bytes,7,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Labels of the pod's namespace, if the caller knows them; forwarded to
-	// IPAM for pool selection (Pool.namespace_selector).
+	// IPAM for pool selection (Pool.namespace_selector). Limits as for labels.
 	NamespaceLabels map[string]string `protobuf:"bytes,8,rep,name=namespace_labels,json=namespaceLabels,proto3" json:"namespace_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Annotations of the pod's namespace, if the caller knows them; forwarded
-	// to IPAM ("ipam.axon.io/pool").
+	// to IPAM ("ipam.axon.io/pool"). Limits as for annotations.
 	NamespaceAnnotations map[string]string `protobuf:"bytes,9,rep,name=namespace_annotations,json=namespaceAnnotations,proto3" json:"namespace_annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// IPAM pools to allocate from, e.g. ["blue"] (from the network config or
 	// the pod's "ipam.axon.io/pool" annotation); forwarded to IPAM as
-	// requested_pools. Empty: IPAM chooses.
+	// requested_pools. Empty: IPAM chooses. At most 8 names of at most 63
+	// bytes each.
 	RequestedPools []string `protobuf:"bytes,10,rep,name=requested_pools,json=requestedPools,proto3" json:"requested_pools,omitempty"`
-	// Specific addresses wanted, at most one per family, bare addresses (the
-	// shim strips prefix lengths of runtimeConfig "ips"), e.g. ["10.0.1.50"].
+	// Specific addresses wanted, at most one per family (so at most 2), bare
+	// addresses (the shim strips prefix lengths of runtimeConfig "ips"), e.g.
+	// ["10.0.1.50"]; each at most 64 bytes.
 	RequestedIps []string `protobuf:"bytes,11,rep,name=requested_ips,json=requestedIps,proto3" json:"requested_ips,omitempty"`
 	// A key that keeps the pod's addresses across re-creation, e.g.
 	// "namespace/name" of a StatefulSet pod; forwarded to IPAM as sticky_key.
-	// Empty: none.
+	// Empty: none. At most 317 bytes.
 	StickyKey string `protobuf:"bytes,12,opt,name=sticky_key,json=stickyKey,proto3" json:"sticky_key,omitempty"`
 	// MTU for the endpoint's veth pair; 0 means the node's endpoint MTU
 	// (NodeConfig.mtu). At least 1280 with IPv6 (576 IPv4 only) and at most
 	// NodeConfig.mtu.
 	Mtu uint32 `protobuf:"varint,13,opt,name=mtu,proto3" json:"mtu,omitempty"`
 	// The remaining CNI_ARGS and network-config "args" as key/value pairs,
-	// recorded for debugging (e.g. "IgnoreUnknown": "1").
+	// recorded for debugging (e.g. "IgnoreUnknown": "1"). Keys of at most 317
+	// bytes; keys and values together at most 256 KiB.
 	CniArgs map[string]string `protobuf:"bytes,14,rep,name=cni_args,json=cniArgs,proto3" json:"cni_args,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The CNI network the endpoint belongs to (the network configuration's
 	// "name"), e.g. "axon"; recorded so that a GC of one network leaves
-	// another's endpoints alone.
+	// another's endpoints alone. At most 253 bytes.
 	Network string `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
 	// Host ports to map to the pod (runtimeConfig "portMappings"): a
 	// connection to a host port of a node address goes to the pod's address
@@ -281,7 +291,7 @@ type DeleteEndpointRequest struct {
 	// required.
 	Attachment *Attachment `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
 	// Path of the pod's network namespace (CNI_NETNS), if the runtime still
-	// has it; used to clean up inside it. Empty or vanished: only the host
+	// has it (at most 4096 bytes); used to clean up inside it. Empty or vanished: only the host
 	// side is cleaned up (deleting the host side removes the pod side too).
 	NetnsPath     string `protobuf:"bytes,2,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -479,10 +489,11 @@ type ListEndpointsRequest struct {
 	// Token from a previous response's next_page_token; empty for the first
 	// page.
 	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Only endpoints of pods in this namespace; empty for all.
+	// Only endpoints of pods in this namespace; empty for all. At most 63
+	// bytes.
 	PodNamespace string `protobuf:"bytes,3,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
 	// Only endpoints of the pod with this name (needs pod_namespace); empty for
-	// all.
+	// all. At most 253 bytes.
 	PodName       string `protobuf:"bytes,4,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -606,12 +617,14 @@ type CheckEndpointRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The attachment to check. Both parts required.
 	Attachment *Attachment `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
-	// Path of the pod's network namespace the runtime knows (CNI_NETNS); if set
-	// and different from the endpoint's, that is a NETNS problem.
+	// Path of the pod's network namespace the runtime knows (CNI_NETNS; at
+	// most 4096 bytes); if set and different from the endpoint's, that is a
+	// NETNS problem.
 	NetnsPath string `protobuf:"bytes,2,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
 	// Addresses the caller expects on the pod-side interface, in CIDR form,
 	// from the CNI prevResult, e.g. ["10.0.1.7/32"]; each missing one is a
 	// POD_ADDRESS problem. Empty: only the endpoint's own record is checked.
+	// At most 16, each at most 64 bytes.
 	ExpectedAddresses []string `protobuf:"bytes,3,rep,name=expected_addresses,json=expectedAddresses,proto3" json:"expected_addresses,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -737,7 +750,7 @@ type GarbageCollectEndpointsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Every attachment still alive on this node (CNI GC's
 	// cni.dev/valid-attachments for this network). Endpoints of these
-	// attachments are kept.
+	// attachments are kept. At most 16384.
 	ValidAttachments []*Attachment `protobuf:"bytes,1,rep,name=valid_attachments,json=validAttachments,proto3" json:"valid_attachments,omitempty"`
 	// Endpoints younger than this are kept even if not listed, covering an ADD
 	// that raced the runtime's snapshot. Unset: the datapath's default (flag
@@ -746,7 +759,8 @@ type GarbageCollectEndpointsRequest struct {
 	// If true, report what would be removed and change nothing.
 	DryRun bool `protobuf:"varint,3,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// The CNI network being collected: only its endpoints are considered
-	// (not those recorded without a network). Empty: every endpoint.
+	// (not those recorded without a network). Empty: every endpoint. At most
+	// 253 bytes.
 	Network       string `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1130,7 +1144,8 @@ type UpsertRemoteNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The remote node; name is the key. Output-only fields are ignored.
 	Node *RemoteNode `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	// If set, replace only if the stored entry has this revision.
+	// If set, replace only if the stored entry has this revision (at most 64
+	// bytes).
 	ExpectedRevision string `protobuf:"bytes,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -1229,9 +1244,10 @@ func (x *UpsertRemoteNodeResponse) GetNode() *RemoteNode {
 // DeleteRemoteNodeRequest is the request of DeleteRemoteNode.
 type DeleteRemoteNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name of the remote node. Required.
+	// Name of the remote node. Required; at most 253 bytes.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// If set, delete only if the stored entry has this revision.
+	// If set, delete only if the stored entry has this revision (at most 64
+	// bytes).
 	ExpectedRevision string `protobuf:"bytes,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache

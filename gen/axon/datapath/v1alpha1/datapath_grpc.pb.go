@@ -70,7 +70,11 @@ const (
 // valid only for the list and filters that returned it: an invalid
 // page_token, or one from another list or other filters, gives
 // INVALID_ARGUMENT. All state survives a restart of the datapath (it is
-// reconciled from pinned maps and the kernel).
+// reconciled from pinned maps and the kernel). Every string, list and map of
+// a request has a limit, given in its field comment (Kubernetes' own where
+// one exists); a request over any limit fails with INVALID_ARGUMENT before
+// anything is done, and no error message quotes more than a short prefix
+// (64 bytes) of any input.
 type DatapathServiceClient interface {
 	// CreateEndpoint wires a pod attachment (CNI ADD): allocates its addresses
 	// from IPAM under the attachment as owner handle, creates the veth pair
@@ -86,7 +90,7 @@ type DatapathServiceClient interface {
 	// Errors: INVALID_ARGUMENT for an empty container_id, interface_name or
 	// netns_path, an interface name that is not a valid Linux name (at most 15
 	// characters, not "." or "..", no "/", ":" or white space), a malformed
-	// requested IP or an MTU out of range; FAILED_PRECONDITION if netns_path
+	// requested IP, an MTU out of range, or any field over its limit; FAILED_PRECONDITION if netns_path
 	// does not exist or is not a network namespace (a file, a directory, a
 	// device), or is the datapath's own network namespace (checked before
 	// anything is allocated); ALREADY_EXISTS if the attachment exists with
@@ -517,7 +521,11 @@ type DatapathService_WatchFlowsClient = grpc.ServerStreamingClient[WatchFlowsRes
 // valid only for the list and filters that returned it: an invalid
 // page_token, or one from another list or other filters, gives
 // INVALID_ARGUMENT. All state survives a restart of the datapath (it is
-// reconciled from pinned maps and the kernel).
+// reconciled from pinned maps and the kernel). Every string, list and map of
+// a request has a limit, given in its field comment (Kubernetes' own where
+// one exists); a request over any limit fails with INVALID_ARGUMENT before
+// anything is done, and no error message quotes more than a short prefix
+// (64 bytes) of any input.
 type DatapathServiceServer interface {
 	// CreateEndpoint wires a pod attachment (CNI ADD): allocates its addresses
 	// from IPAM under the attachment as owner handle, creates the veth pair
@@ -533,7 +541,7 @@ type DatapathServiceServer interface {
 	// Errors: INVALID_ARGUMENT for an empty container_id, interface_name or
 	// netns_path, an interface name that is not a valid Linux name (at most 15
 	// characters, not "." or "..", no "/", ":" or white space), a malformed
-	// requested IP or an MTU out of range; FAILED_PRECONDITION if netns_path
+	// requested IP, an MTU out of range, or any field over its limit; FAILED_PRECONDITION if netns_path
 	// does not exist or is not a network namespace (a file, a directory, a
 	// device), or is the datapath's own network namespace (checked before
 	// anything is allocated); ALREADY_EXISTS if the attachment exists with

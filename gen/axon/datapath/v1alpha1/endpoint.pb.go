@@ -120,10 +120,11 @@ func (EndpointComponent) EnumDescriptor() ([]byte, []int) {
 // the same owner handle IPAM allocates its addresses under.
 type Attachment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The container (sandbox) ID, CNI_CONTAINERID. Required.
+	// The container (sandbox) ID, CNI_CONTAINERID. Required; at most 512
+	// bytes (runtimes use 64).
 	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// The interface name inside the container, CNI_IFNAME, e.g. "eth0".
-	// Required.
+	// Required; a Linux interface name, at most 15 bytes.
 	InterfaceName string `protobuf:"bytes,2,opt,name=interface_name,json=interfaceName,proto3" json:"interface_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -203,7 +204,10 @@ type Endpoint struct {
 	// none). Informational; the endpoint's policy identity comes from
 	// SetEndpointPolicy.
 	Labels map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// The pod's annotations as passed to CreateEndpoint.
+	// The pod's annotations of Axon's own domain (keys prefixed "axon.io/" or
+	// "<subdomain>.axon.io/", e.g. "ipam.axon.io/pool"), the only ones Axon
+	// reads; the pod's other annotations passed to CreateEndpoint are not
+	// recorded.
 	Annotations map[string]string `protobuf:"bytes,8,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The interfaces, in CNI result order: index 0 is the host-side veth
 	// ("lxc<hash>", no sandbox), index 1 the pod-side interface (named

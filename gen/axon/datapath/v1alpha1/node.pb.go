@@ -819,19 +819,22 @@ func (x *DependencyStatus) GetMessage() string {
 // pod CIDRs and which addresses are its own. Its name is its key.
 type RemoteNode struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Node name, e.g. "worker-2". Must differ from this node's name.
+	// Node name, e.g. "worker-2"; at most 253 bytes. Must differ from this
+	// node's name.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The node's underlay addresses, preferred first within each family, e.g.
 	// ["192.168.1.11"]. The first of a family is the tunnel endpoint (tunnel
 	// mode) or next hop (native mode) for that family's pod CIDRs. Traffic from
-	// these addresses gets the reserved remote-node identity (6).
+	// these addresses gets the reserved remote-node identity (6). At most 16,
+	// each at most 64 bytes.
 	NodeIps []string `protobuf:"bytes,2,rep,name=node_ips,json=nodeIps,proto3" json:"node_ips,omitempty"`
 	// The node's pod CIDRs (IPAM blocks), e.g. ["10.0.2.0/26"]. Must not overlap
 	// this node's pod CIDRs; if two remote nodes claim the same prefix, the
-	// most recent upsert wins it.
+	// most recent upsert wins it. At most 4096, each at most 64 bytes.
 	PodCidrs []string `protobuf:"bytes,3,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
 	// The node's health endpoint addresses, which this node probes, e.g.
-	// ["10.0.2.2"]. Empty: the node is not probed.
+	// ["10.0.2.2"]. Empty: the node is not probed. At most 16, each at most 64
+	// bytes.
 	HealthIps []string `protobuf:"bytes,4,rep,name=health_ips,json=healthIps,proto3" json:"health_ips,omitempty"`
 	// Opaque version of the stored entry, changed by every upsert that changes
 	// it. Output only.

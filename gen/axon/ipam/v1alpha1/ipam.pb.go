@@ -124,7 +124,7 @@ func (x *CreatePoolResponse) GetPool() *Pool {
 // GetPoolRequest is the request of GetPool.
 type GetPoolRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name of the pool.
+	// Name of the pool; at most 63 bytes.
 	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -437,9 +437,10 @@ func (x *UpdatePoolResponse) GetPool() *Pool {
 // DeletePoolRequest is the request of DeletePool.
 type DeletePoolRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name of the pool.
+	// Name of the pool; at most 63 bytes.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// If set, delete only if the stored pool has this revision.
+	// If set, delete only if the stored pool has this revision (at most 20
+	// bytes, as every expected_revision).
 	ExpectedRevision string `protobuf:"bytes,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -639,7 +640,7 @@ func (x *CreateNodeResponse) GetNode() *Node {
 // GetNodeRequest is the request of GetNode.
 type GetNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name of the node.
+	// Name of the node; at most 253 bytes.
 	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -952,7 +953,7 @@ func (x *UpdateNodeResponse) GetNode() *Node {
 // DeleteNodeRequest is the request of DeleteNode.
 type DeleteNodeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name of the node.
+	// Name of the node; at most 253 bytes.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// If set, delete only if the stored node has this revision.
 	ExpectedRevision string `protobuf:"bytes,2,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
@@ -1062,16 +1063,16 @@ func (x *DeleteNodeResponse) GetReleasedBlocks() []string {
 // ClaimBlockRequest is the request of ClaimBlock.
 type ClaimBlockRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Name of the node that claims; must be registered.
+	// Name of the node that claims; must be registered. At most 253 bytes.
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	// Name of a CLUSTER_SCOPE pool. Empty: the default pool of each family
-	// asked for.
+	// Name of a CLUSTER_SCOPE pool (at most 63 bytes). Empty: the default pool
+	// of each family asked for.
 	Pool string `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
 	// Family of the block. UNSPECIFIED: one block of every family the pool
 	// serves (with pool empty: of every family that has a default pool).
 	Family v1alpha1.IPFamily `protobuf:"varint,3,opt,name=family,proto3,enum=axon.common.v1alpha1.IPFamily" json:"family,omitempty"`
-	// Idempotency key of an additional claim, e.g. a UUID. Empty: claim only if
-	// the node has no block of the pool and family.
+	// Idempotency key of an additional claim, e.g. a UUID; at most 317 bytes.
+	// Empty: claim only if the node has no block of the pool and family.
 	ClaimId       string `protobuf:"bytes,4,opt,name=claim_id,json=claimId,proto3" json:"claim_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1563,16 +1564,21 @@ func (x *WatchBlocksResponse) GetNodeAddresses() []string {
 // is recorded on the allocation.
 type PodInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The pod's namespace.
+	// The pod's namespace; at most 63 bytes (a DNS-1123 label).
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	// The pod's name.
+	// The pod's name; at most 253 bytes (a DNS-1123 subdomain).
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// The pod's labels, matched by Pool.pod_selector.
+	// The pod's labels, matched by Pool.pod_selector. Kubernetes' limits:
+	// keys of an optional prefix of at most 253 bytes and '/', then a name of
+	// 1 to 63 bytes; values of at most 63 bytes; keys and values together at
+	// most 256 KiB.
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The labels of the pod's namespace, matched by Pool.namespace_selector.
+	// Limits as for labels.
 	NamespaceLabels map[string]string `protobuf:"bytes,4,rep,name=namespace_labels,json=namespaceLabels,proto3" json:"namespace_labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The annotations of the pod's namespace. "ipam.axon.io/pool" names the
-	// pool (or comma-separated pools, one per family) for its pods.
+	// pool (or comma-separated pools, one per family) for its pods. Kubernetes'
+	// limits: keys as for labels, keys and values together at most 256 KiB.
 	NamespaceAnnotations map[string]string `protobuf:"bytes,5,rep,name=namespace_annotations,json=namespaceAnnotations,proto3" json:"namespace_annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
@@ -1648,16 +1654,18 @@ type AllocateIPRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The owner; its idempotency key. Both parts required.
 	Handle *OwnerHandle `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	// Name of the node the pod runs on; must be registered.
+	// Name of the node the pod runs on; must be registered. At most 253 bytes.
 	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	// Families wanted, e.g. [IPV4, IPV6] for dual stack. Empty: every family
-	// for which a pool is chosen for the pod.
+	// Families wanted, e.g. [IPV4, IPV6] for dual stack; at most 2. Empty:
+	// every family for which a pool is chosen for the pod.
 	Families []v1alpha1.IPFamily `protobuf:"varint,3,rep,packed,name=families,proto3,enum=axon.common.v1alpha1.IPFamily" json:"families,omitempty"`
 	// Pools explicitly requested (the pod's "ipam.axon.io/pool" annotation,
 	// passed through by the caller). Each wanted family is served by the first
-	// listed pool serving it; the others fall through to the next rules.
+	// listed pool serving it; the others fall through to the next rules. At
+	// most 8 names of at most 63 bytes each.
 	RequestedPools []string `protobuf:"bytes,4,rep,name=requested_pools,json=requestedPools,proto3" json:"requested_pools,omitempty"`
-	// Specific addresses wanted, at most one per family, e.g. ["10.0.3.50"].
+	// Specific addresses wanted, at most one per family (so at most 2), e.g.
+	// ["10.0.3.50"]; each at most 64 bytes.
 	// Each must lie in a pool, be free, and be in one of the node's blocks or
 	// in an unclaimed block (which the node then claims).
 	RequestedIps []string `protobuf:"bytes,5,rep,name=requested_ips,json=requestedIps,proto3" json:"requested_ips,omitempty"`
@@ -1669,7 +1677,8 @@ type AllocateIPRequest struct {
 	// when they can be on this node (in its blocks or in an unclaimed block);
 	// otherwise a fresh address is allocated and that hold dropped. When this
 	// allocation is released, its addresses are held for the key for
-	// sticky_hold. Empty: no stickiness.
+	// sticky_hold. Empty: no stickiness. At most 317 bytes (a namespace, '/'
+	// and a name).
 	StickyKey string `protobuf:"bytes,7,opt,name=sticky_key,json=stickyKey,proto3" json:"sticky_key,omitempty"`
 	// How long the addresses stay held for sticky_key after release. Unset:
 	// the server default (flag --sticky-hold); zero: no hold. Ignored without
@@ -2473,10 +2482,11 @@ func (x *ListAllocationsResponse) GetNextPageToken() string {
 // GarbageCollectRequest is the request of GarbageCollect.
 type GarbageCollectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The node whose allocations to collect; required.
+	// The node whose allocations to collect; required, at most 253 bytes.
 	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
 	// Every owner handle still alive on the node (CNI GC's
-	// cni.dev/valid-attachments). Allocations of these handles are kept.
+	// cni.dev/valid-attachments), at most 16384. Allocations of these handles
+	// are kept.
 	LiveHandles []*OwnerHandle `protobuf:"bytes,2,rep,name=live_handles,json=liveHandles,proto3" json:"live_handles,omitempty"`
 	// Allocations younger than this are kept even if not listed, covering an
 	// ADD that raced the caller's snapshot of live handles. Unset: the server
@@ -2597,7 +2607,8 @@ type ReserveIPRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The address to hold, e.g. "10.0.3.50".
 	Ip string `protobuf:"bytes,1,opt,name=ip,proto3" json:"ip,omitempty"`
-	// The key to hold it for, e.g. "default/web-0"; required.
+	// The key to hold it for, e.g. "default/web-0"; required, at most 317
+	// bytes.
 	Key string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	// How long the reservation lasts. Unset: until UnreserveIP.
 	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
@@ -2781,7 +2792,7 @@ type UnreserveIPRequest_Ip struct {
 }
 
 type UnreserveIPRequest_Key struct {
-	// Every reservation of this key.
+	// Every reservation of this key (at most 317 bytes).
 	Key string `protobuf:"bytes,2,opt,name=key,proto3,oneof"`
 }
 
@@ -2840,7 +2851,7 @@ type ListReservationsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Only reservations in this pool, if set.
 	Pool string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
-	// Only reservations of this key, if set.
+	// Only reservations of this key, if set (at most 317 bytes).
 	Key string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	// Maximum number of reservations to return; 0 means the server default.
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`

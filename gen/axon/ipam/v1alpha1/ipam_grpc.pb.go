@@ -72,7 +72,13 @@ const (
 // pod CIDR) has no free address or block carries a google.rpc.ErrorInfo
 // detail with reason "POOL_EXHAUSTED" and domain "ipam.axon-cni.io"; callers
 // tell an exhausted pool by it, not by the code alone, which gRPC also gives
-// for messages over its size limit.
+// for messages over its size limit. Every string, list and map of a request
+// has a limit, given in its field comment (Kubernetes' own where one exists;
+// a field without one is a name or key bounded as its kind is: pool names 63
+// bytes, node names 253, revisions 20, addresses and CIDRs 64); a request
+// over any limit fails with INVALID_ARGUMENT before anything is read or
+// stored, and no error message quotes more than a short prefix (64 bytes)
+// of any input.
 type IPAMServiceClient interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.
@@ -514,7 +520,13 @@ func (c *iPAMServiceClient) ListReservations(ctx context.Context, in *ListReserv
 // pod CIDR) has no free address or block carries a google.rpc.ErrorInfo
 // detail with reason "POOL_EXHAUSTED" and domain "ipam.axon-cni.io"; callers
 // tell an exhausted pool by it, not by the code alone, which gRPC also gives
-// for messages over its size limit.
+// for messages over its size limit. Every string, list and map of a request
+// has a limit, given in its field comment (Kubernetes' own where one exists;
+// a field without one is a name or key bounded as its kind is: pool names 63
+// bytes, node names 253, revisions 20, addresses and CIDRs 64); a request
+// over any limit fails with INVALID_ARGUMENT before anything is read or
+// stored, and no error message quotes more than a short prefix (64 bytes)
+// of any input.
 type IPAMServiceServer interface {
 	// CreatePool creates a pool. A retry with an identical spec returns the
 	// stored pool.

@@ -155,8 +155,12 @@ type Pool struct {
 	// Selects pods by the labels of their namespace (as passed in
 	// PodInfo.namespace_labels, which should include
 	// kubernetes.io/metadata.name). See pod_selector for how the two combine.
+	// Kubernetes' label limits apply to its keys and values (see
+	// PodInfo.labels); at most 64 match_expressions of at most 256 values
+	// each.
 	NamespaceSelector *v1alpha1.LabelSelector `protobuf:"bytes,5,opt,name=namespace_selector,json=namespaceSelector,proto3" json:"namespace_selector,omitempty"`
-	// Selects pods by their own labels. When at least one of
+	// Selects pods by their own labels; limits as for namespace_selector. When
+	// at least one of
 	// namespace_selector and pod_selector is set, the pool is a candidate for
 	// every pod matched by all the selectors that are set (an unset one matches
 	// everything). With both unset, the pool is never chosen by selector, only
@@ -301,7 +305,8 @@ type PoolFamily struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// CIDRs of this family in canonical form (host bits zero), e.g.
 	// "10.0.0.0/16" or "fd00:10::/104". CIDRs must not overlap each other nor
-	// any other pool's CIDRs. For a CLUSTER_SCOPE pool at least one is
+	// any other pool's CIDRs; at most 64 per family, each at most 64 bytes.
+	// For a CLUSTER_SCOPE pool at least one is
 	// required. For a HOST_SCOPE pool they are optional and bound which node pod
 	// CIDRs the pool accepts: a pod CIDR belongs to the HOST_SCOPE pool whose
 	// CIDRs contain it; a HOST_SCOPE pool without CIDRs for this family accepts
@@ -315,7 +320,8 @@ type PoolFamily struct {
 	// of this family is claimed.
 	BlockPrefixLength uint32 `protobuf:"varint,2,opt,name=block_prefix_length,json=blockPrefixLength,proto3" json:"block_prefix_length,omitempty"`
 	// Addresses inside cidrs that are never handed out (gateways, addresses
-	// used outside Kubernetes, ...). Adding a range does not revoke addresses
+	// used outside Kubernetes, ...); at most 256 per family. Adding a range
+	// does not revoke addresses
 	// already allocated in it; they are just not handed out again once freed.
 	// Independently of this list, the first address and, for IPv4, the last
 	// address of every pool CIDR (for HOST_SCOPE: of every pod CIDR) are never
@@ -530,16 +536,17 @@ func (x *FamilyUsage) GetBlocksTotal() uint64 {
 // for it. Its name is its key.
 type Node struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Unique node name, the Kubernetes node name (DNS-1123 subdomain).
+	// Unique node name, the Kubernetes node name (DNS-1123 subdomain, at most
+	// 253 bytes).
 	// Immutable.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The node's own addresses (its Kubernetes InternalIPs), e.g.
 	// "192.168.1.10", "fd00::10", preferred first within each family. Remote
 	// nodes use the first one of each family as the tunnel endpoint or next hop
-	// for this node's blocks; WatchBlocks carries them.
+	// for this node's blocks; WatchBlocks carries them. At most 16.
 	Addresses []string `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	// The node's pod CIDRs in canonical form (Kubernetes node.spec.podCIDRs),
-	// at most one per family. They become the node's blocks of the HOST_SCOPE
+	// at most one per family (so at most 2). They become the node's blocks of the HOST_SCOPE
 	// pool that accepts them (see PoolFamily.cidrs); if no such pool exists
 	// they are recorded and ignored, and become blocks when one is created.
 	PodCidrs []string `protobuf:"bytes,3,rep,name=pod_cidrs,json=podCidrs,proto3" json:"pod_cidrs,omitempty"`
@@ -894,10 +901,11 @@ func (x *Block) GetRevision() string {
 // container, as in a CNI ADD/DEL/GC call.
 type OwnerHandle struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The container (sandbox) ID, CNI_CONTAINERID. Required.
+	// The container (sandbox) ID, CNI_CONTAINERID. Required; at most 512
+	// bytes (runtimes use 64).
 	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	// The interface name inside the container, CNI_IFNAME, e.g. "eth0".
-	// Required.
+	// Required; at most 15 bytes (a Linux interface name).
 	InterfaceName string `protobuf:"bytes,2,opt,name=interface_name,json=interfaceName,proto3" json:"interface_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
