@@ -11,9 +11,10 @@ import (
 // backends each) programmed before the frontends the benchmarks use, which
 // come last:
 //   - vip:80/TCP with two local backends (new connections);
-//   - podB:8080/TCP to podA:8081 and podA:8081/TCP to podB:8080 (and the
+//   - podB:8080/TCP to podB:8081 and podB:8081/TCP to podB:8080 (and the
 //     same with their IPv6 addresses), a pair
-//     that translates a flow's packets back and forth: once both have
+//     that translates a flow's packets back and forth (backends other than
+//     the client podA, which would make it a hairpin): once both have
 //     seen a first packet from podA:40000, every packet of that flow is an
 //     established one and every reply from either backend a reply, however
 //     often test-run repeats it on one skb (each run rewrites both
@@ -42,15 +43,15 @@ func lbBenchObjects(b *testing.B, n int) *Objects {
 			{Addr: podB.ip, Port: 8080, Local: true}, {Addr: podB.ip, Port: 8081, Local: true},
 		}}},
 		ServiceEntry{Frontend: frontend(podB.ip, 8080, protoTCP), Service: Service{ID: 2, Active: []Backend{
-			{Addr: podA.ip, Port: 8081, Local: true},
+			{Addr: podB.ip, Port: 8081, Local: true},
 		}}},
-		ServiceEntry{Frontend: frontend(podA.ip, 8081, protoTCP), Service: Service{ID: 3, Active: []Backend{
+		ServiceEntry{Frontend: frontend(podB.ip, 8081, protoTCP), Service: Service{ID: 3, Active: []Backend{
 			{Addr: podB.ip, Port: 8080, Local: true},
 		}}},
 		ServiceEntry{Frontend: frontend(podB6.ip, 8080, protoTCP), Service: Service{ID: 4, Active: []Backend{
-			{Addr: podA6.ip, Port: 8081, Local: true},
+			{Addr: podB6.ip, Port: 8081, Local: true},
 		}}},
-		ServiceEntry{Frontend: frontend(podA6.ip, 8081, protoTCP), Service: Service{ID: 5, Active: []Backend{
+		ServiceEntry{Frontend: frontend(podB6.ip, 8081, protoTCP), Service: Service{ID: 5, Active: []Backend{
 			{Addr: podB6.ip, Port: 8080, Local: true},
 		}}},
 	)
@@ -58,7 +59,7 @@ func lbBenchObjects(b *testing.B, n int) *Objects {
 		b.Fatal(err)
 	}
 	// The pairs' two flows from podA:40000 (podA6), first packets.
-	for _, dst := range []netip.AddrPort{ap(podB.ip, 8080), ap(podA.ip, 8081), ap(podB6.ip, 8080), ap(podA6.ip, 8081)} {
+	for _, dst := range []netip.AddrPort{ap(podB.ip, 8080), ap(podB.ip, 8081), ap(podB6.ip, 8080), ap(podB6.ip, 8081)} {
 		src := ap(podA.ip, 40000)
 		if dst.Addr().Is6() {
 			src = ap(podA6.ip, 40000)
