@@ -182,4 +182,30 @@ int axon_from_pod(struct __sk_buff *skb)
 	return to_remote6(skb, cfg, p.eth, p.ip6);
 }
 
+/*
+ * axon_to_pod: a tc (direct-action) filter on the egress of every pod's
+ * host-side veth, for the packets the node's kernel routes into the pod
+ * (Cilium's "to-container"); the programs' own deliveries (redirect_peer)
+ * skip it. A service's backend that is no pod (the node's API server behind
+ * the kubernetes Service, a hostNetwork pod, any address outside the pod
+ * CIDRs) answers through the kernel: its reply is translated back here, the
+ * frontend as its source, as axon_from_pod, decapsulation and
+ * axon_from_overlay do on the paths they deliver. Everything else passes.
+ */
+SEC("tc")
+int axon_to_pod(struct __sk_buff *skb)
+{
+	const struct axon_config *cfg;
+	enum parse kind;
+	struct pkt p = {};
+
+	kind = parse(skb, &p);
+	if (kind != PARSE_IPV4 && kind != PARSE_IPV6)
+		return next(AXON_STAT_KERNEL_TO_POD);
+	cfg = config();
+	if (cfg && ct_reverse(skb, cfg, &p, kind) < 0)
+		return drop(AXON_STAT_DROP_NAT);
+	return next(AXON_STAT_KERNEL_TO_POD);
+}
+
 AXON_BPF_LICENSE();
