@@ -694,7 +694,7 @@ func TestVerifier(t *testing.T) {
 		// source ranges and Maglev; 1731 and 2537 before service load
 		// balancing and the connection tracker).
 		{"axon_from_pod", o.FromPod(), 7600, 46800},
-		// 745 and 2177.
+		// 761 and 2185.
 		{"axon_to_pod", o.ToPod(), 1100, 3300},
 		// 1272 and 2135 (523 and 641 before reverse translation).
 		{"axon_from_overlay", o.FromOverlay(), 1900, 3200},

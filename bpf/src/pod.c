@@ -200,8 +200,16 @@ int axon_to_pod(struct __sk_buff *skb)
 	struct pkt p = {};
 
 	kind = parse(skb, &p);
-	if (kind != PARSE_IPV4 && kind != PARSE_IPV6)
-		return next(AXON_STAT_KERNEL_TO_POD);
+	switch (kind) {
+	case PARSE_IPV4:
+	case PARSE_IPV6:
+		break;
+	case PARSE_IPV6_LINK:
+	case PARSE_OTHER:
+		return next(AXON_STAT_NON_IPV4);
+	default:
+		return next(AXON_STAT_KERNEL_TO_POD); /* the kernel's own frame: not ours to judge */
+	}
 	cfg = config();
 	if (cfg && ct_reverse(skb, cfg, &p, kind) < 0)
 		return drop(AXON_STAT_DROP_NAT);

@@ -171,9 +171,10 @@ enum axon_stat {
 	 */
 	AXON_STAT_DROP_NO_NAT_PORT,
 	/*
-	 * to_pod: a packet the node's kernel sends into a pod (egress of its
-	 * host-side veth), reverse-translated if it is a reply of a service
-	 * flow whose backend is not a pod (PASS).
+	 * to_pod: an IP packet the node's kernel sends into a pod (egress of
+	 * its host-side veth), reverse-translated if it is a reply of a service
+	 * flow whose backend is not a pod (NEXT; non-IP and IPv6 for the link
+	 * count NON_IPV4).
 	 */
 	AXON_STAT_KERNEL_TO_POD,
 	AXON_STAT_MAX,
