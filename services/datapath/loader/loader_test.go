@@ -175,7 +175,7 @@ func TestEndpointFilters(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := l.EndpointProgramProblems(name)
-			if len(p) != 1 || !strings.Contains(p[0], "no "+pf.dir+" program ("+pf.name+")") {
+			if len(p) != 1 || !strings.Contains(p[0], "no program attached to "+name+" ("+pf.dir+", "+pf.name+")") {
 				t.Errorf("without the %s filter: %q, want it named", pf.dir, p)
 			}
 			if !l.IsEndpointDevice(idx) {

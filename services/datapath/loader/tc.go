@@ -178,7 +178,7 @@ func (l *Loader) filterProblem(link netlink.Link, hostName string, pf podFilter)
 	case err != nil:
 		return fmt.Sprintf("%s filters of %s: %v", pf.dir, hostName, err)
 	case f == nil:
-		return fmt.Sprintf("no %s program (%s) attached to %s", pf.dir, pf.name, hostName)
+		return fmt.Sprintf("no program attached to %s (%s, %s)", hostName, pf.dir, pf.name)
 	case !f.DirectAction:
 		return fmt.Sprintf("%s filter on %s is not in direct-action mode", pf.dir, hostName)
 	}
