@@ -39,7 +39,7 @@ func TestSpec(t *testing.T) {
 		spec  *ebpf.CollectionSpec
 		progs []string
 	}{
-		{"pod", specs.pod, []string{podProgAxonFromPod}},
+		{"pod", specs.pod, []string{podProgAxonFromPod, podProgAxonToPod}},
 		{"overlay", specs.overlay, []string{overlayProgAxonFromOverlay, overlayProgAxonToOverlay}},
 		{"underlay", specs.underlay, []string{underlayProgAxonFromUnderlay}},
 	} {
