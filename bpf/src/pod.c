@@ -13,7 +13,8 @@
  * link-local or multicast destinations) and non-IP frames go to the kernel
  * too. A TCP or UDP packet to a service frontend is first translated to one
  * of its backends (axon/lb.h), and a reply of such a flow back to the
- * frontend, then forwarded as any other.
+ * frontend, then forwarded as any other. Its companion axon_to_pod (below)
+ * sits on the same veth's egress.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
