@@ -11,7 +11,7 @@ import (
 	"github.com/cilium/ebpf/link"
 )
 
-// Objects is the datapath loaded into the kernel: the four packet programs
+// Objects is the datapath loaded into the kernel: the five packet programs
 // of its three tc objects, the socket programs of the node's processes
 // (sock.go), and the maps they share (endpoints and remote blocks per IP
 // family, pods' devices, config, counters, service frontends and backends,
@@ -342,6 +342,11 @@ func (o *Objects) Close() error {
 // host-side veths.
 func (o *Objects) FromPod() *ebpf.Program { return o.pod.AxonFromPod }
 
+// ToPod is axon_to_pod (pod object), the tc filter for egress of pods'
+// host-side veths: it translates back the replies of service flows the
+// kernel routes into a pod (a backend that is no pod).
+func (o *Objects) ToPod() *ebpf.Program { return o.pod.AxonToPod }
+
 // FromOverlay is axon_from_overlay (overlay object), for tcx ingress of
 // axon_vxlan.
 func (o *Objects) FromOverlay() *ebpf.Program { return o.overlay.AxonFromOverlay }
@@ -361,6 +366,12 @@ func (o *Objects) ToOverlay() *ebpf.Program { return o.overlay.AxonToOverlay }
 // program unless it was pinned.
 func (o *Objects) AttachFromPod(ifindex int) (link.Link, error) {
 	return attachIngress(o.pod.AxonFromPod, ifindex)
+}
+
+// AttachToPod attaches ToPod to tcx egress of ifindex; see
+// [Objects.AttachFromPod].
+func (o *Objects) AttachToPod(ifindex int) (link.Link, error) {
+	return attach(o.pod.AxonToPod, ifindex, ebpf.AttachTCXEgress)
 }
 
 // AttachFromOverlay attaches FromOverlay to tcx ingress of ifindex; see

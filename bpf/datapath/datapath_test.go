@@ -39,7 +39,7 @@ func TestSpec(t *testing.T) {
 		spec  *ebpf.CollectionSpec
 		progs []string
 	}{
-		{"pod", specs.pod, []string{podProgAxonFromPod}},
+		{"pod", specs.pod, []string{podProgAxonFromPod, podProgAxonToPod}},
 		{"overlay", specs.overlay, []string{overlayProgAxonFromOverlay, overlayProgAxonToOverlay}},
 		{"underlay", specs.underlay, []string{underlayProgAxonFromUnderlay}},
 	} {
@@ -694,6 +694,8 @@ func TestVerifier(t *testing.T) {
 		// source ranges and Maglev; 1731 and 2537 before service load
 		// balancing and the connection tracker).
 		{"axon_from_pod", o.FromPod(), 7600, 46800},
+		// 761 and 2185.
+		{"axon_to_pod", o.ToPod(), 1100, 3300},
 		// 1272 and 2135 (523 and 641 before reverse translation).
 		{"axon_from_overlay", o.FromOverlay(), 1900, 3200},
 		// 6030 and 41025, with the pick of a new connection from outside

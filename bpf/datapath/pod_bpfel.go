@@ -215,7 +215,8 @@ const (
 	podAxonStatAXON_STAT_REJECTED          podAxonStat = 19
 	podAxonStatAXON_STAT_DROP_SOURCE_RANGE podAxonStat = 20
 	podAxonStatAXON_STAT_DROP_NO_NAT_PORT  podAxonStat = 21
-	podAxonStatAXON_STAT_MAX               podAxonStat = 22
+	podAxonStatAXON_STAT_KERNEL_TO_POD     podAxonStat = 22
+	podAxonStatAXON_STAT_MAX               podAxonStat = 23
 )
 
 // Names of all BPF objects in the ELF.
@@ -240,6 +241,7 @@ const (
 	podMapAxonRemote6        = "axon_remote6"
 	podMapAxonStats          = "axon_stats"
 	podProgAxonFromPod       = "axon_from_pod"
+	podProgAxonToPod         = "axon_to_pod"
 )
 
 // loadPod returns the embedded CollectionSpec for pod.
@@ -285,6 +287,7 @@ type podSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type podProgramSpecs struct {
 	AxonFromPod *ebpf.ProgramSpec `ebpf:"axon_from_pod"`
+	AxonToPod   *ebpf.ProgramSpec `ebpf:"axon_to_pod"`
 }
 
 // podMapSpecs contains maps before they are loaded into the kernel.
@@ -388,11 +391,13 @@ type podVariables struct {
 // It can be passed to loadPodObjects or ebpf.CollectionSpec.LoadAndAssign.
 type podPrograms struct {
 	AxonFromPod *ebpf.Program `ebpf:"axon_from_pod"`
+	AxonToPod   *ebpf.Program `ebpf:"axon_to_pod"`
 }
 
 func (p *podPrograms) Close() error {
 	return _PodClose(
 		p.AxonFromPod,
+		p.AxonToPod,
 	)
 }
 

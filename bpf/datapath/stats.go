@@ -58,6 +58,10 @@ type Stats struct {
 	// whose backend is on another node, refused because no SNAT port was
 	// free.
 	DropNoNATPort uint64
+	// KernelToPod counts packets the node's kernel routes into a pod (the
+	// egress of its host-side veth), among them the replies of service
+	// backends that are no pods, translated back there.
+	KernelToPod uint64
 }
 
 // statFields maps every counter of enum axon_stat to its name and field.
@@ -88,6 +92,7 @@ var statFields = [...]struct {
 	{podAxonStatAXON_STAT_REJECTED, "rejected-no-backend", func(s *Stats) *uint64 { return &s.Rejected }},
 	{podAxonStatAXON_STAT_DROP_SOURCE_RANGE, "drop-source-range", func(s *Stats) *uint64 { return &s.DropSourceRange }},
 	{podAxonStatAXON_STAT_DROP_NO_NAT_PORT, "drop-no-nat-port", func(s *Stats) *uint64 { return &s.DropNoNATPort }},
+	{podAxonStatAXON_STAT_KERNEL_TO_POD, "kernel-to-pod", func(s *Stats) *uint64 { return &s.KernelToPod }},
 }
 
 // Map returns the counters by name (forwarded-local, drop-ttl, ...), e.g.

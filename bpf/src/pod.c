@@ -13,7 +13,8 @@
  * link-local or multicast destinations) and non-IP frames go to the kernel
  * too. A TCP or UDP packet to a service frontend is first translated to one
  * of its backends (axon/lb.h), and a reply of such a flow back to the
- * frontend, then forwarded as any other.
+ * frontend, then forwarded as any other. Its companion axon_to_pod (below)
+ * sits on the same veth's egress.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -180,6 +181,40 @@ int axon_from_pod(struct __sk_buff *skb)
 	if (rc > 0)
 		return drop(AXON_STAT_DROP_NO_BACKEND);
 	return to_remote6(skb, cfg, p.eth, p.ip6);
+}
+
+/*
+ * axon_to_pod: a tc (direct-action) filter on the egress of every pod's
+ * host-side veth, for the packets the node's kernel routes into the pod
+ * (Cilium's "to-container"); the programs' own deliveries (redirect_peer)
+ * skip it. A service's backend that is no pod (the node's API server behind
+ * the kubernetes Service, a hostNetwork pod, any address outside the pod
+ * CIDRs) answers through the kernel: its reply is translated back here, the
+ * frontend as its source, as axon_from_pod, decapsulation and
+ * axon_from_overlay do on the paths they deliver. Everything else passes.
+ */
+SEC("tc")
+int axon_to_pod(struct __sk_buff *skb)
+{
+	const struct axon_config *cfg;
+	enum parse kind;
+	struct pkt p = {};
+
+	kind = parse(skb, &p);
+	switch (kind) {
+	case PARSE_IPV4:
+	case PARSE_IPV6:
+		break;
+	case PARSE_IPV6_LINK:
+	case PARSE_OTHER:
+		return next(AXON_STAT_NON_IPV4);
+	default:
+		return next(AXON_STAT_KERNEL_TO_POD); /* the kernel's own frame: not ours to judge */
+	}
+	cfg = config();
+	if (cfg && ct_reverse(skb, cfg, &p, kind) < 0)
+		return drop(AXON_STAT_DROP_NAT);
+	return next(AXON_STAT_KERNEL_TO_POD);
 }
 
 AXON_BPF_LICENSE();

@@ -89,6 +89,14 @@ func TestPodsOnOneNode(t *testing.T) {
 			t.Errorf("CNI CHECK after breaking the pod = %v, want %q named", err, want)
 		}
 	}
+	// Without its egress program, replies of services whose backends are no
+	// pods would reach pod-b untranslated.
+	if _, err := run(node.Netns, "tc", "filter", "del", "dev", veth.HostName(b.rt.ContainerID, b.rt.IfName), "egress"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cni.CheckNetworkList(t.Context(), conf, b.rt); err == nil || !strings.Contains(err.Error(), "(egress, axon_to_pod)") {
+		t.Fatalf("CNI CHECK after removing the egress program = %v, want it named", err)
+	}
 	// Without its program, pod-b's traffic would take the node's routes.
 	if _, err := run(node.Netns, "tc", "qdisc", "del", "dev", veth.HostName(b.rt.ContainerID, b.rt.IfName), "clsact"); err != nil {
 		t.Fatal(err)

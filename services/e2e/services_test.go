@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -32,11 +33,20 @@ func (e *env) datapathClient(node int) datapathv1alpha1.DatapathServiceClient {
 // port with its own name, on all its addresses.
 func serveName(t *testing.T, p *pod, port int) {
 	t.Helper()
+	serveNameOn(t, p, "", port)
+}
+
+// serveNameOn is serveName on the address host only ("": all). A UDP
+// server that is to answer from the address it was asked at, of several
+// the host has, must be bound to it: an unbound socket answers from the
+// address the kernel selects for the client.
+func serveNameOn(t *testing.T, p *pod, host string, port int) {
+	t.Helper()
 	var (
 		l  net.Listener
 		pc net.PacketConn
 	)
-	addr := fmt.Sprintf(":%d", port)
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
 	if err := nstest.DoAt(p.netns, func() (err error) {
 		if l, err = net.Listen("tcp", addr); err != nil {
 			return err

@@ -170,6 +170,13 @@ enum axon_stat {
 	 * backend is on another node found no free SNAT port (DROP).
 	 */
 	AXON_STAT_DROP_NO_NAT_PORT,
+	/*
+	 * to_pod: an IP packet the node's kernel sends into a pod (egress of
+	 * its host-side veth), reverse-translated if it is a reply of a service
+	 * flow whose backend is not a pod (NEXT; non-IP and IPv6 for the link
+	 * count NON_IPV4).
+	 */
+	AXON_STAT_KERNEL_TO_POD,
 	AXON_STAT_MAX,
 };
 

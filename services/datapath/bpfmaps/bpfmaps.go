@@ -81,13 +81,14 @@ type Maps interface {
 
 // Programs is how the agent attaches the datapath's programs.
 type Programs interface {
-	// AttachEndpoint puts the pod program on a pod's host veth; it stays
+	// AttachEndpoint puts the pod programs on a pod's host veth (what the
+	// pod sends, and what the node's kernel sends into it); they stay
 	// until the veth is deleted.
 	AttachEndpoint(ifindex int) error
-	// IsEndpointDevice reports whether ifindex carries the pod program.
+	// IsEndpointDevice reports whether ifindex carries a pod program.
 	IsEndpointDevice(ifindex int) bool
-	// EndpointProgramProblems describes what is wrong with the pod program
-	// on the host veth hostName; nil when it is in place.
+	// EndpointProgramProblems describes what is wrong with the pod
+	// programs on the host veth hostName; nil when they are in place.
 	EndpointProgramProblems(hostName string) []string
 	// AttachOverlay attaches the overlay programs to the tunnel device.
 	AttachOverlay(ifindex int) error

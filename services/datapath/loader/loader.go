@@ -132,12 +132,12 @@ func (l *Loader) adoptLinks() error {
 	return nil
 }
 
-// replaceEndpointLink puts the pod program as a filter on the device of an
+// replaceEndpointLink puts the pod programs as filters on the device of an
 // old pod's tcx link, then removes the link.
 func (l *Loader) replaceEndpointLink(pl link.Link) error {
 	if info, err := pl.Info(); err == nil {
 		if tcx := info.TCX(); tcx != nil && tcx.Ifindex != 0 {
-			if err := l.attachFilter(int(tcx.Ifindex), l.objs.FromPod()); err != nil && !errors.Is(err, unix.ENODEV) {
+			if err := l.attachFilters(int(tcx.Ifindex)); err != nil && !errors.Is(err, unix.ENODEV) {
 				return err
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf/link"
@@ -136,6 +137,55 @@ func TestConfigure(t *testing.T) {
 			got, err := l.objs.Config()
 			if err != nil || got != tc.want {
 				t.Errorf("axon_config = %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestEndpointFilters: a pod's veth carries both pod programs, ingress
+// (axon_from_pod) and egress (axon_to_pod); the check names either when it
+// is missing, the veth stays recognizable as a pod's by the other, and
+// attaching again restores it.
+func TestEndpointFilters(t *testing.T) {
+	testenv.RequireBPF(t)
+	ns := nstest.New(t)
+	var l *Loader
+	err := ns.Do(func() (err error) { l, err = Open(pinDir(t), bpfdp.LoadOptions{}); return err })
+	testenv.RequireLoaded(t, "the datapath", err)
+	t.Cleanup(func() { _ = l.Close() })
+	for _, pf := range podFilters {
+		t.Run(pf.dir, func(t *testing.T) {
+			name := "lxcf" + pf.dir[:2]
+			idx := addVeth(t, ns, name)
+			if err := l.AttachEndpoint(idx); err != nil {
+				t.Fatal(err)
+			}
+			if p := l.EndpointProgramProblems(name); len(p) != 0 {
+				t.Fatalf("after attach: %v", p)
+			}
+			link, err := ns.Netlink.LinkByIndex(idx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := l.filterOf(link, pf)
+			if err != nil || f == nil {
+				t.Fatalf("%s filter: %v, %v", pf.dir, f, err)
+			}
+			if err := ns.Netlink.FilterDel(f); err != nil {
+				t.Fatal(err)
+			}
+			p := l.EndpointProgramProblems(name)
+			if len(p) != 1 || !strings.Contains(p[0], "no program attached to "+name+" ("+pf.dir+", "+pf.name+")") {
+				t.Errorf("without the %s filter: %q, want it named", pf.dir, p)
+			}
+			if !l.IsEndpointDevice(idx) {
+				t.Errorf("without the %s filter: not a pod device", pf.dir)
+			}
+			if err := l.AttachEndpoint(idx); err != nil {
+				t.Fatal(err)
+			}
+			if p := l.EndpointProgramProblems(name); len(p) != 0 {
+				t.Errorf("after attaching again: %v", p)
 			}
 		})
 	}
