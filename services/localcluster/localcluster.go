@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -696,11 +697,21 @@ func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (
 		// If axon-local dies, its services do not outlive it.
 		Pdeathsig: syscall.SIGTERM,
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	p := &process{name: c.label(), cmd: cmd, started: time.Now(), done: make(chan struct{})}
+	p := &process{name: c.label(), cmd: cmd, done: make(chan struct{})}
+	started := make(chan error, 1)
 	go func() {
+		// The kernel sends Pdeathsig when the thread that started the
+		// child exits, not the process: a thread another goroutine locked
+		// (to enter a network namespace) and so ended would take the
+		// child down. This thread stays, locked, until the child is gone.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		p.started = time.Now()
+		started <- nil
 		err := cmd.Wait()
 		w.flush()
 		close(p.done)
@@ -709,6 +720,9 @@ func start(binDir string, c Component, logMu *sync.Mutex, exited chan<- error) (
 		}
 		exited <- &exitError{p: p, ran: time.Since(p.started), msg: fmt.Sprintf("axon-%s (%s) exited unexpectedly: %v", c.Name, c.label(), errOrStatus(err, cmd))}
 	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
 	return p, nil
 }
 
