@@ -39,7 +39,10 @@ func main() {
 		VanishedInterval:   30 * time.Second,
 		FlowGCInterval:     30 * time.Second,
 	}
-	mapSizes := bpfdp.LoadOptions{EndpointMapMax: bpfdp.DefaultEndpointMapMax, RemoteMapMax: bpfdp.DefaultRemoteMapMax}
+	mapSizes := bpfdp.LoadOptions{
+		EndpointMapMax: bpfdp.DefaultEndpointMapMax, RemoteMapMax: bpfdp.DefaultRemoteMapMax,
+		ServiceMapMax: bpfdp.DefaultServiceMapMax, SlotMapMax: bpfdp.DefaultSlotMapMax, CTMapMax: bpfdp.DefaultCTMapMax,
+	}
 	os.Exit(daemon.Main(daemon.Spec{
 		Name:         "datapath",
 		TCPNeedsMTLS: true,
@@ -71,6 +74,9 @@ func main() {
 			fs.StringVar(&opts.Agent.PinDir, "bpf-pin-dir", "", "bpffs `directory` of this node's pinned maps and links (default /sys/fs/bpf/axon/<node>)")
 			fs.Var(mapMax{&mapSizes.EndpointMapMax}, "bpf-endpoint-map-max", "`entries` of the endpoint maps: pod addresses per family on this node; changing it migrates the pinned maps")
 			fs.Var(mapMax{&mapSizes.RemoteMapMax}, "bpf-remote-map-max", "`entries` of the remote-block maps: other nodes' pod blocks per family; changing it migrates the pinned maps")
+			fs.Var(mapMax{&mapSizes.ServiceMapMax}, "bpf-service-map-max", "`entries` of the service map: frontends (two for a LOCAL-policy external one); changing it migrates the pinned maps")
+			fs.Var(mapMax{&mapSizes.SlotMapMax}, "bpf-slot-map-max", "`entries` of the backend slot map: every frontend's backends (weights expanded), with room for a batch's new set beside the old; changing it migrates the pinned maps")
+			fs.Var(mapMax{&mapSizes.CTMapMax}, "bpf-ct-map-max", "`entries` of the connection tracker: two per translated flow; changing it migrates the pinned maps")
 		},
 		Setup: func(ctx context.Context, d *daemon.Daemon) error {
 			return bootstrap.Run(ctx, d, opts, bootstrap.Deps{

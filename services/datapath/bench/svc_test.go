@@ -429,7 +429,9 @@ func startAxonServices(t *testing.T) *axonSetup {
 	root := repoRoot(t)
 	bins := t.TempDir()
 	buildBinaries(t, root, bins)
-	c := startCluster(t, bins, "tunnel", "s", 1)
+	// Room for the largest size: 100k frontends, 3 backends each, and a
+	// batch's new slots beside the old.
+	c := startCluster(t, bins, "tunnel", "s", 1, "--bpf-service-map-max", "262144", "--bpf-slot-map-max", "1048576")
 	pods := wireTrafficPods(t, c, bins, []int{0, 0, 0, 0})
 	srv := &servers{}
 	t.Cleanup(srv.stop)
